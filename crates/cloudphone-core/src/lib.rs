@@ -1,0 +1,13 @@
+//! Pure logic shared by control and node: state machines and decisions with time as an input.
+//!
+//! Nothing here does I/O, spawns tasks or reads the clock, so every rule is tested directly.
+//!
+//! # Layout
+//! - [`lifecycle`]: an instance's states and which operations are allowed from each.
+//! - [`liveness`]: when a node that stopped beating counts as down.
+//! - [`scheduling`]: which node a new instance goes to.
+#![forbid(unsafe_code)]
+
+pub mod lifecycle;
+pub mod liveness;
+pub mod scheduling;

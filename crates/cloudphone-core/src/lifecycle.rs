@@ -1,0 +1,1 @@
+//! Instance lifecycle states and transitions.

@@ -1,0 +1,1 @@
+//! Node liveness from heartbeats.

@@ -1,0 +1,1 @@
+//! Placement of new instances onto nodes.

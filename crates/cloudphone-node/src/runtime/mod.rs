@@ -1,0 +1,174 @@
+//! Instance runtimes: how a node boots, stops, wipes and drives one phone instance.
+//!
+//! Every runtime sits behind [`Runtime`], so the rest of the node (gRPC service, streaming,
+//! persistence) never knows whether a phone is an Xvfb display, a test pattern or a real
+//! Android device.
+
+pub mod android;
+pub mod sandbox;
+pub mod synthetic;
+pub mod x11;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+/// Everything a runtime needs to know about one instance. Persisted by the node in the
+/// instance's `instance.json`, so it survives a node restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceSpec {
+    /// Control-assigned id; also the directory name under the state dir.
+    pub instance_id: String,
+    /// Owning tenant, kept for usage attribution and logs.
+    pub tenant_id: String,
+    /// Screen size in pixels (portrait for phones).
+    pub width: u32,
+    pub height: u32,
+    /// Image flavour the tenant ordered (e.g. "AOSP11"); informational off Android.
+    pub os: String,
+}
+
+/// Where an instance's files live on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePaths {
+    /// `<state_dir>/instances/<instance_id>`: node bookkeeping (spec, pid files, logs).
+    pub root: PathBuf,
+    /// `<root>/data`: the instance's own writable data; the only writable place in its sandbox.
+    pub data: PathBuf,
+}
+
+impl InstancePaths {
+    pub fn new(state_dir: &std::path::Path, instance_id: &str) -> Self {
+        let root = state_dir.join("instances").join(instance_id);
+        let data = root.join("data");
+        Self { root, data }
+    }
+}
+
+/// A shell command to run inside an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// Passed to `/bin/sh -c` inside the sandbox (or `adb shell` on Android).
+    pub command: String,
+    /// The command is killed after this long.
+    pub timeout: std::time::Duration,
+    /// Each of stdout/stderr is cut at this many bytes.
+    pub max_output_bytes: usize,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandOutput {
+    /// Exit code; -1 when killed by a signal or the timeout.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when either stream was cut at `max_output_bytes`.
+    pub truncated: bool,
+    pub timed_out: bool,
+    pub duration: std::time::Duration,
+}
+
+/// Touch phase of a pointer event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TouchAction {
+    Down,
+    Move,
+    Up,
+}
+
+/// Keys every phone has outside the keyboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneKey {
+    Back,
+    Home,
+    Recents,
+}
+
+/// One input event from a viewer, already validated; coordinates normalised to 0..=1.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum InputEvent {
+    Touch { action: TouchAction, pointer_id: u32, x: f64, y: f64 },
+    /// A DOM `KeyboardEvent.code`, e.g. "KeyA", "Enter".
+    Key { code: String, down: bool },
+    Text { text: String },
+    Phone { key: PhoneKey },
+}
+
+/// Where the streaming pipeline reads an instance's screen from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureSource {
+    /// An X display, captured with `ximagesrc display-name=…`.
+    X11 { display: String, width: u32, height: u32 },
+    /// A GStreamer test pattern of this size.
+    TestPattern { width: u32, height: u32 },
+    /// An Android device captured over adb (`screenrecord --output-format=h264`).
+    Adb { serial: String, width: u32, height: u32 },
+}
+
+/// What can go wrong in a runtime. Callers map these onto gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("instance {0} is not running")]
+    NotRunning(String),
+    #[error("no free slot: {0}")]
+    NoCapacity(String),
+    #[error("{program} failed: {detail}")]
+    Process { program: String, detail: String },
+    #[error("install failed: {0}")]
+    Install(String),
+    #[error("unsupported on this runtime: {0}")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// One way of running phone instances on this host.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Runtime name as announced to control: "x11", "synthetic" or "android".
+    fn name(&self) -> &'static str;
+
+    /// Seeds a fresh data dir for a new (or wiped) instance. The dir exists and is empty.
+    async fn provision(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError>;
+
+    /// Boots the instance and returns once it is ready to stream. Idempotent: starting a
+    /// running instance is a no-op. Stale processes from a previous node run are cleaned up.
+    async fn start(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError>;
+
+    /// Stops the instance's processes, keeping its data. Idempotent.
+    async fn stop(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError>;
+
+    /// True while the instance's processes are alive.
+    async fn is_running(&self, spec: &InstanceSpec, paths: &InstancePaths) -> bool;
+
+    /// Runs a shell command inside the instance's sandbox.
+    async fn run_command(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        command: &CommandSpec,
+    ) -> Result<CommandOutput, RuntimeError>;
+
+    /// Installs a downloaded, verified package file into the instance.
+    async fn install_app(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        package: &std::path::Path,
+    ) -> Result<(), RuntimeError>;
+
+    /// Injects one input event into the running instance.
+    async fn inject_input(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        event: &InputEvent,
+    ) -> Result<(), RuntimeError>;
+
+    /// Where to capture the instance's screen from while it runs.
+    fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource;
+}
