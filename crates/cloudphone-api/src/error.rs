@@ -1,0 +1,144 @@
+//! Error codes of the CloudDevice API (seed 001, appendix 6.2) with the HTTP status each is sent with.
+
+use serde::{Deserialize, Serialize};
+
+/// One error the tenant API can answer with. The `Display` text becomes `error_msg`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// `KOOPHONE.API.0002`: the `x-request-id` header is missing.
+    #[error("missing request header x-request-id")]
+    MissingRequestId,
+    /// `KOOPHONE.API.0003`: the `x-request-id` header is not a usable id.
+    #[error("invalid request header x-request-id")]
+    InvalidRequestId,
+    /// `KOOPHONE.API.1000`: a parameter has the wrong type, size or value.
+    #[error("request parameter error: {0}")]
+    InvalidParameter(String),
+    /// `KOOPHONE.API.1001`: the instance does not exist or belongs to another tenant.
+    #[error("no permission for instance {0}")]
+    NoInstancePermission(String),
+    /// `KOOPHONE.API.5002`: a time parameter is not `yyyy-MM-dd HH:mm:ss`.
+    #[error("time format error: {0}")]
+    TimeFormat(String),
+    /// `KOOPHONE.API.5004`: the query end time is before its start time.
+    #[error("query end time is earlier than query start time")]
+    EndBeforeStart,
+    /// `KOOPHONE.API.3002`: no such SKU or region.
+    #[error("no such sku or region: {0}")]
+    NoSuchSkuOrRegion(String),
+    /// `KOOPHONE.API.3003`: a general instance needs an OS image version.
+    #[error("os is required and must be AOSP9 or AOSP11")]
+    OsRequired,
+    /// `KOOPHONE.API.3006`: monthly periods run 1..=9.
+    #[error("period num must be 1-9 when period type is month")]
+    MonthPeriodRange,
+    /// `KOOPHONE.API.3007`: yearly periods run 1..=3.
+    #[error("period num must be 1-3 when period type is year")]
+    YearPeriodRange,
+    /// `KOOPHONE.API.40010`: the fleet cannot hold the instances ordered.
+    #[error("insufficient inventory: {0}")]
+    InsufficientInventory(String),
+    /// `KOOPHONE.API.6001`: the token is missing, unknown or expired.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// `KOOPHONE.API.9999`: anything the tenant cannot fix. Details go to the log, not the body.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The `error_code` string, exactly as the seeds spell it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingRequestId => "KOOPHONE.API.0002",
+            ApiError::InvalidRequestId => "KOOPHONE.API.0003",
+            ApiError::InvalidParameter(_) => "KOOPHONE.API.1000",
+            ApiError::NoInstancePermission(_) => "KOOPHONE.API.1001",
+            ApiError::TimeFormat(_) => "KOOPHONE.API.5002",
+            ApiError::EndBeforeStart => "KOOPHONE.API.5004",
+            ApiError::NoSuchSkuOrRegion(_) => "KOOPHONE.API.3002",
+            ApiError::OsRequired => "KOOPHONE.API.3003",
+            ApiError::MonthPeriodRange => "KOOPHONE.API.3006",
+            ApiError::YearPeriodRange => "KOOPHONE.API.3007",
+            ApiError::InsufficientInventory(_) => "KOOPHONE.API.40010",
+            ApiError::AuthenticationFailed => "KOOPHONE.API.6001",
+            ApiError::Internal => "KOOPHONE.API.9999",
+        }
+    }
+
+    /// The HTTP status the code is sent with (appendix 6.2; where an operation's own page
+    /// disagrees, the choice is recorded in `docs/api-notes.md`).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ApiError::MissingRequestId => 200,
+            ApiError::InvalidRequestId
+            | ApiError::InvalidParameter(_)
+            | ApiError::TimeFormat(_)
+            | ApiError::EndBeforeStart
+            | ApiError::NoSuchSkuOrRegion(_)
+            | ApiError::OsRequired
+            | ApiError::MonthPeriodRange
+            | ApiError::YearPeriodRange
+            | ApiError::InsufficientInventory(_) => 400,
+            ApiError::NoInstancePermission(_) | ApiError::AuthenticationFailed => 401,
+            ApiError::Internal => 500,
+        }
+    }
+
+    /// The response body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error_code: self.code().to_string(), error_msg: self.to_string() }
+    }
+}
+
+/// `{"error_code": "...", "error_msg": "..."}`, the body of every error and of plain successes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error_code: String,
+    pub error_msg: String,
+}
+
+impl ErrorBody {
+    /// The success body: `{"error_code":"0","error_msg":"ok"}`.
+    pub fn ok() -> Self {
+        Self { error_code: "0".into(), error_msg: "ok".into() }
+    }
+}
+
+/// Checks an `x-request-id` value: printable ASCII, 1..=128 characters.
+pub fn validate_request_id(value: Option<&str>) -> Result<(), ApiError> {
+    let value = value.ok_or(ApiError::MissingRequestId)?;
+    let usable = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    if usable { Ok(()) } else { Err(ApiError::InvalidRequestId) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_statuses_follow_the_appendix() {
+        let cases = [
+            (ApiError::MissingRequestId, "KOOPHONE.API.0002", 200),
+            (ApiError::InvalidRequestId, "KOOPHONE.API.0003", 400),
+            (ApiError::InvalidParameter("x".into()), "KOOPHONE.API.1000", 400),
+            (ApiError::NoInstancePermission("i".into()), "KOOPHONE.API.1001", 401),
+            (ApiError::AuthenticationFailed, "KOOPHONE.API.6001", 401),
+            (ApiError::InsufficientInventory("x".into()), "KOOPHONE.API.40010", 400),
+            (ApiError::Internal, "KOOPHONE.API.9999", 500),
+        ];
+        for (error, code, status) in cases {
+            assert_eq!((error.code(), error.http_status()), (code, status), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn request_id_rules() {
+        assert_eq!(validate_request_id(None), Err(ApiError::MissingRequestId));
+        assert_eq!(validate_request_id(Some("")), Err(ApiError::InvalidRequestId));
+        assert_eq!(validate_request_id(Some("a b")), Err(ApiError::InvalidRequestId));
+        assert_eq!(validate_request_id(Some(&"x".repeat(129))), Err(ApiError::InvalidRequestId));
+        assert_eq!(validate_request_id(Some("0b1c-req-42")), Ok(()));
+    }
+}

@@ -1,0 +1,17 @@
+//! The tenant-facing REST contract: wire types, error codes and validation, exactly as the
+//! KooPhone/CloudDevice and IAM documents define them.
+//!
+//! This crate imports neither axum nor tonic: handlers in `cloudphone-control` parse into these
+//! types, and map [`error::ApiError`] onto HTTP.
+//!
+//! # Layout
+//! - [`error`]: every `KOOPHONE.API.*` code with its HTTP status, and the error body.
+//! - [`iam`]: `POST /v3/auth/tokens` request and response bodies.
+//! - [`instances`]: `/v1/instances/*` bodies and query parameters, with their validation.
+//! - [`timefmt`]: the seeds' `yyyy-MM-dd HH:mm:ss` UTC time format.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod iam;
+pub mod instances;
+pub mod timefmt;
