@@ -1,0 +1,179 @@
+//! Control's durable state behind one trait: tenants, IAM, nodes and instances.
+//!
+//! [`SqlStore`] implements it over SQLite (embedded, the default) and PostgreSQL (for several
+//! control replicas) with one set of portable migrations and one SQL dialect (`$n` parameters,
+//! TEXT/BIGINT columns, Unix-millisecond times).
+
+mod sql;
+
+pub use sql::SqlStore;
+
+use async_trait::async_trait;
+
+/// What can go wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("unsupported store url {0:?}: use sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+/// A tenant (Huawei "account"/domain) with its first user and project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTenant {
+    pub tenant_id: String,
+    pub domain_name: String,
+    pub user_id: String,
+    pub user_name: String,
+    /// PHC string from argon2; the password itself is never stored.
+    pub password_hash: String,
+    pub project_id: String,
+    pub project_name: String,
+    pub created_at_ms: i64,
+}
+
+/// An IAM user as login needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub user_name: String,
+    pub tenant_id: String,
+    pub domain_name: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRecord {
+    pub project_id: String,
+    pub tenant_id: String,
+    pub name: String,
+}
+
+/// An issued IAM token, keyed by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_sha256: String,
+    pub user_id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// A registered node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub grpc_endpoint: String,
+    pub signaling_base_url: String,
+    pub region: String,
+    pub capacity: i64,
+    pub runtimes: Vec<String>,
+    pub encoders: Vec<String>,
+    pub version: String,
+    /// "up" or "down" (see `cloudphone_core::liveness::NodeHealth`).
+    pub status: String,
+    pub last_seen_ms: i64,
+}
+
+/// One instance as control tracks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub instance_id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub name: String,
+    pub order_id: String,
+    pub node_id: String,
+    pub sku_id: String,
+    pub region: String,
+    pub os: String,
+    pub runtime: String,
+    pub width: i64,
+    pub height: i64,
+    /// Last state reported by the node (`creating` until the node confirms).
+    pub state: String,
+    pub state_message: String,
+    pub assign_user: Option<String>,
+    pub period_type: i64,
+    pub period_num: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An instance with what ListInstances shows next to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceListing {
+    pub instance: InstanceRecord,
+    /// Status of the node the instance lives on; "down" makes its status unknown.
+    pub node_status: String,
+    pub project_name: String,
+    pub domain_name: String,
+}
+
+/// The filters of ListInstances, already validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    pub instance_id: Option<String>,
+    pub instance_name: Option<String>,
+    pub created_from_ms: Option<i64>,
+    pub created_to_ms: Option<i64>,
+    /// Zero-based row offset and page length.
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// Control's state. Every multi-row write is one transaction: all of it lands or none.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Brings the schema up to date.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError>;
+    async fn find_user(&self, domain_name: &str, user_name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Finds a tenant's project by name or id.
+    async fn find_project(
+        &self,
+        tenant_id: &str,
+        name: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<Option<ProjectRecord>, StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Removes tokens that expired before `now_ms`; returns how many.
+    async fn purge_expired_tokens(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    async fn upsert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    async fn set_node_status(&self, node_id: &str, status: &str, now_ms: i64) -> Result<(), StoreError>;
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Instances placed on each node, for scheduling.
+    async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError>;
+    async fn set_instance_state(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+    /// One page of a tenant's instances, newest first, and the total matching the filters.
+    async fn list_instances(
+        &self,
+        tenant_id: &str,
+        query: &InstanceQuery,
+    ) -> Result<(Vec<InstanceListing>, u64), StoreError>;
+}
+
+/// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.
+pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+    SqlStore::connect(url).await
+}

@@ -1,0 +1,393 @@
+//! The SQL implementation of [`Store`], one dialect for SQLite and PostgreSQL via sqlx's Any driver.
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::{
+    InstanceListing, InstanceQuery, InstanceRecord, NewTenant, NodeRecord, ProjectRecord, Store,
+    StoreError, TokenRecord, UserRecord,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A pool over SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        }
+        let options = AnyPoolOptions::new()
+            // SQLite allows one writer; a small pool with a busy timeout avoids "database is locked".
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(url).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn instance_from_row(row: &AnyRow) -> Result<InstanceRecord, sqlx::Error> {
+    Ok(InstanceRecord {
+        instance_id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        name: row.try_get("name")?,
+        order_id: row.try_get("order_id")?,
+        node_id: row.try_get("node_id")?,
+        sku_id: row.try_get("sku_id")?,
+        region: row.try_get("region")?,
+        os: row.try_get("os")?,
+        runtime: row.try_get("runtime")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+        state: row.try_get("state")?,
+        state_message: row.try_get("state_message")?,
+        assign_user: row.try_get("assign_user")?,
+        period_type: row.try_get("period_type")?,
+        period_num: row.try_get("period_num")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+const INSTANCE_COLUMNS: &str = "i.id, i.tenant_id, i.project_id, i.name, i.order_id, i.node_id, \
+    i.sku_id, i.region, i.os, i.runtime, i.width, i.height, i.state, i.state_message, \
+    i.assign_user, i.period_type, i.period_num, i.created_at_ms, i.updated_at_ms";
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &NewTenant) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query("INSERT INTO tenants (id, domain_name, created_at_ms) VALUES ($1, $2, $3)")
+            .bind(&t.tenant_id)
+            .bind(&t.domain_name)
+            .bind(t.created_at_ms)
+            .execute(&mut *tx)
+            .await;
+        if let Err(error) = inserted {
+            return Err(if is_unique_violation(&error) {
+                StoreError::AlreadyExists(format!("domain {}", t.domain_name))
+            } else {
+                error.into()
+            });
+        }
+        sqlx::query("INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)")
+            .bind(&t.project_id)
+            .bind(&t.tenant_id)
+            .bind(&t.project_name)
+            .bind(t.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&t.user_id)
+        .bind(&t.tenant_id)
+        .bind(&t.user_name)
+        .bind(&t.password_hash)
+        .bind(t.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_user(&self, domain_name: &str, user_name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.name, u.tenant_id, t.domain_name, u.password_hash \
+             FROM users u JOIN tenants t ON t.id = u.tenant_id \
+             WHERE t.domain_name = $1 AND u.name = $2",
+        )
+        .bind(domain_name)
+        .bind(user_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(UserRecord {
+                user_id: row.try_get("id")?,
+                user_name: row.try_get("name")?,
+                tenant_id: row.try_get("tenant_id")?,
+                domain_name: row.try_get("domain_name")?,
+                password_hash: row.try_get("password_hash")?,
+            }),
+        })
+    }
+
+    async fn find_project(
+        &self,
+        tenant_id: &str,
+        name: Option<&str>,
+        id: Option<&str>,
+    ) -> Result<Option<ProjectRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, name FROM projects \
+             WHERE tenant_id = $1 AND (name = $2 OR id = $3)",
+        )
+        .bind(tenant_id)
+        .bind(name.unwrap_or(""))
+        .bind(id.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(ProjectRecord {
+                project_id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                name: row.try_get("name")?,
+            }),
+        })
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&token.token_sha256)
+        .bind(&token.user_id)
+        .bind(&token.tenant_id)
+        .bind(&token.project_id)
+        .bind(token.issued_at_ms)
+        .bind(token.expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms \
+             FROM tokens WHERE token_sha256 = $1",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(TokenRecord {
+                token_sha256: row.try_get("token_sha256")?,
+                user_id: row.try_get("user_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                project_id: row.try_get("project_id")?,
+                issued_at_ms: row.try_get("issued_at_ms")?,
+                expires_at_ms: row.try_get("expires_at_ms")?,
+            }),
+        })
+    }
+
+    async fn purge_expired_tokens(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE expires_at_ms < $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn upsert_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO nodes (id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, \
+                encoders, version, status, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET grpc_endpoint = excluded.grpc_endpoint, \
+                signaling_base_url = excluded.signaling_base_url, region = excluded.region, \
+                capacity = excluded.capacity, runtimes = excluded.runtimes, \
+                encoders = excluded.encoders, version = excluded.version, \
+                status = excluded.status, last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(&n.node_id)
+        .bind(&n.grpc_endpoint)
+        .bind(&n.signaling_base_url)
+        .bind(&n.region)
+        .bind(n.capacity)
+        .bind(n.runtimes.join(","))
+        .bind(n.encoders.join(","))
+        .bind(&n.version)
+        .bind(&n.status)
+        .bind(n.last_seen_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_node_status(&self, node_id: &str, status: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET status = $1, last_seen_ms = $2 WHERE id = $3")
+            .bind(status)
+            .bind(now_ms)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, encoders, \
+                version, status, last_seen_ms FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut nodes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let runtimes: String = row.try_get("runtimes")?;
+            let encoders: String = row.try_get("encoders")?;
+            nodes.push(NodeRecord {
+                node_id: row.try_get("id")?,
+                grpc_endpoint: row.try_get("grpc_endpoint")?,
+                signaling_base_url: row.try_get("signaling_base_url")?,
+                region: row.try_get("region")?,
+                capacity: row.try_get("capacity")?,
+                runtimes: split_list(&runtimes),
+                encoders: split_list(&encoders),
+                version: row.try_get("version")?,
+                status: row.try_get("status")?,
+                last_seen_ms: row.try_get("last_seen_ms")?,
+            });
+        }
+        Ok(nodes)
+    }
+
+    async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM instances GROUP BY node_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for i in instances {
+            sqlx::query(
+                "INSERT INTO instances (id, tenant_id, project_id, name, order_id, node_id, sku_id, \
+                    region, os, runtime, width, height, state, state_message, assign_user, \
+                    period_type, period_num, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            )
+            .bind(&i.instance_id)
+            .bind(&i.tenant_id)
+            .bind(&i.project_id)
+            .bind(&i.name)
+            .bind(&i.order_id)
+            .bind(&i.node_id)
+            .bind(&i.sku_id)
+            .bind(&i.region)
+            .bind(&i.os)
+            .bind(&i.runtime)
+            .bind(i.width)
+            .bind(i.height)
+            .bind(&i.state)
+            .bind(&i.state_message)
+            .bind(i.assign_user.clone())
+            .bind(i.period_type)
+            .bind(i.period_num)
+            .bind(i.created_at_ms)
+            .bind(i.updated_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_instance_state(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 WHERE id = $4")
+            .bind(state)
+            .bind(message)
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"))
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(instance_from_row).transpose()?)
+    }
+
+    async fn list_instances(
+        &self,
+        tenant_id: &str,
+        q: &InstanceQuery,
+    ) -> Result<(Vec<InstanceListing>, u64), StoreError> {
+        // Absent filters bind as values that match everything, so one statement serves all.
+        let filter = "i.tenant_id = $1 AND ($2 = '' OR i.id = $2) AND ($3 = '' OR i.name = $3) \
+                      AND i.created_at_ms >= $4 AND i.created_at_ms <= $5";
+        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM instances i WHERE {filter}"))
+            .bind(tenant_id)
+            .bind(q.instance_id.clone().unwrap_or_default())
+            .bind(q.instance_name.clone().unwrap_or_default())
+            .bind(q.created_from_ms.unwrap_or(i64::MIN))
+            .bind(q.created_to_ms.unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS}, n.status AS node_status, p.name AS project_name, \
+                t.domain_name AS domain_name \
+             FROM instances i JOIN nodes n ON n.id = i.node_id \
+                JOIN projects p ON p.id = i.project_id JOIN tenants t ON t.id = i.tenant_id \
+             WHERE {filter} ORDER BY i.created_at_ms DESC, i.id LIMIT $6 OFFSET $7"
+        ))
+        .bind(tenant_id)
+        .bind(q.instance_id.clone().unwrap_or_default())
+        .bind(q.instance_name.clone().unwrap_or_default())
+        .bind(q.created_from_ms.unwrap_or(i64::MIN))
+        .bind(q.created_to_ms.unwrap_or(i64::MAX))
+        .bind(q.limit)
+        .bind(q.offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut listings = Vec::with_capacity(rows.len());
+        for row in &rows {
+            listings.push(InstanceListing {
+                instance: instance_from_row(row)?,
+                node_status: row.try_get("node_status")?,
+                project_name: row.try_get("project_name")?,
+                domain_name: row.try_get("domain_name")?,
+            });
+        }
+        Ok((listings, u64::try_from(total).unwrap_or(0)))
+    }
+}

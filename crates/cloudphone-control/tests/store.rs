@@ -1,0 +1,157 @@
+//! The store's contract, checked identically against embedded SQLite and a real PostgreSQL.
+
+use cloudphone_control::store::{
+    self, InstanceQuery, InstanceRecord, NewTenant, NodeRecord, Store, StoreError, TokenRecord,
+};
+
+fn tenant(n: u32) -> NewTenant {
+    NewTenant {
+        tenant_id: format!("t{n}"),
+        domain_name: format!("domain{n}"),
+        user_id: format!("u{n}"),
+        user_name: "alice".into(),
+        password_hash: "$argon2id$fake".into(),
+        project_id: format!("p{n}"),
+        project_name: "cn-north-7".into(),
+        created_at_ms: 1_000,
+    }
+}
+
+fn node(id: &str) -> NodeRecord {
+    NodeRecord {
+        node_id: id.into(),
+        grpc_endpoint: format!("http://{id}:50051"),
+        signaling_base_url: format!("ws://{id}:8090"),
+        region: "cn-north-7".into(),
+        capacity: 4,
+        runtimes: vec!["x11".into()],
+        encoders: vec!["x264enc".into(), "x265enc".into()],
+        version: "0.1.0".into(),
+        status: "up".into(),
+        last_seen_ms: 5,
+    }
+}
+
+fn instance(id: &str, tenant: u32, node: &str, created_at_ms: i64) -> InstanceRecord {
+    InstanceRecord {
+        instance_id: id.into(),
+        tenant_id: format!("t{tenant}"),
+        project_id: format!("p{tenant}"),
+        name: format!("name-{id}"),
+        order_id: "o1".into(),
+        node_id: node.into(),
+        sku_id: "kp.x11.720p".into(),
+        region: "cn-north-7".into(),
+        os: "AOSP11".into(),
+        runtime: "x11".into(),
+        width: 720,
+        height: 1280,
+        state: "creating".into(),
+        state_message: String::new(),
+        assign_user: None,
+        period_type: 2,
+        period_num: 1,
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+    }
+}
+
+async fn suite(store: impl Store) {
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrating twice is a no-op");
+
+    // Tenants: created whole, domain names unique.
+    store.create_tenant(&tenant(1)).await.unwrap();
+    store.create_tenant(&tenant(2)).await.unwrap();
+    let mut dup = tenant(3);
+    dup.domain_name = "domain1".into();
+    assert!(matches!(store.create_tenant(&dup).await, Err(StoreError::AlreadyExists(_))));
+    assert!(store.find_user("domain3", "alice").await.unwrap().is_none(), "a failed create leaves nothing");
+
+    let user = store.find_user("domain1", "alice").await.unwrap().expect("user");
+    assert_eq!((user.tenant_id.as_str(), user.user_id.as_str()), ("t1", "u1"));
+    assert!(store.find_user("domain1", "bob").await.unwrap().is_none());
+    let project = store.find_project("t1", Some("cn-north-7"), None).await.unwrap().expect("by name");
+    assert_eq!(project.project_id, "p1");
+    assert!(store.find_project("t1", None, Some("p1")).await.unwrap().is_some(), "by id");
+    assert!(store.find_project("t2", None, Some("p1")).await.unwrap().is_none(), "another tenant's project");
+
+    // Tokens: found by hash, purged after expiry.
+    let token = TokenRecord {
+        token_sha256: "abc".into(),
+        user_id: "u1".into(),
+        tenant_id: "t1".into(),
+        project_id: "p1".into(),
+        issued_at_ms: 10,
+        expires_at_ms: 100,
+    };
+    store.insert_token(&token).await.unwrap();
+    assert_eq!(store.find_token("abc").await.unwrap(), Some(token));
+    assert_eq!(store.purge_expired_tokens(100).await.unwrap(), 0);
+    assert_eq!(store.purge_expired_tokens(101).await.unwrap(), 1);
+    assert_eq!(store.find_token("abc").await.unwrap(), None);
+
+    // Nodes: upsert replaces, status changes.
+    store.upsert_node(&node("n1")).await.unwrap();
+    let mut changed = node("n1");
+    changed.capacity = 9;
+    store.upsert_node(&changed).await.unwrap();
+    store.upsert_node(&node("n2")).await.unwrap();
+    store.set_node_status("n2", "down", 50).await.unwrap();
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!((nodes[0].capacity, nodes[0].encoders.len()), (9, 2));
+    assert_eq!((nodes[1].status.as_str(), nodes[1].last_seen_ms), ("down", 50));
+
+    // Instances: batch insert is all-or-nothing.
+    store
+        .insert_instances(&[instance("a", 1, "n1", 100), instance("b", 1, "n2", 200), instance("c", 2, "n1", 300)])
+        .await
+        .unwrap();
+    let clash = [instance("d", 1, "n1", 400), instance("a", 1, "n1", 400)];
+    assert!(store.insert_instances(&clash).await.is_err());
+    assert!(store.get_instance("d").await.unwrap().is_none(), "no partial write");
+    let mut counts = store.instance_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [("n1".to_string(), 2), ("n2".to_string(), 1)]);
+
+    store.set_instance_state("a", "running", "", 150).await.unwrap();
+    assert_eq!(store.get_instance("a").await.unwrap().unwrap().state, "running");
+
+    // Listing: per tenant, newest first, with filters and paging.
+    let all = InstanceQuery { limit: 10, ..Default::default() };
+    let (rows, total) = store.list_instances("t1", &all).await.unwrap();
+    assert_eq!(total, 2);
+    let ids: Vec<_> = rows.iter().map(|r| r.instance.instance_id.as_str()).collect();
+    assert_eq!(ids, ["b", "a"]);
+    assert_eq!((rows[0].node_status.as_str(), rows[0].domain_name.as_str()), ("down", "domain1"));
+    assert_eq!(rows[1].project_name, "cn-north-7");
+    let page2 = InstanceQuery { limit: 1, offset: 1, ..Default::default() };
+    let (rows, total) = store.list_instances("t1", &page2).await.unwrap();
+    assert_eq!((rows.len(), total, rows[0].instance.instance_id.as_str()), (1, 2, "a"));
+    let by_id = InstanceQuery { instance_id: Some("c".into()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_instances("t1", &by_id).await.unwrap().1, 0, "tenant isolation");
+    let window = InstanceQuery { created_from_ms: Some(150), created_to_ms: Some(250), limit: 10, ..Default::default() };
+    let (rows, _) = store.list_instances("t1", &window).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.instance.instance_id.clone()).collect::<Vec<_>>(), ["b"]);
+    let by_name = InstanceQuery { instance_name: Some("name-a".into()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_instances("t1", &by_name).await.unwrap().1, 1);
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+    suite(store::open(&url).await.expect("open sqlite")).await;
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let url = cloudphone_testkit::postgres::fresh_database();
+    suite(store::open(&url).await.expect("open postgres")).await;
+}
+
+#[tokio::test]
+async fn unknown_urls_are_refused() {
+    assert!(matches!(store::open("mysql://x").await, Err(StoreError::UnsupportedUrl(_))));
+}
