@@ -1,1 +1,65 @@
-fn main() {}
+//! `cargo xtask`: the project's developer commands (run a demo, run what CI runs), written in
+//! Rust so they need nothing but cargo. See `cargo xtask help`.
+
+mod demo;
+mod deps;
+mod pg;
+mod test;
+mod units;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+const HELP: &str = "\
+cargo xtask <COMMAND>
+
+Commands:
+  demo [--no-wait]       Run control and a node locally with a demo tenant and three phones,
+                         print how to reach them, and wait for Ctrl-C. --no-wait tears
+                         everything down right after setting it up (a smoke test).
+  test                   What CI runs: install-deps, fmt, clippy, build, the test suite against
+                         a throwaway PostgreSQL, and systemd-analyze verify on deploy/systemd.
+  ci                     The same as `test`.
+  install-deps [--test]  Install the missing system packages (apt-get, as root) for the demo,
+                         or with --test for the test suite too.
+  help                   This text.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
+    let (command, flags) = match args.split_first() {
+        Some((command, flags)) => (command.as_str(), flags),
+        None => {
+            print!("{HELP}");
+            bail!("no command given");
+        }
+    };
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    match (command, flags.as_slice()) {
+        ("demo", []) => demo::run(demo::Options { no_wait: false }),
+        ("demo", ["--no-wait"]) => demo::run(demo::Options { no_wait: true }),
+        ("test" | "ci", []) => test::run(),
+        ("install-deps", []) => deps::ensure(deps::Purpose::Demo),
+        ("install-deps", ["--test"]) => deps::ensure(deps::Purpose::Test),
+        ("help" | "--help" | "-h", _) => {
+            print!("{HELP}");
+            Ok(())
+        }
+        _ => {
+            print!("{HELP}");
+            bail!("unknown command or flags: {}", args.join(" "));
+        }
+    }
+}

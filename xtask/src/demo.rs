@@ -1,0 +1,899 @@
+//! `cargo xtask demo`: control and one node on this machine, a demo tenant and three phones.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::deps::{self, Purpose};
+use crate::util::{self, heading};
+
+/// The demo tenant: IAM domain, user and project (the project is named like the region).
+const DOMAIN: &str = "demo";
+const USER: &str = "demo";
+const REGION: &str = "cn-north-7";
+/// How many phones the demo orders, and how many the node may run.
+const INSTANCES: usize = 3;
+const CAPACITY: u32 = 4;
+/// The SKU ordered when `GET /v1/instances/sku` does not name one.
+const FALLBACK_SKU: &str = "kp.x11.720p";
+/// How long each daemon gets to answer `/healthz`, and the node to show up in control.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon gets to exit after SIGTERM before it is SIGKILLed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of `cargo xtask demo`.
+pub(crate) struct Options {
+    /// Set everything up, print it, then tear down and exit (a smoke test for CI).
+    pub(crate) no_wait: bool,
+}
+
+pub(crate) fn run(options: Options) -> Result<()> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+
+    deps::ensure(Purpose::Demo)?;
+
+    heading("build the daemons");
+    let root = util::repo_root();
+    util::run(util::cargo().args([
+        "build",
+        "--bins",
+        "-p",
+        "cloudphone-control",
+        "-p",
+        "cloudphone-node",
+    ]))?;
+    let bin = root.join("target/debug");
+    let control_bin = bin.join("cloudphone-control");
+    let node_bin = bin.join("cloudphone-node");
+
+    heading("prepare target/demo");
+    let dir = root.join("target/demo");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove the previous {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let runtime = pick_runtime(&dir);
+    let ports = util::free_ports(3)?;
+    let config = DemoConfig {
+        dir: dir.clone(),
+        api_port: ports[0],
+        grpc_port: ports[1],
+        node_http_port: ports[2],
+        enrollment_token: util::random_alnum(32),
+        runtime,
+    };
+    let control_toml = dir.join("control.toml");
+    let node_toml = dir.join("node.toml");
+    std::fs::write(&control_toml, config.control_toml())?;
+    std::fs::write(&node_toml, config.node_toml())?;
+    std::fs::create_dir_all(config.node_state_dir())?;
+    println!(
+        "wrote {} and {}",
+        control_toml.display(),
+        node_toml.display()
+    );
+
+    heading("create the demo tenant");
+    let password = util::random_alnum(16);
+    let out = util::output(
+        Command::new(&control_bin)
+            .args(["tenant", "create", "--config"])
+            .arg(&control_toml)
+            .args(["--domain", DOMAIN, "--user", USER, "--password", &password])
+            .args(["--project", REGION]),
+    )?;
+    match out.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => match serde_json::from_str::<Value>(line) {
+            Ok(tenant) => println!("tenant: {tenant}"),
+            Err(e) => println!("warning: tenant create printed no JSON ({e}): {line}"),
+        },
+        None => println!("warning: tenant create printed nothing"),
+    }
+
+    heading("start control and node");
+    let mut daemons = Daemons::default();
+    daemons.spawn(
+        "control",
+        Command::new(&control_bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&control_toml),
+        &dir.join("control.log"),
+    )?;
+    let api = config.api_url();
+    let http = Http::new();
+    daemons.wait_for("control /healthz", || {
+        Ok(http.get(&format!("{api}/healthz"), &[])?.status == 200)
+    })?;
+    daemons.spawn(
+        "node",
+        Command::new(&node_bin).arg("--config").arg(&node_toml),
+        &dir.join("node.log"),
+    )?;
+    let node_http = format!("http://127.0.0.1:{}", config.node_http_port);
+    daemons.wait_for("node /healthz", || {
+        Ok(http.get(&format!("{node_http}/healthz"), &[])?.status == 200)
+    })?;
+    daemons.wait_for("the node to register with control", || {
+        let resp = http.get(&format!("{api}/internal/v1/nodes"), &[])?;
+        Ok(resp.status == 200 && count_up_nodes(&resp.json()?) >= 1)
+    })?;
+
+    heading("order the demo phones");
+    let token = iam_token(&http, &api, &password)?;
+    let sku = first_sku(&http, &api, &token);
+    println!("sku: {sku}");
+    let instance_ids = create_instances(&http, &api, &token, &sku)?;
+    println!("instances: {}", instance_ids.join(", "));
+
+    let console = format!("{api}/console/");
+    let demo = json!({
+        "api_url": api,
+        "console_url": console,
+        "iam": {"domain": DOMAIN, "user": USER, "password": password, "project": REGION},
+        "instance_ids": instance_ids,
+    });
+    let demo_json = dir.join("demo.json");
+    std::fs::write(&demo_json, serde_json::to_string_pretty(&demo)? + "\n")?;
+
+    heading("cloudphone demo is up");
+    println!("API:        {api}");
+    println!("Console:    {console}");
+    println!("IAM:        domain {DOMAIN}, user {USER}, password {password}, project {REGION}");
+    println!("Phones:     {}", instance_ids.join(", "));
+    println!("Runtime:    {}", config.runtime.describe());
+    println!(
+        "Logs:       {}, {}",
+        dir.join("control.log").display(),
+        dir.join("node.log").display()
+    );
+    println!("Details:    {}", demo_json.display());
+    println!(
+        "\nTry the API (paste into a shell):\n\n{}\n",
+        curl_example(&api, &password)
+    );
+
+    if options.no_wait {
+        println!("--no-wait: stopping the demo");
+        return daemons.shutdown();
+    }
+    println!("Press Ctrl-C to stop.");
+    let died = daemons.wait_until_interrupted_or_dead(&interrupted);
+    println!();
+    daemons.shutdown()?;
+    died
+}
+
+/// How the demo node runs phones: with real X displays when Xvfb works here, else synthetic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Runtime {
+    X11 { first_display: u32 },
+    Synthetic { why: String },
+}
+
+impl Runtime {
+    fn name(&self) -> &'static str {
+        match self {
+            Runtime::X11 { .. } => "x11",
+            Runtime::Synthetic { .. } => "synthetic",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Runtime::X11 { first_display } => format!("x11 (displays from :{first_display})"),
+            Runtime::Synthetic { why } => format!("synthetic ({why})"),
+        }
+    }
+}
+
+fn pick_runtime(dir: &Path) -> Runtime {
+    match probe_xvfb(&dir.join("xvfb-probe.log")) {
+        Ok(display) => {
+            println!("Xvfb works (probed on :{display}): the node uses the x11 runtime");
+            Runtime::X11 {
+                first_display: free_display_range(100, CAPACITY),
+            }
+        }
+        Err(e) => {
+            println!("no display server ({e:#}): the node uses the synthetic runtime");
+            Runtime::Synthetic {
+                why: format!("Xvfb unavailable: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Whether X display `n` looks taken (a lock file or a socket).
+fn display_taken(n: u32) -> bool {
+    Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+}
+
+/// The first display `>= from` such that it and the `count - 1` after it are all free.
+fn free_display_range(from: u32, count: u32) -> u32 {
+    (from..)
+        .find(|&n| (n..n + count).all(|d| !display_taken(d)))
+        .expect("some display range is free")
+}
+
+/// Starts Xvfb on a free display (from :99) for a moment; returns the display it used.
+fn probe_xvfb(log: &Path) -> Result<u32> {
+    let display = free_display_range(99, 1);
+    let mut child = Command::new("Xvfb")
+        .arg(format!(":{display}"))
+        .args(["-nolisten", "tcp", "-screen", "0", "320x240x24"])
+        .stdin(Stdio::null())
+        .stdout(File::create(log)?)
+        .stderr(File::create(log)?)
+        .spawn()
+        .context("cannot run Xvfb")?;
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let result = loop {
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow!("Xvfb exited: {status}: {}", util::tail(log, 3)));
+        }
+        if socket.exists() {
+            break Ok(display);
+        }
+        if Instant::now() > deadline {
+            break Err(anyhow!("Xvfb did not create {} in 5 s", socket.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Everything the two demo configs are made from.
+struct DemoConfig {
+    /// `target/demo`, absolute.
+    dir: PathBuf,
+    api_port: u16,
+    grpc_port: u16,
+    node_http_port: u16,
+    enrollment_token: String,
+    runtime: Runtime,
+}
+
+impl DemoConfig {
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn node_state_dir(&self) -> PathBuf {
+        self.dir.join("node-state")
+    }
+
+    fn control_toml(&self) -> String {
+        let db = format!(
+            "sqlite://{}?mode=rwc",
+            self.dir.join("control.db").display()
+        );
+        format!(
+            r#"# Written by `cargo xtask demo`; deploy/config/control.toml explains every key.
+listen = {listen}
+public_url = {public_url}
+region = {region}
+
+[store]
+url = {db}
+
+[nodes]
+heartbeat_timeout_ms = 3000
+enrollment_token = {token}
+
+[iam]
+token_ttl_secs = 86400
+"#,
+            listen = toml_str(&format!("127.0.0.1:{}", self.api_port)),
+            public_url = toml_str(&self.api_url()),
+            region = toml_str(REGION),
+            db = toml_str(&db),
+            token = toml_str(&self.enrollment_token),
+        )
+    }
+
+    fn node_toml(&self) -> String {
+        let first_display = match self.runtime {
+            Runtime::X11 { first_display } => first_display,
+            Runtime::Synthetic { .. } => 100,
+        };
+        format!(
+            r#"# Written by `cargo xtask demo`; deploy/config/node.toml explains every key.
+node_id = "demo-node-1"
+region = {region}
+state_dir = {state_dir}
+capacity = {CAPACITY}
+runtime = {runtime}
+heartbeat_interval_ms = 1000
+
+[grpc]
+listen = {grpc_listen}
+advertise = {grpc_advertise}
+
+[http]
+listen = {http_listen}
+public_url = {http_public}
+
+[control]
+url = {control}
+enrollment_token = {token}
+
+[x11]
+first_display = {first_display}
+
+[android]
+adb = "/usr/bin/adb"
+serials = []
+"#,
+            region = toml_str(REGION),
+            state_dir = toml_str(&self.node_state_dir().display().to_string()),
+            runtime = toml_str(self.runtime.name()),
+            grpc_listen = toml_str(&format!("127.0.0.1:{}", self.grpc_port)),
+            grpc_advertise = toml_str(&format!("http://127.0.0.1:{}", self.grpc_port)),
+            http_listen = toml_str(&format!("127.0.0.1:{}", self.node_http_port)),
+            http_public = toml_str(&format!("ws://127.0.0.1:{}", self.node_http_port)),
+            control = toml_str(&self.api_url()),
+            token = toml_str(&self.enrollment_token),
+        )
+    }
+}
+
+/// A TOML basic string. JSON's string escapes are a subset of TOML's, so serde_json does it.
+fn toml_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// How many nodes a `GET /internal/v1/nodes` answer lists as up, whatever its envelope: every
+/// object with `"status": "up"` counts once.
+fn count_up_nodes(v: &Value) -> usize {
+    match v {
+        Value::Object(map) if map.get("status").and_then(Value::as_str) == Some("up") => 1,
+        Value::Object(map) => map.values().map(count_up_nodes).sum(),
+        Value::Array(items) => items.iter().map(count_up_nodes).sum(),
+        _ => 0,
+    }
+}
+
+fn iam_body(password: &str) -> Value {
+    json!({"auth": {
+        "identity": {
+            "methods": ["password"],
+            "password": {"user": {"name": USER, "password": password, "domain": {"name": DOMAIN}}}
+        },
+        "scope": {"project": {"name": REGION}}
+    }})
+}
+
+fn iam_token(http: &Http, api: &str, password: &str) -> Result<String> {
+    let resp = http.post(&format!("{api}/v3/auth/tokens"), &[], &iam_body(password))?;
+    if resp.status != 201 {
+        bail!(
+            "POST /v3/auth/tokens answered {}: {}",
+            resp.status,
+            resp.body
+        );
+    }
+    resp.subject_token
+        .context("POST /v3/auth/tokens answered 201 without X-Subject-Token")
+}
+
+/// The first SKU control offers, or [`FALLBACK_SKU`]. Accepts the short `data.skus[].sku_id`
+/// form and the documented `data.skuSpecResponseList[].skuResponses[].cbcSkuId` one.
+fn first_sku(http: &Http, api: &str, token: &str) -> String {
+    let found = http
+        .get(
+            &format!("{api}/v1/instances/sku?type=0"),
+            &[("X-Auth-Token", token)],
+        )
+        .and_then(|resp| {
+            if resp.status != 200 {
+                bail!("status {}", resp.status);
+            }
+            resp.json()
+        })
+        .map(|v| sku_from(&v));
+    match found {
+        Ok(Some(sku)) => sku,
+        Ok(None) => {
+            println!("GET /v1/instances/sku listed no SKU; using {FALLBACK_SKU}");
+            FALLBACK_SKU.to_owned()
+        }
+        Err(e) => {
+            println!("GET /v1/instances/sku failed ({e:#}); using {FALLBACK_SKU}");
+            FALLBACK_SKU.to_owned()
+        }
+    }
+}
+
+fn sku_from(v: &Value) -> Option<String> {
+    let data = &v["data"];
+    if let Some(id) = data["skus"][0]["sku_id"].as_str() {
+        return Some(id.to_owned());
+    }
+    let regions = data["skuSpecResponseList"].as_array()?;
+    let region = regions
+        .iter()
+        .find(|r| r["regionId"] == REGION)
+        .or(regions.first())?;
+    region["skuResponses"][0]["cbcSkuId"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn create_body(sku: &str) -> Value {
+    json!({
+        "os": "AOSP11",
+        "instanceSkuld": sku,
+        "bandSkuld": "kp.bandwidth",
+        "regionId": REGION,
+        "instanceNamePrefix": "demo",
+        "bandSize": 4,
+        "count": INSTANCES,
+        "chargeParam": {
+            "chargingMode": 1,
+            "periodType": 2,
+            "periodNum": 1,
+            "isAutoPay": 1,
+            "isAutoRenew": 0
+        }
+    })
+}
+
+fn create_instances(http: &Http, api: &str, token: &str, sku: &str) -> Result<Vec<String>> {
+    let request_id = util::random_uuid();
+    let resp = http.post(
+        &format!("{api}/v1/instances/create"),
+        &[("X-Auth-Token", token), ("x-request-id", &request_id)],
+        &create_body(sku),
+    )?;
+    let body = resp.json().with_context(|| {
+        format!(
+            "POST /v1/instances/create answered {}: {}",
+            resp.status, resp.body
+        )
+    })?;
+    if resp.status != 200 || body["error_code"] != "0" {
+        bail!(
+            "POST /v1/instances/create answered {}: {}",
+            resp.status,
+            resp.body
+        );
+    }
+    instance_ids_from(&body).with_context(|| format!("no instance ids in {}", resp.body))
+}
+
+fn instance_ids_from(body: &Value) -> Option<Vec<String>> {
+    let ids: Vec<String> = body["data"]["instanceInfos"]
+        .as_array()?
+        .iter()
+        .filter_map(|i| i["instanceId"].as_str().map(str::to_owned))
+        .collect();
+    (!ids.is_empty()).then_some(ids)
+}
+
+/// Shell commands a user can paste: get a token, then list their phones.
+fn curl_example(api: &str, password: &str) -> String {
+    let body = iam_body(password).to_string();
+    format!(
+        "TOKEN=$(curl -si -X POST {api}/v3/auth/tokens -H 'Content-Type: application/json' \\\n  \
+         -d '{body}' \\\n  \
+         | awk 'tolower($1)==\"x-subject-token:\" {{print $2}}' | tr -d '\\r')\n\
+         curl -s \"{api}/v1/instances/batch-query?page_no=1&page_size=100\" \\\n  \
+         -H \"X-Auth-Token: $TOKEN\" -H \"x-request-id: $(cat /proc/sys/kernel/random/uuid)\""
+    )
+}
+
+/// A small blocking HTTP client; non-2xx answers are values, not errors.
+struct Http {
+    agent: ureq::Agent,
+}
+
+struct Reply {
+    status: u16,
+    subject_token: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+}
+
+impl Http {
+    fn new() -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // Everything is on 127.0.0.1: never go through a proxy from the environment.
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build();
+        Http {
+            agent: config.into(),
+        }
+    }
+
+    fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+        let mut req = self.agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.call(), url)
+    }
+
+    fn post(&self, url: &str, headers: &[(&str, &str)], body: &Value) -> Result<Reply> {
+        let mut req = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::reply(req.send(body.to_string()), url)
+    }
+
+    fn reply(
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        url: &str,
+    ) -> Result<Reply> {
+        let resp = resp.with_context(|| format!("request to {url} failed"))?;
+        let status = resp.status().as_u16();
+        let subject_token = resp
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.into_body().read_to_string().unwrap_or_default();
+        Ok(Reply {
+            status,
+            subject_token,
+            body,
+        })
+    }
+}
+
+/// A daemon the demo started.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The demo's daemons; dropping them stops them (the last started first).
+#[derive(Default)]
+struct Daemons {
+    running: Vec<Daemon>,
+}
+
+impl Daemons {
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command, log: &Path) -> Result<()> {
+        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // Under systemd, a daemon must not notify our service manager about itself.
+            .env_remove("NOTIFY_SOCKET")
+            // Its own process group: Ctrl-C reaches only us, and we stop the daemons in order.
+            .process_group(0);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // SAFETY: prctl(2) is async-signal-safe, and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Should we die without cleaning up, the daemon gets SIGTERM from the kernel.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        println!("$ {} > {}", util::display(cmd), log.display());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        self.running.push(Daemon {
+            name,
+            child,
+            log: log.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Polls `ready` until it returns true, failing early if a daemon dies.
+    fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+        print!("waiting for {what} ... ");
+        let start = Instant::now();
+        let mut last_error = None;
+        loop {
+            self.check_alive()?;
+            match ready() {
+                Ok(true) => {
+                    println!("ok ({} ms)", start.elapsed().as_millis());
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if start.elapsed() > STARTUP_TIMEOUT {
+                println!("timed out");
+                let logs: Vec<String> = self
+                    .running
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "--- {} ({}):\n{}",
+                            d.name,
+                            d.log.display(),
+                            util::tail(&d.log, 20)
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "gave up waiting for {what} after {} s (last error: {})\n{}",
+                    STARTUP_TIMEOUT.as_secs(),
+                    last_error.map_or("none".to_owned(), |e| format!("{e:#}")),
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Fails if a daemon has exited, with the end of its log.
+    fn check_alive(&mut self) -> Result<()> {
+        for d in &mut self.running {
+            if let Some(status) = d.child.try_wait()? {
+                bail!(
+                    "{} exited: {status}; the end of {}:\n{}",
+                    d.name,
+                    d.log.display(),
+                    util::tail(&d.log, 30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns `Ok` on Ctrl-C (or SIGTERM), `Err` when a daemon dies first.
+    fn wait_until_interrupted_or_dead(&mut self, interrupted: &AtomicBool) -> Result<()> {
+        while !interrupted.load(Ordering::SeqCst) {
+            self.check_alive()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("interrupted: stopping the demo");
+        Ok(())
+    }
+
+    /// SIGTERM each daemon, newest first (the node leaves before control goes); SIGKILL those
+    /// that do not exit within [`STOP_TIMEOUT`].
+    fn shutdown(&mut self) -> Result<()> {
+        let mut forced = Vec::new();
+        while let Some(mut d) = self.running.pop() {
+            match stop(&mut d.child) {
+                Ok((status, true)) => println!("{} exited: {status}", d.name),
+                Ok((status, false)) => {
+                    println!(
+                        "{} did not exit within {} s of SIGTERM; killed ({status})",
+                        d.name,
+                        STOP_TIMEOUT.as_secs()
+                    );
+                    forced.push(d.name);
+                }
+                Err(e) => println!("cannot stop {}: {e:#}", d.name),
+            }
+        }
+        if !forced.is_empty() {
+            bail!("had to SIGKILL: {}", forced.join(", "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// SIGTERM, wait up to [`STOP_TIMEOUT`], else SIGKILL. Returns the exit status and whether the
+/// child exited by itself.
+fn stop(child: &mut Child) -> Result<(ExitStatus, bool)> {
+    if let Some(status) = child.try_wait()? {
+        return Ok((status, true));
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id())?);
+    kill(pid, Signal::SIGTERM)?;
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, true));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    Ok((child.wait()?, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(runtime: Runtime) -> DemoConfig {
+        DemoConfig {
+            dir: PathBuf::from("/work/main/target/demo"),
+            api_port: 40001,
+            grpc_port: 40002,
+            node_http_port: 40003,
+            enrollment_token: "tok\"en".to_owned(),
+            runtime,
+        }
+    }
+
+    /// The keys of a TOML document, as dotted paths, sorted.
+    fn keys(doc: &str) -> Vec<String> {
+        fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (k, v) in table {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) => walk(&path, t, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &doc.parse::<toml::Table>().unwrap(), &mut out);
+        out.sort();
+        out
+    }
+
+    fn example(name: &str) -> String {
+        std::fs::read_to_string(util::repo_root().join("deploy/config").join(name)).unwrap()
+    }
+
+    #[test]
+    fn demo_configs_have_exactly_the_example_keys() {
+        let c = config(Runtime::X11 { first_display: 100 });
+        assert_eq!(keys(&c.control_toml()), keys(&example("control.toml")));
+        assert_eq!(keys(&c.node_toml()), keys(&example("node.toml")));
+    }
+
+    #[test]
+    fn demo_configs_point_at_the_demo_dir_and_ports() {
+        let c = config(Runtime::Synthetic { why: "test".into() });
+        let control: toml::Table = c.control_toml().parse().unwrap();
+        assert_eq!(control["listen"].as_str(), Some("127.0.0.1:40001"));
+        assert_eq!(
+            control["store"]["url"].as_str(),
+            Some("sqlite:///work/main/target/demo/control.db?mode=rwc")
+        );
+        assert_eq!(
+            control["nodes"]["heartbeat_timeout_ms"].as_integer(),
+            Some(3000)
+        );
+        assert_eq!(
+            control["nodes"]["enrollment_token"].as_str(),
+            Some("tok\"en")
+        );
+
+        let node: toml::Table = c.node_toml().parse().unwrap();
+        assert_eq!(node["runtime"].as_str(), Some("synthetic"));
+        assert_eq!(
+            node["state_dir"].as_str(),
+            Some("/work/main/target/demo/node-state")
+        );
+        assert_eq!(
+            node["grpc"]["advertise"].as_str(),
+            Some("http://127.0.0.1:40002")
+        );
+        assert_eq!(
+            node["http"]["public_url"].as_str(),
+            Some("ws://127.0.0.1:40003")
+        );
+        assert_eq!(
+            node["control"]["url"].as_str(),
+            Some("http://127.0.0.1:40001")
+        );
+        assert_eq!(
+            node["control"]["enrollment_token"].as_str(),
+            Some("tok\"en")
+        );
+    }
+
+    #[test]
+    fn example_configs_comment_every_key() {
+        for name in ["control.toml", "node.toml"] {
+            let text = example(name);
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let is_key = line.contains('=') && !line.trim_start().starts_with('#');
+                if is_key {
+                    let commented =
+                        line.contains('#') || (i > 0 && lines[i - 1].trim_start().starts_with('#'));
+                    assert!(commented, "{name}:{}: `{line}` has no comment", i + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn up_nodes_are_counted_in_any_envelope() {
+        let up = json!({"node_id": "a", "status": "up"});
+        let down = json!({"node_id": "b", "status": "down"});
+        assert_eq!(count_up_nodes(&json!([up, down])), 1);
+        assert_eq!(count_up_nodes(&json!({"nodes": [up, up]})), 2);
+        assert_eq!(count_up_nodes(&json!({"data": {"nodes": [down]}})), 0);
+        assert_eq!(count_up_nodes(&json!({"nodes": []})), 0);
+    }
+
+    #[test]
+    fn sku_comes_from_either_shape() {
+        let short = json!({"data": {"skus": [{"sku_id": "kp.a"}, {"sku_id": "kp.b"}]}});
+        assert_eq!(sku_from(&short).as_deref(), Some("kp.a"));
+        let documented = json!({"data": {"skuSpecResponseList": [
+            {"regionId": "cn-east-1", "skuResponses": [{"cbcSkuId": "kp.east"}]},
+            {"regionId": REGION, "skuResponses": [{"cbcSkuId": "kp.north"}]}
+        ]}});
+        assert_eq!(sku_from(&documented).as_deref(), Some("kp.north"));
+        assert_eq!(sku_from(&json!({"data": {}})), None);
+    }
+
+    #[test]
+    fn instance_ids_come_from_the_create_answer() {
+        let body = json!({"data": {"orderId": "o1", "instanceInfos": [
+            {"instanceId": "i1", "instanceName": "demo-1"},
+            {"instanceId": "i2", "instanceName": "demo-2"}
+        ]}, "error_code": "0", "error_msg": "OK"});
+        assert_eq!(instance_ids_from(&body).unwrap(), ["i1", "i2"]);
+        assert_eq!(
+            instance_ids_from(&json!({"data": {"instanceInfos": []}})),
+            None
+        );
+    }
+
+    #[test]
+    fn request_bodies_match_the_api() {
+        let iam = iam_body("pw");
+        assert_eq!(
+            iam["auth"]["identity"]["password"]["user"]["domain"]["name"],
+            DOMAIN
+        );
+        assert_eq!(iam["auth"]["scope"]["project"]["name"], REGION);
+        let create = create_body("kp.x");
+        assert_eq!(create["instanceSkuld"], "kp.x");
+        assert_eq!(create["count"], 3);
+        assert_eq!(create["chargeParam"]["isAutoRenew"], 0);
+    }
+
+    #[test]
+    fn a_child_that_exits_on_sigterm_is_not_killed() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let start = Instant::now();
+        let (status, by_itself) = stop(&mut child).unwrap();
+        assert!(by_itself);
+        assert!(!status.success());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

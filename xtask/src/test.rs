@@ -1,0 +1,179 @@
+//! `cargo xtask test`: everything CI checks, in order, with a summary at the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::deps::{self, Purpose};
+use crate::pg::Postgres;
+use crate::units;
+use crate::util::{self, heading};
+
+/// The database the tests use in the throwaway cluster.
+const TEST_DATABASE: &str = "cloudphone_test";
+/// The variable tests read to find that database.
+const PG_URL_ENV: &str = "CLOUDPHONE_TEST_PG_URL";
+
+pub(crate) fn run() -> Result<()> {
+    // Ctrl-C reaches cargo and the tests too (same process group); we keep running just long
+    // enough to stop PostgreSQL and print what happened.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    let mut steps = Steps {
+        done: Vec::new(),
+        interrupted,
+    };
+    let result = pipeline(&mut steps);
+    steps.summary();
+    result?;
+    let failed: Vec<&str> = steps
+        .done
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The steps; `Err` means a step failed that the later ones cannot do without.
+fn pipeline(steps: &mut Steps) -> Result<()> {
+    let root = util::repo_root();
+    steps.fatal("install-deps (test set)", || deps::ensure(Purpose::Test))?;
+    steps.step("cargo fmt --check", || {
+        util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    steps.step("cargo clippy", || {
+        util::run(util::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.fatal("cargo build --bins", || {
+        util::run(util::cargo().args(["build", "--workspace", "--bins"]))
+    })?;
+
+    let mut pg = steps.fatal("start PostgreSQL", || Postgres::start(TEST_DATABASE))?;
+    let url = pg.url(TEST_DATABASE);
+    println!("cluster in {}; {PG_URL_ENV}={url}", pg.dir().display());
+    let nextest = has_nextest();
+    steps.step("tests", || {
+        let mut cmd = util::cargo();
+        if nextest {
+            cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        } else {
+            cmd.args(["test", "--workspace", "--no-fail-fast"]);
+        }
+        util::run(cmd.env(PG_URL_ENV, &url))
+    })?;
+    if nextest {
+        // nextest does not run doctests.
+        steps.step("doctests", || {
+            util::run(
+                util::cargo()
+                    .args(["test", "--workspace", "--doc", "--no-fail-fast"])
+                    .env(PG_URL_ENV, &url),
+            )
+        })?;
+    }
+    steps.step("stop PostgreSQL", || pg.stop())?;
+    drop(pg);
+
+    steps.step("systemd-analyze verify", || {
+        units::verify(&root, &target_debug_dir()?)
+    })?;
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    util::cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// `<target dir>/debug`, where `cargo build` put the daemons (honours CARGO_TARGET_DIR).
+fn target_debug_dir() -> Result<PathBuf> {
+    let out = util::output(util::cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("cargo metadata output")?;
+    let dir = meta["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir).join("debug"))
+}
+
+/// What ran, for the summary.
+struct Done {
+    name: String,
+    ok: bool,
+    took: Duration,
+}
+
+struct Steps {
+    done: Vec<Done>,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Steps {
+    /// Runs a step whose failure is recorded, after which the run goes on.
+    fn step(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let _ = self.run(name, f);
+        self.check_interrupted()
+    }
+
+    /// Runs a step the rest depends on: its failure ends the run.
+    fn fatal<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let value = self.run(name, f);
+        self.check_interrupted()?;
+        value.with_context(|| format!("step `{name}` failed; later steps skipped"))
+    }
+
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        heading(name);
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        match &result {
+            Ok(_) => println!("--- {name}: ok ({:.1} s)", took.as_secs_f64()),
+            Err(e) => println!("--- {name}: FAILED ({:.1} s): {e:#}", took.as_secs_f64()),
+        }
+        self.done.push(Done {
+            name: name.to_owned(),
+            ok: result.is_ok(),
+            took,
+        });
+        result
+    }
+
+    fn check_interrupted(&self) -> Result<()> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    fn summary(&self) {
+        heading("summary");
+        for done in &self.done {
+            println!(
+                "{:<6} {:>7.1} s  {}",
+                if done.ok { "ok" } else { "FAILED" },
+                done.took.as_secs_f64(),
+                done.name
+            );
+        }
+    }
+}
