@@ -24,6 +24,9 @@ pub enum ApiError {
     /// `KOOPHONE.API.5004`: the query end time is before its start time.
     #[error("query end time is earlier than query start time")]
     EndBeforeStart,
+    /// `KOOPHONE.API.3001`: the instance SKU does not go with the bandwidth SKU.
+    #[error("instance sku must match band sku: {0}")]
+    SkuMismatch(String),
     /// `KOOPHONE.API.3002`: no such SKU or region.
     #[error("no such sku or region: {0}")]
     NoSuchSkuOrRegion(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::NoInstancePermission(_) => "KOOPHONE.API.1001",
             ApiError::TimeFormat(_) => "KOOPHONE.API.5002",
             ApiError::EndBeforeStart => "KOOPHONE.API.5004",
+            ApiError::SkuMismatch(_) => "KOOPHONE.API.3001",
             ApiError::NoSuchSkuOrRegion(_) => "KOOPHONE.API.3002",
             ApiError::OsRequired => "KOOPHONE.API.3003",
             ApiError::MonthPeriodRange => "KOOPHONE.API.3006",
@@ -76,6 +80,7 @@ impl ApiError {
             | ApiError::InvalidParameter(_)
             | ApiError::TimeFormat(_)
             | ApiError::EndBeforeStart
+            | ApiError::SkuMismatch(_)
             | ApiError::NoSuchSkuOrRegion(_)
             | ApiError::OsRequired
             | ApiError::MonthPeriodRange

@@ -1,4 +1,98 @@
-//! The control plane: tenant REST API, IAM, durable state and scheduling; a gRPC client of nodes.
+//! The control plane: tenant REST API, IAM, durable state and scheduling; a gRPC client of the
+//! node agents. No media ever flows through it.
+//!
+//! # Layout
+//! - [`config`]: TOML + environment configuration.
+//! - [`store`]: durable state behind the `Store` trait (SQLite or PostgreSQL).
+//! - [`iam`]: password logins, tokens, token checks.
+//! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
+//! - [`admin`]: the operator CLI (`tenant create`).
+//! - `http`: routes and handlers (private; the router is the interface).
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+mod http;
+pub mod iam;
+pub mod nodes;
 pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ControlConfig;
+use crate::nodes::Registry;
+use crate::store::{Store, StoreError};
+
+/// Milliseconds since the Unix epoch, the unit every stored time uses.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: ControlConfig,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    /// Serialises placement so concurrent orders cannot oversubscribe a node.
+    pub placement_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs control on an already-bound listener until `shutdown` resolves, then drains requests.
+pub async fn run(
+    config: ControlConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControlError> {
+    let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
+    store.migrate().await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let registry = Registry::new(Arc::clone(&store), config.nodes.heartbeat_timeout_ms, stop_rx.clone());
+    registry.start().await?;
+    spawn_token_purger(Arc::clone(&store), stop_rx);
+    let _ = http::metrics_handle();
+    let state = Arc::new(AppState { config, store, registry, placement_lock: tokio::sync::Mutex::new(()) });
+    let app = http::router(state);
+    tracing::info!(addr = %listener.local_addr()?, "control listening");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining requests");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    Ok(())
+}
+
+/// Drops expired tokens hourly so the table does not grow without bound.
+fn spawn_token_purger(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        loop {
+            match store.purge_expired_tokens(unix_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired tokens removed"),
+                Err(error) => tracing::warn!(%error, "token purge failed"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+}

@@ -1,1 +1,97 @@
-fn main() {}
+//! `cloudphone-control`: serve the control plane, or run an admin command.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloudphone_control::config::ControlConfig;
+
+#[derive(Parser)]
+#[command(name = "cloudphone-control", version, about = "cloudphone control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML); `CLOUDPHONE_*` variables override it.
+    #[arg(long, global = true, env = "CLOUDPHONE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the file.
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (IAM domain) with its first user and project; prints JSON.
+    Create {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        user: String,
+        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
+        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long)]
+        project: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config =
+        ControlConfig::load(cli.config.as_deref(), |name| std::env::var(name).ok()).context("loading configuration")?;
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Tenant { command: TenantCommand::Create { domain, user, password, project } } => {
+            let created = cloudphone_control::admin::create_tenant(&config, &domain, &user, &password, &project)
+                .await
+                .context("creating tenant")?;
+            println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }
+        Command::Serve => {
+            init_tracing();
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            cloudphone_control::run(config, listener, shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

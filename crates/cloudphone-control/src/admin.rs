@@ -1,0 +1,80 @@
+//! The operator CLI: creating tenants (domain + first user + first project) straight in the store.
+
+use serde::Serialize;
+
+use crate::config::ControlConfig;
+use crate::store::{self, NewTenant, Store, StoreError};
+
+/// What `tenant create` prints, as one JSON line.
+#[derive(Debug, Serialize)]
+pub struct TenantCreated {
+    pub tenant_id: String,
+    pub domain: String,
+    pub user: String,
+    pub user_id: String,
+    pub project_id: String,
+    pub project: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Iam(#[from] crate::iam::IamServiceError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), AdminError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!("{what} must be 1-64 characters of [A-Za-z0-9-_.@]")))
+    }
+}
+
+/// Creates a tenant with its first user and project.
+pub async fn create_tenant(
+    config: &ControlConfig,
+    domain: &str,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> Result<TenantCreated, AdminError> {
+    check_name("domain", domain)?;
+    check_name("user", user)?;
+    check_name("project", project)?;
+    if password.chars().count() < 8 {
+        return Err(AdminError::Invalid("password must have at least 8 characters".into()));
+    }
+    let store = store::open(&config.store.url).await?;
+    store.migrate().await?;
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || crate::iam::hash_password(&password))
+        .await
+        .map_err(crate::iam::IamServiceError::from)??;
+    let compact = || uuid::Uuid::new_v4().simple().to_string();
+    let tenant = NewTenant {
+        tenant_id: compact(),
+        domain_name: domain.into(),
+        user_id: compact(),
+        user_name: user.into(),
+        password_hash: hash,
+        project_id: compact(),
+        project_name: project.into(),
+        created_at_ms: crate::unix_ms(),
+    };
+    store.create_tenant(&tenant).await?;
+    Ok(TenantCreated {
+        tenant_id: tenant.tenant_id,
+        domain: tenant.domain_name,
+        user: tenant.user_name,
+        user_id: tenant.user_id,
+        project_id: tenant.project_id,
+        project: tenant.project_name,
+    })
+}

@@ -1,0 +1,159 @@
+//! Control's configuration: a TOML file, then `CLOUDPHONE_*` environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Everything control needs to start. Defaults make a single-host embedded setup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Address of the REST API, console, `/healthz` and `/metrics`.
+    pub listen: SocketAddr,
+    /// How tenants reach the API; used in links the console prints.
+    pub public_url: String,
+    /// Region this control plane sells instances in.
+    pub region: String,
+    pub store: StoreConfig,
+    pub nodes: NodesConfig,
+    pub iam: IamConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://path?mode=rwc` (embedded, default) or `postgres://…` (several replicas).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// A node silent this long is marked down (and its instances show it).
+    pub heartbeat_timeout_ms: u64,
+    /// Shared secret nodes present when they announce themselves. Never logged.
+    pub enrollment_token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    /// Lifetime of issued tokens; Huawei IAM's is 24 h.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            region: "cn-north-7".into(),
+            store: StoreConfig::default(),
+            nodes: NodesConfig::default(),
+            iam: IamConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://control.db?mode=rwc".into() }
+    }
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        Self { heartbeat_timeout_ms: 5_000, enrollment_token: String::new() }
+    }
+}
+
+impl Default for IamConfig {
+    fn default() -> Self {
+        Self { token_ttl_secs: 24 * 3600 }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Env { name: &'static str, value: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ControlConfig {
+    /// Loads `path` (if given), then applies environment overrides, then validates.
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            None => Self::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+            }
+        };
+        if let Some(value) = env("CLOUDPHONE_LISTEN") {
+            config.listen = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name: "CLOUDPHONE_LISTEN",
+                value,
+                reason: e.to_string(),
+            })?;
+        }
+        if let Some(value) = env("CLOUDPHONE_STORE_URL") {
+            config.store.url = value;
+        }
+        if let Some(value) = env("CLOUDPHONE_ENROLLMENT_TOKEN") {
+            config.nodes.enrollment_token = value;
+        }
+        if let Some(value) = env("CLOUDPHONE_PUBLIC_URL") {
+            config.public_url = value;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.heartbeat_timeout_ms < 100 {
+            return Err(ConfigError::Invalid("nodes.heartbeat_timeout_ms must be at least 100".into()));
+        }
+        if self.iam.token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid("iam.token_ttl_secs must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n[nodes]\nheartbeat_timeout_ms = 2000\n").unwrap();
+        let env = |name: &str| (name == "CLOUDPHONE_STORE_URL").then(|| "postgres://x/y".to_string());
+        let config = ControlConfig::load(Some(&path), env).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.nodes.heartbeat_timeout_ms, 2000);
+        assert_eq!(config.store.url, "postgres://x/y");
+        assert_eq!(config.iam.token_ttl_secs, 86_400);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(matches!(ControlConfig::load(Some(&path), |_| None), Err(ConfigError::Parse { .. })));
+        let env = |name: &str| (name == "CLOUDPHONE_LISTEN").then(|| "nope".to_string());
+        assert!(matches!(ControlConfig::load(None, env), Err(ConfigError::Env { .. })));
+    }
+}

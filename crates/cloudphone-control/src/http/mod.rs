@@ -1,0 +1,172 @@
+//! The HTTP edge: routes, request ids, authentication and the mapping of errors onto the spec's
+//! codes. Handlers are thin: parse into `cloudphone_api` types, act, answer.
+
+mod console;
+mod iam;
+mod instances;
+mod internal;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cloudphone_api::error::{ApiError, validate_request_id};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::iam::{IamServiceError, Principal};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
+
+/// Bodies larger than this are refused before parsing (the largest valid body, a
+/// 100-instance SetVideoConfig, is far smaller).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The process-wide Prometheus recorder (there can be only one per process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then this handle just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v3/auth/tokens", post(iam::issue_token))
+        .route("/v1/instances/batch-query", get(instances::list))
+        .route("/v1/instances/sku", get(instances::skus))
+        .route("/v1/instances/create", post(instances::create))
+        .route("/internal/v1/nodes/announce", post(internal::announce))
+        .route("/internal/v1/nodes", get(internal::list_nodes))
+        .route("/console/", get(console::page))
+        .route("/console", get(console::redirect))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Gives every request a span carrying its request id, echoes `x-request-id`, and counts it.
+async fn observe(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.as_deref().unwrap_or("-"),
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "served"));
+    metrics::counter!("cloudphone_http_requests_total", "status" => status.to_string()).increment(1);
+    metrics::histogram!("cloudphone_http_request_seconds").record(started.elapsed().as_secs_f64());
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn render_metrics() -> String {
+    metrics_handle().render()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, axum::Json(ApiError::InvalidParameter("no such API".into()).body())).into_response()
+}
+
+/// An [`ApiError`] on its way out as the spec's status and `{error_code, error_msg}` body.
+#[derive(Debug)]
+pub struct ApiFailure(pub ApiError);
+
+impl From<ApiError> for ApiFailure {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiFailure {
+    fn from(error: crate::store::StoreError) -> Self {
+        tracing::error!(%error, "store failure");
+        Self(ApiError::Internal)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.0.code(), "request failed");
+        } else {
+            tracing::info!(code = self.0.code(), error = %self.0, "request refused");
+        }
+        (status, axum::Json(self.0.body())).into_response()
+    }
+}
+
+/// The authenticated tenant behind a `/v1/*` call: `x-request-id` present and well formed,
+/// then a valid, unexpired `X-Auth-Token`.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        // ListInstances lists x-request-id among its query parameters; accept it there too.
+        let query_id = parts.uri.query().and_then(|q| {
+            q.split('&').find_map(|pair| pair.strip_prefix("x-request-id=").map(str::to_string))
+        });
+        validate_request_id(header(&REQUEST_ID).or(query_id.as_deref()))?;
+        let token = header(&AUTH_TOKEN).ok_or(ApiError::AuthenticationFailed)?;
+        match crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms()).await {
+            Ok(principal) => {
+                tracing::Span::current().record("tenant_id", principal.tenant_id.as_str());
+                Ok(Caller { principal })
+            }
+            Err(IamServiceError::InvalidToken | IamServiceError::WrongCredentials) => {
+                Err(ApiError::AuthenticationFailed.into())
+            }
+            Err(error) => {
+                tracing::error!(%error, "token check failed");
+                Err(ApiError::Internal.into())
+            }
+        }
+    }
+}
+
+/// Parses a JSON body, turning any syntax or type error into `KOOPHONE.API.1000`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
+    serde_json::from_slice(body).map_err(|e| ApiFailure(ApiError::InvalidParameter(format!("invalid JSON body: {e}"))))
+}
+
+/// Answers `State` extraction for handlers that need the whole app.
+pub type AppStateRef = State<Arc<AppState>>;

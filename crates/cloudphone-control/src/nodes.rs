@@ -1,0 +1,284 @@
+//! The node registry: one report stream per node, liveness from its heartbeats, and the gRPC
+//! clients API handlers use to act on instances.
+//!
+//! Nodes announce themselves over HTTP (`POST /internal/v1/nodes/announce`); control then dials
+//! the node's gRPC endpoint and keeps `OpenReports` open, reconnecting with backoff. A broken
+//! stream marks the node down at once; a silent one is marked down by the monitor within
+//! 1.25 × `heartbeat_timeout_ms`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudphone_core::liveness::{Liveness, NodeHealth};
+use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
+use cloudphone_proto::node_v1::{self as pb, node_report::Report};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::store::{NodeRecord, Store};
+
+/// Control-side name of a node-reported instance state.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
+        pb::InstanceState::Stopped => "stopped",
+        pb::InstanceState::Starting => "starting",
+        pb::InstanceState::Running => "running",
+        pb::InstanceState::Resetting => "resetting",
+        pb::InstanceState::Failed => "failed",
+        pb::InstanceState::BackingUp => "backing_up",
+        pb::InstanceState::Restoring => "restoring",
+        pb::InstanceState::Unspecified => "unknown",
+    }
+}
+
+/// What the registry keeps per node in memory.
+struct NodeEntry {
+    /// Where the connector dials.
+    endpoint: String,
+    /// Heartbeat tracking against the configured timeout.
+    liveness: Liveness,
+    /// Health last written to the store, so the monitor writes only on change.
+    recorded: NodeHealth,
+    /// A lazily connecting channel for API calls.
+    client: Option<NodeAgentClient<Channel>>,
+}
+
+/// Tracks every node control knows.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    timeout_ms: u64,
+    control_id: String,
+    /// Monotonic origin for liveness times.
+    epoch: Instant,
+    nodes: Mutex<HashMap<String, NodeEntry>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, timeout_ms: u64, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            timeout_ms,
+            control_id: format!("control-{}", std::process::id()),
+            epoch: Instant::now(),
+            nodes: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single inserts).
+        self.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts connectors for every node in the store, and the liveness monitor.
+    pub async fn start(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
+        for node in self.store.list_nodes().await? {
+            self.ensure_connector(&node.node_id, &node.grpc_endpoint);
+        }
+        let registry = Arc::clone(self);
+        tokio::spawn(async move { registry.monitor().await });
+        Ok(())
+    }
+
+    /// Records a node's announcement and makes sure control is connected to it.
+    pub fn announce(self: &Arc<Self>, node_id: &str, grpc_endpoint: &str) {
+        self.ensure_connector(node_id, grpc_endpoint);
+    }
+
+    /// A client for API calls to `node_id`, if the node is known.
+    pub fn client(&self, node_id: &str) -> Option<NodeAgentClient<Channel>> {
+        self.lock().get(node_id).and_then(|e| e.client.clone())
+    }
+
+    /// Current health of `node_id` as the liveness rule sees it.
+    pub fn health(&self, node_id: &str) -> NodeHealth {
+        let now = self.now_ms();
+        self.lock().get(node_id).map_or(NodeHealth::Down, |e| e.liveness.health(now))
+    }
+
+    fn ensure_connector(self: &Arc<Self>, node_id: &str, endpoint: &str) {
+        let channel = match Endpoint::from_shared(endpoint.to_string()) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy(),
+            Err(error) => {
+                warn!(node_id, endpoint, %error, "announced endpoint is not a valid URI");
+                return;
+            }
+        };
+        {
+            let mut nodes = self.lock();
+            if let Some(entry) = nodes.get(node_id) {
+                if entry.endpoint == endpoint {
+                    return;
+                }
+            }
+            let liveness = Liveness::new(self.timeout_ms);
+            nodes.insert(
+                node_id.to_string(),
+                NodeEntry {
+                    endpoint: endpoint.to_string(),
+                    liveness,
+                    recorded: NodeHealth::Down,
+                    client: Some(NodeAgentClient::new(channel)),
+                },
+            );
+        }
+        let registry = Arc::clone(self);
+        let (node_id, endpoint) = (node_id.to_string(), endpoint.to_string());
+        let span = info_span!("node", node_id = %node_id);
+        tokio::spawn(async move { registry.connector(node_id, endpoint).await }.instrument(span));
+    }
+
+    /// Keeps the node's report stream open until shutdown or until the node's endpoint changes.
+    async fn connector(self: Arc<Self>, node_id: String, endpoint: String) {
+        let mut backoff = Duration::from_millis(200);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let still_current = self.lock().get(&node_id).is_some_and(|e| e.endpoint == endpoint);
+            if !still_current || *shutdown.borrow() {
+                return;
+            }
+            let Some(mut client) = self.client(&node_id) else { return };
+            let stream = client
+                .open_reports(pb::OpenReportsRequest { control_id: self.control_id.clone() })
+                .await;
+            match stream {
+                Ok(response) => {
+                    backoff = Duration::from_millis(200);
+                    let mut reports = response.into_inner();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            message = reports.message() => match message {
+                                Ok(Some(report)) => self.handle_report(&node_id, report).await,
+                                Ok(None) => { info!("report stream ended"); break; }
+                                Err(status) => { warn!(%status, "report stream broke"); break; }
+                            }
+                        }
+                    }
+                    self.mark_disconnected(&node_id).await;
+                }
+                Err(status) => {
+                    self.mark_disconnected(&node_id).await;
+                    tracing::debug!(%status, "node unreachable");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn mark_disconnected(&self, node_id: &str) {
+        let changed = {
+            let mut nodes = self.lock();
+            match nodes.get_mut(node_id) {
+                Some(entry) => {
+                    entry.liveness.disconnect();
+                    std::mem::replace(&mut entry.recorded, NodeHealth::Down) == NodeHealth::Up
+                }
+                None => false,
+            }
+        };
+        if changed {
+            warn!(node_id, "node down: report stream lost");
+            self.record_health(node_id, NodeHealth::Down).await;
+        }
+    }
+
+    async fn record_health(&self, node_id: &str, health: NodeHealth) {
+        metrics::counter!("cloudphone_node_health_changes_total", "health" => health.as_str()).increment(1);
+        if let Err(error) = self.store.set_node_status(node_id, health.as_str(), crate::unix_ms()).await {
+            warn!(node_id, %error, "could not record node health");
+        }
+    }
+
+    async fn handle_report(&self, node_id: &str, report: pb::NodeReport) {
+        let now = self.now_ms();
+        let became_up = {
+            let mut nodes = self.lock();
+            let Some(entry) = nodes.get_mut(node_id) else { return };
+            entry.liveness.beat(now);
+            std::mem::replace(&mut entry.recorded, NodeHealth::Up) == NodeHealth::Down
+        };
+        match report.report {
+            Some(Report::Announcement(a)) => {
+                info!(capacity = a.capacity, runtimes = ?a.runtimes, instances = a.instances.len(), "node announced");
+                let record = NodeRecord {
+                    node_id: node_id.to_string(),
+                    grpc_endpoint: a.grpc_endpoint,
+                    signaling_base_url: a.signaling_base_url,
+                    region: a.region,
+                    capacity: i64::from(a.capacity),
+                    runtimes: a.runtimes,
+                    encoders: a.encoders,
+                    version: a.version,
+                    status: NodeHealth::Up.as_str().to_string(),
+                    last_seen_ms: crate::unix_ms(),
+                };
+                if let Err(error) = self.store.upsert_node(&record).await {
+                    warn!(%error, "could not store node announcement");
+                }
+                for instance in a.instances {
+                    self.record_instance(&instance).await;
+                }
+                return;
+            }
+            Some(Report::InstanceEvent(instance)) => self.record_instance(&instance).await,
+            Some(Report::Heartbeat(_)) | Some(Report::Usage(_)) | None => {}
+        }
+        if became_up {
+            info!(node_id, "node up");
+            self.record_health(node_id, NodeHealth::Up).await;
+        }
+    }
+
+    async fn record_instance(&self, instance: &pb::InstanceStatus) {
+        let state = state_name(instance.state);
+        if let Err(error) = self
+            .store
+            .set_instance_state(&instance.instance_id, state, &instance.message, crate::unix_ms())
+            .await
+        {
+            warn!(instance_id = %instance.instance_id, %error, "could not record instance state");
+        }
+    }
+
+    /// Marks silent nodes down. Checks every quarter timeout, so a dead node is marked down
+    /// at most 1.25 × timeout after its last beat.
+    async fn monitor(self: Arc<Self>) {
+        let period = Duration::from_millis((self.timeout_ms / 4).max(25));
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            let now = self.now_ms();
+            let newly_down: Vec<String> = {
+                let mut nodes = self.lock();
+                nodes
+                    .iter_mut()
+                    .filter(|(_, e)| e.recorded == NodeHealth::Up && e.liveness.health(now) == NodeHealth::Down)
+                    .map(|(id, e)| {
+                        e.recorded = NodeHealth::Down;
+                        id.clone()
+                    })
+                    .collect()
+            };
+            for node_id in newly_down {
+                warn!(node_id, "node down: heartbeats missed");
+                self.record_health(&node_id, NodeHealth::Down).await;
+            }
+        }
+    }
+}
