@@ -1,1 +1,653 @@
-//! TODO
+//! The android runtime: each instance is one real (or emulated) Android device reached
+//! over `adb`, taken from a fixed pool of serials.
+//!
+//! # Devices
+//! An instance is assigned the first pool serial no other instance of this node holds;
+//! the assignment is persisted in `<paths.root>/android.json` (together with whether the
+//! instance is meant to be up), so it survives node restarts, and it is released when the
+//! instance's directory is removed. Devices are shared hardware: nothing here power-cycles
+//! or reflashes them.
+//! - `start`: `adb -s S wait-for-device`, then poll `getprop sys.boot_completed` until `1`.
+//! - `stop`: only marks the instance stopped; the device stays as it is.
+//! - `provision` (new instance, or reset): wipes what a previous tenant left — every
+//!   third-party package (`pm list packages -3` → `pm uninstall`) and `/sdcard/*`.
+//!   System apps and their data are not cleared.
+//! - `run_command`: `adb -s S shell <command>` with the usual timeout and output cap.
+//! - `install_app`: `adb -s S install -r <apk>`.
+//!
+//! # Input
+//! Through `adb shell input`: a touch `down` remembers where it started, `up` sends a
+//! `tap` there (or a `swipe` from there when the finger moved); key `down` events send
+//! `keyevent` with the Android keycode for the DOM code ([`android_keycode`]; key-up events
+//! are dropped because `keyevent` is a full press); text goes to `input text`; phone keys
+//! are KEYCODE_BACK (4), KEYCODE_HOME (3) and KEYCODE_APP_SWITCH (187).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::sandbox;
+use super::x11::{state_dir_of, write_atomic};
+use super::{
+    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
+    Runtime, RuntimeError, TouchAction,
+};
+
+const ASSIGNMENT_FILE: &str = "android.json";
+const WAIT_FOR_DEVICE: Duration = Duration::from_secs(120);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const ADB_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+const ADB_OUTPUT_CAP: usize = 1024 * 1024;
+
+pub const KEYCODE_HOME: u32 = 3;
+pub const KEYCODE_BACK: u32 = 4;
+pub const KEYCODE_APP_SWITCH: u32 = 187;
+
+/// android runtime configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AndroidConfig {
+    pub adb: PathBuf,
+    /// Devices this node may hand out, one per instance.
+    pub serials: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Assignment {
+    serial: String,
+    running: bool,
+}
+
+/// Runs phone instances on adb-attached devices.
+pub struct AndroidRuntime {
+    config: AndroidConfig,
+    /// Serialises serial assignment so two instances never take the same device.
+    assign_lock: tokio::sync::Mutex<()>,
+    /// Where each instance's current touch started (normalised), for tap-vs-swipe.
+    touches: Mutex<HashMap<String, (f64, f64, Instant)>>,
+}
+
+impl AndroidRuntime {
+    pub fn new(config: AndroidConfig) -> Self {
+        Self {
+            config,
+            assign_lock: tokio::sync::Mutex::new(()),
+            touches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The serial assigned to an instance, assigning one if needed.
+    async fn serial(&self, paths: &InstancePaths) -> Result<String, RuntimeError> {
+        if let Some(a) = read_assignment(&paths.root).await {
+            return Ok(a.serial);
+        }
+        let _guard = self.assign_lock.lock().await;
+        if let Some(a) = read_assignment(&paths.root).await {
+            return Ok(a.serial);
+        }
+        let mut taken = Vec::new();
+        let instances = state_dir_of(paths).join("instances");
+        if let Ok(mut dir) = tokio::fs::read_dir(&instances).await {
+            while let Some(entry) = dir.next_entry().await? {
+                if let Some(a) = read_assignment(&entry.path()).await {
+                    taken.push(a.serial);
+                }
+            }
+        }
+        let serial = pick_serial(&self.config.serials, &taken).ok_or_else(|| {
+            RuntimeError::NoCapacity("every android device is assigned".to_owned())
+        })?;
+        write_assignment(
+            &paths.root,
+            &Assignment {
+                serial: serial.clone(),
+                running: false,
+            },
+        )
+        .await?;
+        Ok(serial)
+    }
+
+    async fn set_running(
+        &self,
+        paths: &InstancePaths,
+        serial: &str,
+        running: bool,
+    ) -> Result<(), RuntimeError> {
+        write_assignment(
+            &paths.root,
+            &Assignment {
+                serial: serial.to_owned(),
+                running,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs adb with `args`; a non-zero exit is an error.
+    async fn adb(
+        &self,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RuntimeError> {
+        let out = self.adb_raw(args.clone(), timeout, ADB_OUTPUT_CAP).await?;
+        if out.exit_code != 0 || out.timed_out {
+            return Err(RuntimeError::Process {
+                program: "adb".to_owned(),
+                detail: format!(
+                    "{} -> exit {}{}: {}",
+                    args.join(" "),
+                    out.exit_code,
+                    if out.timed_out { " (timed out)" } else { "" },
+                    out.stderr.trim()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn adb_raw(
+        &self,
+        args: Vec<String>,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<CommandOutput, RuntimeError> {
+        let mut cmd = tokio::process::Command::new(&self.config.adb);
+        cmd.args(&args).stdin(Stdio::null()).process_group(0);
+        Ok(sandbox::run_capped(cmd, timeout, cap).await?)
+    }
+
+    async fn wait_booted(&self, serial: &str) -> Result<(), RuntimeError> {
+        self.adb(wait_for_device_args(serial), WAIT_FOR_DEVICE)
+            .await?;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let out = self
+                .adb_raw(boot_completed_args(serial), ADB_TIMEOUT, 1024)
+                .await?;
+            if out.exit_code == 0 && out.stdout.trim() == "1" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::Process {
+                    program: "adb".to_owned(),
+                    detail: format!("{serial} did not finish booting in {BOOT_TIMEOUT:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for AndroidRuntime {
+    fn name(&self) -> &'static str {
+        "android"
+    }
+
+    async fn provision(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        tokio::fs::create_dir_all(&paths.root).await?;
+        let serial = self.serial(paths).await?;
+        self.wait_booted(&serial).await?;
+        let listed = self
+            .adb(list_user_packages_args(&serial), ADB_TIMEOUT)
+            .await?;
+        for package in parse_package_list(&listed.stdout) {
+            self.adb(uninstall_args(&serial, &package), ADB_TIMEOUT)
+                .await?;
+        }
+        self.adb(wipe_sdcard_args(&serial), ADB_TIMEOUT).await?;
+        Ok(())
+    }
+
+    async fn start(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        tokio::fs::create_dir_all(&paths.root).await?;
+        let serial = self.serial(paths).await?;
+        self.wait_booted(&serial).await?;
+        self.set_running(paths, &serial, true).await
+    }
+
+    async fn stop(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        if let Some(a) = read_assignment(&paths.root).await {
+            self.set_running(paths, &a.serial, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn is_running(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> bool {
+        let Some(a) = read_assignment(&paths.root).await else {
+            return false;
+        };
+        if !a.running {
+            return false;
+        }
+        match self
+            .adb_raw(get_state_args(&a.serial), Duration::from_secs(10), 1024)
+            .await
+        {
+            Ok(out) => out.exit_code == 0 && out.stdout.trim() == "device",
+            Err(_) => false,
+        }
+    }
+
+    async fn run_command(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+        command: &CommandSpec,
+    ) -> Result<CommandOutput, RuntimeError> {
+        let serial = self.serial(paths).await?;
+        self.adb_raw(
+            shell_args(&serial, &command.command),
+            command.timeout,
+            command.max_output_bytes,
+        )
+        .await
+    }
+
+    async fn install_app(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+        package: &Path,
+    ) -> Result<(), RuntimeError> {
+        let serial = self.serial(paths).await?;
+        let out = self
+            .adb_raw(
+                install_args(&serial, package),
+                INSTALL_TIMEOUT,
+                ADB_OUTPUT_CAP,
+            )
+            .await?;
+        // Old adb versions exit 0 on failure and only print "Failure [...]".
+        if out.exit_code != 0 || out.stdout.contains("Failure") {
+            return Err(RuntimeError::Install(format!(
+                "{} {}",
+                out.stdout.trim(),
+                out.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn inject_input(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        event: &InputEvent,
+    ) -> Result<(), RuntimeError> {
+        let serial = self.serial(paths).await?;
+        let args = match event {
+            InputEvent::Touch { action, x, y, .. } => {
+                let mut touches = self
+                    .touches
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match action {
+                    TouchAction::Down => {
+                        touches.insert(spec.instance_id.clone(), (*x, *y, Instant::now()));
+                        None
+                    }
+                    TouchAction::Move => None,
+                    TouchAction::Up => {
+                        let start = touches.remove(&spec.instance_id);
+                        let (sx, sy, held) = start
+                            .map(|(sx, sy, at)| (sx, sy, at.elapsed()))
+                            .unwrap_or((*x, *y, Duration::ZERO));
+                        Some(touch_up_args(
+                            &serial,
+                            (sx, sy),
+                            (*x, *y),
+                            held,
+                            spec.width,
+                            spec.height,
+                        ))
+                    }
+                }
+            }
+            InputEvent::Key { code, down } => {
+                let keycode = android_keycode(code).ok_or_else(|| RuntimeError::Process {
+                    program: "adb".to_owned(),
+                    detail: format!("unknown key code {code:?}"),
+                })?;
+                down.then(|| keyevent_args(&serial, keycode))
+            }
+            InputEvent::Text { text } => Some(text_args(&serial, text)),
+            InputEvent::Phone { key } => Some(keyevent_args(&serial, phone_keycode(*key))),
+        };
+        if let Some(args) = args {
+            self.adb(args, ADB_TIMEOUT).await?;
+        }
+        Ok(())
+    }
+
+    fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
+        let serial = std::fs::read(paths.root.join(ASSIGNMENT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Assignment>(&b).ok())
+            .map(|a| a.serial)
+            .unwrap_or_default();
+        CaptureSource::Adb {
+            serial,
+            width: spec.width,
+            height: spec.height,
+        }
+    }
+}
+
+async fn read_assignment(root: &Path) -> Option<Assignment> {
+    let bytes = tokio::fs::read(root.join(ASSIGNMENT_FILE)).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn write_assignment(root: &Path, a: &Assignment) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(a).map_err(std::io::Error::other)?;
+    write_atomic(&root.join(ASSIGNMENT_FILE), &bytes).await
+}
+
+/// First pool serial not in `taken`.
+pub fn pick_serial(pool: &[String], taken: &[String]) -> Option<String> {
+    pool.iter().find(|s| !taken.contains(s)).cloned()
+}
+
+fn with_serial(serial: &str, rest: &[&str]) -> Vec<String> {
+    let mut args = vec!["-s".to_owned(), serial.to_owned()];
+    args.extend(rest.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+pub fn wait_for_device_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["wait-for-device"])
+}
+
+pub fn get_state_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["get-state"])
+}
+
+pub fn boot_completed_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "getprop", "sys.boot_completed"])
+}
+
+/// `adb shell <command>`: adb hands the string to the device's shell as one command line.
+pub fn shell_args(serial: &str, command: &str) -> Vec<String> {
+    with_serial(serial, &["shell", command])
+}
+
+pub fn install_args(serial: &str, apk: &Path) -> Vec<String> {
+    let mut args = with_serial(serial, &["install", "-r"]);
+    args.push(apk.to_string_lossy().into_owned());
+    args
+}
+
+pub fn list_user_packages_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "pm", "list", "packages", "-3"])
+}
+
+pub fn uninstall_args(serial: &str, package: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "pm", "uninstall", &shell_quote(package)])
+}
+
+pub fn wipe_sdcard_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "rm -rf /sdcard/* /sdcard/.[!.]*"])
+}
+
+/// Package names from `pm list packages` output (`package:com.example`).
+pub fn parse_package_list(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("package:"))
+        .filter(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn keyevent_args(serial: &str, keycode: u32) -> Vec<String> {
+    let code = keycode.to_string();
+    with_serial(serial, &["shell", "input", "keyevent", &code])
+}
+
+/// `input text`, quoted for the device shell; `input` reads `%s` as a space.
+pub fn text_args(serial: &str, text: &str) -> Vec<String> {
+    let escaped = text.replace('%', "\\%").replace(' ', "%s");
+    with_serial(serial, &["shell", "input", "text", &shell_quote(&escaped)])
+}
+
+/// A tap where the touch ended, or a swipe when it moved more than 1% of the screen.
+pub fn touch_up_args(
+    serial: &str,
+    start: (f64, f64),
+    end: (f64, f64),
+    held: Duration,
+    width: u32,
+    height: u32,
+) -> Vec<String> {
+    let (x1, y1) = (pixel(start.0, width), pixel(start.1, height));
+    let (x2, y2) = (pixel(end.0, width), pixel(end.1, height));
+    let moved = (start.0 - end.0).abs() > 0.01 || (start.1 - end.1).abs() > 0.01;
+    if moved {
+        let ms = held.as_millis().clamp(50, 5000).to_string();
+        let (x1, y1, x2, y2) = (
+            x1.to_string(),
+            y1.to_string(),
+            x2.to_string(),
+            y2.to_string(),
+        );
+        with_serial(
+            serial,
+            &["shell", "input", "swipe", &x1, &y1, &x2, &y2, &ms],
+        )
+    } else {
+        let (x2, y2) = (x2.to_string(), y2.to_string());
+        with_serial(serial, &["shell", "input", "tap", &x2, &y2])
+    }
+}
+
+/// `v` clamped to 0..=1; NaN counts as 0.
+fn unit(v: f64) -> f64 {
+    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
+}
+
+fn pixel(v: f64, size: u32) -> u32 {
+    let max = f64::from(size.saturating_sub(1));
+    (unit(v) * f64::from(size)).floor().min(max) as u32
+}
+
+/// Single-quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn phone_keycode(key: PhoneKey) -> u32 {
+    match key {
+        PhoneKey::Back => KEYCODE_BACK,
+        PhoneKey::Home => KEYCODE_HOME,
+        PhoneKey::Recents => KEYCODE_APP_SWITCH,
+    }
+}
+
+/// Android `KEYCODE_*` for a DOM `KeyboardEvent.code`.
+pub fn android_keycode(code: &str) -> Option<u32> {
+    if let Some(letter) = code.strip_prefix("Key") {
+        let mut chars = letter.chars();
+        if let (Some(c), None) = (chars.next(), chars.next())
+            && c.is_ascii_uppercase()
+        {
+            return Some(29 + u32::from(c) - u32::from('A'));
+        }
+        return None;
+    }
+    if let Some(digit) = code.strip_prefix("Digit") {
+        let mut chars = digit.chars();
+        if let (Some(c), None) = (chars.next(), chars.next())
+            && c.is_ascii_digit()
+        {
+            return Some(7 + u32::from(c) - u32::from('0'));
+        }
+        return None;
+    }
+    if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
+        && (1..=12).contains(&n)
+    {
+        return Some(131 + n - 1);
+    }
+    let keycode = match code {
+        "Enter" | "NumpadEnter" => 66,
+        "Backspace" => 67,
+        "Delete" => 112,
+        "Tab" => 61,
+        "Space" => 62,
+        "Escape" => 111,
+        "ArrowUp" => 19,
+        "ArrowDown" => 20,
+        "ArrowLeft" => 21,
+        "ArrowRight" => 22,
+        "Home" => 122,
+        "End" => 123,
+        "PageUp" => 92,
+        "PageDown" => 93,
+        "Insert" => 124,
+        "ShiftLeft" => 59,
+        "ShiftRight" => 60,
+        "AltLeft" => 57,
+        "AltRight" => 58,
+        "ControlLeft" => 113,
+        "ControlRight" => 114,
+        "MetaLeft" => 117,
+        "MetaRight" => 118,
+        "CapsLock" => 115,
+        "Comma" => 55,
+        "Period" => 56,
+        "Backquote" => 68,
+        "Minus" => 69,
+        "Equal" => 70,
+        "BracketLeft" => 71,
+        "BracketRight" => 72,
+        "Backslash" => 73,
+        "Semicolon" => 74,
+        "Quote" => 75,
+        "Slash" => 76,
+        _ => return None,
+    };
+    Some(keycode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adb_command_lines() {
+        assert_eq!(
+            wait_for_device_args("emu-1"),
+            ["-s", "emu-1", "wait-for-device"]
+        );
+        assert_eq!(
+            boot_completed_args("X"),
+            ["-s", "X", "shell", "getprop", "sys.boot_completed"]
+        );
+        assert_eq!(
+            shell_args("X", "ls -l /sdcard"),
+            ["-s", "X", "shell", "ls -l /sdcard"]
+        );
+        assert_eq!(
+            install_args("X", Path::new("/tmp/a.apk")),
+            ["-s", "X", "install", "-r", "/tmp/a.apk"]
+        );
+        assert_eq!(
+            keyevent_args("X", KEYCODE_BACK),
+            ["-s", "X", "shell", "input", "keyevent", "4"]
+        );
+        assert_eq!(get_state_args("X"), ["-s", "X", "get-state"]);
+        assert_eq!(
+            uninstall_args("X", "com.a"),
+            ["-s", "X", "shell", "pm", "uninstall", "'com.a'"]
+        );
+    }
+
+    #[test]
+    fn taps_and_swipes() {
+        assert_eq!(
+            touch_up_args(
+                "X",
+                (0.5, 0.5),
+                (0.5, 0.5),
+                Duration::from_millis(80),
+                720,
+                1280
+            ),
+            ["-s", "X", "shell", "input", "tap", "360", "640"]
+        );
+        assert_eq!(
+            touch_up_args(
+                "X",
+                (0.1, 0.9),
+                (0.1, 0.1),
+                Duration::from_millis(300),
+                720,
+                1280
+            ),
+            [
+                "-s", "X", "shell", "input", "swipe", "72", "1152", "72", "128", "300"
+            ]
+        );
+        // Clamped on screen.
+        assert_eq!(
+            touch_up_args("X", (1.0, 1.0), (1.0, 1.0), Duration::ZERO, 720, 1280),
+            ["-s", "X", "shell", "input", "tap", "719", "1279"]
+        );
+    }
+
+    #[test]
+    fn text_is_quoted_for_the_device_shell() {
+        assert_eq!(text_args("X", "hi there")[5], "'hi%sthere'");
+        assert_eq!(text_args("X", "it's;rm -rf")[5], "'it'\\''s;rm%s-rf'");
+        assert_eq!(text_args("X", "100%")[5], "'100\\%'");
+    }
+
+    #[test]
+    fn keycodes() {
+        let cases = [
+            ("KeyA", Some(29)),
+            ("KeyZ", Some(54)),
+            ("Digit0", Some(7)),
+            ("Digit9", Some(16)),
+            ("Enter", Some(66)),
+            ("Backspace", Some(67)),
+            ("F1", Some(131)),
+            ("F12", Some(142)),
+            ("Nonsense", None),
+            ("Keyz", None),
+        ];
+        for (code, want) in cases {
+            assert_eq!(android_keycode(code), want, "{code}");
+        }
+        assert_eq!(phone_keycode(PhoneKey::Back), 4);
+        assert_eq!(phone_keycode(PhoneKey::Home), 3);
+        assert_eq!(phone_keycode(PhoneKey::Recents), 187);
+    }
+
+    #[test]
+    fn serial_pool_and_package_lists() {
+        let pool = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(pick_serial(&pool, &[]), Some("a".to_owned()));
+        assert_eq!(pick_serial(&pool, &["a".to_owned()]), Some("b".to_owned()));
+        assert_eq!(pick_serial(&pool, &["a".to_owned(), "b".to_owned()]), None);
+        assert_eq!(
+            parse_package_list("package:com.a\npackage:org.b_c\r\nnoise\npackage:bad;rm\n"),
+            ["com.a", "org.b_c"]
+        );
+    }
+}

@@ -1,1 +1,628 @@
-//! TODO
+//! The per-instance `bwrap` sandbox and bounded process execution.
+//!
+//! Owns: the bubblewrap argv for an instance ([`bwrap_args`], pure), spawning it with tokio,
+//! running a command with a timeout and capped output ([`run_capped`]), and the small
+//! process-record helpers runtimes use to find and kill their own processes after a node
+//! restart ([`ProcessRecord`]).
+//!
+//! # Sandbox layout
+//! The host root cannot simply be `--ro-bind / /`: bwrap then has no writable place to
+//! create the `/data` mount point. So the sandbox root is an empty tmpfs into which every
+//! top-level host entry is bound read-only (symlinks such as `/bin -> usr/bin` are
+//! recreated), and `--remount-ro /` makes the tmpfs itself read-only at the end. The
+//! effect is a read-only view of `/` with these differences:
+//! - `/tmp`, `/run` are private tmpfs (host sockets under `/run` are unreachable; unix
+//!   sockets would otherwise work across the unshared network namespace);
+//! - `/dev` is a minimal devtmpfs, `/proc` belongs to the sandbox's pid namespace, no `/sys`;
+//! - `/root`, `/home` are empty tmpfs and a few secret files (`/etc/shadow`, …) are masked
+//!   with `/dev/null`: the sandbox runs as host uid 0 (capabilities dropped), so owner
+//!   permissions alone would not keep them private;
+//! - the node's whole state dir is an empty tmpfs, so no instance sees any other
+//!   instance's files, by any path;
+//! - the instance's own data dir is bound writable at `/data` (also `HOME`);
+//! - with a display, only that display's socket `/tmp/.X11-unix/X<n>` is bound in.
+//!
+//! All namespaces are unshared (`--unshare-all`, so no network), all capabilities are
+//! dropped, the environment is cleared, and the sandbox dies with the node
+//! (`--die-with-parent`) and cannot reach the node's terminal (`--new-session`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::CommandOutput;
+
+/// `PATH` inside every sandbox.
+pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// Top-level host entries never bound into a sandbox: replaced by bwrap's own mounts, or
+/// private to the host.
+const SKIPPED_ROOT_ENTRIES: &[&str] = &[
+    "proc",
+    "dev",
+    "tmp",
+    "run",
+    "sys",
+    "data",
+    "root",
+    "home",
+    "lost+found",
+];
+
+/// Top-level dirs shown as empty tmpfs (programs expect them to exist).
+const EMPTY_ROOT_DIRS: &[&str] = &["root", "home", "run"];
+
+/// Host files masked with `/dev/null` when they exist.
+const SECRET_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/shadow-",
+    "/etc/gshadow-",
+];
+
+/// What one top-level entry of the host's `/` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootEntryKind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+/// One top-level entry of the host's `/`, e.g. `usr` (dir) or `bin -> usr/bin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootEntry {
+    pub name: String,
+    pub kind: RootEntryKind,
+}
+
+/// The parts of the host filesystem the sandbox mirrors. Scanned once by a runtime
+/// ([`HostLayout::scan`]) and passed to the pure [`bwrap_args`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostLayout {
+    pub root_entries: Vec<RootEntry>,
+    /// Existing secret files to mask.
+    pub secret_files: Vec<PathBuf>,
+}
+
+impl HostLayout {
+    /// Reads the host's `/`.
+    pub fn scan() -> std::io::Result<Self> {
+        let mut root_entries = Vec::new();
+        for entry in std::fs::read_dir("/")? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                // A non-UTF-8 top-level name is not something a sandbox needs.
+                continue;
+            };
+            let file_type = entry.file_type()?;
+            let kind = if file_type.is_symlink() {
+                RootEntryKind::Symlink(std::fs::read_link(entry.path())?)
+            } else if file_type.is_dir() {
+                RootEntryKind::Dir
+            } else if file_type.is_file() {
+                RootEntryKind::File
+            } else {
+                continue;
+            };
+            root_entries.push(RootEntry { name, kind });
+        }
+        root_entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let secret_files = SECRET_FILES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .collect();
+        Ok(Self {
+            root_entries,
+            secret_files,
+        })
+    }
+}
+
+/// What differs between one sandbox and another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSpec {
+    /// The node's state dir; hidden entirely.
+    pub state_dir: PathBuf,
+    /// The instance's data dir; bound writable at `/data`.
+    pub data_dir: PathBuf,
+    /// X display number whose socket is bound in and exported as `DISPLAY`.
+    pub display: Option<u32>,
+    /// Extra host files or dirs bound read-only: (host path, sandbox path).
+    pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// Extra environment variables, after `PATH`, `HOME` and `DISPLAY`.
+    pub env: Vec<(String, String)>,
+}
+
+impl SandboxSpec {
+    pub fn new(state_dir: &Path, data_dir: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            display: None,
+            ro_binds: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Path of X display `n`'s unix socket.
+pub fn x11_socket_path(display: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X11-unix/X{display}"))
+}
+
+/// The bwrap arguments (without the `bwrap` program itself) that run `argv` in the sandbox
+/// described by `spec`. Pure: the same inputs always give the same argv.
+pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+        for item in items {
+            args.push(item.as_ref().to_os_string());
+        }
+    };
+
+    push(&[&"--tmpfs", &"/"]);
+    for entry in &layout.root_entries {
+        if SKIPPED_ROOT_ENTRIES.contains(&entry.name.as_str()) {
+            continue;
+        }
+        let dest = format!("/{}", entry.name);
+        let host = Path::new("/").join(&entry.name);
+        match &entry.kind {
+            RootEntryKind::Dir | RootEntryKind::File => push(&[&"--ro-bind", &host, &dest]),
+            RootEntryKind::Symlink(target) => push(&[&"--symlink", target, &dest]),
+        }
+    }
+    push(&[&"--dev", &"/dev", &"--proc", &"/proc", &"--tmpfs", &"/tmp"]);
+    for dir in EMPTY_ROOT_DIRS {
+        let dest = format!("/{dir}");
+        push(&[&"--tmpfs", &dest]);
+    }
+    for secret in &layout.secret_files {
+        push(&[&"--ro-bind", &"/dev/null", secret]);
+    }
+    // Hide every instance's files (including this one's, by their host path) before binding
+    // this instance's data dir at /data.
+    push(&[&"--tmpfs", &spec.state_dir]);
+    push(&[&"--bind", &spec.data_dir, &"/data"]);
+    if let Some(display) = spec.display {
+        let socket = x11_socket_path(display);
+        push(&[&"--ro-bind", &socket, &socket]);
+    }
+    for (host, dest) in &spec.ro_binds {
+        push(&[&"--ro-bind", host, dest]);
+    }
+    push(&[&"--remount-ro", &"/"]);
+    push(&[
+        &"--unshare-all",
+        &"--cap-drop",
+        &"ALL",
+        &"--die-with-parent",
+        &"--new-session",
+        &"--hostname",
+        &"phone",
+        &"--chdir",
+        &"/data",
+        &"--clearenv",
+        &"--setenv",
+        &"PATH",
+        &SANDBOX_PATH,
+        &"--setenv",
+        &"HOME",
+        &"/data",
+    ]);
+    if let Some(display) = spec.display {
+        let value = format!(":{display}");
+        push(&[&"--setenv", &"DISPLAY", &value]);
+    }
+    for (key, value) in &spec.env {
+        push(&[&"--setenv", key, value]);
+    }
+    push(&[&"--"]);
+    for arg in argv {
+        push(&[arg]);
+    }
+    args
+}
+
+/// A tokio command running `argv` inside the sandbox, in its own process group (so a
+/// timeout can kill everything it started) and with stdin closed.
+pub fn command(
+    bwrap: &Path,
+    layout: &HostLayout,
+    spec: &SandboxSpec,
+    argv: &[String],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bwrap);
+    cmd.args(bwrap_args(layout, spec, argv));
+    cmd.stdin(Stdio::null());
+    cmd.process_group(0);
+    cmd
+}
+
+/// `/bin/sh -c <script>` argv.
+pub fn shell_argv(script: &str) -> Vec<String> {
+    vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]
+}
+
+/// How long to keep draining output pipes after the process was killed: a grandchild
+/// outside the process group could hold them open forever.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
+
+/// Runs `cmd` to completion or until `timeout`, keeping at most `max_output_bytes` of each
+/// of stdout and stderr (the rest is read and dropped so the child never blocks on a full
+/// pipe). On timeout the whole process group is killed. `cmd` should have been built with
+/// `process_group(0)` (as [`command`] does) so the group is the command's own.
+pub async fn run_capped(
+    mut cmd: tokio::process::Command,
+    timeout: Duration,
+    max_output_bytes: usize,
+) -> std::io::Result<CommandOutput> {
+    let started = Instant::now();
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_task = tokio::spawn(read_capped(stdout, max_output_bytes));
+    let err_task = tokio::spawn(read_capped(stderr, max_output_bytes));
+
+    let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => (Some(status?), false),
+        Err(_) => {
+            if let Some(pid) = pid {
+                kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            // Reap it; the kill above makes this return promptly.
+            let _ = child.wait().await;
+            (None, true)
+        }
+    };
+    // Ordinarily the pipes close with the process. If something else still holds them
+    // (only possible after a kill), stop waiting after a grace.
+    let drain_limit = if timed_out {
+        DRAIN_AFTER_KILL
+    } else {
+        timeout.max(DRAIN_AFTER_KILL)
+    };
+    let (stdout, out_cut) = join_reader(out_task, drain_limit).await;
+    let (stderr, err_cut) = join_reader(err_task, drain_limit).await;
+
+    let exit_code = match status {
+        Some(status) => status.code().unwrap_or(-1),
+        None => -1,
+    };
+    Ok(CommandOutput {
+        exit_code,
+        stdout,
+        stderr,
+        truncated: out_cut || err_cut,
+        timed_out,
+        duration: started.elapsed(),
+    })
+}
+
+async fn join_reader(
+    task: tokio::task::JoinHandle<(Vec<u8>, bool)>,
+    limit: Duration,
+) -> (String, bool) {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok((bytes, cut))) => (utf8_lossy_capped(bytes), cut),
+        Ok(Err(_)) => (String::new(), false),
+        Err(_) => {
+            abort.abort();
+            (String::new(), true)
+        }
+    }
+}
+
+/// Reads `reader` to its end, keeping the first `cap` bytes. Returns (kept, cut).
+async fn read_capped<R: AsyncRead + Unpin>(reader: Option<R>, cap: usize) -> (Vec<u8>, bool) {
+    let Some(mut reader) = reader else {
+        return (Vec::new(), false);
+    };
+    let mut kept = Vec::with_capacity(cap.min(64 * 1024));
+    let mut cut = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                if n > room {
+                    cut = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, cut)
+}
+
+/// Bytes to text without growing past the cap: a multi-byte character cut at the cap is
+/// dropped rather than turned into a (longer) replacement character.
+fn utf8_lossy_capped(mut bytes: Vec<u8>) -> String {
+    if let Err(e) = std::str::from_utf8(&bytes)
+        && e.error_len().is_none()
+    {
+        bytes.truncate(e.valid_up_to());
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Sends `signal` to process group `pgid`; a group that is already gone is fine.
+pub fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+    }
+}
+
+/// A process a runtime started, identified well enough to find it again after a node
+/// restart without killing an unrelated process that reused the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    /// Records the running process `pid`; `None` if it is already gone.
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(Self {
+            pid,
+            start_time: proc_start_time(pid)?,
+        })
+    }
+
+    /// True while this exact process (not a pid reuse) exists.
+    pub fn is_alive(&self) -> bool {
+        proc_start_time(self.pid) == Some(self.start_time)
+    }
+
+    /// SIGTERM to the process group, SIGKILL after `grace` if it is still there. The process
+    /// was started as a group leader, so this also takes its children. Does nothing if the
+    /// pid now belongs to another process.
+    pub async fn terminate(&self, grace: Duration) {
+        if !self.is_alive() {
+            return;
+        }
+        kill_group(self.pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.is_alive() {
+            kill_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot. A zombie still counts (it holds the pid).
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted after its last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // After the comm come field 3 (state) onwards; field 22 is the 20th of those.
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is `pid` a zombie (exited, not yet reaped)?
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> HostLayout {
+        HostLayout {
+            root_entries: vec![
+                RootEntry {
+                    name: "bin".into(),
+                    kind: RootEntryKind::Symlink("usr/bin".into()),
+                },
+                RootEntry {
+                    name: "etc".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "home".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "proc".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "root".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "tmp".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "usr".into(),
+                    kind: RootEntryKind::Dir,
+                },
+                RootEntry {
+                    name: "marker".into(),
+                    kind: RootEntryKind::File,
+                },
+            ],
+            secret_files: vec!["/etc/shadow".into()],
+        }
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    /// Index of the first occurrence of the consecutive run `needle`.
+    fn find(haystack: &[String], needle: &[&str]) -> Option<usize> {
+        haystack
+            .windows(needle.len())
+            .position(|w| w.iter().zip(needle).all(|(a, b)| a == b))
+    }
+
+    #[test]
+    fn mirrors_root_read_only_and_skips_private_entries() {
+        let spec = SandboxSpec::new(Path::new("/var/lib/cp"), Path::new("/var/lib/cp/i/a/data"));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        assert_eq!(&args[..2], ["--tmpfs", "/"]);
+        assert!(find(&args, &["--symlink", "usr/bin", "/bin"]).is_some());
+        assert!(find(&args, &["--ro-bind", "/etc", "/etc"]).is_some());
+        assert!(find(&args, &["--ro-bind", "/usr", "/usr"]).is_some());
+        assert!(find(&args, &["--ro-bind", "/marker", "/marker"]).is_some());
+        for private in ["/home", "/root", "/tmp", "/proc"] {
+            assert!(
+                find(&args, &["--ro-bind", private, private]).is_none(),
+                "{private}"
+            );
+        }
+        for tmpfs in ["/tmp", "/root", "/home", "/run"] {
+            assert!(find(&args, &["--tmpfs", tmpfs]).is_some(), "{tmpfs}");
+        }
+        assert!(find(&args, &["--ro-bind", "/dev/null", "/etc/shadow"]).is_some());
+        assert!(find(&args, &["--dev", "/dev"]).is_some());
+        assert!(find(&args, &["--proc", "/proc"]).is_some());
+    }
+
+    #[test]
+    fn hides_state_dir_then_binds_data_then_remounts_read_only() {
+        let spec = SandboxSpec::new(Path::new("/var/lib/cp"), Path::new("/var/lib/cp/i/a/data"));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        let hide = find(&args, &["--tmpfs", "/var/lib/cp"]).unwrap();
+        let data = find(&args, &["--bind", "/var/lib/cp/i/a/data", "/data"]).unwrap();
+        let ro = find(&args, &["--remount-ro", "/"]).unwrap();
+        let last_ro_bind = args.iter().rposition(|a| a == "--ro-bind").unwrap();
+        // Order matters: the data bind must come after the state dir is hidden, and the
+        // root is made read-only after every mount point was created.
+        assert!(hide < data && data < ro && last_ro_bind < ro, "{args:?}");
+        assert_eq!(
+            args.iter().filter(|a| *a == "--bind").count(),
+            1,
+            "only /data is writable"
+        );
+    }
+
+    #[test]
+    fn isolation_flags_and_clean_environment() {
+        let spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("echo hi")));
+        for flag in [
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+        ] {
+            assert!(args.contains(&flag.to_owned()), "{flag}");
+        }
+        assert!(find(&args, &["--cap-drop", "ALL"]).is_some());
+        let clear = find(&args, &["--clearenv"]).unwrap();
+        let path = find(&args, &["--setenv", "PATH", SANDBOX_PATH]).unwrap();
+        let home = find(&args, &["--setenv", "HOME", "/data"]).unwrap();
+        assert!(clear < path && clear < home);
+        assert!(
+            !args.iter().any(|a| a == "DISPLAY"),
+            "no display without x11"
+        );
+        assert!(!args.iter().any(|a| a.starts_with("/tmp/.X11-unix")));
+        assert_eq!(&args[args.len() - 4..], ["--", "/bin/sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn display_binds_its_socket_and_sets_display() {
+        let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        spec.display = Some(107);
+        spec.env.push(("WIDTH".into(), "720".into()));
+        spec.ro_binds
+            .push(("/host/pkg.tar".into(), "/tmp/pkg.tar".into()));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("xeyes")));
+        let socket = find(
+            &args,
+            &["--ro-bind", "/tmp/.X11-unix/X107", "/tmp/.X11-unix/X107"],
+        );
+        let tmp = find(&args, &["--tmpfs", "/tmp"]).unwrap();
+        assert!(socket.unwrap() > tmp, "socket bound after /tmp is replaced");
+        assert!(find(&args, &["--setenv", "DISPLAY", ":107"]).is_some());
+        assert!(find(&args, &["--setenv", "WIDTH", "720"]).is_some());
+        assert!(find(&args, &["--ro-bind", "/host/pkg.tar", "/tmp/pkg.tar"]).is_some());
+    }
+
+    #[test]
+    fn parses_start_time_after_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 10 18446744073709551615";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = ProcessRecord::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        let reused = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(
+            !reused.is_alive(),
+            "a different start time is a different process"
+        );
+    }
+
+    #[test]
+    fn capped_text_never_splits_a_character() {
+        assert_eq!(utf8_lossy_capped("héllo".as_bytes()[..2].to_vec()), "h");
+        assert_eq!(utf8_lossy_capped(b"ok".to_vec()), "ok");
+        assert_eq!(utf8_lossy_capped(vec![0xff, b'a']), "\u{fffd}a");
+    }
+
+    #[tokio::test]
+    async fn run_capped_cuts_output_and_kills_on_timeout() {
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "head -c 100000 /dev/zero | tr '\\0' x; echo err >&2; exit 3",
+        ]);
+        cmd.process_group(0);
+        let out = run_capped(cmd, Duration::from_secs(10), 1000)
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 3);
+        assert_eq!(out.stdout.len(), 1000);
+        assert_eq!(out.stderr, "err\n");
+        assert!(out.truncated && !out.timed_out);
+
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        // The background sleep is in the same group and must die too, or the pipe stays open.
+        cmd.args(["-c", "sleep 30 & echo started; sleep 30"]);
+        cmd.process_group(0);
+        let out = run_capped(cmd, Duration::from_millis(300), 1000)
+            .await
+            .unwrap();
+        assert!(out.timed_out);
+        assert_eq!(out.exit_code, -1);
+        assert_eq!(out.stdout, "started\n");
+        assert!(out.duration < Duration::from_secs(3), "{:?}", out.duration);
+    }
+}

@@ -1,1 +1,1152 @@
-//! TODO
+//! The x11 runtime: each instance is its own `Xvfb` display with a launcher app running in
+//! the instance's bwrap sandbox, driven through XTest.
+//!
+//! # Processes and restarts
+//! `start` picks a free display number from [`X11Config::first_display`] up (no
+//! `/tmp/.X<n>-lock` held by a live process, not used by this node), runs
+//! `Xvfb :n -screen 0 {w}x{h}x24 -nolisten tcp -noreset`, waits (bounded) until an X client
+//! can connect, then runs [`X11Config::launcher`] with `/bin/sh -c` inside the sandbox with
+//! `DISPLAY=:n`. Both processes are group leaders and are recorded (pid + kernel start time)
+//! in `<paths.root>/pids.json`. A later `start` — in particular the first one after a node
+//! restart — first kills whatever that file names (after checking the start time, so a
+//! reused pid is never hit), then starts fresh: re-adoption is a clean restart and no
+//! orphan survives. Process output goes to `xvfb.log` / `launcher.log` next to it,
+//! truncated on every start.
+//!
+//! # Launcher
+//! The default launcher is [`DEFAULT_LAUNCHER`]: `xeyes` from x11-apps, sized to the whole
+//! screen. x11-apps is the X app set a bare Debian host has (xterm is a separate package
+//! and usually missing); of its apps, xeyes is the one that visibly reacts to input (its
+//! pupils follow the pointer), which makes input easy to see on the stream. The launcher
+//! gets `WIDTH` and `HEIGHT` in its environment and is expected to keep running: if it
+//! exits, the instance counts as not running.
+//!
+//! # Input mapping (XTest)
+//! - Touch: every action first moves the pointer to `(x·width, y·height)`; `down` then
+//!   presses button 1 and `up` releases it, so a tap is a left click and a drag is a
+//!   left-button drag. One pointer only: `pointer_id` is ignored.
+//! - Key: the DOM `code` is mapped to a keysym by [`keysym_for_code`] (letters, digits,
+//!   punctuation, Enter/Escape/Backspace/Tab/Space, arrows, Home/End/PageUp/PageDown/
+//!   Insert/Delete, F1–F12, Shift/Control/Alt/Meta left and right, CapsLock), then to a
+//!   keycode through the server's keyboard mapping. Unknown codes are rejected.
+//! - Text: each character becomes its keysym (Latin-1 directly, `\n` → Return, `\t` → Tab,
+//!   anything else `0x0100_0000 + codepoint`); Shift is held when the keysym sits on the
+//!   shifted level; a keysym the keymap lacks is bound to a spare keycode for the keystroke.
+//! - Phone keys: back → Escape, home → Super_L, recents → Alt+Tab.
+//!
+//! # App packages
+//! See [`install_tar_package`]: a tar (optionally gzip) archive with `app.json` at its top
+//! level, unpacked to `/data/apps/<name>/`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::Child;
+use x11rb::connection::{Connection, RequestConnection};
+use x11rb::protocol::xproto::{self, ConnectionExt as _};
+use x11rb::protocol::xtest::ConnectionExt as _;
+use x11rb::rust_connection::RustConnection;
+
+use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec};
+use super::{
+    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
+    Runtime, RuntimeError, TouchAction,
+};
+
+/// Shown full-screen on every display unless configured otherwise; see the module docs.
+pub const DEFAULT_LAUNCHER: &str = "exec xeyes -geometry ${WIDTH}x${HEIGHT}+0+0";
+
+/// How long Xvfb gets to accept connections.
+const XVFB_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the launcher must survive for `start` to succeed.
+const LAUNCHER_SETTLE: Duration = Duration::from_millis(300);
+/// SIGTERM → SIGKILL grace when stopping.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Display numbers tried per start before giving up (others may grab numbers concurrently).
+const DISPLAY_ATTEMPTS: u32 = 8;
+/// Highest display number considered.
+const MAX_DISPLAY_SPAN: u32 = 1000;
+
+/// x11 runtime configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X11Config {
+    /// Lowest display number to use; high by default to stay clear of desktop sessions.
+    pub first_display: u32,
+    /// Shell command run inside the sandbox once the display is up.
+    pub launcher: String,
+    pub xvfb: PathBuf,
+    pub bwrap: PathBuf,
+}
+
+impl Default for X11Config {
+    fn default() -> Self {
+        Self {
+            first_display: 100,
+            launcher: DEFAULT_LAUNCHER.to_owned(),
+            xvfb: PathBuf::from("/usr/bin/Xvfb"),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+        }
+    }
+}
+
+/// What `pids.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PidFile {
+    pub display: Option<u32>,
+    pub xvfb: Option<ProcessRecord>,
+    pub launcher: Option<ProcessRecord>,
+}
+
+/// One running instance's processes and input connection.
+struct Live {
+    display: u32,
+    xvfb: Child,
+    launcher: Child,
+    input: Arc<XInput>,
+}
+
+/// Runs phone instances as Xvfb displays.
+pub struct X11Runtime {
+    config: X11Config,
+    layout: HostLayout,
+    live: Mutex<HashMap<String, Live>>,
+    /// Display numbers this node has handed out (lock files can lag behind a spawn).
+    reserved: Mutex<HashSet<u32>>,
+}
+
+impl X11Runtime {
+    pub fn new(config: X11Config) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            config,
+            layout: HostLayout::scan()?,
+            live: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn config(&self) -> &X11Config {
+        &self.config
+    }
+
+    /// The display an instance runs on, while it runs.
+    pub fn display_of(&self, instance_id: &str) -> Option<u32> {
+        lock(&self.live).get(instance_id).map(|l| l.display)
+    }
+
+    fn sandbox_spec(&self, spec: &InstanceSpec, paths: &InstancePaths) -> SandboxSpec {
+        let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+        sb.display = self.display_of(&spec.instance_id);
+        sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
+        sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
+        sb
+    }
+
+    /// Claims the lowest free display number.
+    fn reserve_display(&self) -> Result<u32, RuntimeError> {
+        let mut reserved = lock(&self.reserved);
+        let first = self.config.first_display;
+        for n in first..first.saturating_add(MAX_DISPLAY_SPAN) {
+            if !reserved.contains(&n) && display_free(n) {
+                reserved.insert(n);
+                return Ok(n);
+            }
+        }
+        Err(RuntimeError::NoCapacity(format!(
+            "no free X display from :{first}"
+        )))
+    }
+
+    fn release_display(&self, n: u32) {
+        lock(&self.reserved).remove(&n);
+    }
+
+    /// Kills this instance's processes: the live ones and any named in pids.json.
+    async fn kill_all(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        let live = lock(&self.live).remove(&spec.instance_id);
+        if let Some(mut live) = live {
+            stop_child(&mut live.launcher).await;
+            stop_child(&mut live.xvfb).await;
+            self.release_display(live.display);
+        }
+        let pid_file = paths.root.join("pids.json");
+        if let Some(stale) = read_pid_file(&pid_file).await {
+            for record in [stale.launcher, stale.xvfb].into_iter().flatten() {
+                if record.is_alive() {
+                    tracing::info!(instance = %spec.instance_id, pid = record.pid, "killing leftover process");
+                    record.terminate(STOP_GRACE).await;
+                }
+            }
+        }
+        match tokio::fs::remove_file(&pid_file).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts Xvfb on some free display and waits until it takes connections.
+    async fn start_xvfb(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(u32, Child, Arc<XInput>), RuntimeError> {
+        let mut last_err = String::new();
+        for _ in 0..DISPLAY_ATTEMPTS {
+            let display = self.reserve_display()?;
+            match self.try_xvfb(display, spec, paths).await {
+                Ok((child, input)) => return Ok((display, child, input)),
+                Err(e) => {
+                    self.release_display(display);
+                    last_err = e;
+                }
+            }
+        }
+        Err(RuntimeError::Process {
+            program: "Xvfb".to_owned(),
+            detail: last_err,
+        })
+    }
+
+    async fn try_xvfb(
+        &self,
+        display: u32,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(Child, Arc<XInput>), String> {
+        let log = std::fs::File::create(paths.root.join("xvfb.log")).map_err(|e| e.to_string())?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = tokio::process::Command::new(&self.config.xvfb);
+        cmd.args(xvfb_args(display, spec.width, spec.height))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {:?}: {e}", self.config.xvfb))?;
+        let record = child.id().and_then(ProcessRecord::of);
+        write_pid_file(
+            &paths.root,
+            &PidFile {
+                display: Some(display),
+                xvfb: record,
+                launcher: None,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+        let deadline = Instant::now() + XVFB_READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = tail(&paths.root.join("xvfb.log")).await;
+                return Err(format!("Xvfb :{display} exited with {status}: {log}"));
+            }
+            let pid = child.id();
+            let connected = tokio::task::spawn_blocking(move || XInput::connect(display)).await;
+            if let Ok(Ok(input)) = connected {
+                // Someone else's server may have won this display number between the check
+                // and our spawn; only our own Xvfb holding the lock counts.
+                if lock_file_pid(display) == pid {
+                    return Ok((child, Arc::new(input)));
+                }
+            }
+            if Instant::now() >= deadline {
+                stop_child(&mut child).await;
+                return Err(format!(
+                    "Xvfb :{display} not ready after {XVFB_READY_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for X11Runtime {
+    fn name(&self) -> &'static str {
+        "x11"
+    }
+
+    async fn provision(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        // The data dir is fresh and empty here, so creating inside it cannot follow a
+        // symlink planted by the instance.
+        tokio::fs::create_dir_all(paths.data.join("apps")).await?;
+        Ok(())
+    }
+
+    async fn start(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        if self.is_running(spec, paths).await {
+            return Ok(());
+        }
+        self.kill_all(spec, paths).await?;
+        tokio::fs::create_dir_all(&paths.data).await?;
+
+        let (display, mut xvfb, input) = self.start_xvfb(spec, paths).await?;
+        let xvfb_record = xvfb.id().and_then(ProcessRecord::of);
+
+        let launcher = async {
+            let log = std::fs::File::create(paths.root.join("launcher.log"))?;
+            let log_err = log.try_clone()?;
+            let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+            sb.display = Some(display);
+            sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
+            sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
+            let argv = sandbox::shell_argv(&self.config.launcher);
+            let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
+            cmd.stdout(log).stderr(log_err).kill_on_drop(true);
+            let child = cmd.spawn()?;
+            Ok::<_, std::io::Error>(child)
+        }
+        .await;
+        let mut launcher = match launcher {
+            Ok(child) => child,
+            Err(e) => {
+                stop_child(&mut xvfb).await;
+                self.release_display(display);
+                return Err(RuntimeError::Process {
+                    program: "bwrap".to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let pids = PidFile {
+            display: Some(display),
+            xvfb: xvfb_record,
+            launcher: launcher.id().and_then(ProcessRecord::of),
+        };
+        let written = write_pid_file(&paths.root, &pids).await;
+
+        tokio::time::sleep(LAUNCHER_SETTLE).await;
+        let exited = launcher.try_wait().ok().flatten();
+        if written.is_err() || exited.is_some() {
+            stop_child(&mut launcher).await;
+            stop_child(&mut xvfb).await;
+            self.release_display(display);
+            let _ = tokio::fs::remove_file(paths.root.join("pids.json")).await;
+            written?;
+            let log = tail(&paths.root.join("launcher.log")).await;
+            let status = exited.map(|s| s.to_string()).unwrap_or_default();
+            return Err(RuntimeError::Process {
+                program: "launcher".to_owned(),
+                detail: format!("exited right away ({status}): {log}"),
+            });
+        }
+        let number = display;
+        tracing::info!(instance = %spec.instance_id, display = number, "x11 instance started");
+        lock(&self.live).insert(
+            spec.instance_id.clone(),
+            Live {
+                display,
+                xvfb,
+                launcher,
+                input,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        self.kill_all(spec, paths).await
+    }
+
+    async fn is_running(&self, spec: &InstanceSpec, _paths: &InstancePaths) -> bool {
+        let mut live = lock(&self.live);
+        let Some(l) = live.get_mut(&spec.instance_id) else {
+            return false;
+        };
+        matches!(l.xvfb.try_wait(), Ok(None)) && matches!(l.launcher.try_wait(), Ok(None))
+    }
+
+    async fn run_command(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        command: &CommandSpec,
+    ) -> Result<CommandOutput, RuntimeError> {
+        let sb = self.sandbox_spec(spec, paths);
+        let cmd = sandbox::command(
+            &self.config.bwrap,
+            &self.layout,
+            &sb,
+            &sandbox::shell_argv(&command.command),
+        );
+        Ok(sandbox::run_capped(cmd, command.timeout, command.max_output_bytes).await?)
+    }
+
+    async fn install_app(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+        package: &Path,
+    ) -> Result<(), RuntimeError> {
+        install_tar_package(&self.config.bwrap, &self.layout, paths, package)
+            .await
+            .map(|_| ())
+    }
+
+    async fn inject_input(
+        &self,
+        spec: &InstanceSpec,
+        _paths: &InstancePaths,
+        event: &InputEvent,
+    ) -> Result<(), RuntimeError> {
+        let input = lock(&self.live)
+            .get(&spec.instance_id)
+            .map(|l| Arc::clone(&l.input))
+            .ok_or_else(|| RuntimeError::NotRunning(spec.instance_id.clone()))?;
+        let event = event.clone();
+        tokio::task::spawn_blocking(move || input.inject(&event))
+            .await
+            .map_err(|e| x_err(e.to_string()))?
+    }
+
+    fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
+        // While stopped, the display last used (or the first one) is the best answer; the
+        // instance manager only asks for running instances.
+        let display = self.display_of(&spec.instance_id).or_else(|| {
+            std::fs::read(paths.root.join("pids.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PidFile>(&b).ok())
+                .and_then(|p| p.display)
+        });
+        let display = display.unwrap_or(self.config.first_display);
+        CaptureSource::X11 {
+            display: format!(":{display}"),
+            width: spec.width,
+            height: spec.height,
+        }
+    }
+}
+
+/// `Xvfb` arguments for display `n` at `width`×`height`.
+pub fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
+    vec![
+        format!(":{display}"),
+        "-screen".to_owned(),
+        "0".to_owned(),
+        format!("{width}x{height}x24"),
+        "-nolisten".to_owned(),
+        "tcp".to_owned(),
+        "-noreset".to_owned(),
+    ]
+}
+
+/// `<state_dir>` from `<state_dir>/instances/<id>`.
+pub(crate) fn state_dir_of(paths: &InstancePaths) -> PathBuf {
+    paths
+        .root
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(&paths.root)
+        .to_path_buf()
+}
+
+/// A display number is free when no live process holds its lock file.
+fn display_free(n: u32) -> bool {
+    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(text) => match text.trim().parse::<u32>() {
+            // A stale lock: Xvfb replaces it itself.
+            Ok(pid) => sandbox::proc_start_time(pid).is_none(),
+            Err(_) => false,
+        },
+    }
+}
+
+fn lock_file_pid(n: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/tmp/.X{n}-lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn read_pid_file(path: &Path) -> Option<PidFile> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable pid file ignored");
+            None
+        }
+    }
+}
+
+async fn write_pid_file(root: &Path, pids: &PidFile) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(pids).map_err(std::io::Error::other)?;
+    write_atomic(&root.join("pids.json"), &bytes).await
+}
+
+/// Writes via a temp file and rename, so a crash never leaves a half-written file.
+pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// The last part of a log file, for error messages.
+async fn tail(path: &Path) -> String {
+    let bytes = tokio::fs::read(path).await.unwrap_or_default();
+    let start = bytes.len().saturating_sub(600);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+}
+
+/// SIGTERM to the child's process group, SIGKILL after the grace, then reap it.
+async fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        sandbox::kill_group(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        if let Some(pid) = child.id() {
+            sandbox::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = child.kill().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it consistent (single inserts and
+    // removes), so poisoning is not a reason to stop working.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn x_err(detail: impl Into<String>) -> RuntimeError {
+    RuntimeError::Process {
+        program: "x11".to_owned(),
+        detail: detail.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Input
+// ---------------------------------------------------------------------------------------
+
+const SHIFT_L: u32 = 0xffe1;
+const ALT_L: u32 = 0xffe9;
+const TAB: u32 = 0xff09;
+const ESCAPE: u32 = 0xff1b;
+const SUPER_L: u32 = 0xffeb;
+const RETURN: u32 = 0xff0d;
+
+/// A client connection used to inject input into one display.
+struct XInput {
+    conn: RustConnection,
+    root: xproto::Window,
+    width: u16,
+    height: u16,
+    keymap: Mutex<Keymap>,
+}
+
+/// The server's keycode ↔ keysym table, as far as injection needs it.
+struct Keymap {
+    per_keycode: u8,
+    /// keysym → (keycode, level); the lowest level wins.
+    lookup: HashMap<u32, (u8, usize)>,
+    /// A keycode with no keysyms, rebound on demand for keysyms the map lacks.
+    spare: Option<u8>,
+}
+
+impl XInput {
+    fn connect(display: u32) -> Result<Self, RuntimeError> {
+        let (conn, screen_num) = RustConnection::connect(Some(&format!(":{display}")))
+            .map_err(|e| x_err(e.to_string()))?;
+        let screen = conn
+            .setup()
+            .roots
+            .get(screen_num)
+            .ok_or_else(|| x_err("display has no screen"))?;
+        let (root, width, height) = (screen.root, screen.width_in_pixels, screen.height_in_pixels);
+        conn.extension_information(x11rb::protocol::xtest::X11_EXTENSION_NAME)
+            .map_err(|e| x_err(e.to_string()))?
+            .ok_or_else(|| x_err("XTEST extension missing"))?;
+        let keymap = Keymap::load(&conn)?;
+        Ok(Self {
+            conn,
+            root,
+            width,
+            height,
+            keymap: Mutex::new(keymap),
+        })
+    }
+
+    fn inject(&self, event: &InputEvent) -> Result<(), RuntimeError> {
+        match event {
+            InputEvent::Touch { action, x, y, .. } => {
+                let px = scale(*x, self.width);
+                let py = scale(*y, self.height);
+                self.fake(xproto::MOTION_NOTIFY_EVENT, 0, px, py)?;
+                match action {
+                    TouchAction::Down => self.fake(xproto::BUTTON_PRESS_EVENT, 1, 0, 0)?,
+                    TouchAction::Up => self.fake(xproto::BUTTON_RELEASE_EVENT, 1, 0, 0)?,
+                    TouchAction::Move => {}
+                }
+            }
+            InputEvent::Key { code, down } => {
+                let keysym = keysym_for_code(code).ok_or_else(|| RuntimeError::Process {
+                    program: "x11".to_owned(),
+                    detail: format!("unknown key code {code:?}"),
+                })?;
+                let (keycode, _) = self.keycode_for(keysym)?;
+                let kind = if *down {
+                    xproto::KEY_PRESS_EVENT
+                } else {
+                    xproto::KEY_RELEASE_EVENT
+                };
+                self.fake(kind, keycode, 0, 0)?;
+            }
+            InputEvent::Text { text } => {
+                for c in text.chars() {
+                    self.type_keysym(keysym_for_char(c))?;
+                }
+            }
+            InputEvent::Phone { key } => match key {
+                PhoneKey::Back => self.tap(&[ESCAPE])?,
+                PhoneKey::Home => self.tap(&[SUPER_L])?,
+                PhoneKey::Recents => self.tap(&[ALT_L, TAB])?,
+            },
+        }
+        // A round trip, so errors surface here and events are applied in order before the
+        // next call.
+        self.conn
+            .get_input_focus()
+            .map_err(|e| x_err(e.to_string()))?
+            .reply()
+            .map_err(|e| x_err(e.to_string()))?;
+        Ok(())
+    }
+
+    fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) -> Result<(), RuntimeError> {
+        let root = if kind == xproto::MOTION_NOTIFY_EVENT {
+            self.root
+        } else {
+            x11rb::NONE
+        };
+        self.conn
+            .xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, root, x, y, 0)
+            .map_err(|e| x_err(e.to_string()))?;
+        self.conn.flush().map_err(|e| x_err(e.to_string()))
+    }
+
+    /// Presses `keysyms` in order, then releases them in reverse (a chord such as Alt+Tab).
+    fn tap(&self, keysyms: &[u32]) -> Result<(), RuntimeError> {
+        let mut codes = Vec::with_capacity(keysyms.len());
+        for &keysym in keysyms {
+            codes.push(self.keycode_for(keysym)?.0);
+        }
+        for &code in &codes {
+            self.fake(xproto::KEY_PRESS_EVENT, code, 0, 0)?;
+        }
+        for &code in codes.iter().rev() {
+            self.fake(xproto::KEY_RELEASE_EVENT, code, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Types one keysym, holding Shift when it sits on the shifted level.
+    fn type_keysym(&self, keysym: u32) -> Result<(), RuntimeError> {
+        let (code, level) = self.keycode_for(keysym)?;
+        if level == 1 {
+            let shift = self.keycode_for(SHIFT_L)?.0;
+            self.fake(xproto::KEY_PRESS_EVENT, shift, 0, 0)?;
+            self.fake(xproto::KEY_PRESS_EVENT, code, 0, 0)?;
+            self.fake(xproto::KEY_RELEASE_EVENT, code, 0, 0)?;
+            self.fake(xproto::KEY_RELEASE_EVENT, shift, 0, 0)
+        } else {
+            self.fake(xproto::KEY_PRESS_EVENT, code, 0, 0)?;
+            self.fake(xproto::KEY_RELEASE_EVENT, code, 0, 0)
+        }
+    }
+
+    /// The keycode (and level) producing `keysym`, binding it to the spare keycode when the
+    /// current map has none.
+    fn keycode_for(&self, keysym: u32) -> Result<(u8, usize), RuntimeError> {
+        let mut keymap = lock(&self.keymap);
+        if let Some(&found) = keymap.lookup.get(&keysym) {
+            return Ok(found);
+        }
+        let spare = keymap
+            .spare
+            .ok_or_else(|| x_err(format!("no keycode for keysym {keysym:#x}")))?;
+        let syms = vec![keysym; usize::from(keymap.per_keycode)];
+        self.conn
+            .change_keyboard_mapping(1, spare, keymap.per_keycode, &syms)
+            .map_err(|e| x_err(e.to_string()))?;
+        self.conn
+            .get_input_focus()
+            .map_err(|e| x_err(e.to_string()))?
+            .reply()
+            .map_err(|e| x_err(e.to_string()))?;
+        // The spare keycode now means this keysym; forget what it meant before.
+        keymap.lookup.retain(|_, (code, _)| *code != spare);
+        keymap.lookup.insert(keysym, (spare, 0));
+        Ok((spare, 0))
+    }
+}
+
+impl Keymap {
+    fn load(conn: &RustConnection) -> Result<Self, RuntimeError> {
+        let setup = conn.setup();
+        let (min, max) = (setup.min_keycode, setup.max_keycode);
+        let reply = conn
+            .get_keyboard_mapping(min, max - min + 1)
+            .map_err(|e| x_err(e.to_string()))?
+            .reply()
+            .map_err(|e| x_err(e.to_string()))?;
+        let per = usize::from(reply.keysyms_per_keycode.max(1));
+        let mut lookup = HashMap::new();
+        let mut spare = None;
+        for (i, syms) in reply.keysyms.chunks(per).enumerate() {
+            let Ok(offset) = u8::try_from(i) else { break };
+            let code = min.saturating_add(offset);
+            if syms.iter().all(|&s| s == 0) {
+                spare = Some(code);
+                continue;
+            }
+            // Only the unshifted and shifted levels of group 1 are reachable with Shift alone.
+            for (level, &sym) in syms.iter().take(2).enumerate() {
+                if sym != 0 {
+                    lookup.entry(sym).or_insert((code, level));
+                }
+            }
+        }
+        Ok(Self {
+            per_keycode: reply.keysyms_per_keycode.max(1),
+            lookup,
+            spare,
+        })
+    }
+}
+
+/// `v` clamped to 0..=1; NaN counts as 0.
+fn unit(v: f64) -> f64 {
+    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
+}
+
+/// Normalised 0..=1 to a pixel, clamped on screen.
+fn scale(v: f64, size: u16) -> i16 {
+    let max = f64::from(size.saturating_sub(1));
+    let px = (unit(v) * f64::from(size)).floor().min(max);
+    // In range by construction (0..=u16::MAX-1 fits i16 only for sane screens; clamp anyway).
+    px.min(f64::from(i16::MAX)) as i16
+}
+
+/// The X keysym for a DOM `KeyboardEvent.code`; `None` for codes not mapped.
+pub fn keysym_for_code(code: &str) -> Option<u32> {
+    if let Some(letter) = code.strip_prefix("Key") {
+        let mut chars = letter.chars();
+        if let (Some(c), None) = (chars.next(), chars.next())
+            && c.is_ascii_uppercase()
+        {
+            return Some(u32::from(c.to_ascii_lowercase()));
+        }
+        return None;
+    }
+    if let Some(digit) = code.strip_prefix("Digit") {
+        let mut chars = digit.chars();
+        if let (Some(c), None) = (chars.next(), chars.next())
+            && c.is_ascii_digit()
+        {
+            return Some(u32::from(c));
+        }
+        return None;
+    }
+    if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
+        && (1..=12).contains(&n)
+    {
+        return Some(0xffbe + n - 1);
+    }
+    let keysym = match code {
+        "Enter" | "NumpadEnter" => RETURN,
+        "Escape" => ESCAPE,
+        "Backspace" => 0xff08,
+        "Tab" => TAB,
+        "Space" => 0x20,
+        "ArrowLeft" => 0xff51,
+        "ArrowUp" => 0xff52,
+        "ArrowRight" => 0xff53,
+        "ArrowDown" => 0xff54,
+        "Home" => 0xff50,
+        "End" => 0xff57,
+        "PageUp" => 0xff55,
+        "PageDown" => 0xff56,
+        "Insert" => 0xff63,
+        "Delete" => 0xffff,
+        "ShiftLeft" => SHIFT_L,
+        "ShiftRight" => 0xffe2,
+        "ControlLeft" => 0xffe3,
+        "ControlRight" => 0xffe4,
+        "AltLeft" => ALT_L,
+        "AltRight" => 0xffea,
+        "MetaLeft" => SUPER_L,
+        "MetaRight" => 0xffec,
+        "CapsLock" => 0xffe5,
+        "Minus" => 0x2d,
+        "Equal" => 0x3d,
+        "BracketLeft" => 0x5b,
+        "BracketRight" => 0x5d,
+        "Backslash" => 0x5c,
+        "Semicolon" => 0x3b,
+        "Quote" => 0x27,
+        "Backquote" => 0x60,
+        "Comma" => 0x2c,
+        "Period" => 0x2e,
+        "Slash" => 0x2f,
+        _ => return None,
+    };
+    Some(keysym)
+}
+
+/// The X keysym that types `c`.
+pub fn keysym_for_char(c: char) -> u32 {
+    match c {
+        '\n' | '\r' => RETURN,
+        '\t' => TAB,
+        // Latin-1 printable characters are their own keysyms.
+        ' '..='~' | '\u{a0}'..='\u{ff}' => u32::from(c),
+        _ => 0x0100_0000 + u32::from(c),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// App packages
+// ---------------------------------------------------------------------------------------
+
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+/// Largest archive listing accepted (about 30k entries).
+const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where the package file appears inside the sandbox.
+const PACKAGE_IN_SANDBOX: &str = "/tmp/cloudphone-package";
+
+/// `app.json`, the manifest at the top level of an app package.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppManifest {
+    /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`; also the install directory name.
+    pub name: String,
+    pub version: String,
+    /// Path of the program to run, relative to the app's directory.
+    pub exec: String,
+}
+
+impl AppManifest {
+    /// Checks the fields that become paths.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = self.name.len() <= 64
+            && self
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Err(format!("bad app name {:?}", self.name));
+        }
+        if self.version.is_empty()
+            || self.version.len() > 64
+            || self.version.chars().any(char::is_control)
+        {
+            return Err(format!("bad app version {:?}", self.version));
+        }
+        if !is_safe_relative(&self.exec) || self.exec.ends_with('/') {
+            return Err(format!("bad exec path {:?}", self.exec));
+        }
+        Ok(())
+    }
+}
+
+/// A relative path with no `..`, no absolute start and no empty or control characters.
+pub fn is_safe_relative(path: &str) -> bool {
+    let trimmed = path.strip_prefix("./").unwrap_or(path);
+    !trimmed.is_empty()
+        && !trimmed.starts_with('/')
+        && !trimmed.chars().any(char::is_control)
+        && trimmed.split('/').all(|part| part != "..")
+}
+
+/// Installs an app package into an instance's data dir and returns its manifest.
+///
+/// **Package format**: a tar archive, optionally gzip-compressed (`.tar.gz`), whose top
+/// level holds `app.json`: `{ "name": "...", "version": "...", "exec": "relative/path" }`
+/// (see [`AppManifest`]). Every member must be a relative path without `..`. The archive is
+/// unpacked to `/data/apps/<name>/` (replacing a previous version), and `exec` must name a
+/// file in it.
+///
+/// Listing, unpacking and moving all happen inside the instance's sandbox, where only
+/// `/data` is writable: even a hostile archive (symlinks, odd names) or symlinks the
+/// instance planted in its own data dir cannot make anything land outside that instance's
+/// data. The listing check rejects unsafe members before anything is unpacked.
+pub async fn install_tar_package(
+    bwrap: &Path,
+    layout: &HostLayout,
+    paths: &InstancePaths,
+    package: &Path,
+) -> Result<AppManifest, RuntimeError> {
+    let package = tokio::fs::canonicalize(package)
+        .await
+        .map_err(|e| RuntimeError::Install(format!("package {}: {e}", package.display())))?;
+    if !tokio::fs::metadata(&package).await?.is_file() {
+        return Err(RuntimeError::Install(
+            "package is not a regular file".to_owned(),
+        ));
+    }
+    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+    sb.ro_binds
+        .push((package, PathBuf::from(PACKAGE_IN_SANDBOX)));
+    let run = |argv: Vec<String>, cap: usize| {
+        let cmd = sandbox::command(bwrap, layout, &sb, &argv);
+        sandbox::run_capped(cmd, INSTALL_TIMEOUT, cap)
+    };
+    let fail = |step: &str, out: &CommandOutput| {
+        RuntimeError::Install(format!(
+            "{step}: exit {}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ))
+    };
+
+    let listing = run(
+        vec!["tar".into(), "-tf".into(), PACKAGE_IN_SANDBOX.into()],
+        MAX_LISTING_BYTES,
+    )
+    .await?;
+    if listing.exit_code != 0 {
+        return Err(fail("not a tar archive", &listing));
+    }
+    if listing.truncated {
+        return Err(RuntimeError::Install(
+            "archive has too many entries".to_owned(),
+        ));
+    }
+    check_listing(&listing.stdout).map_err(RuntimeError::Install)?;
+
+    let script = format!(
+        "set -eu\n\
+         rm -rf /data/apps/.incoming\n\
+         mkdir -p /data/apps/.incoming\n\
+         tar -xf {PACKAGE_IN_SANDBOX} -C /data/apps/.incoming --no-same-owner --no-same-permissions\n\
+         test -f /data/apps/.incoming/app.json\n\
+         test ! -L /data/apps/.incoming/app.json\n\
+         head -c {MAX_MANIFEST_BYTES} /data/apps/.incoming/app.json\n"
+    );
+    let unpacked = run(sandbox::shell_argv(&script), MAX_MANIFEST_BYTES).await?;
+    let cleanup = || run(sandbox::shell_argv("rm -rf /data/apps/.incoming"), 4096);
+    if unpacked.exit_code != 0 {
+        let _ = cleanup().await;
+        return Err(fail("unpack", &unpacked));
+    }
+    let manifest = match serde_json::from_str::<AppManifest>(&unpacked.stdout)
+        .map_err(|e| format!("app.json: {e}"))
+        .and_then(|m| m.validate().map(|()| m))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = cleanup().await;
+            return Err(RuntimeError::Install(e));
+        }
+    };
+
+    // Names go in as positional parameters, never spliced into the script.
+    let script = "set -eu\n\
+                  test -f \"/data/apps/.incoming/$2\"\n\
+                  rm -rf \"/data/apps/$1\"\n\
+                  mv /data/apps/.incoming \"/data/apps/$1\"\n";
+    let mut argv = sandbox::shell_argv(script);
+    argv.extend([
+        "sh".to_owned(),
+        manifest.name.clone(),
+        manifest.exec.clone(),
+    ]);
+    let moved = run(argv, 4096).await?;
+    if moved.exit_code != 0 {
+        let _ = cleanup().await;
+        return Err(fail(
+            &format!("exec {:?} missing or install failed", manifest.exec),
+            &moved,
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Rejects archives with absolute or `..` members and those without a top-level `app.json`.
+pub fn check_listing(listing: &str) -> Result<(), String> {
+    let mut has_manifest = false;
+    for member in listing.lines() {
+        let trimmed = member.trim_end_matches('/');
+        if trimmed.is_empty() || trimmed == "." {
+            continue;
+        }
+        if !is_safe_relative(trimmed) {
+            return Err(format!("unsafe member {member:?}"));
+        }
+        if trimmed == "app.json" || trimmed == "./app.json" {
+            has_manifest = true;
+        }
+    }
+    if has_manifest {
+        Ok(())
+    } else {
+        Err("no app.json at the top level".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xvfb_command_line() {
+        assert_eq!(
+            xvfb_args(101, 720, 1280),
+            [
+                ":101",
+                "-screen",
+                "0",
+                "720x1280x24",
+                "-nolisten",
+                "tcp",
+                "-noreset"
+            ]
+        );
+    }
+
+    #[test]
+    fn dom_codes_to_keysyms() {
+        let cases = [
+            ("KeyA", Some(0x61)),
+            ("KeyZ", Some(0x7a)),
+            ("Digit0", Some(0x30)),
+            ("Digit9", Some(0x39)),
+            ("Enter", Some(0xff0d)),
+            ("Escape", Some(0xff1b)),
+            ("Backspace", Some(0xff08)),
+            ("Space", Some(0x20)),
+            ("ArrowUp", Some(0xff52)),
+            ("F1", Some(0xffbe)),
+            ("F12", Some(0xffc9)),
+            ("ShiftLeft", Some(0xffe1)),
+            ("MetaLeft", Some(0xffeb)),
+            ("Slash", Some(0x2f)),
+            ("F13", None),
+            ("Keya", None),
+            ("KeyAB", None),
+            ("Digit10", None),
+            ("Nonsense", None),
+        ];
+        for (code, want) in cases {
+            assert_eq!(keysym_for_code(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn chars_to_keysyms() {
+        assert_eq!(keysym_for_char('a'), 0x61);
+        assert_eq!(keysym_for_char('A'), 0x41);
+        assert_eq!(keysym_for_char('~'), 0x7e);
+        assert_eq!(keysym_for_char('é'), 0xe9);
+        assert_eq!(keysym_for_char('\n'), 0xff0d);
+        assert_eq!(keysym_for_char('€'), 0x0100_20ac);
+    }
+
+    #[test]
+    fn touch_scaling_stays_on_screen() {
+        assert_eq!(scale(0.0, 720), 0);
+        assert_eq!(scale(0.5, 720), 360);
+        assert_eq!(scale(1.0, 720), 719);
+        assert_eq!(scale(-3.0, 720), 0);
+        assert_eq!(scale(f64::NAN, 720), 0);
+    }
+
+    #[test]
+    fn manifest_validation() {
+        let ok = AppManifest {
+            name: "demo-app_1.0".into(),
+            version: "1.0".into(),
+            exec: "bin/run".into(),
+        };
+        assert!(ok.validate().is_ok());
+        let bad = [
+            AppManifest {
+                name: "../x".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                name: ".hidden".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                name: "".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                name: "a/b".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                exec: "/bin/sh".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                exec: "../../etc/passwd".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                exec: "bin/".into(),
+                ..ok.clone()
+            },
+            AppManifest {
+                version: "".into(),
+                ..ok.clone()
+            },
+        ];
+        for m in bad {
+            assert!(m.validate().is_err(), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn listing_checks() {
+        assert!(check_listing("app.json\nbin/\nbin/run\n").is_ok());
+        assert!(check_listing("./\n./app.json\n./bin/run\n").is_ok());
+        assert!(check_listing("bin/run\n").is_err(), "no manifest");
+        assert!(
+            check_listing("sub/app.json\n").is_err(),
+            "manifest not at top"
+        );
+        assert!(check_listing("app.json\n../evil\n").is_err());
+        assert!(check_listing("app.json\na/../../evil\n").is_err());
+        assert!(check_listing("app.json\n/etc/passwd\n").is_err());
+    }
+
+    #[test]
+    fn state_dir_is_two_levels_up() {
+        let paths = InstancePaths::new(Path::new("/var/lib/cp"), "abc");
+        assert_eq!(state_dir_of(&paths), Path::new("/var/lib/cp"));
+    }
+}
