@@ -44,6 +44,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
             .context("cannot install the Ctrl-C handler")?;
     }
 
+    heading(Purpose::Demo.heading());
     deps::ensure(Purpose::Demo)?;
 
     heading("build the daemons");
@@ -619,6 +620,7 @@ impl Daemons {
     /// Polls `ready` until it returns true, failing early if a daemon dies.
     fn wait_for(&mut self, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
         print!("waiting for {what} ... ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
         let start = Instant::now();
         let mut last_error = None;
         loop {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{self, heading};
+use crate::util;
 
 /// What running the daemons (and so `cargo xtask demo`) needs: displays and input for the x11
 /// runtime, bubblewrap for the sandbox, GStreamer for encoding, PostgreSQL for a shared store.
@@ -50,6 +50,14 @@ pub(crate) enum Purpose {
 }
 
 impl Purpose {
+    /// The step heading for ensuring this set.
+    pub(crate) fn heading(self) -> &'static str {
+        match self {
+            Purpose::Demo => "install-deps (demo set)",
+            Purpose::Test => "install-deps (test set)",
+        }
+    }
+
     pub(crate) fn packages(self) -> Vec<&'static str> {
         match self {
             Purpose::Demo => DEMO_PACKAGES.to_vec(),
@@ -64,13 +72,6 @@ impl Purpose {
 
 /// Installs whatever of `purpose`'s packages is missing (as root), or says how to (otherwise).
 pub(crate) fn ensure(purpose: Purpose) -> Result<()> {
-    heading(&format!(
-        "install-deps ({})",
-        match purpose {
-            Purpose::Demo => "demo set",
-            Purpose::Test => "test set",
-        }
-    ));
     let packages = purpose.packages();
     let missing = missing(&packages)?;
     if missing.is_empty() {

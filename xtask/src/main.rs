@@ -51,8 +51,8 @@ fn dispatch(args: &[String]) -> Result<()> {
         ("demo", []) => demo::run(demo::Options { no_wait: false }),
         ("demo", ["--no-wait"]) => demo::run(demo::Options { no_wait: true }),
         ("test" | "ci", []) => test::run(),
-        ("install-deps", []) => deps::ensure(deps::Purpose::Demo),
-        ("install-deps", ["--test"]) => deps::ensure(deps::Purpose::Test),
+        ("install-deps", []) => install_deps(deps::Purpose::Demo),
+        ("install-deps", ["--test"]) => install_deps(deps::Purpose::Test),
         ("help" | "--help" | "-h", _) => {
             print!("{HELP}");
             Ok(())
@@ -62,4 +62,9 @@ fn dispatch(args: &[String]) -> Result<()> {
             bail!("unknown command or flags: {}", args.join(" "));
         }
     }
+}
+
+fn install_deps(purpose: deps::Purpose) -> Result<()> {
+    util::heading(purpose.heading());
+    deps::ensure(purpose)
 }

@@ -48,7 +48,7 @@ pub(crate) fn run() -> Result<()> {
 /// The steps; `Err` means a step failed that the later ones cannot do without.
 fn pipeline(steps: &mut Steps) -> Result<()> {
     let root = util::repo_root();
-    steps.fatal("install-deps (test set)", || deps::ensure(Purpose::Test))?;
+    steps.fatal(Purpose::Test.heading(), || deps::ensure(Purpose::Test))?;
     steps.step("cargo fmt --check", || {
         util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
