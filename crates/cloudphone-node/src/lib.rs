@@ -1,9 +1,155 @@
 //! The per-host agent: runs phone instances through a runtime and serves control over gRPC.
 //!
 //! # Layout
+//! - [`config`]: TOML + environment configuration.
 //! - [`runtime`]: the `Runtime` trait and its x11 / synthetic / android implementations.
 //! - [`instances`]: the instance manager: persistence under the state dir, lifecycle, re-adoption.
+//! - [`grpc`]: the `NodeAgent` service and the report stream to control.
+//! - [`announce`]: telling control this node exists.
+//! - [`http`]: `/healthz`, `/metrics`.
 #![forbid(unsafe_code)]
 
+pub mod announce;
+pub mod config;
+pub mod grpc;
+pub mod http;
 pub mod instances;
 pub mod runtime;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudphone_proto::node_v1::node_agent_server::NodeAgentServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::instances::InstanceManager;
+use crate::runtime::Runtime;
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("runtime: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("instances: {0}")]
+    Instances(#[from] instances::InstanceError),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Encoder elements worth announcing, software first.
+const ENCODERS: [&str; 8] =
+    ["x264enc", "x265enc", "openh264enc", "vah264enc", "vah265enc", "nvh264enc", "nvh265enc", "v4l2h264enc"];
+
+/// Which GStreamer encoders this host has, probed once at start.
+pub async fn detect_encoders() -> Vec<String> {
+    let mut found = Vec::new();
+    for element in ENCODERS {
+        let status = tokio::process::Command::new("gst-inspect-1.0")
+            .arg("--exists")
+            .arg(element)
+            .status()
+            .await;
+        if status.map(|s| s.success()).unwrap_or(false) {
+            found.push(element.to_string());
+        }
+    }
+    found
+}
+
+fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
+    Ok(match config.runtime.as_str() {
+        "x11" => {
+            let mut x11 = runtime::x11::X11Config { first_display: config.x11.first_display, ..Default::default() };
+            if !config.x11.launcher.is_empty() {
+                x11.launcher = config.x11.launcher.clone();
+            }
+            Arc::new(runtime::x11::X11Runtime::new(x11)?)
+        }
+        "android" => Arc::new(runtime::android::AndroidRuntime::new(runtime::android::AndroidConfig {
+            adb: config.android.adb.clone(),
+            serials: config.android.serials.clone(),
+        })),
+        _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(std::path::PathBuf::from("/usr/bin/bwrap"))?),
+    })
+}
+
+/// Runs the node on already-bound listeners until `shutdown` resolves; then stops taking
+/// requests and stops the instances' processes (their desired state stays on disk, so the
+/// next start re-adopts them).
+pub async fn run(
+    config: NodeConfig,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    let runtime = build_runtime(&config)?;
+    let manager = InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
+    let identity = grpc::NodeIdentity {
+        node_id: config.node_id.clone(),
+        grpc_endpoint: config.grpc.advertise.clone(),
+        signaling_base_url: config.http.public_url.clone(),
+        capacity: config.capacity,
+        runtime: config.runtime.clone(),
+        encoders: detect_encoders().await,
+        region: config.region.clone(),
+        heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+    };
+    let service = grpc::NodeService::new(Arc::clone(&manager), identity);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let announcer = announce::Announcer {
+        control_url: config.control.url.clone(),
+        enrollment_token: config.control.enrollment_token.clone(),
+        node_id: config.node_id.clone(),
+        grpc_endpoint: config.grpc.advertise.clone(),
+        open_streams: service.open_streams(),
+    };
+    tokio::spawn(announcer.run(stop_rx.clone()));
+
+    let _ = http::metrics_handle();
+    let mut http_stop = stop_rx.clone();
+    let http_server = axum::serve(http_listener, http::router()).with_graceful_shutdown(async move {
+        let _ = http_stop.changed().await;
+    });
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    tracing::info!(
+        node_id = %config.node_id,
+        grpc = %grpc_listener.local_addr()?,
+        runtime = %config.runtime,
+        "node listening"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut grpc_stop = stop_rx.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(NodeAgentServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc_server);
+
+    shutdown.await;
+    tracing::info!("shutting down: draining");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    // Report streams never end by themselves; bound the wait for in-flight calls.
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    manager.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

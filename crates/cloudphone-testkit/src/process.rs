@@ -53,6 +53,13 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
     }
 
+    /// Sends a signal without waiting (e.g. SIGSTOP to freeze a daemon with its sockets open).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
     /// Sends a signal and waits for the process to exit.
     pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

@@ -1,0 +1,403 @@
+//! The node's gRPC service: control's requests mapped onto the instance manager, and the report
+//! stream (announcement, heartbeats, instance events) control watches the node through.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudphone_core::lifecycle::InstanceState;
+use cloudphone_proto::node_v1::node_agent_server::NodeAgent;
+use cloudphone_proto::node_v1::{self as pb, node_report::Report};
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+use tonic::{Request, Response, Status};
+
+use crate::instances::{InstanceError, InstanceManager, InstanceView};
+use crate::runtime::{CommandOutput, CommandSpec, InstanceSpec};
+
+/// Commands without a timeout get this one.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// No command may run longer than this.
+pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+/// Output per stream when the request names no cap.
+pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+/// Finished async jobs kept for GetCommand.
+const MAX_FINISHED_JOBS: usize = 1024;
+
+/// Who this node is, as announced on every report stream.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub grpc_endpoint: String,
+    pub signaling_base_url: String,
+    pub capacity: u32,
+    pub runtime: String,
+    pub encoders: Vec<String>,
+    pub region: String,
+    pub heartbeat_interval: Duration,
+}
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct NodeService {
+    manager: Arc<InstanceManager>,
+    identity: Arc<NodeIdentity>,
+    /// Report streams currently open (control connected). The announcer stays quiet while > 0.
+    open_streams: Arc<AtomicUsize>,
+    jobs: Arc<Mutex<HashMap<String, pb::CommandJob>>>,
+}
+
+impl NodeService {
+    pub fn new(manager: Arc<InstanceManager>, identity: NodeIdentity) -> Self {
+        Self {
+            manager,
+            identity: Arc::new(identity),
+            open_streams: Arc::new(AtomicUsize::new(0)),
+            jobs: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Number of control report streams open right now.
+    pub fn open_streams(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.open_streams)
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, pb::CommandJob>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Proto form of a lifecycle state.
+pub fn proto_state(state: InstanceState) -> pb::InstanceState {
+    match state {
+        InstanceState::Stopped => pb::InstanceState::Stopped,
+        InstanceState::Starting => pb::InstanceState::Starting,
+        InstanceState::Running => pb::InstanceState::Running,
+        InstanceState::Resetting => pb::InstanceState::Resetting,
+        InstanceState::Failed => pb::InstanceState::Failed,
+        InstanceState::BackingUp => pb::InstanceState::BackingUp,
+        InstanceState::Restoring => pb::InstanceState::Restoring,
+    }
+}
+
+pub fn status_of(view: &InstanceView, runtime: &str) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        instance_id: view.spec.instance_id.clone(),
+        state: proto_state(view.state) as i32,
+        runtime: runtime.to_string(),
+        width: view.spec.width,
+        height: view.spec.height,
+        message: view.message.clone(),
+        changed_at_unix_ms: view.changed_at_unix_ms,
+    }
+}
+
+fn to_status(error: InstanceError) -> Status {
+    match &error {
+        InstanceError::NotFound(_) => Status::not_found(error.to_string()),
+        InstanceError::AlreadyExists(_) => Status::already_exists(error.to_string()),
+        InstanceError::NoCapacity => Status::resource_exhausted(error.to_string()),
+        InstanceError::InvalidState { .. } => Status::failed_precondition(error.to_string()),
+        _ => {
+            tracing::warn!(%error, "instance operation failed");
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), Status> {
+    let ok = !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(Status::invalid_argument("instance_id must be 1-32 characters of [A-Za-z0-9-_]")) }
+}
+
+fn command_spec(request: &pb::RunCommandRequest) -> Result<CommandSpec, Status> {
+    valid_id(&request.instance_id)?;
+    if request.command.is_empty() {
+        return Err(Status::invalid_argument("command is empty"));
+    }
+    let timeout = match request.timeout_ms {
+        0 => DEFAULT_COMMAND_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)).min(MAX_COMMAND_TIMEOUT),
+    };
+    let cap = match request.max_output_bytes {
+        0 => DEFAULT_OUTPUT_CAP,
+        n => n as usize,
+    };
+    Ok(CommandSpec { command: request.command.clone(), timeout, max_output_bytes: cap })
+}
+
+fn command_result(output: CommandOutput) -> pb::CommandResult {
+    pb::CommandResult {
+        exit_code: output.exit_code,
+        stdout: output.stdout,
+        stderr: output.stderr,
+        truncated: output.truncated,
+        timed_out: output.timed_out,
+        duration_ms: u32::try_from(output.duration.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+type ReportStream = Pin<Box<dyn Stream<Item = Result<pb::NodeReport, Status>> + Send + 'static>>;
+
+/// Decrements the open-stream count when a report stream is dropped.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAgent for NodeService {
+    type OpenReportsStream = ReportStream;
+
+    async fn open_reports(
+        &self,
+        request: Request<pb::OpenReportsRequest>,
+    ) -> Result<Response<Self::OpenReportsStream>, Status> {
+        tracing::info!(control_id = %request.get_ref().control_id, "control opened the report stream");
+        self.open_streams.fetch_add(1, Ordering::SeqCst);
+        let guard = StreamGuard(Arc::clone(&self.open_streams));
+        let runtime = self.manager.runtime_name();
+        // Subscribe before listing, so no change between the two is missed.
+        let events = BroadcastStream::new(self.manager.subscribe()).filter_map(move |event| match event {
+            Ok(view) => Some(Ok(pb::NodeReport { report: Some(Report::InstanceEvent(status_of(&view, runtime))) })),
+            // A lagging receiver skipped events; the next heartbeat-era announcement is not
+            // resent, so control re-reads state through GetInstanceStatus when it needs it.
+            Err(_) => None,
+        });
+        let instances = self.manager.list().await;
+        let identity = Arc::clone(&self.identity);
+        let announcement = pb::NodeAnnouncement {
+            node_id: identity.node_id.clone(),
+            grpc_endpoint: identity.grpc_endpoint.clone(),
+            signaling_base_url: identity.signaling_base_url.clone(),
+            capacity: identity.capacity,
+            runtimes: vec![identity.runtime.clone()],
+            encoders: identity.encoders.clone(),
+            region: identity.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instances: instances.iter().map(|v| status_of(v, runtime)).collect(),
+            heartbeat_interval_ms: u32::try_from(identity.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+        };
+        let manager = Arc::clone(&self.manager);
+        let mut interval = tokio::time::interval(identity.heartbeat_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeats = IntervalStream::new(interval).then(move |_| {
+            let manager = Arc::clone(&manager);
+            async move {
+                let views = manager.list().await;
+                let running = views.iter().filter(|v| v.state == InstanceState::Running).count();
+                Ok(pb::NodeReport {
+                    report: Some(Report::Heartbeat(pb::Heartbeat {
+                        sent_at_unix_ms: crate::unix_ms(),
+                        instances: views.len() as u32,
+                        running_instances: running as u32,
+                        live_sessions: 0,
+                    })),
+                })
+            }
+        });
+        let first = tokio_stream::once(Ok(pb::NodeReport { report: Some(Report::Announcement(announcement)) }));
+        let stream = first.chain(heartbeats.merge(events)).map(move |item| {
+            // Keep the guard alive exactly as long as the stream.
+            let _ = &guard;
+            item
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ack_usage(&self, _request: Request<pb::AckUsageRequest>) -> Result<Response<pb::AckUsageResponse>, Status> {
+        Ok(Response::new(pb::AckUsageResponse {}))
+    }
+
+    async fn create_instance(
+        &self,
+        request: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let r = request.into_inner();
+        valid_id(&r.instance_id)?;
+        if !r.runtime.is_empty() && r.runtime != self.manager.runtime_name() {
+            return Err(Status::invalid_argument(format!(
+                "this node runs {}, not {}",
+                self.manager.runtime_name(),
+                r.runtime
+            )));
+        }
+        if !(64..=4096).contains(&r.width) || !(64..=4096).contains(&r.height) {
+            return Err(Status::invalid_argument("width and height must be 64..=4096"));
+        }
+        let spec = InstanceSpec { instance_id: r.instance_id, tenant_id: r.tenant_id, width: r.width, height: r.height, os: r.os };
+        let view = self.manager.create(spec).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn delete_instance(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let existed = self.manager.delete(&id).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeleteInstanceResponse { existed }))
+    }
+
+    async fn start_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let view = self.manager.start(&id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn stop_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let view = self.manager.stop(&id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn reboot_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let view = self.manager.reboot(&id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn reset_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let view = self.manager.reset(&id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn get_instance_status(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        let id = request.into_inner().instance_id;
+        valid_id(&id)?;
+        let view = self.manager.status(&id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    }
+
+    async fn list_instances(
+        &self,
+        _request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let runtime = self.manager.runtime_name();
+        let instances = self.manager.list().await.iter().map(|v| status_of(v, runtime)).collect();
+        Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+
+    async fn run_command(
+        &self,
+        request: Request<pb::RunCommandRequest>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let request = request.into_inner();
+        let spec = command_spec(&request)?;
+        let output = self.manager.run_command(&request.instance_id, spec).await.map_err(to_status)?;
+        Ok(Response::new(command_result(output)))
+    }
+
+    async fn start_command(&self, request: Request<pb::RunCommandRequest>) -> Result<Response<pb::CommandJob>, Status> {
+        let request = request.into_inner();
+        let spec = command_spec(&request)?;
+        // Fail fast on unknown instances rather than queueing a job that cannot run.
+        self.manager.status(&request.instance_id).await.map_err(to_status)?;
+        let job_id = uuid::Uuid::new_v4().simple().to_string();
+        let job = pb::CommandJob {
+            job_id: job_id.clone(),
+            instance_id: request.instance_id.clone(),
+            state: pb::JobState::Queued as i32,
+            result: None,
+            error: String::new(),
+        };
+        {
+            let mut jobs = self.jobs();
+            if jobs.len() >= MAX_FINISHED_JOBS {
+                let finished: Vec<String> = jobs
+                    .iter()
+                    .filter(|(_, j)| j.state == pb::JobState::Done as i32 || j.state == pb::JobState::Failed as i32)
+                    .map(|(id, _)| id.clone())
+                    .take(jobs.len() / 2)
+                    .collect();
+                for id in finished {
+                    jobs.remove(&id);
+                }
+            }
+            jobs.insert(job_id.clone(), job.clone());
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            if let Some(job) = service.jobs().get_mut(&job_id) {
+                job.state = pb::JobState::Running as i32;
+            }
+            let outcome = service.manager.run_command(&request.instance_id, spec).await;
+            if let Some(job) = service.jobs().get_mut(&job_id) {
+                match outcome {
+                    Ok(output) => {
+                        job.state = pb::JobState::Done as i32;
+                        job.result = Some(command_result(output));
+                    }
+                    Err(error) => {
+                        job.state = pb::JobState::Failed as i32;
+                        job.error = error.to_string();
+                    }
+                }
+            }
+        });
+        Ok(Response::new(job))
+    }
+
+    async fn get_command(&self, request: Request<pb::CommandJobRef>) -> Result<Response<pb::CommandJob>, Status> {
+        let id = request.into_inner().job_id;
+        self.jobs().get(&id).cloned().map(Response::new).ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+
+    async fn install_app(&self, _r: Request<pb::InstallAppRequest>) -> Result<Response<pb::InstallAppResponse>, Status> {
+        Err(Status::unimplemented("InstallApp arrives with the tenant API issue"))
+    }
+
+    async fn backup_instance(
+        &self,
+        _r: Request<pb::BackupInstanceRequest>,
+    ) -> Result<Response<pb::BackupInstanceResponse>, Status> {
+        Err(Status::unimplemented("BackupInstance arrives with the tenant API issue"))
+    }
+
+    async fn restore_instance(
+        &self,
+        _r: Request<pb::RestoreInstanceRequest>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
+        Err(Status::unimplemented("RestoreInstance arrives with the tenant API issue"))
+    }
+
+    async fn set_video_config(
+        &self,
+        _r: Request<pb::SetVideoConfigRequest>,
+    ) -> Result<Response<pb::SetVideoConfigResponse>, Status> {
+        Err(Status::unimplemented("SetVideoConfig arrives with the streaming issue"))
+    }
+
+    async fn start_session(
+        &self,
+        _r: Request<pb::StartSessionRequest>,
+    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+    }
+
+    async fn stop_streaming(&self, _r: Request<pb::InstanceRef>) -> Result<Response<pb::StopStreamingResponse>, Status> {
+        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+    }
+
+    async fn release_session(
+        &self,
+        _r: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
+        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+    }
+}
