@@ -14,7 +14,7 @@
 //! - `/tmp`, `/run` are private tmpfs (host sockets under `/run` are unreachable; unix
 //!   sockets would otherwise work across the unshared network namespace);
 //! - `/dev` is a minimal devtmpfs, `/proc` belongs to the sandbox's pid namespace, no `/sys`;
-//! - `/root`, `/home` are empty tmpfs and a few secret files (`/etc/shadow`, …) are masked
+//! - `/root`, `/home` are empty read-only dirs and a few secret files (`/etc/shadow`, …) are masked
 //!   with `/dev/null`: the sandbox runs as host uid 0 (capabilities dropped), so owner
 //!   permissions alone would not keep them private;
 //! - the node's whole state dir is an empty tmpfs, so no instance sees any other
@@ -52,8 +52,11 @@ const SKIPPED_ROOT_ENTRIES: &[&str] = &[
     "lost+found",
 ];
 
-/// Top-level dirs shown as empty tmpfs (programs expect them to exist).
-const EMPTY_ROOT_DIRS: &[&str] = &["root", "home", "run"];
+/// Top-level dirs shown empty and read-only (programs expect them to exist).
+const EMPTY_ROOT_DIRS: &[&str] = &["root", "home"];
+
+/// Top-level dirs shown as empty writable tmpfs (scratch space, lost when the command ends).
+const SCRATCH_ROOT_DIRS: &[&str] = &["tmp", "run"];
 
 /// Host files masked with `/dev/null` when they exist.
 const SECRET_FILES: &[&str] = &[
@@ -176,10 +179,15 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
             RootEntryKind::Symlink(target) => push(&[&"--symlink", target, &dest]),
         }
     }
-    push(&[&"--dev", &"/dev", &"--proc", &"/proc", &"--tmpfs", &"/tmp"]);
-    for dir in EMPTY_ROOT_DIRS {
+    push(&[&"--dev", &"/dev", &"--proc", &"/proc"]);
+    for dir in SCRATCH_ROOT_DIRS {
         let dest = format!("/{dir}");
         push(&[&"--tmpfs", &dest]);
+    }
+    for dir in EMPTY_ROOT_DIRS {
+        // A plain directory in the root tmpfs, read-only after `--remount-ro /`.
+        let dest = format!("/{dir}");
+        push(&[&"--dir", &dest]);
     }
     for secret in &layout.secret_files {
         push(&[&"--ro-bind", &"/dev/null", secret]);
@@ -502,8 +510,15 @@ mod tests {
                 "{private}"
             );
         }
-        for tmpfs in ["/tmp", "/root", "/home", "/run"] {
+        for tmpfs in ["/tmp", "/run"] {
             assert!(find(&args, &["--tmpfs", tmpfs]).is_some(), "{tmpfs}");
+        }
+        for empty in ["/root", "/home"] {
+            assert!(find(&args, &["--dir", empty]).is_some(), "{empty}");
+            assert!(
+                find(&args, &["--tmpfs", empty]).is_none(),
+                "{empty} must stay read-only"
+            );
         }
         assert!(find(&args, &["--ro-bind", "/dev/null", "/etc/shadow"]).is_some());
         assert!(find(&args, &["--dev", "/dev"]).is_some());
