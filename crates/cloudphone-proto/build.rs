@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={file}");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-    tonic_prost_build::configure().compile_with_config(config, &[file], &[proto_root.to_string()])?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &[file],
+        &[proto_root.to_string()],
+    )?;
     Ok(())
 }

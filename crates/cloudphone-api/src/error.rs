@@ -93,7 +93,10 @@ impl ApiError {
 
     /// The response body.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error_code: self.code().to_string(), error_msg: self.to_string() }
+        ErrorBody {
+            error_code: self.code().to_string(),
+            error_msg: self.to_string(),
+        }
     }
 }
 
@@ -107,15 +110,23 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// The success body: `{"error_code":"0","error_msg":"ok"}`.
     pub fn ok() -> Self {
-        Self { error_code: "0".into(), error_msg: "ok".into() }
+        Self {
+            error_code: "0".into(),
+            error_msg: "ok".into(),
+        }
     }
 }
 
 /// Checks an `x-request-id` value: printable ASCII, 1..=128 characters.
 pub fn validate_request_id(value: Option<&str>) -> Result<(), ApiError> {
     let value = value.ok_or(ApiError::MissingRequestId)?;
-    let usable = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    if usable { Ok(()) } else { Err(ApiError::InvalidRequestId) }
+    let usable =
+        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    if usable {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequestId)
+    }
 }
 
 #[cfg(test)]
@@ -127,23 +138,48 @@ mod tests {
         let cases = [
             (ApiError::MissingRequestId, "KOOPHONE.API.0002", 200),
             (ApiError::InvalidRequestId, "KOOPHONE.API.0003", 400),
-            (ApiError::InvalidParameter("x".into()), "KOOPHONE.API.1000", 400),
-            (ApiError::NoInstancePermission("i".into()), "KOOPHONE.API.1001", 401),
+            (
+                ApiError::InvalidParameter("x".into()),
+                "KOOPHONE.API.1000",
+                400,
+            ),
+            (
+                ApiError::NoInstancePermission("i".into()),
+                "KOOPHONE.API.1001",
+                401,
+            ),
             (ApiError::AuthenticationFailed, "KOOPHONE.API.6001", 401),
-            (ApiError::InsufficientInventory("x".into()), "KOOPHONE.API.40010", 400),
+            (
+                ApiError::InsufficientInventory("x".into()),
+                "KOOPHONE.API.40010",
+                400,
+            ),
             (ApiError::Internal, "KOOPHONE.API.9999", 500),
         ];
         for (error, code, status) in cases {
-            assert_eq!((error.code(), error.http_status()), (code, status), "{error:?}");
+            assert_eq!(
+                (error.code(), error.http_status()),
+                (code, status),
+                "{error:?}"
+            );
         }
     }
 
     #[test]
     fn request_id_rules() {
         assert_eq!(validate_request_id(None), Err(ApiError::MissingRequestId));
-        assert_eq!(validate_request_id(Some("")), Err(ApiError::InvalidRequestId));
-        assert_eq!(validate_request_id(Some("a b")), Err(ApiError::InvalidRequestId));
-        assert_eq!(validate_request_id(Some(&"x".repeat(129))), Err(ApiError::InvalidRequestId));
+        assert_eq!(
+            validate_request_id(Some("")),
+            Err(ApiError::InvalidRequestId)
+        );
+        assert_eq!(
+            validate_request_id(Some("a b")),
+            Err(ApiError::InvalidRequestId)
+        );
+        assert_eq!(
+            validate_request_id(Some(&"x".repeat(129))),
+            Err(ApiError::InvalidRequestId)
+        );
         assert_eq!(validate_request_id(Some("0b1c-req-42")), Ok(()));
     }
 }

@@ -93,7 +93,9 @@ impl TokenRequest {
     pub fn into_login(self) -> Result<PasswordLogin, IamError> {
         let identity = self.auth.identity;
         if !identity.methods.iter().any(|m| m == "password") {
-            return Err(IamError::BadRequest("identity.methods must contain \"password\"".into()));
+            return Err(IamError::BadRequest(
+                "identity.methods must contain \"password\"".into(),
+            ));
         }
         let user = identity
             .password
@@ -110,7 +112,9 @@ impl TokenRequest {
             .and_then(|s| s.project)
             .ok_or_else(|| IamError::BadRequest("scope.project is required".into()))?;
         if project.name.is_none() && project.id.is_none() {
-            return Err(IamError::BadRequest("scope.project needs a name or an id".into()));
+            return Err(IamError::BadRequest(
+                "scope.project needs a name or an id".into(),
+            ));
         }
         Ok(PasswordLogin {
             domain,

@@ -71,17 +71,23 @@ fn parse_positive(name: &str, value: Option<&str>, max: u32) -> Result<u32, ApiE
     let raw = value.ok_or_else(|| ApiError::InvalidParameter(format!("{name} is required")))?;
     match raw.trim().parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::InvalidParameter(format!("{name} must be an integer in 1..={max}"))),
+        _ => Err(ApiError::InvalidParameter(format!(
+            "{name} must be an integer in 1..={max}"
+        ))),
     }
 }
 
-fn non_empty(value: Option<String>, name: &str, max_len: usize) -> Result<Option<String>, ApiError> {
+fn non_empty(
+    value: Option<String>,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<String>, ApiError> {
     match value {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.chars().count() > max_len => {
-            Err(ApiError::InvalidParameter(format!("{name} is longer than {max_len} characters")))
-        }
+        Some(v) if v.chars().count() > max_len => Err(ApiError::InvalidParameter(format!(
+            "{name} is longer than {max_len} characters"
+        ))),
         Some(v) => Ok(Some(v)),
     }
 }
@@ -93,15 +99,17 @@ impl ListInstancesQuery {
         let parse_time = |value: Option<String>| -> Result<Option<i64>, ApiError> {
             match value.filter(|v| !v.is_empty()) {
                 None => Ok(None),
-                Some(v) => timefmt::parse_to_unix_ms(&v).map(Some).ok_or(ApiError::TimeFormat(v)),
+                Some(v) => timefmt::parse_to_unix_ms(&v)
+                    .map(Some)
+                    .ok_or(ApiError::TimeFormat(v)),
             }
         };
         let created_from_ms = parse_time(self.query_start_time)?;
         let created_to_ms = parse_time(self.query_end_time)?;
-        if let (Some(from), Some(to)) = (created_from_ms, created_to_ms) {
-            if to < from {
-                return Err(ApiError::EndBeforeStart);
-            }
+        if let (Some(from), Some(to)) = (created_from_ms, created_to_ms)
+            && to < from
+        {
+            return Err(ApiError::EndBeforeStart);
         }
         let pool_scene_tag = match self.pool_scene_tag.or(self.pool_scene_tag_camel).as_deref() {
             None | Some("") => None,
@@ -229,9 +237,9 @@ pub enum PeriodType {
 fn required_text(value: Option<String>, name: &str, max_len: usize) -> Result<String, ApiError> {
     match value {
         Some(v) if !v.is_empty() && v.chars().count() <= max_len => Ok(v),
-        Some(v) if !v.is_empty() => {
-            Err(ApiError::InvalidParameter(format!("{name} is longer than {max_len} characters")))
-        }
+        Some(v) if !v.is_empty() => Err(ApiError::InvalidParameter(format!(
+            "{name} is longer than {max_len} characters"
+        ))),
         _ => Err(ApiError::InvalidParameter(format!("{name} is required"))),
     }
 }
@@ -246,14 +254,21 @@ impl CreateInstanceRequest {
         let band_sku_id = required_text(self.band_sku_id, "bandSkuId", 64)?;
         let region_id = required_text(self.region_id, "regionId", 64)?;
         let name_prefix = required_text(self.instance_name_prefix, "instanceNamePrefix", 14)?;
-        if !name_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if !name_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(ApiError::InvalidParameter(
                 "instanceNamePrefix may hold letters, digits, '-' and '_' only".into(),
             ));
         }
         let band_size_mbit = match self.band_size {
             Some(b) if b.is_finite() && b > 0.0 => b,
-            _ => return Err(ApiError::InvalidParameter("bandSize must be a positive number".into())),
+            _ => {
+                return Err(ApiError::InvalidParameter(
+                    "bandSize must be a positive number".into(),
+                ));
+            }
         };
         let count = match self.count {
             Some(c) if (1..=i64::from(MAX_CREATE_COUNT)).contains(&c) => c as u32,
@@ -283,9 +298,14 @@ impl CreateInstanceRequest {
                 ));
             }
         };
-        for (name, flag) in [("isAutoPay", charge.is_auto_pay), ("isAutoRenew", charge.is_auto_renew)] {
+        for (name, flag) in [
+            ("isAutoPay", charge.is_auto_pay),
+            ("isAutoRenew", charge.is_auto_renew),
+        ] {
             if !matches!(flag, None | Some(0) | Some(1)) {
-                return Err(ApiError::InvalidParameter(format!("chargeParam.{name} must be 0 or 1")));
+                return Err(ApiError::InvalidParameter(format!(
+                    "chargeParam.{name} must be 0 or 1"
+                )));
             }
         }
         Ok(CreateOrder {
@@ -428,7 +448,11 @@ pub fn parse_sku_id(id: &str) -> Option<SkuShape> {
         "1080p" => (1080, 1920),
         _ => return None,
     };
-    Some(SkuShape { runtime, width, height })
+    Some(SkuShape {
+        runtime,
+        width,
+        height,
+    })
 }
 
 /// Definitions every runtime is sold in.
@@ -440,7 +464,9 @@ mod tests {
     use serde_json::json;
 
     fn order(body: serde_json::Value) -> Result<CreateOrder, ApiError> {
-        serde_json::from_value::<CreateInstanceRequest>(body).unwrap().validate()
+        serde_json::from_value::<CreateInstanceRequest>(body)
+            .unwrap()
+            .validate()
     }
 
     fn seed_order() -> serde_json::Value {
@@ -455,7 +481,10 @@ mod tests {
         let got = order(seed_order()).unwrap();
         assert_eq!(got.instance_sku_id, "kp.x11.720p");
         assert_eq!(got.region_id, "cn-north-7");
-        assert_eq!((got.count, got.period_type, got.period_num), (1, PeriodType::Month, 1));
+        assert_eq!(
+            (got.count, got.period_type, got.period_num),
+            (1, PeriodType::Month, 1)
+        );
     }
 
     #[test]
@@ -466,7 +495,11 @@ mod tests {
             ("/count", json!(0), "KOOPHONE.API.1000"),
             ("/chargeParam/periodNum", json!(10), "KOOPHONE.API.3006"),
             ("/chargeParam/periodType", json!(4), "KOOPHONE.API.1000"),
-            ("/instanceNamePrefix", json!("a-much-too-long-prefix"), "KOOPHONE.API.1000"),
+            (
+                "/instanceNamePrefix",
+                json!("a-much-too-long-prefix"),
+                "KOOPHONE.API.1000",
+            ),
             ("/bandSize", json!(-1), "KOOPHONE.API.1000"),
         ];
         for (pointer, value, code) in cases {
@@ -481,19 +514,48 @@ mod tests {
     }
 
     fn list(pairs: &[(&str, &str)]) -> Result<ListInstancesFilter, ApiError> {
-        let map: serde_json::Map<String, serde_json::Value> =
-            pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-        serde_json::from_value::<ListInstancesQuery>(serde_json::Value::Object(map)).unwrap().validate()
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        serde_json::from_value::<ListInstancesQuery>(serde_json::Value::Object(map))
+            .unwrap()
+            .validate()
     }
 
     #[test]
     fn list_query_rules() {
-        let ok = list(&[("page_no", "1"), ("page_size", "200"), ("poolSceneTag", "CLOUD_PHONE")]).unwrap();
-        assert_eq!((ok.page_no, ok.page_size, ok.pool_scene_tag), (1, 200, Some(PoolSceneTag::CloudPhone)));
-        assert_eq!(list(&[("page_size", "10")]).unwrap_err().code(), "KOOPHONE.API.1000");
-        assert_eq!(list(&[("page_no", "x"), ("page_size", "10")]).unwrap_err().code(), "KOOPHONE.API.1000");
-        assert_eq!(list(&[("page_no", "1"), ("page_size", "1001")]).unwrap_err().code(), "KOOPHONE.API.1000");
-        let bad_time = [("page_no", "1"), ("page_size", "1"), ("query_start_time", "2023-08-15")];
+        let ok = list(&[
+            ("page_no", "1"),
+            ("page_size", "200"),
+            ("poolSceneTag", "CLOUD_PHONE"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (ok.page_no, ok.page_size, ok.pool_scene_tag),
+            (1, 200, Some(PoolSceneTag::CloudPhone))
+        );
+        assert_eq!(
+            list(&[("page_size", "10")]).unwrap_err().code(),
+            "KOOPHONE.API.1000"
+        );
+        assert_eq!(
+            list(&[("page_no", "x"), ("page_size", "10")])
+                .unwrap_err()
+                .code(),
+            "KOOPHONE.API.1000"
+        );
+        assert_eq!(
+            list(&[("page_no", "1"), ("page_size", "1001")])
+                .unwrap_err()
+                .code(),
+            "KOOPHONE.API.1000"
+        );
+        let bad_time = [
+            ("page_no", "1"),
+            ("page_size", "1"),
+            ("query_start_time", "2023-08-15"),
+        ];
         assert_eq!(list(&bad_time).unwrap_err().code(), "KOOPHONE.API.5002");
         let reversed = [
             ("page_no", "1"),
@@ -510,8 +572,17 @@ mod tests {
             let id = sku_id("x11", definition);
             assert_eq!(parse_sku_id(&id).map(|s| s.runtime), Some("x11"));
         }
-        assert_eq!(parse_sku_id("kp.x11.720p").map(|s| (s.width, s.height)), Some((720, 1280)));
-        for bad in ["kp.x11", "kp.vm.720p", "kp.x11.4k", "xx.x11.720p", "kp.x11.720p.z"] {
+        assert_eq!(
+            parse_sku_id("kp.x11.720p").map(|s| (s.width, s.height)),
+            Some((720, 1280))
+        );
+        for bad in [
+            "kp.x11",
+            "kp.vm.720p",
+            "kp.x11.4k",
+            "xx.x11.720p",
+            "kp.x11.720p.z",
+        ] {
             assert_eq!(parse_sku_id(bad), None, "{bad}");
         }
     }

@@ -1,8 +1,11 @@
 //! The seeds' time format: UTC `yyyy-MM-dd HH:mm:ss` (e.g. `2023-08-15 14:30:45`).
 
-use time::{OffsetDateTime, PrimitiveDateTime, format_description::FormatItem, macros::format_description};
+use time::{
+    OffsetDateTime, PrimitiveDateTime, format_description::FormatItem, macros::format_description,
+};
 
-const FORMAT: &[FormatItem<'static>] = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+const FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
 
 /// Formats Unix milliseconds as the seeds' UTC time string.
 pub fn format_unix_ms(unix_ms: i64) -> String {
@@ -39,7 +42,13 @@ mod tests {
 
     #[test]
     fn rejects_other_shapes() {
-        for bad in ["2023-08-15T14:30:45", "2023-8-15 14:30:45", "2023-08-15", "", "2023-13-01 00:00:00"] {
+        for bad in [
+            "2023-08-15T14:30:45",
+            "2023-8-15 14:30:45",
+            "2023-08-15",
+            "",
+            "2023-13-01 00:00:00",
+        ] {
             assert_eq!(parse_to_unix_ms(bad), None, "{bad}");
         }
     }

@@ -29,11 +29,15 @@ pub enum AdminError {
 fn check_name(what: &str, value: &str) -> Result<(), AdminError> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(AdminError::Invalid(format!("{what} must be 1-64 characters of [A-Za-z0-9-_.@]")))
+        Err(AdminError::Invalid(format!(
+            "{what} must be 1-64 characters of [A-Za-z0-9-_.@]"
+        )))
     }
 }
 
@@ -49,7 +53,9 @@ pub async fn create_tenant(
     check_name("user", user)?;
     check_name("project", project)?;
     if password.chars().count() < 8 {
-        return Err(AdminError::Invalid("password must have at least 8 characters".into()));
+        return Err(AdminError::Invalid(
+            "password must have at least 8 characters".into(),
+        ));
     }
     let store = store::open(&config.store.url).await?;
     store.migrate().await?;

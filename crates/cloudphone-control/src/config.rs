@@ -58,19 +58,26 @@ impl Default for ControlConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: "sqlite://control.db?mode=rwc".into() }
+        Self {
+            url: "sqlite://control.db?mode=rwc".into(),
+        }
     }
 }
 
 impl Default for NodesConfig {
     fn default() -> Self {
-        Self { heartbeat_timeout_ms: 5_000, enrollment_token: String::new() }
+        Self {
+            heartbeat_timeout_ms: 5_000,
+            enrollment_token: String::new(),
+        }
     }
 }
 
 impl Default for IamConfig {
     fn default() -> Self {
-        Self { token_ttl_secs: 24 * 3600 }
+        Self {
+            token_ttl_secs: 24 * 3600,
+        }
     }
 }
 
@@ -78,33 +85,53 @@ impl Default for IamConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("{name}={value:?} is not valid: {reason}")]
-    Env { name: &'static str, value: String, reason: String },
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl ControlConfig {
     /// Loads `path` (if given), then applies environment overrides, then validates.
-    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut config = match path {
             None => Self::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
             }
         };
         if let Some(value) = env("CLOUDPHONE_LISTEN") {
-            config.listen = value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                name: "CLOUDPHONE_LISTEN",
-                value,
-                reason: e.to_string(),
-            })?;
+            config.listen =
+                value
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        name: "CLOUDPHONE_LISTEN",
+                        value,
+                        reason: e.to_string(),
+                    })?;
         }
         if let Some(value) = env("CLOUDPHONE_STORE_URL") {
             config.store.url = value;
@@ -121,10 +148,14 @@ impl ControlConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.nodes.heartbeat_timeout_ms < 100 {
-            return Err(ConfigError::Invalid("nodes.heartbeat_timeout_ms must be at least 100".into()));
+            return Err(ConfigError::Invalid(
+                "nodes.heartbeat_timeout_ms must be at least 100".into(),
+            ));
         }
         if self.iam.token_ttl_secs == 0 {
-            return Err(ConfigError::Invalid("iam.token_ttl_secs must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "iam.token_ttl_secs must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -138,8 +169,13 @@ mod tests {
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n[nodes]\nheartbeat_timeout_ms = 2000\n").unwrap();
-        let env = |name: &str| (name == "CLOUDPHONE_STORE_URL").then(|| "postgres://x/y".to_string());
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[nodes]\nheartbeat_timeout_ms = 2000\n",
+        )
+        .unwrap();
+        let env =
+            |name: &str| (name == "CLOUDPHONE_STORE_URL").then(|| "postgres://x/y".to_string());
         let config = ControlConfig::load(Some(&path), env).unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.nodes.heartbeat_timeout_ms, 2000);
@@ -152,8 +188,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        assert!(matches!(ControlConfig::load(Some(&path), |_| None), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            ControlConfig::load(Some(&path), |_| None),
+            Err(ConfigError::Parse { .. })
+        ));
         let env = |name: &str| (name == "CLOUDPHONE_LISTEN").then(|| "nope".to_string());
-        assert!(matches!(ControlConfig::load(None, env), Err(ConfigError::Env { .. })));
+        assert!(matches!(
+            ControlConfig::load(None, env),
+            Err(ConfigError::Env { .. })
+        ));
     }
 }

@@ -3,9 +3,11 @@
 //! Passwords are kept as argon2 hashes and tokens as SHA-256 digests, so the database holds
 //! nothing that logs in. Neither a password nor a token is ever logged.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use cloudphone_api::iam::{IdName, PasswordLogin, TokenBody, TokenProject, TokenResponse, TokenUser};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use cloudphone_api::iam::{
+    IdName, PasswordLogin, TokenBody, TokenProject, TokenResponse, TokenUser,
+};
 use cloudphone_api::timefmt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -46,7 +48,11 @@ pub fn hash_password(password: &str) -> Result<String, IamServiceError> {
 /// Checks a password against a stored hash; a malformed hash never matches.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -82,7 +88,11 @@ pub async fn login(
         _ => return Err(IamServiceError::WrongCredentials),
     };
     let project = store
-        .find_project(&user.tenant_id, login.project_name.as_deref(), login.project_id.as_deref())
+        .find_project(
+            &user.tenant_id,
+            login.project_name.as_deref(),
+            login.project_id.as_deref(),
+        )
         .await?
         .ok_or(IamServiceError::WrongCredentials)?;
     let token = new_token();
@@ -97,14 +107,25 @@ pub async fn login(
             expires_at_ms,
         })
         .await?;
-    let domain = IdName { id: user.tenant_id.clone(), name: user.domain_name.clone() };
+    let domain = IdName {
+        id: user.tenant_id.clone(),
+        name: user.domain_name.clone(),
+    };
     let body = TokenResponse {
         token: TokenBody {
             expires_at: timefmt::format_iam(expires_at_ms),
             issued_at: timefmt::format_iam(now_ms),
             methods: vec!["password".into()],
-            user: TokenUser { id: user.user_id, name: user.user_name, domain: domain.clone() },
-            project: TokenProject { id: project.project_id, name: project.name, domain },
+            user: TokenUser {
+                id: user.user_id,
+                name: user.user_name,
+                domain: domain.clone(),
+            },
+            project: TokenProject {
+                id: project.project_id,
+                name: project.name,
+                domain,
+            },
             catalog: Vec::new(),
         },
     };
@@ -112,7 +133,11 @@ pub async fn login(
 }
 
 /// Resolves a presented token to its principal, refusing unknown and expired ones.
-pub async fn authenticate(store: &dyn Store, token: &str, now_ms: i64) -> Result<Principal, IamServiceError> {
+pub async fn authenticate(
+    store: &dyn Store,
+    token: &str,
+    now_ms: i64,
+) -> Result<Principal, IamServiceError> {
     if token.is_empty() || token.len() > 512 {
         return Err(IamServiceError::InvalidToken);
     }
@@ -127,8 +152,7 @@ pub async fn authenticate(store: &dyn Store, token: &str, now_ms: i64) -> Result
 }
 
 /// An argon2id hash of a random password nobody knows, used to equalise login timing.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0CA5lkDXPp4wz1oGcsa7xdL8rTNvaGZVXNjX9RaNb1U";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0CA5lkDXPp4wz1oGcsa7xdL8rTNvaGZVXNjX9RaNb1U";
 
 #[cfg(test)]
 mod tests {

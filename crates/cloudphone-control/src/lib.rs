@@ -61,11 +61,20 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
     store.migrate().await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let registry = Registry::new(Arc::clone(&store), config.nodes.heartbeat_timeout_ms, stop_rx.clone());
+    let registry = Registry::new(
+        Arc::clone(&store),
+        config.nodes.heartbeat_timeout_ms,
+        stop_rx.clone(),
+    );
     registry.start().await?;
     spawn_token_purger(Arc::clone(&store), stop_rx);
     let _ = http::metrics_handle();
-    let state = Arc::new(AppState { config, store, registry, placement_lock: tokio::sync::Mutex::new(()) });
+    let state = Arc::new(AppState {
+        config,
+        store,
+        registry,
+        placement_lock: tokio::sync::Mutex::new(()),
+    });
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

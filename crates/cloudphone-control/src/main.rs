@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use cloudphone_control::config::ControlConfig;
 
 #[derive(Parser)]
-#[command(name = "cloudphone-control", version, about = "cloudphone control plane")]
+#[command(
+    name = "cloudphone-control",
+    version,
+    about = "cloudphone control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -49,16 +53,26 @@ enum TenantCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config =
-        ControlConfig::load(cli.config.as_deref(), |name| std::env::var(name).ok()).context("loading configuration")?;
+    let mut config = ControlConfig::load(cli.config.as_deref(), |name| std::env::var(name).ok())
+        .context("loading configuration")?;
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Tenant { command: TenantCommand::Create { domain, user, password, project } } => {
-            let created = cloudphone_control::admin::create_tenant(&config, &domain, &user, &password, &project)
-                .await
-                .context("creating tenant")?;
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    domain,
+                    user,
+                    password,
+                    project,
+                },
+        } => {
+            let created = cloudphone_control::admin::create_tenant(
+                &config, &domain, &user, &password, &project,
+            )
+            .await
+            .context("creating tenant")?;
             println!("{}", serde_json::to_string(&created)?);
             Ok(())
         }
@@ -77,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

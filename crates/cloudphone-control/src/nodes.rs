@@ -58,7 +58,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, timeout_ms: u64, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        timeout_ms: u64,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             timeout_ms,
@@ -75,7 +79,9 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
         // A panic while holding the lock cannot leave the map inconsistent (single inserts).
-        self.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts connectors for every node in the store, and the liveness monitor.
@@ -101,12 +107,17 @@ impl Registry {
     /// Current health of `node_id` as the liveness rule sees it.
     pub fn health(&self, node_id: &str) -> NodeHealth {
         let now = self.now_ms();
-        self.lock().get(node_id).map_or(NodeHealth::Down, |e| e.liveness.health(now))
+        self.lock()
+            .get(node_id)
+            .map_or(NodeHealth::Down, |e| e.liveness.health(now))
     }
 
     fn ensure_connector(self: &Arc<Self>, node_id: &str, endpoint: &str) {
         let channel = match Endpoint::from_shared(endpoint.to_string()) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true).connect_lazy(),
+            Ok(e) => e
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy(),
             Err(error) => {
                 warn!(node_id, endpoint, %error, "announced endpoint is not a valid URI");
                 return;
@@ -114,10 +125,11 @@ impl Registry {
         };
         {
             let mut nodes = self.lock();
-            if let Some(entry) = nodes.get(node_id) {
-                if entry.endpoint == endpoint {
-                    return;
-                }
+            if nodes
+                .get(node_id)
+                .is_some_and(|entry| entry.endpoint == endpoint)
+            {
+                return;
             }
             let liveness = Liveness::new(self.timeout_ms);
             nodes.insert(
@@ -141,13 +153,20 @@ impl Registry {
         let mut backoff = Duration::from_millis(200);
         let mut shutdown = self.shutdown.clone();
         loop {
-            let still_current = self.lock().get(&node_id).is_some_and(|e| e.endpoint == endpoint);
+            let still_current = self
+                .lock()
+                .get(&node_id)
+                .is_some_and(|e| e.endpoint == endpoint);
             if !still_current || *shutdown.borrow() {
                 return;
             }
-            let Some(mut client) = self.client(&node_id) else { return };
+            let Some(mut client) = self.client(&node_id) else {
+                return;
+            };
             let stream = client
-                .open_reports(pb::OpenReportsRequest { control_id: self.control_id.clone() })
+                .open_reports(pb::OpenReportsRequest {
+                    control_id: self.control_id.clone(),
+                })
                 .await;
             match stream {
                 Ok(response) => {
@@ -196,8 +215,13 @@ impl Registry {
     }
 
     async fn record_health(&self, node_id: &str, health: NodeHealth) {
-        metrics::counter!("cloudphone_node_health_changes_total", "health" => health.as_str()).increment(1);
-        if let Err(error) = self.store.set_node_status(node_id, health.as_str(), crate::unix_ms()).await {
+        metrics::counter!("cloudphone_node_health_changes_total", "health" => health.as_str())
+            .increment(1);
+        if let Err(error) = self
+            .store
+            .set_node_status(node_id, health.as_str(), crate::unix_ms())
+            .await
+        {
             warn!(node_id, %error, "could not record node health");
         }
     }
@@ -206,7 +230,9 @@ impl Registry {
         let now = self.now_ms();
         let became_up = {
             let mut nodes = self.lock();
-            let Some(entry) = nodes.get_mut(node_id) else { return };
+            let Some(entry) = nodes.get_mut(node_id) else {
+                return;
+            };
             entry.liveness.beat(now);
             std::mem::replace(&mut entry.recorded, NodeHealth::Up) == NodeHealth::Down
         };
@@ -246,7 +272,12 @@ impl Registry {
         let state = state_name(instance.state);
         if let Err(error) = self
             .store
-            .set_instance_state(&instance.instance_id, state, &instance.message, crate::unix_ms())
+            .set_instance_state(
+                &instance.instance_id,
+                state,
+                &instance.message,
+                crate::unix_ms(),
+            )
             .await
         {
             warn!(instance_id = %instance.instance_id, %error, "could not record instance state");
@@ -268,7 +299,9 @@ impl Registry {
                 let mut nodes = self.lock();
                 nodes
                     .iter_mut()
-                    .filter(|(_, e)| e.recorded == NodeHealth::Up && e.liveness.health(now) == NodeHealth::Down)
+                    .filter(|(_, e)| {
+                        e.recorded == NodeHealth::Up && e.liveness.health(now) == NodeHealth::Down
+                    })
                     .map(|(id, e)| {
                         e.recorded = NodeHealth::Down;
                         id.clone()

@@ -30,8 +30,8 @@ struct Fleet {
 impl Fleet {
     fn new(store_url: Option<String>, runtime: &'static str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store_url =
-            store_url.unwrap_or_else(|| format!("sqlite://{}/control.db?mode=rwc", dir.path().display()));
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite://{}/control.db?mode=rwc", dir.path().display()));
         let control_port = free_port();
         Self {
             api: format!("http://127.0.0.1:{control_port}"),
@@ -64,7 +64,11 @@ impl Fleet {
     fn start_control(&mut self) {
         let config = self.write_control_config();
         let log = self.path("control.log");
-        self.control = Some(Daemon::spawn(&binary("cloudphone-control"), &["serve", "--config", path_str(&config)], &log));
+        self.control = Some(Daemon::spawn(
+            &binary("cloudphone-control"),
+            &["serve", "--config", path_str(&config)],
+            &log,
+        ));
     }
 
     fn start_node(&mut self) {
@@ -83,18 +87,35 @@ impl Fleet {
         );
         std::fs::write(&path, text).unwrap();
         let log = self.path("node.log");
-        self.node = Some(Daemon::spawn(&binary("cloudphone-node"), &["--config", path_str(&path)], &log));
+        self.node = Some(Daemon::spawn(
+            &binary("cloudphone-node"),
+            &["--config", path_str(&path)],
+            &log,
+        ));
     }
 
     fn create_tenant(&self, domain: &str, password: &str) -> Value {
         let config = self.write_control_config();
         let out = std::process::Command::new(binary("cloudphone-control"))
-            .args(["tenant", "create", "--config", path_str(&config), "--domain", domain, "--user", "dev"])
+            .args([
+                "tenant",
+                "create",
+                "--config",
+                path_str(&config),
+                "--domain",
+                domain,
+                "--user",
+                "dev",
+            ])
             .args(["--project", "cn-north-7"])
             .env("CLOUDPHONE_TENANT_PASSWORD", password)
             .output()
             .unwrap();
-        assert!(out.status.success(), "tenant create: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tenant create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("tenant create prints JSON")
     }
 
@@ -112,8 +133,12 @@ impl Fleet {
     }
 
     async fn node_status(&self) -> Option<String> {
-        let nodes = self.get_json(&format!("{}/internal/v1/nodes", self.api)).await?;
-        nodes["nodes"].as_array()?.first()?["status"].as_str().map(str::to_string)
+        let nodes = self
+            .get_json(&format!("{}/internal/v1/nodes", self.api))
+            .await?;
+        nodes["nodes"].as_array()?.first()?["status"]
+            .as_str()
+            .map(str::to_string)
     }
 
     async fn wait_node(&self, status: &str, timeout: Duration) -> Duration {
@@ -129,49 +154,86 @@ impl Fleet {
         let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "dev", "password": password, "domain": {"name": domain}}}},
             "scope": {"project": {"name": "cn-north-7"}}}});
-        self.http.post(format!("{}/v3/auth/tokens", self.api)).json(&body).send().await.unwrap()
+        self.http
+            .post(format!("{}/v3/auth/tokens", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn login(&self, domain: &str, password: &str) -> String {
         let response = self.token(domain, password).await;
         assert_eq!(response.status(), 201);
-        let token = response.headers()["x-subject-token"].to_str().unwrap().to_string();
+        let token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body: Value = response.json().await.unwrap();
         assert!(body["token"]["expires_at"].as_str().unwrap().ends_with('Z'));
         token
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.api))
             .header("x-auth-token", token)
             .header("x-request-id", "req-fleet-1");
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         if status != 404 {
-            assert_eq!(response.headers()["x-request-id"], "req-fleet-1", "x-request-id is echoed");
+            assert_eq!(
+                response.headers()["x-request-id"],
+                "req-fleet-1",
+                "x-request-id is echoed"
+            );
         }
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     async fn list(&self, token: &str) -> Value {
-        let (status, body) =
-            self.call(reqwest::Method::GET, "/v1/instances/batch-query?page_no=1&page_size=50", token, None).await;
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/instances/batch-query?page_no=1&page_size=50",
+                token,
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
 
-    async fn wait_running_status(&self, token: &str, wanted: i64, count: usize, timeout: Duration) -> Duration {
+    async fn wait_running_status(
+        &self,
+        token: &str,
+        wanted: i64,
+        count: usize,
+        timeout: Duration,
+    ) -> Duration {
         let started = Instant::now();
-        wait_for(&format!("{count} instances with running_status {wanted}"), timeout, || async {
-            let body = self.list(token).await;
-            let rows = body["data"]["result"].as_array()?.clone();
-            (rows.len() == count && rows.iter().all(|r| r["running_status"] == wanted)).then_some(())
-        })
+        wait_for(
+            &format!("{count} instances with running_status {wanted}"),
+            timeout,
+            || async {
+                let body = self.list(token).await;
+                let rows = body["data"]["result"].as_array()?.clone();
+                (rows.len() == count && rows.iter().all(|r| r["running_status"] == wanted))
+                    .then_some(())
+            },
+        )
         .await;
         started.elapsed()
     }
@@ -196,7 +258,9 @@ async fn whole_flow(store_url: Option<String>) {
     fleet.start_control();
     fleet.wait_healthy(&fleet.api.clone()).await;
     fleet.start_node();
-    fleet.wait_healthy(&format!("http://127.0.0.1:{}", fleet.node_ports.1)).await;
+    fleet
+        .wait_healthy(&format!("http://127.0.0.1:{}", fleet.node_ports.1))
+        .await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
 
     // IAM: wrong password is 401; the right one gives a token.
@@ -205,7 +269,14 @@ async fn whole_flow(store_url: Option<String>) {
     let other = fleet.login("other", "correct-horse-2").await;
 
     // BatchShowSku offers what the node runs.
-    let (status, skus) = fleet.call(reqwest::Method::GET, "/v1/instances/sku?type=0", &token, None).await;
+    let (status, skus) = fleet
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/sku?type=0",
+            &token,
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = skus["data"]["skuSpecResponseList"][0]["skuResponses"]
         .as_array()
@@ -216,42 +287,102 @@ async fn whole_flow(store_url: Option<String>) {
     assert!(ids.contains(&"kp.x11.720p"), "{skus}");
 
     // Order beyond capacity: 40010 and nothing created. Then a real order.
-    let (status, body) = fleet.call(reqwest::Method::POST, "/v1/instances/create", &token, Some(&order(5))).await;
-    assert_eq!((status, body["error_code"].as_str()), (400, Some("KOOPHONE.API.40010")));
-    let (status, body) = fleet.call(reqwest::Method::POST, "/v1/instances/create", &token, Some(&order(2))).await;
-    assert_eq!((status, body["error_code"].as_str()), (200, Some("0")), "{body}");
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/create",
+            &token,
+            Some(&order(5)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (400, Some("KOOPHONE.API.40010"))
+    );
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/create",
+            &token,
+            Some(&order(2)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (200, Some("0")),
+        "{body}"
+    );
     assert_eq!(body["data"]["instanceInfos"].as_array().unwrap().len(), 2);
-    assert_eq!(body["data"]["instanceInfos"][0]["instanceName"], "fleet-00001");
+    assert_eq!(
+        body["data"]["instanceInfos"][0]["instanceName"],
+        "fleet-00001"
+    );
 
-    let booted = fleet.wait_running_status(&token, 2, 2, Duration::from_secs(60)).await;
+    let booted = fleet
+        .wait_running_status(&token, 2, 2, Duration::from_secs(60))
+        .await;
     eprintln!("two x11 instances ordered to running in {booted:?}");
     let listing = fleet.list(&token).await;
     assert_eq!(listing["data"]["total_count"], 2);
     assert_eq!(listing["error_code"], "0");
     let row = &listing["data"]["result"][0];
-    assert_eq!((row["account_name"].as_str(), row["project_name"].as_str()), (Some("acme"), Some("cn-north-7")));
+    assert_eq!(
+        (row["account_name"].as_str(), row["project_name"].as_str()),
+        (Some("acme"), Some("cn-north-7"))
+    );
 
     // Another tenant sees none of them, even by id.
     let first_id = row["instance_id"].as_str().unwrap().to_string();
     let (_, theirs) = fleet
-        .call(reqwest::Method::GET, &format!("/v1/instances/batch-query?page_no=1&page_size=10&instance_id={first_id}"), &other, None)
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/instances/batch-query?page_no=1&page_size=10&instance_id={first_id}"),
+            &other,
+            None,
+        )
         .await;
     assert_eq!(theirs["data"]["total_count"], 0);
 
     // The spec's codes for bad requests.
-    let (status, body) = fleet.call(reqwest::Method::POST, "/v1/instances/create", &token, Some("{not json")).await;
-    assert_eq!((status, body["error_code"].as_str()), (400, Some("KOOPHONE.API.1000")));
-    let (status, body) = fleet.call(reqwest::Method::GET, "/v1/instances/batch-query?page_no=1&page_size=10", "bogus", None).await;
-    assert_eq!((status, body["error_code"].as_str()), (401, Some("KOOPHONE.API.6001")));
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/create",
+            &token,
+            Some("{not json"),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (400, Some("KOOPHONE.API.1000"))
+    );
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/batch-query?page_no=1&page_size=10",
+            "bogus",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (401, Some("KOOPHONE.API.6001"))
+    );
     let no_id = fleet
         .http
-        .get(format!("{}/v1/instances/batch-query?page_no=1&page_size=10", fleet.api))
+        .get(format!(
+            "{}/v1/instances/batch-query?page_no=1&page_size=10",
+            fleet.api
+        ))
         .header("x-auth-token", &token)
         .send()
         .await
         .unwrap();
     assert_eq!(no_id.status(), 200);
-    assert_eq!(no_id.json::<Value>().await.unwrap()["error_code"], "KOOPHONE.API.0002");
+    assert_eq!(
+        no_id.json::<Value>().await.unwrap()["error_code"],
+        "KOOPHONE.API.0002"
+    );
 
     // A frozen node keeps its connection open but stops beating: the heartbeat timeout alone
     // must mark it down within the bound.
@@ -259,7 +390,10 @@ async fn whole_flow(store_url: Option<String>) {
     fleet.node.as_ref().unwrap().signal(Signal::SIGSTOP);
     let silent_after = fleet.wait_node("down", bound).await;
     eprintln!("frozen node marked down {silent_after:?} after SIGSTOP (bound {bound:?})");
-    assert!(silent_after >= Duration::from_millis(HEARTBEAT_TIMEOUT_MS / 2), "down before the timeout could pass");
+    assert!(
+        silent_after >= Duration::from_millis(HEARTBEAT_TIMEOUT_MS / 2),
+        "down before the timeout could pass"
+    );
     fleet.node.as_ref().unwrap().signal(Signal::SIGCONT);
     fleet.wait_node("up", Duration::from_secs(10)).await;
 
@@ -267,26 +401,61 @@ async fn whole_flow(store_url: Option<String>) {
     fleet.node.as_mut().unwrap().stop_with(Signal::SIGKILL);
     let down_after = fleet.wait_node("down", bound).await;
     eprintln!("node marked down {down_after:?} after SIGKILL (bound {bound:?})");
-    fleet.wait_running_status(&token, 0, 2, Duration::from_secs(2)).await;
+    fleet
+        .wait_running_status(&token, 0, 2, Duration::from_secs(2))
+        .await;
 
     // Restart it on the same state dir: it comes back and re-adopts both instances.
     fleet.start_node();
     fleet.wait_node("up", Duration::from_secs(30)).await;
-    let back = fleet.wait_running_status(&token, 2, 2, Duration::from_secs(60)).await;
+    let back = fleet
+        .wait_running_status(&token, 2, 2, Duration::from_secs(60))
+        .await;
     eprintln!("instances running again {back:?} after node restart");
 
     // Metrics on both daemons.
-    let metrics = fleet.http.get(format!("{}/metrics", fleet.api)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("cloudphone_http_requests_total"), "{metrics}");
-    let node_metrics = fleet.http.get(format!("http://127.0.0.1:{}/metrics", fleet.node_ports.1)).send().await.unwrap();
+    let metrics = fleet
+        .http
+        .get(format!("{}/metrics", fleet.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cloudphone_http_requests_total"),
+        "{metrics}"
+    );
+    let node_metrics = fleet
+        .http
+        .get(format!("http://127.0.0.1:{}/metrics", fleet.node_ports.1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(node_metrics.status(), 200);
 
     // SIGTERM: both daemons stop cleanly and promptly.
-    for daemon in [fleet.node.as_mut().unwrap(), fleet.control.as_mut().unwrap()] {
+    for daemon in [
+        fleet.node.as_mut().unwrap(),
+        fleet.control.as_mut().unwrap(),
+    ] {
         let started = Instant::now();
-        let status = daemon.stop_with(Signal::SIGTERM).expect("daemon was running");
-        assert!(status.success(), "{} exited with {status:?}: {}", daemon.name, daemon.log_text());
-        assert!(started.elapsed() < Duration::from_secs(15), "{} took {:?} to stop", daemon.name, started.elapsed());
+        let status = daemon
+            .stop_with(Signal::SIGTERM)
+            .expect("daemon was running");
+        assert!(
+            status.success(),
+            "{} exited with {status:?}: {}",
+            daemon.name,
+            daemon.log_text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{} took {:?} to stop",
+            daemon.name,
+            started.elapsed()
+        );
     }
     let log = std::fs::read_to_string(fleet.path("control.log")).unwrap();
     assert!(!log.contains("correct-horse"), "a password reached the log");

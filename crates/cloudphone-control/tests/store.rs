@@ -65,16 +65,47 @@ async fn suite(store: impl Store) {
     store.create_tenant(&tenant(2)).await.unwrap();
     let mut dup = tenant(3);
     dup.domain_name = "domain1".into();
-    assert!(matches!(store.create_tenant(&dup).await, Err(StoreError::AlreadyExists(_))));
-    assert!(store.find_user("domain3", "alice").await.unwrap().is_none(), "a failed create leaves nothing");
+    assert!(matches!(
+        store.create_tenant(&dup).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(
+        store.find_user("domain3", "alice").await.unwrap().is_none(),
+        "a failed create leaves nothing"
+    );
 
-    let user = store.find_user("domain1", "alice").await.unwrap().expect("user");
-    assert_eq!((user.tenant_id.as_str(), user.user_id.as_str()), ("t1", "u1"));
+    let user = store
+        .find_user("domain1", "alice")
+        .await
+        .unwrap()
+        .expect("user");
+    assert_eq!(
+        (user.tenant_id.as_str(), user.user_id.as_str()),
+        ("t1", "u1")
+    );
     assert!(store.find_user("domain1", "bob").await.unwrap().is_none());
-    let project = store.find_project("t1", Some("cn-north-7"), None).await.unwrap().expect("by name");
+    let project = store
+        .find_project("t1", Some("cn-north-7"), None)
+        .await
+        .unwrap()
+        .expect("by name");
     assert_eq!(project.project_id, "p1");
-    assert!(store.find_project("t1", None, Some("p1")).await.unwrap().is_some(), "by id");
-    assert!(store.find_project("t2", None, Some("p1")).await.unwrap().is_none(), "another tenant's project");
+    assert!(
+        store
+            .find_project("t1", None, Some("p1"))
+            .await
+            .unwrap()
+            .is_some(),
+        "by id"
+    );
+    assert!(
+        store
+            .find_project("t2", None, Some("p1"))
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant's project"
+    );
 
     // Tokens: found by hash, purged after expiry.
     let token = TokenRecord {
@@ -101,40 +132,94 @@ async fn suite(store: impl Store) {
     let nodes = store.list_nodes().await.unwrap();
     assert_eq!(nodes.len(), 2);
     assert_eq!((nodes[0].capacity, nodes[0].encoders.len()), (9, 2));
-    assert_eq!((nodes[1].status.as_str(), nodes[1].last_seen_ms), ("down", 50));
+    assert_eq!(
+        (nodes[1].status.as_str(), nodes[1].last_seen_ms),
+        ("down", 50)
+    );
 
     // Instances: batch insert is all-or-nothing.
     store
-        .insert_instances(&[instance("a", 1, "n1", 100), instance("b", 1, "n2", 200), instance("c", 2, "n1", 300)])
+        .insert_instances(&[
+            instance("a", 1, "n1", 100),
+            instance("b", 1, "n2", 200),
+            instance("c", 2, "n1", 300),
+        ])
         .await
         .unwrap();
     let clash = [instance("d", 1, "n1", 400), instance("a", 1, "n1", 400)];
     assert!(store.insert_instances(&clash).await.is_err());
-    assert!(store.get_instance("d").await.unwrap().is_none(), "no partial write");
+    assert!(
+        store.get_instance("d").await.unwrap().is_none(),
+        "no partial write"
+    );
     let mut counts = store.instance_counts().await.unwrap();
     counts.sort();
     assert_eq!(counts, [("n1".to_string(), 2), ("n2".to_string(), 1)]);
 
-    store.set_instance_state("a", "running", "", 150).await.unwrap();
-    assert_eq!(store.get_instance("a").await.unwrap().unwrap().state, "running");
+    store
+        .set_instance_state("a", "running", "", 150)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_instance("a").await.unwrap().unwrap().state,
+        "running"
+    );
 
     // Listing: per tenant, newest first, with filters and paging.
-    let all = InstanceQuery { limit: 10, ..Default::default() };
+    let all = InstanceQuery {
+        limit: 10,
+        ..Default::default()
+    };
     let (rows, total) = store.list_instances("t1", &all).await.unwrap();
     assert_eq!(total, 2);
-    let ids: Vec<_> = rows.iter().map(|r| r.instance.instance_id.as_str()).collect();
+    let ids: Vec<_> = rows
+        .iter()
+        .map(|r| r.instance.instance_id.as_str())
+        .collect();
     assert_eq!(ids, ["b", "a"]);
-    assert_eq!((rows[0].node_status.as_str(), rows[0].domain_name.as_str()), ("down", "domain1"));
+    assert_eq!(
+        (rows[0].node_status.as_str(), rows[0].domain_name.as_str()),
+        ("down", "domain1")
+    );
     assert_eq!(rows[1].project_name, "cn-north-7");
-    let page2 = InstanceQuery { limit: 1, offset: 1, ..Default::default() };
+    let page2 = InstanceQuery {
+        limit: 1,
+        offset: 1,
+        ..Default::default()
+    };
     let (rows, total) = store.list_instances("t1", &page2).await.unwrap();
-    assert_eq!((rows.len(), total, rows[0].instance.instance_id.as_str()), (1, 2, "a"));
-    let by_id = InstanceQuery { instance_id: Some("c".into()), limit: 10, ..Default::default() };
-    assert_eq!(store.list_instances("t1", &by_id).await.unwrap().1, 0, "tenant isolation");
-    let window = InstanceQuery { created_from_ms: Some(150), created_to_ms: Some(250), limit: 10, ..Default::default() };
+    assert_eq!(
+        (rows.len(), total, rows[0].instance.instance_id.as_str()),
+        (1, 2, "a")
+    );
+    let by_id = InstanceQuery {
+        instance_id: Some("c".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_instances("t1", &by_id).await.unwrap().1,
+        0,
+        "tenant isolation"
+    );
+    let window = InstanceQuery {
+        created_from_ms: Some(150),
+        created_to_ms: Some(250),
+        limit: 10,
+        ..Default::default()
+    };
     let (rows, _) = store.list_instances("t1", &window).await.unwrap();
-    assert_eq!(rows.iter().map(|r| r.instance.instance_id.clone()).collect::<Vec<_>>(), ["b"]);
-    let by_name = InstanceQuery { instance_name: Some("name-a".into()), limit: 10, ..Default::default() };
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.instance.instance_id.clone())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    let by_name = InstanceQuery {
+        instance_name: Some("name-a".into()),
+        limit: 10,
+        ..Default::default()
+    };
     assert_eq!(store.list_instances("t1", &by_name).await.unwrap().1, 1);
 }
 
@@ -153,5 +238,8 @@ async fn postgres_store() {
 
 #[tokio::test]
 async fn unknown_urls_are_refused() {
-    assert!(matches!(store::open("mysql://x").await, Err(StoreError::UnsupportedUrl(_))));
+    assert!(matches!(
+        store::open("mysql://x").await,
+        Err(StoreError::UnsupportedUrl(_))
+    ));
 }

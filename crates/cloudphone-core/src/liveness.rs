@@ -34,7 +34,11 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn new(timeout_ms: u64) -> Self {
-        Self { timeout_ms, last_beat_ms: None, disconnected: false }
+        Self {
+            timeout_ms,
+            last_beat_ms: None,
+            disconnected: false,
+        }
     }
 
     /// Records a heartbeat (or any other report) received at `now_ms`.
@@ -96,7 +100,11 @@ mod tests {
     #[test]
     fn disconnect_is_down_at_once_and_a_beat_revives() {
         check(&[("beat", 10), ("disconnect", 20)], 20, NodeHealth::Down);
-        check(&[("beat", 10), ("disconnect", 20), ("beat", 30)], 30, NodeHealth::Up);
+        check(
+            &[("beat", 10), ("disconnect", 20), ("beat", 30)],
+            30,
+            NodeHealth::Up,
+        );
     }
 
     #[test]

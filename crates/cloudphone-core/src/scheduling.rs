@@ -31,7 +31,10 @@ pub fn place(nodes: &[NodeSlots], count: u32) -> Result<Vec<String>, PlacementEr
     let mut candidates: Vec<NodeSlots> = nodes.iter().filter(|n| n.eligible).cloned().collect();
     let free: u32 = candidates.iter().map(NodeSlots::free).sum();
     if free < count {
-        return Err(PlacementError::NoCapacity { wanted: count, free });
+        return Err(PlacementError::NoCapacity {
+            wanted: count,
+            free,
+        });
     }
     let mut placements = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -39,9 +42,16 @@ pub fn place(nodes: &[NodeSlots], count: u32) -> Result<Vec<String>, PlacementEr
         let Some(best) = candidates
             .iter_mut()
             .filter(|n| n.free() > 0)
-            .max_by(|a, b| a.free().cmp(&b.free()).then_with(|| b.node_id.cmp(&a.node_id)))
+            .max_by(|a, b| {
+                a.free()
+                    .cmp(&b.free())
+                    .then_with(|| b.node_id.cmp(&a.node_id))
+            })
         else {
-            return Err(PlacementError::NoCapacity { wanted: count, free });
+            return Err(PlacementError::NoCapacity {
+                wanted: count,
+                free,
+            });
         };
         best.used += 1;
         placements.push(best.node_id.clone());
@@ -54,7 +64,12 @@ mod tests {
     use super::*;
 
     fn node(id: &str, capacity: u32, used: u32, eligible: bool) -> NodeSlots {
-        NodeSlots { node_id: id.into(), capacity, used, eligible }
+        NodeSlots {
+            node_id: id.into(),
+            capacity,
+            used,
+            eligible,
+        }
     }
 
     #[test]
@@ -73,12 +88,18 @@ mod tests {
     fn ineligible_nodes_are_never_used() {
         let nodes = [node("down", 10, 0, false), node("up", 1, 0, true)];
         assert_eq!(place(&nodes, 1).unwrap(), ["up"]);
-        assert_eq!(place(&nodes, 2), Err(PlacementError::NoCapacity { wanted: 2, free: 1 }));
+        assert_eq!(
+            place(&nodes, 2),
+            Err(PlacementError::NoCapacity { wanted: 2, free: 1 })
+        );
     }
 
     #[test]
     fn all_or_nothing_when_short() {
         let nodes = [node("a", 1, 1, true)];
-        assert_eq!(place(&nodes, 1), Err(PlacementError::NoCapacity { wanted: 1, free: 0 }));
+        assert_eq!(
+            place(&nodes, 1),
+            Err(PlacementError::NoCapacity { wanted: 1, free: 0 })
+        );
     }
 }

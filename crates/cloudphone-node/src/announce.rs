@@ -25,20 +25,36 @@ impl Announcer {
             tracing::info!("no control.url configured: waiting for control to dial in");
             return;
         }
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+        {
             Ok(c) => c,
             Err(error) => {
                 tracing::error!(%error, "cannot build HTTP client; not announcing");
                 return;
             }
         };
-        let url = format!("{}/internal/v1/nodes/announce", self.control_url.trim_end_matches('/'));
-        let body = serde_json::json!({"node_id": self.node_id, "grpc_endpoint": self.grpc_endpoint});
+        let url = format!(
+            "{}/internal/v1/nodes/announce",
+            self.control_url.trim_end_matches('/')
+        );
+        let body =
+            serde_json::json!({"node_id": self.node_id, "grpc_endpoint": self.grpc_endpoint});
         loop {
             if self.open_streams.load(Ordering::SeqCst) == 0 {
-                match client.post(&url).bearer_auth(&self.enrollment_token).json(&body).send().await {
+                match client
+                    .post(&url)
+                    .bearer_auth(&self.enrollment_token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => tracing::debug!("announced to control"),
-                    Ok(r) => tracing::warn!(status = r.status().as_u16(), "control refused the announcement"),
+                    Ok(r) => tracing::warn!(
+                        status = r.status().as_u16(),
+                        "control refused the announcement"
+                    ),
                     Err(error) => tracing::debug!(%error, "control not reachable yet"),
                 }
             }

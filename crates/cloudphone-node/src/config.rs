@@ -46,7 +46,7 @@ pub struct HttpConfig {
     pub public_url: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlLink {
     /// Control's base URL, for announcing this node. Empty: wait for control to dial in.
@@ -93,57 +93,78 @@ impl Default for NodeConfig {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 50051)), advertise: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            advertise: String::new(),
+        }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8090)), public_url: String::new() }
-    }
-}
-
-impl Default for ControlLink {
-    fn default() -> Self {
-        Self { url: String::new(), enrollment_token: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            public_url: String::new(),
+        }
     }
 }
 
 impl Default for X11Section {
     fn default() -> Self {
-        Self { first_display: 100, launcher: String::new() }
+        Self {
+            first_display: 100,
+            launcher: String::new(),
+        }
     }
 }
 
 impl Default for AndroidSection {
     fn default() -> Self {
-        Self { adb: PathBuf::from("/usr/bin/adb"), serials: Vec::new() }
+        Self {
+            adb: PathBuf::from("/usr/bin/adb"),
+            serials: Vec::new(),
+        }
     }
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl NodeConfig {
-    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = match path {
             None => Self::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    source,
+                })?
             }
         };
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
@@ -165,7 +186,9 @@ impl NodeConfig {
             )));
         }
         if config.capacity == 0 || config.heartbeat_interval_ms < 50 {
-            return Err(ConfigError::Invalid("capacity must be > 0 and heartbeat_interval_ms >= 50".into()));
+            return Err(ConfigError::Invalid(
+                "capacity must be > 0 and heartbeat_interval_ms >= 50".into(),
+            ));
         }
         Ok(config)
     }
@@ -179,7 +202,11 @@ mod tests {
     fn defaults_fill_advertised_addresses() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
         let config = NodeConfig::load(Some(&path), |_| None).unwrap();
         assert_eq!(config.grpc.advertise, "http://127.0.0.1:7000");
         assert_eq!(config.http.public_url, "ws://127.0.0.1:8090");
@@ -191,6 +218,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
         std::fs::write(&path, "runtime = \"vm\"\n").unwrap();
-        assert!(matches!(NodeConfig::load(Some(&path), |_| None), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            NodeConfig::load(Some(&path), |_| None),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

@@ -109,8 +109,18 @@ fn to_status(error: InstanceError) -> Status {
 }
 
 fn valid_id(id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok { Ok(()) } else { Err(Status::invalid_argument("instance_id must be 1-32 characters of [A-Za-z0-9-_]")) }
+    let ok = !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "instance_id must be 1-32 characters of [A-Za-z0-9-_]",
+        ))
+    }
 }
 
 fn command_spec(request: &pb::RunCommandRequest) -> Result<CommandSpec, Status> {
@@ -126,7 +136,11 @@ fn command_spec(request: &pb::RunCommandRequest) -> Result<CommandSpec, Status> 
         0 => DEFAULT_OUTPUT_CAP,
         n => n as usize,
     };
-    Ok(CommandSpec { command: request.command.clone(), timeout, max_output_bytes: cap })
+    Ok(CommandSpec {
+        command: request.command.clone(),
+        timeout,
+        max_output_bytes: cap,
+    })
 }
 
 fn command_result(output: CommandOutput) -> pb::CommandResult {
@@ -164,12 +178,15 @@ impl NodeAgent for NodeService {
         let guard = StreamGuard(Arc::clone(&self.open_streams));
         let runtime = self.manager.runtime_name();
         // Subscribe before listing, so no change between the two is missed.
-        let events = BroadcastStream::new(self.manager.subscribe()).filter_map(move |event| match event {
-            Ok(view) => Some(Ok(pb::NodeReport { report: Some(Report::InstanceEvent(status_of(&view, runtime))) })),
-            // A lagging receiver skipped events; the next heartbeat-era announcement is not
-            // resent, so control re-reads state through GetInstanceStatus when it needs it.
-            Err(_) => None,
-        });
+        let events =
+            BroadcastStream::new(self.manager.subscribe()).filter_map(move |event| match event {
+                Ok(view) => Some(Ok(pb::NodeReport {
+                    report: Some(Report::InstanceEvent(status_of(&view, runtime))),
+                })),
+                // A lagging receiver skipped events; the next heartbeat-era announcement is not
+                // resent, so control re-reads state through GetInstanceStatus when it needs it.
+                Err(_) => None,
+            });
         let instances = self.manager.list().await;
         let identity = Arc::clone(&self.identity);
         let announcement = pb::NodeAnnouncement {
@@ -182,7 +199,8 @@ impl NodeAgent for NodeService {
             region: identity.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             instances: instances.iter().map(|v| status_of(v, runtime)).collect(),
-            heartbeat_interval_ms: u32::try_from(identity.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+            heartbeat_interval_ms: u32::try_from(identity.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
         };
         let manager = Arc::clone(&self.manager);
         let mut interval = tokio::time::interval(identity.heartbeat_interval);
@@ -191,7 +209,10 @@ impl NodeAgent for NodeService {
             let manager = Arc::clone(&manager);
             async move {
                 let views = manager.list().await;
-                let running = views.iter().filter(|v| v.state == InstanceState::Running).count();
+                let running = views
+                    .iter()
+                    .filter(|v| v.state == InstanceState::Running)
+                    .count();
                 Ok(pb::NodeReport {
                     report: Some(Report::Heartbeat(pb::Heartbeat {
                         sent_at_unix_ms: crate::unix_ms(),
@@ -202,7 +223,9 @@ impl NodeAgent for NodeService {
                 })
             }
         });
-        let first = tokio_stream::once(Ok(pb::NodeReport { report: Some(Report::Announcement(announcement)) }));
+        let first = tokio_stream::once(Ok(pb::NodeReport {
+            report: Some(Report::Announcement(announcement)),
+        }));
         let stream = first.chain(heartbeats.merge(events)).map(move |item| {
             // Keep the guard alive exactly as long as the stream.
             let _ = &guard;
@@ -211,7 +234,10 @@ impl NodeAgent for NodeService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn ack_usage(&self, _request: Request<pb::AckUsageRequest>) -> Result<Response<pb::AckUsageResponse>, Status> {
+    async fn ack_usage(
+        &self,
+        _request: Request<pb::AckUsageRequest>,
+    ) -> Result<Response<pb::AckUsageResponse>, Status> {
         Ok(Response::new(pb::AckUsageResponse {}))
     }
 
@@ -229,9 +255,17 @@ impl NodeAgent for NodeService {
             )));
         }
         if !(64..=4096).contains(&r.width) || !(64..=4096).contains(&r.height) {
-            return Err(Status::invalid_argument("width and height must be 64..=4096"));
+            return Err(Status::invalid_argument(
+                "width and height must be 64..=4096",
+            ));
         }
-        let spec = InstanceSpec { instance_id: r.instance_id, tenant_id: r.tenant_id, width: r.width, height: r.height, os: r.os };
+        let spec = InstanceSpec {
+            instance_id: r.instance_id,
+            tenant_id: r.tenant_id,
+            width: r.width,
+            height: r.height,
+            os: r.os,
+        };
         let view = self.manager.create(spec).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
@@ -246,28 +280,40 @@ impl NodeAgent for NodeService {
         Ok(Response::new(pb::DeleteInstanceResponse { existed }))
     }
 
-    async fn start_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+    async fn start_instance(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
         let id = request.into_inner().instance_id;
         valid_id(&id)?;
         let view = self.manager.start(&id).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
-    async fn stop_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+    async fn stop_instance(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
         let id = request.into_inner().instance_id;
         valid_id(&id)?;
         let view = self.manager.stop(&id).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
-    async fn reboot_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+    async fn reboot_instance(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
         let id = request.into_inner().instance_id;
         valid_id(&id)?;
         let view = self.manager.reboot(&id).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
-    async fn reset_instance(&self, request: Request<pb::InstanceRef>) -> Result<Response<pb::InstanceStatus>, Status> {
+    async fn reset_instance(
+        &self,
+        request: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::InstanceStatus>, Status> {
         let id = request.into_inner().instance_id;
         valid_id(&id)?;
         let view = self.manager.reset(&id).await.map_err(to_status)?;
@@ -289,7 +335,13 @@ impl NodeAgent for NodeService {
         _request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
         let runtime = self.manager.runtime_name();
-        let instances = self.manager.list().await.iter().map(|v| status_of(v, runtime)).collect();
+        let instances = self
+            .manager
+            .list()
+            .await
+            .iter()
+            .map(|v| status_of(v, runtime))
+            .collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
 
@@ -299,15 +351,25 @@ impl NodeAgent for NodeService {
     ) -> Result<Response<pb::CommandResult>, Status> {
         let request = request.into_inner();
         let spec = command_spec(&request)?;
-        let output = self.manager.run_command(&request.instance_id, spec).await.map_err(to_status)?;
+        let output = self
+            .manager
+            .run_command(&request.instance_id, spec)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(command_result(output)))
     }
 
-    async fn start_command(&self, request: Request<pb::RunCommandRequest>) -> Result<Response<pb::CommandJob>, Status> {
+    async fn start_command(
+        &self,
+        request: Request<pb::RunCommandRequest>,
+    ) -> Result<Response<pb::CommandJob>, Status> {
         let request = request.into_inner();
         let spec = command_spec(&request)?;
         // Fail fast on unknown instances rather than queueing a job that cannot run.
-        self.manager.status(&request.instance_id).await.map_err(to_status)?;
+        self.manager
+            .status(&request.instance_id)
+            .await
+            .map_err(to_status)?;
         let job_id = uuid::Uuid::new_v4().simple().to_string();
         let job = pb::CommandJob {
             job_id: job_id.clone(),
@@ -321,7 +383,10 @@ impl NodeAgent for NodeService {
             if jobs.len() >= MAX_FINISHED_JOBS {
                 let finished: Vec<String> = jobs
                     .iter()
-                    .filter(|(_, j)| j.state == pb::JobState::Done as i32 || j.state == pb::JobState::Failed as i32)
+                    .filter(|(_, j)| {
+                        j.state == pb::JobState::Done as i32
+                            || j.state == pb::JobState::Failed as i32
+                    })
                     .map(|(id, _)| id.clone())
                     .take(jobs.len() / 2)
                     .collect();
@@ -336,7 +401,10 @@ impl NodeAgent for NodeService {
             if let Some(job) = service.jobs().get_mut(&job_id) {
                 job.state = pb::JobState::Running as i32;
             }
-            let outcome = service.manager.run_command(&request.instance_id, spec).await;
+            let outcome = service
+                .manager
+                .run_command(&request.instance_id, spec)
+                .await;
             if let Some(job) = service.jobs().get_mut(&job_id) {
                 match outcome {
                     Ok(output) => {
@@ -353,51 +421,78 @@ impl NodeAgent for NodeService {
         Ok(Response::new(job))
     }
 
-    async fn get_command(&self, request: Request<pb::CommandJobRef>) -> Result<Response<pb::CommandJob>, Status> {
+    async fn get_command(
+        &self,
+        request: Request<pb::CommandJobRef>,
+    ) -> Result<Response<pb::CommandJob>, Status> {
         let id = request.into_inner().job_id;
-        self.jobs().get(&id).cloned().map(Response::new).ok_or_else(|| Status::not_found(format!("no job {id}")))
+        self.jobs()
+            .get(&id)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))
     }
 
-    async fn install_app(&self, _r: Request<pb::InstallAppRequest>) -> Result<Response<pb::InstallAppResponse>, Status> {
-        Err(Status::unimplemented("InstallApp arrives with the tenant API issue"))
+    async fn install_app(
+        &self,
+        _r: Request<pb::InstallAppRequest>,
+    ) -> Result<Response<pb::InstallAppResponse>, Status> {
+        Err(Status::unimplemented(
+            "InstallApp arrives with the tenant API issue",
+        ))
     }
 
     async fn backup_instance(
         &self,
         _r: Request<pb::BackupInstanceRequest>,
     ) -> Result<Response<pb::BackupInstanceResponse>, Status> {
-        Err(Status::unimplemented("BackupInstance arrives with the tenant API issue"))
+        Err(Status::unimplemented(
+            "BackupInstance arrives with the tenant API issue",
+        ))
     }
 
     async fn restore_instance(
         &self,
         _r: Request<pb::RestoreInstanceRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        Err(Status::unimplemented("RestoreInstance arrives with the tenant API issue"))
+        Err(Status::unimplemented(
+            "RestoreInstance arrives with the tenant API issue",
+        ))
     }
 
     async fn set_video_config(
         &self,
         _r: Request<pb::SetVideoConfigRequest>,
     ) -> Result<Response<pb::SetVideoConfigResponse>, Status> {
-        Err(Status::unimplemented("SetVideoConfig arrives with the streaming issue"))
+        Err(Status::unimplemented(
+            "SetVideoConfig arrives with the streaming issue",
+        ))
     }
 
     async fn start_session(
         &self,
         _r: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
-        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+        Err(Status::unimplemented(
+            "sessions arrive with the streaming issue",
+        ))
     }
 
-    async fn stop_streaming(&self, _r: Request<pb::InstanceRef>) -> Result<Response<pb::StopStreamingResponse>, Status> {
-        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+    async fn stop_streaming(
+        &self,
+        _r: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::StopStreamingResponse>, Status> {
+        Err(Status::unimplemented(
+            "sessions arrive with the streaming issue",
+        ))
     }
 
     async fn release_session(
         &self,
         _r: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
-        Err(Status::unimplemented("sessions arrive with the streaming issue"))
+        Err(Status::unimplemented(
+            "sessions arrive with the streaming issue",
+        ))
     }
 }

@@ -49,8 +49,16 @@ pub enum NodeError {
 }
 
 /// Encoder elements worth announcing, software first.
-const ENCODERS: [&str; 8] =
-    ["x264enc", "x265enc", "openh264enc", "vah264enc", "vah265enc", "nvh264enc", "nvh265enc", "v4l2h264enc"];
+const ENCODERS: [&str; 8] = [
+    "x264enc",
+    "x265enc",
+    "openh264enc",
+    "vah264enc",
+    "vah265enc",
+    "nvh264enc",
+    "nvh265enc",
+    "v4l2h264enc",
+];
 
 /// Which GStreamer encoders this host has, probed once at start.
 pub async fn detect_encoders() -> Vec<String> {
@@ -71,17 +79,24 @@ pub async fn detect_encoders() -> Vec<String> {
 fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
     Ok(match config.runtime.as_str() {
         "x11" => {
-            let mut x11 = runtime::x11::X11Config { first_display: config.x11.first_display, ..Default::default() };
+            let mut x11 = runtime::x11::X11Config {
+                first_display: config.x11.first_display,
+                ..Default::default()
+            };
             if !config.x11.launcher.is_empty() {
                 x11.launcher = config.x11.launcher.clone();
             }
             Arc::new(runtime::x11::X11Runtime::new(x11)?)
         }
-        "android" => Arc::new(runtime::android::AndroidRuntime::new(runtime::android::AndroidConfig {
-            adb: config.android.adb.clone(),
-            serials: config.android.serials.clone(),
-        })),
-        _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(std::path::PathBuf::from("/usr/bin/bwrap"))?),
+        "android" => Arc::new(runtime::android::AndroidRuntime::new(
+            runtime::android::AndroidConfig {
+                adb: config.android.adb.clone(),
+                serials: config.android.serials.clone(),
+            },
+        )),
+        _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(
+            std::path::PathBuf::from("/usr/bin/bwrap"),
+        )?),
     })
 }
 
@@ -96,7 +111,8 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
-    let manager = InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
+    let manager =
+        InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
     let identity = grpc::NodeIdentity {
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
@@ -121,9 +137,10 @@ pub async fn run(
 
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
-    let http_server = axum::serve(http_listener, http::router()).with_graceful_shutdown(async move {
-        let _ = http_stop.changed().await;
-    });
+    let http_server =
+        axum::serve(http_listener, http::router()).with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        });
     let http_task = tokio::spawn(async move { http_server.await });
 
     tracing::info!(

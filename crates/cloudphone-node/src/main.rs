@@ -19,8 +19,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let config = NodeConfig::load(cli.config.as_deref(), |n| std::env::var(n).ok()).context("loading configuration")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let config = NodeConfig::load(cli.config.as_deref(), |n| std::env::var(n).ok())
+        .context("loading configuration")?;
     let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("binding gRPC {}", config.grpc.listen))?;

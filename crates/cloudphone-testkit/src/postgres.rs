@@ -12,7 +12,10 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 fn server_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| match std::env::var("CLOUDPHONE_TEST_PG_URL") {
-        Ok(url) => url.rsplit_once('/').map(|(server, _db)| server.to_string()).unwrap_or(url),
+        Ok(url) => url
+            .rsplit_once('/')
+            .map(|(server, _db)| server.to_string())
+            .unwrap_or(url),
         Err(_) => start_cluster(),
     })
 }
@@ -20,7 +23,11 @@ fn server_url() -> &'static str {
 /// Starts a cluster that lives as long as the test process (its dir is under /tmp and the
 /// server is stopped by `pg_ctl` at exit via a detached watcher on our pid).
 fn start_cluster() -> String {
-    let dir = tempfile::Builder::new().prefix("cloudphone-pg-").tempdir().expect("tempdir").keep();
+    let dir = tempfile::Builder::new()
+        .prefix("cloudphone-pg-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
     let data = dir.join("data");
     let port = crate::free_port();
     let as_root = nix::unistd::Uid::effective().is_root();
@@ -36,18 +43,47 @@ fn start_cluster() -> String {
             c
         };
         let out = command.output().expect("run postgres tool");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     if as_root {
-        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
         assert!(status.map(|s| s.success()).unwrap_or(false), "chown pg dir");
     }
     let initdb = format!("{PG_BIN}/initdb");
     let pg_ctl = format!("{PG_BIN}/pg_ctl");
     let data_s = data.to_string_lossy().to_string();
-    run(&[&initdb, "-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync"]);
-    let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
-    run(&[&pg_ctl, "-D", &data_s, "-w", "-l", &format!("{}/log", dir.display()), "-o", &opts, "start"]);
+    run(&[
+        &initdb,
+        "-D",
+        &data_s,
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "--no-sync",
+    ]);
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+        dir.display()
+    );
+    run(&[
+        &pg_ctl,
+        "-D",
+        &data_s,
+        "-w",
+        "-l",
+        &format!("{}/log", dir.display()),
+        "-o",
+        &opts,
+        "start",
+    ]);
     // Stop the server when this test process exits, whatever way it exits.
     let me = std::process::id();
     let stopper = format!(
@@ -63,7 +99,9 @@ fn start_cluster() -> String {
         c.args(["-c", &stopper]);
         c
     };
-    watcher.spawn().expect("spawn pg watcher");
+    let mut watcher = watcher.spawn().expect("spawn pg watcher");
+    // Reaped if it ends while we live; otherwise it outlives us by design, to stop the server.
+    std::thread::spawn(move || watcher.wait());
     format!("postgres://postgres@127.0.0.1:{port}")
 }
 
@@ -73,16 +111,28 @@ pub fn fresh_database() -> String {
     let name = format!("t_{}", uuid_like());
     let out = Command::new("psql")
         .arg(format!("{server}/postgres"))
-        .args(["-v", "ON_ERROR_STOP=1", "-qc", &format!("CREATE DATABASE {name}")])
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
         .output()
         .expect("run psql");
-    assert!(out.status.success(), "create database: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("{server}/{name}")
 }
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 

@@ -6,7 +6,10 @@ use std::sync::OnceLock;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// Path of a freshly built workspace binary. Builds the daemons once per test process, so a
@@ -16,7 +19,15 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "cloudphone-control", "-p", "cloudphone-node", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "cloudphone-control",
+                "-p",
+                "cloudphone-node",
+                "--bins",
+            ])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the daemons failed");
@@ -41,12 +52,19 @@ impl Daemon {
         let err = file.try_clone().expect("clone log handle");
         let child = Command::new(binary)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
-        Self { name: binary.display().to_string(), child: Some(child), log: log.to_path_buf() }
+        Self {
+            name: binary.display().to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -61,7 +79,10 @@ impl Daemon {
     }
 
     /// Sends a signal and waits for the process to exit.
-    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Option<std::process::ExitStatus> {
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
         child.wait().ok()

@@ -24,7 +24,8 @@ pub async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
         Ok(login) => login,
         Err(error) => return iam_error(error),
     };
-    let ttl_ms = i64::try_from(state.config.iam.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let ttl_ms =
+        i64::try_from(state.config.iam.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     match crate::iam::login(state.store.as_ref(), login, crate::unix_ms(), ttl_ms).await {
         Ok((token, body)) => {
             let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();

@@ -9,9 +9,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::{ApiError, ErrorBody};
 use cloudphone_api::instances::{
-    self as wire, Aosp, BandInfo, CreateInstanceData, CreateInstanceRequest, CreateInstanceResponse,
-    CreatedInstance, InstancePage, InstanceRow, ListInstancesQuery, ListInstancesResponse, PoolInfo,
-    PoolSceneTag, RegionSkus, RunningStatus, Sku, SkuData, SkuResponse,
+    self as wire, Aosp, BandInfo, CreateInstanceData, CreateInstanceRequest,
+    CreateInstanceResponse, CreatedInstance, InstancePage, InstanceRow, ListInstancesQuery,
+    ListInstancesResponse, PoolInfo, PoolSceneTag, RegionSkus, RunningStatus, Sku, SkuData,
+    SkuResponse,
 };
 use cloudphone_api::timefmt;
 use cloudphone_core::liveness::NodeHealth;
@@ -94,11 +95,22 @@ pub async fn list(
             offset: i64::from(filter.page_no - 1) * i64::from(filter.page_size),
             limit: i64::from(filter.page_size),
         };
-        let (listings, total) = state.store.list_instances(&caller.principal.tenant_id, &store_query).await?;
-        InstancePage { result: listings.into_iter().map(row).collect(), total_count: total, ..page }
+        let (listings, total) = state
+            .store
+            .list_instances(&caller.principal.tenant_id, &store_query)
+            .await?;
+        InstancePage {
+            result: listings.into_iter().map(row).collect(),
+            total_count: total,
+            ..page
+        }
     };
-    Ok(axum::Json(ListInstancesResponse { data: page, error_code: "0".into(), error_msg: "OK".into() })
-        .into_response())
+    Ok(axum::Json(ListInstancesResponse {
+        data: page,
+        error_code: "0".into(),
+        error_msg: "OK".into(),
+    })
+    .into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -122,7 +134,9 @@ fn sku_entry(runtime: &str, definition: &str) -> Sku {
         calc_spec: calc.into(),
         storage_spec: storage.into(),
         spec_desc: format!("专业版 | {calc} | {storage}存储 | 最高分辨率{resolution}"),
-        spec_desc_en: format!("Professional | {calc} | {storage} Storage | {resolution} Max Output"),
+        spec_desc_en: format!(
+            "Professional | {calc} | {storage} Storage | {resolution} Max Output"
+        ),
         band_size: "2,4,8".into(),
         charge_mode: 0,
         max_resolution: resolution,
@@ -173,20 +187,35 @@ pub async fn skus(
                 .iter()
                 .flat_map(|rt| wire::SKU_DEFINITIONS.iter().map(move |d| sku_entry(rt, d)))
                 .collect();
-            RegionSkus { sku_responses, region_id }
+            RegionSkus {
+                sku_responses,
+                region_id,
+            }
         })
         .collect();
     regions.sort_by(|a, b| a.region_id.cmp(&b.region_id));
     let data = SkuData {
-        band_info: BandInfo { id: "1".into(), cbc_sku_id: wire::BAND_SKU_ID.into() },
+        band_info: BandInfo {
+            id: "1".into(),
+            cbc_sku_id: wire::BAND_SKU_ID.into(),
+        },
         sku_spec_response_list: regions,
     };
-    Ok(axum::Json(SkuResponse { data, error_code: "0".into(), error_msg: "OK".into() }).into_response())
+    Ok(axum::Json(SkuResponse {
+        data,
+        error_code: "0".into(),
+        error_msg: "OK".into(),
+    })
+    .into_response())
 }
 
 /// Instance ids look like the seeds' (`11J6QVu5`): 8 random alphanumerics.
 fn new_instance_id() -> String {
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(8).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect()
 }
 
 /// Order ids look like the seeds' (`CS2412261442DBN4E`).
@@ -196,11 +225,17 @@ fn new_order_id() -> String {
         .take(5)
         .map(|c| char::from(c).to_ascii_uppercase())
         .collect();
-    format!("CS{}{suffix}", timefmt::format_unix_ms(crate::unix_ms()).replace(['-', ' ', ':'], "")[2..12].to_string())
+    let digits = timefmt::format_unix_ms(crate::unix_ms()).replace(['-', ' ', ':'], "");
+    // yyMMddHHmm, as in the seeds' `CS2412261442DBN4E`.
+    format!("CS{}{suffix}", digits.get(2..12).unwrap_or("0000000000"))
 }
 
 /// CreateInstance: validate, place on nodes by free capacity, record, then create on the nodes.
-pub async fn create(state: AppStateRef, caller: Caller, body: Bytes) -> Result<Response, ApiFailure> {
+pub async fn create(
+    state: AppStateRef,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiFailure> {
     let order = parse_json::<CreateInstanceRequest>(&body)?.validate()?;
     let shape = wire::parse_sku_id(&order.instance_sku_id)
         .ok_or_else(|| ApiError::NoSuchSkuOrRegion(order.instance_sku_id.clone()))?;
@@ -228,8 +263,8 @@ pub async fn create(state: AppStateRef, caller: Caller, body: Bytes) -> Result<R
             node_id: n.node_id,
         })
         .collect();
-    let placements =
-        scheduling::place(&slots, order.count).map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
+    let placements = scheduling::place(&slots, order.count)
+        .map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
 
     let now = crate::unix_ms();
     let order_id = new_order_id();
@@ -267,14 +302,27 @@ pub async fn create(state: AppStateRef, caller: Caller, body: Bytes) -> Result<R
 
     let instance_infos = records
         .iter()
-        .map(|r| CreatedInstance { instance_id: r.instance_id.clone(), instance_name: r.name.clone() })
+        .map(|r| CreatedInstance {
+            instance_id: r.instance_id.clone(),
+            instance_name: r.name.clone(),
+        })
         .collect();
     let app = Arc::clone(&state.0);
     tokio::spawn(async move { create_on_nodes(app, records).await });
-    let data = CreateInstanceData { order_id, instance_infos };
-    let ok = ErrorBody { error_code: "0".into(), error_msg: "OK".into() };
-    Ok(axum::Json(CreateInstanceResponse { data, error_code: ok.error_code, error_msg: ok.error_msg })
-        .into_response())
+    let data = CreateInstanceData {
+        order_id,
+        instance_infos,
+    };
+    let ok = ErrorBody {
+        error_code: "0".into(),
+        error_msg: "OK".into(),
+    };
+    Ok(axum::Json(CreateInstanceResponse {
+        data,
+        error_code: ok.error_code,
+        error_msg: ok.error_msg,
+    })
+    .into_response())
 }
 
 /// Asks each instance's node to create it; the outcome lands in the instance's state.

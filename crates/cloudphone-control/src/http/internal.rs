@@ -33,16 +33,27 @@ pub async fn announce(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Re
     }
     let announce: Announce = match serde_json::from_slice(&body) {
         Ok(a) => a,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid announcement: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid announcement: {e}"),
+            )
+                .into_response();
+        }
     };
     let id_ok = !announce.node_id.is_empty()
         && announce.node_id.len() <= 64
-        && announce.node_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && announce
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !id_ok || !announce.grpc_endpoint.starts_with("http") {
         return (StatusCode::BAD_REQUEST, "node_id or grpc_endpoint invalid").into_response();
     }
     tracing::info!(node_id = %announce.node_id, endpoint = %announce.grpc_endpoint, "node announced itself");
-    state.registry.announce(&announce.node_id, &announce.grpc_endpoint);
+    state
+        .registry
+        .announce(&announce.node_id, &announce.grpc_endpoint);
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -79,8 +79,15 @@ async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    span.in_scope(|| tracing::info!(status, elapsed_ms = started.elapsed().as_millis() as u64, "served"));
-    metrics::counter!("cloudphone_http_requests_total", "status" => status.to_string()).increment(1);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "served"
+        )
+    });
+    metrics::counter!("cloudphone_http_requests_total", "status" => status.to_string())
+        .increment(1);
     metrics::histogram!("cloudphone_http_request_seconds").record(started.elapsed().as_secs_f64());
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(REQUEST_ID, id);
@@ -97,7 +104,11 @@ async fn render_metrics() -> String {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(ApiError::InvalidParameter("no such API".into()).body())).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(ApiError::InvalidParameter("no such API".into()).body()),
+    )
+        .into_response()
 }
 
 /// An [`ApiError`] on its way out as the spec's status and `{error_code, error_msg}` body.
@@ -119,7 +130,8 @@ impl From<crate::store::StoreError> for ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = self.0.code(), "request failed");
         } else {
@@ -139,11 +151,15 @@ pub struct Caller {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiFailure;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
         let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
         // ListInstances lists x-request-id among its query parameters; accept it there too.
         let query_id = parts.uri.query().and_then(|q| {
-            q.split('&').find_map(|pair| pair.strip_prefix("x-request-id=").map(str::to_string))
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("x-request-id=").map(str::to_string))
         });
         validate_request_id(header(&REQUEST_ID).or(query_id.as_deref()))?;
         let token = header(&AUTH_TOKEN).ok_or(ApiError::AuthenticationFailed)?;
@@ -165,7 +181,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 /// Parses a JSON body, turning any syntax or type error into `KOOPHONE.API.1000`.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
-    serde_json::from_slice(body).map_err(|e| ApiFailure(ApiError::InvalidParameter(format!("invalid JSON body: {e}"))))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiFailure(ApiError::InvalidParameter(format!(
+            "invalid JSON body: {e}"
+        )))
+    })
 }
 
 /// Answers `State` extraction for handlers that need the whole app.

@@ -136,7 +136,11 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
 
     async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError>;
-    async fn find_user(&self, domain_name: &str, user_name: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn find_user(
+        &self,
+        domain_name: &str,
+        user_name: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
     /// Finds a tenant's project by name or id.
     async fn find_project(
         &self,
@@ -151,7 +155,12 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired_tokens(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     async fn upsert_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
-    async fn set_node_status(&self, node_id: &str, status: &str, now_ms: i64) -> Result<(), StoreError>;
+    async fn set_node_status(
+        &self,
+        node_id: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Instances placed on each node, for scheduling.
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -30,9 +30,15 @@ impl SqlStore {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -47,7 +53,10 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 fn split_list(text: &str) -> Vec<String> {
-    text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn instance_from_row(row: &AnyRow) -> Result<InstanceRecord, sqlx::Error> {
@@ -87,12 +96,13 @@ impl Store for SqlStore {
 
     async fn create_tenant(&self, t: &NewTenant) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query("INSERT INTO tenants (id, domain_name, created_at_ms) VALUES ($1, $2, $3)")
-            .bind(&t.tenant_id)
-            .bind(&t.domain_name)
-            .bind(t.created_at_ms)
-            .execute(&mut *tx)
-            .await;
+        let inserted =
+            sqlx::query("INSERT INTO tenants (id, domain_name, created_at_ms) VALUES ($1, $2, $3)")
+                .bind(&t.tenant_id)
+                .bind(&t.domain_name)
+                .bind(t.created_at_ms)
+                .execute(&mut *tx)
+                .await;
         if let Err(error) = inserted {
             return Err(if is_unique_violation(&error) {
                 StoreError::AlreadyExists(format!("domain {}", t.domain_name))
@@ -100,13 +110,15 @@ impl Store for SqlStore {
                 error.into()
             });
         }
-        sqlx::query("INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)")
-            .bind(&t.project_id)
-            .bind(&t.tenant_id)
-            .bind(&t.project_name)
-            .bind(t.created_at_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&t.project_id)
+        .bind(&t.tenant_id)
+        .bind(&t.project_name)
+        .bind(t.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -121,7 +133,11 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn find_user(&self, domain_name: &str, user_name: &str) -> Result<Option<UserRecord>, StoreError> {
+    async fn find_user(
+        &self,
+        domain_name: &str,
+        user_name: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT u.id, u.name, u.tenant_id, t.domain_name, u.password_hash \
              FROM users u JOIN tenants t ON t.id = u.tenant_id \
@@ -239,7 +255,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn set_node_status(&self, node_id: &str, status: &str, now_ms: i64) -> Result<(), StoreError> {
+    async fn set_node_status(
+        &self,
+        node_id: &str,
+        status: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE nodes SET status = $1, last_seen_ms = $2 WHERE id = $3")
             .bind(status)
             .bind(now_ms)
@@ -328,21 +349,25 @@ impl Store for SqlStore {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 WHERE id = $4")
-            .bind(state)
-            .bind(message)
-            .bind(now_ms)
-            .bind(instance_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 WHERE id = $4",
+        )
+        .bind(state)
+        .bind(message)
+        .bind(now_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"))
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"
+        ))
+        .bind(instance_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(instance_from_row).transpose()?)
     }
 
@@ -354,15 +379,17 @@ impl Store for SqlStore {
         // Absent filters bind as values that match everything, so one statement serves all.
         let filter = "i.tenant_id = $1 AND ($2 = '' OR i.id = $2) AND ($3 = '' OR i.name = $3) \
                       AND i.created_at_ms >= $4 AND i.created_at_ms <= $5";
-        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM instances i WHERE {filter}"))
-            .bind(tenant_id)
-            .bind(q.instance_id.clone().unwrap_or_default())
-            .bind(q.instance_name.clone().unwrap_or_default())
-            .bind(q.created_from_ms.unwrap_or(i64::MIN))
-            .bind(q.created_to_ms.unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
+        let total: i64 = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM instances i WHERE {filter}"
+        ))
+        .bind(tenant_id)
+        .bind(q.instance_id.clone().unwrap_or_default())
+        .bind(q.instance_name.clone().unwrap_or_default())
+        .bind(q.created_from_ms.unwrap_or(i64::MIN))
+        .bind(q.created_to_ms.unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
         let rows = sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS}, n.status AS node_status, p.name AS project_name, \
                 t.domain_name AS domain_name \

@@ -90,22 +90,42 @@ pub enum PhoneKey {
 /// One input event from a viewer, already validated; coordinates normalised to 0..=1.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum InputEvent {
-    Touch { action: TouchAction, pointer_id: u32, x: f64, y: f64 },
+    Touch {
+        action: TouchAction,
+        pointer_id: u32,
+        x: f64,
+        y: f64,
+    },
     /// A DOM `KeyboardEvent.code`, e.g. "KeyA", "Enter".
-    Key { code: String, down: bool },
-    Text { text: String },
-    Phone { key: PhoneKey },
+    Key {
+        code: String,
+        down: bool,
+    },
+    Text {
+        text: String,
+    },
+    Phone {
+        key: PhoneKey,
+    },
 }
 
 /// Where the streaming pipeline reads an instance's screen from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaptureSource {
     /// An X display, captured with `ximagesrc display-name=…`.
-    X11 { display: String, width: u32, height: u32 },
+    X11 {
+        display: String,
+        width: u32,
+        height: u32,
+    },
     /// A GStreamer test pattern of this size.
     TestPattern { width: u32, height: u32 },
     /// An Android device captured over adb (`screenrecord --output-format=h264`).
-    Adb { serial: String, width: u32, height: u32 },
+    Adb {
+        serial: String,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// What can go wrong in a runtime. Callers map these onto gRPC statuses.
@@ -133,7 +153,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Seeds a fresh data dir for a new (or wiped) instance. The dir exists and is empty.
-    async fn provision(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError>;
+    async fn provision(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError>;
 
     /// Boots the instance and returns once it is ready to stream. Idempotent: starting a
     /// running instance is a no-op. Stale processes from a previous node run are cleaned up.
