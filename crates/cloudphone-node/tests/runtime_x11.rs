@@ -251,6 +251,22 @@ async fn sandbox_confines_each_instance_to_its_own_data() {
         .await
         .unwrap();
     assert!(out.stdout.contains("0000000000000000"), "{out:?}");
+    // Not host root either: a root-only host file outside the state dir stays unreadable.
+    if nix::unistd::getuid().is_root() {
+        let secret = tempfile::Builder::new()
+            .prefix("cp-root-only-")
+            .tempfile_in("/var/tmp")
+            .unwrap();
+        std::fs::write(secret.path(), "root-only-secret").unwrap();
+        let mut perms = std::fs::metadata(secret.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(secret.path(), perms).unwrap();
+        let probe = format!("id -u; cat {}", secret.path().display());
+        let out = m.run_command("a", cmd(&probe)).await.unwrap();
+        assert_eq!(out.stdout.lines().next(), Some("65534"), "{out:?}");
+        assert!(!out.stdout.contains("root-only-secret"), "{out:?}");
+        assert_ne!(out.exit_code, 0, "{out:?}");
+    }
     let b_display = display_of(&m, "b").await;
     let b_socket = format!("/tmp/.X11-unix/X{}", &b_display[1..]);
     let out = m

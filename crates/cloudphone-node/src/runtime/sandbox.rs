@@ -14,15 +14,15 @@
 //! - `/tmp`, `/run` are private tmpfs (host sockets under `/run` are unreachable; unix
 //!   sockets would otherwise work across the unshared network namespace);
 //! - `/dev` is a minimal devtmpfs, `/proc` belongs to the sandbox's pid namespace, no `/sys`;
-//! - `/root`, `/home` are empty read-only dirs and a few secret files (`/etc/shadow`, …) are masked
-//!   with `/dev/null`: the sandbox runs as host uid 0 (capabilities dropped), so owner
-//!   permissions alone would not keep them private;
+//! - `/root`, `/home` are empty read-only dirs and a few secret files (`/etc/shadow`, …) are
+//!   masked with `/dev/null`, in case the sandbox user can read them;
 //! - the node's whole state dir is an empty tmpfs, so no instance sees any other
 //!   instance's files, by any path;
 //! - the instance's own data dir is bound writable at `/data` (also `HOME`);
 //! - with a display, only that display's socket `/tmp/.X11-unix/X<n>` is bound in.
 //!
-//! All namespaces are unshared (`--unshare-all`, so no network), all capabilities are
+//! The sandbox runs as an unprivileged host user ([`SandboxUser`]; `nobody` when the node
+//! is root). All namespaces are unshared (`--unshare-all`, so no network), all capabilities are
 //! dropped, the environment is cleared, and the sandbox dies with the node
 //! (`--die-with-parent`) and cannot reach the node's terminal (`--new-session`).
 
@@ -125,6 +125,54 @@ impl HostLayout {
     }
 }
 
+/// The host user a sandbox runs as.
+///
+/// Dropping capabilities is not enough when the node runs as root: uid 0 still owns most
+/// host files, so it could read any root-only file the read-only root shows. The sandbox
+/// therefore runs as an unprivileged user (bwrap then builds its namespaces as that user),
+/// and the instance's data dir is handed to that user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SandboxUser {
+    /// `nobody:nogroup` on Debian.
+    pub const NOBODY: Self = Self {
+        uid: 65534,
+        gid: 65534,
+    };
+
+    /// `nobody` when the node runs as root; `None` (the node's own, already unprivileged,
+    /// user) otherwise.
+    pub fn for_this_node() -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self is owned by the process's effective uid.
+        match std::fs::metadata("/proc/self") {
+            Ok(meta) if meta.uid() != 0 => None,
+            _ => Some(Self::NOBODY),
+        }
+    }
+
+    /// Makes `path` itself (not its contents, never a symlink's target) belong to this user.
+    pub fn take_ownership(&self, path: &Path) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+    }
+}
+
+/// Creates an instance's data dir (and `apps/` in it) if missing and hands them to the
+/// sandbox user. Called before every sandbox use that may follow a wipe.
+pub async fn prepare_data_dir(data: &Path, user: Option<SandboxUser>) -> std::io::Result<()> {
+    let apps = data.join("apps");
+    tokio::fs::create_dir_all(&apps).await?;
+    if let Some(user) = user {
+        user.take_ownership(data)?;
+        user.take_ownership(&apps)?;
+    }
+    Ok(())
+}
+
 /// What differs between one sandbox and another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -138,6 +186,8 @@ pub struct SandboxSpec {
     pub ro_binds: Vec<(PathBuf, PathBuf)>,
     /// Extra environment variables, after `PATH`, `HOME` and `DISPLAY`.
     pub env: Vec<(String, String)>,
+    /// Host user to run as; `None` keeps the node's user.
+    pub user: Option<SandboxUser>,
 }
 
 impl SandboxSpec {
@@ -148,6 +198,7 @@ impl SandboxSpec {
             display: None,
             ro_binds: Vec::new(),
             env: Vec::new(),
+            user: SandboxUser::for_this_node(),
         }
     }
 }
@@ -248,6 +299,11 @@ pub fn command(
     cmd.args(bwrap_args(layout, spec, argv));
     cmd.stdin(Stdio::null());
     cmd.process_group(0);
+    if let Some(user) = spec.user {
+        // std also drops root's supplementary groups when switching from root.
+        cmd.uid(user.uid);
+        cmd.gid(user.gid);
+    }
     cmd
 }
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::sandbox::{self, HostLayout, SandboxSpec};
+use super::sandbox::{self, HostLayout, SandboxSpec, SandboxUser};
 use super::x11::{install_tar_package, state_dir_of, write_atomic};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
@@ -72,12 +72,16 @@ impl Runtime for SyntheticRuntime {
         _spec: &InstanceSpec,
         paths: &InstancePaths,
     ) -> Result<(), RuntimeError> {
-        tokio::fs::create_dir_all(paths.data.join("apps")).await?;
+        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_this_node()).await?;
         Ok(())
     }
 
     async fn start(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        // Normally there since provisioning; recreated (empty) if someone removed it.
         tokio::fs::create_dir_all(&paths.data).await?;
+        if let Some(user) = SandboxUser::for_this_node() {
+            user.take_ownership(&paths.data)?;
+        }
         self.set_running(paths, true).await
     }
 

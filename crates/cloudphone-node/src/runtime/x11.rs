@@ -51,7 +51,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
-use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec};
+use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec, SandboxUser};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
     Runtime, RuntimeError, TouchAction,
@@ -284,7 +284,7 @@ impl Runtime for X11Runtime {
     ) -> Result<(), RuntimeError> {
         // The data dir is fresh and empty here, so creating inside it cannot follow a
         // symlink planted by the instance.
-        tokio::fs::create_dir_all(paths.data.join("apps")).await?;
+        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_this_node()).await?;
         Ok(())
     }
 
@@ -293,7 +293,11 @@ impl Runtime for X11Runtime {
             return Ok(());
         }
         self.kill_all(spec, paths).await?;
+        // Normally there since provisioning; recreated (empty) if someone removed it.
         tokio::fs::create_dir_all(&paths.data).await?;
+        if let Some(user) = SandboxUser::for_this_node() {
+            user.take_ownership(&paths.data)?;
+        }
 
         let (display, mut xvfb, input) = self.start_xvfb(spec, paths).await?;
         let xvfb_record = xvfb.id().and_then(ProcessRecord::of);
