@@ -107,7 +107,10 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
 
     heading("start control and node");
-    let mut daemons = Daemons::default();
+    let mut daemons = Daemons {
+        running: Vec::new(),
+        interrupted: interrupted.clone(),
+    };
     daemons.spawn(
         "control",
         Command::new(&control_bin)
@@ -174,7 +177,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
         return daemons.shutdown();
     }
     println!("Press Ctrl-C to stop.");
-    let died = daemons.wait_until_interrupted_or_dead(&interrupted);
+    let died = daemons.wait_until_interrupted_or_dead();
     println!();
     daemons.shutdown()?;
     died
@@ -580,9 +583,10 @@ struct Daemon {
 }
 
 /// The demo's daemons; dropping them stops them (the last started first).
-#[derive(Default)]
 struct Daemons {
     running: Vec<Daemon>,
+    /// Set by Ctrl-C (or SIGTERM): waits give up, and the daemons are stopped.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Daemons {
@@ -624,6 +628,10 @@ impl Daemons {
         let start = Instant::now();
         let mut last_error = None;
         loop {
+            if self.interrupted.load(Ordering::SeqCst) {
+                println!("interrupted");
+                bail!("interrupted while waiting for {what}");
+            }
             self.check_alive()?;
             match ready() {
                 Ok(true) => {
@@ -674,8 +682,8 @@ impl Daemons {
     }
 
     /// Returns `Ok` on Ctrl-C (or SIGTERM), `Err` when a daemon dies first.
-    fn wait_until_interrupted_or_dead(&mut self, interrupted: &AtomicBool) -> Result<()> {
-        while !interrupted.load(Ordering::SeqCst) {
+    fn wait_until_interrupted_or_dead(&mut self) -> Result<()> {
+        while !self.interrupted.load(Ordering::SeqCst) {
             self.check_alive()?;
             std::thread::sleep(Duration::from_millis(200));
         }
