@@ -223,10 +223,20 @@ fn pick_runtime(dir: &Path) -> Runtime {
     }
 }
 
-/// Whether X display `n` looks taken (a lock file or a socket).
+/// Whether X display `n` is taken: its lock file names a live process. (Xvfb itself replaces a
+/// lock left by a dead server, and so does the node's x11 runtime.)
 fn display_taken(n: u32) -> bool {
-    Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        || Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+    let Ok(text) = std::fs::read_to_string(format!("/tmp/.X{n}-lock")) else {
+        return false;
+    };
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => !matches!(
+            kill(Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        ),
+        // An unreadable lock: leave the display alone.
+        _ => true,
+    }
 }
 
 /// The first display `>= from` such that it and the `count - 1` after it are all free.
@@ -251,7 +261,8 @@ fn probe_xvfb(log: &Path) -> Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let result = loop {
         if let Some(status) = child.try_wait()? {
-            break Err(anyhow!("Xvfb exited: {status}: {}", util::tail(log, 3)));
+            let said = util::tail(log, 3);
+            break Err(anyhow!("Xvfb exited: {status} {}", said.trim()));
         }
         if socket.exists() {
             break Ok(display);
@@ -261,8 +272,10 @@ fn probe_xvfb(log: &Path) -> Result<u32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM, so Xvfb removes its lock file and socket (SIGKILL would leave them behind).
+    if let Ok((_, false)) = stop_within(&mut child, Duration::from_secs(3)) {
+        eprintln!("warning: the probe Xvfb ignored SIGTERM; killed it");
+    }
     result
 }
 
@@ -403,18 +416,19 @@ fn iam_token(http: &Http, api: &str, password: &str) -> Result<String> {
 /// The first SKU control offers, or [`FALLBACK_SKU`]. Accepts the short `data.skus[].sku_id`
 /// form and the documented `data.skuSpecResponseList[].skuResponses[].cbcSkuId` one.
 fn first_sku(http: &Http, api: &str, token: &str) -> String {
+    let request_id = util::random_uuid();
     let found = http
         .get(
             &format!("{api}/v1/instances/sku?type=0"),
-            &[("X-Auth-Token", token)],
+            &[("X-Auth-Token", token), ("x-request-id", &request_id)],
         )
         .and_then(|resp| {
-            if resp.status != 200 {
-                bail!("status {}", resp.status);
+            let body = resp.json()?;
+            if resp.status != 200 || body["error_code"] != "0" {
+                bail!("answered {}: {}", resp.status, resp.body);
             }
-            resp.json()
-        })
-        .map(|v| sku_from(&v));
+            Ok(sku_from(&body))
+        });
     match found {
         Ok(Some(sku)) => sku,
         Ok(None) => {
@@ -727,12 +741,16 @@ impl Drop for Daemons {
 /// SIGTERM, wait up to [`STOP_TIMEOUT`], else SIGKILL. Returns the exit status and whether the
 /// child exited by itself.
 fn stop(child: &mut Child) -> Result<(ExitStatus, bool)> {
+    stop_within(child, STOP_TIMEOUT)
+}
+
+fn stop_within(child: &mut Child, timeout: Duration) -> Result<(ExitStatus, bool)> {
     if let Some(status) = child.try_wait()? {
         return Ok((status, true));
     }
     let pid = Pid::from_raw(i32::try_from(child.id())?);
     kill(pid, Signal::SIGTERM)?;
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
             return Ok((status, true));
