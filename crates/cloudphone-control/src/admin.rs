@@ -1,9 +1,10 @@
-//! The operator CLI: creating tenants (domain + first user + first project) straight in the store.
+//! The operator CLI: creating tenants (domain + first user + first project), and further users
+//! and projects of a tenant, straight in the store.
 
 use serde::Serialize;
 
 use crate::config::ControlConfig;
-use crate::store::{self, NewTenant, Store, StoreError};
+use crate::store::{self, NewTenant, NewUser, ProjectRecord, SqlStore, Store, StoreError};
 
 /// What `tenant create` prints, as one JSON line.
 #[derive(Debug, Serialize)]
@@ -82,5 +83,104 @@ pub async fn create_tenant(
         user_id: tenant.user_id,
         project_id: tenant.project_id,
         project: tenant.project_name,
+    })
+}
+
+fn compact() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn open_store(config: &ControlConfig) -> Result<SqlStore, AdminError> {
+    let store = store::open(&config.store.url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn hash_new_password(password: &str) -> Result<String, AdminError> {
+    if password.chars().count() < 8 {
+        return Err(AdminError::Invalid(
+            "password must have at least 8 characters".into(),
+        ));
+    }
+    let password = password.to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::iam::hash_password(&password))
+            .await
+            .map_err(crate::iam::IamServiceError::from)??,
+    )
+}
+
+async fn tenant_of(store: &SqlStore, domain: &str) -> Result<String, AdminError> {
+    store
+        .find_tenant(domain)
+        .await?
+        .ok_or_else(|| AdminError::Invalid(format!("no tenant with domain {domain}")))
+}
+
+/// What `user create` prints.
+#[derive(Debug, Serialize)]
+pub struct UserCreated {
+    pub tenant_id: String,
+    pub domain: String,
+    pub user: String,
+    pub user_id: String,
+}
+
+/// Adds a user to an existing tenant.
+pub async fn create_user(
+    config: &ControlConfig,
+    domain: &str,
+    user: &str,
+    password: &str,
+) -> Result<UserCreated, AdminError> {
+    check_name("user", user)?;
+    let hash = hash_new_password(password).await?;
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, domain).await?;
+    let record = NewUser {
+        user_id: compact(),
+        tenant_id: tenant_id.clone(),
+        name: user.into(),
+        password_hash: hash,
+        created_at_ms: crate::unix_ms(),
+    };
+    store.create_user(&record).await?;
+    Ok(UserCreated {
+        tenant_id,
+        domain: domain.into(),
+        user: record.name,
+        user_id: record.user_id,
+    })
+}
+
+/// What `project create` prints.
+#[derive(Debug, Serialize)]
+pub struct ProjectCreated {
+    pub tenant_id: String,
+    pub domain: String,
+    pub project: String,
+    pub project_id: String,
+}
+
+/// Adds a project to an existing tenant.
+pub async fn create_project(
+    config: &ControlConfig,
+    domain: &str,
+    project: &str,
+) -> Result<ProjectCreated, AdminError> {
+    check_name("project", project)?;
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, domain).await?;
+    let record = ProjectRecord {
+        project_id: compact(),
+        tenant_id: tenant_id.clone(),
+        name: project.into(),
+    };
+    store.create_project(&record, crate::unix_ms()).await?;
+    Ok(ProjectCreated {
+        tenant_id,
+        domain: domain.into(),
+        project: record.name,
+        project_id: record.project_id,
     })
 }

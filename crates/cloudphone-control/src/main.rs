@@ -32,6 +32,41 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Manage a tenant's IAM users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage a tenant's projects.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user to an existing tenant; prints JSON.
+    Create {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        user: String,
+        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
+        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Add a project to an existing tenant; prints JSON.
+    Create {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        project: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +108,30 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .context("creating tenant")?;
+            println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    domain,
+                    user,
+                    password,
+                },
+        } => {
+            let created =
+                cloudphone_control::admin::create_user(&config, &domain, &user, &password)
+                    .await
+                    .context("creating user")?;
+            println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }
+        Command::Project {
+            command: ProjectCommand::Create { domain, project },
+        } => {
+            let created = cloudphone_control::admin::create_project(&config, &domain, &project)
+                .await
+                .context("creating project")?;
             println!("{}", serde_json::to_string(&created)?);
             Ok(())
         }

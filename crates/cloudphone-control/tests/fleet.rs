@@ -119,6 +119,22 @@ impl Fleet {
         serde_json::from_slice(&out.stdout).expect("tenant create prints JSON")
     }
 
+    /// Runs an admin CLI command against the fleet's store; returns its JSON output.
+    fn admin(&self, args: &[&str]) -> Value {
+        let config = self.write_control_config();
+        let out = std::process::Command::new(binary("cloudphone-control"))
+            .args(args)
+            .args(["--config", path_str(&config)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("admin commands print JSON")
+    }
+
     async fn get_json(&self, url: &str) -> Option<Value> {
         self.http.get(url).send().await.ok()?.json().await.ok()
     }
@@ -255,6 +271,24 @@ async fn whole_flow(store_url: Option<String>) {
     let tenant = fleet.create_tenant("acme", "correct-horse-1");
     assert_eq!(tenant["domain"], "acme");
     fleet.create_tenant("other", "correct-horse-2");
+    fleet.admin(&[
+        "user",
+        "create",
+        "--domain",
+        "acme",
+        "--user",
+        "ops",
+        "--password",
+        "correct-horse-3",
+    ]);
+    fleet.admin(&[
+        "project",
+        "create",
+        "--domain",
+        "acme",
+        "--project",
+        "eu-west-0",
+    ]);
     fleet.start_control();
     fleet.wait_healthy(&fleet.api.clone()).await;
     fleet.start_node();
@@ -266,6 +300,20 @@ async fn whole_flow(store_url: Option<String>) {
     // IAM: wrong password is 401; the right one gives a token.
     assert_eq!(fleet.token("acme", "wrong-password").await.status(), 401);
     let token = fleet.login("acme", "correct-horse-1").await;
+    // The second user of the tenant, scoped to the second project, logs in too.
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "ops", "password": "correct-horse-3", "domain": {"name": "acme"}}}},
+        "scope": {"project": {"name": "eu-west-0"}}}});
+    let ops = fleet
+        .http
+        .post(format!("{}/v3/auth/tokens", fleet.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ops.status(), 201);
+    let ops_body: Value = ops.json().await.unwrap();
+    assert_eq!(ops_body["token"]["project"]["name"], "eu-west-0");
     let other = fleet.login("other", "correct-horse-2").await;
 
     // BatchShowSku offers what the node runs.

@@ -1,7 +1,8 @@
 //! The store's contract, checked identically against embedded SQLite and a real PostgreSQL.
 
 use cloudphone_control::store::{
-    self, InstanceQuery, InstanceRecord, NewTenant, NodeRecord, Store, StoreError, TokenRecord,
+    self, InstanceQuery, InstanceRecord, NewTenant, NewUser, NodeRecord, ProjectRecord, Store,
+    StoreError, TokenRecord,
 };
 
 fn tenant(n: u32) -> NewTenant {
@@ -74,6 +75,59 @@ async fn suite(store: impl Store) {
         "a failed create leaves nothing"
     );
 
+    // Further users and projects join an existing tenant; names are unique per tenant.
+    assert_eq!(
+        store.find_tenant("domain1").await.unwrap().as_deref(),
+        Some("t1")
+    );
+    assert_eq!(store.find_tenant("nope").await.unwrap(), None);
+    let bob = NewUser {
+        user_id: "u1b".into(),
+        tenant_id: "t1".into(),
+        name: "bob".into(),
+        password_hash: "$argon2id$fake".into(),
+        created_at_ms: 2,
+    };
+    assert!(store.find_user("domain1", "bob").await.unwrap().is_none());
+    store.create_user(&bob).await.unwrap();
+    let again = NewUser {
+        user_id: "u1c".into(),
+        ..bob.clone()
+    };
+    assert!(matches!(
+        store.create_user(&again).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store
+            .find_user("domain1", "bob")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        "u1b"
+    );
+    let eu = ProjectRecord {
+        project_id: "p1b".into(),
+        tenant_id: "t1".into(),
+        name: "eu-west-0".into(),
+    };
+    store.create_project(&eu, 3).await.unwrap();
+    let dup = ProjectRecord {
+        project_id: "p1c".into(),
+        ..eu.clone()
+    };
+    assert!(matches!(
+        store.create_project(&dup, 3).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let found = store
+        .find_project("t1", Some("eu-west-0"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.project_id, "p1b");
+
     let user = store
         .find_user("domain1", "alice")
         .await
@@ -83,7 +137,6 @@ async fn suite(store: impl Store) {
         (user.tenant_id.as_str(), user.user_id.as_str()),
         ("t1", "u1")
     );
-    assert!(store.find_user("domain1", "bob").await.unwrap().is_none());
     let project = store
         .find_project("t1", Some("cn-north-7"), None)
         .await

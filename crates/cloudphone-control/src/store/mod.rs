@@ -38,6 +38,17 @@ pub struct NewTenant {
     pub created_at_ms: i64,
 }
 
+/// A further user of an existing tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// PHC string from argon2.
+    pub password_hash: String,
+    pub created_at_ms: i64,
+}
+
 /// An IAM user as login needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -136,6 +147,16 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<(), StoreError>;
 
     async fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError>;
+    /// Tenant id of an IAM domain.
+    async fn find_tenant(&self, domain_name: &str) -> Result<Option<String>, StoreError>;
+    /// Adds a user to an existing tenant; the name is unique within the tenant.
+    async fn create_user(&self, user: &NewUser) -> Result<(), StoreError>;
+    /// Adds a project to an existing tenant; the name is unique within the tenant.
+    async fn create_project(
+        &self,
+        project: &ProjectRecord,
+        created_at_ms: i64,
+    ) -> Result<(), StoreError>;
     async fn find_user(
         &self,
         domain_name: &str,

@@ -5,8 +5,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    InstanceListing, InstanceQuery, InstanceRecord, NewTenant, NodeRecord, ProjectRecord, Store,
-    StoreError, TokenRecord, UserRecord,
+    InstanceListing, InstanceQuery, InstanceRecord, NewTenant, NewUser, NodeRecord, ProjectRecord,
+    Store, StoreError, TokenRecord, UserRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -50,6 +50,14 @@ impl SqlStore {
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn unique_as_exists(error: sqlx::Error, what: String) -> StoreError {
+    if is_unique_violation(&error) {
+        StoreError::AlreadyExists(what)
+    } else {
+        error.into()
+    }
 }
 
 fn split_list(text: &str) -> Vec<String> {
@@ -104,11 +112,7 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await;
         if let Err(error) = inserted {
-            return Err(if is_unique_violation(&error) {
-                StoreError::AlreadyExists(format!("domain {}", t.domain_name))
-            } else {
-                error.into()
-            });
+            return Err(unique_as_exists(error, format!("domain {}", t.domain_name)));
         }
         sqlx::query(
             "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
@@ -130,6 +134,47 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_tenant(&self, domain_name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT id FROM tenants WHERE domain_name = $1")
+            .bind(domain_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    async fn create_user(&self, user: &NewUser) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&user.user_id)
+        .bind(&user.tenant_id)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(user.created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_as_exists(e, format!("user {}", user.name)))?;
+        Ok(())
+    }
+
+    async fn create_project(
+        &self,
+        project: &ProjectRecord,
+        created_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&project.project_id)
+        .bind(&project.tenant_id)
+        .bind(&project.name)
+        .bind(created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_as_exists(e, format!("project {}", project.name)))?;
         Ok(())
     }
 
