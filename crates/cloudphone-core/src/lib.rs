@@ -6,8 +6,12 @@
 //! - [`lifecycle`]: an instance's states and which operations are allowed from each.
 //! - [`liveness`]: when a node that stopped beating counts as down.
 //! - [`scheduling`]: which node a new instance goes to.
+//! - [`video`]: the SetVideoConfig matrix, its rules and profile selection.
+//! - [`adaptation`]: the sender's bitrate controller under congestion.
 #![forbid(unsafe_code)]
 
 pub mod lifecycle;
 pub mod liveness;
 pub mod scheduling;
+pub mod video;
+pub mod adaptation;

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod instances;
 pub mod runtime;
+pub mod streaming;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,1 @@
+//! Bitrate adaptation (placeholder until the media work lands).

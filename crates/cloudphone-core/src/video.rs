@@ -1,0 +1,1 @@
+//! The SetVideoConfig matrix (placeholder until the media work lands).

@@ -1,0 +1,3 @@
+//! Streaming: capture → encode (GStreamer) → WebRTC to viewers, driven by SetVideoConfig.
+
+pub mod pipeline;

@@ -1,0 +1,1 @@
+//! GStreamer encode pipelines (placeholder until the media work lands).
