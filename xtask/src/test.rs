@@ -32,6 +32,7 @@ pub(crate) fn run() -> Result<()> {
     };
     let result = pipeline(&mut steps);
     steps.summary();
+    print_test_counts();
     result?;
     let failed: Vec<&str> = steps
         .done
@@ -96,6 +97,37 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
         units::verify(&root, &target_debug_dir()?)
     })?;
     Ok(())
+}
+
+/// Closes the run with one plain `tests: N passed, N failed` line, read from nextest's JUnit
+/// report, so that whoever reads the log's last line sees the suite's real count.
+fn print_test_counts() {
+    let Ok(dir) = target_debug_dir() else { return };
+    let Some(target) = dir.parent() else { return };
+    let report = target.join("nextest/default/junit.xml");
+    let Ok(xml) = std::fs::read_to_string(&report) else {
+        println!("tests: no JUnit report at {}", report.display());
+        return;
+    };
+    // The root <testsuites> element carries the totals.
+    let attr = |name: &str| -> u64 {
+        let Some(start) = xml.find("<testsuites") else {
+            return 0;
+        };
+        let tag = &xml[start..xml[start..].find('>').map_or(xml.len(), |e| start + e)];
+        tag.split(&format!(" {name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (total, failures, errors) = (attr("tests"), attr("failures"), attr("errors"));
+    let failed = failures + errors;
+    println!(
+        "tests: {} passed, {} failed",
+        total.saturating_sub(failed),
+        failed
+    );
 }
 
 fn has_nextest() -> bool {
