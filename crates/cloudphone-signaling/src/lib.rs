@@ -1,0 +1,391 @@
+//! Wire types of the viewer ↔ node signaling WebSocket (`/v1/signaling`) and of the `input`
+//! data channel. Pure serde: the node and any Rust client share these; the browser player
+//! speaks the same JSON (see `docs/signaling.md`).
+//!
+//! Every message is a JSON object with a `"type"` tag. Unknown fields are ignored so either
+//! side may add fields without breaking the other; unknown `type`s are an error.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// Longest text one `text` input message may carry, in characters.
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Longest DOM `KeyboardEvent.code` accepted.
+pub const MAX_KEY_CODE_CHARS: usize = 32;
+/// Highest pointer id accepted (multi-touch with up to this many + 1 fingers).
+pub const MAX_POINTER_ID: u32 = 9;
+
+/// The network the viewer says it is on; selects a row of the instance's video matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NetworkType {
+    #[serde(rename = "WIFI")]
+    Wifi,
+    #[serde(rename = "MOBILE_NETWORK")]
+    MobileNetwork,
+    #[serde(rename = "WIRED")]
+    Wired,
+}
+
+/// Video codec on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EncodingType {
+    #[serde(rename = "H264")]
+    H264,
+    #[serde(rename = "H265")]
+    H265,
+}
+
+/// Picture definition the viewer asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Definition {
+    #[serde(rename = "540P")]
+    P540,
+    #[serde(rename = "720P")]
+    P720,
+    #[serde(rename = "1080P")]
+    P1080,
+}
+
+/// First message from the viewer: who it is and what it wants to see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub device_id: String,
+    /// The device token GetDeviceToken returned; the node compares its SHA-256.
+    pub device_token: String,
+    pub network_type: NetworkType,
+    pub encoding_type: EncodingType,
+    pub definition: Definition,
+}
+
+/// One trickled ICE candidate, named like the browser's `RTCIceCandidateInit`. An empty
+/// `candidate` means end of candidates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// Messages the viewer sends on the signaling socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMessage {
+    Hello(Hello),
+    /// SDP offer: a recvonly video transceiver, optionally audio, and a data channel `input`.
+    Offer {
+        sdp: String,
+    },
+    Candidate(Candidate),
+}
+
+/// An ICE server in the shape of the browser's `RTCIceServer`, so a player can pass the list
+/// to `new RTCPeerConnection({iceServers})` unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What the node will send once the peer connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoInfo {
+    pub codec: EncodingType,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+}
+
+/// Why the node refused a hello. The socket closes after the `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed or unexpected message.
+    BadRequest,
+    /// No session is authorised for this device id.
+    UnknownDevice,
+    /// The token does not match the device's session.
+    BadToken,
+    /// The session's `expires_at` has passed.
+    Expired,
+    /// The instance is not running.
+    NotRunning,
+    /// Too many viewers on this instance, or the node is shutting down.
+    Busy,
+    /// The node failed to start the stream.
+    Internal,
+}
+
+/// Why the node ended a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByeReason {
+    /// StopStreaming: the session stays valid, the viewer may reconnect.
+    Stopped,
+    /// ReleaseSession: the token is revoked.
+    Released,
+    /// The session's `expires_at` passed.
+    Expired,
+    /// The instance stopped or was deleted.
+    InstanceGone,
+    /// The encoder failed.
+    MediaError,
+    /// The node is shutting down.
+    Shutdown,
+    /// The peer connection failed (ICE/DTLS).
+    PeerFailed,
+}
+
+/// Messages the node sends on the signaling socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NodeMessage {
+    Ready {
+        ice_servers: Vec<IceServer>,
+        video: VideoInfo,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate(Candidate),
+    Bye {
+        reason: ByeReason,
+    },
+}
+
+/// Touch phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TouchAction {
+    Down,
+    Move,
+    Up,
+}
+
+/// Keys every phone has outside the keyboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneKey {
+    Back,
+    Home,
+    Recents,
+}
+
+/// One message on the `input` data channel. Coordinates are normalised to the video frame:
+/// 0 is the left/top edge, 1 the right/bottom edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum InputMessage {
+    Touch {
+        action: TouchAction,
+        /// Finger number, 0..=[`MAX_POINTER_ID`].
+        #[serde(default)]
+        pointer_id: u32,
+        x: f64,
+        y: f64,
+    },
+    /// A DOM `KeyboardEvent.code` (e.g. `KeyA`, `Enter`), pressed or released.
+    Key {
+        code: String,
+        down: bool,
+    },
+    /// Text to type as is, at most [`MAX_TEXT_CHARS`] characters.
+    Text {
+        text: String,
+    },
+    Phone {
+        key: PhoneKey,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip<T>(value: &T, expected: serde_json::Value)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let encoded = serde_json::to_value(value).unwrap();
+        assert_eq!(encoded, expected);
+        let decoded: T = serde_json::from_value(encoded).unwrap();
+        assert_eq!(&decoded, value);
+    }
+
+    #[test]
+    fn hello_uses_the_contract_names() {
+        round_trip(
+            &ClientMessage::Hello(Hello {
+                device_id: "d1".into(),
+                device_token: "t".into(),
+                network_type: NetworkType::MobileNetwork,
+                encoding_type: EncodingType::H265,
+                definition: Definition::P1080,
+            }),
+            json!({"type":"hello","device_id":"d1","device_token":"t",
+                   "network_type":"MOBILE_NETWORK","encoding_type":"H265","definition":"1080P"}),
+        );
+        for (net, name) in [(NetworkType::Wifi, "WIFI"), (NetworkType::Wired, "WIRED")] {
+            assert_eq!(serde_json::to_value(net).unwrap(), json!(name));
+        }
+        for (def, name) in [(Definition::P540, "540P"), (Definition::P720, "720P")] {
+            assert_eq!(serde_json::to_value(def).unwrap(), json!(name));
+        }
+    }
+
+    #[test]
+    fn offer_answer_candidate_round_trip() {
+        round_trip(
+            &ClientMessage::Offer { sdp: "v=0".into() },
+            json!({"type":"offer","sdp":"v=0"}),
+        );
+        round_trip(
+            &NodeMessage::Answer { sdp: "v=0".into() },
+            json!({"type":"answer","sdp":"v=0"}),
+        );
+        let c = Candidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        round_trip(
+            &ClientMessage::Candidate(c.clone()),
+            json!({"type":"candidate","candidate":c.candidate,"sdpMid":"0","sdpMLineIndex":0}),
+        );
+        round_trip(
+            &NodeMessage::Candidate(c.clone()),
+            json!({"type":"candidate","candidate":c.candidate,"sdpMid":"0","sdpMLineIndex":0}),
+        );
+        // Browsers may send null for both.
+        let parsed: ClientMessage = serde_json::from_value(
+            json!({"type":"candidate","candidate":"","sdpMid":null,"sdpMLineIndex":null}),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            ClientMessage::Candidate(Candidate {
+                candidate: String::new(),
+                sdp_mid: None,
+                sdp_mline_index: None
+            })
+        );
+    }
+
+    #[test]
+    fn node_messages_round_trip() {
+        round_trip(
+            &NodeMessage::Ready {
+                ice_servers: vec![
+                    IceServer {
+                        urls: vec!["stun:127.0.0.1:3478".into()],
+                        username: None,
+                        credential: None,
+                    },
+                    IceServer {
+                        urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                        username: Some("1700000000:d1".into()),
+                        credential: Some("abc=".into()),
+                    },
+                ],
+                video: VideoInfo {
+                    codec: EncodingType::H264,
+                    width: 720,
+                    height: 1280,
+                    fps: 30,
+                    bitrate_kbps: 2000,
+                },
+            },
+            json!({"type":"ready","ice_servers":[
+                    {"urls":["stun:127.0.0.1:3478"]},
+                    {"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:d1","credential":"abc="}],
+                   "video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000}}),
+        );
+        round_trip(
+            &NodeMessage::Error {
+                code: ErrorCode::BadToken,
+                message: "no".into(),
+            },
+            json!({"type":"error","code":"bad_token","message":"no"}),
+        );
+        round_trip(
+            &NodeMessage::Bye {
+                reason: ByeReason::Expired,
+            },
+            json!({"type":"bye","reason":"expired"}),
+        );
+        round_trip(
+            &NodeMessage::Bye {
+                reason: ByeReason::InstanceGone,
+            },
+            json!({"type":"bye","reason":"instance_gone"}),
+        );
+    }
+
+    #[test]
+    fn input_messages_round_trip() {
+        round_trip(
+            &InputMessage::Touch {
+                action: TouchAction::Down,
+                pointer_id: 1,
+                x: 0.25,
+                y: 0.5,
+            },
+            json!({"type":"touch","action":"down","pointer_id":1,"x":0.25,"y":0.5}),
+        );
+        round_trip(
+            &InputMessage::Key {
+                code: "KeyA".into(),
+                down: true,
+            },
+            json!({"type":"key","code":"KeyA","down":true}),
+        );
+        round_trip(
+            &InputMessage::Text { text: "hi".into() },
+            json!({"type":"text","text":"hi"}),
+        );
+        round_trip(
+            &InputMessage::Phone {
+                key: PhoneKey::Recents,
+            },
+            json!({"type":"phone","key":"recents"}),
+        );
+        // pointer_id defaults to the first finger.
+        let parsed: InputMessage =
+            serde_json::from_value(json!({"type":"touch","action":"up","x":0,"y":1})).unwrap();
+        assert!(matches!(
+            parsed,
+            InputMessage::Touch {
+                pointer_id: 0,
+                action: TouchAction::Up,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_types_and_values_are_refused() {
+        assert!(serde_json::from_value::<ClientMessage>(json!({"type":"nope"})).is_err());
+        assert!(
+            serde_json::from_value::<ClientMessage>(json!({"type":"hello","device_id":"d",
+            "device_token":"t","network_type":"5G","encoding_type":"H264","definition":"720P"}))
+            .is_err()
+        );
+        assert!(
+            serde_json::from_value::<InputMessage>(json!({"type":"phone","key":"power"})).is_err()
+        );
+    }
+}
