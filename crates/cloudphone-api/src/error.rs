@@ -18,6 +18,24 @@ pub enum ApiError {
     /// `KOOPHONE.API.1001`: the instance does not exist or belongs to another tenant.
     #[error("no permission for instance {0}")]
     NoInstancePermission(String),
+    /// `KOOPHONE.API.1005`: SetVideoConfig lacks one of the six network × encoding combinations.
+    #[error("the request must contain all encoding and network combinations: {0}")]
+    MissingVideoCombination(String),
+    /// `KOOPHONE.API.1323`: no such task.
+    #[error("task {0} does not exist")]
+    TaskNotFound(String),
+    /// `KPAPI.2209`: the instance cannot be assigned (already bound to another user).
+    #[error("no assignable device: {0}")]
+    NoAssignableDevice(String),
+    /// `KOOPHONE.API.2210`: the user-instance binding to remove does not exist.
+    #[error("user and instance binding does not exist: {0}")]
+    BindingNotFound(String),
+    /// `KOOPHONE.API.5001`: on-demand instances cannot be deleted.
+    #[error("on-demand instances cannot be deleted: {0}")]
+    OnDemandNotDeletable(String),
+    /// `KOOPHONE.API.5005`: not every instance is running.
+    #[error("not all instances are running: {0}")]
+    NotAllRunning(String),
     /// `KOOPHONE.API.5002`: a time parameter is not `yyyy-MM-dd HH:mm:ss`.
     #[error("time format error: {0}")]
     TimeFormat(String),
@@ -58,6 +76,12 @@ impl ApiError {
             ApiError::InvalidRequestId => "KOOPHONE.API.0003",
             ApiError::InvalidParameter(_) => "KOOPHONE.API.1000",
             ApiError::NoInstancePermission(_) => "KOOPHONE.API.1001",
+            ApiError::MissingVideoCombination(_) => "KOOPHONE.API.1005",
+            ApiError::TaskNotFound(_) => "KOOPHONE.API.1323",
+            ApiError::NoAssignableDevice(_) => "KPAPI.2209",
+            ApiError::BindingNotFound(_) => "KOOPHONE.API.2210",
+            ApiError::OnDemandNotDeletable(_) => "KOOPHONE.API.5001",
+            ApiError::NotAllRunning(_) => "KOOPHONE.API.5005",
             ApiError::TimeFormat(_) => "KOOPHONE.API.5002",
             ApiError::EndBeforeStart => "KOOPHONE.API.5004",
             ApiError::SkuMismatch(_) => "KOOPHONE.API.3001",
@@ -79,6 +103,12 @@ impl ApiError {
             ApiError::InvalidRequestId
             | ApiError::InvalidParameter(_)
             | ApiError::TimeFormat(_)
+            | ApiError::MissingVideoCombination(_)
+            | ApiError::TaskNotFound(_)
+            | ApiError::NoAssignableDevice(_)
+            | ApiError::BindingNotFound(_)
+            | ApiError::OnDemandNotDeletable(_)
+            | ApiError::NotAllRunning(_)
             | ApiError::EndBeforeStart
             | ApiError::SkuMismatch(_)
             | ApiError::NoSuchSkuOrRegion(_)

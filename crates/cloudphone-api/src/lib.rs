@@ -8,10 +8,12 @@
 //! - [`error`]: every `KOOPHONE.API.*` code with its HTTP status, and the error body.
 //! - [`iam`]: `POST /v3/auth/tokens` request and response bodies.
 //! - [`instances`]: `/v1/instances/*` bodies and query parameters, with their validation.
+//! - [`management`]: commands, tasks, status, reset, reboot, assignment, deletion, device tokens.
 //! - [`timefmt`]: the seeds' `yyyy-MM-dd HH:mm:ss` UTC time format.
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod iam;
 pub mod instances;
+pub mod management;
 pub mod timefmt;

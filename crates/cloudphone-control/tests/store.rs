@@ -1,8 +1,8 @@
 //! The store's contract, checked identically against embedded SQLite and a real PostgreSQL.
 
 use cloudphone_control::store::{
-    self, InstanceQuery, InstanceRecord, NewTenant, NewUser, NodeRecord, ProjectRecord, Store,
-    StoreError, TokenRecord,
+    self, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord, ProjectRecord,
+    Store, StoreError, TaskRecord, TokenRecord,
 };
 
 fn tenant(n: u32) -> NewTenant {
@@ -274,6 +274,70 @@ async fn suite(store: impl Store) {
         ..Default::default()
     };
     assert_eq!(store.list_instances("t1", &by_name).await.unwrap().1, 1);
+
+    // Assignment, video settings and deletion.
+    store
+        .set_assign_user("a", Some("user-7"), 160)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_instance("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .assign_user
+            .as_deref(),
+        Some("user-7")
+    );
+    store.set_assign_user("a", None, 161).await.unwrap();
+    assert_eq!(
+        store.get_instance("a").await.unwrap().unwrap().assign_user,
+        None
+    );
+    assert_eq!(store.video_config("a").await.unwrap(), "");
+    store
+        .set_video_config(&["a".into(), "b".into()], "{\"x\":1}", 170)
+        .await
+        .unwrap();
+    assert_eq!(store.video_config("b").await.unwrap(), "{\"x\":1}");
+    assert!(store.delete_instance("c").await.unwrap());
+    assert!(!store.delete_instance("c").await.unwrap());
+    assert!(store.get_instance("c").await.unwrap().is_none());
+
+    // Tasks keep their jobs and results.
+    let job = |id: &str, instance: &str| JobRecord {
+        job_id: id.into(),
+        task_id: "task1".into(),
+        instance_id: instance.into(),
+        node_id: "n1".into(),
+        node_job_id: String::new(),
+        status: 1,
+        error_code: String::new(),
+        error_msg: String::new(),
+        execute_msg: None,
+        updated_at_ms: 1,
+    };
+    let task = TaskRecord {
+        task_id: "task1".into(),
+        tenant_id: "t1".into(),
+        kind: "command".into(),
+        created_at_ms: 1,
+        jobs: vec![job("j1", "a"), job("j2", "b")],
+    };
+    store.insert_task(&task).await.unwrap();
+    assert_eq!(store.get_task("task1").await.unwrap(), Some(task.clone()));
+    assert_eq!(store.get_task("nope").await.unwrap(), None);
+    let done = JobRecord {
+        status: 2,
+        execute_msg: Some("out".into()),
+        node_job_id: "nj".into(),
+        ..job("j2", "b")
+    };
+    store.update_job(&done).await.unwrap();
+    let stored = store.get_task("task1").await.unwrap().unwrap();
+    assert_eq!(stored.jobs[1], done);
+    assert_eq!(stored.jobs[0].status, 1);
 }
 
 #[tokio::test]

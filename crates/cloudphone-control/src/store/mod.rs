@@ -118,6 +118,34 @@ pub struct InstanceRecord {
     pub updated_at_ms: i64,
 }
 
+/// One per-instance job of an asynchronous task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub task_id: String,
+    pub instance_id: String,
+    pub node_id: String,
+    /// The node's id for the job; empty when it never reached the node.
+    pub node_job_id: String,
+    /// 1 running, 2 succeeded, -1 failed.
+    pub status: i64,
+    pub error_code: String,
+    pub error_msg: String,
+    pub execute_msg: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// An asynchronous task with its jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub tenant_id: String,
+    /// "command" or "install".
+    pub kind: String,
+    pub created_at_ms: i64,
+    pub jobs: Vec<JobRecord>,
+}
+
 /// An instance with what ListInstances shows next to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceListing {
@@ -195,6 +223,29 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Binds an instance to a tenant's end user, or unbinds it (`None`).
+    async fn set_assign_user(
+        &self,
+        instance_id: &str,
+        user: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes an instance's row; returns whether it existed.
+    async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError>;
+    /// The instance's SetVideoConfig matrix as stored JSON; empty when never set.
+    async fn video_config(&self, instance_id: &str) -> Result<String, StoreError>;
+    /// Stores one SetVideoConfig matrix for several instances, all or none.
+    async fn set_video_config(
+        &self,
+        instance_ids: &[String],
+        config_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a task and its jobs in one transaction.
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+    async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError>;
     /// One page of a tenant's instances, newest first, and the total matching the filters.
     async fn list_instances(
         &self,

@@ -5,8 +5,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    InstanceListing, InstanceQuery, InstanceRecord, NewTenant, NewUser, NodeRecord, ProjectRecord,
-    Store, StoreError, TokenRecord, UserRecord,
+    InstanceListing, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord,
+    ProjectRecord, Store, StoreError, TaskRecord, TokenRecord, UserRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -414,6 +414,149 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(instance_from_row).transpose()?)
+    }
+
+    async fn set_assign_user(
+        &self,
+        instance_id: &str,
+        user: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET assign_user = $1, updated_at_ms = $2 WHERE id = $3")
+            .bind(user.map(str::to_string))
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn video_config(&self, instance_id: &str) -> Result<String, StoreError> {
+        let row = sqlx::query("SELECT video_config FROM instances WHERE id = $1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get("video_config"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    async fn set_video_config(
+        &self,
+        instance_ids: &[String],
+        config_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for id in instance_ids {
+            sqlx::query("UPDATE instances SET video_config = $1, updated_at_ms = $2 WHERE id = $3")
+                .bind(config_json)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant_id, kind, created_at_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&task.task_id)
+        .bind(&task.tenant_id)
+        .bind(&task.kind)
+        .bind(task.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        for job in &task.jobs {
+            sqlx::query(
+                "INSERT INTO jobs (id, task_id, instance_id, node_id, node_job_id, status, error_code, \
+                    error_msg, execute_msg, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&job.job_id)
+            .bind(&task.task_id)
+            .bind(&job.instance_id)
+            .bind(&job.node_id)
+            .bind(&job.node_job_id)
+            .bind(job.status)
+            .bind(&job.error_code)
+            .bind(&job.error_msg)
+            .bind(job.execute_msg.clone())
+            .bind(job.updated_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let Some(task) =
+            sqlx::query("SELECT id, tenant_id, kind, created_at_ms FROM tasks WHERE id = $1")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT id, task_id, instance_id, node_id, node_job_id, status, error_code, error_msg, \
+                execute_msg, updated_at_ms FROM jobs WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            jobs.push(JobRecord {
+                job_id: row.try_get("id")?,
+                task_id: row.try_get("task_id")?,
+                instance_id: row.try_get("instance_id")?,
+                node_id: row.try_get("node_id")?,
+                node_job_id: row.try_get("node_job_id")?,
+                status: row.try_get("status")?,
+                error_code: row.try_get("error_code")?,
+                error_msg: row.try_get("error_msg")?,
+                execute_msg: row.try_get("execute_msg")?,
+                updated_at_ms: row.try_get("updated_at_ms")?,
+            });
+        }
+        Ok(Some(TaskRecord {
+            task_id: task.try_get("id")?,
+            tenant_id: task.try_get("tenant_id")?,
+            kind: task.try_get("kind")?,
+            created_at_ms: task.try_get("created_at_ms")?,
+            jobs,
+        }))
+    }
+
+    async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET node_job_id = $1, status = $2, error_code = $3, error_msg = $4, \
+                execute_msg = $5, updated_at_ms = $6 WHERE id = $7",
+        )
+        .bind(&job.node_job_id)
+        .bind(job.status)
+        .bind(&job.error_code)
+        .bind(&job.error_msg)
+        .bind(job.execute_msg.clone())
+        .bind(job.updated_at_ms)
+        .bind(&job.job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn list_instances(

@@ -1,0 +1,376 @@
+//! Instance management bodies (seed 001 §4.1, §4.2.3, §4.3.4–5): commands, tasks, status, reset,
+//! reboot, assignment, deletion, device tokens, streaming stop and session release.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorBody};
+
+/// Most instances one request may name.
+pub const MAX_INSTANCES_PER_REQUEST: usize = 100;
+/// Longest instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 32;
+/// Longest command, in bytes.
+pub const MAX_COMMAND_BYTES: usize = 1024;
+/// Longest `execute_msg`, in bytes.
+pub const MAX_EXECUTE_MSG_BYTES: usize = 1024;
+
+/// Checks a list of instance ids: 1..=100 ids of 1..=32 characters, no duplicates.
+pub fn validate_instance_ids(field: &str, ids: &[String]) -> Result<(), ApiError> {
+    if ids.is_empty() || ids.len() > MAX_INSTANCES_PER_REQUEST {
+        return Err(ApiError::InvalidParameter(format!(
+            "{field} must hold 1..={MAX_INSTANCES_PER_REQUEST} instance ids"
+        )));
+    }
+    for id in ids {
+        validate_instance_id(field, id)?;
+    }
+    let mut sorted: Vec<&String> = ids.iter().collect();
+    sorted.sort();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ApiError::InvalidParameter(format!("{field} repeats an instance id")));
+    }
+    Ok(())
+}
+
+/// Checks one instance id: 1..=32 characters.
+pub fn validate_instance_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.chars().count() > MAX_INSTANCE_ID_LEN {
+        return Err(ApiError::InvalidParameter(format!(
+            "{field}: an instance id has 1..={MAX_INSTANCE_ID_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a SyncCommand/AsyncCommand command: at most 1024 bytes of letters, digits, `_ . / : -`
+/// and spaces (the seeds' charset, plus the spaces their own example uses).
+pub fn validate_command(command: &str) -> Result<(), ApiError> {
+    if command.trim().is_empty() || command.len() > MAX_COMMAND_BYTES {
+        return Err(ApiError::InvalidParameter(format!(
+            "command must be 1..={MAX_COMMAND_BYTES} bytes"
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_./:- ".contains(c);
+    if let Some(bad) = command.chars().find(|c| !allowed(*c)) {
+        return Err(ApiError::InvalidParameter(format!(
+            "command may hold letters, digits, '_', '.', '/', ':', '-' and spaces, not {bad:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Cuts text to at most `max` bytes on a character boundary.
+pub fn truncate_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// `{"instance_ids": [...]}` (BatchQueryStatus, BatchReset, BatchRebootInstance, …).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InstanceIdsRequest {
+    pub instance_ids: Vec<String>,
+}
+
+impl InstanceIdsRequest {
+    pub fn validate(self) -> Result<Vec<String>, ApiError> {
+        validate_instance_ids("instance_ids", &self.instance_ids)?;
+        Ok(self.instance_ids)
+    }
+}
+
+/// `{"command": "...", "instance_ids": [...]}` (SyncCommand, AsyncCommand).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CommandRequest {
+    pub command: String,
+    pub instance_ids: Vec<String>,
+}
+
+impl CommandRequest {
+    pub fn validate(self) -> Result<Self, ApiError> {
+        validate_command(&self.command)?;
+        validate_instance_ids("instance_ids", &self.instance_ids)?;
+        Ok(self)
+    }
+}
+
+/// Task / command status: 1 running, 2 succeeded, -1 failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Running = 1,
+    Succeeded = 2,
+    Failed = -1,
+}
+
+/// One instance's SyncCommand result (table 4-5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmdResult {
+    pub instance_id: String,
+    pub status: i32,
+    pub error_code: String,
+    pub error_msg: String,
+    pub execute_msg: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmdResultWrapper {
+    pub cmd_results: Vec<CmdResult>,
+}
+
+/// Any `{"data": ..., "error_code": "0", "error_msg": "ok"}` success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataResponse<T> {
+    pub data: T,
+    pub error_code: String,
+    pub error_msg: String,
+}
+
+impl<T> DataResponse<T> {
+    pub fn ok(data: T) -> Self {
+        let ok = ErrorBody::ok();
+        Self { data, error_code: ok.error_code, error_msg: ok.error_msg }
+    }
+}
+
+/// AsyncCommand answer (tables 4-11, 4-12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncCommandInfo {
+    pub task_id: String,
+    pub cmd_jobs: Vec<CmdJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CmdJob {
+    pub instance_id: String,
+    pub job_id: String,
+}
+
+/// GetTask answer (tables 4-18, 4-19).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDetailWrapper {
+    pub jobs: Vec<JobDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job_id: String,
+    pub status: i32,
+    pub error_code: String,
+    pub error_msg: String,
+    /// `null` while the job has not produced output.
+    pub execute_msg: Option<String>,
+}
+
+/// BatchQueryStatus `status` (table 4-34).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhoneStatus {
+    Idle = 0,
+    Restoring = 1,
+    DataLoaded = 2,
+    Streaming = 3,
+    BackingUp = 4,
+    BackupFailed = 5,
+    RestoreFailed = 6,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResultWrapper {
+    pub status_results: Vec<StatusResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    pub instance_id: String,
+    pub status: i32,
+}
+
+/// A user id as clients send it: the tables say String, the Unassign example sends a number.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum UserId {
+    Text(String),
+    Number(u64),
+}
+
+impl UserId {
+    pub fn into_string(self) -> String {
+        match self {
+            UserId::Text(text) => text,
+            UserId::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// One `user_instances` entry (tables 4-54, 4-60).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UserInstance {
+    pub user_id: UserId,
+    pub instance_id: String,
+}
+
+/// AssignInstance / UnassignInstance body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UserInstancesRequest {
+    pub user_instances: Vec<UserInstance>,
+}
+
+/// A validated (user, instance) binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub user_id: String,
+    pub instance_id: String,
+}
+
+impl UserInstancesRequest {
+    pub fn validate(self) -> Result<Vec<Binding>, ApiError> {
+        if self.user_instances.is_empty() || self.user_instances.len() > MAX_INSTANCES_PER_REQUEST {
+            return Err(ApiError::InvalidParameter(format!(
+                "user_instances must hold 1..={MAX_INSTANCES_PER_REQUEST} entries"
+            )));
+        }
+        let bindings: Vec<Binding> = self
+            .user_instances
+            .into_iter()
+            .map(|ui| Binding { user_id: ui.user_id.into_string(), instance_id: ui.instance_id })
+            .collect();
+        for binding in &bindings {
+            validate_instance_id("user_instances.instance_id", &binding.instance_id)?;
+            if binding.user_id.is_empty() || binding.user_id.chars().count() > 32 {
+                return Err(ApiError::InvalidParameter(
+                    "user_instances.user_id has 1..=32 characters".into(),
+                ));
+            }
+        }
+        let ids: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
+        validate_instance_ids("user_instances.instance_id", &ids)?;
+        Ok(bindings)
+    }
+}
+
+/// DeleteInstance body (table 4-94).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteRequest {
+    pub instance_id_list: Vec<String>,
+}
+
+impl DeleteRequest {
+    pub fn validate(self) -> Result<Vec<String>, ApiError> {
+        validate_instance_ids("instanceIdList", &self.instance_id_list)?;
+        Ok(self.instance_id_list)
+    }
+}
+
+/// `{"data": null, "error_code": "0", "error_msg": "OK"}` (DeleteInstance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NullDataResponse {
+    pub data: Option<String>,
+    pub error_code: String,
+    pub error_msg: String,
+}
+
+/// `{"instance_id": "..."}` (StopInstancesStreaming, ReleaseInstancesSession).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InstanceIdRequest {
+    pub instance_id: String,
+}
+
+impl InstanceIdRequest {
+    pub fn validate(self) -> Result<String, ApiError> {
+        validate_instance_id("instance_id", &self.instance_id)?;
+        Ok(self.instance_id)
+    }
+}
+
+/// GetDeviceToken `data` (tables 4-44..4-50).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceTokenData {
+    pub resource: DeviceResource,
+    pub device_token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceResource {
+    pub sdk: Sdk,
+    pub rtc: Rtc,
+    pub device_id: String,
+    pub kp_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sdk {
+    pub internal: SdkAddress,
+    pub external: SdkAddress,
+}
+
+/// Address of the (vendor) SDK endpoint; cloudphone streams over WebRTC, so the fields are the
+/// signaling host and nulls where the vendor's audio-port scheme has no counterpart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SdkAddress {
+    pub address: Option<String>,
+    pub aport: Option<u32>,
+    pub atype: Option<u32>,
+    pub address_ipv6: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rtc {
+    pub ice_signaling: IceSignaling,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceSignaling {
+    pub signaling_url: String,
+    /// Seconds the token allows streaming for, as a string (table 4-50).
+    pub expired_time: Option<String>,
+    pub ice_servers: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn commands_follow_the_charset_and_size() {
+        assert!(validate_command("ls -l /system").is_ok());
+        assert!(validate_command("getprop ro.build.version:x_y").is_ok());
+        for bad in ["", "   ", "ls; rm -rf /", "echo $HOME", "a|b", "cat `x`", "x&y", "a\nb", "ü"] {
+            assert_eq!(validate_command(bad).unwrap_err().code(), "KOOPHONE.API.1000", "{bad:?}");
+        }
+        assert!(validate_command(&"a".repeat(1024)).is_ok());
+        assert!(validate_command(&"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn instance_id_lists() {
+        let ids = |n: usize| (0..n).map(|i| format!("i{i}")).collect::<Vec<_>>();
+        assert!(validate_instance_ids("x", &ids(100)).is_ok());
+        assert!(validate_instance_ids("x", &ids(101)).is_err());
+        assert!(validate_instance_ids("x", &[]).is_err());
+        assert!(validate_instance_ids("x", &["a".repeat(33)]).is_err());
+        assert!(validate_instance_ids("x", &["a".into(), "a".into()]).is_err());
+    }
+
+    #[test]
+    fn user_ids_may_be_numbers() {
+        let body: UserInstancesRequest = serde_json::from_value(
+            json!({"user_instances": [{"instance_id": "a44uhlf7", "user_id": 1123422}]}),
+        )
+        .unwrap();
+        let bindings = body.validate().unwrap();
+        assert_eq!(bindings[0].user_id, "1123422");
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate_bytes("héllo", 2), "h");
+        assert_eq!(truncate_bytes("héllo", 3), "hé");
+        assert_eq!(truncate_bytes("abc", 10), "abc");
+    }
+}
