@@ -255,7 +255,7 @@ impl Registry {
                     warn!(%error, "could not store node announcement");
                 }
                 for instance in a.instances {
-                    self.record_instance(&instance).await;
+                    self.reconcile_instance(node_id, &instance).await;
                 }
                 return;
             }
@@ -265,6 +265,29 @@ impl Registry {
         if became_up {
             info!(node_id, "node up");
             self.record_health(node_id, NodeHealth::Up).await;
+        }
+    }
+
+    /// An announced instance control does not know was deleted while its node was away: the
+    /// node is told to delete it too. Known ones just get their state recorded.
+    async fn reconcile_instance(&self, node_id: &str, instance: &pb::InstanceStatus) {
+        match self.store.get_instance(&instance.instance_id).await {
+            Ok(Some(_)) => self.record_instance(instance).await,
+            Ok(None) => {
+                let Some(mut client) = self.client(node_id) else {
+                    return;
+                };
+                let target = pb::InstanceRef {
+                    instance_id: instance.instance_id.clone(),
+                };
+                info!(instance_id = %instance.instance_id, "deleting an instance control no longer has");
+                tokio::spawn(async move {
+                    if let Err(status) = client.delete_instance(target).await {
+                        warn!(%status, "could not delete an orphaned instance");
+                    }
+                });
+            }
+            Err(error) => warn!(%error, "could not look up an announced instance"),
         }
     }
 

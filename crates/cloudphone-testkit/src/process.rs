@@ -13,10 +13,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Path of a freshly built workspace binary. Builds the daemons once per test process, so a
-/// test of one crate always runs against the current code of the other.
+/// test of one crate always runs against the current code of the other — unless
+/// `CLOUDPHONE_TEST_PREBUILT` is set by a runner (`cargo xtask test`) that built them already.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var_os("CLOUDPHONE_TEST_PREBUILT").is_some() {
+            return;
+        }
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace_root())
             .args([

@@ -20,7 +20,7 @@ use cloudphone_core::scheduling::{self, NodeSlots};
 use cloudphone_proto::node_v1 as pb;
 use rand::Rng;
 
-use super::{ApiFailure, AppStateRef, Caller, parse_json};
+use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::AppState;
 use crate::store::{InstanceListing, InstanceQuery, InstanceRecord};
 
@@ -159,7 +159,7 @@ fn sku_entry(runtime: &str, definition: &str) -> Sku {
 /// BatchShowSku: what the registered, healthy hosts can run, per region.
 pub async fn skus(
     state: AppStateRef,
-    _caller: Caller,
+    _caller: TokenCaller,
     query: Result<Query<SkuQuery>, QueryRejection>,
 ) -> Result<Response, ApiFailure> {
     let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;

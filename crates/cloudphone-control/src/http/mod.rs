@@ -5,6 +5,7 @@ mod console;
 mod iam;
 mod instances;
 mod internal;
+mod management;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -50,6 +51,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/instances/batch-query", get(instances::list))
         .route("/v1/instances/sku", get(instances::skus))
         .route("/v1/instances/create", post(instances::create))
+        .route("/v1/instances/delete", post(management::delete))
+        .route("/v1/instances/sync-command", post(management::sync_command))
+        .route(
+            "/v1/instances/async-command",
+            post(management::async_command),
+        )
+        .route("/v1/instances/tasks/{task_id}", get(management::get_task))
+        .route(
+            "/v1/instances/batch-query-status",
+            post(management::batch_query_status),
+        )
+        .route("/v1/instances/batch-reset", post(management::batch_reset))
+        .route("/v1/instances/reboot", post(management::batch_reboot))
+        .route("/v1/instances/assign", post(management::assign))
+        .route("/v1/instances/unassign", post(management::unassign))
+        .route(
+            "/v1/instances/{instance_id}/auth",
+            post(management::device_token),
+        )
+        .route(
+            "/v1/instances/streaming/stop",
+            post(management::stop_streaming),
+        )
+        .route(
+            "/v1/instances/session/release",
+            post(management::release_session),
+        )
         .route("/internal/v1/nodes/announce", post(internal::announce))
         .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))
@@ -141,11 +169,40 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-/// The authenticated tenant behind a `/v1/*` call: `x-request-id` present and well formed,
-/// then a valid, unexpired `X-Auth-Token`.
+/// The authenticated tenant behind a `/v1/*` call whose seed page lists `x-request-id`: the
+/// header present and well formed (0002/0003), then a valid, unexpired `X-Auth-Token` (6001).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
+}
+
+/// The authenticated tenant behind a call whose seed page lists only the token (GetDeviceToken,
+/// BatchShowSku, CreateInstance, DeleteInstance, streaming stop, session release): a client that
+/// follows the documentation sends no `x-request-id` there, so none is required.
+#[derive(Debug, Clone)]
+pub struct TokenCaller {
+    pub principal: Principal,
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiFailure> {
+    let token = parts
+        .headers
+        .get(&AUTH_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::AuthenticationFailed)?;
+    match crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms()).await {
+        Ok(principal) => {
+            tracing::Span::current().record("tenant_id", principal.tenant_id.as_str());
+            Ok(principal)
+        }
+        Err(IamServiceError::InvalidToken | IamServiceError::WrongCredentials) => {
+            Err(ApiError::AuthenticationFailed.into())
+        }
+        Err(error) => {
+            tracing::error!(%error, "token check failed");
+            Err(ApiError::Internal.into())
+        }
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -155,27 +212,29 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let header = |name: &HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let header = parts.headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok());
         // ListInstances lists x-request-id among its query parameters; accept it there too.
         let query_id = parts.uri.query().and_then(|q| {
             q.split('&')
                 .find_map(|pair| pair.strip_prefix("x-request-id=").map(str::to_string))
         });
-        validate_request_id(header(&REQUEST_ID).or(query_id.as_deref()))?;
-        let token = header(&AUTH_TOKEN).ok_or(ApiError::AuthenticationFailed)?;
-        match crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms()).await {
-            Ok(principal) => {
-                tracing::Span::current().record("tenant_id", principal.tenant_id.as_str());
-                Ok(Caller { principal })
-            }
-            Err(IamServiceError::InvalidToken | IamServiceError::WrongCredentials) => {
-                Err(ApiError::AuthenticationFailed.into())
-            }
-            Err(error) => {
-                tracing::error!(%error, "token check failed");
-                Err(ApiError::Internal.into())
-            }
-        }
+        validate_request_id(header.or(query_id.as_deref()))?;
+        Ok(Caller {
+            principal: authenticate(parts, state).await?,
+        })
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for TokenCaller {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(TokenCaller {
+            principal: authenticate(parts, state).await?,
+        })
     }
 }
 

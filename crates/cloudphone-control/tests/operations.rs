@@ -1,0 +1,423 @@
+//! One test per tenant API operation, each against a real control + node deployment: the seeds'
+//! request shape, the documented response shape, the effect on the node, and the operation's
+//! error codes with their HTTP statuses.
+
+use std::time::Duration;
+
+use cloudphone_testkit::fleet::Fleet;
+use cloudphone_testkit::wait_for;
+use serde_json::{Value, json};
+
+/// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
+async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
+    let fleet = Fleet::up("synthetic").await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let other = fleet.login("other", "correct-horse-2").await;
+    let ids = fleet.running_instances(&acme, count).await;
+    (fleet, acme, other, ids)
+}
+
+fn code(body: &Value) -> &str {
+    body["error_code"].as_str().unwrap_or("<none>")
+}
+
+/// Sends a request without `x-request-id`; returns status and body.
+async fn without_request_id(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = fleet
+        .http
+        .post(format!("{}{path}", fleet.api))
+        .header("x-auth-token", token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn sync(fleet: &Fleet, token: &str, command: &str, ids: &[String]) -> (u16, Value) {
+    fleet
+        .post(
+            "/v1/instances/sync-command",
+            token,
+            &json!({"command": command, "instance_ids": ids}),
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_command() {
+    let (fleet, acme, other, ids) = setup(1).await;
+    // Runs in the instance's sandbox: /data is the instance's own data dir.
+    let (status, body) = sync(&fleet, &acme, "touch /data/hello", &ids).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    assert_eq!(body["data"]["cmd_results"][0]["status"], 2, "{body}");
+    assert!(
+        fleet.instance_data_dir(&ids[0]).join("hello").exists(),
+        "the file is in the instance's data dir"
+    );
+    let (_, body) = sync(&fleet, &acme, "ls /data", &ids).await;
+    assert!(
+        body["data"]["cmd_results"][0]["execute_msg"]
+            .as_str()
+            .unwrap()
+            .contains("hello")
+    );
+
+    // A failing command: status -1, its output kept.
+    let (status, body) = sync(&fleet, &acme, "ls /system", &ids).await;
+    assert_eq!(status, 200);
+    let result = &body["data"]["cmd_results"][0];
+    assert_eq!(
+        (result["status"].as_i64(), result["error_code"].as_str()),
+        (Some(-1), Some("CPS.0191"))
+    );
+    assert!(
+        result["execute_msg"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{result}"
+    );
+    // Output is capped at 1024 bytes.
+    let (_, body) = sync(&fleet, &acme, "seq 1 100000", &ids).await;
+    assert_eq!(
+        body["data"]["cmd_results"][0]["execute_msg"]
+            .as_str()
+            .unwrap()
+            .len(),
+        1024
+    );
+
+    // The charset and size limits, another tenant, a missing request id.
+    for bad in [
+        "ls; rm -rf /data",
+        "echo $HOME",
+        "cat /data/hello > /data/x",
+    ] {
+        let (status, body) = sync(&fleet, &acme, bad, &ids).await;
+        assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"), "{bad}");
+    }
+    let (status, body) = sync(&fleet, &acme, &"a".repeat(1025), &ids).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+    let (status, body) = sync(&fleet, &other, "touch /data/intruder", &ids).await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    assert!(
+        !fleet.instance_data_dir(&ids[0]).join("intruder").exists(),
+        "another tenant changed nothing"
+    );
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/sync-command",
+        &acme,
+        &json!({"command": "ls", "instance_ids": ids}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
+    let (status, body) = fleet
+        .post("/v1/instances/sync-command", &acme, &json!({"command": 5}))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, "KOOPHONE.API.1000"),
+        "wrong type"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_command_and_get_task() {
+    let (fleet, acme, other, ids) = setup(2).await;
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/async-command",
+            &acme,
+            &json!({"command": "sleep 1", "instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let task_id = body["data"]["task_id"].as_str().unwrap().to_string();
+    assert_eq!(body["data"]["cmd_jobs"].as_array().unwrap().len(), 2);
+
+    let path = format!("/v1/instances/tasks/{task_id}");
+    let (_, first) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    assert_eq!(
+        first["data"]["jobs"][0]["status"], 1,
+        "queued or running at first: {first}"
+    );
+    let done = wait_for("jobs to finish", Duration::from_secs(20), || async {
+        let (_, body) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+        let jobs = body["data"]["jobs"].as_array()?.clone();
+        jobs.iter().all(|j| j["status"] == 2).then_some(body)
+    })
+    .await;
+    assert_eq!(code(&done), "0");
+    // The result is kept.
+    let (_, again) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    assert_eq!(again["data"]["jobs"], done["data"]["jobs"]);
+
+    // A failing job, an unknown task, another tenant's task.
+    let (_, body) = fleet
+        .post(
+            "/v1/instances/async-command",
+            &acme,
+            &json!({"command": "ls /nope", "instance_ids": [ids[0]]}),
+        )
+        .await;
+    let failing = format!(
+        "/v1/instances/tasks/{}",
+        body["data"]["task_id"].as_str().unwrap()
+    );
+    wait_for("the job to fail", Duration::from_secs(20), || async {
+        let (_, body) = fleet
+            .call(reqwest::Method::GET, &failing, &acme, None)
+            .await;
+        (body["data"]["jobs"][0]["status"] == -1).then_some(())
+    })
+    .await;
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/tasks/no-such-task",
+            &acme,
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
+    let (status, body) = fleet.call(reqwest::Method::GET, &path, &other, None).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/async-command",
+            &other,
+            &json!({"command": "ls", "instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_query_status() {
+    let (fleet, acme, other, ids) = setup(2).await;
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/batch-query-status",
+            &acme,
+            &json!({"instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    let results = body["data"]["status_results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results.iter().all(|r| r["status"] == 2),
+        "running instances have their data loaded: {body}"
+    );
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/batch-query-status",
+            &other,
+            &json!({"instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let too_many: Vec<String> = (0..101).map(|i| format!("i{i}")).collect();
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/batch-query-status",
+            &acme,
+            &json!({"instance_ids": too_many}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reset_wipes_data() {
+    let (fleet, acme, other, ids) = setup(1).await;
+    sync(&fleet, &acme, "touch /data/keepsake", &ids).await;
+    assert!(fleet.instance_data_dir(&ids[0]).join("keepsake").exists());
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/batch-reset",
+            &other,
+            &json!({"instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    assert!(
+        fleet.instance_data_dir(&ids[0]).join("keepsake").exists(),
+        "another tenant's reset changed nothing"
+    );
+
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/batch-reset",
+            &acme,
+            &json!({"instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    // While the reset runs the instance shows running_status 4 (starting), then 2 again.
+    let listing = fleet.list(&acme).await;
+    let during = listing["data"]["result"][0]["running_status"].as_i64();
+    assert!(matches!(during, Some(4) | Some(2)), "{listing}");
+    fleet
+        .wait_running_status(&acme, 2, 1, Duration::from_secs(30))
+        .await;
+    let (_, body) = sync(&fleet, &acme, "ls -a /data", &ids).await;
+    assert!(
+        !body["data"]["cmd_results"][0]["execute_msg"]
+            .as_str()
+            .unwrap()
+            .contains("keepsake"),
+        "{body}"
+    );
+    assert!(!fleet.instance_data_dir(&ids[0]).join("keepsake").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reboot() {
+    let (fleet, acme, other, ids) = setup(1).await;
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/reboot",
+            &other,
+            &json!({"instance_ids": ids}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    sync(&fleet, &acme, "touch /data/survivor", &ids).await;
+    let (status, body) = fleet
+        .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    // Straight after, the instance is not running, so a second reboot is refused whole.
+    let (status, body) = fleet
+        .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
+        .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.5005"), "{body}");
+    fleet
+        .wait_running_status(&acme, 2, 1, Duration::from_secs(30))
+        .await;
+    assert!(
+        fleet.instance_data_dir(&ids[0]).join("survivor").exists(),
+        "a reboot keeps data"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_and_unassign() {
+    let (fleet, acme, other, ids) = setup(1).await;
+    let bind = |user: Value| json!({"user_instances": [{"user_id": user, "instance_id": ids[0]}]});
+    let (status, body) = fleet
+        .post("/v1/instances/assign", &acme, &bind(json!("user-1")))
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    let row = fleet.list(&acme).await["data"]["result"][0].clone();
+    assert_eq!(
+        (row["assign_status"].as_i64(), row["assign_user"].as_str()),
+        (Some(1), Some("user-1"))
+    );
+    let (status, body) = fleet
+        .post("/v1/instances/assign", &acme, &bind(json!("user-2")))
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, "KPAPI.2209"),
+        "already bound to someone else"
+    );
+    let (status, body) = fleet
+        .post("/v1/instances/assign", &other, &bind(json!("user-9")))
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+
+    sync(&fleet, &acme, "touch /data/user-1-data", &ids).await;
+    let (status, body) = fleet
+        .post("/v1/instances/unassign", &acme, &bind(json!("user-2")))
+        .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.2210"));
+    // The seeds' example sends the user id as a number.
+    let (status, body) = fleet
+        .post("/v1/instances/assign", &acme, &bind(json!(1123422)))
+        .await;
+    assert_eq!((status, code(&body)), (400, "KPAPI.2209"));
+    let (status, body) = fleet
+        .post("/v1/instances/unassign", &acme, &bind(json!("user-1")))
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    let row = fleet.list(&acme).await["data"]["result"][0].clone();
+    assert_eq!(
+        (row["assign_status"].as_i64(), row["assign_user"].as_str()),
+        (Some(0), Some(""))
+    );
+    // Unassigning clears the user's data.
+    fleet
+        .wait_running_status(&acme, 2, 1, Duration::from_secs(30))
+        .await;
+    wait_for(
+        "the user's data to be wiped",
+        Duration::from_secs(30),
+        || async {
+            (!fleet
+                .instance_data_dir(&ids[0])
+                .join("user-1-data")
+                .exists())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_instance() {
+    let (fleet, acme, other, ids) = setup(2).await;
+    let data = fleet.instance_data_dir(&ids[0]);
+    assert!(data.exists());
+    // DeleteInstance's page lists no x-request-id: a documented client sends none.
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/delete",
+        &other,
+        &json!({"instanceIdList": [ids[0]]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/delete",
+        &acme,
+        &json!({"instanceIdList": [ids[0]]}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body), body["data"].is_null()),
+        (200, "0", true),
+        "{body}"
+    );
+    assert!(!data.exists(), "the node removed the instance's data");
+    let listing = fleet.list(&acme).await;
+    assert_eq!(listing["data"]["total_count"], 1);
+    assert_eq!(listing["data"]["result"][0]["instance_id"], ids[1].as_str());
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/delete",
+        &acme,
+        &json!({"instanceIdList": [ids[0]]}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (401, "KOOPHONE.API.1001"),
+        "a deleted instance is nobody's"
+    );
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/delete",
+        &acme,
+        &json!({"instanceIdList": []}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+}

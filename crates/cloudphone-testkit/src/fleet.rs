@@ -1,0 +1,327 @@
+//! A whole deployment for tests: real `cloudphone-control` and `cloudphone-node` processes on
+//! ephemeral ports, a tenant made by the admin CLI, and HTTP helpers speaking the public API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::process::{Daemon, binary};
+use crate::{free_port, wait_for};
+
+/// Heartbeat timeout the tests configure; the bound for marking a node down is 1.25 × this.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 1_500;
+pub const ENROLLMENT: &str = "enroll-test-secret";
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    pub control_port: u16,
+    pub store_url: String,
+    pub control: Option<Daemon>,
+    pub node: Option<Daemon>,
+    pub node_ports: (u16, u16),
+    pub runtime: &'static str,
+    pub http: reqwest::Client,
+}
+
+impl Fleet {
+    pub fn new(store_url: Option<String>, runtime: &'static str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite://{}/control.db?mode=rwc", dir.path().display()));
+        let control_port = free_port();
+        Self {
+            api: format!("http://127.0.0.1:{control_port}"),
+            control_port,
+            store_url,
+            dir,
+            control: None,
+            node: None,
+            node_ports: (free_port(), free_port()),
+            runtime,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write_control_config(&self) -> PathBuf {
+        let path = self.path("control.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
+             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n",
+            self.control_port, self.store_url
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn start_control(&mut self) {
+        let config = self.write_control_config();
+        let log = self.path("control.log");
+        self.control = Some(Daemon::spawn(
+            &binary("cloudphone-control"),
+            &["serve", "--config", path_str(&config)],
+            &log,
+        ));
+    }
+
+    pub fn start_node(&mut self) {
+        let (grpc, http) = self.node_ports;
+        let path = self.path("node.toml");
+        let text = format!(
+            "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = 4\n\
+             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
+             [x11]\nfirst_display = {}\n",
+            self.path("node-state").display(),
+            self.runtime,
+            self.api,
+            // Keep concurrent test processes off each other's displays.
+            200 + (grpc % 500) as u32 * 4,
+        );
+        std::fs::write(&path, text).unwrap();
+        let log = self.path("node.log");
+        self.node = Some(Daemon::spawn(
+            &binary("cloudphone-node"),
+            &["--config", path_str(&path)],
+            &log,
+        ));
+    }
+
+    pub fn create_tenant(&self, domain: &str, password: &str) -> Value {
+        let config = self.write_control_config();
+        let out = std::process::Command::new(binary("cloudphone-control"))
+            .args([
+                "tenant",
+                "create",
+                "--config",
+                path_str(&config),
+                "--domain",
+                domain,
+                "--user",
+                "dev",
+            ])
+            .args(["--project", "cn-north-7"])
+            .env("CLOUDPHONE_TENANT_PASSWORD", password)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tenant create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("tenant create prints JSON")
+    }
+
+    /// Runs an admin CLI command against the fleet's store; returns its JSON output.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let config = self.write_control_config();
+        let out = std::process::Command::new(binary("cloudphone-control"))
+            .args(args)
+            .args(["--config", path_str(&config)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("admin commands print JSON")
+    }
+
+    pub async fn get_json(&self, url: &str) -> Option<Value> {
+        self.http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    pub async fn wait_healthy(&self, base: &str) {
+        let url = format!("{base}/healthz");
+        wait_for(&url, Duration::from_secs(60), || async {
+            let r = self.http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    pub async fn node_status(&self) -> Option<String> {
+        let nodes = self
+            .get_json(&format!("{}/internal/v1/nodes", self.api))
+            .await?;
+        nodes["nodes"].as_array()?.first()?["status"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    pub async fn wait_node(&self, status: &str, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        wait_for(&format!("node {status}"), timeout, || async {
+            (self.node_status().await.as_deref() == Some(status)).then_some(())
+        })
+        .await;
+        started.elapsed()
+    }
+
+    pub async fn token(&self, domain: &str, password: &str) -> reqwest::Response {
+        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "dev", "password": password, "domain": {"name": domain}}}},
+            "scope": {"project": {"name": "cn-north-7"}}}});
+        self.http
+            .post(format!("{}/v3/auth/tokens", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, domain: &str, password: &str) -> String {
+        let response = self.token(domain, password).await;
+        assert_eq!(response.status(), 201);
+        let token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap();
+        assert!(body["token"]["expires_at"].as_str().unwrap().ends_with('Z'));
+        token
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("x-auth-token", token)
+            .header("x-request-id", "req-fleet-1");
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        if status != 404 {
+            assert_eq!(
+                response.headers()["x-request-id"],
+                "req-fleet-1",
+                "x-request-id is echoed"
+            );
+        }
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn list(&self, token: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                "/v1/instances/batch-query?page_no=1&page_size=50",
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn wait_running_status(
+        &self,
+        token: &str,
+        wanted: i64,
+        count: usize,
+        timeout: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        wait_for(
+            &format!("{count} instances with running_status {wanted}"),
+            timeout,
+            || async {
+                let body = self.list(token).await;
+                let rows = body["data"]["result"].as_array()?.clone();
+                (rows.len() == count && rows.iter().all(|r| r["running_status"] == wanted))
+                    .then_some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// A CreateInstance body ordering `count` x11 720P phones.
+pub fn order(count: u32) -> String {
+    order_sku("kp.x11.720p", count)
+}
+
+/// A CreateInstance body in the seeds' own spelling, for any SKU.
+pub fn order_sku(sku: &str, count: u32) -> String {
+    json!({"os": "AOSP11", "instanceSkuld": sku, "bandSkuld": "kp.bandwidth",
+        "regionld": "cn-north-7", "instanceNamePrefix": "fleet", "bandSize": 4, "count": count,
+        "chargeParam": {"chargingMode": 1, "periodType": 2, "periodNum": 1, "isAutoPay": 1, "isAutoRenew": 0}})
+    .to_string()
+}
+
+impl Fleet {
+    /// A running deployment: tenants `acme` and `other` (password `correct-horse-1`/`-2`),
+    /// control, one node of `runtime`, and the node registered.
+    pub async fn up(runtime: &'static str) -> Self {
+        let mut fleet = Fleet::new(None, runtime);
+        fleet.create_tenant("acme", "correct-horse-1");
+        fleet.create_tenant("other", "correct-horse-2");
+        fleet.start_control();
+        fleet.wait_healthy(&fleet.api.clone()).await;
+        fleet.start_node();
+        fleet.wait_node("up", Duration::from_secs(30)).await;
+        fleet
+    }
+
+    /// Orders `count` instances of the node's runtime for `token` and waits until they run.
+    pub async fn running_instances(&self, token: &str, count: u32) -> Vec<String> {
+        let sku = format!("kp.{}.720p", self.runtime);
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/instances/create",
+                token,
+                Some(&order_sku(&sku, count)),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (200, Some("0")),
+            "{body}"
+        );
+        let ids: Vec<String> = body["data"]["instanceInfos"]
+            .as_array()
+            .expect("instanceInfos")
+            .iter()
+            .filter_map(|i| i["instanceId"].as_str().map(str::to_string))
+            .collect();
+        self.wait_running_status(token, 2, count as usize, Duration::from_secs(60))
+            .await;
+        ids
+    }
+
+    /// POSTs JSON with the token and a request id; returns status and body.
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(&body.to_string()))
+            .await
+    }
+
+    /// Where the node keeps an instance's data on the host.
+    pub fn instance_data_dir(&self, instance_id: &str) -> PathBuf {
+        self.path("node-state")
+            .join("instances")
+            .join(instance_id)
+            .join("data")
+    }
+}
