@@ -79,7 +79,10 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
             cmd.args(["test", "--workspace", "--no-fail-fast"]);
         }
         // The daemons were built by the step above; tests need not each ask cargo again.
-        util::run(cmd.env(PG_URL_ENV, &url).env("CLOUDPHONE_TEST_PREBUILT", "1"))
+        util::run(
+            cmd.env(PG_URL_ENV, &url)
+                .env("CLOUDPHONE_TEST_PREBUILT", "1"),
+        )
     })?;
     if nextest {
         // nextest does not run doctests.

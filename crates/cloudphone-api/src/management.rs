@@ -27,7 +27,9 @@ pub fn validate_instance_ids(field: &str, ids: &[String]) -> Result<(), ApiError
     let mut sorted: Vec<&String> = ids.iter().collect();
     sorted.sort();
     if sorted.windows(2).any(|w| w[0] == w[1]) {
-        return Err(ApiError::InvalidParameter(format!("{field} repeats an instance id")));
+        return Err(ApiError::InvalidParameter(format!(
+            "{field} repeats an instance id"
+        )));
     }
     Ok(())
 }
@@ -133,7 +135,11 @@ pub struct DataResponse<T> {
 impl<T> DataResponse<T> {
     pub fn ok(data: T) -> Self {
         let ok = ErrorBody::ok();
-        Self { data, error_code: ok.error_code, error_msg: ok.error_msg }
+        Self {
+            data,
+            error_code: ok.error_code,
+            error_msg: ok.error_msg,
+        }
     }
 }
 
@@ -236,7 +242,10 @@ impl UserInstancesRequest {
         let bindings: Vec<Binding> = self
             .user_instances
             .into_iter()
-            .map(|ui| Binding { user_id: ui.user_id.into_string(), instance_id: ui.instance_id })
+            .map(|ui| Binding {
+                user_id: ui.user_id.into_string(),
+                instance_id: ui.instance_id,
+            })
             .collect();
         for binding in &bindings {
             validate_instance_id("user_instances.instance_id", &binding.instance_id)?;
@@ -340,8 +349,22 @@ mod tests {
     fn commands_follow_the_charset_and_size() {
         assert!(validate_command("ls -l /system").is_ok());
         assert!(validate_command("getprop ro.build.version:x_y").is_ok());
-        for bad in ["", "   ", "ls; rm -rf /", "echo $HOME", "a|b", "cat `x`", "x&y", "a\nb", "ü"] {
-            assert_eq!(validate_command(bad).unwrap_err().code(), "KOOPHONE.API.1000", "{bad:?}");
+        for bad in [
+            "",
+            "   ",
+            "ls; rm -rf /",
+            "echo $HOME",
+            "a|b",
+            "cat `x`",
+            "x&y",
+            "a\nb",
+            "ü",
+        ] {
+            assert_eq!(
+                validate_command(bad).unwrap_err().code(),
+                "KOOPHONE.API.1000",
+                "{bad:?}"
+            );
         }
         assert!(validate_command(&"a".repeat(1024)).is_ok());
         assert!(validate_command(&"a".repeat(1025)).is_err());

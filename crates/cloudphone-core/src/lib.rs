@@ -10,8 +10,8 @@
 //! - [`adaptation`]: the sender's bitrate controller under congestion.
 #![forbid(unsafe_code)]
 
+pub mod adaptation;
 pub mod lifecycle;
 pub mod liveness;
 pub mod scheduling;
 pub mod video;
-pub mod adaptation;
