@@ -526,7 +526,7 @@ pub async fn delete(
 /// StopInstancesStreaming / ReleaseInstancesSession: act on the node's live sessions.
 async fn session_call(
     state: AppStateRef,
-    caller: TokenCaller,
+    caller: Caller,
     body: Bytes,
     release: bool,
 ) -> Result<Response, ApiFailure> {
@@ -565,7 +565,7 @@ async fn session_call(
 
 pub async fn stop_streaming(
     state: AppStateRef,
-    caller: TokenCaller,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     session_call(state, caller, body, false).await
@@ -573,7 +573,7 @@ pub async fn stop_streaming(
 
 pub async fn release_session(
     state: AppStateRef,
-    caller: TokenCaller,
+    caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     session_call(state, caller, body, true).await

@@ -177,7 +177,7 @@ pub struct Caller {
 }
 
 /// The authenticated tenant behind a call whose seed page lists only the token (GetDeviceToken,
-/// BatchShowSku, CreateInstance, DeleteInstance, streaming stop, session release): a client that
+/// BatchShowSku, CreateInstance, DeleteInstance, BatchPrepareInstances, ShowProgress): a client that
 /// follows the documentation sends no `x-request-id` there, so none is required.
 #[derive(Debug, Clone)]
 pub struct TokenCaller {
