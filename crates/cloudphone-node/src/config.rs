@@ -26,6 +26,7 @@ pub struct NodeConfig {
     pub control: ControlLink,
     pub x11: X11Section,
     pub android: AndroidSection,
+    pub webrtc: WebRtcSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +74,70 @@ pub struct AndroidSection {
     pub serials: Vec<String>,
 }
 
+/// WebRTC: ICE servers handed to viewers, the node's own ICE addresses, signaling TLS.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcSection {
+    /// STUN URLs for viewers and the node's own peers, e.g. `stun:stun.example.com:3478`.
+    pub stun_urls: Vec<String>,
+    /// TURN URLs for viewers, without credentials, e.g. `turn:turn.example.com:3478?transport=udp`.
+    pub turn_urls: Vec<String>,
+    /// coturn `static-auth-secret` the TURN REST credentials are signed with. Never logged;
+    /// `CLOUDPHONE_NODE_TURN_SECRET` overrides it.
+    pub turn_secret: String,
+    /// Lifetime of issued TURN credentials.
+    pub turn_ttl_secs: u64,
+    /// The host's public address when it sits behind a 1:1 NAT; its host candidates carry
+    /// this address instead of the private one. Empty: none.
+    pub public_ip: String,
+    /// UDP ports the node's peers use (both 0: any ephemeral port).
+    pub udp_port_min: u16,
+    pub udp_port_max: u16,
+    /// PEM certificate chain and key: when both are set, signaling is served as `wss://`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Viewers one instance may have at once.
+    pub max_viewers_per_instance: u32,
+    /// How often a running encoder emits a partial usage record.
+    pub usage_interval_secs: u64,
+}
+
+impl std::fmt::Debug for WebRtcSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcSection")
+            .field("stun_urls", &self.stun_urls)
+            .field("turn_urls", &self.turn_urls)
+            .field("turn_secret", &"<redacted>")
+            .field("turn_ttl_secs", &self.turn_ttl_secs)
+            .field("public_ip", &self.public_ip)
+            .field("udp_port_min", &self.udp_port_min)
+            .field("udp_port_max", &self.udp_port_max)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("max_viewers_per_instance", &self.max_viewers_per_instance)
+            .field("usage_interval_secs", &self.usage_interval_secs)
+            .finish()
+    }
+}
+
+impl Default for WebRtcSection {
+    fn default() -> Self {
+        Self {
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: String::new(),
+            turn_ttl_secs: 86_400,
+            public_ip: String::new(),
+            udp_port_min: 0,
+            udp_port_max: 0,
+            tls_cert: None,
+            tls_key: None,
+            max_viewers_per_instance: 10,
+            usage_interval_secs: 30,
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
@@ -87,6 +152,7 @@ impl Default for NodeConfig {
             control: ControlLink::default(),
             x11: X11Section::default(),
             android: AndroidSection::default(),
+            webrtc: WebRtcSection::default(),
         }
     }
 }
@@ -173,11 +239,40 @@ impl NodeConfig {
         if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_URL") {
             config.control.url = v;
         }
+        if let Some(v) = env("CLOUDPHONE_NODE_TURN_SECRET") {
+            config.webrtc.turn_secret = v;
+        }
+        let w = &config.webrtc;
+        if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
+            return Err(ConfigError::Invalid(
+                "webrtc.udp_port_min and udp_port_max must both be 0 or form a range".into(),
+            ));
+        }
+        if w.tls_cert.is_some() != w.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "webrtc.tls_cert and webrtc.tls_key go together".into(),
+            ));
+        }
+        if !w.turn_urls.is_empty() && w.turn_secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "webrtc.turn_urls need webrtc.turn_secret (coturn use-auth-secret)".into(),
+            ));
+        }
+        if w.max_viewers_per_instance == 0 || w.usage_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "webrtc.max_viewers_per_instance and usage_interval_secs must be > 0".into(),
+            ));
+        }
         if config.grpc.advertise.is_empty() {
             config.grpc.advertise = format!("http://{}", config.grpc.listen);
         }
         if config.http.public_url.is_empty() {
-            config.http.public_url = format!("ws://{}", config.http.listen);
+            let scheme = if config.webrtc.tls_cert.is_some() {
+                "wss"
+            } else {
+                "ws"
+            };
+            config.http.public_url = format!("{scheme}://{}", config.http.listen);
         }
         if !matches!(config.runtime.as_str(), "x11" | "synthetic" | "android") {
             return Err(ConfigError::Invalid(format!(
@@ -211,6 +306,28 @@ mod tests {
         assert_eq!(config.grpc.advertise, "http://127.0.0.1:7000");
         assert_eq!(config.http.public_url, "ws://127.0.0.1:8090");
         assert_eq!(config.runtime, "synthetic");
+    }
+
+    #[test]
+    fn webrtc_section_parses_and_hides_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[webrtc]\nstun_urls = [\"stun:127.0.0.1:3478\"]\nturn_urls = [\"turn:127.0.0.1:3478\"]\nturn_secret = \"hush\"\nudp_port_min = 40000\nudp_port_max = 40100\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
+        assert_eq!(config.webrtc.turn_secret, "hush");
+        assert_eq!(config.webrtc.udp_port_max, 40100);
+        assert!(!format!("{config:?}").contains("hush"));
+        std::fs::write(&path, "[webrtc]\nturn_urls = [\"turn:h:1\"]\n").unwrap();
+        assert!(NodeConfig::load(Some(&path), |_| None).is_err());
+        let from_env = NodeConfig::load(Some(&path), |n| {
+            (n == "CLOUDPHONE_NODE_TURN_SECRET").then(|| "s".to_string())
+        })
+        .unwrap();
+        assert_eq!(from_env.webrtc.turn_secret, "s");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::instances::{InstanceError, InstanceManager, InstanceView};
 use crate::runtime::{CommandOutput, CommandSpec, InstanceSpec};
+use crate::streaming::sessions::{SessionError, Sessions};
 
 /// Commands without a timeout get this one.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,15 +49,21 @@ pub struct NodeService {
     /// Report streams currently open (control connected). The announcer stays quiet while > 0.
     open_streams: Arc<AtomicUsize>,
     jobs: Arc<Mutex<HashMap<String, pb::CommandJob>>>,
+    sessions: Arc<Sessions>,
 }
 
 impl NodeService {
-    pub fn new(manager: Arc<InstanceManager>, identity: NodeIdentity) -> Self {
+    pub fn new(
+        manager: Arc<InstanceManager>,
+        identity: NodeIdentity,
+        sessions: Arc<Sessions>,
+    ) -> Self {
         Self {
             manager,
             identity: Arc::new(identity),
             open_streams: Arc::new(AtomicUsize::new(0)),
             jobs: Arc::new(Mutex::new(HashMap::new())),
+            sessions,
         }
     }
 
@@ -226,11 +233,21 @@ impl NodeAgent for NodeService {
         let first = tokio_stream::once(Ok(pb::NodeReport {
             report: Some(Report::Announcement(announcement)),
         }));
-        let stream = first.chain(heartbeats.merge(events)).map(move |item| {
-            // Keep the guard alive exactly as long as the stream.
-            let _ = &guard;
-            item
+        // Usage records of encoder runs, as they happen.
+        let usage = BroadcastStream::new(self.sessions.subscribe_usage()).filter_map(|r| {
+            r.ok().map(|record| {
+                Ok(pb::NodeReport {
+                    report: Some(Report::Usage(record)),
+                })
+            })
         });
+        let stream = first
+            .chain(heartbeats.merge(events).merge(usage))
+            .map(move |item| {
+                // Keep the guard alive exactly as long as the stream.
+                let _ = &guard;
+                item
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -462,37 +479,71 @@ impl NodeAgent for NodeService {
 
     async fn set_video_config(
         &self,
-        _r: Request<pb::SetVideoConfigRequest>,
+        r: Request<pb::SetVideoConfigRequest>,
     ) -> Result<Response<pb::SetVideoConfigResponse>, Status> {
-        Err(Status::unimplemented(
-            "SetVideoConfig arrives with the streaming issue",
-        ))
+        let r = r.into_inner();
+        valid_id(&r.instance_id)?;
+        self.manager
+            .status(&r.instance_id)
+            .await
+            .map_err(to_status)?;
+        let cells: Vec<cloudphone_core::video::VideoCell> = r
+            .profiles
+            .into_iter()
+            .map(|p| cloudphone_core::video::VideoCell {
+                network_type: p.network_type,
+                encoding_type: p.encoding_type,
+                specs: p
+                    .specs
+                    .into_iter()
+                    .map(|s| (s.definition, s.code_rate_kbps, s.fps))
+                    .collect(),
+            })
+            .collect();
+        let config = cloudphone_core::video::VideoConfig::from_cells(&cells)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let sessions_updated = self.sessions.set_video_config(&r.instance_id, config);
+        Ok(Response::new(pb::SetVideoConfigResponse {
+            sessions_updated,
+        }))
     }
 
     async fn start_session(
         &self,
-        _r: Request<pb::StartSessionRequest>,
+        r: Request<pb::StartSessionRequest>,
     ) -> Result<Response<pb::StartSessionResponse>, Status> {
-        Err(Status::unimplemented(
-            "sessions arrive with the streaming issue",
-        ))
+        let r = r.into_inner();
+        valid_id(&r.instance_id)?;
+        let started = self.sessions.start_session(&r).await.map_err(|e| match e {
+            SessionError::UnknownInstance(_) => Status::not_found(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        })?;
+        Ok(Response::new(pb::StartSessionResponse {
+            signaling_url: started.signaling_url,
+            session_id: started.session_id,
+            ice_servers: started.ice_servers,
+        }))
     }
 
     async fn stop_streaming(
         &self,
-        _r: Request<pb::InstanceRef>,
+        r: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::StopStreamingResponse>, Status> {
-        Err(Status::unimplemented(
-            "sessions arrive with the streaming issue",
-        ))
+        let id = r.into_inner().instance_id;
+        valid_id(&id)?;
+        let streams_stopped = self.sessions.stop_streaming(&id);
+        Ok(Response::new(pb::StopStreamingResponse { streams_stopped }))
     }
 
     async fn release_session(
         &self,
-        _r: Request<pb::InstanceRef>,
+        r: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
-        Err(Status::unimplemented(
-            "sessions arrive with the streaming issue",
-        ))
+        let id = r.into_inner().instance_id;
+        valid_id(&id)?;
+        let sessions_released = self.sessions.release(&id);
+        Ok(Response::new(pb::ReleaseSessionResponse {
+            sessions_released,
+        }))
     }
 }

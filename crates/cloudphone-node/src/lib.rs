@@ -7,6 +7,7 @@
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
 //! - [`announce`]: telling control this node exists.
 //! - [`http`]: `/healthz`, `/metrics`.
+//! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
 
 pub mod announce;
@@ -47,6 +48,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("webrtc: {0}")]
+    Peer(#[from] streaming::peer::PeerError),
 }
 
 /// Encoder elements worth announcing, software first.
@@ -124,7 +127,30 @@ pub async fn run(
         region: config.region.clone(),
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
     };
-    let service = grpc::NodeService::new(Arc::clone(&manager), identity);
+    let peers = streaming::peer::PeerFactory::new(&streaming::peer::PeerSettings {
+        stun_urls: config.webrtc.stun_urls.clone(),
+        public_ip: config.webrtc.public_ip.clone(),
+        udp_port_min: config.webrtc.udp_port_min,
+        udp_port_max: config.webrtc.udp_port_max,
+    })?;
+    let sessions = streaming::sessions::Sessions::new(
+        Arc::clone(&manager),
+        peers,
+        streaming::sessions::SessionSettings {
+            public_url: config.http.public_url.clone(),
+            ice: streaming::ice::IceSettings {
+                stun_urls: config.webrtc.stun_urls.clone(),
+                turn_urls: config.webrtc.turn_urls.clone(),
+                turn_secret: config.webrtc.turn_secret.clone(),
+                turn_ttl_secs: config.webrtc.turn_ttl_secs,
+            },
+            max_viewers_per_instance: config.webrtc.max_viewers_per_instance as usize,
+            usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
+            node_id: config.node_id.clone(),
+        },
+        streaming::default_encoder_factory(),
+    );
+    let service = grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
@@ -138,10 +164,10 @@ pub async fn run(
 
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
-    let http_server =
-        axum::serve(http_listener, http::router()).with_graceful_shutdown(async move {
-            let _ = http_stop.changed().await;
-        });
+    let router = http::router().merge(streaming::signaling::router(Arc::clone(&sessions)));
+    let http_server = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+        let _ = http_stop.changed().await;
+    });
     let http_task = tokio::spawn(async move { http_server.await });
 
     tracing::info!(
@@ -163,6 +189,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: draining");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Viewers first: they get a `bye` while their sockets are still served.
+    sessions.drain(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     // Report streams never end by themselves; bound the wait for in-flight calls.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;

@@ -1,0 +1,167 @@
+//! The `input` data channel: viewer JSON ([`cloudphone_signaling::InputMessage`]) checked and
+//! turned into the runtime's [`InputEvent`]. Anything out of range is refused rather than
+//! clamped, so a buggy client shows up in the node's logs instead of as stray taps.
+
+use cloudphone_signaling::{
+    InputMessage, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS, PhoneKey as WirePhoneKey,
+    TouchAction as WireTouchAction,
+};
+
+use crate::runtime::{InputEvent, PhoneKey, TouchAction};
+
+/// Largest data-channel message accepted, in bytes (the longest text plus JSON overhead).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// Why an input message was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("message of {0} bytes is too large")]
+    TooLarge(usize),
+    #[error("not an input message: {0}")]
+    Malformed(String),
+    #[error("coordinates must be finite and within 0..=1")]
+    OutOfRange,
+    #[error("pointer id above {MAX_POINTER_ID}")]
+    PointerId,
+    #[error("text longer than {MAX_TEXT_CHARS} characters")]
+    TextTooLong,
+    #[error("key code must be 1..={MAX_KEY_CODE_CHARS} ASCII letters or digits")]
+    KeyCode,
+}
+
+/// Parses and validates one data-channel message.
+pub fn parse(bytes: &[u8]) -> Result<InputEvent, InputError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(InputError::TooLarge(bytes.len()));
+    }
+    let message: InputMessage =
+        serde_json::from_slice(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
+    convert(message)
+}
+
+/// Validates a parsed message and maps it onto the runtime's event.
+pub fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
+    Ok(match message {
+        InputMessage::Touch {
+            action,
+            pointer_id,
+            x,
+            y,
+        } => {
+            let in_range = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+            if !in_range(x) || !in_range(y) {
+                return Err(InputError::OutOfRange);
+            }
+            if pointer_id > MAX_POINTER_ID {
+                return Err(InputError::PointerId);
+            }
+            InputEvent::Touch {
+                action: match action {
+                    WireTouchAction::Down => TouchAction::Down,
+                    WireTouchAction::Move => TouchAction::Move,
+                    WireTouchAction::Up => TouchAction::Up,
+                },
+                pointer_id,
+                x,
+                y,
+            }
+        }
+        InputMessage::Key { code, down } => {
+            let ok = !code.is_empty()
+                && code.len() <= MAX_KEY_CODE_CHARS
+                && code.chars().all(|c| c.is_ascii_alphanumeric());
+            if !ok {
+                return Err(InputError::KeyCode);
+            }
+            InputEvent::Key { code, down }
+        }
+        InputMessage::Text { text } => {
+            if text.chars().count() > MAX_TEXT_CHARS {
+                return Err(InputError::TextTooLong);
+            }
+            // Control characters other than newline and tab would be typed as raw keysyms.
+            let text: String = text
+                .chars()
+                .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+                .collect();
+            InputEvent::Text { text }
+        }
+        InputMessage::Phone { key } => InputEvent::Phone {
+            key: match key {
+                WirePhoneKey::Back => PhoneKey::Back,
+                WirePhoneKey::Home => PhoneKey::Home,
+                WirePhoneKey::Recents => PhoneKey::Recents,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_messages_convert() {
+        assert_eq!(
+            parse(br#"{"type":"touch","action":"move","pointer_id":2,"x":1,"y":0}"#),
+            Ok(InputEvent::Touch {
+                action: TouchAction::Move,
+                pointer_id: 2,
+                x: 1.0,
+                y: 0.0
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"key","code":"Enter","down":false}"#),
+            Ok(InputEvent::Key {
+                code: "Enter".into(),
+                down: false
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"text","text":"a\u0007b\n"}"#),
+            Ok(InputEvent::Text {
+                text: "ab\n".into()
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"phone","key":"home"}"#),
+            Ok(InputEvent::Phone {
+                key: PhoneKey::Home
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_messages_are_refused() {
+        assert_eq!(
+            parse(br#"{"type":"touch","action":"down","x":1.01,"y":0}"#),
+            Err(InputError::OutOfRange)
+        );
+        assert_eq!(
+            parse(br#"{"type":"touch","action":"down","x":-0.1,"y":0}"#),
+            Err(InputError::OutOfRange)
+        );
+        assert_eq!(
+            parse(br#"{"type":"touch","action":"down","pointer_id":10,"x":0,"y":0}"#),
+            Err(InputError::PointerId)
+        );
+        assert_eq!(
+            parse(br#"{"type":"key","code":"../x","down":true}"#),
+            Err(InputError::KeyCode)
+        );
+        assert_eq!(
+            parse(br#"{"type":"key","code":"","down":true}"#),
+            Err(InputError::KeyCode)
+        );
+        let long = format!(r#"{{"type":"text","text":"{}"}}"#, "é".repeat(1001));
+        assert_eq!(parse(long.as_bytes()), Err(InputError::TextTooLong));
+        let ok = format!(r#"{{"type":"text","text":"{}"}}"#, "é".repeat(1000));
+        assert!(parse(ok.as_bytes()).is_ok());
+        assert!(matches!(parse(b"{}"), Err(InputError::Malformed(_))));
+        assert!(matches!(
+            parse(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
+            Err(InputError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,500 @@
+//! Shared by the streaming tests: an in-process node (`run()` on real listeners), a signaling
+//! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use cloudphone_node::config::NodeConfig;
+use cloudphone_proto::node_v1 as pb;
+use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
+use cloudphone_signaling::{
+    Candidate, ClientMessage, Definition, EncodingType, Hello, NetworkType, NodeMessage,
+};
+use futures::{SinkExt, StreamExt};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use sha2::Digest;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::APIBuilder;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills what instances recorded in `pids.json`, even when a test panics.
+struct ProcessGuard(PathBuf);
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.0.join("instances")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path().join("pids.json")) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let mut pids = Vec::new();
+            collect_pids(&value, &mut pids);
+            for pid in pids {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn collect_pids(v: &serde_json::Value, out: &mut Vec<i32>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == "pid" {
+                    if let Some(p) = v.as_i64() {
+                        out.push(p as i32);
+                    }
+                } else {
+                    collect_pids(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_pids(i, out)),
+        _ => {}
+    }
+}
+
+/// A node running in this process.
+pub struct Node {
+    pub grpc: NodeAgentClient<tonic::transport::Channel>,
+    pub http: SocketAddr,
+    pub ws_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
+    _guard: ProcessGuard,
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub async fn start(runtime: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("cp-stream-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let mut config = NodeConfig::load(None, |_| None).unwrap();
+        config.node_id = "stream-test".into();
+        config.runtime = runtime.into();
+        config.state_dir = dir.path().to_path_buf();
+        config.grpc.listen = grpc_addr;
+        config.grpc.advertise = format!("http://{grpc_addr}");
+        config.http.listen = http;
+        config.http.public_url = format!("ws://{http}");
+        // Each test binary runs its tests in parallel; give each node its own displays.
+        config.x11.first_display = 200 + (std::process::id() % 50) * 10 + (http.port() as u32 % 10);
+        tweak(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cloudphone_node::run(
+            config,
+            grpc_listener,
+            http_listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let grpc = cloudphone_testkit::wait_for("node gRPC", WAIT, || async {
+            NodeAgentClient::connect(format!("http://{grpc_addr}"))
+                .await
+                .ok()
+        })
+        .await;
+        Node {
+            grpc,
+            http,
+            ws_url: format!("ws://{http}/v1/signaling"),
+            stop: Some(stop),
+            task: Some(task),
+            _guard: ProcessGuard(dir.path().to_path_buf()),
+            dir,
+        }
+    }
+
+    pub async fn create_instance(&mut self, id: &str, width: u32, height: u32) {
+        self.grpc
+            .create_instance(pb::CreateInstanceRequest {
+                instance_id: id.into(),
+                tenant_id: "tenant-1".into(),
+                runtime: String::new(),
+                width,
+                height,
+                os: String::new(),
+            })
+            .await
+            .unwrap();
+        let mut grpc = self.grpc.clone();
+        let id = id.to_owned();
+        cloudphone_testkit::wait_for("instance running", WAIT, || {
+            let mut grpc = grpc.clone();
+            let id = id.clone();
+            async move {
+                let s = grpc
+                    .get_instance_status(pb::InstanceRef { instance_id: id })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (s.state == pb::InstanceState::Running as i32).then_some(())
+            }
+        })
+        .await;
+        let _ = &mut grpc;
+    }
+
+    /// Authorises `device_id` with `token` for `valid_for`.
+    pub async fn start_session(
+        &mut self,
+        instance: &str,
+        device_id: &str,
+        token: &str,
+        valid_for: Duration,
+    ) -> pb::StartSessionResponse {
+        self.grpc
+            .start_session(pb::StartSessionRequest {
+                instance_id: instance.into(),
+                device_token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+                expires_at_unix_ms: cloudphone_node::unix_ms() + valid_for.as_millis() as i64,
+                user_id: "user-1".into(),
+                tenant_id: "tenant-1".into(),
+                device_id: device_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("node stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+pub fn hello(device_id: &str, token: &str, codec: EncodingType, definition: Definition) -> Hello {
+    Hello {
+        device_id: device_id.into(),
+        device_token: token.into(),
+        network_type: NetworkType::Wifi,
+        encoding_type: codec,
+        definition,
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A signaling WebSocket client.
+pub struct Signaling {
+    ws: Ws,
+}
+
+impl Signaling {
+    pub async fn connect(url: &str) -> Signaling {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Signaling { ws }
+    }
+
+    pub async fn send(&mut self, m: &ClientMessage) {
+        self.ws
+            .send(Message::text(serde_json::to_string(m).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    /// The next node message; `None` once the socket closed.
+    pub async fn recv(&mut self) -> Option<NodeMessage> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a signaling message in time");
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// What a viewer has received and decoded so far.
+#[derive(Default)]
+pub struct Counters {
+    pub rtp_bytes: AtomicU64,
+    pub frames: AtomicU64,
+    pub width: AtomicU32,
+    pub height: AtomicU32,
+}
+
+/// A webrtc-rs viewer decoding with GStreamer.
+pub struct RustViewer {
+    pub signaling: Signaling,
+    pub pc: Arc<RTCPeerConnection>,
+    pub input: Arc<RTCDataChannel>,
+    pub counters: Arc<Counters>,
+    pub ready: NodeMessage,
+    candidates: mpsc::UnboundedReceiver<Candidate>,
+}
+
+impl RustViewer {
+    /// Says hello; returns the refusal instead when the node answers with an error.
+    pub async fn connect(url: &str, hello: Hello) -> Result<RustViewer, NodeMessage> {
+        gst::init().unwrap();
+        let mut signaling = Signaling::connect(url).await;
+        signaling.send(&ClientMessage::Hello(hello)).await;
+        let ready = signaling.recv().await.expect("a reply to hello");
+        if !matches!(ready, NodeMessage::Ready { .. }) {
+            return Err(ready);
+        }
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build();
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .unwrap(),
+        );
+        pc.add_transceiver_from_kind(
+            RTPCodecType::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await
+        .unwrap();
+        let input = pc.create_data_channel("input", None).await.unwrap();
+        let counters = Arc::new(Counters::default());
+        let c = Arc::clone(&counters);
+        pc.on_track(Box::new(move |track, _, _| {
+            let c = Arc::clone(&c);
+            Box::pin(async move {
+                let codec = track.codec();
+                let (name, depay, parse, dec) = if codec
+                    .capability
+                    .mime_type
+                    .eq_ignore_ascii_case("video/H265")
+                {
+                    ("H265", "rtph265depay", "h265parse", "avdec_h265")
+                } else {
+                    ("H264", "rtph264depay", "h264parse", "avdec_h264")
+                };
+                let (appsrc, pipeline) =
+                    decoder(name, codec.payload_type, depay, parse, dec, Arc::clone(&c));
+                while let Ok((packet, _)) = track.read_rtp().await {
+                    use webrtc::util::Marshal;
+                    let Ok(bytes) = packet.marshal() else {
+                        continue;
+                    };
+                    c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                        break;
+                    }
+                }
+                let _ = pipeline.set_state(gst::State::Null);
+            })
+        }));
+        let (cand_tx, candidates) = mpsc::unbounded_channel();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let cand_tx = cand_tx.clone();
+            Box::pin(async move {
+                if let Some(c) = c {
+                    let init = c.to_json().unwrap();
+                    let _ = cand_tx.send(Candidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_mline_index,
+                    });
+                }
+            })
+        }));
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer.clone()).await.unwrap();
+        signaling
+            .send(&ClientMessage::Offer { sdp: offer.sdp })
+            .await;
+        let mut viewer = RustViewer {
+            signaling,
+            pc,
+            input,
+            counters,
+            ready,
+            candidates,
+        };
+        // Exchange until the answer is in; candidates keep flowing in `pump`.
+        loop {
+            match viewer.signaling.recv().await {
+                Some(NodeMessage::Answer { sdp }) => {
+                    viewer
+                        .pc
+                        .set_remote_description(RTCSessionDescription::answer(sdp).unwrap())
+                        .await
+                        .unwrap();
+                    break;
+                }
+                Some(other) => return Err(other),
+                None => panic!("socket closed before the answer"),
+            }
+        }
+        Ok(viewer)
+    }
+
+    /// Forwards candidates both ways until `until` resolves; returns the first non-candidate
+    /// node message, if one arrived.
+    pub async fn pump_for(&mut self, duration: Duration) -> Option<NodeMessage> {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return None,
+                Some(c) = self.candidates.recv() => {
+                    self.signaling.send(&ClientMessage::Candidate(c)).await;
+                }
+                m = self.signaling.recv_quiet() => match m {
+                    Some(NodeMessage::Candidate(c)) => {
+                        let _ = self.pc.add_ice_candidate(RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: c.sdp_mid,
+                            sdp_mline_index: c.sdp_mline_index,
+                            username_fragment: None,
+                        }).await;
+                    }
+                    Some(other) => return Some(other),
+                    None => return Some(NodeMessage::Bye { reason: cloudphone_signaling::ByeReason::Shutdown }),
+                },
+            }
+        }
+    }
+
+    /// Pumps until at least `frames` frames decoded.
+    pub async fn wait_frames(&mut self, frames: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.counters.frames.load(Ordering::Relaxed) < frames {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} frames decoded in {within:?}",
+                self.counters.frames.load(Ordering::Relaxed)
+            );
+            if let Some(m) = self.pump_for(Duration::from_millis(100)).await {
+                panic!("unexpected node message while waiting for frames: {m:?}");
+            }
+        }
+    }
+
+    /// Average received RTP bitrate over `window`, in kbit/s.
+    pub async fn measure_kbps(&mut self, window: Duration) -> f64 {
+        let before = self.counters.rtp_bytes.load(Ordering::Relaxed);
+        let start = tokio::time::Instant::now();
+        assert!(self.pump_for(window).await.is_none());
+        let bytes = self.counters.rtp_bytes.load(Ordering::Relaxed) - before;
+        bytes as f64 * 8.0 / start.elapsed().as_secs_f64() / 1000.0
+    }
+}
+
+impl Signaling {
+    /// Like `recv`, without a timeout (for use inside `select!`).
+    pub async fn recv_quiet(&mut self) -> Option<NodeMessage> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// appsrc (RTP) → depayloader → parser → software decoder → appsink, counting frames.
+fn decoder(
+    encoding: &str,
+    pt: u8,
+    depay: &str,
+    parse: &str,
+    dec: &str,
+    counters: Arc<Counters>,
+) -> (gst_app::AppSrc, gst::Pipeline) {
+    let line = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true \
+         caps=application/x-rtp,media=video,encoding-name={encoding},clock-rate=90000,payload={pt} \
+         ! rtpjitterbuffer latency=50 ! {depay} ! {parse} ! {dec} ! videoconvert \
+         ! appsink name=sink sync=false max-buffers=2 drop=true"
+    );
+    let pipeline = gst::parse::launch(&line)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let appsrc = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(s) = sample.caps().and_then(|c| c.structure(0)) {
+                    if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
+                        counters.width.store(w as u32, Ordering::Relaxed);
+                        counters.height.store(h as u32, Ordering::Relaxed);
+                    }
+                }
+                counters.frames.fetch_add(1, Ordering::Relaxed);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (appsrc, pipeline)
+}
+
+pub fn workspace_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}

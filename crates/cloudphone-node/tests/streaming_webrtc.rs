@@ -1,0 +1,211 @@
+//! Streaming end to end against an in-process node: gRPC StartSession → the real signaling
+//! WebSocket → webrtc-rs viewer → GStreamer decoder. Synthetic instances (test pattern).
+
+mod streaming_support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cloudphone_proto::node_v1 as pb;
+use cloudphone_signaling::{ByeReason, Definition, EncodingType, ErrorCode, NodeMessage};
+use streaming_support::{Node, RustViewer, Signaling, hello};
+use tokio_stream::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_frames_arrive_decode_and_usage_is_reported() {
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("s1", 360, 640).await;
+    let mut reports = node
+        .grpc
+        .open_reports(pb::OpenReportsRequest {
+            control_id: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session = node
+        .start_session("s1", "dev-1", "token-1", Duration::from_secs(600))
+        .await;
+    assert_eq!(session.signaling_url, node.ws_url);
+    assert!(!session.session_id.is_empty());
+
+    let mut viewer = RustViewer::connect(
+        &node.ws_url,
+        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+    )
+    .await
+    .unwrap();
+    let NodeMessage::Ready { video, .. } = &viewer.ready else {
+        unreachable!()
+    };
+    assert_eq!((video.width, video.height), (540, 960));
+    assert_eq!(video.codec, EncodingType::H264);
+    let started = std::time::Instant::now();
+    viewer.wait_frames(30, Duration::from_secs(20)).await;
+    let first_frames = started.elapsed();
+    assert_eq!(viewer.counters.width.load(Ordering::Relaxed), 540);
+    assert_eq!(viewer.counters.height.load(Ordering::Relaxed), 960);
+    let kbps = viewer.measure_kbps(Duration::from_secs(2)).await;
+    eprintln!("H.264 540P: 30 frames after {first_frames:?}, {kbps:.0} kbit/s");
+
+    // StopStreaming ends the stream with bye; the session stays valid.
+    let stopped = node
+        .grpc
+        .stop_streaming(pb::InstanceRef {
+            instance_id: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.streams_stopped, 1);
+    assert_eq!(
+        viewer.pump_for(Duration::from_secs(5)).await,
+        Some(NodeMessage::Bye {
+            reason: ByeReason::Stopped
+        })
+    );
+    drop(viewer);
+
+    // The encoder run ends with a final usage record.
+    let record = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(report)) = reports.next().await {
+            if let Some(pb::node_report::Report::Usage(u)) = report.report {
+                if u.r#final {
+                    return u;
+                }
+            }
+        }
+        panic!("report stream ended");
+    })
+    .await
+    .expect("a final usage record");
+    assert_eq!(record.instance_id, "s1");
+    assert_eq!(record.tenant_id, "tenant-1");
+    assert_eq!(record.codec, "H264");
+    assert_eq!((record.width, record.height), (540, 960));
+    assert!(record.end_unix_ms > record.start_unix_ms);
+
+    // Reconnecting after StopStreaming works with the same token.
+    let mut again = RustViewer::connect(
+        &node.ws_url,
+        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+    )
+    .await
+    .unwrap();
+    again.wait_frames(10, Duration::from_secs(20)).await;
+
+    // ReleaseSession ends it and revokes the token.
+    let released = node
+        .grpc
+        .release_session(pb::InstanceRef {
+            instance_id: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.sessions_released, 1);
+    assert_eq!(
+        again.pump_for(Duration::from_secs(5)).await,
+        Some(NodeMessage::Bye {
+            reason: ByeReason::Released
+        })
+    );
+    drop(again);
+    let refused = RustViewer::connect(
+        &node.ws_url,
+        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+    )
+    .await
+    .err()
+    .expect("a released token is refused");
+    assert!(matches!(
+        refused,
+        NodeMessage::Error {
+            code: ErrorCode::UnknownDevice,
+            ..
+        }
+    ));
+    node.shutdown().await;
+}
+
+/// Says hello and expects an error with `code`, then the socket closing.
+async fn expect_refusal(url: &str, device: &str, token: &str, code: ErrorCode) {
+    let mut s = Signaling::connect(url).await;
+    s.send(&cloudphone_signaling::ClientMessage::Hello(hello(
+        device,
+        token,
+        EncodingType::H264,
+        Definition::P540,
+    )))
+    .await;
+    match s.recv().await {
+        Some(NodeMessage::Error { code: got, .. }) => assert_eq!(got, code, "{device}/{token}"),
+        other => panic!("expected error {code:?}, got {other:?}"),
+    }
+    assert_eq!(s.recv().await, None, "socket closes after the error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_and_sessions_expire() {
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("a", 360, 640).await;
+    node.create_instance("b", 360, 640).await;
+    node.start_session("a", "dev-a", "token-a", Duration::from_secs(600))
+        .await;
+    node.start_session("b", "dev-b", "token-b", Duration::from_secs(600))
+        .await;
+    node.start_session("a", "dev-short", "token-short", Duration::from_millis(1500))
+        .await;
+
+    expect_refusal(&node.ws_url, "dev-a", "wrong", ErrorCode::BadToken).await;
+    // Another instance's token with this device id.
+    expect_refusal(&node.ws_url, "dev-a", "token-b", ErrorCode::BadToken).await;
+    expect_refusal(&node.ws_url, "dev-zzz", "token-a", ErrorCode::UnknownDevice).await;
+    // Not a hello first.
+    let mut s = Signaling::connect(&node.ws_url).await;
+    s.send(&cloudphone_signaling::ClientMessage::Offer { sdp: "v=0".into() })
+        .await;
+    assert!(matches!(
+        s.recv().await,
+        Some(NodeMessage::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
+
+    // A live stream ends with bye "expired" at expires_at; a later hello is refused.
+    let mut short = RustViewer::connect(
+        &node.ws_url,
+        hello(
+            "dev-short",
+            "token-short",
+            EncodingType::H264,
+            Definition::P540,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        short.pump_for(Duration::from_secs(10)).await,
+        Some(NodeMessage::Bye {
+            reason: ByeReason::Expired
+        })
+    );
+    expect_refusal(&node.ws_url, "dev-short", "token-short", ErrorCode::Expired).await;
+
+    // Bad StartSession input is refused by gRPC.
+    let bad = node
+        .grpc
+        .start_session(pb::StartSessionRequest {
+            instance_id: "a".into(),
+            device_token_sha256: "nothex".into(),
+            expires_at_unix_ms: cloudphone_node::unix_ms() + 60_000,
+            user_id: String::new(),
+            tenant_id: String::new(),
+            device_id: "d".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    node.shutdown().await;
+}
