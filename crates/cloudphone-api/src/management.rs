@@ -340,6 +340,59 @@ pub struct IceSignaling {
     pub ice_servers: Vec<String>,
 }
 
+/// SetVideoConfig body (tables 4-23..4-26).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SetVideoConfigRequest {
+    pub instance_ids: Vec<String>,
+    pub instance_settings: Vec<InstanceSetting>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InstanceSetting {
+    pub network_type: String,
+    pub encoding_type: String,
+    pub video_spec_groups: Vec<VideoSpecGroup>,
+}
+
+/// One group of per-definition specs. Field names are the seeds', capital `P` included.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[allow(non_snake_case)]
+pub struct VideoSpecGroup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_540P: Option<VideoSpecBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_720P: Option<VideoSpecBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_1080P: Option<VideoSpecBody>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct VideoSpecBody {
+    /// kbit/s, 100..=10000 in steps of 100.
+    pub code_rate: u32,
+    /// 30 or 60.
+    pub fps: u32,
+}
+
+impl InstanceSetting {
+    /// Every `(definition, code_rate, fps)` this setting names, across all of its groups.
+    pub fn specs(&self) -> Vec<(String, u32, u32)> {
+        let mut specs = Vec::new();
+        for group in &self.video_spec_groups {
+            for (name, spec) in [
+                ("540P", &group.definition_540P),
+                ("720P", &group.definition_720P),
+                ("1080P", &group.definition_1080P),
+            ] {
+                if let Some(spec) = spec {
+                    specs.push((name.to_string(), spec.code_rate, spec.fps));
+                }
+            }
+        }
+        specs
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

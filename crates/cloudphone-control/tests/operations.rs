@@ -421,3 +421,77 @@ async fn delete_instance() {
     .await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
 }
+
+/// The seed's SetVideoConfig example (`000_*.txt`), with the instance ids replaced.
+fn video_setting(ids: &[String]) -> Value {
+    let group = json!([{
+        "definition_540P": {"code_rate": 6000, "fps": 30},
+        "definition_720P": {"code_rate": 6000, "fps": 30},
+        "definition_1080P": {"code_rate": 8000, "fps": 30}
+    }]);
+    let mut settings = Vec::new();
+    for network in ["MOBILE_NETWORK", "WIFI", "WIRED"] {
+        for encoding in ["H264", "H265"] {
+            settings.push(json!({"network_type": network, "encoding_type": encoding, "video_spec_groups": group}));
+        }
+    }
+    json!({"instance_ids": ids, "instance_settings": settings})
+}
+
+async fn put(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    fleet
+        .call(reqwest::Method::PUT, path, token, Some(&body.to_string()))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_video_config() {
+    let (fleet, acme, other, ids) = setup(2).await;
+    let (status, body) = put(
+        &fleet,
+        "/v1/instances/video-setting",
+        &acme,
+        &video_setting(&ids),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+
+    // Five of the six combinations: 1005.
+    let mut missing = video_setting(&ids);
+    missing["instance_settings"].as_array_mut().unwrap().pop();
+    let (status, body) = put(&fleet, "/v1/instances/video-setting", &acme, &missing).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1005"));
+    // Out-of-range values: 1000.
+    for (pointer, value) in [
+        (
+            "/instance_settings/0/video_spec_groups/0/definition_540P/code_rate",
+            json!(150),
+        ),
+        (
+            "/instance_settings/0/video_spec_groups/0/definition_540P/code_rate",
+            json!(10100),
+        ),
+        (
+            "/instance_settings/1/video_spec_groups/0/definition_720P/fps",
+            json!(45),
+        ),
+        ("/instance_settings/2/network_type", json!("5G")),
+    ] {
+        let mut bad = video_setting(&ids);
+        *bad.pointer_mut(pointer).unwrap() = value;
+        let (status, body) = put(&fleet, "/v1/instances/video-setting", &acme, &bad).await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "KOOPHONE.API.1000"),
+            "{pointer}"
+        );
+    }
+    let (status, body) = put(
+        &fleet,
+        "/v1/instances/video-setting",
+        &other,
+        &video_setting(&ids),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+}

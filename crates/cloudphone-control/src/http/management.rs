@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::{ApiError, ErrorBody};
+use cloudphone_api::management::SetVideoConfigRequest;
 use cloudphone_api::management::{
     self as wire, AsyncCommandInfo, CmdJob, CmdResult, CmdResultWrapper, CommandRequest,
     DataResponse, DeleteRequest, DeviceResource, DeviceTokenData, IceSignaling, InstanceIdRequest,
@@ -19,6 +20,9 @@ use cloudphone_api::management::{
     Sdk, SdkAddress, StatusResult, StatusResultWrapper, UserInstancesRequest,
 };
 use cloudphone_core::liveness::NodeHealth;
+use cloudphone_core::video::{
+    Codec, Definition, NetworkType, VideoCell, VideoConfig, VideoConfigError,
+};
 use cloudphone_proto::node_v1::{self as pb, node_agent_client::NodeAgentClient};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -600,6 +604,12 @@ pub async fn device_token(
     let Some(mut client) = node_of(&state, &record) else {
         return Err(ApiError::Internal.into());
     };
+    // The node may have restarted since SetVideoConfig: send the tenant's matrix first.
+    if let Some(config) = stored_video_config(&state, &instance_id).await? {
+        if let Err(status) = push_video_config(&mut client, &instance_id, &config).await {
+            tracing::warn!(%status, "video config not pushed before the session");
+        }
+    }
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let device_token = hex::encode(bytes);
@@ -649,6 +659,105 @@ pub async fn device_token(
         device_token,
     };
     Ok(axum::Json(DataResponse::ok(data)).into_response())
+}
+
+/// The stored matrix as the node API carries it.
+fn video_profiles(config: &VideoConfig) -> Vec<pb::VideoProfile> {
+    let mut profiles = Vec::new();
+    for network in NetworkType::ALL {
+        for codec in Codec::ALL {
+            let specs = Definition::ALL
+                .iter()
+                .map(|definition| {
+                    let spec = config.get(network, codec, *definition);
+                    pb::VideoSpec {
+                        definition: definition.as_str().to_string(),
+                        code_rate_kbps: spec.code_rate_kbps,
+                        fps: spec.fps,
+                    }
+                })
+                .collect();
+            profiles.push(pb::VideoProfile {
+                network_type: network.as_str().to_string(),
+                encoding_type: codec.as_str().to_string(),
+                specs,
+            });
+        }
+    }
+    profiles
+}
+
+/// Sends an instance's stored matrix to its node (live sessions adopt it at once).
+async fn push_video_config(
+    client: &mut NodeAgentClient<Channel>,
+    instance_id: &str,
+    config: &VideoConfig,
+) -> Result<(), tonic::Status> {
+    let request = pb::SetVideoConfigRequest {
+        instance_id: instance_id.to_string(),
+        profiles: video_profiles(config),
+    };
+    client.set_video_config(request).await.map(|_| ())
+}
+
+/// The instance's stored matrix, if SetVideoConfig was ever called for it.
+async fn stored_video_config(
+    state: &AppState,
+    instance_id: &str,
+) -> Result<Option<VideoConfig>, ApiFailure> {
+    let json = state.store.video_config(instance_id).await?;
+    if json.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str(&json) {
+        Ok(config) => Ok(Some(config)),
+        Err(error) => {
+            tracing::error!(instance_id, %error, "stored video config is unreadable");
+            Err(ApiError::Internal.into())
+        }
+    }
+}
+
+/// SetVideoConfig: validates the full 6-combination matrix, stores it for every instance, and
+/// pushes it to the nodes so live sessions change bitrate and fps without reconnecting.
+pub async fn set_video_config(
+    state: AppStateRef,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiFailure> {
+    let request = parse_json::<SetVideoConfigRequest>(&body)?;
+    wire::validate_instance_ids("instance_ids", &request.instance_ids)?;
+    let cells: Vec<VideoCell> = request
+        .instance_settings
+        .iter()
+        .map(|s| VideoCell {
+            network_type: s.network_type.clone(),
+            encoding_type: s.encoding_type.clone(),
+            specs: s.specs(),
+        })
+        .collect();
+    let config = VideoConfig::from_cells(&cells).map_err(|error| match error {
+        VideoConfigError::MissingCombination { .. } => {
+            ApiError::MissingVideoCombination(error.to_string())
+        }
+        other => ApiError::InvalidParameter(other.to_string()),
+    })?;
+    let records = owned(&state, &caller.principal.tenant_id, &request.instance_ids).await?;
+    let json = serde_json::to_string(&config).map_err(|_| ApiFailure(ApiError::Internal))?;
+    state
+        .store
+        .set_video_config(&request.instance_ids, &json, crate::unix_ms())
+        .await?;
+    for record in &records {
+        // A node that is down gets the matrix with the next GetDeviceToken.
+        if let Some(mut client) = node_of(&state, record) {
+            if let Err(status) = push_video_config(&mut client, &record.instance_id, &config).await
+            {
+                tracing::warn!(instance_id = %record.instance_id, %status, "video config not pushed; sent with the next session");
+            }
+        }
+    }
+    Ok(ok_body())
 }
 
 /// The host part of a URL, for the SDK address fields.

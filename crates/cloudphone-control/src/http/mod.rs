@@ -63,6 +63,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(management::batch_query_status),
         )
         .route("/v1/instances/batch-reset", post(management::batch_reset))
+        .route(
+            "/v1/instances/video-setting",
+            axum::routing::put(management::set_video_config),
+        )
         .route("/v1/instances/reboot", post(management::batch_reboot))
         .route("/v1/instances/assign", post(management::assign))
         .route("/v1/instances/unassign", post(management::unassign))
