@@ -605,10 +605,10 @@ pub async fn device_token(
         return Err(ApiError::Internal.into());
     };
     // The node may have restarted since SetVideoConfig: send the tenant's matrix first.
-    if let Some(config) = stored_video_config(&state, &instance_id).await? {
-        if let Err(status) = push_video_config(&mut client, &instance_id, &config).await {
-            tracing::warn!(%status, "video config not pushed before the session");
-        }
+    if let Some(config) = stored_video_config(&state, &instance_id).await?
+        && let Err(status) = push_video_config(&mut client, &instance_id, &config).await
+    {
+        tracing::warn!(%status, "video config not pushed before the session");
     }
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -750,11 +750,10 @@ pub async fn set_video_config(
         .await?;
     for record in &records {
         // A node that is down gets the matrix with the next GetDeviceToken.
-        if let Some(mut client) = node_of(&state, record) {
-            if let Err(status) = push_video_config(&mut client, &record.instance_id, &config).await
-            {
-                tracing::warn!(instance_id = %record.instance_id, %status, "video config not pushed; sent with the next session");
-            }
+        if let Some(mut client) = node_of(&state, record)
+            && let Err(status) = push_video_config(&mut client, &record.instance_id, &config).await
+        {
+            tracing::warn!(instance_id = %record.instance_id, %status, "video config not pushed; sent with the next session");
         }
     }
     Ok(ok_body())
