@@ -1,0 +1,170 @@
+//! Headless Chromium plays an x11 instance through the real player page
+//! (`crates/cloudphone-control/assets/player.html`), driven by playwright-core from
+//! `tests/browser/`: H.264 frames decode at the chosen size, and a tap on the video travels the
+//! `input` data channel into the instance (xeyes' pupils follow the pointer, so the X display's
+//! pixels change).
+
+mod streaming_support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use streaming_support::{Node, workspace_path};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::{self, ConnectionExt as _};
+use x11rb::rust_connection::RustConnection;
+
+const W: u32 = 360;
+const H: u32 = 640;
+
+/// `npm ci` in `tests/browser` unless playwright-core is already installed there.
+fn ensure_playwright(dir: &Path) {
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("npm runs");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
+fn screenshot(display: &str) -> Vec<u8> {
+    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    conn.get_image(
+        xproto::ImageFormat::Z_PIXMAP,
+        root,
+        0,
+        0,
+        W as u16,
+        H as u16,
+        !0,
+    )
+    .unwrap()
+    .reply()
+    .unwrap()
+    .data
+}
+
+struct Browser {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Browser {
+    async fn start(url: &str) -> Browser {
+        let dir = workspace_path("tests/browser");
+        ensure_playwright(&dir);
+        let mut child = tokio::process::Command::new("node")
+            .arg(dir.join("viewer.mjs"))
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut b = Browser {
+            child,
+            stdin,
+            lines,
+        };
+        let loaded = b.read().await;
+        assert_eq!(loaded["event"], "loaded", "{loaded}");
+        b
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("the browser driver answers in time")
+            .unwrap()
+            .expect("the browser driver is alive");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn call(&mut self, cmd: Value) -> Value {
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
+        self.read().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_h264_and_taps_reach_the_instance() {
+    let mut node = Node::start("x11", |_| {}).await;
+    node.create_instance("x1", W, H).await;
+    node.start_session("x1", "dev-c", "token-c", Duration::from_secs(600))
+        .await;
+    let pids: Value = serde_json::from_slice(
+        &std::fs::read(node.dir.path().join("instances/x1/pids.json")).unwrap(),
+    )
+    .unwrap();
+    let display = format!(
+        ":{}",
+        pids["display"].as_u64().expect("display in pids.json")
+    );
+
+    let player = workspace_path("crates/cloudphone-control/assets/player.html")
+        .canonicalize()
+        .unwrap();
+    let url = format!(
+        "file://{}?signaling={}&device_id=dev-c&device_token=token-c&codec=H264&definition=540P&network=WIFI&autoconnect=1",
+        player.display(),
+        node.ws_url
+    );
+    let mut browser = Browser::start(&url).await;
+    let playing = browser
+        .call(json!({"cmd":"wait_frames","n":60,"timeout_ms":30000}))
+        .await;
+    assert_eq!(playing["ok"], true, "{playing}");
+    let stats = &playing["stats"];
+    assert_eq!(stats["frameWidth"], 540, "{stats}");
+    assert_eq!(stats["frameHeight"], 960, "{stats}");
+    assert_eq!(stats["codec"], "video/H264", "{stats}");
+
+    // A tap in the top-left corner moves the X pointer there; xeyes redraws its pupils.
+    let before = screenshot(&display);
+    let tapped = browser.call(json!({"cmd":"tap","x":0.05,"y":0.05})).await;
+    assert_eq!(tapped["ok"], true, "{tapped}");
+    let changed = cloudphone_testkit::wait_for("pixels to change", Duration::from_secs(5), || {
+        let display = display.clone();
+        let before = before.clone();
+        async move {
+            let after = screenshot(&display);
+            let diff = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+            (diff > 100).then_some(diff)
+        }
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = browser.call(json!({"cmd":"stats"})).await;
+    let s = &after["stats"];
+    eprintln!(
+        "chromium H.264 540P: {} frames decoded, {} fps, {} kbit/s, rtt {} ms, jitter {} ms, dropped {}, decode {} ms/frame; tap changed {changed} bytes of the display",
+        s["framesDecoded"],
+        s["fps"],
+        s["kbps"],
+        s["rttMs"],
+        s["jitterMs"],
+        s["framesDropped"],
+        s["decodeMs"]
+    );
+    assert!(s["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap());
+    let _ = browser.call(json!({"cmd":"quit"})).await;
+    let _ = browser.child.wait().await;
+    node.shutdown().await;
+}

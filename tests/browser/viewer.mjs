@@ -1,0 +1,69 @@
+// Drives the player page in headless Chromium for the Rust streaming tests.
+//
+// Usage: node viewer.mjs <page-url>
+// Reads one JSON command per line on stdin and answers with one JSON line on stdout:
+//   {"cmd":"wait_frames","n":30,"timeout_ms":20000} → {"ok":true,"stats":{…}} once framesDecoded ≥ n
+//   {"cmd":"tap","x":0.1,"y":0.2}                  → a real mouse click on the video at that point
+//   {"cmd":"stats"}                                → {"ok":true,"stats":{…},"status":"connected"}
+//   {"cmd":"quit"}
+// Page console output goes to stderr.
+import { chromium } from "playwright-core";
+import readline from "node:readline";
+
+const url = process.argv[2];
+if (!url) { console.error("usage: node viewer.mjs <page-url>"); process.exit(2); }
+const reply = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--autoplay-policy=no-user-gesture-required"],
+  // playwright gives the browser a throwaway profile dir itself (machine.md's --user-data-dir).
+});
+const page = await browser.newPage({ viewport: { width: 800, height: 1000 } });
+page.on("console", (m) => console.error(`[page] ${m.text()}`));
+page.on("pageerror", (e) => console.error(`[page error] ${e}`));
+await page.goto(url);
+reply({ ok: true, event: "loaded" });
+
+const stats = () => page.evaluate(() => ({ stats: window.cloudphone.stats, status: window.cloudphone.status,
+                                          error: window.cloudphone.error || null, bye: window.cloudphone.byeReason || null }));
+
+async function handle(cmd) {
+  switch (cmd.cmd) {
+    case "wait_frames": {
+      const deadline = Date.now() + (cmd.timeout_ms || 20000);
+      for (;;) {
+        const s = await stats();
+        if (s.stats && s.stats.framesDecoded >= cmd.n) return { ok: true, ...s };
+        if (Date.now() > deadline || s.status === "error" || s.status === "bye") return { ok: false, ...s };
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    case "tap": {
+      // Where the point is on screen, inside the letterboxed picture.
+      const p = await page.evaluate(({ x, y }) => {
+        const v = document.getElementById("video"), r = v.getBoundingClientRect();
+        const s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
+        const w = v.videoWidth * s, h = v.videoHeight * s;
+        return { x: r.left + (r.width - w) / 2 + x * w, y: r.top + (r.height - h) / 2 + y * h };
+      }, cmd);
+      await page.mouse.move(p.x, p.y);
+      await page.mouse.down();
+      await page.mouse.up();
+      return { ok: true, at: p };
+    }
+    case "stats": return { ok: true, ...(await stats()) };
+    case "quit": await browser.close(); reply({ ok: true }); process.exit(0);
+    default: return { ok: false, error: `unknown command ${cmd.cmd}` };
+  }
+}
+
+const rl = readline.createInterface({ input: process.stdin });
+for await (const line of rl) {
+  if (!line.trim()) continue;
+  try { reply(await handle(JSON.parse(line))); } catch (e) { reply({ ok: false, error: String(e) }); }
+}
+await browser.close();
