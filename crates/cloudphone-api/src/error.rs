@@ -36,6 +36,15 @@ pub enum ApiError {
     /// `KOOPHONE.API.5005`: not every instance is running.
     #[error("not all instances are running: {0}")]
     NotAllRunning(String),
+    /// `KOOPHONE.API.3008`: `fast_install` is neither 0 nor 1.
+    #[error("fast_install must be 0 or 1")]
+    FastInstallInvalid,
+    /// `KOOPHONE.API.62006`: the package size is not a number.
+    #[error("object_size must be a number (MB): {0}")]
+    AppSizeNotNumber(String),
+    /// `KOOPHONE.API.62015`: the package is larger than 2 GB.
+    #[error("the application package exceeds the 2G limit")]
+    AppTooLarge,
     /// `KOOPHONE.API.5002`: a time parameter is not `yyyy-MM-dd HH:mm:ss`.
     #[error("time format error: {0}")]
     TimeFormat(String),
@@ -82,6 +91,9 @@ impl ApiError {
             ApiError::BindingNotFound(_) => "KOOPHONE.API.2210",
             ApiError::OnDemandNotDeletable(_) => "KOOPHONE.API.5001",
             ApiError::NotAllRunning(_) => "KOOPHONE.API.5005",
+            ApiError::FastInstallInvalid => "KOOPHONE.API.3008",
+            ApiError::AppSizeNotNumber(_) => "KOOPHONE.API.62006",
+            ApiError::AppTooLarge => "KOOPHONE.API.62015",
             ApiError::TimeFormat(_) => "KOOPHONE.API.5002",
             ApiError::EndBeforeStart => "KOOPHONE.API.5004",
             ApiError::SkuMismatch(_) => "KOOPHONE.API.3001",
@@ -103,6 +115,9 @@ impl ApiError {
             ApiError::InvalidRequestId
             | ApiError::InvalidParameter(_)
             | ApiError::TimeFormat(_)
+            | ApiError::FastInstallInvalid
+            | ApiError::AppSizeNotNumber(_)
+            | ApiError::AppTooLarge
             | ApiError::MissingVideoCombination(_)
             | ApiError::TaskNotFound(_)
             | ApiError::NoAssignableDevice(_)

@@ -5,6 +5,7 @@
 //! types, and map [`error::ApiError`] onto HTTP.
 //!
 //! # Layout
+//! - [`apps`]: InstallApp's body, rules and answer.
 //! - [`error`]: every `KOOPHONE.API.*` code with its HTTP status, and the error body.
 //! - [`iam`]: `POST /v3/auth/tokens` request and response bodies.
 //! - [`instances`]: `/v1/instances/*` bodies and query parameters, with their validation.
@@ -12,6 +13,7 @@
 //! - [`timefmt`]: the seeds' `yyyy-MM-dd HH:mm:ss` UTC time format.
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod error;
 pub mod iam;
 pub mod instances;

@@ -50,7 +50,7 @@ fn ok_body() -> Response {
 }
 
 /// Loads the named instances, refusing the whole request if any is not the caller's.
-async fn owned(
+pub(super) async fn owned(
     state: &AppState,
     tenant_id: &str,
     ids: &[String],
@@ -66,7 +66,10 @@ async fn owned(
 }
 
 /// A client for the instance's node when that node is up.
-fn node_of(state: &AppState, record: &InstanceRecord) -> Option<NodeAgentClient<Channel>> {
+pub(super) fn node_of(
+    state: &AppState,
+    record: &InstanceRecord,
+) -> Option<NodeAgentClient<Channel>> {
     (state.registry.health(&record.node_id) == NodeHealth::Up)
         .then(|| state.registry.client(&record.node_id))
         .flatten()
@@ -150,7 +153,7 @@ pub async fn sync_command(
     Ok(axum::Json(DataResponse::ok(CmdResultWrapper { cmd_results })).into_response())
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, request ids, authentication and the mapping of errors onto the spec's
 //! codes. Handlers are thin: parse into `cloudphone_api` types, act, answer.
 
+mod apps;
 mod console;
 mod iam;
 mod instances;
@@ -63,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(management::batch_query_status),
         )
         .route("/v1/instances/batch-reset", post(management::batch_reset))
+        .route("/v1/instances/app/install", post(apps::install))
         .route(
             "/v1/instances/video-setting",
             axum::routing::put(management::set_video_config),

@@ -1,0 +1,179 @@
+//! InstallApp end to end: a package served over HTTP is downloaded by the node, checked against
+//! the order's MD5, installed into the instance, and reported through GetTask.
+
+use std::time::Duration;
+
+use cloudphone_testkit::fleet::Fleet;
+use cloudphone_testkit::wait_for;
+use serde_json::{Value, json};
+
+/// Builds an app package (tar.gz with `app.json`) and returns its bytes.
+fn package(dir: &std::path::Path) -> Vec<u8> {
+    let src = dir.join("pkg");
+    std::fs::create_dir_all(src.join("bin")).unwrap();
+    std::fs::write(
+        src.join("app.json"),
+        r#"{"name":"com.example.hello","version":"1.0.0","exec":"bin/hello"}"#,
+    )
+    .unwrap();
+    std::fs::write(src.join("bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
+    let out = dir.join("hello.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&src)
+        .args(["app.json", "bin"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+/// Serves `bytes` at `http://127.0.0.1:<port>/hello.apk` for the rest of the test.
+async fn serve(bytes: Vec<u8>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/hello.apk",
+        axum::routing::get(move || async move { bytes.clone() }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/hello.apk")
+}
+
+fn body(url: &str, md5: &str, ids: &[String]) -> Value {
+    json!({"fast_install": 1, "object_name": "com.example.hello", "file_name": "hello.apk",
+        "object_version": "1.0.0", "object_size": 1, "biz_type": "apk",
+        "content_type": "application/octet-stream", "content_md5": md5,
+        "install_package_url": url, "instance_id_list": ids})
+}
+
+async fn finished_jobs(fleet: &Fleet, token: &str, task_id: &str) -> Vec<Value> {
+    let path = format!("/v1/instances/tasks/{task_id}");
+    wait_for(
+        "install jobs to finish",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = fleet.call(reqwest::Method::GET, &path, token, None).await;
+            let jobs = body["data"]["jobs"].as_array()?.clone();
+            jobs.iter().all(|j| j["status"] != 1).then_some(jobs)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_app() {
+    let fleet = Fleet::up("synthetic").await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let other = fleet.login("other", "correct-horse-2").await;
+    let ids = fleet.running_instances(&acme, 2).await;
+    let bytes = package(fleet.dir.path());
+    let md5 = format!("{:032x}", md5_of(&bytes));
+    let url = serve(bytes).await;
+
+    let (status, answer) = fleet
+        .post("/v1/instances/app/install", &acme, &body(&url, &md5, &ids))
+        .await;
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (200, Some("0")),
+        "{answer}"
+    );
+    let task_id = answer["data"]["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(task_id.starts_with("ZGCA"), "{task_id}");
+    assert_eq!(
+        answer["data"]["data"]["cmd_jobs"].as_array().unwrap().len(),
+        2
+    );
+    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    assert!(jobs.iter().all(|j| j["status"] == 2), "{jobs:?}");
+    for id in &ids {
+        let installed = fleet
+            .instance_data_dir(id)
+            .join("apps/com.example.hello/bin/hello");
+        assert!(installed.exists(), "installed into {id}'s data");
+    }
+
+    // A wrong MD5 (the seed example's placeholder) fails the job with 62017; nothing lands.
+    let (_, answer) = fleet
+        .post(
+            "/v1/instances/app/install",
+            &acme,
+            &body(&url, "fghfg", &ids[..1]),
+        )
+        .await;
+    let task_id = answer["data"]["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    assert_eq!(
+        (jobs[0]["status"].as_i64(), jobs[0]["error_code"].as_str()),
+        (Some(-1), Some("KOOPHONE.API.62017"))
+    );
+    // An unreachable URL: 62017 too.
+    let dead = format!(
+        "http://127.0.0.1:{}/nothing.apk",
+        cloudphone_testkit::free_port()
+    );
+    let (_, answer) = fleet
+        .post(
+            "/v1/instances/app/install",
+            &acme,
+            &body(&dead, "", &ids[..1]),
+        )
+        .await;
+    let task_id = answer["data"]["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    assert_eq!(jobs[0]["error_code"], "KOOPHONE.API.62017");
+
+    // Request-level codes.
+    let mut bad = body(&url, &md5, &ids);
+    bad["fast_install"] = json!(3);
+    let (status, answer) = fleet.post("/v1/instances/app/install", &acme, &bad).await;
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (400, Some("KOOPHONE.API.3008"))
+    );
+    bad = body(&url, &md5, &ids);
+    bad["object_size"] = json!("lots");
+    let (status, answer) = fleet.post("/v1/instances/app/install", &acme, &bad).await;
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (400, Some("KOOPHONE.API.62006"))
+    );
+    bad["object_size"] = json!(4096);
+    let (status, answer) = fleet.post("/v1/instances/app/install", &acme, &bad).await;
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (400, Some("KOOPHONE.API.62015"))
+    );
+    let (status, answer) = fleet
+        .post("/v1/instances/app/install", &other, &body(&url, &md5, &ids))
+        .await;
+    assert_eq!(
+        (status, answer["error_code"].as_str()),
+        (401, Some("KOOPHONE.API.1001"))
+    );
+}
+
+/// MD5 via the system tool, so the test does not trust the code under test for its expectation.
+fn md5_of(bytes: &[u8]) -> u128 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new("md5sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    u128::from_str_radix(text.split_whitespace().next().unwrap(), 16).unwrap()
+}
