@@ -6,6 +6,7 @@
 //! - [`lifecycle`]: an instance's states and which operations are allowed from each.
 //! - [`liveness`]: when a node that stopped beating counts as down.
 //! - [`scheduling`]: which node a new instance goes to.
+//! - [`prepare`]: the FIFO queue of backed-up instances waiting for a slot to be restored.
 //! - [`video`]: the SetVideoConfig matrix, its rules and profile selection.
 //! - [`adaptation`]: the sender's bitrate controller under congestion.
 #![forbid(unsafe_code)]
@@ -13,5 +14,6 @@
 pub mod adaptation;
 pub mod lifecycle;
 pub mod liveness;
+pub mod prepare;
 pub mod scheduling;
 pub mod video;
