@@ -1,1 +1,899 @@
-//! GStreamer encode pipelines (placeholder until the media work lands).
+//! GStreamer encode pipelines: one capture → scale → encode → RTP packetizer per (instance,
+//! profile), handing complete RTP packets to the WebRTC side over a bounded channel.
+//!
+//! Every choice here is for latency first (see `docs/streaming.md`): no B-frames, no lookahead,
+//! a VBV of about 1.5 frames, a one-frame leaky queue in front of the encoder, key frames on
+//! request with a long GOP otherwise, and a payloader that never waits for more NAL units.
+//! Everything runs on GStreamer's own streaming threads; nothing here blocks a tokio runtime.
+//! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
+
+pub mod rtp;
+
+use std::collections::VecDeque;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use cloudphone_core::video::Codec;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use tokio::sync::mpsc;
+
+use crate::runtime::CaptureSource;
+
+/// What one encoder is asked to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub codec: Codec,
+    /// Output size; the capture is scaled (letterboxed if the aspect differs) to it.
+    pub width: u32,
+    pub height: u32,
+    /// Output frame rate; the capture is asked for exactly this rate.
+    pub fps: u32,
+    /// Target bitrate in kbit/s; the ceiling comes from SetVideoConfig, the live value from
+    /// the bitrate controller.
+    pub bitrate_kbps: u32,
+    /// Encoder element override, e.g. "vah264enc"; `None` picks the best available.
+    pub encoder: Option<String>,
+}
+
+/// Knobs that are not part of a stream's profile; the defaults are what the node uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// `videotestsrc` pattern for [`CaptureSource::TestPattern`], optionally followed by
+    /// `property=value` pairs, e.g. `"zone-plate kx2=20 ky2=20 kt=1"`. "ball" (the default) is
+    /// cheap to encode (~120–230 kbit/s at 720×1280 whatever the target), so a benchmark of
+    /// encoder load or of rate control wants a busier one: a moving zone plate or "snow".
+    pub test_pattern: String,
+    /// RTP packets buffered towards the WebRTC side before new ones are dropped (and counted).
+    /// 1024 is ~2.5 s at 4 Mbit/s: far more than a healthy consumer needs, small enough that a
+    /// stalled one does not hoard memory.
+    pub channel_capacity: usize,
+    /// The adb binary for [`CaptureSource::Adb`].
+    pub adb: std::path::PathBuf,
+}
+
+/// Default [`PipelineOptions::test_pattern`].
+pub const DEFAULT_TEST_PATTERN: &str = "ball";
+/// Default [`PipelineOptions::channel_capacity`].
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+/// RTP payload type the packets carry; the WebRTC side rewrites it to the negotiated one.
+pub const RTP_PAYLOAD_TYPE: u32 = 96;
+/// RTP packet size cap: leaves room under a 1280-byte path MTU for SRTP, TURN and IPv6.
+pub const RTP_MTU: u32 = 1200;
+/// Key frames come on request (PLI/FIR); the periodic one is only a safety net, this many
+/// seconds apart.
+pub const GOP_SECONDS: u32 = 10;
+/// VBV size in frames: enough for a P-frame with some motion, small enough that no frame
+/// takes more than ~1.5 frame intervals on the wire at the target rate.
+pub const VBV_FRAMES: f64 = 1.5;
+/// How many recent per-frame latency samples [`PipelineStats`] keeps.
+const LATENCY_SAMPLES: usize = 120;
+/// How many in-flight frame timestamps the latency probes remember; more than any encoder
+/// here holds (zero-latency encoders hold none).
+const INFLIGHT_FRAMES: usize = 64;
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            test_pattern: DEFAULT_TEST_PATTERN.to_owned(),
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            adb: std::path::PathBuf::from("/usr/bin/adb"),
+        }
+    }
+}
+
+/// Counters and recent figures of one pipeline. Cheap to take; a snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineStats {
+    /// Frames out of the capture stage (before the leaky queue).
+    pub frames_captured: u64,
+    /// Frames out of the encoder. `frames_captured − frames_encoded` is what the leaky queue
+    /// dropped because the encoder was busy (plus at most one in flight).
+    pub frames_encoded: u64,
+    /// RTP packets handed to the channel.
+    pub packets_out: u64,
+    /// RTP packets dropped because the channel was full or closed.
+    pub packets_dropped: u64,
+    /// RTP bytes handed to the channel (headers included).
+    pub bytes_out: u64,
+    /// Current target bitrate (kbit/s) and frame rate.
+    pub bitrate_kbps: u32,
+    pub fps: u32,
+    /// The encoder element in use.
+    pub encoder: String,
+    /// The first error the pipeline posted on its bus; the pipeline has stopped producing.
+    pub error: Option<String>,
+    /// The capture ended (end of stream), e.g. the adb child exited.
+    pub ended: bool,
+    /// Milliseconds each recent frame spent in the encoder (sink pad → src pad).
+    pub encode_latency_ms_recent: Vec<f64>,
+    /// Milliseconds from capture to the frame's last RTP packet leaving the pipeline.
+    pub pipeline_latency_ms_recent: Vec<f64>,
+}
+
+/// What can go wrong building or starting a pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    #[error("GStreamer initialisation failed: {0}")]
+    Init(String),
+    #[error("GStreamer element {0:?} is not installed")]
+    MissingElement(String),
+    #[error("no {0} encoder is installed")]
+    NoEncoder(Codec),
+    #[error("invalid encoder settings: {0}")]
+    InvalidSettings(String),
+    #[error("building the pipeline failed: {0}")]
+    Build(String),
+    #[error("starting the pipeline failed: {0}")]
+    Start(String),
+    #[error("spawning the capture process failed: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+impl From<gst::glib::BoolError> for MediaError {
+    fn from(e: gst::glib::BoolError) -> Self {
+        MediaError::Build(e.to_string())
+    }
+}
+
+/// Initialises GStreamer once per process.
+pub(crate) fn init() -> Result<(), MediaError> {
+    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
+    INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(MediaError::Init)
+}
+
+/// Encoders in order of preference per codec: hardware first (used when a host has it),
+/// then software.
+const H264_ENCODERS: [&str; 6] = [
+    "vah264enc",
+    "vah264lpenc",
+    "nvh264enc",
+    "v4l2h264enc",
+    "x264enc",
+    "openh264enc",
+];
+const H265_ENCODERS: [&str; 4] = ["vah265enc", "vah265lpenc", "nvh265enc", "x265enc"];
+
+/// Every known H.264/H.265 encoder element installed on this host, in preference order.
+pub fn available_encoders() -> Vec<String> {
+    if init().is_err() {
+        return Vec::new();
+    }
+    H264_ENCODERS
+        .iter()
+        .chain(H265_ENCODERS.iter())
+        .filter(|name| gst::ElementFactory::find(name).is_some())
+        .map(|name| (*name).to_owned())
+        .collect()
+}
+
+fn best_encoder(codec: Codec) -> Option<&'static str> {
+    let candidates: &[&'static str] = match codec {
+        Codec::H264 => &H264_ENCODERS,
+        Codec::H265 => &H265_ENCODERS,
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|name| gst::ElementFactory::find(name).is_some())
+}
+
+/// How the encoder element takes its settings; they differ in units and property names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EncoderKind {
+    /// `bitrate` kbit/s, live; `vbv-buf-capacity` ms, live.
+    X264,
+    /// `bitrate` kbit/s, live but it re-creates the encoder (new IDR); VBV via `option-string`.
+    X265,
+    /// `bitrate` in bit/s.
+    OpenH264,
+    /// Hardware and unknown encoders: `bitrate` in kbit/s when they have it.
+    Other,
+}
+
+impl EncoderKind {
+    fn of(element: &str) -> Self {
+        match element {
+            "x264enc" => EncoderKind::X264,
+            "x265enc" => EncoderKind::X265,
+            "openh264enc" => EncoderKind::OpenH264,
+            _ => EncoderKind::Other,
+        }
+    }
+}
+
+/// Frame timestamps (PTS, ns) seen at a probe point with when they passed it; bounded.
+#[derive(Default)]
+struct Inflight(VecDeque<(u64, Instant)>);
+
+impl Inflight {
+    fn push(&mut self, pts: u64, at: Instant) {
+        if self.0.len() >= INFLIGHT_FRAMES {
+            self.0.pop_front();
+        }
+        self.0.push_back((pts, at));
+    }
+
+    /// Removes and returns the entry for `pts` and anything older (those frames were dropped).
+    fn take(&mut self, pts: u64) -> Option<Instant> {
+        while let Some(&(p, at)) = self.0.front() {
+            if p > pts {
+                return None;
+            }
+            self.0.pop_front();
+            if p == pts {
+                return Some(at);
+            }
+        }
+        None
+    }
+}
+
+fn push_sample(ring: &mut VecDeque<f64>, value: f64) {
+    if ring.len() >= LATENCY_SAMPLES {
+        ring.pop_front();
+    }
+    ring.push_back(value);
+}
+
+/// Shared between the owner and the streaming-thread callbacks.
+#[derive(Default)]
+struct Shared {
+    frames_captured: AtomicU64,
+    frames_encoded: AtomicU64,
+    packets_out: AtomicU64,
+    packets_dropped: AtomicU64,
+    bytes_out: AtomicU64,
+    bitrate_kbps: AtomicU32,
+    fps: AtomicU32,
+    ended: AtomicBool,
+    error: Mutex<Option<String>>,
+    /// Capture time of frames still in the pipeline, for the end-to-end figure.
+    captured_at: Mutex<Inflight>,
+    /// Encoder-input time of frames inside the encoder.
+    encoding_at: Mutex<Inflight>,
+    encode_latency: Mutex<VecDeque<f64>>,
+    pipeline_latency: Mutex<VecDeque<f64>>,
+}
+
+/// A poisoned lock only means a callback panicked mid-update of a statistic; the data is
+/// still usable, so take it rather than propagate the panic into GStreamer's threads.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One running capture → encode → RTP pipeline. Dropping it stops the pipeline.
+pub struct EncodePipeline {
+    /// Unique per process; element names start with it, so do their streaming threads.
+    name: String,
+    pipeline: gst::Pipeline,
+    encoder: gst::Element,
+    kind: EncoderKind,
+    /// Caps right after the source: asks the capture for the frame rate (set_fps changes it).
+    source_caps: gst::Element,
+    /// Caps in front of the encoder: size, format and rate.
+    encode_caps: gst::Element,
+    settings: Mutex<EncoderSettings>,
+    shared: Arc<Shared>,
+    /// The adb child feeding [`CaptureSource::Adb`]; killed on drop.
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for EncodePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodePipeline")
+            .field("name", &self.name)
+            .field("settings", &*lock(&self.settings))
+            .finish_non_exhaustive()
+    }
+}
+
+fn make(factory: &str, name: String) -> Result<gst::Element, MediaError> {
+    if gst::ElementFactory::find(factory).is_none() {
+        return Err(MediaError::MissingElement(factory.to_owned()));
+    }
+    Ok(gst::ElementFactory::make(factory).name(name).build()?)
+}
+
+fn validate(settings: &EncoderSettings) -> Result<(), MediaError> {
+    let bad = |m: String| Err(MediaError::InvalidSettings(m));
+    if settings.width == 0
+        || settings.height == 0
+        || settings.width > 8192
+        || settings.height > 8192
+    {
+        return bad(format!("size {}x{}", settings.width, settings.height));
+    }
+    // 4:2:0 chroma needs even dimensions.
+    if !settings.width.is_multiple_of(2) || !settings.height.is_multiple_of(2) {
+        return bad(format!(
+            "size {}x{} is not even",
+            settings.width, settings.height
+        ));
+    }
+    if !(1..=120).contains(&settings.fps) {
+        return bad(format!("fps {}", settings.fps));
+    }
+    if !(1..=100_000).contains(&settings.bitrate_kbps) {
+        return bad(format!("bitrate {} kbps", settings.bitrate_kbps));
+    }
+    Ok(())
+}
+
+fn raw_caps(width: Option<(u32, u32)>, fps: u32) -> gst::Caps {
+    let mut b = gst::Caps::builder("video/x-raw");
+    if let Some((w, h)) = width {
+        b = b
+            .field("format", "I420")
+            .field("width", w as i32)
+            .field("height", h as i32)
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+    }
+    b.field("framerate", gst::Fraction::new(fps as i32, 1))
+        .build()
+}
+
+/// VBV in milliseconds for x264 (`vbv-buf-capacity`).
+fn vbv_ms(fps: u32) -> u32 {
+    ((VBV_FRAMES * 1000.0 / f64::from(fps.max(1))).round() as u32).max(1)
+}
+
+/// x265's options: no B-frames or lookahead, headers with every key frame, and a VBV of
+/// [`VBV_FRAMES`] (in kbit) capped at the target rate.
+fn x265_options(bitrate_kbps: u32, fps: u32) -> String {
+    let bufsize =
+        ((f64::from(bitrate_kbps) * VBV_FRAMES / f64::from(fps.max(1))).ceil() as u32).max(1);
+    format!(
+        "bframes=0:b-adapt=0:rc-lookahead=0:repeat-headers=1:vbv-maxrate={bitrate_kbps}:vbv-bufsize={bufsize}"
+    )
+}
+
+fn configure_encoder(enc: &gst::Element, kind: EncoderKind, s: &EncoderSettings) {
+    let gop = s.fps.saturating_mul(GOP_SECONDS);
+    match kind {
+        EncoderKind::X264 => {
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("bframes", 0u32);
+            enc.set_property("key-int-max", gop);
+            enc.set_property("rc-lookahead", 0i32);
+            enc.set_property("sliced-threads", true);
+            enc.set_property("vbv-buf-capacity", vbv_ms(s.fps));
+            enc.set_property("byte-stream", true);
+            // Access unit delimiters are for MPEG-TS; RTP frames by marker bit and timestamp.
+            enc.set_property("aud", false);
+            enc.set_property("bitrate", s.bitrate_kbps);
+        }
+        EncoderKind::X265 => {
+            enc.set_property_from_str("tune", "zerolatency");
+            enc.set_property_from_str("speed-preset", "ultrafast");
+            enc.set_property("key-int-max", gop as i32);
+            enc.set_property("option-string", x265_options(s.bitrate_kbps, s.fps));
+            enc.set_property("bitrate", s.bitrate_kbps);
+        }
+        EncoderKind::OpenH264 => {
+            enc.set_property("bitrate", s.bitrate_kbps.saturating_mul(1000));
+            set_if_exists(enc, "gop-size", gop);
+        }
+        EncoderKind::Other => {
+            set_if_exists(enc, "bitrate", s.bitrate_kbps);
+            set_if_exists(enc, "key-int-max", gop);
+            set_if_exists(enc, "b-frames", 0u32);
+        }
+    }
+}
+
+/// Sets a property only when the element has it with this value type; hardware encoders
+/// differ in what they expose.
+fn set_if_exists<V: Into<gst::glib::Value> + StaticType>(el: &gst::Element, name: &str, value: V) {
+    if let Some(pspec) = el.find_property(name)
+        && pspec.value_type() == V::static_type()
+        && pspec.flags().contains(gst::glib::ParamFlags::WRITABLE)
+    {
+        el.set_property(name, value);
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl EncodePipeline {
+    /// Builds and starts a pipeline with the default [`PipelineOptions`].
+    pub fn start(
+        source: &CaptureSource,
+        settings: &EncoderSettings,
+    ) -> Result<(EncodePipeline, mpsc::Receiver<Bytes>), MediaError> {
+        Self::start_with(source, settings, &PipelineOptions::default())
+    }
+
+    /// Builds and starts a pipeline. Each received [`Bytes`] is one complete RTP packet.
+    /// Returns once the pipeline is PLAYING; the first packets follow within a few frames.
+    pub fn start_with(
+        source: &CaptureSource,
+        settings: &EncoderSettings,
+        options: &PipelineOptions,
+    ) -> Result<(EncodePipeline, mpsc::Receiver<Bytes>), MediaError> {
+        init()?;
+        validate(settings)?;
+        let encoder_name = match &settings.encoder {
+            Some(name) => name.clone(),
+            None => best_encoder(settings.codec)
+                .ok_or(MediaError::NoEncoder(settings.codec))?
+                .to_owned(),
+        };
+        let kind = EncoderKind::of(&encoder_name);
+        let name = format!("cpenc{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        let n = |suffix: &str| format!("{name}-{suffix}");
+        let pipeline = gst::Pipeline::with_name(&name);
+        let mut child = None;
+
+        // Capture stage: everything up to raw frames at the source's own size.
+        let mut capture: Vec<gst::Element> = Vec::new();
+        match source {
+            CaptureSource::X11 { display, .. } => {
+                let src = make("ximagesrc", n("src"))?;
+                src.set_property("display-name", display);
+                src.set_property("use-damage", false);
+                src.set_property("show-pointer", true);
+                capture.push(src);
+            }
+            CaptureSource::TestPattern { width, height } => {
+                let src = make("videotestsrc", n("src"))?;
+                src.set_property("is-live", true);
+                apply_pattern(&src, &options.test_pattern)?;
+                capture.push(src);
+                let size = make("capsfilter", n("size"))?;
+                size.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("width", *width as i32)
+                        .field("height", *height as i32)
+                        .build(),
+                );
+                capture.push(size);
+            }
+            CaptureSource::Adb {
+                serial,
+                width,
+                height,
+            } => {
+                // screenrecord writes an H.264 elementary stream on stdout; it is decoded and
+                // re-encoded so bitrate, frame rate and key frames stay under our control.
+                let mut cmd = Command::new(&options.adb);
+                cmd.args(adb_screenrecord_args(serial, *width, *height))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null());
+                let spawned = cmd.spawn()?;
+                let fd = match spawned.stdout.as_ref() {
+                    Some(out) => std::os::fd::AsRawFd::as_raw_fd(out),
+                    None => return Err(MediaError::Start("adb has no stdout".into())),
+                };
+                let src = make("fdsrc", n("src"))?;
+                src.set_property("fd", fd);
+                // The stream has no timestamps; stamp buffers as they arrive.
+                src.set_property("do-timestamp", true);
+                capture.push(src);
+                let parse = make("h264parse", n("adbparse"))?;
+                capture.push(parse);
+                capture.push(make("avdec_h264", n("adbdec"))?);
+                child = Some(spawned);
+            }
+        }
+        let is_adb = matches!(source, CaptureSource::Adb { .. });
+
+        // Asks live sources for exactly the output rate: they then pace themselves and no
+        // videorate (which holds one frame to pick the closest, a frame of latency) is needed.
+        // adb's stream is variable-rate, so there videorate does the job instead.
+        let source_caps = make("capsfilter", n("srccaps"))?;
+        if !is_adb {
+            source_caps.set_property("caps", raw_caps(None, settings.fps));
+        }
+        let convert = make("videoconvert", n("convert"))?;
+        let scale = make("videoscale", n("scale"))?;
+        let encode_caps = make("capsfilter", n("enccaps"))?;
+        encode_caps.set_property(
+            "caps",
+            raw_caps(Some((settings.width, settings.height)), settings.fps),
+        );
+        // One frame, leaky: when the encoder is busy the stale frame is dropped, so latency
+        // never builds up in front of it.
+        let queue = make("queue", n("q"))?;
+        queue.set_property("max-size-buffers", 1u32);
+        queue.set_property("max-size-bytes", 0u32);
+        queue.set_property("max-size-time", 0u64);
+        queue.set_property_from_str("leaky", "downstream");
+
+        if gst::ElementFactory::find(&encoder_name).is_none() {
+            return Err(MediaError::MissingElement(encoder_name));
+        }
+        let encoder = make(&encoder_name, n("enc"))?;
+        configure_encoder(&encoder, kind, settings);
+        let (parser_name, pay_name, encoded_caps) = match settings.codec {
+            // Constrained baseline: every WebRTC H.264 decoder takes it (profile-level-id
+            // 42e01f family); without B-frames High would buy only CABAC's ~10 %.
+            Codec::H264 => (
+                "h264parse",
+                "rtph264pay",
+                gst::Caps::builder("video/x-h264")
+                    .field("profile", "constrained-baseline")
+                    .field("stream-format", "byte-stream")
+                    .build(),
+            ),
+            Codec::H265 => (
+                "h265parse",
+                "rtph265pay",
+                gst::Caps::builder("video/x-h265")
+                    .field("stream-format", "byte-stream")
+                    .build(),
+            ),
+        };
+        let profile = make("capsfilter", n("profile"))?;
+        profile.set_property("caps", encoded_caps);
+        let parser = make(parser_name, n("parse"))?;
+        parser.set_property("config-interval", -1i32);
+        let pay = make(pay_name, n("pay"))?;
+        pay.set_property("pt", RTP_PAYLOAD_TYPE);
+        pay.set_property("mtu", RTP_MTU);
+        pay.set_property("config-interval", -1i32);
+        if pay.find_property("aggregate-mode").is_some() {
+            pay.set_property_from_str("aggregate-mode", "zero-latency");
+        }
+        let sink = gst_app::AppSink::builder()
+            .name(n("sink"))
+            .sync(false)
+            .drop(true)
+            .max_buffers(8)
+            .build();
+
+        let mut chain: Vec<gst::Element> = capture;
+        chain.push(source_caps.clone());
+        chain.push(convert);
+        chain.push(scale);
+        if is_adb {
+            chain.push(make("videorate", n("rate"))?);
+        }
+        chain.push(encode_caps.clone());
+        chain.push(queue);
+        chain.push(encoder.clone());
+        chain.push(profile);
+        chain.push(parser);
+        chain.push(pay);
+        chain.push(sink.clone().upcast());
+        pipeline.add_many(chain.iter())?;
+        gst::Element::link_many(chain.iter())?;
+
+        let shared = Arc::new(Shared::default());
+        shared
+            .bitrate_kbps
+            .store(settings.bitrate_kbps, Ordering::Relaxed);
+        shared.fps.store(settings.fps, Ordering::Relaxed);
+        install_probes(&source_caps, &encoder, &shared)?;
+        let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
+        install_sink(&sink, tx, &shared);
+        install_bus(&pipeline, &name, &shared)?;
+
+        let mut settings = settings.clone();
+        settings.encoder = Some(encoder_name);
+        let this = EncodePipeline {
+            name,
+            pipeline,
+            encoder,
+            kind,
+            source_caps,
+            encode_caps,
+            settings: Mutex::new(settings),
+            shared,
+            child,
+        };
+        if let Err(e) = this.pipeline.set_state(gst::State::Playing) {
+            // `this` is dropped on return, which stops whatever did start.
+            let detail = lock(&this.shared.error)
+                .clone()
+                .unwrap_or_else(|| e.to_string());
+            return Err(MediaError::Start(detail));
+        }
+        tracing::info!(pipeline = %this.name, settings = ?*lock(&this.settings), "encode pipeline started");
+        Ok((this, rx))
+    }
+
+    /// The pipeline's unique name; its elements (and so its streaming threads) are named
+    /// `<name>-…`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Changes the target bitrate without a restart. x264 applies it to the next frame; x265
+    /// re-creates its encoder (the next frame is an IDR), so callers should not change it for
+    /// every small step on H.265.
+    pub fn set_bitrate(&self, kbps: u32) {
+        let kbps = kbps.clamp(1, 100_000);
+        let mut settings = lock(&self.settings);
+        if settings.bitrate_kbps == kbps {
+            return;
+        }
+        settings.bitrate_kbps = kbps;
+        match self.kind {
+            EncoderKind::X264 => self.encoder.set_property("bitrate", kbps),
+            EncoderKind::X265 => {
+                // Both take effect together at the next frame's re-initialisation.
+                self.encoder
+                    .set_property("option-string", x265_options(kbps, settings.fps));
+                self.encoder.set_property("bitrate", kbps);
+            }
+            EncoderKind::OpenH264 => self
+                .encoder
+                .set_property("bitrate", kbps.saturating_mul(1000)),
+            EncoderKind::Other => set_if_exists(&self.encoder, "bitrate", kbps),
+        }
+        self.shared.bitrate_kbps.store(kbps, Ordering::Relaxed);
+        tracing::debug!(pipeline = %self.name, kbps, "bitrate set");
+    }
+
+    /// Changes the frame rate without a restart: the capture is renegotiated to the new rate
+    /// and the encoder follows the new caps.
+    pub fn set_fps(&self, fps: u32) {
+        let fps = fps.clamp(1, 120);
+        let mut settings = lock(&self.settings);
+        if settings.fps == fps {
+            return;
+        }
+        settings.fps = fps;
+        match self.kind {
+            EncoderKind::X264 => self.encoder.set_property("vbv-buf-capacity", vbv_ms(fps)),
+            EncoderKind::X265 => self
+                .encoder
+                .set_property("option-string", x265_options(settings.bitrate_kbps, fps)),
+            EncoderKind::OpenH264 | EncoderKind::Other => {}
+        }
+        if self
+            .source_caps
+            .property::<Option<gst::Caps>>("caps")
+            .is_some_and(|c| !c.is_any())
+        {
+            self.source_caps.set_property("caps", raw_caps(None, fps));
+        }
+        self.encode_caps.set_property(
+            "caps",
+            raw_caps(Some((settings.width, settings.height)), fps),
+        );
+        self.shared.fps.store(fps, Ordering::Relaxed);
+        tracing::debug!(pipeline = %self.name, fps, "frame rate set");
+    }
+
+    /// Asks the encoder for a key frame with its parameter sets as soon as possible (a PLI or
+    /// FIR from a viewer, or a new viewer joining).
+    pub fn request_keyframe(&self) {
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        let sent = self
+            .encoder
+            .static_pad("src")
+            .is_some_and(|pad| pad.send_event(event));
+        if !sent {
+            tracing::warn!(pipeline = %self.name, "key frame request not handled by the encoder");
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PipelineStats {
+        let s = &self.shared;
+        PipelineStats {
+            frames_captured: s.frames_captured.load(Ordering::Relaxed),
+            frames_encoded: s.frames_encoded.load(Ordering::Relaxed),
+            packets_out: s.packets_out.load(Ordering::Relaxed),
+            packets_dropped: s.packets_dropped.load(Ordering::Relaxed),
+            bytes_out: s.bytes_out.load(Ordering::Relaxed),
+            bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
+            fps: s.fps.load(Ordering::Relaxed),
+            encoder: lock(&self.settings).encoder.clone().unwrap_or_default(),
+            error: lock(&s.error).clone(),
+            ended: s.ended.load(Ordering::Relaxed),
+            encode_latency_ms_recent: lock(&s.encode_latency).iter().copied().collect(),
+            pipeline_latency_ms_recent: lock(&s.pipeline_latency).iter().copied().collect(),
+        }
+    }
+
+    /// The current settings, with `encoder` filled in with the element actually used.
+    pub fn settings(&self) -> EncoderSettings {
+        lock(&self.settings).clone()
+    }
+}
+
+impl Drop for EncodePipeline {
+    fn drop(&mut self) {
+        // Setting Null stops and joins every streaming thread before returning.
+        if let Err(e) = self.pipeline.set_state(gst::State::Null) {
+            tracing::warn!(pipeline = %self.name, error = %e, "stopping the pipeline failed");
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        tracing::debug!(pipeline = %self.name, "encode pipeline stopped");
+    }
+}
+
+/// `adb -s <serial> exec-out screenrecord …`: raw H.264 on stdout at the device's size. The
+/// high bit rate keeps the first encode near-lossless; our own encoder sets the wire rate.
+pub(crate) fn adb_screenrecord_args(serial: &str, width: u32, height: u32) -> Vec<String> {
+    vec![
+        "-s".into(),
+        serial.into(),
+        "exec-out".into(),
+        "screenrecord".into(),
+        "--output-format=h264".into(),
+        format!("--size={width}x{height}"),
+        "--bit-rate=20000000".into(),
+        "-".into(),
+    ]
+}
+
+/// A buffer's running time on `pad`: the one timestamp every element keeps for a frame (the
+/// encoder re-bases PTS by an hour so DTS cannot go negative, and shifts its segment to match).
+fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo) -> Option<u64> {
+    let pts = info.buffer()?.pts()?;
+    let segment = pad.sticky_event::<gst::event::Segment>(0)?;
+    let segment = segment.segment().downcast_ref::<gst::ClockTime>()?.clone();
+    segment.to_running_time(pts).map(|rt| rt.nseconds())
+}
+
+/// Counts frames at the capture and around the encoder, and times each frame through the
+/// encoder (sink pad → src pad, matched by running time).
+fn install_probes(
+    source_caps: &gst::Element,
+    encoder: &gst::Element,
+    shared: &Arc<Shared>,
+) -> Result<(), MediaError> {
+    let pad = |el: &gst::Element, name: &str| {
+        el.static_pad(name)
+            .ok_or_else(|| MediaError::Build(format!("{} has no {name} pad", el.name())))
+    };
+    let s = Arc::clone(shared);
+    pad(source_caps, "src")?.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        s.frames_captured.fetch_add(1, Ordering::Relaxed);
+        if let Some(rt) = running_time(pad, info) {
+            lock(&s.captured_at).push(rt, Instant::now());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let s = Arc::clone(shared);
+    pad(encoder, "sink")?.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(rt) = running_time(pad, info) {
+            lock(&s.encoding_at).push(rt, Instant::now());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let s = Arc::clone(shared);
+    pad(encoder, "src")?.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        s.frames_encoded.fetch_add(1, Ordering::Relaxed);
+        if let Some(rt) = running_time(pad, info) {
+            let started = lock(&s.encoding_at).take(rt);
+            if let Some(at) = started {
+                push_sample(
+                    &mut lock(&s.encode_latency),
+                    at.elapsed().as_secs_f64() * 1e3,
+                );
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// Hands each RTP packet to the channel without blocking: when the consumer is behind, the
+/// packet is dropped and counted (the viewer recovers with NACK/PLI; a stalled encoder thread
+/// would instead delay every viewer).
+fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<Shared>) {
+    let s = Arc::clone(shared);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(map) = buffer.map_readable() else {
+                    s.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let packet = Bytes::copy_from_slice(map.as_slice());
+                drop(map);
+                let marker = packet.get(1).is_some_and(|b| b & 0x80 != 0);
+                let len = packet.len() as u64;
+                match tx.try_send(packet) {
+                    Ok(()) => {
+                        s.packets_out.fetch_add(1, Ordering::Relaxed);
+                        s.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        s.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // The marker packet ends a frame: time it from capture.
+                let rt = sample
+                    .segment()
+                    .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+                    .and_then(|seg| seg.to_running_time(buffer.pts()));
+                if marker && let Some(rt) = rt {
+                    let captured = lock(&s.captured_at).take(rt.nseconds());
+                    if let Some(at) = captured {
+                        push_sample(
+                            &mut lock(&s.pipeline_latency),
+                            at.elapsed().as_secs_f64() * 1e3,
+                        );
+                    }
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+/// Bus messages are handled synchronously on the posting thread (no main loop needed):
+/// errors are logged and kept for [`PipelineStats::error`], never dropped silently.
+fn install_bus(
+    pipeline: &gst::Pipeline,
+    name: &str,
+    shared: &Arc<Shared>,
+) -> Result<(), MediaError> {
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| MediaError::Build("pipeline has no bus".into()))?;
+    let s = Arc::clone(shared);
+    let name = name.to_owned();
+    bus.set_sync_handler(move |_, msg| {
+        match msg.view() {
+            gst::MessageView::Error(err) => {
+                let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
+                let text = format!("{source}: {}", err.error());
+                tracing::error!(pipeline = %name, error = %text, debug = ?err.debug(), "pipeline error");
+                lock(&s.error).get_or_insert(text);
+            }
+            gst::MessageView::Warning(w) => {
+                let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
+                tracing::warn!(pipeline = %name, source = %source, warning = %w.error(), "pipeline warning");
+            }
+            gst::MessageView::Eos(_) => {
+                tracing::info!(pipeline = %name, "capture ended");
+                s.ended.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        gst::BusSyncReply::Drop
+    });
+    Ok(())
+}
+
+/// Applies `"<pattern> [property=value]…"` to a `videotestsrc`.
+fn apply_pattern(src: &gst::Element, spec: &str) -> Result<(), MediaError> {
+    let mut words = spec.split_whitespace();
+    let pattern = words.next().unwrap_or(DEFAULT_TEST_PATTERN);
+    // Parsed first: set_property_from_str would panic on a bad name or value.
+    let settable = |name: &str, value: &str| -> Result<(), MediaError> {
+        let pspec = src.find_property(name).ok_or_else(|| {
+            MediaError::InvalidSettings(format!("videotestsrc has no property {name:?}"))
+        })?;
+        let parsed = gst::glib::Value::deserialize_with_pspec(value, &pspec).map_err(|_| {
+            MediaError::InvalidSettings(format!("videotestsrc {name}={value:?} does not parse"))
+        })?;
+        src.set_property_from_value(name, &parsed);
+        Ok(())
+    };
+    settable("pattern", pattern)?;
+    for word in words {
+        let (name, value) = word.split_once('=').ok_or_else(|| {
+            MediaError::InvalidSettings(format!("{word:?} is not property=value"))
+        })?;
+        settable(name, value)?;
+    }
+    Ok(())
+}

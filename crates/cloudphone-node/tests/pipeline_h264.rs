@@ -1,0 +1,252 @@
+//! H.264 encode pipeline against real GStreamer: RTP shape, decodability, live bitrate and
+//! frame-rate changes, key frames on request, and a clean stop.
+
+#[path = "pipeline_common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cloudphone_core::video::Codec;
+use cloudphone_node::runtime::CaptureSource;
+use cloudphone_node::streaming::pipeline::rtp::starts_keyframe;
+use cloudphone_node::streaming::pipeline::{
+    EncodePipeline, MediaError, PipelineOptions, available_encoders,
+};
+use common::*;
+
+const PORTRAIT_720: CaptureSource = CaptureSource::TestPattern {
+    width: 720,
+    height: 1280,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_packets_are_rtp_and_decode_at_the_requested_size() {
+    let started = Instant::now();
+    let (pipe, mut rx) =
+        EncodePipeline::start(&PORTRAIT_720, &settings(Codec::H264, 720, 1280, 30, 2000))
+            .expect("start");
+    let (first, waited) = first_packet(&mut rx, Duration::from_secs(2)).await;
+    eprintln!(
+        "h264: first RTP packet {:?} after start() was called ({waited:?} after it returned)",
+        started.elapsed()
+    );
+    let mut packets = vec![first];
+    packets.extend(collect_for(&mut rx, Duration::from_millis(1500)).await);
+
+    let frames = check_rtp(&packets);
+    assert!(frames >= 20, "only {frames} frames in 1.5 s");
+    // The stream opens with a key frame (parameter sets first), so a decoder can start from
+    // the first packet.
+    assert!(
+        starts_keyframe(Codec::H264, &packets[0]),
+        "{:02x?}",
+        &packets[0][..16]
+    );
+    assert_eq!(
+        keyframe_timestamps(Codec::H264, &packets).first(),
+        Some(&header(&packets[0]).timestamp)
+    );
+    let decoded = decode(Codec::H264, &packets);
+    assert!(decoded.len() >= 20, "decoded {} frames", decoded.len());
+    assert!(decoded.iter().all(|s| *s == (720, 1280)), "{decoded:?}");
+
+    let stats = pipe.stats();
+    assert_eq!(stats.encoder, "x264enc");
+    assert_eq!(stats.error, None);
+    assert!(stats.packets_out >= packets.len() as u64);
+    assert_eq!(stats.packets_dropped, 0);
+    assert!(stats.frames_captured >= stats.frames_encoded && stats.frames_encoded >= 20);
+    let lat = &stats.encode_latency_ms_recent;
+    assert!(lat.len() >= 20, "{} encode latency samples", lat.len());
+    assert!(lat.iter().all(|ms| (0.0..1000.0).contains(ms)), "{lat:?}");
+    let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+    let e2e = &stats.pipeline_latency_ms_recent;
+    assert!(!e2e.is_empty());
+    let e2e_mean = e2e.iter().sum::<f64>() / e2e.len() as f64;
+    eprintln!("h264 720x1280: encode {mean:.1} ms/frame, capture→RTP {e2e_mean:.1} ms");
+    assert_eq!(pipe.settings().encoder.as_deref(), Some("x264enc"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_set_bitrate_changes_the_output_rate() {
+    // A busy pattern: "ball" needs far less than either target and would hide the change.
+    let options = PipelineOptions {
+        test_pattern: "zone-plate kx2=20 ky2=20 kt=1".into(),
+        ..PipelineOptions::default()
+    };
+    let (pipe, mut rx) = EncodePipeline::start_with(
+        &PORTRAIT_720,
+        &settings(Codec::H264, 720, 1280, 30, 500),
+        &options,
+    )
+    .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    // Animate the zone plate so every frame differs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let low = measure_kbps(&mut rx, Duration::from_secs(3)).await;
+    pipe.set_bitrate(4000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let high = measure_kbps(&mut rx, Duration::from_secs(3)).await;
+    eprintln!("h264 measured: {low:.0} kbit/s at 500, {high:.0} kbit/s at 4000");
+    assert_eq!(pipe.stats().bitrate_kbps, 4000);
+    assert!(low <= 800.0, "{low} kbit/s at a 500 target");
+    assert!(high >= 4.0 * low, "{high} vs {low}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_request_keyframe_sends_an_idr_soon() {
+    let (pipe, mut rx) =
+        EncodePipeline::start(&PORTRAIT_720, &settings(Codec::H264, 720, 1280, 30, 2000))
+            .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drain(&mut rx);
+    // The GOP is 10 s: after the opening key frame, none comes unasked.
+    let quiet = collect_for(&mut rx, Duration::from_millis(1500)).await;
+    assert!(count_markers(&quiet) >= 30);
+    assert_eq!(keyframe_timestamps(Codec::H264, &quiet), Vec::<u32>::new());
+
+    let asked = Instant::now();
+    pipe.request_keyframe();
+    let mut seen = None;
+    while asked.elapsed() < Duration::from_secs(1) {
+        let burst = collect_for(&mut rx, Duration::from_millis(20)).await;
+        if !keyframe_timestamps(Codec::H264, &burst).is_empty() {
+            seen = Some(asked.elapsed());
+            break;
+        }
+    }
+    let seen = seen.expect("no IDR within 1 s of the request");
+    eprintln!("h264: IDR on the wire {seen:?} after request_keyframe");
+    assert!(seen < Duration::from_millis(300), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_set_fps_changes_the_frame_rate() {
+    let (pipe, mut rx) =
+        EncodePipeline::start(&PORTRAIT_720, &settings(Codec::H264, 720, 1280, 30, 2000))
+            .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(&mut rx);
+    let at30 = collect_for(&mut rx, Duration::from_secs(2)).await;
+    pipe.set_fps(60);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drain(&mut rx);
+    let at60 = collect_for(&mut rx, Duration::from_secs(2)).await;
+    let (f30, f60) = (
+        count_markers(&at30) as f64 / 2.0,
+        count_markers(&at60) as f64 / 2.0,
+    );
+    eprintln!("h264 frame rate: {f30} fps at 30, {f60} fps at 60");
+    assert!((25.0..=35.0).contains(&f30), "{f30}");
+    assert!(f60 >= 50.0, "{f60}");
+    // The RTP clock agrees: 90 kHz / 60 = 1500 ticks per frame.
+    check_rtp(&at60);
+    let stamps: Vec<u32> = at60
+        .iter()
+        .map(|p| header(p))
+        .filter(|h| h.marker)
+        .map(|h| h.timestamp)
+        .collect();
+    let deltas: Vec<u32> = stamps.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    let median = {
+        let mut d = deltas.clone();
+        d.sort_unstable();
+        d[d.len() / 2]
+    };
+    assert!(
+        (1400..=1600).contains(&median),
+        "median RTP delta {median}: {deltas:?}"
+    );
+    assert_eq!(pipe.stats().fps, 60);
+    assert_eq!(pipe.settings().fps, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_pipeline_stops_its_threads() {
+    let (pipe, mut rx) =
+        EncodePipeline::start(&PORTRAIT_720, &settings(Codec::H264, 720, 1280, 30, 1000))
+            .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    let prefix = format!("{}-", pipe.name());
+    let running = thread_names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .count();
+    assert!(
+        running >= 2,
+        "expected source and encoder threads named {prefix}*"
+    );
+    // While it runs, its threads burn CPU (capture and encode at 30 fps) ...
+    let before = cpu_ticks_of_threads(&prefix);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let busy = cpu_ticks_of_threads(&prefix);
+    let grew = busy
+        .iter()
+        .any(|(tid, t)| before.get(tid).is_some_and(|b| t > b));
+    assert!(grew, "running threads used no CPU: {before:?} → {busy:?}");
+    drop(pipe);
+    // ... and after drop none does: GStreamer's task pool may keep idle threads (with their
+    // old names) for reuse, and x264's workers take a moment to exit, but no thread that is
+    // still there does pipeline work any more.
+    let stopped = cpu_ticks_of_threads(&prefix);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = cpu_ticks_of_threads(&prefix);
+    for (tid, ticks) in &later {
+        if let Some(at_drop) = stopped.get(tid) {
+            assert_eq!(ticks, at_drop, "thread {tid} still working after drop");
+        }
+    }
+    // The appsink callback (the only sender) is gone with the pipeline: the channel closes.
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while rx.recv().await.is_some() {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "channel still open: the pipeline was not freed"
+    );
+}
+
+#[test]
+fn bad_settings_and_missing_elements_are_errors() {
+    let mut s = settings(Codec::H264, 721, 1280, 30, 1000);
+    assert!(matches!(
+        EncodePipeline::start(&PORTRAIT_720, &s),
+        Err(MediaError::InvalidSettings(_))
+    ));
+    s.width = 720;
+    s.fps = 0;
+    assert!(matches!(
+        EncodePipeline::start(&PORTRAIT_720, &s),
+        Err(MediaError::InvalidSettings(_))
+    ));
+    s.fps = 30;
+    s.encoder = Some("nosuchenc".into());
+    assert!(
+        matches!(EncodePipeline::start(&PORTRAIT_720, &s), Err(MediaError::MissingElement(ref e)) if e == "nosuchenc")
+    );
+    // An X display that does not exist fails at start, with the element's own message.
+    let bad_display = CaptureSource::X11 {
+        display: ":299999".into(),
+        width: 720,
+        height: 1280,
+    };
+    let err = EncodePipeline::start(&bad_display, &settings(Codec::H264, 720, 1280, 30, 1000))
+        .expect_err("no such display");
+    assert!(matches!(err, MediaError::Start(_)), "{err:?}");
+    eprintln!("bad display: {err}");
+}
+
+#[test]
+fn software_encoders_are_detected() {
+    let found = available_encoders();
+    assert!(found.iter().any(|e| e == "x264enc"), "{found:?}");
+    assert!(found.iter().any(|e| e == "x265enc"), "{found:?}");
+    // Preference order: H.264 encoders before H.265 ones, x264 before openh264.
+    let pos = |n: &str| found.iter().position(|e| e == n);
+    if let (Some(x), Some(o)) = (pos("x264enc"), pos("openh264enc")) {
+        assert!(x < o);
+    }
+}
