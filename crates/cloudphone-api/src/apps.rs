@@ -9,11 +9,11 @@ use crate::management::{CmdJob, validate_instance_ids};
 pub const MAX_APP_SIZE_MB: f64 = 2048.0;
 
 /// A field the tables type as String that the seed's example sends as a number.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Loose {
     Text(String),
-    Number(serde_json::Number),
+    Number(f64),
 }
 
 impl Loose {
@@ -26,7 +26,7 @@ impl Loose {
 }
 
 /// The request body (table 4-126).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct InstallAppRequest {
     pub fast_install: Option<Loose>,
     pub object_name: Option<String>,
@@ -116,12 +116,12 @@ impl InstallAppRequest {
 }
 
 /// `data.data` of the answer (tables 4-128, 4-129).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstallAppData {
     pub data: InstallAppResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstallAppResult {
     pub cmd_jobs: Vec<CmdJob>,
     pub task_id: String,

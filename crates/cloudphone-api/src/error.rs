@@ -146,7 +146,7 @@ impl ApiError {
 }
 
 /// `{"error_code": "...", "error_msg": "..."}`, the body of every error and of plain successes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error_code: String,
     pub error_msg: String,

@@ -3,12 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 /// The request body: `{"auth": {"identity": ..., "scope": ...}}`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct TokenRequest {
     pub auth: Auth,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Auth {
     pub identity: Identity,
     /// Which project the token is for; this API needs project-scoped tokens.
@@ -16,19 +16,19 @@ pub struct Auth {
     pub scope: Option<Scope>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Identity {
     /// Must contain `"password"`.
     pub methods: Vec<String>,
     pub password: Option<PasswordIdentity>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PasswordIdentity {
     pub user: PasswordUser,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PasswordUser {
     /// IAM user name.
     pub name: String,
@@ -38,7 +38,7 @@ pub struct PasswordUser {
 }
 
 /// IAM lets a domain or project be named either way.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct NameOrId {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -46,7 +46,7 @@ pub struct NameOrId {
     pub id: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Scope {
     pub project: Option<NameOrId>,
 }
@@ -127,12 +127,12 @@ impl TokenRequest {
 }
 
 /// The `201 Created` body; the token itself travels in `X-Subject-Token`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub token: TokenBody,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenBody {
     /// RFC 3339 UTC, e.g. `2019-02-13T06:52:13.855000Z`.
     pub expires_at: String,
@@ -144,21 +144,21 @@ pub struct TokenBody {
     pub catalog: Vec<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenUser {
     pub id: String,
     pub name: String,
     pub domain: IdName,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenProject {
     pub id: String,
     pub name: String,
     pub domain: IdName,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IdName {
     pub id: String,
     pub name: String,

@@ -19,7 +19,7 @@ pub enum RunningStatus {
 
 /// Query of `GET /v1/instances/batch-query` (ListInstances), as received (all strings, so a
 /// malformed number becomes `KOOPHONE.API.1000` rather than a framework rejection).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ListInstancesQuery {
     pub page_no: Option<String>,
     pub page_size: Option<String>,
@@ -134,7 +134,7 @@ impl ListInstancesQuery {
 }
 
 /// One row of ListInstances (seed table 4-68).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceRow {
     pub instance_id: String,
     pub instance_name: String,
@@ -162,7 +162,7 @@ pub struct InstanceRow {
 }
 
 /// `data` of ListInstances (seed table 4-67).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstancePage {
     pub result: Vec<InstanceRow>,
     pub page_no: u32,
@@ -174,7 +174,7 @@ pub struct InstancePage {
 
 /// The whole ListInstances answer: `data`, plus the codes again at the top level, where
 /// table 4-69 puts them (see `docs/api-notes.md`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListInstancesResponse {
     pub data: InstancePage,
     pub error_code: String,
@@ -182,7 +182,7 @@ pub struct ListInstancesResponse {
 }
 
 /// Body of `POST /v1/instances/create` (seed table 4-87). Field names are the seeds' camelCase.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateInstanceRequest {
     pub os: Option<String>,
@@ -200,7 +200,7 @@ pub struct CreateInstanceRequest {
     pub network: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChargeParam {
     pub charging_mode: Option<i64>,
@@ -323,14 +323,14 @@ impl CreateInstanceRequest {
 }
 
 /// `data` of CreateInstance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateInstanceData {
     pub order_id: String,
     pub instance_infos: Vec<CreatedInstance>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedInstance {
     pub instance_id: String,
@@ -338,7 +338,7 @@ pub struct CreatedInstance {
 }
 
 /// The CreateInstance answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateInstanceResponse {
     pub data: CreateInstanceData,
     pub error_code: String,
@@ -354,35 +354,35 @@ pub fn instance_name(prefix: &str, n: u32) -> String {
 pub const BAND_SKU_ID: &str = "kp.bandwidth";
 
 /// BatchShowSku answer (seed tables 4-78..4-84).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkuResponse {
     pub data: SkuData,
     pub error_code: String,
     pub error_msg: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SkuData {
     pub band_info: BandInfo,
     pub sku_spec_response_list: Vec<RegionSkus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BandInfo {
     pub id: String,
     pub cbc_sku_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegionSkus {
     pub sku_responses: Vec<Sku>,
     pub region_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sku {
     #[serde(rename = "type")]
@@ -399,12 +399,12 @@ pub struct Sku {
     pub pool_info: PoolInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolInfo {
     pub aosp: Vec<Aosp>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Aosp {
     pub version: String,

@@ -74,7 +74,7 @@ pub fn truncate_bytes(text: &str, max: usize) -> String {
 }
 
 /// `{"instance_ids": [...]}` (BatchQueryStatus, BatchReset, BatchRebootInstance, …).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct InstanceIdsRequest {
     pub instance_ids: Vec<String>,
 }
@@ -87,7 +87,7 @@ impl InstanceIdsRequest {
 }
 
 /// `{"command": "...", "instance_ids": [...]}` (SyncCommand, AsyncCommand).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CommandRequest {
     pub command: String,
     pub instance_ids: Vec<String>,
@@ -110,7 +110,7 @@ pub enum JobStatus {
 }
 
 /// One instance's SyncCommand result (table 4-5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CmdResult {
     pub instance_id: String,
     pub status: i32,
@@ -119,13 +119,13 @@ pub struct CmdResult {
     pub execute_msg: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CmdResultWrapper {
     pub cmd_results: Vec<CmdResult>,
 }
 
 /// Any `{"data": ..., "error_code": "0", "error_msg": "ok"}` success.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DataResponse<T> {
     pub data: T,
     pub error_code: String,
@@ -144,25 +144,25 @@ impl<T> DataResponse<T> {
 }
 
 /// AsyncCommand answer (tables 4-11, 4-12).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AsyncCommandInfo {
     pub task_id: String,
     pub cmd_jobs: Vec<CmdJob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CmdJob {
     pub instance_id: String,
     pub job_id: String,
 }
 
 /// GetTask answer (tables 4-18, 4-19).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDetailWrapper {
     pub jobs: Vec<JobDetail>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDetail {
     pub job_id: String,
     pub status: i32,
@@ -184,19 +184,19 @@ pub enum PhoneStatus {
     RestoreFailed = 6,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResultWrapper {
     pub status_results: Vec<StatusResult>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResult {
     pub instance_id: String,
     pub status: i32,
 }
 
 /// A user id as clients send it: the tables say String, the Unassign example sends a number.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum UserId {
     Text(String),
@@ -213,14 +213,14 @@ impl UserId {
 }
 
 /// One `user_instances` entry (tables 4-54, 4-60).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct UserInstance {
     pub user_id: UserId,
     pub instance_id: String,
 }
 
 /// AssignInstance / UnassignInstance body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct UserInstancesRequest {
     pub user_instances: Vec<UserInstance>,
 }
@@ -262,7 +262,7 @@ impl UserInstancesRequest {
 }
 
 /// DeleteInstance body (table 4-94).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteRequest {
     pub instance_id_list: Vec<String>,
@@ -276,7 +276,7 @@ impl DeleteRequest {
 }
 
 /// `{"data": null, "error_code": "0", "error_msg": "OK"}` (DeleteInstance).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NullDataResponse {
     pub data: Option<String>,
     pub error_code: String,
@@ -284,7 +284,7 @@ pub struct NullDataResponse {
 }
 
 /// `{"instance_id": "..."}` (StopInstancesStreaming, ReleaseInstancesSession).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct InstanceIdRequest {
     pub instance_id: String,
 }
@@ -297,13 +297,13 @@ impl InstanceIdRequest {
 }
 
 /// GetDeviceToken `data` (tables 4-44..4-50).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceTokenData {
     pub resource: DeviceResource,
     pub device_token: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceResource {
     pub sdk: Sdk,
     pub rtc: Rtc,
@@ -311,7 +311,7 @@ pub struct DeviceResource {
     pub kp_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sdk {
     pub internal: SdkAddress,
     pub external: SdkAddress,
@@ -319,7 +319,7 @@ pub struct Sdk {
 
 /// Address of the (vendor) SDK endpoint; cloudphone streams over WebRTC, so the fields are the
 /// signaling host and nulls where the vendor's audio-port scheme has no counterpart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SdkAddress {
     pub address: Option<String>,
     pub aport: Option<u32>,
@@ -327,12 +327,12 @@ pub struct SdkAddress {
     pub address_ipv6: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rtc {
     pub ice_signaling: IceSignaling,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IceSignaling {
     pub signaling_url: String,
     /// Seconds the token allows streaming for, as a string (table 4-50).
@@ -341,13 +341,13 @@ pub struct IceSignaling {
 }
 
 /// SetVideoConfig body (tables 4-23..4-26).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SetVideoConfigRequest {
     pub instance_ids: Vec<String>,
     pub instance_settings: Vec<InstanceSetting>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct InstanceSetting {
     pub network_type: String,
     pub encoding_type: String,
@@ -355,7 +355,7 @@ pub struct InstanceSetting {
 }
 
 /// One group of per-definition specs. Field names are the seeds', capital `P` included.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[allow(non_snake_case)]
 pub struct VideoSpecGroup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,7 +366,7 @@ pub struct VideoSpecGroup {
     pub definition_1080P: Option<VideoSpecBody>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct VideoSpecBody {
     /// kbit/s, 100..=10000 in steps of 100.
     pub code_rate: u32,

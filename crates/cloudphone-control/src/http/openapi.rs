@@ -1,0 +1,239 @@
+//! `GET /openapi.json`: the tenant API as OpenAPI 3.1, generated from the same `cloudphone_api`
+//! types the handlers parse and answer with. Each route is described by a stub function here so
+//! the handlers stay free of documentation attributes.
+
+#![allow(dead_code)]
+
+use axum::response::{IntoResponse, Response};
+use cloudphone_api::apps::{InstallAppData, InstallAppRequest};
+use cloudphone_api::error::ErrorBody;
+use cloudphone_api::iam::{TokenRequest, TokenResponse};
+use cloudphone_api::instances::{CreateInstanceRequest, CreateInstanceResponse, ListInstancesResponse, SkuResponse};
+use cloudphone_api::management::{
+    AsyncCommandInfo, CmdResultWrapper, CommandRequest, DeleteRequest, DeviceTokenData, InstanceIdRequest,
+    InstanceIdsRequest, JobDetailWrapper, NullDataResponse, SetVideoConfigRequest, StatusResultWrapper,
+    UserInstancesRequest,
+};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// `{"data": T, "error_code": "0", "error_msg": "ok"}` for the schema, one per payload.
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_CmdResultWrapper {
+    data: CmdResultWrapper,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_AsyncCommandInfo {
+    data: AsyncCommandInfo,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_JobDetailWrapper {
+    data: JobDetailWrapper,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_StatusResultWrapper {
+    data: StatusResultWrapper,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_DeviceTokenData {
+    data: DeviceTokenData,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_InstallAppData {
+    data: InstallAppData,
+    error_code: String,
+    error_msg: String,
+}
+
+/// ListInstances' query parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// 1-based page number.
+    page_no: i64,
+    /// Rows per page, 1..=1000.
+    page_size: i64,
+    instance_id: Option<String>,
+    instance_name: Option<String>,
+    /// UTC, `yyyy-MM-dd HH:mm:ss`.
+    query_start_time: Option<String>,
+    /// UTC, `yyyy-MM-dd HH:mm:ss`.
+    query_end_time: Option<String>,
+    /// CLOUD_PHONE or CLOUD_APP.
+    pool_scene_tag: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v3/auth/tokens", tag = "iam", request_body = TokenRequest,
+    responses((status = 201, body = TokenResponse, headers(("x-subject-token" = String, description = "The token"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+fn issue_token() {}
+
+#[utoipa::path(get, path = "/v1/instances/batch-query", tag = "instances", params(ListParams,
+        ("x-request-id" = String, Header, description = "Request tracking id")),
+    responses((status = 200, body = ListInstancesResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn list_instances() {}
+
+#[utoipa::path(get, path = "/v1/instances/sku", tag = "ordering",
+    params(("type" = Option<String>, Query, description = "0: cloud phone SKUs")),
+    responses((status = 200, body = SkuResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+fn batch_show_sku() {}
+
+#[utoipa::path(post, path = "/v1/instances/create", tag = "ordering", request_body = CreateInstanceRequest,
+    responses((status = 200, body = CreateInstanceResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn create_instance() {}
+
+#[utoipa::path(post, path = "/v1/instances/delete", tag = "ordering", request_body = DeleteRequest,
+    responses((status = 200, body = NullDataResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn delete_instance() {}
+
+#[utoipa::path(post, path = "/v1/instances/sync-command", tag = "management", request_body = CommandRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = Data_CmdResultWrapper), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn sync_command() {}
+
+#[utoipa::path(post, path = "/v1/instances/async-command", tag = "management", request_body = CommandRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = Data_AsyncCommandInfo), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn async_command() {}
+
+#[utoipa::path(get, path = "/v1/instances/tasks/{task_id}", tag = "management",
+    params(("task_id" = String, Path), ("x-request-id" = String, Header)),
+    responses((status = 200, body = Data_JobDetailWrapper), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn get_task() {}
+
+#[utoipa::path(put, path = "/v1/instances/video-setting", tag = "management", request_body = SetVideoConfigRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn set_video_config() {}
+
+#[utoipa::path(post, path = "/v1/instances/batch-query-status", tag = "management", request_body = InstanceIdsRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = Data_StatusResultWrapper), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn batch_query_status() {}
+
+#[utoipa::path(post, path = "/v1/instances/batch-reset", tag = "management", request_body = InstanceIdsRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn batch_reset() {}
+
+#[utoipa::path(post, path = "/v1/instances/reboot", tag = "management", request_body = InstanceIdsRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn batch_reboot() {}
+
+#[utoipa::path(post, path = "/v1/instances/assign", tag = "management", request_body = UserInstancesRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn assign() {}
+
+#[utoipa::path(post, path = "/v1/instances/unassign", tag = "management", request_body = UserInstancesRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn unassign() {}
+
+#[utoipa::path(post, path = "/v1/instances/{instance_id}/auth", tag = "management",
+    params(("instance_id" = String, Path)),
+    responses((status = 200, body = Data_DeviceTokenData), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn device_token() {}
+
+#[utoipa::path(post, path = "/v1/instances/streaming/stop", tag = "use", request_body = InstanceIdRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn stop_streaming() {}
+
+#[utoipa::path(post, path = "/v1/instances/session/release", tag = "use", request_body = InstanceIdRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn release_session() {}
+
+#[utoipa::path(post, path = "/v1/instances/app/install", tag = "apps", request_body = InstallAppRequest,
+    responses((status = 200, body = Data_InstallAppData), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn install_app() {}
+
+/// Every `/v1` call carries an IAM token in `X-Auth-Token`.
+struct TokenAuth;
+
+impl Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "iam_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cloudphone tenant API", description = "Huawei CloudDevice (KooPhone) compatible API served by cloudphone-control."),
+    paths(issue_token, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
+        async_command, get_task, set_video_config, batch_query_status, batch_reset, batch_reboot, assign,
+        unassign, device_token, stop_streaming, release_session, install_app),
+    modifiers(&TokenAuth),
+    security(("iam_token" = []))
+)]
+struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(serde_json::Value::Null);
+        // IAM's login needs no token.
+        if let Some(op) = doc.pointer_mut("/paths/~1v3~1auth~1tokens/post") {
+            op["security"] = serde_json::json!([]);
+        }
+        doc
+    })
+}
+
+pub async fn serve() -> Response {
+    axum::Json(document().clone()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_every_route_as_openapi_3_1() {
+        let doc = document();
+        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1"), "{}", doc["openapi"]);
+        let paths = doc["paths"].as_object().expect("paths");
+        assert_eq!(paths.len(), 18);
+        assert!(doc.pointer("/components/schemas/InstanceRow/properties/running_status").is_some());
+        assert_eq!(doc.pointer("/paths/~1v3~1auth~1tokens/post/security"), Some(&serde_json::json!([])));
+    }
+}
