@@ -7,6 +7,7 @@ mod iam;
 mod instances;
 mod internal;
 mod management;
+mod openapi;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -88,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))
         .route("/console", get(console::redirect))
+        .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .fallback(not_found)
