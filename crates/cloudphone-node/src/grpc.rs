@@ -461,20 +461,60 @@ impl NodeAgent for NodeService {
 
     async fn backup_instance(
         &self,
-        _r: Request<pb::BackupInstanceRequest>,
+        r: Request<pb::BackupInstanceRequest>,
     ) -> Result<Response<pb::BackupInstanceResponse>, Status> {
-        Err(Status::unimplemented(
-            "BackupInstance arrives with the tenant API issue",
-        ))
+        let r = r.into_inner();
+        valid_id(&r.instance_id)?;
+        let dest = crate::instances::archive_path(&r.destination_uri)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let archive_bytes = self
+            .manager
+            .backup(&r.instance_id, &dest)
+            .await
+            .map_err(to_status)?;
+        // The data lives in the archive now: free the slot for other instances.
+        self.manager
+            .release_backed_up(&r.instance_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::BackupInstanceResponse { archive_bytes }))
     }
 
     async fn restore_instance(
         &self,
-        _r: Request<pb::RestoreInstanceRequest>,
+        r: Request<pb::RestoreInstanceRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        Err(Status::unimplemented(
-            "RestoreInstance arrives with the tenant API issue",
-        ))
+        let r = r.into_inner();
+        valid_id(&r.instance_id)?;
+        let src = crate::instances::archive_path(&r.source_uri)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        if spec.instance_id != r.instance_id {
+            return Err(Status::invalid_argument("spec names another instance"));
+        }
+        if !spec.runtime.is_empty() && spec.runtime != self.manager.runtime_name() {
+            return Err(Status::invalid_argument(format!(
+                "this node runs {}, not {}",
+                self.manager.runtime_name(),
+                spec.runtime
+            )));
+        }
+        if !(64..=4096).contains(&spec.width) || !(64..=4096).contains(&spec.height) {
+            return Err(Status::invalid_argument(
+                "width and height must be 64..=4096",
+            ));
+        }
+        let spec = InstanceSpec {
+            instance_id: spec.instance_id,
+            tenant_id: spec.tenant_id,
+            width: spec.width,
+            height: spec.height,
+            os: spec.os,
+        };
+        let view = self.manager.restore(spec, &src).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
     async fn set_video_config(
