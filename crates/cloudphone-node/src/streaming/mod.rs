@@ -67,7 +67,7 @@ fn launch(request: &EncoderRequest) -> Result<(Box<dyn Encoder>, mpsc::Receiver<
             "x264enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=60 ! video/x-h264,profile=constrained-baseline ! rtph264pay pt=96 mtu=1200 config-interval=-1 aggregate-mode=zero-latency"
         ),
         Codec::H265 => format!(
-            "x265enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=60 ! rtph265pay pt=96 mtu=1200 config-interval=-1"
+            "x265enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=60 option-string=repeat-headers=1 ! rtph265pay pt=96 mtu=1200 config-interval=-1"
         ),
     };
     let line = format!(
