@@ -71,6 +71,9 @@ pub const GOP_SECONDS: u32 = 10;
 /// VBV size in frames: enough for a P-frame with some motion, small enough that no frame
 /// takes more than ~1.5 frame intervals on the wire at the target rate.
 pub const VBV_FRAMES: f64 = 1.5;
+/// x265 bitrate changes smaller than these ratios are not worth the key frame they cost.
+const X265_MIN_DECREASE: f64 = 0.95;
+const X265_MIN_INCREASE: f64 = 1.15;
 /// How many recent per-frame latency samples [`PipelineStats`] keeps.
 const LATENCY_SAMPLES: usize = 120;
 /// How many in-flight frame timestamps the latency probes remember; more than any encoder
@@ -191,7 +194,8 @@ fn best_encoder(codec: Codec) -> Option<&'static str> {
 enum EncoderKind {
     /// `bitrate` kbit/s, live; `vbv-buf-capacity` ms, live.
     X264,
-    /// `bitrate` kbit/s, live but it re-creates the encoder (new IDR); VBV via `option-string`.
+    /// `bitrate` kbit/s, live but it re-creates the encoder (new IDR); VBV via `option-string`,
+    /// which is fixed once PLAYING.
     X265,
     /// `bitrate` in bit/s.
     OpenH264,
@@ -277,6 +281,8 @@ pub struct EncodePipeline {
     pipeline: gst::Pipeline,
     encoder: gst::Element,
     kind: EncoderKind,
+    /// The bitrate at start; x265's VBV cap, so its ceiling.
+    start_bitrate_kbps: u32,
     /// Caps right after the source: asks the capture for the frame rate (set_fps changes it).
     source_caps: gst::Element,
     /// Caps in front of the encoder: size, format and rate.
@@ -587,6 +593,7 @@ impl EncodePipeline {
             pipeline,
             encoder,
             kind,
+            start_bitrate_kbps: settings.bitrate_kbps,
             source_caps,
             encode_caps,
             settings: Mutex::new(settings),
@@ -610,24 +617,31 @@ impl EncodePipeline {
         &self.name
     }
 
-    /// Changes the target bitrate without a restart. x264 applies it to the next frame; x265
-    /// re-creates its encoder (the next frame is an IDR), so callers should not change it for
-    /// every small step on H.265.
+    /// Changes the target bitrate without a restart. x264 applies it to the next frame.
+    ///
+    /// x265enc differs in two ways, so on H.265: the bitrate the pipeline started with is a
+    /// ceiling (its VBV cap lives in `option-string`, which x265enc accepts only before
+    /// PLAYING; a higher ceiling needs a new pipeline), and every change re-creates the
+    /// encoder, i.e. costs a key frame, so changes smaller than −5 % / +15 % are ignored.
+    /// [`EncodePipeline::settings`] and [`PipelineStats::bitrate_kbps`] show what applies.
     pub fn set_bitrate(&self, kbps: u32) {
-        let kbps = kbps.clamp(1, 100_000);
+        let mut kbps = kbps.clamp(1, 100_000);
         let mut settings = lock(&self.settings);
+        if self.kind == EncoderKind::X265 {
+            kbps = kbps.min(self.start_bitrate_kbps);
+            let ratio = f64::from(kbps) / f64::from(settings.bitrate_kbps.max(1));
+            let small = ratio > X265_MIN_DECREASE && ratio < X265_MIN_INCREASE;
+            if small && kbps != self.start_bitrate_kbps {
+                return;
+            }
+        }
         if settings.bitrate_kbps == kbps {
             return;
         }
         settings.bitrate_kbps = kbps;
         match self.kind {
             EncoderKind::X264 => self.encoder.set_property("bitrate", kbps),
-            EncoderKind::X265 => {
-                // Both take effect together at the next frame's re-initialisation.
-                self.encoder
-                    .set_property("option-string", x265_options(kbps, settings.fps));
-                self.encoder.set_property("bitrate", kbps);
-            }
+            EncoderKind::X265 => self.encoder.set_property("bitrate", kbps),
             EncoderKind::OpenH264 => self
                 .encoder
                 .set_property("bitrate", kbps.saturating_mul(1000)),
@@ -648,10 +662,8 @@ impl EncodePipeline {
         settings.fps = fps;
         match self.kind {
             EncoderKind::X264 => self.encoder.set_property("vbv-buf-capacity", vbv_ms(fps)),
-            EncoderKind::X265 => self
-                .encoder
-                .set_property("option-string", x265_options(settings.bitrate_kbps, fps)),
-            EncoderKind::OpenH264 | EncoderKind::Other => {}
+            // x265's VBV (in kbit) stays as sized at start: ~3 frames at double the rate.
+            EncoderKind::X265 | EncoderKind::OpenH264 | EncoderKind::Other => {}
         }
         if self
             .source_caps
