@@ -18,6 +18,7 @@ pub struct ControlConfig {
     pub store: StoreConfig,
     pub nodes: NodesConfig,
     pub iam: IamConfig,
+    pub backup: BackupConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +44,16 @@ pub struct IamConfig {
     pub token_ttl_secs: u64,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Where BatchBackupInstances archives go, as `file:///abs/dir` (or a relative `file://dir`,
+    /// taken from control's working dir). Empty means `backups/` next to an SQLite store (or in
+    /// the working dir). Nodes write the archives themselves, so with several hosts this must be
+    /// storage they all mount at the same path. S3-compatible storage is not supported yet.
+    pub url: String,
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
@@ -52,6 +63,7 @@ impl Default for ControlConfig {
             store: StoreConfig::default(),
             nodes: NodesConfig::default(),
             iam: IamConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -142,6 +154,9 @@ impl ControlConfig {
         if let Some(value) = env("CLOUDPHONE_PUBLIC_URL") {
             config.public_url = value;
         }
+        if let Some(value) = env("CLOUDPHONE_BACKUP_URL") {
+            config.backup.url = value;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -157,8 +172,39 @@ impl ControlConfig {
                 "iam.token_ttl_secs must be positive".into(),
             ));
         }
+        if !self.backup.url.is_empty() && !self.backup.url.starts_with("file://") {
+            return Err(ConfigError::Invalid(format!(
+                "backup.url {:?}: only file:// is supported (S3 is not yet)",
+                self.backup.url
+            )));
+        }
         Ok(())
     }
+
+    /// The directory backup archives go to, made absolute against `cwd` (nodes get it as a
+    /// `file://` URI, so it must not depend on their working dir).
+    pub fn backup_dir(&self, cwd: &Path) -> std::path::PathBuf {
+        let dir = match self.backup.url.strip_prefix("file://") {
+            Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            _ => sqlite_dir(&self.store.url)
+                .unwrap_or_default()
+                .join("backups"),
+        };
+        cwd.join(dir)
+    }
+}
+
+/// The directory of an SQLite store's file (`sqlite:///a/b.db?mode=rwc` → `/a`), if the store
+/// is an SQLite file.
+fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Path::new(path).parent().map(Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -181,6 +227,31 @@ mod tests {
         assert_eq!(config.nodes.heartbeat_timeout_ms, 2000);
         assert_eq!(config.store.url, "postgres://x/y");
         assert_eq!(config.iam.token_ttl_secs, 86_400);
+    }
+
+    #[test]
+    fn backup_dir_defaults_next_to_the_store() {
+        let cwd = Path::new("/srv/control");
+        let mut config = ControlConfig::default();
+        assert_eq!(
+            config.backup_dir(cwd),
+            Path::new("/srv/control/backups"),
+            "relative store, relative default"
+        );
+        config.store.url = "sqlite:///var/lib/cloudphone/control.db?mode=rwc".into();
+        assert_eq!(
+            config.backup_dir(cwd),
+            Path::new("/var/lib/cloudphone/backups")
+        );
+        config.store.url = "postgres://db/cloudphone".into();
+        assert_eq!(config.backup_dir(cwd), Path::new("/srv/control/backups"));
+        config.backup.url = "file:///mnt/shared/backups".into();
+        assert_eq!(config.backup_dir(cwd), Path::new("/mnt/shared/backups"));
+        let env = |name: &str| (name == "CLOUDPHONE_BACKUP_URL").then(|| "s3://b/k".to_string());
+        assert!(matches!(
+            ControlConfig::load(None, env),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -338,6 +338,157 @@ async fn suite(store: impl Store) {
     let stored = store.get_task("task1").await.unwrap().unwrap();
     assert_eq!(stored.jobs[1], done);
     assert_eq!(stored.jobs[0].status, 1);
+
+    backup_and_prepare(&store).await;
+}
+
+/// BatchBackupInstances / BatchPrepareInstances bookkeeping: backup states, the prepare queue,
+/// claiming, and slots held only by instances that live on a node.
+async fn backup_and_prepare(store: &impl Store) {
+    store
+        .insert_instances(&[
+            instance("q1", 1, "n1", 500),
+            instance("q2", 1, "n1", 501),
+            instance("q3", 1, "n2", 502),
+        ])
+        .await
+        .unwrap();
+    let counts = |c: Vec<(String, i64)>| c.into_iter().collect::<std::collections::HashMap<_, _>>();
+    let before = counts(store.instance_counts().await.unwrap());
+    let fresh = store.backup_state("q1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            fresh.backup_status,
+            fresh.backup_time_ms,
+            fresh.restore_status
+        ),
+        (0, None, 0)
+    );
+    assert_eq!(store.backup_state("nope").await.unwrap(), None);
+
+    let uri = |id: &str| format!("file:///b/t1/{id}.tar.gz");
+    store
+        .begin_backup(&[("q1".into(), uri("q1")), ("q2".into(), uri("q2"))], 600)
+        .await
+        .unwrap();
+    let running = store.backup_state("q1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            running.state.as_str(),
+            running.backup_status,
+            running.backup_time_ms,
+            running.backup_uri.as_str()
+        ),
+        ("backing_up", 1, Some(600), "file:///b/t1/q1.tar.gz")
+    );
+    // Prepared while its backup runs: it is queued once the backup ends.
+    assert!(store.request_prepare("q2", 605).await.unwrap());
+    assert_eq!(
+        store.get_instance("q2").await.unwrap().unwrap().state,
+        "backing_up"
+    );
+    store.finish_backup("q1", None, 610).await.unwrap();
+    store.finish_backup("q2", None, 611).await.unwrap();
+    let done = store.backup_state("q1").await.unwrap().unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.backup_status, done.backup_time_ms),
+        ("backed_up", 2, Some(610))
+    );
+    assert_eq!(
+        store.backup_state("q2").await.unwrap().unwrap().state,
+        "queued"
+    );
+    let after = counts(store.instance_counts().await.unwrap());
+    assert_eq!(
+        after.get("n1").copied().unwrap_or(0),
+        before.get("n1").copied().unwrap_or(0) - 2,
+        "archived instances hold no slot"
+    );
+
+    // A failed backup says why and leaves the queue.
+    store
+        .begin_backup(&[("q3".into(), uri("q3"))], 620)
+        .await
+        .unwrap();
+    assert!(store.request_prepare("q3", 621).await.unwrap());
+    store
+        .finish_backup("q3", Some("disk full"), 622)
+        .await
+        .unwrap();
+    let failed = store.get_instance("q3").await.unwrap().unwrap();
+    assert_eq!(
+        (failed.state.as_str(), failed.state_message.as_str()),
+        ("backup_failed", "disk full")
+    );
+    let failed = store.backup_state("q3").await.unwrap().unwrap();
+    assert_eq!(
+        (failed.backup_status, failed.prepare_queued_at_ms),
+        (3, None)
+    );
+    assert!(
+        !store.request_prepare("q3", 623).await.unwrap(),
+        "only archived instances can be queued"
+    );
+
+    // The queue: first come first; a repeated prepare keeps the place.
+    assert!(store.request_prepare("q1", 700).await.unwrap());
+    assert!(store.request_prepare("q2", 701).await.unwrap());
+    let queued: Vec<(String, i64)> = store
+        .queued_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(r, since)| (r.instance_id, since))
+        .collect();
+    assert_eq!(queued, [("q2".to_string(), 605), ("q1".to_string(), 700)]);
+
+    // Claiming moves it onto a node, once.
+    assert!(store.claim_restore("q2", "n2", 800).await.unwrap());
+    assert!(!store.claim_restore("q2", "n1", 801).await.unwrap());
+    let claimed = store.get_instance("q2").await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.state.as_str(), claimed.node_id.as_str()),
+        ("restoring", "n2")
+    );
+    let claimed = store.backup_state("q2").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            claimed.restore_status,
+            claimed.restore_time_ms,
+            claimed.prepare_queued_at_ms
+        ),
+        (1, Some(800), None)
+    );
+    // No room after all: back in line at its old place.
+    store.requeue("q2", 605).await.unwrap();
+    assert_eq!(
+        store.queued_instances().await.unwrap()[0].0.instance_id,
+        "q2"
+    );
+    assert!(store.claim_restore("q2", "n2", 810).await.unwrap());
+    store
+        .finish_restore("q2", "running", "", 2, 820)
+        .await
+        .unwrap();
+    let restored = store.backup_state("q2").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            restored.state.as_str(),
+            restored.restore_status,
+            restored.restore_time_ms
+        ),
+        ("running", 2, Some(820))
+    );
+    assert!(store.claim_restore("q1", "n1", 830).await.unwrap());
+    store
+        .finish_restore("q1", "restore_failed", "bad archive", 3, 840)
+        .await
+        .unwrap();
+    assert!(
+        store.request_prepare("q1", 850).await.unwrap(),
+        "a failed restore can be prepared again"
+    );
+    assert_eq!(store.queued_instances().await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ impl PoolNode {
     fn serves(&self, pool: &Pool) -> bool {
         self.slots.eligible
             && self.region == pool.region
-            && self.runtimes.iter().any(|r| *r == pool.runtime)
+            && self.runtimes.contains(&pool.runtime)
     }
 }
 

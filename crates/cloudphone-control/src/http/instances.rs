@@ -99,8 +99,10 @@ pub async fn list(
             .store
             .list_instances(&caller.principal.tenant_id, &store_query)
             .await?;
+        let mut result: Vec<InstanceRow> = listings.into_iter().map(row).collect();
+        super::lifecycle_data::decorate_rows(&state, &mut result).await?;
         InstancePage {
-            result: listings.into_iter().map(row).collect(),
+            result,
             total_count: total,
             ..page
         }

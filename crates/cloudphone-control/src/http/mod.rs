@@ -6,6 +6,7 @@ mod console;
 mod iam;
 mod instances;
 mod internal;
+mod lifecycle_data;
 mod management;
 mod openapi;
 
@@ -48,6 +49,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    lifecycle_data::start_worker(Arc::clone(&state));
     Router::new()
         .route("/v3/auth/tokens", post(iam::issue_token))
         .route("/v1/instances/batch-query", get(instances::list))
@@ -71,6 +73,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::put(management::set_video_config),
         )
         .route("/v1/instances/reboot", post(management::batch_reboot))
+        .route("/v1/instances/backup", post(lifecycle_data::backup))
+        .route("/v1/instances/prepare", post(lifecycle_data::prepare))
+        .route(
+            "/v1/instances/prepare-progress",
+            post(lifecycle_data::progress),
+        )
         .route("/v1/instances/assign", post(management::assign))
         .route("/v1/instances/unassign", post(management::unassign))
         .route(

@@ -168,6 +168,24 @@ pub struct InstanceQuery {
     pub limit: i64,
 }
 
+/// Backup and restore bookkeeping of one instance (BatchBackupInstances, BatchPrepareInstances).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupState {
+    pub instance_id: String,
+    /// The instance's state (`backed_up`, `queued`, … or whatever its node last reported).
+    pub state: String,
+    /// ListInstances' `backup_status`: 0 none yet, 1 running, 2 succeeded, 3 failed.
+    pub backup_status: i64,
+    pub backup_time_ms: Option<i64>,
+    /// Where the last archive went; empty before the first backup.
+    pub backup_uri: String,
+    /// ListInstances' `restore_status`, same codes.
+    pub restore_status: i64,
+    pub restore_time_ms: Option<i64>,
+    /// Set while the instance waits in the prepare queue.
+    pub prepare_queued_at_ms: Option<i64>,
+}
+
 /// Control's state. Every multi-row write is one transaction: all of it lands or none.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -252,6 +270,48 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         query: &InstanceQuery,
     ) -> Result<(Vec<InstanceListing>, u64), StoreError>;
+
+    /// Marks instances `backing_up` (backup_status 1) with the archive each goes to, all or none.
+    async fn begin_backup(
+        &self,
+        backups: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a finished backup. Success: `backed_up` (backup_status 2), or `queued` when it was
+    /// prepared meanwhile. Failure: `backup_failed` (backup_status 3) with the reason.
+    async fn finish_backup(
+        &self,
+        instance_id: &str,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The instance's backup/restore bookkeeping; `None` if it does not exist.
+    async fn backup_state(&self, instance_id: &str) -> Result<Option<BackupState>, StoreError>;
+    /// Puts a backed-up (or failed-to-restore) instance in the prepare queue, keeping its place
+    /// if it is already there; one still backing up is queued for when its backup ends. Returns
+    /// whether the instance is now waiting.
+    async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Instances in the prepare queue with their enqueue times, first come first.
+    async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError>;
+    /// Takes a queued instance out of the queue and onto `node_id` as `restoring`; false if
+    /// it was no longer queued (another replica claimed it, or it was deleted).
+    async fn claim_restore(
+        &self,
+        instance_id: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records how a restore ended: the instance's state and restore_status (2 or 3).
+    async fn finish_restore(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        restore_status: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Puts a claimed instance back in the queue at its old place (its node had no room).
+    async fn requeue(&self, instance_id: &str, since_ms: i64) -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.

@@ -5,8 +5,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    InstanceListing, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord,
-    ProjectRecord, Store, StoreError, TaskRecord, TokenRecord, UserRecord,
+    BackupState, InstanceListing, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser,
+    NodeRecord, ProjectRecord, Store, StoreError, TaskRecord, TokenRecord, UserRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -343,9 +343,14 @@ impl Store for SqlStore {
     }
 
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT node_id, COUNT(*) AS n FROM instances GROUP BY node_id")
-            .fetch_all(&self.pool)
-            .await?;
+        // Backed-up and queued instances (and failed restores, which the node removed again)
+        // live in an archive, not on a node: they hold no slot.
+        let rows = sqlx::query(
+            "SELECT node_id, COUNT(*) AS n FROM instances \
+             WHERE state NOT IN ('backed_up', 'queued', 'restore_failed') GROUP BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -604,5 +609,160 @@ impl Store for SqlStore {
             });
         }
         Ok((listings, u64::try_from(total).unwrap_or(0)))
+    }
+
+    async fn begin_backup(
+        &self,
+        backups: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, uri) in backups {
+            sqlx::query(
+                "UPDATE instances SET state = 'backing_up', state_message = '', backup_status = 1, \
+                    backup_time_ms = $1, backup_uri = $2, updated_at_ms = $1 WHERE id = $3",
+            )
+            .bind(now_ms)
+            .bind(uri)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finish_backup(
+        &self,
+        instance_id: &str,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let query = match error {
+            // Prepared while its backup ran: it goes straight into the queue.
+            None => sqlx::query(
+                "UPDATE instances SET state = CASE WHEN prepare_queued_at_ms IS NULL \
+                    THEN 'backed_up' ELSE 'queued' END, state_message = $1, backup_status = 2, \
+                    backup_time_ms = $2, updated_at_ms = $2 WHERE id = $3",
+            )
+            .bind(""),
+            Some(message) => sqlx::query(
+                "UPDATE instances SET state = 'backup_failed', state_message = $1, \
+                    backup_status = 3, backup_time_ms = $2, prepare_queued_at_ms = NULL, \
+                    updated_at_ms = $2 WHERE id = $3",
+            )
+            .bind(message.to_string()),
+        };
+        query
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn backup_state(&self, instance_id: &str) -> Result<Option<BackupState>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, state, backup_status, backup_time_ms, backup_uri, restore_status, \
+                restore_time_ms, prepare_queued_at_ms FROM instances WHERE id = $1",
+        )
+        .bind(instance_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => None,
+            Some(row) => Some(BackupState {
+                instance_id: row.try_get("id")?,
+                state: row.try_get("state")?,
+                backup_status: row.try_get("backup_status")?,
+                backup_time_ms: row.try_get("backup_time_ms")?,
+                backup_uri: row.try_get("backup_uri")?,
+                restore_status: row.try_get("restore_status")?,
+                restore_time_ms: row.try_get("restore_time_ms")?,
+                prepare_queued_at_ms: row.try_get("prepare_queued_at_ms")?,
+            }),
+        })
+    }
+
+    async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET prepare_queued_at_ms = COALESCE(prepare_queued_at_ms, $1), \
+                state = CASE WHEN state = 'backing_up' THEN state ELSE 'queued' END, \
+                updated_at_ms = $1 \
+             WHERE id = $2 AND state IN ('backed_up', 'restore_failed', 'queued', 'backing_up')",
+        )
+        .bind(now_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS}, i.prepare_queued_at_ms FROM instances i \
+             WHERE i.state = 'queued' ORDER BY i.prepare_queued_at_ms, i.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut queued = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let since: Option<i64> = row.try_get("prepare_queued_at_ms")?;
+            queued.push((instance_from_row(row)?, since.unwrap_or(0)));
+        }
+        Ok(queued)
+    }
+
+    async fn claim_restore(
+        &self,
+        instance_id: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE instances SET state = 'restoring', state_message = '', node_id = $1, \
+                prepare_queued_at_ms = NULL, restore_status = 1, restore_time_ms = $2, \
+                updated_at_ms = $2 WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(node_id)
+        .bind(now_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn finish_restore(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        restore_status: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET state = $1, state_message = $2, restore_status = $3, \
+                restore_time_ms = $4, updated_at_ms = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(message)
+        .bind(restore_status)
+        .bind(now_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn requeue(&self, instance_id: &str, since_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET state = 'queued', prepare_queued_at_ms = $1, restore_status = 0 \
+             WHERE id = $2 AND state = 'restoring'",
+        )
+        .bind(since_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

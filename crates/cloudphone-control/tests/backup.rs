@@ -1,0 +1,348 @@
+//! BatchBackupInstances, BatchPrepareInstances and ShowProgress against a real control + node
+//! deployment (node capacity 4): the archive and the freed slot, the prepare queue waiting for
+//! capacity, the restored data, and the operations' error codes with their HTTP statuses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cloudphone_testkit::fleet::{Fleet, order_sku};
+use cloudphone_testkit::wait_for;
+use serde_json::{Value, json};
+
+/// The fleet's node holds this many instances.
+const NODE_CAPACITY: u32 = 4;
+
+fn code(body: &Value) -> &str {
+    body["error_code"].as_str().unwrap_or("<none>")
+}
+
+/// Sends a request with only the token, as the seed pages of Prepare/ShowProgress list.
+async fn token_only(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = fleet
+        .http
+        .post(format!("{}{path}", fleet.api))
+        .header("x-auth-token", token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn progress(fleet: &Fleet, token: &str, user: &str, id: &str) -> (u16, Value) {
+    token_only(
+        fleet,
+        "/v1/instances/prepare-progress",
+        token,
+        &json!({"user_id": user, "instance_id": id}),
+    )
+    .await
+}
+
+async fn query_status(fleet: &Fleet, token: &str, id: &str) -> i64 {
+    let (_, body) = fleet
+        .post(
+            "/v1/instances/batch-query-status",
+            token,
+            &json!({"instance_ids": [id]}),
+        )
+        .await;
+    body["data"]["status_results"][0]["status"]
+        .as_i64()
+        .unwrap_or(-99)
+}
+
+/// The ListInstances row of one instance.
+async fn row(fleet: &Fleet, token: &str, id: &str) -> Value {
+    let listing = fleet.list(token).await;
+    listing["data"]["result"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["instance_id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Orders one more instance; returns the HTTP status, body and the new id (if any).
+async fn order_one(fleet: &Fleet, token: &str) -> (u16, Value, Option<String>) {
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/create",
+            token,
+            Some(&order_sku("kp.synthetic.720p", 1)),
+        )
+        .await;
+    let id = body["data"]["instanceInfos"][0]["instanceId"]
+        .as_str()
+        .map(str::to_string);
+    (status, body, id)
+}
+
+async fn wait_row_running(fleet: &Fleet, token: &str, id: &str) {
+    wait_for(
+        &format!("{id} running"),
+        Duration::from_secs(60),
+        || async { (row(fleet, token, id).await["running_status"] == 2).then_some(()) },
+    )
+    .await;
+}
+
+/// Every `<id>.tar.gz` under the fleet's backup dir.
+fn archives(dir: &Path, id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(tenants) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for tenant in tenants.flatten() {
+        let path = tenant.path().join(format!("{id}.tar.gz"));
+        if path.is_file() {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_prepare_restore_and_the_queue() {
+    let fleet = Fleet::up("synthetic").await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let other = fleet.login("other", "correct-horse-2").await;
+    let ids = fleet.running_instances(&acme, NODE_CAPACITY).await;
+    let (target, neighbour) = (ids[0].clone(), ids[1].clone());
+    let backups = fleet.path("backups");
+
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/sync-command",
+            &acme,
+            &json!({"command": "touch /data/x", "instance_ids": [target]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["data"]["cmd_results"][0]["status"].as_i64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    assert!(fleet.instance_data_dir(&target).join("x").exists());
+    let (status, body, _) = order_one(&fleet, &acme).await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, "KOOPHONE.API.40010"),
+        "the node is full"
+    );
+
+    // Backup errors: another tenant, an unknown id, no request id, a body without ids.
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/backup",
+            &other,
+            &json!({"instance_ids": [target]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/backup",
+            &acme,
+            &json!({"instance_ids": [target, "nosuch"]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/backup",
+        &acme,
+        &json!({"instance_ids": [target]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
+    let (status, body) = fleet
+        .post("/v1/instances/backup", &acme, &json!({"user_id": "u"}))
+        .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+    assert_eq!(query_status(&fleet, &acme, &target).await, 2, "unchanged");
+
+    // The seed example's body: user_id + instance_id.
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/backup",
+            &acme,
+            &json!({"user_id": "1008600000104285462", "instance_id": target}),
+        )
+        .await;
+    assert_eq!(
+        (status, body.clone()),
+        (200, json!({"error_code": "0", "error_msg": "OK"}))
+    );
+    wait_for("the backup", Duration::from_secs(60), || async {
+        (query_status(&fleet, &acme, &target).await == 0).then_some(())
+    })
+    .await;
+    let listed = row(&fleet, &acme, &target).await;
+    assert_eq!(
+        (
+            listed["backup_status"].as_i64(),
+            listed["running_status"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "{listed}"
+    );
+    assert_eq!(listed["backup_time"].as_str().map(str::len), Some(19));
+    assert!(
+        !fleet.instance_data_dir(&target).exists(),
+        "the node released the instance"
+    );
+    let archive = archives(&backups, &target);
+    assert_eq!(archive.len(), 1, "one archive under {}", backups.display());
+    assert!(std::fs::metadata(&archive[0]).unwrap().len() > 0);
+    let (status, body) = progress(&fleet, &acme, "user-1", &target).await;
+    assert_eq!(
+        (status, code(&body)),
+        (401, "KOOPHONE.API.1001"),
+        "not bound to user-1 yet"
+    );
+
+    // The slot is free: a new instance fits, and fills the node again.
+    let (status, body, filler) = order_one(&fleet, &acme).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let filler = filler.unwrap();
+    wait_row_running(&fleet, &acme, &filler).await;
+
+    // Prepare errors: another tenant, another user's instance, a bad body.
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/prepare",
+        &other,
+        &json!({"user_id": "user-1", "instance_ids": [target]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/assign",
+            &acme,
+            &json!({"user_instances": [{"user_id": "user-2", "instance_id": neighbour}]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/prepare",
+        &acme,
+        &json!({"user_id": "user-1", "instance_ids": [target, neighbour]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "KPAPI.2209"));
+    assert_eq!(
+        row(&fleet, &acme, &target).await["assign_user"],
+        "",
+        "a refused prepare binds nothing"
+    );
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/prepare",
+        &acme,
+        &json!({"instance_ids": [target]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+
+    // Prepare with the node full: the seed example repeats the id; the running neighbour is ready.
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/prepare",
+        &acme,
+        &json!({"user_id": "user-2", "instance_ids": [target, target, neighbour]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    assert_eq!(
+        body["data"]["status_list"],
+        json!([{"instance_id": target, "status": 1}, {"instance_id": neighbour, "status": 0}]),
+    );
+    let (status, body) = progress(&fleet, &acme, "user-2", &target).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    assert_eq!(body["data"]["status"], 1, "queued: {body}");
+    assert!(
+        body["data"]["waitingCount"].as_i64().unwrap() >= 1,
+        "{body}"
+    );
+    let (_, body) = progress(&fleet, &acme, "user-2", &neighbour).await;
+    assert_eq!(body["data"], json!({"status": 0, "waitingCount": 0}));
+    let (status, body) = progress(&fleet, &acme, "user-9", &target).await;
+    assert_eq!(
+        (status, code(&body)),
+        (401, "KOOPHONE.API.1001"),
+        "another user"
+    );
+    let (status, body) = progress(&fleet, &other, "user-2", &target).await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    // Still no room a few worker rounds later: still waiting, first in line.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, body) = progress(&fleet, &acme, "user-2", &target).await;
+    assert_eq!(body["data"], json!({"status": 1, "waitingCount": 1}));
+
+    // A slot frees: the queued instance is restored (status 1 or 2 on the way, then 0).
+    let (status, body) = token_only(
+        &fleet,
+        "/v1/instances/delete",
+        &acme,
+        &json!({"instanceIdList": [filler]}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    let mut seen: Vec<i64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = progress(&fleet, &acme, "user-2", &target).await;
+        let status = body["data"]["status"].as_i64().unwrap_or(-99);
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        if status == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not restored in time: progress went {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen.iter().all(|s| [0, 1, 2].contains(s)),
+        "progress went {seen:?}"
+    );
+    let (_, body) = fleet
+        .post(
+            "/v1/instances/sync-command",
+            &acme,
+            &json!({"command": "ls /data", "instance_ids": [target]}),
+        )
+        .await;
+    let listing = body["data"]["cmd_results"][0]["execute_msg"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        listing.split_whitespace().any(|f| f == "x"),
+        "the file is back: {body}"
+    );
+    assert!(fleet.instance_data_dir(&target).join("x").exists());
+    let listed = row(&fleet, &acme, &target).await;
+    assert_eq!(
+        (
+            listed["restore_status"].as_i64(),
+            listed["running_status"].as_i64(),
+            listed["assign_user"].as_str()
+        ),
+        (Some(2), Some(2), Some("user-2")),
+        "{listed}"
+    );
+    assert!(
+        archives(&backups, &target).is_empty(),
+        "the stale archive is gone"
+    );
+    assert_eq!(query_status(&fleet, &acme, &target).await, 2);
+    eprintln!("progress while restoring: {seen:?}");
+}
