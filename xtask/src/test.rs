@@ -67,6 +67,8 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
         util::run(util::cargo().args(["build", "--workspace", "--bins"]))
     })?;
 
+    let schemathesis = steps.fatal("schemathesis venv", || schemathesis_venv(&root))?;
+
     let mut pg = steps.fatal("start PostgreSQL", || Postgres::start(TEST_DATABASE))?;
     let url = pg.url(TEST_DATABASE);
     println!("cluster in {}; {PG_URL_ENV}={url}", pg.dir().display());
@@ -81,7 +83,8 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
         // The daemons were built by the step above; tests need not each ask cargo again.
         util::run(
             cmd.env(PG_URL_ENV, &url)
-                .env("CLOUDPHONE_TEST_PREBUILT", "1"),
+                .env("CLOUDPHONE_TEST_PREBUILT", "1")
+                .env(SCHEMATHESIS_ENV, &schemathesis),
         )
     })?;
     if nextest {
@@ -132,6 +135,34 @@ fn print_test_counts() {
         total.saturating_sub(failed),
         failed
     );
+}
+
+/// The schemathesis CLI the property-based API test runs, pinned so runs are comparable.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// Tells the test where the CLI is.
+const SCHEMATHESIS_ENV: &str = "CLOUDPHONE_SCHEMATHESIS";
+
+/// A venv under `target/` with schemathesis installed from PyPI (reused when already there).
+fn schemathesis_venv(root: &std::path::Path) -> Result<PathBuf> {
+    let venv = root.join("target/venv-st");
+    let st = venv.join("bin/st");
+    let pip = venv.join("bin/pip");
+    if !pip.exists() {
+        util::run(
+            std::process::Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv),
+        )?;
+    }
+    let installed = std::process::Command::new(&pip)
+        .args(["show", "-q", "schemathesis"])
+        .output()
+        .is_ok_and(|o| o.status.success() && st.exists());
+    if !installed {
+        util::run(std::process::Command::new(&pip).args(["install", "-q", SCHEMATHESIS]))?;
+    }
+    Ok(st)
 }
 
 fn has_nextest() -> bool {

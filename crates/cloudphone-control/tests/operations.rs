@@ -375,6 +375,31 @@ async fn delete_instance() {
     let (fleet, acme, other, ids) = setup(2).await;
     let data = fleet.instance_data_dir(&ids[0]);
     assert!(data.exists());
+    // CreateInstance's page lists no x-request-id either: ordering without one works.
+    let (status, body) = without_request_id(
+        &fleet,
+        "/v1/instances/create",
+        &acme,
+        &serde_json::from_str(&cloudphone_testkit::fleet::order_sku(
+            "kp.synthetic.540p",
+            1,
+        ))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let extra = body["data"]["instanceInfos"][0]["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = without_request_id(
+        &fleet,
+        "/v1/instances/delete",
+        &acme,
+        &json!({"instanceIdList": [extra]}),
+    )
+    .await;
+    assert_eq!(status, 200);
     // DeleteInstance's page lists no x-request-id: a documented client sends none.
     let (status, body) = without_request_id(
         &fleet,

@@ -235,7 +235,7 @@ fn new_order_id() -> String {
 /// CreateInstance: validate, place on nodes by free capacity, record, then create on the nodes.
 pub async fn create(
     state: AppStateRef,
-    caller: Caller,
+    caller: TokenCaller,
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let order = parse_json::<CreateInstanceRequest>(&body)?.validate()?;
