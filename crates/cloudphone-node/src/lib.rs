@@ -6,11 +6,13 @@
 //! - [`instances`]: the instance manager: persistence under the state dir, lifecycle, re-adoption.
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
 //! - [`announce`]: telling control this node exists.
+//! - [`apps`]: downloading and checking application packages.
 //! - [`http`]: `/healthz`, `/metrics`.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
 
 pub mod announce;
+pub mod apps;
 pub mod config;
 pub mod grpc;
 pub mod http;
