@@ -520,3 +520,108 @@ async fn set_video_config() {
     .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
 }
+
+/// Sends the signaling hello for `device_id`/`token` and returns the node's first answer.
+async fn hello(url: &str, device_id: &str, token: &str) -> Value {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("signaling endpoint accepts");
+    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
+        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer")
+        {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("signaling closed without answering: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_token_and_sessions() {
+    let (fleet, acme, other, ids) = setup(2).await;
+    // GetDeviceToken's page lists only the token header.
+    let path = format!("/v1/instances/{}/auth", ids[0]);
+    let (status, body) = without_request_id(&fleet, &path, &acme, &json!({})).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let data = &body["data"];
+    let token = data["device_token"].as_str().unwrap().to_string();
+    let device_id = data["resource"]["device_id"].as_str().unwrap().to_string();
+    let url = data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(token.len(), 32, "random 128-bit token in hex");
+    assert_eq!(data["resource"]["kp_id"], ids[0].as_str());
+    assert!(data["resource"]["rtc"]["ice_signaling"]["ice_servers"].is_array());
+    assert!(
+        data["resource"]["sdk"]["internal"].is_object()
+            && data["resource"]["sdk"]["external"].is_object()
+    );
+
+    // The node accepts exactly this token for this device, and nothing else.
+    assert_eq!(hello(&url, &device_id, &token).await["type"], "ready");
+    let wrong = hello(&url, &device_id, &"0".repeat(32)).await;
+    assert_eq!(wrong["type"], "error", "{wrong}");
+    let (_, second) = without_request_id(
+        &fleet,
+        &format!("/v1/instances/{}/auth", ids[1]),
+        &acme,
+        &json!({}),
+    )
+    .await;
+    let other_device = second["data"]["resource"]["device_id"].as_str().unwrap();
+    assert_eq!(
+        hello(&url, other_device, &token).await["type"],
+        "error",
+        "another instance's token"
+    );
+
+    // Another tenant gets no token for our instance.
+    let (status, body) = without_request_id(&fleet, &path, &other, &json!({})).await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+
+    // StopInstancesStreaming keeps the session; ReleaseInstancesSession revokes the token.
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/streaming/stop",
+            &acme,
+            &json!({"instance_id": ids[0]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    assert_eq!(
+        hello(&url, &device_id, &token).await["type"],
+        "ready",
+        "the session outlives a stop"
+    );
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/session/release",
+            &acme,
+            &json!({"instance_id": ids[0]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    assert_eq!(
+        hello(&url, &device_id, &token).await["type"],
+        "error",
+        "a released session's token is refused"
+    );
+    let (status, body) = fleet
+        .post(
+            "/v1/instances/session/release",
+            &other,
+            &json!({"instance_id": ids[0]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+}
