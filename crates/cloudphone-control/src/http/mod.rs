@@ -97,6 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))
         .route("/console", get(console::redirect))
+        .route("/console/player", get(console::player))
         .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
