@@ -100,6 +100,9 @@ pub struct WebRtcSection {
     pub max_viewers_per_instance: u32,
     /// How often a running encoder emits a partial usage record.
     pub usage_interval_secs: u64,
+    /// `videotestsrc` pattern synthetic instances stream, optionally with properties
+    /// (e.g. `"zone-plate kx2=20 ky2=20 kt=1"`); empty for the pipeline's default.
+    pub synthetic_pattern: String,
 }
 
 impl std::fmt::Debug for WebRtcSection {
@@ -116,6 +119,7 @@ impl std::fmt::Debug for WebRtcSection {
             .field("tls_key", &self.tls_key)
             .field("max_viewers_per_instance", &self.max_viewers_per_instance)
             .field("usage_interval_secs", &self.usage_interval_secs)
+            .field("synthetic_pattern", &self.synthetic_pattern)
             .finish()
     }
 }
@@ -134,6 +138,7 @@ impl Default for WebRtcSection {
             tls_key: None,
             max_viewers_per_instance: 10,
             usage_interval_secs: 30,
+            synthetic_pattern: String::new(),
         }
     }
 }

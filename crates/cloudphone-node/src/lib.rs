@@ -150,7 +150,15 @@ pub async fn run(
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
             node_id: config.node_id.clone(),
         },
-        streaming::default_encoder_factory(),
+        streaming::encoder_factory(streaming::pipeline::PipelineOptions {
+            test_pattern: if config.webrtc.synthetic_pattern.is_empty() {
+                streaming::pipeline::DEFAULT_TEST_PATTERN.to_owned()
+            } else {
+                config.webrtc.synthetic_pattern.clone()
+            },
+            adb: config.android.adb.clone(),
+            ..Default::default()
+        }),
     );
     let service = grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -101,11 +101,11 @@ fn webrtcbin_viewer(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Some(s) = sample.caps().and_then(|c| c.structure(0)) {
-                        if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                            decoded.width.store(w as u32, Ordering::Relaxed);
-                            decoded.height.store(h as u32, Ordering::Relaxed);
-                        }
+                    if let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                        && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+                    {
+                        decoded.width.store(w as u32, Ordering::Relaxed);
+                        decoded.height.store(h as u32, Ordering::Relaxed);
                     }
                     decoded.frames.fetch_add(1, Ordering::Relaxed);
                     Ok(gst::FlowSuccess::Ok)

@@ -41,6 +41,8 @@ use crate::streaming::peer::PeerFactory;
 pub const MIN_BITRATE_KBPS: u32 = 150;
 /// Key frames asked for more often than this are merged into one.
 const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// How often a running encoder is checked for a failure it did not signal by closing.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Packets buffered per viewer before a slow one starts losing them.
 const FANOUT_CAPACITY: usize = 1024;
 
@@ -60,6 +62,10 @@ pub trait Encoder: Send + Sync + 'static {
     fn set_bitrate(&self, kbps: u32);
     fn set_fps(&self, fps: u32);
     fn request_keyframe(&self);
+    /// Why the encoder stopped producing, once it has (bus error, capture ended).
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Starts an encoder: the handle and its RTP packets (one packet per item, PT 96).
@@ -424,14 +430,22 @@ impl Sessions {
                     bitrate_kbps: viewer.spec.code_rate_kbps,
                 };
                 // Two first viewers may race here; the loser's encoder is dropped unused.
+                // Starting a pipeline blocks until it plays; keep it off the async workers.
+                let factory = Arc::clone(&self.factory);
+                let spawned_request = request.clone();
+                let (handle, packets) =
+                    tokio::task::spawn_blocking(move || factory(&spawned_request))
+                        .await
+                        .map_err(|e| e.to_string())??;
                 let started = SharedEncoder::start(
-                    &self.factory,
+                    handle,
+                    packets,
                     request,
                     tenant_id,
                     instance_id.clone(),
                     self.usage.clone(),
                     self.settings.usage_interval,
-                )?;
+                );
                 let mut inner = self.inner();
                 match inner.encoders.get(&key) {
                     Some(e) => {
@@ -455,7 +469,7 @@ impl Sessions {
         }
         encoder.add_viewer(viewer.id, viewer.spec.code_rate_kbps);
         drop(inner);
-        encoder.request_keyframe();
+        // The key frame this viewer starts from is asked for once its peer connects.
         Ok(encoder)
     }
 
@@ -607,6 +621,13 @@ impl Drop for Viewer {
     }
 }
 
+#[derive(Default)]
+struct KeyframeRequests {
+    last: Option<Instant>,
+    /// A merged request is scheduled.
+    pending: bool,
+}
+
 struct Adaptation {
     controllers: HashMap<u64, BitrateController>,
     fps: HashMap<u64, u32>,
@@ -619,7 +640,7 @@ pub struct SharedEncoder {
     encoder: Mutex<Option<Box<dyn Encoder>>>,
     packets: broadcast::Sender<Bytes>,
     adaptation: Mutex<Adaptation>,
-    last_keyframe: Mutex<Option<Instant>>,
+    keyframes: Mutex<KeyframeRequests>,
     /// Becomes true when the encoder stops (last viewer left) or dies.
     ended: watch::Sender<bool>,
     pub codec: Codec,
@@ -631,14 +652,14 @@ pub struct SharedEncoder {
 
 impl SharedEncoder {
     fn start(
-        factory: &EncoderFactory,
+        encoder: Box<dyn Encoder>,
+        mut rx: mpsc::Receiver<Bytes>,
         request: EncoderRequest,
         tenant_id: String,
         instance_id: String,
         usage: broadcast::Sender<pb::UsageRecord>,
         usage_interval: Duration,
-    ) -> Result<Arc<Self>, String> {
-        let (encoder, mut rx) = factory(&request)?;
+    ) -> Arc<Self> {
         let (packets, _) = broadcast::channel(FANOUT_CAPACITY);
         let (ended, _) = watch::channel(false);
         let shared = Arc::new(Self {
@@ -650,7 +671,7 @@ impl SharedEncoder {
                 applied_kbps: request.bitrate_kbps,
                 applied_fps: request.fps,
             }),
-            last_keyframe: Mutex::new(None),
+            keyframes: Mutex::new(KeyframeRequests::default()),
             ended,
             codec: request.codec,
             width: request.width,
@@ -658,11 +679,31 @@ impl SharedEncoder {
             bitrate_kbps: AtomicU32::new(request.bitrate_kbps),
         });
         tracing::info!(instance = %instance_id, codec = %request.codec, width = request.width, height = request.height, fps = request.fps, kbps = request.bitrate_kbps, "encoder started");
-        // Pump: encoder → every viewer. Ends when the encoder stops or dies.
+        // Pump: encoder → every viewer. Ends when the encoder stops or fails.
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
-            while let Some(packet) = rx.recv().await {
-                let _ = packets.send(packet);
+            let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+            loop {
+                tokio::select! {
+                    packet = rx.recv() => match packet {
+                        Some(packet) => {
+                            let _ = packets.send(packet);
+                        }
+                        None => break,
+                    },
+                    _ = health.tick() => {
+                        let Some(shared) = weak.upgrade() else { break };
+                        if *shared.ended.borrow() {
+                            break;
+                        }
+                        let mut failure = None;
+                        shared.with_encoder(|e| failure = e.failure());
+                        if let Some(failure) = failure {
+                            tracing::warn!(%failure, "encoder failed");
+                            break;
+                        }
+                    }
+                }
             }
             if let Some(shared) = weak.upgrade() {
                 shared.ended.send_replace(true);
@@ -705,7 +746,7 @@ impl SharedEncoder {
             let _ = usage.send(record(from, crate::unix_ms(), true));
             tracing::info!(instance = %instance_id, session = %session_id, "encoder stopped");
         });
-        Ok(shared)
+        shared
     }
 
     /// A receiver of the encoder's RTP packets.
@@ -734,19 +775,47 @@ impl SharedEncoder {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Asks for a key frame, merging requests closer than [`KEYFRAME_MIN_INTERVAL`].
-    pub fn request_keyframe(&self) {
-        {
-            let mut last = self
-                .last_keyframe
+    /// Asks for a key frame. Requests closer than [`KEYFRAME_MIN_INTERVAL`] are merged into
+    /// one sent at the end of the interval (never dropped: the later one may come from a
+    /// viewer that joined after the earlier key frame went out).
+    pub fn request_keyframe(self: &Arc<Self>) {
+        let wait = {
+            let mut k = self
+                .keyframes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
-                return;
+            match k.last {
+                Some(t) if t.elapsed() < KEYFRAME_MIN_INTERVAL => {
+                    if k.pending {
+                        return;
+                    }
+                    k.pending = true;
+                    Some(KEYFRAME_MIN_INTERVAL - t.elapsed())
+                }
+                _ => {
+                    k.last = Some(Instant::now());
+                    None
+                }
             }
-            *last = Some(Instant::now());
+        };
+        match wait {
+            None => self.with_encoder(|e| e.request_keyframe()),
+            Some(wait) => {
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    {
+                        let mut k = this
+                            .keyframes
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        k.pending = false;
+                        k.last = Some(Instant::now());
+                    }
+                    this.with_encoder(|e| e.request_keyframe());
+                });
+            }
         }
-        self.with_encoder(|e| e.request_keyframe());
     }
 
     fn add_viewer(&self, id: u64, max_kbps: u32) {
@@ -800,7 +869,17 @@ impl SharedEncoder {
         let mut a = self.adaptation();
         for (id, spec) in specs {
             if let Some(c) = a.controllers.get_mut(id) {
-                c.set_max(spec.code_rate_kbps);
+                if spec.code_rate_kbps > c.max_kbps() {
+                    // An operator raised the ceiling: start from it, as a new stream would,
+                    // rather than ramp at the controller's cautious 8 %/s; congestion cuts it
+                    // back within a few reports if the path cannot carry it.
+                    *c = BitrateController::new(
+                        spec.code_rate_kbps,
+                        MIN_BITRATE_KBPS.min(spec.code_rate_kbps),
+                    );
+                } else {
+                    c.set_max(spec.code_rate_kbps);
+                }
             }
             if let Some(f) = a.fps.get_mut(id) {
                 *f = spec.fps;

@@ -94,6 +94,11 @@ pub struct Node {
 
 impl Node {
     pub async fn start(runtime: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
+        // RUST_LOG=cloudphone_node=debug shows the node's side of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::Builder::new()
             .prefix("cp-stream-")
             .tempdir_in("/var/tmp")
@@ -361,20 +366,17 @@ impl RustViewer {
             ready,
             candidates,
         };
-        // Exchange until the answer is in; candidates keep flowing in `pump`.
-        loop {
-            match viewer.signaling.recv().await {
-                Some(NodeMessage::Answer { sdp }) => {
-                    viewer
-                        .pc
-                        .set_remote_description(RTCSessionDescription::answer(sdp).unwrap())
-                        .await
-                        .unwrap();
-                    break;
-                }
-                Some(other) => return Err(other),
-                None => panic!("socket closed before the answer"),
+        // The answer comes first; candidates keep flowing in `pump_for`.
+        match viewer.signaling.recv().await {
+            Some(NodeMessage::Answer { sdp }) => {
+                viewer
+                    .pc
+                    .set_remote_description(RTCSessionDescription::answer(sdp).unwrap())
+                    .await
+                    .unwrap();
             }
+            Some(other) => return Err(other),
+            None => panic!("socket closed before the answer"),
         }
         Ok(viewer)
     }
@@ -478,11 +480,11 @@ fn decoder(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if let Some(s) = sample.caps().and_then(|c| c.structure(0)) {
-                    if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                        counters.width.store(w as u32, Ordering::Relaxed);
-                        counters.height.store(h as u32, Ordering::Relaxed);
-                    }
+                if let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                    && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+                {
+                    counters.width.store(w as u32, Ordering::Relaxed);
+                    counters.height.store(h as u32, Ordering::Relaxed);
                 }
                 counters.frames.fetch_add(1, Ordering::Relaxed);
                 Ok(gst::FlowSuccess::Ok)
