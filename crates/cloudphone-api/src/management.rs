@@ -393,6 +393,53 @@ impl InstanceSetting {
     }
 }
 
+/// BatchBackupInstances body: the table's `instance_ids`, or the example's `user_id` +
+/// `instance_id` (see `docs/api-notes.md`); both may be given.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct BackupRequest {
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<UserId>,
+}
+
+/// BatchPrepareInstances body (table 4-98).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct PrepareRequest {
+    pub user_id: UserId,
+    pub instance_ids: Vec<String>,
+}
+
+/// ShowProgress body (table 4-105).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct ProgressRequest {
+    pub user_id: UserId,
+    pub instance_id: String,
+}
+
+/// InstanceStatusWrapper (table 4-100).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct PrepareStatusList {
+    pub status_list: Vec<PrepareInstanceStatus>,
+}
+
+/// InstanceStatus (table 4-101).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct PrepareInstanceStatus {
+    pub instance_id: String,
+    pub status: i32,
+}
+
+/// ShowProgress `data` (table 4-107).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct Progress {
+    pub status: i32,
+    #[serde(rename = "waitingCount")]
+    pub waiting_count: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

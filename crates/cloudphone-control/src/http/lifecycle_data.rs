@@ -17,13 +17,16 @@ use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::ApiError;
 use cloudphone_api::instances::{InstanceRow, RunningStatus};
-use cloudphone_api::management::{self as wire, DataResponse, UserId};
+use cloudphone_api::management::{
+    self as wire, BackupRequest, DataResponse, PrepareInstanceStatus as InstanceStatus,
+    PrepareRequest, PrepareStatusList as StatusList, Progress, ProgressRequest, UserId,
+};
 use cloudphone_api::timefmt;
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
 use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
@@ -35,53 +38,6 @@ use crate::store::{InstanceRecord, StoreError};
 const WORKER_PERIOD: Duration = Duration::from_secs(1);
 /// Longest user id (tables 4-98 and 4-105).
 const MAX_USER_ID_LEN: usize = 32;
-
-/// BatchBackupInstances body: the table's `instance_ids`, or the example's `user_id` +
-/// `instance_id` (see docs/api-notes.md); both may be given.
-#[derive(Debug, Deserialize)]
-struct BackupRequest {
-    #[serde(default)]
-    instance_ids: Option<Vec<String>>,
-    #[serde(default)]
-    instance_id: Option<String>,
-    #[serde(default)]
-    user_id: Option<UserId>,
-}
-
-/// BatchPrepareInstances body (table 4-98).
-#[derive(Debug, Deserialize)]
-struct PrepareRequest {
-    user_id: UserId,
-    instance_ids: Vec<String>,
-}
-
-/// ShowProgress body (table 4-105).
-#[derive(Debug, Deserialize)]
-struct ProgressRequest {
-    user_id: UserId,
-    instance_id: String,
-}
-
-/// InstanceStatusWrapper (table 4-100).
-#[derive(Debug, Serialize)]
-struct StatusList {
-    status_list: Vec<InstanceStatus>,
-}
-
-/// InstanceStatus (table 4-101).
-#[derive(Debug, Serialize)]
-struct InstanceStatus {
-    instance_id: String,
-    status: i32,
-}
-
-/// ShowProgress `data` (table 4-107).
-#[derive(Debug, Serialize)]
-struct Progress {
-    status: i32,
-    #[serde(rename = "waitingCount")]
-    waiting_count: u32,
-}
 
 fn ok<T: Serialize>(data: T) -> Response {
     axum::Json(DataResponse {

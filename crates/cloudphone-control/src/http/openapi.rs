@@ -12,9 +12,10 @@ use cloudphone_api::instances::{
     CreateInstanceRequest, CreateInstanceResponse, ListInstancesResponse, SkuResponse,
 };
 use cloudphone_api::management::{
-    AsyncCommandInfo, CmdResultWrapper, CommandRequest, DeleteRequest, DeviceTokenData,
-    InstanceIdRequest, InstanceIdsRequest, JobDetailWrapper, NullDataResponse,
-    SetVideoConfigRequest, StatusResultWrapper, UserInstancesRequest,
+    AsyncCommandInfo, BackupRequest, CmdResultWrapper, CommandRequest, DeleteRequest,
+    DeviceTokenData, InstanceIdRequest, InstanceIdsRequest, JobDetailWrapper, NullDataResponse,
+    PrepareRequest, PrepareStatusList, Progress, ProgressRequest, SetVideoConfigRequest,
+    StatusResultWrapper, UserInstancesRequest,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -59,6 +60,21 @@ struct Data_DeviceTokenData {
 #[allow(non_camel_case_types)]
 struct Data_InstallAppData {
     data: InstallAppData,
+    error_code: String,
+    error_msg: String,
+}
+
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_PrepareStatusList {
+    data: PrepareStatusList,
+    error_code: String,
+    error_msg: String,
+}
+#[derive(ToSchema)]
+#[allow(non_camel_case_types)]
+struct Data_Progress {
+    data: Progress,
     error_code: String,
     error_msg: String,
 }
@@ -184,6 +200,22 @@ fn release_session() {}
         (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
 fn install_app() {}
 
+#[utoipa::path(post, path = "/v1/instances/prepare", tag = "use", request_body = PrepareRequest,
+    responses((status = 200, body = Data_PrepareStatusList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn prepare() {}
+
+#[utoipa::path(post, path = "/v1/instances/prepare-progress", tag = "use", request_body = ProgressRequest,
+    responses((status = 200, body = Data_Progress), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn prepare_progress() {}
+
+#[utoipa::path(post, path = "/v1/instances/backup", tag = "use", request_body = BackupRequest,
+    params(("x-request-id" = String, Header)),
+    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+fn backup() {}
+
 /// Every `/v1` call carries an IAM token in `X-Auth-Token`.
 struct TokenAuth;
 
@@ -202,7 +234,7 @@ impl Modify for TokenAuth {
     info(title = "cloudphone tenant API", description = "Huawei CloudDevice (KooPhone) compatible API served by cloudphone-control."),
     paths(issue_token, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
         async_command, get_task, set_video_config, batch_query_status, batch_reset, batch_reboot, assign,
-        unassign, device_token, stop_streaming, release_session, install_app),
+        unassign, device_token, stop_streaming, release_session, install_app, prepare, prepare_progress, backup),
     modifiers(&TokenAuth),
     security(("iam_token" = []))
 )]
@@ -266,7 +298,7 @@ mod tests {
             doc["openapi"]
         );
         let paths = doc["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 18);
+        assert_eq!(paths.len(), 21);
         assert!(
             doc.pointer("/components/schemas/InstanceRow/properties/running_status")
                 .is_some()
