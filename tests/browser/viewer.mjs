@@ -28,8 +28,12 @@ page.on("pageerror", (e) => console.error(`[page error] ${e}`));
 await page.goto(url);
 reply({ ok: true, event: "loaded" });
 
-const stats = () => page.evaluate(() => ({ stats: window.cloudphone.stats, status: window.cloudphone.status,
-                                          error: window.cloudphone.error || null, bye: window.cloudphone.byeReason || null }));
+const stats = () => page.evaluate(async () => {
+  // Fresh figures, not the overlay's last once-a-second sample.
+  await window.cloudphone.collectStats().catch(() => {});
+  return { stats: window.cloudphone.stats, status: window.cloudphone.status,
+           error: window.cloudphone.error || null, bye: window.cloudphone.byeReason || null };
+});
 
 async function handle(cmd) {
   switch (cmd.cmd) {
@@ -39,7 +43,7 @@ async function handle(cmd) {
         const s = await stats();
         if (s.stats && s.stats.framesDecoded >= cmd.n) return { ok: true, ...s };
         if (Date.now() > deadline || s.status === "error" || s.status === "bye") return { ok: false, ...s };
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 20));
       }
     }
     case "tap": {

@@ -52,6 +52,8 @@ pub enum NodeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("webrtc: {0}")]
     Peer(#[from] streaming::peer::PeerError),
+    #[error("signaling TLS: {0}")]
+    Tls(#[from] streaming::signaling::TlsError),
 }
 
 /// Encoder elements worth announcing, software first.
@@ -175,10 +177,22 @@ pub async fn run(
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
     let router = http::router().merge(streaming::signaling::router(Arc::clone(&sessions)));
-    let http_server = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+    let stopped = async move {
         let _ = http_stop.changed().await;
-    });
-    let http_task = tokio::spawn(async move { http_server.await });
+    };
+    // With a certificate, the HTTP side (signaling included) is served as TLS only.
+    let http_task = match (&config.webrtc.tls_cert, &config.webrtc.tls_key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = streaming::signaling::tls_acceptor(cert, key)?;
+            let listener = streaming::signaling::TlsListener::new(http_listener, acceptor)?;
+            let server = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+        _ => {
+            let server = axum::serve(http_listener, router).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { server.await })
+        }
+    };
 
     tracing::info!(
         node_id = %config.node_id,

@@ -126,6 +126,14 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
         node.ws_url
     );
     let mut browser = Browser::start(&url).await;
+    // From page load (autoconnect) to the first decoded frame: signaling, encoder start, ICE,
+    // DTLS, the first key frame and its decode.
+    let started = std::time::Instant::now();
+    let first = browser
+        .call(json!({"cmd":"wait_frames","n":1,"timeout_ms":30000}))
+        .await;
+    assert_eq!(first["ok"], true, "{first}");
+    let first_frame = started.elapsed();
     let playing = browser
         .call(json!({"cmd":"wait_frames","n":60,"timeout_ms":30000}))
         .await;
@@ -154,7 +162,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
     let after = browser.call(json!({"cmd":"stats"})).await;
     let s = &after["stats"];
     eprintln!(
-        "chromium H.264 540P: {} frames decoded, {} fps, {} kbit/s, rtt {} ms, jitter {} ms, dropped {}, decode {} ms/frame; tap changed {changed} bytes of the display",
+        "chromium H.264 540P: first frame {first_frame:?} after load, {} frames decoded, {} fps, {} kbit/s, rtt {} ms, jitter {} ms, dropped {}, decode {} ms/frame; tap changed {changed} bytes of the display",
         s["framesDecoded"],
         s["fps"],
         s["kbps"],

@@ -314,3 +314,176 @@ async fn set_video_config_moves_the_live_bitrate() {
     drop(viewer);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_is_served_over_wss_with_a_certificate() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: webpki refuses a CA certificate as a server's.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (c, k) = (cert.clone(), key.clone());
+    let mut node = Node::start("synthetic", move |config| {
+        config.webrtc.tls_cert = Some(c);
+        config.webrtc.tls_key = Some(k);
+        config.http.public_url = format!("wss://{}", config.http.listen);
+    })
+    .await;
+    node.create_instance("t1", 360, 640).await;
+    let session = node
+        .start_session("t1", "dev-t", "token-t", Duration::from_secs(600))
+        .await;
+    assert_eq!(
+        session.signaling_url,
+        format!("wss://{}/v1/signaling", node.http)
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(node.http).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(session.signaling_url.as_str(), tls)
+        .await
+        .unwrap();
+    use futures::SinkExt;
+    let hello = cloudphone_signaling::ClientMessage::Hello(hello(
+        "dev-t",
+        "wrong",
+        EncodingType::H264,
+        Definition::P540,
+    ));
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        serde_json::to_string(&hello).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply: NodeMessage = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert!(matches!(
+        reply,
+        NodeMessage::Error {
+            code: ErrorCode::BadToken,
+            ..
+        }
+    ));
+    // Plain HTTP is not served next to TLS.
+    let plain = reqwest::get(format!("http://{}/healthz", node.http)).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    node.shutdown().await;
+}
+
+/// Usage records that arrive within `window`.
+async fn usage_within(
+    reports: &mut tonic::Streaming<pb::NodeReport>,
+    window: Duration,
+) -> Vec<pb::UsageRecord> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(Ok(report))) = tokio::time::timeout_at(deadline, reports.next()).await {
+        if let Some(pb::node_report::Report::Usage(u)) = report.report {
+            out.push(u);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_one_profile_share_one_encoder_and_its_usage() {
+    let mut node = Node::start("synthetic", |c| c.webrtc.usage_interval_secs = 1).await;
+    node.create_instance("m1", 360, 640).await;
+    let mut reports = node
+        .grpc
+        .open_reports(pb::OpenReportsRequest {
+            control_id: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    node.start_session("m1", "dev-1", "t1", Duration::from_secs(600))
+        .await;
+    node.start_session("m1", "dev-2", "t2", Duration::from_secs(600))
+        .await;
+    let mut first = RustViewer::connect(
+        &node.ws_url,
+        hello("dev-1", "t1", EncodingType::H264, Definition::P540),
+    )
+    .await
+    .unwrap();
+    first.wait_frames(5, Duration::from_secs(20)).await;
+    // The second viewer joins a running encoder: it can only decode once a key frame is
+    // made for it (asked for when its peer connects).
+    let mut second = RustViewer::connect(
+        &node.ws_url,
+        hello("dev-2", "t2", EncodingType::H264, Definition::P540),
+    )
+    .await
+    .unwrap();
+    let joined = std::time::Instant::now();
+    second.wait_frames(1, Duration::from_secs(5)).await;
+    eprintln!(
+        "second viewer: first frame {:?} after its answer",
+        joined.elapsed()
+    );
+    drop(first);
+    let frames = second.counters.frames.load(Ordering::Relaxed);
+    second
+        .wait_frames(frames + 20, Duration::from_secs(5))
+        .await;
+
+    let records = usage_within(&mut reports, Duration::from_secs(2)).await;
+    assert!(
+        records.iter().all(|r| !r.r#final),
+        "the encoder outlives its first viewer: {records:?}"
+    );
+    drop(second);
+    let mut all = records;
+    all.extend(usage_within(&mut reports, Duration::from_secs(3)).await);
+    let finals: Vec<_> = all.iter().filter(|r| r.r#final).collect();
+    assert_eq!(finals.len(), 1, "{all:?}");
+    // One encoder session: partial records every second, each starting where the last ended.
+    assert!(all.iter().all(|r| r.session_id == finals[0].session_id));
+    assert!(all.len() >= 3, "{all:?}");
+    for pair in all.windows(2) {
+        assert_eq!(pair[0].end_unix_ms, pair[1].start_unix_ms);
+        assert_ne!(pair[0].record_id, pair[1].record_id);
+    }
+    node.shutdown().await;
+}
