@@ -119,6 +119,8 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
+    // Streams end before an instance's processes stop (see StreamingRuntime).
+    let (runtime, sessions_slot) = streaming::sessions::StreamingRuntime::wrap(runtime);
     let manager =
         InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
     let identity = grpc::NodeIdentity {
@@ -162,6 +164,7 @@ pub async fn run(
             ..Default::default()
         }),
     );
+    let _ = sessions_slot.set(Arc::downgrade(&sessions));
     let service = grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions));
     let (stop_tx, stop_rx) = watch::channel(false);
 

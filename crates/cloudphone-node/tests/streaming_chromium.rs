@@ -2,7 +2,8 @@
 //! (`crates/cloudphone-control/assets/player.html`), driven by playwright-core from
 //! `tests/browser/`: H.264 frames decode at the chosen size, and a tap on the video travels the
 //! `input` data channel into the instance (xeyes' pupils follow the pointer, so the X display's
-//! pixels change).
+//! pixels change). Also: stopping a streamed x11 instance ends its stream without taking the
+//! node down (capture stops before the X server does).
 
 mod streaming_support;
 
@@ -174,5 +175,38 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
     assert!(s["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap());
     let _ = browser.call(json!({"cmd":"quit"})).await;
     let _ = browser.child.wait().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_streamed_x11_instance_ends_the_stream() {
+    let mut node = Node::start("x11", |_| {}).await;
+    node.create_instance("x2", W, H).await;
+    node.start_session("x2", "dev-s", "token-s", Duration::from_secs(600))
+        .await;
+    let mut viewer = streaming_support::RustViewer::connect(
+        &node.ws_url,
+        streaming_support::hello(
+            "dev-s",
+            "token-s",
+            cloudphone_signaling::EncodingType::H264,
+            cloudphone_signaling::Definition::P540,
+        ),
+    )
+    .await
+    .unwrap();
+    viewer.wait_frames(10, Duration::from_secs(20)).await;
+    node.grpc
+        .stop_instance(cloudphone_proto::node_v1::InstanceRef {
+            instance_id: "x2".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        viewer.pump_for(Duration::from_secs(10)).await,
+        Some(cloudphone_signaling::NodeMessage::Bye {
+            reason: cloudphone_signaling::ByeReason::InstanceGone
+        })
+    );
     node.shutdown().await;
 }

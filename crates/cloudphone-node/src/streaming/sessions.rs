@@ -499,6 +499,28 @@ impl Sessions {
         n
     }
 
+    /// Says `bye` to the instance's viewers and stops its encoders now, waiting until their
+    /// pipelines have shut down (their capture has let go of the instance's display).
+    pub async fn end_instance(&self, instance_id: &str, reason: ByeReason) {
+        self.stop_viewers(|v| v.instance_id == instance_id, reason);
+        let encoders: Vec<Arc<SharedEncoder>> = {
+            let mut inner = self.inner();
+            let keys: Vec<ProfileKey> = inner
+                .encoders
+                .keys()
+                .filter(|k| k.instance_id == instance_id)
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| inner.encoders.remove(k))
+                .collect()
+        };
+        for encoder in encoders {
+            // Stopping a pipeline joins its streaming threads: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || encoder.stop()).await;
+        }
+    }
+
     /// StopStreaming: ends the instance's live streams; its grants stay valid.
     pub fn stop_streaming(&self, instance_id: &str) -> u32 {
         self.stop_viewers(|v| v.instance_id == instance_id, ByeReason::Stopped)
@@ -916,5 +938,112 @@ impl SharedEncoder {
             .take();
         drop(encoder);
         self.ended.send_replace(true);
+    }
+}
+
+/// Wraps the node's runtime so that an instance's encoders stop **before** its processes do.
+///
+/// Capture holds a connection to the instance's display; `ximagesrc` uses Xlib, whose I/O
+/// error handler calls `exit()` when the X server goes away under it, which would take the
+/// whole node down with one stopped instance. Every stop (StopInstance, reboot, reset,
+/// delete, node shutdown) goes through [`Runtime::stop`], so ending the streams there covers
+/// them all. A display that crashes on its own is not covered (see `docs/streaming.md`).
+pub struct StreamingRuntime {
+    inner: Arc<dyn crate::runtime::Runtime>,
+    sessions: Arc<std::sync::OnceLock<std::sync::Weak<Sessions>>>,
+}
+
+/// Where [`StreamingRuntime`] finds the registry once it exists.
+pub type SessionsSlot = Arc<std::sync::OnceLock<std::sync::Weak<Sessions>>>;
+
+impl StreamingRuntime {
+    pub fn wrap(inner: Arc<dyn crate::runtime::Runtime>) -> (Arc<Self>, SessionsSlot) {
+        let slot: SessionsSlot = Arc::new(std::sync::OnceLock::new());
+        (
+            Arc::new(Self {
+                inner,
+                sessions: Arc::clone(&slot),
+            }),
+            slot,
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::runtime::Runtime for StreamingRuntime {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn provision(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        self.inner.provision(spec, paths).await
+    }
+
+    async fn start(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        self.inner.start(spec, paths).await
+    }
+
+    async fn stop(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        if let Some(sessions) = self.sessions.get().and_then(std::sync::Weak::upgrade) {
+            sessions
+                .end_instance(&spec.instance_id, ByeReason::InstanceGone)
+                .await;
+        }
+        self.inner.stop(spec, paths).await
+    }
+
+    async fn is_running(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+    ) -> bool {
+        self.inner.is_running(spec, paths).await
+    }
+
+    async fn run_command(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+        command: &crate::runtime::CommandSpec,
+    ) -> Result<crate::runtime::CommandOutput, crate::runtime::RuntimeError> {
+        self.inner.run_command(spec, paths, command).await
+    }
+
+    async fn install_app(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+        package: &std::path::Path,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        self.inner.install_app(spec, paths, package).await
+    }
+
+    async fn inject_input(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+        event: &crate::runtime::InputEvent,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        self.inner.inject_input(spec, paths, event).await
+    }
+
+    fn capture_source(
+        &self,
+        spec: &crate::runtime::InstanceSpec,
+        paths: &crate::runtime::InstancePaths,
+    ) -> CaptureSource {
+        self.inner.capture_source(spec, paths)
     }
 }

@@ -223,6 +223,14 @@ async fn stream(
         tokio::pin!(expiry);
         loop {
             tokio::select! {
+                // The node's reason first: when an instance stops, its encoder ends too, and
+                // the viewer should hear why rather than "media_error".
+                biased;
+                Ok(()) = viewer.stop.changed() => {
+                    if let Some(reason) = *viewer.stop.borrow() {
+                        break Some(reason);
+                    }
+                }
                 message = next_message(source) => match message {
                     None => break None,
                     Some(Ok(ClientMessage::Offer { sdp })) => {
@@ -265,11 +273,6 @@ async fn stream(
                 Some(message) = out_rx.recv() => {
                     if !send(sink, &message).await {
                         break None;
-                    }
-                }
-                Ok(()) = viewer.stop.changed() => {
-                    if let Some(reason) = *viewer.stop.borrow() {
-                        break Some(reason);
                     }
                 }
                 Ok(()) = state_rx.changed() => {
