@@ -275,11 +275,22 @@ pub struct RustViewer {
     pub counters: Arc<Counters>,
     pub ready: NodeMessage,
     candidates: mpsc::UnboundedReceiver<Candidate>,
+    /// Every local candidate this viewer offered.
+    pub local_candidates: Vec<String>,
 }
 
 impl RustViewer {
     /// Says hello; returns the refusal instead when the node answers with an error.
     pub async fn connect(url: &str, hello: Hello) -> Result<RustViewer, NodeMessage> {
+        Self::connect_with(url, hello, false).await
+    }
+
+    /// Like `connect`; with `relay_only`, ICE uses only the TURN servers from `ready`.
+    pub async fn connect_with(
+        url: &str,
+        hello: Hello,
+        relay_only: bool,
+    ) -> Result<RustViewer, NodeMessage> {
         gst::init().unwrap();
         let mut signaling = Signaling::connect(url).await;
         signaling.send(&ClientMessage::Hello(hello)).await;
@@ -294,11 +305,26 @@ impl RustViewer {
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .build();
-        let pc = Arc::new(
-            api.new_peer_connection(RTCConfiguration::default())
-                .await
-                .unwrap(),
-        );
+        let NodeMessage::Ready { ice_servers, .. } = &ready else {
+            unreachable!()
+        };
+        let config = RTCConfiguration {
+            ice_servers: ice_servers
+                .iter()
+                .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone().unwrap_or_default(),
+                    credential: s.credential.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ice_transport_policy: if relay_only {
+                webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy::Relay
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        };
+        let pc = Arc::new(api.new_peer_connection(config).await.unwrap());
         pc.add_transceiver_from_kind(
             RTPCodecType::Video,
             Some(RTCRtpTransceiverInit {
@@ -365,6 +391,7 @@ impl RustViewer {
             counters,
             ready,
             candidates,
+            local_candidates: Vec::new(),
         };
         // The answer comes first; candidates keep flowing in `pump_for`.
         match viewer.signaling.recv().await {
@@ -389,6 +416,7 @@ impl RustViewer {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return None,
                 Some(c) = self.candidates.recv() => {
+                    self.local_candidates.push(c.candidate.clone());
                     self.signaling.send(&ClientMessage::Candidate(c)).await;
                 }
                 m = self.signaling.recv_quiet() => match m {
