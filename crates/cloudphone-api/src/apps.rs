@@ -171,8 +171,14 @@ mod tests {
             code("/install_package_url", json!("file:///etc/shadow")),
             "KOOPHONE.API.1000"
         );
-        assert!(check("/content_md5", json!("fghfg")).is_ok(), "the seed's placeholder is accepted");
-        assert_eq!(code("/content_md5", json!("x".repeat(201))), "KOOPHONE.API.1000");
+        assert!(
+            check("/content_md5", json!("fghfg")).is_ok(),
+            "the seed's placeholder is accepted"
+        );
+        assert_eq!(
+            code("/content_md5", json!("x".repeat(201))),
+            "KOOPHONE.API.1000"
+        );
         assert_eq!(
             code("/object_name", json!("x".repeat(101))),
             "KOOPHONE.API.1000"

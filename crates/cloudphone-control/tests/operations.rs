@@ -625,3 +625,157 @@ async fn device_token_and_sessions() {
         .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_config_reaches_the_node() {
+    let (fleet, acme, _other, ids) = setup(1).await;
+    let mut setting = video_setting(&ids);
+    // WIFI/H264 540P at 1200 kbit/s and 60 fps, so the node's answer can only come from here.
+    for cell in setting["instance_settings"].as_array_mut().unwrap() {
+        if cell["network_type"] == "WIFI" && cell["encoding_type"] == "H264" {
+            cell["video_spec_groups"][0]["definition_540P"] = json!({"code_rate": 1200, "fps": 60});
+        }
+    }
+    let (status, body) = put(&fleet, "/v1/instances/video-setting", &acme, &setting).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let (_, token) = without_request_id(
+        &fleet,
+        &format!("/v1/instances/{}/auth", ids[0]),
+        &acme,
+        &json!({}),
+    )
+    .await;
+    let resource = &token["data"]["resource"];
+    let ready = hello(
+        resource["rtc"]["ice_signaling"]["signaling_url"]
+            .as_str()
+            .unwrap(),
+        resource["device_id"].as_str().unwrap(),
+        token["data"]["device_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(ready["type"], "ready", "{ready}");
+    assert_eq!(
+        (
+            ready["video"]["bitrate_kbps"].as_u64(),
+            ready["video"]["fps"].as_u64()
+        ),
+        (Some(1200), Some(60)),
+        "{ready}"
+    );
+    assert_eq!(
+        (
+            ready["video"]["width"].as_u64(),
+            ready["video"]["height"].as_u64()
+        ),
+        (Some(540), Some(960))
+    );
+}
+
+/// Each code an order, a listing or a header can produce, with its HTTP status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_error_codes() {
+    let fleet = Fleet::up("synthetic").await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let order = |pointer: &str, value: Value| {
+        let mut body: Value = serde_json::from_str(&cloudphone_testkit::fleet::order_sku(
+            "kp.synthetic.720p",
+            1,
+        ))
+        .unwrap();
+        *body.pointer_mut(pointer).unwrap() = value;
+        body
+    };
+    for (body, expected) in [
+        (
+            order("/bandSkuld", json!("kp.other-band")),
+            "KOOPHONE.API.3001",
+        ),
+        (
+            order("/instanceSkuld", json!("kp.quantum.720p")),
+            "KOOPHONE.API.3002",
+        ),
+        (order("/regionld", json!("eu-west-0")), "KOOPHONE.API.3002"),
+        (order("/os", json!("AOSP7")), "KOOPHONE.API.3003"),
+        (
+            order("/chargeParam/periodNum", json!(12)),
+            "KOOPHONE.API.3006",
+        ),
+        (
+            order(
+                "/chargeParam",
+                json!({"chargingMode": 1, "periodType": 3, "periodNum": 4}),
+            ),
+            "KOOPHONE.API.3007",
+        ),
+        (order("/count", json!(1501)), "KOOPHONE.API.1000"),
+        (order("/count", json!("two")), "KOOPHONE.API.1000"),
+    ] {
+        let (status, answer) = fleet.post("/v1/instances/create", &acme, &body).await;
+        assert_eq!((status, code(&answer)), (400, expected), "{body}");
+    }
+    let list = |query: &str| {
+        let fleet = &fleet;
+        let acme = acme.clone();
+        let path = format!("/v1/instances/batch-query?{query}");
+        async move { fleet.call(reqwest::Method::GET, &path, &acme, None).await }
+    };
+    let (status, answer) =
+        list("page_no=1&page_size=10&query_start_time=2023-08-15T14:30:45").await;
+    assert_eq!((status, code(&answer)), (400, "KOOPHONE.API.5002"));
+    let (status, answer) =
+        list("page_no=1&page_size=10&query_start_time=2023-08-15%2014:30:45&query_end_time=2023-08-14%2000:00:00").await;
+    assert_eq!((status, code(&answer)), (400, "KOOPHONE.API.5004"));
+    let (status, answer) = list("page_no=0&page_size=10").await;
+    assert_eq!((status, code(&answer)), (400, "KOOPHONE.API.1000"));
+    // An x-request-id that is not a usable id: 0003.
+    let response = fleet
+        .http
+        .get(format!(
+            "{}/v1/instances/batch-query?page_no=1&page_size=1",
+            fleet.api
+        ))
+        .header("x-auth-token", &acme)
+        .header("x-request-id", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error_code"],
+        "KOOPHONE.API.0003"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expire() {
+    let mut fleet = Fleet::new(None, "synthetic");
+    fleet.token_ttl_secs = 1;
+    fleet.create_tenant("acme", "correct-horse-1");
+    fleet.start_control();
+    fleet.wait_healthy(&fleet.api.clone()).await;
+    let token = fleet.login("acme", "correct-horse-1").await;
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/batch-query?page_no=1&page_size=1",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (200, "0"));
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (status, body) = fleet
+        .call(
+            reqwest::Method::GET,
+            "/v1/instances/batch-query?page_no=1&page_size=1",
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (401, "KOOPHONE.API.6001"),
+        "an expired token is refused"
+    );
+}

@@ -35,9 +35,7 @@ pub struct PoolNode {
 
 impl PoolNode {
     fn serves(&self, pool: &Pool) -> bool {
-        self.slots.eligible
-            && self.region == pool.region
-            && self.runtimes.contains(&pool.runtime)
+        self.slots.eligible && self.region == pool.region && self.runtimes.contains(&pool.runtime)
     }
 }
 

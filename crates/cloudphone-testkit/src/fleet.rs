@@ -22,6 +22,8 @@ pub struct Fleet {
     pub node: Option<Daemon>,
     pub node_ports: (u16, u16),
     pub runtime: &'static str,
+    /// IAM token lifetime the control is configured with.
+    pub token_ttl_secs: u64,
     pub http: reqwest::Client,
 }
 
@@ -40,6 +42,7 @@ impl Fleet {
             node: None,
             node_ports: (free_port(), free_port()),
             runtime,
+            token_ttl_secs: 86_400,
             http: reqwest::Client::new(),
         }
     }
@@ -52,8 +55,8 @@ impl Fleet {
         let path = self.path("control.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n",
-            self.control_port, self.store_url
+             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n",
+            self.control_port, self.store_url, self.token_ttl_secs
         );
         std::fs::write(&path, text).unwrap();
         path
