@@ -1,0 +1,2 @@
+//! density bench.
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleet bench.
+fn main() {}

@@ -1,0 +1,2 @@
+//! glass bench.
+fn main() {}

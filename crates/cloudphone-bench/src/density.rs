@@ -1,0 +1,1 @@
+//! density (in progress).

@@ -1,0 +1,1 @@
+//! glass (in progress).

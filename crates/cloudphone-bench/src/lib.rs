@@ -1,0 +1,15 @@
+//! Benchmarks of the streaming path and the fleet: encode latency against the bare encoder,
+//! glass-to-glass latency and time to first frame through a real node, encoder density, and
+//! instance launch through the public API. The `benches/*.rs` targets run these and write
+//! their part of the results; `cloudphone-bench report` turns the parts into
+//! `benches/results/{latest.json,REPORT.md,*.png}`.
+
+pub mod clock;
+pub mod density;
+pub mod encode;
+pub mod fleet;
+pub mod glass;
+pub mod parts;
+pub mod report;
+pub mod stats;
+pub mod viewer;

@@ -1,0 +1,2 @@
+//! cloudphone-bench CLI.
+fn main() {}
