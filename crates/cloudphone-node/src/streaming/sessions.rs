@@ -874,6 +874,14 @@ impl SharedEncoder {
         let mut a = self.adaptation();
         if let Some(c) = a.controllers.get_mut(&id) {
             c.on_receiver_report(now_ms, fraction_lost, rtt_ms);
+            tracing::debug!(
+                viewer = id,
+                loss = fraction_lost,
+                rtt_ms,
+                target_kbps = c.target_kbps(),
+                decision = ?c.last_decision(),
+                "receiver report"
+            );
         }
         self.apply(a);
     }

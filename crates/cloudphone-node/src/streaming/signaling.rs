@@ -351,6 +351,12 @@ async fn read_rtcp(
                 encoder.request_keyframe();
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 for report in &rr.reports {
+                    tracing::trace!(
+                        lsr = report.last_sender_report,
+                        dlsr = report.delay,
+                        arrival,
+                        "reception report"
+                    );
                     encoder.on_receiver_report(
                         viewer,
                         now_ms,
