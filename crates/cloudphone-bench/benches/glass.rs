@@ -1,2 +1,18 @@
-//! glass bench.
-fn main() {}
+//! Glass-to-glass latency and time to first frame through an in-process node (x11 runtime,
+//! the clock as the instance's app, webrtc-rs viewer). Writes `parts/glass.json`.
+
+use std::path::Path;
+
+use cloudphone_bench::{glass, parts};
+
+fn main() -> anyhow::Result<()> {
+    let smoke = parts::smoke_requested();
+    let rt = tokio::runtime::Runtime::new()?;
+    let results = rt.block_on(glass::run(
+        smoke,
+        Path::new(env!("CARGO_BIN_EXE_cloudphone-bench")),
+    ))?;
+    let path = parts::write_part(&parts::results_dir(), "glass", &results)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

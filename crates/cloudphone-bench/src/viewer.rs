@@ -1,1 +1,310 @@
-//! viewer (in progress).
+//! A viewer of the node's stream: signaling WebSocket, webrtc-rs peer, GStreamer decoder. For
+//! every decoded frame it reads the on-screen clock and records its age; it also records
+//! when the first frame came out, for time to first frame.
+//!
+//! Receiver choices, to measure the sender and not the client: no jitter buffer (on a clean
+//! path packets arrive in order; browsers shrink theirs to near zero there too), and the
+//! decoder on one thread (libav's frame threading holds a frame per thread).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cloudphone_signaling::{Candidate, ClientMessage, Hello, NodeMessage};
+use futures::{SinkExt, StreamExt};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::APIBuilder;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+
+use crate::clock;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the decoder saw.
+#[derive(Default)]
+pub struct Seen {
+    pub frames: u64,
+    pub first_frame: Option<Instant>,
+    /// Clock age per decoded frame that carried a readable clock, ms, with its arrival time.
+    pub ages_ms: Vec<(Instant, f64)>,
+    /// Decoder side only: first packet of the frame pushed → decoded frame out, ms.
+    pub receiver_ms: Vec<(Instant, f64)>,
+    /// Frames whose clock did not read (torn capture or coding artifacts).
+    pub unreadable: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub struct Viewer {
+    ws: Ws,
+    pub pc: Arc<RTCPeerConnection>,
+    pub seen: Arc<Mutex<Seen>>,
+    candidates: mpsc::UnboundedReceiver<Candidate>,
+    /// When hello was sent.
+    pub hello_at: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<()> {
+    ws.send(Message::text(serde_json::to_string(m)?)).await?;
+    Ok(())
+}
+
+async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+            Some(Ok(Message::Close(_))) | None => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+impl Viewer {
+    /// Says hello, negotiates, and starts decoding whatever arrives.
+    pub async fn connect(url: &str, hello: Hello) -> Result<Viewer> {
+        gst::init()?;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("signaling connect")?;
+        let hello_at = Instant::now();
+        send(&mut ws, &ClientMessage::Hello(hello)).await?;
+        let ready = tokio::time::timeout(Duration::from_secs(20), recv(&mut ws))
+            .await
+            .context("no reply to hello")??
+            .ok_or_else(|| anyhow!("socket closed after hello"))?;
+        let NodeMessage::Ready { ice_servers, .. } = &ready else {
+            bail!("hello refused: {ready:?}");
+        };
+        let mut media = MediaEngine::default();
+        media.register_default_codecs()?;
+        // Receiver reports only: the node's NACK/PLI paths are not what is measured here.
+        let registry = webrtc::api::interceptor_registry::configure_rtcp_reports(Registry::new());
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build();
+        let config = RTCConfiguration {
+            ice_servers: ice_servers
+                .iter()
+                .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone().unwrap_or_default(),
+                    credential: s.credential.clone().unwrap_or_default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let pc = Arc::new(api.new_peer_connection(config).await?);
+        pc.add_transceiver_from_kind(
+            RTPCodecType::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await?;
+        let _input = pc.create_data_channel("input", None).await?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s = Arc::clone(&seen);
+        pc.on_track(Box::new(move |track, _, _| {
+            let s = Arc::clone(&s);
+            Box::pin(async move {
+                let codec = track.codec();
+                let h265 = codec
+                    .capability
+                    .mime_type
+                    .eq_ignore_ascii_case("video/H265");
+                let (appsrc, pipeline) = match decoder(h265, codec.payload_type, s) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("viewer: decoder: {e:#}");
+                        return;
+                    }
+                };
+                while let Ok((packet, _)) = track.read_rtp().await {
+                    use webrtc::util::Marshal;
+                    let Ok(bytes) = packet.marshal() else {
+                        continue;
+                    };
+                    if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                        break;
+                    }
+                }
+                let _ = pipeline.set_state(gst::State::Null);
+            })
+        }));
+        let (cand_tx, candidates) = mpsc::unbounded_channel();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let cand_tx = cand_tx.clone();
+            Box::pin(async move {
+                if let Some(init) = c.and_then(|c| c.to_json().ok()) {
+                    let _ = cand_tx.send(Candidate {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_mline_index,
+                    });
+                }
+            })
+        }));
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer.clone()).await?;
+        send(&mut ws, &ClientMessage::Offer { sdp: offer.sdp }).await?;
+        match tokio::time::timeout(Duration::from_secs(20), recv(&mut ws))
+            .await
+            .context("no answer")??
+        {
+            Some(NodeMessage::Answer { sdp }) => {
+                pc.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                    .await?;
+            }
+            other => bail!("expected an answer, got {other:?}"),
+        }
+        Ok(Viewer {
+            ws,
+            pc,
+            seen,
+            candidates,
+            hello_at,
+        })
+    }
+
+    /// Forwards candidates both ways for `duration`; fails if the node ends the session.
+    pub async fn pump_for(&mut self, duration: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                Some(c) = self.candidates.recv() => {
+                    send(&mut self.ws, &ClientMessage::Candidate(c)).await?;
+                }
+                m = recv(&mut self.ws) => match m? {
+                    Some(NodeMessage::Candidate(c)) => {
+                        let _ = self.pc.add_ice_candidate(RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: c.sdp_mid,
+                            sdp_mline_index: c.sdp_mline_index,
+                            username_fragment: None,
+                        }).await;
+                    }
+                    Some(other) => bail!("node said {other:?}"),
+                    None => bail!("signaling closed"),
+                },
+            }
+        }
+    }
+
+    /// Pumps until the first frame is decoded; returns hello → first frame.
+    pub async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(at) = lock(&self.seen).first_frame {
+                return Ok(at.duration_since(self.hello_at));
+            }
+            if Instant::now() > deadline {
+                bail!("no frame within {within:?}");
+            }
+            self.pump_for(Duration::from_millis(5)).await?;
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.pc.close().await;
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// appsrc (RTP) → depayloader → parser → single-threaded libav decoder → GRAY8 appsink that
+/// reads the clock.
+fn decoder(h265: bool, pt: u8, seen: Arc<Mutex<Seen>>) -> Result<(gst_app::AppSrc, gst::Pipeline)> {
+    let (name, depay, parse, dec) = if h265 {
+        ("H265", "rtph265depay", "h265parse", "avdec_h265")
+    } else {
+        ("H264", "rtph264depay", "h264parse", "avdec_h264")
+    };
+    let line = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true \
+         caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000,payload={pt} \
+         ! {depay} ! {parse} ! {dec} max-threads=1 ! videoconvert ! video/x-raw,format=GRAY8 \
+         ! appsink name=sink sync=false max-buffers=4 drop=true"
+    );
+    let pipeline = gst::parse::launch(&line)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow!("not a pipeline"))?;
+    let appsrc = pipeline
+        .by_name("src")
+        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        .context("appsrc")?;
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .context("appsink")?;
+    let clock_pipeline = pipeline.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let now = Instant::now();
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Some(s) = caps.structure(0) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (w, h) = (w as u32, h as u32);
+                let read = buffer.map_readable().ok().and_then(|map| {
+                    // GRAY8 rows are padded to 4 bytes.
+                    clock::read_gray(map.as_slice(), w, h, (w as usize + 3) & !3)
+                });
+                // Running time now minus the PTS appsrc stamped on the frame's first packet.
+                let rx_ms = match (
+                    clock_pipeline.current_running_time(),
+                    sample
+                        .segment()
+                        .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+                        .and_then(|seg| seg.to_running_time(buffer.pts())),
+                ) {
+                    (Some(now_rt), Some(rt)) => {
+                        Some(now_rt.saturating_sub(rt).nseconds() as f64 / 1e6)
+                    }
+                    _ => None,
+                };
+                let mut seen = lock(&seen);
+                seen.frames += 1;
+                seen.width = w;
+                seen.height = h;
+                seen.first_frame.get_or_insert(now);
+                match read {
+                    Some(value) => seen.ages_ms.push((now, clock::age_ms(value))),
+                    None => seen.unreadable += 1,
+                }
+                if let Some(ms) = rx_ms {
+                    seen.receiver_ms.push((now, ms));
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing)?;
+    Ok((appsrc, pipeline))
+}
