@@ -5,6 +5,8 @@
 //   {"cmd":"wait_frames","n":30,"timeout_ms":20000} → {"ok":true,"stats":{…}} once framesDecoded ≥ n
 //   {"cmd":"tap","x":0.1,"y":0.2}                  → a real mouse click on the video at that point
 //   {"cmd":"stats"}                                → {"ok":true,"stats":{…},"status":"connected"}
+//   {"cmd":"fill"|"select","selector":"#user","value":"dev"}, {"cmd":"click","selector":"#loginBtn"},
+//   {"cmd":"wait_for","selector":"#instances option[value='…']"}  → {"ok":true} (page.fill, …)
 //   {"cmd":"quit"}
 // Page console output goes to stderr.
 import { chromium } from "playwright-core";
@@ -60,6 +62,10 @@ async function handle(cmd) {
       return { ok: true, at: p };
     }
     case "stats": return { ok: true, ...(await stats()) };
+    case "fill": await page.fill(cmd.selector, cmd.value); return { ok: true };
+    case "click": await page.click(cmd.selector); return { ok: true };
+    case "select": await page.selectOption(cmd.selector, cmd.value); return { ok: true };
+    case "wait_for": await page.waitForSelector(cmd.selector, { state: "attached", timeout: cmd.timeout_ms || 20000 }); return { ok: true };
     case "quit": await browser.close(); reply({ ok: true }); process.exit(0);
     default: return { ok: false, error: `unknown command ${cmd.cmd}` };
   }

@@ -7,35 +7,16 @@
 
 mod streaming_support;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use streaming_support::{Node, workspace_path};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use streaming_support::{Browser, Node, workspace_path};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::rust_connection::RustConnection;
 
 const W: u32 = 360;
 const H: u32 = 640;
-
-/// `npm ci` in `tests/browser` unless playwright-core is already installed there.
-fn ensure_playwright(dir: &Path) {
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("npm runs");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
-}
 
 fn screenshot(display: &str) -> Vec<u8> {
     let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
@@ -53,54 +34,6 @@ fn screenshot(display: &str) -> Vec<u8> {
     .reply()
     .unwrap()
     .data
-}
-
-struct Browser {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Browser {
-    async fn start(url: &str) -> Browser {
-        let dir = workspace_path("tests/browser");
-        ensure_playwright(&dir);
-        let mut child = tokio::process::Command::new("node")
-            .arg(dir.join("viewer.mjs"))
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut b = Browser {
-            child,
-            stdin,
-            lines,
-        };
-        let loaded = b.read().await;
-        assert_eq!(loaded["event"], "loaded", "{loaded}");
-        b
-    }
-
-    async fn read(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
-            .await
-            .expect("the browser driver answers in time")
-            .unwrap()
-            .expect("the browser driver is alive");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    async fn call(&mut self, cmd: Value) -> Value {
-        self.stdin
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-        self.read().await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +107,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
     );
     assert!(s["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap());
     let _ = browser.call(json!({"cmd":"quit"})).await;
-    let _ = browser.child.wait().await;
+    browser.wait().await;
     node.shutdown().await;
 }
 
