@@ -295,7 +295,7 @@ impl Registry {
         let state = state_name(instance.state);
         if let Err(error) = self
             .store
-            .set_instance_state(
+            .set_reported_state(
                 &instance.instance_id,
                 state,
                 &instance.message,

@@ -213,6 +213,35 @@ async fn suite(store: impl Store) {
         .set_instance_state("a", "running", "", 150)
         .await
         .unwrap();
+    // A node's late report cannot overwrite a state control owns.
+    store
+        .set_instance_state("b", "backed_up", "", 151)
+        .await
+        .unwrap();
+    store
+        .set_reported_state("b", "running", "", 152)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_instance("b").await.unwrap().unwrap().state,
+        "backed_up"
+    );
+    store
+        .set_reported_state("a", "stopped", "", 153)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_instance("a").await.unwrap().unwrap().state,
+        "stopped"
+    );
+    store
+        .set_instance_state("a", "running", "", 154)
+        .await
+        .unwrap();
+    store
+        .set_instance_state("b", "creating", "", 155)
+        .await
+        .unwrap();
     assert_eq!(
         store.get_instance("a").await.unwrap().unwrap().state,
         "running"

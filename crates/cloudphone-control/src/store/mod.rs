@@ -240,6 +240,16 @@ pub trait Store: Send + Sync + 'static {
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Records a state a node reported, unless control owns the instance's state now: an
+    /// instance that is backed up, queued for restore or failed to restore is on no node, so a
+    /// late report (reports and RPC answers are not ordered) must not bring it back.
+    async fn set_reported_state(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
     /// Binds an instance to a tenant's end user, or unbinds it (`None`).
     async fn set_assign_user(

@@ -411,6 +411,26 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn set_reported_state(
+        &self,
+        instance_id: &str,
+        state: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 \
+             WHERE id = $4 AND state NOT IN ('backed_up', 'queued', 'restore_failed')",
+        )
+        .bind(state)
+        .bind(message)
+        .bind(now_ms)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"
