@@ -485,7 +485,13 @@ impl Sessions {
         if encoder.remove_viewer(id) == 0 {
             inner.encoders.retain(|_, e| !Arc::ptr_eq(e, &encoder));
             drop(inner);
-            encoder.stop();
+            // Stopping joins the pipeline's threads; off the async workers when there are any.
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || encoder.stop());
+                }
+                Err(_) => encoder.stop(),
+            }
         }
     }
 
