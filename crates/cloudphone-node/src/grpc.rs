@@ -463,26 +463,43 @@ impl NodeAgent for NodeService {
         let r = request.into_inner();
         valid_id(&r.instance_id)?;
         // Unknown or stopped instances fail before anything is downloaded.
-        self.manager.status(&r.instance_id).await.map_err(to_status)?;
-        let expected = crate::apps::Expected { md5: r.md5.to_ascii_lowercase(), size_bytes: r.size_bytes };
+        self.manager
+            .status(&r.instance_id)
+            .await
+            .map_err(to_status)?;
+        let expected = crate::apps::Expected {
+            md5: r.md5.to_ascii_lowercase(),
+            size_bytes: r.size_bytes,
+        };
         let downloads = self.manager.state_dir().join("downloads");
         let answer = |failure: pb::InstallFailure, message: String| {
-            Ok(Response::new(pb::InstallAppResponse { failure: failure as i32, message }))
+            Ok(Response::new(pb::InstallAppResponse {
+                failure: failure as i32,
+                message,
+            }))
         };
-        let package = match crate::apps::fetch(&self.http, &r.package_url, &expected, &downloads).await {
-            Ok(package) => package,
-            Err(crate::apps::FetchError::Checksum { expected, actual }) => {
-                return answer(pb::InstallFailure::Checksum, format!("md5 {actual}, expected {expected}"));
-            }
-            Err(error @ crate::apps::FetchError::Size { .. }) => {
-                return answer(pb::InstallFailure::Size, error.to_string());
-            }
-            Err(crate::apps::FetchError::Io(error)) if error.raw_os_error() == Some(28) => {
-                return answer(pb::InstallFailure::NoSpace, error.to_string());
-            }
-            Err(error) => return answer(pb::InstallFailure::Download, error.to_string()),
-        };
-        match self.manager.install_app(&r.instance_id, &package.path).await {
+        let package =
+            match crate::apps::fetch(&self.http, &r.package_url, &expected, &downloads).await {
+                Ok(package) => package,
+                Err(crate::apps::FetchError::Checksum { expected, actual }) => {
+                    return answer(
+                        pb::InstallFailure::Checksum,
+                        format!("md5 {actual}, expected {expected}"),
+                    );
+                }
+                Err(error @ crate::apps::FetchError::Size { .. }) => {
+                    return answer(pb::InstallFailure::Size, error.to_string());
+                }
+                Err(crate::apps::FetchError::Io(error)) if error.raw_os_error() == Some(28) => {
+                    return answer(pb::InstallFailure::NoSpace, error.to_string());
+                }
+                Err(error) => return answer(pb::InstallFailure::Download, error.to_string()),
+            };
+        match self
+            .manager
+            .install_app(&r.instance_id, &package.path)
+            .await
+        {
             Ok(()) => answer(pb::InstallFailure::None, String::new()),
             Err(error) => answer(pb::InstallFailure::Install, error.to_string()),
         }
