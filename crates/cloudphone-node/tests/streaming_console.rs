@@ -4,7 +4,6 @@
 
 mod streaming_support;
 
-
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
 use streaming_support::Browser;
