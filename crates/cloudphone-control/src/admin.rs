@@ -184,3 +184,106 @@ pub async fn create_project(
         project_id: record.project_id,
     })
 }
+
+/// Adds a streaming domain to a tenant (`--default` makes cloud-phone sessions bill under it).
+pub async fn create_domain(
+    config: &ControlConfig,
+    tenant_domain: &str,
+    streaming_domain: &str,
+    is_default: bool,
+) -> Result<serde_json::Value, AdminError> {
+    let valid = !streaming_domain.is_empty()
+        && streaming_domain.len() <= 253
+        && streaming_domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c));
+    if !valid {
+        return Err(AdminError::Invalid(
+            "a streaming domain is 1-253 characters of [A-Za-z0-9-.]".into(),
+        ));
+    }
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    store
+        .create_domain(&store::DomainRecord {
+            domain: streaming_domain.to_ascii_lowercase(),
+            tenant_id: tenant_id.clone(),
+            is_default,
+            created_at_ms: crate::unix_ms(),
+            deleted_at_ms: None,
+        })
+        .await?;
+    Ok(
+        serde_json::json!({"tenant_id": tenant_id, "domain": streaming_domain.to_ascii_lowercase(), "default": is_default}),
+    )
+}
+
+/// A tenant's streaming domains, deleted ones included.
+pub async fn list_domains(
+    config: &ControlConfig,
+    tenant_domain: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let domains = store.list_domains(&tenant_id).await?;
+    Ok(
+        serde_json::json!({"domains": domains.iter().map(|d| serde_json::json!({
+        "domain": d.domain, "default": d.is_default, "deleted": d.deleted_at_ms.is_some(),
+    })).collect::<Vec<_>>()}),
+    )
+}
+
+/// Creates an AK/SK pair for a tenant's user; the secret is printed once.
+pub async fn create_access_key(
+    config: &ControlConfig,
+    tenant_domain: &str,
+    user: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let found = store
+        .find_user(tenant_domain, user)
+        .await?
+        .ok_or_else(|| AdminError::Invalid(format!("no user {user} in {tenant_domain}")))?;
+    let sealer =
+        crate::usage::secret_box(config).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let (record, secret) = crate::usage::create_access_key(
+        &store,
+        sealer,
+        &found.tenant_id,
+        &found.user_id,
+        "created by the admin CLI",
+        crate::unix_ms(),
+    )
+    .await
+    .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    Ok(
+        serde_json::json!({"access": record.access_key, "secret": secret, "user_id": record.user_id}),
+    )
+}
+
+/// A tenant's access keys, without secrets.
+pub async fn list_access_keys(
+    config: &ControlConfig,
+    tenant_domain: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let keys = store.list_access_keys(&tenant_id).await?;
+    Ok(
+        serde_json::json!({"credentials": keys.iter().map(|k| serde_json::json!({
+        "access": k.access_key, "user_id": k.user_id, "description": k.description,
+    })).collect::<Vec<_>>()}),
+    )
+}
+
+/// Deletes one of a tenant's access keys.
+pub async fn delete_access_key(
+    config: &ControlConfig,
+    tenant_domain: &str,
+    access_key: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let deleted = store.delete_access_key(&tenant_id, access_key).await?;
+    Ok(serde_json::json!({"deleted": deleted}))
+}

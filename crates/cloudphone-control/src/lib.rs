@@ -7,6 +7,7 @@
 //! - [`iam`]: password logins, tokens, token checks.
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
 //! - [`admin`]: the operator CLI (`tenant create`).
+//! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `http`: routes and handlers (private; the router is the interface).
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod http;
 pub mod iam;
 pub mod nodes;
 pub mod store;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -42,6 +42,59 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
+    /// Manage a tenant's streaming domains (usage is reported per domain).
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+    /// Manage a tenant's AK/SK pairs (usage API signatures).
+    AccessKey {
+        #[command(subcommand)]
+        command: AccessKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Add a streaming domain to a tenant; prints JSON.
+    Create {
+        /// The tenant's IAM domain.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        domain: String,
+        /// Bill cloud-phone sessions under this domain from now on.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List a tenant's streaming domains, deleted ones included; prints JSON.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessKeyCommand {
+    /// Create a pair for a user; prints the secret once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// List a tenant's keys (no secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete one of a tenant's keys.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        access: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +186,37 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("creating project")?;
             println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }
+        Command::Domain { command } => {
+            use cloudphone_control::admin;
+            let out = match command {
+                DomainCommand::Create {
+                    tenant,
+                    domain,
+                    default,
+                } => admin::create_domain(&config, &tenant, &domain, default).await,
+                DomainCommand::List { tenant } => admin::list_domains(&config, &tenant).await,
+            }
+            .context("domain")?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::AccessKey { command } => {
+            use cloudphone_control::admin;
+            let out = match command {
+                AccessKeyCommand::Create { tenant, user } => {
+                    admin::create_access_key(&config, &tenant, &user).await
+                }
+                AccessKeyCommand::List { tenant } => {
+                    admin::list_access_keys(&config, &tenant).await
+                }
+                AccessKeyCommand::Delete { tenant, access } => {
+                    admin::delete_access_key(&config, &tenant, &access).await
+                }
+            }
+            .context("access-key")?;
+            println!("{out}");
             Ok(())
         }
         Command::Serve => {

@@ -260,7 +260,11 @@ impl Registry {
                 return;
             }
             Some(Report::InstanceEvent(instance)) => self.record_instance(&instance).await,
-            Some(Report::Heartbeat(_)) | Some(Report::Usage(_)) | None => {}
+            Some(Report::Usage(record)) => {
+                crate::usage::on_report(self.store.as_ref(), self.client(node_id), node_id, record)
+                    .await
+            }
+            Some(Report::Heartbeat(_)) | None => {}
         }
         if became_up {
             info!(node_id, "node up");

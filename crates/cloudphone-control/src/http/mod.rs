@@ -9,6 +9,7 @@ mod internal;
 mod lifecycle_data;
 mod management;
 mod openapi;
+mod usage;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -93,6 +94,19 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/instances/session/release",
             post(management::release_session),
         )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials",
+            post(usage::create_credential).get(usage::list_credentials),
+        )
+        .route(
+            "/v3.0/OS-CREDENTIAL/credentials/{access_key}",
+            axum::routing::delete(usage::delete_credential),
+        )
+        .route(
+            "/v2/{project_id}/stats/transcode",
+            get(usage::huawei_transcode),
+        )
+        .route("/", post(usage::volcengine))
         .route("/internal/v1/nodes/announce", post(internal::announce))
         .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))

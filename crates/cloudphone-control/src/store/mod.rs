@@ -322,9 +322,77 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Puts a claimed instance back in the queue at its old place (its node had no room).
     async fn requeue(&self, instance_id: &str, since_ms: i64) -> Result<(), StoreError>;
+
+    /// Stores usage records in one transaction, each `record_id` once (a repeat is a no-op);
+    /// returns how many were new.
+    async fn store_usage(&self, rows: &[UsageRow]) -> Result<u64, StoreError>;
+    /// A tenant's usage records that end at or after `from_ms` and start before `to_ms`.
+    async fn usage_between(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+    /// Adds a streaming domain; a new default replaces the tenant's old one, in one transaction.
+    async fn create_domain(&self, domain: &DomainRecord) -> Result<(), StoreError>;
+    /// A tenant's streaming domains, deleted ones included, oldest first.
+    async fn list_domains(&self, tenant_id: &str) -> Result<Vec<DomainRecord>, StoreError>;
+    async fn insert_access_key(&self, key: &AccessKeyRecord) -> Result<(), StoreError>;
+    async fn find_access_key(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<AccessKeyRecord>, StoreError>;
+    async fn list_access_keys(&self, tenant_id: &str) -> Result<Vec<AccessKeyRecord>, StoreError>;
+    /// Deletes one of the tenant's keys; false when it has no such key.
+    async fn delete_access_key(
+        &self,
+        tenant_id: &str,
+        access_key: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.
 pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
     SqlStore::connect(url).await
+}
+
+/// One stored usage record (see `cloudphone_usage::meter::Record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub record_id: String,
+    pub session_id: String,
+    pub tenant_id: String,
+    pub instance_id: String,
+    pub node_id: String,
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+    pub codec: String,
+    pub width: i64,
+    pub height: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub is_final: bool,
+    pub received_at_ms: i64,
+}
+
+/// A tenant's streaming domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    pub domain: String,
+    pub tenant_id: String,
+    pub is_default: bool,
+    pub created_at_ms: i64,
+    pub deleted_at_ms: Option<i64>,
+}
+
+/// An AK/SK pair; the secret only sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeyRecord {
+    pub access_key: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    pub secret_sealed: String,
+    pub description: String,
+    pub created_at_ms: i64,
 }

@@ -5,8 +5,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    BackupState, InstanceListing, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser,
-    NodeRecord, ProjectRecord, Store, StoreError, TaskRecord, TokenRecord, UserRecord,
+    AccessKeyRecord, BackupState, DomainRecord, InstanceListing, InstanceQuery, InstanceRecord,
+    JobRecord, NewTenant, NewUser, NodeRecord, ProjectRecord, Store, StoreError, TaskRecord,
+    TokenRecord, UsageRow, UserRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -785,4 +786,193 @@ impl Store for SqlStore {
         .await?;
         Ok(())
     }
+
+    async fn store_usage(&self, rows: &[UsageRow]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut stored = 0;
+        for r in rows {
+            let result = sqlx::query(
+                "INSERT INTO usage_records (record_id, session_id, tenant_id, instance_id, node_id, \
+                 domain, app, stream, codec, width, height, start_ms, end_ms, is_final, received_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (record_id) DO NOTHING",
+            )
+            .bind(&r.record_id)
+            .bind(&r.session_id)
+            .bind(&r.tenant_id)
+            .bind(&r.instance_id)
+            .bind(&r.node_id)
+            .bind(&r.domain)
+            .bind(&r.app)
+            .bind(&r.stream)
+            .bind(&r.codec)
+            .bind(r.width)
+            .bind(r.height)
+            .bind(r.start_ms)
+            .bind(r.end_ms)
+            .bind(i64::from(r.is_final))
+            .bind(r.received_at_ms)
+            .execute(&mut *tx)
+            .await?;
+            stored += result.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn usage_between(
+        &self,
+        tenant_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record_id, session_id, tenant_id, instance_id, node_id, domain, app, stream, \
+             codec, width, height, start_ms, end_ms, is_final, received_at_ms FROM usage_records \
+             WHERE tenant_id = $1 AND end_ms >= $2 AND start_ms < $3 ORDER BY start_ms",
+        )
+        .bind(tenant_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageRow {
+                    record_id: row.try_get("record_id")?,
+                    session_id: row.try_get("session_id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    instance_id: row.try_get("instance_id")?,
+                    node_id: row.try_get("node_id")?,
+                    domain: row.try_get("domain")?,
+                    app: row.try_get("app")?,
+                    stream: row.try_get("stream")?,
+                    codec: row.try_get("codec")?,
+                    width: row.try_get("width")?,
+                    height: row.try_get("height")?,
+                    start_ms: row.try_get("start_ms")?,
+                    end_ms: row.try_get("end_ms")?,
+                    is_final: row.try_get::<i64, _>("is_final")? != 0,
+                    received_at_ms: row.try_get("received_at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn create_domain(&self, d: &DomainRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if d.is_default {
+            sqlx::query("UPDATE streaming_domains SET is_default = 0 WHERE tenant_id = $1")
+                .bind(&d.tenant_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO streaming_domains (domain, tenant_id, is_default, created_at_ms, deleted_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&d.domain)
+        .bind(&d.tenant_id)
+        .bind(i64::from(d.is_default))
+        .bind(d.created_at_ms)
+        .bind(d.deleted_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_as_exists(e, format!("domain {}", d.domain)))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_domains(&self, tenant_id: &str) -> Result<Vec<DomainRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT domain, tenant_id, is_default, created_at_ms, deleted_at_ms \
+             FROM streaming_domains WHERE tenant_id = $1 ORDER BY created_at_ms, domain",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DomainRecord {
+                    domain: row.try_get("domain")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    is_default: row.try_get::<i64, _>("is_default")? != 0,
+                    created_at_ms: row.try_get("created_at_ms")?,
+                    deleted_at_ms: row.try_get("deleted_at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn insert_access_key(&self, k: &AccessKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_keys (access_key, tenant_id, user_id, secret_sealed, description, \
+             created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&k.access_key)
+        .bind(&k.tenant_id)
+        .bind(&k.user_id)
+        .bind(&k.secret_sealed)
+        .bind(&k.description)
+        .bind(k.created_at_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_as_exists(e, "access key".to_string()))?;
+        Ok(())
+    }
+
+    async fn find_access_key(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<AccessKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
+             FROM access_keys WHERE access_key = $1",
+        )
+        .bind(access_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(access_key_from_row).transpose()?)
+    }
+
+    async fn list_access_keys(&self, tenant_id: &str) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
+             FROM access_keys WHERE tenant_id = $1 ORDER BY created_at_ms, access_key",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(access_key_from_row)
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    async fn delete_access_key(
+        &self,
+        tenant_id: &str,
+        access_key: &str,
+    ) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("DELETE FROM access_keys WHERE tenant_id = $1 AND access_key = $2")
+                .bind(tenant_id)
+                .bind(access_key)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}
+
+fn access_key_from_row(row: &AnyRow) -> Result<AccessKeyRecord, sqlx::Error> {
+    Ok(AccessKeyRecord {
+        access_key: row.try_get("access_key")?,
+        tenant_id: row.try_get("tenant_id")?,
+        user_id: row.try_get("user_id")?,
+        secret_sealed: row.try_get("secret_sealed")?,
+        description: row.try_get("description")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
 }

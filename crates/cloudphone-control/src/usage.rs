@@ -1,0 +1,352 @@
+//! Transcode usage on control's side: storing the nodes' usage records exactly once, the
+//! tenant's streaming domains, AK/SK pairs and the sealing of their secrets, and reading usage
+//! back as merged spans for the two usage APIs (the math lives in `cloudphone-usage`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use cloudphone_proto::node_v1 as pb;
+use cloudphone_usage::class::Codec;
+use cloudphone_usage::meter::{self, Span};
+use rand::RngCore;
+
+use crate::config::ControlConfig;
+use crate::store::{AccessKeyRecord, DomainRecord, Store, StoreError, UsageRow};
+
+/// App every cloud-phone session bills under (its stream is the instance id).
+pub const CLOUDPHONE_APP: &str = "cloudphone";
+/// An open session is billed up to now, but at most this long past its last record (nodes send
+/// one every 30 s by default, so a live session always has a newer one before this runs out).
+pub const OPEN_GRACE_MS: i64 = 60_000;
+/// Where the sealing key comes from when the file is not used.
+pub const KEY_ENV: &str = "CLOUDPHONE_USAGE_SECRETS_KEY";
+const KEY_FILE: &str = "usage-secrets.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("secrets key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("a stored secret could not be unsealed (wrong secrets key?)")]
+    Unseal,
+}
+
+/// Seals AK secrets with ChaCha20-Poly1305 under a key kept outside the database.
+pub struct SecretBox {
+    cipher: ChaCha20Poly1305,
+}
+
+impl SecretBox {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        }
+    }
+
+    /// `hex(nonce ‖ ciphertext)`.
+    pub fn seal(&self, secret: &str) -> String {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        // Encryption with a 12-byte nonce and a short plaintext cannot fail.
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), secret.as_bytes())
+            .unwrap_or_default();
+        format!("{}{}", hex::encode(nonce), hex::encode(sealed))
+    }
+
+    pub fn open(&self, sealed: &str) -> Result<String, UsageError> {
+        let bytes = hex::decode(sealed).map_err(|_| UsageError::Unseal)?;
+        if bytes.len() < 12 {
+            return Err(UsageError::Unseal);
+        }
+        let (nonce, data) = bytes.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(Nonce::from_slice(nonce), data)
+            .map_err(|_| UsageError::Unseal)?;
+        String::from_utf8(plain).map_err(|_| UsageError::Unseal)
+    }
+}
+
+/// The sealing key's file: next to an SQLite store, else in the working dir.
+pub fn key_path(config: &ControlConfig) -> PathBuf {
+    let url = &config.store.url;
+    let dir = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default())
+        .filter(|p| !p.is_empty() && *p != ":memory:")
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    dir.join(KEY_FILE)
+}
+
+fn parse_key(text: &str, path: &str) -> Result<[u8; 32], UsageError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| UsageError::Key {
+        path: path.to_string(),
+        reason: "not hex".into(),
+    })?;
+    bytes.try_into().map_err(|_| UsageError::Key {
+        path: path.to_string(),
+        reason: "must be 32 bytes (64 hex digits)".into(),
+    })
+}
+
+/// Loads the sealing key: `CLOUDPHONE_USAGE_SECRETS_KEY` (64 hex digits), else the key file,
+/// created (mode 0600, random) on first use. Every replica must see the same key.
+pub fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
+    if let Ok(text) = std::env::var(KEY_ENV) {
+        return parse_key(&text, KEY_ENV);
+    }
+    let path = key_path(config);
+    let shown = path.display().to_string();
+    let io = |e: std::io::Error| UsageError::Key {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(hex::encode(key).as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            parse_key(&std::fs::read_to_string(&path).map_err(io)?, &shown)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The process's secret box, loaded once.
+pub fn secret_box(config: &ControlConfig) -> Result<&'static SecretBox, UsageError> {
+    static BOX: OnceLock<SecretBox> = OnceLock::new();
+    if let Some(b) = BOX.get() {
+        return Ok(b);
+    }
+    let key = load_key(config)?;
+    Ok(BOX.get_or_init(|| SecretBox::new(key)))
+}
+
+fn random_string(alphabet: &[u8], len: usize) -> String {
+    let mut bytes = vec![0u8; len];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // 256 is a multiple of neither alphabet length exactly; the bias is < 1 % per character
+    // and irrelevant next to 40 characters of secret.
+    bytes
+        .iter()
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect()
+}
+
+/// A new pair: a 20-character upper-case AK and a 40-character SK, Huawei's shapes.
+pub fn new_key_pair() -> (String, String) {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (random_string(UPPER, 20), random_string(MIXED, 40))
+}
+
+/// Creates a pair for `user_id`; returns the record and the secret (shown once, then only
+/// its sealed form exists).
+pub async fn create_access_key(
+    store: &dyn Store,
+    sealer: &SecretBox,
+    tenant_id: &str,
+    user_id: &str,
+    description: &str,
+    now_ms: i64,
+) -> Result<(AccessKeyRecord, String), UsageError> {
+    let (access_key, secret) = new_key_pair();
+    let record = AccessKeyRecord {
+        access_key,
+        tenant_id: tenant_id.to_string(),
+        user_id: user_id.to_string(),
+        secret_sealed: sealer.seal(&secret),
+        description: description.to_string(),
+        created_at_ms: now_ms,
+    };
+    store.insert_access_key(&record).await?;
+    Ok((record, secret))
+}
+
+/// The domain cloud-phone sessions of `tenant_id` bill under: its default (or oldest live)
+/// domain; a tenant without any gets `<tenant_id>.live.cloudphone` as its default, so no
+/// usage is ever unattributed.
+pub async fn default_domain(store: &dyn Store, tenant_id: &str) -> Result<String, StoreError> {
+    let domains = store.list_domains(tenant_id).await?;
+    let live = domains.iter().filter(|d| d.deleted_at_ms.is_none());
+    if let Some(d) = live.clone().find(|d| d.is_default).or(live.clone().next()) {
+        return Ok(d.domain.clone());
+    }
+    let domain = format!("{tenant_id}.live.cloudphone");
+    let created = store
+        .create_domain(&DomainRecord {
+            domain: domain.clone(),
+            tenant_id: tenant_id.to_string(),
+            is_default: true,
+            created_at_ms: crate::unix_ms(),
+            deleted_at_ms: None,
+        })
+        .await;
+    match created {
+        Ok(()) | Err(StoreError::AlreadyExists(_)) => Ok(domain),
+        Err(e) => Err(e),
+    }
+}
+
+/// Stores a node's usage record once. The tenant is the instance's as control knows it (a node
+/// cannot bill another tenant); `Ok(false)` means the record cannot be attributed to any
+/// tenant and is dropped (acknowledged, so the node stops resending it).
+pub async fn ingest(
+    store: &dyn Store,
+    node_id: &str,
+    record: &pb::UsageRecord,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let tenant_id = match store.get_instance(&record.instance_id).await? {
+        Some(instance) => instance.tenant_id,
+        None => return Ok(false),
+    };
+    if Codec::parse(&record.codec).is_none() || record.end_unix_ms < record.start_unix_ms {
+        return Ok(false);
+    }
+    let domain = default_domain(store, &tenant_id).await?;
+    let row = UsageRow {
+        record_id: record.record_id.clone(),
+        session_id: record.session_id.clone(),
+        tenant_id,
+        instance_id: record.instance_id.clone(),
+        node_id: node_id.to_string(),
+        domain,
+        app: CLOUDPHONE_APP.to_string(),
+        stream: record.instance_id.clone(),
+        codec: record.codec.clone(),
+        width: i64::from(record.width),
+        height: i64::from(record.height),
+        start_ms: record.start_unix_ms,
+        end_ms: record.end_unix_ms,
+        is_final: record.r#final,
+        received_at_ms: now_ms,
+    };
+    store.store_usage(std::slice::from_ref(&row)).await?;
+    Ok(true)
+}
+
+/// The tenant's encoding in `[from_ms, to_ms)` as merged spans, open sessions billed up to now.
+pub async fn spans(
+    store: &dyn Store,
+    tenant_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<Span>, StoreError> {
+    let rows = store
+        .usage_between(tenant_id, from_ms - OPEN_GRACE_MS, to_ms)
+        .await?;
+    let records: Vec<meter::Record> = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(meter::Record {
+                codec: Codec::parse(&r.codec)?,
+                width: u32::try_from(r.width).ok()?,
+                height: u32::try_from(r.height).ok()?,
+                record_id: r.record_id,
+                session_id: r.session_id,
+                domain: r.domain,
+                app: r.app,
+                stream: r.stream,
+                start_ms: r.start_ms,
+                end_ms: r.end_ms,
+                is_final: r.is_final,
+            })
+        })
+        .collect();
+    Ok(meter::merge_sessions(&records, now_ms, OPEN_GRACE_MS))
+}
+
+/// A usage record arrived on a node's report stream: store it, then acknowledge it so the node
+/// drops it from its on-disk buffer. A record that could not be stored is not acknowledged; the
+/// node sends it again.
+pub async fn on_report(
+    store: &dyn Store,
+    client: Option<
+        cloudphone_proto::node_v1::node_agent_client::NodeAgentClient<tonic::transport::Channel>,
+    >,
+    node_id: &str,
+    record: pb::UsageRecord,
+) {
+    match ingest(store, node_id, &record, crate::unix_ms()).await {
+        Ok(true) => metrics::counter!("cloudphone_usage_records_total").increment(1),
+        Ok(false) => {
+            tracing::warn!(record_id = %record.record_id, instance_id = %record.instance_id, "usage record of no known instance dropped")
+        }
+        Err(error) => {
+            tracing::warn!(%error, record_id = %record.record_id, "could not store a usage record");
+            return;
+        }
+    }
+    let Some(mut client) = client else { return };
+    let ack = pb::AckUsageRequest {
+        record_ids: vec![record.record_id],
+    };
+    // Off the report loop: a slow node must not delay its own heartbeats' processing.
+    tokio::spawn(async move {
+        if let Err(status) = client.ack_usage(ack).await {
+            tracing::debug!(%status, "usage ack failed; the node will resend");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key() {
+        let a = SecretBox::new([7; 32]);
+        let sealed = a.seal("top-secret");
+        assert!(!sealed.contains("top-secret"));
+        assert_ne!(sealed, a.seal("top-secret"), "fresh nonce each time");
+        assert_eq!(a.open(&sealed).unwrap(), "top-secret");
+        assert!(SecretBox::new([8; 32]).open(&sealed).is_err());
+        assert!(a.open("00").is_err());
+    }
+
+    #[test]
+    fn key_pairs_have_huawei_shapes() {
+        let (ak, sk) = new_key_pair();
+        assert_eq!((ak.len(), sk.len()), (20, 40));
+        assert!(
+            ak.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+        assert_ne!(new_key_pair().0, ak);
+    }
+
+    #[test]
+    fn the_key_file_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::default();
+        config.store.url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let a = load_key(&config).unwrap();
+        assert_eq!(load_key(&config).unwrap(), a);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key_path(&config))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
