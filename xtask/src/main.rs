@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's developer commands (run a demo, run what CI runs), written in
 //! Rust so they need nothing but cargo. See `cargo xtask help`.
 
+mod bench;
 mod demo;
 mod deps;
 mod pg;
@@ -22,6 +23,9 @@ Commands:
   test                   What CI runs: install-deps, fmt, clippy, build, the test suite against
                          a throwaway PostgreSQL, and systemd-analyze verify on deploy/systemd.
   ci                     The same as `test`.
+  bench [--smoke] [--release]
+                         Run every benchmark and write benches/results/{latest.json,REPORT.md,
+                         *.png}; --smoke: the seconds-long versions, into target/bench-smoke.
   install-deps [--test]  Install the missing system packages (apt-get, as root) for the demo,
                          or with --test for the test suite too.
   help                   This text.
@@ -51,6 +55,12 @@ fn dispatch(args: &[String]) -> Result<()> {
         ("demo", []) => demo::run(demo::Options { no_wait: false }),
         ("demo", ["--no-wait"]) => demo::run(demo::Options { no_wait: true }),
         ("test" | "ci", []) => test::run(),
+        ("bench", flags) if flags.iter().all(|f| matches!(*f, "--smoke" | "--release")) => {
+            bench::run(bench::Options {
+                smoke: flags.contains(&"--smoke"),
+                release: flags.contains(&"--release"),
+            })
+        }
         ("install-deps", []) => install_deps(deps::Purpose::Demo),
         ("install-deps", ["--test"]) => install_deps(deps::Purpose::Test),
         ("help" | "--help" | "-h", _) => {

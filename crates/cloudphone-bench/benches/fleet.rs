@@ -1,5 +1,5 @@
 //! Fleet launch through the public API against a throwaway deployment (control + one x11
-//! node, as the tests run them). Writes `parts/fleet.json`.
+//! node, as the tests run them). Writes `target/bench-parts/fleet.json`.
 
 use cloudphone_bench::{fleet, parts};
 use cloudphone_testkit::fleet::Fleet;
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         drop(fleet);
         r
     })?;
-    let path = parts::write_part(&parts::results_dir(), "fleet", &results)?;
+    let path = parts::write_part(&parts::parts_dir(), "fleet", &results)?;
     println!("wrote {}", path.display());
     Ok(())
 }

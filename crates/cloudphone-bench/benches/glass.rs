@@ -1,5 +1,5 @@
 //! Glass-to-glass latency and time to first frame through an in-process node (x11 runtime,
-//! the clock as the instance's app, webrtc-rs viewer). Writes `parts/glass.json`.
+//! the clock as the instance's app, webrtc-rs viewer). Writes `target/bench-parts/glass.json`.
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
         smoke,
         Path::new(env!("CARGO_BIN_EXE_cloudphone-bench")),
     ))?;
-    let path = parts::write_part(&parts::results_dir(), "glass", &results)?;
+    let path = parts::write_part(&parts::parts_dir(), "glass", &results)?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -12,12 +12,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write latest.json, REPORT.md and the plots from the benches' parts.
+    Report {
+        /// Results directory (default: benches/results, or CLOUDPHONE_BENCH_OUT).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Where the benches left their parts (default: target/bench-parts, or
+        /// CLOUDPHONE_BENCH_PARTS).
+        #[arg(long)]
+        parts: Option<std::path::PathBuf>,
+    },
+    /// Launch instances through a deployment's public API and time them to running.
+    Fleet(cloudphone_bench::fleet::FleetArgs),
     /// Draw the time as a block barcode on $DISPLAY's root window, forever.
     Clock,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Report { dir, parts } => cloudphone_bench::report::write(
+            &parts.unwrap_or_else(cloudphone_bench::parts::parts_dir),
+            &dir.unwrap_or_else(cloudphone_bench::parts::results_dir),
+        ),
+        Command::Fleet(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let results = rt.block_on(cloudphone_bench::fleet::run(args))?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+            if results.failures.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} failures", results.failures.len())
+            }
+        }
         Command::Clock => cloudphone_bench::clock::run_writer(),
     }
 }

@@ -25,9 +25,17 @@ pub fn results_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("benches/results"))
 }
 
-/// Per-bench JSON parts live next to the results, under `parts/`.
+/// Where the benches leave their JSON parts for the report: `target/bench-parts`, or
+/// `CLOUDPHONE_BENCH_PARTS`. Kept out of `benches/results` so that only a whole report is
+/// ever committed.
+pub fn parts_dir() -> PathBuf {
+    std::env::var_os("CLOUDPHONE_BENCH_PARTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/bench-parts"))
+}
+
 pub fn part_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join("parts").join(format!("{name}.json"))
+    dir.join(format!("{name}.json"))
 }
 
 pub fn write_part<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<PathBuf> {

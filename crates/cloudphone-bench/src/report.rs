@@ -1,1 +1,736 @@
-//! report (in progress).
+//! Turns the benches' parts into `latest.json`, `REPORT.md` and PNG plots: the machine, the
+//! exact settings of every cell, the issue's targets with the measured value next to each,
+//! and a per-stage breakdown where one is missed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::density::DensityResults;
+use crate::encode::{self, EncodeResults};
+use crate::fleet::FleetResults;
+use crate::glass::GlassResults;
+use crate::parts::read_part;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub kernel: String,
+    pub os: String,
+    pub gstreamer: String,
+    pub build_profile: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    /// `None` when the bench did not run.
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latest {
+    pub generated_unix_ms: i64,
+    pub machine: Machine,
+    pub targets: Vec<Target>,
+    pub encode: Option<EncodeResults>,
+    pub glass: Option<GlassResults>,
+    pub density: Option<DensityResults>,
+    pub fleet: Option<FleetResults>,
+}
+
+fn first_line(path: &str, key: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l.split_once([':', '='])
+                    .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn machine() -> Machine {
+    let _ = gstreamer::init();
+    Machine {
+        cpu: first_line("/proc/cpuinfo", "model name"),
+        cores: crate::stats::cores(),
+        memory: first_line("/proc/meminfo", "MemTotal"),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        os: first_line("/etc/os-release", "PRETTY_NAME"),
+        gstreamer: gstreamer::version_string().to_string(),
+        build_profile: std::env::var("CLOUDPHONE_BENCH_PROFILE").unwrap_or_else(|_| "dev".into()),
+    }
+}
+
+fn target(what: &str, target: &str, measured: Option<(String, bool)>) -> Target {
+    Target {
+        what: what.into(),
+        target: target.into(),
+        measured: measured.as_ref().map_or("not run".into(), |m| m.0.clone()),
+        met: measured.map(|m| m.1),
+    }
+}
+
+fn targets(l: &Latest) -> Vec<Target> {
+    let cell720 = l
+        .encode
+        .as_ref()
+        .and_then(|e| e.cells.iter().find(|c| c.label == "H264 720P30"));
+    let glass720 = l
+        .glass
+        .as_ref()
+        .and_then(|g| g.cells.iter().find(|c| c.label == "H264 720P30"));
+    vec![
+        target(
+            "720P30 H.264 encode p50 vs bare x264enc p50",
+            "≤ 1.10 ×",
+            cell720.map(|c| {
+                (
+                    format!(
+                        "{:.2} × ({:.2} ms vs {:.2} ms)",
+                        c.ratio_p50, c.pipeline.encode_ms.p50, c.bare.encode_ms.p50
+                    ),
+                    c.ratio_p50 <= 1.10,
+                )
+            }),
+        ),
+        target(
+            "720P30 H.264 encode p99 vs its p50",
+            "≤ 2 ×",
+            cell720.map(|c| {
+                let r = c.pipeline.encode_ms.p99 / c.pipeline.encode_ms.p50;
+                (
+                    format!(
+                        "{r:.2} × ({:.2} ms vs {:.2} ms)",
+                        c.pipeline.encode_ms.p99, c.pipeline.encode_ms.p50
+                    ),
+                    r <= 2.0,
+                )
+            }),
+        ),
+        target(
+            "glass-to-glass H.264 720P30, loopback, p50",
+            "≤ 40 ms",
+            glass720.map(|c| {
+                (
+                    format!("{:.1} ms (p99 {:.1} ms)", c.glass_ms.p50, c.glass_ms.p99),
+                    c.glass_ms.p50 <= 40.0,
+                )
+            }),
+        ),
+        target(
+            "time to first frame (hello → decoded), p50",
+            "≤ 300 ms",
+            l.glass.as_ref().map(|g| {
+                (
+                    format!(
+                        "{:.0} ms (p99 {:.0} ms, {} trials)",
+                        g.ttff_ms.p50, g.ttff_ms.p99, g.ttff_ms.n
+                    ),
+                    g.ttff_ms.p50 <= 300.0,
+                )
+            }),
+        ),
+        target(
+            "x11 instance launch-to-ready, p50",
+            "≤ 1 s",
+            l.fleet.as_ref().map(|f| {
+                (
+                    format!(
+                        "{:.0} ms (max {:.0} ms, {} of {} ready)",
+                        f.launch_to_ready_ms.p50, f.launch_to_ready_ms.max, f.ready, f.args.count
+                    ),
+                    f.launch_to_ready_ms.n > 0
+                        && f.launch_to_ready_ms.p50 <= 1000.0
+                        && f.failures.is_empty(),
+                )
+            }),
+        ),
+        target(
+            "density, 720P30 H.264, < 1 % dropped, vs bare-encoder bound",
+            "≥ 80 %",
+            l.density.as_ref().map(|d| {
+                let pct = 100.0 * d.sustained as f64 / d.bound;
+                (
+                    format!("{} sessions = {pct:.0} % of {:.1}", d.sustained, d.bound),
+                    pct >= 80.0,
+                )
+            }),
+        ),
+    ]
+}
+
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not run",
+    }
+}
+
+fn markdown(l: &Latest) -> String {
+    let mut s = String::new();
+    let m = &l.machine;
+    let _ = writeln!(s, "# Benchmark report\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench` (unix ms {}). Every figure is one run on the machine \
+         below; the pipeline and its baseline ran back to back in the same process, so compare \
+         within this report only.\n",
+        l.generated_unix_ms
+    );
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(
+        s,
+        "| CPU | {} |\n| cores | {} |\n| memory | {} |\n| OS | {} |\n| kernel | {} |\n| GStreamer | {} |\n| build profile | {} |\n",
+        m.cpu, m.cores, m.memory, m.os, m.kernel, m.gstreamer, m.build_profile
+    );
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(s, "| what | target | measured | |\n|---|---|---|---|");
+    for t in &l.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.what,
+            t.target,
+            t.measured,
+            met(t.met)
+        );
+    }
+    let _ = writeln!(s);
+
+    if let Some(e) = &l.encode {
+        let _ = writeln!(s, "## Encode latency per frame\n");
+        let _ = writeln!(
+            s,
+            "Source `videotestsrc is-live=true pattern={}` at the output size and rate; {} warm-up \
+             frames skipped, {} measured per cell. **Pipeline**: the node's `EncodePipeline` \
+             (test-pattern source → convert/scale → I420 caps → 1-frame leaky queue → encoder → \
+             parser → RTP payloader → appsink), figures from its pad probes. **Bare**: `{}`. \
+             *encode* = encoder sink pad → src pad; *capture→out* = capture caps filter → the frame's last RTP packet \
+             (pipeline) or → encoder output (bare). CPU is the whole process over the window, % of one core. \
+             Bitrates: SetVideoConfig defaults (WIFI row). Hardware encoders: {}.\n",
+            e.pattern,
+            e.frames.warmup,
+            e.frames.measured,
+            encode::bare_description(
+                &encode::Cell::new(
+                    cloudphone_core::video::Codec::H264,
+                    cloudphone_core::video::Definition::P720,
+                    30
+                ),
+                true
+            ),
+            e.hardware
+        );
+        let _ = writeln!(
+            s,
+            "| cell | size | kbps | encoder | pipeline encode p50/p90/p99/max ms | bare encode p50/p90/p99/max ms | ratio p50 / p99 | pipeline capture→RTP p50/p99 ms | dropped (pipeline/bare) | CPU % (pipeline/bare) | out kbps |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for c in &e.cells {
+            let (p, b) = (&c.pipeline, &c.bare);
+            let _ = writeln!(
+                s,
+                "| {} | {}×{} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} / {} | {:.0} / {:.0} | {:.0} |",
+                c.label,
+                c.width,
+                c.height,
+                c.cell.bitrate_kbps,
+                c.encoder,
+                p.encode_ms.p50,
+                p.encode_ms.p90,
+                p.encode_ms.p99,
+                p.encode_ms.max,
+                b.encode_ms.p50,
+                b.encode_ms.p90,
+                b.encode_ms.p99,
+                b.encode_ms.max,
+                c.ratio_p50,
+                c.ratio_p99,
+                p.capture_to_out_ms.p50,
+                p.capture_to_out_ms.p99,
+                p.frames_dropped,
+                b.frames_dropped,
+                p.cpu_percent,
+                b.cpu_percent,
+                p.kbps
+            );
+        }
+        for (cell, why) in &e.failures {
+            let _ = writeln!(s, "\n- {cell}: FAILED: {why}");
+        }
+        let _ = writeln!(
+            s,
+            "\nH.265 bare encoder line: `{}`.\n",
+            encode::bare_encoder_description(&encode::Cell::new(
+                cloudphone_core::video::Codec::H265,
+                cloudphone_core::video::Definition::P720,
+                30
+            ))
+        );
+        let _ = writeln!(
+            s,
+            "![encode CDF](encode_cdf.png)\n\n![encode p50 vs bitrate](encode_vs_bitrate.png)\n"
+        );
+    }
+
+    if let Some(g) = &l.glass {
+        let _ = writeln!(s, "## Glass-to-glass and time to first frame\n");
+        let _ = writeln!(
+            s,
+            "An in-process node (x11 runtime) whose instance app draws the realtime clock as a \
+             64-block barcode (32 bits of 100 µs ticks + their complement) on the X root window \
+             every {:.0} ms; the node streams it over its real signaling and webrtc-rs path on \
+             loopback; a webrtc-rs viewer depayloads, decodes (`avdec_* max-threads=1`, no jitter \
+             buffer), converts to GRAY8 and reads the clock: glass-to-glass = decode time − drawn \
+             time. Frames whose clock fails the complement check are counted as unreadable. \
+             Network type WIFI, SetVideoConfig defaults.\n",
+            g.draw_period_ms
+        );
+        let _ = writeln!(
+            s,
+            "| cell | kbps | glass p50 / p90 / p99 / max ms | receiver (packet in → decoded) p50 / p99 ms | frames | unreadable | CPU % |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for c in &g.cells {
+            let _ = writeln!(
+                s,
+                "| {} ({}) | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0} |",
+                c.label,
+                c.network,
+                c.bitrate_kbps,
+                c.glass_ms.p50,
+                c.glass_ms.p90,
+                c.glass_ms.p99,
+                c.glass_ms.max,
+                c.receiver_ms.p50,
+                c.receiver_ms.p99,
+                c.frames,
+                c.unreadable,
+                c.cpu_percent
+            );
+        }
+        for (cell, why) in &g.failures {
+            let _ = writeln!(s, "\n- {cell}: FAILED: {why}");
+        }
+        if let Some(c) = g.cells.iter().find(|c| c.label == "H264 720P30") {
+            let sender = &g.sender_720p_h264;
+            let stale = g.draw_period_ms / 2.0;
+            let transport =
+                c.glass_ms.p50 - stale - sender.capture_to_rtp_ms.p50 - c.receiver_ms.p50;
+            let _ = writeln!(
+                s,
+                "\nWhere the time goes, H.264 720P30 (p50s; the sender's stages from the node's pipeline on the same display, run alone afterwards):\n"
+            );
+            let _ = writeln!(s, "| stage | ms |\n|---|---|");
+            let _ = writeln!(
+                s,
+                "| clock on screen before capture (mean half the draw period) | {stale:.1} |"
+            );
+            let _ = writeln!(
+                s,
+                "| sender: capture caps → last RTP packet (of which encoder {:.1}) | {:.1} |",
+                sender.encode_ms.p50, sender.capture_to_rtp_ms.p50
+            );
+            let _ = writeln!(
+                s,
+                "| transport: node fan-out, SRTP, UDP loopback, viewer's webrtc-rs + X capture itself (remainder) | {transport:.1} |"
+            );
+            let _ = writeln!(
+                s,
+                "| receiver: depayload + decode + convert | {:.1} |",
+                c.receiver_ms.p50
+            );
+            let _ = writeln!(s, "| **glass-to-glass** | **{:.1}** |", c.glass_ms.p50);
+        }
+        let _ = writeln!(
+            s,
+            "\nTime to first frame: hello sent → first decoded frame, {} trials, each a new viewer \
+             and a fresh encoder: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms. Samples: {}.\n",
+            g.ttff_ms.n,
+            g.ttff_ms.p50,
+            g.ttff_ms.p90,
+            g.ttff_ms.p99,
+            g.ttff_ms.max,
+            g.ttff_samples
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(s, "netem: {}\n", g.netem);
+        let _ = writeln!(s, "![glass-to-glass CDF](glass_cdf.png)\n");
+    }
+
+    if let Some(d) = &l.density {
+        let _ = writeln!(s, "## Density\n");
+        let _ = writeln!(
+            s,
+            "N concurrent node pipelines, {} ({} kbps, x264enc, `{}` test pattern), each drained \
+             like a viewer would; per level 2 s warm-up, then frames encoded over the window vs \
+             fps × seconds × N. Bound = {} cores × 1000 ms ÷ ({:.2} bare CPU ms/frame × {} fps) = \
+             **{:.1}**, with the bare CPU ms/frame from the bare pipeline running unpaced \
+             (source included). Sustained: **{}** sessions.\n",
+            d.cell.label(),
+            d.cell.bitrate_kbps,
+            encode::PATTERN,
+            d.cores,
+            d.bare_cpu_ms_per_frame,
+            d.cell.fps,
+            d.bound,
+            d.sustained
+        );
+        let _ = writeln!(
+            s,
+            "| sessions | dropped % | CPU % (of one core) |\n|---|---|---|"
+        );
+        for lv in &d.levels {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.0} |",
+                lv.sessions,
+                lv.drop_fraction * 100.0,
+                lv.cpu_percent
+            );
+        }
+        let _ = writeln!(s, "\n![density](density.png)\n");
+    }
+
+    if let Some(f) = &l.fleet {
+        let _ = writeln!(s, "## Fleet launch\n");
+        let _ = writeln!(
+            s,
+            "`cloudphone-bench fleet --api … --count {} --rate {}` against a throwaway deployment \
+             (control + one x11 node, SQLite, debug binaries): IAM login, one CreateInstance \
+             ({}) per instance at the rate, ListInstances polled every 100 ms until \
+             running_status 2. Launch-to-ready p50 {:.0} ms, max {:.0} ms; CreateInstance answered \
+             in p50 {:.0} ms; {} of {} ready; failures: {}.\n",
+            f.args.count,
+            f.args.rate,
+            f.args.sku,
+            f.launch_to_ready_ms.p50,
+            f.launch_to_ready_ms.max,
+            f.create_call_ms.p50,
+            f.ready,
+            f.args.count,
+            if f.failures.is_empty() {
+                "none".to_owned()
+            } else {
+                f.failures.join("; ")
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "## Not measured yet\n\n- Glass-to-glass in Chromium (canvas + requestVideoFrameCallback) and under netem profiles.\n- API requests/s under a load generator.\n- Per-instance streamed fps in the fleet benchmark.\n"
+    );
+    s
+}
+
+fn load_font() -> bool {
+    for path in [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    ] {
+        if let Ok(bytes) = std::fs::read(path) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| (*x, (i + 1) as f64 / n))
+        .collect()
+}
+
+fn plot_cdfs(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> PlotResult {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0_f64, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..xmax, 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("milliseconds")
+        .y_desc("fraction of frames ≤ x")
+        .draw()?;
+    for (i, (name, v)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(cdf(v), color))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    Palette99::pick(i).stroke_width(2),
+                )
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_encode_vs_bitrate(path: &Path, e: &EncodeResults) -> PlotResult {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = e
+        .cells
+        .iter()
+        .map(|c| c.cell.bitrate_kbps as f64)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let ymax = e
+        .cells
+        .iter()
+        .map(|c| c.pipeline.encode_ms.p50.max(c.bare.encode_ms.p50))
+        .fold(1.0, f64::max)
+        * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "encode p50 vs bitrate (540P/720P/1080P), node pipeline (solid) vs bare (dashed)",
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .x_desc("kbit/s")
+        .y_desc("encode p50, ms")
+        .draw()?;
+    let mut i = 0;
+    for codec in ["H264", "H265"] {
+        for fps in [30, 60] {
+            let mut pts: Vec<_> = e
+                .cells
+                .iter()
+                .filter(|c| c.cell.codec.as_str() == codec && c.cell.fps == fps)
+                .collect();
+            pts.sort_by_key(|c| c.cell.bitrate_kbps);
+            let color = Palette99::pick(i);
+            let pipe: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|c| (c.cell.bitrate_kbps as f64, c.pipeline.encode_ms.p50))
+                .collect();
+            let bare: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|c| (c.cell.bitrate_kbps as f64, c.bare.encode_ms.p50))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pipe.clone(), color.stroke_width(2)))?
+                .label(format!("{codec} {fps} fps"))
+                .legend(move |(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 20, y)],
+                        Palette99::pick(i).stroke_width(2),
+                    )
+                });
+            chart.draw_series(pipe.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+            chart.draw_series(DashedLineSeries::new(bare, 6, 4, color.stroke_width(1)))?;
+            i += 1;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plot_density(path: &Path, d: &DensityResults) -> PlotResult {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let xmax = d.levels.iter().map(|l| l.sessions).max().unwrap_or(1) as f64 + 1.0;
+    let xmax = xmax.max(d.bound + 1.0);
+    let ymax = (d.cores as f64 * 100.0)
+        .max(d.levels.iter().map(|l| l.cpu_percent).fold(0.0, f64::max))
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "720P30 H.264 sessions vs CPU (bound {:.1}, sustained {})",
+                d.bound, d.sustained
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .right_y_label_area_size(55)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?
+        .set_secondary_coord(0.0..xmax, 0.0..10.0);
+    chart
+        .configure_mesh()
+        .x_desc("concurrent sessions")
+        .y_desc("CPU, % of one core")
+        .draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("frames dropped, %")
+        .draw()?;
+    let cpu: Vec<(f64, f64)> = d
+        .levels
+        .iter()
+        .map(|l| (l.sessions as f64, l.cpu_percent))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(cpu.clone(), BLUE.stroke_width(2)))?
+        .label("CPU %")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart.draw_series(cpu.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    let drops: Vec<(f64, f64)> = d
+        .levels
+        .iter()
+        .map(|l| (l.sessions as f64, (l.drop_fraction * 100.0).min(10.0)))
+        .collect();
+    chart
+        .draw_secondary_series(LineSeries::new(drops, RED.stroke_width(2)))?
+        .label("dropped % (right)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(d.bound, 0.0), (d.bound, ymax)],
+            BLACK.stroke_width(1),
+        )))?
+        .label("bare-encoder bound")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn plots(dir: &Path, l: &Latest) -> Vec<String> {
+    let mut written = Vec::new();
+    if !load_font() {
+        println!("report: no TrueType font found; plots skipped");
+        return written;
+    }
+    let mut out = |name: &str, r: PlotResult| match r {
+        Ok(()) => written.push(name.to_owned()),
+        Err(e) => println!("report: plot {name} failed: {e}"),
+    };
+    if let Some(e) = &l.encode {
+        let mut series = Vec::new();
+        for label in ["H264 720P30", "H265 720P30", "H264 540P30"] {
+            if let Some(c) = e.cells.iter().find(|c| c.label == label) {
+                series.push((
+                    format!("{label} pipeline"),
+                    c.pipeline.encode_samples.clone(),
+                ));
+                series.push((format!("{label} bare"), c.bare.encode_samples.clone()));
+            }
+        }
+        out(
+            "encode_cdf.png",
+            plot_cdfs(
+                &dir.join("encode_cdf.png"),
+                "encode latency per frame (encoder sink → src)",
+                &series,
+            ),
+        );
+        out(
+            "encode_vs_bitrate.png",
+            plot_encode_vs_bitrate(&dir.join("encode_vs_bitrate.png"), e),
+        );
+    }
+    if let Some(g) = &l.glass {
+        let series: Vec<_> = g
+            .cells
+            .iter()
+            .map(|c| (c.label.clone(), c.samples.clone()))
+            .collect();
+        out(
+            "glass_cdf.png",
+            plot_cdfs(
+                &dir.join("glass_cdf.png"),
+                "glass-to-glass latency, loopback",
+                &series,
+            ),
+        );
+    }
+    if let Some(d) = &l.density {
+        out("density.png", plot_density(&dir.join("density.png"), d));
+    }
+    written
+}
+
+/// Reads the parts in `parts` and writes `latest.json`, `REPORT.md` and the plots to `dir`.
+pub fn write(parts: &Path, dir: &Path) -> Result<()> {
+    let mut latest = Latest {
+        generated_unix_ms: cloudphone_node::unix_ms(),
+        machine: machine(),
+        targets: Vec::new(),
+        encode: read_part(parts, "encode")?,
+        glass: read_part(parts, "glass")?,
+        density: read_part(parts, "density")?,
+        fleet: read_part(parts, "fleet")?,
+    };
+    latest.targets = targets(&latest);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("latest.json"), serde_json::to_vec_pretty(&latest)?)
+        .context("writing latest.json")?;
+    std::fs::write(dir.join("REPORT.md"), markdown(&latest)).context("writing REPORT.md")?;
+    let written = plots(dir, &latest);
+    println!(
+        "report: {} (plots: {})",
+        dir.join("REPORT.md").display(),
+        written.join(", ")
+    );
+    for t in &latest.targets {
+        println!(
+            "target: {:<60} {:<10} {:<45} {}",
+            t.what,
+            t.target,
+            t.measured,
+            met(t.met)
+        );
+    }
+    Ok(())
+}

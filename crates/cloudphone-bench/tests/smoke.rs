@@ -1,0 +1,65 @@
+//! Every bench in its seconds-long smoke mode, then the report from their parts, so that
+//! `cargo xtask test` keeps the benches from rotting. Figures are not checked: only that each
+//! bench measures something and the report is written.
+
+use std::path::Path;
+
+use cloudphone_bench::{density, encode, fleet, glass, parts, report};
+
+#[test]
+fn encode_smoke_measures_both_pipelines() {
+    let r = encode::run(true);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let c = &r.cells[0];
+    assert!(
+        c.pipeline.encode_ms.n > 0 && c.bare.encode_ms.n > 0,
+        "{c:?}"
+    );
+    assert!(c.ratio_p50.is_finite());
+}
+
+#[test]
+fn density_smoke_runs_two_levels() {
+    let r = density::run(true).unwrap();
+    assert_eq!(r.levels.len(), 2);
+    assert!(r.bound > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glass_smoke_reads_the_clock_and_times_the_first_frame() {
+    let r = glass::run(true, Path::new(env!("CARGO_BIN_EXE_cloudphone-bench")))
+        .await
+        .unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    assert!(r.cells[0].glass_ms.n > 0);
+    assert_eq!(r.ttff_ms.n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_smoke_launches_one_instance_and_the_report_is_written() {
+    let deployment = cloudphone_testkit::fleet::Fleet::up("x11").await;
+    let r = fleet::run(fleet::FleetArgs {
+        api: deployment.api.clone(),
+        domain: "acme".into(),
+        user: "dev".into(),
+        password: "correct-horse-1".into(),
+        project: "cn-north-7".into(),
+        count: 1,
+        rate: 2.0,
+        sku: "kp.x11.720p".into(),
+        region: "cn-north-7".into(),
+        timeout_secs: 60,
+        cleanup: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!((r.ready, r.failures.len()), (1, 0), "{:?}", r.failures);
+    drop(deployment);
+
+    let dir = tempfile::tempdir().unwrap();
+    parts::write_part(dir.path(), "fleet", &r).unwrap();
+    report::write(dir.path(), dir.path()).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
+    assert!(md.contains("launch-to-ready"), "{md}");
+    assert!(dir.path().join("latest.json").exists());
+}
