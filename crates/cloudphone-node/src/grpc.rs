@@ -216,10 +216,12 @@ impl NodeAgent for NodeService {
                 .unwrap_or(u32::MAX),
         };
         let manager = Arc::clone(&self.manager);
+        let sessions = Arc::clone(&self.sessions);
         let mut interval = tokio::time::interval(identity.heartbeat_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let heartbeats = IntervalStream::new(interval).then(move |_| {
             let manager = Arc::clone(&manager);
+            let live = sessions.live_viewers();
             async move {
                 let views = manager.list().await;
                 let running = views
@@ -231,7 +233,7 @@ impl NodeAgent for NodeService {
                         sent_at_unix_ms: crate::unix_ms(),
                         instances: views.len() as u32,
                         running_instances: running as u32,
-                        live_sessions: 0,
+                        live_sessions: u32::try_from(live).unwrap_or(u32::MAX),
                     })),
                 })
             }
