@@ -135,6 +135,27 @@ async fn install_app() {
     let jobs = finished_jobs(&fleet, &acme, &task_id).await;
     assert_eq!(jobs[0]["error_code"], "KOOPHONE.API.62017");
 
+    // A package that downloads and checks out but is not an installable archive: 62019.
+    let junk = b"not an archive at all".to_vec();
+    let junk_md5 = format!("{:032x}", md5_of(&junk));
+    let junk_url = serve(junk).await;
+    let (_, answer) = fleet
+        .post(
+            "/v1/instances/app/install",
+            &acme,
+            &body(&junk_url, &junk_md5, &ids[..1]),
+        )
+        .await;
+    let task_id = answer["data"]["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    assert_eq!(
+        (jobs[0]["status"].as_i64(), jobs[0]["error_code"].as_str()),
+        (Some(-1), Some("KOOPHONE.API.62019"))
+    );
+
     // Request-level codes.
     let mut bad = body(&url, &md5, &ids);
     bad["fast_install"] = json!(3);

@@ -124,6 +124,22 @@ async fn sync_command() {
         (400, "KOOPHONE.API.1000"),
         "wrong type"
     );
+
+    // The instance's host goes away: the command cannot run, status -1 with 62010.
+    let mut fleet = fleet;
+    fleet
+        .node
+        .as_mut()
+        .unwrap()
+        .stop_with(nix::sys::signal::Signal::SIGKILL);
+    fleet.wait_node("down", Duration::from_secs(10)).await;
+    let (status, body) = sync(&fleet, &acme, "ls /data", &ids).await;
+    assert_eq!(status, 200);
+    let result = &body["data"]["cmd_results"][0];
+    assert_eq!(
+        (result["status"].as_i64(), result["error_code"].as_str()),
+        (Some(-1), Some("KOOPHONE.API.62010"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
