@@ -29,6 +29,7 @@ use cloudphone_proto::node_v1 as pb;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::management::owned;
 use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::AppState;
 use crate::store::{InstanceRecord, StoreError};
@@ -66,22 +67,6 @@ fn user_id(user: UserId) -> Result<String, ApiFailure> {
         .into());
     }
     Ok(user)
-}
-
-/// Loads the named instances, refusing the whole request if any is not the caller's.
-async fn owned(
-    state: &AppState,
-    tenant_id: &str,
-    ids: &[String],
-) -> Result<Vec<InstanceRecord>, ApiFailure> {
-    let mut records = Vec::with_capacity(ids.len());
-    for id in ids {
-        match state.store.get_instance(id).await? {
-            Some(record) if record.tenant_id == tenant_id => records.push(record),
-            _ => return Err(ApiError::NoInstancePermission(id.clone()).into()),
-        }
-    }
-    Ok(records)
 }
 
 fn node_up(state: &AppState, node_id: &str) -> bool {
