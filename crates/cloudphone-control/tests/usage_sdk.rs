@@ -308,3 +308,111 @@ async fn both_official_sdks_report_a_real_session_under_the_right_class() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("APIGW.0302"));
 }
+
+/// A node SIGKILLed mid-session: on restart it closes the session up to its last checkpoint and
+/// delivers the closing record, so both SDKs report what ran (to about a second), and nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_session_loses_no_minute() {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let mut fleet = Fleet::up("synthetic").await;
+    let acme = tenant(&fleet, "acme", "correct-horse-1").await;
+    let ids = fleet.running_instances(&acme.token, 1).await;
+    let created: Value = fleet
+        .http
+        .post(format!("{}/v3.0/OS-CREDENTIAL/credentials", fleet.api))
+        .header("x-auth-token", &acme.token)
+        .json(&json!({"credential": {"description": "restart"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (ak, sk) = (
+        created["credential"]["access"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        created["credential"]["secret"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    let (_, body) = fleet
+        .post(
+            &format!("/v1/instances/{}/auth", ids[0]),
+            &acme.token,
+            &json!({}),
+        )
+        .await;
+    let data = body["data"].clone();
+    let started = Instant::now();
+    let viewer = tokio::spawn(async move {
+        watch(
+            data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
+                .as_str()
+                .unwrap(),
+            data["resource"]["device_id"].as_str().unwrap(),
+            data["device_token"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    fleet
+        .node
+        .as_mut()
+        .unwrap()
+        .stop_with(nix::sys::signal::Signal::SIGKILL);
+    let ran = started.elapsed().as_secs_f64();
+    let _ = viewer.await;
+    fleet.start_node();
+    fleet.wait_node("up", Duration::from_secs(30)).await;
+    // Control bills a session with no final record up to now; waiting well past the kill means
+    // only the node's closing record (written from its checkpoint) can give the right figure.
+    tokio::time::sleep_until((started + Duration::from_secs(20)).into()).await;
+
+    let domain = format!("{}.live.cloudphone", acme.tenant_id);
+    let now = now_ms();
+    let vars = vec![
+        ("CP_AK", ak),
+        ("CP_SK", sk),
+        ("CP_PROJECT", acme.project_id.clone()),
+        ("CP_DOMAIN", domain),
+        ("CP_START", iso(now - 3_600_000)),
+        ("CP_END", iso(now + 60_000)),
+        ("CP_VSTART", iso(now - 86_400_000)),
+        ("CP_VEND", iso(now + 3_600_000)),
+    ];
+    let volc_of = |result: &Value| -> f64 {
+        result["volcengine"]["Result"]["TranscodeDataList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["TranscodeType"] == "Normal_H264" && e["Resolution"] == "720P")
+            .map(|e| e["Duration"].as_f64().unwrap())
+            .sum()
+    };
+    // The closing record is delivered when control reconnects; give it the 60 s the issue allows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let result = loop {
+        let result = run_sdks(&python, &fleet, &vars);
+        if (volc_of(&result) * 60.0 - ran).abs() < 1.5 || Instant::now() > deadline {
+            break result;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let volc = volc_of(&result) * 60.0;
+    let huawei = huawei_minutes(&result["huawei"], "H264_HD") * 60.0;
+    eprintln!("encoder ran {ran:.3} s until SIGKILL: volcengine {volc:.3} s, huawei {huawei:.1} s");
+    // One checkpoint interval (1 s) plus pipeline start, and Huawei's 0.01 min rounding.
+    assert!(
+        (volc - ran).abs() < 1.5,
+        "volcengine {volc} s vs {ran} s run"
+    );
+    assert!(
+        (huawei - ran).abs() < 1.5 + 0.6,
+        "huawei {huawei} s vs {ran} s run"
+    );
+}

@@ -52,6 +52,8 @@ pub struct NodeService {
     sessions: Arc<Sessions>,
     /// Downloads application packages for InstallApp.
     http: reqwest::Client,
+    /// Usage records on disk until control acknowledges them.
+    usage: crate::usage_buffer::UsageBuffer,
 }
 
 impl NodeService {
@@ -59,6 +61,7 @@ impl NodeService {
         manager: Arc<InstanceManager>,
         identity: NodeIdentity,
         sessions: Arc<Sessions>,
+        usage: crate::usage_buffer::UsageBuffer,
     ) -> Self {
         Self {
             manager,
@@ -70,6 +73,7 @@ impl NodeService {
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            usage,
         }
     }
 
@@ -241,14 +245,21 @@ impl NodeAgent for NodeService {
         let first = tokio_stream::once(Ok(pb::NodeReport {
             report: Some(Report::Announcement(announcement)),
         }));
-        // Usage records of encoder runs, as they happen.
-        let usage = BroadcastStream::new(self.sessions.subscribe_usage()).filter_map(|r| {
+        // Usage records: first every one not yet acknowledged (a previous stream may have broken
+        // before its ack), then new ones as encoders emit them. Control stores each id once.
+        let backlog = tokio_stream::iter(self.usage.pending().into_iter().map(|record| {
+            Ok(pb::NodeReport {
+                report: Some(Report::Usage(record)),
+            })
+        }));
+        let live = BroadcastStream::new(self.sessions.subscribe_usage()).filter_map(|r| {
             r.ok().map(|record| {
                 Ok(pb::NodeReport {
                     report: Some(Report::Usage(record)),
                 })
             })
         });
+        let usage = backlog.chain(live);
         let stream = first
             .chain(heartbeats.merge(events).merge(usage))
             .map(move |item| {
@@ -261,8 +272,11 @@ impl NodeAgent for NodeService {
 
     async fn ack_usage(
         &self,
-        _request: Request<pb::AckUsageRequest>,
+        request: Request<pb::AckUsageRequest>,
     ) -> Result<Response<pb::AckUsageResponse>, Status> {
+        let ids = request.into_inner().record_ids;
+        let removed = self.usage.acknowledge(&ids);
+        tracing::debug!(acked = ids.len(), removed, "usage records acknowledged");
         Ok(Response::new(pb::AckUsageResponse {}))
     }
 

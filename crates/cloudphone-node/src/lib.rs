@@ -7,6 +7,7 @@
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
 //! - [`announce`]: telling control this node exists.
 //! - [`apps`]: downloading and checking application packages.
+//! - [`usage_buffer`]: usage records on disk until control acknowledges them.
 //! - [`http`]: `/healthz`, `/metrics`.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod http;
 pub mod instances;
 pub mod runtime;
 pub mod streaming;
+pub mod usage_buffer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -165,7 +167,10 @@ pub async fn run(
         }),
     );
     let _ = sessions_slot.set(Arc::downgrade(&sessions));
-    let service = grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions));
+    let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
+    spawn_usage_keeper(usage.clone(), Arc::clone(&sessions));
+    let service =
+        grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
@@ -225,4 +230,41 @@ pub async fn run(
     manager.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes every usage record to disk as it is emitted and refreshes open sessions' checkpoints,
+/// for as long as the node runs.
+fn spawn_usage_keeper(
+    buffer: usage_buffer::UsageBuffer,
+    sessions: Arc<streaming::sessions::Sessions>,
+) {
+    let mut records = sessions.subscribe_usage();
+    let writer = buffer.clone();
+    tokio::spawn(async move {
+        loop {
+            match records.recv().await {
+                Ok(record) => {
+                    if let Err(error) = writer.record(&record, unix_ms()) {
+                        tracing::error!(%error, "could not buffer a usage record");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::error!(
+                        missed = n,
+                        "usage buffer fell behind; records only sent live"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(usage_buffer::CHECKPOINT_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(error) = buffer.checkpoint(unix_ms()) {
+                tracing::warn!(%error, "could not checkpoint open usage sessions");
+            }
+        }
+    });
 }

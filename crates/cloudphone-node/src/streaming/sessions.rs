@@ -757,6 +757,9 @@ impl SharedEncoder {
                 end_unix_ms: end,
                 r#final: final_,
             };
+            // A zero-length opening record: the usage buffer learns of the session at once and
+            // checkpoints it, so a crash before the first interval still bills what ran.
+            let _ = usage.send(record(from, from, false));
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::now() + usage_interval,
                 usage_interval,

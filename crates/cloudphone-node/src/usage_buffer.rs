@@ -1,0 +1,311 @@
+//! At-least-once delivery of usage records: every record is written to disk before it is sent,
+//! resent on every new report stream until control acknowledges it, and an encoder session the
+//! node did not get to close (a crash, SIGKILL) is closed on the next start up to the last time
+//! the node was seen alive, so a restart loses seconds at most, never minutes.
+//!
+//! Layout under `<state_dir>/usage/`: `pending/<record_id>.json` (sent, not yet acknowledged) and
+//! `open/<session_id>.json` (a session still encoding: its last record and when the node last
+//! checked in). Control stores each `record_id` once, so a record sent twice counts once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudphone_proto::node_v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// How often open sessions' checkpoints are refreshed: the most a crash can lose.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// A record as stored on disk (the proto type has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredRecord {
+    record_id: String,
+    session_id: String,
+    tenant_id: String,
+    instance_id: String,
+    codec: String,
+    width: u32,
+    height: u32,
+    start_unix_ms: i64,
+    end_unix_ms: i64,
+    #[serde(rename = "final")]
+    is_final: bool,
+}
+
+impl From<&pb::UsageRecord> for StoredRecord {
+    fn from(r: &pb::UsageRecord) -> Self {
+        Self {
+            record_id: r.record_id.clone(),
+            session_id: r.session_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            instance_id: r.instance_id.clone(),
+            codec: r.codec.clone(),
+            width: r.width,
+            height: r.height,
+            start_unix_ms: r.start_unix_ms,
+            end_unix_ms: r.end_unix_ms,
+            is_final: r.r#final,
+        }
+    }
+}
+
+impl From<StoredRecord> for pb::UsageRecord {
+    fn from(r: StoredRecord) -> Self {
+        Self {
+            record_id: r.record_id,
+            session_id: r.session_id,
+            tenant_id: r.tenant_id,
+            instance_id: r.instance_id,
+            codec: r.codec,
+            width: r.width,
+            height: r.height,
+            start_unix_ms: r.start_unix_ms,
+            end_unix_ms: r.end_unix_ms,
+            r#final: r.is_final,
+        }
+    }
+}
+
+/// An encoder session that has not ended yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenSession {
+    /// The session's latest record; its end is where the next record starts.
+    last: StoredRecord,
+    /// When this node last confirmed the session was still encoding.
+    alive_at_unix_ms: i64,
+}
+
+/// The on-disk buffer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UsageBuffer {
+    pending: PathBuf,
+    open: PathBuf,
+    /// Open sessions in memory, mirrored to `open/`.
+    sessions: Arc<Mutex<HashMap<String, OpenSession>>>,
+}
+
+/// Writes `bytes` to `path` atomically (temp file + rename), so a crash leaves old or new, never half.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Record and session ids become file names: only ids of our own making are accepted.
+fn safe_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl UsageBuffer {
+    /// Opens the buffer and closes the sessions a previous run left open: each gets a final
+    /// record from its last record's end to the last time the node was seen alive.
+    pub fn open(state_dir: &Path, now_ms: i64) -> std::io::Result<Self> {
+        let root = state_dir.join("usage");
+        let buffer = Self {
+            pending: root.join("pending"),
+            open: root.join("open"),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+        };
+        std::fs::create_dir_all(&buffer.pending)?;
+        std::fs::create_dir_all(&buffer.open)?;
+        for entry in std::fs::read_dir(&buffer.open)? {
+            let path = entry?.path();
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match serde_json::from_slice::<OpenSession>(&bytes) {
+                Ok(open) => {
+                    let end = open.alive_at_unix_ms.clamp(open.last.end_unix_ms, now_ms);
+                    let closing = StoredRecord {
+                        record_id: uuid::Uuid::new_v4().simple().to_string(),
+                        start_unix_ms: open.last.end_unix_ms,
+                        end_unix_ms: end,
+                        is_final: true,
+                        ..open.last
+                    };
+                    tracing::info!(session = %closing.session_id, ms = end - closing.start_unix_ms, "closing a usage session left open by the previous run");
+                    buffer.persist(&closing)?;
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "unreadable open-session checkpoint")
+                }
+            }
+            std::fs::remove_file(&path)?;
+        }
+        Ok(buffer)
+    }
+
+    fn persist(&self, record: &StoredRecord) -> std::io::Result<()> {
+        if !safe_name(&record.record_id) {
+            return Err(std::io::Error::other(
+                "usage record id is not a safe file name",
+            ));
+        }
+        let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        write_atomic(
+            &self.pending.join(format!("{}.json", record.record_id)),
+            &bytes,
+        )
+    }
+
+    /// Keeps a record until it is acknowledged, and tracks its session's openness.
+    pub fn record(&self, record: &pb::UsageRecord, now_ms: i64) -> std::io::Result<()> {
+        let stored = StoredRecord::from(record);
+        self.persist(&stored)?;
+        if !safe_name(&stored.session_id) {
+            return Ok(());
+        }
+        let checkpoint = self.open.join(format!("{}.json", stored.session_id));
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if stored.is_final {
+            sessions.remove(&stored.session_id);
+            match std::fs::remove_file(&checkpoint) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            let open = OpenSession {
+                last: stored.clone(),
+                alive_at_unix_ms: now_ms,
+            };
+            write_atomic(
+                &checkpoint,
+                &serde_json::to_vec(&open).map_err(std::io::Error::other)?,
+            )?;
+            sessions.insert(stored.session_id, open);
+        }
+        Ok(())
+    }
+
+    /// Notes that every open session is still encoding at `now_ms`.
+    pub fn checkpoint(&self, now_ms: i64) -> std::io::Result<()> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, open) in sessions.iter_mut() {
+            open.alive_at_unix_ms = now_ms;
+            let bytes = serde_json::to_vec(&*open).map_err(std::io::Error::other)?;
+            write_atomic(&self.open.join(format!("{id}.json")), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Every record not yet acknowledged, oldest first.
+    pub fn pending(&self) -> Vec<pb::UsageRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.pending) else {
+            return Vec::new();
+        };
+        let mut records: Vec<StoredRecord> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect();
+        records.sort_by_key(|r| (r.end_unix_ms, r.start_unix_ms));
+        records.into_iter().map(Into::into).collect()
+    }
+
+    /// Drops acknowledged records.
+    pub fn acknowledge(&self, record_ids: &[String]) -> usize {
+        record_ids
+            .iter()
+            .filter(|id| safe_name(id))
+            .filter(|id| std::fs::remove_file(self.pending.join(format!("{id}.json"))).is_ok())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, session: &str, start: i64, end: i64, is_final: bool) -> pb::UsageRecord {
+        pb::UsageRecord {
+            record_id: id.into(),
+            session_id: session.into(),
+            tenant_id: "t".into(),
+            instance_id: "i".into(),
+            codec: "H264".into(),
+            width: 720,
+            height: 1280,
+            start_unix_ms: start,
+            end_unix_ms: end,
+            r#final: is_final,
+        }
+    }
+
+    #[test]
+    fn records_stay_until_acknowledged_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        buffer.record(&rec("r1", "s1", 0, 0, false), 0).unwrap();
+        buffer
+            .record(&rec("r2", "s1", 0, 30_000, false), 30_000)
+            .unwrap();
+        assert_eq!(
+            buffer
+                .pending()
+                .iter()
+                .map(|r| r.record_id.as_str())
+                .collect::<Vec<_>>(),
+            ["r1", "r2"]
+        );
+        assert_eq!(
+            buffer.acknowledge(&["r1".into(), "nope".into(), "../x".into()]),
+            1
+        );
+        let ids: Vec<String> = buffer.pending().into_iter().map(|r| r.record_id).collect();
+        assert_eq!(ids, ["r2"]);
+        buffer
+            .record(&rec("r3", "s1", 30_000, 31_000, true), 31_000)
+            .unwrap();
+        // A clean end leaves nothing open: reopening adds no closing record.
+        let reopened = UsageBuffer::open(dir.path(), 40_000).unwrap();
+        assert_eq!(
+            reopened.pending().len(),
+            2,
+            "r2 and r3 still wait for their ack"
+        );
+    }
+
+    #[test]
+    fn a_crash_mid_session_is_closed_up_to_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        buffer
+            .record(&rec("r1", "s1", 1_000, 1_000, false), 1_000)
+            .unwrap();
+        buffer
+            .record(&rec("r2", "s1", 1_000, 31_000, false), 31_000)
+            .unwrap();
+        buffer.checkpoint(44_000).unwrap();
+        buffer.acknowledge(&["r1".into(), "r2".into()]);
+        drop(buffer); // The node dies here, its encoder with it.
+
+        let reopened = UsageBuffer::open(dir.path(), 90_000).unwrap();
+        let pending = reopened.pending();
+        assert_eq!(pending.len(), 1);
+        let closing = &pending[0];
+        assert_eq!(
+            (
+                closing.session_id.as_str(),
+                closing.start_unix_ms,
+                closing.end_unix_ms
+            ),
+            ("s1", 31_000, 44_000)
+        );
+        assert!(closing.r#final);
+        // Reopening again does not close the same session twice.
+        assert_eq!(
+            UsageBuffer::open(dir.path(), 95_000)
+                .unwrap()
+                .pending()
+                .len(),
+            1
+        );
+    }
+}
