@@ -99,8 +99,20 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stops the daemon the way systemd would: SIGTERM, then SIGKILL after 5 s. A node stopped
+    /// gracefully stops its instances' Xvfb and sandboxes; a SIGKILLed one would leave them behind
+    /// with nobody to re-adopt them once the test's state dir is gone.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
