@@ -279,6 +279,15 @@ async fn set_video_config_moves_the_live_bitrate() {
     // factor (~0.65 here); calibrate it at the first target, then expect that same factor
     // of each new target.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Under a loaded CI machine the stream has once paused for a few seconds right after its
+    // first frames (an open issue, see the session notes); calibrate only once media flows at
+    // the target, then measure the factor over a longer window.
+    for _ in 0..8 {
+        let rate = viewer.measure_kbps(Duration::from_secs(1)).await;
+        if (0.4..=1.3).contains(&(rate / 2000.0)) {
+            break;
+        }
+    }
     let initial = viewer.measure_kbps(Duration::from_secs(3)).await;
     let factor = initial / 2000.0;
     assert!(
