@@ -5,41 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloudphone_testkit::fleet::{Fleet, order_sku};
+use cloudphone_testkit::fleet::{Fleet, error_code as code, order_sku};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
 /// The fleet's node holds this many instances.
 const NODE_CAPACITY: u32 = 4;
 
-fn code(body: &Value) -> &str {
-    body["error_code"].as_str().unwrap_or("<none>")
-}
-
-/// Sends a request with only the token, as the seed pages of Prepare/ShowProgress list.
-async fn token_only(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let response = fleet
-        .http
-        .post(format!("{}{path}", fleet.api))
-        .header("x-auth-token", token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
-
 async fn progress(fleet: &Fleet, token: &str, user: &str, id: &str) -> (u16, Value) {
-    token_only(
-        fleet,
-        "/v1/instances/prepare-progress",
-        token,
-        &json!({"user_id": user, "instance_id": id}),
-    )
-    .await
+    fleet
+        .post_token_only(
+            "/v1/instances/prepare-progress",
+            token,
+            &json!({"user_id": user, "instance_id": id}),
+        )
+        .await
 }
 
 async fn query_status(fleet: &Fleet, token: &str, id: &str) -> i64 {
@@ -150,13 +130,13 @@ async fn backup_prepare_restore_and_the_queue() {
         )
         .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/backup",
-        &acme,
-        &json!({"instance_ids": [target]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/backup",
+            &acme,
+            &json!({"instance_ids": [target]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
     let (status, body) = fleet
         .post("/v1/instances/backup", &acme, &json!({"user_id": "u"}))
@@ -211,13 +191,13 @@ async fn backup_prepare_restore_and_the_queue() {
     wait_row_running(&fleet, &acme, &filler).await;
 
     // Prepare errors: another tenant, another user's instance, a bad body.
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/prepare",
-        &other,
-        &json!({"user_id": "user-1", "instance_ids": [target]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/prepare",
+            &other,
+            &json!({"user_id": "user-1", "instance_ids": [target]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
     let (status, body) = fleet
         .post(
@@ -227,36 +207,36 @@ async fn backup_prepare_restore_and_the_queue() {
         )
         .await;
     assert_eq!((status, code(&body)), (200, "0"));
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/prepare",
-        &acme,
-        &json!({"user_id": "user-1", "instance_ids": [target, neighbour]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/prepare",
+            &acme,
+            &json!({"user_id": "user-1", "instance_ids": [target, neighbour]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (400, "KPAPI.2209"));
     assert_eq!(
         row(&fleet, &acme, &target).await["assign_user"],
         "",
         "a refused prepare binds nothing"
     );
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/prepare",
-        &acme,
-        &json!({"instance_ids": [target]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/prepare",
+            &acme,
+            &json!({"instance_ids": [target]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
 
     // Prepare with the node full: the seed example repeats the id; the running neighbour is ready.
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/prepare",
-        &acme,
-        &json!({"user_id": "user-2", "instance_ids": [target, target, neighbour]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/prepare",
+            &acme,
+            &json!({"user_id": "user-2", "instance_ids": [target, target, neighbour]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (200, "0"), "{body}");
     assert_eq!(
         body["data"]["status_list"],
@@ -285,13 +265,13 @@ async fn backup_prepare_restore_and_the_queue() {
     assert_eq!(body["data"], json!({"status": 1, "waitingCount": 1}));
 
     // A slot frees: the queued instance is restored (status 1 or 2 on the way, then 0).
-    let (status, body) = token_only(
-        &fleet,
-        "/v1/instances/delete",
-        &acme,
-        &json!({"instanceIdList": [filler]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &acme,
+            &json!({"instanceIdList": [filler]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (200, "0"));
     let mut seen: Vec<i64> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

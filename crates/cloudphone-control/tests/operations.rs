@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cloudphone_testkit::fleet::Fleet;
+use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
@@ -15,26 +15,6 @@ async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
     let other = fleet.login("other", "correct-horse-2").await;
     let ids = fleet.running_instances(&acme, count).await;
     (fleet, acme, other, ids)
-}
-
-fn code(body: &Value) -> &str {
-    body["error_code"].as_str().unwrap_or("<none>")
-}
-
-/// Sends a request without `x-request-id`; returns status and body.
-async fn without_request_id(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    let response = fleet
-        .http
-        .post(format!("{}{path}", fleet.api))
-        .header("x-auth-token", token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
 }
 
 async fn sync(fleet: &Fleet, token: &str, command: &str, ids: &[String]) -> (u16, Value) {
@@ -108,13 +88,13 @@ async fn sync_command() {
         !fleet.instance_data_dir(&ids[0]).join("intruder").exists(),
         "another tenant changed nothing"
     );
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/sync-command",
-        &acme,
-        &json!({"command": "ls", "instance_ids": ids}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/sync-command",
+            &acme,
+            &json!({"command": "ls", "instance_ids": ids}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
     let (status, body) = fleet
         .post("/v1/instances/sync-command", &acme, &json!({"command": 5}))
@@ -392,46 +372,46 @@ async fn delete_instance() {
     let data = fleet.instance_data_dir(&ids[0]);
     assert!(data.exists());
     // CreateInstance's page lists no x-request-id either: ordering without one works.
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/create",
-        &acme,
-        &serde_json::from_str(&cloudphone_testkit::fleet::order_sku(
-            "kp.synthetic.540p",
-            1,
-        ))
-        .unwrap(),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/create",
+            &acme,
+            &serde_json::from_str(&cloudphone_testkit::fleet::order_sku(
+                "kp.synthetic.540p",
+                1,
+            ))
+            .unwrap(),
+        )
+        .await;
     assert_eq!((status, code(&body)), (200, "0"), "{body}");
     let extra = body["data"]["instanceInfos"][0]["instanceId"]
         .as_str()
         .unwrap()
         .to_string();
-    let (status, _) = without_request_id(
-        &fleet,
-        "/v1/instances/delete",
-        &acme,
-        &json!({"instanceIdList": [extra]}),
-    )
-    .await;
+    let (status, _) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &acme,
+            &json!({"instanceIdList": [extra]}),
+        )
+        .await;
     assert_eq!(status, 200);
     // DeleteInstance's page lists no x-request-id: a documented client sends none.
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/delete",
-        &other,
-        &json!({"instanceIdList": [ids[0]]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &other,
+            &json!({"instanceIdList": [ids[0]]}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/delete",
-        &acme,
-        &json!({"instanceIdList": [ids[0]]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &acme,
+            &json!({"instanceIdList": [ids[0]]}),
+        )
+        .await;
     assert_eq!(
         (status, code(&body), body["data"].is_null()),
         (200, "0", true),
@@ -441,25 +421,25 @@ async fn delete_instance() {
     let listing = fleet.list(&acme).await;
     assert_eq!(listing["data"]["total_count"], 1);
     assert_eq!(listing["data"]["result"][0]["instance_id"], ids[1].as_str());
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/delete",
-        &acme,
-        &json!({"instanceIdList": [ids[0]]}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &acme,
+            &json!({"instanceIdList": [ids[0]]}),
+        )
+        .await;
     assert_eq!(
         (status, code(&body)),
         (401, "KOOPHONE.API.1001"),
         "a deleted instance is nobody's"
     );
-    let (status, body) = without_request_id(
-        &fleet,
-        "/v1/instances/delete",
-        &acme,
-        &json!({"instanceIdList": []}),
-    )
-    .await;
+    let (status, body) = fleet
+        .post_token_only(
+            "/v1/instances/delete",
+            &acme,
+            &json!({"instanceIdList": []}),
+        )
+        .await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
 }
 
@@ -566,7 +546,7 @@ async fn device_token_and_sessions() {
     let (fleet, acme, other, ids) = setup(2).await;
     // GetDeviceToken's page lists only the token header.
     let path = format!("/v1/instances/{}/auth", ids[0]);
-    let (status, body) = without_request_id(&fleet, &path, &acme, &json!({})).await;
+    let (status, body) = fleet.post_token_only(&path, &acme, &json!({})).await;
     assert_eq!((status, code(&body)), (200, "0"), "{body}");
     let data = &body["data"];
     let token = data["device_token"].as_str().unwrap().to_string();
@@ -587,13 +567,9 @@ async fn device_token_and_sessions() {
     assert_eq!(hello(&url, &device_id, &token).await["type"], "ready");
     let wrong = hello(&url, &device_id, &"0".repeat(32)).await;
     assert_eq!(wrong["type"], "error", "{wrong}");
-    let (_, second) = without_request_id(
-        &fleet,
-        &format!("/v1/instances/{}/auth", ids[1]),
-        &acme,
-        &json!({}),
-    )
-    .await;
+    let (_, second) = fleet
+        .post_token_only(&format!("/v1/instances/{}/auth", ids[1]), &acme, &json!({}))
+        .await;
     let other_device = second["data"]["resource"]["device_id"].as_str().unwrap();
     assert_eq!(
         hello(&url, other_device, &token).await["type"],
@@ -602,7 +578,7 @@ async fn device_token_and_sessions() {
     );
 
     // Another tenant gets no token for our instance.
-    let (status, body) = without_request_id(&fleet, &path, &other, &json!({})).await;
+    let (status, body) = fleet.post_token_only(&path, &other, &json!({})).await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
 
     // StopInstancesStreaming keeps the session; ReleaseInstancesSession revokes the token.
@@ -654,13 +630,9 @@ async fn video_config_reaches_the_node() {
     }
     let (status, body) = put(&fleet, "/v1/instances/video-setting", &acme, &setting).await;
     assert_eq!((status, code(&body)), (200, "0"), "{body}");
-    let (_, token) = without_request_id(
-        &fleet,
-        &format!("/v1/instances/{}/auth", ids[0]),
-        &acme,
-        &json!({}),
-    )
-    .await;
+    let (_, token) = fleet
+        .post_token_only(&format!("/v1/instances/{}/auth", ids[0]), &acme, &json!({}))
+        .await;
     let resource = &token["data"]["resource"];
     let ready = hello(
         resource["rtc"]["ice_signaling"]["signaling_url"]

@@ -314,6 +314,23 @@ impl Fleet {
         ids
     }
 
+    /// POSTs JSON with only the token (no `x-request-id`), as a client of an operation whose
+    /// seed page lists no request id would; returns status and body.
+    pub async fn post_token_only(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .header("x-auth-token", token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// POSTs JSON with the token and a request id; returns status and body.
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, token, Some(&body.to_string()))
@@ -327,4 +344,9 @@ impl Fleet {
             .join(instance_id)
             .join("data")
     }
+}
+
+/// The `error_code` of an answer, or `<none>`.
+pub fn error_code(body: &Value) -> &str {
+    body["error_code"].as_str().unwrap_or("<none>")
 }
