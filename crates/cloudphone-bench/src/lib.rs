@@ -9,6 +9,7 @@ pub mod density;
 pub mod encode;
 pub mod fleet;
 pub mod glass;
+pub mod impair;
 pub mod parts;
 pub mod report;
 pub mod stats;
