@@ -24,6 +24,10 @@ pub struct Fleet {
     pub runtime: &'static str,
     /// IAM token lifetime the control is configured with.
     pub token_ttl_secs: u64,
+    /// TOML appended to control's config (whole sections, e.g. `"[usage]\n…"`).
+    pub control_extra: String,
+    /// TOML appended to the node's config (whole sections, e.g. `"[webrtc]\n…"`).
+    pub node_extra: String,
     pub http: reqwest::Client,
 }
 
@@ -43,6 +47,8 @@ impl Fleet {
             node_ports: (free_port(), free_port()),
             runtime,
             token_ttl_secs: 86_400,
+            control_extra: String::new(),
+            node_extra: String::new(),
             http: reqwest::Client::new(),
         }
     }
@@ -55,8 +61,8 @@ impl Fleet {
         let path = self.path("control.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n",
-            self.control_port, self.store_url, self.token_ttl_secs
+             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+            self.control_port, self.store_url, self.token_ttl_secs, self.control_extra
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -79,12 +85,13 @@ impl Fleet {
             "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = 4\n\
              runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
-             [x11]\nfirst_display = {}\n",
+             [x11]\nfirst_display = {}\n{}",
             self.path("node-state").display(),
             self.runtime,
             self.api,
             // Keep concurrent test processes off each other's displays.
             200 + (grpc % 500) as u32 * 4,
+            self.node_extra,
         );
         std::fs::write(&path, text).unwrap();
         let log = self.path("node.log");
@@ -277,7 +284,14 @@ impl Fleet {
     /// A running deployment: tenants `acme` and `other` (password `correct-horse-1`/`-2`),
     /// control, one node of `runtime`, and the node registered.
     pub async fn up(runtime: &'static str) -> Self {
+        Self::up_with(runtime, "", "").await
+    }
+
+    /// [`Fleet::up`] with TOML appended to control's and the node's configs.
+    pub async fn up_with(runtime: &'static str, control_extra: &str, node_extra: &str) -> Self {
         let mut fleet = Fleet::new(None, runtime);
+        fleet.control_extra = control_extra.to_string();
+        fleet.node_extra = node_extra.to_string();
         fleet.create_tenant("acme", "correct-horse-1");
         fleet.create_tenant("other", "correct-horse-2");
         fleet.start_control();
