@@ -1,7 +1,11 @@
 //! Glass-to-glass latency and time to first frame through a real node: an in-process node
 //! with the x11 runtime whose instance "app" is the clock writer ([`crate::clock`]), the real
-//! signaling and WebRTC path, and [`crate::viewer`] decoding and reading the clock.
+//! signaling and WebRTC path, and three receivers reading the clock from decoded frames, each
+//! in its own process (`cloudphone-bench glass-viewer`, [`crate::glass_viewer`]): the webrtc-rs
+//! viewer ([`crate::viewer`]), GStreamer `webrtcbin` ([`crate::viewer_webrtcbin`]) and headless
+//! Chromium ([`crate::viewer_chromium`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,26 +25,54 @@ use sha2::Digest;
 use tokio::sync::oneshot;
 
 use crate::clock;
-use crate::stats::{CpuMeter, Summary, summarize};
+use crate::glass_viewer::{Receiver, ViewerArgs, run_subprocess};
+use crate::stats::{Summary, summarize};
 use crate::viewer::Viewer;
+use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
 
-/// One glass-to-glass cell.
+fn webrtc_rs() -> Receiver {
+    Receiver::WebrtcRs
+}
+
+/// One glass-to-glass cell: one profile into one receiver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GlassCell {
     pub label: String,
+    #[serde(default = "webrtc_rs")]
+    pub receiver: Receiver,
     pub codec: Codec,
     pub definition: Definition,
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub network: String,
-    /// Screen clock → decoded frame, per frame with a readable clock.
+    /// Screen clock → decoded frame (Chromium: → its expected display time), per frame with a
+    /// readable clock.
     pub glass_ms: Summary,
-    /// Receiver only: frame's first packet into the decoder pipeline → decoded.
+    /// The receiver's own share: webrtc-rs, frame's first packet into the GStreamer pipeline →
+    /// decoded; webrtcbin, first packet into the jitter buffer → decoded; Chromium, last packet
+    /// received → expected display.
     pub receiver_ms: Summary,
+    /// Frames decoded (Chromium: presented) in the window.
     pub frames: u64,
     pub unreadable: u64,
-    /// Whole process (node + viewer + X clients excluded: Xvfb and the clock are children).
+    /// Chromium: frames decoded but never presented.
+    #[serde(default)]
+    pub skipped: u64,
+    /// hello sent → first decoded frame, encoder start included.
+    #[serde(default)]
+    pub first_frame_ms: f64,
+    /// The node's process over the window (capture, encode, SRTP, this bench's runtime; Xvfb
+    /// and the clock are children, not counted), % of one core.
     pub cpu_percent: f64,
+    /// The receiver's process tree over the window, % of one core.
+    #[serde(default)]
+    pub receiver_cpu_percent: f64,
+    /// Further per-frame figures a receiver has (Chromium: `received`, `presented`,
+    /// `callback`, `decode`, `receive_to_presented`, `presented_to_display`).
+    #[serde(default)]
+    pub extra: BTreeMap<String, Summary>,
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub samples: Vec<f64>,
 }
 
@@ -57,6 +89,12 @@ pub struct SenderStages {
 pub struct GlassResults {
     pub smoke: bool,
     pub cells: Vec<GlassCell>,
+    /// webrtcbin's jitter-buffer `latency`, ms.
+    #[serde(default)]
+    pub webrtcbin_latency_ms: u32,
+    /// Profile × receiver pairs not measured, and why.
+    #[serde(default)]
+    pub not_run: Vec<(String, String)>,
     /// hello sent → first decoded frame (each trial a new viewer and a fresh encoder).
     pub ttff_ms: Summary,
     pub ttff_samples: Vec<f64>,
@@ -223,14 +261,14 @@ impl Node {
     }
 }
 
-fn wire_codec(c: Codec) -> EncodingType {
+pub(crate) fn wire_codec(c: Codec) -> EncodingType {
     match c {
         Codec::H264 => EncodingType::H264,
         Codec::H265 => EncodingType::H265,
     }
 }
 
-fn wire_definition(d: Definition) -> WireDefinition {
+pub(crate) fn wire_definition(d: Definition) -> WireDefinition {
     match d {
         Definition::P540 => WireDefinition::P540,
         Definition::P720 => WireDefinition::P720,
@@ -248,61 +286,71 @@ fn hello(device: &str, token: &str, codec: Codec, definition: Definition) -> Hel
     }
 }
 
-/// Streams one profile for `seconds` (after `skip` seconds of start-up) and reads the clock.
+/// Streams one profile into one receiver (a `glass-viewer` subprocess) for `seconds` after
+/// `skip` seconds of start-up, and reads the clock.
+#[allow(clippy::too_many_arguments)]
 async fn glass_cell(
     node: &mut Node,
+    bench_exe: &Path,
     instance: &str,
     n: usize,
     codec: Codec,
     definition: Definition,
+    receiver: Receiver,
     skip: Duration,
     seconds: Duration,
 ) -> Result<GlassCell> {
     let spec = VideoConfig::default().get(NetworkType::Wifi, codec, definition);
     let (device, token) = (format!("glass-{n}"), format!("token-glass-{n}"));
     node.start_session(instance, &device, &token).await?;
-    let mut viewer =
-        Viewer::connect(&node.ws_url, hello(&device, &token, codec, definition)).await?;
-    viewer.first_frame(Duration::from_secs(20)).await?;
-    viewer.pump_for(skip).await?;
-    let from = Instant::now();
-    let meter = CpuMeter::start();
-    viewer.pump_for(seconds).await?;
-    let cpu_percent = meter.percent();
-    let seen = std::mem::take(&mut *viewer.seen.lock().unwrap_or_else(|e| e.into_inner()));
-    viewer.close().await;
-    let samples: Vec<f64> = seen
-        .ages_ms
-        .iter()
-        .filter(|(at, _)| *at >= from)
-        .map(|(_, ms)| *ms)
-        .collect();
-    let receiver: Vec<f64> = seen
-        .receiver_ms
-        .iter()
-        .filter(|(at, _)| *at >= from)
-        .map(|(_, ms)| *ms)
-        .collect();
-    if samples.is_empty() {
+    let args = ViewerArgs {
+        receiver,
+        signaling: node.ws_url.clone(),
+        device_id: device,
+        device_token: token,
+        codec,
+        definition,
+        network: WireNetwork::Wifi,
+        skip_secs: skip.as_secs_f64(),
+        seconds: seconds.as_secs_f64(),
+        jitter_ms: DEFAULT_LATENCY_MS,
+        first_frame_timeout_secs: 20.0,
+    };
+    let mut argv = vec![bench_exe.display().to_string()];
+    argv.extend(args.to_argv());
+    let m = run_subprocess(&argv, skip + seconds + Duration::from_secs(90)).await?;
+    let run = m.run;
+    if run.glass_ms.is_empty() {
         bail!(
             "no readable clock in {} frames ({} unreadable)",
-            seen.frames,
-            seen.unreadable
+            run.frames,
+            run.unreadable
         );
     }
     Ok(GlassCell {
         label: format!("{} {}{}", codec.as_str(), definition.as_str(), spec.fps),
+        receiver,
         codec,
         definition,
         fps: spec.fps,
         bitrate_kbps: spec.code_rate_kbps,
         network: "loopback".into(),
-        glass_ms: summarize(&samples),
-        receiver_ms: summarize(&receiver),
-        frames: seen.frames,
-        unreadable: seen.unreadable,
-        cpu_percent,
-        samples,
+        glass_ms: summarize(&run.glass_ms),
+        receiver_ms: summarize(&run.receiver_ms),
+        frames: run.frames,
+        unreadable: run.unreadable,
+        skipped: run.skipped,
+        first_frame_ms: run.first_frame_ms,
+        cpu_percent: m.local_cpu_percent,
+        receiver_cpu_percent: m.receiver_cpu_percent,
+        extra: run
+            .extra
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), summarize(v)))
+            .collect(),
+        notes: run.notes,
+        samples: run.glass_ms,
     })
 }
 
@@ -356,10 +404,20 @@ fn sender_stages(display: &str, seconds: Duration) -> Result<SenderStages> {
     })
 }
 
-/// Runs the glass-to-glass cells and time to first frame. `clock_exe` is the
-/// `cloudphone-bench` binary (its `clock` subcommand is the instance's app).
-pub async fn run(smoke: bool, clock_exe: &Path) -> Result<GlassResults> {
-    let launcher = format!("exec {} clock", clock_exe.display());
+/// Runs the glass-to-glass cells (each profile into each receiver that decodes it) and time to
+/// first frame. `bench_exe` is the `cloudphone-bench` binary: its `clock` subcommand is the
+/// instance's app, its `glass-viewer` subcommand each receiver.
+pub async fn run(smoke: bool, bench_exe: &Path) -> Result<GlassResults> {
+    run_receivers(smoke, bench_exe, &Receiver::ALL).await
+}
+
+/// [`run`] with a choice of receivers.
+pub async fn run_receivers(
+    smoke: bool,
+    bench_exe: &Path,
+    receivers: &[Receiver],
+) -> Result<GlassResults> {
+    let launcher = format!("exec {} clock", bench_exe.display());
     let mut node = Node::start(&launcher).await?;
     let mut failures = Vec::new();
     let result = async {
@@ -371,27 +429,37 @@ pub async fn run(smoke: bool, clock_exe: &Path) -> Result<GlassResults> {
             profiles.push(("g1080", Codec::H264, Definition::P1080));
         }
         let (skip, seconds) = if smoke {
-            (Duration::from_millis(300), Duration::from_secs(2))
+            (Duration::from_millis(300), Duration::from_millis(1500))
         } else {
             (Duration::from_secs(1), Duration::from_secs(10))
         };
         let mut cells = Vec::new();
-        for (n, (instance, codec, definition)) in profiles.into_iter().enumerate() {
-            match glass_cell(&mut node, instance, n, codec, definition, skip, seconds).await {
-                Ok(c) => {
-                    println!(
-                        "glass {:<12} p50 {:>6.1} p99 {:>6.1} max {:>6.1} ms  (receiver p50 {:.1} ms)  {} frames, {} unreadable, cpu {:.0}%",
-                        c.label, c.glass_ms.p50, c.glass_ms.p99, c.glass_ms.max, c.receiver_ms.p50, c.frames, c.unreadable, c.cpu_percent
-                    );
-                    cells.push(c);
+        let mut not_run = Vec::new();
+        let mut n = 0;
+        for (instance, codec, definition) in profiles {
+            for &receiver in receivers {
+                let label = format!("{} {} × {}", codec.as_str(), definition.as_str(), receiver.as_str());
+                if !receiver.decodes(codec) {
+                    not_run.push((label, format!("{} has no {codec} decoder on this machine", receiver.as_str())));
+                    continue;
                 }
-                Err(e) => {
-                    let label = format!("{} {}", codec.as_str(), definition.as_str());
-                    println!("glass {label} FAILED: {e:#}");
-                    failures.push((label, format!("{e:#}")));
+                n += 1;
+                match glass_cell(&mut node, bench_exe, instance, n, codec, definition, receiver, skip, seconds).await {
+                    Ok(c) => {
+                        println!(
+                            "glass {:<12} {:<9} p50 {:>6.1} p99 {:>6.1} max {:>6.1} ms  (receiver p50 {:.1} ms)  first frame {:.0} ms, {} frames, {} unreadable, {} skipped, cpu node {:.0}% receiver {:.0}%",
+                            c.label, receiver.as_str(), c.glass_ms.p50, c.glass_ms.p99, c.glass_ms.max, c.receiver_ms.p50, c.first_frame_ms, c.frames, c.unreadable, c.skipped, c.cpu_percent, c.receiver_cpu_percent
+                        );
+                        cells.push(c);
+                    }
+                    Err(e) => {
+                        println!("glass {label} FAILED: {e:#}");
+                        failures.push((label, format!("{e:#}")));
+                    }
                 }
+                // Let the node notice the viewer left and stop the encoder.
+                tokio::time::sleep(Duration::from_millis(700)).await;
             }
-            tokio::time::sleep(Duration::from_millis(700)).await;
         }
         let trials = if smoke { 2 } else { 10 };
         let ttff_samples = ttff(&mut node, "g720", trials).await?;
@@ -412,6 +480,8 @@ pub async fn run(smoke: bool, clock_exe: &Path) -> Result<GlassResults> {
         Ok::<_, anyhow::Error>(GlassResults {
             smoke,
             cells,
+            webrtcbin_latency_ms: DEFAULT_LATENCY_MS,
+            not_run,
             ttff_ms,
             ttff_samples,
             sender_720p_h264: sender,

@@ -1,5 +1,5 @@
-//! `cloudphone-bench`: the report writer, the fleet benchmark for operators, and the clock
-//! an x11 instance runs for the glass-to-glass bench.
+//! `cloudphone-bench`: the report writer, the fleet benchmark for operators, the clock an x11
+//! instance runs for the glass-to-glass bench, and that bench's receivers as a subprocess.
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +26,9 @@ enum Command {
     Fleet(cloudphone_bench::fleet::FleetArgs),
     /// Draw the time as a block barcode on $DISPLAY's root window, forever.
     Clock,
+    /// One glass-to-glass receiver (webrtc-rs, webrtcbin or headless Chromium) against a node's
+    /// signaling URL; prints JSON events and the samples on stdout.
+    GlassViewer(cloudphone_bench::glass_viewer::ViewerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Clock => cloudphone_bench::clock::run_writer(),
+        Command::GlassViewer(args) => cloudphone_bench::glass_viewer::main(args),
     }
 }

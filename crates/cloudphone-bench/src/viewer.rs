@@ -30,7 +30,7 @@ use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirecti
 
 use crate::clock;
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What the decoder saw.
@@ -57,16 +57,16 @@ pub struct Viewer {
     pub hello_at: Instant,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<()> {
+pub(crate) async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<()> {
     ws.send(Message::text(serde_json::to_string(m)?)).await?;
     Ok(())
 }
 
-async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
+pub(crate) async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
