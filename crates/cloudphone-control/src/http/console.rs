@@ -1,4 +1,5 @@
-//! The console: static pages served by control: instance list and actions, and the player.
+//! The console: static pages served by control: instance list and actions, the player, and
+//! transcode usage (chart, table, CSV) read from the Huawei Live usage API.
 
 use axum::response::{Html, Redirect};
 
@@ -9,6 +10,12 @@ pub async fn page() -> Html<&'static str> {
 /// The player: log in, pick a phone, stream it over WebRTC, touch and type.
 pub async fn player() -> Html<&'static str> {
     Html(include_str!("../../assets/player.html"))
+}
+
+/// Usage: encode minutes per class per hour/day from `GET /v2/{project_id}/stats/transcode`,
+/// chart, table and CSV download, all built in the browser.
+pub async fn usage() -> Html<&'static str> {
+    Html(include_str!("../../assets/usage.html"))
 }
 
 pub async fn redirect() -> Redirect {

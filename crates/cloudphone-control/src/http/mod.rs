@@ -7,6 +7,7 @@ mod iam;
 mod instances;
 mod internal;
 mod lifecycle_data;
+mod live_domains;
 mod management;
 mod openapi;
 mod usage;
@@ -106,12 +107,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2/{project_id}/stats/transcode",
             get(usage::huawei_transcode),
         )
+        .route("/v1/{project_id}/domain", get(live_domains::show))
         .route("/", post(usage::volcengine))
         .route("/internal/v1/nodes/announce", post(internal::announce))
         .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))
         .route("/console", get(console::redirect))
         .route("/console/player", get(console::player))
+        .route("/console/usage", get(console::usage))
         .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))

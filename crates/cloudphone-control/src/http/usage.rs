@@ -23,7 +23,7 @@ use crate::AppState;
 use crate::iam::Principal;
 use crate::store::AccessKeyRecord;
 
-fn request_id(headers: &HeaderMap) -> String {
+pub(super) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -32,7 +32,7 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+pub(super) fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(k, v)| {
@@ -238,7 +238,7 @@ pub async fn delete_credential(
 // ---------------------------------------------------------------------------------------------
 // Huawei Live
 
-fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
+pub(super) fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     tracing::info!(code = error.code(), %error, "usage query refused");
@@ -248,7 +248,7 @@ fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
     )
 }
 
-fn with_request_id(mut response: Response, request_id: &str) -> Response {
+pub(super) fn with_request_id(mut response: Response, request_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -257,7 +257,7 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
 
 /// The tenant a Huawei call acts for: an IAM token scoped to `project_id`, or an AK/SK
 /// signature by a key of the tenant owning `project_id`.
-async fn huawei_tenant(
+pub(super) async fn huawei_tenant(
     state: &AppState,
     project_id: &str,
     parts: &RequestParts<'_>,
