@@ -6,9 +6,18 @@
 //   {"cmd":"tap","x":0.1,"y":0.2}                  → a real mouse click on the video at that point
 //   {"cmd":"stats"}                                → {"ok":true,"stats":{…},"status":"connected"}
 //   {"cmd":"fill"|"select","selector":"#user","value":"dev"}, {"cmd":"click","selector":"#loginBtn"},
-//   {"cmd":"wait_for","selector":"#instances option[value='…']"}  → {"ok":true} (page.fill, …)
+//   {"cmd":"wait_for","selector":"#instances option[value='…']"}  → {"ok":true} (page.fill, …);
+//     optional "state" ("attached" by default, or "visible") and "timeout_ms"
+//   {"cmd":"goto","url":"…"}                       → {"ok":true} once loaded (relative to the page)
+//   {"cmd":"text","selector":"#error"}             → {"ok":true,"text":"…"} (textContent, "" if absent)
+//   {"cmd":"eval","expr":"document.title"}         → {"ok":true,"value":…} (any JSON value)
+//   {"cmd":"download","selector":"#csvBtn"}        → {"ok":true,"filename":"…","content":"…"} clicks,
+//     waits for the download it starts, returns its name and (UTF-8) content
+//   {"cmd":"screenshot","path":"/tmp/x.png","full_page":true} → {"ok":true}
+//   {"cmd":"viewport","width":1200,"height":900}   → {"ok":true}
 //   {"cmd":"quit"}
-// Page console output goes to stderr.
+// Environment: CHROMIUM (the browser binary), VIEWER_TIMEZONE (an IANA zone for the page, e.g.
+// Asia/Shanghai; the system's when unset). Page console output goes to stderr.
 import { chromium } from "playwright-core";
 import readline from "node:readline";
 
@@ -24,7 +33,8 @@ const browser = await chromium.launch({
          "--autoplay-policy=no-user-gesture-required"],
   // playwright gives the browser a throwaway profile dir itself (machine.md's --user-data-dir).
 });
-const page = await browser.newPage({ viewport: { width: 800, height: 1000 } });
+const page = await browser.newPage({ viewport: { width: 800, height: 1000 }, acceptDownloads: true,
+  ...(process.env.VIEWER_TIMEZONE ? { timezoneId: process.env.VIEWER_TIMEZONE } : {}) });
 page.on("console", (m) => console.error(`[page] ${m.text()}`));
 page.on("pageerror", (e) => console.error(`[page error] ${e}`));
 await page.goto(url);
@@ -65,7 +75,22 @@ async function handle(cmd) {
     case "fill": await page.fill(cmd.selector, cmd.value); return { ok: true };
     case "click": await page.click(cmd.selector); return { ok: true };
     case "select": await page.selectOption(cmd.selector, cmd.value); return { ok: true };
-    case "wait_for": await page.waitForSelector(cmd.selector, { state: "attached", timeout: cmd.timeout_ms || 20000 }); return { ok: true };
+    case "wait_for": await page.waitForSelector(cmd.selector, { state: cmd.state || "attached", timeout: cmd.timeout_ms || 20000 }); return { ok: true };
+    case "goto": await page.goto(new URL(cmd.url, page.url()).href); return { ok: true };
+    case "text": return { ok: true, text: (await page.locator(cmd.selector).first().textContent({ timeout: cmd.timeout_ms || 5000 }).catch(() => null)) ?? "" };
+    case "eval": return { ok: true, value: await page.evaluate(cmd.expr) };
+    case "download": {
+      const [download] = await Promise.all([
+        page.waitForEvent("download", { timeout: cmd.timeout_ms || 20000 }),
+        page.click(cmd.selector),
+      ]);
+      const { readFile } = await import("node:fs/promises");
+      const failure = await download.failure();
+      if (failure) return { ok: false, error: failure };
+      return { ok: true, filename: download.suggestedFilename(), content: await readFile(await download.path(), "utf8") };
+    }
+    case "screenshot": await page.screenshot({ path: cmd.path, fullPage: !!cmd.full_page }); return { ok: true };
+    case "viewport": await page.setViewportSize({ width: cmd.width, height: cmd.height }); return { ok: true };
     case "quit": await browser.close(); reply({ ok: true }); process.exit(0);
     default: return { ok: false, error: `unknown command ${cmd.cmd}` };
   }

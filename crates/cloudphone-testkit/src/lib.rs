@@ -2,11 +2,13 @@
 //! Never a dependency of production code.
 //!
 //! # Layout
+//! - [`browser`]: headless Chromium driven through `tests/browser/viewer.mjs`, for page tests.
 //! - [`fleet`]: control + node processes and a public-API client, for end-to-end tests.
 //! - [`postgres`]: a fresh database on the suite's PostgreSQL server (started here if needed).
 //! - [`process`]: building and spawning the workspace's binaries, killed on drop.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod fleet;
 pub mod postgres;
 pub mod process;
