@@ -101,7 +101,11 @@ pub struct GlassResults {
     pub sender_720p_h264: SenderStages,
     pub draw_period_ms: f64,
     pub failures: Vec<(String, String)>,
+    /// How the network profiles were applied ([`crate::glass_netem`]), or why not.
     pub netem: String,
+    /// H.264 720P30 through the impaired link, per network_type profile and receiver.
+    #[serde(default)]
+    pub netem_cells: Vec<GlassCell>,
 }
 
 /// Kills whatever the node's instances recorded in `pids.json`, even on a panic.
@@ -145,11 +149,17 @@ pub struct Node {
 impl Node {
     /// Starts a node whose x11 instances run `launcher`.
     pub async fn start(launcher: &str) -> Result<Node> {
+        Self::start_on(launcher, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`Node::start`] with signaling (HTTP) on `http_ip`, e.g. an impaired link's root-side
+    /// address so that a viewer in the link's namespace reaches it; gRPC stays on loopback.
+    pub async fn start_on(launcher: &str, http_ip: std::net::IpAddr) -> Result<Node> {
         let dir = tempfile::Builder::new()
             .prefix("cp-bench-")
             .tempdir_in("/var/tmp")?;
         let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http_listener = tokio::net::TcpListener::bind((http_ip, 0)).await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let http = http_listener.local_addr()?;
         let mut config = NodeConfig::load(None, |_| None)?;
@@ -487,7 +497,8 @@ pub async fn run_receivers(
             sender_720p_h264: sender,
             draw_period_ms: clock::DRAW_PERIOD.as_secs_f64() * 1e3,
             failures: Vec::new(),
-            netem: "not run: netem profiles (WIFI 20 ms RTT, MOBILE 60 ms RTT 1 % loss 8 Mbit/s) are not implemented in this bench yet".into(),
+            netem: String::new(),
+            netem_cells: Vec::new(),
         })
     }
     .await;
@@ -495,5 +506,9 @@ pub async fn run_receivers(
     let mut results = result?;
     stopped?;
     results.failures.append(&mut failures);
+    let netem = crate::glass_netem::run(smoke, bench_exe, receivers).await;
+    results.netem = netem.note;
+    results.netem_cells = netem.cells;
+    results.failures.extend(netem.failures);
     Ok(results)
 }

@@ -9,6 +9,7 @@ pub mod density;
 pub mod encode;
 pub mod fleet;
 pub mod glass;
+pub mod glass_netem;
 pub mod glass_viewer;
 pub mod impair;
 pub mod parts;

@@ -371,7 +371,7 @@ fn markdown(l: &Latest) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let _ = writeln!(s, "netem: {}\n", g.netem);
+        s += &crate::glass_netem::markdown(g);
         let _ = writeln!(s, "![glass-to-glass CDF](glass_cdf.png)\n");
     }
 
@@ -435,7 +435,7 @@ fn markdown(l: &Latest) -> String {
     }
     let _ = writeln!(
         s,
-        "## Not measured yet\n\n- Glass-to-glass in Chromium (canvas + requestVideoFrameCallback) and under netem profiles.\n- API requests/s under a load generator.\n- Per-instance streamed fps in the fleet benchmark.\n"
+        "## Not measured yet\n\n- Glass-to-glass in Chromium (canvas + requestVideoFrameCallback).\n- API requests/s under a load generator.\n- Per-instance streamed fps in the fleet benchmark.\n"
     );
     s
 }

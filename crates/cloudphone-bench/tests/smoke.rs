@@ -33,6 +33,12 @@ async fn glass_smoke_reads_the_clock_and_times_the_first_frame() {
     assert!(r.failures.is_empty(), "{:?}", r.failures);
     assert!(r.cells[0].glass_ms.n > 0);
     assert_eq!(r.ttff_ms.n, 2);
+    // Through the impaired link (WIFI and MOBILE_NETWORK) when root, as CI is.
+    assert!(
+        r.netem_cells.len() == 2 || r.netem.starts_with("not run"),
+        "{}",
+        r.netem
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
