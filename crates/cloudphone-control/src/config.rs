@@ -19,6 +19,7 @@ pub struct ControlConfig {
     pub nodes: NodesConfig,
     pub iam: IamConfig,
     pub backup: BackupConfig,
+    pub usage: UsageConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,25 @@ pub struct BackupConfig {
     pub url: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Volcengine DescribeLiveTranscodeData's budget: requests per user per window
+    /// (the document's 100 per minute).
+    pub volcengine_rate_limit: usize,
+    /// The budget's sliding window, in milliseconds (60 000; tests shorten it).
+    pub volcengine_rate_window_ms: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            volcengine_rate_limit: 100,
+            volcengine_rate_window_ms: 60_000,
+        }
+    }
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
@@ -64,6 +84,7 @@ impl Default for ControlConfig {
             nodes: NodesConfig::default(),
             iam: IamConfig::default(),
             backup: BackupConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -172,6 +193,11 @@ impl ControlConfig {
                 "iam.token_ttl_secs must be positive".into(),
             ));
         }
+        if self.usage.volcengine_rate_limit == 0 || self.usage.volcengine_rate_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "usage.volcengine_rate_limit and volcengine_rate_window_ms must be positive".into(),
+            ));
+        }
         if !self.backup.url.is_empty() && !self.backup.url.starts_with("file://") {
             return Err(ConfigError::Invalid(format!(
                 "backup.url {:?}: only file:// is supported (S3 is not yet)",
@@ -250,6 +276,29 @@ mod tests {
         let env = |name: &str| (name == "CLOUDPHONE_BACKUP_URL").then(|| "s3://b/k".to_string());
         assert!(matches!(
             ControlConfig::load(None, env),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_volcengine_budget_defaults_to_100_a_minute_and_must_be_positive() {
+        let config = ControlConfig::default();
+        assert_eq!(
+            (
+                config.usage.volcengine_rate_limit,
+                config.usage.volcengine_rate_window_ms
+            ),
+            (100, 60_000)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, "[usage]\nvolcengine_rate_window_ms = 5000\n").unwrap();
+        let config = ControlConfig::load(Some(&path), |_| None).unwrap();
+        assert_eq!(config.usage.volcengine_rate_window_ms, 5000);
+        assert_eq!(config.usage.volcengine_rate_limit, 100);
+        std::fs::write(&path, "[usage]\nvolcengine_rate_limit = 0\n").unwrap();
+        assert!(matches!(
+            ControlConfig::load(Some(&path), |_| None),
             Err(ConfigError::Invalid(_))
         ));
     }

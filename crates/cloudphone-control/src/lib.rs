@@ -44,6 +44,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Serialises placement so concurrent orders cannot oversubscribe a node.
     pub placement_lock: tokio::sync::Mutex<()>,
+    /// Volcengine DescribeLiveTranscodeData's per-user request budget.
+    pub volcengine_limiter: std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +73,16 @@ pub async fn run(
     registry.start().await?;
     spawn_token_purger(Arc::clone(&store), stop_rx);
     let _ = http::metrics_handle();
+    let volcengine_limiter = std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
+        config.usage.volcengine_rate_limit,
+        i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
+    ));
     let state = Arc::new(AppState {
         config,
         store,
         registry,
         placement_lock: tokio::sync::Mutex::new(()),
+        volcengine_limiter,
     });
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, "control listening");

@@ -3,8 +3,6 @@
 //! `POST /?Action=DescribeLiveTranscodeData&Version=2023-01-01` (seed 002). Rules, errors and
 //! bodies come from `cloudphone-usage`; this file authenticates, loads and answers.
 
-use std::sync::{Mutex, OnceLock};
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -13,7 +11,6 @@ use cloudphone_api::timefmt;
 use cloudphone_usage::class::{huawei_spec, volc_class};
 use cloudphone_usage::huawei::{self, HuaweiError, TranscodeQuery};
 use cloudphone_usage::meter::{Grid, bucket_totals};
-use cloudphone_usage::ratelimit::RateLimiter;
 use cloudphone_usage::sign::{self, RequestParts, SignError};
 use cloudphone_usage::volc::{self, VolcError};
 use serde_json::json;
@@ -374,11 +371,6 @@ async fn huawei_answer(
 // ---------------------------------------------------------------------------------------------
 // Volcengine
 
-fn limiter() -> &'static Mutex<RateLimiter> {
-    static LIMITER: OnceLock<Mutex<RateLimiter>> = OnceLock::new();
-    LIMITER.get_or_init(|| Mutex::new(RateLimiter::volcengine()))
-}
-
 fn volc_failure(error: &VolcError, request_id: &str, region: &str) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -461,7 +453,8 @@ async fn volc_answer(
     let now = crate::unix_ms();
     sign::volc::verify(parts, &auth, &secret, now).map_err(sign_error)?;
     tracing::Span::current().record("tenant_id", key.tenant_id.as_str());
-    let allowed = limiter()
+    let allowed = state
+        .volcengine_limiter
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .allow(&key.user_id, now);
