@@ -4,7 +4,8 @@
 // Prints one JSON object per line on stdout:
 //   {"event":"first_frame","ms":…}  hello sent → first requestVideoFrameCallback
 //   {"event":"measuring"}           after skip_ms more, the window starts
-//   {"event":"done","result":{…}}   glass.html's collect() after measure_ms
+//   {"event":"done","result":{…}}   glass.html's collect() after measure_ms (per-frame samples,
+//                                   and libwebrtc's inbound-rtp averages over the window as avg_*)
 //   {"event":"error","error":"…"}   instead (exit status 1)
 // Page console output goes to stderr. Nothing talks to the page during the window.
 import { chromium } from "playwright-core";

@@ -439,7 +439,7 @@ pub async fn run_receivers(
             profiles.push(("g1080", Codec::H264, Definition::P1080));
         }
         let (skip, seconds) = if smoke {
-            (Duration::from_millis(300), Duration::from_millis(1500))
+            (Duration::from_millis(300), Duration::from_secs(1))
         } else {
             (Duration::from_secs(1), Duration::from_secs(10))
         };

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod fleet;
 pub mod glass;
 pub mod glass_netem;
+pub mod glass_report;
 pub mod glass_viewer;
 pub mod impair;
 pub mod parts;

@@ -12,7 +12,10 @@
 //!   pixels: the figure closest to the Rust receivers' "decoded frame at the appsink"),
 //!   `decode` (`processingDuration`), `receive_to_presented`, `presented_to_display`;
 //! - `receiver_ms`: `expectedDisplayTime − receiveTime` (jitter buffer, decode, renderer,
-//!   compositor).
+//!   compositor);
+//! - extras `avg_*`, one value each: libwebrtc's `inbound-rtp` counters averaged per frame over
+//!   the window (`avg_jitter_buffer` = Δ`jitterBufferDelay` / Δ`jitterBufferEmittedCount`, its
+//!   `_target` and `_minimum`, `avg_decode`, `avg_processing` = receive → decoded, `avg_assembly`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
