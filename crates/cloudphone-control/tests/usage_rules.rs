@@ -72,40 +72,15 @@ struct Api {
     day: i64,
 }
 
-/// A new AK/SK pair of the token's user, through IAM's create-permanent-access-key form.
-async fn create_key(fleet: &Fleet, token: &str) -> (String, String) {
-    let created: Value = fleet
-        .http
-        .post(format!("{}/v3.0/OS-CREDENTIAL/credentials", fleet.api))
-        .header("x-auth-token", token)
-        .json(&json!({"credential": {"description": "rules"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let field = |name: &str| created["credential"][name].as_str().unwrap().to_string();
-    (field("access"), field("secret"))
-}
-
 async fn account(fleet: &Fleet, domain: &str, password: &str) -> Account {
-    let response = fleet.token(domain, password).await;
-    let token = response.headers()["x-subject-token"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = response.json().await.unwrap();
-    let (ak, sk) = create_key(fleet, &token).await;
+    let login = fleet.scoped_login(domain, password).await;
+    let (ak, sk) = fleet.access_key(&login.token, "rules").await;
     Account {
         ak,
         sk,
-        token,
-        project_id: body["token"]["project"]["id"].as_str().unwrap().into(),
-        tenant_id: body["token"]["user"]["domain"]["id"]
-            .as_str()
-            .unwrap()
-            .into(),
+        token: login.token,
+        project_id: login.project_id,
+        tenant_id: login.tenant_id,
     }
 }
 
@@ -502,6 +477,15 @@ impl Answer {
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
+
+/// Signing times around the 15 min bound on clock skew, and whether each is accepted: 5 s inside
+/// it either way, 5 s outside.
+const SKEWS: [(i64, bool); 4] = [
+    (-15 * MIN_MS + 5000, true),
+    (15 * MIN_MS - 5000, true),
+    (-15 * MIN_MS - 5000, false),
+    (15 * MIN_MS + 5000, false),
+];
 
 /// Runs `check` with the current hour until the hour did not change while it ran (rules that
 /// depend on "now" floored to the hour are then deterministic).
@@ -1028,7 +1012,7 @@ async fn volcengine_rate_limit_refuses_the_101st_request_of_a_window_per_user_an
             .volc_error(429, "FlowLimitExceeded", Some(100_018));
     }
     // Per user: a second key of the same user shares the budget; another user has their own.
-    let (ak2, sk2) = create_key(&api.fleet, &api.acme.token).await;
+    let (ak2, sk2) = api.fleet.access_key(&api.acme.token, "second").await;
     Call::volc(&api, &body)
         .signed_volc(&ak2, &sk2)
         .send(&api)
@@ -1083,13 +1067,7 @@ async fn huawei_signatures_and_tenants_over_http() {
     );
     unauthorized(call(now_ms()).send(&api).await);
     // Clock skew: 14 min 55 s either way is accepted, 15 min 5 s is not.
-    let skew = 15 * MIN_MS;
-    for (offset, ok) in [
-        (-skew + 5000, true),
-        (skew - 5000, true),
-        (-skew - 5000, false),
-        (skew + 5000, false),
-    ] {
+    for (offset, ok) in SKEWS {
         let a = call(now_ms() + offset)
             .signed_huawei(&acme.ak, &acme.sk)
             .send(&api)
@@ -1143,6 +1121,13 @@ async fn huawei_signatures_and_tenants_over_http() {
     forbidden(
         Call::huawei(&api, &other.project_id, &query)
             .with("x-auth-token", &acme.token)
+            .send(&api)
+            .await,
+    );
+    // A project that exists nowhere answers the same.
+    forbidden(
+        Call::huawei(&api, "0123456789abcdef0123456789abcdef", &query)
+            .signed_huawei(&acme.ak, &acme.sk)
             .send(&api)
             .await,
     );
@@ -1232,13 +1217,7 @@ async fn volcengine_signatures_and_tenants_over_http() {
             .volc_error(401, "InvalidAuthorization", None);
     }
     // Clock skew: 14 min 55 s either way is accepted, 15 min 5 s is InvalidTimestamp.
-    let skew = 15 * MIN_MS;
-    for (offset, ok) in [
-        (-skew + 5000, true),
-        (skew - 5000, true),
-        (-skew - 5000, false),
-        (skew + 5000, false),
-    ] {
+    for (offset, ok) in SKEWS {
         let a = call(now_ms() + offset)
             .signed_volc(&acme.ak, &acme.sk)
             .send(&api)

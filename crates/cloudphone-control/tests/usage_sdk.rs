@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cloudphone_testkit::fleet::Fleet;
+use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -54,54 +54,18 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-struct Tenant {
-    token: String,
-    project_id: String,
-    tenant_id: String,
-}
-
-impl Tenant {
-    /// The streaming domain cloud-phone sessions bill under when the tenant has none of its own.
-    fn default_domain(&self) -> String {
-        format!("{}.live.cloudphone", self.tenant_id)
-    }
+/// The streaming domain cloud-phone sessions bill under when the tenant has none of its own.
+fn default_domain(tenant: &Tenant) -> String {
+    format!("{}.live.cloudphone", tenant.tenant_id)
 }
 
 async fn tenant(fleet: &Fleet, domain: &str, password: &str) -> Tenant {
-    let response = fleet.token(domain, password).await;
-    let token = response
-        .headers()
-        .get("x-subject-token")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = response.json().await.unwrap();
-    Tenant {
-        token,
-        project_id: body["token"]["project"]["id"].as_str().unwrap().into(),
-        tenant_id: body["token"]["user"]["domain"]["id"]
-            .as_str()
-            .unwrap()
-            .into(),
-    }
+    fleet.scoped_login(domain, password).await
 }
 
-/// An AK/SK pair made through IAM's create-permanent-access-key form (the secret is shown once).
+/// An AK/SK pair of `tenant`'s user.
 async fn access_key(fleet: &Fleet, tenant: &Tenant, description: &str) -> (String, String) {
-    let created: Value = fleet
-        .http
-        .post(format!("{}/v3.0/OS-CREDENTIAL/credentials", fleet.api))
-        .header("x-auth-token", &tenant.token)
-        .json(&json!({"credential": {"description": description}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let field = |name: &str| created["credential"][name].as_str().unwrap().to_string();
-    (field("access"), field("secret"))
+    fleet.access_key(&tenant.token, description).await
 }
 
 /// `GET url` with an IAM token.
@@ -174,7 +138,7 @@ fn sdk_vars(ak: &str, sk: &str, tenant: &Tenant) -> Vec<(&'static str, String)> 
         ("CP_AK", ak.to_string()),
         ("CP_SK", sk.to_string()),
         ("CP_PROJECT", tenant.project_id.clone()),
-        ("CP_DOMAIN", tenant.default_domain()),
+        ("CP_DOMAIN", default_domain(tenant)),
         ("CP_START", iso(now - 3_600_000)),
         ("CP_END", iso(now + 60_000)),
         ("CP_VSTART", iso(now - 86_400_000)),
@@ -269,7 +233,7 @@ async fn both_official_sdks_report_a_real_session_under_the_right_class() {
     let watched = started.elapsed().as_secs_f64();
     assert_eq!(ready["video"]["height"].as_u64(), Some(960), "{ready}");
 
-    let domain = acme.default_domain();
+    let domain = default_domain(&acme);
     let vars = sdk_vars(&ak, &sk, &acme);
     // Shows up within 60 s (the final record arrives when the encoder stops).
     let result = poll_sdks(&python, &fleet, &vars, |r| {

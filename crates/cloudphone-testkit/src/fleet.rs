@@ -186,6 +186,23 @@ impl Fleet {
             .unwrap()
     }
 
+    /// Logs in (scoped to the tenant's project) and returns the token with the ids it names.
+    pub async fn scoped_login(&self, domain: &str, password: &str) -> ScopedLogin {
+        let response = self.token(domain, password).await;
+        assert_eq!(response.status(), 201);
+        let token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap();
+        let id = |v: &Value| v.as_str().expect("id in the token body").to_string();
+        ScopedLogin {
+            token,
+            project_id: id(&body["token"]["project"]["id"]),
+            tenant_id: id(&body["token"]["user"]["domain"]["id"]),
+        }
+    }
+
     pub async fn login(&self, domain: &str, password: &str) -> String {
         let response = self.token(domain, password).await;
         assert_eq!(response.status(), 201);
@@ -263,6 +280,13 @@ impl Fleet {
     }
 }
 
+/// A user's IAM token and the project and tenant (IAM domain) ids it is scoped to.
+pub struct ScopedLogin {
+    pub token: String,
+    pub project_id: String,
+    pub tenant_id: String,
+}
+
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
@@ -326,6 +350,21 @@ impl Fleet {
         self.wait_running_status(token, 2, count as usize, Duration::from_secs(60))
             .await;
         ids
+    }
+
+    /// A new AK/SK pair of the token's user, through IAM's create-permanent-access-key form
+    /// (`POST /v3.0/OS-CREDENTIAL/credentials`; the secret is shown this once).
+    pub async fn access_key(&self, token: &str, description: &str) -> (String, String) {
+        let (status, created) = self
+            .post_token_only(
+                "/v3.0/OS-CREDENTIAL/credentials",
+                token,
+                &json!({"credential": {"description": description}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let field = |name: &str| created["credential"][name].as_str().unwrap().to_string();
+        (field("access"), field("secret"))
     }
 
     /// POSTs JSON with only the token (no `x-request-id`), as a client of an operation whose
