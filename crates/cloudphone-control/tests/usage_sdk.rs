@@ -350,6 +350,8 @@ async fn a_node_killed_mid_session_loses_no_minute() {
 
 /// One 30 fps frame.
 const FRAME_S: f64 = 1.0 / 30.0;
+/// How long a busy node may take to notice a viewer's close and stop the encoder.
+const CLOSE_S: f64 = 0.25;
 
 /// Control stopped twice during one session while the node keeps encoding: once gracefully
 /// (SIGTERM) and restarted mid-session, once with SIGKILL, the viewer leaving while control is
@@ -407,8 +409,10 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     let vars = sdk_vars(&ak, &sk, &acme);
     let held = hold.as_secs_f64();
     // The encoder starts before the node sends `ready` and stops after the viewer closes, so it
-    // ran at least `hold` and at most the viewer's whole connection (`watched`).
-    let in_bounds = |s: f64| s >= held - FRAME_S && s <= watched + FRAME_S;
+    // ran at least `hold` (nothing lost: one frame of slack) and at most the viewer's whole
+    // connection (`watched`) plus the node noticing the close (`CLOSE_S`; a record counted twice
+    // would add seconds).
+    let in_bounds = |s: f64| s >= held - FRAME_S && s <= watched + FRAME_S + CLOSE_S;
     // An open session would be billed up to now and grow between two answers; a closed one
     // answers the same figure twice.
     let mut previous = f64::NAN;
@@ -431,7 +435,7 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     );
     // Huawei rounds to 0.01 min (0.3 s either way).
     assert!(
-        huawei >= held - FRAME_S - 0.3 && huawei <= watched + FRAME_S + 0.3,
+        huawei >= held - FRAME_S - 0.3 && huawei <= watched + FRAME_S + CLOSE_S + 0.3,
         "huawei {huawei} s vs {held} s held, {watched} s connected"
     );
 }
