@@ -1,9 +1,10 @@
-//! Benchmarks of the streaming path and the fleet: encode latency against the bare encoder,
-//! glass-to-glass latency and time to first frame through a real node, encoder density, and
-//! instance launch through the public API. The `benches/*.rs` targets run these and write
-//! their part of the results; `cloudphone-bench report` turns the parts into
-//! `benches/results/{latest.json,REPORT.md,*.png}`.
+//! Benchmarks of the streaming path, the fleet and the API: encode latency against the bare
+//! encoder, glass-to-glass latency and time to first frame through a real node, encoder
+//! density, instance launch through the public API, and the tenant API under a load generator.
+//! The `benches/*.rs` targets run these and write their part of the results;
+//! `cloudphone-bench report` turns the parts into `benches/results/{latest.json,REPORT.md,*.png}`.
 
+pub mod api;
 pub mod clock;
 pub mod density;
 pub mod encode;

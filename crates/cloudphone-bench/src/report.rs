@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiResults;
 use crate::density::DensityResults;
 use crate::encode::{self, EncodeResults};
 use crate::fleet::FleetResults;
@@ -44,6 +45,7 @@ pub struct Latest {
     pub glass: Option<GlassResults>,
     pub density: Option<DensityResults>,
     pub fleet: Option<FleetResults>,
+    pub api: Option<ApiResults>,
 }
 
 fn first_line(path: &str, key: &str) -> String {
@@ -344,9 +346,12 @@ fn markdown(l: &Latest) -> String {
             }
         );
     }
+    if let Some(a) = &l.api {
+        s += &crate::api::markdown(a);
+    }
     let _ = writeln!(
         s,
-        "## Not measured yet\n\n- API requests/s under a load generator.\n- Per-instance streamed fps in the fleet benchmark.\n"
+        "## Not measured yet\n\n- Per-instance streamed fps in the fleet benchmark.\n"
     );
     s
 }
@@ -618,6 +623,7 @@ pub fn write(parts: &Path, dir: &Path) -> Result<()> {
         glass: read_part(parts, "glass")?,
         density: read_part(parts, "density")?,
         fleet: read_part(parts, "fleet")?,
+        api: read_part(parts, "api")?,
     };
     latest.targets = targets(&latest);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use cloudphone_bench::glass_viewer::Receiver;
-use cloudphone_bench::{density, encode, fleet, glass, parts, report};
+use cloudphone_bench::{api, density, encode, fleet, glass, parts, report};
 
 #[test]
 fn encode_smoke_measures_both_pipelines() {
@@ -77,4 +77,24 @@ async fn fleet_smoke_launches_one_instance_and_the_report_is_written() {
     let md = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
     assert!(md.contains("launch-to-ready"), "{md}");
     assert!(dir.path().join("latest.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_smoke_serves_both_endpoints_on_sqlite_without_errors() {
+    let r = api::run(true, &[api::Backend::Sqlite]).await.unwrap();
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    let endpoints: Vec<&str> = r.cells.iter().map(|c| c.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["ListInstances", "GetDeviceToken"]);
+    for c in &r.cells {
+        assert!(c.wrk.requests > 0, "{c:?}");
+        assert_eq!((c.wrk.non_2xx, c.wrk.api_errors), (0, 0), "{c:?}");
+        assert!(c.wrk.latency_ms.p99 > 0.0, "{c:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    parts::write_part(dir.path(), "api", &r).unwrap();
+    report::write(dir.path(), dir.path()).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
+    assert!(md.contains("## API under load"), "{md}");
+    assert!(md.contains("| SQLite | GetDeviceToken |"), "{md}");
 }
