@@ -13,6 +13,7 @@ use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{
     EncodePipeline, EncoderSettings, GOP_SECONDS, PipelineOptions, VBV_FRAMES,
 };
+use cloudphone_node::streaming::priority::{self, DEFAULT_REALTIME_PRIORITY as REALTIME_PRIORITY};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -58,16 +59,26 @@ impl Cell {
     }
 }
 
-/// The full matrix, or the one cell the smoke run checks.
+/// The full matrix, or the one cell the smoke run checks. `CLOUDPHONE_BENCH_CELLS` (labels,
+/// comma-separated, e.g. `H264 720P30,H265 720P30`) narrows the full matrix for a quick look.
 pub fn cells(smoke: bool) -> Vec<Cell> {
     if smoke {
         return vec![Cell::new(Codec::H264, Definition::P540, 30)];
     }
+    let only = std::env::var("CLOUDPHONE_BENCH_CELLS").unwrap_or_default();
+    let wanted: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut out = Vec::new();
     for codec in Codec::ALL {
         for definition in Definition::ALL {
             for fps in [30, 60] {
-                out.push(Cell::new(codec, definition, fps));
+                let cell = Cell::new(codec, definition, fps);
+                if wanted.is_empty() || wanted.contains(&cell.label().as_str()) {
+                    out.push(cell);
+                }
             }
         }
     }
@@ -89,11 +100,10 @@ impl Frames {
                 measured: 20,
             }
         } else {
-            // The pipeline keeps its last 120 per-frame samples; measuring exactly that many
-            // gives every frame of the window without polling.
+            // 300 frames: the p99 is then the 3rd-slowest frame, not the slowest but one.
             Frames {
                 warmup: 30,
-                measured: 120,
+                measured: 300,
             }
         }
     }
@@ -118,6 +128,11 @@ pub struct Measured {
     pub wall_seconds: f64,
     /// The encode samples themselves, for the CDF plots.
     pub encode_samples: Vec<f64>,
+    /// Streaming threads the pipeline started, and how many of them ran under `SCHED_RR`.
+    #[serde(default)]
+    pub streaming_threads: u64,
+    #[serde(default)]
+    pub realtime_threads: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,7 +168,7 @@ pub fn bare_encoder_description(cell: &Cell) -> String {
     match cell.codec {
         Codec::H264 => format!(
             "x264enc name=enc tune=zerolatency speed-preset=ultrafast bframes=0 key-int-max={} \
-             rc-lookahead=0 sliced-threads=true vbv-buf-capacity={} byte-stream=true aud=false \
+             rc-lookahead=0 threads=1 sliced-threads=false vbv-buf-capacity={} byte-stream=true aud=false \
              bitrate={kbps} ! video/x-h264,profile=constrained-baseline,stream-format=byte-stream",
             gop(fps),
             ((VBV_FRAMES * 1000.0 / f64::from(fps)).round() as u32).max(1),
@@ -193,6 +208,8 @@ fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo) -> Option<u64> {
 
 #[derive(Default)]
 struct Probes {
+    threads: AtomicU64,
+    realtime_threads: AtomicU64,
     captured: AtomicU64,
     encoded: AtomicU64,
     bytes: AtomicU64,
@@ -240,6 +257,20 @@ impl Bare {
             .downcast::<gst::Pipeline>()
             .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
         let probes = Arc::new(Probes::default());
+        // The node's scheduling for its streaming threads, so that the two differ only in
+        // what runs around the encoder.
+        if let Some(bus) = pipeline.bus() {
+            let p = Arc::clone(&probes);
+            bus.set_sync_handler(move |_, msg| {
+                if let Some(rt) = priority::elevate_entering_thread(msg, REALTIME_PRIORITY) {
+                    p.threads.fetch_add(1, Ordering::Relaxed);
+                    if rt {
+                        p.realtime_threads.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                gst::BusSyncReply::Pass
+            });
+        }
         let el = |name: &str| {
             pipeline
                 .by_name(name)
@@ -337,6 +368,8 @@ pub fn measure_pipeline(cell: &Cell, frames: Frames) -> Result<(Measured, String
     };
     let options = PipelineOptions {
         test_pattern: PATTERN.to_owned(),
+        // Every frame of the window, not just the default's most recent.
+        latency_samples: (frames.warmup + frames.measured) as usize,
         ..PipelineOptions::default()
     };
     let (pipeline, mut rx) = EncodePipeline::start_with(
@@ -395,6 +428,8 @@ pub fn measure_pipeline(cell: &Cell, frames: Frames) -> Result<(Measured, String
             kbps: (after.bytes_out - before.bytes_out) as f64 * 8.0 / wall / 1000.0,
             wall_seconds: wall,
             encode_samples,
+            streaming_threads: u64::from(after.streaming_threads),
+            realtime_threads: u64::from(after.realtime_threads),
         },
         encoder,
     ))
@@ -426,6 +461,10 @@ pub fn measure_bare(cell: &Cell, frames: Frames) -> Result<Measured> {
     let encoded = bare.frames_encoded() - encoded0;
     let captured = p.captured.load(Ordering::Relaxed) - captured0;
     let bytes = p.bytes.load(Ordering::Relaxed) - bytes0;
+    let (streaming_threads, realtime_threads) = (
+        p.threads.load(Ordering::Relaxed),
+        p.realtime_threads.load(Ordering::Relaxed),
+    );
     drop(bare);
     if !complete {
         bail!("{}: bare pipeline only {encoded} frames", cell.label());
@@ -442,6 +481,8 @@ pub fn measure_bare(cell: &Cell, frames: Frames) -> Result<Measured> {
         kbps: bytes as f64 * 8.0 / wall / 1000.0,
         wall_seconds: wall,
         encode_samples,
+        streaming_threads,
+        realtime_threads,
     })
 }
 

@@ -174,6 +174,25 @@ fn met(m: Option<bool>) -> &'static str {
     }
 }
 
+/// How the encode cells' streaming threads were scheduled, from what the pipelines reported.
+fn scheduling(e: &EncodeResults) -> String {
+    let sum = |f: fn(&encode::CellResult) -> (u64, u64)| {
+        e.cells
+            .iter()
+            .map(f)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (p_rt, p_all) = sum(|c| (c.pipeline.realtime_threads, c.pipeline.streaming_threads));
+    let (b_rt, b_all) = sum(|c| (c.bare.realtime_threads, c.bare.streaming_threads));
+    format!(
+        "the node's default, `SCHED_RR` priority {} on every streaming thread (capture, encode) of \
+         both pipelines, so they differ only in what runs around the encoder: {p_rt} of {p_all} \
+         pipeline threads and {b_rt} of {b_all} bare threads were elevated; x264 runs one thread \
+         per stream (`threads=1`, no slice threads)",
+        cloudphone_node::streaming::priority::DEFAULT_REALTIME_PRIORITY
+    )
+}
+
 fn markdown(l: &Latest) -> String {
     let mut s = String::new();
     let m = &l.machine;
@@ -216,7 +235,7 @@ fn markdown(l: &Latest) -> String {
              parser → RTP payloader → appsink), figures from its pad probes. **Bare**: `{}`. \
              *encode* = encoder sink pad → src pad; *capture→out* = capture caps filter → the frame's last RTP packet \
              (pipeline) or → encoder output (bare). CPU is the whole process over the window, % of one core. \
-             Bitrates: SetVideoConfig defaults (WIFI row). Hardware encoders: {}.\n",
+             Bitrates: SetVideoConfig defaults (WIFI row). Scheduling: {}. Hardware encoders: {}.\n",
             e.pattern,
             e.frames.warmup,
             e.frames.measured,
@@ -228,6 +247,7 @@ fn markdown(l: &Latest) -> String {
                 ),
                 true
             ),
+            scheduling(e),
             e.hardware
         );
         let _ = writeln!(

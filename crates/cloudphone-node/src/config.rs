@@ -103,6 +103,10 @@ pub struct WebRtcSection {
     /// `videotestsrc` pattern synthetic instances stream, optionally with properties
     /// (e.g. `"zone-plate kx2=20 ky2=20 kt=1"`); empty for the pipeline's default.
     pub synthetic_pattern: String,
+    /// `SCHED_RR` priority (1–99) of the encode pipelines' capture and encode threads; 0 keeps
+    /// normal scheduling. Needs root, `CAP_SYS_NICE` or `LimitRTPRIO=` (the shipped unit sets
+    /// it); without, the node warns once and streams at normal priority.
+    pub encoder_realtime_priority: u8,
 }
 
 impl std::fmt::Debug for WebRtcSection {
@@ -120,6 +124,7 @@ impl std::fmt::Debug for WebRtcSection {
             .field("max_viewers_per_instance", &self.max_viewers_per_instance)
             .field("usage_interval_secs", &self.usage_interval_secs)
             .field("synthetic_pattern", &self.synthetic_pattern)
+            .field("encoder_realtime_priority", &self.encoder_realtime_priority)
             .finish()
     }
 }
@@ -139,6 +144,7 @@ impl Default for WebRtcSection {
             max_viewers_per_instance: 10,
             usage_interval_secs: 30,
             synthetic_pattern: String::new(),
+            encoder_realtime_priority: crate::streaming::priority::DEFAULT_REALTIME_PRIORITY,
         }
     }
 }

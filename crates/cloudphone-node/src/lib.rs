@@ -163,6 +163,7 @@ pub async fn run(
                 config.webrtc.synthetic_pattern.clone()
             },
             adb: config.android.adb.clone(),
+            realtime_priority: config.webrtc.encoder_realtime_priority,
             ..Default::default()
         }),
     );

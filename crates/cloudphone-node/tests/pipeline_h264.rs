@@ -250,3 +250,65 @@ fn software_encoders_are_detected() {
         assert!(x < o);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_threads_run_under_sched_rr_and_can_be_left_normal() {
+    // (scheduling policy, rt_priority) of this process's threads named `prefix*`, from
+    // /proc/self/task/*/stat fields 41 and 40.
+    fn policies(prefix: &str) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/task")
+            .expect("proc")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if !comm.trim().starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<u32> = after
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(u32::MAX))
+                .collect();
+            out.push((fields[38], fields[37]));
+        }
+        out
+    }
+    const SCHED_RR: u32 = 2;
+    let root = nix::unistd::geteuid().is_root();
+
+    let (pipe, mut rx) =
+        EncodePipeline::start(&PORTRAIT_720, &settings(Codec::H264, 720, 1280, 30, 1000))
+            .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    let stats = pipe.stats();
+    let seen = policies(&format!("{}-", pipe.name()));
+    assert!(stats.streaming_threads >= 2, "{stats:?}");
+    if root {
+        assert_eq!(stats.realtime_threads, stats.streaming_threads, "{stats:?}");
+        assert!(
+            seen.iter().filter(|p| **p == (SCHED_RR, 10)).count() >= 2,
+            "{seen:?}"
+        );
+    }
+    drop(pipe);
+
+    let options = PipelineOptions {
+        realtime_priority: 0,
+        ..PipelineOptions::default()
+    };
+    let (pipe, mut rx) = EncodePipeline::start_with(
+        &PORTRAIT_720,
+        &settings(Codec::H264, 720, 1280, 30, 1000),
+        &options,
+    )
+    .expect("start");
+    first_packet(&mut rx, Duration::from_secs(2)).await;
+    assert_eq!(pipe.stats().realtime_threads, 0);
+    let seen = policies(&format!("{}-", pipe.name()));
+    assert!(
+        !seen.is_empty() && seen.iter().all(|p| p.0 == 0),
+        "{seen:?}"
+    );
+}

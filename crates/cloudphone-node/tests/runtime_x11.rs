@@ -251,6 +251,19 @@ async fn sandbox_confines_each_instance_to_its_own_data() {
         .await
         .unwrap();
     assert!(out.stdout.contains("0000000000000000"), "{out:?}");
+    // Nor real-time scheduling, though the agent itself may use it (LimitRTPRIO=).
+    let out = m
+        .run_command(
+            "a",
+            cmd("grep 'realtime priority' /proc/self/limits; chrt -r 5 true"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.stdout.split_whitespace().filter(|w| *w == "0").count() >= 2,
+        "{out:?}"
+    );
+    assert_ne!(out.exit_code, 0, "{out:?}");
     // Not host root either: a root-only host file outside the state dir stays unreadable.
     if nix::unistd::getuid().is_root() {
         let secret = tempfile::Builder::new()

@@ -280,7 +280,9 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     for (key, value) in &spec.env {
         push(&[&"--setenv", key, value]);
     }
-    push(&[&"--"]);
+    // The agent may raise its own threads to SCHED_RR (systemd's LimitRTPRIO=); the apps must
+    // not, or one tenant's app could starve every other phone on the host.
+    push(&[&"--", &"/usr/bin/prlimit", &"--rtprio=0:0", &"--"]);
     for arg in argv {
         push(&[arg]);
     }
@@ -621,7 +623,18 @@ mod tests {
             "no display without x11"
         );
         assert!(!args.iter().any(|a| a.starts_with("/tmp/.X11-unix")));
-        assert_eq!(&args[args.len() - 4..], ["--", "/bin/sh", "-c", "echo hi"]);
+        assert_eq!(
+            &args[args.len() - 7..],
+            [
+                "--",
+                "/usr/bin/prlimit",
+                "--rtprio=0:0",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo hi"
+            ]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod ice;
 pub mod input;
 pub mod peer;
 pub mod pipeline;
+pub mod priority;
 pub mod sessions;
 pub mod signaling;
 

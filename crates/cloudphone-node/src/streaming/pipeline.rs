@@ -4,7 +4,8 @@
 //! Every choice here is for latency first (see `docs/streaming.md`): no B-frames, no lookahead,
 //! a VBV of about 1.5 frames, a one-frame leaky queue in front of the encoder, key frames on
 //! request with a long GOP otherwise, and a payloader that never waits for more NAL units.
-//! Everything runs on GStreamer's own streaming threads; nothing here blocks a tokio runtime.
+//! Everything runs on GStreamer's own streaming threads (under `SCHED_RR`, see [`super::priority`]);
+//! nothing here blocks a tokio runtime.
 //! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
 
 pub mod rtp;
@@ -55,6 +56,11 @@ pub struct PipelineOptions {
     pub channel_capacity: usize,
     /// The adb binary for [`CaptureSource::Adb`].
     pub adb: std::path::PathBuf,
+    /// `SCHED_RR` priority of the pipeline's streaming threads (capture, encode, payload);
+    /// 0 keeps normal scheduling. See [`super::priority`].
+    pub realtime_priority: u8,
+    /// Per-frame latency samples [`PipelineStats`] keeps (the most recent ones).
+    pub latency_samples: usize,
 }
 
 /// Default [`PipelineOptions::test_pattern`].
@@ -74,8 +80,8 @@ pub const VBV_FRAMES: f64 = 1.5;
 /// x265 bitrate changes smaller than these ratios are not worth the key frame they cost.
 const X265_MIN_DECREASE: f64 = 0.95;
 const X265_MIN_INCREASE: f64 = 1.15;
-/// How many recent per-frame latency samples [`PipelineStats`] keeps.
-const LATENCY_SAMPLES: usize = 120;
+/// Default [`PipelineOptions::latency_samples`]: four seconds at 30 fps.
+pub const DEFAULT_LATENCY_SAMPLES: usize = 120;
 /// How many in-flight frame timestamps the latency probes remember; more than any encoder
 /// here holds (zero-latency encoders hold none).
 const INFLIGHT_FRAMES: usize = 64;
@@ -86,6 +92,8 @@ impl Default for PipelineOptions {
             test_pattern: DEFAULT_TEST_PATTERN.to_owned(),
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             adb: std::path::PathBuf::from("/usr/bin/adb"),
+            realtime_priority: super::priority::DEFAULT_REALTIME_PRIORITY,
+            latency_samples: DEFAULT_LATENCY_SAMPLES,
         }
     }
 }
@@ -117,6 +125,9 @@ pub struct PipelineStats {
     pub encode_latency_ms_recent: Vec<f64>,
     /// Milliseconds from capture to the frame's last RTP packet leaving the pipeline.
     pub pipeline_latency_ms_recent: Vec<f64>,
+    /// Streaming threads started so far, and how many of them run under `SCHED_RR`.
+    pub streaming_threads: u32,
+    pub realtime_threads: u32,
 }
 
 /// What can go wrong building or starting a pipeline.
@@ -241,8 +252,8 @@ impl Inflight {
     }
 }
 
-fn push_sample(ring: &mut VecDeque<f64>, value: f64) {
-    if ring.len() >= LATENCY_SAMPLES {
+fn push_sample(ring: &mut VecDeque<f64>, cap: usize, value: f64) {
+    while ring.len() >= cap.max(1) {
         ring.pop_front();
     }
     ring.push_back(value);
@@ -260,6 +271,9 @@ struct Shared {
     fps: AtomicU32,
     ended: AtomicBool,
     error: Mutex<Option<String>>,
+    latency_samples: usize,
+    streaming_threads: AtomicU32,
+    realtime_threads: AtomicU32,
     /// Capture time of frames still in the pipeline, for the end-to-end figure.
     captured_at: Mutex<Inflight>,
     /// Encoder-input time of frames inside the encoder.
@@ -371,7 +385,12 @@ fn configure_encoder(enc: &gst::Element, kind: EncoderKind, s: &EncoderSettings)
             enc.set_property("bframes", 0u32);
             enc.set_property("key-int-max", gop);
             enc.set_property("rc-lookahead", 0i32);
-            enc.set_property("sliced-threads", true);
+            // One thread per stream: a host runs many streams, so parallelism comes from
+            // running them side by side. Slice threads bought no encode latency here (720P and
+            // 1080P p50 within 3 % of one thread, benches/results/REPORT.md) and cost CPU
+            // and a tail: a frame waits for the last slice thread the scheduler wakes.
+            enc.set_property("threads", 1u32);
+            enc.set_property("sliced-threads", false);
             enc.set_property("vbv-buf-capacity", vbv_ms(s.fps));
             enc.set_property("byte-stream", true);
             // Access unit delimiters are for MPEG-TS; RTP frames by marker bit and timestamp.
@@ -576,7 +595,10 @@ impl EncodePipeline {
         pipeline.add_many(chain.iter())?;
         gst::Element::link_many(chain.iter())?;
 
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            latency_samples: options.latency_samples,
+            ..Shared::default()
+        });
         shared
             .bitrate_kbps
             .store(settings.bitrate_kbps, Ordering::Relaxed);
@@ -584,7 +606,7 @@ impl EncodePipeline {
         install_probes(&source_caps, &encoder, &shared)?;
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         install_sink(&sink, tx, &shared);
-        install_bus(&pipeline, &name, &shared)?;
+        install_bus(&pipeline, &name, &shared, options.realtime_priority)?;
 
         let mut settings = settings.clone();
         settings.encoder = Some(encoder_name);
@@ -711,6 +733,8 @@ impl EncodePipeline {
             ended: s.ended.load(Ordering::Relaxed),
             encode_latency_ms_recent: lock(&s.encode_latency).iter().copied().collect(),
             pipeline_latency_ms_recent: lock(&s.pipeline_latency).iter().copied().collect(),
+            streaming_threads: s.streaming_threads.load(Ordering::Relaxed),
+            realtime_threads: s.realtime_threads.load(Ordering::Relaxed),
         }
     }
 
@@ -792,6 +816,7 @@ fn install_probes(
             if let Some(at) = started {
                 push_sample(
                     &mut lock(&s.encode_latency),
+                    s.latency_samples,
                     at.elapsed().as_secs_f64() * 1e3,
                 );
             }
@@ -840,6 +865,7 @@ fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<S
                     if let Some(at) = captured {
                         push_sample(
                             &mut lock(&s.pipeline_latency),
+                            s.latency_samples,
                             at.elapsed().as_secs_f64() * 1e3,
                         );
                     }
@@ -856,6 +882,7 @@ fn install_bus(
     pipeline: &gst::Pipeline,
     name: &str,
     shared: &Arc<Shared>,
+    realtime_priority: u8,
 ) -> Result<(), MediaError> {
     let bus = pipeline
         .bus()
@@ -863,6 +890,14 @@ fn install_bus(
     let s = Arc::clone(shared);
     let name = name.to_owned();
     bus.set_sync_handler(move |_, msg| {
+        if let gst::MessageView::StreamStatus(status) = msg.view()
+            && status.get().0 == gst::StreamStatusType::Enter
+        {
+            s.streaming_threads.fetch_add(1, Ordering::Relaxed);
+            if super::priority::elevate_entering_thread(msg, realtime_priority) == Some(true) {
+                s.realtime_threads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match msg.view() {
             gst::MessageView::Error(err) => {
                 let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
