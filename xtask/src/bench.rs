@@ -1,26 +1,46 @@
-//! `cargo xtask bench`: builds the daemons and the bench targets, runs every bench in turn
-//! (a failing one does not stop the others), then writes `benches/results/latest.json`,
-//! `REPORT.md` and the plots from what they measured.
+//! `cargo xtask bench`: ensures the system packages, builds the daemons and the bench targets,
+//! starts a throwaway PostgreSQL (for the api bench), runs every bench in turn (a failing one
+//! does not stop the others), then writes `benches/results/latest.json`, `REPORT.md` and the
+//! plots from what they measured.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
+use crate::deps::{self, Purpose};
+use crate::pg::Postgres;
 use crate::util::{self, heading};
 
 /// The benches, in the order they run: the CPU-heavy ones first, while nothing else runs.
-const BENCHES: [&str; 4] = ["encode", "density", "glass", "fleet"];
+const BENCHES: [&str; 5] = ["encode", "density", "glass", "fleet", "api"];
+/// The api bench's PostgreSQL database, in a cluster started here as `cargo xtask test` does;
+/// testkit creates a fresh database per deployment on the server of this URL.
+const PG_DATABASE: &str = "cloudphone_bench";
+const PG_URL_ENV: &str = "CLOUDPHONE_TEST_PG_URL";
 
 pub(crate) struct Options {
     /// Seconds-long versions, results in `target/bench-smoke` instead of `benches/results`.
     pub smoke: bool,
     /// Build with the release profile instead of dev (a cold release build of the node's
-    /// dependencies takes several minutes on 2 cores; encoders are C either way).
+    /// dependencies takes several minutes on 2 cores; encoders are C either way). The api bench
+    /// then runs release builds of the daemons too; the fleet bench always runs debug ones.
     pub release: bool,
 }
 
 pub(crate) fn run(options: Options) -> Result<()> {
     let started = Instant::now();
+    // Ctrl-C reaches cargo and the benches too (same process group); we stay alive to stop
+    // PostgreSQL.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+    heading(Purpose::Test.heading());
+    deps::ensure(Purpose::Test)?;
     let root = util::repo_root();
     let profile = if options.release { "release" } else { "dev" };
     let parts = root.join(if options.smoke {
@@ -47,6 +67,18 @@ pub(crate) fn run(options: Options) -> Result<()> {
         "-p",
         "cloudphone-node",
     ]))?;
+    if options.release {
+        // The api bench measures the daemons themselves: release ones with --release.
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "--bins",
+            "-p",
+            "cloudphone-control",
+            "-p",
+            "cloudphone-node",
+        ]))?;
+    }
     util::run(util::cargo().args([
         "bench",
         "--no-run",
@@ -56,8 +88,22 @@ pub(crate) fn run(options: Options) -> Result<()> {
         "cloudphone-bench",
     ]))?;
 
+    heading("start PostgreSQL");
+    // Without it the api bench starts its own cluster through testkit, or records PostgreSQL
+    // as skipped.
+    let mut pg = match Postgres::start(PG_DATABASE) {
+        Ok(pg) => Some(pg),
+        Err(e) => {
+            println!("--- PostgreSQL did not start ({e:#}); the api bench will say so");
+            None
+        }
+    };
+
     let mut failed = Vec::new();
     for bench in BENCHES {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
         heading(&format!("bench {bench}"));
         let mut cmd = util::cargo();
         cmd.args([
@@ -75,10 +121,21 @@ pub(crate) fn run(options: Options) -> Result<()> {
         if options.smoke {
             cmd.env("CLOUDPHONE_BENCH_SMOKE", "1");
         }
+        if let Some(pg) = &pg {
+            cmd.env(PG_URL_ENV, pg.url(PG_DATABASE));
+        }
         if let Err(e) = util::run(&mut cmd) {
             println!("--- bench {bench}: FAILED: {e:#}");
             failed.push(bench);
         }
+    }
+    if let Some(pg) = pg.as_mut() {
+        heading("stop PostgreSQL");
+        pg.stop()?;
+    }
+    drop(pg);
+    if interrupted.load(Ordering::SeqCst) {
+        bail!("interrupted");
     }
 
     heading("report");

@@ -32,14 +32,16 @@ pub(crate) const DEMO_PACKAGES: &[&str] = &[
     "systemd",
 ];
 
-/// What the test suite needs on top of [`DEMO_PACKAGES`]: a real browser and its driver, a TURN
-/// server, network namespaces, and Python virtualenvs for the vendor SDK clients.
+/// What the test suite and the benches need on top of [`DEMO_PACKAGES`]: a real browser and its
+/// driver, a TURN server, network namespaces, Python virtualenvs for the vendor SDK clients, and
+/// the HTTP load generator of the api bench.
 pub(crate) const TEST_EXTRA_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
     "coturn",
     "iproute2",
     "python3-venv",
+    "wrk",
 ];
 
 /// Which package set to ensure.

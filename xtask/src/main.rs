@@ -27,7 +27,7 @@ Commands:
                          Run every benchmark and write benches/results/{latest.json,REPORT.md,
                          *.png}; --smoke: the seconds-long versions, into target/bench-smoke.
   install-deps [--test]  Install the missing system packages (apt-get, as root) for the demo,
-                         or with --test for the test suite too.
+                         or with --test for the test suite and the benches too.
   help                   This text.
 ";
 

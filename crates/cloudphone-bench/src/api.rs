@@ -777,7 +777,7 @@ pub fn markdown(a: &ApiResults) -> String {
         "`{}` with {} threads × {} connections, {} s per cell after an unmeasured {} s warm-up, \
          `--timeout {}s`; closed loop (each connection sends its next request when the answer \
          arrives). Target: a throwaway deployment, control + one synthetic node, **{} builds** of \
-         both daemons (`cargo xtask bench --release` runs release ones), control logging at \
+         both daemons{}, control logging at \
          `RUST_LOG=info` to a file. **wrk shares the machine's {} cores with control, the node \
          (and PostgreSQL)**; nothing is pinned, so these are figures for this machine with the \
          load generator on it, not a dedicated host's capacity. The CPU column is each \
@@ -797,6 +797,11 @@ pub fn markdown(a: &ApiResults) -> String {
         w.warmup_s,
         w.timeout_s,
         a.daemon_profile,
+        if a.daemon_profile == "release" {
+            ""
+        } else {
+            " (`cargo xtask bench --release` runs release ones)"
+        },
         a.cores,
         a.instances
     );
@@ -843,6 +848,17 @@ pub fn markdown(a: &ApiResults) -> String {
             w.connections,
             w.duration_s,
             a.daemon_profile
+        );
+    }
+    for c in a.cells.iter().filter(|c| c.endpoint == "GetDeviceToken") {
+        let _ = writeln!(
+            s,
+            "\n{}: node RSS {:.1} → {:.1} MiB over the warm-up and {} measured GetDeviceToken \
+             calls; each call registers a new device's grant with the node.",
+            c.backend.label(),
+            mib(c.node_rss_kib.0),
+            mib(c.node_rss_kib.1),
+            c.wrk.requests
         );
     }
     if let Some(pg) = &a.postgres {
