@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::api::APIBuilder;
 use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -97,9 +98,17 @@ impl Viewer {
         media.register_default_codecs()?;
         // Receiver reports only: the node's NACK/PLI paths are not what is measured here.
         let registry = webrtc::api::interceptor_registry::configure_rtcp_reports(Registry::new());
+        // Nominate a working pair at once. The node's first STUN check usually arrives before
+        // its candidates do (UDP beats the signaling socket), so the viewer first knows the
+        // node's address as peer-reflexive, and webrtc-rs waits 1 s before nominating a
+        // peer-reflexive pair by default: time to first frame was then ~1050 ms instead of
+        // ~50 ms in a third of the trials.
+        let mut setting = SettingEngine::default();
+        setting.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
+            .with_setting_engine(setting)
             .build();
         let config = RTCConfiguration {
             ice_servers: ice_servers
