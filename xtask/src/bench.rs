@@ -131,7 +131,9 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
     if let Some(pg) = pg.as_mut() {
         heading("stop PostgreSQL");
-        pg.stop()?;
+        if let Err(e) = pg.stop() {
+            println!("--- PostgreSQL did not stop: {e:#}");
+        }
     }
     drop(pg);
     if interrupted.load(Ordering::SeqCst) {
