@@ -500,6 +500,7 @@ fn postgres_database() -> Result<String, String> {
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
+        let why = why.split_whitespace().collect::<Vec<_>>().join(" ");
         format!("no PostgreSQL reachable: {why}")
     })
 }
