@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
             region: "cn-north-7".into(),
             timeout_secs: 60,
             cleanup: true,
+            stream_secs: if smoke { 1 } else { 5 },
         };
         let r = fleet::run(args).await;
         drop(fleet);

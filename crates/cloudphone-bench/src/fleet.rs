@@ -1,6 +1,7 @@
 //! The fleet benchmark for operators: launch N instances at a given rate through the public
 //! API of any deployment (IAM login → CreateInstance per instance → poll ListInstances) and
-//! report launch-to-ready times and failures.
+//! report launch-to-ready times and failures, then stream every ready instance to a WebRTC
+//! viewer (GetDeviceToken → its signaling URL) and report the frame rate each one delivered.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,6 +46,11 @@ pub struct FleetArgs {
     /// Delete the launched instances afterwards.
     #[arg(long)]
     pub cleanup: bool,
+    /// Then stream every ready instance at once for this many seconds (H.264 720P, WIFI) and
+    /// report the decoded frame rate of each; 0 skips streaming.
+    #[arg(long, default_value_t = 5)]
+    #[serde(default)]
+    pub stream_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +63,14 @@ pub struct FleetResults {
     pub create_call_ms: Summary,
     pub ready: usize,
     pub failures: Vec<String>,
+    /// Frames decoded per second by one viewer per ready instance, all streaming at once over
+    /// `args.stream_secs` (after each one's first frame).
+    #[serde(default)]
+    pub streamed_fps: Vec<f64>,
+    #[serde(default)]
+    pub streamed_fps_summary: Summary,
+    #[serde(default)]
+    pub streamed_fps_min: f64,
 }
 
 struct Api {
@@ -212,6 +226,30 @@ pub async fn run(args: FleetArgs) -> Result<FleetResults> {
     for id in pending.keys() {
         failures.push(format!("{id}: not running after {} s", args.timeout_secs));
     }
+    let ready_ids: Vec<String> = launched
+        .iter()
+        .filter(|id| !pending.contains_key(*id))
+        .cloned()
+        .collect();
+    let mut streamed_fps = Vec::new();
+    if args.stream_secs > 0 && !ready_ids.is_empty() {
+        let window = Duration::from_secs(args.stream_secs);
+        let tasks: Vec<_> = ready_ids
+            .iter()
+            .map(|id| {
+                let api = std::sync::Arc::clone(&api);
+                let id = id.clone();
+                tokio::spawn(async move { stream_fps(&api, &id, window).await })
+            })
+            .collect();
+        for (id, t) in ready_ids.iter().zip(tasks) {
+            match t.await {
+                Ok(Ok(fps)) => streamed_fps.push(fps),
+                Ok(Err(e)) => failures.push(format!("{id}: streaming: {e:#}")),
+                Err(e) => failures.push(format!("{id}: streaming task: {e}")),
+            }
+        }
+    }
     if args.cleanup && !launched.is_empty() {
         let (status, body) = api
             .call(
@@ -225,12 +263,17 @@ pub async fn run(args: FleetArgs) -> Result<FleetResults> {
         }
     }
     let s = summarize(&samples);
+    let fps = summarize(&streamed_fps);
+    let fps_min = streamed_fps.iter().copied().reduce(f64::min).unwrap_or(0.0);
     println!(
-        "fleet: {} of {} ready; launch-to-ready p50 {:.0} ms, max {:.0} ms; {} failures",
+        "fleet: {} of {} ready; launch-to-ready p50 {:.0} ms, max {:.0} ms; streamed fps mean {:.1}, min {:.1} over {} instances; {} failures",
         samples.len(),
         args.count,
         s.p50,
         s.max,
+        fps.mean,
+        fps_min,
+        streamed_fps.len(),
         failures.len()
     );
     Ok(FleetResults {
@@ -239,6 +282,46 @@ pub async fn run(args: FleetArgs) -> Result<FleetResults> {
         samples,
         create_call_ms: summarize(&create_ms),
         failures,
+        streamed_fps,
+        streamed_fps_summary: fps,
+        streamed_fps_min: fps_min,
         args,
     })
+}
+
+/// GetDeviceToken for `id`, a viewer on the signaling URL it names, and the frames it decodes
+/// per second over `window` once the first one is in.
+async fn stream_fps(api: &Api, id: &str, window: Duration) -> Result<f64> {
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/instances/{id}/auth"),
+            Some(json!({})),
+        )
+        .await?;
+    let data = &body["data"];
+    let (Some(url), Some(device), Some(token)) = (
+        data["resource"]["rtc"]["ice_signaling"]["signaling_url"].as_str(),
+        data["resource"]["device_id"].as_str(),
+        data["device_token"].as_str(),
+    ) else {
+        bail!("GetDeviceToken: HTTP {status}: {body}");
+    };
+    let hello = cloudphone_signaling::Hello {
+        device_id: device.to_owned(),
+        device_token: token.to_owned(),
+        network_type: cloudphone_signaling::NetworkType::Wifi,
+        encoding_type: cloudphone_signaling::EncodingType::H264,
+        definition: cloudphone_signaling::Definition::P720,
+    };
+    let mut viewer = crate::viewer::Viewer::connect(url, hello).await?;
+    viewer.first_frame(Duration::from_secs(20)).await?;
+    // Past the start-up burst (frames queued while the first key frame was awaited).
+    viewer.pump_for(Duration::from_millis(500)).await?;
+    let before = viewer.frames();
+    let started = Instant::now();
+    viewer.pump_for(window).await?;
+    let fps = (viewer.frames() - before) as f64 / started.elapsed().as_secs_f64();
+    viewer.close().await;
+    Ok(fps)
 }

@@ -234,6 +234,11 @@ impl Viewer {
         }
     }
 
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        lock(&self.seen).frames
+    }
+
     pub async fn close(mut self) {
         let _ = self.pc.close().await;
         let _ = self.ws.close(None).await;

@@ -65,10 +65,13 @@ async fn fleet_smoke_launches_one_instance_and_the_report_is_written() {
         region: "cn-north-7".into(),
         timeout_secs: 60,
         cleanup: true,
+        stream_secs: 1,
     })
     .await
     .unwrap();
     assert_eq!((r.ready, r.failures.len()), (1, 0), "{:?}", r.failures);
+    assert_eq!(r.streamed_fps.len(), 1);
+    assert!(r.streamed_fps[0] > 0.0, "{:?}", r.streamed_fps);
     drop(deployment);
 
     let dir = tempfile::tempdir().unwrap();
