@@ -8,6 +8,8 @@
 //                                   and libwebrtc's inbound-rtp averages over the window as avg_*)
 //   {"event":"error","error":"…"}   instead (exit status 1)
 // Page console output goes to stderr. Nothing talks to the page during the window.
+// CHROMIUM overrides the browser, CHROMIUM_EXTRA_ARGS adds flags (space-separated),
+// GLASS_DEBUG_DIR saves the first unreadable frames' block means and a page screenshot.
 import { chromium } from "playwright-core";
 
 const [url, skipArg, measureArg, timeoutArg] = process.argv.slice(2);
@@ -24,7 +26,8 @@ const browser = await chromium.launch({
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--autoplay-policy=no-user-gesture-required"],
+         "--autoplay-policy=no-user-gesture-required",
+         ...(process.env.CHROMIUM_EXTRA_ARGS ? process.env.CHROMIUM_EXTRA_ARGS.split(" ") : [])],
 });
 let status = 0;
 try {
@@ -45,6 +48,18 @@ try {
   out({ event: "measuring" });
   await sleep(Number(measureArg));
   const result = await page.evaluate(() => window.glass.collect());
+  // GLASS_DEBUG_DIR (with debug=1 in the page URL): the first unreadable corners' block means
+  // (and, with the canvas reader, the corner as a PNG).
+  if (process.env.GLASS_DEBUG_DIR) {
+    const fs = await import("node:fs");
+    const shots = await page.evaluate(() => window.glass.debugShots);
+    await page.screenshot({ path: `${process.env.GLASS_DEBUG_DIR}/page-${Date.now()}.png` });
+    shots.forEach((shot, i) => {
+      const base = `${process.env.GLASS_DEBUG_DIR}/unreadable-${Date.now()}-${i}`;
+      if (shot.png) fs.writeFileSync(`${base}.png`, Buffer.from(shot.png.split(",")[1], "base64"));
+      fs.writeFileSync(`${base}.json`, JSON.stringify({ ...shot, png: undefined }));
+    });
+  }
   const s = await page.evaluate(() => ({ status: window.glass.status, error: window.glass.error }));
   if (s.error) throw new Error(s.error);
   out({ event: "done", result });

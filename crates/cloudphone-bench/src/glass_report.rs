@@ -183,6 +183,28 @@ pub fn markdown(g: &GlassResults) -> String {
                 fmt_opt(extra(c, "callback")),
             );
         }
+        let unreadable: u64 = chromium.iter().map(|c| c.unreadable).sum();
+        let flat: f64 = chromium
+            .iter()
+            .filter_map(|c| extra(c, "count_unreadable_flat_grey"))
+            .sum();
+        if unreadable > 0 {
+            let _ = writeln!(
+                s,
+                "\nChromium's unreadable frames ({unreadable} over its cells, {flat:.0} of them one \
+                 flat mid-grey picture) are not in the stream: the two GStreamer receivers read \
+                 every frame of the same encoder settings. Seen while writing this bench: in \
+                 Chromium the picture turns flat grey at the encoder's first periodic IDR \
+                 (x264 `key-int-max`, 10 s after the encoder starts) and stays grey, while \
+                 libwebrtc counts the frames decoded (`keyFramesDecoded` +1, no PLI, NACK or \
+                 loss) and a page screenshot shows the grey `<video>`; an IDR forced by a second \
+                 viewer joining decodes fine, and the same depayloaded bitstream decodes in \
+                 Chromium's WebCodecs and in `avdec_h264`. At 1080P30 mixed pictures (blocks \
+                 failing the check) also appeared before that IDR. Glass-to-glass above is over \
+                 the frames that read; the grey itself is an open defect of the stream as \
+                 Chromium's WebRTC path sees it (the player page receives the same way).\n"
+            );
+        }
         if let Some(note) = chromium
             .iter()
             .flat_map(|c| c.notes.iter())

@@ -15,7 +15,14 @@
 //!   compositor);
 //! - extras `avg_*`, one value each: libwebrtc's `inbound-rtp` counters averaged per frame over
 //!   the window (`avg_jitter_buffer` = Δ`jitterBufferDelay` / Δ`jitterBufferEmittedCount`, its
-//!   `_target` and `_minimum`, `avg_decode`, `avg_processing` = receive → decoded, `avg_assembly`).
+//!   `_target` and `_minimum`, `avg_decode`, `avg_processing` = receive → decoded, `avg_assembly`);
+//! - extra `count_unreadable_flat_grey`, one value: unreadable frames that were one flat
+//!   mid-grey picture.
+//!
+//! The page reads the clock from the frame's luma plane (`new VideoFrame(video)` + `copyTo`), or
+//! with `reader=canvas` in the page query through `drawImage` + `getImageData`.
+//! `GLASS_DEBUG_DIR=<dir>` keeps the block means of the first unreadable frames there and a
+//! screenshot of the page; `CHROMIUM_EXTRA_ARGS` adds browser flags (e.g. logging).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,7 +102,11 @@ pub async fn run(
         .join("glass.html")
         .canonicalize()
         .context("glass.html")?;
-    let url = format!("file://{}?{page_query}", page.display());
+    let mut url = format!("file://{}?{page_query}", page.display());
+    // GLASS_DEBUG_DIR=<dir>: the page keeps its first unreadable corners, glass.mjs saves them.
+    if std::env::var_os("GLASS_DEBUG_DIR").is_some() {
+        url.push_str("&debug=1");
+    }
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("glass.mjs"))
         .arg(&url)
