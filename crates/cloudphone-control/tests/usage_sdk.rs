@@ -79,8 +79,14 @@ async fn get_with_token(fleet: &Fleet, url: &str, token: &str) -> reqwest::Respo
         .unwrap()
 }
 
-/// Holds a signaling session (hello → ready) open for `hold`, which runs the node's encoder.
-async fn watch(url: &str, device_id: &str, token: &str, hold: Duration) -> Value {
+/// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
+/// encoder; returns `ready` and how long the session was held after it.
+async fn watch(
+    url: &str,
+    device_id: &str,
+    token: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> (Value, Duration) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -97,20 +103,33 @@ async fn watch(url: &str, device_id: &str, token: &str, hold: Duration) -> Value
         }
     };
     assert_eq!(ready["type"], "ready", "{ready}");
-    let until = tokio::time::Instant::now() + hold;
-    while let Ok(Some(_)) = tokio::time::timeout_at(until, ws.next()).await {}
+    let held_from = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            message = ws.next() => if message.is_none() { break },
+        }
+    }
+    let held = held_from.elapsed();
     let _ = ws.close(None).await;
-    ready
+    (ready, held)
 }
 
-/// GetDeviceToken for `instance`, then a viewer holding its session for `hold` in a task (it
-/// answers the node's `ready`). Returns the task and when the viewer was started.
+/// A `stop` for [`watch`]: `hold` counted from when the session is ready (a bare `sleep` would
+/// start counting at once, before connecting).
+async fn held_for(hold: Duration) {
+    tokio::time::sleep(hold).await;
+}
+
+/// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`
+/// resolves (see [`watch`]). Returns the task and when the viewer was started.
 async fn start_viewer(
     fleet: &Fleet,
     token: &str,
     instance: &str,
-    hold: Duration,
-) -> (tokio::task::JoinHandle<Value>, Instant) {
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (tokio::task::JoinHandle<(Value, Duration)>, Instant) {
     let (status, body) = fleet
         .post(&format!("/v1/instances/{instance}/auth"), token, &json!({}))
         .await;
@@ -124,7 +143,7 @@ async fn start_viewer(
                 .unwrap(),
             data["resource"]["device_id"].as_str().unwrap(),
             data["device_token"].as_str().unwrap(),
-            hold,
+            stop,
         )
         .await
     });
@@ -228,8 +247,8 @@ async fn both_official_sdks_report_a_real_session_under_the_right_class() {
 
     // A real encoder session of N seconds.
     let hold = Duration::from_secs(8);
-    let (viewer, started) = start_viewer(&fleet, &acme.token, &ids[0], hold).await;
-    let ready = viewer.await.unwrap();
+    let (viewer, started) = start_viewer(&fleet, &acme.token, &ids[0], held_for(hold)).await;
+    let (ready, _) = viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
     assert_eq!(ready["video"]["height"].as_u64(), Some(960), "{ready}");
 
@@ -316,8 +335,13 @@ async fn a_node_killed_mid_session_loses_no_minute() {
     let acme = tenant(&fleet, "acme", "correct-horse-1").await;
     let ids = fleet.running_instances(&acme.token, 1).await;
     let (ak, sk) = access_key(&fleet, &acme, "restart").await;
-    let (viewer, started) =
-        start_viewer(&fleet, &acme.token, &ids[0], Duration::from_secs(30)).await;
+    let (viewer, started) = start_viewer(
+        &fleet,
+        &acme.token,
+        &ids[0],
+        held_for(Duration::from_secs(30)),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     fleet.node.as_mut().unwrap().stop_with(Signal::SIGKILL);
     let ran = started.elapsed().as_secs_f64();
@@ -365,8 +389,11 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     let acme = tenant(&fleet, "acme", "correct-horse-1").await;
     let ids = fleet.running_instances(&acme.token, 1).await;
     let (ak, sk) = access_key(&fleet, &acme, "control-restart").await;
-    let hold = Duration::from_secs(10);
-    let (viewer, started) = start_viewer(&fleet, &acme.token, &ids[0], hold).await;
+    let (leave, left) = tokio::sync::oneshot::channel::<()>();
+    let (viewer, started) = start_viewer(&fleet, &acme.token, &ids[0], async move {
+        let _ = left.await;
+    })
+    .await;
     let api = fleet.api.clone();
 
     tokio::time::sleep_until((started + Duration::from_secs(2)).into()).await;
@@ -379,20 +406,22 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     fleet.start_control();
     fleet.wait_healthy(&api).await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
-    tokio::time::sleep_until((started + Duration::from_secs(6)).into()).await;
     fleet.control.as_mut().unwrap().stop_with(Signal::SIGKILL);
-    let ready = viewer.await.unwrap();
+    // The viewer stays 4.5 s more and leaves while control is down: at least three partial
+    // records and the closing one exist only on the node's disk.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    leave.send(()).unwrap();
+    let (ready, hold) = viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
     assert_eq!(ready["type"], "ready");
-    // The session ended with control down; its last records are on the node's disk only.
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.start_control();
     fleet.wait_healthy(&api).await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
 
-    // The records of the last ~4 s (one a second, and the closing one) reach this control only
-    // through the node's replay.
+    // Those records reach this control only through the node's replay.
     let stored = || async {
         let metrics = fleet.http.get(format!("{api}/metrics")).send().await.ok()?;
         let text = metrics.text().await.ok()?;
