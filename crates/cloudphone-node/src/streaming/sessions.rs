@@ -41,6 +41,10 @@ use crate::streaming::peer::PeerFactory;
 pub const MIN_BITRATE_KBPS: u32 = 150;
 /// Key frames asked for more often than this are merged into one.
 const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// Unexpired grants kept per instance: every GetDeviceToken adds one, and only the newest few
+/// can matter (a viewer uses its grant once, at hello). Bounds the node's memory however often
+/// a tenant asks for tokens.
+pub const MAX_GRANTS_PER_INSTANCE: usize = 64;
 /// How often a running encoder is checked for a failure it did not signal by closing.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Packets buffered per viewer before a slow one starts losing them.
@@ -129,6 +133,25 @@ pub struct Grant {
     pub expires_at_unix_ms: i64,
     pub tenant_id: String,
     pub user_id: String,
+}
+
+/// Drops every expired grant, then the soonest-expiring grants of `instance_id` beyond `cap`
+/// (with one token lifetime, the oldest). Streams already running are not affected: a grant
+/// is checked only at hello.
+fn prune_grants(grants: &mut HashMap<String, Grant>, instance_id: &str, now_ms: i64, cap: usize) {
+    grants.retain(|_, g| g.expires_at_unix_ms > now_ms);
+    let mut mine: Vec<(i64, String)> = grants
+        .values()
+        .filter(|g| g.instance_id == instance_id)
+        .map(|g| (g.expires_at_unix_ms, g.device_id.clone()))
+        .collect();
+    if mine.len() <= cap {
+        return;
+    }
+    mine.sort();
+    for (_, device) in &mine[..mine.len() - cap] {
+        grants.remove(device);
+    }
 }
 
 /// What StartSession hands back.
@@ -298,7 +321,16 @@ impl Sessions {
             user_id: r.user_id.clone(),
         };
         let session_id = grant.session_id.clone();
-        self.inner().grants.insert(r.device_id.clone(), grant);
+        {
+            let mut inner = self.inner();
+            inner.grants.insert(r.device_id.clone(), grant);
+            prune_grants(
+                &mut inner.grants,
+                &r.instance_id,
+                now,
+                MAX_GRANTS_PER_INSTANCE,
+            );
+        }
         tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, "session authorised");
         let servers = self
             .settings
@@ -1062,5 +1094,46 @@ impl crate::runtime::Runtime for StreamingRuntime {
         paths: &crate::runtime::InstancePaths,
     ) -> CaptureSource {
         self.inner.capture_source(spec, paths)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(instance: &str, device: &str, expires: i64) -> (String, Grant) {
+        (
+            device.to_owned(),
+            Grant {
+                session_id: format!("s-{device}"),
+                instance_id: instance.to_owned(),
+                device_id: device.to_owned(),
+                token_sha256: [0; 32],
+                expires_at_unix_ms: expires,
+                tenant_id: "t".into(),
+                user_id: "u".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn pruning_drops_expired_grants_and_caps_each_instance_at_its_newest() {
+        let mut grants: HashMap<String, Grant> = [
+            grant("a", "expired", 999),
+            grant("a", "a1", 1_001),
+            grant("a", "a2", 1_002),
+            grant("a", "a3", 1_003),
+            grant("b", "b1", 1_001),
+            grant("b", "b-expired", 1_000),
+        ]
+        .into_iter()
+        .collect();
+        prune_grants(&mut grants, "a", 1_000, 2);
+        let mut left: Vec<&str> = grants.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        // Another instance's live grants are not touched by a's cap.
+        assert_eq!(left, ["a2", "a3", "b1"]);
+        prune_grants(&mut grants, "a", 1_000, 2);
+        assert_eq!(grants.len(), 3, "idempotent");
     }
 }
