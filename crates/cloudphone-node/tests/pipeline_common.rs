@@ -109,9 +109,10 @@ pub fn keyframe_timestamps(codec: Codec, packets: &[Bytes]) -> Vec<u32> {
     out
 }
 
-/// CPU time (clock ticks) used so far by each of this process's threads whose name starts
-/// with `prefix`, by thread id.
-pub fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u64> {
+/// `/proc/self/task/<tid>/stat` of each of this process's threads whose name starts with
+/// `prefix`, by thread id, as the numeric fields after the parenthesised name (index 0 is
+/// field 3, the state, which reads as 0).
+pub fn thread_stats(prefix: &str) -> std::collections::HashMap<String, Vec<u64>> {
     let mut out = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc/self/task")
         .expect("proc")
@@ -122,21 +123,26 @@ pub fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u
             continue;
         }
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
         let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        out.insert(
-            entry.file_name().to_string_lossy().into_owned(),
-            ticks(11) + ticks(12),
-        );
+        let fields = after
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .collect();
+        out.insert(entry.file_name().to_string_lossy().into_owned(), fields);
     }
     out
+}
+
+/// CPU time (clock ticks) used so far by each of this process's threads whose name starts
+/// with `prefix`, by thread id: utime (field 14) + stime (15).
+pub fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u64> {
+    thread_stats(prefix)
+        .into_iter()
+        .map(|(tid, f)| {
+            let field = |i: usize| f.get(i).copied().unwrap_or(0);
+            (tid, field(11) + field(12))
+        })
+        .collect()
 }
 
 /// Feeds RTP packets through `appsrc ! rtphXXXdepay ! avdec_hXXX ! appsink` and returns the

@@ -253,29 +253,15 @@ fn software_encoders_are_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_threads_run_under_sched_rr_and_can_be_left_normal() {
-    // (scheduling policy, rt_priority) of this process's threads named `prefix*`, from
-    // /proc/self/task/*/stat fields 41 and 40.
-    fn policies(prefix: &str) -> Vec<(u32, u32)> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir("/proc/self/task")
-            .expect("proc")
-            .flatten()
-        {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if !comm.trim().starts_with(prefix) {
-                continue;
-            }
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-            let fields: Vec<u32> = after
-                .split_whitespace()
-                .map(|f| f.parse().unwrap_or(u32::MAX))
-                .collect();
-            out.push((fields[38], fields[37]));
-        }
-        out
+    // (scheduling policy, rt_priority) of this process's threads named `prefix*`: stat
+    // fields 41 and 40.
+    fn policies(prefix: &str) -> Vec<(u64, u64)> {
+        thread_stats(prefix)
+            .values()
+            .map(|f| (f[38], f[37]))
+            .collect()
     }
-    const SCHED_RR: u32 = 2;
+    const SCHED_RR: u64 = 2;
     let root = nix::unistd::geteuid().is_root();
 
     let (pipe, mut rx) =
