@@ -16,6 +16,7 @@ use cloudphone_control::store::{self, DomainRecord, Store, UsageRow};
 use cloudphone_testkit::fleet::Fleet;
 use cloudphone_usage::sign::{self, RequestParts};
 use cloudphone_usage::{DAY_MS, HOUR_MS, huawei, volc};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -986,8 +987,8 @@ async fn volcengine_domains_filters_and_every_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volcengine_rate_limit_refuses_the_101st_request_of_a_window_per_user_and_recovers() {
-    // The document's 100 requests per minute, with the minute shortened to 5 s by config.
-    let window = Duration::from_secs(5);
+    // The document's 100 requests per minute, with the minute shortened to 8 s by config.
+    let window = Duration::from_secs(8);
     let api = Api::up(&format!(
         "[usage]\nvolcengine_rate_window_ms = {}\n",
         window.as_millis()
@@ -995,12 +996,18 @@ async fn volcengine_rate_limit_refuses_the_101st_request_of_a_window_per_user_an
     .await;
     let now = now_ms();
     let body = json!({"StartTime": rfc(now - DAY_MS, 0), "EndTime": rfc(now, 0)});
+    // Eight at a time, so a busy machine still fills the budget well inside the window.
     let first = Instant::now();
-    for i in 1..=100 {
-        let a = api.volc(&body).await;
-        assert_eq!(a.status, 200, "request {i}: {}", a.body);
-    }
+    let answers: Vec<Answer> = futures::stream::iter(0..100)
+        .map(|_| api.volc(&body))
+        .buffer_unordered(8)
+        .collect()
+        .await;
     let filled = first.elapsed();
+    eprintln!("100 requests accepted in {filled:?}");
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
     assert!(
         filled < window - Duration::from_secs(1),
         "100 requests took {filled:?}: too slow to test a {window:?} window"
