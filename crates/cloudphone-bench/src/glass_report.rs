@@ -97,8 +97,10 @@ pub fn markdown(g: &GlassResults) -> String {
          buffer (after SRTP) → decoded.\n\
          - **Chromium**: headless Chromium (Debian's, software decode, `--disable-gpu`; \
          playwright-core driving `tests/browser/glass.html`) plays the stream in a `<video>` \
-         with `jitterBufferTarget = 0`; on every `requestVideoFrameCallback` the page draws the \
-         frame's top-left corner at its intrinsic size to a canvas and reads the clock there. \
+         with `jitterBufferTarget = 0`; on every `requestVideoFrameCallback` the page snapshots \
+         the frame (`new VideoFrame(video)`) and reads the clock from the luma of its top-left \
+         corner at intrinsic size, as the GStreamer receivers read their GRAY8 frames (a canvas \
+         `drawImage` + `getImageData` reader, `reader=canvas`, sees the same pictures). \
          Glass = `performance.timeOrigin + expectedDisplayTime` − drawn time; receiver's share \
          = `expectedDisplayTime − receiveTime` (the frame's *last* packet in → expected on \
          screen). Chromium has no H.265 decoder here, so H.265 is measured with the two \
@@ -202,7 +204,7 @@ pub fn markdown(g: &GlassResults) -> String {
                  Chromium's WebCodecs and in `avdec_h264`. At 1080P30 mixed pictures (blocks \
                  failing the check) also appeared before that IDR. Glass-to-glass above is over \
                  the frames that read; the grey itself is an open defect of the stream as \
-                 Chromium's WebRTC path sees it (the player page receives the same way).\n"
+                 Chromium's WebRTC path sees it (the player page receives the same way)."
             );
         }
         if let Some(note) = chromium
