@@ -468,3 +468,54 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
         "huawei {huawei} s vs {held} s held, {watched} s connected"
     );
 }
+
+/// A record that reaches the node's disk after a report stream took its snapshot of unsent
+/// records, but was emitted before the stream subscribed to new ones (the node's buffer writes
+/// records as they are broadcast, so both can miss it), is delivered on that same stream: the
+/// node resends what control has not acknowledged every few seconds, not only on reconnects
+/// (which may be hours apart). The record is put on the node's disk directly, which is exactly
+/// the state that race leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_live_stream_missed_is_resent_without_a_reconnect() {
+    let python = tokio::task::spawn_blocking(venv_python).await.unwrap();
+    let fleet = Fleet::up("synthetic").await;
+    let acme = tenant(&fleet, "acme", "correct-horse-1").await;
+    let ids = fleet.running_instances(&acme.token, 1).await;
+    let (ak, sk) = access_key(&fleet, &acme, "resend").await;
+    // The domain usage bills under (made by the first record otherwise), so the SDKs can ask.
+    fleet.admin(&[
+        "domain",
+        "create",
+        "--tenant",
+        "acme",
+        "--domain",
+        &default_domain(&acme),
+        "--default",
+    ]);
+    let now = now_ms();
+    let record = json!({"record_id": "missedbythelivestream0001", "session_id": "missedsession0001",
+        "tenant_id": acme.tenant_id, "instance_id": ids[0], "codec": "H264", "width": 540,
+        "height": 960, "start_unix_ms": now - 60_000, "end_unix_ms": now - 30_000, "final": true});
+    let pending = fleet.path("node-state/usage/pending");
+    let tmp = pending.join("missedbythelivestream0001.tmp");
+    std::fs::write(&tmp, record.to_string()).unwrap();
+    std::fs::rename(&tmp, pending.join("missedbythelivestream0001.json")).unwrap();
+    let written = Instant::now();
+
+    let vars = sdk_vars(&ak, &sk, &acme);
+    let result = poll_sdks(&python, &fleet, &vars, |r| volc_minutes(r) > 0.0).await;
+    let took = written.elapsed();
+    eprintln!("a record the stream missed arrived after {took:?}");
+    assert!(close_to(volc_minutes(&result), 0.5), "{result}");
+    assert_eq!(
+        huawei_minutes(&result["huawei"], "H264_HD"),
+        0.5,
+        "{result}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert_eq!(fleet.node_status().await.as_deref(), Some("up"));
+}
+
+fn close_to(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
