@@ -1,7 +1,8 @@
 //! The official SDKs (`huaweicloudsdklive`, `volcengine`, from PyPI in a venv this test creates
 //! under `target/`) against a live control + node: after a real encoder session of N seconds
 //! both report N/60 minutes under the right class, also when the node or control is stopped
-//! mid-session. Also: AK/SK creation over IAM's form, and tenant isolation of both APIs.
+//! mid-session, and a record the live report stream missed still arrives. Also: AK/SK creation
+//! over IAM's form, and tenant isolation of both APIs.
 
 use std::path::PathBuf;
 use std::process::Command;
