@@ -193,18 +193,13 @@ pub fn markdown(g: &GlassResults) -> String {
         if unreadable > 0 {
             let _ = writeln!(
                 s,
-                "\nChromium's unreadable frames ({unreadable} over its cells, {flat:.0} of them one \
-                 flat mid-grey picture) are not in the stream: the two GStreamer receivers read \
-                 every frame of the same encoder settings. Seen while writing this bench: in \
-                 Chromium the picture turns flat grey at the encoder's first periodic IDR \
-                 (x264 `key-int-max`, 10 s after the encoder starts) and stays grey, while \
-                 libwebrtc counts the frames decoded (`keyFramesDecoded` +1, no PLI, NACK or \
-                 loss) and a page screenshot shows the grey `<video>`; an IDR forced by a second \
-                 viewer joining decodes fine, and the same depayloaded bitstream decodes in \
-                 Chromium's WebCodecs and in `avdec_h264`. At 1080P30 mixed pictures (blocks \
-                 failing the check) also appeared before that IDR. Glass-to-glass above is over \
-                 the frames that read; the grey itself is an open defect of the stream as \
-                 Chromium's WebRTC path sees it (the player page receives the same way)."
+                "\nChromium's unreadable frames: {unreadable} over its cells, {flat:.0} of them one \
+                 flat mid-grey picture. (Found with this bench and fixed: Chromium's REMB tracks \
+                 the incoming rate of a still screen, ~75 kbit/s; the bitrate controller capped \
+                 at it and walked the target down to its 150 kbit/s floor, so the 10 s periodic \
+                 key frame came out flat grey and a still screen never recovered, 210 of 480 \
+                 frames in a 16 s run. A REMB now caps only when below 90 % of the rate actually \
+                 sent, `cloudphone_core::adaptation`; the same run then read 479 of 479.)"
             );
         }
         if let Some(note) = chromium

@@ -25,7 +25,12 @@
 //! sooner mostly describes packets sent before the previous cut, and reacting twice to one
 //! congestion episode would overshoot downwards. A report inside that hold-off holds.
 //!
-//! A REMB caps the target (it is the receiver's own estimate) until it is older than 5 s.
+//! A REMB caps the target (it is the receiver's own estimate) until it is older than 5 s, but
+//! only when it is below what the sender is actually sending: a receive-side estimator tracks
+//! the incoming rate of an application-limited stream (Chromium reported ~75 kbit/s for a
+//! still screen sending ~70), so a REMB at or above the sending rate says nothing about the
+//! path, and capping at it spiralled a still screen's target down to the floor, where the next
+//! key frame came out as flat grey.
 //! [`BitrateController::set_max`] (a new SetVideoConfig) takes effect at once: the target drops to
 //! the new max if above it; a raised max is reached by the normal increase, not a jump.
 //! The controller starts at `max`: a phone UI is mostly still, so the first seconds are cheap,
@@ -51,6 +56,8 @@ pub const RTT_RISE_FRACTION: f64 = 0.5;
 pub const DECREASE_HOLDOFF_MS: u64 = 300;
 /// A REMB older than this no longer caps the target.
 pub const REMB_TTL_MS: u64 = 5_000;
+/// A REMB caps only when below this fraction of the rate actually being sent.
+pub const REMB_BELOW_SENT: f64 = 0.9;
 /// At most this much elapsed time is credited to one increase step.
 pub const MAX_INCREASE_STEP_MS: u64 = 2_000;
 /// How long loss must stay at or above [`LOSS_INCREASE_BELOW`] before the queue probe.
@@ -149,8 +156,13 @@ impl BitrateController {
         self.clamp();
     }
 
-    /// A REMB from the receiver: caps the target for the next [`REMB_TTL_MS`].
-    pub fn on_remb(&mut self, now_ms: u64, kbps: u32) {
+    /// A REMB from the receiver, with the rate the sender actually sent over the last second:
+    /// caps the target for the next [`REMB_TTL_MS`] when it is below [`REMB_BELOW_SENT`] of
+    /// that rate (the receiver gets less than is sent); otherwise it is ignored.
+    pub fn on_remb(&mut self, now_ms: u64, kbps: u32, sent_kbps: u32) {
+        if f64::from(kbps) >= REMB_BELOW_SENT * f64::from(sent_kbps) {
+            return;
+        }
         self.remb = Some((now_ms, kbps));
         self.target = self.target.min(f64::from(kbps));
         self.clamp();
@@ -536,7 +548,7 @@ mod tests {
     #[test]
     fn remb_caps_until_stale() {
         let mut c = BitrateController::new(4000, 200);
-        c.on_remb(0, 1500);
+        c.on_remb(0, 1500, 3000);
         assert_eq!(c.target_kbps(), 1500);
         c.on_receiver_report(1000, 0.0, None);
         c.on_receiver_report(3000, 0.0, None);
@@ -552,6 +564,21 @@ mod tests {
             1750,
             "a REMB older than 5 s no longer caps"
         );
+    }
+
+    #[test]
+    fn a_remb_that_only_tracks_an_application_limited_stream_does_not_cap() {
+        // A still screen: the encoder sends ~70 kbit/s of its 4000 budget and the receiver's
+        // estimate follows the incoming rate. Capping would drag the target to the floor.
+        let mut c = BitrateController::new(4000, 150);
+        for i in 0..50u64 {
+            c.on_remb(i * 200, 75, 70);
+            c.on_receiver_report(i * 200 + 100, 0.0, Some(2));
+        }
+        assert_eq!(c.target_kbps(), 4000);
+        // The same receiver getting less than is sent (congestion): the REMB caps.
+        c.on_remb(10_000, 900, 2500);
+        assert_eq!(c.target_kbps(), 900);
     }
 
     #[test]
@@ -582,7 +609,7 @@ mod tests {
                         c.set_max(max);
                         assert!(c.target_kbps() <= max.max(1), "set_max({max}) not applied");
                     }
-                    1 => c.on_remb(now, (next() % 20_000) as u32),
+                    1 => c.on_remb(now, (next() % 20_000) as u32, (next() % 20_000) as u32),
                     _ => {
                         let loss = match next() % 6 {
                             0 => f64::NAN,

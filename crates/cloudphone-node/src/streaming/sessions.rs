@@ -708,6 +708,9 @@ pub struct SharedEncoder {
     pub height: u32,
     /// Current target, for tests and metrics.
     pub bitrate_kbps: AtomicU32,
+    /// What the encoder actually sent over the last health tick (1 s), kbit/s: the reference
+    /// a REMB is judged against.
+    sent_kbps: AtomicU32,
 }
 
 impl SharedEncoder {
@@ -737,22 +740,29 @@ impl SharedEncoder {
             width: request.width,
             height: request.height,
             bitrate_kbps: AtomicU32::new(request.bitrate_kbps),
+            sent_kbps: AtomicU32::new(0),
         });
         tracing::info!(instance = %instance_id, codec = %request.codec, width = request.width, height = request.height, fps = request.fps, kbps = request.bitrate_kbps, "encoder started");
         // Pump: encoder → every viewer. Ends when the encoder stops or fails.
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+            let (mut bytes, mut since) = (0u64, tokio::time::Instant::now());
             loop {
                 tokio::select! {
                     packet = rx.recv() => match packet {
                         Some(packet) => {
+                            bytes += packet.len() as u64;
                             let _ = packets.send(packet);
                         }
                         None => break,
                     },
                     _ = health.tick() => {
                         let Some(shared) = weak.upgrade() else { break };
+                        let secs = since.elapsed().as_secs_f64().max(0.001);
+                        let kbps = (bytes as f64 * 8.0 / 1000.0 / secs).round() as u32;
+                        shared.sent_kbps.store(kbps, Ordering::Relaxed);
+                        (bytes, since) = (0, tokio::time::Instant::now());
                         if *shared.ended.borrow() {
                             break;
                         }
@@ -929,9 +939,10 @@ impl SharedEncoder {
 
     /// A REMB from viewer `id`.
     pub fn on_remb(&self, id: u64, now_ms: u64, kbps: u32) {
+        let sent_kbps = self.sent_kbps.load(Ordering::Relaxed);
         let mut a = self.adaptation();
         if let Some(c) = a.controllers.get_mut(&id) {
-            c.on_remb(now_ms, kbps);
+            c.on_remb(now_ms, kbps, sent_kbps);
         }
         self.apply(a);
     }
