@@ -4,15 +4,14 @@
 //! exactly like that call: an IAM token scoped to the project, or an AK/SK signature.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use cloudphone_usage::huawei::{HuaweiError, format_time};
-use cloudphone_usage::sign::RequestParts;
 use serde::{Deserialize, Serialize};
 
 use super::AppStateRef;
-use super::usage::{header_pairs, huawei_failure, huawei_tenant, request_id, with_request_id};
+use super::usage::huawei_call;
 use crate::AppState;
 
 /// Table 2 of the document: both optional. `enterprise_project_id` is accepted and ignored
@@ -53,34 +52,18 @@ pub async fn show(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request_id = request_id(&headers);
-    let header_list = header_pairs(&headers);
-    let parts = RequestParts {
-        method: method.as_str(),
-        path: uri.path(),
-        query: uri.query().unwrap_or_default(),
-        headers: &header_list,
-        body: &body,
-    };
-    match answer(&state, &project_id, &parts, &headers).await {
-        Ok(body) => with_request_id(axum::Json(body).into_response(), &request_id),
-        Err(error) => huawei_failure(error, &request_id),
-    }
+    let request = (method, uri, headers, body);
+    huawei_call(&state, &project_id, request, |tenant_id, query| {
+        answer(&state, tenant_id, query)
+    })
+    .await
 }
 
 async fn answer(
     state: &AppState,
-    project_id: &str,
-    parts: &RequestParts<'_>,
-    headers: &HeaderMap,
+    tenant_id: String,
+    query: ShowDomainQuery,
 ) -> Result<ShowDomainResponse, HuaweiError> {
-    let tenant_id = huawei_tenant(state, project_id, parts, headers).await?;
-    tracing::Span::current().record("tenant_id", tenant_id.as_str());
-    let Query(query): Query<ShowDomainQuery> = Query::try_from_uri(
-        &Uri::try_from(format!("/?{}", parts.query))
-            .map_err(|_| HuaweiError::InvalidParameter("query".into()))?,
-    )
-    .map_err(|_| HuaweiError::InvalidParameter("query".into()))?;
     let wanted = query
         .domain
         .as_deref()

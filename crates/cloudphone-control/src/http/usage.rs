@@ -13,6 +13,8 @@ use cloudphone_usage::huawei::{self, HuaweiError, TranscodeQuery};
 use cloudphone_usage::meter::{Grid, bucket_totals};
 use cloudphone_usage::sign::{self, RequestParts, SignError};
 use cloudphone_usage::volc::{self, VolcError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::AppStateRef;
@@ -20,7 +22,7 @@ use crate::AppState;
 use crate::iam::Principal;
 use crate::store::AccessKeyRecord;
 
-pub(super) fn request_id(headers: &HeaderMap) -> String {
+fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -29,7 +31,7 @@ pub(super) fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
-pub(super) fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(k, v)| {
@@ -235,7 +237,7 @@ pub async fn delete_credential(
 // ---------------------------------------------------------------------------------------------
 // Huawei Live
 
-pub(super) fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
+fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     tracing::info!(code = error.code(), %error, "usage query refused");
@@ -245,7 +247,7 @@ pub(super) fn huawei_failure(error: HuaweiError, request_id: &str) -> Response {
     )
 }
 
-pub(super) fn with_request_id(mut response: Response, request_id: &str) -> Response {
+fn with_request_id(mut response: Response, request_id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -254,7 +256,7 @@ pub(super) fn with_request_id(mut response: Response, request_id: &str) -> Respo
 
 /// The tenant a Huawei call acts for: an IAM token scoped to `project_id`, or an AK/SK
 /// signature by a key of the tenant owning `project_id`.
-pub(super) async fn huawei_tenant(
+async fn huawei_tenant(
     state: &AppState,
     project_id: &str,
     parts: &RequestParts<'_>,
@@ -301,15 +303,22 @@ pub(super) async fn huawei_tenant(
     }
 }
 
-/// `GET /v2/{project_id}/stats/transcode`.
-pub async fn huawei_transcode(
-    state: AppStateRef,
-    Path(project_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// Serves one Huawei Live call: authenticates it for `project_id` ([`huawei_tenant`]), records
+/// the tenant on the request's span, parses the query string as `Q`, runs `answer` for the tenant
+/// and writes its JSON body or the Huawei error body, with `x-request-id` (the caller's, or a new
+/// one) on either.
+pub(super) async fn huawei_call<Q, T, F, Fut>(
+    state: &AppState,
+    project_id: &str,
+    (method, uri, headers, body): (Method, Uri, HeaderMap, Bytes),
+    answer: F,
+) -> Response
+where
+    Q: DeserializeOwned,
+    T: Serialize,
+    F: FnOnce(String, Q) -> Fut,
+    Fut: Future<Output = Result<T, HuaweiError>>,
+{
     let request_id = request_id(&headers);
     let header_list = header_pairs(&headers);
     let parts = RequestParts {
@@ -319,25 +328,43 @@ pub async fn huawei_transcode(
         headers: &header_list,
         body: &body,
     };
-    match huawei_answer(&state, &project_id, &parts, &headers).await {
+    let result = async {
+        let tenant_id = huawei_tenant(state, project_id, &parts, &headers).await?;
+        tracing::Span::current().record("tenant_id", tenant_id.as_str());
+        let Query(query): Query<Q> = Query::try_from_uri(
+            &Uri::try_from(format!("/?{}", parts.query))
+                .map_err(|_| HuaweiError::InvalidParameter("query".into()))?,
+        )
+        .map_err(|_| HuaweiError::InvalidParameter("query".into()))?;
+        answer(tenant_id, query).await
+    };
+    match result.await {
         Ok(body) => with_request_id(axum::Json(body).into_response(), &request_id),
         Err(error) => huawei_failure(error, &request_id),
     }
 }
 
+/// `GET /v2/{project_id}/stats/transcode`.
+pub async fn huawei_transcode(
+    state: AppStateRef,
+    Path(project_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = (method, uri, headers, body);
+    huawei_call(&state, &project_id, request, |tenant_id, query| {
+        huawei_answer(&state, tenant_id, query)
+    })
+    .await
+}
+
 async fn huawei_answer(
     state: &AppState,
-    project_id: &str,
-    parts: &RequestParts<'_>,
-    headers: &HeaderMap,
+    tenant_id: String,
+    query: TranscodeQuery,
 ) -> Result<huawei::TranscodeResponse, HuaweiError> {
-    let tenant_id = huawei_tenant(state, project_id, parts, headers).await?;
-    tracing::Span::current().record("tenant_id", tenant_id.as_str());
-    let Query(query): Query<TranscodeQuery> = Query::try_from_uri(
-        &Uri::try_from(format!("/?{}", parts.query))
-            .map_err(|_| HuaweiError::InvalidParameter("query".into()))?,
-    )
-    .map_err(|_| HuaweiError::InvalidParameter("query".into()))?;
     let domain = huawei::publish_domain(&query)?.to_string();
     let now = crate::unix_ms();
     let window = huawei::window(&query, now)?;
