@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use cloudphone_signaling::{Candidate, ClientMessage, Hello, NodeMessage};
+use cloudphone_signaling::{Candidate, ClientMessage, Hello, IceServer, NodeMessage};
 use futures::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -78,22 +78,91 @@ pub(crate) async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
     }
 }
 
+/// Opens the node's signaling socket, says hello and waits for `ready`: the socket, when hello
+/// was sent, and the ICE servers `ready` names.
+pub(crate) async fn say_hello(url: &str, hello: Hello) -> Result<(Ws, Instant, Vec<IceServer>)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("signaling connect")?;
+    let hello_at = Instant::now();
+    send(&mut ws, &ClientMessage::Hello(hello)).await?;
+    let ready = tokio::time::timeout(Duration::from_secs(20), recv(&mut ws))
+        .await
+        .context("no reply to hello")??
+        .ok_or_else(|| anyhow!("socket closed after hello"))?;
+    let NodeMessage::Ready { ice_servers, .. } = ready else {
+        bail!("hello refused: {ready:?}");
+    };
+    Ok((ws, hello_at, ice_servers))
+}
+
+/// The RTP encoding name of a codec and the decode tail both Rust viewers use for it:
+/// depayloader (named `depay`) → parser → single-threaded libav decoder → GRAY8 appsink (named
+/// `sink`).
+pub(crate) fn decode_tail(h265: bool) -> (&'static str, String) {
+    let (name, depay, parse, dec) = if h265 {
+        ("H265", "rtph265depay", "h265parse", "avdec_h265")
+    } else {
+        ("H264", "rtph264depay", "h264parse", "avdec_h264")
+    };
+    let line = format!(
+        "{depay} name=depay ! {parse} ! {dec} max-threads=1 ! videoconvert \
+         ! video/x-raw,format=GRAY8 ! appsink name=sink sync=false max-buffers=4 drop=true"
+    );
+    (name, line)
+}
+
+/// Reads the clock from every GRAY8 frame `sink` hands out and records it in `seen` (frame
+/// count, size, first frame, clock age or unreadable), with the receiver-side time
+/// `receiver_ms` gives for the frame, if any.
+pub(crate) fn read_clock_from(
+    sink: &gst_app::AppSink,
+    seen: Arc<Mutex<Seen>>,
+    receiver_ms: impl Fn(&gst::Sample, &gst::BufferRef, Instant) -> Option<f64> + Send + 'static,
+) {
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let now = Instant::now();
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Some(s) = caps.structure(0) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (w, h) = (w as u32, h as u32);
+                let read = buffer.map_readable().ok().and_then(|map| {
+                    // GRAY8 rows are padded to 4 bytes.
+                    clock::read_gray(map.as_slice(), w, h, (w as usize + 3) & !3)
+                });
+                let rx_ms = receiver_ms(&sample, buffer, now);
+                let mut seen = lock(&seen);
+                seen.frames += 1;
+                seen.width = w;
+                seen.height = h;
+                seen.first_frame.get_or_insert(now);
+                match read {
+                    Some(value) => seen.ages_ms.push((now, clock::age_ms(value))),
+                    None => seen.unreadable += 1,
+                }
+                if let Some(ms) = rx_ms {
+                    seen.receiver_ms.push((now, ms));
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
 impl Viewer {
     /// Says hello, negotiates, and starts decoding whatever arrives.
     pub async fn connect(url: &str, hello: Hello) -> Result<Viewer> {
         gst::init()?;
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .context("signaling connect")?;
-        let hello_at = Instant::now();
-        send(&mut ws, &ClientMessage::Hello(hello)).await?;
-        let ready = tokio::time::timeout(Duration::from_secs(20), recv(&mut ws))
-            .await
-            .context("no reply to hello")??
-            .ok_or_else(|| anyhow!("socket closed after hello"))?;
-        let NodeMessage::Ready { ice_servers, .. } = &ready else {
-            bail!("hello refused: {ready:?}");
-        };
+        let (mut ws, hello_at, ice_servers) = say_hello(url, hello).await?;
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
         // Receiver reports only: the node's NACK/PLI paths are not what is measured here.
@@ -245,19 +314,13 @@ impl Viewer {
     }
 }
 
-/// appsrc (RTP) → depayloader → parser → single-threaded libav decoder → GRAY8 appsink that
-/// reads the clock.
+/// appsrc (RTP) → [`decode_tail`], whose appsink reads the clock.
 fn decoder(h265: bool, pt: u8, seen: Arc<Mutex<Seen>>) -> Result<(gst_app::AppSrc, gst::Pipeline)> {
-    let (name, depay, parse, dec) = if h265 {
-        ("H265", "rtph265depay", "h265parse", "avdec_h265")
-    } else {
-        ("H264", "rtph264depay", "h264parse", "avdec_h264")
-    };
+    let (name, tail) = decode_tail(h265);
     let line = format!(
         "appsrc name=src is-live=true format=time do-timestamp=true \
          caps=application/x-rtp,media=video,encoding-name={name},clock-rate=90000,payload={pt} \
-         ! {depay} ! {parse} ! {dec} max-threads=1 ! videoconvert ! video/x-raw,format=GRAY8 \
-         ! appsink name=sink sync=false max-buffers=4 drop=true"
+         ! {tail}"
     );
     let pipeline = gst::parse::launch(&line)?
         .downcast::<gst::Pipeline>()
@@ -271,54 +334,19 @@ fn decoder(h265: bool, pt: u8, seen: Arc<Mutex<Seen>>) -> Result<(gst_app::AppSr
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .context("appsink")?;
     let clock_pipeline = pipeline.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let now = Instant::now();
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let Some(s) = caps.structure(0) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let (w, h) = (w as u32, h as u32);
-                let read = buffer.map_readable().ok().and_then(|map| {
-                    // GRAY8 rows are padded to 4 bytes.
-                    clock::read_gray(map.as_slice(), w, h, (w as usize + 3) & !3)
-                });
-                // Running time now minus the PTS appsrc stamped on the frame's first packet.
-                let rx_ms = match (
-                    clock_pipeline.current_running_time(),
-                    sample
-                        .segment()
-                        .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
-                        .and_then(|seg| seg.to_running_time(buffer.pts())),
-                ) {
-                    (Some(now_rt), Some(rt)) => {
-                        Some(now_rt.saturating_sub(rt).nseconds() as f64 / 1e6)
-                    }
-                    _ => None,
-                };
-                let mut seen = lock(&seen);
-                seen.frames += 1;
-                seen.width = w;
-                seen.height = h;
-                seen.first_frame.get_or_insert(now);
-                match read {
-                    Some(value) => seen.ages_ms.push((now, clock::age_ms(value))),
-                    None => seen.unreadable += 1,
-                }
-                if let Some(ms) = rx_ms {
-                    seen.receiver_ms.push((now, ms));
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    // Running time now minus the PTS appsrc stamped on the frame's first packet.
+    read_clock_from(&sink, seen, move |sample, buffer, _| {
+        match (
+            clock_pipeline.current_running_time(),
+            sample
+                .segment()
+                .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+                .and_then(|seg| seg.to_running_time(buffer.pts())),
+        ) {
+            (Some(now_rt), Some(rt)) => Some(now_rt.saturating_sub(rt).nseconds() as f64 / 1e6),
+            _ => None,
+        }
+    });
     pipeline.set_state(gst::State::Playing)?;
     Ok((appsrc, pipeline))
 }

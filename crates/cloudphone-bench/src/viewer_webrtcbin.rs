@@ -29,8 +29,7 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use tokio::sync::mpsc;
 
-use crate::clock;
-use crate::viewer::{Seen, Ws, lock, recv, send};
+use crate::viewer::{Seen, Ws, decode_tail, lock, read_clock_from, recv, say_hello, send};
 
 /// The jitter-buffer latency the glass bench gives `webrtcbin`, ms.
 pub const DEFAULT_LATENCY_MS: u32 = 10;
@@ -96,26 +95,9 @@ impl WebrtcbinViewer {
     /// Says hello, negotiates (webrtcbin offers, the node answers) and starts decoding.
     pub async fn connect(url: &str, hello: Hello, latency_ms: u32) -> Result<WebrtcbinViewer> {
         gst::init()?;
-        let (name, depay, parse, dec) = match hello.encoding_type {
-            cloudphone_signaling::EncodingType::H265 => {
-                ("H265", "rtph265depay", "h265parse", "avdec_h265")
-            }
-            cloudphone_signaling::EncodingType::H264 => {
-                ("H264", "rtph264depay", "h264parse", "avdec_h264")
-            }
-        };
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .context("signaling connect")?;
-        let hello_at = Instant::now();
-        send(&mut ws, &ClientMessage::Hello(hello)).await?;
-        let ready = tokio::time::timeout(Duration::from_secs(20), recv(&mut ws))
-            .await
-            .context("no reply to hello")??
-            .ok_or_else(|| anyhow!("socket closed after hello"))?;
-        let NodeMessage::Ready { ice_servers, .. } = &ready else {
-            bail!("hello refused: {ready:?}");
-        };
+        let h265 = hello.encoding_type == cloudphone_signaling::EncodingType::H265;
+        let (name, tail_line) = decode_tail(h265);
+        let (ws, hello_at, ice_servers) = say_hello(url, hello).await?;
 
         let pipeline = gst::Pipeline::new();
         let bin = gst::ElementFactory::make("webrtcbin")
@@ -239,10 +221,6 @@ impl WebrtcbinViewer {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (s, a, err_tx) = (Arc::clone(&seen), Arc::clone(&arrivals), to_ws);
         let pipeline_weak = pipeline.downgrade();
-        let tail_line = format!(
-            "{depay} name=depay ! {parse} ! {dec} max-threads=1 ! videoconvert \
-             ! video/x-raw,format=GRAY8 ! appsink name=sink sync=false max-buffers=4 drop=true"
-        );
         bin.connect_pad_added(move |_, pad| {
             if pad.direction() != gst::PadDirection::Src {
                 return;
@@ -370,46 +348,13 @@ fn attach_tail(
         .by_name("sink")
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .context("appsink")?;
-    let (seen, a) = (Arc::clone(seen), Arc::clone(arrivals));
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let now = Instant::now();
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let Some(s) = caps.structure(0) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let (w, h) = (w as u32, h as u32);
-                let read = buffer.map_readable().ok().and_then(|map| {
-                    // GRAY8 rows are padded to 4 bytes.
-                    clock::read_gray(map.as_slice(), w, h, (w as usize + 3) & !3)
-                });
-                let rx_ms = buffer
-                    .pts()
-                    .and_then(|pts| lock(&a).arrival_of(pts))
-                    .map(|at| now.duration_since(at).as_secs_f64() * 1e3);
-                let mut seen = lock(&seen);
-                seen.frames += 1;
-                seen.width = w;
-                seen.height = h;
-                seen.first_frame.get_or_insert(now);
-                match read {
-                    Some(value) => seen.ages_ms.push((now, clock::age_ms(value))),
-                    None => seen.unreadable += 1,
-                }
-                if let Some(ms) = rx_ms {
-                    seen.receiver_ms.push((now, ms));
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let a = Arc::clone(arrivals);
+    read_clock_from(&sink, Arc::clone(seen), move |_, buffer, now| {
+        buffer
+            .pts()
+            .and_then(|pts| lock(&a).arrival_of(pts))
+            .map(|at| now.duration_since(at).as_secs_f64() * 1e3)
+    });
     pipeline.add(&tail)?;
     tail.sync_state_with_parent()?;
     pad.link(&tail.static_pad("sink").context("tail sink")?)?;
