@@ -14,6 +14,9 @@ use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
+use support::{held_for, iso, now_ms, watch};
+
+mod support;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -21,17 +24,6 @@ const DAY: i64 = 24 * HOUR;
 const ZONE: &str = "Asia/Shanghai";
 const ZONE_OFFSET: i64 = 8 * HOUR;
 const MIN: i64 = 60_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn iso(unix_ms: i64) -> String {
-    cloudphone_usage::huawei::format_time(unix_ms)
-}
 
 fn hundredths(v: &Value) -> i64 {
     (v.as_f64().unwrap() * 100.0).round() as i64
@@ -42,30 +34,6 @@ fn shots() -> PathBuf {
     let dir = workspace().join("target/console-usage");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-struct Tenant {
-    token: String,
-    project_id: String,
-    tenant_id: String,
-}
-
-async fn tenant(fleet: &Fleet, domain: &str, password: &str) -> Tenant {
-    let response = fleet.token(domain, password).await;
-    assert_eq!(response.status(), 201);
-    let token = response.headers()["x-subject-token"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = response.json().await.unwrap();
-    Tenant {
-        token,
-        project_id: body["token"]["project"]["id"].as_str().unwrap().into(),
-        tenant_id: body["token"]["user"]["domain"]["id"]
-            .as_str()
-            .unwrap()
-            .into(),
-    }
 }
 
 /// GET with an IAM token; status and JSON body.
@@ -81,39 +49,14 @@ async fn get(fleet: &Fleet, path_and_query: &str, token: Option<&str>) -> (u16, 
     )
 }
 
-/// Holds a signaling session (hello → ready) open for `hold`, which runs the node's encoder.
-async fn watch(url: &str, device_id: &str, token: &str, hold: Duration) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
-        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    let ready: Value = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no ready: {other:?}"),
-        }
-    };
-    assert_eq!(ready["type"], "ready", "{ready}");
-    let until = tokio::time::Instant::now() + hold;
-    while let Ok(Some(_)) = tokio::time::timeout_at(until, ws.next()).await {}
-    let _ = ws.close(None).await;
-}
+/// A finished session: domain, codec, (width, height), start, minutes.
+type Session = (&'static str, &'static str, (i64, i64), i64, f64);
 
-/// A finished session of `minutes` starting at `start_ms`, stored as a node would have.
-#[allow(clippy::too_many_arguments)]
+/// Session `n` of `tenant_id`, stored as a node would have.
 fn seeded(
     n: usize,
     tenant_id: &str,
-    domain: &str,
-    codec: &str,
-    (width, height): (i64, i64),
-    start_ms: i64,
-    minutes: f64,
+    (domain, codec, (width, height), start_ms, minutes): Session,
 ) -> UsageRow {
     UsageRow {
         record_id: format!("seed-record-{n}"),
@@ -175,6 +118,34 @@ async fn wait_ready(browser: &mut Browser, after: i64) -> Value {
     }
 }
 
+/// Signs in through the page's form as `dev` of `domain`, on project `cn-north-7`.
+async fn log_in(browser: &mut Browser, domain: &str, password: &str) {
+    for (selector, value) in [
+        ("#domain", domain),
+        ("#user", "dev"),
+        ("#password", password),
+        ("#project", "cn-north-7"),
+    ] {
+        browser
+            .ok(json!({"cmd": "fill", "selector": selector, "value": value}))
+            .await;
+    }
+    browser
+        .ok(json!({"cmd": "click", "selector": "#loginBtn"}))
+        .await;
+}
+
+/// Waits for the page's error message of `kind` (`data-kind`); returns its text.
+async fn error_message(browser: &mut Browser, kind: &str) -> String {
+    browser
+        .ok(json!({"cmd": "wait_for", "selector": format!("#error[data-kind='{kind}']")}))
+        .await;
+    let error = browser
+        .ok(json!({"cmd": "text", "selector": "#error"}))
+        .await;
+    error["text"].as_str().unwrap().to_string()
+}
+
 /// The same window from the API: per bucket and class, per (bucket, domain, class), and the
 /// summary totals, in hundredths of a minute. `day_offset`: `None` for hourly buckets, else
 /// days starting at midnight of that UTC offset.
@@ -233,7 +204,7 @@ async fn expected(
     e
 }
 
-/// Table, chart, legend and totals all equal the API's figures; returns them for more checks.
+/// Table, chart, legend and totals all equal the API's figures.
 fn check_page(state: &Value, e: &Expected, buckets: usize) {
     let rows = state["rows"].as_array().unwrap();
     assert_eq!(rows.len(), buckets, "{state}");
@@ -287,6 +258,21 @@ fn check_page(state: &Value, e: &Expected, buckets: usize) {
     );
 }
 
+/// Asks the API for the queries the page made (`state["paths"]`, days at `day_offset` or hours
+/// for `None`) and checks the page against it ([`check_page`], `buckets` rows); returns the API's
+/// figures for more checks.
+async fn check_against_api(
+    fleet: &Fleet,
+    token: &str,
+    state: &Value,
+    day_offset: Option<i64>,
+    buckets: usize,
+) -> Expected {
+    let e = expected(fleet, token, state["paths"].as_array().unwrap(), day_offset).await;
+    check_page(state, &e, buckets);
+    e
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     let fleet = Fleet::up("synthetic").await;
@@ -307,8 +293,8 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         "--domain",
         "play.acme.example",
     ]);
-    let acme = tenant(&fleet, "acme", "correct-horse-1").await;
-    let other = tenant(&fleet, "other", "correct-horse-2").await;
+    let acme = fleet.scoped_login("acme", "correct-horse-1").await;
+    let other = fleet.scoped_login("other", "correct-horse-2").await;
 
     // ShowDomain: the tenant's domains, the billing one marked; scoped like the usage API.
     let domains_of = |project: &str| format!("/v1/{project}/domain");
@@ -359,69 +345,28 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     let now = now_ms();
     let (hd, fhd, sd, hd265) = ((540, 960), (1080, 1920), (480, 640), (720, 1280));
     let live = "live.acme.example";
-    let mut rows = Vec::new();
+    let mut sessions: Vec<Session> = Vec::new();
     for k in 1..=6_i64 {
         let at = now - k * DAY - 3 * HOUR;
-        rows.push(seeded(
-            rows.len(),
-            &acme.tenant_id,
-            live,
-            "H264",
-            hd,
-            at,
-            4.0 + 2.5 * k as f64,
-        ));
+        sessions.push((live, "H264", hd, at, 4.0 + 2.5 * k as f64));
         if k % 2 == 0 {
-            rows.push(seeded(
-                rows.len(),
-                &acme.tenant_id,
-                live,
-                "H265",
-                fhd,
-                at + HOUR,
-                1.5 * k as f64,
-            ));
+            sessions.push((live, "H265", fhd, at + HOUR, 1.5 * k as f64));
         }
         if k % 3 == 0 {
             let play = "play.acme.example";
-            rows.push(seeded(
-                rows.len(),
-                &acme.tenant_id,
-                play,
-                "H264",
-                sd,
-                at - 2 * HOUR,
-                3.25,
-            ));
+            sessions.push((play, "H264", sd, at - 2 * HOUR, 3.25));
         }
     }
-    rows.push(seeded(
-        rows.len(),
-        &acme.tenant_id,
-        live,
-        "H265",
-        hd265,
-        now - 5 * HOUR,
-        3.5,
-    ));
-    rows.push(seeded(
-        rows.len(),
-        &acme.tenant_id,
-        live,
-        "H264",
-        hd,
-        now - 9 * HOUR,
-        6.0,
-    ));
-    rows.push(seeded(
-        rows.len(),
-        &acme.tenant_id,
-        live,
-        "H264",
-        hd,
-        now - 20 * DAY,
-        30.0,
-    ));
+    sessions.extend([
+        (live, "H265", hd265, now - 5 * HOUR, 3.5),
+        (live, "H264", hd, now - 9 * HOUR, 6.0),
+        (live, "H264", hd, now - 20 * DAY, 30.0),
+    ]);
+    let rows: Vec<UsageRow> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(n, session)| seeded(n, &acme.tenant_id, session))
+        .collect();
     let store = SqlStore::connect(&fleet.store_url).await.unwrap();
     assert_eq!(store.store_usage(&rows).await.unwrap(), rows.len() as u64);
 
@@ -444,7 +389,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
             .unwrap(),
         data["resource"]["device_id"].as_str().unwrap(),
         data["device_token"].as_str().unwrap(),
-        Duration::from_secs(8),
+        held_for(Duration::from_secs(8)),
     )
     .await;
     let watched = started.elapsed().as_secs_f64();
@@ -487,19 +432,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     browser
         .ok(json!({"cmd": "viewport", "width": 1280, "height": 1150}))
         .await;
-    for (selector, value) in [
-        ("#domain", "acme"),
-        ("#user", "dev"),
-        ("#password", "correct-horse-1"),
-        ("#project", "cn-north-7"),
-    ] {
-        browser
-            .ok(json!({"cmd": "fill", "selector": selector, "value": value}))
-            .await;
-    }
-    browser
-        .ok(json!({"cmd": "click", "selector": "#loginBtn"}))
-        .await;
+    log_in(&mut browser, "acme", "correct-horse-1").await;
     let state = wait_ready(&mut browser, 0).await;
     let login_shown = browser
         .ok(json!({"cmd": "eval", "expr": "getComputedStyle(document.querySelector('#login')).display"}))
@@ -518,14 +451,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         "the default domain is preselected"
     );
     // Default view: last 24 hours, hourly, UTC, the default domain.
-    let e = expected(
-        &fleet,
-        &acme.token,
-        state["paths"].as_array().unwrap(),
-        None,
-    )
-    .await;
-    check_page(&state, &e, 24);
+    let e = check_against_api(&fleet, &acme.token, &state, None, 24).await;
     assert!(e.totals.len() >= 2, "{e:?}");
     let zone_label = browser
         .ok(json!({"cmd": "text", "selector": "#zone option[value='local']"}))
@@ -547,14 +473,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
             .unwrap()
             .contains(&format!("stream={instance}"))
     );
-    let e = expected(
-        &fleet,
-        &acme.token,
-        state["paths"].as_array().unwrap(),
-        None,
-    )
-    .await;
-    check_page(&state, &e, 24);
+    let e = check_against_api(&fleet, &acme.token, &state, None, 24).await;
     assert_eq!(
         e.totals,
         BTreeMap::from([("H264_HD".to_string(), real)]),
@@ -595,8 +514,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         !paths[0].as_str().unwrap().contains("stream="),
         "stream filter cleared"
     );
-    let e = expected(&fleet, &acme.token, paths, Some(ZONE_OFFSET)).await;
-    check_page(&state, &e, 7);
+    let e = check_against_api(&fleet, &acme.token, &state, Some(ZONE_OFFSET), 7).await;
     // Local midnights: 16:00 UTC.
     for row in state["rows"].as_array().unwrap() {
         assert!(
@@ -657,14 +575,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         .ok(json!({"cmd": "select", "selector": "#range", "value": "30d"}))
         .await;
     let state = wait_ready(&mut browser, seq).await;
-    let e = expected(
-        &fleet,
-        &acme.token,
-        state["paths"].as_array().unwrap(),
-        Some(0),
-    )
-    .await;
-    check_page(&state, &e, 30);
+    let e = check_against_api(&fleet, &acme.token, &state, Some(0), 30).await;
     assert!(
         e.cells
             .keys()
@@ -682,15 +593,9 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     browser
         .ok(json!({"cmd": "goto", "url": "/console/usage"}))
         .await;
-    browser
-        .ok(json!({"cmd": "wait_for", "selector": "#error[data-kind='auth']"}))
-        .await;
-    let error = browser
-        .ok(json!({"cmd": "text", "selector": "#error"}))
-        .await;
+    let error = error_message(&mut browser, "auth").await;
     assert!(
-        error["text"].as_str().unwrap().contains("expired")
-            && error["text"].as_str().unwrap().contains("APIGW.0301"),
+        error.contains("expired") && error.contains("APIGW.0301"),
         "{error}"
     );
     browser
@@ -698,31 +603,8 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         .await;
 
     // A tenant without streaming domains is told so.
-    for (selector, value) in [
-        ("#domain", "other"),
-        ("#user", "dev"),
-        ("#password", "correct-horse-2"),
-        ("#project", "cn-north-7"),
-    ] {
-        browser
-            .ok(json!({"cmd": "fill", "selector": selector, "value": value}))
-            .await;
-    }
-    browser
-        .ok(json!({"cmd": "click", "selector": "#loginBtn"}))
-        .await;
-    browser
-        .ok(json!({"cmd": "wait_for", "selector": "#error[data-kind='no-domains']"}))
-        .await;
-    let error = browser
-        .ok(json!({"cmd": "text", "selector": "#error"}))
-        .await;
-    assert!(
-        error["text"]
-            .as_str()
-            .unwrap()
-            .contains("no streaming domains"),
-        "{error}"
-    );
+    log_in(&mut browser, "other", "correct-horse-2").await;
+    let error = error_message(&mut browser, "no-domains").await;
+    assert!(error.contains("no streaming domains"), "{error}");
     browser.quit().await;
 }

@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use cloudphone_control::store::{self, DomainRecord, Store, UsageRow};
 use cloudphone_testkit::fleet::Fleet;
 use cloudphone_usage::sign::{self, RequestParts};
-use cloudphone_usage::{DAY_MS, HOUR_MS, huawei, volc};
+use cloudphone_usage::{DAY_MS, HOUR_MS, volc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::Digest;
+use support::{iso, now_ms};
+
+mod support;
 
 const MIN_MS: i64 = 60_000;
 const ACME_LIVE: &str = "live.acme.example";
@@ -27,20 +30,8 @@ const ACME_OLD: &str = "old.acme.example";
 const OTHER_LIVE: &str = "live.other.example";
 const VOLC_QUERY: &str = "Action=DescribeLiveTranscodeData&Version=2023-01-01";
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn hour_floor(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS) * HOUR_MS
-}
-
-/// Huawei's `YYYY-MM-DDThh:mm:ssZ`.
-fn iso(ms: i64) -> String {
-    huawei::format_time(ms)
 }
 
 /// RFC 3339 at an offset (`Z` at zero).
@@ -487,6 +478,19 @@ const SKEWS: [(i64, bool); 4] = [
     (-15 * MIN_MS - 5000, false),
     (15 * MIN_MS + 5000, false),
 ];
+
+/// Sends, for each of [`SKEWS`], the call `signed_at` makes signed at now + that offset: an
+/// accepted one must answer 200, a refused one goes to `refused` to check its error.
+async fn check_skews(api: &Api, signed_at: impl Fn(i64) -> Call, refused: impl Fn(Answer)) {
+    for (offset, ok) in SKEWS {
+        let a = signed_at(now_ms() + offset).send(api).await;
+        if ok {
+            assert_eq!(a.status, 200, "{offset}: {}", a.body);
+        } else {
+            refused(a);
+        }
+    }
+}
 
 /// Runs `check` with the current hour until the hour did not change while it ran (rules that
 /// depend on "now" floored to the hour are then deterministic).
@@ -1074,17 +1078,12 @@ async fn huawei_signatures_and_tenants_over_http() {
     );
     unauthorized(call(now_ms()).send(&api).await);
     // Clock skew: 14 min 55 s either way is accepted, 15 min 5 s is not.
-    for (offset, ok) in SKEWS {
-        let a = call(now_ms() + offset)
-            .signed_huawei(&acme.ak, &acme.sk)
-            .send(&api)
-            .await;
-        if ok {
-            assert_eq!(a.status, 200, "{offset}: {}", a.body);
-        } else {
-            unauthorized(a);
-        }
-    }
+    check_skews(
+        &api,
+        |date_ms| call(date_ms).signed_huawei(&acme.ak, &acme.sk),
+        unauthorized,
+    )
+    .await;
     // Altered after signing: the query (another stream, an added parameter), a signed header.
     let signed = call(now_ms()).signed_huawei(&acme.ak, &acme.sk);
     for altered in [
@@ -1224,17 +1223,12 @@ async fn volcengine_signatures_and_tenants_over_http() {
             .volc_error(401, "InvalidAuthorization", None);
     }
     // Clock skew: 14 min 55 s either way is accepted, 15 min 5 s is InvalidTimestamp.
-    for (offset, ok) in SKEWS {
-        let a = call(now_ms() + offset)
-            .signed_volc(&acme.ak, &acme.sk)
-            .send(&api)
-            .await;
-        if ok {
-            assert_eq!(a.status, 200, "{offset}: {}", a.body);
-        } else {
-            a.volc_error(400, "InvalidTimestamp", Some(100_006));
-        }
-    }
+    check_skews(
+        &api,
+        |date_ms| call(date_ms).signed_volc(&acme.ak, &acme.sk),
+        |a| a.volc_error(400, "InvalidTimestamp", Some(100_006)),
+    )
+    .await;
     // Altered after signing: the body (with X-Content-Sha256 left alone, or recomputed), the
     // query, a signed header.
     let mut other_body = body.clone();

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use support::{held_for, iso, now_ms, watch};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
 
 /// `target/sdk-venv` with `tests/sdk/requirements.txt` installed (made once, then reused).
 fn venv_python() -> PathBuf {
@@ -44,17 +44,6 @@ fn venv_python() -> PathBuf {
     python
 }
 
-fn iso(unix_ms: i64) -> String {
-    cloudphone_usage::huawei::format_time(unix_ms)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The streaming domain cloud-phone sessions bill under when the tenant has none of its own.
 fn default_domain(tenant: &Tenant) -> String {
     format!("{}.live.cloudphone", tenant.tenant_id)
@@ -78,49 +67,6 @@ async fn get_with_token(fleet: &Fleet, url: &str, token: &str) -> reqwest::Respo
         .send()
         .await
         .unwrap()
-}
-
-/// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
-/// encoder; returns `ready` and how long the session was held after it.
-async fn watch(
-    url: &str,
-    device_id: &str,
-    token: &str,
-    stop: impl std::future::Future<Output = ()>,
-) -> (Value, Duration) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
-        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    let ready: Value = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no ready: {other:?}"),
-        }
-    };
-    assert_eq!(ready["type"], "ready", "{ready}");
-    let held_from = Instant::now();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            message = ws.next() => if message.is_none() { break },
-        }
-    }
-    let held = held_from.elapsed();
-    let _ = ws.close(None).await;
-    (ready, held)
-}
-
-/// A `stop` for [`watch`]: `hold` counted from when the session is ready (a bare `sleep` would
-/// start counting at once, before connecting).
-async fn held_for(hold: Duration) {
-    tokio::time::sleep(hold).await;
 }
 
 /// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`

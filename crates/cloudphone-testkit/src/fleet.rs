@@ -186,15 +186,21 @@ impl Fleet {
             .unwrap()
     }
 
-    /// Logs in (scoped to the tenant's project) and returns the token with the ids it names.
-    pub async fn scoped_login(&self, domain: &str, password: &str) -> ScopedLogin {
+    /// Logs in (scoped to the tenant's project), which must succeed; returns the token
+    /// (`X-Subject-Token`) and the response body.
+    async fn token_and_body(&self, domain: &str, password: &str) -> (String, Value) {
         let response = self.token(domain, password).await;
         assert_eq!(response.status(), 201);
         let token = response.headers()["x-subject-token"]
             .to_str()
             .unwrap()
             .to_string();
-        let body: Value = response.json().await.unwrap();
+        (token, response.json().await.unwrap())
+    }
+
+    /// Logs in (scoped to the tenant's project) and returns the token with the ids it names.
+    pub async fn scoped_login(&self, domain: &str, password: &str) -> ScopedLogin {
+        let (token, body) = self.token_and_body(domain, password).await;
         let id = |v: &Value| v.as_str().expect("id in the token body").to_string();
         ScopedLogin {
             token,
@@ -204,13 +210,7 @@ impl Fleet {
     }
 
     pub async fn login(&self, domain: &str, password: &str) -> String {
-        let response = self.token(domain, password).await;
-        assert_eq!(response.status(), 201);
-        let token = response.headers()["x-subject-token"]
-            .to_str()
-            .unwrap()
-            .to_string();
-        let body: Value = response.json().await.unwrap();
+        let (token, body) = self.token_and_body(domain, password).await;
         assert!(body["token"]["expires_at"].as_str().unwrap().ends_with('Z'));
         token
     }

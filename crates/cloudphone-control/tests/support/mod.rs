@@ -1,0 +1,64 @@
+//! Helpers shared by the usage tests (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
+//! Huawei's time format, and a viewer holding a signaling session open. Each test binary uses a
+//! part of it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Huawei's `YYYY-MM-DDThh:mm:ssZ`.
+pub fn iso(unix_ms: i64) -> String {
+    cloudphone_usage::huawei::format_time(unix_ms)
+}
+
+/// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
+/// encoder; returns `ready` and how long the session was held after it.
+pub async fn watch(
+    url: &str,
+    device_id: &str,
+    token: &str,
+    stop: impl std::future::Future<Output = ()>,
+) -> (Value, Duration) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
+        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let ready: Value = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no ready: {other:?}"),
+        }
+    };
+    assert_eq!(ready["type"], "ready", "{ready}");
+    let held_from = Instant::now();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            message = ws.next() => if message.is_none() { break },
+        }
+    }
+    let held = held_from.elapsed();
+    let _ = ws.close(None).await;
+    (ready, held)
+}
+
+/// A `stop` for [`watch`]: `hold` counted from when the session is ready (a bare `sleep` would
+/// start counting at once, before connecting).
+pub async fn held_for(hold: Duration) {
+    tokio::time::sleep(hold).await;
+}
