@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
+use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig, VideoSpec};
 use cloudphone_node::config::NodeConfig;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
@@ -25,7 +25,7 @@ use sha2::Digest;
 use tokio::sync::oneshot;
 
 use crate::clock;
-use crate::glass_viewer::{Receiver, ViewerArgs, run_subprocess};
+use crate::glass_viewer::{Measured, Receiver, ViewerArgs, run_subprocess};
 use crate::stats::{Summary, summarize};
 use crate::viewer::Viewer;
 use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
@@ -329,39 +329,54 @@ async fn glass_cell(
     let mut argv = vec![bench_exe.display().to_string()];
     argv.extend(args.to_argv());
     let m = run_subprocess(&argv, skip + seconds + Duration::from_secs(90)).await?;
-    let run = m.run;
-    if run.glass_ms.is_empty() {
-        bail!(
-            "no readable clock in {} frames ({} unreadable)",
-            run.frames,
-            run.unreadable
-        );
+    GlassCell::from_run(m, receiver, codec, definition, spec, "loopback".into())
+}
+
+impl GlassCell {
+    /// The cell of one receiver's run of `codec` at `definition` (`spec` the video matrix row
+    /// the node streamed) over `network`; fails when no frame's clock read.
+    pub(crate) fn from_run(
+        m: Measured,
+        receiver: Receiver,
+        codec: Codec,
+        definition: Definition,
+        spec: VideoSpec,
+        network: String,
+    ) -> Result<GlassCell> {
+        let run = m.run;
+        if run.glass_ms.is_empty() {
+            bail!(
+                "no readable clock in {} frames ({} unreadable)",
+                run.frames,
+                run.unreadable
+            );
+        }
+        Ok(GlassCell {
+            label: format!("{} {}{}", codec.as_str(), definition.as_str(), spec.fps),
+            receiver,
+            codec,
+            definition,
+            fps: spec.fps,
+            bitrate_kbps: spec.code_rate_kbps,
+            network,
+            glass_ms: summarize(&run.glass_ms),
+            receiver_ms: summarize(&run.receiver_ms),
+            frames: run.frames,
+            unreadable: run.unreadable,
+            skipped: run.skipped,
+            first_frame_ms: run.first_frame_ms,
+            cpu_percent: m.local_cpu_percent,
+            receiver_cpu_percent: m.receiver_cpu_percent,
+            extra: run
+                .extra
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), summarize(v)))
+                .collect(),
+            notes: run.notes,
+            samples: run.glass_ms,
+        })
     }
-    Ok(GlassCell {
-        label: format!("{} {}{}", codec.as_str(), definition.as_str(), spec.fps),
-        receiver,
-        codec,
-        definition,
-        fps: spec.fps,
-        bitrate_kbps: spec.code_rate_kbps,
-        network: "loopback".into(),
-        glass_ms: summarize(&run.glass_ms),
-        receiver_ms: summarize(&run.receiver_ms),
-        frames: run.frames,
-        unreadable: run.unreadable,
-        skipped: run.skipped,
-        first_frame_ms: run.first_frame_ms,
-        cpu_percent: m.local_cpu_percent,
-        receiver_cpu_percent: m.receiver_cpu_percent,
-        extra: run
-            .extra
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.clone(), summarize(v)))
-            .collect(),
-        notes: run.notes,
-        samples: run.glass_ms,
-    })
 }
 
 /// hello → first decoded frame, `trials` times, each with a new viewer (the encoder stops

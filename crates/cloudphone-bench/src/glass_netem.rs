@@ -13,14 +13,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
 use cloudphone_signaling::NetworkType as WireNetwork;
 
 use crate::glass::{GlassCell, GlassResults, Node};
 use crate::glass_viewer::{Receiver, ViewerArgs, run_subprocess};
 use crate::impair::{DirectionStats, ImpairedLink, LinkStats, Profile};
-use crate::stats::summarize;
 use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
 
 /// The network types measured, in order.
@@ -123,41 +122,16 @@ async fn cell(
     let before = link.stats();
     let m = run_subprocess(&argv, skip + seconds + Duration::from_secs(120)).await?;
     let after = link.stats();
-    let run = m.run;
-    if run.glass_ms.is_empty() {
-        bail!(
-            "no readable clock in {} frames ({} unreadable)",
-            run.frames,
-            run.unreadable
-        );
-    }
-    let mut notes = run.notes;
-    notes.push(describe_stats(before, after));
-    Ok(GlassCell {
-        label: format!("{} {}{}", codec.as_str(), definition.as_str(), spec.fps),
+    let mut cell = GlassCell::from_run(
+        m,
         receiver,
         codec,
         definition,
-        fps: spec.fps,
-        bitrate_kbps: spec.code_rate_kbps,
-        network: format!("{network} ({})", profile.describe()),
-        glass_ms: summarize(&run.glass_ms),
-        receiver_ms: summarize(&run.receiver_ms),
-        frames: run.frames,
-        unreadable: run.unreadable,
-        skipped: run.skipped,
-        first_frame_ms: run.first_frame_ms,
-        cpu_percent: m.local_cpu_percent,
-        receiver_cpu_percent: m.receiver_cpu_percent,
-        extra: run
-            .extra
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.clone(), summarize(v)))
-            .collect(),
-        notes,
-        samples: run.glass_ms,
-    })
+        spec,
+        format!("{network} ({})", profile.describe()),
+    )?;
+    cell.notes.push(describe_stats(before, after));
+    Ok(cell)
 }
 
 /// H.264 720P30 under each profile of [`NETWORKS`] into each of `receivers`, through one
