@@ -3,11 +3,10 @@
 //! does not stop the others), then writes `benches/results/latest.json`, `REPORT.md` and the
 //! plots from what they measured.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::deps::{self, Purpose};
 use crate::pg::Postgres;
@@ -33,12 +32,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     // Ctrl-C reaches cargo and the benches too (same process group); we stay alive to stop
     // PostgreSQL.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let interrupted = util::interrupt_flag()?;
     heading(Purpose::Test.heading());
     deps::ensure(Purpose::Test)?;
     let root = util::repo_root();
@@ -59,25 +53,10 @@ pub(crate) fn run(options: Options) -> Result<()> {
 
     heading("build");
     // The fleet bench spawns the daemons (debug builds, as the tests do).
-    util::run(util::cargo().args([
-        "build",
-        "--bins",
-        "-p",
-        "cloudphone-control",
-        "-p",
-        "cloudphone-node",
-    ]))?;
+    util::build_daemons(false)?;
     if options.release {
         // The api bench measures the daemons themselves: release ones with --release.
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "--bins",
-            "-p",
-            "cloudphone-control",
-            "-p",
-            "cloudphone-node",
-        ]))?;
+        util::build_daemons(true)?;
     }
     util::run(util::cargo().args([
         "bench",

@@ -37,26 +37,14 @@ pub(crate) struct Options {
 }
 
 pub(crate) fn run(options: Options) -> Result<()> {
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let interrupted = util::interrupt_flag()?;
 
     heading(Purpose::Demo.heading());
     deps::ensure(Purpose::Demo)?;
 
     heading("build the daemons");
     let root = util::repo_root();
-    util::run(util::cargo().args([
-        "build",
-        "--bins",
-        "-p",
-        "cloudphone-control",
-        "-p",
-        "cloudphone-node",
-    ]))?;
+    util::build_daemons(false)?;
     let bin = root.join("target/debug");
     let control_bin = bin.join("cloudphone-control");
     let node_bin = bin.join("cloudphone-node");

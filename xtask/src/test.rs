@@ -20,12 +20,7 @@ const PG_URL_ENV: &str = "CLOUDPHONE_TEST_PG_URL";
 pub(crate) fn run() -> Result<()> {
     // Ctrl-C reaches cargo and the tests too (same process group); we keep running just long
     // enough to stop PostgreSQL and print what happened.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
+    let interrupted = util::interrupt_flag()?;
     let mut steps = Steps {
         done: Vec::new(),
         interrupted,

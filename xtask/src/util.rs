@@ -5,6 +5,8 @@ use std::io::{IsTerminal, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -53,6 +55,32 @@ fn quote(s: &OsStr) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// A flag Ctrl-C sets instead of ending this process: Ctrl-C reaches cargo and its children
+/// too (same process group), and the caller stays alive to clean up after them.
+pub(crate) fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(interrupted)
+}
+
+/// `cargo build --bins` of the two daemons, with `--release` when asked.
+pub(crate) fn build_daemons(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd.args([
+        "--bins",
+        "-p",
+        "cloudphone-control",
+        "-p",
+        "cloudphone-node",
+    ]))
 }
 
 /// Runs a command with inherited stdio and fails unless it exits 0.
