@@ -3,15 +3,13 @@
 //! `publish_domain` values that `GET /v2/{project_id}/stats/transcode` accepts. Authenticated
 //! exactly like that call: an IAM token scoped to the project, or an AK/SK signature.
 
-use axum::body::Bytes;
 use axum::extract::Path;
-use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use cloudphone_usage::huawei::{HuaweiError, format_time};
 use serde::{Deserialize, Serialize};
 
 use super::AppStateRef;
-use super::usage::huawei_call;
+use super::usage::{SignedRequest, huawei_call};
 use crate::AppState;
 
 /// Table 2 of the document: both optional. `enterprise_project_id` is accepted and ignored
@@ -47,12 +45,8 @@ pub struct ShowDomainResponse {
 pub async fn show(
     state: AppStateRef,
     Path(project_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: SignedRequest,
 ) -> Response {
-    let request = (method, uri, headers, body);
     huawei_call(&state, &project_id, request, |tenant_id, query| {
         answer(&state, tenant_id, query)
     })

@@ -303,6 +303,9 @@ async fn huawei_tenant(
     }
 }
 
+/// What a signature covers, as one extractor (the body last: it consumes the request).
+pub(super) type SignedRequest = (Method, Uri, HeaderMap, Bytes);
+
 /// Serves one Huawei Live call: authenticates it for `project_id` ([`huawei_tenant`]), records
 /// the tenant on the request's span, parses the query string as `Q`, runs `answer` for the tenant
 /// and writes its JSON body or the Huawei error body, with `x-request-id` (the caller's, or a new
@@ -310,7 +313,7 @@ async fn huawei_tenant(
 pub(super) async fn huawei_call<Q, T, F, Fut>(
     state: &AppState,
     project_id: &str,
-    (method, uri, headers, body): (Method, Uri, HeaderMap, Bytes),
+    (method, uri, headers, body): SignedRequest,
     answer: F,
 ) -> Response
 where
@@ -348,12 +351,8 @@ where
 pub async fn huawei_transcode(
     state: AppStateRef,
     Path(project_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: SignedRequest,
 ) -> Response {
-    let request = (method, uri, headers, body);
     huawei_call(&state, &project_id, request, |tenant_id, query| {
         huawei_answer(&state, tenant_id, query)
     })
@@ -421,10 +420,7 @@ fn sign_error(e: SignError) -> VolcError {
 /// `POST /?Action=DescribeLiveTranscodeData&Version=2023-01-01`.
 pub async fn volcengine(
     state: AppStateRef,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    (method, uri, headers, body): SignedRequest,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let header_list = header_pairs(&headers);
