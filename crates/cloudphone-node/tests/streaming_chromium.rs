@@ -9,8 +9,9 @@ mod streaming_support;
 
 use std::time::Duration;
 
+use cloudphone_testkit::browser::{Browser, workspace};
 use serde_json::{Value, json};
-use streaming_support::{Browser, Node, workspace_path};
+use streaming_support::Node;
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::rust_connection::RustConnection;
@@ -51,7 +52,8 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
         pids["display"].as_u64().expect("display in pids.json")
     );
 
-    let player = workspace_path("crates/cloudphone-control/assets/player.html")
+    let player = workspace()
+        .join("crates/cloudphone-control/assets/player.html")
         .canonicalize()
         .unwrap();
     let url = format!(
@@ -59,7 +61,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
         player.display(),
         node.ws_url
     );
-    let mut browser = Browser::start(&url).await;
+    let mut browser = Browser::start(&url, &[]).await;
     // From page load (autoconnect) to the first decoded frame: signaling, encoder start, ICE,
     // DTLS, the first key frame and its decode.
     let started = std::time::Instant::now();
@@ -106,8 +108,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
         s["decodeMs"]
     );
     assert!(s["framesDecoded"].as_u64().unwrap() > stats["framesDecoded"].as_u64().unwrap());
-    let _ = browser.call(json!({"cmd":"quit"})).await;
-    browser.wait().await;
+    browser.quit().await;
     node.shutdown().await;
 }
 

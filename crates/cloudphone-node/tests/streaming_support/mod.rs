@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,7 +19,6 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use sha2::Digest;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::api::APIBuilder;
@@ -552,83 +550,4 @@ fn decoder(
     );
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
-}
-
-pub fn workspace_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-/// `npm ci` in `tests/browser` unless playwright-core is already installed there.
-fn ensure_playwright(dir: &Path) {
-    if dir
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("npm runs");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
-}
-
-/// The playwright-core driver (`tests/browser/viewer.mjs`) on one page.
-pub struct Browser {
-    child: tokio::process::Child,
-    pub stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Browser {
-    pub async fn start(url: &str) -> Browser {
-        let dir = workspace_path("tests/browser");
-        ensure_playwright(&dir);
-        let mut child = tokio::process::Command::new("node")
-            .arg(dir.join("viewer.mjs"))
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut b = Browser {
-            child,
-            stdin,
-            lines,
-        };
-        let loaded = b.read().await;
-        assert_eq!(loaded["event"], "loaded", "{loaded}");
-        b
-    }
-
-    pub async fn read(&mut self) -> serde_json::Value {
-        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
-            .await
-            .expect("the browser driver answers in time")
-            .unwrap()
-            .expect("the browser driver is alive");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Sends one command; returns the driver's reply.
-    pub async fn call(&mut self, cmd: serde_json::Value) -> serde_json::Value {
-        self.stdin
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-        self.read().await
-    }
-}
-
-impl Browser {
-    /// Waits for the driver to exit (after `quit`).
-    pub async fn wait(&mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
-    }
 }
