@@ -14,7 +14,7 @@ use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
-use support::{held_for, iso, now_ms, watch};
+use support::{create_domain, held_for, iso, now_ms, watch};
 
 mod support;
 
@@ -276,23 +276,8 @@ async fn check_against_api(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     let fleet = Fleet::up("synthetic").await;
-    fleet.admin(&[
-        "domain",
-        "create",
-        "--tenant",
-        "acme",
-        "--domain",
-        "live.acme.example",
-        "--default",
-    ]);
-    fleet.admin(&[
-        "domain",
-        "create",
-        "--tenant",
-        "acme",
-        "--domain",
-        "play.acme.example",
-    ]);
+    create_domain(&fleet, "acme", "live.acme.example", true);
+    create_domain(&fleet, "acme", "play.acme.example", false);
     let acme = fleet.scoped_login("acme", "correct-horse-1").await;
     let other = fleet.scoped_login("other", "correct-horse-2").await;
 

@@ -1107,36 +1107,22 @@ async fn huawei_signatures_and_tenants_over_http() {
     unauthorized(unsigned_date.send(&api).await);
 
     // Another tenant's project: with acme's key (signed for it, or for acme's own project in
-    // X-Project-Id), or acme's token, 403 and no data.
-    let forbidden = |a: Answer| {
-        a.huawei_error(403, "APIGW.0302", "not authorized");
-    };
-    forbidden(
-        Call::huawei(&api, &other.project_id, &query)
-            .signed_huawei(&acme.ak, &acme.sk)
-            .send(&api)
-            .await,
-    );
-    forbidden(
-        Call::huawei(&api, &other.project_id, &query)
+    // X-Project-Id), or acme's token, 403 and no data. A project that exists nowhere answers the
+    // same.
+    let on = |project: &str| Call::huawei(&api, project, &query);
+    for refused in [
+        on(&other.project_id).signed_huawei(&acme.ak, &acme.sk),
+        on(&other.project_id)
             .with("x-project-id", &acme.project_id)
-            .signed_huawei(&acme.ak, &acme.sk)
+            .signed_huawei(&acme.ak, &acme.sk),
+        on(&other.project_id).with("x-auth-token", &acme.token),
+        on("0123456789abcdef0123456789abcdef").signed_huawei(&acme.ak, &acme.sk),
+    ] {
+        refused
             .send(&api)
-            .await,
-    );
-    forbidden(
-        Call::huawei(&api, &other.project_id, &query)
-            .with("x-auth-token", &acme.token)
-            .send(&api)
-            .await,
-    );
-    // A project that exists nowhere answers the same.
-    forbidden(
-        Call::huawei(&api, "0123456789abcdef0123456789abcdef", &query)
-            .signed_huawei(&acme.ak, &acme.sk)
-            .send(&api)
-            .await,
-    );
+            .await
+            .huawei_error(403, "APIGW.0302", "not authorized");
+    }
     // Another tenant's domain on the own project: the document's 400, no data.
     let a = Call::huawei(
         &api,

@@ -13,7 +13,7 @@ use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::{held_for, iso, now_ms, watch};
+use support::{create_domain, held_for, iso, now_ms, watch};
 
 mod support;
 
@@ -430,15 +430,7 @@ async fn a_record_the_live_stream_missed_is_resent_without_a_reconnect() {
     let ids = fleet.running_instances(&acme.token, 1).await;
     let (ak, sk) = access_key(&fleet, &acme, "resend").await;
     // The domain usage bills under (made by the first record otherwise), so the SDKs can ask.
-    fleet.admin(&[
-        "domain",
-        "create",
-        "--tenant",
-        "acme",
-        "--domain",
-        &default_domain(&acme),
-        "--default",
-    ]);
+    create_domain(&fleet, "acme", &default_domain(&acme), true);
     let now = now_ms();
     let record = json!({"record_id": "missedbythelivestream0001", "session_id": "missedsession0001",
         "tenant_id": acme.tenant_id, "instance_id": ids[0], "codec": "H264", "width": 540,

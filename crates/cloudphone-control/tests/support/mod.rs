@@ -1,10 +1,11 @@
 //! Helpers shared by the usage tests (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
-//! Huawei's time format, and a viewer holding a signaling session open. Each test binary uses a
-//! part of it.
+//! Huawei's time format, creating streaming domains, and a viewer holding a signaling session
+//! open. Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
+use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
 
 /// Now, in Unix milliseconds.
@@ -18,6 +19,16 @@ pub fn now_ms() -> i64 {
 /// Huawei's `YYYY-MM-DDThh:mm:ssZ`.
 pub fn iso(unix_ms: i64) -> String {
     cloudphone_usage::huawei::format_time(unix_ms)
+}
+
+/// Creates streaming domain `domain` of `tenant` through the admin CLI, as the tenant's
+/// default (the one sessions bill under) when `default`.
+pub fn create_domain(fleet: &Fleet, tenant: &str, domain: &str, default: bool) {
+    let mut args = vec!["domain", "create", "--tenant", tenant, "--domain", domain];
+    if default {
+        args.push("--default");
+    }
+    fleet.admin(&args);
 }
 
 /// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
