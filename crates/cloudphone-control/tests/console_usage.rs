@@ -118,23 +118,6 @@ async fn wait_ready(browser: &mut Browser, after: i64) -> Value {
     }
 }
 
-/// Signs in through the page's form as `dev` of `domain`, on project `cn-north-7`.
-async fn log_in(browser: &mut Browser, domain: &str, password: &str) {
-    for (selector, value) in [
-        ("#domain", domain),
-        ("#user", "dev"),
-        ("#password", password),
-        ("#project", "cn-north-7"),
-    ] {
-        browser
-            .ok(json!({"cmd": "fill", "selector": selector, "value": value}))
-            .await;
-    }
-    browser
-        .ok(json!({"cmd": "click", "selector": "#loginBtn"}))
-        .await;
-}
-
 /// Waits for the page's error message of `kind` (`data-kind`); returns its text.
 async fn error_message(browser: &mut Browser, kind: &str) -> String {
     browser
@@ -417,7 +400,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     browser
         .ok(json!({"cmd": "viewport", "width": 1280, "height": 1150}))
         .await;
-    log_in(&mut browser, "acme", "correct-horse-1").await;
+    browser.console_login("acme", "correct-horse-1").await;
     let state = wait_ready(&mut browser, 0).await;
     let login_shown = browser
         .ok(json!({"cmd": "eval", "expr": "getComputedStyle(document.querySelector('#login')).display"}))
@@ -588,7 +571,7 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
         .await;
 
     // A tenant without streaming domains is told so.
-    log_in(&mut browser, "other", "correct-horse-2").await;
+    browser.console_login("other", "correct-horse-2").await;
     let error = error_message(&mut browser, "no-domains").await;
     assert!(error.contains("no streaming domains"), "{error}");
     browser.quit().await;

@@ -14,19 +14,7 @@ async fn console_player_logs_in_and_plays_an_instance() {
     let id = &ids[0];
 
     let mut browser = Browser::start(&format!("{}/console/player", fleet.api), &[]).await;
-    for (selector, value) in [
-        ("#domain", "acme"),
-        ("#user", "dev"),
-        ("#password", "correct-horse-1"),
-        ("#project", "cn-north-7"),
-    ] {
-        browser
-            .ok(json!({"cmd":"fill","selector":selector,"value":value}))
-            .await;
-    }
-    browser
-        .ok(json!({"cmd":"click","selector":"#loginBtn"}))
-        .await;
+    browser.console_login("acme", "correct-horse-1").await;
     browser
         .ok(json!({"cmd":"wait_for","selector":format!("#instances option[value='{id}']")}))
         .await;

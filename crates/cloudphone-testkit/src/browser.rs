@@ -87,6 +87,22 @@ impl Browser {
         reply
     }
 
+    /// Signs in through a console page's login form (`/console/player`, `/console/usage`) as
+    /// user `dev` of `domain` on project `cn-north-7`, as [`crate::fleet::Fleet::up`] makes them.
+    pub async fn console_login(&mut self, domain: &str, password: &str) {
+        for (selector, value) in [
+            ("#domain", domain),
+            ("#user", "dev"),
+            ("#password", password),
+            ("#project", "cn-north-7"),
+        ] {
+            self.ok(serde_json::json!({"cmd": "fill", "selector": selector, "value": value}))
+                .await;
+        }
+        self.ok(serde_json::json!({"cmd": "click", "selector": "#loginBtn"}))
+            .await;
+    }
+
     /// Closes the browser and waits for the driver to exit.
     pub async fn quit(mut self) {
         let _ = self.call(serde_json::json!({"cmd": "quit"})).await;
