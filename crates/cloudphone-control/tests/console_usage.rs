@@ -14,7 +14,7 @@ use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
-use support::{create_domain, held_for, iso, now_ms, watch};
+use support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 mod support;
 
@@ -341,25 +341,14 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     // A real encoder session (H.264 540×960: H264_HD), billed under the default domain.
     let ids = fleet.running_instances(&acme.token, 1).await;
     let instance = ids[0].clone();
-    let (status, body) = fleet
-        .post(
-            &format!("/v1/instances/{instance}/auth"),
-            &acme.token,
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let data = &body["data"];
-    let started = Instant::now();
-    watch(
-        data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
-            .as_str()
-            .unwrap(),
-        data["resource"]["device_id"].as_str().unwrap(),
-        data["device_token"].as_str().unwrap(),
+    let (viewer, started) = start_viewer(
+        &fleet,
+        &acme.token,
+        &instance,
         held_for(Duration::from_secs(8)),
     )
     .await;
+    viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
     // Wait for the final record: the figure stops growing (an open session is billed up to now).
     let probe = format!(

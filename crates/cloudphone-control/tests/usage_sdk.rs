@@ -13,7 +13,7 @@ use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::{create_domain, held_for, iso, now_ms, watch};
+use support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 mod support;
 
@@ -67,34 +67,6 @@ async fn get_with_token(fleet: &Fleet, url: &str, token: &str) -> reqwest::Respo
         .send()
         .await
         .unwrap()
-}
-
-/// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`
-/// resolves (see [`watch`]). Returns the task and when the viewer was started.
-async fn start_viewer(
-    fleet: &Fleet,
-    token: &str,
-    instance: &str,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> (tokio::task::JoinHandle<(Value, Duration)>, Instant) {
-    let (status, body) = fleet
-        .post(&format!("/v1/instances/{instance}/auth"), token, &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let data = body["data"].clone();
-    let started = Instant::now();
-    let viewer = tokio::spawn(async move {
-        watch(
-            data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
-                .as_str()
-                .unwrap(),
-            data["resource"]["device_id"].as_str().unwrap(),
-            data["device_token"].as_str().unwrap(),
-            stop,
-        )
-        .await
-    });
-    (viewer, started)
 }
 
 /// `tests/sdk/query.py`'s environment: `tenant`'s default domain, windows around now.

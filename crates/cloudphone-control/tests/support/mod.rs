@@ -1,6 +1,6 @@
 //! Helpers shared by the usage tests (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
 //! Huawei's time format, creating streaming domains, and a viewer holding a signaling session
-//! open. Each test binary uses a part of it.
+//! open (started with a GetDeviceToken). Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -72,4 +72,32 @@ pub async fn watch(
 /// start counting at once, before connecting).
 pub async fn held_for(hold: Duration) {
     tokio::time::sleep(hold).await;
+}
+
+/// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`
+/// resolves (see [`watch`]). Returns the task and when the viewer was started.
+pub async fn start_viewer(
+    fleet: &Fleet,
+    token: &str,
+    instance: &str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (tokio::task::JoinHandle<(Value, Duration)>, Instant) {
+    let (status, body) = fleet
+        .post(&format!("/v1/instances/{instance}/auth"), token, &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].clone();
+    let started = Instant::now();
+    let viewer = tokio::spawn(async move {
+        watch(
+            data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
+                .as_str()
+                .unwrap(),
+            data["resource"]["device_id"].as_str().unwrap(),
+            data["device_token"].as_str().unwrap(),
+            stop,
+        )
+        .await
+    });
+    (viewer, started)
 }
