@@ -24,6 +24,11 @@ fn venv_python() -> PathBuf {
     let ready = venv.join(".requirements-installed");
     let requirements = workspace().join("tests/sdk/requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).unwrap();
+    // nextest runs each test in its own process: the first makes the venv while the others
+    // wait here (without the lock they found a half-made venv, with python but no pip yet).
+    std::fs::create_dir_all(workspace().join("target")).unwrap();
+    let lock = std::fs::File::create(workspace().join("target/sdk-venv.lock")).unwrap();
+    lock.lock().unwrap();
     if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
         if !python.exists() {
             let ok = Command::new("python3")
