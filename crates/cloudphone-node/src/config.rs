@@ -93,6 +93,9 @@ pub struct WebRtcSection {
     /// UDP ports the node's peers use (both 0: any ephemeral port).
     pub udp_port_min: u16,
     pub udp_port_max: u16,
+    /// Network interfaces the node's ICE candidates come from, e.g. `["eth0"]`; empty: every
+    /// interface but loopback (`"lo"` in the list admits loopback).
+    pub ice_interfaces: Vec<String>,
     /// PEM certificate chain and key: when both are set, signaling is served as `wss://`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -119,6 +122,7 @@ impl std::fmt::Debug for WebRtcSection {
             .field("public_ip", &self.public_ip)
             .field("udp_port_min", &self.udp_port_min)
             .field("udp_port_max", &self.udp_port_max)
+            .field("ice_interfaces", &self.ice_interfaces)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("max_viewers_per_instance", &self.max_viewers_per_instance)
@@ -139,6 +143,7 @@ impl Default for WebRtcSection {
             public_ip: String::new(),
             udp_port_min: 0,
             udp_port_max: 0,
+            ice_interfaces: Vec::new(),
             tls_cert: None,
             tls_key: None,
             max_viewers_per_instance: 10,

@@ -140,6 +140,7 @@ pub async fn run(
         public_ip: config.webrtc.public_ip.clone(),
         udp_port_min: config.webrtc.udp_port_min,
         udp_port_max: config.webrtc.udp_port_max,
+        ice_interfaces: config.webrtc.ice_interfaces.clone(),
     })?;
     let sessions = streaming::sessions::Sessions::new(
         Arc::clone(&manager),

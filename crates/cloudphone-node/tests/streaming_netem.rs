@@ -29,6 +29,7 @@ fn run(args: &[&str]) {
 /// A namespace with one veth to the test's namespace; removed on drop.
 struct Netns {
     name: String,
+    veth_host: String,
     veth_ns: String,
     node_ip: String,
 }
@@ -46,6 +47,7 @@ impl Netns {
         run(&["ip", "netns", "add", &name]);
         let ns = Netns {
             name: name.clone(),
+            veth_host: veth_host.clone(),
             veth_ns: veth_ns.clone(),
             node_ip: format!("10.213.{id}.2"),
         };
@@ -189,9 +191,12 @@ async fn sender_adapts_below_a_1mbit_bottleneck_and_recovers() {
     .await
     .unwrap();
     let ws = format!("ws://{}:8090/v1/signaling", ns.node_ip);
-    let mut viewer = RustViewer::connect(
+    // The viewer's candidates on the link to the node's namespace only.
+    let mut viewer = RustViewer::connect_on(
         &ws,
         hello("dev-n", "tok", EncodingType::H264, Definition::P540),
+        false,
+        vec![ns.veth_host.clone()],
     )
     .await
     .unwrap();

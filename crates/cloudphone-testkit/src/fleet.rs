@@ -91,7 +91,7 @@ impl Fleet {
             self.api,
             // Keep concurrent test processes off each other's displays.
             200 + (grpc % 500) as u32 * 4,
-            self.node_extra,
+            with_ice_interfaces(&self.node_extra),
         );
         std::fs::write(&path, text).unwrap();
         let log = self.path("node.log");
@@ -402,4 +402,15 @@ impl Fleet {
 /// The `error_code` of an answer, or `<none>`.
 pub fn error_code(body: &Value) -> &str {
     body["error_code"].as_str().unwrap_or("<none>")
+}
+
+/// `extra` (node TOML) with `[webrtc] ice_interfaces` set to the default route's interface,
+/// merged into its own `[webrtc]` section when it has one.
+fn with_ice_interfaces(extra: &str) -> String {
+    let line = format!("ice_interfaces = {:?}\n", crate::ice_interfaces());
+    if extra.contains("[webrtc]\n") {
+        extra.replacen("[webrtc]\n", &format!("[webrtc]\n{line}"), 1)
+    } else {
+        format!("{extra}\n[webrtc]\n{line}")
+    }
 }

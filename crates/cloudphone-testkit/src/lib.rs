@@ -38,3 +38,19 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The interface of the host's default IPv4 route (`/proc/net/route`), e.g. `eth0`. Test
+/// nodes and viewers gather ICE candidates only there: other tests create and delete veth and
+/// TUN devices, and a pair on one of those died with it (media stopped mid-test).
+pub fn default_route_interface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"00000000")).then(|| fields[0].to_owned())
+    })
+}
+
+/// [`default_route_interface`] as a node's `[webrtc] ice_interfaces` (empty when none).
+pub fn ice_interfaces() -> Vec<String> {
+    default_route_interface().into_iter().collect()
+}

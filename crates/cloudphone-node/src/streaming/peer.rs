@@ -66,6 +66,9 @@ pub struct PeerSettings {
     /// Local UDP ports to use (both 0: any).
     pub udp_port_min: u16,
     pub udp_port_max: u16,
+    /// Network interfaces ICE candidates come from (empty: all but loopback). Listing `lo`
+    /// admits loopback candidates.
+    pub ice_interfaces: Vec<String>,
 }
 
 fn feedback() -> Vec<RTCPFeedback> {
@@ -122,6 +125,13 @@ impl PeerFactory {
         let mut setting = SettingEngine::default();
         if !settings.public_ip.is_empty() {
             setting.set_nat_1to1_ips(vec![settings.public_ip.clone()], RTCIceCandidateType::Host);
+        }
+        if !settings.ice_interfaces.is_empty() {
+            // Only these: a host's container bridges and VPN links come and go, and a pair
+            // on an interface that disappears leaves the stream dead until ICE fails.
+            let allowed = settings.ice_interfaces.clone();
+            setting.set_include_loopback_candidate(allowed.iter().any(|i| i == "lo"));
+            setting.set_interface_filter(Box::new(move |name| allowed.iter().any(|i| i == name)));
         }
         if settings.udp_port_min != 0 {
             let ephemeral = EphemeralUDP::new(settings.udp_port_min, settings.udp_port_max)

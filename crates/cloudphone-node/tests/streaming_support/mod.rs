@@ -116,6 +116,7 @@ impl Node {
         config.http.public_url = format!("ws://{http}");
         // Each test binary runs its tests in parallel; give each node its own displays.
         config.x11.first_display = 200 + (std::process::id() % 50) * 10 + (http.port() as u32 % 10);
+        config.webrtc.ice_interfaces = cloudphone_testkit::ice_interfaces();
         tweak(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cloudphone_node::run(
@@ -293,6 +294,16 @@ impl RustViewer {
         hello: Hello,
         relay_only: bool,
     ) -> Result<RustViewer, NodeMessage> {
+        Self::connect_on(url, hello, relay_only, cloudphone_testkit::ice_interfaces()).await
+    }
+
+    /// Like `connect_with`, gathering ICE candidates only on `interfaces` (empty: all).
+    pub async fn connect_on(
+        url: &str,
+        hello: Hello,
+        relay_only: bool,
+        interfaces: Vec<String>,
+    ) -> Result<RustViewer, NodeMessage> {
         gst::init().unwrap();
         let mut signaling = Signaling::connect(url).await;
         signaling.send(&ClientMessage::Hello(hello)).await;
@@ -308,9 +319,17 @@ impl RustViewer {
         // client, not the node. Browsers cap their NACKs.
         let _ = &mut media;
         let registry = webrtc::api::interceptor_registry::configure_rtcp_reports(Registry::new());
+        // Candidates from the default route's interface only, as the test node's (see
+        // `cloudphone_testkit::default_route_interface`).
+        let mut setting = webrtc::api::setting_engine::SettingEngine::default();
+        let allowed = interfaces;
+        if !allowed.is_empty() {
+            setting.set_interface_filter(Box::new(move |name| allowed.iter().any(|i| i == name)));
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
+            .with_setting_engine(setting)
             .build();
         let NodeMessage::Ready { ice_servers, .. } = &ready else {
             unreachable!()
