@@ -890,11 +890,9 @@ fn install_bus(
     let s = Arc::clone(shared);
     let name = name.to_owned();
     bus.set_sync_handler(move |_, msg| {
-        if let gst::MessageView::StreamStatus(status) = msg.view()
-            && status.get().0 == gst::StreamStatusType::Enter
-        {
+        if let Some(realtime) = super::priority::elevate_entering_thread(msg, realtime_priority) {
             s.streaming_threads.fetch_add(1, Ordering::Relaxed);
-            if super::priority::elevate_entering_thread(msg, realtime_priority) == Some(true) {
+            if realtime {
                 s.realtime_threads.fetch_add(1, Ordering::Relaxed);
             }
         }
