@@ -820,22 +820,15 @@ mod tests {
             node["state_dir"].as_str(),
             Some("/work/main/target/demo/node-state")
         );
-        assert_eq!(
-            node["grpc"]["advertise"].as_str(),
-            Some("http://127.0.0.1:40002")
-        );
-        assert_eq!(
-            node["http"]["public_url"].as_str(),
-            Some("ws://127.0.0.1:40003")
-        );
-        assert_eq!(
-            node["control"]["url"].as_str(),
-            Some("http://127.0.0.1:40001")
-        );
-        assert_eq!(
-            node["control"]["enrollment_token"].as_str(),
-            Some("tok\"en")
-        );
+        let tables = [
+            ("grpc", "advertise", "http://127.0.0.1:40002"),
+            ("http", "public_url", "ws://127.0.0.1:40003"),
+            ("control", "url", "http://127.0.0.1:40001"),
+            ("control", "enrollment_token", "tok\"en"),
+        ];
+        for (table, key, want) in tables {
+            assert_eq!(node[table][key].as_str(), Some(want), "[{table}] {key}");
+        }
     }
 
     #[test]

@@ -515,22 +515,30 @@ mod tests {
     #[test]
     fn from_cells_places_each_value_in_its_cell() {
         let config = VideoConfig::from_cells(&full()).expect("valid");
-        let spec = config.get(NetworkType::MobileNetwork, Codec::H265, Definition::P1080);
-        assert_eq!(
-            spec,
-            VideoSpec {
-                code_rate_kbps: 4100,
-                fps: 60
-            }
-        );
-        let spec = config.get(NetworkType::Wired, Codec::H264, Definition::P540);
-        assert_eq!(
-            spec,
-            VideoSpec {
-                code_rate_kbps: 3000,
-                fps: 30
-            }
-        );
+        let cells = [
+            (
+                NetworkType::MobileNetwork,
+                Codec::H265,
+                Definition::P1080,
+                (4100, 60),
+            ),
+            (
+                NetworkType::Wired,
+                Codec::H264,
+                Definition::P540,
+                (3000, 30),
+            ),
+        ];
+        for (network, codec, definition, (code_rate_kbps, fps)) in cells {
+            let spec = config.get(network, codec, definition);
+            assert_eq!(
+                spec,
+                VideoSpec {
+                    code_rate_kbps,
+                    fps
+                }
+            );
+        }
     }
 
     #[test]
@@ -540,48 +548,21 @@ mod tests {
         use Codec::*;
         use Definition::*;
         use NetworkType::*;
-        assert_eq!(
-            get(Wifi, H264, P540),
-            VideoSpec {
-                code_rate_kbps: 2000,
-                fps: 30
-            }
-        );
-        assert_eq!(
-            get(Wired, H264, P720),
-            VideoSpec {
-                code_rate_kbps: 4000,
-                fps: 30
-            }
-        );
-        assert_eq!(
-            get(Wifi, H264, P1080),
-            VideoSpec {
-                code_rate_kbps: 8000,
-                fps: 30
-            }
-        );
-        assert_eq!(
-            get(MobileNetwork, H264, P720),
-            VideoSpec {
-                code_rate_kbps: 2500,
-                fps: 30
-            }
-        );
-        assert_eq!(
-            get(Wifi, H265, P1080),
-            VideoSpec {
-                code_rate_kbps: 5600,
-                fps: 30
-            }
-        );
-        assert_eq!(
-            get(MobileNetwork, H265, P540),
-            VideoSpec {
-                code_rate_kbps: 800,
-                fps: 30
-            }
-        );
+        let documented = [
+            (Wifi, H264, P540, 2000),
+            (Wired, H264, P720, 4000),
+            (Wifi, H264, P1080, 8000),
+            (MobileNetwork, H264, P720, 2500),
+            (Wifi, H265, P1080, 5600),
+            (MobileNetwork, H265, P540, 800),
+        ];
+        for (n, c, def, code_rate_kbps) in documented {
+            let want = VideoSpec {
+                code_rate_kbps,
+                fps: 30,
+            };
+            assert_eq!(get(n, c, def), want, "{n}/{c}/{def}");
+        }
         for n in NetworkType::ALL {
             for c in Codec::ALL {
                 for def in Definition::ALL {

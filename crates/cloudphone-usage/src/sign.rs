@@ -107,15 +107,12 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// Compares the expected MAC with the presented hex signature in constant time.
-fn signature_matches(key: &[u8], data: &[u8], presented_hex: &str) -> bool {
-    let Ok(presented) = hex::decode(presented_hex) else {
-        return false;
-    };
-    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
-        return false;
-    };
+fn check_signature(key: &[u8], data: &[u8], presented_hex: &str) -> Result<(), SignError> {
+    let presented = hex::decode(presented_hex).map_err(|_| SignError::Mismatch)?;
+    let mut mac = HmacSha256::new_from_slice(key).map_err(|_| SignError::Mismatch)?;
     mac.update(data);
-    mac.verify_slice(&presented).is_ok()
+    mac.verify_slice(&presented)
+        .map_err(|_| SignError::Mismatch)
 }
 
 /// Parses the SDKs' basic date `YYYYMMDDThhmmssZ` to Unix milliseconds.
@@ -154,8 +151,18 @@ fn check_date(text: Option<&str>, now_ms: i64) -> Result<String, SignError> {
     Ok(text.to_string())
 }
 
-/// Splits `ALGO k1=v1, k2=v2, …` into its fields.
-fn auth_fields<'a>(header: &'a str, algorithm: &str) -> Result<Vec<(&'a str, &'a str)>, SignError> {
+/// Whether the request's Authorization header names `algorithm`.
+fn names_algorithm(req: &RequestParts<'_>, algorithm: &str) -> bool {
+    req.header("authorization")
+        .is_some_and(|a| a.trim_start().starts_with(algorithm))
+}
+
+/// Splits the request's `Authorization: ALGO k1=v1, k2=v2, …` into its fields.
+fn auth_fields<'a>(
+    req: &'a RequestParts<'_>,
+    algorithm: &str,
+) -> Result<Vec<(&'a str, &'a str)>, SignError> {
+    let header = req.header("authorization").ok_or(SignError::Missing)?;
     let rest = header
         .trim()
         .strip_prefix(algorithm)
@@ -178,6 +185,35 @@ fn field<'a>(fields: &[(&'a str, &'a str)], name: &'static str) -> Result<&'a st
         .map(|(_, v)| *v)
         .filter(|v| !v.is_empty())
         .ok_or(SignError::Malformed(name))
+}
+
+/// Query pairs in the order given, each side percent-encoded, as `k=v&…`.
+fn canonical_query(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k, UNRESERVED), encode(v, UNRESERVED)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `name:value\n` for each signed header, with the value as `value` makes it of the trimmed
+/// header; a signed header the request lacks is an error.
+fn canonical_headers(
+    req: &RequestParts<'_>,
+    signed_headers: &[String],
+    value: impl Fn(&str, &str) -> String,
+) -> Result<String, SignError> {
+    let mut headers = String::new();
+    for name in signed_headers {
+        let raw = req
+            .header(name)
+            .ok_or_else(|| SignError::SignedHeaderAbsent(name.clone()))?;
+        headers.push_str(name);
+        headers.push(':');
+        headers.push_str(&value(name, raw.trim()));
+        headers.push('\n');
+    }
+    Ok(headers)
 }
 
 fn signed_header_list(text: &str) -> Vec<String> {
@@ -204,13 +240,11 @@ pub mod huawei {
 
     /// Whether a request carries a Huawei AK/SK signature at all.
     pub fn is_present(req: &RequestParts<'_>) -> bool {
-        req.header("authorization")
-            .is_some_and(|a| a.trim_start().starts_with(ALGORITHM))
+        names_algorithm(req, ALGORITHM)
     }
 
     pub fn parse(req: &RequestParts<'_>) -> Result<Authorization, SignError> {
-        let header = req.header("authorization").ok_or(SignError::Missing)?;
-        let fields = auth_fields(header, ALGORITHM)?;
+        let fields = auth_fields(req, ALGORITHM)?;
         Ok(Authorization {
             access_key: field(&fields, "Access")?.to_string(),
             signed_headers: signed_header_list(field(&fields, "SignedHeaders")?),
@@ -233,21 +267,8 @@ pub mod huawei {
         }
         let mut pairs = query_pairs(req.query);
         pairs.sort();
-        let query = pairs
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k, UNRESERVED), encode(v, UNRESERVED)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let mut headers = String::new();
-        for name in signed_headers {
-            let value = req
-                .header(name)
-                .ok_or_else(|| SignError::SignedHeaderAbsent(name.clone()))?;
-            headers.push_str(name);
-            headers.push(':');
-            headers.push_str(value.trim());
-            headers.push('\n');
-        }
+        let query = canonical_query(&pairs);
+        let headers = canonical_headers(req, signed_headers, |_, value| value.to_string())?;
         let payload = if req.body.is_empty() {
             EMPTY_HASH.to_string()
         } else if let Some(declared) = req.header("x-sdk-content-sha256") {
@@ -286,11 +307,7 @@ pub mod huawei {
         }
         let canonical = canonical_request(req, &auth.signed_headers)?;
         let to_sign = format!("{ALGORITHM}\n{date}\n{}", sha256_hex(canonical.as_bytes()));
-        if signature_matches(secret.as_bytes(), to_sign.as_bytes(), &auth.signature) {
-            Ok(())
-        } else {
-            Err(SignError::Mismatch)
-        }
+        check_signature(secret.as_bytes(), to_sign.as_bytes(), &auth.signature)
     }
 
     /// Signs like the SDK does (tests and our own clients): returns the Authorization value.
@@ -331,13 +348,11 @@ pub mod volc {
 
     /// Whether a request carries a Volcengine signature at all.
     pub fn is_present(req: &RequestParts<'_>) -> bool {
-        req.header("authorization")
-            .is_some_and(|a| a.trim_start().starts_with(ALGORITHM))
+        names_algorithm(req, ALGORITHM)
     }
 
     pub fn parse(req: &RequestParts<'_>) -> Result<Authorization, SignError> {
-        let header = req.header("authorization").ok_or(SignError::Missing)?;
-        let fields = auth_fields(header, ALGORITHM)?;
+        let fields = auth_fields(req, ALGORITHM)?;
         let credential = field(&fields, "Credential")?;
         let parts: Vec<&str> = credential.split('/').collect();
         let [ak, date, region, service, terminator] = parts.as_slice() else {
@@ -372,31 +387,18 @@ pub mod volc {
         let mut pairs = query_pairs(req.query);
         // Sorted by key; repeated keys keep their order, as the SDK's dict does.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let query = pairs
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode(k, UNRESERVED), encode(v, UNRESERVED)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let mut headers = String::new();
-        for name in signed_headers {
-            let mut value = req
-                .header(name)
-                .ok_or_else(|| SignError::SignedHeaderAbsent(name.clone()))?
-                .trim()
-                .to_string();
+        let query = canonical_query(&pairs);
+        let headers = canonical_headers(req, signed_headers, |name, value| {
             // The SDK signs `host` without a default port.
-            if name == "host"
-                && let Some(bare) = value
-                    .strip_suffix(":80")
-                    .or_else(|| value.strip_suffix(":443"))
-            {
-                value = bare.to_string();
-            }
-            headers.push_str(name);
-            headers.push(':');
-            headers.push_str(&value);
-            headers.push('\n');
-        }
+            let bare = (name == "host")
+                .then(|| {
+                    value
+                        .strip_suffix(":80")
+                        .or_else(|| value.strip_suffix(":443"))
+                })
+                .flatten();
+            bare.unwrap_or(value).to_string()
+        })?;
         Ok([
             req.method.to_ascii_uppercase(),
             uri,
@@ -442,11 +444,7 @@ pub mod volc {
         let canonical = canonical_request(req, &auth.signed_headers)?;
         let to_sign = string_to_sign(auth, &date, &canonical);
         let key = signing_key(secret, &auth.date, &auth.region, &auth.service);
-        if signature_matches(&key, to_sign.as_bytes(), &auth.signature) {
-            Ok(())
-        } else {
-            Err(SignError::Mismatch)
-        }
+        check_signature(&key, to_sign.as_bytes(), &auth.signature)
     }
 
     /// Signs like `SignerV4` does (tests): returns the Authorization value.
