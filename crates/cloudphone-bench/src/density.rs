@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use cloudphone_core::video::{Codec, Definition};
 use cloudphone_node::runtime::CaptureSource;
-use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings, PipelineOptions};
+use cloudphone_node::streaming::pipeline::{EncodePipeline, PipelineOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::encode::{self, Cell};
@@ -46,14 +46,7 @@ fn measure_level(
     window: Duration,
 ) -> Result<Level> {
     let (width, height) = cell.size();
-    let settings = EncoderSettings {
-        codec: cell.codec,
-        width,
-        height,
-        fps: cell.fps,
-        bitrate_kbps: cell.bitrate_kbps,
-        encoder: Some("x264enc".into()),
-    };
+    let settings = cell.encoder_settings("x264enc");
     let options = PipelineOptions {
         test_pattern: encode::PATTERN.to_owned(),
         ..PipelineOptions::default()

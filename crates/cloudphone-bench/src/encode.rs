@@ -57,6 +57,19 @@ impl Cell {
     pub fn size(&self) -> (u32, u32) {
         self.definition.portrait_size()
     }
+
+    /// The node pipeline's settings for this cell, encoding with `encoder`.
+    pub(crate) fn encoder_settings(&self, encoder: &str) -> EncoderSettings {
+        let (width, height) = self.size();
+        EncoderSettings {
+            codec: self.codec,
+            width,
+            height,
+            fps: self.fps,
+            bitrate_kbps: self.bitrate_kbps,
+            encoder: Some(encoder.to_owned()),
+        }
+    }
 }
 
 /// The full matrix, or the one cell the smoke run checks. `CLOUDPHONE_BENCH_CELLS` (labels,
@@ -358,14 +371,7 @@ fn cell_timeout(cell: &Cell, frames: u64) -> Duration {
 /// The node's pipeline on a test pattern for one cell.
 pub fn measure_pipeline(cell: &Cell, frames: Frames) -> Result<(Measured, String)> {
     let (width, height) = cell.size();
-    let settings = EncoderSettings {
-        codec: cell.codec,
-        width,
-        height,
-        fps: cell.fps,
-        bitrate_kbps: cell.bitrate_kbps,
-        encoder: Some(encoder_element(cell.codec).to_owned()),
-    };
+    let settings = cell.encoder_settings(encoder_element(cell.codec));
     let options = PipelineOptions {
         test_pattern: PATTERN.to_owned(),
         // Every frame of the window, not just the default's most recent.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig, VideoSpec};
+use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
 use cloudphone_node::config::NodeConfig;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::clock;
 use crate::glass_viewer::{Measured, Receiver, ViewerArgs, run_subprocess};
 use crate::stats::{Summary, summarize};
-use crate::viewer::Viewer;
+use crate::viewer::{Receiving, Viewer};
 use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
 
 fn webrtc_rs() -> Receiver {
@@ -278,6 +278,14 @@ pub(crate) fn wire_codec(c: Codec) -> EncodingType {
     }
 }
 
+pub(crate) fn wire_network(n: NetworkType) -> WireNetwork {
+    match n {
+        NetworkType::Wifi => WireNetwork::Wifi,
+        NetworkType::MobileNetwork => WireNetwork::MobileNetwork,
+        NetworkType::Wired => WireNetwork::Wired,
+    }
+}
+
 pub(crate) fn wire_definition(d: Definition) -> WireDefinition {
     match d {
         Definition::P540 => WireDefinition::P540,
@@ -296,53 +304,131 @@ fn hello(device: &str, token: &str, codec: Codec, definition: Definition) -> Hel
     }
 }
 
-/// Streams one profile into one receiver (a `glass-viewer` subprocess) for `seconds` after
-/// `skip` seconds of start-up, and reads the clock.
-#[allow(clippy::too_many_arguments)]
+/// What the node streams in a cell: the hello's codec, definition and network type (the row
+/// of the node's video matrix).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stream {
+    pub(crate) codec: Codec,
+    pub(crate) definition: Definition,
+    pub(crate) network: NetworkType,
+}
+
+/// How long a cell's receiver runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// After the first frame, before measuring (start-up).
+    pub(crate) skip: Duration,
+    /// The measuring window.
+    pub(crate) seconds: Duration,
+    /// hello → first frame before the receiver gives up.
+    pub(crate) first_frame: Duration,
+    /// On top of `skip + seconds` before the whole run is given up.
+    pub(crate) slack: Duration,
+}
+
+impl Window {
+    /// `skip`, `seconds`, `first_frame` and `slack`, in that order, in milliseconds.
+    pub(crate) fn from_ms(skip: u64, seconds: u64, first_frame: u64, slack: u64) -> Window {
+        Window {
+            skip: Duration::from_millis(skip),
+            seconds: Duration::from_millis(seconds),
+            first_frame: Duration::from_millis(first_frame),
+            slack: Duration::from_millis(slack),
+        }
+    }
+}
+
+impl Node {
+    /// Grants device `name` a session on `instance` and runs `receiver` on it as a
+    /// `glass-viewer` subprocess of `bench_exe`, behind `prefix` (e.g. `ip netns exec <ns>`).
+    pub(crate) async fn view(
+        &mut self,
+        prefix: &[&str],
+        bench_exe: &Path,
+        (instance, name): (&str, &str),
+        receiver: Receiver,
+        stream: Stream,
+        window: Window,
+    ) -> Result<Measured> {
+        let token = format!("token-{name}");
+        self.start_session(instance, name, &token).await?;
+        let args = ViewerArgs {
+            receiver,
+            signaling: self.ws_url.clone(),
+            device_id: name.to_owned(),
+            device_token: token,
+            codec: stream.codec,
+            definition: stream.definition,
+            network: wire_network(stream.network),
+            skip_secs: window.skip.as_secs_f64(),
+            seconds: window.seconds.as_secs_f64(),
+            jitter_ms: DEFAULT_LATENCY_MS,
+            first_frame_timeout_secs: window.first_frame.as_secs_f64(),
+        };
+        let mut argv: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
+        argv.push(bench_exe.display().to_string());
+        argv.extend(args.to_argv());
+        run_subprocess(&argv, window.skip + window.seconds + window.slack).await
+    }
+}
+
+/// Streams one profile into one receiver (a `glass-viewer` subprocess) for `window`, and reads
+/// the clock.
 async fn glass_cell(
     node: &mut Node,
     bench_exe: &Path,
-    instance: &str,
-    n: usize,
-    codec: Codec,
-    definition: Definition,
+    (instance, n): (&str, usize),
+    (codec, definition): (Codec, Definition),
     receiver: Receiver,
-    skip: Duration,
-    seconds: Duration,
+    window: Window,
 ) -> Result<GlassCell> {
-    let spec = VideoConfig::default().get(NetworkType::Wifi, codec, definition);
-    let (device, token) = (format!("glass-{n}"), format!("token-glass-{n}"));
-    node.start_session(instance, &device, &token).await?;
-    let args = ViewerArgs {
-        receiver,
-        signaling: node.ws_url.clone(),
-        device_id: device,
-        device_token: token,
+    let stream = Stream {
         codec,
         definition,
-        network: WireNetwork::Wifi,
-        skip_secs: skip.as_secs_f64(),
-        seconds: seconds.as_secs_f64(),
-        jitter_ms: DEFAULT_LATENCY_MS,
-        first_frame_timeout_secs: 20.0,
+        network: NetworkType::Wifi,
     };
-    let mut argv = vec![bench_exe.display().to_string()];
-    argv.extend(args.to_argv());
-    let m = run_subprocess(&argv, skip + seconds + Duration::from_secs(90)).await?;
-    GlassCell::from_run(m, receiver, codec, definition, spec, "loopback".into())
+    let name = format!("glass-{n}");
+    let m = node
+        .view(&[], bench_exe, (instance, &name), receiver, stream, window)
+        .await?;
+    GlassCell::from_run(m, receiver, stream, "loopback".into())
+}
+
+/// Files a cell's outcome under `label`: printed (`line`) and kept, or a failure; then gives
+/// the node time to notice the viewer left and stop the encoder.
+pub(crate) async fn file_cell(
+    outcome: Result<GlassCell>,
+    label: String,
+    line: impl Fn(&GlassCell) -> String,
+    cells: &mut Vec<GlassCell>,
+    failures: &mut Vec<(String, String)>,
+) {
+    match outcome {
+        Ok(c) => {
+            println!("{}", line(&c));
+            cells.push(c);
+        }
+        Err(e) => {
+            println!("glass {label} FAILED: {e:#}");
+            failures.push((label, format!("{e:#}")));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
 }
 
 impl GlassCell {
-    /// The cell of one receiver's run of `codec` at `definition` (`spec` the video matrix row
-    /// the node streamed) over `network`; fails when no frame's clock read.
+    /// The cell of one receiver's run of `stream` over `network` (how the link is described);
+    /// fails when no frame's clock read.
     pub(crate) fn from_run(
         m: Measured,
         receiver: Receiver,
-        codec: Codec,
-        definition: Definition,
-        spec: VideoSpec,
+        stream: Stream,
         network: String,
     ) -> Result<GlassCell> {
+        let Stream {
+            codec, definition, ..
+        } = stream;
+        let spec = VideoConfig::default().get(stream.network, codec, definition);
         let run = m.run;
         if run.glass_ms.is_empty() {
             bail!(
@@ -453,10 +539,10 @@ pub async fn run_receivers(
             node.create_instance("g1080", 1080, 1920).await?;
             profiles.push(("g1080", Codec::H264, Definition::P1080));
         }
-        let (skip, seconds) = if smoke {
-            (Duration::from_millis(300), Duration::from_secs(1))
+        let window = if smoke {
+            Window::from_ms(300, 1_000, 20_000, 90_000)
         } else {
-            (Duration::from_secs(1), Duration::from_secs(10))
+            Window::from_ms(1_000, 10_000, 20_000, 90_000)
         };
         let mut cells = Vec::new();
         let mut not_run = Vec::new();
@@ -469,21 +555,11 @@ pub async fn run_receivers(
                     continue;
                 }
                 n += 1;
-                match glass_cell(&mut node, bench_exe, instance, n, codec, definition, receiver, skip, seconds).await {
-                    Ok(c) => {
-                        println!(
-                            "glass {:<12} {:<9} p50 {:>6.1} p99 {:>6.1} max {:>6.1} ms  (receiver p50 {:.1} ms)  first frame {:.0} ms, {} frames, {} unreadable, {} skipped, cpu node {:.0}% receiver {:.0}%",
-                            c.label, receiver.as_str(), c.glass_ms.p50, c.glass_ms.p99, c.glass_ms.max, c.receiver_ms.p50, c.first_frame_ms, c.frames, c.unreadable, c.skipped, c.cpu_percent, c.receiver_cpu_percent
-                        );
-                        cells.push(c);
-                    }
-                    Err(e) => {
-                        println!("glass {label} FAILED: {e:#}");
-                        failures.push((label, format!("{e:#}")));
-                    }
-                }
-                // Let the node notice the viewer left and stop the encoder.
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                let outcome = glass_cell(&mut node, bench_exe, (instance, n), (codec, definition), receiver, window).await;
+                file_cell(outcome, label, |c| format!(
+                    "glass {:<12} {:<9} p50 {:>6.1} p99 {:>6.1} max {:>6.1} ms  (receiver p50 {:.1} ms)  first frame {:.0} ms, {} frames, {} unreadable, {} skipped, cpu node {:.0}% receiver {:.0}%",
+                    c.label, receiver.as_str(), c.glass_ms.p50, c.glass_ms.p99, c.glass_ms.max, c.receiver_ms.p50, c.first_frame_ms, c.frames, c.unreadable, c.skipped, c.cpu_percent, c.receiver_cpu_percent
+                ), &mut cells, &mut failures).await;
             }
         }
         let trials = if smoke { 2 } else { 10 };

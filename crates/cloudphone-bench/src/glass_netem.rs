@@ -11,16 +11,13 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Result;
-use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
-use cloudphone_signaling::NetworkType as WireNetwork;
+use cloudphone_core::video::{Codec, Definition, NetworkType};
 
-use crate::glass::{GlassCell, GlassResults, Node};
-use crate::glass_viewer::{Receiver, ViewerArgs, run_subprocess};
+use crate::glass::{GlassCell, GlassResults, Node, Stream, Window, file_cell};
+use crate::glass_viewer::Receiver;
 use crate::impair::{DirectionStats, ImpairedLink, LinkStats, Profile};
-use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
 
 /// The network types measured, in order.
 pub const NETWORKS: [NetworkType; 2] = [NetworkType::Wifi, NetworkType::MobileNetwork];
@@ -32,14 +29,6 @@ pub struct NetemRun {
     /// How the impairment was made, or why it was not run.
     pub note: String,
     pub failures: Vec<(String, String)>,
-}
-
-fn wire_network(n: NetworkType) -> WireNetwork {
-    match n {
-        NetworkType::Wifi => WireNetwork::Wifi,
-        NetworkType::MobileNetwork => WireNetwork::MobileNetwork,
-        NetworkType::Wired => WireNetwork::Wired,
-    }
 }
 
 /// How the link is made, for the report.
@@ -84,7 +73,6 @@ fn describe_stats(before: LinkStats, after: LinkStats) -> String {
 }
 
 /// One profile into one receiver running in the link's namespace.
-#[allow(clippy::too_many_arguments)]
 async fn cell(
     node: &mut Node,
     link: &ImpairedLink,
@@ -92,42 +80,33 @@ async fn cell(
     n: usize,
     network: NetworkType,
     receiver: Receiver,
-    skip: Duration,
-    seconds: Duration,
+    window: Window,
 ) -> Result<GlassCell> {
-    let (codec, definition) = (Codec::H264, Definition::P720);
+    let stream = Stream {
+        codec: Codec::H264,
+        definition: Definition::P720,
+        network,
+    };
     let profile = Profile::for_network(network);
     link.set_profile(profile);
-    let spec = VideoConfig::default().get(network, codec, definition);
-    let (device, token) = (format!("netem-{n}"), format!("token-netem-{n}"));
-    node.start_session("n720", &device, &token).await?;
-    let args = ViewerArgs {
-        receiver,
-        signaling: node.ws_url.clone(),
-        device_id: device,
-        device_token: token,
-        codec,
-        definition,
-        network: wire_network(network),
-        skip_secs: skip.as_secs_f64(),
-        seconds: seconds.as_secs_f64(),
-        jitter_ms: DEFAULT_LATENCY_MS,
-        first_frame_timeout_secs: 30.0,
-    };
-    let mut argv: Vec<String> = ["ip", "netns", "exec", link.netns()]
-        .map(str::to_owned)
-        .into();
-    argv.push(bench_exe.display().to_string());
-    argv.extend(args.to_argv());
+    let prefix = ["ip", "netns", "exec", link.netns()];
     let before = link.stats();
-    let m = run_subprocess(&argv, skip + seconds + Duration::from_secs(120)).await?;
+    let name = format!("netem-{n}");
+    let m = node
+        .view(
+            &prefix,
+            bench_exe,
+            ("n720", &name),
+            receiver,
+            stream,
+            window,
+        )
+        .await?;
     let after = link.stats();
     let mut cell = GlassCell::from_run(
         m,
         receiver,
-        codec,
-        definition,
-        spec,
+        stream,
         format!("{network} ({})", profile.describe()),
     )?;
     cell.notes.push(describe_stats(before, after));
@@ -169,10 +148,10 @@ pub async fn run(smoke: bool, bench_exe: &Path, receivers: &[Receiver]) -> Netem
         out.failures
             .push(("netem instance".into(), format!("{e:#}")));
     } else {
-        let (skip, seconds) = if smoke {
-            (Duration::from_millis(500), Duration::from_millis(1500))
+        let window = if smoke {
+            Window::from_ms(500, 1_500, 30_000, 120_000)
         } else {
-            (Duration::from_secs(2), Duration::from_secs(10))
+            Window::from_ms(2_000, 10_000, 30_000, 120_000)
         };
         let receivers: Vec<Receiver> = if smoke {
             receivers.iter().copied().take(1).collect()
@@ -187,13 +166,12 @@ pub async fn run(smoke: bool, bench_exe: &Path, receivers: &[Receiver]) -> Netem
                 }
                 n += 1;
                 let label = format!("H264 720P {network} × {}", receiver.as_str());
-                match cell(
-                    &mut node, &link, bench_exe, n, network, receiver, skip, seconds,
-                )
-                .await
-                {
-                    Ok(c) => {
-                        println!(
+                let outcome = cell(&mut node, &link, bench_exe, n, network, receiver, window).await;
+                file_cell(
+                    outcome,
+                    label,
+                    |c| {
+                        format!(
                             "glass netem {network:<14} {:<9} p50 {:>6.1} p99 {:>6.1} max {:>6.1} ms  first frame {:.0} ms, {} frames, {} unreadable",
                             receiver.as_str(),
                             c.glass_ms.p50,
@@ -202,16 +180,12 @@ pub async fn run(smoke: bool, bench_exe: &Path, receivers: &[Receiver]) -> Netem
                             c.first_frame_ms,
                             c.frames,
                             c.unreadable
-                        );
-                        out.cells.push(c);
-                    }
-                    Err(e) => {
-                        println!("glass {label} FAILED: {e:#}");
-                        out.failures.push((label, format!("{e:#}")));
-                    }
-                }
-                // Let the node notice the viewer left and stop the encoder.
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                        )
+                    },
+                    &mut out.cells,
+                    &mut out.failures,
+                )
+                .await;
             }
         }
     }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::stats::CpuMeter;
-use crate::viewer::{Seen, Viewer, lock};
+use crate::viewer::{Receiving, Seen, Viewer, lock};
 use crate::viewer_webrtcbin::{DEFAULT_LATENCY_MS, WebrtcbinViewer};
 
 /// Which client receives and decodes.
@@ -127,31 +127,27 @@ pub struct ViewerArgs {
 impl ViewerArgs {
     /// The command-line arguments after `glass-viewer` that reproduce these.
     pub fn to_argv(&self) -> Vec<String> {
-        vec![
-            "glass-viewer".into(),
-            "--receiver".into(),
-            self.receiver.as_str().into(),
-            "--signaling".into(),
-            self.signaling.clone(),
-            "--device-id".into(),
-            self.device_id.clone(),
-            "--device-token".into(),
-            self.device_token.clone(),
-            "--codec".into(),
-            self.codec.as_str().into(),
-            "--definition".into(),
-            self.definition.as_str().into(),
-            "--network".into(),
-            network_str(self.network),
-            "--skip-secs".into(),
-            self.skip_secs.to_string(),
-            "--seconds".into(),
-            self.seconds.to_string(),
-            "--jitter-ms".into(),
-            self.jitter_ms.to_string(),
-            "--first-frame-timeout-secs".into(),
-            self.first_frame_timeout_secs.to_string(),
-        ]
+        let options: [(&str, String); 11] = [
+            ("--receiver", self.receiver.as_str().into()),
+            ("--signaling", self.signaling.clone()),
+            ("--device-id", self.device_id.clone()),
+            ("--device-token", self.device_token.clone()),
+            ("--codec", self.codec.as_str().into()),
+            ("--definition", self.definition.as_str().into()),
+            ("--network", network_str(self.network)),
+            ("--skip-secs", self.skip_secs.to_string()),
+            ("--seconds", self.seconds.to_string()),
+            ("--jitter-ms", self.jitter_ms.to_string()),
+            (
+                "--first-frame-timeout-secs",
+                self.first_frame_timeout_secs.to_string(),
+            ),
+        ];
+        let mut argv = vec!["glass-viewer".to_owned()];
+        for (flag, value) in options {
+            argv.extend([flag.to_owned(), value]);
+        }
+        argv
     }
 
     fn hello(&self) -> Hello {
@@ -214,18 +210,18 @@ enum RustViewer {
     Webrtcbin(WebrtcbinViewer),
 }
 
-impl RustViewer {
-    fn seen(&self) -> &Arc<Mutex<Seen>> {
+impl Receiving for RustViewer {
+    fn seen(&self) -> &Mutex<Seen> {
         match self {
-            RustViewer::WebrtcRs(v) => &v.seen,
-            RustViewer::Webrtcbin(v) => &v.seen,
+            RustViewer::WebrtcRs(v) => v.seen(),
+            RustViewer::Webrtcbin(v) => v.seen(),
         }
     }
 
-    async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
+    fn hello_at(&self) -> Instant {
         match self {
-            RustViewer::WebrtcRs(v) => v.first_frame(within).await,
-            RustViewer::Webrtcbin(v) => v.first_frame(within).await,
+            RustViewer::WebrtcRs(v) => v.hello_at(),
+            RustViewer::Webrtcbin(v) => v.hello_at(),
         }
     }
 
@@ -235,7 +231,9 @@ impl RustViewer {
             RustViewer::Webrtcbin(v) => v.pump_for(d).await,
         }
     }
+}
 
+impl RustViewer {
     async fn close(self) {
         match self {
             RustViewer::WebrtcRs(v) => v.close().await,

@@ -408,6 +408,51 @@ fn load_font() -> bool {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
+type Canvas<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Every plot's canvas: 900×560, white.
+fn canvas(path: &Path) -> Result<Canvas<'_>, Box<dyn std::error::Error>> {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// Every plot's frame: its caption at `size` pt, margin and axis label areas.
+fn frame<'a, 'b>(
+    root: &'a Canvas<'b>,
+    caption: impl AsRef<str>,
+    size: u32,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", size))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55);
+    builder
+}
+
+/// A legend entry: a 20 px stroke in `style`.
+fn legend_line(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style)
+}
+
+/// Draws the legend at `at` and writes the file.
+fn finish<'a, CT: CoordTranslate>(
+    root: &Canvas<'_>,
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    at: SeriesLabelPosition,
+) -> PlotResult {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
     let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
     v.sort_by(f64::total_cmp);
@@ -419,19 +464,13 @@ fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
 }
 
 fn plot_cdfs(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> PlotResult {
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path)?;
     let xmax = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .fold(1.0_f64, f64::max)
         * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..xmax, 0.0..1.0)?;
+    let mut chart = frame(&root, title, 22).build_cartesian_2d(0.0..xmax, 0.0..1.0)?;
     chart
         .configure_mesh()
         .x_desc("milliseconds")
@@ -442,26 +481,13 @@ fn plot_cdfs(path: &Path, title: &str, series: &[(String, Vec<f64>)]) -> PlotRes
         chart
             .draw_series(LineSeries::new(cdf(v), color))?
             .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(
-                    vec![(x, y), (x + 20, y)],
-                    Palette99::pick(i).stroke_width(2),
-                )
-            });
+            .legend(legend_line(color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&root, &mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn plot_encode_vs_bitrate(path: &Path, e: &EncodeResults) -> PlotResult {
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path)?;
     let xmax = e
         .cells
         .iter()
@@ -474,15 +500,12 @@ fn plot_encode_vs_bitrate(path: &Path, e: &EncodeResults) -> PlotResult {
         .map(|c| c.pipeline.encode_ms.p50.max(c.bare.encode_ms.p50))
         .fold(1.0, f64::max)
         * 1.2;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "encode p50 vs bitrate (540P/720P/1080P), node pipeline (solid) vs bare (dashed)",
-            ("sans-serif", 18),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
+    let mut chart = frame(
+        &root,
+        "encode p50 vs bitrate (540P/720P/1080P), node pipeline (solid) vs bare (dashed)",
+        18,
+    )
+    .build_cartesian_2d(0.0..xmax, 0.0..ymax)?;
     chart
         .configure_mesh()
         .x_desc("kbit/s")
@@ -509,49 +532,33 @@ fn plot_encode_vs_bitrate(path: &Path, e: &EncodeResults) -> PlotResult {
             chart
                 .draw_series(LineSeries::new(pipe.clone(), color.stroke_width(2)))?
                 .label(format!("{codec} {fps} fps"))
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x, y), (x + 20, y)],
-                        Palette99::pick(i).stroke_width(2),
-                    )
-                });
+                .legend(legend_line(color.stroke_width(2)));
             chart.draw_series(pipe.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
             chart.draw_series(DashedLineSeries::new(bare, 6, 4, color.stroke_width(1)))?;
             i += 1;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&root, &mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn plot_density(path: &Path, d: &DensityResults) -> PlotResult {
-    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = canvas(path)?;
     let xmax = d.levels.iter().map(|l| l.sessions).max().unwrap_or(1) as f64 + 1.0;
     let xmax = xmax.max(d.bound + 1.0);
     let ymax = (d.cores as f64 * 100.0)
         .max(d.levels.iter().map(|l| l.cpu_percent).fold(0.0, f64::max))
         * 1.1;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "720P30 H.264 sessions vs CPU (bound {:.1}, sustained {})",
-                d.bound, d.sustained
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(55)
-        .right_y_label_area_size(55)
-        .build_cartesian_2d(0.0..xmax, 0.0..ymax)?
-        .set_secondary_coord(0.0..xmax, 0.0..10.0);
+    let mut chart = frame(
+        &root,
+        format!(
+            "720P30 H.264 sessions vs CPU (bound {:.1}, sustained {})",
+            d.bound, d.sustained
+        ),
+        20,
+    )
+    .right_y_label_area_size(55)
+    .build_cartesian_2d(0.0..xmax, 0.0..ymax)?
+    .set_secondary_coord(0.0..xmax, 0.0..10.0);
     chart
         .configure_mesh()
         .x_desc("concurrent sessions")
@@ -569,7 +576,7 @@ fn plot_density(path: &Path, d: &DensityResults) -> PlotResult {
     chart
         .draw_series(LineSeries::new(cpu.clone(), BLUE.stroke_width(2)))?
         .label("CPU %")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        .legend(legend_line(BLUE.stroke_width(2)));
     chart.draw_series(cpu.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
     let drops: Vec<(f64, f64)> = d
         .levels
@@ -579,22 +586,15 @@ fn plot_density(path: &Path, d: &DensityResults) -> PlotResult {
     chart
         .draw_secondary_series(LineSeries::new(drops, RED.stroke_width(2)))?
         .label("dropped % (right)")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+        .legend(legend_line(RED.stroke_width(2)));
     chart
         .draw_series(std::iter::once(PathElement::new(
             vec![(d.bound, 0.0), (d.bound, ymax)],
             BLACK.stroke_width(1),
         )))?
         .label("bare-encoder bound")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        .legend(legend_line(BLACK.stroke_width(1)));
+    finish(&root, &mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn plots(dir: &Path, l: &Latest) -> Vec<String> {

@@ -78,6 +78,35 @@ pub(crate) async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
     }
 }
 
+/// What the two Rust receivers ([`Viewer`], [`crate::viewer_webrtcbin::WebrtcbinViewer`])
+/// share: a signaling loop to run, and waiting for the first frame through it.
+pub(crate) trait Receiving: Send {
+    /// What the decoder saw so far.
+    fn seen(&self) -> &Mutex<Seen>;
+
+    /// When hello was sent.
+    fn hello_at(&self) -> Instant;
+
+    /// Runs signaling both ways for `duration`; fails if the node ends the session.
+    fn pump_for(&mut self, duration: Duration) -> impl Future<Output = Result<()>> + Send;
+
+    /// Pumps until the first frame is decoded; returns hello → first frame.
+    fn first_frame(&mut self, within: Duration) -> impl Future<Output = Result<Duration>> + Send {
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                if let Some(at) = lock(self.seen()).first_frame {
+                    return Ok(at.duration_since(self.hello_at()));
+                }
+                if Instant::now() > deadline {
+                    bail!("no frame within {within:?}");
+                }
+                self.pump_for(Duration::from_millis(5)).await?;
+            }
+        }
+    }
+}
+
 /// Opens the node's signaling socket, says hello and waits for `ready`: the socket, when hello
 /// was sent, and the ICE servers `ready` names.
 pub(crate) async fn say_hello(url: &str, hello: Hello) -> Result<(Ws, Instant, Vec<IceServer>)> {
@@ -264,8 +293,28 @@ impl Viewer {
         })
     }
 
-    /// Forwards candidates both ways for `duration`; fails if the node ends the session.
-    pub async fn pump_for(&mut self, duration: Duration) -> Result<()> {
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        lock(&self.seen).frames
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.pc.close().await;
+        let _ = self.ws.close(None).await;
+    }
+}
+
+impl Receiving for Viewer {
+    fn seen(&self) -> &Mutex<Seen> {
+        &self.seen
+    }
+
+    fn hello_at(&self) -> Instant {
+        self.hello_at
+    }
+
+    /// Forwards candidates both ways.
+    async fn pump_for(&mut self, duration: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + duration;
         loop {
             tokio::select! {
@@ -287,30 +336,6 @@ impl Viewer {
                 },
             }
         }
-    }
-
-    /// Pumps until the first frame is decoded; returns hello → first frame.
-    pub async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(at) = lock(&self.seen).first_frame {
-                return Ok(at.duration_since(self.hello_at));
-            }
-            if Instant::now() > deadline {
-                bail!("no frame within {within:?}");
-            }
-            self.pump_for(Duration::from_millis(5)).await?;
-        }
-    }
-
-    /// Frames decoded so far.
-    pub fn frames(&self) -> u64 {
-        lock(&self.seen).frames
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.pc.close().await;
-        let _ = self.ws.close(None).await;
     }
 }
 

@@ -29,7 +29,9 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use tokio::sync::mpsc;
 
-use crate::viewer::{Seen, Ws, decode_tail, lock, read_clock_from, recv, say_hello, send};
+use crate::viewer::{
+    Receiving, Seen, Ws, decode_tail, lock, read_clock_from, recv, say_hello, send,
+};
 
 /// The jitter-buffer latency the glass bench gives `webrtcbin`, ms.
 pub const DEFAULT_LATENCY_MS: u32 = 10;
@@ -244,8 +246,23 @@ impl WebrtcbinViewer {
         })
     }
 
-    /// Runs signaling both ways for `duration`; fails if the node ends the session.
-    pub async fn pump_for(&mut self, duration: Duration) -> Result<()> {
+    pub async fn close(mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        let _ = self.ws.close(None).await;
+    }
+}
+
+impl Receiving for WebrtcbinViewer {
+    fn seen(&self) -> &Mutex<Seen> {
+        &self.seen
+    }
+
+    fn hello_at(&self) -> Instant {
+        self.hello_at
+    }
+
+    /// webrtcbin's offer and candidates out, the node's answer and candidates in.
+    async fn pump_for(&mut self, duration: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + duration;
         loop {
             tokio::select! {
@@ -285,25 +302,6 @@ impl WebrtcbinViewer {
                 },
             }
         }
-    }
-
-    /// Pumps until the first frame is decoded; returns hello → first frame.
-    pub async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(at) = lock(&self.seen).first_frame {
-                return Ok(at.duration_since(self.hello_at));
-            }
-            if Instant::now() > deadline {
-                bail!("no frame within {within:?}");
-            }
-            self.pump_for(Duration::from_millis(5)).await?;
-        }
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-        let _ = self.ws.close(None).await;
     }
 }
 
