@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::stats::{Summary, summarize};
-use crate::viewer::Receiving;
 
 /// What to launch, and where.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]

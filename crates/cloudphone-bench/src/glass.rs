@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::clock;
 use crate::glass_viewer::{Measured, Receiver, ViewerArgs, run_subprocess};
 use crate::stats::{Summary, summarize};
-use crate::viewer::{Receiving, Viewer};
+use crate::viewer::Viewer;
 use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
 
 fn webrtc_rs() -> Receiver {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::stats::CpuMeter;
-use crate::viewer::{Receiving, Seen, Viewer, lock};
+use crate::viewer::{Seen, Viewer, lock};
 use crate::viewer_webrtcbin::{DEFAULT_LATENCY_MS, WebrtcbinViewer};
 
 /// Which client receives and decodes.
@@ -210,18 +210,18 @@ enum RustViewer {
     Webrtcbin(WebrtcbinViewer),
 }
 
-impl Receiving for RustViewer {
-    fn seen(&self) -> &Mutex<Seen> {
+impl RustViewer {
+    fn seen(&self) -> &Arc<Mutex<Seen>> {
         match self {
-            RustViewer::WebrtcRs(v) => v.seen(),
-            RustViewer::Webrtcbin(v) => v.seen(),
+            RustViewer::WebrtcRs(v) => &v.seen,
+            RustViewer::Webrtcbin(v) => &v.seen,
         }
     }
 
-    fn hello_at(&self) -> Instant {
+    async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
         match self {
-            RustViewer::WebrtcRs(v) => v.hello_at(),
-            RustViewer::Webrtcbin(v) => v.hello_at(),
+            RustViewer::WebrtcRs(v) => v.first_frame(within).await,
+            RustViewer::Webrtcbin(v) => v.first_frame(within).await,
         }
     }
 
@@ -231,9 +231,7 @@ impl Receiving for RustViewer {
             RustViewer::Webrtcbin(v) => v.pump_for(d).await,
         }
     }
-}
 
-impl RustViewer {
     async fn close(self) {
         match self {
             RustViewer::WebrtcRs(v) => v.close().await,

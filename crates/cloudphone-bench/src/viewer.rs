@@ -49,14 +49,30 @@ pub struct Seen {
     pub height: u32,
 }
 
-pub struct Viewer {
-    ws: Ws,
-    pub pc: Arc<RTCPeerConnection>,
+/// A receiver's session with the node: its signaling socket, what its decoder saw, and the
+/// WebRTC stack `P` that receives (webrtc-rs: [`Viewer`]; GStreamer `webrtcbin`:
+/// [`crate::viewer_webrtcbin::WebrtcbinViewer`]).
+pub struct Session<P> {
+    pub(crate) ws: Ws,
     pub seen: Arc<Mutex<Seen>>,
-    candidates: mpsc::UnboundedReceiver<Candidate>,
     /// When hello was sent.
     pub hello_at: Instant,
+    /// What the stack hands to signaling (its offer, its candidates), or why it failed.
+    pub(crate) outbox: mpsc::UnboundedReceiver<Result<ClientMessage, String>>,
+    pub peer: P,
 }
+
+/// The part of a receiver that differs between WebRTC stacks.
+pub trait Peer: Send {
+    /// Takes the node's answer or candidate; any other message ends the session.
+    fn on_node(&mut self, m: NodeMessage) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stops receiving.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// The webrtc-rs viewer.
+pub type Viewer = Session<Arc<RTCPeerConnection>>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -74,35 +90,6 @@ pub(crate) async fn recv(ws: &mut Ws) -> Result<Option<NodeMessage>> {
             Some(Ok(Message::Close(_))) | None => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(_)) => continue,
-        }
-    }
-}
-
-/// What the two Rust receivers ([`Viewer`], [`crate::viewer_webrtcbin::WebrtcbinViewer`])
-/// share: a signaling loop to run, and waiting for the first frame through it.
-pub(crate) trait Receiving: Send {
-    /// What the decoder saw so far.
-    fn seen(&self) -> &Mutex<Seen>;
-
-    /// When hello was sent.
-    fn hello_at(&self) -> Instant;
-
-    /// Runs signaling both ways for `duration`; fails if the node ends the session.
-    fn pump_for(&mut self, duration: Duration) -> impl Future<Output = Result<()>> + Send;
-
-    /// Pumps until the first frame is decoded; returns hello → first frame.
-    fn first_frame(&mut self, within: Duration) -> impl Future<Output = Result<Duration>> + Send {
-        async move {
-            let deadline = Instant::now() + within;
-            loop {
-                if let Some(at) = lock(self.seen()).first_frame {
-                    return Ok(at.duration_since(self.hello_at()));
-                }
-                if Instant::now() > deadline {
-                    bail!("no frame within {within:?}");
-                }
-                self.pump_for(Duration::from_millis(5)).await?;
-            }
         }
     }
 }
@@ -187,6 +174,51 @@ pub(crate) fn read_clock_from(
     );
 }
 
+impl<P: Peer> Session<P> {
+    /// Runs signaling both ways for `duration`: what the stack hands out goes to the node,
+    /// what the node says goes to the stack; fails if the node ends the session.
+    pub async fn pump_for(&mut self, duration: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                Some(out) = self.outbox.recv() => match out {
+                    Ok(m) => send(&mut self.ws, &m).await?,
+                    Err(e) => bail!("{e}"),
+                },
+                m = recv(&mut self.ws) => match m? {
+                    Some(m) => self.peer.on_node(m).await?,
+                    None => bail!("signaling closed"),
+                },
+            }
+        }
+    }
+
+    /// Pumps until the first frame is decoded; returns hello → first frame.
+    pub async fn first_frame(&mut self, within: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(at) = lock(&self.seen).first_frame {
+                return Ok(at.duration_since(self.hello_at));
+            }
+            if Instant::now() > deadline {
+                bail!("no frame within {within:?}");
+            }
+            self.pump_for(Duration::from_millis(5)).await?;
+        }
+    }
+
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        lock(&self.seen).frames
+    }
+
+    pub async fn close(mut self) {
+        self.peer.close().await;
+        let _ = self.ws.close(None).await;
+    }
+}
+
 impl Viewer {
     /// Says hello, negotiates, and starts decoding whatever arrives.
     pub async fn connect(url: &str, hello: Hello) -> Result<Viewer> {
@@ -258,16 +290,16 @@ impl Viewer {
                 let _ = pipeline.set_state(gst::State::Null);
             })
         }));
-        let (cand_tx, candidates) = mpsc::unbounded_channel();
+        let (cand_tx, outbox) = mpsc::unbounded_channel();
         pc.on_ice_candidate(Box::new(move |c| {
             let cand_tx = cand_tx.clone();
             Box::pin(async move {
                 if let Some(init) = c.and_then(|c| c.to_json().ok()) {
-                    let _ = cand_tx.send(Candidate {
+                    let _ = cand_tx.send(Ok(ClientMessage::Candidate(Candidate {
                         candidate: init.candidate,
                         sdp_mid: init.sdp_mid,
                         sdp_mline_index: init.sdp_mline_index,
-                    });
+                    })));
                 }
             })
         }));
@@ -286,56 +318,34 @@ impl Viewer {
         }
         Ok(Viewer {
             ws,
-            pc,
             seen,
-            candidates,
             hello_at,
+            outbox,
+            peer: pc,
         })
-    }
-
-    /// Frames decoded so far.
-    pub fn frames(&self) -> u64 {
-        lock(&self.seen).frames
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.pc.close().await;
-        let _ = self.ws.close(None).await;
     }
 }
 
-impl Receiving for Viewer {
-    fn seen(&self) -> &Mutex<Seen> {
-        &self.seen
-    }
-
-    fn hello_at(&self) -> Instant {
-        self.hello_at
-    }
-
-    /// Forwards candidates both ways.
-    async fn pump_for(&mut self, duration: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + duration;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return Ok(()),
-                Some(c) = self.candidates.recv() => {
-                    send(&mut self.ws, &ClientMessage::Candidate(c)).await?;
-                }
-                m = recv(&mut self.ws) => match m? {
-                    Some(NodeMessage::Candidate(c)) => {
-                        let _ = self.pc.add_ice_candidate(RTCIceCandidateInit {
-                            candidate: c.candidate,
-                            sdp_mid: c.sdp_mid,
-                            sdp_mline_index: c.sdp_mline_index,
-                            username_fragment: None,
-                        }).await;
-                    }
-                    Some(other) => bail!("node said {other:?}"),
-                    None => bail!("signaling closed"),
-                },
+impl Peer for Arc<RTCPeerConnection> {
+    async fn on_node(&mut self, m: NodeMessage) -> Result<()> {
+        match m {
+            NodeMessage::Candidate(c) => {
+                let _ = self
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: c.candidate,
+                        sdp_mid: c.sdp_mid,
+                        sdp_mline_index: c.sdp_mline_index,
+                        username_fragment: None,
+                    })
+                    .await;
+                Ok(())
             }
+            other => bail!("node said {other:?}"),
         }
+    }
+
+    async fn close(self) {
+        let _ = RTCPeerConnection::close(&self).await;
     }
 }
 

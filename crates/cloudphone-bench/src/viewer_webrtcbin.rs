@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cloudphone_signaling::{Candidate, ClientMessage, Hello, NodeMessage};
@@ -29,9 +29,7 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use tokio::sync::mpsc;
 
-use crate::viewer::{
-    Receiving, Seen, Ws, decode_tail, lock, read_clock_from, recv, say_hello, send,
-};
+use crate::viewer::{Peer, Seen, Session, decode_tail, lock, read_clock_from, say_hello};
 
 /// The jitter-buffer latency the glass bench gives `webrtcbin`, ms.
 pub const DEFAULT_LATENCY_MS: u32 = 10;
@@ -41,6 +39,21 @@ enum FromBin {
     Offer(String),
     Candidate(u32, String),
     Error(String),
+}
+
+impl FromBin {
+    /// The message for the node, or why webrtcbin failed.
+    fn out(self) -> Result<ClientMessage, String> {
+        match self {
+            FromBin::Offer(sdp) => Ok(ClientMessage::Offer { sdp }),
+            FromBin::Candidate(mline, candidate) => Ok(ClientMessage::Candidate(Candidate {
+                candidate,
+                sdp_mid: None,
+                sdp_mline_index: Some(mline as u16),
+            })),
+            FromBin::Error(e) => Err(format!("webrtcbin: {e}")),
+        }
+    }
 }
 
 /// Frame arrival bookkeeping for `receiver_ms`.
@@ -82,16 +95,16 @@ fn escape_userinfo(s: &str) -> String {
         .replace('@', "%40")
 }
 
-pub struct WebrtcbinViewer {
-    ws: Ws,
+/// The webrtcbin stack of a [`WebrtcbinViewer`].
+pub struct Webrtcbin {
     pipeline: gst::Pipeline,
     bin: gst::Element,
-    pub seen: Arc<Mutex<Seen>>,
-    from_bin: mpsc::UnboundedReceiver<FromBin>,
-    /// When hello was sent.
-    pub hello_at: Instant,
+    /// The jitter buffers' `latency`, ms.
     pub latency_ms: u32,
 }
+
+/// The GStreamer `webrtcbin` viewer.
+pub type WebrtcbinViewer = Session<Webrtcbin>;
 
 impl WebrtcbinViewer {
     /// Says hello, negotiates (webrtcbin offers, the node answers) and starts decoding.
@@ -196,16 +209,16 @@ impl WebrtcbinViewer {
                     _ => None,
                 };
                 let Some(offer) = offer else {
-                    let _ = offer_tx.send(FromBin::Error(format!("create-offer: {reply:?}")));
+                    let _ = offer_tx.send(FromBin::Error(format!("create-offer: {reply:?}")).out());
                     return;
                 };
                 bin2.emit_by_name::<()>("set-local-description", &[&offer, &None::<gst::Promise>]);
                 match offer.sdp().as_text() {
                     Ok(sdp) => {
-                        let _ = offer_tx.send(FromBin::Offer(sdp));
+                        let _ = offer_tx.send(FromBin::Offer(sdp).out());
                     }
                     Err(e) => {
-                        let _ = offer_tx.send(FromBin::Error(format!("offer text: {e}")));
+                        let _ = offer_tx.send(FromBin::Error(format!("offer text: {e}")).out());
                     }
                 }
             });
@@ -216,7 +229,7 @@ impl WebrtcbinViewer {
         bin.connect("on-ice-candidate", false, move |values| {
             let mline = values[1].get::<u32>().ok()?;
             let candidate = values[2].get::<String>().ok()?;
-            let _ = cand_tx.send(FromBin::Candidate(mline, candidate));
+            let _ = cand_tx.send(FromBin::Candidate(mline, candidate).out());
             None
         });
 
@@ -231,77 +244,53 @@ impl WebrtcbinViewer {
                 return;
             };
             if let Err(e) = attach_tail(&pipeline, pad, &tail_line, &s, &a) {
-                let _ = err_tx.send(FromBin::Error(format!("decoder: {e:#}")));
+                let _ = err_tx.send(FromBin::Error(format!("decoder: {e:#}")).out());
             }
         });
         pipeline.set_state(gst::State::Playing)?;
         Ok(WebrtcbinViewer {
             ws,
-            pipeline,
-            bin,
             seen,
-            from_bin,
             hello_at,
-            latency_ms,
+            outbox: from_bin,
+            peer: Webrtcbin {
+                pipeline,
+                bin,
+                latency_ms,
+            },
         })
-    }
-
-    pub async fn close(mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-        let _ = self.ws.close(None).await;
     }
 }
 
-impl Receiving for WebrtcbinViewer {
-    fn seen(&self) -> &Mutex<Seen> {
-        &self.seen
-    }
-
-    fn hello_at(&self) -> Instant {
-        self.hello_at
-    }
-
-    /// webrtcbin's offer and candidates out, the node's answer and candidates in.
-    async fn pump_for(&mut self, duration: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + duration;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return Ok(()),
-                Some(m) = self.from_bin.recv() => match m {
-                    FromBin::Offer(sdp) => send(&mut self.ws, &ClientMessage::Offer { sdp }).await?,
-                    FromBin::Candidate(mline, candidate) => {
-                        send(&mut self.ws, &ClientMessage::Candidate(Candidate {
-                            candidate,
-                            sdp_mid: None,
-                            sdp_mline_index: Some(mline as u16),
-                        })).await?;
-                    }
-                    FromBin::Error(e) => bail!("webrtcbin: {e}"),
-                },
-                m = recv(&mut self.ws) => match m? {
-                    Some(NodeMessage::Answer { sdp }) => {
-                        let message = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes())
-                            .map_err(|e| anyhow!("answer does not parse: {e}"))?;
-                        let answer = gst_webrtc::WebRTCSessionDescription::new(
-                            gst_webrtc::WebRTCSDPType::Answer,
-                            message,
-                        );
-                        self.bin.emit_by_name::<()>(
-                            "set-remote-description",
-                            &[&answer, &None::<gst::Promise>],
-                        );
-                    }
-                    Some(NodeMessage::Candidate(c)) => {
-                        if !c.candidate.is_empty() {
-                            let mline = u32::from(c.sdp_mline_index.unwrap_or(0));
-                            self.bin.emit_by_name::<()>("add-ice-candidate", &[&mline, &c.candidate]);
-                        }
-                    }
-                    Some(other) => bail!("node said {other:?}"),
-                    None => bail!("signaling closed"),
-                },
+impl Peer for Webrtcbin {
+    async fn on_node(&mut self, m: NodeMessage) -> Result<()> {
+        match m {
+            NodeMessage::Answer { sdp } => {
+                let message = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes())
+                    .map_err(|e| anyhow!("answer does not parse: {e}"))?;
+                let answer = gst_webrtc::WebRTCSessionDescription::new(
+                    gst_webrtc::WebRTCSDPType::Answer,
+                    message,
+                );
+                self.bin.emit_by_name::<()>(
+                    "set-remote-description",
+                    &[&answer, &None::<gst::Promise>],
+                );
             }
+            NodeMessage::Candidate(c) => {
+                if !c.candidate.is_empty() {
+                    let mline = u32::from(c.sdp_mline_index.unwrap_or(0));
+                    self.bin
+                        .emit_by_name::<()>("add-ice-candidate", &[&mline, &c.candidate]);
+                }
+            }
+            other => bail!("node said {other:?}"),
         }
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
 
