@@ -142,11 +142,21 @@ pub fn parse_basic_date(text: &str) -> Option<i64> {
     Some(dt.unix_timestamp() * 1000)
 }
 
-fn check_date(text: Option<&str>, now_ms: i64) -> Result<String, SignError> {
-    let text = text.ok_or(SignError::BadDate)?.trim();
+/// The request's date header `name`: present, within [`MAX_SKEW_MS`] of `now_ms`, and among
+/// the signed headers (an unsigned date could be replaced to replay an old request).
+fn signed_date(
+    req: &RequestParts<'_>,
+    signed_headers: &[String],
+    name: &'static str,
+    now_ms: i64,
+) -> Result<String, SignError> {
+    let text = req.header(name).ok_or(SignError::BadDate)?.trim();
     let at = parse_basic_date(text).ok_or(SignError::BadDate)?;
     if (now_ms - at).abs() > MAX_SKEW_MS {
         return Err(SignError::Stale);
+    }
+    if !signed_headers.iter().any(|h| h == name) {
+        return Err(SignError::NotSigned(name));
     }
     Ok(text.to_string())
 }
@@ -300,11 +310,7 @@ pub mod huawei {
         secret: &str,
         now_ms: i64,
     ) -> Result<(), SignError> {
-        let date = check_date(req.header("x-sdk-date"), now_ms)?;
-        // An unsigned date could be replaced to replay an old request.
-        if !auth.signed_headers.iter().any(|h| h == "x-sdk-date") {
-            return Err(SignError::NotSigned("x-sdk-date"));
-        }
+        let date = signed_date(req, &auth.signed_headers, "x-sdk-date", now_ms)?;
         let canonical = canonical_request(req, &auth.signed_headers)?;
         let to_sign = format!("{ALGORITHM}\n{date}\n{}", sha256_hex(canonical.as_bytes()));
         check_signature(secret.as_bytes(), to_sign.as_bytes(), &auth.signature)
@@ -434,10 +440,7 @@ pub mod volc {
         secret: &str,
         now_ms: i64,
     ) -> Result<(), SignError> {
-        let date = check_date(req.header("x-date"), now_ms)?;
-        if !auth.signed_headers.iter().any(|h| h == "x-date") {
-            return Err(SignError::NotSigned("x-date"));
-        }
+        let date = signed_date(req, &auth.signed_headers, "x-date", now_ms)?;
         if !date.starts_with(&auth.date) {
             return Err(SignError::Malformed("Credential date differs from X-Date"));
         }
