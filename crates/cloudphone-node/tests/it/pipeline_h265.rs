@@ -1,8 +1,7 @@
 //! H.265 encode pipeline against real GStreamer: RTP (RFC 7798 payloading) that decodes at the
 //! requested size, live bitrate changes, and key frames on request.
 
-#[path = "pipeline_common.rs"]
-mod common;
+use crate::support::pipeline::*;
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,6 @@ use cloudphone_core::video::Codec;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::rtp::starts_keyframe;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, PipelineOptions};
-use common::*;
 
 const PORTRAIT_720: CaptureSource = CaptureSource::TestPattern {
     width: 720,

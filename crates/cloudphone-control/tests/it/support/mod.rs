@@ -1,7 +1,6 @@
-//! Helpers shared by the usage tests (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
+//! Helpers shared by the usage modules (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
 //! Huawei's time format, creating streaming domains, and a viewer holding a signaling session
-//! open (started with a GetDeviceToken). Each test binary uses a part of it.
-#![allow(dead_code)]
+//! open (started with a GetDeviceToken).
 
 use std::time::{Duration, Instant};
 

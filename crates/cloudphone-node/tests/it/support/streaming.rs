@@ -1,6 +1,5 @@
 //! Shared by the streaming tests: an in-process node (`run()` on real listeners), a signaling
 //! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -274,6 +273,9 @@ pub struct Counters {
 pub struct RustViewer {
     pub signaling: Signaling,
     pub pc: Arc<RTCPeerConnection>,
+    /// The `input` data channel, opened as the console player opens it so the offer carries
+    /// an SCTP section; no test sends on it yet.
+    #[allow(dead_code)]
     pub input: Arc<RTCDataChannel>,
     pub counters: Arc<Counters>,
     pub ready: NodeMessage,

@@ -10,13 +10,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
-use support::{create_domain, held_for, iso, now_ms, start_viewer};
-
-mod support;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;

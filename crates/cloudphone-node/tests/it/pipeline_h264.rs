@@ -1,8 +1,7 @@
 //! H.264 encode pipeline against real GStreamer: RTP shape, decodability, live bitrate and
 //! frame-rate changes, key frames on request, and a clean stop.
 
-#[path = "pipeline_common.rs"]
-mod common;
+use crate::support::pipeline::*;
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use cloudphone_node::streaming::pipeline::rtp::starts_keyframe;
 use cloudphone_node::streaming::pipeline::{
     EncodePipeline, MediaError, PipelineOptions, available_encoders,
 };
-use common::*;
 
 const PORTRAIT_720: CaptureSource = CaptureSource::TestPattern {
     width: 720,

@@ -1,14 +1,12 @@
 //! Streaming end to end against an in-process node: gRPC StartSession → the real signaling
 //! WebSocket → webrtc-rs viewer → GStreamer decoder. Synthetic instances (test pattern).
 
-mod streaming_support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::streaming::{Node, RustViewer, Signaling, hello};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{ByeReason, Definition, EncodingType, ErrorCode, NodeMessage};
-use streaming_support::{Node, RustViewer, Signaling, hello};
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

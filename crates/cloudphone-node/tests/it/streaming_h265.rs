@@ -1,12 +1,11 @@
 //! H.265 end to end: a GStreamer `webrtcbin` viewer (Chromium here has no H.265 decoder)
 //! negotiates with the node over the real signaling WebSocket and decodes with `avdec_h265`.
 
-mod streaming_support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::streaming::{Node, Signaling, hello};
 use cloudphone_signaling::{Candidate, ClientMessage, Definition, EncodingType, NodeMessage};
 use gstreamer as gst;
 use gstreamer::glib;
@@ -14,7 +13,6 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
-use streaming_support::{Node, Signaling, hello};
 use tokio::sync::mpsc;
 
 /// What webrtcbin's callbacks hand to the signaling loop.
