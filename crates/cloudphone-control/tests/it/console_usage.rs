@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
+
+use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;

@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{iso, now_ms};
 use cloudphone_control::store::{self, DomainRecord, Store, UsageRow};
 use cloudphone_testkit::fleet::Fleet;
 use cloudphone_usage::sign::{self, RequestParts};
@@ -20,6 +19,8 @@ use cloudphone_usage::{DAY_MS, HOUR_MS, volc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::Digest;
+
+use crate::support::{iso, now_ms};
 
 const MIN_MS: i64 = 60_000;
 const ACME_LIVE: &str = "live.acme.example";

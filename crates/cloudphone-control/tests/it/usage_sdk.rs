@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+
+use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 /// `target/sdk-venv` with `tests/sdk/requirements.txt` installed (made once, then reused).
 fn venv_python() -> PathBuf {

@@ -13,8 +13,7 @@
 mod support;
 
 mod pipeline_adb;
-mod pipeline_h264;
-mod pipeline_h265;
+mod pipeline_encode;
 mod pipeline_x11;
 mod runtime_android;
 mod runtime_synthetic;

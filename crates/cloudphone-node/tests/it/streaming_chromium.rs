@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use crate::support::streaming::Node;
 use cloudphone_testkit::browser::{Browser, workspace};
 use serde_json::{Value, json};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::rust_connection::RustConnection;
+
+use crate::support::streaming::Node;
 
 const W: u32 = 360;
 const H: u32 = 640;

@@ -9,11 +9,12 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::support::streaming::{RustViewer, hello};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::{Definition, EncodingType};
 use sha2::Digest;
+
+use crate::support::streaming::{RustViewer, hello};
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();

@@ -4,8 +4,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::streaming::{Node, RustViewer, hello};
 use cloudphone_signaling::{Definition, EncodingType, NodeMessage};
+
+use crate::support::streaming::{Node, RustViewer, hello};
 
 /// coturn on a loopback port, killed on drop.
 struct Coturn {

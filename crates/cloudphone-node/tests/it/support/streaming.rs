@@ -554,21 +554,24 @@ fn decoder(
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if let Some(s) = sample.caps().and_then(|c| c.structure(0))
-                    && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
-                {
-                    counters.width.store(w as u32, Ordering::Relaxed);
-                    counters.height.store(h as u32, Ordering::Relaxed);
-                }
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    sink.set_callbacks(count_decoded(counters));
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
+}
+
+/// Appsink callbacks that count decoded frames into `counters` and keep the last frame's size.
+pub fn count_decoded(counters: Arc<Counters>) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            if let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+            {
+                counters.width.store(w as u32, Ordering::Relaxed);
+                counters.height.store(h as u32, Ordering::Relaxed);
+            }
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
 }
