@@ -338,16 +338,24 @@ async fn commands_are_capped_and_killed_on_timeout() {
         "{:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &format!("sleep {tag}\\.")])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    // The detached child (`sleep {tag}.5`, ten minutes) is gone soon after the answer, not when
+    // it would have ended.
+    let pattern = format!("sleep {tag}\\.");
+    cloudphone_testkit::wait_for(
+        &format!("no process matching `{pattern}` left behind"),
+        Duration::from_secs(5),
+        || {
+            let pattern = pattern.clone();
+            async move {
+                let left = std::process::Command::new("pgrep")
+                    .args(["-f", &pattern])
+                    .output()
+                    .unwrap();
+                left.stdout.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
 
     // Commands need a running instance.
     m.stop("c").await.unwrap();
