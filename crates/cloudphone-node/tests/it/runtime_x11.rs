@@ -629,9 +629,14 @@ async fn node_crash_orphans_are_killed_on_readoption() {
     }
 
     let h = Harness::new();
+    // The test's own name in this binary: its module path without the crate (`runtime_x11::…`).
+    let this_test = format!(
+        "{}::node_crash_orphans_are_killed_on_readoption",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            "node_crash_orphans_are_killed_on_readoption",
+            this_test.as_str(),
             "--exact",
             "--nocapture",
             "--test-threads=1",
