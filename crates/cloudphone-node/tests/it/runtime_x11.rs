@@ -153,22 +153,7 @@ async fn display_of(m: &InstanceManager, id: &str) -> String {
 }
 
 fn screenshot(display: &str) -> Vec<u8> {
-    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
-    let root = conn.setup().roots[screen].root;
-    let reply = conn
-        .get_image(
-            xproto::ImageFormat::Z_PIXMAP,
-            root,
-            0,
-            0,
-            W as u16,
-            H as u16,
-            !0,
-        )
-        .unwrap()
-        .reply()
-        .unwrap();
-    reply.data
+    crate::support::x11::screenshot(display, W, H)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

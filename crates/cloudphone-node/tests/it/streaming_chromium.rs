@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use cloudphone_testkit::browser::{Browser, workspace};
 use serde_json::{Value, json};
-use x11rb::connection::Connection;
-use x11rb::protocol::xproto::{self, ConnectionExt as _};
-use x11rb::rust_connection::RustConnection;
 
 use crate::support::streaming::Node;
 
@@ -19,21 +16,7 @@ const W: u32 = 360;
 const H: u32 = 640;
 
 fn screenshot(display: &str) -> Vec<u8> {
-    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
-    let root = conn.setup().roots[screen].root;
-    conn.get_image(
-        xproto::ImageFormat::Z_PIXMAP,
-        root,
-        0,
-        0,
-        W as u16,
-        H as u16,
-        !0,
-    )
-    .unwrap()
-    .reply()
-    .unwrap()
-    .data
+    crate::support::x11::screenshot(display, W, H)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

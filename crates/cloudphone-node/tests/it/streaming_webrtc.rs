@@ -67,12 +67,7 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.streams_stopped, 1);
-    assert_eq!(
-        viewer.pump_for(Duration::from_secs(5)).await,
-        Some(NodeMessage::Bye {
-            reason: ByeReason::Stopped
-        })
-    );
+    viewer.expect_bye(ByeReason::Stopped).await;
     drop(viewer);
 
     // The encoder run ends with a final usage record.
@@ -113,12 +108,7 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
         .unwrap()
         .into_inner();
     assert_eq!(released.sessions_released, 1);
-    assert_eq!(
-        again.pump_for(Duration::from_secs(5)).await,
-        Some(NodeMessage::Bye {
-            reason: ByeReason::Released
-        })
-    );
+    again.expect_bye(ByeReason::Released).await;
     drop(again);
     let refused = RustViewer::connect(
         &node.ws_url,

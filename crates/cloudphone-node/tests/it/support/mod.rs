@@ -2,3 +2,4 @@
 
 pub(crate) mod pipeline;
 pub(crate) mod streaming;
+pub(crate) mod x11;

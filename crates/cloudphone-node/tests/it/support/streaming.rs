@@ -485,6 +485,14 @@ impl RustViewer {
         }
     }
 
+    /// Pumps for up to 5 s and expects the node's bye, for `reason`.
+    pub async fn expect_bye(&mut self, reason: cloudphone_signaling::ByeReason) {
+        assert_eq!(
+            self.pump_for(Duration::from_secs(5)).await,
+            Some(NodeMessage::Bye { reason })
+        );
+    }
+
     /// Pumps until at least `frames` frames decoded.
     pub async fn wait_frames(&mut self, frames: u64, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
