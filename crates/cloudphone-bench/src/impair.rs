@@ -23,7 +23,7 @@
 //! 10.77.N.2 through it.
 //!
 //! The pure parts ([`Profile`], [`TokenBucket`], [`Shaper`], [`SplitMix64`]) do no I/O and are
-//! tested here; `tests/impair.rs` brings a link up (root only) and measures it.
+//! tested here; `tests/it/impair.rs` brings a link up (root only) and measures it.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

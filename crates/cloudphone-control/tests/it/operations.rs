@@ -8,6 +8,8 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
+use crate::support::ok;
+
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
 async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
     let fleet = Fleet::up("synthetic").await;
@@ -31,8 +33,7 @@ async fn sync(fleet: &Fleet, token: &str, command: &str, ids: &[String]) -> (u16
 async fn sync_command() {
     let (fleet, acme, other, ids) = setup(1).await;
     // Runs in the instance's sandbox: /data is the instance's own data dir.
-    let (status, body) = sync(&fleet, &acme, "touch /data/hello", &ids).await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let body = ok(sync(&fleet, &acme, "touch /data/hello", &ids).await);
     assert_eq!(body["data"]["cmd_results"][0]["status"], 2, "{body}");
     assert!(
         fleet.instance_data_dir(&ids[0]).join("hello").exists(),
@@ -125,14 +126,13 @@ async fn sync_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_command_and_get_task() {
     let (fleet, acme, other, ids) = setup(2).await;
-    let (status, body) = fleet
+    let body = ok(fleet
         .post(
             "/v1/instances/async-command",
             &acme,
             &json!({"command": "sleep 1", "instance_ids": ids}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     let task_id = body["data"]["task_id"].as_str().unwrap().to_string();
     assert_eq!(body["data"]["cmd_jobs"].as_array().unwrap().len(), 2);
 
@@ -196,14 +196,13 @@ async fn async_command_and_get_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_query_status() {
     let (fleet, acme, other, ids) = setup(2).await;
-    let (status, body) = fleet
+    let body = ok(fleet
         .post(
             "/v1/instances/batch-query-status",
             &acme,
             &json!({"instance_ids": ids}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     let results = body["data"]["status_results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
     assert!(
@@ -247,14 +246,13 @@ async fn batch_reset_wipes_data() {
         "another tenant's reset changed nothing"
     );
 
-    let (status, body) = fleet
+    ok(fleet
         .post(
             "/v1/instances/batch-reset",
             &acme,
             &json!({"instance_ids": ids}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     // While the reset runs the instance shows running_status 4 (starting), then 2 again.
     let listing = fleet.list(&acme).await;
     let during = listing["data"]["result"][0]["running_status"].as_i64();
@@ -285,10 +283,9 @@ async fn batch_reboot() {
         .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
     sync(&fleet, &acme, "touch /data/survivor", &ids).await;
-    let (status, body) = fleet
+    ok(fleet
         .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     // Straight after, the instance is not running, so a second reboot is refused whole.
     let (status, body) = fleet
         .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
@@ -307,10 +304,9 @@ async fn batch_reboot() {
 async fn assign_and_unassign() {
     let (fleet, acme, other, ids) = setup(1).await;
     let bind = |user: Value| json!({"user_instances": [{"user_id": user, "instance_id": ids[0]}]});
-    let (status, body) = fleet
+    ok(fleet
         .post("/v1/instances/assign", &acme, &bind(json!("user-1")))
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     let row = fleet.list(&acme).await["data"]["result"][0].clone();
     assert_eq!(
         (row["assign_status"].as_i64(), row["assign_user"].as_str()),
@@ -339,10 +335,9 @@ async fn assign_and_unassign() {
         .post("/v1/instances/assign", &acme, &bind(json!(1123422)))
         .await;
     assert_eq!((status, code(&body)), (400, "KPAPI.2209"));
-    let (status, body) = fleet
+    ok(fleet
         .post("/v1/instances/unassign", &acme, &bind(json!("user-1")))
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     let row = fleet.list(&acme).await["data"]["result"][0].clone();
     assert_eq!(
         (row["assign_status"].as_i64(), row["assign_user"].as_str()),
@@ -372,7 +367,7 @@ async fn delete_instance() {
     let data = fleet.instance_data_dir(&ids[0]);
     assert!(data.exists());
     // CreateInstance's page lists no x-request-id either: ordering without one works.
-    let (status, body) = fleet
+    let body = ok(fleet
         .post_token_only(
             "/v1/instances/create",
             &acme,
@@ -382,8 +377,7 @@ async fn delete_instance() {
             ))
             .unwrap(),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     let extra = body["data"]["instanceInfos"][0]["instanceId"]
         .as_str()
         .unwrap()
@@ -468,14 +462,13 @@ async fn put(fleet: &Fleet, path: &str, token: &str, body: &Value) -> (u16, Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_video_config() {
     let (fleet, acme, other, ids) = setup(2).await;
-    let (status, body) = put(
+    ok(put(
         &fleet,
         "/v1/instances/video-setting",
         &acme,
         &video_setting(&ids),
     )
-    .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    .await);
 
     // Five of the six combinations: 1005.
     let mut missing = video_setting(&ids);
@@ -546,8 +539,7 @@ async fn device_token_and_sessions() {
     let (fleet, acme, other, ids) = setup(2).await;
     // GetDeviceToken's page lists only the token header.
     let path = format!("/v1/instances/{}/auth", ids[0]);
-    let (status, body) = fleet.post_token_only(&path, &acme, &json!({})).await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let body = ok(fleet.post_token_only(&path, &acme, &json!({})).await);
     let data = &body["data"];
     let token = data["device_token"].as_str().unwrap().to_string();
     let device_id = data["resource"]["device_id"].as_str().unwrap().to_string();
@@ -582,27 +574,25 @@ async fn device_token_and_sessions() {
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
 
     // StopInstancesStreaming keeps the session; ReleaseInstancesSession revokes the token.
-    let (status, body) = fleet
+    ok(fleet
         .post(
             "/v1/instances/streaming/stop",
             &acme,
             &json!({"instance_id": ids[0]}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     assert_eq!(
         hello(&url, &device_id, &token).await["type"],
         "ready",
         "the session outlives a stop"
     );
-    let (status, body) = fleet
+    ok(fleet
         .post(
             "/v1/instances/session/release",
             &acme,
             &json!({"instance_id": ids[0]}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     assert_eq!(
         hello(&url, &device_id, &token).await["type"],
         "error",
@@ -628,8 +618,7 @@ async fn video_config_reaches_the_node() {
             cell["video_spec_groups"][0]["definition_540P"] = json!({"code_rate": 1200, "fps": 60});
         }
     }
-    let (status, body) = put(&fleet, "/v1/instances/video-setting", &acme, &setting).await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    ok(put(&fleet, "/v1/instances/video-setting", &acme, &setting).await);
     let (_, token) = fleet
         .post_token_only(&format!("/v1/instances/{}/auth", ids[0]), &acme, &json!({}))
         .await;
@@ -743,15 +732,14 @@ async fn tokens_expire() {
     fleet.start_control();
     fleet.wait_healthy(&fleet.api.clone()).await;
     let token = fleet.login("acme", "correct-horse-1").await;
-    let (status, body) = fleet
+    ok(fleet
         .call(
             reqwest::Method::GET,
             "/v1/instances/batch-query?page_no=1&page_size=1",
             &token,
             None,
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     let (status, body) = fleet
         .call(

@@ -1,9 +1,6 @@
 //! Capturing a real X display: the test starts its own `Xvfb` (killed by pid when the guard
 //! drops), captures it with `ximagesrc` through the pipeline, and decodes what comes out.
 
-#[path = "pipeline_common.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +8,8 @@ use std::time::{Duration, Instant};
 use cloudphone_core::video::Codec;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::EncodePipeline;
-use common::*;
+
+use crate::support::pipeline::*;
 
 /// An `Xvfb` this test started; killed and reaped on drop.
 struct Xvfb {

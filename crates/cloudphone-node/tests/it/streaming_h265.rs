@@ -1,10 +1,10 @@
-//! H.265 end to end: a GStreamer `webrtcbin` viewer (Chromium here has no H.265 decoder)
-//! negotiates with the node over the real signaling WebSocket and decodes with `avdec_h265`.
-
-mod streaming_support;
+//! H.265 end to end in a second WebRTC stack: a GStreamer `webrtcbin` viewer (Chromium here has
+//! no H.265 decoder) negotiates with the node over the real signaling WebSocket and decodes with
+//! `avdec_h265`. The webrtc-rs viewer runs the same end-to-end body for H.264 and H.265 in
+//! `streaming_webrtc`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cloudphone_signaling::{Candidate, ClientMessage, Definition, EncodingType, NodeMessage};
@@ -14,8 +14,9 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
-use streaming_support::{Node, Signaling, hello};
 use tokio::sync::mpsc;
+
+use crate::support::streaming::{Counters, Node, Signaling, count_decoded, hello};
 
 /// What webrtcbin's callbacks hand to the signaling loop.
 enum FromBin {
@@ -23,17 +24,10 @@ enum FromBin {
     Candidate(u32, String),
 }
 
-#[derive(Default)]
-struct Decoded {
-    frames: AtomicU64,
-    width: AtomicU32,
-    height: AtomicU32,
-}
-
 /// Builds `webrtcbin` with one recvonly H.265 transceiver; decoded frames are counted.
 fn webrtcbin_viewer(
     to_ws: mpsc::UnboundedSender<FromBin>,
-    decoded: Arc<Decoded>,
+    decoded: Arc<Counters>,
 ) -> (gst::Pipeline, gst::Element) {
     gst::init().unwrap();
     let pipeline = gst::Pipeline::new();
@@ -96,22 +90,7 @@ fn webrtcbin_viewer(
             .unwrap()
             .downcast::<gst_app::AppSink>()
             .unwrap();
-        let decoded = Arc::clone(&decoded);
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    if let Some(s) = sample.caps().and_then(|c| c.structure(0))
-                        && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
-                    {
-                        decoded.width.store(w as u32, Ordering::Relaxed);
-                        decoded.height.store(h as u32, Ordering::Relaxed);
-                    }
-                    decoded.frames.fetch_add(1, Ordering::Relaxed);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        sink.set_callbacks(count_decoded(Arc::clone(&decoded)));
         pipeline.add(&tail).unwrap();
         tail.sync_state_with_parent().unwrap();
         pad.link(&tail.static_pad("sink").unwrap()).unwrap();
@@ -143,7 +122,7 @@ async fn h265_decodes_in_a_webrtcbin_viewer() {
     assert_eq!(video.codec, EncodingType::H265);
 
     let (to_ws, mut from_bin) = mpsc::unbounded_channel();
-    let decoded = Arc::new(Decoded::default());
+    let decoded = Arc::new(Counters::default());
     let (pipeline, bin) = webrtcbin_viewer(to_ws, Arc::clone(&decoded));
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -5,36 +5,18 @@
 //! pixels change). Also: stopping a streamed x11 instance ends its stream without taking the
 //! node down (capture stops before the X server does).
 
-mod streaming_support;
-
 use std::time::Duration;
 
 use cloudphone_testkit::browser::{Browser, workspace};
 use serde_json::{Value, json};
-use streaming_support::Node;
-use x11rb::connection::Connection;
-use x11rb::protocol::xproto::{self, ConnectionExt as _};
-use x11rb::rust_connection::RustConnection;
+
+use crate::support::streaming::Node;
 
 const W: u32 = 360;
 const H: u32 = 640;
 
 fn screenshot(display: &str) -> Vec<u8> {
-    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
-    let root = conn.setup().roots[screen].root;
-    conn.get_image(
-        xproto::ImageFormat::Z_PIXMAP,
-        root,
-        0,
-        0,
-        W as u16,
-        H as u16,
-        !0,
-    )
-    .unwrap()
-    .reply()
-    .unwrap()
-    .data
+    crate::support::x11::screenshot(display, W, H)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,9 +100,9 @@ async fn stopping_a_streamed_x11_instance_ends_the_stream() {
     node.create_instance("x2", W, H).await;
     node.start_session("x2", "dev-s", "token-s", Duration::from_secs(600))
         .await;
-    let mut viewer = streaming_support::RustViewer::connect(
+    let mut viewer = crate::support::streaming::RustViewer::connect(
         &node.ws_url,
-        streaming_support::hello(
+        crate::support::streaming::hello(
             "dev-s",
             "token-s",
             cloudphone_signaling::EncodingType::H264,

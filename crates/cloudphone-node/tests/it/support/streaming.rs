@@ -1,6 +1,5 @@
 //! Shared by the streaming tests: an in-process node (`run()` on real listeners), a signaling
 //! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -274,6 +273,9 @@ pub struct Counters {
 pub struct RustViewer {
     pub signaling: Signaling,
     pub pc: Arc<RTCPeerConnection>,
+    /// The `input` data channel, opened as the console player opens it so the offer carries
+    /// an SCTP section; no test sends on it yet.
+    #[allow(dead_code)]
     pub input: Arc<RTCDataChannel>,
     pub counters: Arc<Counters>,
     pub ready: NodeMessage,
@@ -483,6 +485,14 @@ impl RustViewer {
         }
     }
 
+    /// Pumps for up to 5 s and expects the node's bye, for `reason`.
+    pub async fn expect_bye(&mut self, reason: cloudphone_signaling::ByeReason) {
+        assert_eq!(
+            self.pump_for(Duration::from_secs(5)).await,
+            Some(NodeMessage::Bye { reason })
+        );
+    }
+
     /// Pumps until at least `frames` frames decoded.
     pub async fn wait_frames(&mut self, frames: u64, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
@@ -552,21 +562,24 @@ fn decoder(
         .unwrap()
         .downcast::<gst_app::AppSink>()
         .unwrap();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if let Some(s) = sample.caps().and_then(|c| c.structure(0))
-                    && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
-                {
-                    counters.width.store(w as u32, Ordering::Relaxed);
-                    counters.height.store(h as u32, Ordering::Relaxed);
-                }
-                counters.frames.fetch_add(1, Ordering::Relaxed);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    sink.set_callbacks(count_decoded(counters));
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
+}
+
+/// Appsink callbacks that count decoded frames into `counters` and keep the last frame's size.
+pub fn count_decoded(counters: Arc<Counters>) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            if let Some(s) = sample.caps().and_then(|c| c.structure(0))
+                && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+            {
+                counters.width.store(w as u32, Ordering::Relaxed);
+                counters.height.store(h as u32, Ordering::Relaxed);
+            }
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
 }

@@ -1,13 +1,12 @@
 //! Relay-only ICE through a real coturn (`use-auth-secret`) with the TURN REST credentials the
 //! node hands out: the viewer may use nothing but relay candidates, and frames still decode.
 
-mod streaming_support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use cloudphone_signaling::{Definition, EncodingType, NodeMessage};
-use streaming_support::{Node, RustViewer, hello};
+
+use crate::support::streaming::{Node, RustViewer, hello};
 
 /// coturn on a loopback port, killed on drop.
 struct Coturn {

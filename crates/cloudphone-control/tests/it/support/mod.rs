@@ -1,12 +1,24 @@
-//! Helpers shared by the usage tests (`console_usage`, `usage_sdk`, `usage_rules`): the clock,
-//! Huawei's time format, creating streaming domains, and a viewer holding a signaling session
-//! open (started with a GetDeviceToken). Each test binary uses a part of it.
-#![allow(dead_code)]
+//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]);
+//! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
+//! format, creating streaming domains, and a viewer holding a signaling session open (started
+//! with a GetDeviceToken).
 
 use std::time::{Duration, Instant};
 
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
+
+/// The body of an answer whose status and `error_code` say success (200 and "0"); fails the
+/// test with the body otherwise.
+#[track_caller]
+pub(crate) fn ok((status, body): (u16, Value)) -> Value {
+    assert_eq!(
+        (status, cloudphone_testkit::fleet::error_code(&body)),
+        (200, "0"),
+        "{body}"
+    );
+    body
+}
 
 /// Now, in Unix milliseconds.
 pub fn now_ms() -> i64 {

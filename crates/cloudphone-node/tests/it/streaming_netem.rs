@@ -5,8 +5,6 @@
 //! `RUST_LOG=cloudphone_node=debug` puts each receiver report and the controller's decision in
 //! the node's log, which is printed when the test fails.
 
-mod streaming_support;
-
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,7 +13,8 @@ use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::{Definition, EncodingType};
 use sha2::Digest;
-use streaming_support::{RustViewer, hello};
+
+use crate::support::streaming::{RustViewer, hello};
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();

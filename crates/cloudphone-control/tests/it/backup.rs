@@ -9,6 +9,8 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code, order_sku};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
+use crate::support::ok;
+
 /// The fleet's node holds this many instances.
 const NODE_CAPACITY: u32 = 4;
 
@@ -199,14 +201,13 @@ async fn backup_prepare_restore_and_the_queue() {
         )
         .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-    let (status, body) = fleet
+    ok(fleet
         .post(
             "/v1/instances/assign",
             &acme,
             &json!({"user_instances": [{"user_id": "user-2", "instance_id": neighbour}]}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     let (status, body) = fleet
         .post_token_only(
             "/v1/instances/prepare",
@@ -230,20 +231,18 @@ async fn backup_prepare_restore_and_the_queue() {
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
 
     // Prepare with the node full: the seed example repeats the id; the running neighbour is ready.
-    let (status, body) = fleet
+    let body = ok(fleet
         .post_token_only(
             "/v1/instances/prepare",
             &acme,
             &json!({"user_id": "user-2", "instance_ids": [target, target, neighbour]}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+        .await);
     assert_eq!(
         body["data"]["status_list"],
         json!([{"instance_id": target, "status": 1}, {"instance_id": neighbour, "status": 0}]),
     );
-    let (status, body) = progress(&fleet, &acme, "user-2", &target).await;
-    assert_eq!((status, code(&body)), (200, "0"), "{body}");
+    let body = ok(progress(&fleet, &acme, "user-2", &target).await);
     assert_eq!(body["data"]["status"], 1, "queued: {body}");
     assert!(
         body["data"]["waitingCount"].as_i64().unwrap() >= 1,
@@ -265,14 +264,13 @@ async fn backup_prepare_restore_and_the_queue() {
     assert_eq!(body["data"], json!({"status": 1, "waitingCount": 1}));
 
     // A slot frees: the queued instance is restored (status 1 or 2 on the way, then 0).
-    let (status, body) = fleet
+    ok(fleet
         .post_token_only(
             "/v1/instances/delete",
             &acme,
             &json!({"instanceIdList": [filler]}),
         )
-        .await;
-    assert_eq!((status, code(&body)), (200, "0"));
+        .await);
     let mut seen: Vec<i64> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

@@ -1,9 +1,5 @@
 //! Shared helpers for the `pipeline_*` tests: collecting RTP from a running pipeline, checking
 //! it against RFC 3550, and decoding it back through a real depayloader and decoder.
-//!
-//! Included by each test file with `#[path = "pipeline_common.rs"] mod common;`; built alone it
-//! has no tests, so unused helpers are allowed.
-#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! Signature verification against requests the official SDKs signed themselves
-//! (`vectors/sdk.json`, captured by `tests/sdk/capture.py` with huaweicloudsdkcore 3.1.219 and
+//! (`tests/vectors/sdk.json`, captured by `tests/sdk/capture.py` with huaweicloudsdkcore 3.1.219 and
 //! volcengine 1.0.229), and the refusals: wrong key, stale date, altered query/body.
 
 use cloudphone_usage::sign::{self, RequestParts, SignError, huawei, volc};
@@ -34,7 +34,7 @@ impl Captured {
 }
 
 fn vectors() -> (String, String, Vec<Captured>) {
-    let v: Value = serde_json::from_str(include_str!("vectors/sdk.json")).unwrap();
+    let v: Value = serde_json::from_str(include_str!("../vectors/sdk.json")).unwrap();
     let requests = v["requests"]
         .as_array()
         .unwrap()

@@ -63,6 +63,28 @@ async fn finished_jobs(fleet: &Fleet, token: &str, task_id: &str) -> Vec<Value> 
     .await
 }
 
+/// The task id of an InstallApp answer.
+fn task_id(answer: &Value) -> String {
+    answer["data"]["data"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Orders an install of `url` (checked against `md5`) on `ids`; returns the finished jobs.
+async fn install_jobs(
+    fleet: &Fleet,
+    token: &str,
+    url: &str,
+    md5: &str,
+    ids: &[String],
+) -> Vec<Value> {
+    let (_, answer) = fleet
+        .post("/v1/instances/app/install", token, &body(url, md5, ids))
+        .await;
+    finished_jobs(fleet, token, &task_id(&answer)).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_app() {
     let fleet = Fleet::up("synthetic").await;
@@ -81,10 +103,7 @@ async fn install_app() {
         (200, Some("0")),
         "{answer}"
     );
-    let task_id = answer["data"]["data"]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let task_id = task_id(&answer);
     assert!(task_id.starts_with("ZGCA"), "{task_id}");
     assert_eq!(
         answer["data"]["data"]["cmd_jobs"].as_array().unwrap().len(),
@@ -100,18 +119,7 @@ async fn install_app() {
     }
 
     // A wrong MD5 (the seed example's placeholder) fails the job with 62017; nothing lands.
-    let (_, answer) = fleet
-        .post(
-            "/v1/instances/app/install",
-            &acme,
-            &body(&url, "fghfg", &ids[..1]),
-        )
-        .await;
-    let task_id = answer["data"]["data"]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    let jobs = install_jobs(&fleet, &acme, &url, "fghfg", &ids[..1]).await;
     assert_eq!(
         (jobs[0]["status"].as_i64(), jobs[0]["error_code"].as_str()),
         (Some(-1), Some("KOOPHONE.API.62017"))
@@ -121,36 +129,14 @@ async fn install_app() {
         "http://127.0.0.1:{}/nothing.apk",
         cloudphone_testkit::free_port()
     );
-    let (_, answer) = fleet
-        .post(
-            "/v1/instances/app/install",
-            &acme,
-            &body(&dead, "", &ids[..1]),
-        )
-        .await;
-    let task_id = answer["data"]["data"]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    let jobs = install_jobs(&fleet, &acme, &dead, "", &ids[..1]).await;
     assert_eq!(jobs[0]["error_code"], "KOOPHONE.API.62017");
 
     // A package that downloads and checks out but is not an installable archive: 62019.
     let junk = b"not an archive at all".to_vec();
     let junk_md5 = format!("{:032x}", md5_of(&junk));
     let junk_url = serve(junk).await;
-    let (_, answer) = fleet
-        .post(
-            "/v1/instances/app/install",
-            &acme,
-            &body(&junk_url, &junk_md5, &ids[..1]),
-        )
-        .await;
-    let task_id = answer["data"]["data"]["task_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let jobs = finished_jobs(&fleet, &acme, &task_id).await;
+    let jobs = install_jobs(&fleet, &acme, &junk_url, &junk_md5, &ids[..1]).await;
     assert_eq!(
         (jobs[0]["status"].as_i64(), jobs[0]["error_code"].as_str()),
         (Some(-1), Some("KOOPHONE.API.62019"))

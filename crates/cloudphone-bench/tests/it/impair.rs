@@ -2,7 +2,7 @@
 //! root namespace to sockets in the link's viewer namespace. Needs root (TUN devices and
 //! namespaces), as CI has; without it the tests say so and pass.
 //!
-//! `cargo test -p cloudphone-bench --test impair -- --nocapture` prints the figures.
+//! `cargo test -p cloudphone-bench --test it impair:: -- --nocapture` prints the figures.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

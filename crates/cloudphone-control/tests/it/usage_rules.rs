@@ -8,7 +8,7 @@
 //! No node runs: usage rows are written into control's store with the store's own code, at
 //! chosen times (the streaming path is `usage_sdk.rs`'s). Requests are signed with
 //! `cloudphone_usage::sign`, which reproduces the official SDKs' signatures byte for byte
-//! (`cloudphone-usage/tests/signatures.rs`).
+//! (`cloudphone-usage/tests/it/signatures.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,8 @@ use cloudphone_usage::{DAY_MS, HOUR_MS, volc};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::Digest;
-use support::{iso, now_ms};
 
-mod support;
+use crate::support::{iso, now_ms};
 
 const MIN_MS: i64 = 60_000;
 const ACME_LIVE: &str = "live.acme.example";

@@ -13,9 +13,8 @@ use cloudphone_testkit::fleet::{Fleet, ScopedLogin as Tenant};
 use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use support::{create_domain, held_for, iso, now_ms, start_viewer};
 
-mod support;
+use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 /// `target/sdk-venv` with `tests/sdk/requirements.txt` installed (made once, then reused).
 fn venv_python() -> PathBuf {
@@ -320,44 +319,69 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     .await;
     let api = fleet.api.clone();
 
-    tokio::time::sleep_until((started + Duration::from_secs(2)).into()).await;
+    // Part of the session is stored before the first outage.
+    wait_for("a first stored record", Duration::from_secs(30), || {
+        stored_at_least(&fleet, &api, 1.0)
+    })
+    .await;
     let status = fleet.control.as_mut().unwrap().stop_with(Signal::SIGTERM);
     assert!(
         status.is_some_and(|s| s.success()),
         "graceful stop: {status:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Several records fall into the outage: two more wait on the node's disk.
+    let on_disk = pending_records(&fleet).len();
+    wait_for(
+        "two records written while control is stopped",
+        Duration::from_secs(30),
+        || async { (pending_records(&fleet).len() >= on_disk + 2).then_some(()) },
+    )
+    .await;
     fleet.start_control();
     fleet.wait_healthy(&api).await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The restarted control has them (the node's replay) before it goes down again.
+    wait_for(
+        "the first outage's records",
+        Duration::from_secs(30),
+        || stored_at_least(&fleet, &api, 2.0),
+    )
+    .await;
 
     fleet.control.as_mut().unwrap().stop_with(Signal::SIGKILL);
-    // The viewer stays 4.5 s more and leaves while control is down: at least three partial
-    // records and the closing one exist only on the node's disk.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // The viewer leaves while control is down, after at least three partial records: those and
+    // the closing one exist only on the node's disk.
+    let on_disk = pending_records(&fleet).len();
+    wait_for(
+        "three records written while control is killed",
+        Duration::from_secs(30),
+        || async { (pending_records(&fleet).len() >= on_disk + 3).then_some(()) },
+    )
+    .await;
     leave.send(()).unwrap();
     let (ready, hold) = viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
     assert_eq!(ready["type"], "ready");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(
+        "the closing record on the node's disk",
+        Duration::from_secs(30),
+        || async {
+            pending_records(&fleet)
+                .iter()
+                .any(|r| r["final"] == true)
+                .then_some(())
+        },
+    )
+    .await;
     fleet.start_control();
     fleet.wait_healthy(&api).await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
 
     // Those records reach this control only through the node's replay.
-    let stored = || async {
-        let metrics = fleet.http.get(format!("{api}/metrics")).send().await.ok()?;
-        let text = metrics.text().await.ok()?;
-        let n: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("cloudphone_usage_records_total "))?
-            .trim()
-            .parse()
-            .ok()?;
-        (n >= 4.0).then_some(n)
-    };
-    let replayed = wait_for("replayed usage records", Duration::from_secs(30), stored).await;
+    let replayed = wait_for("replayed usage records", Duration::from_secs(30), || {
+        stored_at_least(&fleet, &api, 4.0)
+    })
+    .await;
 
     let vars = sdk_vars(&ak, &sk, &acme);
     let held = hold.as_secs_f64();
@@ -430,6 +454,33 @@ async fn a_record_the_live_stream_missed_is_resent_without_a_reconnect() {
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert_eq!(fleet.node_status().await.as_deref(), Some("up"));
+}
+
+/// Control's `cloudphone_usage_records_total` (records stored since it started) once it is at
+/// least `n`.
+async fn stored_at_least(fleet: &Fleet, api: &str, n: f64) -> Option<f64> {
+    let metrics = fleet.http.get(format!("{api}/metrics")).send().await.ok()?;
+    let text = metrics.text().await.ok()?;
+    let stored: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cloudphone_usage_records_total "))?
+        .trim()
+        .parse()
+        .ok()?;
+    (stored >= n).then_some(stored)
+}
+
+/// The usage records on the node's disk that control has not acknowledged (the node's
+/// `usage/pending/<record_id>.json`).
+fn pending_records(fleet: &Fleet) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(fleet.path("node-state/usage/pending")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect()
 }
 
 fn close_to(a: f64, b: f64) -> bool {

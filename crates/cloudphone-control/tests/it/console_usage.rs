@@ -14,9 +14,8 @@ use cloudphone_control::store::{SqlStore, Store, UsageRow};
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
-use support::{create_domain, held_for, iso, now_ms, start_viewer};
 
-mod support;
+use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;

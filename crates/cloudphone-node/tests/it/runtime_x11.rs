@@ -153,22 +153,7 @@ async fn display_of(m: &InstanceManager, id: &str) -> String {
 }
 
 fn screenshot(display: &str) -> Vec<u8> {
-    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
-    let root = conn.setup().roots[screen].root;
-    let reply = conn
-        .get_image(
-            xproto::ImageFormat::Z_PIXMAP,
-            root,
-            0,
-            0,
-            W as u16,
-            H as u16,
-            !0,
-        )
-        .unwrap()
-        .reply()
-        .unwrap();
-    reply.data
+    crate::support::x11::screenshot(display, W, H)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,16 +323,24 @@ async fn commands_are_capped_and_killed_on_timeout() {
         "{:?}",
         started.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &format!("sleep {tag}\\.")])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    // The detached child (`sleep {tag}.5`, ten minutes) is gone soon after the answer, not when
+    // it would have ended.
+    let pattern = format!("sleep {tag}\\.");
+    cloudphone_testkit::wait_for(
+        &format!("no process matching `{pattern}` left behind"),
+        Duration::from_secs(5),
+        || {
+            let pattern = pattern.clone();
+            async move {
+                let left = std::process::Command::new("pgrep")
+                    .args(["-f", &pattern])
+                    .output()
+                    .unwrap();
+                left.stdout.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
 
     // Commands need a running instance.
     m.stop("c").await.unwrap();
@@ -621,9 +614,14 @@ async fn node_crash_orphans_are_killed_on_readoption() {
     }
 
     let h = Harness::new();
+    // The test's own name in this binary: its module path without the crate (`runtime_x11::…`).
+    let this_test = format!(
+        "{}::node_crash_orphans_are_killed_on_readoption",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
-            "node_crash_orphans_are_killed_on_readoption",
+            this_test.as_str(),
             "--exact",
             "--nocapture",
             "--test-threads=1",

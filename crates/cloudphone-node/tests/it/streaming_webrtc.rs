@@ -1,18 +1,21 @@
 //! Streaming end to end against an in-process node: gRPC StartSession → the real signaling
 //! WebSocket → webrtc-rs viewer → GStreamer decoder. Synthetic instances (test pattern).
 
-mod streaming_support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{ByeReason, Definition, EncodingType, ErrorCode, NodeMessage};
-use streaming_support::{Node, RustViewer, Signaling, hello};
 use tokio_stream::StreamExt;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_frames_arrive_decode_and_usage_is_reported() {
+use crate::support::streaming::{Node, RustViewer, Signaling, hello};
+
+/// A webrtc-rs viewer asking for `codec` at 540P gets it (in `ready` and in the SDP answer),
+/// decodes it at 540x960, and the session's lifecycle holds: StopStreaming ends the stream with
+/// bye and a final usage record in that codec, the same token reconnects, ReleaseSession ends
+/// it and revokes the token.
+async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
+    let name = format!("{codec:?}");
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("s1", 360, 640).await;
     let mut reports = node
@@ -31,7 +34,7 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
 
     let mut viewer = RustViewer::connect(
         &node.ws_url,
-        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+        hello("dev-1", "token-1", codec, Definition::P540),
     )
     .await
     .unwrap();
@@ -39,7 +42,12 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
         unreachable!()
     };
     assert_eq!((video.width, video.height), (540, 960));
-    assert_eq!(video.codec, EncodingType::H264);
+    assert_eq!(video.codec, codec);
+    let answer = viewer.pc.remote_description().await.expect("an answer").sdp;
+    assert!(
+        answer.contains(&format!("{name}/90000")),
+        "answer names {name}: {answer}"
+    );
     let started = std::time::Instant::now();
     viewer.wait_frames(1, Duration::from_secs(20)).await;
     let first_frame = started.elapsed();
@@ -47,7 +55,7 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
     assert_eq!(viewer.counters.width.load(Ordering::Relaxed), 540);
     assert_eq!(viewer.counters.height.load(Ordering::Relaxed), 960);
     let kbps = viewer.measure_kbps(Duration::from_secs(2)).await;
-    eprintln!("H.264 540P: first frame {first_frame:?} after the answer, {kbps:.0} kbit/s");
+    eprintln!("{name} 540P: first frame {first_frame:?} after the answer, {kbps:.0} kbit/s");
 
     // StopStreaming ends the stream with bye; the session stays valid.
     let stopped = node
@@ -59,12 +67,7 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.streams_stopped, 1);
-    assert_eq!(
-        viewer.pump_for(Duration::from_secs(5)).await,
-        Some(NodeMessage::Bye {
-            reason: ByeReason::Stopped
-        })
-    );
+    viewer.expect_bye(ByeReason::Stopped).await;
     drop(viewer);
 
     // The encoder run ends with a final usage record.
@@ -82,14 +85,14 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
     .expect("a final usage record");
     assert_eq!(record.instance_id, "s1");
     assert_eq!(record.tenant_id, "tenant-1");
-    assert_eq!(record.codec, "H264");
+    assert_eq!(record.codec, name);
     assert_eq!((record.width, record.height), (540, 960));
     assert!(record.end_unix_ms > record.start_unix_ms);
 
     // Reconnecting after StopStreaming works with the same token.
     let mut again = RustViewer::connect(
         &node.ws_url,
-        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+        hello("dev-1", "token-1", codec, Definition::P540),
     )
     .await
     .unwrap();
@@ -105,16 +108,11 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
         .unwrap()
         .into_inner();
     assert_eq!(released.sessions_released, 1);
-    assert_eq!(
-        again.pump_for(Duration::from_secs(5)).await,
-        Some(NodeMessage::Bye {
-            reason: ByeReason::Released
-        })
-    );
+    again.expect_bye(ByeReason::Released).await;
     drop(again);
     let refused = RustViewer::connect(
         &node.ws_url,
-        hello("dev-1", "token-1", EncodingType::H264, Definition::P540),
+        hello("dev-1", "token-1", codec, Definition::P540),
     )
     .await
     .err()
@@ -127,6 +125,16 @@ async fn h264_frames_arrive_decode_and_usage_is_reported() {
         }
     ));
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_frames_arrive_decode_and_usage_is_reported() {
+    frames_arrive_decode_and_usage_is_reported(EncodingType::H264).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h265_frames_arrive_decode_and_usage_is_reported() {
+    frames_arrive_decode_and_usage_is_reported(EncodingType::H265).await;
 }
 
 /// Says hello and expects an error with `code`, then the socket closing.

@@ -5,15 +5,13 @@
 //! `CLOUDPHONE_TEST_ADB_SERIAL`, it also streams from it and decodes the result; `adb devices`
 //! is not probed, because that would leave an adb server running after the test.
 
-#[path = "pipeline_common.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use cloudphone_core::video::Codec;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, PipelineOptions};
-use common::*;
+
+use crate::support::pipeline::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_capture_process_is_reported() {

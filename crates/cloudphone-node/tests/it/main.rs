@@ -1,0 +1,26 @@
+//! The node's integration tests (real GStreamer, X servers, browsers and in-process nodes), one
+//! module per former test file, linked as one binary: one link instead of fourteen is most of
+//! what a cold build of the tests costs.
+//! `cargo nextest run -p cloudphone-node --test it -E 'test(/^pipeline_/)'` runs the pipeline
+//! modules.
+//!
+//! # Layout
+//! - [`support`]: RTP collection and checks for the `pipeline_*` modules; an in-process node,
+//!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
+//! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
+//!   `streaming_*`: end to end through signaling and WebRTC.
+
+mod support;
+
+mod pipeline_adb;
+mod pipeline_encode;
+mod pipeline_x11;
+mod runtime_android;
+mod runtime_synthetic;
+mod runtime_x11;
+mod streaming_chromium;
+mod streaming_console;
+mod streaming_h265;
+mod streaming_netem;
+mod streaming_turn;
+mod streaming_webrtc;
