@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cloudphone_core::instance::ControlState;
 use cloudphone_core::liveness::{Liveness, NodeHealth};
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_proto::node_v1::{self as pb, node_report::Report};
@@ -20,18 +21,21 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::store::{NodeRecord, Store};
 
-/// Control-side name of a node-reported instance state.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
-        pb::InstanceState::Stopped => "stopped",
-        pb::InstanceState::Starting => "starting",
-        pb::InstanceState::Running => "running",
-        pb::InstanceState::Resetting => "resetting",
-        pb::InstanceState::Failed => "failed",
-        pb::InstanceState::BackingUp => "backing_up",
-        pb::InstanceState::Restoring => "restoring",
-        pb::InstanceState::Unspecified => "unknown",
-    }
+/// Control's view of a node-reported instance state; one this control does not know is
+/// `Unknown`.
+pub fn reported_state(state: i32) -> ControlState {
+    use cloudphone_core::lifecycle::InstanceState as S;
+    let node = match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
+        pb::InstanceState::Stopped => S::Stopped,
+        pb::InstanceState::Starting => S::Starting,
+        pb::InstanceState::Running => S::Running,
+        pb::InstanceState::Resetting => S::Resetting,
+        pb::InstanceState::Failed => S::Failed,
+        pb::InstanceState::BackingUp => S::BackingUp,
+        pb::InstanceState::Restoring => S::Restoring,
+        pb::InstanceState::Unspecified => return ControlState::Unknown,
+    };
+    ControlState::Node(node)
 }
 
 /// What the registry keeps per node in memory.
@@ -296,7 +300,7 @@ impl Registry {
     }
 
     async fn record_instance(&self, instance: &pb::InstanceStatus) {
-        let state = state_name(instance.state);
+        let state = reported_state(instance.state);
         if let Err(error) = self
             .store
             .set_reported_state(

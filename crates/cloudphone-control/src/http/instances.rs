@@ -11,10 +11,10 @@ use cloudphone_api::error::{ApiError, ErrorBody};
 use cloudphone_api::instances::{
     self as wire, Aosp, BandInfo, CreateInstanceData, CreateInstanceRequest,
     CreateInstanceResponse, CreatedInstance, InstancePage, InstanceRow, ListInstancesQuery,
-    ListInstancesResponse, PoolInfo, PoolSceneTag, RegionSkus, RunningStatus, Sku, SkuData,
-    SkuResponse,
+    ListInstancesResponse, PoolInfo, PoolSceneTag, RegionSkus, Sku, SkuData, SkuResponse,
 };
 use cloudphone_api::timefmt;
+use cloudphone_core::instance::{self, ControlState};
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::scheduling::{self, NodeSlots};
 use cloudphone_proto::node_v1 as pb;
@@ -24,23 +24,9 @@ use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::AppState;
 use crate::store::{InstanceListing, InstanceQuery, InstanceRecord};
 
-/// ListInstances' `running_status` for an instance, given its node's health.
-fn running_status(listing: &InstanceListing) -> RunningStatus {
-    if listing.node_status != NodeHealth::Up.as_str() {
-        return RunningStatus::Unknown;
-    }
-    match listing.instance.state.as_str() {
-        "running" => RunningStatus::Running,
-        "stopped" => RunningStatus::Stopped,
-        "creating" | "starting" | "resetting" | "restoring" => RunningStatus::Starting,
-        "backing_up" => RunningStatus::GoingOffline,
-        "failed" => RunningStatus::ShutDown,
-        _ => RunningStatus::Unknown,
-    }
-}
-
 fn row(listing: InstanceListing) -> InstanceRow {
-    let status = running_status(&listing);
+    let node_up = listing.node_status == NodeHealth::Up.as_str();
+    let status = instance::running_status(listing.instance.state, node_up);
     let i = listing.instance;
     InstanceRow {
         running_status: status as i32,
@@ -286,7 +272,7 @@ pub async fn create(
             runtime: shape.runtime.into(),
             width: i64::from(shape.width),
             height: i64::from(shape.height),
-            state: "creating".into(),
+            state: ControlState::Creating,
             state_message: String::new(),
             assign_user: None,
             period_type: match order.period_type {
@@ -344,15 +330,15 @@ async fn create_on_nodes(state: Arc<AppState>, records: Vec<InstanceRecord>) {
                 Some(mut client) => client.create_instance(request).await.map(|r| r.into_inner()),
                 None => Err(tonic::Status::unavailable("node not connected")),
             };
-            let (name, message) = match outcome {
-                Ok(status) => (crate::nodes::state_name(status.state), status.message),
+            let (reported, message) = match outcome {
+                Ok(status) => (crate::nodes::reported_state(status.state), status.message),
                 Err(status) => {
                     tracing::warn!(instance_id = %record.instance_id, %status, "node could not create instance");
-                    ("failed", status.message().to_string())
+                    (ControlState::FAILED, status.message().to_string())
                 }
             };
             if let Err(error) =
-                state.store.set_instance_state(&record.instance_id, name, &message, crate::unix_ms()).await
+                state.store.set_instance_state(&record.instance_id, reported, &message, crate::unix_ms()).await
             {
                 tracing::error!(instance_id = %record.instance_id, %error, "could not record instance state");
             }

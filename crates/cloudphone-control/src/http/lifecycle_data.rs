@@ -16,12 +16,13 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::ApiError;
-use cloudphone_api::instances::{InstanceRow, RunningStatus};
+use cloudphone_api::instances::InstanceRow;
 use cloudphone_api::management::{
     self as wire, BackupRequest, DataResponse, PrepareInstanceStatus as InstanceStatus,
     PrepareRequest, PrepareStatusList as StatusList, Progress, ProgressRequest, UserId,
 };
 use cloudphone_api::timefmt;
+use cloudphone_core::instance::{self, BackupPlan, ControlState, InstanceId, ProgressStatus};
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
 use cloudphone_core::scheduling::NodeSlots;
@@ -83,12 +84,10 @@ fn signal() -> &'static Notify {
     SIGNAL.get_or_init(Notify::new)
 }
 
-/// Ids become path components of the archive: allow nothing that could climb or nest.
+/// Ids become path components of the archive: allow nothing that could climb or nest. A
+/// tenant id is held to the same rule as an instance id.
 fn path_safe(part: &str) -> bool {
-    !part.is_empty()
-        && part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    InstanceId::parse(part).is_ok()
 }
 
 /// `file://<dir>/<tenant_id>/<instance_id>.tar.gz`.
@@ -130,23 +129,20 @@ pub async fn backup(
     let records = owned(&state, &caller.principal.tenant_id, &ids).await?;
     let mut todo = Vec::new();
     for record in records {
-        match record.state.as_str() {
-            // Archived already, or on its way: a repeated call changes nothing.
-            "backed_up" | "queued" | "backing_up" => {}
-            "running" | "stopped" | "backup_failed" if node_up(&state, &record.node_id) => {
-                todo.push(record)
-            }
-            "running" | "stopped" | "backup_failed" => {
+        match instance::backup_plan(record.state) {
+            BackupPlan::Skip => {}
+            BackupPlan::Start if node_up(&state, &record.node_id) => todo.push(record),
+            BackupPlan::Start => {
                 return Err(ApiError::InvalidParameter(format!(
                     "instance {} is unreachable",
                     record.instance_id
                 ))
                 .into());
             }
-            other => {
+            BackupPlan::Refuse => {
                 return Err(ApiError::InvalidParameter(format!(
-                    "instance {} cannot be backed up while {other}",
-                    record.instance_id
+                    "instance {} cannot be backed up while {}",
+                    record.instance_id, record.state
                 ))
                 .into());
             }
@@ -211,20 +207,6 @@ async fn run_backup(app: Arc<AppState>, record: InstanceRecord, uri: String) {
     wake();
 }
 
-/// BatchPrepareInstances' status (table 4-101) for an instance's recorded state.
-fn prepare_status(record: &InstanceRecord, up: bool) -> i32 {
-    match record.state.as_str() {
-        "running" if up => 0,
-        "backed_up" | "queued" | "restoring" => 1,
-        "creating" => 2,
-        "backing_up" => 3,
-        "resetting" => 4,
-        "starting" => 5,
-        // Stopped, failed, a failed backup or restore, or its host down.
-        _ => 6,
-    }
-}
-
 /// The prepare queue as the store has it.
 async fn load_queue(state: &AppState) -> Result<PrepareQueue, StoreError> {
     let queued = state.store.queued_instances().await?;
@@ -269,10 +251,7 @@ pub async fn prepare(
                 .set_assign_user(&record.instance_id, Some(&user), now)
                 .await?;
         }
-        if matches!(
-            record.state.as_str(),
-            "backed_up" | "restore_failed" | "queued" | "backing_up"
-        ) {
+        if instance::may_prepare(record.state) {
             state
                 .store
                 .request_prepare(&record.instance_id, now)
@@ -286,7 +265,8 @@ pub async fn prepare(
             // Deleted meanwhile: it no longer exists for the caller.
             return Err(ApiError::NoInstancePermission(id).into());
         };
-        let status = prepare_status(&record, node_up(&state, &record.node_id));
+        let status =
+            instance::prepare_status(record.state, node_up(&state, &record.node_id)) as i32;
         status_list.push(InstanceStatus {
             instance_id: id,
             status,
@@ -316,22 +296,19 @@ pub async fn progress(
     if record.assign_user.as_deref() != Some(user.as_str()) {
         return Err(ApiError::NoInstancePermission(id).into());
     }
-    let (status, waiting_count) = match record.state.as_str() {
-        "queued" => (1, load_queue(&state).await?.waiting_count(&id).unwrap_or(1)),
-        "backing_up" => (3, 0),
-        "running" if node_up(&state, &record.node_id) => (0, 0),
-        "failed" | "backup_failed" | "restore_failed" => (-1, 0),
-        // Restoring, starting, backed up but not prepared, or its host offline.
-        _ => (2, 0),
+    let status = instance::progress_status(record.state, node_up(&state, &record.node_id));
+    let waiting_count = match status {
+        ProgressStatus::Queued => load_queue(&state).await?.waiting_count(&id).unwrap_or(1),
+        _ => 0,
     };
     Ok(ok(Progress {
-        status,
+        status: status as i32,
         waiting_count,
     }))
 }
 
-/// ListInstances' backup and restore columns, and `running_status` 1 (stopped) for instances
-/// that live in an archive rather than on a host.
+/// ListInstances' backup and restore columns (`running_status`, archived instances included, is
+/// `cloudphone_core::instance::running_status`).
 pub(super) async fn decorate_rows(
     state: &AppState,
     rows: &mut [InstanceRow],
@@ -345,12 +322,6 @@ pub(super) async fn decorate_rows(
         row.backup_time = time(backup.backup_time_ms);
         row.restore_status = i32::try_from(backup.restore_status).unwrap_or(4);
         row.restore_time = time(backup.restore_time_ms);
-        if matches!(
-            backup.state.as_str(),
-            "backed_up" | "queued" | "restore_failed"
-        ) {
-            row.running_status = RunningStatus::Stopped as i32;
-        }
     }
     Ok(())
 }
@@ -472,14 +443,16 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
         Ok(status) if status.state == pb::InstanceState::Running as i32 => {
             tracing::info!(instance_id = %id, "instance restored");
             remove_archive(&source_uri).await;
-            app.store.finish_restore(&id, "running", "", 2, now).await
+            app.store
+                .finish_restore(&id, ControlState::RUNNING, "", 2, now)
+                .await
         }
         // Restored but not running (e.g. it failed to start): it is on the node, as it says.
         Ok(status) => {
             app.store
                 .finish_restore(
                     &id,
-                    crate::nodes::state_name(status.state),
+                    crate::nodes::reported_state(status.state),
                     &status.message,
                     3,
                     now,
@@ -501,7 +474,7 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
             app.store
                 .finish_restore(
                     &id,
-                    "restore_failed",
+                    ControlState::RestoreFailed,
                     &format!("restore failed: {}", status.message()),
                     3,
                     now,
@@ -531,7 +504,7 @@ async fn remove_archive(uri: &str) {
 mod tests {
     use super::*;
 
-    fn record(state: &str) -> InstanceRecord {
+    fn record(state: ControlState) -> InstanceRecord {
         InstanceRecord {
             instance_id: "i1".into(),
             tenant_id: "t-1".into(),
@@ -545,7 +518,7 @@ mod tests {
             runtime: "x11".into(),
             width: 720,
             height: 1280,
-            state: state.into(),
+            state,
             state_message: String::new(),
             assign_user: None,
             period_type: 2,
@@ -562,34 +535,10 @@ mod tests {
     }
 
     #[test]
-    fn prepare_statuses_follow_table_4_101() {
-        let cases = [
-            ("running", true, 0),
-            ("running", false, 6),
-            ("backed_up", true, 1),
-            ("queued", true, 1),
-            ("restoring", true, 1),
-            ("creating", true, 2),
-            ("backing_up", true, 3),
-            ("resetting", true, 4),
-            ("starting", true, 5),
-            ("stopped", true, 6),
-            ("restore_failed", true, 6),
-        ];
-        for (state, up, status) in cases {
-            assert_eq!(
-                prepare_status(&record(state), up),
-                status,
-                "{state} up={up}"
-            );
-        }
-    }
-
-    #[test]
     fn archive_paths() {
-        let uri = archive_uri(Path::new("/b"), &record("running")).unwrap();
+        let uri = archive_uri(Path::new("/b"), &record(ControlState::RUNNING)).unwrap();
         assert_eq!(uri, "file:///b/t-1/i1.tar.gz");
-        let mut bad = record("running");
+        let mut bad = record(ControlState::RUNNING);
         bad.tenant_id = "../etc".into();
         assert!(archive_uri(Path::new("/b"), &bad).is_err());
     }

@@ -16,9 +16,11 @@ use cloudphone_api::management::SetVideoConfigRequest;
 use cloudphone_api::management::{
     self as wire, AsyncCommandInfo, CmdJob, CmdResult, CmdResultWrapper, CommandRequest,
     DataResponse, DeleteRequest, DeviceResource, DeviceTokenData, IceSignaling, InstanceIdRequest,
-    InstanceIdsRequest, JobDetail, JobDetailWrapper, JobStatus, NullDataResponse, PhoneStatus, Rtc,
-    Sdk, SdkAddress, StatusResult, StatusResultWrapper, UserInstancesRequest,
+    InstanceIdsRequest, JobDetail, JobDetailWrapper, JobStatus, NullDataResponse, Rtc, Sdk,
+    SdkAddress, StatusResult, StatusResultWrapper, UserInstancesRequest,
 };
+use cloudphone_core::instance::{self, ControlState};
+use cloudphone_core::lifecycle::{self, Operation};
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::video::{
     Codec, Definition, NetworkType, VideoCell, VideoConfig, VideoConfigError,
@@ -306,19 +308,6 @@ pub async fn get_task(
     Ok(axum::Json(DataResponse::ok(JobDetailWrapper { jobs })).into_response())
 }
 
-/// BatchQueryStatus `status` for an instance's recorded state.
-fn phone_status(record: &InstanceRecord) -> PhoneStatus {
-    match record.state.as_str() {
-        "restoring" => PhoneStatus::Restoring,
-        "backing_up" => PhoneStatus::BackingUp,
-        "backup_failed" => PhoneStatus::BackupFailed,
-        "restore_failed" => PhoneStatus::RestoreFailed,
-        "streaming" => PhoneStatus::Streaming,
-        "running" | "starting" | "resetting" | "creating" => PhoneStatus::DataLoaded,
-        _ => PhoneStatus::Idle,
-    }
-}
-
 pub async fn batch_query_status(
     state: AppStateRef,
     caller: Caller,
@@ -330,7 +319,7 @@ pub async fn batch_query_status(
         .iter()
         .map(|r| StatusResult {
             instance_id: r.instance_id.clone(),
-            status: phone_status(r) as i32,
+            status: instance::phone_status(r.state) as i32,
         })
         .collect();
     Ok(axum::Json(DataResponse::ok(StatusResultWrapper { status_results })).into_response())
@@ -343,6 +332,15 @@ enum Lifecycle {
     Reboot,
 }
 
+impl Lifecycle {
+    fn operation(self) -> Operation {
+        match self {
+            Lifecycle::Reset => Operation::Reset,
+            Lifecycle::Reboot => Operation::Reboot,
+        }
+    }
+}
+
 /// Marks the instances as in transition, then runs the node operation in the background; the
 /// node's instance events bring the final state.
 async fn start_lifecycle(
@@ -350,10 +348,8 @@ async fn start_lifecycle(
     records: Vec<InstanceRecord>,
     op: Lifecycle,
 ) -> Result<(), ApiFailure> {
-    let transitional = match op {
-        Lifecycle::Reset => "resetting",
-        Lifecycle::Reboot => "starting",
-    };
+    let transitional =
+        lifecycle::transitional(op.operation()).map_or(ControlState::Unknown, ControlState::Node);
     let now = crate::unix_ms();
     for record in &records {
         state
@@ -374,16 +370,16 @@ async fn start_lifecycle(
                 Lifecycle::Reset => client.reset_instance(target).await,
                 Lifecycle::Reboot => client.reboot_instance(target).await,
             };
-            let (name, message) = match outcome {
+            let (reported, message) = match outcome {
                 Ok(status) => {
                     let status = status.into_inner();
-                    (crate::nodes::state_name(status.state), status.message)
+                    (crate::nodes::reported_state(status.state), status.message)
                 }
-                Err(status) => ("failed", status.message().to_string()),
+                Err(status) => (ControlState::FAILED, status.message().to_string()),
             };
             if let Err(error) = app
                 .store
-                .set_instance_state(&record.instance_id, name, &message, crate::unix_ms())
+                .set_instance_state(&record.instance_id, reported, &message, crate::unix_ms())
                 .await
             {
                 tracing::error!(instance_id = %record.instance_id, %error, "could not record state");
@@ -422,7 +418,7 @@ pub async fn batch_reboot(
     let records = owned(&state, &caller.principal.tenant_id, &ids).await?;
     let not_running: Vec<&str> = records
         .iter()
-        .filter(|r| r.state != "running" || node_of(&state, r).is_none())
+        .filter(|r| r.state != ControlState::RUNNING || node_of(&state, r).is_none())
         .map(|r| r.instance_id.as_str())
         .collect();
     if !not_running.is_empty() {
