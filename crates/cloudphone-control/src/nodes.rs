@@ -88,13 +88,12 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts connectors for every node in the store, and the liveness monitor.
+    /// Starts connectors for every node in the store. The liveness monitor is [`Self::monitor`],
+    /// which `run` spawns and awaits.
     pub async fn start(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
         for node in self.store.list_nodes().await? {
             self.ensure_connector(&node.node_id, &node.grpc_endpoint);
         }
-        let registry = Arc::clone(self);
-        tokio::spawn(async move { registry.monitor().await });
         Ok(())
     }
 
@@ -317,7 +316,7 @@ impl Registry {
 
     /// Marks silent nodes down. Checks every quarter timeout, so a dead node is marked down
     /// at most 1.25 × timeout after its last beat.
-    async fn monitor(self: Arc<Self>) {
+    pub(crate) async fn monitor(self: Arc<Self>) {
         let period = Duration::from_millis((self.timeout_ms / 4).max(25));
         let mut shutdown = self.shutdown.clone();
         loop {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -28,7 +28,7 @@ use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
 use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::management::owned;
 use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
@@ -75,13 +75,8 @@ fn node_up(state: &AppState, node_id: &str) -> bool {
 }
 
 /// Wakes the restore worker: the queue changed or a slot may have freed.
-fn wake() {
-    signal().notify_one();
-}
-
-fn signal() -> &'static Notify {
-    static SIGNAL: OnceLock<Notify> = OnceLock::new();
-    SIGNAL.get_or_init(Notify::new)
+fn wake(state: &AppState) {
+    state.restore_wake.notify_one();
 }
 
 /// Ids become path components of the archive: allow nothing that could climb or nest. A
@@ -204,7 +199,7 @@ async fn run_backup(app: Arc<AppState>, record: InstanceRecord, uri: String) {
         tracing::error!(instance_id = %id, %error, "could not record the backup");
     }
     // A slot freed, or the instance was prepared while it was being backed up.
-    wake();
+    wake(&app);
 }
 
 /// The prepare queue as the store has it.
@@ -258,7 +253,7 @@ pub async fn prepare(
                 .await?;
         }
     }
-    wake();
+    wake(&state);
     let mut status_list = Vec::with_capacity(ids.len());
     for id in ids {
         let Some(record) = state.store.get_instance(&id).await? else {
@@ -326,23 +321,21 @@ pub(super) async fn decorate_rows(
     Ok(())
 }
 
-/// Starts the restore worker on the current runtime (once per router).
-pub(super) fn start_worker(state: Arc<AppState>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(worker(state));
-        }
-        Err(_) => tracing::warn!("no runtime: prepared instances will not be restored"),
-    }
-}
-
-async fn worker(state: Arc<AppState>) {
+/// The restore worker: admits queued instances whenever woken (or every `WORKER_PERIOD`) until
+/// `shutdown` turns true. Restores it started finish on their own; their outcome is in the store.
+pub(crate) async fn worker(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if let Err(error) = admit(&state).await {
             tracing::warn!(%error, "prepare queue: admission failed");
         }
         tokio::select! {
-            _ = signal().notified() => {}
+            changed = shutdown.changed() => {
+                // A dropped sender means `run` is gone too.
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+            _ = state.restore_wake.notified() => {}
             _ = tokio::time::sleep(WORKER_PERIOD) => {}
         }
     }
@@ -485,7 +478,7 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
     if let Err(error) = recorded {
         tracing::error!(instance_id = %id, %error, "could not record the restore");
     }
-    wake();
+    wake(&app);
 }
 
 /// The data is back on a host and will diverge from the archive: drop the stale copy.

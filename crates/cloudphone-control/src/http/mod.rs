@@ -50,8 +50,10 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+pub(crate) use lifecycle_data::worker as restore_worker;
+
+/// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub fn router(state: Arc<AppState>) -> Router {
-    lifecycle_data::start_worker(Arc::clone(&state));
     Router::new()
         .route("/v3/auth/tokens", post(iam::issue_token))
         .route("/v1/instances/batch-query", get(instances::list))
