@@ -8,7 +8,10 @@
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
-//! - `http`: routes and handlers (private; the router is the interface).
+//! - `service`: the application layer: one function per operation, typed commands in, one
+//!   error enum out (private).
+//! - `http`: routes and handlers that parse into service calls (private; the router is the
+//!   interface).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -16,6 +19,7 @@ pub mod config;
 mod http;
 pub mod iam;
 pub mod nodes;
+mod service;
 pub mod store;
 pub mod usage;
 

@@ -50,7 +50,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub(crate) use lifecycle_data::worker as restore_worker;
+pub(crate) use crate::service::lifecycle_data::worker as restore_worker;
 
 /// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -189,6 +189,15 @@ impl From<crate::store::StoreError> for ApiFailure {
     fn from(error: crate::store::StoreError) -> Self {
         tracing::error!(%error, "store failure");
         Self(ApiError::Internal)
+    }
+}
+
+impl From<crate::service::ServiceError> for ApiFailure {
+    fn from(error: crate::service::ServiceError) -> Self {
+        match error {
+            crate::service::ServiceError::Refused(error) => Self(error),
+            crate::service::ServiceError::Store(error) => error.into(),
+        }
     }
 }
 

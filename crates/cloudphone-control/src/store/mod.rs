@@ -260,6 +260,29 @@ pub trait Store: Send + Sync + 'static {
         user: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Binds (`Some`) or unbinds (`None`) several instances in one transaction, all or none.
+    async fn set_assign_users(
+        &self,
+        bindings: &[(String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Sets the same state on several instances in one transaction, all or none.
+    async fn set_instance_states(
+        &self,
+        instance_ids: &[String],
+        state: ControlState,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// BatchPrepareInstances' writes in one transaction: binds each unbound instance of
+    /// `assign` to its user, then queues each of `queue` as [`Store::request_prepare`] does.
+    async fn prepare_instances(
+        &self,
+        assign: &[(String, String)],
+        queue: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes several instances' rows in one transaction, all or none.
+    async fn delete_instances(&self, instance_ids: &[String]) -> Result<(), StoreError>;
     /// Removes an instance's row; returns whether it existed.
     async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError>;
     /// The instance's SetVideoConfig matrix as stored JSON; empty when never set.

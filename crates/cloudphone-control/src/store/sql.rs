@@ -486,6 +486,84 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn set_assign_users(
+        &self,
+        bindings: &[(String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (instance_id, user) in bindings {
+            sqlx::query("UPDATE instances SET assign_user = $1, updated_at_ms = $2 WHERE id = $3")
+                .bind(user.clone())
+                .bind(now_ms)
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_instance_states(
+        &self,
+        instance_ids: &[String],
+        state: ControlState,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for instance_id in instance_ids {
+            sqlx::query(
+                "UPDATE instances SET state = $1, state_message = '', updated_at_ms = $2 \
+                 WHERE id = $3",
+            )
+            .bind(state.as_str())
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn prepare_instances(
+        &self,
+        assign: &[(String, String)],
+        queue: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (instance_id, user) in assign {
+            // Only an unbound instance takes the user; a bound one keeps its binding.
+            sqlx::query(
+                "UPDATE instances SET assign_user = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND assign_user IS NULL",
+            )
+            .bind(user)
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for instance_id in queue {
+            request_prepare_in(&mut tx, instance_id, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_instances(&self, instance_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for instance_id in instance_ids {
+            sqlx::query("DELETE FROM instances WHERE id = $1")
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM instances WHERE id = $1")
             .bind(instance_id)
@@ -738,21 +816,8 @@ impl Store for SqlStore {
     }
 
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        // One still backing up keeps that state; `finish_backup` queues it when it ends.
-        let done = sqlx::query(&format!(
-            "UPDATE instances SET prepare_queued_at_ms = COALESCE(prepare_queued_at_ms, $1), \
-                state = CASE WHEN state = {} THEN state ELSE {} END, \
-                updated_at_ms = $1 \
-             WHERE id = $2 AND state IN ({})",
-            lit(ControlState::BACKING_UP),
-            lit(ControlState::Queued),
-            states_where(rules::may_prepare)
-        ))
-        .bind(now_ms)
-        .bind(instance_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        let mut conn = self.pool.acquire().await?;
+        Ok(request_prepare_in(&mut conn, instance_id, now_ms).await? > 0)
     }
 
     async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError> {
@@ -1005,6 +1070,30 @@ impl Store for SqlStore {
                 .await?;
         Ok(result.rows_affected() > 0)
     }
+}
+
+/// Queues one instance for restoring (see [`Store::request_prepare`]) on a connection or inside
+/// a transaction; returns the rows changed.
+async fn request_prepare_in(
+    conn: &mut sqlx::AnyConnection,
+    instance_id: &str,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    // One still backing up keeps that state; `finish_backup` queues it when it ends.
+    let done = sqlx::query(&format!(
+        "UPDATE instances SET prepare_queued_at_ms = COALESCE(prepare_queued_at_ms, $1), \
+                state = CASE WHEN state = {} THEN state ELSE {} END, \
+                updated_at_ms = $1 \
+             WHERE id = $2 AND state IN ({})",
+        lit(ControlState::BACKING_UP),
+        lit(ControlState::Queued),
+        states_where(rules::may_prepare)
+    ))
+    .bind(now_ms)
+    .bind(instance_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 fn access_key_from_row(row: &AnyRow) -> Result<AccessKeyRecord, sqlx::Error> {
