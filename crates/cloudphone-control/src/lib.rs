@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod clock;
 pub mod config;
 mod http;
 pub mod iam;
@@ -31,6 +32,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::config::ControlConfig;
 use crate::nodes::Registry;
 use crate::store::{Store, StoreError};
@@ -55,6 +57,33 @@ pub struct AppState {
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
+    /// "Now" for token expiry and purging: the system clock, or tokio's in tests.
+    pub(crate) clock: Clock,
+}
+
+impl AppState {
+    /// The state handlers share, over an opened store and a registry.
+    pub(crate) fn new(
+        config: ControlConfig,
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let volcengine_limiter =
+            std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
+                config.usage.volcengine_rate_limit,
+                i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
+            ));
+        Arc::new(AppState {
+            config,
+            store,
+            registry,
+            placement_lock: tokio::sync::Mutex::new(()),
+            volcengine_limiter,
+            restore_wake: Notify::new(),
+            clock,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,22 +111,11 @@ pub async fn run(
     );
     registry.start().await?;
     let _ = http::metrics_handle();
-    let volcengine_limiter = std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
-        config.usage.volcengine_rate_limit,
-        i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
-    ));
-    let state = Arc::new(AppState {
-        config,
-        store,
-        registry,
-        placement_lock: tokio::sync::Mutex::new(()),
-        volcengine_limiter,
-        restore_wake: Notify::new(),
-    });
+    let state = AppState::new(config, store, registry, Clock::System);
     let background = [
         spawn_background(
             "token_purger",
-            purge_tokens(Arc::clone(&state.store), stop_rx.clone()),
+            purge_tokens(Arc::clone(&state.store), state.clock, stop_rx.clone()),
         ),
         spawn_background("node_monitor", Arc::clone(&state.registry).monitor()),
         spawn_background(
@@ -141,9 +159,9 @@ fn spawn_background(
 }
 
 /// Drops expired tokens hourly so the table does not grow without bound; returns on shutdown.
-async fn purge_tokens(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
+async fn purge_tokens(store: Arc<dyn Store>, clock: Clock, mut stop: watch::Receiver<bool>) {
     loop {
-        match store.purge_expired_tokens(unix_ms()).await {
+        match store.purge_expired_tokens(clock.now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "expired tokens removed"),
             Err(error) => tracing::warn!(%error, "token purge failed"),

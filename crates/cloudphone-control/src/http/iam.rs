@@ -26,7 +26,7 @@ pub async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
     };
     let ttl_ms =
         i64::try_from(state.config.iam.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    match crate::iam::login(state.store.as_ref(), login, crate::unix_ms(), ttl_ms).await {
+    match crate::iam::login(state.store.as_ref(), login, state.clock.now_ms(), ttl_ms).await {
         Ok((token, body)) => {
             let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&token) {

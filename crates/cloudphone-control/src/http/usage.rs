@@ -45,7 +45,7 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
 
 async fn token_principal(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
     let token = headers.get("x-auth-token")?.to_str().ok()?;
-    crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms())
+    crate::iam::authenticate(state.store.as_ref(), token, state.clock.now_ms())
         .await
         .ok()
 }
