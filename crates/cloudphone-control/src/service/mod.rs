@@ -10,6 +10,7 @@
 //! - [`instances`]: ordering instances (placement, creation on the nodes), what can be ordered.
 //! - [`lifecycle_data`]: backup, prepare (the restore queue) and its worker.
 //! - [`management`]: status, reset, reboot, assignment, deletion of instances a tenant has.
+//! - [`usage`]: the AK/SK credentials of the usage APIs.
 //! - [`sessions`]: device tokens, the video matrix, stopping and releasing sessions.
 //!
 //! Helpers every resource group needs (ownership, the node of an instance) live here.
@@ -20,6 +21,7 @@ pub(crate) mod instances;
 pub(crate) mod lifecycle_data;
 pub(crate) mod management;
 pub(crate) mod sessions;
+pub(crate) mod usage;
 
 use cloudphone_api::error::ApiError;
 use cloudphone_core::liveness::NodeHealth;
