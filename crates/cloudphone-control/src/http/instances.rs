@@ -118,6 +118,17 @@ fn sku_entry(runtime: &str, definition: &str) -> Sku {
     }
 }
 
+/// One region's SKUs: every definition of every runtime its healthy hosts offer.
+fn region_skus(region_id: String, runtimes: &[String]) -> RegionSkus {
+    RegionSkus {
+        sku_responses: runtimes
+            .iter()
+            .flat_map(|rt| wire::SKU_DEFINITIONS.iter().map(move |d| sku_entry(rt, d)))
+            .collect(),
+        region_id,
+    }
+}
+
 /// BatchShowSku: what the registered, healthy hosts can run, per region.
 pub async fn skus(
     state: AppStateRef,
@@ -132,13 +143,7 @@ pub async fn skus(
     let regions = instances::offered_runtimes(&state)
         .await?
         .into_iter()
-        .map(|(region_id, runtimes)| RegionSkus {
-            sku_responses: runtimes
-                .iter()
-                .flat_map(|rt| wire::SKU_DEFINITIONS.iter().map(move |d| sku_entry(rt, d)))
-                .collect(),
-            region_id,
-        })
+        .map(|(region_id, runtimes)| region_skus(region_id, &runtimes))
         .collect();
     let data = SkuData {
         band_info: BandInfo {
