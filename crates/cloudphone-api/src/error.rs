@@ -162,6 +162,50 @@ impl ErrorBody {
     }
 }
 
+/// Why one job of an asynchronous task (AsyncCommand, InstallApp) failed, as GetTask shows it
+/// in the job's `error_code` and `error_msg`. Not an HTTP error: the GetTask call itself succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobFailure {
+    /// `CPS.0191`: the command ran and failed (seed example).
+    CommandFailed,
+    /// `KOOPHONE.API.62010`: the instance is not in a state to run anything.
+    InstanceAbnormal,
+    /// `KOOPHONE.API.62017`: the package could not be downloaded or failed its checks.
+    DownloadFailed,
+    /// `KOOPHONE.API.62019`: the package did not install.
+    InstallFailed,
+    /// `KOOPHONE.API.62020`: an installed version conflicts.
+    VersionConflict,
+    /// `KOOPHONE.API.62021`: the instance has no room for the package.
+    NoSpace,
+}
+
+impl JobFailure {
+    /// The job's `error_code`, as the seeds spell it.
+    pub const fn code(self) -> &'static str {
+        match self {
+            JobFailure::CommandFailed => "CPS.0191",
+            JobFailure::InstanceAbnormal => "KOOPHONE.API.62010",
+            JobFailure::DownloadFailed => "KOOPHONE.API.62017",
+            JobFailure::InstallFailed => "KOOPHONE.API.62019",
+            JobFailure::VersionConflict => "KOOPHONE.API.62020",
+            JobFailure::NoSpace => "KOOPHONE.API.62021",
+        }
+    }
+
+    /// The job's usual `error_msg`.
+    pub const fn message(self) -> &'static str {
+        match self {
+            JobFailure::CommandFailed => "Run command failed.",
+            JobFailure::InstanceAbnormal => "cloud instance abnormal",
+            JobFailure::DownloadFailed => "download failed, check install_package_url",
+            JobFailure::InstallFailed => "install app failed",
+            JobFailure::VersionConflict => "version conflict",
+            JobFailure::NoSpace => "insufficient space",
+        }
+    }
+}
+
 /// Checks an `x-request-id` value: printable ASCII, 1..=128 characters.
 pub fn validate_request_id(value: Option<&str>) -> Result<(), ApiError> {
     let value = value.ok_or(ApiError::MissingRequestId)?;

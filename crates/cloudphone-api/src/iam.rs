@@ -69,21 +69,42 @@ pub enum IamError {
     BadRequest(String),
     #[error("the username or password is wrong")]
     WrongCredentials,
+    /// An AK/SK (`OS-CREDENTIAL`) request body that is not acceptable.
+    #[error("{0}")]
+    InvalidCredentialRequest(&'static str),
+    /// The `X-Auth-Token` is missing, unknown or expired.
+    #[error("token missing, unknown or expired")]
+    InvalidToken,
+    /// The caller may not act on what it named.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// What the caller named does not exist (for it).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// Anything the caller cannot fix; details go to the log.
+    #[error("internal error")]
+    Internal,
 }
 
 impl IamError {
     pub fn http_status(&self) -> u16 {
         match self {
-            IamError::BadRequest(_) => 400,
-            IamError::WrongCredentials => 401,
+            IamError::BadRequest(_) | IamError::InvalidCredentialRequest(_) => 400,
+            IamError::WrongCredentials | IamError::InvalidToken => 401,
+            IamError::Forbidden(_) => 403,
+            IamError::NotFound(_) => 404,
+            IamError::Internal => 500,
         }
     }
 
     /// Huawei IAM's error codes for these cases.
     pub fn code(&self) -> &'static str {
         match self {
-            IamError::BadRequest(_) => "IAM.0011",
-            IamError::WrongCredentials => "IAM.0002",
+            IamError::BadRequest(_) | IamError::InvalidCredentialRequest(_) => "IAM.0011",
+            IamError::WrongCredentials | IamError::InvalidToken => "IAM.0002",
+            IamError::Forbidden(_) => "IAM.0003",
+            IamError::NotFound(_) => "IAM.0004",
+            IamError::Internal => "IAM.0001",
         }
     }
 }

@@ -5,17 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::timefmt;
 
-/// `running_status` of ListInstances: 0 unknown, 1 stopped, 2 running, 3 going offline,
-/// 4 starting, 5 shut down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunningStatus {
-    Unknown = 0,
-    Stopped = 1,
-    Running = 2,
-    GoingOffline = 3,
-    Starting = 4,
-    ShutDown = 5,
-}
+/// `running_status` of ListInstances; defined next to the rule that computes it.
+pub use cloudphone_core::instance::RunningStatus;
 
 /// Query of `GET /v1/instances/batch-query` (ListInstances), as received (all strings, so a
 /// malformed number becomes `KOOPHONE.API.1000` rather than a framework rejection).

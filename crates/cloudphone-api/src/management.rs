@@ -3,18 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
+use cloudphone_core::instance::InstanceId;
+
 use crate::error::{ApiError, ErrorBody};
 
 /// Most instances one request may name.
 pub const MAX_INSTANCES_PER_REQUEST: usize = 100;
 /// Longest instance id.
-pub const MAX_INSTANCE_ID_LEN: usize = 32;
+pub use cloudphone_core::instance::MAX_INSTANCE_ID_LEN;
 /// Longest command, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 1024;
 /// Longest `execute_msg`, in bytes.
 pub const MAX_EXECUTE_MSG_BYTES: usize = 1024;
 
-/// Checks a list of instance ids: 1..=100 ids of 1..=32 characters, no duplicates.
+/// Checks a list of instance ids: 1..=100 valid ids, no duplicates.
 pub fn validate_instance_ids(field: &str, ids: &[String]) -> Result<(), ApiError> {
     if ids.is_empty() || ids.len() > MAX_INSTANCES_PER_REQUEST {
         return Err(ApiError::InvalidParameter(format!(
@@ -34,14 +36,9 @@ pub fn validate_instance_ids(field: &str, ids: &[String]) -> Result<(), ApiError
     Ok(())
 }
 
-/// Checks one instance id: 1..=32 characters.
-pub fn validate_instance_id(field: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.chars().count() > MAX_INSTANCE_ID_LEN {
-        return Err(ApiError::InvalidParameter(format!(
-            "{field}: an instance id has 1..={MAX_INSTANCE_ID_LEN} characters"
-        )));
-    }
-    Ok(())
+/// Checks one instance id against the one rule ids follow (`cloudphone_core::instance::InstanceId`).
+pub fn validate_instance_id(field: &str, id: &str) -> Result<InstanceId, ApiError> {
+    InstanceId::parse(id).map_err(|error| ApiError::InvalidParameter(format!("{field}: {error}")))
 }
 
 /// Checks a SyncCommand/AsyncCommand command: at most 1024 bytes of letters, digits, `_ . / : -`
@@ -172,17 +169,8 @@ pub struct JobDetail {
     pub execute_msg: Option<String>,
 }
 
-/// BatchQueryStatus `status` (table 4-34).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PhoneStatus {
-    Idle = 0,
-    Restoring = 1,
-    DataLoaded = 2,
-    Streaming = 3,
-    BackingUp = 4,
-    BackupFailed = 5,
-    RestoreFailed = 6,
-}
+/// BatchQueryStatus `status` (table 4-34); defined next to the rule that computes it.
+pub use cloudphone_core::instance::PhoneStatus;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResultWrapper {

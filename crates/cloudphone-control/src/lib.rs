@@ -8,14 +8,19 @@
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
-//! - `http`: routes and handlers (private; the router is the interface).
+//! - `service`: the application layer: one function per operation, typed commands in, one
+//!   error enum out (private).
+//! - `http`: routes and handlers that parse into service calls (private; the router is the
+//!   interface).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod clock;
 pub mod config;
 mod http;
 pub mod iam;
 pub mod nodes;
+mod service;
 pub mod store;
 pub mod usage;
 
@@ -23,8 +28,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::config::ControlConfig;
 use crate::nodes::Registry;
 use crate::store::{Store, StoreError};
@@ -46,6 +54,36 @@ pub struct AppState {
     pub placement_lock: tokio::sync::Mutex<()>,
     /// Volcengine DescribeLiveTranscodeData's per-user request budget.
     pub volcengine_limiter: std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>,
+    /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
+    /// worker also looks on its own every second, so a lost wake-up only delays it.
+    pub(crate) restore_wake: Notify,
+    /// "Now" for token expiry and purging: the system clock, or tokio's in tests.
+    pub(crate) clock: Clock,
+}
+
+impl AppState {
+    /// The state handlers share, over an opened store and a registry.
+    pub(crate) fn new(
+        config: ControlConfig,
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let volcengine_limiter =
+            std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
+                config.usage.volcengine_rate_limit,
+                i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
+            ));
+        Arc::new(AppState {
+            config,
+            store,
+            registry,
+            placement_lock: tokio::sync::Mutex::new(()),
+            volcengine_limiter,
+            restore_wake: Notify::new(),
+            clock,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +94,8 @@ pub enum ControlError {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs control on an already-bound listener until `shutdown` resolves, then drains requests.
+/// Runs control on an already-bound listener until `shutdown` resolves, then drains requests
+/// and waits for its background tasks (token purger, node monitor, restore worker) to stop.
 pub async fn run(
     config: ControlConfig,
     listener: TcpListener,
@@ -71,46 +110,65 @@ pub async fn run(
         stop_rx.clone(),
     );
     registry.start().await?;
-    spawn_token_purger(Arc::clone(&store), stop_rx);
     let _ = http::metrics_handle();
-    let volcengine_limiter = std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
-        config.usage.volcengine_rate_limit,
-        i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
-    ));
-    let state = Arc::new(AppState {
-        config,
-        store,
-        registry,
-        placement_lock: tokio::sync::Mutex::new(()),
-        volcengine_limiter,
-    });
+    let state = AppState::new(config, store, registry, Clock::System);
+    let background = [
+        spawn_background(
+            "token_purger",
+            purge_tokens(Arc::clone(&state.store), state.clock, stop_rx.clone()),
+        ),
+        spawn_background("node_monitor", Arc::clone(&state.registry).monitor()),
+        spawn_background(
+            "restore_worker",
+            http::restore_worker(Arc::clone(&state), stop_rx),
+        ),
+    ];
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    axum::serve(listener, app)
+    let stop_background = stop_tx.clone();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining requests");
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            let _ = stop_tx.send(true);
+            // Node connectors and background tasks stop now; `run` awaits the tasks below
+            // once the last request drained.
+            let _ = stop_background.send(true);
         })
-        .await?;
+        .await;
+    // Also when serving failed: nothing may outlive `run`.
+    let _ = stop_tx.send(true);
+    for (name, task) in background {
+        if let Err(error) = task.await {
+            tracing::error!(task = name, %error, "background task panicked");
+        }
+    }
+    tracing::info!("background tasks stopped");
+    served?;
     Ok(())
 }
 
-/// Drops expired tokens hourly so the table does not grow without bound.
-fn spawn_token_purger(store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            match store.purge_expired_tokens(unix_ms()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "expired tokens removed"),
-                Err(error) => tracing::warn!(%error, "token purge failed"),
-            }
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
-            }
+/// Spawns one of `run`'s background tasks in a span named after it; `run` awaits the handle.
+fn spawn_background(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> (&'static str, JoinHandle<()>) {
+    let span = tracing::info_span!("background", task = name);
+    (name, tokio::spawn(task.instrument(span)))
+}
+
+/// Drops expired tokens hourly so the table does not grow without bound; returns on shutdown.
+async fn purge_tokens(store: Arc<dyn Store>, clock: Clock, mut stop: watch::Receiver<bool>) {
+    loop {
+        match store.purge_expired_tokens(clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired tokens removed"),
+            Err(error) => tracing::warn!(%error, "token purge failed"),
         }
-    });
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cloudphone_core::instance::ControlState;
 use cloudphone_core::liveness::{Liveness, NodeHealth};
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_proto::node_v1::{self as pb, node_report::Report};
@@ -20,18 +21,21 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::store::{NodeRecord, Store};
 
-/// Control-side name of a node-reported instance state.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
-        pb::InstanceState::Stopped => "stopped",
-        pb::InstanceState::Starting => "starting",
-        pb::InstanceState::Running => "running",
-        pb::InstanceState::Resetting => "resetting",
-        pb::InstanceState::Failed => "failed",
-        pb::InstanceState::BackingUp => "backing_up",
-        pb::InstanceState::Restoring => "restoring",
-        pb::InstanceState::Unspecified => "unknown",
-    }
+/// Control's view of a node-reported instance state; one this control does not know is
+/// `Unknown`.
+pub fn reported_state(state: i32) -> ControlState {
+    use cloudphone_core::lifecycle::InstanceState as S;
+    let node = match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
+        pb::InstanceState::Stopped => S::Stopped,
+        pb::InstanceState::Starting => S::Starting,
+        pb::InstanceState::Running => S::Running,
+        pb::InstanceState::Resetting => S::Resetting,
+        pb::InstanceState::Failed => S::Failed,
+        pb::InstanceState::BackingUp => S::BackingUp,
+        pb::InstanceState::Restoring => S::Restoring,
+        pb::InstanceState::Unspecified => return ControlState::Unknown,
+    };
+    ControlState::Node(node)
 }
 
 /// What the registry keeps per node in memory.
@@ -84,13 +88,12 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts connectors for every node in the store, and the liveness monitor.
+    /// Starts connectors for every node in the store. The liveness monitor is [`Self::monitor`],
+    /// which `run` spawns and awaits.
     pub async fn start(self: &Arc<Self>) -> Result<(), crate::store::StoreError> {
         for node in self.store.list_nodes().await? {
             self.ensure_connector(&node.node_id, &node.grpc_endpoint);
         }
-        let registry = Arc::clone(self);
-        tokio::spawn(async move { registry.monitor().await });
         Ok(())
     }
 
@@ -296,7 +299,7 @@ impl Registry {
     }
 
     async fn record_instance(&self, instance: &pb::InstanceStatus) {
-        let state = state_name(instance.state);
+        let state = reported_state(instance.state);
         if let Err(error) = self
             .store
             .set_reported_state(
@@ -313,7 +316,7 @@ impl Registry {
 
     /// Marks silent nodes down. Checks every quarter timeout, so a dead node is marked down
     /// at most 1.25 × timeout after its last beat.
-    async fn monitor(self: Arc<Self>) {
+    pub(crate) async fn monitor(self: Arc<Self>) {
         let period = Duration::from_millis((self.timeout_ms / 4).max(25));
         let mut shutdown = self.shutdown.clone();
         loop {

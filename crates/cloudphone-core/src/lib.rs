@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`lifecycle`]: an instance's states and which operations are allowed from each.
+//! - [`instance`]: control's view of an instance's state, the status codes derived from it, and
+//!   the instance id rule.
 //! - [`liveness`]: when a node that stopped beating counts as down.
 //! - [`scheduling`]: which node a new instance goes to.
 //! - [`prepare`]: the FIFO queue of backed-up instances waiting for a slot to be restored.
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adaptation;
+pub mod instance;
 pub mod lifecycle;
 pub mod liveness;
 pub mod prepare;

@@ -1,139 +1,20 @@
-//! InstallApp: a `ZGCA…` task with one job per instance; each job downloads, checks and
-//! installs the package on the instance's node, and GetTask reports how it went.
-
-use std::sync::Arc;
+//! InstallApp's handler; the task and its jobs are `crate::service::apps`.
 
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
-use cloudphone_api::apps::{
-    INSTALL_TASK_PREFIX, InstallAppData, InstallAppRequest, InstallAppResult, InstallOrder,
-};
-use cloudphone_api::management::{CmdJob, DataResponse, JobStatus};
-use cloudphone_proto::node_v1 as pb;
+use cloudphone_api::apps::{InstallAppData, InstallAppRequest};
+use cloudphone_api::management::DataResponse;
 
-use super::management::{new_id, node_of, owned};
 use super::{ApiFailure, AppStateRef, TokenCaller, parse_json};
-use crate::AppState;
-use crate::store::{InstanceRecord, JobRecord, TaskRecord};
+use crate::service::apps;
 
-/// The seed's code and message for each way an installation can fail.
-fn failure_code(failure: pb::InstallFailure) -> (&'static str, &'static str) {
-    match failure {
-        pb::InstallFailure::None => ("", ""),
-        pb::InstallFailure::Download | pb::InstallFailure::Checksum | pb::InstallFailure::Size => (
-            "KOOPHONE.API.62017",
-            "download failed, check install_package_url",
-        ),
-        pb::InstallFailure::NoSpace => ("KOOPHONE.API.62021", "insufficient space"),
-        pb::InstallFailure::VersionConflict => ("KOOPHONE.API.62020", "version conflict"),
-        pb::InstallFailure::Install => ("KOOPHONE.API.62019", "install app failed"),
-    }
-}
-
+/// InstallApp.
 pub async fn install(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let order = parse_json::<InstallAppRequest>(&body)?.validate()?;
-    let records = owned(&state, &caller.principal.tenant_id, &order.instance_ids).await?;
-    let task_id = format!("{INSTALL_TASK_PREFIX}{}", new_id());
-    let now = crate::unix_ms();
-    let jobs: Vec<JobRecord> = records
-        .iter()
-        .map(|record| JobRecord {
-            job_id: new_id(),
-            task_id: task_id.clone(),
-            instance_id: record.instance_id.clone(),
-            node_id: record.node_id.clone(),
-            node_job_id: String::new(),
-            status: JobStatus::Running as i64,
-            error_code: String::new(),
-            error_msg: String::new(),
-            execute_msg: None,
-            updated_at_ms: now,
-        })
-        .collect();
-    let cmd_jobs = jobs
-        .iter()
-        .map(|j| CmdJob {
-            instance_id: j.instance_id.clone(),
-            job_id: j.job_id.clone(),
-        })
-        .collect();
-    state
-        .store
-        .insert_task(&TaskRecord {
-            task_id: task_id.clone(),
-            tenant_id: caller.principal.tenant_id.clone(),
-            kind: "install".into(),
-            created_at_ms: now,
-            jobs: jobs.clone(),
-        })
-        .await?;
-    tracing::info!(task_id, object = %order.object_name, version = %order.object_version, fast = order.fast, "install ordered");
-    let app = Arc::clone(&state.0);
-    tokio::spawn(async move { run_jobs(app, order, records, jobs).await });
-    let data = InstallAppData {
-        data: InstallAppResult { cmd_jobs, task_id },
-    };
-    Ok(axum::Json(DataResponse::ok(data)).into_response())
-}
-
-/// Installs on every instance at once and records each outcome in its job.
-async fn run_jobs(
-    state: Arc<AppState>,
-    order: InstallOrder,
-    records: Vec<InstanceRecord>,
-    jobs: Vec<JobRecord>,
-) {
-    let runs = records.into_iter().zip(jobs).map(|(record, mut job)| {
-        let state = Arc::clone(&state);
-        let order = order.clone();
-        async move {
-            let outcome = match node_of(&state, &record) {
-                Some(mut client) => client
-                    .install_app(pb::InstallAppRequest {
-                        instance_id: record.instance_id.clone(),
-                        package_url: order.url.clone(),
-                        md5: order.md5.clone(),
-                        size_bytes: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_string()),
-                None => Err("the instance's host is down".to_string()),
-            };
-            match outcome {
-                Ok(answer) => {
-                    let failure = pb::InstallFailure::try_from(answer.failure)
-                        .unwrap_or(pb::InstallFailure::Install);
-                    let (code, msg) = failure_code(failure);
-                    job.status = if failure == pb::InstallFailure::None {
-                        JobStatus::Succeeded
-                    } else {
-                        JobStatus::Failed
-                    } as i64;
-                    job.error_code = code.into();
-                    job.error_msg = msg.into();
-                    job.execute_msg = Some(if answer.message.is_empty() {
-                        format!("installed {} {}", order.object_name, order.object_version)
-                    } else {
-                        answer.message
-                    });
-                }
-                Err(detail) => {
-                    job.status = JobStatus::Failed as i64;
-                    job.error_code = "KOOPHONE.API.62010".into();
-                    job.error_msg = "cloud instance abnormal".into();
-                    job.execute_msg = Some(detail);
-                }
-            }
-            job.updated_at_ms = crate::unix_ms();
-            if let Err(error) = state.store.update_job(&job).await {
-                tracing::error!(job_id = %job.job_id, %error, "could not record install result");
-            }
-        }
-    });
-    futures::future::join_all(runs).await;
+    let data = apps::install(&state, &caller.principal.tenant_id, order).await?;
+    Ok(axum::Json(DataResponse::ok(InstallAppData { data })).into_response())
 }

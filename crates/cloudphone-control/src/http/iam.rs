@@ -9,7 +9,7 @@ use super::AppStateRef;
 use crate::iam::IamServiceError;
 
 /// IAM's error body: `{"error_code": "IAM.xxxx", "error_msg": "..."}`.
-fn iam_error(error: IamError) -> Response {
+pub(super) fn iam_error(error: IamError) -> Response {
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     let body = serde_json::json!({"error_code": error.code(), "error_msg": error.to_string()});
     (status, axum::Json(body)).into_response()
@@ -26,7 +26,7 @@ pub async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
     };
     let ttl_ms =
         i64::try_from(state.config.iam.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    match crate::iam::login(state.store.as_ref(), login, crate::unix_ms(), ttl_ms).await {
+    match crate::iam::login(state.store.as_ref(), login, state.clock.now_ms(), ttl_ms).await {
         Ok((token, body)) => {
             let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&token) {
@@ -37,8 +37,7 @@ pub async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
         Err(IamServiceError::WrongCredentials) => iam_error(IamError::WrongCredentials),
         Err(error) => {
             tracing::error!(%error, "login failed");
-            let body = serde_json::json!({"error_code": "IAM.0001", "error_msg": "internal error"});
-            (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+            iam_error(IamError::Internal)
         }
     }
 }

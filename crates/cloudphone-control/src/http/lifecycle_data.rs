@@ -1,42 +1,23 @@
-//! Instance data lifecycle: BatchBackupInstances, BatchPrepareInstances and ShowProgress, and the
-//! worker that restores prepared instances as host slots free up.
-//!
-//! A backup archives the instance's data dir (on its node, to `<backup dir>/<tenant>/<id>.tar.gz`)
-//! and then removes the instance from the node, so it holds no slot while `backed_up`. Preparing
-//! it puts it in a FIFO queue (`cloudphone_core::prepare`, persisted as `prepare_queued_at_ms`);
-//! the worker admits queued instances onto nodes with free capacity and asks each node to restore
-//! it. Every state lives in the store, so the queue survives a control restart and several
-//! replicas can run the worker (claiming an instance is a conditional update).
+//! BatchBackupInstances, BatchPrepareInstances and ShowProgress handlers, and ListInstances'
+//! backup columns. The rules and the restore worker are `crate::service::lifecycle_data`.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::collections::HashSet;
 
 use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::ApiError;
-use cloudphone_api::instances::{InstanceRow, RunningStatus};
+use cloudphone_api::instances::InstanceRow;
 use cloudphone_api::management::{
     self as wire, BackupRequest, DataResponse, PrepareInstanceStatus as InstanceStatus,
     PrepareRequest, PrepareStatusList as StatusList, Progress, ProgressRequest, UserId,
 };
 use cloudphone_api::timefmt;
-use cloudphone_core::liveness::NodeHealth;
-use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
-use cloudphone_core::scheduling::NodeSlots;
-use cloudphone_proto::node_v1 as pb;
 use serde::Serialize;
-use tokio::sync::Notify;
 
-use super::management::owned;
 use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::AppState;
-use crate::store::{InstanceRecord, StoreError};
+use crate::service::lifecycle_data;
 
-/// How often the worker looks at the queue even when nothing woke it: slots also free up
-/// through DeleteInstance and nodes coming back, which do not wake it.
-const WORKER_PERIOD: Duration = Duration::from_secs(1);
 /// Longest user id (tables 4-98 and 4-105).
 const MAX_USER_ID_LEN: usize = 32;
 
@@ -69,51 +50,7 @@ fn user_id(user: UserId) -> Result<String, ApiFailure> {
     Ok(user)
 }
 
-fn node_up(state: &AppState, node_id: &str) -> bool {
-    state.registry.health(node_id) == NodeHealth::Up
-}
-
-/// Wakes the restore worker: the queue changed or a slot may have freed.
-fn wake() {
-    signal().notify_one();
-}
-
-fn signal() -> &'static Notify {
-    static SIGNAL: OnceLock<Notify> = OnceLock::new();
-    SIGNAL.get_or_init(Notify::new)
-}
-
-/// Ids become path components of the archive: allow nothing that could climb or nest.
-fn path_safe(part: &str) -> bool {
-    !part.is_empty()
-        && part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// `file://<dir>/<tenant_id>/<instance_id>.tar.gz`.
-fn archive_uri(dir: &Path, record: &InstanceRecord) -> Result<String, ApiFailure> {
-    if !path_safe(&record.tenant_id) || !path_safe(&record.instance_id) {
-        tracing::error!(instance_id = %record.instance_id, "ids unfit for an archive path");
-        return Err(ApiError::Internal.into());
-    }
-    let path = dir
-        .join(&record.tenant_id)
-        .join(format!("{}.tar.gz", record.instance_id));
-    Ok(format!("file://{}", path.display()))
-}
-
-fn backup_dir(state: &AppState) -> Result<PathBuf, ApiFailure> {
-    let cwd = std::env::current_dir().map_err(|error| {
-        tracing::error!(%error, "no working dir to resolve the backup dir against");
-        ApiFailure(ApiError::Internal)
-    })?;
-    Ok(state.config.backup_dir(&cwd))
-}
-
-/// BatchBackupInstances: archives each instance's data and releases its host slot, in the
-/// background; the answer comes at once. All instances must be the caller's (1001) and in a
-/// state that can be backed up (1000), or nothing happens.
+/// BatchBackupInstances: the answer comes at once; the backups run in the background.
 pub async fn backup(
     state: AppStateRef,
     caller: Caller,
@@ -127,49 +64,7 @@ pub async fn backup(
     if let Some(user) = request.user_id {
         user_id(user)?;
     }
-    let records = owned(&state, &caller.principal.tenant_id, &ids).await?;
-    let mut todo = Vec::new();
-    for record in records {
-        match record.state.as_str() {
-            // Archived already, or on its way: a repeated call changes nothing.
-            "backed_up" | "queued" | "backing_up" => {}
-            "running" | "stopped" | "backup_failed" if node_up(&state, &record.node_id) => {
-                todo.push(record)
-            }
-            "running" | "stopped" | "backup_failed" => {
-                return Err(ApiError::InvalidParameter(format!(
-                    "instance {} is unreachable",
-                    record.instance_id
-                ))
-                .into());
-            }
-            other => {
-                return Err(ApiError::InvalidParameter(format!(
-                    "instance {} cannot be backed up while {other}",
-                    record.instance_id
-                ))
-                .into());
-            }
-        }
-    }
-    let dir = backup_dir(&state)?;
-    let mut jobs = Vec::with_capacity(todo.len());
-    for record in todo {
-        let uri = archive_uri(&dir, &record)?;
-        jobs.push((record, uri));
-    }
-    let marks: Vec<(String, String)> = jobs
-        .iter()
-        .map(|(r, uri)| (r.instance_id.clone(), uri.clone()))
-        .collect();
-    state.store.begin_backup(&marks, crate::unix_ms()).await?;
-    let app = Arc::clone(&state.0);
-    tokio::spawn(async move {
-        let runs = jobs
-            .into_iter()
-            .map(|(record, uri)| run_backup(Arc::clone(&app), record, uri));
-        futures::future::join_all(runs).await;
-    });
+    lifecycle_data::backup(&state, &caller.principal.tenant_id, &ids).await?;
     Ok(axum::Json(cloudphone_api::error::ErrorBody {
         error_code: "0".into(),
         error_msg: "OK".into(),
@@ -177,74 +72,8 @@ pub async fn backup(
     .into_response())
 }
 
-/// One node BackupInstance call and its outcome in the store.
-async fn run_backup(app: Arc<AppState>, record: InstanceRecord, uri: String) {
-    let id = &record.instance_id;
-    let outcome = match app.registry.client(&record.node_id) {
-        Some(mut client) => client
-            .backup_instance(pb::BackupInstanceRequest {
-                instance_id: id.clone(),
-                destination_uri: uri.clone(),
-            })
-            .await
-            .map(|r| r.into_inner().archive_bytes),
-        None => Err(tonic::Status::unavailable("node not connected")),
-    };
-    let error = match outcome {
-        Ok(bytes) => {
-            tracing::info!(instance_id = %id, bytes, %uri, "instance backed up");
-            None
-        }
-        Err(status) => {
-            tracing::warn!(instance_id = %id, %status, "backup failed");
-            Some(format!("backup failed: {}", status.message()))
-        }
-    };
-    if let Err(error) = app
-        .store
-        .finish_backup(id, error.as_deref(), crate::unix_ms())
-        .await
-    {
-        tracing::error!(instance_id = %id, %error, "could not record the backup");
-    }
-    // A slot freed, or the instance was prepared while it was being backed up.
-    wake();
-}
-
-/// BatchPrepareInstances' status (table 4-101) for an instance's recorded state.
-fn prepare_status(record: &InstanceRecord, up: bool) -> i32 {
-    match record.state.as_str() {
-        "running" if up => 0,
-        "backed_up" | "queued" | "restoring" => 1,
-        "creating" => 2,
-        "backing_up" => 3,
-        "resetting" => 4,
-        "starting" => 5,
-        // Stopped, failed, a failed backup or restore, or its host down.
-        _ => 6,
-    }
-}
-
-/// The prepare queue as the store has it.
-async fn load_queue(state: &AppState) -> Result<PrepareQueue, StoreError> {
-    let queued = state.store.queued_instances().await?;
-    Ok(PrepareQueue::from_entries(
-        queued
-            .into_iter()
-            .map(|(record, since_ms)| Waiting {
-                instance_id: record.instance_id,
-                pool: Pool {
-                    region: record.region,
-                    runtime: record.runtime,
-                },
-                since_ms,
-            })
-            .collect(),
-    ))
-}
-
-/// BatchPrepareInstances: binds the user to each instance (2209 if bound to someone else) and
-/// queues the backed-up ones for restoring; answers each instance's status.
+/// BatchPrepareInstances: binds the user and queues the backed-up instances; answers each
+/// instance's status.
 pub async fn prepare(
     state: AppStateRef,
     caller: TokenCaller,
@@ -254,49 +83,18 @@ pub async fn prepare(
     let user = user_id(request.user_id)?;
     let ids = dedupe(request.instance_ids);
     wire::validate_instance_ids("instance_ids", &ids)?;
-    let records = owned(&state, &caller.principal.tenant_id, &ids).await?;
-    if let Some(taken) = records
-        .iter()
-        .find(|r| r.assign_user.as_deref().is_some_and(|u| u != user))
-    {
-        return Err(ApiError::NoAssignableDevice(taken.instance_id.clone()).into());
-    }
-    let now = crate::unix_ms();
-    for record in &records {
-        if record.assign_user.is_none() {
-            state
-                .store
-                .set_assign_user(&record.instance_id, Some(&user), now)
-                .await?;
-        }
-        if matches!(
-            record.state.as_str(),
-            "backed_up" | "restore_failed" | "queued" | "backing_up"
-        ) {
-            state
-                .store
-                .request_prepare(&record.instance_id, now)
-                .await?;
-        }
-    }
-    wake();
-    let mut status_list = Vec::with_capacity(ids.len());
-    for id in ids {
-        let Some(record) = state.store.get_instance(&id).await? else {
-            // Deleted meanwhile: it no longer exists for the caller.
-            return Err(ApiError::NoInstancePermission(id).into());
-        };
-        let status = prepare_status(&record, node_up(&state, &record.node_id));
-        status_list.push(InstanceStatus {
-            instance_id: id,
-            status,
-        });
-    }
+    let statuses = lifecycle_data::prepare(&state, &caller.principal.tenant_id, &user, ids).await?;
+    let status_list = statuses
+        .into_iter()
+        .map(|(instance_id, status)| InstanceStatus {
+            instance_id,
+            status: status as i32,
+        })
+        .collect();
     Ok(ok(StatusList { status_list }))
 }
 
-/// ShowProgress: where the instance is on its way to being streamable. The user must be the
-/// one the instance is bound to (else 1001, as for an instance that is not the caller's).
+/// ShowProgress: where the instance is on its way to being streamable.
 pub async fn progress(
     state: AppStateRef,
     caller: TokenCaller,
@@ -305,33 +103,21 @@ pub async fn progress(
     let request = parse_json::<ProgressRequest>(&body)?;
     let user = user_id(request.user_id)?;
     wire::validate_instance_id("instance_id", &request.instance_id)?;
-    let id = request.instance_id;
-    let record = owned(
+    let (status, waiting_count) = lifecycle_data::progress(
         &state,
         &caller.principal.tenant_id,
-        std::slice::from_ref(&id),
+        &user,
+        request.instance_id,
     )
-    .await?
-    .remove(0);
-    if record.assign_user.as_deref() != Some(user.as_str()) {
-        return Err(ApiError::NoInstancePermission(id).into());
-    }
-    let (status, waiting_count) = match record.state.as_str() {
-        "queued" => (1, load_queue(&state).await?.waiting_count(&id).unwrap_or(1)),
-        "backing_up" => (3, 0),
-        "running" if node_up(&state, &record.node_id) => (0, 0),
-        "failed" | "backup_failed" | "restore_failed" => (-1, 0),
-        // Restoring, starting, backed up but not prepared, or its host offline.
-        _ => (2, 0),
-    };
+    .await?;
     Ok(ok(Progress {
-        status,
+        status: status as i32,
         waiting_count,
     }))
 }
 
-/// ListInstances' backup and restore columns, and `running_status` 1 (stopped) for instances
-/// that live in an archive rather than on a host.
+/// ListInstances' backup and restore columns (`running_status`, archived instances included, is
+/// `cloudphone_core::instance::running_status`).
 pub(super) async fn decorate_rows(
     state: &AppState,
     rows: &mut [InstanceRow],
@@ -345,252 +131,17 @@ pub(super) async fn decorate_rows(
         row.backup_time = time(backup.backup_time_ms);
         row.restore_status = i32::try_from(backup.restore_status).unwrap_or(4);
         row.restore_time = time(backup.restore_time_ms);
-        if matches!(
-            backup.state.as_str(),
-            "backed_up" | "queued" | "restore_failed"
-        ) {
-            row.running_status = RunningStatus::Stopped as i32;
-        }
     }
     Ok(())
-}
-
-/// Starts the restore worker on the current runtime (once per router).
-pub(super) fn start_worker(state: Arc<AppState>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(worker(state));
-        }
-        Err(_) => tracing::warn!("no runtime: prepared instances will not be restored"),
-    }
-}
-
-async fn worker(state: Arc<AppState>) {
-    loop {
-        if let Err(error) = admit(&state).await {
-            tracing::warn!(%error, "prepare queue: admission failed");
-        }
-        tokio::select! {
-            _ = signal().notified() => {}
-            _ = tokio::time::sleep(WORKER_PERIOD) => {}
-        }
-    }
-}
-
-/// Admits what fits, in queue order, and starts a restore for each admitted instance.
-async fn admit(state: &Arc<AppState>) -> Result<(), StoreError> {
-    let queued = state.store.queued_instances().await?;
-    if queued.is_empty() {
-        return Ok(());
-    }
-    let mut records: HashMap<String, (InstanceRecord, i64)> = queued
-        .iter()
-        .map(|(r, since)| (r.instance_id.clone(), (r.clone(), *since)))
-        .collect();
-    let mut queue = load_queue(state).await?;
-    let claimed = {
-        // The same lock CreateInstance places under, so the two never take the same slot.
-        let _placing = state.placement_lock.lock().await;
-        let counts: HashMap<String, i64> =
-            state.store.instance_counts().await?.into_iter().collect();
-        let nodes: Vec<PoolNode> = state
-            .store
-            .list_nodes()
-            .await?
-            .into_iter()
-            .map(|n| PoolNode {
-                slots: NodeSlots {
-                    eligible: node_up(state, &n.node_id),
-                    used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0))
-                        .unwrap_or(u32::MAX),
-                    capacity: u32::try_from(n.capacity).unwrap_or(0),
-                    node_id: n.node_id,
-                },
-                region: n.region,
-                runtimes: n.runtimes,
-            })
-            .collect();
-        let now = crate::unix_ms();
-        let mut claimed = Vec::new();
-        for admission in queue.admit(&nodes) {
-            if state
-                .store
-                .claim_restore(&admission.instance_id, &admission.node_id, now)
-                .await?
-            {
-                claimed.push(admission);
-            }
-        }
-        claimed
-    };
-    for admission in claimed {
-        let Some((mut record, since)) = records.remove(&admission.instance_id) else {
-            continue;
-        };
-        record.node_id = admission.node_id;
-        tracing::info!(instance_id = %record.instance_id, node_id = %record.node_id, "restoring a prepared instance");
-        tokio::spawn(restore(Arc::clone(state), record, since));
-    }
-    Ok(())
-}
-
-/// One node RestoreInstance call and its outcome in the store.
-async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
-    let id = record.instance_id.clone();
-    let source_uri = match app.store.backup_state(&id).await {
-        Ok(Some(backup)) => backup.backup_uri,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::warn!(instance_id = %id, %error, "could not read the archive location");
-            if let Err(error) = app.store.requeue(&id, since_ms).await {
-                tracing::error!(instance_id = %id, %error, "could not requeue");
-            }
-            return;
-        }
-    };
-    let request = pb::RestoreInstanceRequest {
-        instance_id: id.clone(),
-        source_uri: source_uri.clone(),
-        spec: Some(pb::CreateInstanceRequest {
-            instance_id: id.clone(),
-            tenant_id: record.tenant_id.clone(),
-            runtime: record.runtime.clone(),
-            width: u32::try_from(record.width).unwrap_or(720),
-            height: u32::try_from(record.height).unwrap_or(1280),
-            os: record.os.clone(),
-        }),
-    };
-    let outcome = match app.registry.client(&record.node_id) {
-        Some(mut client) => client
-            .restore_instance(request)
-            .await
-            .map(|r| r.into_inner()),
-        None => Err(tonic::Status::unavailable("node not connected")),
-    };
-    let now = crate::unix_ms();
-    let recorded = match outcome {
-        Ok(status) if status.state == pb::InstanceState::Running as i32 => {
-            tracing::info!(instance_id = %id, "instance restored");
-            remove_archive(&source_uri).await;
-            app.store.finish_restore(&id, "running", "", 2, now).await
-        }
-        // Restored but not running (e.g. it failed to start): it is on the node, as it says.
-        Ok(status) => {
-            app.store
-                .finish_restore(
-                    &id,
-                    crate::nodes::state_name(status.state),
-                    &status.message,
-                    3,
-                    now,
-                )
-                .await
-        }
-        // The node had no room after all (or is going away): back in line, same place.
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-            ) =>
-        {
-            tracing::warn!(instance_id = %id, %status, "restore deferred");
-            app.store.requeue(&id, since_ms).await
-        }
-        Err(status) => {
-            tracing::warn!(instance_id = %id, %status, "restore failed");
-            app.store
-                .finish_restore(
-                    &id,
-                    "restore_failed",
-                    &format!("restore failed: {}", status.message()),
-                    3,
-                    now,
-                )
-                .await
-        }
-    };
-    if let Err(error) = recorded {
-        tracing::error!(instance_id = %id, %error, "could not record the restore");
-    }
-    wake();
-}
-
-/// The data is back on a host and will diverge from the archive: drop the stale copy.
-async fn remove_archive(uri: &str) {
-    let Some(path) = uri.strip_prefix("file://") else {
-        return;
-    };
-    match tokio::fs::remove_file(path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(path, %error, "could not remove a restored archive"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(state: &str) -> InstanceRecord {
-        InstanceRecord {
-            instance_id: "i1".into(),
-            tenant_id: "t-1".into(),
-            project_id: "p".into(),
-            name: "n".into(),
-            order_id: "o".into(),
-            node_id: "n1".into(),
-            sku_id: "kp.x11.720p".into(),
-            region: "r".into(),
-            os: "AOSP11".into(),
-            runtime: "x11".into(),
-            width: 720,
-            height: 1280,
-            state: state.into(),
-            state_message: String::new(),
-            assign_user: None,
-            period_type: 2,
-            period_num: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
-    }
-
     #[test]
     fn repeated_ids_are_dropped_in_order() {
         let ids = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
         assert_eq!(dedupe(ids), ["b", "a", "c"]);
-    }
-
-    #[test]
-    fn prepare_statuses_follow_table_4_101() {
-        let cases = [
-            ("running", true, 0),
-            ("running", false, 6),
-            ("backed_up", true, 1),
-            ("queued", true, 1),
-            ("restoring", true, 1),
-            ("creating", true, 2),
-            ("backing_up", true, 3),
-            ("resetting", true, 4),
-            ("starting", true, 5),
-            ("stopped", true, 6),
-            ("restore_failed", true, 6),
-        ];
-        for (state, up, status) in cases {
-            assert_eq!(
-                prepare_status(&record(state), up),
-                status,
-                "{state} up={up}"
-            );
-        }
-    }
-
-    #[test]
-    fn archive_paths() {
-        let uri = archive_uri(Path::new("/b"), &record("running")).unwrap();
-        assert_eq!(uri, "file:///b/t-1/i1.tar.gz");
-        let mut bad = record("running");
-        bad.tenant_id = "../etc".into();
-        assert!(archive_uri(Path::new("/b"), &bad).is_err());
     }
 }

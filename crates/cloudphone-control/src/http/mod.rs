@@ -50,8 +50,10 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+pub(crate) use crate::service::lifecycle_data::worker as restore_worker;
+
+/// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub fn router(state: Arc<AppState>) -> Router {
-    lifecycle_data::start_worker(Arc::clone(&state));
     Router::new()
         .route("/v3/auth/tokens", post(iam::issue_token))
         .route("/v1/instances/batch-query", get(instances::list))
@@ -190,6 +192,15 @@ impl From<crate::store::StoreError> for ApiFailure {
     }
 }
 
+impl From<crate::service::ServiceError> for ApiFailure {
+    fn from(error: crate::service::ServiceError) -> Self {
+        match error {
+            crate::service::ServiceError::Refused(error) => Self(error),
+            crate::service::ServiceError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status =
@@ -224,7 +235,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiF
         .get(&AUTH_TOKEN)
         .and_then(|v| v.to_str().ok())
         .ok_or(ApiError::AuthenticationFailed)?;
-    match crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms()).await {
+    match crate::iam::authenticate(state.store.as_ref(), token, state.clock.now_ms()).await {
         Ok(principal) => {
             tracing::Span::current().record("tenant_id", principal.tenant_id.as_str());
             Ok(principal)
@@ -283,3 +294,94 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiF
 
 /// Answers `State` extraction for handlers that need the whole app.
 pub type AppStateRef = State<Arc<AppState>>;
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::ControlConfig;
+    use crate::nodes::Registry;
+    use crate::store::{NewTenant, Store};
+
+    /// Sends one request through the router; answers the status and the JSON body (or null).
+    async fn send(app: &Router, request: Request<Body>) -> (u16, serde_json::Value, Response) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json, Response::from_parts(parts, Body::empty()))
+    }
+
+    fn list(token: &str) -> Request<Body> {
+        Request::get("/v1/instances/batch-query?page_no=1&page_size=1")
+            .header("x-auth-token", token)
+            .header("x-request-id", "req-1")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// A token works until its TTL is over, then is `KOOPHONE.API.6001` with 401. Time moves
+    /// by `tokio::time::advance` under a paused clock, not by waiting on the wall clock. The
+    /// store's I/O runs in real time (its pool timeouts would fire under auto-advance), so the
+    /// clock is paused only to jump.
+    #[tokio::test]
+    async fn tokens_expire_in_tokio_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+        let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
+        store.migrate().await.unwrap();
+        store
+            .create_tenant(&NewTenant {
+                tenant_id: "t1".into(),
+                domain_name: "acme".into(),
+                user_id: "u1".into(),
+                user_name: "dev".into(),
+                password_hash: crate::iam::hash_password("correct-horse-1").unwrap(),
+                project_id: "p1".into(),
+                project_name: "cn-north-7".into(),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let registry = Registry::new(Arc::clone(&store), 1_500, stop_rx);
+        let mut config = ControlConfig::default();
+        config.iam.token_ttl_secs = 1;
+        let app = router(AppState::new(config, store, registry, Clock::tokio()));
+
+        let login = serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
+            "scope": {"project": {"name": "cn-north-7"}}}});
+        let request = Request::post("/v3/auth/tokens")
+            .header("content-type", "application/json")
+            .body(Body::from(login.to_string()))
+            .unwrap();
+        let (status, _, response) = send(&app, request).await;
+        assert_eq!(status, 201);
+        let token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+
+        let (status, body, _) = send(&app, list(&token)).await;
+        assert_eq!((status, body["error_code"].as_str()), (200, Some("0")));
+
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_millis(1_300)).await;
+        tokio::time::resume();
+        let (status, body, _) = send(&app, list(&token)).await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (401, Some("KOOPHONE.API.6001")),
+            "an expired token is refused"
+        );
+    }
+}

@@ -18,9 +18,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::AppStateRef;
+use super::iam::iam_error;
 use crate::AppState;
 use crate::iam::Principal;
+use crate::service::usage;
 use crate::store::AccessKeyRecord;
+use cloudphone_api::iam::IamError;
 
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -44,10 +47,7 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
 }
 
 async fn token_principal(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
-    let token = headers.get("x-auth-token")?.to_str().ok()?;
-    crate::iam::authenticate(state.store.as_ref(), token, crate::unix_ms())
-        .await
-        .ok()
+    usage::principal(state, auth_token(headers)).await.ok()
 }
 
 /// An AK's record and its unsealed secret; `None` when the AK is unknown.
@@ -75,14 +75,6 @@ async fn access_key(state: &AppState, ak: &str) -> Result<Option<(AccessKeyRecor
 // ---------------------------------------------------------------------------------------------
 // IAM credentials
 
-fn iam_error(status: StatusCode, code: &str, msg: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error_code": code, "error_msg": msg})),
-    )
-        .into_response()
-}
-
 fn credential_json(k: &AccessKeyRecord) -> serde_json::Value {
     json!({
         "user_id": k.user_id,
@@ -93,113 +85,63 @@ fn credential_json(k: &AccessKeyRecord) -> serde_json::Value {
     })
 }
 
-/// `POST /v3.0/OS-CREDENTIAL/credentials` (IAM's create-permanent-access-key): 201 with the
-/// secret, which is never shown again.
-pub async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(principal) = token_principal(&state, &headers).await else {
-        return iam_error(
-            StatusCode::UNAUTHORIZED,
-            "IAM.0002",
-            "token missing, unknown or expired",
-        );
-    };
-    let parsed: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => {
-            return iam_error(
-                StatusCode::BAD_REQUEST,
-                "IAM.0011",
-                "request body is not JSON",
-            );
-        }
-    };
+fn auth_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-auth-token")?.to_str().ok()
+}
+
+/// The description a create-credential body asks for, once the body is acceptable: a
+/// `credential` object, for the caller itself, with at most 255 characters of description.
+fn credential_request(body: &[u8], principal: &Principal) -> Result<String, IamError> {
+    let parsed: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| IamError::InvalidCredentialRequest("request body is not JSON"))?;
     let credential = &parsed["credential"];
     if !credential.is_object() {
-        return iam_error(
-            StatusCode::BAD_REQUEST,
-            "IAM.0011",
-            "credential is required",
-        );
+        return Err(IamError::InvalidCredentialRequest("credential is required"));
     }
     let user_id = credential["user_id"].as_str().unwrap_or(&principal.user_id);
     if user_id != principal.user_id {
-        return iam_error(
-            StatusCode::FORBIDDEN,
-            "IAM.0003",
-            "keys can only be created for yourself",
-        );
+        return Err(IamError::Forbidden("keys can only be created for yourself"));
     }
     let description = credential["description"].as_str().unwrap_or_default();
     if description.chars().count() > 255 {
-        return iam_error(
-            StatusCode::BAD_REQUEST,
-            "IAM.0011",
+        return Err(IamError::InvalidCredentialRequest(
             "description is too long",
-        );
+        ));
     }
-    let sealer = match crate::usage::secret_box(&state.config) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "secrets key unavailable");
-            return iam_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "IAM.0001",
-                "internal error",
-            );
-        }
+    Ok(description.to_string())
+}
+
+/// `POST /v3.0/OS-CREDENTIAL/credentials` (IAM's create-permanent-access-key): 201 with the
+/// secret, which is never shown again.
+pub async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
+    let created = async {
+        let principal = usage::principal(&state, auth_token(&headers)).await?;
+        let description = credential_request(&body, &principal)?;
+        usage::create_credential(&state, &principal, &description).await
     };
-    match crate::usage::create_access_key(
-        state.store.as_ref(),
-        sealer,
-        &principal.tenant_id,
-        &principal.user_id,
-        description,
-        crate::unix_ms(),
-    )
-    .await
-    {
+    match created.await {
         Ok((record, secret)) => {
             let mut body = credential_json(&record);
             body["secret"] = json!(secret);
-            (
-                StatusCode::CREATED,
-                axum::Json(json!({ "credential": body })),
-            )
-                .into_response()
+            let body = axum::Json(json!({ "credential": body }));
+            (StatusCode::CREATED, body).into_response()
         }
-        Err(error) => {
-            tracing::error!(%error, "access key creation failed");
-            iam_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "IAM.0001",
-                "internal error",
-            )
-        }
+        Err(error) => iam_error(error),
     }
 }
 
 /// `GET /v3.0/OS-CREDENTIAL/credentials`: the tenant's keys, without secrets.
 pub async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> Response {
-    let Some(principal) = token_principal(&state, &headers).await else {
-        return iam_error(
-            StatusCode::UNAUTHORIZED,
-            "IAM.0002",
-            "token missing, unknown or expired",
-        );
+    let listed = async {
+        let principal = usage::principal(&state, auth_token(&headers)).await?;
+        usage::list_credentials(&state, &principal).await
     };
-    match state.store.list_access_keys(&principal.tenant_id).await {
+    match listed.await {
         Ok(keys) => axum::Json(json!({
             "credentials": keys.iter().map(credential_json).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(error) => {
-            tracing::error!(%error, "listing access keys failed");
-            iam_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "IAM.0001",
-                "internal error",
-            )
-        }
+        Err(error) => iam_error(error),
     }
 }
 
@@ -209,28 +151,13 @@ pub async fn delete_credential(
     Path(access_key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(principal) = token_principal(&state, &headers).await else {
-        return iam_error(
-            StatusCode::UNAUTHORIZED,
-            "IAM.0002",
-            "token missing, unknown or expired",
-        );
+    let deleted = async {
+        let principal = usage::principal(&state, auth_token(&headers)).await?;
+        usage::delete_credential(&state, &principal, &access_key).await
     };
-    match state
-        .store
-        .delete_access_key(&principal.tenant_id, &access_key)
-        .await
-    {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => iam_error(StatusCode::NOT_FOUND, "IAM.0004", "no such access key"),
-        Err(error) => {
-            tracing::error!(%error, "deleting an access key failed");
-            iam_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "IAM.0001",
-                "internal error",
-            )
-        }
+    match deleted.await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => iam_error(error),
     }
 }
 

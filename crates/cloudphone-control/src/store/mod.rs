@@ -9,6 +9,7 @@ mod sql;
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
+use cloudphone_core::instance::ControlState;
 
 /// What can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +109,9 @@ pub struct InstanceRecord {
     pub runtime: String,
     pub width: i64,
     pub height: i64,
-    /// Last state reported by the node (`creating` until the node confirms).
-    pub state: String,
+    /// Last state reported by the node (`Creating` until the node confirms), or control's own
+    /// (backed up, queued, …).
+    pub state: ControlState,
     pub state_message: String,
     pub assign_user: Option<String>,
     pub period_type: i64,
@@ -172,8 +174,8 @@ pub struct InstanceQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupState {
     pub instance_id: String,
-    /// The instance's state (`backed_up`, `queued`, … or whatever its node last reported).
-    pub state: String,
+    /// The instance's state (backed up, queued, … or whatever its node last reported).
+    pub state: ControlState,
     /// ListInstances' `backup_status`: 0 none yet, 1 running, 2 succeeded, 3 failed.
     pub backup_status: i64,
     pub backup_time_ms: Option<i64>,
@@ -236,17 +238,17 @@ pub trait Store: Send + Sync + 'static {
     async fn set_instance_state(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Records a state a node reported, unless control owns the instance's state now: an
-    /// instance that is backed up, queued for restore or failed to restore is on no node, so a
-    /// late report (reports and RPC answers are not ordered) must not bring it back.
+    /// Records a state a node reported, unless control owns the instance's state now
+    /// (`cloudphone_core::instance::node_may_overwrite`): an instance that is backed up, queued
+    /// for restore or failed to restore is on no node, so a late report must not bring it back.
     async fn set_reported_state(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
@@ -258,6 +260,29 @@ pub trait Store: Send + Sync + 'static {
         user: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Binds (`Some`) or unbinds (`None`) several instances in one transaction, all or none.
+    async fn set_assign_users(
+        &self,
+        bindings: &[(String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Sets the same state on several instances in one transaction, all or none.
+    async fn set_instance_states(
+        &self,
+        instance_ids: &[String],
+        state: ControlState,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// BatchPrepareInstances' writes in one transaction: binds each unbound instance of
+    /// `assign` to its user, then queues each of `queue` as [`Store::request_prepare`] does.
+    async fn prepare_instances(
+        &self,
+        assign: &[(String, String)],
+        queue: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Removes several instances' rows in one transaction, all or none.
+    async fn delete_instances(&self, instance_ids: &[String]) -> Result<(), StoreError>;
     /// Removes an instance's row; returns whether it existed.
     async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError>;
     /// The instance's SetVideoConfig matrix as stored JSON; empty when never set.
@@ -281,14 +306,14 @@ pub trait Store: Send + Sync + 'static {
         query: &InstanceQuery,
     ) -> Result<(Vec<InstanceListing>, u64), StoreError>;
 
-    /// Marks instances `backing_up` (backup_status 1) with the archive each goes to, all or none.
+    /// Marks instances backing up (backup_status 1) with the archive each goes to, all or none.
     async fn begin_backup(
         &self,
         backups: &[(String, String)],
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Records a finished backup. Success: `backed_up` (backup_status 2), or `queued` when it was
-    /// prepared meanwhile. Failure: `backup_failed` (backup_status 3) with the reason.
+    /// Records a finished backup. Success: backed up (backup_status 2), or queued when it was
+    /// prepared meanwhile. Failure: backup failed (backup_status 3) with the reason.
     async fn finish_backup(
         &self,
         instance_id: &str,
@@ -303,7 +328,7 @@ pub trait Store: Send + Sync + 'static {
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// Instances in the prepare queue with their enqueue times, first come first.
     async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError>;
-    /// Takes a queued instance out of the queue and onto `node_id` as `restoring`; false if
+    /// Takes a queued instance out of the queue and onto `node_id` as restoring; false if
     /// it was no longer queued (another replica claimed it, or it was deleted).
     async fn claim_restore(
         &self,
@@ -315,7 +340,7 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_restore(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         restore_status: i64,
         now_ms: i64,

@@ -1,6 +1,7 @@
 //! The SQL implementation of [`Store`], one dialect for SQLite and PostgreSQL via sqlx's Any driver.
 
 use async_trait::async_trait;
+use cloudphone_core::instance::{self as rules, ALL_STATES, ControlState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -68,6 +69,32 @@ fn split_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Reads a stored state name back into the enum; the only place one is parsed.
+fn state_from_row(row: &AnyRow, column: &str) -> Result<ControlState, sqlx::Error> {
+    let name: String = row.try_get(column)?;
+    name.parse().map_err(|error| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(error),
+    })
+}
+
+/// One state as an SQL string literal. State names are fixed snake_case words, so quoting them
+/// needs no escaping.
+fn lit(state: ControlState) -> String {
+    format!("'{}'", state.as_str())
+}
+
+/// The states a rule of `cloudphone_core::instance` picks, as the body of an SQL `IN (…)`, so
+/// no state list is written by hand in a statement.
+fn states_where(rule: impl Fn(ControlState) -> bool) -> String {
+    ALL_STATES
+        .into_iter()
+        .filter(|state| rule(*state))
+        .map(lit)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn instance_from_row(row: &AnyRow) -> Result<InstanceRecord, sqlx::Error> {
     Ok(InstanceRecord {
         instance_id: row.try_get("id")?,
@@ -82,7 +109,7 @@ fn instance_from_row(row: &AnyRow) -> Result<InstanceRecord, sqlx::Error> {
         runtime: row.try_get("runtime")?,
         width: row.try_get("width")?,
         height: row.try_get("height")?,
-        state: row.try_get("state")?,
+        state: state_from_row(row, "state")?,
         state_message: row.try_get("state_message")?,
         assign_user: row.try_get("assign_user")?,
         period_type: row.try_get("period_type")?,
@@ -346,10 +373,11 @@ impl Store for SqlStore {
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         // Backed-up and queued instances (and failed restores, which the node removed again)
         // live in an archive, not on a node: they hold no slot.
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT node_id, COUNT(*) AS n FROM instances \
-             WHERE state NOT IN ('backed_up', 'queued', 'restore_failed') GROUP BY node_id",
-        )
+             WHERE state NOT IN ({}) GROUP BY node_id",
+            states_where(|state| !rules::holds_slot(state))
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -379,7 +407,7 @@ impl Store for SqlStore {
             .bind(&i.runtime)
             .bind(i.width)
             .bind(i.height)
-            .bind(&i.state)
+            .bind(i.state.as_str())
             .bind(&i.state_message)
             .bind(i.assign_user.clone())
             .bind(i.period_type)
@@ -396,14 +424,14 @@ impl Store for SqlStore {
     async fn set_instance_state(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 WHERE id = $4",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(instance_id)
@@ -415,15 +443,16 @@ impl Store for SqlStore {
     async fn set_reported_state(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 \
-             WHERE id = $4 AND state NOT IN ('backed_up', 'queued', 'restore_failed')",
-        )
-        .bind(state)
+             WHERE id = $4 AND state NOT IN ({})",
+            states_where(|state| !rules::node_may_overwrite(state))
+        ))
+        .bind(state.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(instance_id)
@@ -454,6 +483,84 @@ impl Store for SqlStore {
             .bind(instance_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    async fn set_assign_users(
+        &self,
+        bindings: &[(String, Option<String>)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (instance_id, user) in bindings {
+            sqlx::query("UPDATE instances SET assign_user = $1, updated_at_ms = $2 WHERE id = $3")
+                .bind(user.clone())
+                .bind(now_ms)
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_instance_states(
+        &self,
+        instance_ids: &[String],
+        state: ControlState,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for instance_id in instance_ids {
+            sqlx::query(
+                "UPDATE instances SET state = $1, state_message = '', updated_at_ms = $2 \
+                 WHERE id = $3",
+            )
+            .bind(state.as_str())
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn prepare_instances(
+        &self,
+        assign: &[(String, String)],
+        queue: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (instance_id, user) in assign {
+            // Only an unbound instance takes the user; a bound one keeps its binding.
+            sqlx::query(
+                "UPDATE instances SET assign_user = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND assign_user IS NULL",
+            )
+            .bind(user)
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for instance_id in queue {
+            request_prepare_in(&mut tx, instance_id, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_instances(&self, instance_ids: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for instance_id in instance_ids {
+            sqlx::query("DELETE FROM instances WHERE id = $1")
+                .bind(instance_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -639,10 +746,11 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (id, uri) in backups {
-            sqlx::query(
-                "UPDATE instances SET state = 'backing_up', state_message = '', backup_status = 1, \
+            sqlx::query(&format!(
+                "UPDATE instances SET state = {}, state_message = '', backup_status = 1, \
                     backup_time_ms = $1, backup_uri = $2, updated_at_ms = $1 WHERE id = $3",
-            )
+                lit(ControlState::BACKING_UP)
+            ))
             .bind(now_ms)
             .bind(uri)
             .bind(id)
@@ -659,21 +767,23 @@ impl Store for SqlStore {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let query = match error {
+        let statement = match error {
             // Prepared while its backup ran: it goes straight into the queue.
-            None => sqlx::query(
+            None => format!(
                 "UPDATE instances SET state = CASE WHEN prepare_queued_at_ms IS NULL \
-                    THEN 'backed_up' ELSE 'queued' END, state_message = $1, backup_status = 2, \
+                    THEN {} ELSE {} END, state_message = $1, backup_status = 2, \
                     backup_time_ms = $2, updated_at_ms = $2 WHERE id = $3",
-            )
-            .bind(""),
-            Some(message) => sqlx::query(
-                "UPDATE instances SET state = 'backup_failed', state_message = $1, \
+                lit(ControlState::BackedUp),
+                lit(ControlState::Queued)
+            ),
+            Some(_) => format!(
+                "UPDATE instances SET state = {}, state_message = $1, \
                     backup_status = 3, backup_time_ms = $2, prepare_queued_at_ms = NULL, \
                     updated_at_ms = $2 WHERE id = $3",
-            )
-            .bind(message.to_string()),
+                lit(ControlState::BackupFailed)
+            ),
         };
+        let query = sqlx::query(&statement).bind(error.unwrap_or("").to_string());
         query
             .bind(now_ms)
             .bind(instance_id)
@@ -694,7 +804,7 @@ impl Store for SqlStore {
             None => None,
             Some(row) => Some(BackupState {
                 instance_id: row.try_get("id")?,
-                state: row.try_get("state")?,
+                state: state_from_row(&row, "state")?,
                 backup_status: row.try_get("backup_status")?,
                 backup_time_ms: row.try_get("backup_time_ms")?,
                 backup_uri: row.try_get("backup_uri")?,
@@ -706,23 +816,15 @@ impl Store for SqlStore {
     }
 
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE instances SET prepare_queued_at_ms = COALESCE(prepare_queued_at_ms, $1), \
-                state = CASE WHEN state = 'backing_up' THEN state ELSE 'queued' END, \
-                updated_at_ms = $1 \
-             WHERE id = $2 AND state IN ('backed_up', 'restore_failed', 'queued', 'backing_up')",
-        )
-        .bind(now_ms)
-        .bind(instance_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        let mut conn = self.pool.acquire().await?;
+        Ok(request_prepare_in(&mut conn, instance_id, now_ms).await? > 0)
     }
 
     async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS}, i.prepare_queued_at_ms FROM instances i \
-             WHERE i.state = 'queued' ORDER BY i.prepare_queued_at_ms, i.id"
+             WHERE i.state = {} ORDER BY i.prepare_queued_at_ms, i.id",
+            lit(ControlState::Queued)
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -740,11 +842,13 @@ impl Store for SqlStore {
         node_id: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE instances SET state = 'restoring', state_message = '', node_id = $1, \
+        let done = sqlx::query(&format!(
+            "UPDATE instances SET state = {}, state_message = '', node_id = $1, \
                 prepare_queued_at_ms = NULL, restore_status = 1, restore_time_ms = $2, \
-                updated_at_ms = $2 WHERE id = $3 AND state = 'queued'",
-        )
+                updated_at_ms = $2 WHERE id = $3 AND state = {}",
+            lit(ControlState::RESTORING),
+            lit(ControlState::Queued)
+        ))
         .bind(node_id)
         .bind(now_ms)
         .bind(instance_id)
@@ -756,7 +860,7 @@ impl Store for SqlStore {
     async fn finish_restore(
         &self,
         instance_id: &str,
-        state: &str,
+        state: ControlState,
         message: &str,
         restore_status: i64,
         now_ms: i64,
@@ -765,7 +869,7 @@ impl Store for SqlStore {
             "UPDATE instances SET state = $1, state_message = $2, restore_status = $3, \
                 restore_time_ms = $4, updated_at_ms = $4 WHERE id = $5",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(message)
         .bind(restore_status)
         .bind(now_ms)
@@ -776,10 +880,12 @@ impl Store for SqlStore {
     }
 
     async fn requeue(&self, instance_id: &str, since_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE instances SET state = 'queued', prepare_queued_at_ms = $1, restore_status = 0 \
-             WHERE id = $2 AND state = 'restoring'",
-        )
+        sqlx::query(&format!(
+            "UPDATE instances SET state = {}, prepare_queued_at_ms = $1, restore_status = 0 \
+             WHERE id = $2 AND state = {}",
+            lit(ControlState::Queued),
+            lit(ControlState::RESTORING)
+        ))
         .bind(since_ms)
         .bind(instance_id)
         .execute(&self.pool)
@@ -964,6 +1070,30 @@ impl Store for SqlStore {
                 .await?;
         Ok(result.rows_affected() > 0)
     }
+}
+
+/// Queues one instance for restoring (see [`Store::request_prepare`]) on a connection or inside
+/// a transaction; returns the rows changed.
+async fn request_prepare_in(
+    conn: &mut sqlx::AnyConnection,
+    instance_id: &str,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    // One still backing up keeps that state; `finish_backup` queues it when it ends.
+    let done = sqlx::query(&format!(
+        "UPDATE instances SET prepare_queued_at_ms = COALESCE(prepare_queued_at_ms, $1), \
+                state = CASE WHEN state = {} THEN state ELSE {} END, \
+                updated_at_ms = $1 \
+             WHERE id = $2 AND state IN ({})",
+        lit(ControlState::BACKING_UP),
+        lit(ControlState::Queued),
+        states_where(rules::may_prepare)
+    ))
+    .bind(now_ms)
+    .bind(instance_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 fn access_key_from_row(row: &AnyRow) -> Result<AccessKeyRecord, sqlx::Error> {

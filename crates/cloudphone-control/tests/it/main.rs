@@ -6,7 +6,7 @@
 //! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
 //!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `seed_examples`, `store`, `usage_rules`, `usage_sdk`.
+//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
 
 mod support;
 
@@ -17,6 +17,7 @@ mod install_app;
 mod operations;
 mod schemathesis;
 mod seed_examples;
+mod shutdown;
 mod store;
 mod usage_rules;
 mod usage_sdk;

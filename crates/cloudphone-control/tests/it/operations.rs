@@ -723,35 +723,3 @@ async fn request_error_codes() {
         "KOOPHONE.API.0003"
     );
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_expire() {
-    let mut fleet = Fleet::new(None, "synthetic");
-    fleet.token_ttl_secs = 1;
-    fleet.create_tenant("acme", "correct-horse-1");
-    fleet.start_control();
-    fleet.wait_healthy(&fleet.api.clone()).await;
-    let token = fleet.login("acme", "correct-horse-1").await;
-    ok(fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/batch-query?page_no=1&page_size=1",
-            &token,
-            None,
-        )
-        .await);
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/batch-query?page_no=1&page_size=1",
-            &token,
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (401, "KOOPHONE.API.6001"),
-        "an expired token is refused"
-    );
-}

@@ -4,6 +4,7 @@ use cloudphone_control::store::{
     self, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord, ProjectRecord,
     Store, StoreError, TaskRecord, TokenRecord,
 };
+use cloudphone_core::instance::ControlState;
 
 fn tenant(n: u32) -> NewTenant {
     NewTenant {
@@ -47,7 +48,7 @@ fn instance(id: &str, tenant: u32, node: &str, created_at_ms: i64) -> InstanceRe
         runtime: "x11".into(),
         width: 720,
         height: 1280,
-        state: "creating".into(),
+        state: ControlState::Creating,
         state_message: String::new(),
         assign_user: None,
         period_type: 2,
@@ -210,41 +211,41 @@ async fn suite(store: impl Store) {
     assert_eq!(counts, [("n1".to_string(), 2), ("n2".to_string(), 1)]);
 
     store
-        .set_instance_state("a", "running", "", 150)
+        .set_instance_state("a", ControlState::RUNNING, "", 150)
         .await
         .unwrap();
     // A node's late report cannot overwrite a state control owns.
     store
-        .set_instance_state("b", "backed_up", "", 151)
+        .set_instance_state("b", ControlState::BackedUp, "", 151)
         .await
         .unwrap();
     store
-        .set_reported_state("b", "running", "", 152)
+        .set_reported_state("b", ControlState::RUNNING, "", 152)
         .await
         .unwrap();
     assert_eq!(
         store.get_instance("b").await.unwrap().unwrap().state,
-        "backed_up"
+        ControlState::BackedUp
     );
     store
-        .set_reported_state("a", "stopped", "", 153)
+        .set_reported_state("a", ControlState::STOPPED, "", 153)
         .await
         .unwrap();
     assert_eq!(
         store.get_instance("a").await.unwrap().unwrap().state,
-        "stopped"
+        ControlState::STOPPED
     );
     store
-        .set_instance_state("a", "running", "", 154)
+        .set_instance_state("a", ControlState::RUNNING, "", 154)
         .await
         .unwrap();
     store
-        .set_instance_state("b", "creating", "", 155)
+        .set_instance_state("b", ControlState::Creating, "", 155)
         .await
         .unwrap();
     assert_eq!(
         store.get_instance("a").await.unwrap().unwrap().state,
-        "running"
+        ControlState::RUNNING
     );
 
     // Listing: per tenant, newest first, with filters and paging.
@@ -403,29 +404,34 @@ async fn backup_and_prepare(store: &impl Store) {
     let running = store.backup_state("q1").await.unwrap().unwrap();
     assert_eq!(
         (
-            running.state.as_str(),
+            running.state,
             running.backup_status,
             running.backup_time_ms,
             running.backup_uri.as_str()
         ),
-        ("backing_up", 1, Some(600), "file:///b/t1/q1.tar.gz")
+        (
+            ControlState::BACKING_UP,
+            1,
+            Some(600),
+            "file:///b/t1/q1.tar.gz"
+        )
     );
     // Prepared while its backup runs: it is queued once the backup ends.
     assert!(store.request_prepare("q2", 605).await.unwrap());
     assert_eq!(
         store.get_instance("q2").await.unwrap().unwrap().state,
-        "backing_up"
+        ControlState::BACKING_UP
     );
     store.finish_backup("q1", None, 610).await.unwrap();
     store.finish_backup("q2", None, 611).await.unwrap();
     let done = store.backup_state("q1").await.unwrap().unwrap();
     assert_eq!(
-        (done.state.as_str(), done.backup_status, done.backup_time_ms),
-        ("backed_up", 2, Some(610))
+        (done.state, done.backup_status, done.backup_time_ms),
+        (ControlState::BackedUp, 2, Some(610))
     );
     assert_eq!(
         store.backup_state("q2").await.unwrap().unwrap().state,
-        "queued"
+        ControlState::Queued
     );
     let after = counts(store.instance_counts().await.unwrap());
     assert_eq!(
@@ -446,8 +452,8 @@ async fn backup_and_prepare(store: &impl Store) {
         .unwrap();
     let failed = store.get_instance("q3").await.unwrap().unwrap();
     assert_eq!(
-        (failed.state.as_str(), failed.state_message.as_str()),
-        ("backup_failed", "disk full")
+        (failed.state, failed.state_message.as_str()),
+        (ControlState::BackupFailed, "disk full")
     );
     let failed = store.backup_state("q3").await.unwrap().unwrap();
     assert_eq!(
@@ -476,8 +482,8 @@ async fn backup_and_prepare(store: &impl Store) {
     assert!(!store.claim_restore("q2", "n1", 801).await.unwrap());
     let claimed = store.get_instance("q2").await.unwrap().unwrap();
     assert_eq!(
-        (claimed.state.as_str(), claimed.node_id.as_str()),
-        ("restoring", "n2")
+        (claimed.state, claimed.node_id.as_str()),
+        (ControlState::RESTORING, "n2")
     );
     let claimed = store.backup_state("q2").await.unwrap().unwrap();
     assert_eq!(
@@ -496,21 +502,21 @@ async fn backup_and_prepare(store: &impl Store) {
     );
     assert!(store.claim_restore("q2", "n2", 810).await.unwrap());
     store
-        .finish_restore("q2", "running", "", 2, 820)
+        .finish_restore("q2", ControlState::RUNNING, "", 2, 820)
         .await
         .unwrap();
     let restored = store.backup_state("q2").await.unwrap().unwrap();
     assert_eq!(
         (
-            restored.state.as_str(),
+            restored.state,
             restored.restore_status,
             restored.restore_time_ms
         ),
-        ("running", 2, Some(820))
+        (ControlState::RUNNING, 2, Some(820))
     );
     assert!(store.claim_restore("q1", "n1", 830).await.unwrap());
     store
-        .finish_restore("q1", "restore_failed", "bad archive", 3, 840)
+        .finish_restore("q1", ControlState::RestoreFailed, "bad archive", 3, 840)
         .await
         .unwrap();
     assert!(

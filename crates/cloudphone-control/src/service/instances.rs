@@ -1,0 +1,215 @@
+//! Ordering and listing instances: CreateInstance (placement, one transaction for the order,
+//! then creation on the nodes in the background), ListInstances and what BatchShowSku offers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cloudphone_api::error::ApiError;
+use cloudphone_api::instances::{
+    self as wire, CreateOrder, CreatedInstance, ListInstancesFilter, PoolSceneTag,
+};
+use cloudphone_api::timefmt;
+use cloudphone_core::instance::ControlState;
+use cloudphone_core::liveness::NodeHealth;
+use cloudphone_core::scheduling::{self, NodeSlots};
+use cloudphone_proto::node_v1 as pb;
+use rand::Rng;
+
+use super::ServiceError;
+use crate::AppState;
+use crate::iam::Principal;
+use crate::store::{InstanceListing, InstanceQuery, InstanceRecord};
+
+/// What CreateInstance answers: the order and the instances in it.
+pub(crate) struct Ordered {
+    pub(crate) order_id: String,
+    pub(crate) instances: Vec<CreatedInstance>,
+}
+
+/// Instance ids look like the seeds' (`11J6QVu5`): 8 random alphanumerics, which the
+/// `cloudphone_core::instance::InstanceId` rule accepts.
+fn new_instance_id() -> String {
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect()
+}
+
+/// Order ids look like the seeds' (`CS2412261442DBN4E`).
+fn new_order_id() -> String {
+    let suffix: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(5)
+        .map(|c| char::from(c).to_ascii_uppercase())
+        .collect();
+    let digits = timefmt::format_unix_ms(crate::unix_ms()).replace(['-', ' ', ':'], "");
+    // yyMMddHHmm, as in the seeds' `CS2412261442DBN4E`.
+    format!("CS{}{suffix}", digits.get(2..12).unwrap_or("0000000000"))
+}
+
+/// ListInstances: one page of the tenant's instances and how many match. Every instance
+/// cloudphone runs is a cloud phone, so a CLOUD_APP filter matches none.
+pub(crate) async fn list(
+    state: &AppState,
+    tenant_id: &str,
+    filter: &ListInstancesFilter,
+) -> Result<(Vec<InstanceListing>, u64), ServiceError> {
+    if filter.pool_scene_tag == Some(PoolSceneTag::CloudApp) {
+        return Ok((Vec::new(), 0));
+    }
+    let query = InstanceQuery {
+        instance_id: filter.instance_id.clone(),
+        instance_name: filter.instance_name.clone(),
+        created_from_ms: filter.created_from_ms,
+        created_to_ms: filter.created_to_ms,
+        offset: i64::from(filter.page_no - 1) * i64::from(filter.page_size),
+        limit: i64::from(filter.page_size),
+    };
+    Ok(state.store.list_instances(tenant_id, &query).await?)
+}
+
+/// The runtimes the healthy nodes offer, per region, each list sorted, regions sorted.
+pub(crate) async fn offered_runtimes(
+    state: &AppState,
+) -> Result<Vec<(String, Vec<String>)>, ServiceError> {
+    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
+    for node in state.store.list_nodes().await? {
+        if state.registry.health(&node.node_id) != NodeHealth::Up {
+            continue;
+        }
+        let runtimes = by_region.entry(node.region).or_default();
+        for runtime in node.runtimes {
+            if !runtimes.contains(&runtime) {
+                runtimes.push(runtime);
+            }
+        }
+    }
+    let mut regions: Vec<(String, Vec<String>)> = by_region.into_iter().collect();
+    for (_, runtimes) in &mut regions {
+        runtimes.sort();
+    }
+    regions.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(regions)
+}
+
+/// CreateInstance: checks the SKU and region, places the instances on nodes by free capacity
+/// (40010 when short), records the order in one transaction, and creates the instances on their
+/// nodes in the background.
+pub(crate) async fn create(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    order: CreateOrder,
+) -> Result<Ordered, ServiceError> {
+    let shape = wire::parse_sku_id(&order.instance_sku_id)
+        .ok_or_else(|| ApiError::NoSuchSkuOrRegion(order.instance_sku_id.clone()))?;
+    if order.band_sku_id != wire::BAND_SKU_ID {
+        return Err(ApiError::SkuMismatch(order.band_sku_id.clone()).into());
+    }
+    if order.region_id != state.config.region {
+        return Err(ApiError::NoSuchSkuOrRegion(order.region_id.clone()).into());
+    }
+
+    // One order at a time per control replica, so two orders cannot both take the last slots.
+    let placing = state.placement_lock.lock().await;
+    let counts: HashMap<String, i64> = state.store.instance_counts().await?.into_iter().collect();
+    let slots: Vec<NodeSlots> = state
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .map(|n| NodeSlots {
+            eligible: state.registry.health(&n.node_id) == NodeHealth::Up
+                && n.region == order.region_id
+                && n.runtimes.iter().any(|r| r == shape.runtime),
+            used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
+            capacity: u32::try_from(n.capacity).unwrap_or(0),
+            node_id: n.node_id,
+        })
+        .collect();
+    let placements = scheduling::place(&slots, order.count)
+        .map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
+
+    let now = crate::unix_ms();
+    let order_id = new_order_id();
+    let records: Vec<InstanceRecord> = placements
+        .into_iter()
+        .enumerate()
+        .map(|(n, node_id)| InstanceRecord {
+            instance_id: new_instance_id(),
+            tenant_id: principal.tenant_id.clone(),
+            project_id: principal.project_id.clone(),
+            name: wire::instance_name(&order.name_prefix, n as u32 + 1),
+            order_id: order_id.clone(),
+            node_id,
+            sku_id: order.instance_sku_id.clone(),
+            region: order.region_id.clone(),
+            os: order.os.clone(),
+            runtime: shape.runtime.into(),
+            width: i64::from(shape.width),
+            height: i64::from(shape.height),
+            state: ControlState::Creating,
+            state_message: String::new(),
+            assign_user: None,
+            period_type: match order.period_type {
+                wire::PeriodType::Month => 2,
+                wire::PeriodType::Year => 3,
+            },
+            period_num: i64::from(order.period_num),
+            created_at_ms: now,
+            updated_at_ms: now,
+        })
+        .collect();
+    state.store.insert_instances(&records).await?;
+    drop(placing);
+    tracing::info!(order_id, count = records.len(), "instances ordered");
+
+    let instances = records
+        .iter()
+        .map(|r| CreatedInstance {
+            instance_id: r.instance_id.clone(),
+            instance_name: r.name.clone(),
+        })
+        .collect();
+    tokio::spawn(create_on_nodes(Arc::clone(state), records));
+    Ok(Ordered {
+        order_id,
+        instances,
+    })
+}
+
+/// Asks each instance's node to create it; the outcome lands in the instance's state.
+async fn create_on_nodes(state: Arc<AppState>, records: Vec<InstanceRecord>) {
+    let creations = records.into_iter().map(|record| {
+        let state = Arc::clone(&state);
+        async move {
+            let request = pb::CreateInstanceRequest {
+                instance_id: record.instance_id.clone(),
+                tenant_id: record.tenant_id.clone(),
+                runtime: record.runtime.clone(),
+                width: u32::try_from(record.width).unwrap_or(720),
+                height: u32::try_from(record.height).unwrap_or(1280),
+                os: record.os.clone(),
+            };
+            let outcome = match state.registry.client(&record.node_id) {
+                Some(mut client) => client.create_instance(request).await.map(|r| r.into_inner()),
+                None => Err(tonic::Status::unavailable("node not connected")),
+            };
+            let (reported, message) = match outcome {
+                Ok(status) => (crate::nodes::reported_state(status.state), status.message),
+                Err(status) => {
+                    tracing::warn!(instance_id = %record.instance_id, %status, "node could not create instance");
+                    (ControlState::FAILED, status.message().to_string())
+                }
+            };
+            if let Err(error) = state
+                .store
+                .set_instance_state(&record.instance_id, reported, &message, crate::unix_ms())
+                .await
+            {
+                tracing::error!(instance_id = %record.instance_id, %error, "could not record instance state");
+            }
+        }
+    });
+    futures::future::join_all(creations).await;
+}

@@ -1,0 +1,70 @@
+//! The application layer: one function per tenant operation, taking a typed command (already
+//! parsed and validated by `cloudphone_api`) and answering a typed result or a
+//! [`ServiceError`]. It holds the rules of the operation and knows nothing of HTTP: `http`
+//! parses a request into the command, calls the service, and maps the error onto the spec's
+//! `error_code` and status.
+//!
+//! # Layout
+//! - [`apps`]: InstallApp's task and its jobs.
+//! - [`commands`]: SyncCommand, AsyncCommand and GetTask.
+//! - [`instances`]: ordering instances (placement, creation on the nodes), what can be ordered.
+//! - [`lifecycle_data`]: backup, prepare (the restore queue) and its worker.
+//! - [`management`]: status, reset, reboot, assignment, deletion of instances a tenant has.
+//! - [`usage`]: the AK/SK credentials of the usage APIs.
+//! - [`sessions`]: device tokens, the video matrix, stopping and releasing sessions.
+//!
+//! Helpers every resource group needs (ownership, the node of an instance) live here.
+
+pub(crate) mod apps;
+pub(crate) mod commands;
+pub(crate) mod instances;
+pub(crate) mod lifecycle_data;
+pub(crate) mod management;
+pub(crate) mod sessions;
+pub(crate) mod usage;
+
+use cloudphone_api::error::ApiError;
+use cloudphone_core::liveness::NodeHealth;
+use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
+use tonic::transport::Channel;
+
+use crate::AppState;
+use crate::store::{InstanceRecord, StoreError};
+
+/// Everything a service can answer instead of a result; `http` maps each onto the spec.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServiceError {
+    /// A refusal the spec names; its code and HTTP status come with it.
+    #[error(transparent)]
+    Refused(#[from] ApiError),
+    /// The store failed: `KOOPHONE.API.9999`, with the details only in the log.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Loads the named instances, refusing the whole request (1001) if any is not the caller's:
+/// another tenant's instance and an unknown one look the same.
+pub(crate) async fn owned(
+    state: &AppState,
+    tenant_id: &str,
+    ids: &[String],
+) -> Result<Vec<InstanceRecord>, ServiceError> {
+    let mut records = Vec::with_capacity(ids.len());
+    for id in ids {
+        match state.store.get_instance(id).await? {
+            Some(record) if record.tenant_id == tenant_id => records.push(record),
+            _ => return Err(ApiError::NoInstancePermission(id.clone()).into()),
+        }
+    }
+    Ok(records)
+}
+
+/// A client for the instance's node when that node is up.
+pub(crate) fn node_of(
+    state: &AppState,
+    record: &InstanceRecord,
+) -> Option<NodeAgentClient<Channel>> {
+    (state.registry.health(&record.node_id) == NodeHealth::Up)
+        .then(|| state.registry.client(&record.node_id))
+        .flatten()
+}

@@ -1,0 +1,195 @@
+//! Viewing sessions and their video: GetDeviceToken, SetVideoConfig, StopInstancesStreaming and
+//! ReleaseInstancesSession. The tenant's video matrix is stored, then pushed to the nodes; a
+//! device token is random, and its node only ever learns its SHA-256.
+
+use cloudphone_api::error::ApiError;
+use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
+use cloudphone_proto::node_v1::{self as pb, node_agent_client::NodeAgentClient};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use super::commands::new_id;
+use super::{ServiceError, node_of, owned};
+use crate::AppState;
+use crate::iam::Principal;
+
+/// How long a device token lets a viewer stream.
+pub(crate) const DEVICE_TOKEN_TTL_SECS: i64 = 3600;
+
+/// What a node does to an instance's live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionCall {
+    /// StopInstancesStreaming.
+    StopStreaming,
+    /// ReleaseInstancesSession.
+    Release,
+}
+
+/// A registered viewing session: what GetDeviceToken hands the tenant.
+pub(crate) struct DeviceSession {
+    /// The secret the viewer presents; only its SHA-256 went to the node.
+    pub(crate) device_token: String,
+    pub(crate) device_id: String,
+    pub(crate) signaling_url: String,
+    pub(crate) ice_servers: Vec<String>,
+}
+
+/// StopInstancesStreaming / ReleaseInstancesSession. An unreachable node streams nothing, so
+/// there is nothing to stop there.
+pub(crate) async fn session_call(
+    state: &AppState,
+    tenant_id: &str,
+    id: String,
+    call: SessionCall,
+) -> Result<(), ServiceError> {
+    let record = owned(state, tenant_id, std::slice::from_ref(&id))
+        .await?
+        .remove(0);
+    let Some(mut client) = node_of(state, &record) else {
+        return Ok(());
+    };
+    let target = pb::InstanceRef { instance_id: id };
+    let outcome = match call {
+        SessionCall::Release => client.release_session(target).await.map(|_| ()),
+        SessionCall::StopStreaming => client.stop_streaming(target).await.map(|_| ()),
+    };
+    if let Err(status) = outcome {
+        tracing::error!(%status, "node session call failed");
+        return Err(ApiError::Internal.into());
+    }
+    Ok(())
+}
+
+/// GetDeviceToken: a fresh random token bound to this instance and user, registered with the
+/// instance's node after the tenant's video matrix (the node may have restarted since).
+pub(crate) async fn device_token(
+    state: &AppState,
+    principal: &Principal,
+    instance_id: String,
+) -> Result<DeviceSession, ServiceError> {
+    let record = owned(
+        state,
+        &principal.tenant_id,
+        std::slice::from_ref(&instance_id),
+    )
+    .await?
+    .remove(0);
+    let Some(mut client) = node_of(state, &record) else {
+        return Err(ApiError::Internal.into());
+    };
+    if let Some(config) = stored_video_config(state, &instance_id).await?
+        && let Err(status) = push_video_config(&mut client, &instance_id, &config).await
+    {
+        tracing::warn!(%status, "video config not pushed before the session");
+    }
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let device_token = hex::encode(bytes);
+    let device_id = new_id();
+    let expires_at = crate::unix_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
+    let started = client
+        .start_session(pb::StartSessionRequest {
+            instance_id,
+            device_token_sha256: hex::encode(Sha256::digest(device_token.as_bytes())),
+            expires_at_unix_ms: expires_at,
+            user_id: principal.user_id.clone(),
+            tenant_id: principal.tenant_id.clone(),
+            device_id: device_id.clone(),
+        })
+        .await
+        .map_err(|status| {
+            tracing::error!(%status, "node refused StartSession");
+            ServiceError::Refused(ApiError::Internal)
+        })?
+        .into_inner();
+    Ok(DeviceSession {
+        device_token,
+        device_id,
+        signaling_url: started.signaling_url,
+        ice_servers: started.ice_servers,
+    })
+}
+
+/// SetVideoConfig: stores one validated matrix for every instance (one transaction), and pushes
+/// it to the nodes so live sessions change bitrate and fps without reconnecting.
+pub(crate) async fn set_video_config(
+    state: &AppState,
+    tenant_id: &str,
+    ids: &[String],
+    config: &VideoConfig,
+) -> Result<(), ServiceError> {
+    let records = owned(state, tenant_id, ids).await?;
+    let json =
+        serde_json::to_string(config).map_err(|_| ServiceError::Refused(ApiError::Internal))?;
+    state
+        .store
+        .set_video_config(ids, &json, crate::unix_ms())
+        .await?;
+    for record in &records {
+        // A node that is down gets the matrix with the next GetDeviceToken.
+        if let Some(mut client) = node_of(state, record)
+            && let Err(status) = push_video_config(&mut client, &record.instance_id, config).await
+        {
+            tracing::warn!(instance_id = %record.instance_id, %status, "video config not pushed; sent with the next session");
+        }
+    }
+    Ok(())
+}
+
+/// The stored matrix as the node API carries it.
+fn video_profiles(config: &VideoConfig) -> Vec<pb::VideoProfile> {
+    let mut profiles = Vec::new();
+    for network in NetworkType::ALL {
+        for codec in Codec::ALL {
+            let specs = Definition::ALL
+                .iter()
+                .map(|definition| {
+                    let spec = config.get(network, codec, *definition);
+                    pb::VideoSpec {
+                        definition: definition.as_str().to_string(),
+                        code_rate_kbps: spec.code_rate_kbps,
+                        fps: spec.fps,
+                    }
+                })
+                .collect();
+            profiles.push(pb::VideoProfile {
+                network_type: network.as_str().to_string(),
+                encoding_type: codec.as_str().to_string(),
+                specs,
+            });
+        }
+    }
+    profiles
+}
+
+/// Sends an instance's stored matrix to its node (live sessions adopt it at once).
+async fn push_video_config(
+    client: &mut NodeAgentClient<Channel>,
+    instance_id: &str,
+    config: &VideoConfig,
+) -> Result<(), tonic::Status> {
+    let request = pb::SetVideoConfigRequest {
+        instance_id: instance_id.to_string(),
+        profiles: video_profiles(config),
+    };
+    client.set_video_config(request).await.map(|_| ())
+}
+
+/// The instance's stored matrix, if SetVideoConfig was ever called for it.
+async fn stored_video_config(
+    state: &AppState,
+    instance_id: &str,
+) -> Result<Option<VideoConfig>, ServiceError> {
+    let json = state.store.video_config(instance_id).await?;
+    if json.is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str(&json) {
+        Ok(config) => Ok(Some(config)),
+        Err(error) => {
+            tracing::error!(instance_id, %error, "stored video config is unreadable");
+            Err(ApiError::Internal.into())
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! AK/SK credentials (IAM's `OS-CREDENTIAL`) for the usage APIs: who the token belongs to, and
+//! creating, listing and deleting the tenant's keys. Refusals are IAM's codes
+//! (`cloudphone_api::iam::IamError`).
+
+use cloudphone_api::iam::IamError;
+
+use crate::AppState;
+use crate::iam::Principal;
+use crate::store::AccessKeyRecord;
+
+/// The user behind an `X-Auth-Token`; a missing, unknown or expired one is `IAM.0002`.
+pub(crate) async fn principal(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<Principal, IamError> {
+    let token = token.ok_or(IamError::InvalidToken)?;
+    crate::iam::authenticate(state.store.as_ref(), token, state.clock.now_ms())
+        .await
+        .map_err(|_| IamError::InvalidToken)
+}
+
+/// Creates a key for the caller; answers it with its secret, which is never shown again.
+pub(crate) async fn create_credential(
+    state: &AppState,
+    principal: &Principal,
+    description: &str,
+) -> Result<(AccessKeyRecord, String), IamError> {
+    let sealer = crate::usage::secret_box(&state.config).map_err(|error| {
+        tracing::error!(%error, "secrets key unavailable");
+        IamError::Internal
+    })?;
+    crate::usage::create_access_key(
+        state.store.as_ref(),
+        sealer,
+        &principal.tenant_id,
+        &principal.user_id,
+        description,
+        state.clock.now_ms(),
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "access key creation failed");
+        IamError::Internal
+    })
+}
+
+/// The tenant's keys, without secrets.
+pub(crate) async fn list_credentials(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Vec<AccessKeyRecord>, IamError> {
+    state
+        .store
+        .list_access_keys(&principal.tenant_id)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "listing access keys failed");
+            IamError::Internal
+        })
+}
+
+/// Deletes one of the tenant's keys; another tenant's (or an unknown) key is `IAM.0004`.
+pub(crate) async fn delete_credential(
+    state: &AppState,
+    principal: &Principal,
+    access_key: &str,
+) -> Result<(), IamError> {
+    match state
+        .store
+        .delete_access_key(&principal.tenant_id, access_key)
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(IamError::NotFound("no such access key")),
+        Err(error) => {
+            tracing::error!(%error, "deleting an access key failed");
+            Err(IamError::Internal)
+        }
+    }
+}
