@@ -12,6 +12,7 @@ use cloudphone_proto::node_v1::node_agent_server::NodeAgent;
 use cloudphone_proto::node_v1::{self as pb, node_report::Report};
 use futures::Stream;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 use tonic::{Request, Response, Status};
 
@@ -186,6 +187,14 @@ impl Drop for StreamGuard {
     }
 }
 
+/// A usage record on its way to one report stream.
+enum Delivery {
+    /// Read from the backlog or published: skipped if this stream already sent it.
+    New(pb::UsageRecord),
+    /// Sent before and still unacknowledged: sent again.
+    Again(pb::UsageRecord),
+}
+
 #[tonic::async_trait]
 impl NodeAgent for NodeService {
     type OpenReportsStream = ReportStream;
@@ -250,24 +259,33 @@ impl NodeAgent for NodeService {
             report: Some(Report::Announcement(announcement)),
         }));
         // Usage records: first every one not yet acknowledged (a previous stream may have broken
-        // before its ack), then new ones as encoders emit them. Control stores each id once.
+        // before its ack), then new ones as the buffer's writer publishes them, each already on
+        // disk. Subscribing before reading the backlog leaves no gap between the two; a record
+        // written in between comes twice and is sent once. Control stores each id once.
         //
-        // The buffer writes a record to disk as it is broadcast, so a record broadcast just
-        // before this stream subscribed may reach the disk only after the backlog was read, and
-        // would wait for the next stream (hours, maybe). So every RESEND_EVERY the stream also
-        // sends what is on disk and was never sent on it, and what it sent more than
+        // Every RESEND_EVERY the stream also sends again what it sent more than
         // RESEND_UNACKED_AFTER ago that control still has not acknowledged (a record control
-        // could not store).
+        // could not store). A stream that falls behind the publisher catches up from disk.
         let usage_report = |record| {
             Ok(pb::NodeReport {
                 report: Some(Report::Usage(record)),
             })
         };
-        let live = BroadcastStream::new(self.sessions.subscribe_usage()).filter_map(|r| r.ok());
-        let backlog = tokio_stream::iter(self.usage.pending());
+        let published = self.usage.subscribe();
+        let backlog = tokio_stream::iter(self.usage.pending()).map(Delivery::New);
+        let buffer = self.usage.clone();
+        let live = futures::StreamExt::flat_map(BroadcastStream::new(published), move |r| {
+            tokio_stream::iter(match r {
+                Ok(record) => vec![Delivery::New(record)],
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "report stream fell behind; catching up from disk");
+                    buffer.pending().into_iter().map(Delivery::New).collect()
+                }
+            })
+        });
         let sent: Arc<Mutex<HashMap<String, tokio::time::Instant>>> = Arc::default();
         let buffer = self.usage.clone();
-        let unsent = Arc::clone(&sent);
+        let unacked = Arc::clone(&sent);
         let resend = futures::StreamExt::flat_map(
             IntervalStream::new(tokio::time::interval_at(
                 tokio::time::Instant::now() + RESEND_EVERY,
@@ -275,24 +293,30 @@ impl NodeAgent for NodeService {
             )),
             move |_| {
                 let pending = buffer.pending();
-                let mut sent = unsent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut sent = unacked.lock().unwrap_or_else(|p| p.into_inner());
                 sent.retain(|id, _| pending.iter().any(|r| &r.record_id == id));
-                let due: Vec<pb::UsageRecord> = pending
+                let due: Vec<Delivery> = pending
                     .into_iter()
                     .filter(|r| {
                         sent.get(&r.record_id)
-                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
+                            .is_some_and(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
                     })
+                    .map(Delivery::Again)
                     .collect();
                 tokio_stream::iter(due)
             },
         );
-        let usage = backlog.chain(live.merge(resend)).map(move |record| {
-            sent.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(record.record_id.clone(), tokio::time::Instant::now());
-            usage_report(record)
-        });
+        let usage = backlog
+            .chain(live.merge(resend))
+            .filter_map(move |delivery| {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                let record = match delivery {
+                    Delivery::New(record) if sent.contains_key(&record.record_id) => return None,
+                    Delivery::New(record) | Delivery::Again(record) => record,
+                };
+                sent.insert(record.record_id.clone(), tokio::time::Instant::now());
+                Some(usage_report(record))
+            });
         let stream = first
             .chain(heartbeats.merge(events).merge(usage))
             .map(move |item| {

@@ -142,6 +142,7 @@ pub async fn run(
         udp_port_max: config.webrtc.udp_port_max,
         ice_interfaces: config.webrtc.ice_interfaces.clone(),
     })?;
+    let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
     let sessions = streaming::sessions::Sessions::new(
         Arc::clone(&manager),
         peers,
@@ -167,10 +168,9 @@ pub async fn run(
             realtime_priority: config.webrtc.encoder_realtime_priority,
             ..Default::default()
         }),
+        usage.spawn_keeper(),
     );
     let _ = sessions_slot.set(Arc::downgrade(&sessions));
-    let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
-    spawn_usage_keeper(usage.clone(), Arc::clone(&sessions));
     let service =
         grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -232,41 +232,4 @@ pub async fn run(
     manager.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Writes every usage record to disk as it is emitted and refreshes open sessions' checkpoints,
-/// for as long as the node runs.
-fn spawn_usage_keeper(
-    buffer: usage_buffer::UsageBuffer,
-    sessions: Arc<streaming::sessions::Sessions>,
-) {
-    let mut records = sessions.subscribe_usage();
-    let writer = buffer.clone();
-    tokio::spawn(async move {
-        loop {
-            match records.recv().await {
-                Ok(record) => {
-                    if let Err(error) = writer.record(&record, unix_ms()) {
-                        tracing::error!(%error, "could not buffer a usage record");
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::error!(
-                        missed = n,
-                        "usage buffer fell behind; records only sent live"
-                    );
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(usage_buffer::CHECKPOINT_EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(error) = buffer.checkpoint(unix_ms()) {
-                tracing::warn!(%error, "could not checkpoint open usage sessions");
-            }
-        }
-    });
 }

@@ -3,6 +3,13 @@
 //! node did not get to close (a crash, SIGKILL) is closed on the next start up to the last time
 //! the node was seen alive, so a restart loses seconds at most, never minutes.
 //!
+//! # One writer
+//! Encoders hand their records to a [`UsageSink`]; one task (spawned by
+//! [`UsageBuffer::spawn_keeper`]) writes each to disk and only then publishes it to the report
+//! streams ([`UsageBuffer::subscribe`]). A stream subscribes before it reads the backlog, so
+//! every record is either in the backlog it reads or published to it afterwards: none can be
+//! on disk yet never sent.
+//!
 //! Layout under `<state_dir>/usage/`: `pending/<record_id>.json` (sent, not yet acknowledged) and
 //! `open/<session_id>.json` (a session still encoding: its last record and when the node last
 //! checked in). Control stores each `record_id` once, so a record sent twice counts once.
@@ -14,9 +21,13 @@ use std::time::Duration;
 
 use cloudphone_proto::node_v1 as pb;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 
 /// How often open sessions' checkpoints are refreshed: the most a crash can lose.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Records published to report streams that a slow stream may fall behind by before it has
+/// to catch up from disk.
+const PUBLISHED_CAPACITY: usize = 1024;
 
 /// A record as stored on disk (the proto type has no serde).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +95,24 @@ pub struct UsageBuffer {
     open: PathBuf,
     /// Open sessions in memory, mirrored to `open/`.
     sessions: Arc<Mutex<HashMap<String, OpenSession>>>,
+    /// Records already on disk, for the report streams to send.
+    published: broadcast::Sender<pb::UsageRecord>,
+}
+
+/// Where encoders hand their usage records: to the buffer's one writer. Cheap to clone.
+///
+/// Unbounded because sending must never block an encoder's usage task, and the rate is tiny
+/// (one record per encoder per usage interval).
+#[derive(Debug, Clone)]
+pub struct UsageSink(mpsc::UnboundedSender<pb::UsageRecord>);
+
+impl UsageSink {
+    /// Queues a record for the writer. Only fails once the writer is gone (node shutdown).
+    pub fn emit(&self, record: pb::UsageRecord) {
+        if self.0.send(record).is_err() {
+            tracing::warn!("usage writer has stopped; a usage record was dropped");
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename), so a crash leaves old or new, never half.
@@ -111,6 +140,7 @@ impl UsageBuffer {
             pending: root.join("pending"),
             open: root.join("open"),
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            published: broadcast::channel(PUBLISHED_CAPACITY).0,
         };
         std::fs::create_dir_all(&buffer.pending)?;
         std::fs::create_dir_all(&buffer.open)?;
@@ -154,8 +184,47 @@ impl UsageBuffer {
         )
     }
 
+    /// Writes a record to disk, then publishes it to the report streams. A record that cannot
+    /// be written is still published (logged), so control bills it if a stream is open; only
+    /// its resend after a broken stream is lost.
+    pub fn record(&self, record: pb::UsageRecord, now_ms: i64) {
+        if let Err(error) = self.write(&record, now_ms) {
+            tracing::error!(%error, record = %record.record_id, "could not buffer a usage record; sending it live only");
+        }
+        let _ = self.published.send(record);
+    }
+
+    /// Records published from now on, each already on disk. Subscribe before reading
+    /// [`UsageBuffer::pending`], so that no record falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::UsageRecord> {
+        self.published.subscribe()
+    }
+
+    /// Starts the buffer's one writer, fed by the returned sink, and the checkpoint ticker, for
+    /// as long as the node runs.
+    pub fn spawn_keeper(&self) -> UsageSink {
+        let (tx, mut rx) = mpsc::unbounded_channel::<pb::UsageRecord>();
+        let writer = self.clone();
+        tokio::spawn(async move {
+            while let Some(record) = rx.recv().await {
+                writer.record(record, crate::unix_ms());
+            }
+        });
+        let buffer = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(error) = buffer.checkpoint(crate::unix_ms()) {
+                    tracing::warn!(%error, "could not checkpoint open usage sessions");
+                }
+            }
+        });
+        UsageSink(tx)
+    }
+
     /// Keeps a record until it is acknowledged, and tracks its session's openness.
-    pub fn record(&self, record: &pb::UsageRecord, now_ms: i64) -> std::io::Result<()> {
+    fn write(&self, record: &pb::UsageRecord, now_ms: i64) -> std::io::Result<()> {
         let stored = StoredRecord::from(record);
         self.persist(&stored)?;
         if !safe_name(&stored.session_id) {
@@ -242,9 +311,9 @@ mod tests {
     fn records_stay_until_acknowledged_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
-        buffer.record(&rec("r1", "s1", 0, 0, false), 0).unwrap();
+        buffer.write(&rec("r1", "s1", 0, 0, false), 0).unwrap();
         buffer
-            .record(&rec("r2", "s1", 0, 30_000, false), 30_000)
+            .write(&rec("r2", "s1", 0, 30_000, false), 30_000)
             .unwrap();
         assert_eq!(
             buffer
@@ -261,7 +330,7 @@ mod tests {
         let ids: Vec<String> = buffer.pending().into_iter().map(|r| r.record_id).collect();
         assert_eq!(ids, ["r2"]);
         buffer
-            .record(&rec("r3", "s1", 30_000, 31_000, true), 31_000)
+            .write(&rec("r3", "s1", 30_000, 31_000, true), 31_000)
             .unwrap();
         // A clean end leaves nothing open: reopening adds no closing record.
         let reopened = UsageBuffer::open(dir.path(), 40_000).unwrap();
@@ -277,10 +346,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
         buffer
-            .record(&rec("r1", "s1", 1_000, 1_000, false), 1_000)
+            .write(&rec("r1", "s1", 1_000, 1_000, false), 1_000)
             .unwrap();
         buffer
-            .record(&rec("r2", "s1", 1_000, 31_000, false), 31_000)
+            .write(&rec("r2", "s1", 1_000, 31_000, false), 31_000)
             .unwrap();
         buffer.checkpoint(44_000).unwrap();
         buffer.acknowledge(&["r1".into(), "r2".into()]);

@@ -16,7 +16,8 @@
 //!
 //! # Usage
 //! Each encoder run is one usage session: a partial [`pb::UsageRecord`] every
-//! `usage_interval`, and a final one when it stops, sent to every open report stream.
+//! `usage_interval`, and a final one when it stops, handed to the usage buffer's writer, which
+//! puts it on disk before any report stream sends it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -36,6 +37,7 @@ use crate::instances::InstanceManager;
 use crate::runtime::CaptureSource;
 use crate::streaming::ice::IceSettings;
 use crate::streaming::peer::PeerFactory;
+use crate::usage_buffer::UsageSink;
 
 /// Lowest bitrate adaptation may go to, in kbit/s.
 pub const MIN_BITRATE_KBPS: u32 = 150;
@@ -228,7 +230,7 @@ pub struct Sessions {
     peers: PeerFactory,
     settings: SessionSettings,
     factory: EncoderFactory,
-    usage: broadcast::Sender<pb::UsageRecord>,
+    usage: UsageSink,
     inner: Mutex<Inner>,
     closing: AtomicBool,
     epoch: Instant,
@@ -240,8 +242,8 @@ impl Sessions {
         peers: PeerFactory,
         settings: SessionSettings,
         factory: EncoderFactory,
+        usage: UsageSink,
     ) -> Arc<Self> {
-        let (usage, _) = broadcast::channel(1024);
         let sessions = Arc::new(Self {
             manager,
             peers,
@@ -274,11 +276,6 @@ impl Sessions {
     /// Milliseconds since the registry started: the controllers' clock.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Usage records as encoders emit them.
-    pub fn subscribe_usage(&self) -> broadcast::Receiver<pb::UsageRecord> {
-        self.usage.subscribe()
     }
 
     /// Viewers connected right now.
@@ -720,7 +717,7 @@ impl SharedEncoder {
         request: EncoderRequest,
         tenant_id: String,
         instance_id: String,
-        usage: broadcast::Sender<pb::UsageRecord>,
+        usage: UsageSink,
         usage_interval: Duration,
     ) -> Arc<Self> {
         let (packets, _) = broadcast::channel(FANOUT_CAPACITY);
@@ -801,7 +798,7 @@ impl SharedEncoder {
             };
             // A zero-length opening record: the usage buffer learns of the session at once and
             // checkpoints it, so a crash before the first interval still bills what ran.
-            let _ = usage.send(record(from, from, false));
+            usage.emit(record(from, from, false));
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::now() + usage_interval,
                 usage_interval,
@@ -810,13 +807,13 @@ impl SharedEncoder {
                 tokio::select! {
                     _ = tick.tick() => {
                         let now = crate::unix_ms();
-                        let _ = usage.send(record(from, now, false));
+                        usage.emit(record(from, now, false));
                         from = now;
                     }
                     _ = &mut ended_rx => break,
                 }
             }
-            let _ = usage.send(record(from, crate::unix_ms(), true));
+            usage.emit(record(from, crate::unix_ms(), true));
             tracing::info!(instance = %instance_id, session = %session_id, "encoder stopped");
         });
         shared
