@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudphone_core::lifecycle::{self, InstanceState, LifecycleError, Operation};
-use tokio::sync::{RwLock, broadcast};
+use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
 
 use crate::runtime::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
@@ -146,6 +146,21 @@ impl Entry {
     }
 }
 
+/// Notice that an instance's processes are about to stop. They stop once every subscriber
+/// has answered with [`Stopping::done`] or dropped the notice.
+#[derive(Debug)]
+pub struct Stopping {
+    pub instance_id: String,
+    done: oneshot::Sender<()>,
+}
+
+impl Stopping {
+    /// Lets the instance's processes stop.
+    pub fn done(self) {
+        let _ = self.done.send(());
+    }
+}
+
 /// Runs this node's instances; see the module docs.
 pub struct InstanceManager {
     state_dir: PathBuf,
@@ -153,6 +168,9 @@ pub struct InstanceManager {
     capacity: usize,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
     events: broadcast::Sender<InstanceView>,
+    /// Who must let go of an instance before its processes stop (streaming: capture holds the
+    /// instance's display); see [`InstanceManager::subscribe_stopping`].
+    stopping: Mutex<Vec<mpsc::Sender<Stopping>>>,
     shutting_down: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -239,6 +257,7 @@ impl InstanceManager {
             capacity,
             entries: Mutex::new(entries),
             events,
+            stopping: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
@@ -350,7 +369,7 @@ impl InstanceManager {
         if entry.status().deleted {
             return Ok(false);
         }
-        if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+        if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
             self.settle(
                 &entry,
                 InstanceState::Failed,
@@ -401,7 +420,7 @@ impl InstanceManager {
         self.set_desired(&entry, InstanceState::Running).await?;
         entry.status().auto_restarts = 0;
         self.set_state(&entry, InstanceState::Starting, "rebooting");
-        if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+        if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
             return Err(self.fail(&entry, "reboot: stop failed", e).await);
         }
         self.do_start(&entry).await
@@ -411,7 +430,7 @@ impl InstanceManager {
     pub async fn reset(&self, id: &str) -> Result<InstanceView, InstanceError> {
         let (entry, _ops) = self.begin(id, Operation::Reset).await?;
         self.set_state(&entry, InstanceState::Resetting, "resetting");
-        if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+        if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
             return Err(self.fail(&entry, "reset: stop failed", e).await);
         }
         let data = &entry.paths.data;
@@ -450,7 +469,7 @@ impl InstanceManager {
         let (entry, _ops) = self.begin(id, Operation::Backup).await?;
         let was_running = entry.status().state == InstanceState::Running;
         self.set_state(&entry, InstanceState::BackingUp, "backing up");
-        if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+        if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
             return Err(self.fail(&entry, "backup: stop failed", e).await);
         }
         let data = entry.paths.data.clone();
@@ -519,7 +538,7 @@ impl InstanceManager {
             Some(_) => {
                 let (entry, ops) = self.begin(&id, Operation::Restore).await?;
                 self.set_state(&entry, InstanceState::Restoring, "restoring");
-                if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+                if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
                     return Err(self.fail(&entry, "restore: stop failed", e).await);
                 }
                 (entry, ops, false)
@@ -708,6 +727,41 @@ impl InstanceManager {
         self.events.subscribe()
     }
 
+    /// Notices of instances about to stop, each waiting for the subscriber's answer: every
+    /// stop (StopInstance, reboot, reset, backup, restore, delete, a crash restart, node
+    /// shutdown) sends one before it stops the processes. A subscriber that stops listening
+    /// (drops the receiver) holds nothing up.
+    pub fn subscribe_stopping(&self) -> mpsc::Receiver<Stopping> {
+        let (tx, rx) = mpsc::channel(16);
+        lock(&self.stopping).push(tx);
+        rx
+    }
+
+    /// Stops an instance's processes once every [`Stopping`] subscriber has let go of it.
+    async fn stop_processes(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        let subscribers: Vec<mpsc::Sender<Stopping>> = {
+            let mut stopping = lock(&self.stopping);
+            stopping.retain(|tx| !tx.is_closed());
+            stopping.clone()
+        };
+        for tx in subscribers {
+            let (done, answered) = oneshot::channel();
+            let notice = Stopping {
+                instance_id: spec.instance_id.clone(),
+                done,
+            };
+            if tx.send(notice).await.is_ok() {
+                // An error only means the subscriber dropped the notice: nothing to wait for.
+                let _ = answered.await;
+            }
+        }
+        self.runtime.stop(spec, paths).await
+    }
+
     /// Stops every instance's processes, keeping desired states on disk so the next
     /// [`open`](Self::open) brings the running ones back. Background work stops too.
     pub async fn shutdown(&self) {
@@ -721,7 +775,7 @@ impl InstanceManager {
             if entry.status().deleted {
                 continue;
             }
-            match self.runtime.stop(&entry.spec, &entry.paths).await {
+            match self.stop_processes(&entry.spec, &entry.paths).await {
                 Ok(()) => self.set_state(&entry, InstanceState::Stopped, "node shut down"),
                 Err(e) => {
                     tracing::warn!(instance = %entry.spec.instance_id, error = %e, "stop at shutdown failed");
@@ -808,7 +862,7 @@ impl InstanceManager {
     }
 
     async fn do_stop(&self, entry: &Entry, message: &str) -> Result<InstanceView, InstanceError> {
-        match self.runtime.stop(&entry.spec, &entry.paths).await {
+        match self.stop_processes(&entry.spec, &entry.paths).await {
             Ok(()) => Ok(self.settle(entry, InstanceState::Stopped, message).await),
             Err(e) => Err(self.fail(entry, "stop failed", e).await),
         }
@@ -931,7 +985,7 @@ impl InstanceManager {
                 "processes exited unexpectedly; restarting",
             )
             .await;
-            if let Err(e) = self.runtime.stop(&entry.spec, &entry.paths).await {
+            if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
                 self.fail(&entry, "cleanup before restart failed", e).await;
                 continue;
             }

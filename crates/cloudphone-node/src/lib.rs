@@ -121,8 +121,6 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
-    // Streams end before an instance's processes stop (see StreamingRuntime).
-    let (runtime, sessions_slot) = streaming::sessions::StreamingRuntime::wrap(runtime);
     let manager =
         InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
     let identity = grpc::NodeIdentity {
@@ -170,7 +168,6 @@ pub async fn run(
         }),
         usage.spawn_keeper(),
     );
-    let _ = sessions_slot.set(Arc::downgrade(&sessions));
     let service =
         grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
     let (stop_tx, stop_rx) = watch::channel(false);

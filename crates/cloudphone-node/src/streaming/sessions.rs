@@ -33,7 +33,7 @@ use cloudphone_signaling::{ByeReason, ErrorCode, Hello};
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::instances::InstanceManager;
+use crate::instances::{InstanceManager, Stopping};
 use crate::runtime::CaptureSource;
 use crate::streaming::ice::IceSettings;
 use crate::streaming::peer::PeerFactory;
@@ -255,6 +255,10 @@ impl Sessions {
             epoch: Instant::now(),
         });
         tokio::spawn(watch_instances(Arc::downgrade(&sessions)));
+        tokio::spawn(end_before_stop(
+            Arc::downgrade(&sessions),
+            sessions.manager.subscribe_stopping(),
+        ));
         sessions
     }
 
@@ -659,6 +663,32 @@ async fn watch_instances(sessions: std::sync::Weak<Sessions>) {
     }
 }
 
+/// Ends an instance's streams **before** its processes stop.
+///
+/// Capture holds a connection to the instance's display; `ximagesrc` uses Xlib, whose I/O
+/// error handler calls `exit()` when the X server goes away under it, which would take the
+/// whole node down with one stopped instance. Every stop the instance manager makes
+/// (StopInstance, reboot, reset, delete, node shutdown) first sends a [`Stopping`] notice and
+/// waits for its answer, so ending the streams here covers them all. A display that crashes on
+/// its own is not covered (see `docs/streaming.md`).
+async fn end_before_stop(
+    sessions: std::sync::Weak<Sessions>,
+    mut notices: mpsc::Receiver<Stopping>,
+) {
+    while let Some(notice) = notices.recv().await {
+        let Some(sessions) = sessions.upgrade() else {
+            return;
+        };
+        // One task per notice: instances stopping at once do not wait for each other.
+        tokio::spawn(async move {
+            sessions
+                .end_instance(&notice.instance_id, ByeReason::InstanceGone)
+                .await;
+            notice.done();
+        });
+    }
+}
+
 /// One admitted viewer; leaving the registry when dropped.
 pub struct Viewer {
     sessions: Arc<Sessions>,
@@ -995,113 +1025,6 @@ impl SharedEncoder {
             .take();
         drop(encoder);
         self.ended.send_replace(true);
-    }
-}
-
-/// Wraps the node's runtime so that an instance's encoders stop **before** its processes do.
-///
-/// Capture holds a connection to the instance's display; `ximagesrc` uses Xlib, whose I/O
-/// error handler calls `exit()` when the X server goes away under it, which would take the
-/// whole node down with one stopped instance. Every stop (StopInstance, reboot, reset,
-/// delete, node shutdown) goes through [`Runtime::stop`], so ending the streams there covers
-/// them all. A display that crashes on its own is not covered (see `docs/streaming.md`).
-pub struct StreamingRuntime {
-    inner: Arc<dyn crate::runtime::Runtime>,
-    sessions: Arc<std::sync::OnceLock<std::sync::Weak<Sessions>>>,
-}
-
-/// Where [`StreamingRuntime`] finds the registry once it exists.
-pub type SessionsSlot = Arc<std::sync::OnceLock<std::sync::Weak<Sessions>>>;
-
-impl StreamingRuntime {
-    pub fn wrap(inner: Arc<dyn crate::runtime::Runtime>) -> (Arc<Self>, SessionsSlot) {
-        let slot: SessionsSlot = Arc::new(std::sync::OnceLock::new());
-        (
-            Arc::new(Self {
-                inner,
-                sessions: Arc::clone(&slot),
-            }),
-            slot,
-        )
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::runtime::Runtime for StreamingRuntime {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn provision(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-    ) -> Result<(), crate::runtime::RuntimeError> {
-        self.inner.provision(spec, paths).await
-    }
-
-    async fn start(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-    ) -> Result<(), crate::runtime::RuntimeError> {
-        self.inner.start(spec, paths).await
-    }
-
-    async fn stop(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-    ) -> Result<(), crate::runtime::RuntimeError> {
-        if let Some(sessions) = self.sessions.get().and_then(std::sync::Weak::upgrade) {
-            sessions
-                .end_instance(&spec.instance_id, ByeReason::InstanceGone)
-                .await;
-        }
-        self.inner.stop(spec, paths).await
-    }
-
-    async fn is_running(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-    ) -> bool {
-        self.inner.is_running(spec, paths).await
-    }
-
-    async fn run_command(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-        command: &crate::runtime::CommandSpec,
-    ) -> Result<crate::runtime::CommandOutput, crate::runtime::RuntimeError> {
-        self.inner.run_command(spec, paths, command).await
-    }
-
-    async fn install_app(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-        package: &std::path::Path,
-    ) -> Result<(), crate::runtime::RuntimeError> {
-        self.inner.install_app(spec, paths, package).await
-    }
-
-    async fn inject_input(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-        event: &crate::runtime::InputEvent,
-    ) -> Result<(), crate::runtime::RuntimeError> {
-        self.inner.inject_input(spec, paths, event).await
-    }
-
-    fn capture_source(
-        &self,
-        spec: &crate::runtime::InstanceSpec,
-        paths: &crate::runtime::InstancePaths,
-    ) -> CaptureSource {
-        self.inner.capture_source(spec, paths)
     }
 }
 
