@@ -929,7 +929,7 @@ impl InstanceManager {
             context: "encoding instance.json".to_owned(),
             source: std::io::Error::other(e),
         })?;
-        crate::runtime::x11::write_atomic(&path, &bytes)
+        crate::runtime::common::write_atomic(&path, &bytes)
             .await
             .map_err(io_err("writing", &path))
     }

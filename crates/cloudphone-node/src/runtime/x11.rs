@@ -35,8 +35,8 @@
 //! - Phone keys: back → Escape, home → Super_L, recents → Alt+Tab.
 //!
 //! # App packages
-//! See [`install_tar_package`]: a tar (optionally gzip) archive with `app.json` at its top
-//! level, unpacked to `/data/apps/<name>/`.
+//! See [`install_tar_package`](super::package::install_tar_package): a tar (optionally gzip)
+//! archive with `app.json` at its top level, unpacked to `/data/apps/<name>/`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,8 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
+use super::common::{ensure_data_dir, lock, pixel_of, run_shell, state_dir_of, write_atomic};
+use super::package::install_tar_package;
 use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec, SandboxUser};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
@@ -138,11 +140,7 @@ impl X11Runtime {
     }
 
     fn sandbox_spec(&self, spec: &InstanceSpec, paths: &InstancePaths) -> SandboxSpec {
-        let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
-        sb.display = self.display_of(&spec.instance_id);
-        sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
-        sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
-        sb
+        sandbox_spec(spec, paths, self.display_of(&spec.instance_id))
     }
 
     /// Claims the lowest free display number.
@@ -293,11 +291,7 @@ impl Runtime for X11Runtime {
             return Ok(());
         }
         self.kill_all(spec, paths).await?;
-        // Normally there since provisioning; recreated (empty) if someone removed it.
-        tokio::fs::create_dir_all(&paths.data).await?;
-        if let Some(user) = SandboxUser::for_this_node() {
-            user.take_ownership(&paths.data)?;
-        }
+        ensure_data_dir(paths).await?;
 
         let (display, mut xvfb, input) = self.start_xvfb(spec, paths).await?;
         let xvfb_record = xvfb.id().and_then(ProcessRecord::of);
@@ -305,10 +299,7 @@ impl Runtime for X11Runtime {
         let launcher = async {
             let log = std::fs::File::create(paths.root.join("launcher.log"))?;
             let log_err = log.try_clone()?;
-            let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
-            sb.display = Some(display);
-            sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
-            sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
+            let sb = sandbox_spec(spec, paths, Some(display));
             let argv = sandbox::shell_argv(&self.config.launcher);
             let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
             cmd.stdout(log).stderr(log_err).kill_on_drop(true);
@@ -382,13 +373,7 @@ impl Runtime for X11Runtime {
         command: &CommandSpec,
     ) -> Result<CommandOutput, RuntimeError> {
         let sb = self.sandbox_spec(spec, paths);
-        let cmd = sandbox::command(
-            &self.config.bwrap,
-            &self.layout,
-            &sb,
-            &sandbox::shell_argv(&command.command),
-        );
-        Ok(sandbox::run_capped(cmd, command.timeout, command.max_output_bytes).await?)
+        run_shell(&self.config.bwrap, &self.layout, &sb, command).await
     }
 
     async fn install_app(
@@ -449,14 +434,13 @@ pub fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
     ]
 }
 
-/// `<state_dir>` from `<state_dir>/instances/<id>`.
-pub(crate) fn state_dir_of(paths: &InstancePaths) -> PathBuf {
-    paths
-        .root
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(&paths.root)
-        .to_path_buf()
+/// The sandbox of an instance on `display`: the launcher and commands see its screen size.
+fn sandbox_spec(spec: &InstanceSpec, paths: &InstancePaths, display: Option<u32>) -> SandboxSpec {
+    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+    sb.display = display;
+    sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
+    sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
+    sb
 }
 
 /// A display number is free when no live process holds its lock file.
@@ -495,15 +479,6 @@ async fn write_pid_file(root: &Path, pids: &PidFile) -> std::io::Result<()> {
     write_atomic(&root.join("pids.json"), &bytes).await
 }
 
-/// Writes via a temp file and rename, so a crash never leaves a half-written file.
-pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
-}
-
 /// The last part of a log file, for error messages.
 async fn tail(path: &Path) -> String {
     let bytes = tokio::fs::read(path).await.unwrap_or_default();
@@ -528,12 +503,6 @@ async fn stop_child(child: &mut Child) {
         }
         let _ = child.kill().await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these maps leaves it consistent (single inserts and
-    // removes), so poisoning is not a reason to stop working.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn x_err(detail: impl Into<String>) -> RuntimeError {
@@ -743,15 +712,9 @@ impl Keymap {
     }
 }
 
-/// `v` clamped to 0..=1; NaN counts as 0.
-fn unit(v: f64) -> f64 {
-    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
-}
-
 /// Normalised 0..=1 to a pixel, clamped on screen.
 fn scale(v: f64, size: u16) -> i16 {
-    let max = f64::from(size.saturating_sub(1));
-    let px = (unit(v) * f64::from(size)).floor().min(max);
+    let px = pixel_of(v, u32::from(size));
     // In range by construction (0..=u16::MAX-1 fits i16 only for sane screens; clamp anyway).
     px.min(f64::from(i16::MAX)) as i16
 }
@@ -833,193 +796,6 @@ pub fn keysym_for_char(c: char) -> u32 {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// App packages
-// ---------------------------------------------------------------------------------------
-
-/// Largest manifest read.
-const MAX_MANIFEST_BYTES: usize = 64 * 1024;
-/// Largest archive listing accepted (about 30k entries).
-const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
-/// Where the package file appears inside the sandbox.
-const PACKAGE_IN_SANDBOX: &str = "/tmp/cloudphone-package";
-
-/// `app.json`, the manifest at the top level of an app package.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppManifest {
-    /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`; also the install directory name.
-    pub name: String,
-    pub version: String,
-    /// Path of the program to run, relative to the app's directory.
-    pub exec: String,
-}
-
-impl AppManifest {
-    /// Checks the fields that become paths.
-    pub fn validate(&self) -> Result<(), String> {
-        let name_ok = self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric())
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !name_ok {
-            return Err(format!("bad app name {:?}", self.name));
-        }
-        if self.version.is_empty()
-            || self.version.len() > 64
-            || self.version.chars().any(char::is_control)
-        {
-            return Err(format!("bad app version {:?}", self.version));
-        }
-        if !is_safe_relative(&self.exec) || self.exec.ends_with('/') {
-            return Err(format!("bad exec path {:?}", self.exec));
-        }
-        Ok(())
-    }
-}
-
-/// A relative path with no `..`, no absolute start and no empty or control characters.
-pub fn is_safe_relative(path: &str) -> bool {
-    let trimmed = path.strip_prefix("./").unwrap_or(path);
-    !trimmed.is_empty()
-        && !trimmed.starts_with('/')
-        && !trimmed.chars().any(char::is_control)
-        && trimmed.split('/').all(|part| part != "..")
-}
-
-/// Installs an app package into an instance's data dir and returns its manifest.
-///
-/// **Package format**: a tar archive, optionally gzip-compressed (`.tar.gz`), whose top
-/// level holds `app.json`: `{ "name": "...", "version": "...", "exec": "relative/path" }`
-/// (see [`AppManifest`]). Every member must be a relative path without `..`. The archive is
-/// unpacked to `/data/apps/<name>/` (replacing a previous version), and `exec` must name a
-/// file in it.
-///
-/// Listing, unpacking and moving all happen inside the instance's sandbox, where only
-/// `/data` is writable: even a hostile archive (symlinks, odd names) or symlinks the
-/// instance planted in its own data dir cannot make anything land outside that instance's
-/// data. The listing check rejects unsafe members before anything is unpacked.
-pub async fn install_tar_package(
-    bwrap: &Path,
-    layout: &HostLayout,
-    paths: &InstancePaths,
-    package: &Path,
-) -> Result<AppManifest, RuntimeError> {
-    let package = tokio::fs::canonicalize(package)
-        .await
-        .map_err(|e| RuntimeError::Install(format!("package {}: {e}", package.display())))?;
-    if !tokio::fs::metadata(&package).await?.is_file() {
-        return Err(RuntimeError::Install(
-            "package is not a regular file".to_owned(),
-        ));
-    }
-    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
-    sb.ro_binds
-        .push((package, PathBuf::from(PACKAGE_IN_SANDBOX)));
-    let run = |argv: Vec<String>, cap: usize| {
-        let cmd = sandbox::command(bwrap, layout, &sb, &argv);
-        sandbox::run_capped(cmd, INSTALL_TIMEOUT, cap)
-    };
-    let fail = |step: &str, out: &CommandOutput| {
-        RuntimeError::Install(format!(
-            "{step}: exit {}: {}",
-            out.exit_code,
-            out.stderr.trim()
-        ))
-    };
-
-    let listing = run(
-        vec!["tar".into(), "-tf".into(), PACKAGE_IN_SANDBOX.into()],
-        MAX_LISTING_BYTES,
-    )
-    .await?;
-    if listing.exit_code != 0 {
-        return Err(fail("not a tar archive", &listing));
-    }
-    if listing.truncated {
-        return Err(RuntimeError::Install(
-            "archive has too many entries".to_owned(),
-        ));
-    }
-    check_listing(&listing.stdout).map_err(RuntimeError::Install)?;
-
-    let script = format!(
-        "set -eu\n\
-         rm -rf /data/apps/.incoming\n\
-         mkdir -p /data/apps/.incoming\n\
-         tar -xf {PACKAGE_IN_SANDBOX} -C /data/apps/.incoming --no-same-owner --no-same-permissions\n\
-         test -f /data/apps/.incoming/app.json\n\
-         test ! -L /data/apps/.incoming/app.json\n\
-         head -c {MAX_MANIFEST_BYTES} /data/apps/.incoming/app.json\n"
-    );
-    let unpacked = run(sandbox::shell_argv(&script), MAX_MANIFEST_BYTES).await?;
-    let cleanup = || run(sandbox::shell_argv("rm -rf /data/apps/.incoming"), 4096);
-    if unpacked.exit_code != 0 {
-        let _ = cleanup().await;
-        return Err(fail("unpack", &unpacked));
-    }
-    let manifest = match serde_json::from_str::<AppManifest>(&unpacked.stdout)
-        .map_err(|e| format!("app.json: {e}"))
-        .and_then(|m| m.validate().map(|()| m))
-    {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = cleanup().await;
-            return Err(RuntimeError::Install(e));
-        }
-    };
-
-    // Names go in as positional parameters, never spliced into the script.
-    let script = "set -eu\n\
-                  test -f \"/data/apps/.incoming/$2\"\n\
-                  rm -rf \"/data/apps/$1\"\n\
-                  mv /data/apps/.incoming \"/data/apps/$1\"\n";
-    let mut argv = sandbox::shell_argv(script);
-    argv.extend([
-        "sh".to_owned(),
-        manifest.name.clone(),
-        manifest.exec.clone(),
-    ]);
-    let moved = run(argv, 4096).await?;
-    if moved.exit_code != 0 {
-        let _ = cleanup().await;
-        return Err(fail(
-            &format!("exec {:?} missing or install failed", manifest.exec),
-            &moved,
-        ));
-    }
-    Ok(manifest)
-}
-
-/// Rejects archives with absolute or `..` members and those without a top-level `app.json`.
-pub fn check_listing(listing: &str) -> Result<(), String> {
-    let mut has_manifest = false;
-    for member in listing.lines() {
-        let trimmed = member.trim_end_matches('/');
-        if trimmed.is_empty() || trimmed == "." {
-            continue;
-        }
-        if !is_safe_relative(trimmed) {
-            return Err(format!("unsafe member {member:?}"));
-        }
-        if trimmed == "app.json" || trimmed == "./app.json" {
-            has_manifest = true;
-        }
-    }
-    if has_manifest {
-        Ok(())
-    } else {
-        Err("no app.json at the top level".to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1085,72 +861,5 @@ mod tests {
         assert_eq!(scale(1.0, 720), 719);
         assert_eq!(scale(-3.0, 720), 0);
         assert_eq!(scale(f64::NAN, 720), 0);
-    }
-
-    #[test]
-    fn manifest_validation() {
-        let ok = AppManifest {
-            name: "demo-app_1.0".into(),
-            version: "1.0".into(),
-            exec: "bin/run".into(),
-        };
-        assert!(ok.validate().is_ok());
-        let bad = [
-            AppManifest {
-                name: "../x".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                name: ".hidden".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                name: "".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                name: "a/b".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                exec: "/bin/sh".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                exec: "../../etc/passwd".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                exec: "bin/".into(),
-                ..ok.clone()
-            },
-            AppManifest {
-                version: "".into(),
-                ..ok.clone()
-            },
-        ];
-        for m in bad {
-            assert!(m.validate().is_err(), "{m:?}");
-        }
-    }
-
-    #[test]
-    fn listing_checks() {
-        assert!(check_listing("app.json\nbin/\nbin/run\n").is_ok());
-        assert!(check_listing("./\n./app.json\n./bin/run\n").is_ok());
-        assert!(check_listing("bin/run\n").is_err(), "no manifest");
-        assert!(
-            check_listing("sub/app.json\n").is_err(),
-            "manifest not at top"
-        );
-        assert!(check_listing("app.json\n../evil\n").is_err());
-        assert!(check_listing("app.json\na/../../evil\n").is_err());
-        assert!(check_listing("app.json\n/etc/passwd\n").is_err());
-    }
-
-    #[test]
-    fn state_dir_is_two_levels_up() {
-        let paths = InstancePaths::new(Path::new("/var/lib/cp"), "abc");
-        assert_eq!(state_dir_of(&paths), Path::new("/var/lib/cp"));
     }
 }
