@@ -191,7 +191,7 @@ impl Drop for StreamGuard {
 enum Delivery {
     /// Read from the backlog or published: skipped if this stream already sent it.
     New(pb::UsageRecord),
-    /// Sent before and still unacknowledged: sent again.
+    /// Due by the resend timer (unacknowledged too long, or never sent): sent.
     Again(pb::UsageRecord),
 }
 
@@ -265,7 +265,10 @@ impl NodeAgent for NodeService {
         //
         // Every RESEND_EVERY the stream also sends again what it sent more than
         // RESEND_UNACKED_AFTER ago that control still has not acknowledged (a record control
-        // could not store). A stream that falls behind the publisher catches up from disk.
+        // could not store), and what is on disk but was never sent on it: the writer cannot
+        // leave such a record, but one can reach the disk another way (an operator, a test,
+        // a restore of the state dir). A stream that falls behind the publisher catches up
+        // from disk.
         let usage_report = |record| {
             Ok(pb::NodeReport {
                 report: Some(Report::Usage(record)),
@@ -299,7 +302,7 @@ impl NodeAgent for NodeService {
                     .into_iter()
                     .filter(|r| {
                         sent.get(&r.record_id)
-                            .is_some_and(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
+                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
                     })
                     .map(Delivery::Again)
                     .collect();
