@@ -12,7 +12,6 @@ use cloudphone_proto::node_v1::node_agent_server::NodeAgent;
 use cloudphone_proto::node_v1::{self as pb, node_report::Report};
 use futures::Stream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 use tonic::{Request, Response, Status};
 
@@ -28,10 +27,6 @@ pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
 /// Finished async jobs kept for GetCommand.
 const MAX_FINISHED_JOBS: usize = 1024;
-/// How often an open report stream looks for usage records it has to send again.
-pub const RESEND_EVERY: Duration = Duration::from_secs(5);
-/// A record sent on a stream and still unacknowledged this long later is sent again.
-pub const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
 
 /// Who this node is, as announced on every report stream.
 #[derive(Debug, Clone)]
@@ -187,14 +182,6 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A usage record on its way to one report stream.
-enum Delivery {
-    /// Read from the backlog or published: skipped if this stream already sent it.
-    New(pb::UsageRecord),
-    /// Due by the resend timer (unacknowledged too long, or never sent): sent.
-    Again(pb::UsageRecord),
-}
-
 #[tonic::async_trait]
 impl NodeAgent for NodeService {
     type OpenReportsStream = ReportStream;
@@ -258,68 +245,12 @@ impl NodeAgent for NodeService {
         let first = tokio_stream::once(Ok(pb::NodeReport {
             report: Some(Report::Announcement(announcement)),
         }));
-        // Usage records: first every one not yet acknowledged (a previous stream may have broken
-        // before its ack), then new ones as the buffer's writer publishes them, each already on
-        // disk. Subscribing before reading the backlog leaves no gap between the two; a record
-        // written in between comes twice and is sent once. Control stores each id once.
-        //
-        // Every RESEND_EVERY the stream also sends again what it sent more than
-        // RESEND_UNACKED_AFTER ago that control still has not acknowledged (a record control
-        // could not store), and what is on disk but was never sent on it: the writer cannot
-        // leave such a record, but one can reach the disk another way (an operator, a test,
-        // a restore of the state dir). A stream that falls behind the publisher catches up
-        // from disk.
-        let usage_report = |record| {
+        // Usage records (see UsageBuffer::deliveries).
+        let usage = self.usage.deliveries().map(|record| {
             Ok(pb::NodeReport {
                 report: Some(Report::Usage(record)),
             })
-        };
-        let published = self.usage.subscribe();
-        let backlog = tokio_stream::iter(self.usage.pending()).map(Delivery::New);
-        let buffer = self.usage.clone();
-        let live = futures::StreamExt::flat_map(BroadcastStream::new(published), move |r| {
-            tokio_stream::iter(match r {
-                Ok(record) => vec![Delivery::New(record)],
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "report stream fell behind; catching up from disk");
-                    buffer.pending().into_iter().map(Delivery::New).collect()
-                }
-            })
         });
-        let sent: Arc<Mutex<HashMap<String, tokio::time::Instant>>> = Arc::default();
-        let buffer = self.usage.clone();
-        let unacked = Arc::clone(&sent);
-        let resend = futures::StreamExt::flat_map(
-            IntervalStream::new(tokio::time::interval_at(
-                tokio::time::Instant::now() + RESEND_EVERY,
-                RESEND_EVERY,
-            )),
-            move |_| {
-                let pending = buffer.pending();
-                let mut sent = unacked.lock().unwrap_or_else(|p| p.into_inner());
-                sent.retain(|id, _| pending.iter().any(|r| &r.record_id == id));
-                let due: Vec<Delivery> = pending
-                    .into_iter()
-                    .filter(|r| {
-                        sent.get(&r.record_id)
-                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
-                    })
-                    .map(Delivery::Again)
-                    .collect();
-                tokio_stream::iter(due)
-            },
-        );
-        let usage = backlog
-            .chain(live.merge(resend))
-            .filter_map(move |delivery| {
-                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-                let record = match delivery {
-                    Delivery::New(record) if sent.contains_key(&record.record_id) => return None,
-                    Delivery::New(record) | Delivery::Again(record) => record,
-                };
-                sent.insert(record.record_id.clone(), tokio::time::Instant::now());
-                Some(usage_report(record))
-            });
         let stream = first
             .chain(heartbeats.merge(events).merge(usage))
             .map(move |item| {

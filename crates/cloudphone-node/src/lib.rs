@@ -8,12 +8,14 @@
 //! - [`announce`]: telling control this node exists.
 //! - [`apps`]: downloading and checking application packages.
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
+//! - [`clock`]: the clock usage is timed by (tokio's in paused-time tests).
 //! - [`http`]: `/healthz`, `/metrics`.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
 
 pub mod announce;
 pub mod apps;
+pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod http;
@@ -154,6 +156,7 @@ pub async fn run(
             },
             max_viewers_per_instance: config.webrtc.max_viewers_per_instance as usize,
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
+            clock: clock::Clock::System,
             node_id: config.node_id.clone(),
         },
         streaming::encoder_factory(streaming::pipeline::PipelineOptions {
@@ -166,7 +169,7 @@ pub async fn run(
             realtime_priority: config.webrtc.encoder_realtime_priority,
             ..Default::default()
         }),
-        usage.spawn_keeper(),
+        usage.spawn_keeper(clock::Clock::System),
     );
     let service =
         grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);

@@ -20,11 +20,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudphone_proto::node_v1 as pb;
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+
+use crate::clock::Clock;
 
 /// How often open sessions' checkpoints are refreshed: the most a crash can lose.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often an open report stream looks for usage records it has to send again.
+pub const RESEND_EVERY: Duration = Duration::from_secs(5);
+/// A record sent on a stream and still unacknowledged this long later is sent again.
+pub const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
 /// Records published to report streams that a slow stream may fall behind by before it has
 /// to catch up from disk.
 const PUBLISHED_CAPACITY: usize = 1024;
@@ -107,12 +117,26 @@ pub struct UsageBuffer {
 pub struct UsageSink(mpsc::UnboundedSender<pb::UsageRecord>);
 
 impl UsageSink {
+    /// A sink whose records go to `tx`, for tests that look at what an encoder run emits.
+    #[cfg(test)]
+    pub(crate) fn new(tx: mpsc::UnboundedSender<pb::UsageRecord>) -> Self {
+        Self(tx)
+    }
+
     /// Queues a record for the writer. Only fails once the writer is gone (node shutdown).
     pub fn emit(&self, record: pb::UsageRecord) {
         if self.0.send(record).is_err() {
             tracing::warn!("usage writer has stopped; a usage record was dropped");
         }
     }
+}
+
+/// A usage record on its way to one report stream.
+enum Delivery {
+    /// Read from the backlog or published: skipped if this stream already sent it.
+    New(pb::UsageRecord),
+    /// Due by the resend timer (unacknowledged too long, or never sent): sent.
+    Again(pb::UsageRecord),
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename), so a crash leaves old or new, never half.
@@ -202,12 +226,12 @@ impl UsageBuffer {
 
     /// Starts the buffer's one writer, fed by the returned sink, and the checkpoint ticker, for
     /// as long as the node runs.
-    pub fn spawn_keeper(&self) -> UsageSink {
+    pub fn spawn_keeper(&self, clock: Clock) -> UsageSink {
         let (tx, mut rx) = mpsc::unbounded_channel::<pb::UsageRecord>();
         let writer = self.clone();
         tokio::spawn(async move {
             while let Some(record) = rx.recv().await {
-                writer.record(record, crate::unix_ms());
+                writer.record(record, clock.unix_ms());
             }
         });
         let buffer = self.clone();
@@ -215,7 +239,7 @@ impl UsageBuffer {
             let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
             loop {
                 tick.tick().await;
-                if let Err(error) = buffer.checkpoint(crate::unix_ms()) {
+                if let Err(error) = buffer.checkpoint(clock.unix_ms()) {
                     tracing::warn!(%error, "could not checkpoint open usage sessions");
                 }
             }
@@ -276,6 +300,66 @@ impl UsageBuffer {
             .collect();
         records.sort_by_key(|r| (r.end_unix_ms, r.start_unix_ms));
         records.into_iter().map(Into::into).collect()
+    }
+
+    /// The usage records one report stream sends: first every one not yet acknowledged (a
+    /// previous stream may have broken before its ack), then new ones as the writer publishes
+    /// them, each already on disk. Subscribing before reading the backlog leaves no gap between
+    /// the two; a record written in between comes twice and is sent once. Control stores each
+    /// id once.
+    ///
+    /// Every [`RESEND_EVERY`] the stream also sends again what it sent more than
+    /// [`RESEND_UNACKED_AFTER`] ago that control still has not acknowledged (a record control
+    /// could not store), and what is on disk but was never sent on it: the writer cannot leave
+    /// such a record, but one can reach the disk another way (an operator, a test, a restore of
+    /// the state dir). A stream that falls behind the publisher catches up from disk.
+    pub fn deliveries(&self) -> impl Stream<Item = pb::UsageRecord> + Send + 'static {
+        let published = self.subscribe();
+        let backlog = tokio_stream::iter(self.pending()).map(Delivery::New);
+        let buffer = self.clone();
+        let live = futures::StreamExt::flat_map(BroadcastStream::new(published), move |r| {
+            tokio_stream::iter(match r {
+                Ok(record) => vec![Delivery::New(record)],
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "report stream fell behind; catching up from disk");
+                    buffer.pending().into_iter().map(Delivery::New).collect()
+                }
+            })
+        });
+        let sent: Arc<Mutex<HashMap<String, tokio::time::Instant>>> = Arc::default();
+        let buffer = self.clone();
+        let unacked = Arc::clone(&sent);
+        let resend = futures::StreamExt::flat_map(
+            IntervalStream::new(tokio::time::interval_at(
+                tokio::time::Instant::now() + RESEND_EVERY,
+                RESEND_EVERY,
+            )),
+            move |_| {
+                let pending = buffer.pending();
+                let mut sent = unacked.lock().unwrap_or_else(|p| p.into_inner());
+                sent.retain(|id, _| pending.iter().any(|r| &r.record_id == id));
+                let due: Vec<Delivery> = pending
+                    .into_iter()
+                    .filter(|r| {
+                        sent.get(&r.record_id)
+                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
+                    })
+                    .map(Delivery::Again)
+                    .collect();
+                tokio_stream::iter(due)
+            },
+        );
+        backlog
+            .chain(live.merge(resend))
+            .filter_map(move |delivery| {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                let record = match delivery {
+                    Delivery::New(record) if sent.contains_key(&record.record_id) => return None,
+                    Delivery::New(record) | Delivery::Again(record) => record,
+                };
+                sent.insert(record.record_id.clone(), tokio::time::Instant::now());
+                Some(record)
+            })
     }
 
     /// Drops acknowledged records.
@@ -376,5 +460,38 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    async fn next_id(stream: &mut (impl Stream<Item = pb::UsageRecord> + Unpin)) -> String {
+        stream
+            .next()
+            .await
+            .expect("the stream never ends")
+            .record_id
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacknowledged_records_are_resent_every_30_s_and_acknowledged_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        buffer.record(rec("r1", "s1", 0, 0, false), 0);
+        let mut stream = Box::pin(buffer.deliveries());
+        let start = tokio::time::Instant::now();
+        assert_eq!(next_id(&mut stream).await, "r1", "the backlog first");
+        buffer.record(rec("r2", "s1", 0, 30_000, false), 30_000);
+        assert_eq!(next_id(&mut stream).await, "r2", "then what is published");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        buffer.acknowledge(&["r2".into()]);
+        // Time only moves when the stream waits: the next record is r1 again, once it has
+        // gone unacknowledged for RESEND_UNACKED_AFTER, and never r2.
+        assert_eq!(next_id(&mut stream).await, "r1");
+        assert_eq!(start.elapsed(), RESEND_UNACKED_AFTER);
+        assert_eq!(next_id(&mut stream).await, "r1");
+        assert_eq!(start.elapsed(), 2 * RESEND_UNACKED_AFTER);
+        // Acknowledged, it is not sent again.
+        buffer.acknowledge(&["r1".into()]);
+        buffer.record(rec("r3", "s1", 30_000, 31_000, true), 31_000);
+        assert_eq!(next_id(&mut stream).await, "r3");
+        assert_eq!(start.elapsed(), 2 * RESEND_UNACKED_AFTER);
     }
 }

@@ -14,7 +14,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::until_true;
 use crate::runtime::CaptureSource;
-use crate::usage_buffer::UsageSink;
 
 /// Lowest bitrate adaptation may go to, in kbit/s.
 pub const MIN_BITRATE_KBPS: u32 = 150;
@@ -93,8 +92,7 @@ impl SharedEncoder {
         request: EncoderRequest,
         tenant_id: String,
         instance_id: String,
-        usage: UsageSink,
-        usage_interval: Duration,
+        usage: super::usage::Meter,
     ) -> Arc<Self> {
         let (packets, _) = broadcast::channel(FANOUT_CAPACITY);
         let (ended, _) = watch::channel(false);
@@ -163,7 +161,6 @@ impl SharedEncoder {
             },
             until_true(shared.ended.subscribe()),
             usage,
-            usage_interval,
         ));
         shared
     }

@@ -88,6 +88,8 @@ pub struct SessionSettings {
     pub ice: IceSettings,
     pub max_viewers_per_instance: usize,
     pub usage_interval: Duration,
+    /// What usage records' times are read from.
+    pub clock: crate::clock::Clock,
     pub node_id: String,
 }
 
@@ -127,7 +129,7 @@ pub struct Sessions {
     peers: PeerFactory,
     settings: SessionSettings,
     factory: EncoderFactory,
-    usage: UsageSink,
+    usage: usage::Meter,
     inner: Mutex<Inner>,
     closing: AtomicBool,
     epoch: Instant,
@@ -141,6 +143,11 @@ impl Sessions {
         factory: EncoderFactory,
         usage: UsageSink,
     ) -> Arc<Self> {
+        let usage = usage::Meter {
+            sink: usage,
+            interval: settings.usage_interval,
+            clock: settings.clock,
+        };
         let sessions = Arc::new(Self {
             manager,
             peers,

@@ -141,7 +141,6 @@ impl Sessions {
                     tenant_id,
                     instance_id.clone(),
                     self.usage.clone(),
-                    self.settings.usage_interval,
                 );
                 let mut inner = self.inner();
                 match inner.encoders.get(&key) {
