@@ -2,16 +2,12 @@
 //! meanwhile) and recreated from one, with archives that would leave the data dir refused.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cloudphone_core::lifecycle::{InstanceState, LifecycleError, Operation};
-use tokio::sync::RwLock;
 
-use super::{
-    Entry, InstanceError, InstanceManager, InstanceView, Status, io_err, lock, now_ms,
-    validate_spec,
-};
-use crate::runtime::{InstancePaths, InstanceSpec};
+use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec};
+use crate::runtime::InstanceSpec;
 
 impl InstanceManager {
     /// Archives the instance's data dir to `dest` (a `.tar.gz`) and returns the archive's
@@ -107,20 +103,13 @@ impl InstanceManager {
                     if entries.len() >= self.capacity {
                         return Err(InstanceError::NoCapacity);
                     }
-                    let entry = Arc::new(Entry {
-                        paths: InstancePaths::new(&self.state_dir, &id),
-                        spec: spec.clone(),
-                        ops: Arc::new(RwLock::new(())),
-                        status: Mutex::new(Status {
-                            state: InstanceState::Restoring,
-                            message: "restoring".to_owned(),
-                            changed_at_unix_ms: now_ms(),
-                            desired: InstanceState::Running,
-                            auto_restarts: 0,
-                            running_since: None,
-                            deleted: false,
-                        }),
-                    });
+                    let entry = Arc::new(Entry::new(
+                        &self.state_dir,
+                        spec.clone(),
+                        InstanceState::Restoring,
+                        "restoring",
+                        InstanceState::Running,
+                    ));
                     entries.insert(id.clone(), Arc::clone(&entry));
                     entry
                 };

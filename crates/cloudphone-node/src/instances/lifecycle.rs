@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cloudphone_core::lifecycle::{InstanceState, Operation};
-use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::record::DELETING_PREFIX;
 use super::watch::watch;
 use super::{
-    Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Status,
-    Stopping, check, io_err, lock, now_ms, validate_spec,
+    Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Stopping, check,
+    io_err, lock, validate_spec,
 };
 use crate::runtime::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
@@ -90,20 +90,13 @@ impl InstanceManager {
             if entries.len() >= self.capacity {
                 return Err(InstanceError::NoCapacity);
             }
-            let entry = Arc::new(Entry {
-                paths: InstancePaths::new(&self.state_dir, &spec.instance_id),
-                spec: spec.clone(),
-                ops: Arc::new(RwLock::new(())),
-                status: Mutex::new(Status {
-                    state: InstanceState::Starting,
-                    message: "creating".to_owned(),
-                    changed_at_unix_ms: now_ms(),
-                    desired: InstanceState::Running,
-                    auto_restarts: 0,
-                    running_since: None,
-                    deleted: false,
-                }),
-            });
+            let entry = Arc::new(Entry::new(
+                &self.state_dir,
+                spec.clone(),
+                InstanceState::Starting,
+                "creating",
+                InstanceState::Running,
+            ));
             entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
             entry
         };

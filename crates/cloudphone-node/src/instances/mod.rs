@@ -120,6 +120,31 @@ struct Entry {
 }
 
 impl Entry {
+    /// An instance in `state` with `message`, meant to be `desired`; its paths follow from
+    /// `state_dir` and its id.
+    fn new(
+        state_dir: &Path,
+        spec: InstanceSpec,
+        state: InstanceState,
+        message: &str,
+        desired: InstanceState,
+    ) -> Self {
+        Self {
+            paths: InstancePaths::new(state_dir, &spec.instance_id),
+            spec,
+            ops: Arc::new(RwLock::new(())),
+            status: Mutex::new(Status {
+                state,
+                message: message.to_owned(),
+                changed_at_unix_ms: now_ms(),
+                desired,
+                auto_restarts: 0,
+                running_since: None,
+                deleted: false,
+            }),
+        }
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         // Status updates are single assignments; a panic elsewhere cannot leave it torn.
         self.status

@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cloudphone_core::lifecycle::InstanceState;
-use tokio::sync::RwLock;
 
-use super::{Entry, InstanceError, InstanceManager, InstanceView, Status, io_err, now_ms};
-use crate::runtime::{InstancePaths, InstanceSpec};
+use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err};
+use crate::runtime::InstanceSpec;
 
 const INSTANCE_FILE: &str = "instance.json";
 /// A directory being deleted is first renamed to this prefix (see the module docs).
@@ -82,23 +81,16 @@ pub(super) async fn load_entries(
             InstanceState::Running => InstanceState::Running,
             _ => InstanceState::Stopped,
         };
-        let paths = InstancePaths::new(state_dir, &name);
+        // The record names this dir (checked above), so the paths are the dir's.
         entries.insert(
             name,
-            Arc::new(Entry {
-                spec: record.spec,
-                paths,
-                ops: Arc::new(RwLock::new(())),
-                status: Mutex::new(Status {
-                    state: InstanceState::Stopped,
-                    message: String::new(),
-                    changed_at_unix_ms: now_ms(),
-                    desired,
-                    auto_restarts: 0,
-                    running_since: None,
-                    deleted: false,
-                }),
-            }),
+            Arc::new(Entry::new(
+                state_dir,
+                record.spec,
+                InstanceState::Stopped,
+                "",
+                desired,
+            )),
         );
     }
     Ok(entries)
