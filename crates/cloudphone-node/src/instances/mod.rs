@@ -26,11 +26,11 @@
 //! # Layout
 //! - this module: the manager's state (entries, events, stop subscribers) and the checks every
 //!   operation shares;
-//! - [`record`]: `instance.json` and the instance dirs;
-//! - [`lifecycle`]: open (re-adoption), create, delete, start/stop/reboot/reset, commands,
+//! - `record`: `instance.json` and the instance dirs;
+//! - `lifecycle`: open (re-adoption), create, delete, start/stop/reboot/reset, commands,
 //!   input, stop notices, shutdown;
-//! - [`archive`]: backup and restore archives;
-//! - [`watch`]: the crash watcher.
+//! - `archive`: backup and restore archives;
+//! - `watch`: the crash watcher.
 
 mod archive;
 mod lifecycle;

@@ -191,7 +191,7 @@ impl SharedEncoder {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Asks for a key frame. Requests closer than [`KEYFRAME_MIN_INTERVAL`] are merged into
+    /// Asks for a key frame. Requests closer than `KEYFRAME_MIN_INTERVAL` are merged into
     /// one sent at the end of the interval (never dropped: the later one may come from a
     /// viewer that joined after the earlier key frame went out).
     pub fn request_keyframe(self: &Arc<Self>) {

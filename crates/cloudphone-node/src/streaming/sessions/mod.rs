@@ -11,20 +11,20 @@
 //! Viewers of one (instance, codec, definition, fps) profile share one encoder: it starts with
 //! the first viewer and stops when the last one leaves. Its RTP packets fan out through a
 //! broadcast channel, so a slow viewer loses packets (and asks for a key frame) instead of
-//! holding up the others. Each viewer has its own [`BitrateController`], capped by its cell of
+//! holding up the others. Each viewer has its own [`BitrateController`](cloudphone_core::adaptation::BitrateController), capped by its cell of
 //! the instance's video matrix; the encoder runs at the minimum of their targets.
 //!
 //! # Usage
-//! Each encoder run is one usage session: a partial [`pb::UsageRecord`] every
+//! Each encoder run is one usage session: a partial [`UsageRecord`](cloudphone_proto::node_v1::UsageRecord) every
 //! `usage_interval`, and a final one when it stops, handed to the usage buffer's writer, which
 //! puts it on disk before any report stream sends it.
 //!
 //! # Layout
 //! - this module: the registry's state ([`Sessions`]) and the signaling → core conversions;
-//! - [`grants`]: StartSession grants and their checks;
-//! - [`registry`]: viewers: admission, joining an encoder, leaving, ending streams;
-//! - [`encoder`]: the encoders viewers share and their bitrate adaptation;
-//! - [`usage`]: the usage session of an encoder run.
+//! - `grants`: StartSession grants and their checks;
+//! - `registry`: viewers: admission, joining an encoder, leaving, ending streams;
+//! - `encoder`: the encoders viewers share and their bitrate adaptation;
+//! - `usage`: the usage session of an encoder run.
 
 mod encoder;
 mod grants;
