@@ -27,10 +27,6 @@ pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
 /// Finished async jobs kept for GetCommand.
 const MAX_FINISHED_JOBS: usize = 1024;
-/// How often an open report stream looks for usage records it has to send again.
-pub const RESEND_EVERY: Duration = Duration::from_secs(5);
-/// A record sent on a stream and still unacknowledged this long later is sent again.
-pub const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
 
 /// Who this node is, as announced on every report stream.
 #[derive(Debug, Clone)]
@@ -249,49 +245,11 @@ impl NodeAgent for NodeService {
         let first = tokio_stream::once(Ok(pb::NodeReport {
             report: Some(Report::Announcement(announcement)),
         }));
-        // Usage records: first every one not yet acknowledged (a previous stream may have broken
-        // before its ack), then new ones as encoders emit them. Control stores each id once.
-        //
-        // The buffer writes a record to disk as it is broadcast, so a record broadcast just
-        // before this stream subscribed may reach the disk only after the backlog was read, and
-        // would wait for the next stream (hours, maybe). So every RESEND_EVERY the stream also
-        // sends what is on disk and was never sent on it, and what it sent more than
-        // RESEND_UNACKED_AFTER ago that control still has not acknowledged (a record control
-        // could not store).
-        let usage_report = |record| {
+        // Usage records (see UsageBuffer::deliveries).
+        let usage = self.usage.deliveries().map(|record| {
             Ok(pb::NodeReport {
                 report: Some(Report::Usage(record)),
             })
-        };
-        let live = BroadcastStream::new(self.sessions.subscribe_usage()).filter_map(|r| r.ok());
-        let backlog = tokio_stream::iter(self.usage.pending());
-        let sent: Arc<Mutex<HashMap<String, tokio::time::Instant>>> = Arc::default();
-        let buffer = self.usage.clone();
-        let unsent = Arc::clone(&sent);
-        let resend = futures::StreamExt::flat_map(
-            IntervalStream::new(tokio::time::interval_at(
-                tokio::time::Instant::now() + RESEND_EVERY,
-                RESEND_EVERY,
-            )),
-            move |_| {
-                let pending = buffer.pending();
-                let mut sent = unsent.lock().unwrap_or_else(|p| p.into_inner());
-                sent.retain(|id, _| pending.iter().any(|r| &r.record_id == id));
-                let due: Vec<pb::UsageRecord> = pending
-                    .into_iter()
-                    .filter(|r| {
-                        sent.get(&r.record_id)
-                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
-                    })
-                    .collect();
-                tokio_stream::iter(due)
-            },
-        );
-        let usage = backlog.chain(live.merge(resend)).map(move |record| {
-            sent.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(record.record_id.clone(), tokio::time::Instant::now());
-            usage_report(record)
         });
         let stream = first
             .chain(heartbeats.merge(events).merge(usage))

@@ -8,12 +8,14 @@
 //! - [`announce`]: telling control this node exists.
 //! - [`apps`]: downloading and checking application packages.
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
+//! - [`clock`]: the clock usage is timed by (tokio's in paused-time tests).
 //! - [`http`]: `/healthz`, `/metrics`.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
 
 pub mod announce;
 pub mod apps;
+pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod http;
@@ -121,8 +123,6 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
-    // Streams end before an instance's processes stop (see StreamingRuntime).
-    let (runtime, sessions_slot) = streaming::sessions::StreamingRuntime::wrap(runtime);
     let manager =
         InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
     let identity = grpc::NodeIdentity {
@@ -142,6 +142,7 @@ pub async fn run(
         udp_port_max: config.webrtc.udp_port_max,
         ice_interfaces: config.webrtc.ice_interfaces.clone(),
     })?;
+    let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
     let sessions = streaming::sessions::Sessions::new(
         Arc::clone(&manager),
         peers,
@@ -155,6 +156,7 @@ pub async fn run(
             },
             max_viewers_per_instance: config.webrtc.max_viewers_per_instance as usize,
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
+            clock: clock::Clock::System,
             node_id: config.node_id.clone(),
         },
         streaming::encoder_factory(streaming::pipeline::PipelineOptions {
@@ -167,10 +169,8 @@ pub async fn run(
             realtime_priority: config.webrtc.encoder_realtime_priority,
             ..Default::default()
         }),
+        usage.spawn_keeper(clock::Clock::System),
     );
-    let _ = sessions_slot.set(Arc::downgrade(&sessions));
-    let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
-    spawn_usage_keeper(usage.clone(), Arc::clone(&sessions));
     let service =
         grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -232,41 +232,4 @@ pub async fn run(
     manager.shutdown().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Writes every usage record to disk as it is emitted and refreshes open sessions' checkpoints,
-/// for as long as the node runs.
-fn spawn_usage_keeper(
-    buffer: usage_buffer::UsageBuffer,
-    sessions: Arc<streaming::sessions::Sessions>,
-) {
-    let mut records = sessions.subscribe_usage();
-    let writer = buffer.clone();
-    tokio::spawn(async move {
-        loop {
-            match records.recv().await {
-                Ok(record) => {
-                    if let Err(error) = writer.record(&record, unix_ms()) {
-                        tracing::error!(%error, "could not buffer a usage record");
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::error!(
-                        missed = n,
-                        "usage buffer fell behind; records only sent live"
-                    );
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(usage_buffer::CHECKPOINT_EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(error) = buffer.checkpoint(unix_ms()) {
-                tracing::warn!(%error, "could not checkpoint open usage sessions");
-            }
-        }
-    });
 }

@@ -3,6 +3,13 @@
 //! node did not get to close (a crash, SIGKILL) is closed on the next start up to the last time
 //! the node was seen alive, so a restart loses seconds at most, never minutes.
 //!
+//! # One writer
+//! Encoders hand their records to a [`UsageSink`]; one task (spawned by
+//! [`UsageBuffer::spawn_keeper`]) writes each to disk and only then publishes it to the report
+//! streams ([`UsageBuffer::subscribe`]). A stream subscribes before it reads the backlog, so
+//! every record is either in the backlog it reads or published to it afterwards: none can be
+//! on disk yet never sent.
+//!
 //! Layout under `<state_dir>/usage/`: `pending/<record_id>.json` (sent, not yet acknowledged) and
 //! `open/<session_id>.json` (a session still encoding: its last record and when the node last
 //! checked in). Control stores each `record_id` once, so a record sent twice counts once.
@@ -13,10 +20,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudphone_proto::node_v1 as pb;
+use futures::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
+
+use crate::clock::Clock;
 
 /// How often open sessions' checkpoints are refreshed: the most a crash can lose.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How often an open report stream looks for usage records it has to send again.
+pub const RESEND_EVERY: Duration = Duration::from_secs(5);
+/// A record sent on a stream and still unacknowledged this long later is sent again.
+pub const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
+/// Records published to report streams that a slow stream may fall behind by before it has
+/// to catch up from disk.
+const PUBLISHED_CAPACITY: usize = 1024;
 
 /// A record as stored on disk (the proto type has no serde).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +105,38 @@ pub struct UsageBuffer {
     open: PathBuf,
     /// Open sessions in memory, mirrored to `open/`.
     sessions: Arc<Mutex<HashMap<String, OpenSession>>>,
+    /// Records already on disk, for the report streams to send.
+    published: broadcast::Sender<pb::UsageRecord>,
+}
+
+/// Where encoders hand their usage records: to the buffer's one writer. Cheap to clone.
+///
+/// Unbounded because sending must never block an encoder's usage task, and the rate is tiny
+/// (one record per encoder per usage interval).
+#[derive(Debug, Clone)]
+pub struct UsageSink(mpsc::UnboundedSender<pb::UsageRecord>);
+
+impl UsageSink {
+    /// A sink whose records go to `tx`, for tests that look at what an encoder run emits.
+    #[cfg(test)]
+    pub(crate) fn new(tx: mpsc::UnboundedSender<pb::UsageRecord>) -> Self {
+        Self(tx)
+    }
+
+    /// Queues a record for the writer. Only fails once the writer is gone (node shutdown).
+    pub fn emit(&self, record: pb::UsageRecord) {
+        if self.0.send(record).is_err() {
+            tracing::warn!("usage writer has stopped; a usage record was dropped");
+        }
+    }
+}
+
+/// A usage record on its way to one report stream.
+enum Delivery {
+    /// Read from the backlog or published: skipped if this stream already sent it.
+    New(pb::UsageRecord),
+    /// Due by the resend timer (unacknowledged too long, or never sent): sent.
+    Again(pb::UsageRecord),
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename), so a crash leaves old or new, never half.
@@ -111,6 +164,7 @@ impl UsageBuffer {
             pending: root.join("pending"),
             open: root.join("open"),
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            published: broadcast::channel(PUBLISHED_CAPACITY).0,
         };
         std::fs::create_dir_all(&buffer.pending)?;
         std::fs::create_dir_all(&buffer.open)?;
@@ -154,8 +208,47 @@ impl UsageBuffer {
         )
     }
 
+    /// Writes a record to disk, then publishes it to the report streams. A record that cannot
+    /// be written is still published (logged), so control bills it if a stream is open; only
+    /// its resend after a broken stream is lost.
+    pub fn record(&self, record: pb::UsageRecord, now_ms: i64) {
+        if let Err(error) = self.write(&record, now_ms) {
+            tracing::error!(%error, record = %record.record_id, "could not buffer a usage record; sending it live only");
+        }
+        let _ = self.published.send(record);
+    }
+
+    /// Records published from now on, each already on disk. Subscribe before reading
+    /// [`UsageBuffer::pending`], so that no record falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::UsageRecord> {
+        self.published.subscribe()
+    }
+
+    /// Starts the buffer's one writer, fed by the returned sink, and the checkpoint ticker, for
+    /// as long as the node runs.
+    pub fn spawn_keeper(&self, clock: Clock) -> UsageSink {
+        let (tx, mut rx) = mpsc::unbounded_channel::<pb::UsageRecord>();
+        let writer = self.clone();
+        tokio::spawn(async move {
+            while let Some(record) = rx.recv().await {
+                writer.record(record, clock.unix_ms());
+            }
+        });
+        let buffer = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(error) = buffer.checkpoint(clock.unix_ms()) {
+                    tracing::warn!(%error, "could not checkpoint open usage sessions");
+                }
+            }
+        });
+        UsageSink(tx)
+    }
+
     /// Keeps a record until it is acknowledged, and tracks its session's openness.
-    pub fn record(&self, record: &pb::UsageRecord, now_ms: i64) -> std::io::Result<()> {
+    fn write(&self, record: &pb::UsageRecord, now_ms: i64) -> std::io::Result<()> {
         let stored = StoredRecord::from(record);
         self.persist(&stored)?;
         if !safe_name(&stored.session_id) {
@@ -209,6 +302,66 @@ impl UsageBuffer {
         records.into_iter().map(Into::into).collect()
     }
 
+    /// The usage records one report stream sends: first every one not yet acknowledged (a
+    /// previous stream may have broken before its ack), then new ones as the writer publishes
+    /// them, each already on disk. Subscribing before reading the backlog leaves no gap between
+    /// the two; a record written in between comes twice and is sent once. Control stores each
+    /// id once.
+    ///
+    /// Every [`RESEND_EVERY`] the stream also sends again what it sent more than
+    /// [`RESEND_UNACKED_AFTER`] ago that control still has not acknowledged (a record control
+    /// could not store), and what is on disk but was never sent on it: the writer cannot leave
+    /// such a record, but one can reach the disk another way (an operator, a test, a restore of
+    /// the state dir). A stream that falls behind the publisher catches up from disk.
+    pub fn deliveries(&self) -> impl Stream<Item = pb::UsageRecord> + Send + 'static {
+        let published = self.subscribe();
+        let backlog = tokio_stream::iter(self.pending()).map(Delivery::New);
+        let buffer = self.clone();
+        let live = futures::StreamExt::flat_map(BroadcastStream::new(published), move |r| {
+            tokio_stream::iter(match r {
+                Ok(record) => vec![Delivery::New(record)],
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "report stream fell behind; catching up from disk");
+                    buffer.pending().into_iter().map(Delivery::New).collect()
+                }
+            })
+        });
+        let sent: Arc<Mutex<HashMap<String, tokio::time::Instant>>> = Arc::default();
+        let buffer = self.clone();
+        let unacked = Arc::clone(&sent);
+        let resend = futures::StreamExt::flat_map(
+            IntervalStream::new(tokio::time::interval_at(
+                tokio::time::Instant::now() + RESEND_EVERY,
+                RESEND_EVERY,
+            )),
+            move |_| {
+                let pending = buffer.pending();
+                let mut sent = unacked.lock().unwrap_or_else(|p| p.into_inner());
+                sent.retain(|id, _| pending.iter().any(|r| &r.record_id == id));
+                let due: Vec<Delivery> = pending
+                    .into_iter()
+                    .filter(|r| {
+                        sent.get(&r.record_id)
+                            .is_none_or(|at| at.elapsed() >= RESEND_UNACKED_AFTER)
+                    })
+                    .map(Delivery::Again)
+                    .collect();
+                tokio_stream::iter(due)
+            },
+        );
+        backlog
+            .chain(live.merge(resend))
+            .filter_map(move |delivery| {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                let record = match delivery {
+                    Delivery::New(record) if sent.contains_key(&record.record_id) => return None,
+                    Delivery::New(record) | Delivery::Again(record) => record,
+                };
+                sent.insert(record.record_id.clone(), tokio::time::Instant::now());
+                Some(record)
+            })
+    }
+
     /// Drops acknowledged records.
     pub fn acknowledge(&self, record_ids: &[String]) -> usize {
         record_ids
@@ -242,9 +395,9 @@ mod tests {
     fn records_stay_until_acknowledged_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
-        buffer.record(&rec("r1", "s1", 0, 0, false), 0).unwrap();
+        buffer.write(&rec("r1", "s1", 0, 0, false), 0).unwrap();
         buffer
-            .record(&rec("r2", "s1", 0, 30_000, false), 30_000)
+            .write(&rec("r2", "s1", 0, 30_000, false), 30_000)
             .unwrap();
         assert_eq!(
             buffer
@@ -261,7 +414,7 @@ mod tests {
         let ids: Vec<String> = buffer.pending().into_iter().map(|r| r.record_id).collect();
         assert_eq!(ids, ["r2"]);
         buffer
-            .record(&rec("r3", "s1", 30_000, 31_000, true), 31_000)
+            .write(&rec("r3", "s1", 30_000, 31_000, true), 31_000)
             .unwrap();
         // A clean end leaves nothing open: reopening adds no closing record.
         let reopened = UsageBuffer::open(dir.path(), 40_000).unwrap();
@@ -277,10 +430,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
         buffer
-            .record(&rec("r1", "s1", 1_000, 1_000, false), 1_000)
+            .write(&rec("r1", "s1", 1_000, 1_000, false), 1_000)
             .unwrap();
         buffer
-            .record(&rec("r2", "s1", 1_000, 31_000, false), 31_000)
+            .write(&rec("r2", "s1", 1_000, 31_000, false), 31_000)
             .unwrap();
         buffer.checkpoint(44_000).unwrap();
         buffer.acknowledge(&["r1".into(), "r2".into()]);
@@ -307,5 +460,38 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    async fn next_id(stream: &mut (impl Stream<Item = pb::UsageRecord> + Unpin)) -> String {
+        stream
+            .next()
+            .await
+            .expect("the stream never ends")
+            .record_id
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacknowledged_records_are_resent_every_30_s_and_acknowledged_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        buffer.record(rec("r1", "s1", 0, 0, false), 0);
+        let mut stream = Box::pin(buffer.deliveries());
+        let start = tokio::time::Instant::now();
+        assert_eq!(next_id(&mut stream).await, "r1", "the backlog first");
+        buffer.record(rec("r2", "s1", 0, 30_000, false), 30_000);
+        assert_eq!(next_id(&mut stream).await, "r2", "then what is published");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        buffer.acknowledge(&["r2".into()]);
+        // Time only moves when the stream waits: the next record is r1 again, once it has
+        // gone unacknowledged for RESEND_UNACKED_AFTER, and never r2.
+        assert_eq!(next_id(&mut stream).await, "r1");
+        assert_eq!(start.elapsed(), RESEND_UNACKED_AFTER);
+        assert_eq!(next_id(&mut stream).await, "r1");
+        assert_eq!(start.elapsed(), 2 * RESEND_UNACKED_AFTER);
+        // Acknowledged, it is not sent again.
+        buffer.acknowledge(&["r1".into()]);
+        buffer.record(rec("r3", "s1", 30_000, 31_000, true), 31_000);
+        assert_eq!(next_id(&mut stream).await, "r3");
+        assert_eq!(start.elapsed(), 2 * RESEND_UNACKED_AFTER);
     }
 }

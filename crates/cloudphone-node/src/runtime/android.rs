@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::common::{lock, pixel_of, state_dir_of, write_atomic};
 use super::sandbox;
-use super::x11::{state_dir_of, write_atomic};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
     Runtime, RuntimeError, TouchAction,
@@ -288,10 +288,7 @@ impl Runtime for AndroidRuntime {
         let serial = self.serial(paths).await?;
         let args = match event {
             InputEvent::Touch { action, x, y, .. } => {
-                let mut touches = self
-                    .touches
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut touches = lock(&self.touches);
                 match action {
                     TouchAction::Down => {
                         touches.insert(spec.instance_id.clone(), (*x, *y, Instant::now()));
@@ -455,14 +452,8 @@ pub fn touch_up_args(
     }
 }
 
-/// `v` clamped to 0..=1; NaN counts as 0.
-fn unit(v: f64) -> f64 {
-    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
-}
-
 fn pixel(v: f64, size: u32) -> u32 {
-    let max = f64::from(size.saturating_sub(1));
-    (unit(v) * f64::from(size)).floor().min(max) as u32
+    pixel_of(v, size) as u32
 }
 
 /// Single-quotes `s` for a POSIX shell.

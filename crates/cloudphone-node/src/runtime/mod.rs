@@ -5,6 +5,8 @@
 //! Android device.
 
 pub mod android;
+pub(crate) mod common;
+pub mod package;
 pub mod sandbox;
 pub mod synthetic;
 pub mod x11;

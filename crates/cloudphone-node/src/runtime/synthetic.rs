@@ -12,8 +12,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::common::{ensure_data_dir, lock, run_shell, state_dir_of, write_atomic};
+use super::package::install_tar_package;
 use super::sandbox::{self, HostLayout, SandboxSpec, SandboxUser};
-use super::x11::{install_tar_package, state_dir_of, write_atomic};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
     RuntimeError,
@@ -44,12 +45,7 @@ impl SyntheticRuntime {
 
     /// How many input events an instance has accepted since this runtime was created.
     pub fn input_count(&self, instance_id: &str) -> u64 {
-        self.inputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(instance_id)
-            .copied()
-            .unwrap_or(0)
+        lock(&self.inputs).get(instance_id).copied().unwrap_or(0)
     }
 
     async fn set_running(&self, paths: &InstancePaths, running: bool) -> Result<(), RuntimeError> {
@@ -77,11 +73,7 @@ impl Runtime for SyntheticRuntime {
     }
 
     async fn start(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
-        // Normally there since provisioning; recreated (empty) if someone removed it.
-        tokio::fs::create_dir_all(&paths.data).await?;
-        if let Some(user) = SandboxUser::for_this_node() {
-            user.take_ownership(&paths.data)?;
-        }
+        ensure_data_dir(paths).await?;
         self.set_running(paths, true).await
     }
 
@@ -107,13 +99,7 @@ impl Runtime for SyntheticRuntime {
         command: &CommandSpec,
     ) -> Result<CommandOutput, RuntimeError> {
         let sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
-        let cmd = sandbox::command(
-            &self.bwrap,
-            &self.layout,
-            &sb,
-            &sandbox::shell_argv(&command.command),
-        );
-        Ok(sandbox::run_capped(cmd, command.timeout, command.max_output_bytes).await?)
+        run_shell(&self.bwrap, &self.layout, &sb, command).await
     }
 
     async fn install_app(
@@ -136,10 +122,7 @@ impl Runtime for SyntheticRuntime {
         if !self.is_running(spec, paths).await {
             return Err(RuntimeError::NotRunning(spec.instance_id.clone()));
         }
-        *self
-            .inputs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.inputs)
             .entry(spec.instance_id.clone())
             .or_insert(0) += 1;
         Ok(())

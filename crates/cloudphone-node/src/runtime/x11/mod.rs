@@ -1,0 +1,535 @@
+//! The x11 runtime: each instance is its own `Xvfb` display with a launcher app running in
+//! the instance's bwrap sandbox, driven through XTest.
+//!
+//! # Processes and restarts
+//! `start` picks a free display number from [`X11Config::first_display`] up (no
+//! `/tmp/.X<n>-lock` held by a live process, not used by this node), runs
+//! `Xvfb :n -screen 0 {w}x{h}x24 -nolisten tcp -noreset`, waits (bounded) until an X client
+//! can connect, then runs [`X11Config::launcher`] with `/bin/sh -c` inside the sandbox with
+//! `DISPLAY=:n`. Both processes are group leaders and are recorded (pid + kernel start time)
+//! in `<paths.root>/pids.json`. A later `start` — in particular the first one after a node
+//! restart — first kills whatever that file names (after checking the start time, so a
+//! reused pid is never hit), then starts fresh: re-adoption is a clean restart and no
+//! orphan survives. Process output goes to `xvfb.log` / `launcher.log` next to it,
+//! truncated on every start.
+//!
+//! # Launcher
+//! The default launcher is [`DEFAULT_LAUNCHER`]: `xeyes` from x11-apps, sized to the whole
+//! screen. x11-apps is the X app set a bare Debian host has (xterm is a separate package
+//! and usually missing); of its apps, xeyes is the one that visibly reacts to input (its
+//! pupils follow the pointer), which makes input easy to see on the stream. The launcher
+//! gets `WIDTH` and `HEIGHT` in its environment and is expected to keep running: if it
+//! exits, the instance counts as not running.
+//!
+//! # Input mapping (XTest)
+//! - Touch: every action first moves the pointer to `(x·width, y·height)`; `down` then
+//!   presses button 1 and `up` releases it, so a tap is a left click and a drag is a
+//!   left-button drag. One pointer only: `pointer_id` is ignored.
+//! - Key: the DOM `code` is mapped to a keysym by [`keysym_for_code`] (letters, digits,
+//!   punctuation, Enter/Escape/Backspace/Tab/Space, arrows, Home/End/PageUp/PageDown/
+//!   Insert/Delete, F1–F12, Shift/Control/Alt/Meta left and right, CapsLock), then to a
+//!   keycode through the server's keyboard mapping. Unknown codes are rejected.
+//! - Text: each character becomes its keysym (Latin-1 directly, `\n` → Return, `\t` → Tab,
+//!   anything else `0x0100_0000 + codepoint`); Shift is held when the keysym sits on the
+//!   shifted level; a keysym the keymap lacks is bound to a spare keycode for the keystroke.
+//! - Phone keys: back → Escape, home → Super_L, recents → Alt+Tab.
+//!
+//! # App packages
+//! See [`install_tar_package`]: a tar (optionally gzip)
+//! archive with `app.json` at its top level, unpacked to `/data/apps/<name>/`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::Child;
+
+mod input;
+
+use input::XInput;
+pub use input::{keysym_for_char, keysym_for_code};
+
+use super::common::{ensure_data_dir, lock, run_shell, state_dir_of, write_atomic};
+use super::package::install_tar_package;
+use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec, SandboxUser};
+use super::{
+    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
+    RuntimeError,
+};
+
+/// Shown full-screen on every display unless configured otherwise; see the module docs.
+pub const DEFAULT_LAUNCHER: &str = "exec xeyes -geometry ${WIDTH}x${HEIGHT}+0+0";
+
+/// How long Xvfb gets to accept connections.
+const XVFB_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the launcher must survive for `start` to succeed.
+const LAUNCHER_SETTLE: Duration = Duration::from_millis(300);
+/// SIGTERM → SIGKILL grace when stopping.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Display numbers tried per start before giving up (others may grab numbers concurrently).
+const DISPLAY_ATTEMPTS: u32 = 8;
+/// Highest display number considered.
+const MAX_DISPLAY_SPAN: u32 = 1000;
+
+/// x11 runtime configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X11Config {
+    /// Lowest display number to use; high by default to stay clear of desktop sessions.
+    pub first_display: u32,
+    /// Shell command run inside the sandbox once the display is up.
+    pub launcher: String,
+    pub xvfb: PathBuf,
+    pub bwrap: PathBuf,
+}
+
+impl Default for X11Config {
+    fn default() -> Self {
+        Self {
+            first_display: 100,
+            launcher: DEFAULT_LAUNCHER.to_owned(),
+            xvfb: PathBuf::from("/usr/bin/Xvfb"),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+        }
+    }
+}
+
+/// What `pids.json` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PidFile {
+    pub display: Option<u32>,
+    pub xvfb: Option<ProcessRecord>,
+    pub launcher: Option<ProcessRecord>,
+}
+
+/// One running instance's processes and input connection.
+struct Live {
+    display: u32,
+    xvfb: Child,
+    launcher: Child,
+    input: Arc<XInput>,
+}
+
+/// Runs phone instances as Xvfb displays.
+pub struct X11Runtime {
+    config: X11Config,
+    layout: HostLayout,
+    live: Mutex<HashMap<String, Live>>,
+    /// Display numbers this node has handed out (lock files can lag behind a spawn).
+    reserved: Mutex<HashSet<u32>>,
+}
+
+impl X11Runtime {
+    pub fn new(config: X11Config) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            config,
+            layout: HostLayout::scan()?,
+            live: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn config(&self) -> &X11Config {
+        &self.config
+    }
+
+    /// The display an instance runs on, while it runs.
+    pub fn display_of(&self, instance_id: &str) -> Option<u32> {
+        lock(&self.live).get(instance_id).map(|l| l.display)
+    }
+
+    fn sandbox_spec(&self, spec: &InstanceSpec, paths: &InstancePaths) -> SandboxSpec {
+        sandbox_spec(spec, paths, self.display_of(&spec.instance_id))
+    }
+
+    /// Claims the lowest free display number.
+    fn reserve_display(&self) -> Result<u32, RuntimeError> {
+        let mut reserved = lock(&self.reserved);
+        let first = self.config.first_display;
+        for n in first..first.saturating_add(MAX_DISPLAY_SPAN) {
+            if !reserved.contains(&n) && display_free(n) {
+                reserved.insert(n);
+                return Ok(n);
+            }
+        }
+        Err(RuntimeError::NoCapacity(format!(
+            "no free X display from :{first}"
+        )))
+    }
+
+    fn release_display(&self, n: u32) {
+        lock(&self.reserved).remove(&n);
+    }
+
+    /// Kills this instance's processes: the live ones and any named in pids.json.
+    async fn kill_all(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        let live = lock(&self.live).remove(&spec.instance_id);
+        if let Some(mut live) = live {
+            stop_child(&mut live.launcher).await;
+            stop_child(&mut live.xvfb).await;
+            self.release_display(live.display);
+        }
+        let pid_file = paths.root.join("pids.json");
+        if let Some(stale) = read_pid_file(&pid_file).await {
+            for record in [stale.launcher, stale.xvfb].into_iter().flatten() {
+                if record.is_alive() {
+                    tracing::info!(instance = %spec.instance_id, pid = record.pid, "killing leftover process");
+                    record.terminate(STOP_GRACE).await;
+                }
+            }
+        }
+        match tokio::fs::remove_file(&pid_file).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts Xvfb on some free display and waits until it takes connections.
+    async fn start_xvfb(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(u32, Child, Arc<XInput>), RuntimeError> {
+        let mut last_err = String::new();
+        for _ in 0..DISPLAY_ATTEMPTS {
+            let display = self.reserve_display()?;
+            match self.try_xvfb(display, spec, paths).await {
+                Ok((child, input)) => return Ok((display, child, input)),
+                Err(e) => {
+                    self.release_display(display);
+                    last_err = e;
+                }
+            }
+        }
+        Err(RuntimeError::Process {
+            program: "Xvfb".to_owned(),
+            detail: last_err,
+        })
+    }
+
+    async fn try_xvfb(
+        &self,
+        display: u32,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(Child, Arc<XInput>), String> {
+        let log = std::fs::File::create(paths.root.join("xvfb.log")).map_err(|e| e.to_string())?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = tokio::process::Command::new(&self.config.xvfb);
+        cmd.args(xvfb_args(display, spec.width, spec.height))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {:?}: {e}", self.config.xvfb))?;
+        let record = child.id().and_then(ProcessRecord::of);
+        write_pid_file(
+            &paths.root,
+            &PidFile {
+                display: Some(display),
+                xvfb: record,
+                launcher: None,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+        let deadline = Instant::now() + XVFB_READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = tail(&paths.root.join("xvfb.log")).await;
+                return Err(format!("Xvfb :{display} exited with {status}: {log}"));
+            }
+            let pid = child.id();
+            let connected = tokio::task::spawn_blocking(move || XInput::connect(display)).await;
+            if let Ok(Ok(input)) = connected {
+                // Someone else's server may have won this display number between the check
+                // and our spawn; only our own Xvfb holding the lock counts.
+                if lock_file_pid(display) == pid {
+                    return Ok((child, Arc::new(input)));
+                }
+            }
+            if Instant::now() >= deadline {
+                stop_child(&mut child).await;
+                return Err(format!(
+                    "Xvfb :{display} not ready after {XVFB_READY_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for X11Runtime {
+    fn name(&self) -> &'static str {
+        "x11"
+    }
+
+    async fn provision(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<(), RuntimeError> {
+        // The data dir is fresh and empty here, so creating inside it cannot follow a
+        // symlink planted by the instance.
+        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_this_node()).await?;
+        Ok(())
+    }
+
+    async fn start(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        if self.is_running(spec, paths).await {
+            return Ok(());
+        }
+        self.kill_all(spec, paths).await?;
+        ensure_data_dir(paths).await?;
+
+        let (display, mut xvfb, input) = self.start_xvfb(spec, paths).await?;
+        let xvfb_record = xvfb.id().and_then(ProcessRecord::of);
+
+        let launcher = async {
+            let log = std::fs::File::create(paths.root.join("launcher.log"))?;
+            let log_err = log.try_clone()?;
+            let sb = sandbox_spec(spec, paths, Some(display));
+            let argv = sandbox::shell_argv(&self.config.launcher);
+            let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
+            cmd.stdout(log).stderr(log_err).kill_on_drop(true);
+            let child = cmd.spawn()?;
+            Ok::<_, std::io::Error>(child)
+        }
+        .await;
+        let mut launcher = match launcher {
+            Ok(child) => child,
+            Err(e) => {
+                stop_child(&mut xvfb).await;
+                self.release_display(display);
+                return Err(RuntimeError::Process {
+                    program: "bwrap".to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let pids = PidFile {
+            display: Some(display),
+            xvfb: xvfb_record,
+            launcher: launcher.id().and_then(ProcessRecord::of),
+        };
+        let written = write_pid_file(&paths.root, &pids).await;
+
+        tokio::time::sleep(LAUNCHER_SETTLE).await;
+        let exited = launcher.try_wait().ok().flatten();
+        if written.is_err() || exited.is_some() {
+            stop_child(&mut launcher).await;
+            stop_child(&mut xvfb).await;
+            self.release_display(display);
+            let _ = tokio::fs::remove_file(paths.root.join("pids.json")).await;
+            written?;
+            let log = tail(&paths.root.join("launcher.log")).await;
+            let status = exited.map(|s| s.to_string()).unwrap_or_default();
+            return Err(RuntimeError::Process {
+                program: "launcher".to_owned(),
+                detail: format!("exited right away ({status}): {log}"),
+            });
+        }
+        let number = display;
+        tracing::info!(instance = %spec.instance_id, display = number, "x11 instance started");
+        lock(&self.live).insert(
+            spec.instance_id.clone(),
+            Live {
+                display,
+                xvfb,
+                launcher,
+                input,
+            },
+        );
+        Ok(())
+    }
+
+    async fn stop(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
+        self.kill_all(spec, paths).await
+    }
+
+    async fn is_running(&self, spec: &InstanceSpec, _paths: &InstancePaths) -> bool {
+        let mut live = lock(&self.live);
+        let Some(l) = live.get_mut(&spec.instance_id) else {
+            return false;
+        };
+        matches!(l.xvfb.try_wait(), Ok(None)) && matches!(l.launcher.try_wait(), Ok(None))
+    }
+
+    async fn run_command(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        command: &CommandSpec,
+    ) -> Result<CommandOutput, RuntimeError> {
+        let sb = self.sandbox_spec(spec, paths);
+        run_shell(&self.config.bwrap, &self.layout, &sb, command).await
+    }
+
+    async fn install_app(
+        &self,
+        _spec: &InstanceSpec,
+        paths: &InstancePaths,
+        package: &Path,
+    ) -> Result<(), RuntimeError> {
+        install_tar_package(&self.config.bwrap, &self.layout, paths, package)
+            .await
+            .map(|_| ())
+    }
+
+    async fn inject_input(
+        &self,
+        spec: &InstanceSpec,
+        _paths: &InstancePaths,
+        event: &InputEvent,
+    ) -> Result<(), RuntimeError> {
+        let input = lock(&self.live)
+            .get(&spec.instance_id)
+            .map(|l| Arc::clone(&l.input))
+            .ok_or_else(|| RuntimeError::NotRunning(spec.instance_id.clone()))?;
+        let event = event.clone();
+        tokio::task::spawn_blocking(move || input.inject(&event))
+            .await
+            .map_err(|e| x_err(e.to_string()))?
+    }
+
+    fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
+        // While stopped, the display last used (or the first one) is the best answer; the
+        // instance manager only asks for running instances.
+        let display = self.display_of(&spec.instance_id).or_else(|| {
+            std::fs::read(paths.root.join("pids.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<PidFile>(&b).ok())
+                .and_then(|p| p.display)
+        });
+        let display = display.unwrap_or(self.config.first_display);
+        CaptureSource::X11 {
+            display: format!(":{display}"),
+            width: spec.width,
+            height: spec.height,
+        }
+    }
+}
+
+/// `Xvfb` arguments for display `n` at `width`×`height`.
+pub fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
+    vec![
+        format!(":{display}"),
+        "-screen".to_owned(),
+        "0".to_owned(),
+        format!("{width}x{height}x24"),
+        "-nolisten".to_owned(),
+        "tcp".to_owned(),
+        "-noreset".to_owned(),
+    ]
+}
+
+/// The sandbox of an instance on `display`: the launcher and commands see its screen size.
+fn sandbox_spec(spec: &InstanceSpec, paths: &InstancePaths, display: Option<u32>) -> SandboxSpec {
+    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+    sb.display = display;
+    sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
+    sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
+    sb
+}
+
+/// A display number is free when no live process holds its lock file.
+fn display_free(n: u32) -> bool {
+    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(text) => match text.trim().parse::<u32>() {
+            // A stale lock: Xvfb replaces it itself.
+            Ok(pid) => sandbox::proc_start_time(pid).is_none(),
+            Err(_) => false,
+        },
+    }
+}
+
+fn lock_file_pid(n: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/tmp/.X{n}-lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn read_pid_file(path: &Path) -> Option<PidFile> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable pid file ignored");
+            None
+        }
+    }
+}
+
+async fn write_pid_file(root: &Path, pids: &PidFile) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(pids).map_err(std::io::Error::other)?;
+    write_atomic(&root.join("pids.json"), &bytes).await
+}
+
+/// The last part of a log file, for error messages.
+async fn tail(path: &Path) -> String {
+    let bytes = tokio::fs::read(path).await.unwrap_or_default();
+    let start = bytes.len().saturating_sub(600);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+}
+
+/// SIGTERM to the child's process group, SIGKILL after the grace, then reap it.
+async fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(pid) = child.id() {
+        sandbox::kill_group(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        if let Some(pid) = child.id() {
+            sandbox::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = child.kill().await;
+    }
+}
+
+fn x_err(detail: impl Into<String>) -> RuntimeError {
+    RuntimeError::Process {
+        program: "x11".to_owned(),
+        detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xvfb_command_line() {
+        assert_eq!(
+            xvfb_args(101, 720, 1280),
+            [
+                ":101",
+                "-screen",
+                "0",
+                "720x1280x24",
+                "-nolisten",
+                "tcp",
+                "-noreset"
+            ]
+        );
+    }
+}

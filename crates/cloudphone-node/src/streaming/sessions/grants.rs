@@ -1,0 +1,227 @@
+//! StartSession grants: who may watch which instance, checked at hello (see the module docs of
+//! [`super`]), kept bounded per instance, and revoked by ReleaseSession.
+
+use std::collections::HashMap;
+
+use cloudphone_proto::node_v1 as pb;
+use cloudphone_signaling::{ByeReason, ErrorCode};
+use sha2::{Digest, Sha256};
+
+use super::Sessions;
+
+/// Unexpired grants kept per instance: every GetDeviceToken adds one, and only the newest few
+/// can matter (a viewer uses its grant once, at hello). Bounds the node's memory however often
+/// a tenant asks for tokens.
+pub const MAX_GRANTS_PER_INSTANCE: usize = 64;
+
+/// Why StartSession was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("device_token_sha256 must be 64 hex digits")]
+    BadDigest,
+    #[error("device_id must be 1-64 characters of [A-Za-z0-9-_.:]")]
+    BadDeviceId,
+    #[error("expires_at_unix_ms is in the past")]
+    AlreadyExpired,
+    #[error("instance {0} not found")]
+    UnknownInstance(String),
+}
+
+/// An authorised session (StartSession).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub session_id: String,
+    pub instance_id: String,
+    pub device_id: String,
+    token_sha256: [u8; 32],
+    pub expires_at_unix_ms: i64,
+    pub tenant_id: String,
+    pub user_id: String,
+}
+
+impl Grant {
+    /// Whether `device_token` is the token this grant was made for (its SHA-256 compared in
+    /// constant time).
+    pub(super) fn token_matches(&self, device_token: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(device_token.as_bytes()).into();
+        digest_eq(&presented, &self.token_sha256)
+    }
+}
+
+/// Drops every expired grant, then the soonest-expiring grants of `instance_id` beyond `cap`
+/// (with one token lifetime, the oldest). Streams already running are not affected: a grant
+/// is checked only at hello.
+pub(super) fn prune_grants(
+    grants: &mut HashMap<String, Grant>,
+    instance_id: &str,
+    now_ms: i64,
+    cap: usize,
+) {
+    grants.retain(|_, g| g.expires_at_unix_ms > now_ms);
+    let mut mine: Vec<(i64, String)> = grants
+        .values()
+        .filter(|g| g.instance_id == instance_id)
+        .map(|g| (g.expires_at_unix_ms, g.device_id.clone()))
+        .collect();
+    if mine.len() <= cap {
+        return;
+    }
+    mine.sort();
+    for (_, device) in &mine[..mine.len() - cap] {
+        grants.remove(device);
+    }
+}
+
+/// What StartSession hands back.
+#[derive(Debug, Clone)]
+pub struct StartedSession {
+    pub session_id: String,
+    pub signaling_url: String,
+    pub ice_servers: Vec<String>,
+}
+
+/// A refused hello: the code and message the viewer gets before the socket closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+pub(super) fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Equal digests, in time independent of where they differ.
+fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Sessions {
+    /// StartSession: authorises `device_id` to watch the instance until `expires_at`.
+    pub async fn start_session(
+        &self,
+        r: &pb::StartSessionRequest,
+    ) -> Result<StartedSession, SessionError> {
+        let digest: [u8; 32] = hex::decode(&r.device_token_sha256)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or(SessionError::BadDigest)?;
+        let device_ok = !r.device_id.is_empty()
+            && r.device_id.len() <= 64
+            && r.device_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !device_ok {
+            return Err(SessionError::BadDeviceId);
+        }
+        let now = crate::unix_ms();
+        if r.expires_at_unix_ms <= now {
+            return Err(SessionError::AlreadyExpired);
+        }
+        self.manager
+            .status(&r.instance_id)
+            .await
+            .map_err(|_| SessionError::UnknownInstance(r.instance_id.clone()))?;
+        let grant = Grant {
+            session_id: uuid::Uuid::new_v4().simple().to_string(),
+            instance_id: r.instance_id.clone(),
+            device_id: r.device_id.clone(),
+            token_sha256: digest,
+            expires_at_unix_ms: r.expires_at_unix_ms,
+            tenant_id: r.tenant_id.clone(),
+            user_id: r.user_id.clone(),
+        };
+        let session_id = grant.session_id.clone();
+        {
+            let mut inner = self.inner();
+            inner.grants.insert(r.device_id.clone(), grant);
+            prune_grants(
+                &mut inner.grants,
+                &r.instance_id,
+                now,
+                MAX_GRANTS_PER_INSTANCE,
+            );
+        }
+        tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, "session authorised");
+        let servers = self
+            .settings
+            .ice
+            .servers(&r.device_id, (now / 1000).max(0) as u64);
+        Ok(StartedSession {
+            session_id,
+            signaling_url: format!(
+                "{}/v1/signaling",
+                self.settings.public_url.trim_end_matches('/')
+            ),
+            ice_servers: crate::streaming::ice::to_strings(&servers),
+        })
+    }
+
+    /// The ICE servers a viewer of `device_id` gets in its `ready`.
+    pub fn ice_servers(&self, device_id: &str) -> Vec<cloudphone_signaling::IceServer> {
+        self.settings
+            .ice
+            .servers(device_id, (crate::unix_ms() / 1000).max(0) as u64)
+    }
+
+    /// The current grant of a device, if it still has one.
+    pub fn grant(&self, device_id: &str) -> Option<Grant> {
+        self.inner().grants.get(device_id).cloned()
+    }
+
+    /// ReleaseSession: revokes the instance's grants and ends its streams.
+    pub fn release(&self, instance_id: &str) -> u32 {
+        let released = {
+            let mut inner = self.inner();
+            let before = inner.grants.len();
+            inner.grants.retain(|_, g| g.instance_id != instance_id);
+            (before - inner.grants.len()) as u32
+        };
+        self.stop_viewers(|v| v.instance_id == instance_id, ByeReason::Released);
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(instance: &str, device: &str, expires: i64) -> (String, Grant) {
+        (
+            device.to_owned(),
+            Grant {
+                session_id: format!("s-{device}"),
+                instance_id: instance.to_owned(),
+                device_id: device.to_owned(),
+                token_sha256: [0; 32],
+                expires_at_unix_ms: expires,
+                tenant_id: "t".into(),
+                user_id: "u".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn pruning_drops_expired_grants_and_caps_each_instance_at_its_newest() {
+        let mut grants: HashMap<String, Grant> = [
+            grant("a", "expired", 999),
+            grant("a", "a1", 1_001),
+            grant("a", "a2", 1_002),
+            grant("a", "a3", 1_003),
+            grant("b", "b1", 1_001),
+            grant("b", "b-expired", 1_000),
+        ]
+        .into_iter()
+        .collect();
+        prune_grants(&mut grants, "a", 1_000, 2);
+        let mut left: Vec<&str> = grants.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        // Another instance's live grants are not touched by a's cap.
+        assert_eq!(left, ["a2", "a3", "b1"]);
+        prune_grants(&mut grants, "a", 1_000, 2);
+        assert_eq!(grants.len(), 3, "idempotent");
+    }
+}

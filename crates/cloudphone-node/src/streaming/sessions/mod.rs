@@ -1,0 +1,198 @@
+//! The session registry: who may watch which instance (StartSession grants), who is watching
+//! (viewers), and the encoders they share.
+//!
+//! # Grants
+//! StartSession stores `device_id → Grant` with the SHA-256 of the device token; a viewer's
+//! hello must name a known device id, present a token whose digest matches (compared in
+//! constant time), arrive before `expires_at` and find the instance running.
+//! ReleaseSession deletes the instance's grants; StopStreaming only ends its live streams.
+//!
+//! # Shared encoders
+//! Viewers of one (instance, codec, definition, fps) profile share one encoder: it starts with
+//! the first viewer and stops when the last one leaves. Its RTP packets fan out through a
+//! broadcast channel, so a slow viewer loses packets (and asks for a key frame) instead of
+//! holding up the others. Each viewer has its own [`BitrateController`](cloudphone_core::adaptation::BitrateController), capped by its cell of
+//! the instance's video matrix; the encoder runs at the minimum of their targets.
+//!
+//! # Usage
+//! Each encoder run is one usage session: a partial [`UsageRecord`](cloudphone_proto::node_v1::UsageRecord) every
+//! `usage_interval`, and a final one when it stops, handed to the usage buffer's writer, which
+//! puts it on disk before any report stream sends it.
+//!
+//! # Layout
+//! - this module: the registry's state ([`Sessions`]) and the signaling → core conversions;
+//! - `grants`: StartSession grants and their checks;
+//! - `registry`: viewers: admission, joining an encoder, leaving, ending streams;
+//! - `encoder`: the encoders viewers share and their bitrate adaptation;
+//! - `usage`: the usage session of an encoder run.
+
+mod encoder;
+mod grants;
+mod registry;
+mod usage;
+
+pub use encoder::{Encoder, EncoderFactory, EncoderRequest, MIN_BITRATE_KBPS, SharedEncoder};
+pub use grants::{Grant, MAX_GRANTS_PER_INSTANCE, Refusal, SessionError, StartedSession};
+pub use registry::Viewer;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig, VideoSpec};
+use cloudphone_signaling::ByeReason;
+use tokio::sync::watch;
+
+use crate::instances::InstanceManager;
+use crate::streaming::ice::IceSettings;
+use crate::streaming::peer::PeerFactory;
+use crate::usage_buffer::UsageSink;
+
+/// Maps the wire names onto the core's.
+pub fn core_network(n: cloudphone_signaling::NetworkType) -> NetworkType {
+    match n {
+        cloudphone_signaling::NetworkType::Wifi => NetworkType::Wifi,
+        cloudphone_signaling::NetworkType::MobileNetwork => NetworkType::MobileNetwork,
+        cloudphone_signaling::NetworkType::Wired => NetworkType::Wired,
+    }
+}
+
+pub fn core_codec(c: cloudphone_signaling::EncodingType) -> Codec {
+    match c {
+        cloudphone_signaling::EncodingType::H264 => Codec::H264,
+        cloudphone_signaling::EncodingType::H265 => Codec::H265,
+    }
+}
+
+pub fn core_definition(d: cloudphone_signaling::Definition) -> Definition {
+    match d {
+        cloudphone_signaling::Definition::P540 => Definition::P540,
+        cloudphone_signaling::Definition::P720 => Definition::P720,
+        cloudphone_signaling::Definition::P1080 => Definition::P1080,
+    }
+}
+
+pub fn wire_codec(c: Codec) -> cloudphone_signaling::EncodingType {
+    match c {
+        Codec::H264 => cloudphone_signaling::EncodingType::H264,
+        Codec::H265 => cloudphone_signaling::EncodingType::H265,
+    }
+}
+
+/// Settings of the registry.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// `ws(s)://host:port` viewers reach the node at.
+    pub public_url: String,
+    pub ice: IceSettings,
+    pub max_viewers_per_instance: usize,
+    pub usage_interval: Duration,
+    /// What usage records' times are read from.
+    pub clock: crate::clock::Clock,
+    pub node_id: String,
+}
+
+/// The matrix cell of each viewer of one encoder.
+type ViewerSpecs = Vec<(u64, VideoSpec)>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ProfileKey {
+    instance_id: String,
+    codec: Codec,
+    definition: Definition,
+    fps: u32,
+}
+
+struct ViewerEntry {
+    instance_id: String,
+    device_id: String,
+    network: NetworkType,
+    codec: Codec,
+    definition: Definition,
+    stop: watch::Sender<Option<ByeReason>>,
+    encoder: Option<Arc<SharedEncoder>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    grants: HashMap<String, Grant>,
+    configs: HashMap<String, VideoConfig>,
+    encoders: HashMap<ProfileKey, Arc<SharedEncoder>>,
+    viewers: HashMap<u64, ViewerEntry>,
+    next_viewer: u64,
+}
+
+/// The node's streaming sessions; see the module docs.
+pub struct Sessions {
+    manager: Arc<InstanceManager>,
+    peers: PeerFactory,
+    settings: SessionSettings,
+    factory: EncoderFactory,
+    usage: usage::Meter,
+    inner: Mutex<Inner>,
+    closing: AtomicBool,
+    epoch: Instant,
+}
+
+impl Sessions {
+    pub fn new(
+        manager: Arc<InstanceManager>,
+        peers: PeerFactory,
+        settings: SessionSettings,
+        factory: EncoderFactory,
+        usage: UsageSink,
+    ) -> Arc<Self> {
+        let usage = usage::Meter {
+            sink: usage,
+            interval: settings.usage_interval,
+            clock: settings.clock,
+        };
+        let sessions = Arc::new(Self {
+            manager,
+            peers,
+            settings,
+            factory,
+            usage,
+            inner: Mutex::new(Inner::default()),
+            closing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        });
+        tokio::spawn(registry::watch_instances(Arc::downgrade(&sessions)));
+        tokio::spawn(registry::end_before_stop(
+            Arc::downgrade(&sessions),
+            sessions.manager.subscribe_stopping(),
+        ));
+        sessions
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent; a panic cannot tear them.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn manager(&self) -> &Arc<InstanceManager> {
+        &self.manager
+    }
+
+    pub fn peers(&self) -> &PeerFactory {
+        &self.peers
+    }
+
+    /// Milliseconds since the registry started: the controllers' clock.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Viewers connected right now.
+    pub fn live_viewers(&self) -> usize {
+        self.inner().viewers.len()
+    }
+}
+
+/// Resolves once the flag is true (or its sender is gone).
+pub async fn until_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
