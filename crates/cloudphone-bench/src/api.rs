@@ -563,10 +563,10 @@ async fn measure_backend(
         format!(
             "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
              runtime = \"synthetic\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n",
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n",
             fleet.path("node-state").display(),
             INSTANCES + 4,
-            fleet.api,
+            fleet.nodes_endpoint(),
         ),
     )?;
     fleet.node = Some(Daemon::spawn(

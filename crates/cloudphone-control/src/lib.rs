@@ -6,6 +6,8 @@
 //! - [`store`]: durable state behind the `Store` trait (SQLite or PostgreSQL).
 //! - [`iam`]: password logins, tokens, token checks.
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
+//! - `node_api`: the `ControlPlane` gRPC service on the node-facing listener (announcements,
+//!   the node list).
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `http`: routes and handlers (private; the router is the interface).
@@ -15,6 +17,7 @@ pub mod admin;
 pub mod config;
 mod http;
 pub mod iam;
+mod node_api;
 pub mod nodes;
 pub mod store;
 pub mod usage;
@@ -22,8 +25,10 @@ pub mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
+use cloudphone_proto::node_v1::control_plane_server::ControlPlaneServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ControlConfig;
 use crate::nodes::Registry;
@@ -54,12 +59,16 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("serving the node-facing gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
 }
 
-/// Runs control on an already-bound listener until `shutdown` resolves, then drains requests.
+/// Runs control on already-bound listeners (the tenant API's, and the node-facing gRPC one of
+/// `[nodes].listen`) until `shutdown` resolves, then drains requests.
 pub async fn run(
     config: ControlConfig,
     listener: TcpListener,
+    node_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
@@ -71,7 +80,7 @@ pub async fn run(
         stop_rx.clone(),
     );
     registry.start().await?;
-    spawn_token_purger(Arc::clone(&store), stop_rx);
+    spawn_token_purger(Arc::clone(&store), stop_rx.clone());
     let _ = http::metrics_handle();
     let volcengine_limiter = std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
         config.usage.volcengine_rate_limit,
@@ -84,8 +93,21 @@ pub async fn run(
         placement_lock: tokio::sync::Mutex::new(()),
         volcengine_limiter,
     });
+    let node_api = node_api::ControlPlaneService::new(
+        state.config.nodes.enrollment_token.clone(),
+        Arc::clone(&state.registry),
+        Arc::clone(&state.store),
+    );
+    let mut grpc_stop = stop_rx;
+    let grpc_addr = node_listener.local_addr()?;
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(ControlPlaneServer::new(node_api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(node_listener), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc_server);
     let app = http::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "control listening");
+    tracing::info!(http = %listener.local_addr()?, grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -95,6 +117,12 @@ pub async fn run(
             let _ = stop_tx.send(true);
         })
         .await?;
+    // Announcements are short unary calls; bound the wait anyway.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), grpc_task).await {
+        Ok(Ok(served)) => served?,
+        Ok(Err(join)) => tracing::error!(%join, "node-facing gRPC server panicked"),
+        Err(_) => tracing::warn!("node-facing gRPC calls still open after 5 s; leaving them"),
+    }
     Ok(())
 }
 

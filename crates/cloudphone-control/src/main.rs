@@ -21,6 +21,9 @@ struct Cli {
     /// Listen address, overriding the file.
     #[arg(long, global = true)]
     listen: Option<std::net::SocketAddr>,
+    /// Listen address of the node-facing gRPC service, overriding `[nodes].listen`.
+    #[arg(long, global = true)]
+    nodes_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +54,21 @@ enum Command {
     AccessKey {
         #[command(subcommand)]
         command: AccessKeyCommand,
+    },
+    /// Inspect the fleet's nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List every node control knows with its last recorded status; prints JSON.
+    List {
+        /// Print JSON (the only format; accepted so scripts can say what they expect).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -146,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
+    if let Some(listen) = cli.nodes_listen {
+        config.nodes.listen = listen;
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Tenant {
             command:
@@ -219,12 +240,24 @@ async fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        Command::Node {
+            command: NodeCommand::List { json: _ },
+        } => {
+            let out = cloudphone_control::admin::list_nodes(&config)
+                .await
+                .context("node list")?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Serve => {
             init_tracing();
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
-            cloudphone_control::run(config, listener, shutdown_signal()).await?;
+            let node_listener = tokio::net::TcpListener::bind(config.nodes.listen)
+                .await
+                .with_context(|| format!("binding {}", config.nodes.listen))?;
+            cloudphone_control::run(config, listener, node_listener, shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
         }

@@ -50,8 +50,9 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlLink {
-    /// Control's base URL, for announcing this node. Empty: wait for control to dial in.
-    pub url: String,
+    /// Control's node-facing gRPC endpoint (its `[nodes].listen`), for announcing this node,
+    /// e.g. `http://10.0.0.1:50050`. Empty: wait for control to dial in.
+    pub endpoint: String,
     /// Shared secret for announcements. Never logged.
     pub enrollment_token: String,
 }
@@ -252,8 +253,8 @@ impl NodeConfig {
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
             config.control.enrollment_token = v;
         }
-        if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_URL") {
-            config.control.url = v;
+        if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_ENDPOINT") {
+            config.control.endpoint = v;
         }
         if let Some(v) = env("CLOUDPHONE_NODE_TURN_SECRET") {
             config.webrtc.turn_secret = v;

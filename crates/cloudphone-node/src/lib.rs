@@ -176,7 +176,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
-        control_url: config.control.url.clone(),
+        control_endpoint: config.control.endpoint.clone(),
         enrollment_token: config.control.enrollment_token.clone(),
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),

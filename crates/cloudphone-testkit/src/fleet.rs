@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cloudphone_proto::node_v1::{self as pb, control_plane_client::ControlPlaneClient};
 use serde_json::{Value, json};
 
 use crate::process::{Daemon, binary};
@@ -17,6 +18,8 @@ pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub api: String,
     pub control_port: u16,
+    /// Port of control's node-facing gRPC listener (`[nodes].listen`).
+    pub nodes_port: u16,
     pub store_url: String,
     pub control: Option<Daemon>,
     pub node: Option<Daemon>,
@@ -40,6 +43,7 @@ impl Fleet {
         Self {
             api: format!("http://127.0.0.1:{control_port}"),
             control_port,
+            nodes_port: free_port(),
             store_url,
             dir,
             control: None,
@@ -61,8 +65,12 @@ impl Fleet {
         let path = self.path("control.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
-            self.control_port, self.store_url, self.token_ttl_secs, self.control_extra
+             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+            self.control_port,
+            self.store_url,
+            self.nodes_port,
+            self.token_ttl_secs,
+            self.control_extra
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -84,11 +92,11 @@ impl Fleet {
         let text = format!(
             "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = 4\n\
              runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
              [x11]\nfirst_display = {}\n{}",
             self.path("node-state").display(),
             self.runtime,
-            self.api,
+            self.nodes_endpoint(),
             // Keep concurrent test processes off each other's displays.
             200 + (grpc % 500) as u32 * 4,
             with_ice_interfaces(&self.node_extra),
@@ -156,13 +164,31 @@ impl Fleet {
         .await;
     }
 
+    /// Control's node-facing gRPC endpoint, as nodes are configured with it.
+    pub fn nodes_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.nodes_port)
+    }
+
+    /// Every node control knows, through `ControlPlane.ListNodes`; `None` while control does
+    /// not answer.
+    pub async fn list_nodes(&self) -> Option<Vec<pb::NodeInfo>> {
+        let mut client = ControlPlaneClient::connect(self.nodes_endpoint())
+            .await
+            .ok()?;
+        let mut request = tonic::Request::new(pb::ListNodesRequest {});
+        let bearer = format!("Bearer {ENROLLMENT}").parse().ok()?;
+        request.metadata_mut().insert("authorization", bearer);
+        Some(client.list_nodes(request).await.ok()?.into_inner().nodes)
+    }
+
+    /// The first node's health as control last recorded it: `"up"` or `"down"`.
     pub async fn node_status(&self) -> Option<String> {
-        let nodes = self
-            .get_json(&format!("{}/internal/v1/nodes", self.api))
-            .await?;
-        nodes["nodes"].as_array()?.first()?["status"]
-            .as_str()
-            .map(str::to_string)
+        let nodes = self.list_nodes().await?;
+        match nodes.first()?.health() {
+            pb::NodeHealth::Up => Some("up".to_string()),
+            pb::NodeHealth::Down => Some("down".to_string()),
+            pb::NodeHealth::Unspecified => None,
+        }
     }
 
     pub async fn wait_node(&self, status: &str, timeout: Duration) -> Duration {
