@@ -24,6 +24,11 @@ struct Cli {
     /// Listen address of the node-facing gRPC service, overriding `[nodes].listen`.
     #[arg(long, global = true)]
     nodes_listen: Option<std::net::SocketAddr>,
+    /// `serve`: once both listeners are bound, write their addresses here as
+    /// `{"http": "IP:PORT", "grpc": "IP:PORT"}` (grpc = the node-facing listener), for
+    /// listen addresses with port 0.
+    #[arg(long, global = true)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +262,9 @@ async fn main() -> anyhow::Result<()> {
             let node_listener = tokio::net::TcpListener::bind(config.nodes.listen)
                 .await
                 .with_context(|| format!("binding {}", config.nodes.listen))?;
+            if let Some(path) = &cli.ready_file {
+                write_ready_file(path, listener.local_addr()?, node_listener.local_addr()?)?;
+            }
             cloudphone_control::run(config, listener, node_listener, shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
@@ -271,6 +279,22 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+/// Writes `{"http": "<addr>", "grpc": "<addr>"}` (the bound addresses, port 0 resolved) to
+/// `path` through a temporary file and a rename, so a reader never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("{body}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -119,6 +119,9 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+    config.fill_advertised(grpc_addr, http_addr);
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
     // Streams end before an instance's processes stop (see StreamingRuntime).
@@ -206,7 +209,8 @@ pub async fn run(
 
     tracing::info!(
         node_id = %config.node_id,
-        grpc = %grpc_listener.local_addr()?,
+        grpc = %grpc_addr,
+        http = %http_addr,
         runtime = %config.runtime,
         "node listening"
     );
