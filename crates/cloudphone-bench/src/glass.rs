@@ -17,9 +17,7 @@ use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
-use cloudphone_signaling::{
-    Definition as WireDefinition, EncodingType, Hello, NetworkType as WireNetwork,
-};
+use cloudphone_signaling::Hello;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::oneshot;
@@ -271,28 +269,13 @@ impl Node {
     }
 }
 
-pub(crate) fn wire_codec(c: Codec) -> EncodingType {
-    match c {
-        Codec::H264 => EncodingType::H264,
-        Codec::H265 => EncodingType::H265,
-    }
-}
-
-pub(crate) fn wire_definition(d: Definition) -> WireDefinition {
-    match d {
-        Definition::P540 => WireDefinition::P540,
-        Definition::P720 => WireDefinition::P720,
-        Definition::P1080 => WireDefinition::P1080,
-    }
-}
-
 fn hello(device: &str, token: &str, codec: Codec, definition: Definition) -> Hello {
     Hello {
         device_id: device.into(),
         device_token: token.into(),
-        network_type: WireNetwork::Wifi,
-        encoding_type: wire_codec(codec),
-        definition: wire_definition(definition),
+        network_type: NetworkType::Wifi,
+        encoding_type: codec,
+        definition,
     }
 }
 
@@ -320,7 +303,7 @@ async fn glass_cell(
         device_token: token,
         codec,
         definition,
-        network: WireNetwork::Wifi,
+        network: NetworkType::Wifi,
         skip_secs: skip.as_secs_f64(),
         seconds: seconds.as_secs_f64(),
         jitter_ms: DEFAULT_LATENCY_MS,

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
-use cloudphone_signaling::NetworkType as WireNetwork;
 
 use crate::glass::{GlassCell, GlassResults, Node};
 use crate::glass_viewer::{Receiver, ViewerArgs, run_subprocess};
@@ -32,14 +31,6 @@ pub struct NetemRun {
     /// How the impairment was made, or why it was not run.
     pub note: String,
     pub failures: Vec<(String, String)>,
-}
-
-fn wire_network(n: NetworkType) -> WireNetwork {
-    match n {
-        NetworkType::Wifi => WireNetwork::Wifi,
-        NetworkType::MobileNetwork => WireNetwork::MobileNetwork,
-        NetworkType::Wired => WireNetwork::Wired,
-    }
 }
 
 /// How the link is made, for the report.
@@ -108,7 +99,7 @@ async fn cell(
         device_token: token,
         codec,
         definition,
-        network: wire_network(network),
+        network,
         skip_secs: skip.as_secs_f64(),
         seconds: seconds.as_secs_f64(),
         jitter_ms: DEFAULT_LATENCY_MS,

@@ -58,34 +58,6 @@ pub enum NodeError {
     Tls(#[from] streaming::signaling::TlsError),
 }
 
-/// Encoder elements worth announcing, software first.
-const ENCODERS: [&str; 8] = [
-    "x264enc",
-    "x265enc",
-    "openh264enc",
-    "vah264enc",
-    "vah265enc",
-    "nvh264enc",
-    "nvh265enc",
-    "v4l2h264enc",
-];
-
-/// Which GStreamer encoders this host has, probed once at start.
-pub async fn detect_encoders() -> Vec<String> {
-    let mut found = Vec::new();
-    for element in ENCODERS {
-        let status = tokio::process::Command::new("gst-inspect-1.0")
-            .arg("--exists")
-            .arg(element)
-            .status()
-            .await;
-        if status.map(|s| s.success()).unwrap_or(false) {
-            found.push(element.to_string());
-        }
-    }
-    found
-}
-
 fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
     Ok(match config.runtime.as_str() {
         "x11" => {
@@ -134,7 +106,10 @@ pub async fn run(
         signaling_base_url: config.http.public_url.clone(),
         capacity: config.capacity,
         runtime: config.runtime.clone(),
-        encoders: detect_encoders().await,
+        // The pipeline's own registry, so control sees exactly the encoders streams can use.
+        encoders: tokio::task::spawn_blocking(streaming::pipeline::available_encoders)
+            .await
+            .unwrap_or_default(),
         region: config.region.clone(),
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
     };

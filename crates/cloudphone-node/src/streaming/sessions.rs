@@ -79,37 +79,6 @@ pub type EncoderFactory = Arc<
         + Sync,
 >;
 
-/// Maps the wire names onto the core's.
-pub fn core_network(n: cloudphone_signaling::NetworkType) -> NetworkType {
-    match n {
-        cloudphone_signaling::NetworkType::Wifi => NetworkType::Wifi,
-        cloudphone_signaling::NetworkType::MobileNetwork => NetworkType::MobileNetwork,
-        cloudphone_signaling::NetworkType::Wired => NetworkType::Wired,
-    }
-}
-
-pub fn core_codec(c: cloudphone_signaling::EncodingType) -> Codec {
-    match c {
-        cloudphone_signaling::EncodingType::H264 => Codec::H264,
-        cloudphone_signaling::EncodingType::H265 => Codec::H265,
-    }
-}
-
-pub fn core_definition(d: cloudphone_signaling::Definition) -> Definition {
-    match d {
-        cloudphone_signaling::Definition::P540 => Definition::P540,
-        cloudphone_signaling::Definition::P720 => Definition::P720,
-        cloudphone_signaling::Definition::P1080 => Definition::P1080,
-    }
-}
-
-pub fn wire_codec(c: Codec) -> cloudphone_signaling::EncodingType {
-    match c {
-        Codec::H264 => cloudphone_signaling::EncodingType::H264,
-        Codec::H265 => cloudphone_signaling::EncodingType::H265,
-    }
-}
-
 /// Why StartSession was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -380,9 +349,9 @@ impl Sessions {
         if status.state != InstanceState::Running {
             return Err(refuse(ErrorCode::NotRunning, "instance is not running"));
         }
-        let network = core_network(hello.network_type);
-        let codec = core_codec(hello.encoding_type);
-        let definition = core_definition(hello.definition);
+        let network = hello.network_type;
+        let codec = hello.encoding_type;
+        let definition = hello.definition;
         let (stop, stop_rx) = watch::channel(None);
         let (id, spec) = {
             let mut inner = self.inner();
