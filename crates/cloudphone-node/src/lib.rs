@@ -5,6 +5,7 @@
 //! - [`runtime`]: the `Runtime` trait and its x11 / synthetic / android implementations.
 //! - [`instances`]: the instance manager: persistence under the state dir, lifecycle, re-adoption.
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
+//! - `convert`: proto messages to and from the core's types.
 //! - [`announce`]: telling control this node exists.
 //! - [`apps`]: downloading and checking application packages.
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
@@ -15,6 +16,7 @@
 pub mod announce;
 pub mod apps;
 pub mod config;
+mod convert;
 pub mod grpc;
 pub mod http;
 pub mod instances;
