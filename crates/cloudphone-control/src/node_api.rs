@@ -122,6 +122,87 @@ pub(crate) fn node_info(node: NodeRecord) -> pb::NodeInfo {
 mod tests {
     use super::*;
 
+    /// The service over a fresh store; the store lives as long as the returned directory.
+    async fn make_service(token: &str) -> (ControlPlaneService, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
+        store.migrate().await.unwrap();
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let registry = Registry::new(Arc::clone(&store), 1_000, stop_rx);
+        (
+            ControlPlaneService::new(token.to_string(), registry, store),
+            dir,
+        )
+    }
+
+    fn with_token<T>(message: T, token: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    }
+
+    fn code<T>(result: Result<T, Status>) -> Option<tonic::Code> {
+        result.err().map(|status| status.code())
+    }
+
+    fn announce(node_id: &str) -> pb::AnnounceRequest {
+        pb::AnnounceRequest {
+            node_id: node_id.into(),
+            grpc_endpoint: "http://127.0.0.1:1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_needs_the_enrollment_token() {
+        let (service, _dir) = make_service("s3cret").await;
+        assert_eq!(
+            code(service.announce(with_token(announce("n1"), "wrong")).await),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(service.announce(Request::new(announce("n1"))).await),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(
+                service
+                    .list_nodes(with_token(pb::ListNodesRequest {}, "wrong"))
+                    .await
+            ),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(
+                service
+                    .announce(with_token(announce("a b"), "s3cret"))
+                    .await
+            ),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(
+            service
+                .announce(with_token(announce("n1"), "s3cret"))
+                .await
+                .is_ok()
+        );
+        let listed = service
+            .list_nodes(with_token(pb::ListNodesRequest {}, "s3cret"))
+            .await
+            .unwrap();
+        assert!(
+            listed.into_inner().nodes.is_empty(),
+            "stored only once it reports"
+        );
+        // No token configured: nobody may announce.
+        let (closed, _closed_dir) = make_service("").await;
+        assert_eq!(
+            code(closed.announce(with_token(announce("n1"), "")).await),
+            Some(tonic::Code::Unauthenticated)
+        );
+    }
+
     #[test]
     fn node_ids_are_short_and_plain() {
         assert!(valid_node_id("node-a.b_1"));
