@@ -57,12 +57,13 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     let runtime = pick_runtime(&dir);
-    let ports = util::free_ports(3)?;
+    let ports = util::free_ports(4)?;
     let config = DemoConfig {
         dir: dir.clone(),
         api_port: ports[0],
         grpc_port: ports[1],
         node_http_port: ports[2],
+        control_nodes_port: ports[3],
         enrollment_token: util::random_alnum(32),
         runtime,
     };
@@ -122,8 +123,12 @@ pub(crate) fn run(options: Options) -> Result<()> {
         Ok(http.get(&format!("{node_http}/healthz"), &[])?.status == 200)
     })?;
     daemons.wait_for("the node to register with control", || {
-        let resp = http.get(&format!("{api}/internal/v1/nodes"), &[])?;
-        Ok(resp.status == 200 && count_up_nodes(&resp.json()?) >= 1)
+        let listed = util::output(
+            Command::new(&control_bin)
+                .args(["node", "list", "--json", "--config"])
+                .arg(&control_toml),
+        )?;
+        Ok(count_up_nodes(&serde_json::from_str(&listed)?) >= 1)
     })?;
 
     heading("order the demo phones");
@@ -274,6 +279,8 @@ struct DemoConfig {
     api_port: u16,
     grpc_port: u16,
     node_http_port: u16,
+    /// Control's node-facing gRPC port (`[nodes].listen`), which the node announces itself to.
+    control_nodes_port: u16,
     enrollment_token: String,
     runtime: Runtime,
 }
@@ -302,6 +309,7 @@ region = {region}
 url = {db}
 
 [nodes]
+listen = {nodes_listen}
 heartbeat_timeout_ms = 3000
 enrollment_token = {token}
 
@@ -309,6 +317,7 @@ enrollment_token = {token}
 token_ttl_secs = 86400
 "#,
             listen = toml_str(&format!("127.0.0.1:{}", self.api_port)),
+            nodes_listen = toml_str(&format!("127.0.0.1:{}", self.control_nodes_port)),
             public_url = toml_str(&self.api_url()),
             region = toml_str(REGION),
             db = toml_str(&db),
@@ -339,7 +348,7 @@ listen = {http_listen}
 public_url = {http_public}
 
 [control]
-url = {control}
+endpoint = {control}
 enrollment_token = {token}
 
 [x11]
@@ -356,7 +365,7 @@ serials = []
             grpc_advertise = toml_str(&format!("http://127.0.0.1:{}", self.grpc_port)),
             http_listen = toml_str(&format!("127.0.0.1:{}", self.node_http_port)),
             http_public = toml_str(&format!("ws://127.0.0.1:{}", self.node_http_port)),
-            control = toml_str(&self.api_url()),
+            control = toml_str(&format!("http://127.0.0.1:{}", self.control_nodes_port)),
             token = toml_str(&self.enrollment_token),
         )
     }
@@ -367,7 +376,7 @@ fn toml_str(s: &str) -> String {
     Value::from(s).to_string()
 }
 
-/// How many nodes a `GET /internal/v1/nodes` answer lists as up, whatever its envelope: every
+/// How many nodes a `cloudphone-control node list` answer lists as up, whatever its envelope: every
 /// object with `"status": "up"` counts once.
 fn count_up_nodes(v: &Value) -> usize {
     match v {
@@ -759,6 +768,7 @@ mod tests {
             api_port: 40001,
             grpc_port: 40002,
             node_http_port: 40003,
+            control_nodes_port: 40004,
             enrollment_token: "tok\"en".to_owned(),
             runtime,
         }
@@ -801,6 +811,7 @@ mod tests {
         let c = config(Runtime::Synthetic { why: "test".into() });
         let control: toml::Table = c.control_toml().parse().unwrap();
         assert_eq!(control["listen"].as_str(), Some("127.0.0.1:40001"));
+        assert_eq!(control["nodes"]["listen"].as_str(), Some("127.0.0.1:40004"));
         assert_eq!(
             control["store"]["url"].as_str(),
             Some("sqlite:///work/main/target/demo/control.db?mode=rwc")
@@ -823,7 +834,7 @@ mod tests {
         let tables = [
             ("grpc", "advertise", "http://127.0.0.1:40002"),
             ("http", "public_url", "ws://127.0.0.1:40003"),
-            ("control", "url", "http://127.0.0.1:40001"),
+            ("control", "endpoint", "http://127.0.0.1:40004"),
             ("control", "enrollment_token", "tok\"en"),
         ];
         for (table, key, want) in tables {

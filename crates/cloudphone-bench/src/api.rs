@@ -527,8 +527,7 @@ async fn measure_backend(
     settings: WrkSettings,
     profile: &'static str,
 ) -> Result<Vec<ApiCell>> {
-    use cloudphone_testkit::fleet::{ENROLLMENT, Fleet, order_sku, path_str};
-    use cloudphone_testkit::process::Daemon;
+    use cloudphone_testkit::fleet::{Fleet, order_sku, path_str};
 
     let control_bin = daemon_binary("cloudphone-control", profile)?;
     let node_bin = daemon_binary("cloudphone-node", profile)?;
@@ -550,30 +549,10 @@ async fn measure_backend(
     if !out.status.success() {
         bail!("tenant create: {}", String::from_utf8_lossy(&out.stderr));
     }
-    fleet.control = Some(Daemon::spawn(
-        &control_bin,
-        &["serve", "--config", path_str(&config)],
-        &fleet.path("control.log"),
-    ));
+    fleet.spawn_control(&control_bin);
     fleet.wait_healthy(&fleet.api.clone()).await;
-    let (grpc, http) = fleet.node_ports;
-    let node_config = fleet.path("node.toml");
-    std::fs::write(
-        &node_config,
-        format!(
-            "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
-             runtime = \"synthetic\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n",
-            fleet.path("node-state").display(),
-            INSTANCES + 4,
-            fleet.api,
-        ),
-    )?;
-    fleet.node = Some(Daemon::spawn(
-        &node_bin,
-        &["--config", path_str(&node_config)],
-        &fleet.path("node.log"),
-    ));
+    fleet.node_capacity = INSTANCES + 4;
+    fleet.spawn_node(&node_bin);
     fleet.wait_node("up", Duration::from_secs(30)).await;
 
     let token = fleet.login(DOMAIN, PASSWORD).await;

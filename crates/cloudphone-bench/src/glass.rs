@@ -17,9 +17,7 @@ use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
-use cloudphone_signaling::{
-    Definition as WireDefinition, EncodingType, Hello, NetworkType as WireNetwork,
-};
+use cloudphone_signaling::Hello;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::oneshot;
@@ -271,36 +269,13 @@ impl Node {
     }
 }
 
-pub(crate) fn wire_codec(c: Codec) -> EncodingType {
-    match c {
-        Codec::H264 => EncodingType::H264,
-        Codec::H265 => EncodingType::H265,
-    }
-}
-
-pub(crate) fn wire_network(n: NetworkType) -> WireNetwork {
-    match n {
-        NetworkType::Wifi => WireNetwork::Wifi,
-        NetworkType::MobileNetwork => WireNetwork::MobileNetwork,
-        NetworkType::Wired => WireNetwork::Wired,
-    }
-}
-
-pub(crate) fn wire_definition(d: Definition) -> WireDefinition {
-    match d {
-        Definition::P540 => WireDefinition::P540,
-        Definition::P720 => WireDefinition::P720,
-        Definition::P1080 => WireDefinition::P1080,
-    }
-}
-
 fn hello(device: &str, token: &str, codec: Codec, definition: Definition) -> Hello {
     Hello {
         device_id: device.into(),
         device_token: token.into(),
-        network_type: WireNetwork::Wifi,
-        encoding_type: wire_codec(codec),
-        definition: wire_definition(definition),
+        network_type: NetworkType::Wifi,
+        encoding_type: codec,
+        definition,
     }
 }
 
@@ -359,7 +334,7 @@ impl Node {
             device_token: token,
             codec: stream.codec,
             definition: stream.definition,
-            network: wire_network(stream.network),
+            network: stream.network,
             skip_secs: window.skip.as_secs_f64(),
             seconds: window.seconds.as_secs_f64(),
             jitter_ms: DEFAULT_LATENCY_MS,

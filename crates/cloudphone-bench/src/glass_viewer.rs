@@ -155,8 +155,8 @@ impl ViewerArgs {
             device_id: self.device_id.clone(),
             device_token: self.device_token.clone(),
             network_type: self.network,
-            encoding_type: crate::glass::wire_codec(self.codec),
-            definition: crate::glass::wire_definition(self.definition),
+            encoding_type: self.codec,
+            definition: self.definition,
         }
     }
 }

@@ -287,3 +287,16 @@ pub async fn delete_access_key(
     let deleted = store.delete_access_key(&tenant_id, access_key).await?;
     Ok(serde_json::json!({"deleted": deleted}))
 }
+
+/// Every node control knows with its last recorded status (`"up"`/`"down"`), for operators:
+/// `{"nodes": [{"node_id", "status", "region", "capacity", "runtimes", "encoders", "version"}]}`.
+pub async fn list_nodes(config: &ControlConfig) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let nodes = store.list_nodes().await?;
+    Ok(
+        serde_json::json!({"nodes": nodes.iter().map(|n| serde_json::json!({
+        "node_id": n.node_id, "status": n.status, "region": n.region, "capacity": n.capacity,
+        "runtimes": n.runtimes, "encoders": n.encoders, "version": n.version,
+    })).collect::<Vec<_>>()}),
+    )
+}

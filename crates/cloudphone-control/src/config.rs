@@ -32,6 +32,9 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodesConfig {
+    /// Address of the node-facing gRPC service (`ControlPlane`: announcements, the node list),
+    /// apart from the tenant API so the fleet's endpoints can stay off the public internet.
+    pub listen: SocketAddr,
     /// A node silent this long is marked down (and its instances show it).
     pub heartbeat_timeout_ms: u64,
     /// Shared secret nodes present when they announce themselves. Never logged.
@@ -100,6 +103,7 @@ impl Default for StoreConfig {
 impl Default for NodesConfig {
     fn default() -> Self {
         Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50050)),
             heartbeat_timeout_ms: 5_000,
             enrollment_token: String::new(),
         }
@@ -162,6 +166,16 @@ impl ControlConfig {
                     .parse()
                     .map_err(|e: std::net::AddrParseError| ConfigError::Env {
                         name: "CLOUDPHONE_LISTEN",
+                        value,
+                        reason: e.to_string(),
+                    })?;
+        }
+        if let Some(value) = env("CLOUDPHONE_NODES_LISTEN") {
+            config.nodes.listen =
+                value
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        name: "CLOUDPHONE_NODES_LISTEN",
                         value,
                         reason: e.to_string(),
                     })?;
@@ -253,6 +267,10 @@ mod tests {
         assert_eq!(config.nodes.heartbeat_timeout_ms, 2000);
         assert_eq!(config.store.url, "postgres://x/y");
         assert_eq!(config.iam.token_ttl_secs, 86_400);
+        assert_eq!(
+            config.nodes.listen,
+            SocketAddr::from(([127, 0, 0, 1], 50050))
+        );
     }
 
     #[test]

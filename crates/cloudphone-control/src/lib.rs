@@ -6,6 +6,8 @@
 //! - [`store`]: durable state behind the `Store` trait (SQLite or PostgreSQL).
 //! - [`iam`]: password logins, tokens, token checks.
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
+//! - `node_api`: the `ControlPlane` gRPC service on the node-facing listener (announcements,
+//!   the node list).
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `service`: the application layer: one function per operation, typed commands in, one
@@ -19,6 +21,7 @@ mod clock;
 pub mod config;
 mod http;
 pub mod iam;
+mod node_api;
 pub mod nodes;
 mod service;
 pub mod store;
@@ -27,9 +30,11 @@ pub mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
+use cloudphone_proto::node_v1::control_plane_server::ControlPlaneServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument;
 
 use crate::clock::Clock;
@@ -92,13 +97,17 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("serving the node-facing gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
 }
 
-/// Runs control on an already-bound listener until `shutdown` resolves, then drains requests
-/// and waits for its background tasks (token purger, node monitor, restore worker) to stop.
+/// Runs control on already-bound listeners (the tenant API's, and the node-facing gRPC one of
+/// `[nodes].listen`) until `shutdown` resolves, then drains requests and waits for its
+/// background tasks (token purger, node monitor, restore worker) to stop.
 pub async fn run(
     config: ControlConfig,
     listener: TcpListener,
+    node_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
@@ -112,6 +121,19 @@ pub async fn run(
     registry.start().await?;
     let _ = http::metrics_handle();
     let state = AppState::new(config, store, registry, Clock::System);
+    let node_api = node_api::ControlPlaneService::new(
+        state.config.nodes.enrollment_token.clone(),
+        Arc::clone(&state.registry),
+        Arc::clone(&state.store),
+    );
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_addr = node_listener.local_addr()?;
+    let grpc_server = tonic::transport::Server::builder()
+        .add_service(ControlPlaneServer::new(node_api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(node_listener), async move {
+            let _ = grpc_stop.changed().await;
+        });
+    let grpc_task = tokio::spawn(grpc_server.instrument(tracing::info_span!("node_api")));
     let background = [
         spawn_background(
             "token_purger",
@@ -124,7 +146,7 @@ pub async fn run(
         ),
     ];
     let app = http::router(state);
-    tracing::info!(addr = %listener.local_addr()?, "control listening");
+    tracing::info!(http = %listener.local_addr()?, grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop_background = stop_tx.clone();
     let served = axum::serve(listener, app)
@@ -144,8 +166,22 @@ pub async fn run(
             tracing::error!(task = name, %error, "background task panicked");
         }
     }
+    // Announcements are short unary calls; bound the wait anyway.
+    let grpc_served = match tokio::time::timeout(std::time::Duration::from_secs(5), grpc_task).await
+    {
+        Ok(Ok(served)) => served,
+        Ok(Err(join)) => {
+            tracing::error!(%join, "node-facing gRPC server panicked");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("node-facing gRPC calls still open after 5 s; leaving them");
+            Ok(())
+        }
+    };
     tracing::info!("background tasks stopped");
     served?;
+    grpc_served?;
     Ok(())
 }
 

@@ -21,6 +21,14 @@ struct Cli {
     /// Listen address, overriding the file.
     #[arg(long, global = true)]
     listen: Option<std::net::SocketAddr>,
+    /// Listen address of the node-facing gRPC service, overriding `[nodes].listen`.
+    #[arg(long, global = true)]
+    nodes_listen: Option<std::net::SocketAddr>,
+    /// `serve`: once both listeners are bound, write their addresses here as
+    /// `{"http": "IP:PORT", "grpc": "IP:PORT"}` (grpc = the node-facing listener), for
+    /// listen addresses with port 0.
+    #[arg(long, global = true)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +59,21 @@ enum Command {
     AccessKey {
         #[command(subcommand)]
         command: AccessKeyCommand,
+    },
+    /// Inspect the fleet's nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List every node control knows with its last recorded status; prints JSON.
+    List {
+        /// Print JSON (the only format; accepted so scripts can say what they expect).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -146,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
+    if let Some(listen) = cli.nodes_listen {
+        config.nodes.listen = listen;
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Tenant {
             command:
@@ -219,12 +245,27 @@ async fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
+        Command::Node {
+            command: NodeCommand::List { json: _ },
+        } => {
+            let out = cloudphone_control::admin::list_nodes(&config)
+                .await
+                .context("node list")?;
+            println!("{out}");
+            Ok(())
+        }
         Command::Serve => {
             init_tracing();
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
-            cloudphone_control::run(config, listener, shutdown_signal()).await?;
+            let node_listener = tokio::net::TcpListener::bind(config.nodes.listen)
+                .await
+                .with_context(|| format!("binding {}", config.nodes.listen))?;
+            if let Some(path) = &cli.ready_file {
+                write_ready_file(path, listener.local_addr()?, node_listener.local_addr()?)?;
+            }
+            cloudphone_control::run(config, listener, node_listener, shutdown_signal()).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -238,6 +279,22 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+/// Writes `{"http": "<addr>", "grpc": "<addr>"}` (the bound addresses, port 0 resolved) to
+/// `path` through a temporary file and a rename, so a reader never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("{body}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,7 +1,7 @@
 //! The node registry: one report stream per node, liveness from its heartbeats, and the gRPC
 //! clients API handlers use to act on instances.
 //!
-//! Nodes announce themselves over HTTP (`POST /internal/v1/nodes/announce`); control then dials
+//! Nodes announce themselves through `ControlPlane.Announce` (`node_api`); control then dials
 //! the node's gRPC endpoint and keeps `OpenReports` open, reconnecting with backoff. A broken
 //! stream marks the node down at once; a silent one is marked down by the monitor within
 //! 1.25 × `heartbeat_timeout_ms`.

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_usage::class::Codec;
+use cloudphone_usage::class::parse_codec;
 use cloudphone_usage::meter::{self, Span};
 use rand::RngCore;
 
@@ -219,7 +219,7 @@ pub async fn ingest(
         Some(instance) => instance.tenant_id,
         None => return Ok(false),
     };
-    if Codec::parse(&record.codec).is_none() || record.end_unix_ms < record.start_unix_ms {
+    if parse_codec(&record.codec).is_none() || record.end_unix_ms < record.start_unix_ms {
         return Ok(false);
     }
     let domain = default_domain(store, &tenant_id).await?;
@@ -259,7 +259,7 @@ pub async fn spans(
         .into_iter()
         .filter_map(|r| {
             Some(meter::Record {
-                codec: Codec::parse(&r.codec)?,
+                codec: parse_codec(&r.codec)?,
                 width: u32::try_from(r.width).ok()?,
                 height: u32::try_from(r.height).ok()?,
                 record_id: r.record_id,

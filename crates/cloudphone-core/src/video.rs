@@ -61,7 +61,9 @@ impl fmt::Display for NetworkType {
 }
 
 /// The video codec (the seed's `encoding_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Codec {
     H264,
     H265,

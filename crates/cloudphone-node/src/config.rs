@@ -50,8 +50,9 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlLink {
-    /// Control's base URL, for announcing this node. Empty: wait for control to dial in.
-    pub url: String,
+    /// Control's node-facing gRPC endpoint (its `[nodes].listen`), for announcing this node,
+    /// e.g. `http://10.0.0.1:50050`. Empty: wait for control to dial in.
+    pub endpoint: String,
     /// Shared secret for announcements. Never logged.
     pub enrollment_token: String,
 }
@@ -232,6 +233,23 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
+    /// Defaults `grpc.advertise` to `http://<grpc>` and `http.public_url` to `ws(s)://<http>`
+    /// where they are unset, from the addresses actually bound (port 0 resolved). Addresses
+    /// still on port 0 are skipped.
+    pub fn fill_advertised(&mut self, grpc: SocketAddr, http: SocketAddr) {
+        if self.grpc.advertise.is_empty() && grpc.port() != 0 {
+            self.grpc.advertise = format!("http://{grpc}");
+        }
+        if self.http.public_url.is_empty() && http.port() != 0 {
+            let scheme = if self.webrtc.tls_cert.is_some() {
+                "wss"
+            } else {
+                "ws"
+            };
+            self.http.public_url = format!("{scheme}://{http}");
+        }
+    }
+
     pub fn load(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
@@ -252,8 +270,8 @@ impl NodeConfig {
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
             config.control.enrollment_token = v;
         }
-        if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_URL") {
-            config.control.url = v;
+        if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_ENDPOINT") {
+            config.control.endpoint = v;
         }
         if let Some(v) = env("CLOUDPHONE_NODE_TURN_SECRET") {
             config.webrtc.turn_secret = v;
@@ -279,17 +297,9 @@ impl NodeConfig {
                 "webrtc.max_viewers_per_instance and usage_interval_secs must be > 0".into(),
             ));
         }
-        if config.grpc.advertise.is_empty() {
-            config.grpc.advertise = format!("http://{}", config.grpc.listen);
-        }
-        if config.http.public_url.is_empty() {
-            let scheme = if config.webrtc.tls_cert.is_some() {
-                "wss"
-            } else {
-                "ws"
-            };
-            config.http.public_url = format!("{scheme}://{}", config.http.listen);
-        }
+        // A port 0 listen address is only known once bound: `run` fills those in.
+        let (grpc, http) = (config.grpc.listen, config.http.listen);
+        config.fill_advertised(grpc, http);
         if !matches!(config.runtime.as_str(), "x11" | "synthetic" | "android") {
             return Err(ConfigError::Invalid(format!(
                 "runtime must be x11, synthetic or android, not {:?}",

@@ -580,20 +580,7 @@ impl NodeAgent for NodeService {
             .status(&r.instance_id)
             .await
             .map_err(to_status)?;
-        let cells: Vec<cloudphone_core::video::VideoCell> = r
-            .profiles
-            .into_iter()
-            .map(|p| cloudphone_core::video::VideoCell {
-                network_type: p.network_type,
-                encoding_type: p.encoding_type,
-                specs: p
-                    .specs
-                    .into_iter()
-                    .map(|s| (s.definition, s.code_rate_kbps, s.fps))
-                    .collect(),
-            })
-            .collect();
-        let config = cloudphone_core::video::VideoConfig::from_cells(&cells)
+        let config = crate::convert::video_config(r.profiles)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sessions_updated = self.sessions.set_video_config(&r.instance_id, config);
         Ok(Response::new(pb::SetVideoConfigResponse {

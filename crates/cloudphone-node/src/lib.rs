@@ -5,6 +5,7 @@
 //! - [`runtime`]: the `Runtime` trait and its x11 / synthetic / android implementations.
 //! - [`instances`]: the instance manager: persistence under the state dir, lifecycle, re-adoption.
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
+//! - `convert`: proto messages to and from the core's types.
 //! - [`announce`]: telling control this node exists.
 //! - [`apps`]: downloading and checking application packages.
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
@@ -17,6 +18,7 @@ pub mod announce;
 pub mod apps;
 pub mod clock;
 pub mod config;
+mod convert;
 pub mod grpc;
 pub mod http;
 pub mod instances;
@@ -60,34 +62,6 @@ pub enum NodeError {
     Tls(#[from] streaming::signaling::TlsError),
 }
 
-/// Encoder elements worth announcing, software first.
-const ENCODERS: [&str; 8] = [
-    "x264enc",
-    "x265enc",
-    "openh264enc",
-    "vah264enc",
-    "vah265enc",
-    "nvh264enc",
-    "nvh265enc",
-    "v4l2h264enc",
-];
-
-/// Which GStreamer encoders this host has, probed once at start.
-pub async fn detect_encoders() -> Vec<String> {
-    let mut found = Vec::new();
-    for element in ENCODERS {
-        let status = tokio::process::Command::new("gst-inspect-1.0")
-            .arg("--exists")
-            .arg(element)
-            .status()
-            .await;
-        if status.map(|s| s.success()).unwrap_or(false) {
-            found.push(element.to_string());
-        }
-    }
-    found
-}
-
 fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
     Ok(match config.runtime.as_str() {
         "x11" => {
@@ -121,6 +95,9 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+    config.fill_advertised(grpc_addr, http_addr);
     std::fs::create_dir_all(&config.state_dir)?;
     let runtime = build_runtime(&config)?;
     let manager =
@@ -131,7 +108,10 @@ pub async fn run(
         signaling_base_url: config.http.public_url.clone(),
         capacity: config.capacity,
         runtime: config.runtime.clone(),
-        encoders: detect_encoders().await,
+        // The pipeline's own registry, so control sees exactly the encoders streams can use.
+        encoders: tokio::task::spawn_blocking(streaming::pipeline::available_encoders)
+            .await
+            .unwrap_or_default(),
         region: config.region.clone(),
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
     };
@@ -176,7 +156,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
-        control_url: config.control.url.clone(),
+        control_endpoint: config.control.endpoint.clone(),
         enrollment_token: config.control.enrollment_token.clone(),
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
@@ -206,7 +186,8 @@ pub async fn run(
 
     tracing::info!(
         node_id = %config.node_id,
-        grpc = %grpc_listener.local_addr()?,
+        grpc = %grpc_addr,
+        http = %http_addr,
         runtime = %config.runtime,
         "node listening"
     );

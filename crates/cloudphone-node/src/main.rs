@@ -12,6 +12,10 @@ struct Cli {
     /// Configuration file (TOML); `CLOUDPHONE_NODE_*` variables override it.
     #[arg(long, env = "CLOUDPHONE_NODE_CONFIG")]
     config: Option<PathBuf>,
+    /// Once both listeners are bound, write their addresses here as
+    /// `{"http": "IP:PORT", "grpc": "IP:PORT"}` (for `listen` addresses with port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -31,7 +35,26 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP {}", config.http.listen))?;
+    if let Some(path) = &cli.ready_file {
+        write_ready_file(path, http.local_addr()?, grpc.local_addr()?)?;
+    }
     cloudphone_node::run(config, grpc, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Writes `{"http": "<addr>", "grpc": "<addr>"}` (the bound addresses, port 0 resolved) to
+/// `path` through a temporary file and a rename, so a reader never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("{body}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -1,5 +1,7 @@
-//! The gRPC contract between `cloudphone-control` (client) and `cloudphone-node` (server),
-//! generated from `proto/cloudphone/node/v1/node.proto`. Only this crate knows that wire format.
+//! The gRPC contract between `cloudphone-control` and `cloudphone-node`, generated from
+//! `proto/cloudphone/node/v1/node.proto`: `NodeAgent` (served by each node, called by control)
+//! and `ControlPlane` (served by control on its node-facing listener, called by nodes to
+//! announce themselves). Only this crate knows that wire format.
 #![forbid(unsafe_code)]
 
 /// Version 1 of the node API.

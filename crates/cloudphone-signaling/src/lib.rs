@@ -15,36 +15,10 @@ pub const MAX_KEY_CODE_CHARS: usize = 32;
 /// Highest pointer id accepted (multi-touch with up to this many + 1 fingers).
 pub const MAX_POINTER_ID: u32 = 9;
 
-/// The network the viewer says it is on; selects a row of the instance's video matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum NetworkType {
-    #[serde(rename = "WIFI")]
-    Wifi,
-    #[serde(rename = "MOBILE_NETWORK")]
-    MobileNetwork,
-    #[serde(rename = "WIRED")]
-    Wired,
-}
-
-/// Video codec on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EncodingType {
-    #[serde(rename = "H264")]
-    H264,
-    #[serde(rename = "H265")]
-    H265,
-}
-
-/// Picture definition the viewer asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Definition {
-    #[serde(rename = "540P")]
-    P540,
-    #[serde(rename = "720P")]
-    P720,
-    #[serde(rename = "1080P")]
-    P1080,
-}
+/// The viewer's network, codec and definition are the video matrix's own types: one type per
+/// concept, spelled the same (`WIFI`, `H264`, `720P`…) on every wire. `EncodingType` is the
+/// seed's name for the codec (the `encoding_type` field).
+pub use cloudphone_core::video::{Codec, Codec as EncodingType, Definition, NetworkType};
 
 /// First message from the viewer: who it is and what it wants to see.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

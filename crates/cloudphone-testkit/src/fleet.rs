@@ -1,13 +1,17 @@
 //! A whole deployment for tests: real `cloudphone-control` and `cloudphone-node` processes on
 //! ephemeral ports, a tenant made by the admin CLI, and HTTP helpers speaking the public API.
+//!
+//! The daemons bind port 0 on their first start and report the ports they got through
+//! `--ready-file`; a restart binds the same ports again, as a restarted host keeps its address.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cloudphone_proto::node_v1::{self as pb, control_plane_client::ControlPlaneClient};
 use serde_json::{Value, json};
 
 use crate::process::{Daemon, binary};
-use crate::{free_port, wait_for};
+use crate::wait_for;
 
 /// Heartbeat timeout the tests configure; the bound for marking a node down is 1.25 × this.
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 1_500;
@@ -15,12 +19,22 @@ pub const ENROLLMENT: &str = "enroll-test-secret";
 
 pub struct Fleet {
     pub dir: tempfile::TempDir,
+    /// Control's API base URL; known once control has started.
     pub api: String,
+    /// Control's API port; 0 until control has started.
     pub control_port: u16,
+    /// Port of control's node-facing gRPC listener (`[nodes].listen`); 0 until started.
+    pub nodes_port: u16,
     pub store_url: String,
     pub control: Option<Daemon>,
     pub node: Option<Daemon>,
+    /// The node's (gRPC, HTTP) ports; 0 until the node has started.
     pub node_ports: (u16, u16),
+    /// The node's `capacity`.
+    pub node_capacity: u32,
+    /// The node's `[x11] first_display`, apart from concurrent test processes' and kept
+    /// across node restarts.
+    pub first_display: u32,
     pub runtime: &'static str,
     /// IAM token lifetime the control is configured with.
     pub token_ttl_secs: u64,
@@ -36,15 +50,17 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let store_url = store_url
             .unwrap_or_else(|| format!("sqlite://{}/control.db?mode=rwc", dir.path().display()));
-        let control_port = free_port();
         Self {
-            api: format!("http://127.0.0.1:{control_port}"),
-            control_port,
+            api: String::new(),
+            control_port: 0,
+            nodes_port: 0,
             store_url,
             dir,
             control: None,
             node: None,
-            node_ports: (free_port(), free_port()),
+            node_ports: (0, 0),
+            node_capacity: 4,
+            first_display: first_display(),
             runtime,
             token_ttl_secs: 86_400,
             control_extra: String::new(),
@@ -61,45 +77,83 @@ impl Fleet {
         let path = self.path("control.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
-            self.control_port, self.store_url, self.token_ttl_secs, self.control_extra
+             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+            self.control_port,
+            self.store_url,
+            self.nodes_port,
+            self.token_ttl_secs,
+            self.control_extra
         );
         std::fs::write(&path, text).unwrap();
         path
     }
 
+    /// Starts control and waits until it has bound its listeners (not until it serves: see
+    /// [`Fleet::wait_healthy`]); sets [`Fleet::api`] and the ports.
     pub fn start_control(&mut self) {
-        let config = self.write_control_config();
-        let log = self.path("control.log");
-        self.control = Some(Daemon::spawn(
-            &binary("cloudphone-control"),
-            &["serve", "--config", path_str(&config)],
-            &log,
-        ));
+        self.spawn_control(&binary("cloudphone-control"));
     }
 
+    /// [`Fleet::start_control`] with another build of `cloudphone-control` (e.g. a release one).
+    pub fn spawn_control(&mut self, bin: &Path) {
+        let config = self.write_control_config();
+        let log = self.path("control.log");
+        let ready = self.path("control.ready");
+        let _ = std::fs::remove_file(&ready);
+        self.control = Some(Daemon::spawn(
+            bin,
+            &[
+                "serve",
+                "--config",
+                path_str(&config),
+                "--ready-file",
+                path_str(&ready),
+            ],
+            &log,
+        ));
+        let (http, grpc) = read_ready_file(&ready, &log);
+        self.control_port = http;
+        self.nodes_port = grpc;
+        self.api = format!("http://127.0.0.1:{http}");
+    }
+
+    /// Starts the node and waits until it has bound its listeners; sets [`Fleet::node_ports`].
     pub fn start_node(&mut self) {
+        self.spawn_node(&binary("cloudphone-node"));
+    }
+
+    /// [`Fleet::start_node`] with another build of `cloudphone-node` (e.g. a release one).
+    pub fn spawn_node(&mut self, bin: &Path) {
         let (grpc, http) = self.node_ports;
         let path = self.path("node.toml");
         let text = format!(
-            "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = 4\n\
+            "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
              runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nurl = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
              [x11]\nfirst_display = {}\n{}",
             self.path("node-state").display(),
+            self.node_capacity,
             self.runtime,
-            self.api,
-            // Keep concurrent test processes off each other's displays.
-            200 + (grpc % 500) as u32 * 4,
+            self.nodes_endpoint(),
+            self.first_display,
             with_ice_interfaces(&self.node_extra),
         );
         std::fs::write(&path, text).unwrap();
         let log = self.path("node.log");
+        let ready = self.path("node.ready");
+        let _ = std::fs::remove_file(&ready);
         self.node = Some(Daemon::spawn(
-            &binary("cloudphone-node"),
-            &["--config", path_str(&path)],
+            bin,
+            &[
+                "--config",
+                path_str(&path),
+                "--ready-file",
+                path_str(&ready),
+            ],
             &log,
         ));
+        let (http, grpc) = read_ready_file(&ready, &log);
+        self.node_ports = (grpc, http);
     }
 
     pub fn create_tenant(&self, domain: &str, password: &str) -> Value {
@@ -156,13 +210,31 @@ impl Fleet {
         .await;
     }
 
+    /// Control's node-facing gRPC endpoint, as nodes are configured with it.
+    pub fn nodes_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.nodes_port)
+    }
+
+    /// Every node control knows, through `ControlPlane.ListNodes`; `None` while control does
+    /// not answer.
+    pub async fn list_nodes(&self) -> Option<Vec<pb::NodeInfo>> {
+        let mut client = ControlPlaneClient::connect(self.nodes_endpoint())
+            .await
+            .ok()?;
+        let mut request = tonic::Request::new(pb::ListNodesRequest {});
+        let bearer = format!("Bearer {ENROLLMENT}").parse().ok()?;
+        request.metadata_mut().insert("authorization", bearer);
+        Some(client.list_nodes(request).await.ok()?.into_inner().nodes)
+    }
+
+    /// The first node's health as control last recorded it: `"up"` or `"down"`.
     pub async fn node_status(&self) -> Option<String> {
-        let nodes = self
-            .get_json(&format!("{}/internal/v1/nodes", self.api))
-            .await?;
-        nodes["nodes"].as_array()?.first()?["status"]
-            .as_str()
-            .map(str::to_string)
+        let nodes = self.list_nodes().await?;
+        match nodes.first()?.health() {
+            pb::NodeHealth::Up => Some("up".to_string()),
+            pb::NodeHealth::Down => Some("down".to_string()),
+            pb::NodeHealth::Unspecified => None,
+        }
     }
 
     pub async fn wait_node(&self, status: &str, timeout: Duration) -> Duration {
@@ -285,6 +357,39 @@ pub struct ScopedLogin {
     pub token: String,
     pub project_id: String,
     pub tenant_id: String,
+}
+
+/// Waits for a daemon's `--ready-file` and returns its (http, grpc) ports.
+fn read_ready_file(ready: &Path, log: &Path) -> (u16, u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ports = std::fs::read_to_string(ready).ok().and_then(|text| {
+            let v: Value = serde_json::from_str(&text).ok()?;
+            let port = |key: &str| -> Option<u16> {
+                let addr: std::net::SocketAddr = v[key].as_str()?.parse().ok()?;
+                Some(addr.port())
+            };
+            Some((port("http")?, port("grpc")?))
+        });
+        if let Some(ports) = ports {
+            return ports;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {} after 60 s; log:\n{}",
+            ready.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An X display range for this fleet's node: apart from other test processes' (by pid) and
+/// from this process's other fleets (by a counter).
+fn first_display() -> u32 {
+    static FLEETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = FLEETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    200 + (std::process::id().wrapping_mul(7).wrapping_add(n) % 500) * 4
 }
 
 pub fn path_str(path: &Path) -> &str {

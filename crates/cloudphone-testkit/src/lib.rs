@@ -13,7 +13,9 @@ pub mod fleet;
 pub mod postgres;
 pub mod process;
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1 (another process may take it before it
+/// is used). Only for servers that cannot report the port they bound (PostgreSQL, coturn) and
+/// for a port nobody should listen on; our daemons bind port 0 and report it (`fleet`).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -5,28 +5,16 @@
 //! pixels makes orientation irrelevant, so a portrait 720×1280 phone screen is HD exactly like
 //! its landscape twin 1280×720. Frames larger than the top tier count as the top tier (4K).
 
-/// The encoders we run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Codec {
-    H264,
-    H265,
-}
+/// The encoders we run: the video matrix's codec, one type across the workspace.
+pub use cloudphone_core::video::Codec;
 
-impl Codec {
-    /// Parses a node's codec name ("H264", "h265", "H.265"); `None` for anything else.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.to_ascii_uppercase().replace('.', "").as_str() {
-            "H264" | "AVC" => Some(Self::H264),
-            "H265" | "HEVC" => Some(Self::H265),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::H264 => "H264",
-            Self::H265 => "H265",
-        }
+/// Parses a node's codec name leniently ("H264", "h265", "H.265", "AVC", "HEVC"); `None` for
+/// anything else. Usage records are stored as the node sent them, so this reads old spellings.
+pub fn parse_codec(text: &str) -> Option<Codec> {
+    match text.to_ascii_uppercase().replace('.', "").as_str() {
+        "H264" | "AVC" => Some(Codec::H264),
+        "H265" | "HEVC" => Some(Codec::H265),
+        _ => None,
     }
 }
 
@@ -78,8 +66,8 @@ mod tests {
 
     #[test]
     fn codecs_parse() {
-        assert_eq!(Codec::parse("h264"), Some(Codec::H264));
-        assert_eq!(Codec::parse("H.265"), Some(Codec::H265));
-        assert_eq!(Codec::parse("VP8"), None);
+        assert_eq!(parse_codec("h264"), Some(Codec::H264));
+        assert_eq!(parse_codec("H.265"), Some(Codec::H265));
+        assert_eq!(parse_codec("VP8"), None);
     }
 }

@@ -5,7 +5,6 @@ mod apps;
 mod console;
 mod iam;
 mod instances;
-mod internal;
 mod lifecycle_data;
 mod live_domains;
 mod management;
@@ -111,8 +110,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/{project_id}/domain", get(live_domains::show))
         .route("/", post(usage::volcengine))
-        .route("/internal/v1/nodes/announce", post(internal::announce))
-        .route("/internal/v1/nodes", get(internal::list_nodes))
         .route("/console/", get(console::page))
         .route("/console", get(console::redirect))
         .route("/console/player", get(console::player))

@@ -164,8 +164,9 @@ pub(crate) fn init() -> Result<(), MediaError> {
         .map_err(MediaError::Init)
 }
 
-/// Encoders in order of preference per codec: hardware first (used when a host has it),
-/// then software.
+/// The node's one encoder registry: encoders in order of preference per codec, hardware first
+/// (used when a host has it), then software. Pipelines pick from it and the node announces
+/// what of it the host has (`available_encoders`).
 const H264_ENCODERS: [&str; 6] = [
     "vah264enc",
     "vah264lpenc",

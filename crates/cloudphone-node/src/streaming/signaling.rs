@@ -27,7 +27,7 @@ use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::streaming::input;
 use crate::streaming::peer::{ntp_compact, rtt_ms};
-use crate::streaming::sessions::{Sessions, SharedEncoder, Viewer, wire_codec};
+use crate::streaming::sessions::{Sessions, SharedEncoder, Viewer};
 
 /// A viewer must say hello this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,7 +209,7 @@ async fn stream(
     let ready = NodeMessage::Ready {
         ice_servers: sessions.ice_servers(&viewer.grant.device_id),
         video: VideoInfo {
-            codec: wire_codec(viewer.codec),
+            codec: viewer.codec,
             width: encoder.width,
             height: encoder.height,
             fps: viewer.spec.fps,

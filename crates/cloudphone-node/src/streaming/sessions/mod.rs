@@ -49,37 +49,6 @@ use crate::streaming::ice::IceSettings;
 use crate::streaming::peer::PeerFactory;
 use crate::usage_buffer::UsageSink;
 
-/// Maps the wire names onto the core's.
-pub fn core_network(n: cloudphone_signaling::NetworkType) -> NetworkType {
-    match n {
-        cloudphone_signaling::NetworkType::Wifi => NetworkType::Wifi,
-        cloudphone_signaling::NetworkType::MobileNetwork => NetworkType::MobileNetwork,
-        cloudphone_signaling::NetworkType::Wired => NetworkType::Wired,
-    }
-}
-
-pub fn core_codec(c: cloudphone_signaling::EncodingType) -> Codec {
-    match c {
-        cloudphone_signaling::EncodingType::H264 => Codec::H264,
-        cloudphone_signaling::EncodingType::H265 => Codec::H265,
-    }
-}
-
-pub fn core_definition(d: cloudphone_signaling::Definition) -> Definition {
-    match d {
-        cloudphone_signaling::Definition::P540 => Definition::P540,
-        cloudphone_signaling::Definition::P720 => Definition::P720,
-        cloudphone_signaling::Definition::P1080 => Definition::P1080,
-    }
-}
-
-pub fn wire_codec(c: Codec) -> cloudphone_signaling::EncodingType {
-    match c {
-        Codec::H264 => cloudphone_signaling::EncodingType::H264,
-        Codec::H265 => cloudphone_signaling::EncodingType::H265,
-    }
-}
-
 /// Settings of the registry.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {

@@ -13,9 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::encoder::{EncoderRequest, SharedEncoder};
 use super::grants::{Grant, Refusal, refuse};
-use super::{
-    ProfileKey, Sessions, ViewerEntry, ViewerSpecs, core_codec, core_definition, core_network,
-};
+use super::{ProfileKey, Sessions, ViewerEntry, ViewerSpecs};
 use crate::instances::Stopping;
 
 impl Sessions {
@@ -45,9 +43,9 @@ impl Sessions {
         if status.state != InstanceState::Running {
             return Err(refuse(ErrorCode::NotRunning, "instance is not running"));
         }
-        let network = core_network(hello.network_type);
-        let codec = core_codec(hello.encoding_type);
-        let definition = core_definition(hello.definition);
+        let network = hello.network_type;
+        let codec = hello.encoding_type;
+        let definition = hello.definition;
         let (stop, stop_rx) = watch::channel(None);
         let (id, spec) = {
             let mut inner = self.inner();
