@@ -7,6 +7,8 @@
 //! - [`postgres`]: a fresh database on the suite's PostgreSQL server (started here if needed).
 //! - [`process`]: building and spawning the workspace's binaries, killed on drop.
 #![forbid(unsafe_code)]
+// Test support: a failed unwrap here is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used)]
 
 pub mod browser;
 pub mod fleet;

@@ -8,6 +8,9 @@
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
 //!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
 
+// Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod backup;

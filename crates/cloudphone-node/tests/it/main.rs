@@ -10,6 +10,9 @@
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
 //!   `streaming_*`: end to end through signaling and WebRTC.
 
+// Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod pipeline_adb;
