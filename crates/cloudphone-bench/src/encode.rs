@@ -212,7 +212,7 @@ pub fn bare_description(cell: &Cell, live: bool) -> String {
     )
 }
 
-fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo) -> Option<u64> {
+fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo<'_>) -> Option<u64> {
     let pts = info.buffer()?.pts()?;
     let segment = pad.sticky_event::<gst::event::Segment>(0)?;
     let segment = segment.segment().downcast_ref::<gst::ClockTime>()?.clone();

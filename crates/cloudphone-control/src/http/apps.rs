@@ -9,7 +9,7 @@ use super::{ApiFailure, AppStateRef, TokenCaller, parse_json};
 use crate::service::apps;
 
 /// InstallApp.
-pub async fn install(
+pub(super) async fn install(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,

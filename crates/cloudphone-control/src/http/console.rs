@@ -3,21 +3,21 @@
 
 use axum::response::{Html, Redirect};
 
-pub async fn page() -> Html<&'static str> {
+pub(super) async fn page() -> Html<&'static str> {
     Html(include_str!("../../assets/console.html"))
 }
 
 /// The player: log in, pick a phone, stream it over WebRTC, touch and type.
-pub async fn player() -> Html<&'static str> {
+pub(super) async fn player() -> Html<&'static str> {
     Html(include_str!("../../assets/player.html"))
 }
 
 /// Usage: encode minutes per class per hour/day from `GET /v2/{project_id}/stats/transcode`,
 /// chart, table and CSV download, all built in the browser.
-pub async fn usage() -> Html<&'static str> {
+pub(super) async fn usage() -> Html<&'static str> {
     Html(include_str!("../../assets/usage.html"))
 }
 
-pub async fn redirect() -> Redirect {
+pub(super) async fn redirect() -> Redirect {
     Redirect::permanent("/console/")
 }

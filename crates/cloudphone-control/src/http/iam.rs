@@ -15,7 +15,7 @@ pub(super) fn iam_error(error: IamError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-pub async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
+pub(super) async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
     let login = match serde_json::from_slice::<TokenRequest>(&body) {
         Ok(request) => request.into_login(),
         Err(e) => Err(IamError::BadRequest(e.to_string())),

@@ -48,7 +48,7 @@ fn row(listing: InstanceListing) -> InstanceRow {
     }
 }
 
-pub async fn list(
+pub(super) async fn list(
     state: AppStateRef,
     caller: Caller,
     query: Result<Query<ListInstancesQuery>, QueryRejection>,
@@ -76,7 +76,7 @@ pub async fn list(
 }
 
 #[derive(Debug, serde::Deserialize)]
-pub struct SkuQuery {
+pub(super) struct SkuQuery {
     #[serde(rename = "type")]
     sku_type: Option<String>,
 }
@@ -130,7 +130,7 @@ fn region_skus(region_id: String, runtimes: &[String]) -> RegionSkus {
 }
 
 /// BatchShowSku: what the registered, healthy hosts can run, per region.
-pub async fn skus(
+pub(super) async fn skus(
     state: AppStateRef,
     _caller: TokenCaller,
     query: Result<Query<SkuQuery>, QueryRejection>,
@@ -161,7 +161,7 @@ pub async fn skus(
 }
 
 /// CreateInstance: validate, then the service places, records and creates the instances.
-pub async fn create(
+pub(super) async fn create(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,

@@ -51,7 +51,7 @@ fn user_id(user: UserId) -> Result<String, ApiFailure> {
 }
 
 /// BatchBackupInstances: the answer comes at once; the backups run in the background.
-pub async fn backup(
+pub(super) async fn backup(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -74,7 +74,7 @@ pub async fn backup(
 
 /// BatchPrepareInstances: binds the user and queues the backed-up instances; answers each
 /// instance's status.
-pub async fn prepare(
+pub(super) async fn prepare(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,
@@ -95,7 +95,7 @@ pub async fn prepare(
 }
 
 /// ShowProgress: where the instance is on its way to being streamable.
-pub async fn progress(
+pub(super) async fn progress(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,

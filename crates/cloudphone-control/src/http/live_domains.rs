@@ -15,7 +15,7 @@ use crate::AppState;
 /// Table 2 of the document: both optional. `enterprise_project_id` is accepted and ignored
 /// (there are no enterprise projects here).
 #[derive(Debug, Default, Deserialize)]
-pub struct ShowDomainQuery {
+pub(super) struct ShowDomainQuery {
     pub domain: Option<String>,
     #[allow(dead_code)]
     pub enterprise_project_id: Option<String>,
@@ -24,7 +24,7 @@ pub struct ShowDomainQuery {
 /// One entry of `domain_info` (the document's `DecoupledLiveDomainInfo`), with the fields that
 /// have a meaning here. `is_default` is ours: cloud-phone sessions bill under that domain.
 #[derive(Debug, Serialize)]
-pub struct DomainInfo {
+pub(super) struct DomainInfo {
     pub domain: String,
     /// Always `push`: usage is reported per publish domain.
     pub domain_type: &'static str,
@@ -36,13 +36,13 @@ pub struct DomainInfo {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ShowDomainResponse {
+pub(super) struct ShowDomainResponse {
     pub total: usize,
     pub domain_info: Vec<DomainInfo>,
 }
 
 /// `GET /v1/{project_id}/domain`.
-pub async fn show(
+pub(super) async fn show(
     state: AppStateRef,
     Path(project_id): Path<String>,
     request: SignedRequest,

@@ -42,7 +42,7 @@ fn ok_body() -> Response {
 }
 
 /// SyncCommand: runs the command on every instance at once and answers with all results.
-pub async fn sync_command(
+pub(super) async fn sync_command(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -53,7 +53,7 @@ pub async fn sync_command(
 }
 
 /// AsyncCommand: starts the command on every instance's node and records one task.
-pub async fn async_command(
+pub(super) async fn async_command(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -64,7 +64,7 @@ pub async fn async_command(
 }
 
 /// GetTask: the task's jobs, polling the nodes for the ones still running.
-pub async fn get_task(
+pub(super) async fn get_task(
     state: AppStateRef,
     caller: Caller,
     Path(task_id): Path<String>,
@@ -87,7 +87,7 @@ pub async fn get_task(
 }
 
 /// BatchQueryStatus.
-pub async fn batch_query_status(
+pub(super) async fn batch_query_status(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -105,7 +105,7 @@ pub async fn batch_query_status(
 }
 
 /// BatchReset: wipes each instance's data and restarts it; `running_status` shows 4 meanwhile.
-pub async fn batch_reset(
+pub(super) async fn batch_reset(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -116,7 +116,7 @@ pub async fn batch_reset(
 }
 
 /// BatchRebootInstance: every instance must be running (else 5005 and none reboots).
-pub async fn batch_reboot(
+pub(super) async fn batch_reboot(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -131,7 +131,7 @@ pub async fn batch_reboot(
 }
 
 /// AssignInstance: binds each instance to a user; an instance bound to someone else is 2209.
-pub async fn assign(
+pub(super) async fn assign(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -142,7 +142,7 @@ pub async fn assign(
 }
 
 /// UnassignInstance: removes each binding (2210 if it does not exist) and wipes the user's data.
-pub async fn unassign(
+pub(super) async fn unassign(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -153,7 +153,7 @@ pub async fn unassign(
 }
 
 /// DeleteInstance: unsubscribes instances; the node removes them and all their data.
-pub async fn delete(
+pub(super) async fn delete(
     state: AppStateRef,
     caller: TokenCaller,
     body: Bytes,
@@ -173,7 +173,7 @@ pub async fn delete(
 }
 
 /// StopInstancesStreaming.
-pub async fn stop_streaming(
+pub(super) async fn stop_streaming(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -185,7 +185,7 @@ pub async fn stop_streaming(
 }
 
 /// ReleaseInstancesSession.
-pub async fn release_session(
+pub(super) async fn release_session(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,
@@ -197,7 +197,7 @@ pub async fn release_session(
 }
 
 /// GetDeviceToken: the token, and where to present it.
-pub async fn device_token(
+pub(super) async fn device_token(
     state: AppStateRef,
     caller: TokenCaller,
     Path(instance_id): Path<String>,
@@ -239,7 +239,7 @@ fn device_token_data(session: DeviceSession, instance_id: String) -> DeviceToken
 }
 
 /// SetVideoConfig: the full 6-combination matrix (1005 when one is missing) for every instance.
-pub async fn set_video_config(
+pub(super) async fn set_video_config(
     state: AppStateRef,
     caller: Caller,
     body: Bytes,

@@ -36,7 +36,7 @@ const AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The process-wide Prometheus recorder (there can be only one per process).
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -52,7 +52,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub(crate) use crate::service::lifecycle_data::worker as restore_worker;
 
 /// The routes. Building them starts nothing: background work is `crate::run`'s.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v3/auth/tokens", post(iam::issue_token))
         .route("/v1/instances/batch-query", get(instances::list))
@@ -174,7 +174,7 @@ async fn not_found() -> Response {
 
 /// An [`ApiError`] on its way out as the spec's status and `{error_code, error_msg}` body.
 #[derive(Debug)]
-pub struct ApiFailure(pub ApiError);
+pub(crate) struct ApiFailure(pub ApiError);
 
 impl From<ApiError> for ApiFailure {
     fn from(error: ApiError) -> Self {
@@ -214,7 +214,7 @@ impl IntoResponse for ApiFailure {
 /// The authenticated tenant behind a `/v1/*` call whose seed page lists `x-request-id`: the
 /// header present and well formed (0002/0003), then a valid, unexpired `X-Auth-Token` (6001).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub principal: Principal,
 }
 
@@ -222,7 +222,7 @@ pub struct Caller {
 /// BatchShowSku, CreateInstance, DeleteInstance, BatchPrepareInstances, ShowProgress): a client that
 /// follows the documentation sends no `x-request-id` there, so none is required.
 #[derive(Debug, Clone)]
-pub struct TokenCaller {
+pub(crate) struct TokenCaller {
     pub principal: Principal,
 }
 
@@ -281,7 +281,7 @@ impl FromRequestParts<Arc<AppState>> for TokenCaller {
 }
 
 /// Parses a JSON body, turning any syntax or type error into `KOOPHONE.API.1000`.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(body).map_err(|e| {
         ApiFailure(ApiError::InvalidParameter(format!(
             "invalid JSON body: {e}"
@@ -290,7 +290,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiF
 }
 
 /// Answers `State` extraction for handlers that need the whole app.
-pub type AppStateRef = State<Arc<AppState>>;
+pub(crate) type AppStateRef = State<Arc<AppState>>;
 
 #[cfg(test)]
 mod tests {

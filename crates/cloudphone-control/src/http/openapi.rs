@@ -241,7 +241,7 @@ impl Modify for TokenAuth {
 struct ApiDoc;
 
 /// The document, built once.
-pub fn document() -> &'static serde_json::Value {
+pub(super) fn document() -> &'static serde_json::Value {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     DOC.get_or_init(|| {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(serde_json::Value::Null);
@@ -281,7 +281,7 @@ fn allow_error_body_on_200(doc: &mut serde_json::Value) {
     }
 }
 
-pub async fn serve() -> Response {
+pub(super) async fn serve() -> Response {
     axum::Json(document().clone()).into_response()
 }
 

@@ -113,7 +113,7 @@ fn credential_request(body: &[u8], principal: &Principal) -> Result<String, IamE
 
 /// `POST /v3.0/OS-CREDENTIAL/credentials` (IAM's create-permanent-access-key): 201 with the
 /// secret, which is never shown again.
-pub async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
     let created = async {
         let principal = usage::principal(&state, auth_token(&headers)).await?;
         let description = credential_request(&body, &principal)?;
@@ -131,7 +131,7 @@ pub async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Byt
 }
 
 /// `GET /v3.0/OS-CREDENTIAL/credentials`: the tenant's keys, without secrets.
-pub async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> Response {
+pub(super) async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> Response {
     let listed = async {
         let principal = usage::principal(&state, auth_token(&headers)).await?;
         usage::list_credentials(&state, &principal).await
@@ -146,7 +146,7 @@ pub async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> Respons
 }
 
 /// `DELETE /v3.0/OS-CREDENTIAL/credentials/{access_key}`: 204; another tenant's key is 404.
-pub async fn delete_credential(
+pub(super) async fn delete_credential(
     state: AppStateRef,
     Path(access_key): Path<String>,
     headers: HeaderMap,
@@ -275,7 +275,7 @@ where
 }
 
 /// `GET /v2/{project_id}/stats/transcode`.
-pub async fn huawei_transcode(
+pub(super) async fn huawei_transcode(
     state: AppStateRef,
     Path(project_id): Path<String>,
     request: SignedRequest,
@@ -345,7 +345,7 @@ fn sign_error(e: SignError) -> VolcError {
 }
 
 /// `POST /?Action=DescribeLiveTranscodeData&Version=2023-01-01`.
-pub async fn volcengine(
+pub(super) async fn volcengine(
     state: AppStateRef,
     (method, uri, headers, body): SignedRequest,
 ) -> Response {

@@ -241,7 +241,7 @@ mod tarball {
 
     /// Writes `data` (files, dirs and symlinks; sockets and the like are skipped) to `dest`
     /// through a temp file in the same dir, renamed into place once complete and synced.
-    pub fn write(data: &Path, dest: &Path) -> io::Result<u64> {
+    pub(super) fn write(data: &Path, dest: &Path) -> io::Result<u64> {
         let parent = dest
             .parent()
             .ok_or_else(|| invalid(format!("{} has no parent dir", dest.display())))?;
@@ -323,7 +323,7 @@ mod tarball {
     /// symlinks are accepted; a member whose path is absolute, contains `..`, or passes
     /// through a symlink (which could point anywhere) fails the whole restore. Ownership and
     /// special permission bits are not taken from the archive.
-    pub fn unpack(src: &Path, into: &Path) -> io::Result<()> {
+    pub(super) fn unpack(src: &Path, into: &Path) -> io::Result<()> {
         fs::create_dir(into)?;
         let file = File::open(src)?;
         let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
@@ -366,7 +366,7 @@ mod tarball {
     }
 
     /// Hands `dir` and everything under it to `user`, never following symlinks.
-    pub fn chown_tree(dir: &Path, user: SandboxUser) -> io::Result<()> {
+    pub(super) fn chown_tree(dir: &Path, user: SandboxUser) -> io::Result<()> {
         user.take_ownership(dir)?;
         for item in fs::read_dir(dir)? {
             let path = item?.path();

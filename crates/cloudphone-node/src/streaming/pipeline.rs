@@ -776,7 +776,7 @@ pub(crate) fn adb_screenrecord_args(serial: &str, width: u32, height: u32) -> Ve
 
 /// A buffer's running time on `pad`: the one timestamp every element keeps for a frame (the
 /// encoder re-bases PTS by an hour so DTS cannot go negative, and shifts its segment to match).
-fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo) -> Option<u64> {
+fn running_time(pad: &gst::Pad, info: &gst::PadProbeInfo<'_>) -> Option<u64> {
     let pts = info.buffer()?.pts()?;
     let segment = pad.sticky_event::<gst::event::Segment>(0)?;
     let segment = segment.segment().downcast_ref::<gst::ClockTime>()?.clone();

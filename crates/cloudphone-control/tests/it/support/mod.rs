@@ -21,7 +21,7 @@ pub(crate) fn ok((status, body): (u16, Value)) -> Value {
 }
 
 /// Now, in Unix milliseconds.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -29,13 +29,13 @@ pub fn now_ms() -> i64 {
 }
 
 /// Huawei's `YYYY-MM-DDThh:mm:ssZ`.
-pub fn iso(unix_ms: i64) -> String {
+pub(crate) fn iso(unix_ms: i64) -> String {
     cloudphone_usage::huawei::format_time(unix_ms)
 }
 
 /// Creates streaming domain `domain` of `tenant` through the admin CLI, as the tenant's
 /// default (the one sessions bill under) when `default`.
-pub fn create_domain(fleet: &Fleet, tenant: &str, domain: &str, default: bool) {
+pub(crate) fn create_domain(fleet: &Fleet, tenant: &str, domain: &str, default: bool) {
     let mut args = vec!["domain", "create", "--tenant", tenant, "--domain", domain];
     if default {
         args.push("--default");
@@ -45,7 +45,7 @@ pub fn create_domain(fleet: &Fleet, tenant: &str, domain: &str, default: bool) {
 
 /// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
 /// encoder; returns `ready` and how long the session was held after it.
-pub async fn watch(
+pub(crate) async fn watch(
     url: &str,
     device_id: &str,
     token: &str,
@@ -82,13 +82,13 @@ pub async fn watch(
 
 /// A `stop` for [`watch`]: `hold` counted from when the session is ready (a bare `sleep` would
 /// start counting at once, before connecting).
-pub async fn held_for(hold: Duration) {
+pub(crate) async fn held_for(hold: Duration) {
     tokio::time::sleep(hold).await;
 }
 
 /// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`
 /// resolves (see [`watch`]). Returns the task and when the viewer was started.
-pub async fn start_viewer(
+pub(crate) async fn start_viewer(
     fleet: &Fleet,
     token: &str,
     instance: &str,

@@ -12,7 +12,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc::Receiver;
 
-pub fn settings(codec: Codec, width: u32, height: u32, fps: u32, kbps: u32) -> EncoderSettings {
+pub(crate) fn settings(codec: Codec, width: u32, height: u32, fps: u32, kbps: u32) -> EncoderSettings {
     EncoderSettings {
         codec,
         width,
@@ -24,7 +24,7 @@ pub fn settings(codec: Codec, width: u32, height: u32, fps: u32, kbps: u32) -> E
 }
 
 /// Waits for the first packet; returns it with how long it took.
-pub async fn first_packet(rx: &mut Receiver<Bytes>, within: Duration) -> (Bytes, Duration) {
+pub(crate) async fn first_packet(rx: &mut Receiver<Bytes>, within: Duration) -> (Bytes, Duration) {
     let started = Instant::now();
     match tokio::time::timeout(within, rx.recv()).await {
         Ok(Some(p)) => (p, started.elapsed()),
@@ -34,7 +34,7 @@ pub async fn first_packet(rx: &mut Receiver<Bytes>, within: Duration) -> (Bytes,
 }
 
 /// Every packet received during `duration`.
-pub async fn collect_for(rx: &mut Receiver<Bytes>, duration: Duration) -> Vec<Bytes> {
+pub(crate) async fn collect_for(rx: &mut Receiver<Bytes>, duration: Duration) -> Vec<Bytes> {
     let deadline = tokio::time::Instant::now() + duration;
     let mut out = Vec::new();
     while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -44,7 +44,7 @@ pub async fn collect_for(rx: &mut Receiver<Bytes>, duration: Duration) -> Vec<By
 }
 
 /// Drains whatever is queued without waiting.
-pub fn drain(rx: &mut Receiver<Bytes>) -> usize {
+pub(crate) fn drain(rx: &mut Receiver<Bytes>) -> usize {
     let mut n = 0;
     while rx.try_recv().is_ok() {
         n += 1;
@@ -52,14 +52,14 @@ pub fn drain(rx: &mut Receiver<Bytes>) -> usize {
     n
 }
 
-pub fn header(p: &[u8]) -> RtpHeader {
+pub(crate) fn header(p: &[u8]) -> RtpHeader {
     RtpHeader::parse(p).unwrap_or_else(|| panic!("not RTP: {:02x?}", &p[..p.len().min(16)]))
 }
 
 /// RFC 3550 checks over a contiguous run of packets: version 2, our payload type, one SSRC,
 /// sequence numbers +1 each, one RTP timestamp per frame changing only after a marker.
 /// Returns the number of frames (marker packets).
-pub fn check_rtp(packets: &[Bytes]) -> usize {
+pub(crate) fn check_rtp(packets: &[Bytes]) -> usize {
     assert!(!packets.is_empty(), "no packets");
     let first = header(&packets[0]);
     let mut prev: Option<RtpHeader> = None;
@@ -88,13 +88,13 @@ pub fn check_rtp(packets: &[Bytes]) -> usize {
     frames
 }
 
-pub fn count_markers(packets: &[Bytes]) -> usize {
+pub(crate) fn count_markers(packets: &[Bytes]) -> usize {
     packets.iter().filter(|p| header(p).marker).count()
 }
 
 /// RTP timestamps of the key frames among `packets` (one per frame, even when the encoder
 /// cut the frame into several slices).
-pub fn keyframe_timestamps(codec: Codec, packets: &[Bytes]) -> Vec<u32> {
+pub(crate) fn keyframe_timestamps(codec: Codec, packets: &[Bytes]) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     for p in packets.iter().filter(|p| starts_keyframe(codec, p)) {
         let ts = header(p).timestamp;
@@ -108,7 +108,7 @@ pub fn keyframe_timestamps(codec: Codec, packets: &[Bytes]) -> Vec<u32> {
 /// `/proc/self/task/<tid>/stat` of each of this process's threads whose name starts with
 /// `prefix`, by thread id, as the numeric fields after the parenthesised name (index 0 is
 /// field 3, the state, which reads as 0).
-pub fn thread_stats(prefix: &str) -> std::collections::HashMap<String, Vec<u64>> {
+pub(crate) fn thread_stats(prefix: &str) -> std::collections::HashMap<String, Vec<u64>> {
     let mut out = std::collections::HashMap::new();
     for entry in std::fs::read_dir("/proc/self/task")
         .expect("proc")
@@ -131,7 +131,7 @@ pub fn thread_stats(prefix: &str) -> std::collections::HashMap<String, Vec<u64>>
 
 /// CPU time (clock ticks) used so far by each of this process's threads whose name starts
 /// with `prefix`, by thread id: utime (field 14) + stime (15).
-pub fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u64> {
+pub(crate) fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u64> {
     thread_stats(prefix)
         .into_iter()
         .map(|(tid, f)| {
@@ -143,7 +143,7 @@ pub fn cpu_ticks_of_threads(prefix: &str) -> std::collections::HashMap<String, u
 
 /// Feeds RTP packets through `appsrc ! rtphXXXdepay ! avdec_hXXX ! appsink` and returns the
 /// size of every decoded frame.
-pub fn decode(codec: Codec, packets: &[Bytes]) -> Vec<(i32, i32)> {
+pub(crate) fn decode(codec: Codec, packets: &[Bytes]) -> Vec<(i32, i32)> {
     gst::init().expect("gst init");
     let (name, depay, dec) = match codec {
         Codec::H264 => ("H264", "rtph264depay", "avdec_h264"),
@@ -189,7 +189,7 @@ pub fn decode(codec: Codec, packets: &[Bytes]) -> Vec<(i32, i32)> {
 }
 
 /// Names (comm) of this process's threads.
-pub fn thread_names() -> Vec<String> {
+pub(crate) fn thread_names() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
         .expect("proc")
         .filter_map(|e| e.ok())
@@ -199,7 +199,7 @@ pub fn thread_names() -> Vec<String> {
 }
 
 /// Bytes received per second over `duration`, after dropping what was queued.
-pub async fn measure_kbps(rx: &mut Receiver<Bytes>, duration: Duration) -> f64 {
+pub(crate) async fn measure_kbps(rx: &mut Receiver<Bytes>, duration: Duration) -> f64 {
     drain(rx);
     let packets = collect_for(rx, duration).await;
     let bytes: usize = packets.iter().map(|p| p.len()).sum();

@@ -32,7 +32,7 @@ use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// Kills what instances recorded in `pids.json`, even when a test panics.
 struct ProcessGuard(PathBuf);
@@ -80,7 +80,7 @@ fn collect_pids(v: &serde_json::Value, out: &mut Vec<i32>) {
 }
 
 /// A node running in this process.
-pub struct Node {
+pub(crate) struct Node {
     pub grpc: NodeAgentClient<tonic::transport::Channel>,
     pub http: SocketAddr,
     pub ws_url: String,
@@ -91,7 +91,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub async fn start(runtime: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
+    pub(crate) async fn start(runtime: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Node {
         // RUST_LOG=cloudphone_node=debug shows the node's side of a failing test.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -143,7 +143,7 @@ impl Node {
         }
     }
 
-    pub async fn create_instance(&mut self, id: &str, width: u32, height: u32) {
+    pub(crate) async fn create_instance(&mut self, id: &str, width: u32, height: u32) {
         self.grpc
             .create_instance(pb::CreateInstanceRequest {
                 instance_id: id.into(),
@@ -174,7 +174,7 @@ impl Node {
     }
 
     /// Authorises `device_id` with `token` for `valid_for`.
-    pub async fn start_session(
+    pub(crate) async fn start_session(
         &mut self,
         instance: &str,
         device_id: &str,
@@ -195,7 +195,7 @@ impl Node {
             .into_inner()
     }
 
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -209,7 +209,7 @@ impl Node {
     }
 }
 
-pub fn hello(device_id: &str, token: &str, codec: EncodingType, definition: Definition) -> Hello {
+pub(crate) fn hello(device_id: &str, token: &str, codec: EncodingType, definition: Definition) -> Hello {
     Hello {
         device_id: device_id.into(),
         device_token: token.into(),
@@ -223,17 +223,17 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A signaling WebSocket client.
-pub struct Signaling {
+pub(crate) struct Signaling {
     ws: Ws,
 }
 
 impl Signaling {
-    pub async fn connect(url: &str) -> Signaling {
+    pub(crate) async fn connect(url: &str) -> Signaling {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Signaling { ws }
     }
 
-    pub async fn send(&mut self, m: &ClientMessage) {
+    pub(crate) async fn send(&mut self, m: &ClientMessage) {
         self.ws
             .send(Message::text(serde_json::to_string(m).unwrap()))
             .await
@@ -241,7 +241,7 @@ impl Signaling {
     }
 
     /// The next node message; `None` once the socket closed.
-    pub async fn recv(&mut self) -> Option<NodeMessage> {
+    pub(crate) async fn recv(&mut self) -> Option<NodeMessage> {
         loop {
             let next = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -259,7 +259,7 @@ impl Signaling {
 
 /// What a viewer has received and decoded so far.
 #[derive(Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub rtp_bytes: AtomicU64,
     /// RTP packets received, and the packets the sequence numbers say were sent.
     pub rtp_packets: AtomicU64,
@@ -270,7 +270,7 @@ pub struct Counters {
 }
 
 /// A webrtc-rs viewer decoding with GStreamer.
-pub struct RustViewer {
+pub(crate) struct RustViewer {
     pub signaling: Signaling,
     pub pc: Arc<RTCPeerConnection>,
     /// The `input` data channel, opened as the console player opens it so the offer carries
@@ -286,12 +286,12 @@ pub struct RustViewer {
 
 impl RustViewer {
     /// Says hello; returns the refusal instead when the node answers with an error.
-    pub async fn connect(url: &str, hello: Hello) -> Result<RustViewer, NodeMessage> {
+    pub(crate) async fn connect(url: &str, hello: Hello) -> Result<RustViewer, NodeMessage> {
         Self::connect_with(url, hello, false).await
     }
 
     /// Like `connect`; with `relay_only`, ICE uses only the TURN servers from `ready`.
-    pub async fn connect_with(
+    pub(crate) async fn connect_with(
         url: &str,
         hello: Hello,
         relay_only: bool,
@@ -300,7 +300,7 @@ impl RustViewer {
     }
 
     /// Like `connect_with`, gathering ICE candidates only on `interfaces` (empty: all).
-    pub async fn connect_on(
+    pub(crate) async fn connect_on(
         url: &str,
         hello: Hello,
         relay_only: bool,
@@ -460,7 +460,7 @@ impl RustViewer {
 
     /// Forwards candidates both ways until `until` resolves; returns the first non-candidate
     /// node message, if one arrived.
-    pub async fn pump_for(&mut self, duration: Duration) -> Option<NodeMessage> {
+    pub(crate) async fn pump_for(&mut self, duration: Duration) -> Option<NodeMessage> {
         let deadline = tokio::time::Instant::now() + duration;
         loop {
             tokio::select! {
@@ -486,7 +486,7 @@ impl RustViewer {
     }
 
     /// Pumps for up to 5 s and expects the node's bye, for `reason`.
-    pub async fn expect_bye(&mut self, reason: cloudphone_signaling::ByeReason) {
+    pub(crate) async fn expect_bye(&mut self, reason: cloudphone_signaling::ByeReason) {
         assert_eq!(
             self.pump_for(Duration::from_secs(5)).await,
             Some(NodeMessage::Bye { reason })
@@ -494,7 +494,7 @@ impl RustViewer {
     }
 
     /// Pumps until at least `frames` frames decoded.
-    pub async fn wait_frames(&mut self, frames: u64, within: Duration) {
+    pub(crate) async fn wait_frames(&mut self, frames: u64, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         while self.counters.frames.load(Ordering::Relaxed) < frames {
             assert!(
@@ -509,7 +509,7 @@ impl RustViewer {
     }
 
     /// Average received RTP bitrate over `window`, in kbit/s.
-    pub async fn measure_kbps(&mut self, window: Duration) -> f64 {
+    pub(crate) async fn measure_kbps(&mut self, window: Duration) -> f64 {
         let before = self.counters.rtp_bytes.load(Ordering::Relaxed);
         let start = tokio::time::Instant::now();
         assert!(self.pump_for(window).await.is_none());
@@ -520,7 +520,7 @@ impl RustViewer {
 
 impl Signaling {
     /// Like `recv`, without a timeout (for use inside `select!`).
-    pub async fn recv_quiet(&mut self) -> Option<NodeMessage> {
+    pub(crate) async fn recv_quiet(&mut self) -> Option<NodeMessage> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(t))) => {
@@ -568,7 +568,7 @@ fn decoder(
 }
 
 /// Appsink callbacks that count decoded frames into `counters` and keep the last frame's size.
-pub fn count_decoded(counters: Arc<Counters>) -> gst_app::AppSinkCallbacks {
+pub(crate) fn count_decoded(counters: Arc<Counters>) -> gst_app::AppSinkCallbacks {
     gst_app::AppSinkCallbacks::builder()
         .new_sample(move |sink| {
             let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
