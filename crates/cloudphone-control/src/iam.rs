@@ -16,7 +16,7 @@ use crate::store::{Store, StoreError, TokenRecord};
 
 /// Who an API call acts for, established from its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     pub tenant_id: String,
     pub user_id: String,
     pub project_id: String,
@@ -37,7 +37,7 @@ pub enum IamServiceError {
 }
 
 /// Hashes a password with argon2id and a random salt.
-pub fn hash_password(password: &str) -> Result<String, IamServiceError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, IamServiceError> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -46,7 +46,7 @@ pub fn hash_password(password: &str) -> Result<String, IamServiceError> {
 }
 
 /// Checks a password against a stored hash; a malformed hash never matches.
-pub fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()
@@ -57,19 +57,19 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 /// A new random token: 32 bytes from the OS, hex, with a recognisable prefix.
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("CPT1{}", hex::encode(bytes))
 }
 
 /// The digest tokens are stored and looked up by.
-pub fn token_digest(token: &str) -> String {
+pub(crate) fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// Logs a user in and issues a token valid for `ttl_ms`. Returns the token and the body.
-pub async fn login(
+pub(crate) async fn login(
     store: &dyn Store,
     login: PasswordLogin,
     now_ms: i64,
@@ -133,7 +133,7 @@ pub async fn login(
 }
 
 /// Resolves a presented token to its principal, refusing unknown and expired ones.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     store: &dyn Store,
     token: &str,
     now_ms: i64,

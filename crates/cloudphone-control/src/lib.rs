@@ -20,12 +20,12 @@ pub mod admin;
 mod clock;
 pub mod config;
 mod http;
-pub mod iam;
+mod iam;
 mod node_api;
-pub mod nodes;
+mod nodes;
 mod service;
 pub mod store;
-pub mod usage;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -23,7 +23,7 @@ use crate::store::{NodeRecord, Store};
 
 /// Control's view of a node-reported instance state; one this control does not know is
 /// `Unknown`.
-pub fn reported_state(state: i32) -> ControlState {
+pub(crate) fn reported_state(state: i32) -> ControlState {
     use cloudphone_core::lifecycle::InstanceState as S;
     let node = match pb::InstanceState::try_from(state).unwrap_or(pb::InstanceState::Unspecified) {
         pb::InstanceState::Stopped => S::Stopped,

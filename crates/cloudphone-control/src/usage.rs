@@ -16,16 +16,16 @@ use crate::config::ControlConfig;
 use crate::store::{AccessKeyRecord, DomainRecord, Store, StoreError, UsageRow};
 
 /// App every cloud-phone session bills under (its stream is the instance id).
-pub const CLOUDPHONE_APP: &str = "cloudphone";
+pub(crate) const CLOUDPHONE_APP: &str = "cloudphone";
 /// An open session is billed up to now, but at most this long past its last record (nodes send
 /// one every 30 s by default, so a live session always has a newer one before this runs out).
-pub const OPEN_GRACE_MS: i64 = 60_000;
+pub(crate) const OPEN_GRACE_MS: i64 = 60_000;
 /// Where the sealing key comes from when the file is not used.
-pub const KEY_ENV: &str = "CLOUDPHONE_USAGE_SECRETS_KEY";
+pub(crate) const KEY_ENV: &str = "CLOUDPHONE_USAGE_SECRETS_KEY";
 const KEY_FILE: &str = "usage-secrets.key";
 
 #[derive(Debug, thiserror::Error)]
-pub enum UsageError {
+pub(crate) enum UsageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("secrets key {path}: {reason}")]
@@ -35,19 +35,19 @@ pub enum UsageError {
 }
 
 /// Seals AK secrets with ChaCha20-Poly1305 under a key kept outside the database.
-pub struct SecretBox {
+pub(crate) struct SecretBox {
     cipher: ChaCha20Poly1305,
 }
 
 impl SecretBox {
-    pub fn new(key: [u8; 32]) -> Self {
+    pub(crate) fn new(key: [u8; 32]) -> Self {
         Self {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         }
     }
 
     /// `hex(nonce ‖ ciphertext)`.
-    pub fn seal(&self, secret: &str) -> String {
+    pub(crate) fn seal(&self, secret: &str) -> String {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // Encryption with a 12-byte nonce and a short plaintext cannot fail.
@@ -58,7 +58,7 @@ impl SecretBox {
         format!("{}{}", hex::encode(nonce), hex::encode(sealed))
     }
 
-    pub fn open(&self, sealed: &str) -> Result<String, UsageError> {
+    pub(crate) fn open(&self, sealed: &str) -> Result<String, UsageError> {
         let bytes = hex::decode(sealed).map_err(|_| UsageError::Unseal)?;
         if bytes.len() < 12 {
             return Err(UsageError::Unseal);
@@ -73,7 +73,7 @@ impl SecretBox {
 }
 
 /// The sealing key's file: next to an SQLite store, else in the working dir.
-pub fn key_path(config: &ControlConfig) -> PathBuf {
+pub(crate) fn key_path(config: &ControlConfig) -> PathBuf {
     let url = &config.store.url;
     let dir = url
         .strip_prefix("sqlite://")
@@ -98,7 +98,7 @@ fn parse_key(text: &str, path: &str) -> Result<[u8; 32], UsageError> {
 
 /// Loads the sealing key: `CLOUDPHONE_USAGE_SECRETS_KEY` (64 hex digits), else the key file,
 /// created (mode 0600, random) on first use. Every replica must see the same key.
-pub fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
+pub(crate) fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
     if let Ok(text) = std::env::var(KEY_ENV) {
         return parse_key(&text, KEY_ENV);
     }
@@ -131,7 +131,7 @@ pub fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
 }
 
 /// The process's secret box, loaded once.
-pub fn secret_box(config: &ControlConfig) -> Result<&'static SecretBox, UsageError> {
+pub(crate) fn secret_box(config: &ControlConfig) -> Result<&'static SecretBox, UsageError> {
     static BOX: OnceLock<SecretBox> = OnceLock::new();
     if let Some(b) = BOX.get() {
         return Ok(b);
@@ -152,7 +152,7 @@ fn random_string(alphabet: &[u8], len: usize) -> String {
 }
 
 /// A new pair: a 20-character upper-case AK and a 40-character SK, Huawei's shapes.
-pub fn new_key_pair() -> (String, String) {
+pub(crate) fn new_key_pair() -> (String, String) {
     const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     (random_string(UPPER, 20), random_string(MIXED, 40))
@@ -160,7 +160,7 @@ pub fn new_key_pair() -> (String, String) {
 
 /// Creates a pair for `user_id`; returns the record and the secret (shown once, then only
 /// its sealed form exists).
-pub async fn create_access_key(
+pub(crate) async fn create_access_key(
     store: &dyn Store,
     sealer: &SecretBox,
     tenant_id: &str,
@@ -184,7 +184,10 @@ pub async fn create_access_key(
 /// The domain cloud-phone sessions of `tenant_id` bill under: its default (or oldest live)
 /// domain; a tenant without any gets `<tenant_id>.live.cloudphone` as its default, so no
 /// usage is ever unattributed.
-pub async fn default_domain(store: &dyn Store, tenant_id: &str) -> Result<String, StoreError> {
+pub(crate) async fn default_domain(
+    store: &dyn Store,
+    tenant_id: &str,
+) -> Result<String, StoreError> {
     let domains = store.list_domains(tenant_id).await?;
     let live = domains.iter().filter(|d| d.deleted_at_ms.is_none());
     if let Some(d) = live.clone().find(|d| d.is_default).or(live.clone().next()) {
@@ -209,7 +212,7 @@ pub async fn default_domain(store: &dyn Store, tenant_id: &str) -> Result<String
 /// Stores a node's usage record once. The tenant is the instance's as control knows it (a node
 /// cannot bill another tenant); `Ok(false)` means the record cannot be attributed to any
 /// tenant and is dropped (acknowledged, so the node stops resending it).
-pub async fn ingest(
+pub(crate) async fn ingest(
     store: &dyn Store,
     node_id: &str,
     record: &pb::UsageRecord,
@@ -245,7 +248,7 @@ pub async fn ingest(
 }
 
 /// The tenant's encoding in `[from_ms, to_ms)` as merged spans, open sessions billed up to now.
-pub async fn spans(
+pub(crate) async fn spans(
     store: &dyn Store,
     tenant_id: &str,
     from_ms: i64,
@@ -279,7 +282,7 @@ pub async fn spans(
 /// A usage record arrived on a node's report stream: store it, then acknowledge it so the node
 /// drops it from its on-disk buffer. A record that could not be stored is not acknowledged; the
 /// node sends it again.
-pub async fn on_report(
+pub(crate) async fn on_report(
     store: &dyn Store,
     client: Option<
         cloudphone_proto::node_v1::node_agent_client::NodeAgentClient<tonic::transport::Channel>,

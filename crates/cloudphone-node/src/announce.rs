@@ -14,7 +14,7 @@ use tonic::transport::Endpoint;
 /// How often to announce while nobody listens.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
-pub struct Announcer {
+pub(crate) struct Announcer {
     /// Control's node-facing gRPC endpoint; empty when control dials in by itself.
     pub control_endpoint: String,
     /// Never logged.
@@ -25,7 +25,7 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         if self.control_endpoint.is_empty() {
             tracing::info!("no control.endpoint configured: waiting for control to dial in");
             return;

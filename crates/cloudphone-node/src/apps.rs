@@ -7,11 +7,11 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
 /// No package may be larger than this (seed: "应用程序包的大小超过限制2G").
-pub const MAX_PACKAGE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+pub(crate) const MAX_PACKAGE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Why a package could not be fetched as described.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("download failed: {0}")]
     Download(String),
     #[error("package is {actual} bytes, {expected} expected")]
@@ -24,7 +24,7 @@ pub enum FetchError {
 
 /// What a caller expects of the package.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
+pub(crate) struct Expected {
     /// Lowercase hex MD5; empty skips the check.
     pub md5: String,
     /// Exact size in bytes; 0 skips the check (the cap still applies).
@@ -33,7 +33,7 @@ pub struct Expected {
 
 /// A downloaded package file, removed when dropped.
 #[derive(Debug)]
-pub struct Package {
+pub(crate) struct Package {
     pub path: PathBuf,
 }
 
@@ -45,7 +45,7 @@ impl Drop for Package {
 
 /// Downloads `url` (http or https only: a tenant must not make the node read its own files) into
 /// `dir`, streaming through the MD5 and stopping at the size cap.
-pub async fn fetch(
+pub(crate) async fn fetch(
     client: &reqwest::Client,
     url: &str,
     expected: &Expected,

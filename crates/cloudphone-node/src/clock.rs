@@ -3,11 +3,12 @@
 
 /// Where usage times come from.
 #[derive(Debug, Clone, Copy)]
-pub enum Clock {
+pub(crate) enum Clock {
     /// The system clock: what a running node uses.
     System,
     /// Tokio's clock from a fixed start: under `tokio::time::pause()` it moves only as the
-    /// test advances time.
+    /// test advances time. Only tests run the node on it.
+    #[cfg_attr(not(test), allow(dead_code))]
     Tokio {
         start_unix_ms: i64,
         start: tokio::time::Instant,
@@ -16,7 +17,8 @@ pub enum Clock {
 
 impl Clock {
     /// A clock that reads `start_unix_ms` now and follows tokio's time from here.
-    pub fn tokio(start_unix_ms: i64) -> Self {
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn tokio(start_unix_ms: i64) -> Self {
         Self::Tokio {
             start_unix_ms,
             start: tokio::time::Instant::now(),
@@ -24,7 +26,7 @@ impl Clock {
     }
 
     /// Milliseconds since the Unix epoch.
-    pub fn unix_ms(&self) -> i64 {
+    pub(crate) fn unix_ms(&self) -> i64 {
         match self {
             Self::System => crate::unix_ms(),
             Self::Tokio {

@@ -20,17 +20,17 @@ use crate::runtime::{CommandOutput, CommandSpec, InstanceSpec};
 use crate::streaming::sessions::{SessionError, Sessions};
 
 /// Commands without a timeout get this one.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// No command may run longer than this.
-pub const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 /// Output per stream when the request names no cap.
-pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+pub(crate) const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
 /// Finished async jobs kept for GetCommand.
 const MAX_FINISHED_JOBS: usize = 1024;
 
 /// Who this node is, as announced on every report stream.
 #[derive(Debug, Clone)]
-pub struct NodeIdentity {
+pub(crate) struct NodeIdentity {
     pub node_id: String,
     pub grpc_endpoint: String,
     pub signaling_base_url: String,
@@ -43,7 +43,7 @@ pub struct NodeIdentity {
 
 /// The service; cheap to clone.
 #[derive(Clone)]
-pub struct NodeService {
+pub(crate) struct NodeService {
     manager: Arc<InstanceManager>,
     identity: Arc<NodeIdentity>,
     /// Report streams currently open (control connected). The announcer stays quiet while > 0.
@@ -57,7 +57,7 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    pub fn new(
+    pub(crate) fn new(
         manager: Arc<InstanceManager>,
         identity: NodeIdentity,
         sessions: Arc<Sessions>,
@@ -78,7 +78,7 @@ impl NodeService {
     }
 
     /// Number of control report streams open right now.
-    pub fn open_streams(&self) -> Arc<AtomicUsize> {
+    pub(crate) fn open_streams(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.open_streams)
     }
 
@@ -88,7 +88,7 @@ impl NodeService {
 }
 
 /// Proto form of a lifecycle state.
-pub fn proto_state(state: InstanceState) -> pb::InstanceState {
+pub(crate) fn proto_state(state: InstanceState) -> pb::InstanceState {
     match state {
         InstanceState::Stopped => pb::InstanceState::Stopped,
         InstanceState::Starting => pb::InstanceState::Starting,
@@ -100,7 +100,7 @@ pub fn proto_state(state: InstanceState) -> pb::InstanceState {
     }
 }
 
-pub fn status_of(view: &InstanceView, runtime: &str) -> pb::InstanceStatus {
+pub(crate) fn status_of(view: &InstanceView, runtime: &str) -> pb::InstanceStatus {
     pb::InstanceStatus {
         instance_id: view.spec.instance_id.clone(),
         state: proto_state(view.state) as i32,

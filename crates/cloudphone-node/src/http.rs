@@ -7,7 +7,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder.
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -19,7 +19,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-pub fn router() -> Router {
+pub(crate) fn router() -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(|| async { metrics_handle().render() }))

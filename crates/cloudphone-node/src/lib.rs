@@ -14,17 +14,17 @@
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 #![forbid(unsafe_code)]
 
-pub mod announce;
-pub mod apps;
-pub mod clock;
+mod announce;
+mod apps;
+mod clock;
 pub mod config;
 mod convert;
-pub mod grpc;
-pub mod http;
+mod grpc;
+mod http;
 pub mod instances;
 pub mod runtime;
 pub mod streaming;
-pub mod usage_buffer;
+mod usage_buffer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -137,7 +137,6 @@ pub async fn run(
             max_viewers_per_instance: config.webrtc.max_viewers_per_instance as usize,
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
             clock: clock::Clock::System,
-            node_id: config.node_id.clone(),
         },
         streaming::encoder_factory(streaming::pipeline::PipelineOptions {
             test_pattern: if config.webrtc.synthetic_pattern.is_empty() {

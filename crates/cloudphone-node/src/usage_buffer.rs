@@ -30,11 +30,11 @@ use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 use crate::clock::Clock;
 
 /// How often open sessions' checkpoints are refreshed: the most a crash can lose.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often an open report stream looks for usage records it has to send again.
-pub const RESEND_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const RESEND_EVERY: Duration = Duration::from_secs(5);
 /// A record sent on a stream and still unacknowledged this long later is sent again.
-pub const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const RESEND_UNACKED_AFTER: Duration = Duration::from_secs(30);
 /// Records published to report streams that a slow stream may fall behind by before it has
 /// to catch up from disk.
 const PUBLISHED_CAPACITY: usize = 1024;
@@ -100,7 +100,7 @@ struct OpenSession {
 
 /// The on-disk buffer. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct UsageBuffer {
+pub(crate) struct UsageBuffer {
     pending: PathBuf,
     open: PathBuf,
     /// Open sessions in memory, mirrored to `open/`.
@@ -114,7 +114,7 @@ pub struct UsageBuffer {
 /// Unbounded because sending must never block an encoder's usage task, and the rate is tiny
 /// (one record per encoder per usage interval).
 #[derive(Debug, Clone)]
-pub struct UsageSink(mpsc::UnboundedSender<pb::UsageRecord>);
+pub(crate) struct UsageSink(mpsc::UnboundedSender<pb::UsageRecord>);
 
 impl UsageSink {
     /// A sink whose records go to `tx`, for tests that look at what an encoder run emits.
@@ -124,7 +124,7 @@ impl UsageSink {
     }
 
     /// Queues a record for the writer. Only fails once the writer is gone (node shutdown).
-    pub fn emit(&self, record: pb::UsageRecord) {
+    pub(crate) fn emit(&self, record: pb::UsageRecord) {
         if self.0.send(record).is_err() {
             tracing::warn!("usage writer has stopped; a usage record was dropped");
         }
@@ -158,7 +158,7 @@ fn safe_name(id: &str) -> bool {
 impl UsageBuffer {
     /// Opens the buffer and closes the sessions a previous run left open: each gets a final
     /// record from its last record's end to the last time the node was seen alive.
-    pub fn open(state_dir: &Path, now_ms: i64) -> std::io::Result<Self> {
+    pub(crate) fn open(state_dir: &Path, now_ms: i64) -> std::io::Result<Self> {
         let root = state_dir.join("usage");
         let buffer = Self {
             pending: root.join("pending"),
@@ -211,7 +211,7 @@ impl UsageBuffer {
     /// Writes a record to disk, then publishes it to the report streams. A record that cannot
     /// be written is still published (logged), so control bills it if a stream is open; only
     /// its resend after a broken stream is lost.
-    pub fn record(&self, record: pb::UsageRecord, now_ms: i64) {
+    pub(crate) fn record(&self, record: pb::UsageRecord, now_ms: i64) {
         if let Err(error) = self.write(&record, now_ms) {
             tracing::error!(%error, record = %record.record_id, "could not buffer a usage record; sending it live only");
         }
@@ -220,13 +220,13 @@ impl UsageBuffer {
 
     /// Records published from now on, each already on disk. Subscribe before reading
     /// [`UsageBuffer::pending`], so that no record falls between the two.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::UsageRecord> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<pb::UsageRecord> {
         self.published.subscribe()
     }
 
     /// Starts the buffer's one writer, fed by the returned sink, and the checkpoint ticker, for
     /// as long as the node runs.
-    pub fn spawn_keeper(&self, clock: Clock) -> UsageSink {
+    pub(crate) fn spawn_keeper(&self, clock: Clock) -> UsageSink {
         let (tx, mut rx) = mpsc::unbounded_channel::<pb::UsageRecord>();
         let writer = self.clone();
         tokio::spawn(async move {
@@ -277,7 +277,7 @@ impl UsageBuffer {
     }
 
     /// Notes that every open session is still encoding at `now_ms`.
-    pub fn checkpoint(&self, now_ms: i64) -> std::io::Result<()> {
+    pub(crate) fn checkpoint(&self, now_ms: i64) -> std::io::Result<()> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         for (id, open) in sessions.iter_mut() {
             open.alive_at_unix_ms = now_ms;
@@ -288,7 +288,7 @@ impl UsageBuffer {
     }
 
     /// Every record not yet acknowledged, oldest first.
-    pub fn pending(&self) -> Vec<pb::UsageRecord> {
+    pub(crate) fn pending(&self) -> Vec<pb::UsageRecord> {
         let Ok(entries) = std::fs::read_dir(&self.pending) else {
             return Vec::new();
         };
@@ -313,7 +313,7 @@ impl UsageBuffer {
     /// could not store), and what is on disk but was never sent on it: the writer cannot leave
     /// such a record, but one can reach the disk another way (an operator, a test, a restore of
     /// the state dir). A stream that falls behind the publisher catches up from disk.
-    pub fn deliveries(&self) -> impl Stream<Item = pb::UsageRecord> + Send + 'static {
+    pub(crate) fn deliveries(&self) -> impl Stream<Item = pb::UsageRecord> + Send + 'static {
         let published = self.subscribe();
         let backlog = tokio_stream::iter(self.pending()).map(Delivery::New);
         let buffer = self.clone();
@@ -363,7 +363,7 @@ impl UsageBuffer {
     }
 
     /// Drops acknowledged records.
-    pub fn acknowledge(&self, record_ids: &[String]) -> usize {
+    pub(crate) fn acknowledge(&self, record_ids: &[String]) -> usize {
         record_ids
             .iter()
             .filter(|id| safe_name(id))

@@ -113,7 +113,11 @@ fn credential_request(body: &[u8], principal: &Principal) -> Result<String, IamE
 
 /// `POST /v3.0/OS-CREDENTIAL/credentials` (IAM's create-permanent-access-key): 201 with the
 /// secret, which is never shown again.
-pub(super) async fn create_credential(state: AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn create_credential(
+    state: AppStateRef,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let created = async {
         let principal = usage::principal(&state, auth_token(&headers)).await?;
         let description = credential_request(&body, &principal)?;

@@ -10,7 +10,7 @@
 //! StartSession (and so GetDeviceToken) carries ICE servers as strings: `stun:host:port` and
 //! `turn:<username>:<credential>@host:port[?transport=udp]`. The username itself contains a
 //! `:`, and the base64 credential never contains `:` or `@`, so a reader splits the part
-//! before the **last** `@` at its **last** `:` ([`parse_ice_server`]).
+//! before the **last** `@` at its **last** `:` (as `parse_ice_server` in the tests does).
 
 use base64::Engine as _;
 use cloudphone_signaling::IceServer;
@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 
 /// Everything needed to build a viewer's ICE server list.
 #[derive(Clone, Default)]
-pub struct IceSettings {
+pub(crate) struct IceSettings {
     pub stun_urls: Vec<String>,
     /// `turn:` / `turns:` URLs without credentials, e.g. `turn:turn.example.com:3478?transport=udp`.
     pub turn_urls: Vec<String>,
@@ -40,7 +40,7 @@ impl std::fmt::Debug for IceSettings {
 }
 
 /// coturn REST credentials for `device_id`, valid until `now_unix + ttl_secs`.
-pub fn turn_credentials(
+pub(crate) fn turn_credentials(
     secret: &str,
     device_id: &str,
     now_unix: u64,
@@ -61,7 +61,7 @@ pub fn turn_credentials(
 
 impl IceSettings {
     /// The viewer's ICE servers in browser shape.
-    pub fn servers(&self, device_id: &str, now_unix: u64) -> Vec<IceServer> {
+    pub(crate) fn servers(&self, device_id: &str, now_unix: u64) -> Vec<IceServer> {
         let mut out = Vec::new();
         if !self.stun_urls.is_empty() {
             out.push(IceServer {
@@ -84,7 +84,7 @@ impl IceSettings {
 }
 
 /// The string form (see the module docs) of a server list.
-pub fn to_strings(servers: &[IceServer]) -> Vec<String> {
+pub(crate) fn to_strings(servers: &[IceServer]) -> Vec<String> {
     let mut out = Vec::new();
     for server in servers {
         for url in &server.urls {
@@ -99,8 +99,10 @@ pub fn to_strings(servers: &[IceServer]) -> Vec<String> {
     out
 }
 
-/// Parses one string of the form [`to_strings`] writes back into a server.
-pub fn parse_ice_server(s: &str) -> Option<IceServer> {
+/// Parses one string of the form [`to_strings`] writes back into a server: how a client reads
+/// the list; the node itself only writes it.
+#[cfg(test)]
+fn parse_ice_server(s: &str) -> Option<IceServer> {
     let (scheme, rest) = s.split_once(':')?;
     match rest.rsplit_once('@') {
         Some((userinfo, hostport)) => {

@@ -10,11 +10,11 @@ use cloudphone_signaling::{
 use crate::runtime::{InputEvent, PhoneKey, TouchAction};
 
 /// Largest data-channel message accepted, in bytes (the longest text plus JSON overhead).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 /// Why an input message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum InputError {
+pub(crate) enum InputError {
     #[error("message of {0} bytes is too large")]
     TooLarge(usize),
     #[error("not an input message: {0}")]
@@ -30,7 +30,7 @@ pub enum InputError {
 }
 
 /// Parses and validates one data-channel message.
-pub fn parse(bytes: &[u8]) -> Result<InputEvent, InputError> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<InputEvent, InputError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(InputError::TooLarge(bytes.len()));
     }
@@ -40,7 +40,7 @@ pub fn parse(bytes: &[u8]) -> Result<InputEvent, InputError> {
 }
 
 /// Validates a parsed message and maps it onto the runtime's event.
-pub fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
+pub(crate) fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
     Ok(match message {
         InputMessage::Touch {
             action,

@@ -7,13 +7,13 @@
 //! - [`input`]: the `input` data channel → runtime input events.
 //! - [`ice`]: ICE servers and TURN REST credentials for viewers.
 
-pub mod ice;
-pub mod input;
-pub mod peer;
+pub(crate) mod ice;
+pub(crate) mod input;
+pub(crate) mod peer;
 pub mod pipeline;
 pub mod priority;
-pub mod sessions;
-pub mod signaling;
+pub(crate) mod sessions;
+pub(crate) mod signaling;
 
 use std::sync::Arc;
 

@@ -40,10 +40,10 @@ use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 /// fmtp of the H.264 codec we offer to send.
-pub const H264_FMTP: &str =
+pub(crate) const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 /// fmtp of the H.265 codec we offer to send (see the module docs for why no `level-id`).
-pub const H265_FMTP: &str = "profile-id=1;tier-flag=0;tx-mode=SRST";
+pub(crate) const H265_FMTP: &str = "profile-id=1;tier-flag=0;tx-mode=SRST";
 const H264_PT: PayloadType = 102;
 const H265_PT: PayloadType = 104;
 
@@ -58,7 +58,7 @@ pub enum PeerError {
 
 /// The node's ICE settings for its own peers.
 #[derive(Debug, Clone, Default)]
-pub struct PeerSettings {
+pub(crate) struct PeerSettings {
     /// STUN servers the node uses to learn its server-reflexive address.
     pub stun_urls: Vec<String>,
     /// Public address under a 1:1 NAT, announced instead of the private host address.
@@ -87,7 +87,7 @@ fn feedback() -> Vec<RTCPFeedback> {
 }
 
 /// The codec capability the node sends `codec` with.
-pub fn capability(codec: Codec) -> RTCRtpCodecCapability {
+pub(crate) fn capability(codec: Codec) -> RTCRtpCodecCapability {
     let (mime, fmtp) = match codec {
         Codec::H264 => (MIME_TYPE_H264, H264_FMTP),
         Codec::H265 => (MIME_TYPE_HEVC, H265_FMTP),
@@ -102,13 +102,13 @@ pub fn capability(codec: Codec) -> RTCRtpCodecCapability {
 }
 
 /// Builds peer connections for viewers; one per node.
-pub struct PeerFactory {
+pub(crate) struct PeerFactory {
     api: API,
     ice_servers: Vec<RTCIceServer>,
 }
 
 impl PeerFactory {
-    pub fn new(settings: &PeerSettings) -> Result<Self, PeerError> {
+    pub(crate) fn new(settings: &PeerSettings) -> Result<Self, PeerError> {
         let mut media = MediaEngine::default();
         for (codec, pt) in [(Codec::H264, H264_PT), (Codec::H265, H265_PT)] {
             media.register_codec(
@@ -155,7 +155,7 @@ impl PeerFactory {
     }
 
     /// A new peer with a send-only video track for `codec`.
-    pub async fn new_viewer(&self, codec: Codec) -> Result<ViewerPeer, PeerError> {
+    pub(crate) async fn new_viewer(&self, codec: Codec) -> Result<ViewerPeer, PeerError> {
         let pc = Arc::new(
             self.api
                 .new_peer_connection(RTCConfiguration {
@@ -184,14 +184,14 @@ impl PeerFactory {
 }
 
 /// One viewer's peer connection and its video track.
-pub struct ViewerPeer {
+pub(crate) struct ViewerPeer {
     pub pc: Arc<RTCPeerConnection>,
     pub track: Arc<TrackLocalStaticRTP>,
     pub sender: Arc<RTCRtpSender>,
 }
 
 /// The middle 32 bits of the NTP timestamp of `now` (RFC 3550's "compact" form, 1/65536 s).
-pub fn ntp_compact(now: SystemTime) -> u32 {
+pub(crate) fn ntp_compact(now: SystemTime) -> u32 {
     const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
     let since = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs().wrapping_add(NTP_UNIX_OFFSET);
@@ -201,7 +201,7 @@ pub fn ntp_compact(now: SystemTime) -> u32 {
 
 /// Round-trip time from a receiver report block (RFC 3550 §6.4.1): arrival − LSR − DLSR.
 /// `None` until the viewer has seen a sender report (LSR 0), or when the result is absurd.
-pub fn rtt_ms(arrival_ntp_compact: u32, last_sender_report: u32, delay: u32) -> Option<u32> {
+pub(crate) fn rtt_ms(arrival_ntp_compact: u32, last_sender_report: u32, delay: u32) -> Option<u32> {
     if last_sender_report == 0 {
         return None;
     }

@@ -37,7 +37,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const INPUT_QUEUE: usize = 256;
 
 /// The signaling route.
-pub fn router(sessions: Arc<Sessions>) -> Router {
+pub(crate) fn router(sessions: Arc<Sessions>) -> Router {
     Router::new()
         .route("/v1/signaling", get(upgrade))
         .with_state(sessions)
@@ -386,7 +386,7 @@ pub enum TlsError {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS acceptor for `wss://` signaling from PEM files (certificate chain, private key).
-pub fn tls_acceptor(
+pub(crate) fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
@@ -419,7 +419,7 @@ pub fn tls_acceptor(
 
 /// An axum listener serving TLS: TCP connections are accepted in a background task and each
 /// handshake runs on its own task, so a slow or hostile client cannot stall the others.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     ready: mpsc::Receiver<(
         tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
         std::net::SocketAddr,
@@ -429,7 +429,7 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(
+    pub(crate) fn new(
         tcp: tokio::net::TcpListener,
         acceptor: tokio_rustls::TlsAcceptor,
     ) -> std::io::Result<Self> {

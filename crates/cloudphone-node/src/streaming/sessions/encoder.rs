@@ -16,7 +16,7 @@ use super::until_true;
 use crate::runtime::CaptureSource;
 
 /// Lowest bitrate adaptation may go to, in kbit/s.
-pub const MIN_BITRATE_KBPS: u32 = 150;
+pub(super) const MIN_BITRATE_KBPS: u32 = 150;
 /// Key frames asked for more often than this are merged into one.
 const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
 /// How often a running encoder is checked for a failure it did not signal by closing.
@@ -47,7 +47,7 @@ pub trait Encoder: Send + Sync + 'static {
 }
 
 /// Starts an encoder: the handle and its RTP packets (one packet per item, PT 96).
-pub type EncoderFactory = Arc<
+pub(crate) type EncoderFactory = Arc<
     dyn Fn(&EncoderRequest) -> Result<(Box<dyn Encoder>, mpsc::Receiver<Bytes>), String>
         + Send
         + Sync,
@@ -68,14 +68,13 @@ struct Adaptation {
 }
 
 /// One running encoder shared by the viewers of a profile.
-pub struct SharedEncoder {
+pub(crate) struct SharedEncoder {
     encoder: Mutex<Option<Box<dyn Encoder>>>,
     packets: broadcast::Sender<Bytes>,
     adaptation: Mutex<Adaptation>,
     keyframes: Mutex<KeyframeRequests>,
     /// Becomes true when the encoder stops (last viewer left) or dies.
     ended: watch::Sender<bool>,
-    pub codec: Codec,
     pub width: u32,
     pub height: u32,
     /// Current target, for tests and metrics.
@@ -107,7 +106,6 @@ impl SharedEncoder {
             }),
             keyframes: Mutex::new(KeyframeRequests::default()),
             ended,
-            codec: request.codec,
             width: request.width,
             height: request.height,
             bitrate_kbps: AtomicU32::new(request.bitrate_kbps),
@@ -166,12 +164,12 @@ impl SharedEncoder {
     }
 
     /// A receiver of the encoder's RTP packets.
-    pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Bytes> {
         self.packets.subscribe()
     }
 
     /// Resolves when the encoder has stopped or died.
-    pub fn ended(&self) -> watch::Receiver<bool> {
+    pub(crate) fn ended(&self) -> watch::Receiver<bool> {
         self.ended.subscribe()
     }
 
@@ -194,7 +192,7 @@ impl SharedEncoder {
     /// Asks for a key frame. Requests closer than `KEYFRAME_MIN_INTERVAL` are merged into
     /// one sent at the end of the interval (never dropped: the later one may come from a
     /// viewer that joined after the earlier key frame went out).
-    pub fn request_keyframe(self: &Arc<Self>) {
+    pub(crate) fn request_keyframe(self: &Arc<Self>) {
         let wait = {
             let mut k = self
                 .keyframes
@@ -258,7 +256,7 @@ impl SharedEncoder {
     }
 
     /// A receiver report from viewer `id`.
-    pub fn on_receiver_report(
+    pub(crate) fn on_receiver_report(
         &self,
         id: u64,
         now_ms: u64,
@@ -281,7 +279,7 @@ impl SharedEncoder {
     }
 
     /// A REMB from viewer `id`.
-    pub fn on_remb(&self, id: u64, now_ms: u64, kbps: u32) {
+    pub(crate) fn on_remb(&self, id: u64, now_ms: u64, kbps: u32) {
         let sent_kbps = self.sent_kbps.load(Ordering::Relaxed);
         let mut a = self.adaptation();
         if let Some(c) = a.controllers.get_mut(&id) {

@@ -12,11 +12,11 @@ use super::Sessions;
 /// Unexpired grants kept per instance: every GetDeviceToken adds one, and only the newest few
 /// can matter (a viewer uses its grant once, at hello). Bounds the node's memory however often
 /// a tenant asks for tokens.
-pub const MAX_GRANTS_PER_INSTANCE: usize = 64;
+pub(crate) const MAX_GRANTS_PER_INSTANCE: usize = 64;
 
 /// Why StartSession was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("device_token_sha256 must be 64 hex digits")]
     BadDigest,
     #[error("device_id must be 1-64 characters of [A-Za-z0-9-_.:]")]
@@ -29,14 +29,13 @@ pub enum SessionError {
 
 /// An authorised session (StartSession).
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub session_id: String,
     pub instance_id: String,
     pub device_id: String,
     token_sha256: [u8; 32],
     pub expires_at_unix_ms: i64,
     pub tenant_id: String,
-    pub user_id: String,
 }
 
 impl Grant {
@@ -74,7 +73,7 @@ pub(super) fn prune_grants(
 
 /// What StartSession hands back.
 #[derive(Debug, Clone)]
-pub struct StartedSession {
+pub(crate) struct StartedSession {
     pub session_id: String,
     pub signaling_url: String,
     pub ice_servers: Vec<String>,
@@ -82,7 +81,7 @@ pub struct StartedSession {
 
 /// A refused hello: the code and message the viewer gets before the socket closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: ErrorCode,
     pub message: String,
 }
@@ -101,7 +100,7 @@ fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl Sessions {
     /// StartSession: authorises `device_id` to watch the instance until `expires_at`.
-    pub async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         r: &pb::StartSessionRequest,
     ) -> Result<StartedSession, SessionError> {
@@ -132,7 +131,6 @@ impl Sessions {
             token_sha256: digest,
             expires_at_unix_ms: r.expires_at_unix_ms,
             tenant_id: r.tenant_id.clone(),
-            user_id: r.user_id.clone(),
         };
         let session_id = grant.session_id.clone();
         {
@@ -161,19 +159,19 @@ impl Sessions {
     }
 
     /// The ICE servers a viewer of `device_id` gets in its `ready`.
-    pub fn ice_servers(&self, device_id: &str) -> Vec<cloudphone_signaling::IceServer> {
+    pub(crate) fn ice_servers(&self, device_id: &str) -> Vec<cloudphone_signaling::IceServer> {
         self.settings
             .ice
             .servers(device_id, (crate::unix_ms() / 1000).max(0) as u64)
     }
 
     /// The current grant of a device, if it still has one.
-    pub fn grant(&self, device_id: &str) -> Option<Grant> {
+    pub(crate) fn grant(&self, device_id: &str) -> Option<Grant> {
         self.inner().grants.get(device_id).cloned()
     }
 
     /// ReleaseSession: revokes the instance's grants and ends its streams.
-    pub fn release(&self, instance_id: &str) -> u32 {
+    pub(crate) fn release(&self, instance_id: &str) -> u32 {
         let released = {
             let mut inner = self.inner();
             let before = inner.grants.len();
@@ -199,7 +197,6 @@ mod tests {
                 token_sha256: [0; 32],
                 expires_at_unix_ms: expires,
                 tenant_id: "t".into(),
-                user_id: "u".into(),
             },
         )
     }

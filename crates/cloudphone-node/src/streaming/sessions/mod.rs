@@ -31,9 +31,9 @@ mod grants;
 mod registry;
 mod usage;
 
-pub use encoder::{Encoder, EncoderFactory, EncoderRequest, MIN_BITRATE_KBPS, SharedEncoder};
-pub use grants::{Grant, MAX_GRANTS_PER_INSTANCE, Refusal, SessionError, StartedSession};
-pub use registry::Viewer;
+pub(crate) use encoder::{Encoder, EncoderFactory, SharedEncoder};
+pub(crate) use grants::{Grant, SessionError};
+pub(crate) use registry::Viewer;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -51,7 +51,7 @@ use crate::usage_buffer::UsageSink;
 
 /// Settings of the registry.
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
+pub(crate) struct SessionSettings {
     /// `ws(s)://host:port` viewers reach the node at.
     pub public_url: String,
     pub ice: IceSettings,
@@ -59,7 +59,6 @@ pub struct SessionSettings {
     pub usage_interval: Duration,
     /// What usage records' times are read from.
     pub clock: crate::clock::Clock,
-    pub node_id: String,
 }
 
 /// The matrix cell of each viewer of one encoder.
@@ -93,7 +92,7 @@ struct Inner {
 }
 
 /// The node's streaming sessions; see the module docs.
-pub struct Sessions {
+pub(crate) struct Sessions {
     manager: Arc<InstanceManager>,
     peers: PeerFactory,
     settings: SessionSettings,
@@ -105,7 +104,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(
+    pub(crate) fn new(
         manager: Arc<InstanceManager>,
         peers: PeerFactory,
         settings: SessionSettings,
@@ -142,26 +141,26 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub fn manager(&self) -> &Arc<InstanceManager> {
+    pub(crate) fn manager(&self) -> &Arc<InstanceManager> {
         &self.manager
     }
 
-    pub fn peers(&self) -> &PeerFactory {
+    pub(crate) fn peers(&self) -> &PeerFactory {
         &self.peers
     }
 
     /// Milliseconds since the registry started: the controllers' clock.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
     /// Viewers connected right now.
-    pub fn live_viewers(&self) -> usize {
+    pub(crate) fn live_viewers(&self) -> usize {
         self.inner().viewers.len()
     }
 }
 
 /// Resolves once the flag is true (or its sender is gone).
-pub async fn until_true(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn until_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }

@@ -18,7 +18,7 @@ use crate::instances::Stopping;
 
 impl Sessions {
     /// Checks a hello and registers the viewer. The returned [`Viewer`] unregisters on drop.
-    pub async fn admit(self: &Arc<Self>, hello: &Hello) -> Result<Viewer, Refusal> {
+    pub(crate) async fn admit(self: &Arc<Self>, hello: &Hello) -> Result<Viewer, Refusal> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(refuse(ErrorCode::Busy, "node is shutting down"));
         }
@@ -92,7 +92,7 @@ impl Sessions {
     }
 
     /// Joins (or starts) the encoder of the viewer's profile.
-    pub async fn join_encoder(&self, viewer: &Viewer) -> Result<Arc<SharedEncoder>, String> {
+    pub(crate) async fn join_encoder(&self, viewer: &Viewer) -> Result<Arc<SharedEncoder>, String> {
         let instance_id = &viewer.grant.instance_id;
         let key = ProfileKey {
             instance_id: instance_id.clone(),
@@ -205,7 +205,7 @@ impl Sessions {
 
     /// Says `bye` to the instance's viewers and stops its encoders now, waiting until their
     /// pipelines have shut down (their capture has let go of the instance's display).
-    pub async fn end_instance(&self, instance_id: &str, reason: ByeReason) {
+    pub(crate) async fn end_instance(&self, instance_id: &str, reason: ByeReason) {
         self.stop_viewers(|v| v.instance_id == instance_id, reason);
         let encoders: Vec<Arc<SharedEncoder>> = {
             let mut inner = self.inner();
@@ -226,13 +226,13 @@ impl Sessions {
     }
 
     /// StopStreaming: ends the instance's live streams; its grants stay valid.
-    pub fn stop_streaming(&self, instance_id: &str) -> u32 {
+    pub(crate) fn stop_streaming(&self, instance_id: &str) -> u32 {
         self.stop_viewers(|v| v.instance_id == instance_id, ByeReason::Stopped)
     }
 
     /// SetVideoConfig: stores the matrix and applies it to the instance's live encoders.
     /// Returns how many viewers were updated.
-    pub fn set_video_config(&self, instance_id: &str, config: VideoConfig) -> u32 {
+    pub(crate) fn set_video_config(&self, instance_id: &str, config: VideoConfig) -> u32 {
         let mut inner = self.inner();
         inner.configs.insert(instance_id.to_owned(), config.clone());
         let mut updated = 0;
@@ -268,7 +268,7 @@ impl Sessions {
     }
 
     /// Refuses new viewers, says `bye` to the live ones and waits (bounded) until they left.
-    pub async fn drain(&self, within: Duration) {
+    pub(crate) async fn drain(&self, within: Duration) {
         self.closing.store(true, Ordering::SeqCst);
         let n = self.stop_viewers(|_| true, ByeReason::Shutdown);
         if n > 0 {
@@ -333,7 +333,7 @@ pub(super) async fn end_before_stop(
 }
 
 /// One admitted viewer; leaving the registry when dropped.
-pub struct Viewer {
+pub(crate) struct Viewer {
     sessions: Arc<Sessions>,
     pub id: u64,
     pub grant: Grant,

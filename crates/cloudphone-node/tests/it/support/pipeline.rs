@@ -12,7 +12,13 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc::Receiver;
 
-pub(crate) fn settings(codec: Codec, width: u32, height: u32, fps: u32, kbps: u32) -> EncoderSettings {
+pub(crate) fn settings(
+    codec: Codec,
+    width: u32,
+    height: u32,
+    fps: u32,
+    kbps: u32,
+) -> EncoderSettings {
     EncoderSettings {
         codec,
         width,

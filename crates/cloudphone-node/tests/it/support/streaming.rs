@@ -209,7 +209,12 @@ impl Node {
     }
 }
 
-pub(crate) fn hello(device_id: &str, token: &str, codec: EncodingType, definition: Definition) -> Hello {
+pub(crate) fn hello(
+    device_id: &str,
+    token: &str,
+    codec: EncodingType,
+    definition: Definition,
+) -> Hello {
     Hello {
         device_id: device_id.into(),
         device_token: token.into(),
