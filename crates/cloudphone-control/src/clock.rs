@@ -1,5 +1,6 @@
-//! The time control's rules read: token expiry and purging go through [`Clock`], so tests can
-//! run them in tokio's paused time instead of waiting on the wall clock.
+//! The time control's rules read: token expiry and purging and the Volcengine rate window go
+//! through [`Clock`], so tests can run them in tokio's paused time instead of waiting on the wall
+//! clock. (Node liveness is monotonic and uses tokio's `Instant` directly, see `nodes`.)
 
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy)]
