@@ -304,7 +304,7 @@ mod tests {
     use crate::clock::Clock;
     use crate::config::ControlConfig;
     use crate::nodes::Registry;
-    use crate::store::{NewTenant, Store};
+    use crate::store::{DomainRecord, NewTenant, Store};
 
     /// Sends one request through the router; answers the status and the JSON body (or null).
     async fn send(app: &Router, request: Request<Body>) -> (u16, serde_json::Value, Response) {
@@ -325,7 +325,8 @@ mod tests {
     }
 
     /// A router over a fresh SQLite store in a temporary directory (which also holds the usage
-    /// secrets key) with tenant `acme`, user `dev`, project `cn-north-7`, reading `clock`.
+    /// secrets key) with tenant `acme` (id `t1`), user `dev`, project `cn-north-7` (id `p1`) and
+    /// streaming domain `live.acme.example`, reading `clock`.
     async fn tenant_app(mut config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
@@ -342,6 +343,16 @@ mod tests {
                 project_id: "p1".into(),
                 project_name: "cn-north-7".into(),
                 created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        store
+            .create_domain(&DomainRecord {
+                domain: "live.acme.example".into(),
+                tenant_id: "t1".into(),
+                is_default: true,
+                created_at_ms: 0,
+                deleted_at_ms: None,
             })
             .await
             .unwrap();
@@ -484,5 +495,101 @@ mod tests {
         jump(first + window + Duration::from_millis(300) - tokio::time::Instant::now()).await;
         let (status, body, _) = call(app.clone()).await;
         assert_eq!(status, 200, "after the window: {body}");
+    }
+
+    /// A Huawei `GET /v2/p1/stats/transcode?publish_domain=live.acme.example&{query}` with a
+    /// token; answers the status and body.
+    async fn huawei(app: &Router, token: &str, query: &str) -> (u16, serde_json::Value) {
+        let request = Request::get(format!(
+            "/v2/p1/stats/transcode?publish_domain=live.acme.example&{query}"
+        ))
+        .header("x-auth-token", token)
+        .body(Body::empty())
+        .unwrap();
+        let (status, body, response) = send(app, request).await;
+        assert!(response.headers().contains_key("x-request-id"));
+        (status, body)
+    }
+
+    /// The `time` of each hour listed in a Huawei answer.
+    fn hours(status: u16, body: &serde_json::Value) -> Vec<String> {
+        assert_eq!(status, 200, "{body}");
+        body["transcode_data_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["time"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Huawei's rules relative to the current hour (seed 004), with "now" at a chosen half past
+    /// the hour so no hour boundary can fall inside the test (the live-control test in
+    /// `usage_rules` used to retry until the hour did not change while it ran).
+    #[tokio::test]
+    async fn huawei_hours_relative_to_now_on_a_controlled_clock() {
+        use cloudphone_usage::huawei::format_time as iso;
+        use cloudphone_usage::{DAY_MS, HOUR_MS};
+        const MIN_MS: i64 = 60_000;
+        // 2026-11-20T07:30:00Z.
+        let hour = 1_795_159_800_000 - 30 * MIN_MS;
+        let (app, _dir) = tenant_app(
+            ControlConfig::default(),
+            Clock::tokio_at(hour + 30 * MIN_MS),
+        )
+        .await;
+        let token = login(&app).await;
+        let q = |start: &str, end: &str| format!("start_time={start}&end_time={end}");
+
+        // Both empty: the last 24 hours up to now.
+        let (status, body) = huawei(&app, &token, "").await;
+        let listed = hours(status, &body);
+        assert_eq!(listed.len(), 25);
+        assert_eq!(
+            (listed[0].as_str(), listed[24].as_str()),
+            (iso(hour - DAY_MS).as_str(), iso(hour).as_str())
+        );
+        // end_time empty: now. Empty strings count as absent.
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &format!(
+                "start_time={}&end_time=",
+                iso(hour - 2 * HOUR_MS + 5 * MIN_MS)
+            ),
+        )
+        .await;
+        assert_eq!(
+            hours(status, &body),
+            [iso(hour - 2 * HOUR_MS), iso(hour - HOUR_MS), iso(hour)]
+        );
+        // Hours after now are not listed.
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &q(&iso(hour - HOUR_MS), &iso(hour + 5 * HOUR_MS)),
+        )
+        .await;
+        assert_eq!(hours(status, &body), [iso(hour - HOUR_MS), iso(hour)]);
+
+        // History ≤ 1 year: floored start_time exactly 365 days before this hour is accepted,
+        // one second earlier (the hour before) is not.
+        let oldest = hour - 365 * DAY_MS;
+        let (status, body) = huawei(&app, &token, &q(&iso(oldest), &iso(oldest + HOUR_MS))).await;
+        assert_eq!(hours(status, &body), [iso(oldest), iso(oldest + HOUR_MS)]);
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &q(&iso(oldest - 1000), &iso(oldest + HOUR_MS)),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (400, Some("LIVE.100011001")),
+            "{body}"
+        );
+        let message = body["error_msg"].as_str().unwrap_or_default();
+        assert!(message.contains("more than one year ago"), "{message:?}");
+        assert!(body.get("transcode_data_list").is_none());
+        assert!(body.get("summary_list").is_none());
     }
 }

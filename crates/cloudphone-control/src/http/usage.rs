@@ -292,7 +292,9 @@ async fn huawei_answer(
     query: TranscodeQuery,
 ) -> Result<huawei::TranscodeResponse, HuaweiError> {
     let domain = huawei::publish_domain(&query)?.to_string();
-    let now = crate::unix_ms();
+    // "Now" (the window's defaults and limits, open sessions) from the state's clock, so the
+    // rules relative to the current hour are tested at a chosen time.
+    let now = state.clock.now_ms();
     let window = huawei::window(&query, now)?;
     let store_failed = |error: crate::store::StoreError| {
         tracing::error!(%error, "usage query failed");
