@@ -1,5 +1,6 @@
-//! The time control's rules read: token expiry and purging go through [`Clock`], so tests can
-//! run them in tokio's paused time instead of waiting on the wall clock.
+//! The time control's rules read: token expiry and purging, the Volcengine rate window and the
+//! usage queries' "now" go through [`Clock`], so tests can run them in tokio's paused time instead of waiting on the wall
+//! clock. (Node liveness is monotonic and uses tokio's `Instant` directly, see `nodes`.)
 
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy)]
@@ -19,8 +20,15 @@ impl Clock {
     /// A clock that starts at the current wall-clock time and then follows tokio's time.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn tokio() -> Self {
+        Self::tokio_at(crate::unix_ms())
+    }
+
+    /// A clock that reads `base_ms` now and then follows tokio's time: rules that depend on
+    /// "now" floored to the hour or day are deterministic when `base_ms` is mid-hour.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn tokio_at(base_ms: i64) -> Self {
         Self::Tokio {
-            base_ms: crate::unix_ms(),
+            base_ms,
             origin: tokio::time::Instant::now(),
         }
     }

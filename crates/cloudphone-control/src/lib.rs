@@ -62,7 +62,8 @@ pub struct AppState {
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
-    /// "Now" for token expiry and purging: the system clock, or tokio's in tests.
+    /// "Now" for token expiry and purging, the Volcengine rate window and the usage queries'
+    /// time windows: the system clock, or tokio's in tests.
     pub(crate) clock: Clock,
 }
 

@@ -55,7 +55,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     timeout_ms: u64,
     control_id: String,
-    /// Monotonic origin for liveness times.
+    /// Monotonic origin for liveness times: tokio's clock, so liveness runs in paused time in
+    /// tests (unix time from [`crate::clock::Clock`] could step back with the wall clock).
     epoch: Instant,
     nodes: Mutex<HashMap<String, NodeEntry>>,
     shutdown: watch::Receiver<bool>,
@@ -126,29 +127,36 @@ impl Registry {
                 return;
             }
         };
-        {
-            let mut nodes = self.lock();
-            if nodes
-                .get(node_id)
-                .is_some_and(|entry| entry.endpoint == endpoint)
-            {
-                return;
-            }
-            let liveness = Liveness::new(self.timeout_ms);
-            nodes.insert(
-                node_id.to_string(),
-                NodeEntry {
-                    endpoint: endpoint.to_string(),
-                    liveness,
-                    recorded: NodeHealth::Down,
-                    client: Some(NodeAgentClient::new(channel)),
-                },
-            );
+        if !self.track(node_id, endpoint, channel) {
+            return;
         }
         let registry = Arc::clone(self);
         let (node_id, endpoint) = (node_id.to_string(), endpoint.to_string());
         let span = info_span!("node", node_id = %node_id);
         tokio::spawn(async move { registry.connector(node_id, endpoint).await }.instrument(span));
+    }
+
+    /// Starts tracking `node_id` at `endpoint` (down until it reports); false when it is already
+    /// tracked at that endpoint, so no second connector is needed.
+    fn track(&self, node_id: &str, endpoint: &str, channel: Channel) -> bool {
+        let mut nodes = self.lock();
+        if nodes
+            .get(node_id)
+            .is_some_and(|entry| entry.endpoint == endpoint)
+        {
+            return false;
+        }
+        let liveness = Liveness::new(self.timeout_ms);
+        nodes.insert(
+            node_id.to_string(),
+            NodeEntry {
+                endpoint: endpoint.to_string(),
+                liveness,
+                recorded: NodeHealth::Down,
+                client: Some(NodeAgentClient::new(channel)),
+            },
+        );
+        true
     }
 
     /// Keeps the node's report stream open until shutdown or until the node's endpoint changes.
@@ -229,15 +237,19 @@ impl Registry {
         }
     }
 
-    async fn handle_report(&self, node_id: &str, report: pb::NodeReport) {
+    /// Counts a report from `node_id` received now as a heartbeat; answers whether the node just
+    /// came up, or `None` when the node is not tracked.
+    fn beat(&self, node_id: &str) -> Option<bool> {
         let now = self.now_ms();
-        let became_up = {
-            let mut nodes = self.lock();
-            let Some(entry) = nodes.get_mut(node_id) else {
-                return;
-            };
-            entry.liveness.beat(now);
-            std::mem::replace(&mut entry.recorded, NodeHealth::Up) == NodeHealth::Down
+        let mut nodes = self.lock();
+        let entry = nodes.get_mut(node_id)?;
+        entry.liveness.beat(now);
+        Some(std::mem::replace(&mut entry.recorded, NodeHealth::Up) == NodeHealth::Down)
+    }
+
+    async fn handle_report(&self, node_id: &str, report: pb::NodeReport) {
+        let Some(became_up) = self.beat(node_id) else {
+            return;
         };
         match report.report {
             Some(Report::Announcement(a)) => {
@@ -317,31 +329,117 @@ impl Registry {
     /// Marks silent nodes down. Checks every quarter timeout, so a dead node is marked down
     /// at most 1.25 × timeout after its last beat.
     pub(crate) async fn monitor(self: Arc<Self>) {
-        let period = Duration::from_millis((self.timeout_ms / 4).max(25));
         let mut shutdown = self.shutdown.clone();
         loop {
-            tokio::select! {
+            let newly_down = tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            let now = self.now_ms();
-            let newly_down: Vec<String> = {
-                let mut nodes = self.lock();
-                nodes
-                    .iter_mut()
-                    .filter(|(_, e)| {
-                        e.recorded == NodeHealth::Up && e.liveness.health(now) == NodeHealth::Down
-                    })
-                    .map(|(id, e)| {
-                        e.recorded = NodeHealth::Down;
-                        id.clone()
-                    })
-                    .collect()
+                down = self.next_silent() => down,
             };
             for node_id in newly_down {
                 warn!(node_id, "node down: heartbeats missed");
                 self.record_health(&node_id, NodeHealth::Down).await;
             }
         }
+    }
+
+    /// The monitor's clock: checks every quarter timeout (on tokio's clock, so tests run it in
+    /// paused time) until some node recorded up has been silent past the timeout, marks those
+    /// down in memory and answers them. Cancel-safe: a check either completes or never starts.
+    async fn next_silent(&self) -> Vec<String> {
+        let period = Duration::from_millis((self.timeout_ms / 4).max(25));
+        loop {
+            tokio::time::sleep(period).await;
+            let now = self.now_ms();
+            let newly_down: Vec<String> = self
+                .lock()
+                .iter_mut()
+                .filter(|(_, e)| {
+                    e.recorded == NodeHealth::Up && e.liveness.health(now) == NodeHealth::Down
+                })
+                .map(|(id, e)| {
+                    e.recorded = NodeHealth::Down;
+                    id.clone()
+                })
+                .collect();
+            if !newly_down.is_empty() {
+                return newly_down;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(1_000);
+
+    /// A registry tracking `nodes` (down until they report), with no connector dialing them:
+    /// reports are fed through [`Registry::beat`], the call every report on the stream makes.
+    async fn registry(nodes: &[&str]) -> (Arc<Registry>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+        let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
+        let (_stop, stop_rx) = watch::channel(false);
+        let timeout_ms = u64::try_from(TIMEOUT.as_millis()).unwrap();
+        let registry = Registry::new(store, timeout_ms, stop_rx);
+        for node in nodes {
+            let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+            assert!(registry.track(node, "http://127.0.0.1:9", channel));
+        }
+        (registry, dir)
+    }
+
+    /// The monitor's check, in paused time: a node that stops reporting is marked down after
+    /// `heartbeat_timeout` of silence, never before and within the documented 1.25 × timeout;
+    /// a node that keeps reporting every half timeout stays up however long the monitor runs.
+    /// The store is opened before time is paused and the decision under test never touches it
+    /// (the sqlx pool's own timers would fire under paused time while SQLite works).
+    #[tokio::test]
+    async fn a_silent_node_goes_down_after_the_timeout_and_a_beating_one_stays_up() {
+        let (registry, _dir) = registry(&["silent", "steady"]).await;
+        tokio::time::pause();
+        let monitor = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move {
+                let down = registry.next_silent().await;
+                (down, Instant::now())
+            }
+        });
+        let steady = tokio::spawn({
+            let registry = Arc::clone(&registry);
+            async move {
+                loop {
+                    assert_eq!(registry.beat("steady"), Some(false));
+                    tokio::time::sleep(TIMEOUT / 2).await;
+                }
+            }
+        });
+        assert_eq!(registry.beat("steady"), Some(true), "first report: up");
+        // Three reports 300 ms apart, out of phase with the monitor's quarter-timeout checks.
+        assert_eq!(registry.beat("silent"), Some(true));
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(registry.beat("silent"), Some(false));
+        }
+        let last_report = Instant::now();
+
+        let (down, at) = monitor.await.unwrap();
+        let silent_for = at - last_report;
+        assert_eq!(down, ["silent"], "after {silent_for:?} of silence");
+        assert!(
+            silent_for > TIMEOUT && silent_for <= TIMEOUT * 5 / 4,
+            "marked down after {silent_for:?} of silence, timeout {TIMEOUT:?}"
+        );
+        assert_eq!(registry.health("silent"), NodeHealth::Down);
+
+        // Twenty timeouts later the steady node has never been found silent.
+        let more = tokio::time::timeout(TIMEOUT * 20, registry.next_silent()).await;
+        assert!(more.is_err(), "marked down while reporting: {more:?}");
+        assert_eq!(registry.health("steady"), NodeHealth::Up);
+        // A report revives the silent node.
+        assert_eq!(registry.beat("silent"), Some(true));
+        assert_eq!(registry.beat("unknown"), None);
+        steady.abort();
     }
 }

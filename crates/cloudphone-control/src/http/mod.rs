@@ -304,7 +304,7 @@ mod tests {
     use crate::clock::Clock;
     use crate::config::ControlConfig;
     use crate::nodes::Registry;
-    use crate::store::{NewTenant, Store};
+    use crate::store::{DomainRecord, NewTenant, Store};
 
     /// Sends one request through the router; answers the status and the JSON body (or null).
     async fn send(app: &Router, request: Request<Body>) -> (u16, serde_json::Value, Response) {
@@ -324,14 +324,13 @@ mod tests {
             .unwrap()
     }
 
-    /// A token works until its TTL is over, then is `KOOPHONE.API.6001` with 401. Time moves
-    /// by `tokio::time::advance` under a paused clock, not by waiting on the wall clock. The
-    /// store's I/O runs in real time (its pool timeouts would fire under auto-advance), so the
-    /// clock is paused only to jump.
-    #[tokio::test]
-    async fn tokens_expire_in_tokio_time() {
+    /// A router over a fresh SQLite store in a temporary directory (which also holds the usage
+    /// secrets key) with tenant `acme` (id `t1`), user `dev`, project `cn-north-7` (id `p1`) and
+    /// streaming domain `live.acme.example`, reading `clock`.
+    async fn tenant_app(mut config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+        config.store.url = url.clone();
         let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
         store.migrate().await.unwrap();
         store
@@ -347,12 +346,23 @@ mod tests {
             })
             .await
             .unwrap();
+        store
+            .create_domain(&DomainRecord {
+                domain: "live.acme.example".into(),
+                tenant_id: "t1".into(),
+                is_default: true,
+                created_at_ms: 0,
+                deleted_at_ms: None,
+            })
+            .await
+            .unwrap();
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let registry = Registry::new(Arc::clone(&store), 1_500, stop_rx);
-        let mut config = ControlConfig::default();
-        config.iam.token_ttl_secs = 1;
-        let app = router(AppState::new(config, store, registry, Clock::tokio()));
+        (router(AppState::new(config, store, registry, clock)), dir)
+    }
 
+    /// Logs `dev` in; answers the token.
+    async fn login(app: &Router) -> String {
         let login = serde_json::json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
@@ -361,24 +371,225 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(login.to_string()))
             .unwrap();
-        let (status, _, response) = send(&app, request).await;
+        let (status, _, response) = send(app, request).await;
         assert_eq!(status, 201);
-        let token = response.headers()["x-subject-token"]
+        response.headers()["x-subject-token"]
             .to_str()
             .unwrap()
-            .to_string();
+            .to_string()
+    }
+
+    /// Moves tokio's clock forward by `by`. The store's I/O runs in real time (its pool
+    /// timeouts would fire under paused time's auto-advance), so the clock is paused only to jump.
+    async fn jump(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
+    }
+
+    /// A token works until its TTL is over, then is `KOOPHONE.API.6001` with 401. Time moves
+    /// by `tokio::time::advance`, not by waiting on the wall clock.
+    #[tokio::test]
+    async fn tokens_expire_in_tokio_time() {
+        let mut config = ControlConfig::default();
+        config.iam.token_ttl_secs = 1;
+        let (app, _dir) = tenant_app(config, Clock::tokio()).await;
+        let token = login(&app).await;
 
         let (status, body, _) = send(&app, list(&token)).await;
         assert_eq!((status, body["error_code"].as_str()), (200, Some("0")));
 
-        tokio::time::pause();
-        tokio::time::advance(Duration::from_millis(1_300)).await;
-        tokio::time::resume();
+        jump(Duration::from_millis(1_300)).await;
         let (status, body, _) = send(&app, list(&token)).await;
         assert_eq!(
             (status, body["error_code"].as_str()),
             (401, Some("KOOPHONE.API.6001")),
             "an expired token is refused"
         );
+    }
+
+    /// A signed Volcengine `DescribeLiveTranscodeData` over the last day, dated `now_ms`.
+    fn volc(ak: &str, sk: &str, now_ms: i64) -> Request<Body> {
+        use cloudphone_usage::sign::{self, RequestParts};
+        use sha2::Digest;
+        let query = "Action=DescribeLiveTranscodeData&Version=2023-01-01";
+        let body = serde_json::json!({
+            "StartTime": cloudphone_usage::volc::format_time(now_ms - cloudphone_usage::DAY_MS, 0),
+            "EndTime": cloudphone_usage::volc::format_time(now_ms, 0)})
+        .to_string();
+        let date = cloudphone_usage::huawei::format_time(now_ms).replace(['-', ':'], "");
+        let mut headers: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            ("host".into(), "127.0.0.1".into()),
+            (
+                "x-content-sha256".into(),
+                hex::encode(sha2::Sha256::digest(&body)),
+            ),
+            ("x-date".into(), date),
+        ];
+        let signed: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let auth = sign::volc::sign(&parts, ak, sk, "cn-north-1", &signed).unwrap();
+        headers.push(("authorization".into(), auth));
+        let mut request = Request::post(format!("/?{query}"));
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        request.body(Body::from(body)).unwrap()
+    }
+
+    /// The document's budget, 100 requests per user per sliding minute, in tokio time: the
+    /// 101st is refused (`FlowLimitExceeded`, 429) until the minute since the first request is
+    /// over, then accepted. The HTTP test against a live control (`usage_rules`) checks the
+    /// budget, its sharing between a user's keys and the answer's body; this one moves the
+    /// clock instead of waiting out the window.
+    #[tokio::test]
+    async fn volcengine_rate_window_reopens_in_tokio_time() {
+        let clock = Clock::tokio();
+        let config = ControlConfig::default();
+        let window = Duration::from_millis(config.usage.volcengine_rate_window_ms);
+        assert_eq!(
+            (config.usage.volcengine_rate_limit, window),
+            (100, Duration::from_secs(60))
+        );
+        let (app, _dir) = tenant_app(config, clock).await;
+        let token = login(&app).await;
+        let request = Request::post("/v3.0/OS-CREDENTIAL/credentials")
+            .header("x-auth-token", &token)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::json!({"credential": {"description": "limits"}}).to_string(),
+            ))
+            .unwrap();
+        let (status, created, _) = send(&app, request).await;
+        assert_eq!(status, 201, "{created}");
+        let field = |name: &str| created["credential"][name].as_str().unwrap().to_string();
+        let (ak, sk) = (field("access"), field("secret"));
+        let call = |app: Router| {
+            let request = volc(&ak, &sk, clock.now_ms());
+            async move { send(&app, request).await }
+        };
+        let refused = |(status, body, _): (u16, serde_json::Value, Response), when: &str| {
+            assert_eq!(status, 429, "{when}: {body}");
+            assert_eq!(
+                body["ResponseMetadata"]["Error"]["Code"], "FlowLimitExceeded",
+                "{when}: {body}"
+            );
+        };
+
+        let first = tokio::time::Instant::now();
+        for n in 1..=100 {
+            let (status, body, _) = call(app.clone()).await;
+            assert_eq!(status, 200, "request {n}: {body}");
+        }
+        refused(call(app.clone()).await, "the 101st");
+        // Just inside the minute of the first request: still refused; just past it: accepted.
+        jump(first + window - Duration::from_millis(300) - tokio::time::Instant::now()).await;
+        refused(call(app.clone()).await, "300 ms before the window ends");
+        jump(first + window + Duration::from_millis(300) - tokio::time::Instant::now()).await;
+        let (status, body, _) = call(app.clone()).await;
+        assert_eq!(status, 200, "after the window: {body}");
+    }
+
+    /// A Huawei `GET /v2/p1/stats/transcode?publish_domain=live.acme.example&{query}` with a
+    /// token; answers the status and body.
+    async fn huawei(app: &Router, token: &str, query: &str) -> (u16, serde_json::Value) {
+        let request = Request::get(format!(
+            "/v2/p1/stats/transcode?publish_domain=live.acme.example&{query}"
+        ))
+        .header("x-auth-token", token)
+        .body(Body::empty())
+        .unwrap();
+        let (status, body, response) = send(app, request).await;
+        assert!(response.headers().contains_key("x-request-id"));
+        (status, body)
+    }
+
+    /// The `time` of each hour listed in a Huawei answer.
+    fn hours(status: u16, body: &serde_json::Value) -> Vec<String> {
+        assert_eq!(status, 200, "{body}");
+        body["transcode_data_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["time"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Huawei's rules relative to the current hour (seed 004), with "now" at a chosen half past
+    /// the hour so no hour boundary can fall inside the test (the live-control test in
+    /// `usage_rules` used to retry until the hour did not change while it ran).
+    #[tokio::test]
+    async fn huawei_hours_relative_to_now_on_a_controlled_clock() {
+        use cloudphone_usage::huawei::format_time as iso;
+        use cloudphone_usage::{DAY_MS, HOUR_MS};
+        const MIN_MS: i64 = 60_000;
+        // 2026-11-20T07:30:00Z.
+        let hour = 1_795_159_800_000 - 30 * MIN_MS;
+        let (app, _dir) = tenant_app(
+            ControlConfig::default(),
+            Clock::tokio_at(hour + 30 * MIN_MS),
+        )
+        .await;
+        let token = login(&app).await;
+        let q = |start: &str, end: &str| format!("start_time={start}&end_time={end}");
+
+        // Both empty: the last 24 hours up to now.
+        let (status, body) = huawei(&app, &token, "").await;
+        let listed = hours(status, &body);
+        assert_eq!(listed.len(), 25);
+        assert_eq!(
+            (listed[0].as_str(), listed[24].as_str()),
+            (iso(hour - DAY_MS).as_str(), iso(hour).as_str())
+        );
+        // end_time empty: now. Empty strings count as absent.
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &format!(
+                "start_time={}&end_time=",
+                iso(hour - 2 * HOUR_MS + 5 * MIN_MS)
+            ),
+        )
+        .await;
+        assert_eq!(
+            hours(status, &body),
+            [iso(hour - 2 * HOUR_MS), iso(hour - HOUR_MS), iso(hour)]
+        );
+        // Hours after now are not listed.
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &q(&iso(hour - HOUR_MS), &iso(hour + 5 * HOUR_MS)),
+        )
+        .await;
+        assert_eq!(hours(status, &body), [iso(hour - HOUR_MS), iso(hour)]);
+
+        // History ≤ 1 year: floored start_time exactly 365 days before this hour is accepted,
+        // one second earlier (the hour before) is not.
+        let oldest = hour - 365 * DAY_MS;
+        let (status, body) = huawei(&app, &token, &q(&iso(oldest), &iso(oldest + HOUR_MS))).await;
+        assert_eq!(hours(status, &body), [iso(oldest), iso(oldest + HOUR_MS)]);
+        let (status, body) = huawei(
+            &app,
+            &token,
+            &q(&iso(oldest - 1000), &iso(oldest + HOUR_MS)),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (400, Some("LIVE.100011001")),
+            "{body}"
+        );
+        let message = body["error_msg"].as_str().unwrap_or_default();
+        assert!(message.contains("more than one year ago"), "{message:?}");
+        assert!(body.get("transcode_data_list").is_none());
+        assert!(body.get("summary_list").is_none());
     }
 }

@@ -258,7 +258,8 @@ async fn backup_prepare_restore_and_the_queue() {
     );
     let (status, body) = progress(&fleet, &other, "user-2", &target).await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-    // Still no room a few worker rounds later: still waiting, first in line.
+    // Still no room a few worker rounds later: still waiting, first in line. (A quiet window,
+    // not an expiry: it gives the worker's 1 s rounds three chances to admit it wrongly.)
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, body) = progress(&fleet, &acme, "user-2", &target).await;
     assert_eq!(body["data"], json!({"status": 1, "waitingCount": 1}));

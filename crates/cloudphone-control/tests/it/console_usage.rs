@@ -15,7 +15,7 @@ use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
 
-use crate::support::{create_domain, held_for, iso, now_ms, start_viewer};
+use crate::support::{create_domain, final_usage_stored, held_for, iso, now_ms, start_viewer};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -349,34 +349,23 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     .await;
     viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
-    // Wait for the final record: the figure stops growing (an open session is billed up to now).
+    // Wait for the final record (an open session is billed up to now), then read the figure.
+    final_usage_stored(&fleet, &acme.tenant_id, &instance, Duration::from_secs(60)).await;
     let probe = format!(
         "/v2/{}/stats/transcode?publish_domain={live}&stream={instance}&start_time={}&end_time={}",
         acme.project_id,
         iso(now - 2 * HOUR),
         iso(now + 2 * HOUR)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = -1;
-    let real = loop {
-        let (status, body) = get(&fleet, &probe, Some(&acme.token)).await;
-        assert_eq!(status, 200, "{body}");
-        let h: i64 = body["summary_list"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| hundredths(&s["value"]))
-            .sum();
-        if h > 0 && h == last {
-            break h;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the session's usage never settled"
-        );
-        last = h;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    };
+    let (status, body) = get(&fleet, &probe, Some(&acme.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let real: i64 = body["summary_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| hundredths(&s["value"]))
+        .sum();
+    assert!(real > 0, "{body}");
     eprintln!("real session: {watched:.2} s watched, API says {real} hundredths of a minute");
 
     // The page: log in through its form, in a browser whose local zone is UTC+08:00.

@@ -176,7 +176,8 @@ async fn whole_flow(store_url: Option<String>) {
     );
 
     // A frozen node keeps its connection open but stops beating: the heartbeat timeout alone
-    // must mark it down within the bound.
+    // must mark it down within the bound. (Polled, not slept: the monitor's timing is tested in
+    // paused time by control's `nodes::tests`; this is the real frozen process end to end.)
     let bound = Duration::from_millis(HEARTBEAT_TIMEOUT_MS * 5 / 4) + Duration::from_millis(500);
     fleet.node.as_ref().unwrap().signal(Signal::SIGSTOP);
     let silent_after = fleet.wait_node("down", bound).await;

@@ -81,9 +81,34 @@ pub(crate) async fn watch(
 }
 
 /// A `stop` for [`watch`]: `hold` counted from when the session is ready (a bare `sleep` would
-/// start counting at once, before connecting).
+/// start counting at once, before connecting). A measurement window, not a wait for an expiry:
+/// the node's encoder must really run `hold` for the tests to see `hold` billed.
 pub(crate) async fn held_for(hold: Duration) {
     tokio::time::sleep(hold).await;
+}
+
+/// Waits (up to `within`) until control's store holds the final usage record of a session on
+/// `instance`: from then on the session is billed from its records only, no longer "up to now"
+/// as an open session is, so its figure is settled.
+pub(crate) async fn final_usage_stored(
+    fleet: &Fleet,
+    tenant_id: &str,
+    instance: &str,
+    within: Duration,
+) {
+    use cloudphone_control::store::{SqlStore, Store};
+    let store = SqlStore::connect(&fleet.store_url).await.unwrap();
+    cloudphone_testkit::wait_for("the session's final usage record", within, || async {
+        let now = now_ms();
+        let rows = store
+            .usage_between(tenant_id, now - 24 * 3_600_000, now + 3_600_000)
+            .await
+            .unwrap();
+        rows.iter()
+            .any(|r| r.instance_id == instance && r.is_final)
+            .then_some(())
+    })
+    .await;
 }
 
 /// GetDeviceToken for `instance`, then a viewer in a task holding its session until `stop`
