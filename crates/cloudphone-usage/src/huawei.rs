@@ -213,3 +213,35 @@ pub fn response(
             .collect(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ShowDomain (`GET /v1/{project_id}/domain`)
+
+/// Table 2 of the document: both optional. `enterprise_project_id` is accepted and ignored
+/// (there are no enterprise projects here).
+#[derive(Debug, Default, Deserialize)]
+pub struct ShowDomainQuery {
+    pub domain: Option<String>,
+    #[allow(dead_code)]
+    pub enterprise_project_id: Option<String>,
+}
+
+/// One entry of `domain_info` (the document's `DecoupledLiveDomainInfo`), with the fields that
+/// have a meaning here. `is_default` is ours: cloud-phone sessions bill under that domain.
+#[derive(Debug, Serialize)]
+pub struct DomainInfo {
+    pub domain: String,
+    /// Always `push`: usage is reported per publish domain.
+    pub domain_type: &'static str,
+    pub region: String,
+    /// `on`, or `off` once deleted (its past usage stays queryable).
+    pub status: &'static str,
+    pub create_time: String,
+    pub is_default: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShowDomainResponse {
+    pub total: usize,
+    pub domain_info: Vec<DomainInfo>,
+}

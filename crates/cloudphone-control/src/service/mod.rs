@@ -11,6 +11,7 @@
 //! - [`lifecycle_data`]: backup, prepare (the restore queue) and its worker.
 //! - [`management`]: status, reset, reboot, assignment, deletion of instances a tenant has.
 //! - [`usage`]: the AK/SK credentials of the usage APIs.
+//! - [`usage_query`]: the vendor usage queries (Huawei Live, Volcengine) and ShowDomain.
 //! - [`sessions`]: device tokens, the video matrix, stopping and releasing sessions.
 //!
 //! Helpers every resource group needs (ownership, the node of an instance) live here.
@@ -22,6 +23,7 @@ pub(crate) mod lifecycle_data;
 pub(crate) mod management;
 pub(crate) mod sessions;
 pub(crate) mod usage;
+pub(crate) mod usage_query;
 
 use cloudphone_api::error::ApiError;
 use cloudphone_core::liveness::NodeHealth;
