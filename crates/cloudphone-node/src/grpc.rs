@@ -125,19 +125,11 @@ fn to_status(error: InstanceError) -> Status {
     }
 }
 
+/// The one instance id rule (`cloudphone_core::instance::InstanceId`), as a gRPC refusal.
 fn valid_id(id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty()
-        && id.len() <= 32
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(
-            "instance_id must be 1-32 characters of [A-Za-z0-9-_]",
-        ))
-    }
+    cloudphone_core::instance::InstanceId::parse(id)
+        .map(drop)
+        .map_err(|error| Status::invalid_argument(format!("instance_id: {error}")))
 }
 
 fn command_spec(request: &pb::RunCommandRequest) -> Result<CommandSpec, Status> {
