@@ -123,15 +123,19 @@ enum AccessKeyCommand {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Add a user to an existing tenant; prints JSON.
-    Create {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        user: String,
-        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
-        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
-        password: String,
-    },
+    Create(Login),
+}
+
+/// A user's name and password within its tenant (IAM domain).
+#[derive(clap::Args)]
+struct Login {
+    #[arg(long)]
+    domain: String,
+    #[arg(long)]
+    user: String,
+    /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
+    #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
+    password: String,
 }
 
 #[derive(Subcommand)]
@@ -149,13 +153,8 @@ enum ProjectCommand {
 enum TenantCommand {
     /// Create a tenant (IAM domain) with its first user and project; prints JSON.
     Create {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        user: String,
-        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
-        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[command(flatten)]
+        login: Login,
         #[arg(long)]
         project: String,
     },
@@ -176,9 +175,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant {
             command:
                 TenantCommand::Create {
-                    domain,
-                    user,
-                    password,
+                    login:
+                        Login {
+                            domain,
+                            user,
+                            password,
+                        },
                     project,
                 },
         } => {
@@ -192,11 +194,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::User {
             command:
-                UserCommand::Create {
+                UserCommand::Create(Login {
                     domain,
                     user,
                     password,
-                },
+                }),
         } => {
             let created =
                 cloudphone_control::admin::create_user(&config, &domain, &user, &password)
