@@ -121,16 +121,8 @@ impl Default for IamConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] cloudphone_daemon::FileError),
     #[error("{name}={value:?} is not valid: {reason}")]
     Env {
         name: &'static str,
@@ -147,19 +139,7 @@ impl ControlConfig {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut config = match path {
-            None => Self::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    source,
-                })?
-            }
-        };
+        let mut config: Self = cloudphone_daemon::read_toml(path)?;
         if let Some(value) = env("CLOUDPHONE_LISTEN") {
             config.listen =
                 value
@@ -328,7 +308,9 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(matches!(
             ControlConfig::load(Some(&path), |_| None),
-            Err(ConfigError::Parse { .. })
+            Err(ConfigError::File(
+                cloudphone_daemon::FileError::Parse { .. }
+            ))
         ));
         let env = |name: &str| (name == "CLOUDPHONE_LISTEN").then(|| "nope".to_string());
         assert!(matches!(
