@@ -129,6 +129,17 @@ impl Node {
     }
 
     /// Authorises `device_id` with `token` for `valid_for`.
+    /// [`Node::start_session`] valid for ten minutes, longer than any test streams.
+    pub(crate) async fn open_session(
+        &mut self,
+        instance: &str,
+        device_id: &str,
+        token: &str,
+    ) -> pb::StartSessionResponse {
+        self.start_session(instance, device_id, token, Duration::from_secs(600))
+            .await
+    }
+
     pub(crate) async fn start_session(
         &mut self,
         instance: &str,
