@@ -133,6 +133,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The socket address in the variable `name`, if it is set.
+fn env_addr(
+    env: impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(value) = env(name) else {
+        return Ok(None);
+    };
+    match value.parse::<SocketAddr>() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(e) => Err(ConfigError::Env {
+            name,
+            value,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 impl ControlConfig {
     /// Loads `path` (if given), then applies environment overrides, then validates.
     pub fn load(
@@ -140,25 +158,11 @@ impl ControlConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut config: Self = cloudphone_daemon::read_toml(path)?;
-        if let Some(value) = env("CLOUDPHONE_LISTEN") {
-            config.listen =
-                value
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                        name: "CLOUDPHONE_LISTEN",
-                        value,
-                        reason: e.to_string(),
-                    })?;
+        if let Some(addr) = env_addr(&env, "CLOUDPHONE_LISTEN")? {
+            config.listen = addr;
         }
-        if let Some(value) = env("CLOUDPHONE_NODES_LISTEN") {
-            config.nodes.listen =
-                value
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                        name: "CLOUDPHONE_NODES_LISTEN",
-                        value,
-                        reason: e.to_string(),
-                    })?;
+        if let Some(addr) = env_addr(&env, "CLOUDPHONE_NODES_LISTEN")? {
+            config.nodes.listen = addr;
         }
         if let Some(value) = env("CLOUDPHONE_STORE_URL") {
             config.store.url = value;
