@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +18,7 @@ use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::Hello;
+use cloudphone_testkit::process::InstanceProcessGuard;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::oneshot;
@@ -106,33 +107,6 @@ pub struct GlassResults {
     pub netem_cells: Vec<GlassCell>,
 }
 
-/// Kills whatever the node's instances recorded in `pids.json`, even on a panic.
-struct ProcessGuard(PathBuf);
-
-impl Drop for ProcessGuard {
-    fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir(self.0.join("instances")) else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Ok(bytes) = std::fs::read(entry.path().join("pids.json")) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            for key in ["launcher", "xvfb"] {
-                if let Some(pid) = v[key]["pid"].as_i64() {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-    }
-}
-
 /// A node running in this process with the x11 runtime.
 pub struct Node {
     pub grpc: NodeAgentClient<tonic::transport::Channel>,
@@ -140,7 +114,7 @@ pub struct Node {
     pub ws_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
-    _guard: ProcessGuard,
+    _guard: InstanceProcessGuard,
     pub dir: tempfile::TempDir,
 }
 
@@ -194,7 +168,7 @@ impl Node {
             ws_url: format!("ws://{http}/v1/signaling"),
             stop: Some(stop),
             task: Some(task),
-            _guard: ProcessGuard(dir.path().to_path_buf()),
+            _guard: InstanceProcessGuard(dir.path().to_path_buf()),
             dir,
         })
     }

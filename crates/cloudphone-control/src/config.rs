@@ -121,16 +121,8 @@ impl Default for IamConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] cloudphone_daemon::FileError),
     #[error("{name}={value:?} is not valid: {reason}")]
     Env {
         name: &'static str,
@@ -141,44 +133,36 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The socket address in the variable `name`, if it is set.
+fn env_addr(
+    env: impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(value) = env(name) else {
+        return Ok(None);
+    };
+    match value.parse::<SocketAddr>() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(e) => Err(ConfigError::Env {
+            name,
+            value,
+            reason: e.to_string(),
+        }),
+    }
+}
+
 impl ControlConfig {
     /// Loads `path` (if given), then applies environment overrides, then validates.
     pub fn load(
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut config = match path {
-            None => Self::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    source,
-                })?
-            }
-        };
-        if let Some(value) = env("CLOUDPHONE_LISTEN") {
-            config.listen =
-                value
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                        name: "CLOUDPHONE_LISTEN",
-                        value,
-                        reason: e.to_string(),
-                    })?;
+        let mut config: Self = cloudphone_daemon::read_toml(path)?;
+        if let Some(addr) = env_addr(&env, "CLOUDPHONE_LISTEN")? {
+            config.listen = addr;
         }
-        if let Some(value) = env("CLOUDPHONE_NODES_LISTEN") {
-            config.nodes.listen =
-                value
-                    .parse()
-                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                        name: "CLOUDPHONE_NODES_LISTEN",
-                        value,
-                        reason: e.to_string(),
-                    })?;
+        if let Some(addr) = env_addr(&env, "CLOUDPHONE_NODES_LISTEN")? {
+            config.nodes.listen = addr;
         }
         if let Some(value) = env("CLOUDPHONE_STORE_URL") {
             config.store.url = value;
@@ -328,7 +312,9 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(matches!(
             ControlConfig::load(Some(&path), |_| None),
-            Err(ConfigError::Parse { .. })
+            Err(ConfigError::File(
+                cloudphone_daemon::FileError::Parse { .. }
+            ))
         ));
         let env = |name: &str| (name == "CLOUDPHONE_LISTEN").then(|| "nope".to_string());
         assert!(matches!(

@@ -42,13 +42,7 @@ use crate::config::ControlConfig;
 use crate::nodes::Registry;
 use crate::store::{Store, StoreError};
 
-/// Milliseconds since the Unix epoch, the unit every stored time uses.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use cloudphone_daemon::unix_ms;
 
 /// What every handler shares.
 pub struct AppState {

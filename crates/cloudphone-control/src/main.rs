@@ -123,15 +123,19 @@ enum AccessKeyCommand {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Add a user to an existing tenant; prints JSON.
-    Create {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        user: String,
-        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
-        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
-        password: String,
-    },
+    Create(Login),
+}
+
+/// A user's name and password within its tenant (IAM domain).
+#[derive(clap::Args)]
+struct Login {
+    #[arg(long)]
+    domain: String,
+    #[arg(long)]
+    user: String,
+    /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
+    #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
+    password: String,
 }
 
 #[derive(Subcommand)]
@@ -149,13 +153,8 @@ enum ProjectCommand {
 enum TenantCommand {
     /// Create a tenant (IAM domain) with its first user and project; prints JSON.
     Create {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        user: String,
-        /// The user's password (or set CLOUDPHONE_TENANT_PASSWORD to keep it out of `ps`).
-        #[arg(long, env = "CLOUDPHONE_TENANT_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[command(flatten)]
+        login: Login,
         #[arg(long)]
         project: String,
     },
@@ -176,9 +175,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant {
             command:
                 TenantCommand::Create {
-                    domain,
-                    user,
-                    password,
+                    login:
+                        Login {
+                            domain,
+                            user,
+                            password,
+                        },
                     project,
                 },
         } => {
@@ -192,11 +194,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::User {
             command:
-                UserCommand::Create {
+                UserCommand::Create(Login {
                     domain,
                     user,
                     password,
-                },
+                }),
         } => {
             let created =
                 cloudphone_control::admin::create_user(&config, &domain, &user, &password)
@@ -255,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            init_tracing();
+            cloudphone_daemon::init_tracing();
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
@@ -263,52 +265,22 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding {}", config.nodes.listen))?;
             if let Some(path) = &cli.ready_file {
-                write_ready_file(path, listener.local_addr()?, node_listener.local_addr()?)?;
+                cloudphone_daemon::write_ready_file(
+                    path,
+                    listener.local_addr()?,
+                    node_listener.local_addr()?,
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
             }
-            cloudphone_control::run(config, listener, node_listener, shutdown_signal()).await?;
+            cloudphone_control::run(
+                config,
+                listener,
+                node_listener,
+                cloudphone_daemon::shutdown_signal(),
+            )
+            .await?;
             tracing::info!("stopped");
             Ok(())
-        }
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
-/// Writes `{"http": "<addr>", "grpc": "<addr>"}` (the bound addresses, port 0 resolved) to
-/// `path` through a temporary file and a rename, so a reader never sees half of it.
-fn write_ready_file(
-    path: &std::path::Path,
-    http: std::net::SocketAddr,
-    grpc: std::net::SocketAddr,
-) -> anyhow::Result<()> {
-    let body = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    std::fs::write(&partial, format!("{body}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
         }
     }
 }

@@ -262,16 +262,18 @@ pub(crate) async fn spans(
         .into_iter()
         .filter_map(|r| {
             Some(meter::Record {
-                codec: parse_codec(&r.codec)?,
-                width: u32::try_from(r.width).ok()?,
-                height: u32::try_from(r.height).ok()?,
+                span: Span {
+                    codec: parse_codec(&r.codec)?,
+                    width: u32::try_from(r.width).ok()?,
+                    height: u32::try_from(r.height).ok()?,
+                    session_id: r.session_id,
+                    domain: r.domain,
+                    app: r.app,
+                    stream: r.stream,
+                    start_ms: r.start_ms,
+                    end_ms: r.end_ms,
+                },
                 record_id: r.record_id,
-                session_id: r.session_id,
-                domain: r.domain,
-                app: r.app,
-                stream: r.stream,
-                start_ms: r.start_ms,
-                end_ms: r.end_ms,
                 is_final: r.is_final,
             })
         })

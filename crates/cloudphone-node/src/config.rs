@@ -218,16 +218,8 @@ fn hostname() -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: String,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] cloudphone_daemon::FileError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -254,19 +246,7 @@ impl NodeConfig {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut config: NodeConfig = match path {
-            None => Self::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    source,
-                })?
-            }
-        };
+        let mut config: NodeConfig = cloudphone_daemon::read_toml(path)?;
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
             config.control.enrollment_token = v;
         }

@@ -38,13 +38,7 @@ use crate::config::NodeConfig;
 use crate::instances::InstanceManager;
 use crate::runtime::Runtime;
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use cloudphone_daemon::unix_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -118,3 +118,50 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Kills every process an in-process node's instances recorded (each `pid` anywhere in
+/// `<state_dir>/instances/*/pids.json`), even when a test panics: the node's own cleanup does
+/// not run when its task is dropped mid-test.
+pub struct InstanceProcessGuard(pub PathBuf);
+
+impl Drop for InstanceProcessGuard {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir(self.0.join("instances")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path().join("pids.json")) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let mut pids = Vec::new();
+            collect_pids(&value, &mut pids);
+            for pid in pids {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn collect_pids(v: &serde_json::Value, out: &mut Vec<i32>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == "pid" {
+                    if let Some(p) = v.as_i64() {
+                        out.push(p as i32);
+                    }
+                } else {
+                    collect_pids(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_pids(i, out)),
+        _ => {}
+    }
+}

@@ -12,19 +12,12 @@ use std::collections::BTreeMap;
 
 use crate::class::Codec;
 
-/// One stored usage record, with the billing names it was filed under.
+/// One stored usage record: the stretch it reports, under the id it was sent with, and whether
+/// it is the session's last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub record_id: String,
-    pub session_id: String,
-    pub domain: String,
-    pub app: String,
-    pub stream: String,
-    pub codec: Codec,
-    pub width: u32,
-    pub height: u32,
-    pub start_ms: i64,
-    pub end_ms: i64,
+    pub span: Span,
     pub is_final: bool,
 }
 
@@ -47,30 +40,24 @@ pub fn merge_sessions(records: &[Record], now_ms: i64, open_grace_ms: i64) -> Ve
     let mut seen = std::collections::HashSet::new();
     let mut sessions: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for r in records {
-        if r.end_ms < r.start_ms || !seen.insert(r.record_id.as_str()) {
+        if r.span.end_ms < r.span.start_ms || !seen.insert(r.record_id.as_str()) {
             continue;
         }
-        sessions.entry(r.session_id.as_str()).or_default().push(r);
+        sessions
+            .entry(r.span.session_id.as_str())
+            .or_default()
+            .push(r);
     }
     let mut spans = Vec::new();
     for (_, mut recs) in sessions {
-        recs.sort_by_key(|r| (r.start_ms, r.end_ms));
+        recs.sort_by_key(|r| (r.span.start_ms, r.span.end_ms));
         let open = !recs.iter().any(|r| r.is_final);
         let mut merged: Vec<Span> = Vec::new();
         for r in recs {
+            let r = &r.span;
             match merged.last_mut() {
                 Some(last) if r.start_ms <= last.end_ms => last.end_ms = last.end_ms.max(r.end_ms),
-                _ => merged.push(Span {
-                    session_id: r.session_id.clone(),
-                    domain: r.domain.clone(),
-                    app: r.app.clone(),
-                    stream: r.stream.clone(),
-                    codec: r.codec,
-                    width: r.width,
-                    height: r.height,
-                    start_ms: r.start_ms,
-                    end_ms: r.end_ms,
-                }),
+                _ => merged.push(r.clone()),
             }
         }
         if open && let Some(last) = merged.last_mut() {

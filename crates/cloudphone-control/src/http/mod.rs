@@ -11,7 +11,7 @@ mod management;
 mod openapi;
 mod usage;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -22,7 +22,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cloudphone_api::error::{ApiError, validate_request_id};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
 
 use crate::AppState;
@@ -35,19 +34,7 @@ const AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
 /// 100-instance SetVideoConfig, is far smaller).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The process-wide Prometheus recorder (there can be only one per process).
-pub(crate) fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only if another recorder is installed; then this handle just stays empty.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
+pub(crate) use cloudphone_daemon::metrics_handle;
 
 pub(crate) use crate::service::lifecycle_data::worker as restore_worker;
 

@@ -157,6 +157,23 @@ fn with_request_id(mut response: Response, request_id: &str) -> Response {
     response
 }
 
+/// The parts of a [`SignedRequest`] a signature is checked over; `header_list` is
+/// [`header_pairs`] of its headers.
+fn signed_parts<'a>(
+    method: &'a Method,
+    uri: &'a Uri,
+    header_list: &'a [(String, String)],
+    body: &'a Bytes,
+) -> RequestParts<'a> {
+    RequestParts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or_default(),
+        headers: header_list,
+        body,
+    }
+}
+
 /// What a signature covers, as one extractor (the body last: it consumes the request).
 pub(super) type SignedRequest = (Method, Uri, HeaderMap, Bytes);
 
@@ -178,13 +195,7 @@ where
 {
     let request_id = request_id(&headers);
     let header_list = header_pairs(&headers);
-    let parts = RequestParts {
-        method: method.as_str(),
-        path: uri.path(),
-        query: uri.query().unwrap_or_default(),
-        headers: &header_list,
-        body: &body,
-    };
+    let parts = signed_parts(&method, &uri, &header_list, &body);
     let result = async {
         let tenant_id =
             usage_query::huawei_tenant(state, project_id, &parts, auth_token(&headers)).await?;
@@ -235,13 +246,7 @@ pub(super) async fn volcengine(
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let header_list = header_pairs(&headers);
-    let parts = RequestParts {
-        method: method.as_str(),
-        path: uri.path(),
-        query: uri.query().unwrap_or_default(),
-        headers: &header_list,
-        body: &body,
-    };
+    let parts = signed_parts(&method, &uri, &header_list, &body);
     let region = sign::volc::parse(&parts)
         .map(|a| a.region)
         .unwrap_or_else(|_| "cn-north-1".to_string());

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use cloudphone_api::apps::{INSTALL_TASK_PREFIX, InstallAppResult, InstallOrder};
 use cloudphone_api::error::JobFailure;
-use cloudphone_api::management::{CmdJob, JobStatus};
+use cloudphone_api::management::JobStatus;
 use cloudphone_proto::node_v1 as pb;
 
-use super::commands::new_id;
+use super::commands::{cmd_jobs, new_id, running_job};
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
 use crate::store::{InstanceRecord, JobRecord, TaskRecord};
@@ -39,26 +39,9 @@ pub(crate) async fn install(
     let now = crate::unix_ms();
     let jobs: Vec<JobRecord> = records
         .iter()
-        .map(|record| JobRecord {
-            job_id: new_id(),
-            task_id: task_id.clone(),
-            instance_id: record.instance_id.clone(),
-            node_id: record.node_id.clone(),
-            node_job_id: String::new(),
-            status: JobStatus::Running as i64,
-            error_code: String::new(),
-            error_msg: String::new(),
-            execute_msg: None,
-            updated_at_ms: now,
-        })
+        .map(|record| running_job(&task_id, record, now))
         .collect();
-    let cmd_jobs = jobs
-        .iter()
-        .map(|j| CmdJob {
-            instance_id: j.instance_id.clone(),
-            job_id: j.job_id.clone(),
-        })
-        .collect();
+    let cmd_jobs = cmd_jobs(&jobs);
     state
         .store
         .insert_task(&TaskRecord {

@@ -65,6 +65,32 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A new job of `task_id` on the instance, running and not yet handed to its node.
+pub(crate) fn running_job(task_id: &str, record: &InstanceRecord, now_ms: i64) -> JobRecord {
+    JobRecord {
+        job_id: new_id(),
+        task_id: task_id.to_string(),
+        instance_id: record.instance_id.clone(),
+        node_id: record.node_id.clone(),
+        node_job_id: String::new(),
+        status: JobStatus::Running as i64,
+        error_code: String::new(),
+        error_msg: String::new(),
+        execute_msg: None,
+        updated_at_ms: now_ms,
+    }
+}
+
+/// The task's jobs as the answer lists them.
+pub(crate) fn cmd_jobs(jobs: &[JobRecord]) -> Vec<CmdJob> {
+    jobs.iter()
+        .map(|j| CmdJob {
+            instance_id: j.instance_id.clone(),
+            job_id: j.job_id.clone(),
+        })
+        .collect()
+}
+
 /// SyncCommand: runs the command on every instance at once and answers with all results.
 pub(crate) async fn sync_command(
     state: &AppState,
@@ -119,18 +145,7 @@ pub(crate) async fn async_command(
     let now = crate::unix_ms();
     let mut jobs = Vec::with_capacity(records.len());
     for record in &records {
-        let mut job = JobRecord {
-            job_id: new_id(),
-            task_id: task_id.clone(),
-            instance_id: record.instance_id.clone(),
-            node_id: record.node_id.clone(),
-            node_job_id: String::new(),
-            status: JobStatus::Running as i64,
-            error_code: String::new(),
-            error_msg: String::new(),
-            execute_msg: None,
-            updated_at_ms: now,
-        };
+        let mut job = running_job(&task_id, record, now);
         let started = match node_of(state, record) {
             Some(mut client) => client
                 .start_command(command_request(
@@ -154,13 +169,7 @@ pub(crate) async fn async_command(
         }
         jobs.push(job);
     }
-    let cmd_jobs = jobs
-        .iter()
-        .map(|j| CmdJob {
-            instance_id: j.instance_id.clone(),
-            job_id: j.job_id.clone(),
-        })
-        .collect();
+    let cmd_jobs = cmd_jobs(&jobs);
     let task = TaskRecord {
         task_id: task_id.clone(),
         tenant_id: tenant_id.to_string(),

@@ -12,7 +12,6 @@ use cloudphone_api::timefmt;
 use cloudphone_core::instance::ControlState;
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::scheduling::{self, NodeSlots};
-use cloudphone_proto::node_v1 as pb;
 use rand::Rng;
 
 use super::ServiceError;
@@ -183,14 +182,7 @@ async fn create_on_nodes(state: Arc<AppState>, records: Vec<InstanceRecord>) {
     let creations = records.into_iter().map(|record| {
         let state = Arc::clone(&state);
         async move {
-            let request = pb::CreateInstanceRequest {
-                instance_id: record.instance_id.clone(),
-                tenant_id: record.tenant_id.clone(),
-                runtime: record.runtime.clone(),
-                width: u32::try_from(record.width).unwrap_or(720),
-                height: u32::try_from(record.height).unwrap_or(1280),
-                os: record.os.clone(),
-            };
+            let request = super::create_request(&record);
             let outcome = match state.registry.client(&record.node_id) {
                 Some(mut client) => client.create_instance(request).await.map(|r| r.into_inner()),
                 None => Err(tonic::Status::unavailable("node not connected")),

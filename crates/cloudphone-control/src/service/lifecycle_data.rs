@@ -329,14 +329,7 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
     let request = pb::RestoreInstanceRequest {
         instance_id: id.clone(),
         source_uri: source_uri.clone(),
-        spec: Some(pb::CreateInstanceRequest {
-            instance_id: id.clone(),
-            tenant_id: record.tenant_id.clone(),
-            runtime: record.runtime.clone(),
-            width: u32::try_from(record.width).unwrap_or(720),
-            height: u32::try_from(record.height).unwrap_or(1280),
-            os: record.os.clone(),
-        }),
+        spec: Some(super::create_request(&record)),
     };
     let outcome = match app.registry.client(&record.node_id) {
         Some(mut client) => client

@@ -63,6 +63,16 @@ pub(crate) async fn reboot(
     start_lifecycle(state, records, Operation::Reboot).await
 }
 
+/// The instances the bindings name, in their order, when all are the caller's (see `owned`).
+async fn owned_bindings(
+    state: &AppState,
+    tenant_id: &str,
+    bindings: &[Binding],
+) -> Result<Vec<InstanceRecord>, ServiceError> {
+    let ids: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
+    owned(state, tenant_id, &ids).await
+}
+
 /// AssignInstance: binds each instance to its user; one bound to someone else is 2209 and
 /// nothing changes.
 pub(crate) async fn assign(
@@ -70,8 +80,7 @@ pub(crate) async fn assign(
     tenant_id: &str,
     bindings: &[Binding],
 ) -> Result<(), ServiceError> {
-    let ids: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
-    let records = owned(state, tenant_id, &ids).await?;
+    let records = owned_bindings(state, tenant_id, bindings).await?;
     for (binding, record) in bindings.iter().zip(&records) {
         if record
             .assign_user
@@ -99,8 +108,7 @@ pub(crate) async fn unassign(
     tenant_id: &str,
     bindings: &[Binding],
 ) -> Result<(), ServiceError> {
-    let ids: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
-    let records = owned(state, tenant_id, &ids).await?;
+    let records = owned_bindings(state, tenant_id, bindings).await?;
     for (binding, record) in bindings.iter().zip(&records) {
         if record.assign_user.as_deref() != Some(binding.user_id.as_str()) {
             return Err(ApiError::BindingNotFound(format!(
@@ -110,7 +118,10 @@ pub(crate) async fn unassign(
             .into());
         }
     }
-    let rows: Vec<(String, Option<String>)> = ids.iter().map(|id| (id.clone(), None)).collect();
+    let rows: Vec<(String, Option<String>)> = bindings
+        .iter()
+        .map(|b| (b.instance_id.clone(), None))
+        .collect();
     state
         .store
         .set_assign_users(&rows, crate::unix_ms())

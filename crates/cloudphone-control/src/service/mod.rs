@@ -27,6 +27,7 @@ pub(crate) mod usage_query;
 
 use cloudphone_api::error::ApiError;
 use cloudphone_core::liveness::NodeHealth;
+use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use tonic::transport::Channel;
 
@@ -59,6 +60,18 @@ pub(crate) async fn owned(
         }
     }
     Ok(records)
+}
+
+/// What a node needs to create the instance (also the spec a restore recreates it from).
+pub(crate) fn create_request(record: &InstanceRecord) -> pb::CreateInstanceRequest {
+    pb::CreateInstanceRequest {
+        instance_id: record.instance_id.clone(),
+        tenant_id: record.tenant_id.clone(),
+        runtime: record.runtime.clone(),
+        width: u32::try_from(record.width).unwrap_or(720),
+        height: u32::try_from(record.height).unwrap_or(1280),
+        os: record.os.clone(),
+    }
 }
 
 /// A client for the instance's node when that node is up.

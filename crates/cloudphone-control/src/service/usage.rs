@@ -8,6 +8,15 @@ use crate::AppState;
 use crate::iam::Principal;
 use crate::store::AccessKeyRecord;
 
+/// Logs a failure the caller cannot fix and answers it as an internal error (500), with the
+/// details only in the log.
+fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> IamError {
+    move |error| {
+        tracing::error!(%error, "{what}");
+        IamError::Internal
+    }
+}
+
 /// The user behind an `X-Auth-Token`; a missing, unknown or expired one is `IAM.0002`.
 pub(crate) async fn principal(
     state: &AppState,
@@ -25,10 +34,8 @@ pub(crate) async fn create_credential(
     principal: &Principal,
     description: &str,
 ) -> Result<(AccessKeyRecord, String), IamError> {
-    let sealer = crate::usage::secret_box(&state.config).map_err(|error| {
-        tracing::error!(%error, "secrets key unavailable");
-        IamError::Internal
-    })?;
+    let sealer =
+        crate::usage::secret_box(&state.config).map_err(internal("secrets key unavailable"))?;
     crate::usage::create_access_key(
         state.store.as_ref(),
         sealer,
@@ -38,10 +45,7 @@ pub(crate) async fn create_credential(
         state.clock.now_ms(),
     )
     .await
-    .map_err(|error| {
-        tracing::error!(%error, "access key creation failed");
-        IamError::Internal
-    })
+    .map_err(internal("access key creation failed"))
 }
 
 /// The tenant's keys, without secrets.
@@ -53,10 +57,7 @@ pub(crate) async fn list_credentials(
         .store
         .list_access_keys(&principal.tenant_id)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "listing access keys failed");
-            IamError::Internal
-        })
+        .map_err(internal("listing access keys failed"))
 }
 
 /// Deletes one of the tenant's keys; another tenant's (or an unknown) key is `IAM.0004`.
@@ -72,9 +73,6 @@ pub(crate) async fn delete_credential(
     {
         Ok(true) => Ok(()),
         Ok(false) => Err(IamError::NotFound("no such access key")),
-        Err(error) => {
-            tracing::error!(%error, "deleting an access key failed");
-            Err(IamError::Internal)
-        }
+        Err(error) => Err(internal("deleting an access key failed")(error)),
     }
 }

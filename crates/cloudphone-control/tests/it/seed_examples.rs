@@ -40,6 +40,23 @@ impl Client<'_> {
         assert_eq!(body["error_code"], "0", "{path}: {body}");
         body
     }
+
+    /// POST with a request id, answered with success.
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::POST, path, true, Some(body))
+            .await
+    }
+
+    /// PUT with a request id, answered with success.
+    async fn put(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::PUT, path, true, Some(body))
+            .await
+    }
+
+    /// GET with a request id, answered with success.
+    async fn get(&self, path: &str) -> Value {
+        self.send(reqwest::Method::GET, path, true, None).await
+    }
 }
 
 fn has(body: &Value, pointer: &str) {
@@ -91,24 +108,14 @@ async fn every_seed_example_succeeds() {
     // ListInstances: `?page_no=1&page_size=200&poolSceneTag=CLOUD_PHONE`.
     wait_for("the phones to run", Duration::from_secs(60), || async {
         let list = c
-            .send(
-                M::GET,
-                "/v1/instances/batch-query?page_no=1&page_size=200&poolSceneTag=CLOUD_PHONE",
-                true,
-                None,
-            )
+            .get("/v1/instances/batch-query?page_no=1&page_size=200&poolSceneTag=CLOUD_PHONE")
             .await;
         let rows = list["data"]["result"].as_array()?.clone();
         (rows.len() == 3 && rows.iter().all(|r| r["running_status"] == 2)).then_some(())
     })
     .await;
     let list = c
-        .send(
-            M::GET,
-            "/v1/instances/batch-query?page_no=1&page_size=200&poolSceneTag=CLOUD_PHONE",
-            true,
-            None,
-        )
+        .get("/v1/instances/batch-query?page_no=1&page_size=200&poolSceneTag=CLOUD_PHONE")
         .await;
     for field in [
         "instance_id",
@@ -127,11 +134,9 @@ async fn every_seed_example_succeeds() {
 
     // SyncCommand: `ls -l /system` on two phones (x11 phones have no /system: status -1, output kept).
     let sync = c
-        .send(
-            M::POST,
+        .post(
             "/v1/instances/sync-command",
-            true,
-            Some(json!({"command": "ls -l /system", "instance_ids": [a, b]})),
+            json!({"command": "ls -l /system", "instance_ids": [a, b]}),
         )
         .await;
     for field in [
@@ -146,23 +151,14 @@ async fn every_seed_example_succeeds() {
 
     // AsyncCommand + GetTask.
     let task = c
-        .send(
-            M::POST,
+        .post(
             "/v1/instances/async-command",
-            true,
-            Some(json!({"command": "ls -l /system", "instance_ids": [a, b]})),
+            json!({"command": "ls -l /system", "instance_ids": [a, b]}),
         )
         .await;
     let task_id = task["data"]["task_id"].as_str().unwrap().to_string();
     has(&task, "/data/cmd_jobs/1/job_id");
-    let jobs = c
-        .send(
-            M::GET,
-            &format!("/v1/instances/tasks/{task_id}"),
-            true,
-            None,
-        )
-        .await;
+    let jobs = c.get(&format!("/v1/instances/tasks/{task_id}")).await;
     for field in ["job_id", "status", "error_code", "error_msg", "execute_msg"] {
         has(&jobs, &format!("/data/jobs/0/{field}"));
     }
@@ -177,21 +173,17 @@ async fn every_seed_example_succeeds() {
                 .map(|e| json!({"network_type": n, "encoding_type": e, "video_spec_groups": group}))
         })
         .collect();
-    c.send(
-        M::PUT,
+    c.put(
         "/v1/instances/video-setting",
-        true,
-        Some(json!({"instance_ids": [a], "instance_settings": settings})),
+        json!({"instance_ids": [a], "instance_settings": settings}),
     )
     .await;
 
     // BatchQueryStatus.
     let status = c
-        .send(
-            M::POST,
+        .post(
             "/v1/instances/batch-query-status",
-            true,
-            Some(json!({"instance_ids": [a, b]})),
+            json!({"instance_ids": [a, b]}),
         )
         .await;
     has(&status, "/data/status_results/1/status");
@@ -213,74 +205,45 @@ async fn every_seed_example_succeeds() {
     }
 
     // StopInstancesStreaming and ReleaseInstancesSession.
-    c.send(
-        M::POST,
-        "/v1/instances/streaming/stop",
-        true,
-        Some(json!({"instance_id": a})),
-    )
-    .await;
-    c.send(
-        M::POST,
-        "/v1/instances/session/release",
-        true,
-        Some(json!({"instance_id": a})),
-    )
-    .await;
+    c.post("/v1/instances/streaming/stop", json!({"instance_id": a}))
+        .await;
+    c.post("/v1/instances/session/release", json!({"instance_id": a}))
+        .await;
 
     // AssignInstance (no example: the table's fields) and UnassignInstance (its example's numeric user id).
-    c.send(
-        M::POST,
+    c.post(
         "/v1/instances/assign",
-        true,
-        Some(json!({"user_instances": [{"user_id": "1123422", "instance_id": b}]})),
+        json!({"user_instances": [{"user_id": "1123422", "instance_id": b}]}),
     )
     .await;
-    c.send(
-        M::POST,
+    c.post(
         "/v1/instances/unassign",
-        true,
-        Some(json!({"user_instances": [{"instance_id": b, "user_id": 1123422}]})),
+        json!({"user_instances": [{"instance_id": b, "user_id": 1123422}]}),
     )
     .await;
 
     // BatchRebootInstance, then BatchReset once it runs again.
-    c.send(
-        M::POST,
-        "/v1/instances/reboot",
-        true,
-        Some(json!({"instance_ids": [a]})),
-    )
-    .await;
+    c.post("/v1/instances/reboot", json!({"instance_ids": [a]}))
+        .await;
     wait_for("the rebooted phone", Duration::from_secs(60), || async {
         let s = c
-            .send(
-                M::POST,
+            .post(
                 "/v1/instances/batch-query-status",
-                true,
-                Some(json!({"instance_ids": [a]})),
+                json!({"instance_ids": [a]}),
             )
             .await;
         let list = c
-            .send(
-                M::GET,
-                &format!("/v1/instances/batch-query?page_no=1&page_size=1&instance_id={a}"),
-                true,
-                None,
-            )
+            .get(&format!(
+                "/v1/instances/batch-query?page_no=1&page_size=1&instance_id={a}"
+            ))
             .await;
         (s["data"]["status_results"][0]["status"] == 2
             && list["data"]["result"][0]["running_status"] == 2)
             .then_some(())
     })
     .await;
-    c.send(
-        M::POST,
-        "/v1/instances/batch-reset",
-        true,
-        Some(json!({"instance_ids": [a, b]})),
-    )
-    .await;
+    c.post("/v1/instances/batch-reset", json!({"instance_ids": [a, b]}))
+        .await;
 
     // InstallApp: the example with a reachable URL (its md5 placeholder then fails the job, not the call).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -296,10 +259,10 @@ async fn every_seed_example_succeeds() {
         axum::serve(listener, app).await
     });
     let install = c
-        .send(M::POST, "/v1/instances/app/install", true, Some(json!({
+        .post("/v1/instances/app/install", json!({
             "fast_install": 1, "object_name": "com.tencent.mm", "file_name": "meituan.apk", "object_version": "8.0.58",
             "object_size": 120, "biz_type": "apk", "content_type": "application/octet-stream", "content_md5": "fghfg",
-            "install_package_url": url, "instance_id_list": [a, b]})))
+            "install_package_url": url, "instance_id_list": [a, b]}))
         .await;
     assert!(
         install["data"]["data"]["task_id"]
@@ -310,20 +273,16 @@ async fn every_seed_example_succeeds() {
     has(&install, "/data/data/cmd_jobs/1/job_id");
 
     // BatchBackupInstances (its example's body), BatchPrepareInstances (repeated id), ShowProgress.
-    c.send(
-        M::POST,
+    c.post(
         "/v1/instances/backup",
-        true,
-        Some(json!({"user_id": "1008600000104285462", "instance_id": spare})),
+        json!({"user_id": "1008600000104285462", "instance_id": spare}),
     )
     .await;
     wait_for("the backup", Duration::from_secs(60), || async {
         let s = c
-            .send(
-                M::POST,
+            .post(
                 "/v1/instances/batch-query-status",
-                true,
-                Some(json!({"instance_ids": [spare]})),
+                json!({"instance_ids": [spare]}),
             )
             .await;
         (s["data"]["status_results"][0]["status"] == 0).then_some(())

@@ -145,7 +145,7 @@ impl Api {
                 .await
                 .unwrap();
         }
-        let seed = |domain, app, stream, codec, size, start_ms, duration_ms| Seed {
+        let seed = |(domain, app, stream, codec, size, start_ms, duration_ms)| Seed {
             domain,
             app,
             stream,
@@ -155,57 +155,20 @@ impl Api {
             duration_ms,
         };
         let hd = (720, 1280);
-        let acme_rows = [
-            seed(
-                ACME_LIVE,
-                "cloudphone",
-                "inst-a",
-                "H264",
-                hd,
-                h0 + 10 * MIN_MS,
-                12_345,
-            ),
-            seed(
-                ACME_LIVE,
-                "cloudphone",
-                "inst-a",
-                "H264",
-                hd,
-                h0 + 100 * MIN_MS,
-                4_000,
-            ),
-            seed(
-                ACME_LIVE,
-                "cloudphone",
-                "inst-b",
-                "H265",
-                (1080, 1920),
-                h0 + HOUR_MS,
-                30_000,
-            ),
-            seed(
-                ACME_OLD,
-                "cloudphone",
-                "inst-c",
-                "H264",
-                (480, 640),
-                h0 + 5 * MIN_MS,
-                60_000,
-            ),
-            seed(
-                ACME_LIVE,
-                "otherapp",
-                "inst-d",
-                "H264",
-                hd,
-                day + 930 * MIN_MS,
-                HOUR_MS,
-            ),
-        ]
-        .iter()
-        .map(|s| row(&acme.tenant_id, s))
-        .collect::<Vec<_>>();
-        let other_row = seed(
+        // (domain, app, stream, codec, size, start, duration), one row a line.
+        #[rustfmt::skip]
+        let acme_seeds = [
+            (ACME_LIVE, "cloudphone", "inst-a", "H264", hd, h0 + 10 * MIN_MS, 12_345),
+            (ACME_LIVE, "cloudphone", "inst-a", "H264", hd, h0 + 100 * MIN_MS, 4_000),
+            (ACME_LIVE, "cloudphone", "inst-b", "H265", (1080, 1920), h0 + HOUR_MS, 30_000),
+            (ACME_OLD, "cloudphone", "inst-c", "H264", (480, 640), h0 + 5 * MIN_MS, 60_000),
+            (ACME_LIVE, "otherapp", "inst-d", "H264", hd, day + 930 * MIN_MS, HOUR_MS),
+        ];
+        let acme_rows = acme_seeds
+            .into_iter()
+            .map(|s| row(&acme.tenant_id, &seed(s)))
+            .collect::<Vec<_>>();
+        let other_row = seed((
             OTHER_LIVE,
             "cloudphone",
             "inst-e",
@@ -213,7 +176,7 @@ impl Api {
             hd,
             h0 + 10 * MIN_MS,
             120_000,
-        );
+        ));
         store.store_usage(&acme_rows).await.unwrap();
         store
             .store_usage(&[row(&other.tenant_id, &other_row)])

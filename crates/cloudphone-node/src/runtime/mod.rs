@@ -71,45 +71,10 @@ pub struct CommandOutput {
     pub duration: std::time::Duration,
 }
 
-/// Touch phase of a pointer event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TouchAction {
-    Down,
-    Move,
-    Up,
-}
-
-/// Keys every phone has outside the keyboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PhoneKey {
-    Back,
-    Home,
-    Recents,
-}
-
-/// One input event from a viewer, already validated; coordinates normalised to 0..=1.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub enum InputEvent {
-    Touch {
-        action: TouchAction,
-        pointer_id: u32,
-        x: f64,
-        y: f64,
-    },
-    /// A DOM `KeyboardEvent.code`, e.g. "KeyA", "Enter".
-    Key {
-        code: String,
-        down: bool,
-    },
-    Text {
-        text: String,
-    },
-    Phone {
-        key: PhoneKey,
-    },
-}
+/// One input event from a viewer: the `input` data channel's message itself, which
+/// `streaming::input` has checked (coordinates in 0..=1, bounded text and key codes) before a
+/// runtime sees it. One type, so the wire and the runtimes cannot drift apart.
+pub use cloudphone_signaling::{InputMessage as InputEvent, PhoneKey, TouchAction};
 
 /// Where the streaming pipeline reads an instance's screen from.
 #[derive(Debug, Clone, PartialEq, Eq)]

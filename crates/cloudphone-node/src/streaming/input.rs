@@ -2,12 +2,9 @@
 //! turned into the runtime's [`InputEvent`]. Anything out of range is refused rather than
 //! clamped, so a buggy client shows up in the node's logs instead of as stray taps.
 
-use cloudphone_signaling::{
-    InputMessage, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS, PhoneKey as WirePhoneKey,
-    TouchAction as WireTouchAction,
-};
+use cloudphone_signaling::{InputMessage, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS};
 
-use crate::runtime::{InputEvent, PhoneKey, TouchAction};
+use crate::runtime::InputEvent;
 
 /// Largest data-channel message accepted, in bytes (the longest text plus JSON overhead).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024;
@@ -39,7 +36,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<InputEvent, InputError> {
     convert(message)
 }
 
-/// Validates a parsed message and maps it onto the runtime's event.
+/// Validates a parsed message; what passes is the runtime's event (text without control
+/// characters).
 pub(crate) fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
     Ok(match message {
         InputMessage::Touch {
@@ -56,11 +54,7 @@ pub(crate) fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
                 return Err(InputError::PointerId);
             }
             InputEvent::Touch {
-                action: match action {
-                    WireTouchAction::Down => TouchAction::Down,
-                    WireTouchAction::Move => TouchAction::Move,
-                    WireTouchAction::Up => TouchAction::Up,
-                },
+                action,
                 pointer_id,
                 x,
                 y,
@@ -86,19 +80,14 @@ pub(crate) fn convert(message: InputMessage) -> Result<InputEvent, InputError> {
                 .collect();
             InputEvent::Text { text }
         }
-        InputMessage::Phone { key } => InputEvent::Phone {
-            key: match key {
-                WirePhoneKey::Back => PhoneKey::Back,
-                WirePhoneKey::Home => PhoneKey::Home,
-                WirePhoneKey::Recents => PhoneKey::Recents,
-            },
-        },
+        InputMessage::Phone { key } => InputEvent::Phone { key },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{PhoneKey, TouchAction};
 
     #[test]
     fn valid_messages_convert() {

@@ -23,8 +23,7 @@ fn screenshot(display: &str) -> Vec<u8> {
 async fn chromium_decodes_h264_and_taps_reach_the_instance() {
     let mut node = Node::start("x11", |_| {}).await;
     node.create_instance("x1", W, H).await;
-    node.start_session("x1", "dev-c", "token-c", Duration::from_secs(600))
-        .await;
+    node.open_session("x1", "dev-c", "token-c").await;
     let pids: Value = serde_json::from_slice(
         &std::fs::read(node.dir.path().join("instances/x1/pids.json")).unwrap(),
     )
@@ -98,8 +97,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
 async fn stopping_a_streamed_x11_instance_ends_the_stream() {
     let mut node = Node::start("x11", |_| {}).await;
     node.create_instance("x2", W, H).await;
-    node.start_session("x2", "dev-s", "token-s", Duration::from_secs(600))
-        .await;
+    node.open_session("x2", "dev-s", "token-s").await;
     let mut viewer = crate::support::streaming::RustViewer::connect(
         &node.ws_url,
         crate::support::streaming::hello(

@@ -103,8 +103,7 @@ fn webrtcbin_viewer(
 async fn h265_decodes_in_a_webrtcbin_viewer() {
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("h1", 360, 640).await;
-    node.start_session("h1", "dev-h", "token-h", Duration::from_secs(600))
-        .await;
+    node.open_session("h1", "dev-h", "token-h").await;
 
     let mut signaling = Signaling::connect(&node.ws_url).await;
     signaling

@@ -60,9 +60,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
     })
     .await;
     node.create_instance("r1", 360, 640).await;
-    let session = node
-        .start_session("r1", "dev-r", "token-r", Duration::from_secs(600))
-        .await;
+    let session = node.open_session("r1", "dev-r", "token-r").await;
     // StartSession's string form carries the credentials.
     assert_eq!(session.ice_servers.len(), 1);
     assert!(
@@ -113,8 +111,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
     })
     .await;
     node.create_instance("r2", 360, 640).await;
-    node.start_session("r2", "dev-x", "token-x", Duration::from_secs(600))
-        .await;
+    node.open_session("r2", "dev-x", "token-x").await;
     let mut refused = RustViewer::connect_with(
         &node.ws_url,
         hello("dev-x", "token-x", EncodingType::H264, Definition::P540),

@@ -26,9 +26,7 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
         .await
         .unwrap()
         .into_inner();
-    let session = node
-        .start_session("s1", "dev-1", "token-1", Duration::from_secs(600))
-        .await;
+    let session = node.open_session("s1", "dev-1", "token-1").await;
     assert_eq!(session.signaling_url, node.ws_url);
     assert!(!session.session_id.is_empty());
 
@@ -159,10 +157,8 @@ async fn bad_tokens_are_refused_and_sessions_expire() {
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("a", 360, 640).await;
     node.create_instance("b", 360, 640).await;
-    node.start_session("a", "dev-a", "token-a", Duration::from_secs(600))
-        .await;
-    node.start_session("b", "dev-b", "token-b", Duration::from_secs(600))
-        .await;
+    node.open_session("a", "dev-a", "token-a").await;
+    node.open_session("b", "dev-b", "token-b").await;
     node.start_session("a", "dev-short", "token-short", Duration::from_millis(1500))
         .await;
 
@@ -270,8 +266,7 @@ async fn set_video_config_moves_the_live_bitrate() {
         .set_video_config(matrix("v1", 2000))
         .await
         .unwrap();
-    node.start_session("v1", "dev-v", "token-v", Duration::from_secs(600))
-        .await;
+    node.open_session("v1", "dev-v", "token-v").await;
     let mut viewer = RustViewer::connect(
         &node.ws_url,
         hello("dev-v", "token-v", EncodingType::H264, Definition::P540),
@@ -369,9 +364,7 @@ async fn signaling_is_served_over_wss_with_a_certificate() {
     })
     .await;
     node.create_instance("t1", 360, 640).await;
-    let session = node
-        .start_session("t1", "dev-t", "token-t", Duration::from_secs(600))
-        .await;
+    let session = node.open_session("t1", "dev-t", "token-t").await;
     assert_eq!(
         session.signaling_url,
         format!("wss://{}/v1/signaling", node.http)
@@ -454,10 +447,8 @@ async fn viewers_of_one_profile_share_one_encoder_and_its_usage() {
         .await
         .unwrap()
         .into_inner();
-    node.start_session("m1", "dev-1", "t1", Duration::from_secs(600))
-        .await;
-    node.start_session("m1", "dev-2", "t2", Duration::from_secs(600))
-        .await;
+    node.open_session("m1", "dev-1", "t1").await;
+    node.open_session("m1", "dev-2", "t2").await;
     let mut first = RustViewer::connect(
         &node.ws_url,
         hello("dev-1", "t1", EncodingType::H264, Definition::P540),

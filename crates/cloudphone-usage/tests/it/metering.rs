@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use cloudphone_usage::class::{Codec, huawei_spec, volc_class};
 use cloudphone_usage::huawei;
-use cloudphone_usage::meter::{Grid, Record, bucket_totals, merge_sessions, minutes_2dp};
+use cloudphone_usage::meter::{Grid, Record, Span, bucket_totals, merge_sessions, minutes_2dp};
 use cloudphone_usage::ratelimit::RateLimiter;
 use cloudphone_usage::volc;
 use cloudphone_usage::{HOUR_MS, MINUTE_MS};
@@ -13,15 +13,17 @@ use cloudphone_usage::{HOUR_MS, MINUTE_MS};
 fn rec(id: &str, session: &str, start: i64, end: i64, is_final: bool) -> Record {
     Record {
         record_id: id.into(),
-        session_id: session.into(),
-        domain: "live.example.com".into(),
-        app: "cloudphone".into(),
-        stream: "inst-1".into(),
-        codec: Codec::H264,
-        width: 720,
-        height: 1280,
-        start_ms: start,
-        end_ms: end,
+        span: Span {
+            session_id: session.into(),
+            domain: "live.example.com".into(),
+            app: "cloudphone".into(),
+            stream: "inst-1".into(),
+            codec: Codec::H264,
+            width: 720,
+            height: 1280,
+            start_ms: start,
+            end_ms: end,
+        },
         is_final,
     }
 }

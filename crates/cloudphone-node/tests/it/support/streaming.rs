@@ -2,7 +2,6 @@
 //! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::{
     Candidate, ClientMessage, Definition, EncodingType, Hello, NetworkType, NodeMessage,
 };
+use cloudphone_testkit::process::InstanceProcessGuard;
 use futures::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -34,51 +34,6 @@ use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirecti
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-/// Kills what instances recorded in `pids.json`, even when a test panics.
-struct ProcessGuard(PathBuf);
-
-impl Drop for ProcessGuard {
-    fn drop(&mut self) {
-        let Ok(dir) = std::fs::read_dir(self.0.join("instances")) else {
-            return;
-        };
-        for entry in dir.flatten() {
-            let Ok(bytes) = std::fs::read(entry.path().join("pids.json")) else {
-                continue;
-            };
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                continue;
-            };
-            let mut pids = Vec::new();
-            collect_pids(&value, &mut pids);
-            for pid in pids {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn collect_pids(v: &serde_json::Value, out: &mut Vec<i32>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                if k == "pid" {
-                    if let Some(p) = v.as_i64() {
-                        out.push(p as i32);
-                    }
-                } else {
-                    collect_pids(v, out);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_pids(i, out)),
-        _ => {}
-    }
-}
-
 /// A node running in this process.
 pub(crate) struct Node {
     pub grpc: NodeAgentClient<tonic::transport::Channel>,
@@ -86,7 +41,7 @@ pub(crate) struct Node {
     pub ws_url: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
-    _guard: ProcessGuard,
+    _guard: InstanceProcessGuard,
     pub dir: tempfile::TempDir,
 }
 
@@ -138,7 +93,7 @@ impl Node {
             ws_url: format!("ws://{http}/v1/signaling"),
             stop: Some(stop),
             task: Some(task),
-            _guard: ProcessGuard(dir.path().to_path_buf()),
+            _guard: InstanceProcessGuard(dir.path().to_path_buf()),
             dir,
         }
     }
@@ -174,6 +129,17 @@ impl Node {
     }
 
     /// Authorises `device_id` with `token` for `valid_for`.
+    /// [`Node::start_session`] valid for ten minutes, longer than any test streams.
+    pub(crate) async fn open_session(
+        &mut self,
+        instance: &str,
+        device_id: &str,
+        token: &str,
+    ) -> pb::StartSessionResponse {
+        self.start_session(instance, device_id, token, Duration::from_secs(600))
+            .await
+    }
+
     pub(crate) async fn start_session(
         &mut self,
         instance: &str,
