@@ -137,7 +137,7 @@ pub async fn run(
         spawn_background("node_monitor", Arc::clone(&state.registry).monitor()),
         spawn_background(
             "restore_worker",
-            http::restore_worker(Arc::clone(&state), stop_rx),
+            service::lifecycle_data::worker(Arc::clone(&state), stop_rx),
         ),
     ];
     let app = http::router(state);

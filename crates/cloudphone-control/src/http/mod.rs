@@ -36,8 +36,6 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub(crate) use cloudphone_daemon::metrics_handle;
 
-pub(crate) use crate::service::lifecycle_data::worker as restore_worker;
-
 /// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
