@@ -58,8 +58,11 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
             "warnings",
         ]))
     })?;
-    steps.fatal("cargo build --bins", || {
-        util::run(util::cargo().args(["build", "--workspace", "--bins"]))
+    // Bins and tests in one build, so both get the same features: tests turn on tokio's
+    // `test-util` (paused time), and daemons built apart from them would compile tokio and
+    // everything above it (hyper, tonic, sqlx, webrtc) a second time, about two minutes cold.
+    steps.fatal("cargo build --bins --tests", || {
+        util::run(util::cargo().args(["build", "--workspace", "--bins", "--tests"]))
     })?;
 
     let schemathesis = steps.fatal("schemathesis venv", || schemathesis_venv(&root))?;
