@@ -346,17 +346,21 @@ mod tests {
         (router(AppState::new(config, store, registry, clock)), dir)
     }
 
-    /// Logs `dev` in; answers the token.
-    async fn login(app: &Router) -> String {
+    /// A login request for `dev` with `password`.
+    fn login_request(password: &str) -> Request<Body> {
         let login = serde_json::json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
-                "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
+                "name": "dev", "password": password, "domain": {"name": "acme"}}}},
             "scope": {"project": {"name": "cn-north-7"}}}});
-        let request = Request::post("/v3/auth/tokens")
+        Request::post("/v3/auth/tokens")
             .header("content-type", "application/json")
             .body(Body::from(login.to_string()))
-            .unwrap();
-        let (status, _, response) = send(app, request).await;
+            .unwrap()
+    }
+
+    /// Logs `dev` in; answers the token.
+    async fn login(app: &Router) -> String {
+        let (status, _, response) = send(app, login_request("correct-horse-1")).await;
         assert_eq!(status, 201);
         response.headers()["x-subject-token"]
             .to_str()
@@ -391,6 +395,48 @@ mod tests {
             (401, Some("KOOPHONE.API.6001")),
             "an expired token is refused"
         );
+    }
+
+    /// Login backoff on tokio's clock with the default rules: wrong passwords are answered
+    /// `IAM.0002` until the free ones are used up, then `429` with `Retry-After` — before the
+    /// 40th — and even the right password is refused while locked; once `Retry-After` has
+    /// passed, the right password logs in. (The store's I/O runs in real time, so the test
+    /// does not probe the lock's last millisecond: `core::login_backoff`'s tests do that.)
+    #[tokio::test]
+    async fn login_backoff_in_tokio_time() {
+        let config = ControlConfig::default();
+        let free = config.iam.login_free_failures;
+        let (app, _dir) = tenant_app(config, Clock::tokio()).await;
+        let mut refused_at = None;
+        for n in 1..=40 {
+            let (status, body, response) = send(&app, login_request("wrong-horse")).await;
+            if status == 429 {
+                assert_eq!(body["error_code"], "APIGW.0308", "{body}");
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                refused_at = Some((n, retry));
+                break;
+            }
+            assert_eq!(
+                (status, body["error_code"].as_str()),
+                (401, Some("IAM.0002"))
+            );
+        }
+        let (n, retry) = refused_at.expect("a 429 before the 40th wrong password");
+        assert_eq!(n, free + 2, "the first attempt after the first lock");
+        assert!(retry >= 1, "{retry}");
+
+        // Locked: the right password is refused too, until Retry-After has passed.
+        let (status, _, _) = send(&app, login_request("correct-horse-1")).await;
+        assert_eq!(status, 429);
+        jump(Duration::from_secs(retry)).await;
+        login(&app).await;
+        // The right password reset the user's count: one wrong one is free again.
+        let (status, _, _) = send(&app, login_request("wrong-horse")).await;
+        assert_eq!(status, 401);
     }
 
     /// A signed Volcengine `DescribeLiveTranscodeData` over the last day, dated `now_ms`.

@@ -10,6 +10,7 @@ use cloudphone_proto::node_v1 as pb;
 
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, JobRecord, TaskRecord};
 
 /// How long SyncCommand waits for each command.
@@ -94,10 +95,10 @@ pub(crate) fn cmd_jobs(jobs: &[JobRecord]) -> Vec<CmdJob> {
 /// SyncCommand: runs the command on every instance at once and answers with all results.
 pub(crate) async fn sync_command(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     request: CommandRequest,
 ) -> Result<Vec<CmdResult>, ServiceError> {
-    let records = owned(state, tenant_id, &request.instance_ids).await?;
+    let records = owned(state, principal, &request.instance_ids).await?;
     let runs = records.iter().map(|record| {
         let command = request.command.clone();
         let client = node_of(state, record);
@@ -137,10 +138,10 @@ pub(crate) async fn sync_command(
 /// AsyncCommand: starts the command on every instance's node and records one task.
 pub(crate) async fn async_command(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     request: CommandRequest,
 ) -> Result<AsyncCommandInfo, ServiceError> {
-    let records = owned(state, tenant_id, &request.instance_ids).await?;
+    let records = owned(state, principal, &request.instance_ids).await?;
     let task_id = new_id();
     let now = crate::unix_ms();
     let mut jobs = Vec::with_capacity(records.len());
@@ -172,7 +173,8 @@ pub(crate) async fn async_command(
     let cmd_jobs = cmd_jobs(&jobs);
     let task = TaskRecord {
         task_id: task_id.clone(),
-        tenant_id: tenant_id.to_string(),
+        tenant_id: principal.tenant_id.clone(),
+        project_id: principal.project_id.clone(),
         kind: "command".into(),
         created_at_ms: now,
         jobs,
@@ -238,12 +240,17 @@ async fn refresh_job(state: &AppState, job: &mut JobRecord) -> Result<(), Servic
 /// running.
 pub(crate) async fn get_task(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     task_id: String,
 ) -> Result<Vec<JobRecord>, ServiceError> {
     let mut task = match state.store.get_task(&task_id).await? {
-        Some(task) if task.tenant_id == tenant_id => task,
-        // Another tenant's task does not exist for this caller.
+        Some(task)
+            if task.tenant_id == principal.tenant_id
+                && (task.project_id.is_empty() || task.project_id == principal.project_id) =>
+        {
+            task
+        }
+        // Another tenant's or another project's task does not exist for this caller.
         _ => return Err(ApiError::TaskNotFound(task_id).into()),
     };
     for job in &mut task.jobs {
