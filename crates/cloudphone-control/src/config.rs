@@ -82,10 +82,9 @@ impl IamConfig {
 pub struct QuotaConfig {
     /// Instances a tenant may hold (every state but deleted).
     pub instances_per_tenant: u32,
-    /// Commands (SyncCommand and AsyncCommand jobs) a tenant may have running at once.
+    /// SyncCommand runs (one per instance named) a tenant may have in flight at once on this
+    /// control replica.
     pub concurrent_commands_per_tenant: u32,
-    /// Live viewing sessions (each may run an encoder) a tenant may hold on one host.
-    pub encoders_per_host: u32,
 }
 
 impl Default for QuotaConfig {
@@ -93,7 +92,6 @@ impl Default for QuotaConfig {
         Self {
             instances_per_tenant: 500,
             concurrent_commands_per_tenant: 200,
-            encoders_per_host: 32,
         }
     }
 }

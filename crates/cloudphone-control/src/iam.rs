@@ -30,8 +30,9 @@ use crate::store::{Store, StoreError, TokenRecord};
 /// the per-user and per-address backoff. One per control process (each replica counts its own).
 #[derive(Debug)]
 pub(crate) struct LoginGuard {
-    /// One permit per password check allowed to run at once.
-    hashing: tokio::sync::Semaphore,
+    /// One permit per password check allowed to run at once; the check's blocking task holds
+    /// it, so a caller that goes away mid-check does not free its slot early.
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
     /// How long a login may wait for a permit.
     queue_timeout: Duration,
     /// Wrong passwords per key, and the locks they earned.
@@ -45,7 +46,7 @@ impl LoginGuard {
             n => n,
         };
         Self {
-            hashing: tokio::sync::Semaphore::new(permits),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
             queue_timeout: Duration::from_millis(config.login_queue_timeout_ms),
             backoff: Mutex::new(LoginBackoff::new(config.backoff_rules())),
         }
@@ -151,7 +152,8 @@ pub(crate) async fn login(
             })
     };
     locked(clock.now_ms())?;
-    let _permit = match tokio::time::timeout(guard.queue_timeout, guard.hashing.acquire()).await {
+    let acquire = std::sync::Arc::clone(&guard.hashing).acquire_owned();
+    let permit = match tokio::time::timeout(guard.queue_timeout, acquire).await {
         Ok(Ok(permit)) => permit,
         // Every check stayed busy (or the pool is closed): the client retries shortly.
         _ => {
@@ -170,7 +172,11 @@ pub(crate) async fn login(
         None => (DUMMY_HASH.to_string(), None),
     };
     let password = login.password.clone();
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await?;
+    let matches = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        verify_password(&password, &hash)
+    })
+    .await?;
     let user = match (matches, user) {
         (true, Some(user)) => user,
         _ => {

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
+    /// SyncCommand runs in flight per tenant, against `[quotas] concurrent_commands_per_tenant`.
+    pub(crate) commands_in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The bounded password-check pool and the login backoff.
     pub(crate) login_guard: iam::LoginGuard,
     /// "Now" for token expiry and purging, the Volcengine rate window and the usage queries'
@@ -85,6 +87,7 @@ impl AppState {
             volcengine_limiter,
             restore_wake: Notify::new(),
             login_guard,
+            commands_in_flight: std::sync::Mutex::default(),
             clock,
         })
     }

@@ -92,13 +92,65 @@ pub(crate) fn cmd_jobs(jobs: &[JobRecord]) -> Vec<CmdJob> {
         .collect()
 }
 
+/// A tenant's SyncCommand runs counted against its quota while they are in flight; dropping it
+/// gives them back, however the call ends.
+struct InFlight<'a> {
+    state: &'a AppState,
+    tenant_id: String,
+    runs: u32,
+}
+
+impl<'a> InFlight<'a> {
+    /// Counts `runs` more for the tenant, or refuses (`APIGW.0308`, 429) past its quota.
+    fn admit(state: &'a AppState, tenant_id: &str, runs: u32) -> Result<Self, ServiceError> {
+        let quota = state.config.quotas.concurrent_commands_per_tenant;
+        let mut in_flight = state
+            .commands_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = in_flight.entry(tenant_id.to_string()).or_default();
+        if running.saturating_add(runs) > quota {
+            let running = *running;
+            return Err(ApiError::Throttled(format!(
+                "{running} commands running; the tenant's limit is {quota}"
+            ))
+            .into());
+        }
+        *running += runs;
+        Ok(Self {
+            state,
+            tenant_id: tenant_id.to_string(),
+            runs,
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .state
+            .commands_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = in_flight.get_mut(&self.tenant_id) {
+            *running = running.saturating_sub(self.runs);
+            if *running == 0 {
+                in_flight.remove(&self.tenant_id);
+            }
+        }
+    }
+}
+
 /// SyncCommand: runs the command on every instance at once and answers with all results.
+/// The runs count against the tenant's `[quotas] concurrent_commands_per_tenant` meanwhile.
 pub(crate) async fn sync_command(
     state: &AppState,
     principal: &Principal,
     request: CommandRequest,
 ) -> Result<Vec<CmdResult>, ServiceError> {
     let records = owned(state, principal, &request.instance_ids).await?;
+    let runs = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    let _in_flight = InFlight::admit(state, &principal.tenant_id, runs)?;
     let runs = records.iter().map(|record| {
         let command = request.command.clone();
         let client = node_of(state, record);

@@ -438,7 +438,7 @@ async fn delete_instance() {
 }
 
 /// The seed's SetVideoConfig example (`000_*.txt`), with the instance ids replaced.
-fn video_setting(ids: &[String]) -> Value {
+pub(crate) fn video_setting(ids: &[String]) -> Value {
     let group = json!([{
         "definition_540P": {"code_rate": 6000, "fps": 30},
         "definition_720P": {"code_rate": 6000, "fps": 30},
