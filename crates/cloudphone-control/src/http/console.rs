@@ -81,7 +81,7 @@ fn inline_hashes(html: &str, tag: &str) -> Vec<String> {
             break;
         };
         if !attributes.contains("src=") {
-            let digest = Sha256::digest(body[..end].as_bytes());
+            let digest = Sha256::digest(&body.as_bytes()[..end]);
             hashes.push(format!(
                 "'sha256-{}'",
                 base64::engine::general_purpose::STANDARD.encode(digest)

@@ -365,8 +365,14 @@ async fn a_user_lists_and_deletes_only_their_own_access_keys() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(credentials(ops.clone()).await, [ops_key.clone()]);
-    assert_eq!(credentials(dev.clone()).await, [dev_key.clone()]);
+    assert_eq!(
+        credentials(ops.clone()).await,
+        std::slice::from_ref(&ops_key)
+    );
+    assert_eq!(
+        credentials(dev.clone()).await,
+        std::slice::from_ref(&dev_key)
+    );
 
     let delete = |token: String, key: String| {
         let fleet = &fleet;
@@ -392,7 +398,7 @@ async fn a_user_lists_and_deletes_only_their_own_access_keys() {
     assert_eq!((status, code(&body)), (404, "IAM.0004"), "{body}");
     assert_eq!(
         credentials(dev.clone()).await,
-        [dev_key.clone()],
+        std::slice::from_ref(&dev_key),
         "still there"
     );
     assert_eq!(delete(dev.clone(), dev_key).await.0, 204);
