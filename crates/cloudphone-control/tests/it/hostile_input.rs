@@ -9,44 +9,7 @@ use cloudphone_testkit::browser::Browser;
 use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use serde_json::{Value, json};
 
-use crate::support::ok;
-
-/// Logs `user` of `domain` in to `project`; answers the status, the token (empty on failure),
-/// the `Retry-After` header (if any) and the body.
-async fn login_as(
-    fleet: &Fleet,
-    domain: &str,
-    user: &str,
-    password: &str,
-    project: &str,
-) -> (u16, String, Option<u64>, Value) {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": user, "password": password, "domain": {"name": domain}}}},
-        "scope": {"project": {"name": project}}}});
-    let response = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let token = header("x-subject-token").unwrap_or_default();
-    let retry_after = header("retry-after").map(|v| v.parse().unwrap());
-    let status = response.status().as_u16();
-    (
-        status,
-        token,
-        retry_after,
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
+use crate::support::{login_as, ok};
 
 /// The user id an attacker stores, written to break out of a single-quoted JS string.
 const XSS: &str = "');window.__pwn=1;//";
@@ -56,9 +19,7 @@ const XSS: &str = "');window.__pwn=1;//";
 /// policy, and each page's own script still runs under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp() {
-    let fleet = Fleet::up("synthetic").await;
-    let acme = fleet.login("acme", "correct-horse-1").await;
-    let ids = fleet.running_instances(&acme, 1).await;
+    let (fleet, acme, _, ids) = crate::operations::setup(1).await;
     let id = &ids[0];
     ok(fleet
         .post(
@@ -119,20 +80,18 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
 
     // Each page's own (hashed) script runs under its policy: the player sets up its API, the
     // usage page its state and functions.
-    browser
-        .ok(json!({"cmd": "goto", "url": "/console/player"}))
-        .await;
-    let player = browser
-        .ok(json!({"cmd": "eval", "expr": "typeof window.cloudphone"}))
-        .await;
-    assert_eq!(player["value"], "object");
-    browser
-        .ok(json!({"cmd": "goto", "url": "/console/usage"}))
-        .await;
-    let usage = browser
-        .ok(json!({"cmd": "eval", "expr": "typeof S === 'object' && typeof render"}))
-        .await;
-    assert_eq!(usage["value"], "function");
+    for (page, expr, ran) in [
+        ("/console/player", "typeof window.cloudphone", "object"),
+        (
+            "/console/usage",
+            "typeof S === 'object' && typeof render",
+            "function",
+        ),
+    ] {
+        browser.ok(json!({"cmd": "goto", "url": page})).await;
+        let value = browser.ok(json!({"cmd": "eval", "expr": expr})).await;
+        assert_eq!(value["value"], ran, "{page}");
+    }
     browser.quit().await;
 }
 
@@ -179,18 +138,10 @@ async fn forty_wrong_passwords_get_429_and_the_right_one_works_after_retry_after
 /// changes; the same user's project-A token still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_b_token_gets_1001_on_project_a_instances() {
-    let fleet = Fleet::up("synthetic").await;
-    let project_a = fleet.login("acme", "correct-horse-1").await;
-    let ids = fleet.running_instances(&project_a, 1).await;
+    let (fleet, project_a, _, ids) = crate::operations::setup(1).await;
     let id = &ids[0];
-    fleet.admin(&[
-        "project",
-        "create",
-        "--domain",
-        "acme",
-        "--project",
-        "cn-east-3",
-    ]);
+    let add_project = "project create --domain acme --project cn-east-3";
+    fleet.admin(&add_project.split(' ').collect::<Vec<_>>());
     let (status, project_b, _, body) =
         login_as(&fleet, "acme", "dev", "correct-horse-1", "cn-east-3").await;
     assert_eq!(status, 201, "{body}");
@@ -207,76 +158,39 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
 
     let binding = json!({"user_instances": [{"user_id": "u-1", "instance_id": id}]});
     let install = crate::install_app::body("http://example.invalid/a.apk", &"0".repeat(32), &ids);
-    let operations: Vec<(&str, String, Value)> = vec![
-        (
-            "POST",
-            "/v1/instances/sync-command".into(),
-            json!({"command": "touch /data/intruder", "instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/async-command".into(),
-            json!({"command": "ls", "instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/batch-query-status".into(),
-            json!({"instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/batch-reset".into(),
-            json!({"instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/reboot".into(),
-            json!({"instance_ids": ids}),
-        ),
-        (
-            "PUT",
-            "/v1/instances/video-setting".into(),
-            crate::operations::video_setting(&ids),
-        ),
-        ("POST", "/v1/instances/app/install".into(), install),
-        (
-            "POST",
-            "/v1/instances/backup".into(),
-            json!({"instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/prepare".into(),
-            json!({"user_id": "u-1", "instance_ids": ids}),
-        ),
-        (
-            "POST",
-            "/v1/instances/prepare-progress".into(),
-            json!({"user_id": "u-1", "instance_id": id}),
-        ),
-        ("POST", "/v1/instances/assign".into(), binding.clone()),
-        ("POST", "/v1/instances/unassign".into(), binding),
-        ("POST", format!("/v1/instances/{id}/auth"), json!({})),
-        (
-            "POST",
-            "/v1/instances/streaming/stop".into(),
-            json!({"instance_id": id}),
-        ),
-        (
-            "POST",
-            "/v1/instances/session/release".into(),
-            json!({"instance_id": id}),
-        ),
-        (
-            "POST",
-            "/v1/instances/delete".into(),
-            json!({"instanceIdList": ids}),
-        ),
+    let (all, one) = (json!({"instance_ids": ids}), json!({"instance_id": id}));
+    let auth = format!("{id}/auth");
+    let intrude = json!({"command": "touch /data/intruder", "instance_ids": ids});
+    let list = json!({"command": "ls", "instance_ids": ids});
+    let prepare = json!({"user_id": "u-1", "instance_ids": ids});
+    let progress = json!({"user_id": "u-1", "instance_id": id});
+    // Every instance operation, by its path under /v1/instances/, with a body naming A's one.
+    let operations: Vec<(&str, Value)> = vec![
+        ("sync-command", intrude),
+        ("async-command", list),
+        ("batch-query-status", all.clone()),
+        ("batch-reset", all.clone()),
+        ("reboot", all.clone()),
+        ("video-setting", crate::operations::video_setting(&ids)),
+        ("app/install", install),
+        ("backup", all),
+        ("prepare", prepare),
+        ("prepare-progress", progress),
+        ("assign", binding.clone()),
+        ("unassign", binding),
+        (&auth, json!({})),
+        ("streaming/stop", one.clone()),
+        ("session/release", one),
+        ("delete", json!({"instanceIdList": ids})),
     ];
-    for (method, path, body) in &operations {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    for (operation, body) in &operations {
+        let method = match *operation {
+            "video-setting" => reqwest::Method::PUT,
+            _ => reqwest::Method::POST,
+        };
+        let path = format!("/v1/instances/{operation}");
         let (status, answer) = fleet
-            .call(method, path, &project_b, Some(&body.to_string()))
+            .call(method, &path, &project_b, Some(&body.to_string()))
             .await;
         assert_eq!(
             (status, code(&answer)),
@@ -284,14 +198,9 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
             "{path}: {answer}"
         );
     }
-    let (status, answer) = fleet
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/instances/tasks/{task}"),
-            &project_b,
-            None,
-        )
-        .await;
+    let task_path = format!("/v1/instances/tasks/{task}");
+    let get_task = |token: &str| fleet.call(reqwest::Method::GET, &task_path, token, None);
+    let (status, answer) = get_task(&project_b).await;
     assert_eq!(
         (status, code(&answer)),
         (400, "KOOPHONE.API.1323"),
@@ -313,14 +222,7 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
         (&json!(id), &json!(2), &json!(0)),
         "{rows}"
     );
-    ok(fleet
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/instances/tasks/{task}"),
-            &project_a,
-            None,
-        )
-        .await);
+    ok(get_task(&project_a).await);
 }
 
 /// Two users of one tenant: each lists only their own keys, and deleting the other's is
@@ -329,16 +231,8 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
 async fn a_user_lists_and_deletes_only_their_own_access_keys() {
     let fleet = Fleet::up("synthetic").await;
     let dev = fleet.login("acme", "correct-horse-1").await;
-    fleet.admin(&[
-        "user",
-        "create",
-        "--domain",
-        "acme",
-        "--user",
-        "ops",
-        "--password",
-        "correct-horse-3",
-    ]);
+    let add_user = "user create --domain acme --user ops --password correct-horse-3";
+    fleet.admin(&add_user.split(' ').collect::<Vec<_>>());
     let (status, ops, _, body) =
         login_as(&fleet, "acme", "ops", "correct-horse-3", "cn-north-7").await;
     assert_eq!(status, 201, "{body}");

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::support::ok;
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
-async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
+pub(crate) async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
     let fleet = Fleet::up("synthetic").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
