@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cloudphone_testkit::fleet::{Fleet, HEARTBEAT_TIMEOUT_MS, order};
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn whole_flow(store_url: Option<String>) {
     let mut fleet = Fleet::new(store_url, "x11");

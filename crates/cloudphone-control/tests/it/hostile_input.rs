@@ -199,8 +199,11 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
         );
     }
     let task_path = format!("/v1/instances/tasks/{task}");
-    let get_task = |token: &str| fleet.call(reqwest::Method::GET, &task_path, token, None);
-    let (status, answer) = get_task(&project_b).await;
+    let get_task = |token: String| {
+        let (fleet, path) = (&fleet, &task_path);
+        async move { fleet.call(reqwest::Method::GET, path, &token, None).await }
+    };
+    let (status, answer) = get_task(project_b.clone()).await;
     assert_eq!(
         (status, code(&answer)),
         (400, "KOOPHONE.API.1323"),
@@ -222,7 +225,7 @@ async fn a_project_b_token_gets_1001_on_project_a_instances() {
         (&json!(id), &json!(2), &json!(0)),
         "{rows}"
     );
-    ok(get_task(&project_a).await);
+    ok(get_task(project_a.clone()).await);
 }
 
 /// Two users of one tenant: each lists only their own keys, and deleting the other's is
