@@ -96,7 +96,8 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
 }
 
 /// 40 wrong passwords in a row: `429` with `Retry-After` well before the 40th, and the right
-/// password accepted once `Retry-After` has passed. Short backoff
+/// password accepted once `Retry-After` has passed; guesses over many user names are locked
+/// out per client address. Short backoff
 /// windows (`[iam]`) keep the wait to about a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_wrong_passwords_get_429_and_the_right_one_works_after_retry_after() {
@@ -131,6 +132,19 @@ async fn forty_wrong_passwords_get_429_and_the_right_one_works_after_retry_after
     // Another user of the same tenant was never locked by the guesses against `dev`.
     let (status, ..) = login_as(&fleet, "other", "dev", "correct-horse-2", "cn-north-7").await;
     assert_eq!(status, 201);
+    // Guesses spread over user names are counted per address as well: each name below is
+    // guessed once (no user lock can be behind a 429), yet this address is soon refused.
+    let mut refused = false;
+    for n in 0..40 {
+        let user = format!("nobody-{n}");
+        let (status, ..) = login_as(&fleet, "acme", &user, "wrong-horse", "cn-north-7").await;
+        if status == 429 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 401, "{user}");
+    }
+    assert!(refused, "the address is locked out");
 }
 
 /// A token scoped to project B gets `KOOPHONE.API.1001` on every operation naming project A's
