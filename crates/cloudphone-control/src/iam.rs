@@ -52,6 +52,15 @@ impl LoginGuard {
         }
     }
 
+    /// Holds one password-check slot, as a running check does (tests fill the pool with it).
+    #[cfg(test)]
+    pub(crate) async fn take_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        std::sync::Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .expect("the pool is never closed")
+    }
+
     fn backoff(&self) -> std::sync::MutexGuard<'_, LoginBackoff> {
         // The backoff's state stays consistent even if a holder panicked: take it back.
         self.backoff

@@ -312,7 +312,16 @@ mod tests {
     /// A router over a fresh SQLite store in a temporary directory (which also holds the usage
     /// secrets key) with tenant `acme` (id `t1`), user `dev`, project `cn-north-7` (id `p1`) and
     /// streaming domain `live.acme.example`, reading `clock`.
-    async fn tenant_app(mut config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
+    async fn tenant_app(config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
+        let (state, dir) = tenant_state(config, clock).await;
+        (router(state), dir)
+    }
+
+    /// [`tenant_app`]'s state, for tests that reach behind the router.
+    async fn tenant_state(
+        mut config: ControlConfig,
+        clock: Clock,
+    ) -> (Arc<AppState>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
         config.store.url = url.clone();
@@ -343,7 +352,7 @@ mod tests {
             .unwrap();
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let registry = Registry::new(Arc::clone(&store), 1_500, stop_rx);
-        (router(AppState::new(config, store, registry, clock)), dir)
+        (AppState::new(config, store, registry, clock), dir)
     }
 
     /// A login request for `dev` with `password`.
@@ -437,6 +446,35 @@ mod tests {
         // The right password reset the user's count: one wrong one is free again.
         let (status, _, _) = send(&app, login_request("wrong-horse")).await;
         assert_eq!(status, 401);
+    }
+
+    /// The bounded password-check pool: with its one slot busy, a login waits
+    /// `login_queue_timeout_ms` (on tokio's paused clock: no store I/O happens before a slot is
+    /// had) and is refused with 429 and `Retry-After`; with the slot free it logs in.
+    #[tokio::test]
+    async fn logins_past_the_password_check_pool_wait_then_get_429() {
+        let mut config = ControlConfig::default();
+        config.iam.argon2_concurrency = 1;
+        let (state, _dir) = tenant_state(config, Clock::tokio()).await;
+        let app = router(Arc::clone(&state));
+        let busy = state.login_guard.take_slot().await;
+        tokio::time::pause();
+        let waited = tokio::time::Instant::now();
+        let (status, body, response) = send(&app, login_request("correct-horse-1")).await;
+        let waited = waited.elapsed();
+        tokio::time::resume();
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (429, Some("APIGW.0308"))
+        );
+        assert_eq!(response.headers()["retry-after"], "1");
+        // The default queue timeout (tokio's timer rounds up to its next millisecond).
+        assert!(
+            (Duration::from_secs(10)..Duration::from_millis(10_010)).contains(&waited),
+            "{waited:?}"
+        );
+        drop(busy);
+        login(&app).await;
     }
 
     /// A signed Volcengine `DescribeLiveTranscodeData` over the last day, dated `now_ms`.
