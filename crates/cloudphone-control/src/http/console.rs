@@ -9,6 +9,7 @@
 
 use std::sync::LazyLock;
 
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::{
     CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
@@ -17,29 +18,36 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-/// One console page and the policy it is served with.
+use super::AppStateRef;
+
+/// One console page and the hashes of its inline code, computed once.
 struct Page {
     html: &'static str,
-    csp: HeaderValue,
+    /// `'sha256-…'` of its inline scripts and of its inline styles.
+    hashes: (String, String),
 }
 
 impl Page {
-    /// `connect` is what the page may open connections to besides its own origin.
-    fn new(html: &'static str, connect: &str) -> Page {
-        let policy = policy(html, connect);
+    fn new(html: &'static str) -> Page {
         Page {
             html,
-            // The policy is ASCII (base64 hashes and fixed words); a failure would be a bug in
-            // `policy`, and then the strictest policy still goes out rather than none.
-            csp: HeaderValue::from_str(&policy)
-                .unwrap_or(HeaderValue::from_static("default-src 'none'")),
+            hashes: (
+                inline_hashes(html, "script").join(" "),
+                inline_hashes(html, "style").join(" "),
+            ),
         }
     }
 
-    fn serve(&self) -> Response {
+    /// The page with its policy; `connect` is what it may open connections to besides its own
+    /// origin.
+    fn serve(&self, connect: &str) -> Response {
+        // The policy is ASCII (base64 hashes, checked origins and fixed words); a failure would
+        // be a bug, and then the strictest policy still goes out rather than none.
+        let csp = HeaderValue::from_str(&policy(&self.hashes, connect))
+            .unwrap_or(HeaderValue::from_static("default-src 'none'"));
         (
             [
-                (CONTENT_SECURITY_POLICY, self.csp.clone()),
+                (CONTENT_SECURITY_POLICY, csp),
                 (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
                 // For browsers older than `frame-ancestors`.
                 (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
@@ -51,11 +59,9 @@ impl Page {
     }
 }
 
-/// The policy for `html`: its inline `<script>` and `<style>` blocks by hash, `connect-src`
-/// `'self'` plus `connect`, and nothing else.
-fn policy(html: &str, connect: &str) -> String {
-    let scripts = inline_hashes(html, "script").join(" ");
-    let styles = inline_hashes(html, "style").join(" ");
+/// The policy for a page whose inline `<script>` and `<style>` blocks have `hashes`:
+/// those, `connect-src` `'self'` plus `connect`, and nothing else.
+fn policy((scripts, styles): &(String, String), connect: &str) -> String {
     let connect = format!("'self' {connect}");
     format!(
         "default-src 'none'; script-src {scripts}; style-src {styles}; \
@@ -93,28 +99,54 @@ fn inline_hashes(html: &str, tag: &str) -> Vec<String> {
 }
 
 static CONSOLE: LazyLock<Page> =
-    LazyLock::new(|| Page::new(include_str!("../../assets/console.html"), ""));
-/// The player opens the node's signaling WebSocket, at whatever host and port the node
-/// reports (`signaling_url`): any ws/wss origin. Media flows over WebRTC, which
-/// `connect-src` does not govern.
+    LazyLock::new(|| Page::new(include_str!("../../assets/console.html")));
 static PLAYER: LazyLock<Page> =
-    LazyLock::new(|| Page::new(include_str!("../../assets/player.html"), "ws: wss:"));
-static USAGE: LazyLock<Page> =
-    LazyLock::new(|| Page::new(include_str!("../../assets/usage.html"), ""));
+    LazyLock::new(|| Page::new(include_str!("../../assets/player.html")));
+static USAGE: LazyLock<Page> = LazyLock::new(|| Page::new(include_str!("../../assets/usage.html")));
 
 pub(super) async fn page() -> Response {
-    CONSOLE.serve()
+    CONSOLE.serve("")
 }
 
-/// The player: log in, pick a phone, stream it over WebRTC, touch and type.
-pub(super) async fn player() -> Response {
-    PLAYER.serve()
+/// The player: log in, pick a phone, stream it over WebRTC, touch and type. It opens a node's
+/// signaling WebSocket (`signaling_url`, under the node's `signaling_base_url`), so its policy
+/// names the origins of the nodes control knows; media flows over WebRTC, which `connect-src`
+/// does not govern.
+pub(super) async fn player(State(state): AppStateRef) -> Response {
+    let origins = match state.store.list_nodes().await {
+        Ok(nodes) => nodes
+            .iter()
+            .filter_map(|n| ws_origin(&n.signaling_base_url))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(error) => {
+            // The page still loads; it cannot stream until the store answers again.
+            tracing::error!(%error, "listing nodes for the player's policy failed");
+            String::new()
+        }
+    };
+    PLAYER.serve(&origins)
 }
 
 /// Usage: encode minutes per class per hour/day from `GET /v2/{project_id}/stats/transcode`,
 /// chart, table and CSV download, all built in the browser.
 pub(super) async fn usage() -> Response {
-    USAGE.serve()
+    USAGE.serve("")
+}
+
+/// `ws://host:port` of a node's signaling base URL, when it is a well-formed ws/wss URL whose
+/// host and port hold only the characters a policy may carry.
+fn ws_origin(base: &str) -> Option<String> {
+    let (scheme, rest) = base.split_once("://")?;
+    if scheme != "ws" && scheme != "wss" {
+        return None;
+    }
+    let authority = rest.split('/').next()?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
+    (!authority.is_empty() && authority.chars().all(allowed))
+        .then(|| format!("{scheme}://{authority}"))
 }
 
 pub(super) async fn redirect() -> Redirect {
@@ -136,14 +168,35 @@ mod tests {
         };
         assert_eq!(inline_hashes(html, "script"), [hash("go()")]);
         assert_eq!(inline_hashes(html, "style"), [hash("a{}")]);
-        let csp = policy(html, "ws: wss:");
+        let csp = policy(&Page::new(html).hashes, "ws://10.0.0.2:8081");
         assert!(csp.starts_with("default-src 'none'; "), "{csp}");
         assert!(
             csp.contains(&format!("script-src {};", hash("go()"))),
             "{csp}"
         );
-        assert!(csp.contains("connect-src 'self' ws: wss:;"), "{csp}");
+        assert!(
+            csp.contains("connect-src 'self' ws://10.0.0.2:8081;"),
+            "{csp}"
+        );
         assert!(csp.ends_with("frame-ancestors 'none'"), "{csp}");
+    }
+
+    #[test]
+    fn only_clean_ws_origins_reach_the_policy() {
+        for (base, origin) in [
+            ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081")),
+            (
+                "wss://node-7.example:443/some/path",
+                Some("wss://node-7.example:443"),
+            ),
+            ("ws://[::1]:9000", Some("ws://[::1]:9000")),
+            ("http://127.0.0.1:8081", None),
+            ("ws://evil; script-src *", None),
+            ("ws://", None),
+            ("nonsense", None),
+        ] {
+            assert_eq!(ws_origin(base).as_deref(), origin, "{base}");
+        }
     }
 
     /// Every page has exactly one inline script and one inline style, both in its policy, and
@@ -151,7 +204,7 @@ mod tests {
     #[test]
     fn every_page_allows_its_own_inline_code_only() {
         for page in [&*CONSOLE, &*PLAYER, &*USAGE] {
-            let csp = page.csp.to_str().unwrap();
+            let csp = policy(&page.hashes, "");
             assert_eq!(inline_hashes(page.html, "script").len(), 1, "{csp}");
             assert_eq!(inline_hashes(page.html, "style").len(), 1, "{csp}");
             assert!(!csp.contains("unsafe"), "{csp}");

@@ -49,6 +49,18 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
             assert!(csp.contains(part), "{page}: {part} missing from {csp}");
         }
         assert!(!csp.contains("unsafe"), "{page}: {csp}");
+        // Connections: the page's own origin, and for the player the node's signaling origin
+        // only (not every ws: host).
+        let connect = match page {
+            "/console/player" => {
+                format!("connect-src 'self' ws://127.0.0.1:{};", fleet.node_ports.1)
+            }
+            _ => "connect-src 'self';".to_string(),
+        };
+        assert!(
+            csp.contains(&connect),
+            "{page}: {connect} missing from {csp}"
+        );
         assert_eq!(headers["x-content-type-options"], "nosniff", "{page}");
     }
 
