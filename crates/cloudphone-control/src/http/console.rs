@@ -3,7 +3,8 @@
 //!
 //! Every page goes out with a Content-Security-Policy that allows exactly its own inline script
 //! and style (by their SHA-256, computed once from the page's text, so an edit cannot leave a
-//! stale hash), nothing from elsewhere, no framing (`frame-ancestors 'none'`), and `nosniff`.
+//! stale hash), connections to its own origin only (the player also to the known nodes'
+//! signaling origins), no framing (`frame-ancestors 'none'`), and `nosniff`.
 //! A string that slipped into the page's HTML as markup could then still not run: the pages
 //! also build rows from API data with DOM APIs (`textContent`), never inline handlers.
 
