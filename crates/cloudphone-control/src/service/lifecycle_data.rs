@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::{ServiceError, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, StoreError};
 
 /// How often the worker looks at the queue even when nothing woke it: slots also free up
@@ -72,10 +73,10 @@ fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
 /// (1000), or nothing happens.
 pub(crate) async fn backup(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     let mut todo = Vec::new();
     for record in records {
         match instance::backup_plan(record.state) {
@@ -174,11 +175,11 @@ async fn load_queue(state: &AppState) -> Result<PrepareQueue, StoreError> {
 /// queues the backed-up ones for restoring, in one transaction; answers each instance's status.
 pub(crate) async fn prepare(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     ids: Vec<String>,
 ) -> Result<Vec<(String, PrepareStatus)>, ServiceError> {
-    let records = owned(state, tenant_id, &ids).await?;
+    let records = owned(state, principal, &ids).await?;
     if let Some(taken) = records
         .iter()
         .find(|r| r.assign_user.as_deref().is_some_and(|u| u != user))
@@ -217,11 +218,11 @@ pub(crate) async fn prepare(
 /// instance that is not the caller's).
 pub(crate) async fn progress(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     id: String,
 ) -> Result<(ProgressStatus, u32), ServiceError> {
-    let record = owned(state, tenant_id, std::slice::from_ref(&id))
+    let record = owned(state, principal, std::slice::from_ref(&id))
         .await?
         .remove(0);
     if record.assign_user.as_deref() != Some(user) {

@@ -42,7 +42,7 @@ async fn serve(bytes: Vec<u8>) -> String {
     format!("http://{addr}/hello.apk")
 }
 
-fn body(url: &str, md5: &str, ids: &[String]) -> Value {
+pub(crate) fn body(url: &str, md5: &str, ids: &[String]) -> Value {
     json!({"fast_install": 1, "object_name": "com.example.hello", "file_name": "hello.apk",
         "object_version": "1.0.0", "object_size": 1, "biz_type": "apk",
         "content_type": "application/octet-stream", "content_md5": md5,
