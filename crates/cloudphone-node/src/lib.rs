@@ -144,8 +144,14 @@ pub async fn run(
         }),
         usage.spawn_keeper(clock::Clock::System),
     );
-    let service =
-        grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
+    let downloads = apps::Downloads::new(&config.apps).map_err(std::io::Error::other)?;
+    let service = grpc::NodeService::new(
+        Arc::clone(&manager),
+        identity,
+        Arc::clone(&sessions),
+        usage,
+        downloads,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
