@@ -74,6 +74,10 @@ pub struct AndroidSection {
     pub adb: PathBuf,
     /// Devices or emulators this host may hand out, one per instance.
     pub serials: Vec<String>,
+    /// An emulator snapshot (`adb emu avd snapshot load <name>`) holding a clean device:
+    /// `emulator-N` serials are wiped between tenants by loading it. Empty: every device is
+    /// wiped package by package (see `runtime::android`).
+    pub clean_snapshot: String,
 }
 
 /// InstallApp downloads: where a tenant's package URL may lead, and how much the node spends
@@ -82,24 +86,24 @@ pub struct AndroidSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AppsSection {
+    /// Whole-download limit: waiting for a slot, connecting, redirects and the body.
+    pub download_timeout_secs: u64,
+    /// Downloads this node runs at once; more wait for a slot (within the limit above).
+    pub max_concurrent_downloads: u32,
     /// Host names (or IP literals) packages may come from whatever they resolve to, e.g. a
     /// private mirror `"apps.internal"`.
     pub allow_hosts: Vec<String>,
     /// Networks packages may come from although they are not public, e.g. `"10.20.0.0/16"`.
     pub allow_cidrs: Vec<String>,
-    /// Whole-download limit: waiting for a slot, connecting, redirects and the body.
-    pub download_timeout_secs: u64,
-    /// Downloads this node runs at once; more wait for a slot (within the limit above).
-    pub max_concurrent_downloads: u32,
 }
 
 impl Default for AppsSection {
     fn default() -> Self {
         Self {
-            allow_hosts: Vec::new(),
-            allow_cidrs: Vec::new(),
             download_timeout_secs: 600,
             max_concurrent_downloads: 2,
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
         }
     }
 }
@@ -236,6 +240,7 @@ impl Default for AndroidSection {
         Self {
             adb: PathBuf::from("/usr/bin/adb"),
             serials: Vec::new(),
+            clean_snapshot: String::new(),
         }
     }
 }

@@ -117,6 +117,9 @@ fn to_status(error: InstanceError) -> Status {
         InstanceError::AlreadyExists(_) => Status::already_exists(error.to_string()),
         InstanceError::NoCapacity => Status::resource_exhausted(error.to_string()),
         InstanceError::InvalidState { .. } => Status::failed_precondition(error.to_string()),
+        InstanceError::Runtime(crate::runtime::RuntimeError::Unsupported(_)) => {
+            Status::unimplemented(error.to_string())
+        }
         _ => {
             tracing::warn!(%error, "instance operation failed");
             Status::internal(error.to_string())

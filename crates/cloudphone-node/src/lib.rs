@@ -72,6 +72,8 @@ fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::Runti
             runtime::android::AndroidConfig {
                 adb: config.android.adb.clone(),
                 serials: config.android.serials.clone(),
+                clean_snapshot: Some(config.android.clean_snapshot.clone())
+                    .filter(|s| !s.is_empty()),
             },
         )),
         _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(

@@ -201,56 +201,56 @@ mod tests {
 
     #[test]
     fn address_classes() {
-        let cases: &[(&str, Option<AddressClass>)] = &[
-            ("93.184.215.14", None),
-            ("8.8.8.8", None),
-            ("2606:4700::1111", None),
-            ("0.0.0.0", Some(Unspecified)),
-            ("0.1.2.3", Some(Unspecified)),
-            ("127.0.0.1", Some(Loopback)),
-            ("127.255.0.9", Some(Loopback)),
-            ("169.254.169.254", Some(LinkLocal)),
-            ("10.1.2.3", Some(Private)),
-            ("172.16.0.1", Some(Private)),
-            ("172.31.255.255", Some(Private)),
-            ("172.32.0.1", None),
-            ("192.168.1.1", Some(Private)),
-            ("100.64.0.1", Some(SharedCgnat)),
-            ("100.127.255.255", Some(SharedCgnat)),
-            ("100.128.0.1", None),
-            ("192.0.2.7", Some(Documentation)),
-            ("198.51.100.7", Some(Documentation)),
-            ("203.0.113.7", Some(Documentation)),
-            ("198.18.0.1", Some(Reserved)),
-            ("192.0.0.8", Some(Reserved)),
-            ("224.0.0.1", Some(Multicast)),
-            ("239.255.255.250", Some(Multicast)),
-            ("240.0.0.1", Some(Reserved)),
-            ("255.255.255.255", Some(Broadcast)),
-            ("::", Some(Unspecified)),
-            ("::1", Some(Loopback)),
-            ("fe80::1", Some(LinkLocal)),
-            ("fec0::1", Some(Private)),
-            ("fc00::1", Some(UniqueLocal)),
-            ("fd12:3456::1", Some(UniqueLocal)),
-            ("ff02::1", Some(Multicast)),
-            ("2001:db8::1", Some(Documentation)),
-            ("2001::1", Some(Reserved)),
-            ("100::1", Some(Reserved)),
-            ("::127.0.0.1", Some(Reserved)),
-            ("64:ff9b:1::1", Some(Reserved)),
-            // IPv4 inside IPv6: judged by the IPv4 address.
-            ("::ffff:127.0.0.1", Some(Loopback)),
-            ("::ffff:169.254.169.254", Some(LinkLocal)),
-            ("::ffff:10.0.0.1", Some(Private)),
-            ("::ffff:8.8.8.8", None),
-            ("64:ff9b::a9fe:a9fe", Some(LinkLocal)),
-            ("64:ff9b::808:808", None),
-            ("2002:7f00:1::", Some(Loopback)),
-            ("2002:c0a8:101::1", Some(Private)),
+        // IPv4 inside IPv6 (mapped, NAT64, 6to4) is judged by the IPv4 address.
+        let cases: &[(Option<AddressClass>, &[&str])] = &[
+            (
+                None,
+                &["93.184.215.14", "8.8.8.8", "172.32.0.1", "100.128.0.1"],
+            ),
+            (
+                None,
+                &["2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"],
+            ),
+            (Some(Unspecified), &["0.0.0.0", "0.1.2.3", "::"]),
+            (
+                Some(Loopback),
+                &["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"],
+            ),
+            (Some(Loopback), &["2002:7f00:1::"]),
+            (
+                Some(LinkLocal),
+                &["169.254.169.254", "fe80::1", "::ffff:169.254.169.254"],
+            ),
+            (Some(LinkLocal), &["64:ff9b::a9fe:a9fe"]),
+            (
+                Some(Private),
+                &["10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1"],
+            ),
+            (
+                Some(Private),
+                &["fec0::1", "::ffff:10.0.0.1", "2002:c0a8:101::1"],
+            ),
+            (Some(UniqueLocal), &["fc00::1", "fd12:3456::1"]),
+            (Some(SharedCgnat), &["100.64.0.1", "100.127.255.255"]),
+            (
+                Some(Documentation),
+                &["192.0.2.7", "198.51.100.7", "203.0.113.7", "2001:db8::1"],
+            ),
+            (
+                Some(Multicast),
+                &["224.0.0.1", "239.255.255.250", "ff02::1"],
+            ),
+            (Some(Broadcast), &["255.255.255.255"]),
+            (
+                Some(Reserved),
+                &["198.18.0.1", "192.0.0.8", "240.0.0.1", "2001::1", "100::1"],
+            ),
+            (Some(Reserved), &["::127.0.0.1", "64:ff9b:1::1"]),
         ];
-        for (ip, want) in cases {
-            assert_eq!(classify(ip.parse().unwrap()), *want, "{ip}");
+        for (want, ips) in cases {
+            for ip in *ips {
+                assert_eq!(classify(ip.parse().unwrap()), *want, "{ip}");
+            }
         }
     }
 
@@ -258,97 +258,84 @@ mod tests {
         url::Url::parse(s).unwrap()
     }
 
-    /// `(allow_hosts, allow_cidrs, url, resolved address or none for an IP literal, allowed)`.
+    /// The URL rule, then the address rule on what the URL's name resolves to (`None`: an IP
+    /// literal, checked by the URL rule alone).
+    fn verdict(list: &Allowlist, u: &str, resolved: Option<&str>) -> Result<(), Refusal> {
+        let u = url(u);
+        list.check_url(&u)?;
+        match resolved {
+            Some(ip) => list.check_address(u.host_str().unwrap(), ip.parse().unwrap()),
+            None => Ok(()),
+        }
+    }
+
     #[test]
     fn urls_and_addresses() {
-        type Case = (
-            &'static [&'static str],
-            &'static [&'static str],
-            &'static str,
-            Option<&'static str>,
-            bool,
-        );
-        let cases: &[Case] = &[
+        let open = Allowlist::default();
+        let refused: &[(&str, Option<&str>)] = &[
+            ("http://127.0.0.1:8080/a.apk", None),
+            ("http://127.1/a.apk", None),
+            ("http://0x7f000001/a.apk", None),
+            ("http://[::1]/a.apk", None),
+            ("http://[::ffff:127.0.0.1]/a.apk", None),
+            ("http://169.254.169.254/latest/meta-data/", None),
+            ("http://10.0.0.5/a.apk", None),
+            ("http://localhost/a.apk", Some("127.0.0.1")),
+            ("http://rebind.example/a.apk", Some("192.168.0.1")),
+            ("file:///etc/passwd", None),
+            ("ftp://mirror.example.com/a.apk", None),
+        ];
+        for (u, resolved) in refused {
+            assert!(
+                verdict(&open, u, *resolved).is_err(),
+                "{u} via {resolved:?}"
+            );
+        }
+        let public = verdict(&open, "https://mirror.example.com/a", Some("93.184.215.14"));
+        assert_eq!(public, Ok(()));
+
+        // The allowlist: by name (any address it resolves to), by network, by IP literal.
+        // `(allow_hosts entry, allow_cidrs entry, url, resolved, allowed)`; "" lists nothing.
+        let listed: &[(&str, &str, &str, Option<&str>, bool)] = &[
             (
-                &[],
-                &[],
-                "https://mirror.example.com/a.apk",
-                Some("93.184.215.14"),
-                true,
-            ),
-            (&[], &[], "http://127.0.0.1:8080/a.apk", None, false),
-            (&[], &[], "http://127.1/a.apk", None, false),
-            (&[], &[], "http://0x7f000001/a.apk", None, false),
-            (&[], &[], "http://[::1]/a.apk", None, false),
-            (&[], &[], "http://[::ffff:127.0.0.1]/a.apk", None, false),
-            (
-                &[],
-                &[],
-                "http://169.254.169.254/latest/meta-data/",
-                None,
-                false,
-            ),
-            (&[], &[], "http://10.0.0.5/a.apk", None, false),
-            (&[], &[], "http://localhost/a.apk", Some("127.0.0.1"), false),
-            (
-                &[],
-                &[],
-                "http://rebind.example/a.apk",
-                Some("192.168.0.1"),
-                false,
-            ),
-            (&[], &[], "file:///etc/passwd", None, false),
-            (&[], &[], "ftp://mirror.example.com/a.apk", None, false),
-            // The allowlist: by name (any address it resolves to), by network, by IP literal.
-            (
-                &["Mirror.Internal."],
-                &[],
-                "http://mirror.internal/a.apk",
+                "Mirror.Internal.",
+                "",
+                "http://mirror.internal/a",
                 Some("10.0.0.9"),
                 true,
             ),
             (
-                &["mirror.internal"],
-                &[],
-                "http://other.internal/a.apk",
+                "mirror.internal",
+                "",
+                "http://other.internal/a",
                 Some("10.0.0.9"),
                 false,
             ),
             (
-                &[],
-                &["10.0.0.0/24"],
-                "http://mirror.internal/a.apk",
+                "",
+                "10.0.0.0/24",
+                "http://mirror.internal/a",
                 Some("10.0.0.9"),
                 true,
             ),
-            (&[], &["10.0.0.0/24"], "http://10.0.1.9/a.apk", None, false),
-            (&["127.0.0.1"], &[], "http://127.0.0.1:9/a.apk", None, true),
-            (&["127.0.0.1"], &[], "http://127.0.0.2:9/a.apk", None, false),
+            ("", "10.0.0.0/24", "http://10.0.1.9/a", None, false),
+            ("127.0.0.1", "", "http://127.0.0.1:9/a", None, true),
+            ("127.0.0.1", "", "http://127.0.0.2:9/a", None, false),
+            ("127.0.0.1", "", "http://[::ffff:127.0.0.1]:9/a", None, true),
+            ("[::1]", "", "http://[::1]:9/a", None, true),
             (
-                &["127.0.0.1"],
-                &[],
-                "http://[::ffff:127.0.0.1]:9/a.apk",
-                None,
-                true,
-            ),
-            (&["[::1]"], &[], "http://[::1]:9/a.apk", None, true),
-            (
-                &[],
-                &["127.0.0.1/32"],
-                "http://localhost/a.apk",
+                "",
+                "127.0.0.1/32",
+                "http://localhost/a",
                 Some("127.0.0.1"),
                 true,
             ),
         ];
-        for (hosts, cidrs, u, resolved, want) in cases {
-            let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
-            let cidrs: Vec<String> = cidrs.iter().map(|s| s.to_string()).collect();
-            let list = Allowlist::new(&hosts, &cidrs).unwrap();
-            let u = url(u);
-            let got = list.check_url(&u).and_then(|()| match resolved {
-                Some(ip) => list.check_address(u.host_str().unwrap(), ip.parse().unwrap()),
-                None => Ok(()),
-            });
+        for (host, cidr, u, resolved, want) in listed {
+            let entry = |e: &str| (!e.is_empty()).then(|| e.to_owned()).into_iter().collect();
+            let hosts: Vec<String> = entry(host);
+            let list = Allowlist::new(&hosts, &entry(cidr)).unwrap();
+            let got = verdict(&list, u, *resolved);
             assert_eq!(got.is_ok(), *want, "{u} via {resolved:?}: {got:?}");
         }
     }
