@@ -147,7 +147,7 @@ impl Allowlist {
 
     fn allows_host(&self, host: &str) -> bool {
         let host = normal_host(host);
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 
     fn allows_ip(&self, ip: IpAddr) -> bool {
