@@ -60,6 +60,9 @@ fn archive_uri(dir: &Path, record: &InstanceRecord) -> Result<String, ServiceErr
     Ok(format!("file://{}", path.display()))
 }
 
+/// The runtime whose instances cannot be backed up (see `docs/api-notes.md`).
+const ANDROID_RUNTIME: &str = "android";
+
 fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
     let cwd = std::env::current_dir().map_err(|error| {
         tracing::error!(%error, "no working dir to resolve the backup dir against");
@@ -79,6 +82,15 @@ pub(crate) async fn backup(
     let records = owned(state, principal, ids).await?;
     let mut todo = Vec::new();
     for record in records {
+        // An android instance's phone is its device, which the node cannot archive: refused
+        // before anything changes, rather than archiving nothing and releasing the device.
+        if record.runtime == ANDROID_RUNTIME {
+            return Err(ApiError::InvalidParameter(format!(
+                "instance {} runs on an android device, which cannot be backed up",
+                record.instance_id
+            ))
+            .into());
+        }
         match instance::backup_plan(record.state) {
             BackupPlan::Skip => {}
             BackupPlan::Start if node_up(state, &record.node_id) => todo.push(record),
