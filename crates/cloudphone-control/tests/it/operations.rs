@@ -8,7 +8,7 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
-use crate::support::ok;
+use crate::support::{get, list_with_request_id, ok};
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
 async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
@@ -137,20 +137,20 @@ async fn async_command_and_get_task() {
     assert_eq!(body["data"]["cmd_jobs"].as_array().unwrap().len(), 2);
 
     let path = format!("/v1/instances/tasks/{task_id}");
-    let (_, first) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    let (_, first) = get(&fleet, &path, &acme).await;
     assert_eq!(
         first["data"]["jobs"][0]["status"], 1,
         "queued or running at first: {first}"
     );
     let done = wait_for("jobs to finish", Duration::from_secs(20), || async {
-        let (_, body) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+        let (_, body) = get(&fleet, &path, &acme).await;
         let jobs = body["data"]["jobs"].as_array()?.clone();
         jobs.iter().all(|j| j["status"] == 2).then_some(body)
     })
     .await;
     assert_eq!(code(&done), "0");
     // The result is kept.
-    let (_, again) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    let (_, again) = get(&fleet, &path, &acme).await;
     assert_eq!(again["data"]["jobs"], done["data"]["jobs"]);
 
     // A failing job, an unknown task, another tenant's task.
@@ -166,22 +166,13 @@ async fn async_command_and_get_task() {
         body["data"]["task_id"].as_str().unwrap()
     );
     wait_for("the job to fail", Duration::from_secs(20), || async {
-        let (_, body) = fleet
-            .call(reqwest::Method::GET, &failing, &acme, None)
-            .await;
+        let (_, body) = get(&fleet, &failing, &acme).await;
         (body["data"]["jobs"][0]["status"] == -1).then_some(())
     })
     .await;
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/tasks/no-such-task",
-            &acme,
-            None,
-        )
-        .await;
+    let (status, body) = get(&fleet, "/v1/instances/tasks/no-such-task", &acme).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
-    let (status, body) = fleet.call(reqwest::Method::GET, &path, &other, None).await;
+    let (status, body) = get(&fleet, &path, &other).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
     let (status, body) = fleet
         .post(
@@ -695,7 +686,7 @@ async fn request_error_codes() {
         let fleet = &fleet;
         let acme = acme.clone();
         let path = format!("/v1/instances/batch-query?{query}");
-        async move { fleet.call(reqwest::Method::GET, &path, &acme, None).await }
+        async move { get(fleet, &path, &acme).await }
     };
     let (status, answer) =
         list("page_no=1&page_size=10&query_start_time=2023-08-15T14:30:45").await;
@@ -706,20 +697,6 @@ async fn request_error_codes() {
     let (status, answer) = list("page_no=0&page_size=10").await;
     assert_eq!((status, code(&answer)), (400, "KOOPHONE.API.1000"));
     // An x-request-id that is not a usable id: 0003.
-    let response = fleet
-        .http
-        .get(format!(
-            "{}/v1/instances/batch-query?page_no=1&page_size=1",
-            fleet.api
-        ))
-        .header("x-auth-token", &acme)
-        .header("x-request-id", "x".repeat(200))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error_code"],
-        "KOOPHONE.API.0003"
-    );
+    let (status, body) = list_with_request_id(&fleet, &acme, Some(&"x".repeat(200))).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.0003"));
 }

@@ -1,4 +1,5 @@
-//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]);
+//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]), a
+//! GET ([`get`]), ListInstances with a chosen `x-request-id` ([`list_with_request_id`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
 //! with a GetDeviceToken).
@@ -18,6 +19,31 @@ pub(crate) fn ok((status, body): (u16, Value)) -> Value {
         "{body}"
     );
     body
+}
+
+/// `GET path` with `token` and an `x-request-id`: the status and the JSON body.
+pub(crate) async fn get(fleet: &Fleet, path: &str, token: &str) -> (u16, Value) {
+    fleet.call(reqwest::Method::GET, path, token, None).await
+}
+
+/// ListInstances' first page with `token` and `request_id` as the `x-request-id` header (none:
+/// no header), for the request-id rules: the status and the JSON body.
+pub(crate) async fn list_with_request_id(
+    fleet: &Fleet,
+    token: &str,
+    request_id: Option<&str>,
+) -> (u16, Value) {
+    let url = format!(
+        "{}/v1/instances/batch-query?page_no=1&page_size=10",
+        fleet.api
+    );
+    let mut request = fleet.http.get(url).header("x-auth-token", token);
+    if let Some(id) = request_id {
+        request = request.header("x-request-id", id);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }
 
 /// Now, in Unix milliseconds.
