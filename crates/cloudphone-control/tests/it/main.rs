@@ -3,8 +3,10 @@
 //! `cargo nextest run -p cloudphone-control --test it -E 'test(/^usage_sdk::/)'` runs one module.
 //!
 //! # Layout
-//! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
-//!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
+//! - [`support`]: calls and their checks every module makes (`ok`, `get`, `check_refusals` over
+//!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
+//!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
+//!   `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
 //!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
 

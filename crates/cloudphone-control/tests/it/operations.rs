@@ -8,7 +8,9 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
-use crate::support::{get, list_with_request_id, ok};
+use crate::support::{
+    INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, get, list_with_request_id, ok,
+};
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
 async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
@@ -73,37 +75,30 @@ async fn sync_command() {
     );
 
     // The charset and size limits, another tenant, a missing request id.
-    for bad in [
-        "ls; rm -rf /data",
-        "echo $HOME",
-        "cat /data/hello > /data/x",
-    ] {
-        let (status, body) = sync(&fleet, &acme, bad, &ids).await;
-        assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"), "{bad}");
-    }
-    let (status, body) = sync(&fleet, &acme, &"a".repeat(1025), &ids).await;
-    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
-    let (status, body) = sync(&fleet, &other, "touch /data/intruder", &ids).await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let command = |command: &str| json!({"command": command, "instance_ids": ids});
+    let with_id = Sent::WithRequestId;
+    check_refusals(
+        &fleet,
+        "/v1/instances/sync-command",
+        &[
+            (&acme, with_id, &command("ls; rm -rf /data"), INVALID),
+            (&acme, with_id, &command("echo $HOME"), INVALID),
+            (
+                &acme,
+                with_id,
+                &command("cat /data/hello > /data/x"),
+                INVALID,
+            ),
+            (&acme, with_id, &command(&"a".repeat(1025)), INVALID),
+            (&other, with_id, &command("touch /data/intruder"), NOT_YOURS),
+            (&acme, Sent::TokenOnly, &command("ls"), NO_REQUEST_ID),
+            (&acme, with_id, &json!({"command": 5}), INVALID),
+        ],
+    )
+    .await;
     assert!(
         !fleet.instance_data_dir(&ids[0]).join("intruder").exists(),
         "another tenant changed nothing"
-    );
-    let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/sync-command",
-            &acme,
-            &json!({"command": "ls", "instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
-    let (status, body) = fleet
-        .post("/v1/instances/sync-command", &acme, &json!({"command": 5}))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (400, "KOOPHONE.API.1000"),
-        "wrong type"
     );
 
     // The instance's host goes away: the command cannot run, status -1 with 62010.
@@ -174,14 +169,9 @@ async fn async_command_and_get_task() {
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
     let (status, body) = get(&fleet, &path, &other).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/async-command",
-            &other,
-            &json!({"command": "ls", "instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let theirs = json!({"command": "ls", "instance_ids": ids});
+    let refusal = (other.as_str(), Sent::WithRequestId, &theirs, NOT_YOURS);
+    check_refusals(&fleet, "/v1/instances/async-command", &[refusal]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
