@@ -274,6 +274,20 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
+/// A query string parsed into `T`; one that does not parse is `KOOPHONE.API.1000` with the
+/// parser's reason.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(query) = axum::extract::Query::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+        Ok(Self(query))
+    }
+}
+
 /// Answers `State` extraction for handlers that need the whole app.
 pub(crate) type AppStateRef = State<Arc<AppState>>;
 

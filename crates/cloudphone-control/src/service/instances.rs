@@ -128,19 +128,13 @@ pub(crate) async fn create(
         ))
         .into());
     }
-    let counts: HashMap<String, i64> = state.store.instance_counts().await?.into_iter().collect();
-    let slots: Vec<NodeSlots> = state
-        .store
-        .list_nodes()
+    let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
         .await?
         .into_iter()
-        .map(|n| NodeSlots {
-            eligible: state.registry.health(&n.node_id) == NodeHealth::Up
-                && n.region == order.region_id
-                && n.runtimes.iter().any(|r| r == shape.runtime),
-            used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
-            capacity: u32::try_from(n.capacity).unwrap_or(0),
-            node_id: n.node_id,
+        .map(|(n, mut slots)| {
+            slots.eligible &=
+                n.region == order.region_id && n.runtimes.iter().any(|r| r == shape.runtime);
+            slots
         })
         .collect();
     let placements = scheduling::place(&slots, order.count)

@@ -20,7 +20,6 @@ use cloudphone_core::instance::{
 };
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
-use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
 use tokio::sync::watch;
 
@@ -282,21 +281,11 @@ async fn admit(state: &Arc<AppState>) -> Result<(), StoreError> {
     let claimed = {
         // The same lock CreateInstance places under, so the two never take the same slot.
         let _placing = state.placement_lock.lock().await;
-        let counts: HashMap<String, i64> =
-            state.store.instance_counts().await?.into_iter().collect();
-        let nodes: Vec<PoolNode> = state
-            .store
-            .list_nodes()
+        let nodes: Vec<PoolNode> = super::nodes_with_slots(state)
             .await?
             .into_iter()
-            .map(|n| PoolNode {
-                slots: NodeSlots {
-                    eligible: node_up(state, &n.node_id),
-                    used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0))
-                        .unwrap_or(u32::MAX),
-                    capacity: u32::try_from(n.capacity).unwrap_or(0),
-                    node_id: n.node_id,
-                },
+            .map(|(n, slots)| PoolNode {
+                slots,
                 region: n.region,
                 runtimes: n.runtimes,
             })

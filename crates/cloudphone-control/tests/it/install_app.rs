@@ -12,6 +12,8 @@ use cloudphone_testkit::fleet::Fleet;
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
+use crate::support::get;
+
 /// Builds an app package (tar.gz with `app.json`) and returns its bytes.
 fn package(dir: &std::path::Path) -> Vec<u8> {
     let src = dir.join("pkg");
@@ -64,7 +66,7 @@ async fn finished_jobs(fleet: &Fleet, token: &str, task_id: &str) -> Vec<Value> 
         "install jobs to finish",
         Duration::from_secs(30),
         || async {
-            let (_, body) = fleet.call(reqwest::Method::GET, &path, token, None).await;
+            let (_, body) = get(fleet, &path, token).await;
             let jobs = body["data"]["jobs"].as_array()?.clone();
             jobs.iter().all(|j| j["status"] != 1).then_some(jobs)
         },

@@ -3,11 +3,12 @@
 //! `cargo nextest run -p cloudphone-control --test it -E 'test(/^usage_sdk::/)'` runs one module.
 //!
 //! # Layout
-//! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
-//!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
+//! - [`support`]: calls and their checks every module makes (`ok`, `get`, `check_refusals` over
+//!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
+//!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
+//!   `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
-//!   `operations`, `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`,
-//!   `usage_sdk`.
+//!   `operations`, `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
