@@ -577,19 +577,15 @@ fn decoder(
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-    let appsrc = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    sink.set_callbacks(count_decoded(counters));
+    let appsrc = element::<gst_app::AppSrc>(&pipeline, "src");
+    element::<gst_app::AppSink>(&pipeline, "sink").set_callbacks(count_decoded(counters));
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
+}
+
+/// The element `name` of `bin`, as a `T`.
+pub(crate) fn element<T: IsA<gst::Element>>(bin: &impl IsA<gst::Bin>, name: &str) -> T {
+    bin.by_name(name).unwrap().downcast::<T>().unwrap()
 }
 
 /// Appsink callbacks that count decoded frames into `counters` and keep the last frame's size.
