@@ -113,7 +113,7 @@ impl Default for AppsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct WebRtcSection {
     /// STUN URLs for viewers and the node's own peers, e.g. `stun:stun.example.com:3478`.
-    pub stun_urls: Vec<String>,
+    pub(crate) stun_urls: Vec<String>,
     /// TURN URLs for viewers, without credentials, e.g. `turn:turn.example.com:3478?transport=udp`.
     pub turn_urls: Vec<String>,
     /// coturn `static-auth-secret` the TURN REST credentials are signed with. Never logged;
@@ -123,10 +123,10 @@ pub struct WebRtcSection {
     pub turn_ttl_secs: u64,
     /// The host's public address when it sits behind a 1:1 NAT; its host candidates carry
     /// this address instead of the private one. Empty: none.
-    pub public_ip: String,
+    pub(crate) public_ip: String,
     /// UDP ports the node's peers use (both 0: any ephemeral port).
-    pub udp_port_min: u16,
-    pub udp_port_max: u16,
+    pub(crate) udp_port_min: u16,
+    pub(crate) udp_port_max: u16,
     /// Network interfaces the node's ICE candidates come from, e.g. `["eth0"]`; empty: every
     /// interface but loopback (`"lo"` in the list admits loopback).
     pub ice_interfaces: Vec<String>,
@@ -134,7 +134,7 @@ pub struct WebRtcSection {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Viewers one instance may have at once.
-    pub max_viewers_per_instance: u32,
+    pub(crate) max_viewers_per_instance: u32,
     /// How often a running encoder emits a partial usage record.
     pub usage_interval_secs: u64,
     /// `videotestsrc` pattern synthetic instances stream, optionally with properties
@@ -143,7 +143,7 @@ pub struct WebRtcSection {
     /// `SCHED_RR` priority (1–99) of the encode pipelines' capture and encode threads; 0 keeps
     /// normal scheduling. Needs root, `CAP_SYS_NICE` or `LimitRTPRIO=` (the shipped unit sets
     /// it); without, the node warns once and streams at normal priority.
-    pub encoder_realtime_priority: u8,
+    pub(crate) encoder_realtime_priority: u8,
 }
 
 impl std::fmt::Debug for WebRtcSection {
@@ -342,16 +342,19 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn defaults_fill_advertised_addresses() {
+    /// Loads `toml` as the config file, with `env` as the environment.
+    fn load(toml: &str, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
-            "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n",
-        )
-        .unwrap();
-        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
+        std::fs::write(&path, toml).unwrap();
+        NodeConfig::load(Some(&path), env)
+    }
+
+    #[test]
+    fn defaults_fill_advertised_addresses() {
+        let toml =
+            "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n";
+        let config = load(toml, |_| None).unwrap();
         assert_eq!(config.grpc.advertise, "http://127.0.0.1:7000");
         assert_eq!(config.http.public_url, "ws://127.0.0.1:8090");
         assert_eq!(config.runtime, "synthetic");
@@ -359,20 +362,18 @@ mod tests {
 
     #[test]
     fn webrtc_section_parses_and_hides_the_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
+        let config = load(
             "[webrtc]\nstun_urls = [\"stun:127.0.0.1:3478\"]\nturn_urls = [\"turn:127.0.0.1:3478\"]\nturn_secret = \"hush\"\nudp_port_min = 40000\nudp_port_max = 40100\n",
+            |_| None,
         )
         .unwrap();
-        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
         assert_eq!(config.webrtc.turn_secret, "hush");
         assert_eq!(config.webrtc.udp_port_max, 40100);
         assert!(!format!("{config:?}").contains("hush"));
-        std::fs::write(&path, "[webrtc]\nturn_urls = [\"turn:h:1\"]\n").unwrap();
-        assert!(NodeConfig::load(Some(&path), |_| None).is_err());
-        let from_env = NodeConfig::load(Some(&path), |n| {
+        // TURN URLs without a secret are refused; the environment can supply it.
+        let no_secret = "[webrtc]\nturn_urls = [\"turn:h:1\"]\n";
+        assert!(load(no_secret, |_| None).is_err());
+        let from_env = load(no_secret, |n| {
             (n == "CLOUDPHONE_NODE_TURN_SECRET").then(|| "s".to_string())
         })
         .unwrap();
@@ -381,11 +382,8 @@ mod tests {
 
     #[test]
     fn unknown_runtime_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "runtime = \"vm\"\n").unwrap();
         assert!(matches!(
-            NodeConfig::load(Some(&path), |_| None),
+            load("runtime = \"vm\"\n", |_| None),
             Err(ConfigError::Invalid(_))
         ));
     }

@@ -111,18 +111,7 @@ impl InstanceManager {
                     if entries.contains_key(&id) {
                         return Err(InstanceError::AlreadyExists(id));
                     }
-                    if entries.len() >= self.capacity {
-                        return Err(InstanceError::NoCapacity);
-                    }
-                    let entry = Arc::new(Entry::new(
-                        &self.state_dir,
-                        spec.clone(),
-                        InstanceState::Restoring,
-                        "restoring",
-                        InstanceState::Running,
-                    ));
-                    entries.insert(id.clone(), Arc::clone(&entry));
-                    entry
+                    self.insert_new(&mut entries, &spec, InstanceState::Restoring, "restoring")?
                 };
                 let ops = Arc::clone(&entry.ops).write_owned().await;
                 let _ = self.events.send(entry.view());

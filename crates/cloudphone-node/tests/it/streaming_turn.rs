@@ -4,9 +4,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use cloudphone_signaling::{Definition, EncodingType, NodeMessage};
+use cloudphone_signaling::NodeMessage;
 
-use crate::support::streaming::{Node, RustViewer, hello};
+use crate::support::streaming::Node;
 
 /// coturn on a loopback port, killed on drop.
 struct Coturn {
@@ -71,13 +71,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
         session.ice_servers
     );
 
-    let mut viewer = RustViewer::connect_with(
-        &node.ws_url,
-        hello("dev-r", "token-r", EncodingType::H264, Definition::P540),
-        true,
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.relay_viewer("dev-r", "token-r").await.unwrap();
     let NodeMessage::Ready { ice_servers, .. } = &viewer.ready else {
         unreachable!()
     };
@@ -112,13 +106,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
     .await;
     node.create_instance("r2", 360, 640).await;
     node.open_session("r2", "dev-x", "token-x").await;
-    let mut refused = RustViewer::connect_with(
-        &node.ws_url,
-        hello("dev-x", "token-x", EncodingType::H264, Definition::P540),
-        true,
-    )
-    .await
-    .unwrap();
+    let mut refused = node.relay_viewer("dev-x", "token-x").await.unwrap();
     assert!(refused.pump_for(Duration::from_secs(5)).await.is_none());
     assert!(
         refused.local_candidates.is_empty(),
