@@ -374,6 +374,14 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         access_key: &str,
     ) -> Result<bool, StoreError>;
+    /// Replaces a key's sealed secret if it is still `old_sealed` (a re-seal racing another
+    /// replica's changes nothing); true when this call replaced it.
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.

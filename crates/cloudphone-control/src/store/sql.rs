@@ -1070,6 +1070,23 @@ impl Store for SqlStore {
                 .await?;
         Ok(result.rows_affected() > 0)
     }
+
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE access_keys SET secret_sealed = $1 WHERE access_key = $2 AND secret_sealed = $3",
+        )
+        .bind(new_sealed)
+        .bind(access_key)
+        .bind(old_sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
 }
 
 /// Queues one instance for restoring (see [`Store::request_prepare`]) on a connection or inside

@@ -6,7 +6,7 @@
 //! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
 //!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
+//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `tls`, `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -22,5 +22,6 @@ mod schemathesis;
 mod seed_examples;
 mod shutdown;
 mod store;
+mod tls;
 mod usage_rules;
 mod usage_sdk;
