@@ -365,17 +365,21 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn debug_shows_no_secret() {
+    /// `text` as control.toml, loaded without environment overrides.
+    fn load_text(text: &str) -> Result<ControlConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).unwrap();
+        ControlConfig::load(Some(&path), |_| None)
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = load_text(
             "[store]\nurl = \"postgres://cloudphone:db-pass-1@10.0.0.2:5432/cp\"\n\
              [nodes]\nenrollment_token = \"enroll-secret-1\"\n",
         )
         .unwrap();
-        let config = ControlConfig::load(Some(&path), |_| None).unwrap();
         assert_eq!(config.nodes.enrollment_token.expose(), "enroll-secret-1");
         let shown = format!("{config:?} {config:#?}");
         for secret in ["enroll-secret-1", "db-pass-1"] {
@@ -394,23 +398,17 @@ mod tests {
 
     #[test]
     fn tls_files_go_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
-        std::fs::write(&path, "[http]\ntls_cert = \"/etc/c/cert.pem\"\n").unwrap();
+        let lone = load_text("[http]\ntls_cert = \"/etc/c/cert.pem\"\n");
+        assert!(matches!(lone, Err(ConfigError::Invalid(_))));
+        let config =
+            load_text("[http]\ntls_cert = \"/etc/c/cert.pem\"\ntls_key = \"/etc/c/key.pem\"\n")
+                .unwrap();
+        let key = config.http.tls_key.as_deref();
+        assert_eq!(key, Some(Path::new("/etc/c/key.pem")));
         assert!(matches!(
-            ControlConfig::load(Some(&path), |_| None),
+            load_text("[usage]\nsecrets_key_credential = \"../key\"\n"),
             Err(ConfigError::Invalid(_))
         ));
-        std::fs::write(
-            &path,
-            "[http]\ntls_cert = \"/etc/c/cert.pem\"\ntls_key = \"/etc/c/key.pem\"\n",
-        )
-        .unwrap();
-        let config = ControlConfig::load(Some(&path), |_| None).unwrap();
-        assert_eq!(
-            config.http.tls_key.as_deref(),
-            Some(Path::new("/etc/c/key.pem"))
-        );
     }
 
     #[test]

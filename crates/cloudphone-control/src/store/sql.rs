@@ -1085,7 +1085,8 @@ impl Store for SqlStore {
         .bind(old_sealed)
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() > 0)
+        // The access key is the primary key: one row at most.
+        Ok(result.rows_affected() == 1)
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
 //!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `tls`, `usage_rules`, `usage_sdk`.
+//!   `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`, `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -19,6 +19,7 @@ mod fleet;
 mod install_app;
 mod operations;
 mod schemathesis;
+mod sealing_key;
 mod seed_examples;
 mod shutdown;
 mod store;
