@@ -102,6 +102,10 @@ pub enum IamError {
     /// What the caller named does not exist (for it).
     #[error("{0}")]
     NotFound(&'static str),
+    /// Too many wrong passwords for the user or from the address (or every password check is
+    /// busy): API gateway's throttling answer, sent with `Retry-After` (docs/api-notes.md).
+    #[error("The throttling threshold has been reached: too many login attempts")]
+    TooManyRequests,
     /// Anything the caller cannot fix; details go to the log.
     #[error("internal error")]
     Internal,
@@ -114,6 +118,7 @@ impl IamError {
             IamError::WrongCredentials | IamError::InvalidToken => 401,
             IamError::Forbidden(_) => 403,
             IamError::NotFound(_) => 404,
+            IamError::TooManyRequests => 429,
             IamError::Internal => 500,
         }
     }
@@ -125,6 +130,7 @@ impl IamError {
             IamError::WrongCredentials | IamError::InvalidToken => "IAM.0002",
             IamError::Forbidden(_) => "IAM.0003",
             IamError::NotFound(_) => "IAM.0004",
+            IamError::TooManyRequests => "APIGW.0308",
             IamError::Internal => "IAM.0001",
         }
     }

@@ -22,6 +22,7 @@ pub struct ControlConfig {
     pub iam: IamConfig,
     pub backup: BackupConfig,
     pub usage: UsageConfig,
+    pub quotas: QuotaConfig,
 }
 
 /// TLS for `listen` (the tenant API, console, `/healthz`, `/metrics`).
@@ -84,6 +85,53 @@ pub struct NodesConfig {
 pub struct IamConfig {
     /// Lifetime of issued tokens; Huawei IAM's is 24 h.
     pub token_ttl_secs: u64,
+    /// Password checks (argon2, ~19 MiB and tens of ms each) running at once; 0 means one per
+    /// CPU. Logins past it wait their turn, so a flood cannot take all memory and CPU.
+    pub argon2_concurrency: usize,
+    /// How long a login waits for a free password check before it is refused with 429.
+    pub login_queue_timeout_ms: u64,
+    /// Wrong passwords per user (and per client address) before backoff starts.
+    pub login_free_failures: u32,
+    /// The first lockout after the free failures; each later failure doubles it.
+    pub login_backoff_base_ms: u64,
+    /// The longest lockout.
+    pub login_backoff_max_ms: u64,
+    /// A user or address with no wrong password for this long starts again from zero.
+    pub login_forget_ms: u64,
+}
+
+impl IamConfig {
+    /// The backoff rules these settings make.
+    pub(crate) fn backoff_rules(&self) -> cloudphone_core::login_backoff::BackoffRules {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        cloudphone_core::login_backoff::BackoffRules {
+            free_failures: self.login_free_failures,
+            base_ms: ms(self.login_backoff_base_ms),
+            max_ms: ms(self.login_backoff_max_ms),
+            forget_ms: ms(self.login_forget_ms),
+            ..cloudphone_core::login_backoff::BackoffRules::DEFAULT
+        }
+    }
+}
+
+/// Per-tenant limits, so one tenant cannot take a fleet's capacity from the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Instances a tenant may hold (every state but deleted).
+    pub instances_per_tenant: u32,
+    /// SyncCommand runs (one per instance named) a tenant may have in flight at once on this
+    /// control replica.
+    pub concurrent_commands_per_tenant: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            instances_per_tenant: 500,
+            concurrent_commands_per_tenant: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +184,7 @@ impl Default for ControlConfig {
             iam: IamConfig::default(),
             backup: BackupConfig::default(),
             usage: UsageConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -162,6 +211,12 @@ impl Default for IamConfig {
     fn default() -> Self {
         Self {
             token_ttl_secs: 24 * 3600,
+            argon2_concurrency: 0,
+            login_queue_timeout_ms: 10_000,
+            login_free_failures: 5,
+            login_backoff_base_ms: 1_000,
+            login_backoff_max_ms: 15 * 60_000,
+            login_forget_ms: 60 * 60_000,
         }
     }
 }

@@ -30,6 +30,7 @@ mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use cloudphone_proto::node_v1::control_plane_server::ControlPlaneServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -56,6 +57,10 @@ pub struct AppState {
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
+    /// SyncCommand runs in flight per tenant, against `[quotas] concurrent_commands_per_tenant`.
+    pub(crate) commands_in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The bounded password-check pool and the login backoff.
+    pub(crate) login_guard: iam::LoginGuard,
     /// "Now" for token expiry and purging, the Volcengine rate window and the usage queries'
     /// time windows: the system clock, or tokio's in tests.
     pub(crate) clock: Clock,
@@ -74,6 +79,7 @@ impl AppState {
                 config.usage.volcengine_rate_limit,
                 i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
             ));
+        let login_guard = iam::LoginGuard::new(&config.iam);
         Arc::new(AppState {
             config,
             store,
@@ -81,6 +87,8 @@ impl AppState {
             placement_lock: tokio::sync::Mutex::new(()),
             volcengine_limiter,
             restore_wake: Notify::new(),
+            login_guard,
+            commands_in_flight: std::sync::Mutex::default(),
             clock,
         })
     }
@@ -151,6 +159,8 @@ pub async fn run(
     tracing::info!(http = %listener.local_addr()?, tls = tls.is_some(), grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop_background = stop_tx.clone();
+    // Connection addresses reach the login backoff (per-address lockout) as `ConnectInfo`.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let drained = async move {
         shutdown.await;
         tracing::info!("shutting down: draining requests");
@@ -162,7 +172,10 @@ pub async fn run(
     // With a certificate the API is served as TLS only: a plain-HTTP request gets no answer.
     let served = match tls {
         Some(acceptor) => {
-            let listener = cloudphone_daemon::tls::TlsListener::new(listener, acceptor)?;
+            // `tap_io` (doing nothing) is how axum hands a custom listener's peer address to
+            // `ConnectInfo`, which the login backoff reads.
+            let listener =
+                cloudphone_daemon::tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
             axum::serve(listener, app)
                 .with_graceful_shutdown(drained)
                 .await

@@ -28,6 +28,7 @@ pub struct NodeConfig {
     pub x11: X11Section,
     pub android: AndroidSection,
     pub webrtc: WebRtcSection,
+    pub apps: AppsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +75,38 @@ pub struct AndroidSection {
     pub adb: PathBuf,
     /// Devices or emulators this host may hand out, one per instance.
     pub serials: Vec<String>,
+    /// An emulator snapshot (`adb emu avd snapshot load <name>`) holding a clean device:
+    /// `emulator-N` serials are wiped between tenants by loading it. Empty: every device is
+    /// wiped package by package (see `runtime::android`).
+    pub clean_snapshot: String,
+}
+
+/// InstallApp downloads: where a tenant's package URL may lead, and how much the node spends
+/// fetching. Loopback, link-local, private, ULA, CGNAT and other non-public addresses are
+/// refused unless listed here (see `apps::policy`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsSection {
+    /// Whole-download limit: waiting for a slot, connecting, redirects and the body.
+    pub download_timeout_secs: u64,
+    /// Downloads this node runs at once; more wait for a slot (within the limit above).
+    pub max_concurrent_downloads: u32,
+    /// Host names (or IP literals) packages may come from whatever they resolve to, e.g. a
+    /// private mirror `"apps.internal"`.
+    pub allow_hosts: Vec<String>,
+    /// Networks packages may come from although they are not public, e.g. `"10.20.0.0/16"`.
+    pub allow_cidrs: Vec<String>,
+}
+
+impl Default for AppsSection {
+    fn default() -> Self {
+        Self {
+            download_timeout_secs: 600,
+            max_concurrent_downloads: 2,
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// WebRTC: ICE servers handed to viewers, the node's own ICE addresses, signaling TLS.
@@ -151,6 +184,7 @@ impl Default for NodeConfig {
             x11: X11Section::default(),
             android: AndroidSection::default(),
             webrtc: WebRtcSection::default(),
+            apps: AppsSection::default(),
         }
     }
 }
@@ -187,6 +221,7 @@ impl Default for AndroidSection {
         Self {
             adb: PathBuf::from("/usr/bin/adb"),
             serials: Vec::new(),
+            clean_snapshot: String::new(),
         }
     }
 }
@@ -266,6 +301,14 @@ impl NodeConfig {
                 "runtime must be x11, synthetic or android, not {:?}",
                 config.runtime
             )));
+        }
+        let apps = &config.apps;
+        crate::apps::policy::Allowlist::new(&apps.allow_hosts, &apps.allow_cidrs)
+            .map_err(ConfigError::Invalid)?;
+        if apps.download_timeout_secs == 0 || apps.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "apps.download_timeout_secs and max_concurrent_downloads must be > 0".into(),
+            ));
         }
         if config.capacity == 0 || config.heartbeat_interval_ms < 50 {
             return Err(ConfigError::Invalid(

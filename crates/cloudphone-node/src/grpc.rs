@@ -50,8 +50,9 @@ pub(crate) struct NodeService {
     open_streams: Arc<AtomicUsize>,
     jobs: Arc<Mutex<HashMap<String, pb::CommandJob>>>,
     sessions: Arc<Sessions>,
-    /// Downloads application packages for InstallApp.
-    http: reqwest::Client,
+    /// Downloads application packages for InstallApp, behind the address policy and the
+    /// node's download cap.
+    downloads: Arc<crate::apps::Downloads>,
     /// Usage records on disk until control acknowledges them.
     usage: crate::usage_buffer::UsageBuffer,
 }
@@ -62,6 +63,7 @@ impl NodeService {
         identity: NodeIdentity,
         sessions: Arc<Sessions>,
         usage: crate::usage_buffer::UsageBuffer,
+        downloads: crate::apps::Downloads,
     ) -> Self {
         Self {
             manager,
@@ -69,10 +71,7 @@ impl NodeService {
             open_streams: Arc::new(AtomicUsize::new(0)),
             jobs: Arc::new(Mutex::new(HashMap::new())),
             sessions,
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            downloads: Arc::new(downloads),
             usage,
         }
     }
@@ -118,6 +117,9 @@ fn to_status(error: InstanceError) -> Status {
         InstanceError::AlreadyExists(_) => Status::already_exists(error.to_string()),
         InstanceError::NoCapacity => Status::resource_exhausted(error.to_string()),
         InstanceError::InvalidState { .. } => Status::failed_precondition(error.to_string()),
+        InstanceError::Runtime(crate::runtime::RuntimeError::Unsupported(_)) => {
+            Status::unimplemented(error.to_string())
+        }
         _ => {
             tracing::warn!(%error, "instance operation failed");
             Status::internal(error.to_string())
@@ -477,30 +479,30 @@ impl NodeAgent for NodeService {
                 message,
             }))
         };
-        let package =
-            match crate::apps::fetch(&self.http, &r.package_url, &expected, &downloads).await {
-                Ok(package) => package,
-                Err(crate::apps::FetchError::Checksum { expected, actual }) => {
-                    return answer(
-                        pb::InstallFailure::Checksum,
-                        format!("md5 {actual}, expected {expected}"),
-                    );
-                }
-                Err(error @ crate::apps::FetchError::Size { .. }) => {
-                    return answer(pb::InstallFailure::Size, error.to_string());
-                }
-                Err(crate::apps::FetchError::Io(error)) if error.raw_os_error() == Some(28) => {
-                    return answer(pb::InstallFailure::NoSpace, error.to_string());
-                }
-                Err(error) => return answer(pb::InstallFailure::Download, error.to_string()),
-            };
+        // Details (addresses, statuses, digests, installer output) go to the log; the tenant
+        // gets the failure class and a generic message.
+        let package = match self
+            .downloads
+            .fetch(&r.package_url, &expected, &downloads)
+            .await
+        {
+            Ok(package) => package,
+            Err(error) => {
+                tracing::warn!(instance = %r.instance_id, %error, "package download failed");
+                let (failure, message) = error.failure();
+                return answer(failure, message.to_owned());
+            }
+        };
         match self
             .manager
             .install_app(&r.instance_id, &package.path)
             .await
         {
             Ok(()) => answer(pb::InstallFailure::None, String::new()),
-            Err(error) => answer(pb::InstallFailure::Install, error.to_string()),
+            Err(error) => {
+                tracing::warn!(instance = %r.instance_id, %error, "package install failed");
+                answer(pb::InstallFailure::Install, "install app failed".to_owned())
+            }
         }
     }
 

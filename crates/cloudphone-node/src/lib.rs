@@ -72,6 +72,8 @@ fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::Runti
             runtime::android::AndroidConfig {
                 adb: config.android.adb.clone(),
                 serials: config.android.serials.clone(),
+                clean_snapshot: Some(config.android.clean_snapshot.clone())
+                    .filter(|s| !s.is_empty()),
             },
         )),
         _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(
@@ -144,8 +146,14 @@ pub async fn run(
         }),
         usage.spawn_keeper(clock::Clock::System),
     );
-    let service =
-        grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
+    let downloads = apps::Downloads::new(&config.apps).map_err(std::io::Error::other)?;
+    let service = grpc::NodeService::new(
+        Arc::clone(&manager),
+        identity,
+        Arc::clone(&sessions),
+        usage,
+        downloads,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {

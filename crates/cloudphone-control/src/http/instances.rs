@@ -55,8 +55,7 @@ pub(super) async fn list(
 ) -> Result<Response, ApiFailure> {
     let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
     let filter = query.validate()?;
-    let (listings, total_count) =
-        instances::list(&state, &caller.principal.tenant_id, &filter).await?;
+    let (listings, total_count) = instances::list(&state, &caller.principal, &filter).await?;
     let mut result: Vec<InstanceRow> = listings.into_iter().map(row).collect();
     super::lifecycle_data::decorate_rows(&state, &mut result).await?;
     let page = InstancePage {

@@ -99,7 +99,8 @@ struct ListParams {
 
 #[utoipa::path(post, path = "/v3/auth/tokens", tag = "iam", request_body = TokenRequest,
     responses((status = 201, body = TokenResponse, headers(("x-subject-token" = String, description = "The token"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 fn issue_token() {}
 
 #[utoipa::path(get, path = "/v1/instances/batch-query", tag = "instances", params(ListParams,
@@ -126,7 +127,8 @@ fn delete_instance() {}
 #[utoipa::path(post, path = "/v1/instances/sync-command", tag = "management", request_body = CommandRequest,
     params(("x-request-id" = String, Header)),
     responses((status = 200, body = Data_CmdResultWrapper), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
 fn sync_command() {}
 
 #[utoipa::path(post, path = "/v1/instances/async-command", tag = "management", request_body = CommandRequest,

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::{ServiceError, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, StoreError};
 
 /// How often the worker looks at the queue even when nothing woke it: slots also free up
@@ -59,6 +60,9 @@ fn archive_uri(dir: &Path, record: &InstanceRecord) -> Result<String, ServiceErr
     Ok(format!("file://{}", path.display()))
 }
 
+/// The runtime whose instances cannot be backed up (see `docs/api-notes.md`).
+const ANDROID_RUNTIME: &str = "android";
+
 fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
     let cwd = std::env::current_dir().map_err(|error| {
         tracing::error!(%error, "no working dir to resolve the backup dir against");
@@ -72,12 +76,21 @@ fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
 /// (1000), or nothing happens.
 pub(crate) async fn backup(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     let mut todo = Vec::new();
     for record in records {
+        // An android instance's phone is its device, which the node cannot archive: refused
+        // before anything changes, rather than archiving nothing and releasing the device.
+        if record.runtime == ANDROID_RUNTIME {
+            return Err(ApiError::InvalidParameter(format!(
+                "instance {} runs on an android device, which cannot be backed up",
+                record.instance_id
+            ))
+            .into());
+        }
         match instance::backup_plan(record.state) {
             BackupPlan::Skip => {}
             BackupPlan::Start if node_up(state, &record.node_id) => todo.push(record),
@@ -174,11 +187,11 @@ async fn load_queue(state: &AppState) -> Result<PrepareQueue, StoreError> {
 /// queues the backed-up ones for restoring, in one transaction; answers each instance's status.
 pub(crate) async fn prepare(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     ids: Vec<String>,
 ) -> Result<Vec<(String, PrepareStatus)>, ServiceError> {
-    let records = owned(state, tenant_id, &ids).await?;
+    let records = owned(state, principal, &ids).await?;
     if let Some(taken) = records
         .iter()
         .find(|r| r.assign_user.as_deref().is_some_and(|u| u != user))
@@ -217,11 +230,11 @@ pub(crate) async fn prepare(
 /// instance that is not the caller's).
 pub(crate) async fn progress(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     id: String,
 ) -> Result<(ProgressStatus, u32), ServiceError> {
-    let record = owned(state, tenant_id, std::slice::from_ref(&id))
+    let record = owned(state, principal, std::slice::from_ref(&id))
         .await?
         .remove(0);
     if record.assign_user.as_deref() != Some(user) {

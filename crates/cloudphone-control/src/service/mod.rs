@@ -32,6 +32,7 @@ use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use tonic::transport::Channel;
 
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, StoreError};
 
 /// Everything a service can answer instead of a result; `http` maps each onto the spec.
@@ -46,20 +47,26 @@ pub(crate) enum ServiceError {
 }
 
 /// Loads the named instances, refusing the whole request (1001) if any is not the caller's:
-/// another tenant's instance and an unknown one look the same.
+/// an instance is the caller's when it is in the tenant *and the project* its token is scoped
+/// to. Another project's instance, another tenant's and an unknown one all look the same.
 pub(crate) async fn owned(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<Vec<InstanceRecord>, ServiceError> {
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
         match state.store.get_instance(id).await? {
-            Some(record) if record.tenant_id == tenant_id => records.push(record),
+            Some(record) if in_scope(principal, &record) => records.push(record),
             _ => return Err(ApiError::NoInstancePermission(id.clone()).into()),
         }
     }
     Ok(records)
+}
+
+/// Whether a token scoped to `principal`'s project may act on `record`.
+pub(crate) fn in_scope(principal: &Principal, record: &InstanceRecord) -> bool {
+    record.tenant_id == principal.tenant_id && record.project_id == principal.project_id
 }
 
 /// What a node needs to create the instance (also the spec a restore recreates it from).

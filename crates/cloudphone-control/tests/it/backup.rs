@@ -325,3 +325,32 @@ async fn backup_prepare_restore_and_the_queue() {
     assert_eq!(query_status(&fleet, &acme, &target).await, 2);
     eprintln!("progress while restoring: {seen:?}");
 }
+
+/// An android instance's phone is its device, which the node cannot archive:
+/// BatchBackupInstances refuses it with `1000` (400), archives nothing and leaves it running.
+/// The node drives the adb double the node's own tests use (a device kept in files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn android_backup_is_refused() {
+    let device = tempfile::tempdir().unwrap();
+    let state = device.path();
+    std::fs::write(state.join("system"), "android\ncom.android.contacts\n").unwrap();
+    std::fs::write(state.join("third"), "").unwrap();
+    std::fs::create_dir_all(state.join("sdcard")).unwrap();
+    let double = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cloudphone-node/tests/it/support/adb-double.sh");
+    let adb = state.join("adb");
+    std::os::unix::fs::symlink(double, &adb).unwrap();
+    let extra = format!(
+        "[android]\nadb = \"{}\"\nserials = [\"R58M00009\"]\n",
+        adb.display()
+    );
+    let fleet = Fleet::up_with("android", "", &extra).await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let ids = fleet.running_instances(&acme, 1).await;
+
+    let order = json!({ "instance_ids": ids });
+    let (status, body) = fleet.post("/v1/instances/backup", &acme, &order).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"), "{body}");
+    assert!(archives(&fleet.path("backups"), &ids[0]).is_empty());
+    assert_eq!(row(&fleet, &acme, &ids[0]).await["running_status"], 2);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cloudphone_testkit::fleet::{Fleet, HEARTBEAT_TIMEOUT_MS, order};
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn whole_flow(store_url: Option<String>) {
     let mut fleet = Fleet::new(store_url, "x11");
@@ -44,18 +44,9 @@ async fn whole_flow(store_url: Option<String>) {
     assert_eq!(fleet.token("acme", "wrong-password").await.status(), 401);
     let token = fleet.login("acme", "correct-horse-1").await;
     // The second user of the tenant, scoped to the second project, logs in too.
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "ops", "password": "correct-horse-3", "domain": {"name": "acme"}}}},
-        "scope": {"project": {"name": "eu-west-0"}}}});
-    let ops = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ops.status(), 201);
-    let ops_body: Value = ops.json().await.unwrap();
+    let (status, _, _, ops_body) =
+        crate::support::login_as(&fleet, "acme", "ops", "correct-horse-3", "eu-west-0").await;
+    assert_eq!(status, 201);
     assert_eq!(ops_body["token"]["project"]["name"], "eu-west-0");
     let other = fleet.login("other", "correct-horse-2").await;
 

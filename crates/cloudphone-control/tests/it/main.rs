@@ -5,8 +5,9 @@
 //! # Layout
 //! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
 //!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
-//! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`, `usage_rules`, `usage_sdk`.
+//! - one module per feature: `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
+//!   `operations`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
+//!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -16,6 +17,7 @@ mod support;
 mod backup;
 mod console_usage;
 mod fleet;
+mod hostile_input;
 mod install_app;
 mod operations;
 mod schemathesis;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::support::ok;
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
-async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
+pub(crate) async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
     let fleet = Fleet::up("synthetic").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
@@ -438,7 +438,7 @@ async fn delete_instance() {
 }
 
 /// The seed's SetVideoConfig example (`000_*.txt`), with the instance ids replaced.
-fn video_setting(ids: &[String]) -> Value {
+pub(crate) fn video_setting(ids: &[String]) -> Value {
     let group = json!([{
         "definition_540P": {"code_rate": 6000, "fps": 30},
         "definition_720P": {"code_rate": 6000, "fps": 30},

@@ -248,8 +248,9 @@ async fn suite(store: impl Store) {
         ControlState::RUNNING
     );
 
-    // Listing: per tenant, newest first, with filters and paging.
+    // Listing: per tenant and project, newest first, with filters and paging.
     let all = InstanceQuery {
+        project_id: "p1".into(),
         limit: 10,
         ..Default::default()
     };
@@ -266,6 +267,7 @@ async fn suite(store: impl Store) {
     );
     assert_eq!(rows[1].project_name, "cn-north-7");
     let page2 = InstanceQuery {
+        project_id: "p1".into(),
         limit: 1,
         offset: 1,
         ..Default::default()
@@ -276,6 +278,7 @@ async fn suite(store: impl Store) {
         (1, 2, "a")
     );
     let by_id = InstanceQuery {
+        project_id: "p1".into(),
         instance_id: Some("c".into()),
         limit: 10,
         ..Default::default()
@@ -286,6 +289,7 @@ async fn suite(store: impl Store) {
         "tenant isolation"
     );
     let window = InstanceQuery {
+        project_id: "p1".into(),
         created_from_ms: Some(150),
         created_to_ms: Some(250),
         limit: 10,
@@ -299,11 +303,21 @@ async fn suite(store: impl Store) {
         ["b"]
     );
     let by_name = InstanceQuery {
+        project_id: "p1".into(),
         instance_name: Some("name-a".into()),
         limit: 10,
         ..Default::default()
     };
     assert_eq!(store.list_instances("t1", &by_name).await.unwrap().1, 1);
+    let other_project = InstanceQuery {
+        project_id: "p1b".into(),
+        ..all.clone()
+    };
+    assert_eq!(
+        store.list_instances("t1", &other_project).await.unwrap().1,
+        0,
+        "a project lists only its own instances"
+    );
 
     // Assignment, video settings and deletion.
     store
@@ -351,6 +365,7 @@ async fn suite(store: impl Store) {
     let task = TaskRecord {
         task_id: "task1".into(),
         tenant_id: "t1".into(),
+        project_id: "p1".into(),
         kind: "command".into(),
         created_at_ms: 1,
         jobs: vec![job("j1", "a"), job("j2", "b")],

@@ -1,4 +1,5 @@
-//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]);
+//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]),
+//! a login as any user and project ([`login_as`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
 //! with a GetDeviceToken).
@@ -137,4 +138,41 @@ pub(crate) async fn start_viewer(
         .await
     });
     (viewer, started)
+}
+
+/// Logs `user` of `domain` in to `project`; answers the status, the token (empty on failure),
+/// the `Retry-After` header (if any) and the body.
+pub(crate) async fn login_as(
+    fleet: &Fleet,
+    domain: &str,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> (u16, String, Option<u64>, Value) {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "password": password, "domain": {"name": domain}}}},
+        "scope": {"project": {"name": project}}}});
+    let response = fleet
+        .http
+        .post(format!("{}/v3/auth/tokens", fleet.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let token = header("x-subject-token").unwrap_or_default();
+    let retry_after = header("retry-after").map(|v| v.parse().unwrap());
+    let status = response.status().as_u16();
+    (
+        status,
+        token,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
