@@ -28,13 +28,23 @@ pub struct PasswordIdentity {
     pub user: PasswordUser,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PasswordUser {
     /// IAM user name.
     pub name: String,
+    /// Never in `Debug` output.
     pub password: String,
     /// The account (tenant) the user belongs to.
     pub domain: NameOrId,
+}
+
+impl std::fmt::Debug for PasswordUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordUser")
+            .field("name", &self.name)
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
 }
 
 /// IAM lets a domain or project be named either way.
@@ -51,8 +61,8 @@ pub struct Scope {
     pub project: Option<NameOrId>,
 }
 
-/// What a validated request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a validated request asks for. `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PasswordLogin {
     pub domain: String,
     pub user: String,
@@ -60,6 +70,17 @@ pub struct PasswordLogin {
     /// Project by name or id, as given.
     pub project_name: Option<String>,
     pub project_id: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let project = (&self.project_name, &self.project_id);
+        write!(
+            f,
+            "PasswordLogin({}/{}, project {project:?}, ..)",
+            self.domain, self.user
+        )
+    }
 }
 
 /// Why an IAM request was refused.
@@ -211,6 +232,25 @@ mod tests {
         assert_eq!(got.domain, "domainname");
         assert_eq!(got.user, "username");
         assert_eq!(got.project_name.as_deref(), Some("cn-north-7"));
+    }
+
+    #[test]
+    fn debug_leaves_the_password_out() {
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "alice", "password": "hunter2-pw", "domain": {"name": "acme"}}}},
+            "scope": {"project": {"name": "cn-north-7"}}}}))
+        .unwrap();
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2-pw"),
+            "{shown}"
+        );
+        let shown = format!("{:?}", request.into_login().unwrap());
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2-pw"),
+            "{shown}"
+        );
     }
 
     #[test]

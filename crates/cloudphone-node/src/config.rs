@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cloudphone_daemon::Secret;
 use serde::Deserialize;
 
 /// Everything the node agent needs to start.
@@ -55,7 +56,7 @@ pub struct ControlLink {
     /// e.g. `http://10.0.0.1:50050`. Empty: wait for control to dial in.
     pub endpoint: String,
     /// Shared secret for announcements. Never logged.
-    pub enrollment_token: String,
+    pub enrollment_token: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,7 +110,7 @@ impl Default for AppsSection {
 }
 
 /// WebRTC: ICE servers handed to viewers, the node's own ICE addresses, signaling TLS.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebRtcSection {
     /// STUN URLs for viewers and the node's own peers, e.g. `stun:stun.example.com:3478`.
@@ -118,8 +119,9 @@ pub struct WebRtcSection {
     pub turn_urls: Vec<String>,
     /// coturn `static-auth-secret` the TURN REST credentials are signed with. Never logged;
     /// `CLOUDPHONE_NODE_TURN_SECRET` overrides it.
-    pub turn_secret: String,
-    /// Lifetime of issued TURN credentials.
+    pub turn_secret: Secret,
+    /// Longest lifetime of issued TURN credentials; a credential never outlives the device
+    /// token of the session it is issued for.
     pub turn_ttl_secs: u64,
     /// The host's public address when it sits behind a 1:1 NAT; its host candidates carry
     /// this address instead of the private one. Empty: none.
@@ -146,33 +148,12 @@ pub struct WebRtcSection {
     pub(crate) encoder_realtime_priority: u8,
 }
 
-impl std::fmt::Debug for WebRtcSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebRtcSection")
-            .field("stun_urls", &self.stun_urls)
-            .field("turn_urls", &self.turn_urls)
-            .field("turn_secret", &"<redacted>")
-            .field("turn_ttl_secs", &self.turn_ttl_secs)
-            .field("public_ip", &self.public_ip)
-            .field("udp_port_min", &self.udp_port_min)
-            .field("udp_port_max", &self.udp_port_max)
-            .field("ice_interfaces", &self.ice_interfaces)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("max_viewers_per_instance", &self.max_viewers_per_instance)
-            .field("usage_interval_secs", &self.usage_interval_secs)
-            .field("synthetic_pattern", &self.synthetic_pattern)
-            .field("encoder_realtime_priority", &self.encoder_realtime_priority)
-            .finish()
-    }
-}
-
 impl Default for WebRtcSection {
     fn default() -> Self {
         Self {
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
-            turn_secret: String::new(),
+            turn_secret: Secret::default(),
             turn_ttl_secs: 86_400,
             public_ip: String::new(),
             udp_port_min: 0,
@@ -283,13 +264,13 @@ impl NodeConfig {
     ) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = cloudphone_daemon::read_toml(path)?;
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
-            config.control.enrollment_token = v;
+            config.control.enrollment_token = v.into();
         }
         if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_ENDPOINT") {
             config.control.endpoint = v;
         }
         if let Some(v) = env("CLOUDPHONE_NODE_TURN_SECRET") {
-            config.webrtc.turn_secret = v;
+            config.webrtc.turn_secret = v.into();
         }
         let w = &config.webrtc;
         if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
@@ -367,9 +348,15 @@ mod tests {
             |_| None,
         )
         .unwrap();
-        assert_eq!(config.webrtc.turn_secret, "hush");
+        assert_eq!(config.webrtc.turn_secret.expose(), "hush");
         assert_eq!(config.webrtc.udp_port_max, 40100);
         assert!(!format!("{config:?}").contains("hush"));
+        let with_token = load("", |n| {
+            (n == "CLOUDPHONE_NODE_ENROLLMENT_TOKEN").then(|| "enroll-9".to_string())
+        })
+        .unwrap();
+        assert_eq!(with_token.control.enrollment_token.expose(), "enroll-9");
+        assert!(!format!("{with_token:?} {with_token:#?}").contains("enroll-9"));
         // TURN URLs without a secret are refused; the environment can supply it.
         let no_secret = "[webrtc]\nturn_urls = [\"turn:h:1\"]\n";
         assert!(load(no_secret, |_| None).is_err());
@@ -377,7 +364,7 @@ mod tests {
             (n == "CLOUDPHONE_NODE_TURN_SECRET").then(|| "s".to_string())
         })
         .unwrap();
-        assert_eq!(from_env.webrtc.turn_secret, "s");
+        assert_eq!(from_env.webrtc.turn_secret.expose(), "s");
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub async fn run(
 
     let announcer = announce::Announcer {
         control_endpoint: config.control.endpoint.clone(),
-        enrollment_token: config.control.enrollment_token.clone(),
+        enrollment_token: config.control.enrollment_token.expose().to_owned(),
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
         open_streams: service.open_streams(),

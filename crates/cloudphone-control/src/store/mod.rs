@@ -385,6 +385,14 @@ pub trait Store: Send + Sync + 'static {
         owner: &KeyOwner<'_>,
         access_key: &str,
     ) -> Result<bool, StoreError>;
+    /// Replaces a key's sealed secret if it is still `old_sealed` (a re-seal racing another
+    /// replica's changes nothing); true when this call replaced it.
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Whose access keys a query sees: one user's (what a tenant's user may list and delete through

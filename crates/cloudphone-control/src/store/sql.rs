@@ -1095,6 +1095,24 @@ impl Store for SqlStore {
         }
         Ok(query.execute(&self.pool).await?.rows_affected() > 0)
     }
+
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE access_keys SET secret_sealed = $1 WHERE access_key = $2 AND secret_sealed = $3",
+        )
+        .bind(new_sealed)
+        .bind(access_key)
+        .bind(old_sealed)
+        .execute(&self.pool)
+        .await?;
+        // The access key is the primary key: one row at most.
+        Ok(result.rows_affected() == 1)
+    }
 }
 
 /// The `user_id` condition of an access-key query when the owner is one user (`$n` is its

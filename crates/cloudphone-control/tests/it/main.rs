@@ -8,7 +8,8 @@
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
 //!   `usage_sdk`, `usage_rules`).
 //! - one module per feature: `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
-//!   `operations`, `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
+//!   `operations`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
+//!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -22,8 +23,10 @@ mod hostile_input;
 mod install_app;
 mod operations;
 mod schemathesis;
+mod sealing_key;
 mod seed_examples;
 mod shutdown;
 mod store;
+mod tls;
 mod usage_rules;
 mod usage_sdk;
