@@ -37,8 +37,14 @@ pub struct NodesConfig {
     pub listen: SocketAddr,
     /// A node silent this long is marked down (and its instances show it).
     pub heartbeat_timeout_ms: u64,
-    /// Shared secret nodes present when they announce themselves. Never logged.
-    pub enrollment_token: String,
+    /// Where control's node CA (`ca.pem`, `ca.key`) lives; created on first start. Empty:
+    /// `pki/` next to an SQLite store (or in the working dir). Replicas sharing PostgreSQL must
+    /// share this directory too.
+    pub ca_dir: String,
+    /// Removed: nodes enroll with single-use join tokens now (`node join-token`). Still read
+    /// only so that a config that sets it fails with a clear error instead of "unknown field";
+    /// its value is never kept.
+    pub enrollment_token: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +111,8 @@ impl Default for NodesConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50050)),
             heartbeat_timeout_ms: 5_000,
-            enrollment_token: String::new(),
+            ca_dir: String::new(),
+            enrollment_token: None,
         }
     }
 }
@@ -167,8 +174,11 @@ impl ControlConfig {
         if let Some(value) = env("CLOUDPHONE_STORE_URL") {
             config.store.url = value;
         }
-        if let Some(value) = env("CLOUDPHONE_ENROLLMENT_TOKEN") {
-            config.nodes.enrollment_token = value;
+        if env("CLOUDPHONE_ENROLLMENT_TOKEN").is_some() {
+            config.nodes.enrollment_token = Some(serde::de::IgnoredAny);
+        }
+        if let Some(value) = env("CLOUDPHONE_CA_DIR") {
+            config.nodes.ca_dir = value;
         }
         if let Some(value) = env("CLOUDPHONE_PUBLIC_URL") {
             config.public_url = value;
@@ -181,6 +191,14 @@ impl ControlConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.enrollment_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "[nodes].enrollment_token (or CLOUDPHONE_ENROLLMENT_TOKEN) was removed: nodes \
+                 enroll with single-use join tokens from `cloudphone-control node join-token` \
+                 (docs/deploy.md); delete the setting"
+                    .into(),
+            ));
+        }
         if self.nodes.heartbeat_timeout_ms < 100 {
             return Err(ConfigError::Invalid(
                 "nodes.heartbeat_timeout_ms must be at least 100".into(),
@@ -220,7 +238,7 @@ impl ControlConfig {
 
 /// The directory of an SQLite store's file (`sqlite:///a/b.db?mode=rwc` → `/a`), if the store
 /// is an SQLite file.
-fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -303,6 +321,18 @@ mod tests {
             ControlConfig::load(Some(&path), |_| None),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    /// The removed shared secret is refused with a message saying what replaced it.
+    #[test]
+    fn the_old_enrollment_token_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, "[nodes]\nenrollment_token = \"change-me\"\n").unwrap();
+        let error = ControlConfig::load(Some(&path), |_| None).unwrap_err();
+        assert!(error.to_string().contains("join-token"), "{error}");
+        let env = |name: &str| (name == "CLOUDPHONE_ENROLLMENT_TOKEN").then(|| "x".to_string());
+        assert!(ControlConfig::load(None, env).is_err());
     }
 
     #[test]

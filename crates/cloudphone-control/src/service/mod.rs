@@ -28,8 +28,6 @@ pub(crate) mod usage_query;
 use cloudphone_api::error::ApiError;
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
-use tonic::transport::Channel;
 
 use crate::AppState;
 use crate::store::{InstanceRecord, StoreError};
@@ -78,7 +76,7 @@ pub(crate) fn create_request(record: &InstanceRecord) -> pb::CreateInstanceReque
 pub(crate) fn node_of(
     state: &AppState,
     record: &InstanceRecord,
-) -> Option<NodeAgentClient<Channel>> {
+) -> Option<crate::nodes::NodeClient> {
     (state.registry.health(&record.node_id) == NodeHealth::Up)
         .then(|| state.registry.client(&record.node_id))
         .flatten()

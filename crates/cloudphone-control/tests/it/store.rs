@@ -220,15 +220,30 @@ async fn suite(store: impl Store) {
         .await
         .unwrap();
     store
-        .set_reported_state("b", ControlState::RUNNING, "", 152)
+        .set_reported_state("n2", "b", ControlState::RUNNING, "", 152)
         .await
         .unwrap();
     assert_eq!(
         store.get_instance("b").await.unwrap().unwrap().state,
         ControlState::BackedUp
     );
+    // Another node's report about "a" (placed on n1) changes nothing.
     store
-        .set_reported_state("a", ControlState::STOPPED, "", 153)
+        .set_reported_state(
+            "n2",
+            "a",
+            ControlState::Node(cloudphone_core::lifecycle::InstanceState::Failed),
+            "forged",
+            153,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_instance("a").await.unwrap().unwrap().state,
+        ControlState::RUNNING
+    );
+    store
+        .set_reported_state("n1", "a", ControlState::STOPPED, "", 153)
         .await
         .unwrap();
     assert_eq!(
@@ -370,6 +385,41 @@ async fn suite(store: impl Store) {
     assert_eq!(stored.jobs[0].status, 1);
 
     backup_and_prepare(&store).await;
+    node_identity(&store).await;
+}
+
+/// Join tokens are spent once and only before they expire; a node id is pinned to one
+/// certificate until revoked.
+async fn node_identity(store: &impl Store) {
+    store.insert_join_token("t1", 1_000, 2_000).await.unwrap();
+    assert!(
+        !store.spend_join_token("t1", "n1", 2_000).await.unwrap(),
+        "expired"
+    );
+    assert!(!store.spend_join_token("nope", "n1", 1_500).await.unwrap());
+    assert!(store.spend_join_token("t1", "n1", 1_999).await.unwrap());
+    assert!(
+        !store.spend_join_token("t1", "n2", 1_999).await.unwrap(),
+        "spent"
+    );
+
+    assert_eq!(store.node_identity("n1").await.unwrap(), None);
+    store.pin_node_identity("n1", "fp1", 10).await.unwrap();
+    assert!(matches!(
+        store.pin_node_identity("n1", "fp2", 11).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store.node_identity("n1").await.unwrap().as_deref(),
+        Some("fp1")
+    );
+    assert!(store.revoke_node_identity("n1").await.unwrap());
+    assert!(!store.revoke_node_identity("n1").await.unwrap());
+    store.pin_node_identity("n1", "fp2", 12).await.unwrap();
+    assert_eq!(
+        store.node_identity("n1").await.unwrap().as_deref(),
+        Some("fp2")
+    );
 }
 
 /// BatchBackupInstances / BatchPrepareInstances bookkeeping: backup states, the prepare queue,
