@@ -502,6 +502,129 @@ pub(crate) mod tests {
         (registry, dir)
     }
 
+    /// A report stream speaks only for its own node: an instance event or a usage record about
+    /// an instance control placed on another node is not stored, and a record's times are cut
+    /// to the instance's life up to now.
+    #[tokio::test]
+    async fn reports_count_only_for_instances_placed_on_the_reporting_node() {
+        use crate::store::{InstanceRecord, NewTenant};
+        let (registry, _dir) = registry(&["n1", "n2"]).await;
+        let store = Arc::clone(&registry.store);
+        store.migrate().await.unwrap();
+        store
+            .create_tenant(&NewTenant {
+                tenant_id: "t1".into(),
+                domain_name: "acme".into(),
+                user_id: "u1".into(),
+                user_name: "dev".into(),
+                password_hash: "x".into(),
+                project_id: "p1".into(),
+                project_name: "cn-north-7".into(),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        for node_id in ["n1", "n2"] {
+            store
+                .upsert_node(&NodeRecord {
+                    node_id: node_id.into(),
+                    grpc_endpoint: "https://127.0.0.1:9".into(),
+                    signaling_base_url: "ws://127.0.0.1:9".into(),
+                    region: "cn-north-7".into(),
+                    capacity: 4,
+                    runtimes: vec!["synthetic".into()],
+                    encoders: vec![],
+                    version: "test".into(),
+                    status: "up".into(),
+                    last_seen_ms: 0,
+                })
+                .await
+                .unwrap();
+        }
+        let created_at_ms = 1_000_000;
+        store
+            .insert_instances(&[InstanceRecord {
+                instance_id: "i1".into(),
+                tenant_id: "t1".into(),
+                project_id: "p1".into(),
+                name: "i1".into(),
+                order_id: "o1".into(),
+                node_id: "n1".into(),
+                sku_id: "kp.synthetic.720p".into(),
+                region: "cn-north-7".into(),
+                os: "AOSP11".into(),
+                runtime: "synthetic".into(),
+                width: 720,
+                height: 1280,
+                state: ControlState::Creating,
+                state_message: String::new(),
+                assign_user: None,
+                period_type: 2,
+                period_num: 1,
+                created_at_ms,
+                updated_at_ms: created_at_ms,
+            }])
+            .await
+            .unwrap();
+        let event = |state: pb::InstanceState| pb::NodeReport {
+            report: Some(Report::InstanceEvent(pb::InstanceStatus {
+                instance_id: "i1".into(),
+                state: state.into(),
+                message: "from a node".into(),
+                ..Default::default()
+            })),
+        };
+        let state = || async { store.get_instance("i1").await.unwrap().unwrap().state };
+
+        registry
+            .handle_report("n2", event(pb::InstanceState::Failed))
+            .await;
+        assert_eq!(state().await, ControlState::Creating, "n2 cannot write i1");
+        registry
+            .handle_report("n1", event(pb::InstanceState::Running))
+            .await;
+        assert_eq!(state().await, ControlState::RUNNING);
+
+        let now_ms = created_at_ms + 3_600_000;
+        let record = |id: &str, start: i64, end: i64| pb::UsageRecord {
+            record_id: id.into(),
+            session_id: "s1".into(),
+            instance_id: "i1".into(),
+            codec: "H264".into(),
+            width: 720,
+            height: 1280,
+            start_unix_ms: start,
+            end_unix_ms: end,
+            ..Default::default()
+        };
+        let ingest = |node: &'static str, r: pb::UsageRecord| {
+            let store = Arc::clone(&store);
+            async move {
+                crate::usage::ingest(store.as_ref(), node, &r, now_ms)
+                    .await
+                    .unwrap()
+            }
+        };
+        // Another node's record about i1 is refused; so is one wholly before i1 existed.
+        assert!(!ingest("n2", record("r-forged", created_at_ms, now_ms)).await);
+        assert!(!ingest("n1", record("r-early", 0, created_at_ms - 1)).await);
+        // Its own record is stored, cut to [created, now + skew].
+        assert!(ingest("n1", record("r1", 0, now_ms + 86_400_000)).await);
+        let rows = store.usage_between("t1", 0, i64::MAX).await.unwrap();
+        let stored: Vec<_> = rows
+            .iter()
+            .map(|r| (r.record_id.as_str(), r.start_ms, r.end_ms))
+            .collect();
+        assert_eq!(
+            stored,
+            [(
+                "r1",
+                created_at_ms,
+                now_ms + cloudphone_usage::admit::MAX_FUTURE_SKEW_MS
+            )]
+        );
+    }
+
     /// The monitor's check, in paused time: a node that stops reporting is marked down after
     /// `heartbeat_timeout` of silence, never before and within the documented 1.25 × timeout;
     /// a node that keeps reporting every half timeout stays up however long the monitor runs.

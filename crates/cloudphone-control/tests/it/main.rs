@@ -5,8 +5,8 @@
 //! # Layout
 //! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
 //!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
-//! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
+//! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `node_trust`,
+//!   `operations`, `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -17,6 +17,7 @@ mod backup;
 mod console_usage;
 mod fleet;
 mod install_app;
+mod node_trust;
 mod operations;
 mod schemathesis;
 mod seed_examples;
