@@ -507,21 +507,12 @@ pub(crate) mod tests {
     /// to the instance's life up to now.
     #[tokio::test]
     async fn reports_count_only_for_instances_placed_on_the_reporting_node() {
-        use crate::store::{InstanceRecord, NewTenant};
-        let (registry, _dir) = registry(&["n1", "n2"]).await;
+        use crate::store::InstanceRecord;
+        let (registry, dir) = registry(&["n1", "n2"]).await;
         let store = Arc::clone(&registry.store);
-        store.migrate().await.unwrap();
-        store
-            .create_tenant(&NewTenant {
-                tenant_id: "t1".into(),
-                domain_name: "acme".into(),
-                user_id: "u1".into(),
-                user_name: "dev".into(),
-                password_hash: "x".into(),
-                project_id: "p1".into(),
-                project_name: "cn-north-7".into(),
-                created_at_ms: 0,
-            })
+        let mut config = crate::config::ControlConfig::default();
+        config.store.url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+        let tenant = crate::admin::create_tenant(&config, "acme", "dev", "long-enough", "p")
             .await
             .unwrap();
         for node_id in ["n1", "n2"] {
@@ -545,8 +536,8 @@ pub(crate) mod tests {
         store
             .insert_instances(&[InstanceRecord {
                 instance_id: "i1".into(),
-                tenant_id: "t1".into(),
-                project_id: "p1".into(),
+                tenant_id: tenant.tenant_id.clone(),
+                project_id: tenant.project_id.clone(),
                 name: "i1".into(),
                 order_id: "o1".into(),
                 node_id: "n1".into(),
@@ -610,7 +601,10 @@ pub(crate) mod tests {
         assert!(!ingest("n1", record("r-early", 0, created_at_ms - 1)).await);
         // Its own record is stored, cut to [created, now + skew].
         assert!(ingest("n1", record("r1", 0, now_ms + 86_400_000)).await);
-        let rows = store.usage_between("t1", 0, i64::MAX).await.unwrap();
+        let rows = store
+            .usage_between(&tenant.tenant_id, 0, i64::MAX)
+            .await
+            .unwrap();
         let stored: Vec<_> = rows
             .iter()
             .map(|r| (r.record_id.as_str(), r.start_ms, r.end_ms))

@@ -312,6 +312,11 @@ fn pem_certificate(der: &[u8]) -> String {
     pem
 }
 
+/// The probe never gets as far as a signature: the chain is refused first.
+fn probe_only() -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("probe only".into()))
+}
+
 /// A verifier that records the server's chain and refuses it, so the probe's handshake ends
 /// there: it only reads what control presents to everyone.
 #[derive(Debug, Default)]
@@ -343,16 +348,16 @@ impl rustls::client::danger::ServerCertVerifier for CaptureChain {
         _cert: &rustls::pki_types::CertificateDer<'_>,
         _dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
+        probe_only()
     }
 
     fn verify_tls13_signature(
         &self,
-        _message: &[u8],
-        _cert: &rustls::pki_types::CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
+        self.verify_tls12_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
