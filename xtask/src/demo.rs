@@ -64,19 +64,12 @@ pub(crate) fn run(options: Options) -> Result<()> {
         grpc_port: ports[1],
         node_http_port: ports[2],
         control_nodes_port: ports[3],
-        enrollment_token: util::random_alnum(32),
         runtime,
     };
     let control_toml = dir.join("control.toml");
     let node_toml = dir.join("node.toml");
     std::fs::write(&control_toml, config.control_toml())?;
-    std::fs::write(&node_toml, config.node_toml())?;
-    std::fs::create_dir_all(config.node_state_dir())?;
-    println!(
-        "wrote {} and {}",
-        control_toml.display(),
-        node_toml.display()
-    );
+    println!("wrote {}", control_toml.display());
 
     heading("create the demo tenant");
     let password = util::random_alnum(16);
@@ -94,6 +87,22 @@ pub(crate) fn run(options: Options) -> Result<()> {
         },
         None => println!("warning: tenant create printed nothing"),
     }
+
+    heading("enroll the node");
+    // As an operator would: a single-use join token from the admin CLI goes into the node's
+    // config; the node enrolls with it on its first start.
+    let out = util::output(
+        Command::new(&control_bin)
+            .args(["node", "join-token", "--ttl", "1h", "--config"])
+            .arg(&control_toml),
+    )?;
+    let join_token = serde_json::from_str::<Value>(out.trim())
+        .ok()
+        .and_then(|v| v["join_token"].as_str().map(str::to_owned))
+        .ok_or_else(|| anyhow!("node join-token printed no token: {out}"))?;
+    std::fs::write(&node_toml, config.node_toml(&join_token))?;
+    std::fs::create_dir_all(config.node_state_dir())?;
+    println!("wrote {} with a join token", node_toml.display());
 
     heading("start control and node");
     let mut daemons = Daemons {
@@ -281,7 +290,6 @@ struct DemoConfig {
     node_http_port: u16,
     /// Control's node-facing gRPC port (`[nodes].listen`), which the node announces itself to.
     control_nodes_port: u16,
-    enrollment_token: String,
     runtime: Runtime,
 }
 
@@ -311,7 +319,7 @@ url = {db}
 [nodes]
 listen = {nodes_listen}
 heartbeat_timeout_ms = 3000
-enrollment_token = {token}
+ca_dir = {ca_dir}
 
 [iam]
 token_ttl_secs = 86400
@@ -321,11 +329,12 @@ token_ttl_secs = 86400
             public_url = toml_str(&self.api_url()),
             region = toml_str(REGION),
             db = toml_str(&db),
-            token = toml_str(&self.enrollment_token),
+            ca_dir = toml_str(&self.dir.join("pki").display().to_string()),
         )
     }
 
-    fn node_toml(&self) -> String {
+    /// The node's config, enrolling with `join_token` on its first start.
+    fn node_toml(&self, join_token: &str) -> String {
         let first_display = match self.runtime {
             Runtime::X11 { first_display } => first_display,
             Runtime::Synthetic { .. } => 100,
@@ -349,7 +358,7 @@ public_url = {http_public}
 
 [control]
 endpoint = {control}
-enrollment_token = {token}
+join_token = {token}
 
 [x11]
 first_display = {first_display}
@@ -362,11 +371,11 @@ serials = []
             state_dir = toml_str(&self.node_state_dir().display().to_string()),
             runtime = toml_str(self.runtime.name()),
             grpc_listen = toml_str(&format!("127.0.0.1:{}", self.grpc_port)),
-            grpc_advertise = toml_str(&format!("http://127.0.0.1:{}", self.grpc_port)),
+            grpc_advertise = toml_str(&format!("https://127.0.0.1:{}", self.grpc_port)),
             http_listen = toml_str(&format!("127.0.0.1:{}", self.node_http_port)),
             http_public = toml_str(&format!("ws://127.0.0.1:{}", self.node_http_port)),
-            control = toml_str(&format!("http://127.0.0.1:{}", self.control_nodes_port)),
-            token = toml_str(&self.enrollment_token),
+            control = toml_str(&format!("https://127.0.0.1:{}", self.control_nodes_port)),
+            token = toml_str(join_token),
         )
     }
 }
@@ -769,7 +778,6 @@ mod tests {
             grpc_port: 40002,
             node_http_port: 40003,
             control_nodes_port: 40004,
-            enrollment_token: "tok\"en".to_owned(),
             runtime,
         }
     }
@@ -834,7 +842,7 @@ mod tests {
     fn demo_configs_have_exactly_the_example_keys() {
         let c = config(Runtime::X11 { first_display: 100 });
         assert_eq!(keys(&c.control_toml()), example_keys("control.toml"));
-        assert_eq!(keys(&c.node_toml()), example_keys("node.toml"));
+        assert_eq!(keys(&c.node_toml("t")), example_keys("node.toml"));
     }
 
     #[test]
@@ -852,21 +860,21 @@ mod tests {
             Some(3000)
         );
         assert_eq!(
-            control["nodes"]["enrollment_token"].as_str(),
-            Some("tok\"en")
+            control["nodes"]["ca_dir"].as_str(),
+            Some("/work/main/target/demo/pki")
         );
 
-        let node: toml::Table = c.node_toml().parse().unwrap();
+        let node: toml::Table = c.node_toml("tok\"en").parse().unwrap();
         assert_eq!(node["runtime"].as_str(), Some("synthetic"));
         assert_eq!(
             node["state_dir"].as_str(),
             Some("/work/main/target/demo/node-state")
         );
         let tables = [
-            ("grpc", "advertise", "http://127.0.0.1:40002"),
+            ("grpc", "advertise", "https://127.0.0.1:40002"),
             ("http", "public_url", "ws://127.0.0.1:40003"),
-            ("control", "endpoint", "http://127.0.0.1:40004"),
-            ("control", "enrollment_token", "tok\"en"),
+            ("control", "endpoint", "https://127.0.0.1:40004"),
+            ("control", "join_token", "tok\"en"),
         ];
         for (table, key, want) in tables {
             assert_eq!(node[table][key].as_str(), Some(want), "[{table}] {key}");

@@ -140,6 +140,8 @@ impl Node {
         config.state_dir = dir.path().to_path_buf();
         config.grpc.listen = grpc_addr;
         config.grpc.advertise = format!("http://{grpc_addr}");
+        // Driven directly by the bench, without control (so without certificates).
+        config.grpc.plaintext = true;
         config.http.listen = http;
         config.http.public_url = format!("ws://{http}");
         // Away from the test suites' displays (200–700).

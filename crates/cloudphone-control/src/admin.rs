@@ -315,3 +315,112 @@ pub async fn list_nodes(config: &ControlConfig) -> Result<serde_json::Value, Adm
     })).collect::<Vec<_>>()}),
     )
 }
+
+/// The longest a join token may live: it is a credential, meant to be used within minutes.
+const MAX_JOIN_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Reads a TTL such as `90s`, `30m`, `1h` or `2d`.
+pub fn parse_ttl(text: &str) -> Result<std::time::Duration, AdminError> {
+    let invalid = || AdminError::Invalid(format!("ttl {text:?}: expected e.g. 30m, 1h, 2d"));
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let secs = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        "d" => number.saturating_mul(86_400),
+        _ => return Err(invalid()),
+    };
+    let ttl = std::time::Duration::from_secs(secs);
+    if ttl.is_zero() || ttl > MAX_JOIN_TTL {
+        return Err(AdminError::Invalid(format!(
+            "ttl {text:?}: must be positive and at most 7d"
+        )));
+    }
+    Ok(ttl)
+}
+
+fn load_ca(config: &ControlConfig) -> Result<crate::pki::Ca, AdminError> {
+    let cwd = std::env::current_dir().map_err(|e| AdminError::Invalid(e.to_string()))?;
+    crate::pki::Ca::load_or_create(&crate::pki::ca_dir(config, &cwd))
+        .map_err(|e| AdminError::Invalid(e.to_string()))
+}
+
+/// Mints a single-use join token for one node, valid for `ttl`:
+/// `{"join_token": "cpj1.<secret>.<ca sha256>", "expires_at_ms": …}`. The node's config takes
+/// it as `[control].join_token`; it is spent by the node's first enrollment.
+pub async fn create_join_token(
+    config: &ControlConfig,
+    ttl: std::time::Duration,
+) -> Result<serde_json::Value, AdminError> {
+    let ca = load_ca(config)?;
+    let store = open_store(config).await?;
+    let now_ms = crate::unix_ms();
+    let token = crate::node_api::mint_join_token(&store, ca.fingerprint(), now_ms, ttl).await?;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    Ok(serde_json::json!({
+        "join_token": token.to_string(),
+        "expires_at_ms": now_ms.saturating_add(ttl_ms),
+    }))
+}
+
+/// Unpins a node id from its certificate, so it can enroll again (with a new join token);
+/// until then the old certificate can no longer announce the id.
+pub async fn revoke_node(
+    config: &ControlConfig,
+    node_id: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let store = open_store(config).await?;
+    let revoked = store.revoke_node_identity(node_id).await?;
+    Ok(serde_json::json!({"node_id": node_id, "revoked": revoked}))
+}
+
+/// Writes a control-role client certificate and key (`control.pem`, `control.key`, 0600) and
+/// the CA (`ca.pem`) into `out`, for operators' tools calling `ControlPlane.ListNodes` or a
+/// node directly. Whoever holds them can act as control: keep them as safe as the CA.
+pub fn issue_control_cert(
+    config: &ControlConfig,
+    out: &std::path::Path,
+) -> Result<serde_json::Value, AdminError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ca = load_ca(config)?;
+    let issued = ca
+        .issue_control()
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    for (name, text) in [
+        ("control.pem", issued.cert_pem.as_str()),
+        ("control.key", issued.key_pem.as_str()),
+        ("ca.pem", ca.cert_pem()),
+    ] {
+        let path = out.join(name);
+        let _ = std::fs::remove_file(&path);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+        written.map_err(|e| AdminError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(serde_json::json!({"dir": out.display().to_string()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_read_like_durations_and_stay_short() {
+        assert_eq!(parse_ttl("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_ttl("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap().as_secs(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap().as_secs(), 7 * 86_400);
+        for bad in ["", "1", "h", "0h", "8d", "1w", "-1h", "1.5h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cloudphone_daemon::Secret;
 use serde::Deserialize;
 
 /// Everything control needs to start. Defaults make a single-host embedded setup.
@@ -76,8 +75,14 @@ pub struct NodesConfig {
     pub listen: SocketAddr,
     /// A node silent this long is marked down (and its instances show it).
     pub heartbeat_timeout_ms: u64,
-    /// Shared secret nodes present when they announce themselves. Never logged.
-    pub enrollment_token: Secret,
+    /// Where control's node CA (`ca.pem`, `ca.key`) lives; created on first start. Empty:
+    /// `pki/` next to an SQLite store (or in the working dir). Replicas sharing PostgreSQL must
+    /// share this directory too.
+    pub ca_dir: String,
+    /// Removed: nodes enroll with single-use join tokens now (`node join-token`). Still read
+    /// only so that a config that sets it fails with a clear error instead of "unknown field";
+    /// its value is never kept.
+    pub enrollment_token: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,7 +207,8 @@ impl Default for NodesConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50050)),
             heartbeat_timeout_ms: 5_000,
-            enrollment_token: Secret::default(),
+            ca_dir: String::new(),
+            enrollment_token: None,
         }
     }
 }
@@ -270,8 +276,11 @@ impl ControlConfig {
         if let Some(value) = env("CLOUDPHONE_STORE_URL") {
             config.store.url = value;
         }
-        if let Some(value) = env("CLOUDPHONE_ENROLLMENT_TOKEN") {
-            config.nodes.enrollment_token = value.into();
+        if env("CLOUDPHONE_ENROLLMENT_TOKEN").is_some() {
+            config.nodes.enrollment_token = Some(serde::de::IgnoredAny);
+        }
+        if let Some(value) = env("CLOUDPHONE_CA_DIR") {
+            config.nodes.ca_dir = value;
         }
         if let Some(value) = env("CLOUDPHONE_PUBLIC_URL") {
             config.public_url = value;
@@ -284,6 +293,14 @@ impl ControlConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.enrollment_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "[nodes].enrollment_token (or CLOUDPHONE_ENROLLMENT_TOKEN) was removed: nodes \
+                 enroll with single-use join tokens from `cloudphone-control node join-token` \
+                 (docs/deploy.md); delete the setting"
+                    .into(),
+            ));
+        }
         if self.nodes.heartbeat_timeout_ms < 100 {
             return Err(ConfigError::Invalid(
                 "nodes.heartbeat_timeout_ms must be at least 100".into(),
@@ -335,7 +352,7 @@ impl ControlConfig {
 
 /// The directory of an SQLite store's file (`sqlite:///a/b.db?mode=rwc` → `/a`), if the store
 /// is an SQLite file.
-fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -430,16 +447,11 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secret() {
-        let config = load_text(
-            "[store]\nurl = \"postgres://cloudphone:db-pass-1@10.0.0.2:5432/cp\"\n\
-             [nodes]\nenrollment_token = \"enroll-secret-1\"\n",
-        )
-        .unwrap();
-        assert_eq!(config.nodes.enrollment_token.expose(), "enroll-secret-1");
+        let config =
+            load_text("[store]\nurl = \"postgres://cloudphone:db-pass-1@10.0.0.2:5432/cp\"\n")
+                .unwrap();
         let shown = format!("{config:?} {config:#?}");
-        for secret in ["enroll-secret-1", "db-pass-1"] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
+        assert!(!shown.contains("db-pass-1"), "{shown}");
         assert!(shown.contains("postgres://cloudphone:<redacted>@10.0.0.2:5432/cp"));
         assert_eq!(
             redact_url_password("sqlite:///var/lib/c/control.db?mode=rwc"),
@@ -464,6 +476,15 @@ mod tests {
             load_text("[usage]\nsecrets_key_credential = \"../key\"\n"),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    /// The removed shared secret is refused with a message saying what replaced it.
+    #[test]
+    fn the_old_enrollment_token_is_refused_clearly() {
+        let error = load_text("[nodes]\nenrollment_token = \"change-me\"\n").unwrap_err();
+        assert!(error.to_string().contains("join-token"), "{error}");
+        let env = |name: &str| (name == "CLOUDPHONE_ENROLLMENT_TOKEN").then(|| "x".to_string());
+        assert!(ControlConfig::load(None, env).is_err());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! - [`store`]: durable state behind the `Store` trait (SQLite or PostgreSQL).
 //! - [`iam`]: password logins, tokens, token checks.
 //! - [`nodes`]: the node registry: report streams, liveness, gRPC clients.
-//! - `node_api`: the `ControlPlane` gRPC service on the node-facing listener (announcements,
-//!   the node list).
+//! - `node_api`: the `ControlPlane` gRPC service on the node-facing listener (enrollment,
+//!   announcements, the node list), over TLS.
+//! - [`pki`]: control's node CA: the certificates of control and of enrolled nodes.
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `service`: the application layer: one function per operation, typed commands in, one
@@ -23,6 +24,7 @@ mod http;
 mod iam;
 mod node_api;
 mod nodes;
+pub mod pki;
 mod service;
 pub mod store;
 mod usage;
@@ -104,6 +106,8 @@ pub enum ControlError {
     Grpc(#[from] tonic::transport::Error),
     #[error("the API's TLS certificate: {0}")]
     Tls(#[from] cloudphone_daemon::tls::TlsError),
+    #[error("node CA: {0}")]
+    Pki(#[from] pki::PkiError),
 }
 
 /// Runs control on already-bound listeners (the tenant API's, and the node-facing gRPC one of
@@ -116,29 +120,50 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
     // A bad certificate stops start-up before anything is served.
-    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+    let api_tls = match (&config.http.tls_cert, &config.http.tls_key) {
         (Some(cert), Some(key)) => Some(cloudphone_daemon::tls::tls_acceptor(cert, key)?),
         _ => None,
     };
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
     store.migrate().await?;
+    let ca = Arc::new(pki::Ca::load_or_create(&pki::ca_dir(
+        &config,
+        &std::env::current_dir()?,
+    ))?);
+    // Control's own certificate, made anew each start: the server side of `[nodes].listen`
+    // and the client side of every call to a node.
+    let control_cert = ca.issue_control()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Registry::new(
         Arc::clone(&store),
         config.nodes.heartbeat_timeout_ms,
         stop_rx.clone(),
+        nodes::NodeTls::new(ca.cert_pem(), &control_cert),
     );
     registry.start().await?;
     let _ = http::metrics_handle();
     let state = AppState::new(config, store, registry, Clock::System);
     let node_api = node_api::ControlPlaneService::new(
-        state.config.nodes.enrollment_token.expose().to_owned(),
+        Arc::clone(&ca),
         Arc::clone(&state.registry),
         Arc::clone(&state.store),
+        state.clock,
     );
     let mut grpc_stop = stop_rx.clone();
     let grpc_addr = node_listener.local_addr()?;
+    // A client certificate is optional at the handshake only because Enroll is made without
+    // one; every other call checks the certificate it needs (`node_api`).
+    // The chain includes the CA so that a node on first contact can find the certificate its
+    // join token's hash names (and from then on trust only it).
+    let node_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            format!("{}{}", control_cert.cert_pem, ca.cert_pem()),
+            &control_cert.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+        .client_auth_optional(true);
     let grpc_server = tonic::transport::Server::builder()
+        .tls_config(node_tls)?
         .add_service(ControlPlaneServer::new(node_api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(node_listener), async move {
             let _ = grpc_stop.changed().await;
@@ -156,7 +181,7 @@ pub async fn run(
         ),
     ];
     let app = http::router(state);
-    tracing::info!(http = %listener.local_addr()?, tls = tls.is_some(), grpc = %grpc_addr, "control listening");
+    tracing::info!(http = %listener.local_addr()?, tls = api_tls.is_some(), grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop_background = stop_tx.clone();
     // Connection addresses reach the login backoff (per-address lockout) as `ConnectInfo`.
@@ -170,7 +195,7 @@ pub async fn run(
         let _ = stop_background.send(true);
     };
     // With a certificate the API is served as TLS only: a plain-HTTP request gets no answer.
-    let served = match tls {
+    let served = match api_tls {
         Some(acceptor) => {
             // `tap_io` (doing nothing) is how axum hands a custom listener's peer address to
             // `ConnectInfo`, which the login backoff reads.

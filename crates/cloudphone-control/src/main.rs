@@ -60,7 +60,7 @@ enum Command {
         #[command(subcommand)]
         command: AccessKeyCommand,
     },
-    /// Inspect the fleet's nodes.
+    /// Inspect the fleet's nodes, enroll and revoke them.
     Node {
         #[command(subcommand)]
         command: NodeCommand,
@@ -74,6 +74,24 @@ enum NodeCommand {
         /// Print JSON (the only format; accepted so scripts can say what they expect).
         #[arg(long)]
         json: bool,
+    },
+    /// Print a single-use join token for one new node (its `[control].join_token`); prints
+    /// JSON `{"join_token", "expires_at_ms"}`.
+    JoinToken {
+        /// How long the token may wait for its node: `30m`, `1h` (default), up to `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Unpin a node id from its certificate so it can enroll again; prints JSON.
+    Revoke {
+        /// The node id.
+        node_id: String,
+    },
+    /// Write a control-role client certificate, its key and the CA into a directory, for
+    /// operators' tools (ListNodes, or calling a node directly); prints JSON.
+    ClientCert {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -247,12 +265,18 @@ async fn main() -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        Command::Node {
-            command: NodeCommand::List { json: _ },
-        } => {
-            let out = cloudphone_control::admin::list_nodes(&config)
-                .await
-                .context("node list")?;
+        Command::Node { command } => {
+            use cloudphone_control::admin;
+            let out = match command {
+                NodeCommand::List { json: _ } => admin::list_nodes(&config).await,
+                NodeCommand::JoinToken { ttl } => match admin::parse_ttl(&ttl) {
+                    Ok(ttl) => admin::create_join_token(&config, ttl).await,
+                    Err(error) => Err(error),
+                },
+                NodeCommand::Revoke { node_id } => admin::revoke_node(&config, &node_id).await,
+                NodeCommand::ClientCert { out } => admin::issue_control_cert(&config, &out),
+            }
+            .context("node")?;
             println!("{out}");
             Ok(())
         }

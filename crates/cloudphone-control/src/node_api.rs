@@ -1,81 +1,195 @@
 //! The `ControlPlane` gRPC service nodes (and operators' tools) call on control's own
-//! node-facing listener (`[nodes].listen`), kept off the tenant API's listener: a node's
-//! announcement ("I exist, dial me here") and the node list. Every call must carry the
-//! enrollment token, compared by digest and never logged.
+//! node-facing listener (`[nodes].listen`, TLS with control's certificate), kept off the tenant
+//! API's listener: enrollment (a single-use join token and a CSR for a certificate naming the
+//! node id), a node's announcement ("I exist, dial me here", only under the certificate pinned
+//! for that id) and the node list (control-role certificates only). Join tokens are minted here
+//! too, for the admin CLI; only their SHA-256 is stored and none is ever logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cloudphone_core::liveness::NodeHealth;
+use cloudphone_proto::identity::{self, CONTROL_NAME, JoinToken};
 use cloudphone_proto::node_v1::{self as pb, control_plane_server::ControlPlane};
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::clock::Clock;
 use crate::nodes::Registry;
-use crate::store::{NodeRecord, Store};
+use crate::pki::Ca;
+use crate::store::{NodeRecord, Store, StoreError};
 
 /// Serves `ControlPlane` for one control process.
 pub(crate) struct ControlPlaneService {
-    /// The shared secret every call must present; empty refuses every call.
-    enrollment_token: String,
+    /// Signs enrolling nodes' certificates.
+    ca: Arc<Ca>,
     /// Where an accepted announcement goes: the registry dials the node back.
     registry: Arc<Registry>,
-    /// Where the node list is read from (health as last recorded).
+    /// Join tokens, pinned node identities, and the node list (health as last recorded).
     store: Arc<dyn Store>,
+    /// "Now" for join-token expiry: the system clock, or tokio's in tests.
+    clock: Clock,
+}
+
+/// The stored form of a join token's secret.
+fn token_digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Mints a join token valid for `ttl` from `now_ms`: stores its digest, answers the printed
+/// form (secret plus the CA's fingerprint).
+pub(crate) async fn mint_join_token(
+    store: &dyn Store,
+    ca_fingerprint: &str,
+    now_ms: i64,
+    ttl: Duration,
+) -> Result<JoinToken, StoreError> {
+    let secret: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    store
+        .insert_join_token(
+            &token_digest(&secret),
+            now_ms,
+            now_ms.saturating_add(ttl_ms),
+        )
+        .await?;
+    Ok(JoinToken {
+        secret,
+        ca_sha256: ca_fingerprint.to_string(),
+    })
+}
+
+fn store_failed(error: StoreError) -> Status {
+    tracing::error!(%error, "node identity store call failed");
+    Status::internal("store unavailable")
+}
+
+/// The leaf certificate (DER) the caller presented, if any.
+fn peer_leaf<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    let certs = request.peer_certs()?;
+    certs.first().map(|der| der.to_vec())
 }
 
 impl ControlPlaneService {
     pub(crate) fn new(
-        enrollment_token: String,
+        ca: Arc<Ca>,
         registry: Arc<Registry>,
         store: Arc<dyn Store>,
+        clock: Clock,
     ) -> Self {
         Self {
-            enrollment_token,
+            ca,
             registry,
             store,
+            clock,
         }
     }
 
-    /// Refuses a call whose `authorization: Bearer` metadata is not the enrollment token.
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if self.enrollment_token.is_empty() || !same_secret(presented, &self.enrollment_token) {
-            tracing::warn!("node-facing call with a wrong enrollment token");
-            return Err(Status::unauthenticated("wrong enrollment token"));
+    /// Checks that the caller's certificate names `node_id` and is the one pinned for it.
+    async fn authorize_node(&self, leaf: Option<Vec<u8>>, node_id: &str) -> Result<(), Status> {
+        let leaf = leaf.ok_or_else(|| Status::unauthenticated("a node certificate is required"))?;
+        let name = identity::node_name(node_id)
+            .ok_or_else(|| Status::invalid_argument("node_id invalid"))?;
+        if !identity::certificate_names(&leaf, &name) {
+            tracing::warn!(node_id, "announcement under another node's certificate");
+            return Err(Status::permission_denied(
+                "the certificate does not name this node",
+            ));
+        }
+        let pinned = self
+            .store
+            .node_identity(node_id)
+            .await
+            .map_err(store_failed)?;
+        if pinned.as_deref() != Some(identity::fingerprint(&leaf).as_str()) {
+            tracing::warn!(
+                node_id,
+                "announcement under a certificate this id is not pinned to"
+            );
+            return Err(Status::permission_denied(
+                "not the certificate this node id enrolled with (revoked, or never enrolled)",
+            ));
         }
         Ok(())
     }
 }
 
-/// Compares secrets by digest so the comparison takes the same time wherever they differ.
-fn same_secret(presented: &str, expected: &str) -> bool {
-    Sha256::digest(presented.as_bytes()) == Sha256::digest(expected.as_bytes())
-}
-
-/// A node id control accepts: what the store and logs can carry without escaping.
-fn valid_node_id(node_id: &str) -> bool {
-    !node_id.is_empty()
-        && node_id.len() <= 64
-        && node_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let enroll = request.into_inner();
+        if !identity::valid_node_id(&enroll.node_id) {
+            return Err(Status::invalid_argument("node_id invalid"));
+        }
+        let node_id = enroll.node_id.as_str();
+        // An id pinned to a live certificate is never moved to another: revoke it first.
+        if self
+            .store
+            .node_identity(node_id)
+            .await
+            .map_err(store_failed)?
+            .is_some()
+        {
+            tracing::warn!(node_id, "enrollment refused: the id is enrolled already");
+            return Err(Status::failed_precondition(
+                "node id already enrolled; `node revoke` it first",
+            ));
+        }
+        // Signed before the token is spent, so a bad CSR does not waste the token.
+        let (certificate_pem, fingerprint) = self
+            .ca
+            .issue_node(node_id, &enroll.csr_pem)
+            .map_err(|_| Status::invalid_argument("csr_pem is not a valid signed CSR"))?;
+        let now_ms = self.clock.now_ms();
+        let spent = self
+            .store
+            .spend_join_token(&token_digest(&enroll.join_token), node_id, now_ms)
+            .await
+            .map_err(store_failed)?;
+        if !spent {
+            tracing::warn!(
+                node_id,
+                "enrollment refused: join token unknown, spent or expired"
+            );
+            return Err(Status::unauthenticated(
+                "join token unknown, spent or expired",
+            ));
+        }
+        match self
+            .store
+            .pin_node_identity(node_id, &fingerprint, now_ms)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists(_)) => {
+                return Err(Status::failed_precondition("node id already enrolled"));
+            }
+            Err(error) => return Err(store_failed(error)),
+        }
+        tracing::info!(node_id, %fingerprint, "node enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            certificate_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        }))
+    }
+
     async fn announce(
         &self,
         request: Request<pb::AnnounceRequest>,
     ) -> Result<Response<pb::AnnounceResponse>, Status> {
-        self.authorize(&request)?;
+        let leaf = peer_leaf(&request);
         let announce = request.into_inner();
-        if !valid_node_id(&announce.node_id) || !announce.grpc_endpoint.starts_with("http") {
-            return Err(Status::invalid_argument("node_id or grpc_endpoint invalid"));
+        self.authorize_node(leaf, &announce.node_id).await?;
+        if !announce.grpc_endpoint.starts_with("http") {
+            return Err(Status::invalid_argument("grpc_endpoint invalid"));
         }
         tracing::info!(node_id = %announce.node_id, endpoint = %announce.grpc_endpoint, "node announced itself");
         self.registry
@@ -87,7 +201,13 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.authorize(&request)?;
+        let leaf = peer_leaf(&request)
+            .ok_or_else(|| Status::unauthenticated("a control certificate is required"))?;
+        if !identity::certificate_names(&leaf, CONTROL_NAME) {
+            return Err(Status::permission_denied(
+                "only a control certificate may list nodes",
+            ));
+        }
         let nodes = self.store.list_nodes().await.map_err(|error| {
             tracing::error!(%error, "listing nodes failed");
             Status::internal("listing nodes failed")
@@ -122,92 +242,165 @@ pub(crate) fn node_info(node: NodeRecord) -> pb::NodeInfo {
 mod tests {
     use super::*;
 
-    /// The service over a fresh store; the store lives as long as the returned directory.
-    async fn make_service(token: &str) -> (ControlPlaneService, tempfile::TempDir) {
+    /// The service over a fresh store and CA, reading `clock`; both live as long as the
+    /// returned directory.
+    async fn make_service(clock: Clock) -> (ControlPlaneService, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
         let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
         store.migrate().await.unwrap();
+        let ca = Arc::new(Ca::load_or_create(&dir.path().join("pki")).unwrap());
+        // The registry's TLS comes from the same CA (`test_tls` loads it from `pki/`).
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let registry = Registry::new(Arc::clone(&store), 1_000, stop_rx);
-        (
-            ControlPlaneService::new(token.to_string(), registry, store),
-            dir,
-        )
+        let registry = Registry::new(
+            Arc::clone(&store),
+            1_000,
+            stop_rx,
+            crate::nodes::tests::test_tls(dir.path()),
+        );
+        (ControlPlaneService::new(ca, registry, store, clock), dir)
     }
 
-    fn with_token<T>(message: T, token: &str) -> Request<T> {
-        let mut request = Request::new(message);
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
-        request
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    fn enroll_request(token: &JoinToken, node_id: &str) -> Request<pb::EnrollRequest> {
+        Request::new(pb::EnrollRequest {
+            join_token: token.secret.clone(),
+            node_id: node_id.into(),
+            csr_pem: csr(),
+        })
     }
 
     fn code<T>(result: Result<T, Status>) -> Option<tonic::Code> {
         result.err().map(|status| status.code())
     }
 
-    fn announce(node_id: &str) -> pb::AnnounceRequest {
-        pb::AnnounceRequest {
-            node_id: node_id.into(),
-            grpc_endpoint: "http://127.0.0.1:1".into(),
-        }
+    /// Moves tokio's clock forward by `by`. The store's I/O runs in real time (its pool
+    /// timeouts would fire under paused time's auto-advance), so the clock is paused only to
+    /// jump.
+    async fn jump(by: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(by).await;
+        tokio::time::resume();
     }
 
+    /// A join token works once, only before its expiry (on control's `Clock`, in tokio time),
+    /// and an enrolled id cannot be enrolled again under a new key until it is revoked.
     #[tokio::test]
-    async fn every_call_needs_the_enrollment_token() {
-        let (service, _dir) = make_service("s3cret").await;
+    async fn join_tokens_are_single_use_and_expire() {
+        let clock = Clock::tokio();
+        let (service, _dir) = make_service(clock).await;
+        let store = Arc::clone(&service.store);
+        let ttl = Duration::from_secs(3600);
+        let mint = || {
+            mint_join_token(
+                store.as_ref(),
+                service.ca.fingerprint(),
+                clock.now_ms(),
+                ttl,
+            )
+        };
+
+        let token = mint().await.unwrap();
+        assert_eq!(token.ca_sha256, service.ca.fingerprint());
+        let issued = service
+            .enroll(enroll_request(&token, "node-a"))
+            .await
+            .unwrap()
+            .into_inner();
+        let der = identity::first_certificate(&issued.certificate_pem).unwrap();
+        assert!(identity::certificate_names(
+            &der,
+            "node-a.node.cloudphone.internal"
+        ));
+        assert_eq!(issued.ca_pem, service.ca.cert_pem());
         assert_eq!(
-            code(service.announce(with_token(announce("n1"), "wrong")).await),
+            store.node_identity("node-a").await.unwrap(),
+            Some(identity::fingerprint(&der))
+        );
+
+        // Spent: useless for another id too.
+        assert_eq!(
+            code(service.enroll(enroll_request(&token, "node-b")).await),
             Some(tonic::Code::Unauthenticated)
         );
+        // A fresh token cannot move an enrolled id to another key…
+        let fresh = mint().await.unwrap();
         assert_eq!(
-            code(service.announce(Request::new(announce("n1"))).await),
+            code(service.enroll(enroll_request(&fresh, "node-a")).await),
+            Some(tonic::Code::FailedPrecondition)
+        );
+        // …until the operator revokes it; the refused attempt did not spend the token.
+        assert!(store.revoke_node_identity("node-a").await.unwrap());
+        assert!(
+            service
+                .enroll(enroll_request(&fresh, "node-a"))
+                .await
+                .is_ok()
+        );
+
+        // Expiry on control's clock: usable just before, refused just after.
+        let (early, late) = (mint().await.unwrap(), mint().await.unwrap());
+        jump(ttl - Duration::from_secs(1)).await;
+        assert!(
+            service
+                .enroll(enroll_request(&early, "node-c"))
+                .await
+                .is_ok()
+        );
+        jump(Duration::from_secs(2)).await;
+        assert_eq!(
+            code(service.enroll(enroll_request(&late, "node-d")).await),
             Some(tonic::Code::Unauthenticated)
         );
+
+        // Bad input: an unnamed id, a broken CSR (and neither spends a token).
+        let spare = mint().await.unwrap();
         assert_eq!(
-            code(
-                service
-                    .list_nodes(with_token(pb::ListNodesRequest {}, "wrong"))
-                    .await
-            ),
-            Some(tonic::Code::Unauthenticated)
+            code(service.enroll(enroll_request(&spare, "a b")).await),
+            Some(tonic::Code::InvalidArgument)
         );
+        let mut broken = enroll_request(&spare, "node-e");
+        broken.get_mut().csr_pem = "garbage".into();
         assert_eq!(
-            code(
-                service
-                    .announce(with_token(announce("a b"), "s3cret"))
-                    .await
-            ),
+            code(service.enroll(broken).await),
             Some(tonic::Code::InvalidArgument)
         );
         assert!(
             service
-                .announce(with_token(announce("n1"), "s3cret"))
+                .enroll(enroll_request(&spare, "node-e"))
                 .await
                 .is_ok()
         );
-        let listed = service
-            .list_nodes(with_token(pb::ListNodesRequest {}, "s3cret"))
-            .await
-            .unwrap();
-        assert!(
-            listed.into_inner().nodes.is_empty(),
-            "stored only once it reports"
-        );
-        // No token configured: nobody may announce.
-        let (closed, _closed_dir) = make_service("").await;
-        assert_eq!(
-            code(closed.announce(with_token(announce("n1"), "")).await),
-            Some(tonic::Code::Unauthenticated)
-        );
     }
 
-    #[test]
-    fn node_ids_are_short_and_plain() {
-        assert!(valid_node_id("node-a.b_1"));
-        assert!(!valid_node_id(""));
-        assert!(!valid_node_id("a b"));
-        assert!(!valid_node_id(&"x".repeat(65)));
+    /// Without a TLS client certificate, announcing and listing are refused.
+    #[tokio::test]
+    async fn announce_and_list_need_a_certificate() {
+        let (service, _dir) = make_service(Clock::System).await;
+        let announce = pb::AnnounceRequest {
+            node_id: "n1".into(),
+            grpc_endpoint: "https://127.0.0.1:1".into(),
+        };
+        assert_eq!(
+            code(service.announce(Request::new(announce)).await),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            code(
+                service
+                    .list_nodes(Request::new(pb::ListNodesRequest {}))
+                    .await
+            ),
+            Some(tonic::Code::Unauthenticated)
+        );
     }
 }

@@ -5,6 +5,10 @@
 //! the node's gRPC endpoint and keeps `OpenReports` open, reconnecting with backoff. A broken
 //! stream marks the node down at once; a silent one is marked down by the monitor within
 //! 1.25 × `heartbeat_timeout_ms`.
+//!
+//! Every channel to a node is mutual TLS ([`NodeTls`]): control presents its control-role
+//! certificate and accepts only a certificate from its CA naming the node id it dials, so a
+//! report stream is always the named node's. Every call carries a deadline ([`deadline_for`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,8 @@ use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_proto::node_v1::{self as pb, node_report::Report};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::store::{NodeRecord, Store};
@@ -38,6 +43,87 @@ pub(crate) fn reported_state(state: i32) -> ControlState {
     ControlState::Node(node)
 }
 
+/// How long dialing a node may take before a call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The deadline of each control → node call, by method: the one place they are set.
+/// Long-running operations get minutes; a stream's deadline covers only its opening.
+fn deadline_for(method: &str) -> Duration {
+    match method {
+        "InstallApp" | "BackupInstance" | "RestoreInstance" => Duration::from_secs(600),
+        // A synchronous command runs up to 30 s on the node, plus the answer's way back.
+        "RunCommand" => Duration::from_secs(45),
+        "CreateInstance" | "DeleteInstance" | "StartInstance" | "StopInstance"
+        | "RebootInstance" | "ResetInstance" => Duration::from_secs(60),
+        _ => Duration::from_secs(15),
+    }
+}
+
+/// Sets every outgoing call's deadline from [`deadline_for`] (unless the caller set one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Deadline;
+
+impl tonic::service::Interceptor for Deadline {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if !request.metadata().contains_key("grpc-timeout") {
+            let method = request
+                .extensions()
+                .get::<tonic::GrpcMethod<'static>>()
+                .map_or("", |m| m.method());
+            let deadline = deadline_for(method);
+            request.set_timeout(deadline);
+        }
+        Ok(request)
+    }
+}
+
+/// A gRPC client of one node, with [`Deadline`] on every call.
+pub(crate) type NodeClient = NodeAgentClient<InterceptedService<Channel, Deadline>>;
+
+/// Control's side of the mTLS to nodes: its control-role certificate and the CA a node's
+/// certificate must chain to.
+#[derive(Clone)]
+pub(crate) struct NodeTls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    pub(crate) fn new(ca_pem: &str, control: &crate::pki::IssuedPem) -> Self {
+        Self {
+            identity: Identity::from_pem(&control.cert_pem, &control.key_pem),
+            ca: Certificate::from_pem(ca_pem),
+        }
+    }
+
+    /// A lazily connecting channel to `node_id` at `endpoint` that accepts only a certificate
+    /// naming `node_id` (an `http://` endpoint is dialed as `https://`).
+    fn channel(&self, node_id: &str, endpoint: &str) -> Result<Channel, String> {
+        let name = cloudphone_proto::identity::node_name(node_id)
+            .ok_or_else(|| "node id cannot be named in a certificate".to_string())?;
+        let endpoint = cloudphone_proto::identity::tls_uri(endpoint);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(name);
+        Ok(Endpoint::from_shared(endpoint)
+            .and_then(|e| e.tls_config(tls))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+}
+
 /// What the registry keeps per node in memory.
 struct NodeEntry {
     /// Where the connector dials.
@@ -46,8 +132,8 @@ struct NodeEntry {
     liveness: Liveness,
     /// Health last written to the store, so the monitor writes only on change.
     recorded: NodeHealth,
-    /// A lazily connecting channel for API calls.
-    client: Option<NodeAgentClient<Channel>>,
+    /// A lazily connecting mTLS channel for API calls.
+    client: Option<NodeClient>,
 }
 
 /// Tracks every node control knows.
@@ -60,13 +146,16 @@ pub struct Registry {
     epoch: Instant,
     nodes: Mutex<HashMap<String, NodeEntry>>,
     shutdown: watch::Receiver<bool>,
+    /// How every node is dialed.
+    tls: NodeTls,
 }
 
 impl Registry {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         timeout_ms: u64,
         shutdown: watch::Receiver<bool>,
+        tls: NodeTls,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -75,6 +164,7 @@ impl Registry {
             epoch: Instant::now(),
             nodes: Mutex::new(HashMap::new()),
             shutdown,
+            tls,
         })
     }
 
@@ -104,7 +194,7 @@ impl Registry {
     }
 
     /// A client for API calls to `node_id`, if the node is known.
-    pub fn client(&self, node_id: &str) -> Option<NodeAgentClient<Channel>> {
+    pub(crate) fn client(&self, node_id: &str) -> Option<NodeClient> {
         self.lock().get(node_id).and_then(|e| e.client.clone())
     }
 
@@ -117,13 +207,10 @@ impl Registry {
     }
 
     fn ensure_connector(self: &Arc<Self>, node_id: &str, endpoint: &str) {
-        let channel = match Endpoint::from_shared(endpoint.to_string()) {
-            Ok(e) => e
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy(),
+        let channel = match self.tls.channel(node_id, endpoint) {
+            Ok(channel) => channel,
             Err(error) => {
-                warn!(node_id, endpoint, %error, "announced endpoint is not a valid URI");
+                warn!(node_id, endpoint, %error, "cannot dial the announced endpoint");
                 return;
             }
         };
@@ -153,7 +240,7 @@ impl Registry {
                 endpoint: endpoint.to_string(),
                 liveness,
                 recorded: NodeHealth::Down,
-                client: Some(NodeAgentClient::new(channel)),
+                client: Some(NodeAgentClient::with_interceptor(channel, Deadline)),
             },
         );
         true
@@ -274,7 +361,7 @@ impl Registry {
                 }
                 return;
             }
-            Some(Report::InstanceEvent(instance)) => self.record_instance(&instance).await,
+            Some(Report::InstanceEvent(instance)) => self.record_instance(node_id, &instance).await,
             Some(Report::Usage(record)) => {
                 crate::usage::on_report(self.store.as_ref(), self.client(node_id), node_id, record)
                     .await
@@ -291,7 +378,7 @@ impl Registry {
     /// node is told to delete it too. Known ones just get their state recorded.
     async fn reconcile_instance(&self, node_id: &str, instance: &pb::InstanceStatus) {
         match self.store.get_instance(&instance.instance_id).await {
-            Ok(Some(_)) => self.record_instance(instance).await,
+            Ok(Some(_)) => self.record_instance(node_id, instance).await,
             Ok(None) => {
                 let Some(mut client) = self.client(node_id) else {
                     return;
@@ -310,11 +397,14 @@ impl Registry {
         }
     }
 
-    async fn record_instance(&self, instance: &pb::InstanceStatus) {
+    /// Stores a reported state, only for an instance control placed on `node_id` (the store
+    /// ignores reports about other nodes' instances).
+    async fn record_instance(&self, node_id: &str, instance: &pb::InstanceStatus) {
         let state = reported_state(instance.state);
         if let Err(error) = self
             .store
             .set_reported_state(
+                node_id,
                 &instance.instance_id,
                 state,
                 &instance.message,
@@ -369,10 +459,32 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_millis(1_000);
+
+    /// Control's node TLS from a fresh CA under `dir`.
+    pub(crate) fn test_tls(dir: &std::path::Path) -> NodeTls {
+        let ca = crate::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
+        NodeTls::new(ca.cert_pem(), &ca.issue_control().unwrap())
+    }
+
+    /// Each call kind gets its deadline from the one table; streams and unknown calls a short one.
+    #[test]
+    fn every_call_has_a_deadline() {
+        assert_eq!(deadline_for("BackupInstance"), Duration::from_secs(600));
+        assert_eq!(deadline_for("RunCommand"), Duration::from_secs(45));
+        assert_eq!(deadline_for("CreateInstance"), Duration::from_secs(60));
+        assert_eq!(deadline_for("OpenReports"), Duration::from_secs(15));
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(tonic::GrpcMethod::new(
+            "cloudphone.node.v1.NodeAgent",
+            "RunCommand",
+        ));
+        let request = tonic::service::Interceptor::call(&mut Deadline, request).unwrap();
+        assert!(request.metadata().contains_key("grpc-timeout"));
+    }
 
     /// A registry tracking `nodes` (down until they report), with no connector dialing them:
     /// reports are fed through [`Registry::beat`], the call every report on the stream makes.
@@ -382,12 +494,129 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
         let (_stop, stop_rx) = watch::channel(false);
         let timeout_ms = u64::try_from(TIMEOUT.as_millis()).unwrap();
-        let registry = Registry::new(store, timeout_ms, stop_rx);
+        let registry = Registry::new(store, timeout_ms, stop_rx, test_tls(dir.path()));
         for node in nodes {
             let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
             assert!(registry.track(node, "http://127.0.0.1:9", channel));
         }
         (registry, dir)
+    }
+
+    /// A report stream speaks only for its own node: an instance event or a usage record about
+    /// an instance control placed on another node is not stored, and a record's times are cut
+    /// to the instance's life up to now.
+    #[tokio::test]
+    async fn reports_count_only_for_instances_placed_on_the_reporting_node() {
+        use crate::store::InstanceRecord;
+        let (registry, dir) = registry(&["n1", "n2"]).await;
+        let store = Arc::clone(&registry.store);
+        let mut config = crate::config::ControlConfig::default();
+        config.store.url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+        let tenant = crate::admin::create_tenant(&config, "acme", "dev", "long-enough", "p")
+            .await
+            .unwrap();
+        for node_id in ["n1", "n2"] {
+            store
+                .upsert_node(&NodeRecord {
+                    node_id: node_id.into(),
+                    grpc_endpoint: "https://127.0.0.1:9".into(),
+                    signaling_base_url: "ws://127.0.0.1:9".into(),
+                    region: "cn-north-7".into(),
+                    capacity: 4,
+                    runtimes: vec!["synthetic".into()],
+                    encoders: vec![],
+                    version: "test".into(),
+                    status: "up".into(),
+                    last_seen_ms: 0,
+                })
+                .await
+                .unwrap();
+        }
+        let created_at_ms = 1_000_000;
+        store
+            .insert_instances(&[InstanceRecord {
+                instance_id: "i1".into(),
+                tenant_id: tenant.tenant_id.clone(),
+                project_id: tenant.project_id.clone(),
+                name: "i1".into(),
+                order_id: "o1".into(),
+                node_id: "n1".into(),
+                sku_id: "kp.synthetic.720p".into(),
+                region: "cn-north-7".into(),
+                os: "AOSP11".into(),
+                runtime: "synthetic".into(),
+                width: 720,
+                height: 1280,
+                state: ControlState::Creating,
+                state_message: String::new(),
+                assign_user: None,
+                period_type: 2,
+                period_num: 1,
+                created_at_ms,
+                updated_at_ms: created_at_ms,
+            }])
+            .await
+            .unwrap();
+        let event = |state: pb::InstanceState| pb::NodeReport {
+            report: Some(Report::InstanceEvent(pb::InstanceStatus {
+                instance_id: "i1".into(),
+                state: state.into(),
+                message: "from a node".into(),
+                ..Default::default()
+            })),
+        };
+        let state = || async { store.get_instance("i1").await.unwrap().unwrap().state };
+
+        registry
+            .handle_report("n2", event(pb::InstanceState::Failed))
+            .await;
+        assert_eq!(state().await, ControlState::Creating, "n2 cannot write i1");
+        registry
+            .handle_report("n1", event(pb::InstanceState::Running))
+            .await;
+        assert_eq!(state().await, ControlState::RUNNING);
+
+        let now_ms = created_at_ms + 3_600_000;
+        let record = |id: &str, start: i64, end: i64| pb::UsageRecord {
+            record_id: id.into(),
+            session_id: "s1".into(),
+            instance_id: "i1".into(),
+            codec: "H264".into(),
+            width: 720,
+            height: 1280,
+            start_unix_ms: start,
+            end_unix_ms: end,
+            ..Default::default()
+        };
+        let ingest = |node: &'static str, r: pb::UsageRecord| {
+            let store = Arc::clone(&store);
+            async move {
+                crate::usage::ingest(store.as_ref(), node, &r, now_ms)
+                    .await
+                    .unwrap()
+            }
+        };
+        // Another node's record about i1 is refused; so is one wholly before i1 existed.
+        assert!(!ingest("n2", record("r-forged", created_at_ms, now_ms)).await);
+        assert!(!ingest("n1", record("r-early", 0, created_at_ms - 1)).await);
+        // Its own record is stored, cut to [created, now + skew].
+        assert!(ingest("n1", record("r1", 0, now_ms + 86_400_000)).await);
+        let rows = store
+            .usage_between(&tenant.tenant_id, 0, i64::MAX)
+            .await
+            .unwrap();
+        let stored: Vec<_> = rows
+            .iter()
+            .map(|r| (r.record_id.as_str(), r.start_ms, r.end_ms))
+            .collect();
+        assert_eq!(
+            stored,
+            [(
+                "r1",
+                created_at_ms,
+                now_ms + cloudphone_usage::admit::MAX_FUTURE_SKEW_MS
+            )]
+        );
     }
 
     /// The monitor's check, in paused time: a node that stops reporting is marked down after

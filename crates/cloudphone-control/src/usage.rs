@@ -297,21 +297,36 @@ pub(crate) async fn default_domain(
 }
 
 /// Stores a node's usage record once. The tenant is the instance's as control knows it (a node
-/// cannot bill another tenant); `Ok(false)` means the record cannot be attributed to any
-/// tenant and is dropped (acknowledged, so the node stops resending it).
+/// cannot bill another tenant), the instance must be one control placed on `node_id` (a node
+/// cannot bill for another node's instances), and the record's times are cut to the instance's
+/// life up to now (`cloudphone_usage::admit`). `Ok(false)` means the record is refused and
+/// dropped (acknowledged, so the node stops resending it).
 pub(crate) async fn ingest(
     store: &dyn Store,
     node_id: &str,
     record: &pb::UsageRecord,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let tenant_id = match store.get_instance(&record.instance_id).await? {
-        Some(instance) => instance.tenant_id,
+    let instance = match store.get_instance(&record.instance_id).await? {
+        Some(instance) if instance.node_id == node_id => instance,
+        Some(_) => {
+            tracing::warn!(node_id, instance_id = %record.instance_id, "usage for an instance not placed on this node: dropped");
+            return Ok(false);
+        }
         None => return Ok(false),
     };
-    if parse_codec(&record.codec).is_none() || record.end_unix_ms < record.start_unix_ms {
+    let Some((start_ms, end_ms)) = cloudphone_usage::admit::clamp_span(
+        record.start_unix_ms,
+        record.end_unix_ms,
+        instance.created_at_ms,
+        now_ms,
+    ) else {
+        return Ok(false);
+    };
+    if parse_codec(&record.codec).is_none() {
         return Ok(false);
     }
+    let tenant_id = instance.tenant_id;
     let domain = default_domain(store, &tenant_id).await?;
     let row = UsageRow {
         record_id: record.record_id.clone(),
@@ -325,8 +340,8 @@ pub(crate) async fn ingest(
         codec: record.codec.clone(),
         width: i64::from(record.width),
         height: i64::from(record.height),
-        start_ms: record.start_unix_ms,
-        end_ms: record.end_unix_ms,
+        start_ms,
+        end_ms,
         is_final: record.r#final,
         received_at_ms: now_ms,
     };
@@ -373,9 +388,7 @@ pub(crate) async fn spans(
 /// node sends it again.
 pub(crate) async fn on_report(
     store: &dyn Store,
-    client: Option<
-        cloudphone_proto::node_v1::node_agent_client::NodeAgentClient<tonic::transport::Channel>,
-    >,
+    client: Option<crate::nodes::NodeClient>,
     node_id: &str,
     record: pb::UsageRecord,
 ) {

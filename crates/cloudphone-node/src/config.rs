@@ -36,8 +36,12 @@ pub struct NodeConfig {
 pub struct GrpcConfig {
     /// Where the gRPC server binds.
     pub listen: SocketAddr,
-    /// How control reaches it (announced); defaults to `http://<listen>`.
+    /// How control reaches it (announced); defaults to `https://<listen>`.
     pub advertise: String,
+    /// Serve `NodeAgent` without TLS or client certificates, to anyone who reaches `listen`.
+    /// Only for a node driven directly by tests or benchmarks on loopback, never with control
+    /// (control speaks only mTLS to nodes). Off by default.
+    pub plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,14 +53,31 @@ pub struct HttpConfig {
     pub public_url: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlLink {
-    /// Control's node-facing gRPC endpoint (its `[nodes].listen`), for announcing this node,
-    /// e.g. `http://10.0.0.1:50050`. Empty: wait for control to dial in.
+    /// Control's node-facing gRPC endpoint (its `[nodes].listen`), for enrolling and announcing
+    /// this node, e.g. `https://10.0.0.1:50050` (`http://` is taken as `https://`: the link is
+    /// always TLS).
     pub endpoint: String,
-    /// Shared secret for announcements. Never logged.
-    pub enrollment_token: Secret,
+    /// The single-use join token from `cloudphone-control node join-token`, needed only until
+    /// the node has enrolled (its certificate is then in the state dir). Never logged.
+    pub join_token: String,
+    /// Removed: read only so that a config still setting it fails with a clear error.
+    pub enrollment_token: Option<serde::de::IgnoredAny>,
+}
+
+/// The join token stays out of `Debug` (and so out of logs).
+impl std::fmt::Debug for ControlLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlLink")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "join_token",
+                &(!self.join_token.is_empty()).then_some("<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +215,7 @@ impl Default for GrpcConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             advertise: String::new(),
+            plaintext: false,
         }
     }
 }
@@ -241,12 +263,13 @@ pub enum ConfigError {
 }
 
 impl NodeConfig {
-    /// Defaults `grpc.advertise` to `http://<grpc>` and `http.public_url` to `ws(s)://<http>`
+    /// Defaults `grpc.advertise` to `https://<grpc>` (`http://` with `grpc.plaintext`) and `http.public_url` to `ws(s)://<http>`
     /// where they are unset, from the addresses actually bound (port 0 resolved). Addresses
     /// still on port 0 are skipped.
     pub fn fill_advertised(&mut self, grpc: SocketAddr, http: SocketAddr) {
         if self.grpc.advertise.is_empty() && grpc.port() != 0 {
-            self.grpc.advertise = format!("http://{grpc}");
+            let scheme = if self.grpc.plaintext { "http" } else { "https" };
+            self.grpc.advertise = format!("{scheme}://{grpc}");
         }
         if self.http.public_url.is_empty() && http.port() != 0 {
             let scheme = if self.webrtc.tls_cert.is_some() {
@@ -263,8 +286,18 @@ impl NodeConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = cloudphone_daemon::read_toml(path)?;
-        if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
-            config.control.enrollment_token = v.into();
+        if config.control.enrollment_token.is_some()
+            || env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN").is_some()
+        {
+            return Err(ConfigError::Invalid(
+                "[control].enrollment_token (or CLOUDPHONE_NODE_ENROLLMENT_TOKEN) was removed: \
+                 the node enrolls once with a join token from `cloudphone-control node \
+                 join-token` in [control].join_token (docs/deploy.md)"
+                    .into(),
+            ));
+        }
+        if let Some(v) = env("CLOUDPHONE_NODE_JOIN_TOKEN") {
+            config.control.join_token = v;
         }
         if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_ENDPOINT") {
             config.control.endpoint = v;
@@ -336,7 +369,7 @@ mod tests {
         let toml =
             "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n";
         let config = load(toml, |_| None).unwrap();
-        assert_eq!(config.grpc.advertise, "http://127.0.0.1:7000");
+        assert_eq!(config.grpc.advertise, "https://127.0.0.1:7000");
         assert_eq!(config.http.public_url, "ws://127.0.0.1:8090");
         assert_eq!(config.runtime, "synthetic");
     }
@@ -351,12 +384,6 @@ mod tests {
         assert_eq!(config.webrtc.turn_secret.expose(), "hush");
         assert_eq!(config.webrtc.udp_port_max, 40100);
         assert!(!format!("{config:?}").contains("hush"));
-        let with_token = load("", |n| {
-            (n == "CLOUDPHONE_NODE_ENROLLMENT_TOKEN").then(|| "enroll-9".to_string())
-        })
-        .unwrap();
-        assert_eq!(with_token.control.enrollment_token.expose(), "enroll-9");
-        assert!(!format!("{with_token:?} {with_token:#?}").contains("enroll-9"));
         // TURN URLs without a secret are refused; the environment can supply it.
         let no_secret = "[webrtc]\nturn_urls = [\"turn:h:1\"]\n";
         assert!(load(no_secret, |_| None).is_err());
@@ -365,6 +392,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(from_env.webrtc.turn_secret.expose(), "s");
+    }
+
+    #[test]
+    fn the_join_token_is_hidden_and_the_old_shared_token_refused() {
+        let config = load("[control]\njoin_token = \"cpj1.hush\"\n", |_| None).unwrap();
+        assert_eq!(config.control.join_token, "cpj1.hush");
+        assert!(!format!("{config:?} {config:#?}").contains("hush"));
+        let error = load("[control]\nenrollment_token = \"change-me\"\n", |_| None).unwrap_err();
+        assert!(error.to_string().contains("join-token"), "{error}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`grpc`]: the `NodeAgent` service and the report stream to control.
 //! - `convert`: proto messages to and from the core's types.
 //! - [`announce`]: telling control this node exists.
+//! - `mtls`: the node's certificate (enrolled once with a join token) and the TLS of both
+//!   gRPC directions.
 //! - [`apps`]: downloading and checking application packages.
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
 //! - [`clock`]: the clock usage is timed by (tokio's in paused-time tests).
@@ -22,6 +24,7 @@ mod convert;
 mod grpc;
 mod http;
 pub mod instances;
+mod mtls;
 pub mod runtime;
 pub mod streaming;
 mod usage_buffer;
@@ -54,6 +57,8 @@ pub enum NodeError {
     Peer(#[from] streaming::peer::PeerError),
     #[error("signaling TLS: {0}")]
     Tls(#[from] streaming::signaling::TlsError),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] mtls::EnrollError),
 }
 
 fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
@@ -95,6 +100,8 @@ pub async fn run(
     let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
     config.fill_advertised(grpc_addr, http_addr);
     std::fs::create_dir_all(&config.state_dir)?;
+    // Before anything else: a node that cannot prove who it is serves nothing.
+    let tls = mtls::load_or_enroll(&config).await?;
     let runtime = build_runtime(&config)?;
     let manager =
         InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
@@ -156,9 +163,12 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let control_channel = match (&tls, config.control.endpoint.as_str()) {
+        (Some(tls), endpoint) if !endpoint.is_empty() => Some(tls.control_channel(endpoint)?),
+        _ => None,
+    };
     let announcer = announce::Announcer {
-        control_endpoint: config.control.endpoint.clone(),
-        enrollment_token: config.control.enrollment_token.expose().to_owned(),
+        control: control_channel,
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
         open_streams: service.open_streams(),
@@ -195,8 +205,15 @@ pub async fn run(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut grpc_stop = stop_rx.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-    let grpc_server = tonic::transport::Server::builder()
-        .add_service(NodeAgentServer::new(service))
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let require_control = mtls::RequireControl {
+        enforce: tls.is_some(),
+    };
+    let grpc_server = builder
+        .add_service(NodeAgentServer::with_interceptor(service, require_control))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = grpc_stop.changed().await;
         });

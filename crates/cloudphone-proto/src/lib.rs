@@ -9,3 +9,5 @@ pub mod node_v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("cloudphone.node.v1");
 }
+
+pub mod identity;

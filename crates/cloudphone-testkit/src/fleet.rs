@@ -3,19 +3,26 @@
 //!
 //! The daemons bind port 0 on their first start and report the ports they got through
 //! `--ready-file`; a restart binds the same ports again, as a restarted host keeps its address.
+//!
+//! The node enrolls as an operator's would: before its first start the fleet mints a join
+//! token with the admin CLI (`node join-token`) and puts it in the node's config; the node
+//! keeps its certificate in its state dir from then on. The fleet's own calls to control's
+//! `ControlPlane` use a control-role certificate from `node client-cert`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cloudphone_proto::node_v1::{self as pb, control_plane_client::ControlPlaneClient};
 use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::process::{Daemon, binary, output_of};
 use crate::wait_for;
 
 /// Heartbeat timeout the tests configure; the bound for marking a node down is 1.25 × this.
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 1_500;
-pub const ENROLLMENT: &str = "enroll-test-secret";
+/// The node's id.
+pub const NODE_ID: &str = "node-a";
 
 pub struct Fleet {
     pub dir: tempfile::TempDir,
@@ -77,10 +84,11 @@ impl Fleet {
         let path = self.path("control.toml");
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nenrollment_token = \"{ENROLLMENT}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nca_dir = \"{}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
             self.control_port,
             self.store_url,
             self.nodes_port,
+            self.path("pki").display(),
             self.token_ttl_secs,
             self.control_extra
         );
@@ -114,10 +122,16 @@ impl Fleet {
     pub fn spawn_node(&mut self, bin: &Path) {
         let (grpc, http) = self.node_ports;
         let path = self.path("node.toml");
+        // Only a node that has not enrolled yet needs a join token.
+        let join_token = if self.node_identity_dir().join("node.pem").exists() {
+            String::new()
+        } else {
+            self.join_token("10m")
+        };
         let text = format!(
-            "node_id = \"node-a\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
+            "node_id = \"{NODE_ID}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
              runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\nenrollment_token = \"{ENROLLMENT}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{join_token}\"\n\
              [x11]\nfirst_display = {}\n{}",
             self.path("node-state").display(),
             self.node_capacity,
@@ -191,16 +205,75 @@ impl Fleet {
         format!("http://127.0.0.1:{}", self.nodes_port)
     }
 
-    /// Every node control knows, through `ControlPlane.ListNodes`; `None` while control does
-    /// not answer.
+    /// A fresh single-use join token from the admin CLI (`node join-token --ttl <ttl>`).
+    pub fn join_token(&self, ttl: &str) -> String {
+        let out = self.admin(&["node", "join-token", "--ttl", ttl]);
+        out["join_token"]
+            .as_str()
+            .expect("join_token in the output")
+            .to_string()
+    }
+
+    /// Where the node keeps its key, certificate and control's CA.
+    pub fn node_identity_dir(&self) -> PathBuf {
+        self.path("node-state").join("identity")
+    }
+
+    /// The (certificate, key, CA) PEMs of a control-role client certificate from the fleet's CA,
+    /// made once by the admin CLI's `node client-cert`.
+    pub fn control_client_cert(&self) -> (String, String, String) {
+        let dir = self.path("operator");
+        if !dir.join("control.pem").exists() {
+            let out = dir.to_str().expect("utf-8 temp path").to_string();
+            self.admin(&["node", "client-cert", "--out", &out]);
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        (read("control.pem"), read("control.key"), read("ca.pem"))
+    }
+
+    /// An mTLS channel to `endpoint` (an `http://` one is dialed as `https://`) trusting only
+    /// `ca_pem`, expecting the certificate to name `server_name`, presenting `client`
+    /// (certificate, key) when given.
+    pub fn tls_channel(
+        endpoint: &str,
+        server_name: &str,
+        ca_pem: &str,
+        client: Option<(&str, &str)>,
+    ) -> Channel {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(server_name);
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(cloudphone_proto::identity::tls_uri(endpoint))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy()
+    }
+
+    /// Every node control knows, through `ControlPlane.ListNodes` (with a control-role
+    /// certificate); `None` while control does not answer.
     pub async fn list_nodes(&self) -> Option<Vec<pb::NodeInfo>> {
-        let mut client = ControlPlaneClient::connect(self.nodes_endpoint())
-            .await
-            .ok()?;
-        let mut request = tonic::Request::new(pb::ListNodesRequest {});
-        let bearer = format!("Bearer {ENROLLMENT}").parse().ok()?;
-        request.metadata_mut().insert("authorization", bearer);
-        Some(client.list_nodes(request).await.ok()?.into_inner().nodes)
+        let (cert, key, ca) = self.control_client_cert();
+        let channel = Self::tls_channel(
+            &self.nodes_endpoint(),
+            cloudphone_proto::identity::CONTROL_NAME,
+            &ca,
+            Some((&cert, &key)),
+        );
+        let mut client = ControlPlaneClient::new(channel);
+        Some(
+            client
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .ok()?
+                .into_inner()
+                .nodes,
+        )
     }
 
     /// The first node's health as control last recorded it: `"up"` or `"down"`.

@@ -8,8 +8,10 @@
 //! - [`meter`]: usage records → merged sessions → per-bucket milliseconds.
 //! - [`huawei`], [`volc`]: query rules, errors and response bodies.
 //! - [`ratelimit`]: the Volcengine per-user request budget.
+//! - [`admit`]: which times of a node's record control believes.
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod class;
 pub mod huawei;
 pub mod meter;

@@ -365,7 +365,12 @@ mod tests {
             .await
             .unwrap();
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let registry = Registry::new(Arc::clone(&store), 1_500, stop_rx);
+        let registry = Registry::new(
+            Arc::clone(&store),
+            1_500,
+            stop_rx,
+            crate::nodes::tests::test_tls(dir.path()),
+        );
         (AppState::new(config, store, registry, clock), dir)
     }
 

@@ -31,8 +31,6 @@ use std::collections::HashMap;
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
-use tonic::transport::Channel;
 
 use crate::AppState;
 use crate::iam::Principal;
@@ -110,7 +108,7 @@ pub(crate) async fn nodes_with_slots(
 pub(crate) fn node_of(
     state: &AppState,
     record: &InstanceRecord,
-) -> Option<NodeAgentClient<Channel>> {
+) -> Option<crate::nodes::NodeClient> {
     (state.registry.health(&record.node_id) == NodeHealth::Up)
         .then(|| state.registry.client(&record.node_id))
         .flatten()

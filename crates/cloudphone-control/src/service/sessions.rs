@@ -4,10 +4,9 @@
 
 use cloudphone_api::error::ApiError;
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
-use cloudphone_proto::node_v1::{self as pb, node_agent_client::NodeAgentClient};
+use cloudphone_proto::node_v1 as pb;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 use super::commands::new_id;
 use super::{ServiceError, node_of, owned};
@@ -161,7 +160,7 @@ fn video_profiles(config: &VideoConfig) -> Vec<pb::VideoProfile> {
 
 /// Sends an instance's stored matrix to its node (live sessions adopt it at once).
 async fn push_video_config(
-    client: &mut NodeAgentClient<Channel>,
+    client: &mut crate::nodes::NodeClient,
     instance_id: &str,
     config: &VideoConfig,
 ) -> Result<(), tonic::Status> {

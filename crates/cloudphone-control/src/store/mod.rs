@@ -252,14 +252,43 @@ pub trait Store: Send + Sync + 'static {
     /// Records a state a node reported, unless control owns the instance's state now
     /// (`cloudphone_core::instance::node_may_overwrite`): an instance that is backed up, queued
     /// for restore or failed to restore is on no node, so a late report must not bring it back.
+    /// Only an instance placed on `node_id` takes that node's report (a node cannot write the
+    /// state of another node's instances).
     async fn set_reported_state(
         &self,
+        node_id: &str,
         instance_id: &str,
         state: ControlState,
         message: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Stores a new join token by its SHA-256 (hex).
+    async fn insert_join_token(
+        &self,
+        token_sha256: &str,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Spends a join token for `node_id`: true when it exists, was never spent and has not
+    /// expired at `now_ms`. Atomic: of two concurrent spends at most one succeeds.
+    async fn spend_join_token(
+        &self,
+        token_sha256: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// The certificate fingerprint `node_id` is pinned to, if it is enrolled and not revoked.
+    async fn node_identity(&self, node_id: &str) -> Result<Option<String>, StoreError>;
+    /// Pins `node_id` to a certificate; `AlreadyExists` when the id is pinned already.
+    async fn pin_node_identity(
+        &self,
+        node_id: &str,
+        cert_sha256: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Unpins `node_id` (the operator's `node revoke`); false when it was not pinned.
+    async fn revoke_node_identity(&self, node_id: &str) -> Result<bool, StoreError>;
     /// Binds an instance to a tenant's end user, or unbinds it (`None`).
     async fn set_assign_user(
         &self,

@@ -452,6 +452,7 @@ impl Store for SqlStore {
 
     async fn set_reported_state(
         &self,
+        node_id: &str,
         instance_id: &str,
         state: ControlState,
         message: &str,
@@ -459,13 +460,14 @@ impl Store for SqlStore {
     ) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 \
-             WHERE id = $4 AND state NOT IN ({})",
+             WHERE id = $4 AND node_id = $5 AND state NOT IN ({})",
             states_where(|state| !rules::node_may_overwrite(state))
         ))
         .bind(state.as_str())
         .bind(message)
         .bind(now_ms)
         .bind(instance_id)
+        .bind(node_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -479,6 +481,78 @@ impl Store for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(instance_from_row).transpose()?)
+    }
+
+    async fn insert_join_token(
+        &self,
+        token_sha256: &str,
+        created_at_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_join_tokens (token_sha256, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3)",
+        )
+        .bind(token_sha256)
+        .bind(created_at_ms)
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn spend_join_token(
+        &self,
+        token_sha256: &str,
+        node_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let spent = sqlx::query(
+            "UPDATE node_join_tokens SET used_at_ms = $1, used_by = $2 \
+             WHERE token_sha256 = $3 AND used_at_ms = 0 AND expires_at_ms > $4",
+        )
+        // Never 0, which means unspent.
+        .bind(now_ms.max(1))
+        .bind(node_id)
+        .bind(token_sha256)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(spent.rows_affected() == 1)
+    }
+
+    async fn node_identity(&self, node_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT cert_sha256 FROM node_identities WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("cert_sha256")).transpose()?)
+    }
+
+    async fn pin_node_identity(
+        &self,
+        node_id: &str,
+        cert_sha256: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_identities (node_id, cert_sha256, enrolled_at_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(node_id)
+        .bind(cert_sha256)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_as_exists(e, format!("node {node_id}")))?;
+        Ok(())
+    }
+
+    async fn revoke_node_identity(&self, node_id: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM node_identities WHERE node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
     }
 
     async fn set_assign_user(

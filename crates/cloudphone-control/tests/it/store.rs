@@ -5,6 +5,7 @@ use cloudphone_control::store::{
     ProjectRecord, Store, StoreError, TaskRecord, TokenRecord,
 };
 use cloudphone_core::instance::ControlState;
+use cloudphone_core::lifecycle::InstanceState;
 
 fn tenant(n: u32) -> NewTenant {
     NewTenant {
@@ -217,18 +218,21 @@ async fn suite(store: impl Store) {
             .await
             .unwrap();
     };
-    let report = async |id: &str, state: ControlState, at_ms: i64| {
+    let report = async |node: &str, id: &str, state: ControlState, at_ms: i64| {
         store
-            .set_reported_state(id, state, "", at_ms)
+            .set_reported_state(node, id, state, "", at_ms)
             .await
             .unwrap();
     };
     set("a", ControlState::RUNNING, 150).await;
     // A node's late report cannot overwrite a state control owns.
     set("b", ControlState::BackedUp, 151).await;
-    report("b", ControlState::RUNNING, 152).await;
+    report("n2", "b", ControlState::RUNNING, 152).await;
     assert_eq!(stored(&store, "b").await.state, ControlState::BackedUp);
-    report("a", ControlState::STOPPED, 153).await;
+    // Another node's report about "a" (placed on n1) changes nothing.
+    report("n2", "a", ControlState::Node(InstanceState::Failed), 153).await;
+    assert_eq!(stored(&store, "a").await.state, ControlState::RUNNING);
+    report("n1", "a", ControlState::STOPPED, 153).await;
     assert_eq!(stored(&store, "a").await.state, ControlState::STOPPED);
     set("a", ControlState::RUNNING, 154).await;
     set("b", ControlState::Creating, 155).await;
@@ -362,6 +366,41 @@ async fn suite(store: impl Store) {
     assert_eq!(stored.jobs[0].status, 1);
 
     backup_and_prepare(&store).await;
+    node_identity(&store).await;
+}
+
+/// Join tokens are spent once and only before they expire; a node id is pinned to one
+/// certificate until revoked.
+async fn node_identity(store: &impl Store) {
+    store.insert_join_token("t1", 1_000, 2_000).await.unwrap();
+    assert!(
+        !store.spend_join_token("t1", "n1", 2_000).await.unwrap(),
+        "expired"
+    );
+    assert!(!store.spend_join_token("nope", "n1", 1_500).await.unwrap());
+    assert!(store.spend_join_token("t1", "n1", 1_999).await.unwrap());
+    assert!(
+        !store.spend_join_token("t1", "n2", 1_999).await.unwrap(),
+        "spent"
+    );
+
+    assert_eq!(store.node_identity("n1").await.unwrap(), None);
+    store.pin_node_identity("n1", "fp1", 10).await.unwrap();
+    assert!(matches!(
+        store.pin_node_identity("n1", "fp2", 11).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store.node_identity("n1").await.unwrap().as_deref(),
+        Some("fp1")
+    );
+    assert!(store.revoke_node_identity("n1").await.unwrap());
+    assert!(!store.revoke_node_identity("n1").await.unwrap());
+    store.pin_node_identity("n1", "fp2", 12).await.unwrap();
+    assert_eq!(
+        store.node_identity("n1").await.unwrap().as_deref(),
+        Some("fp2")
+    );
 }
 
 /// BatchBackupInstances / BatchPrepareInstances bookkeeping: backup states, the prepare queue,

@@ -421,10 +421,18 @@ async fn a_record_the_live_stream_missed_is_resent_without_a_reconnect() {
     let (ak, sk) = access_key(&fleet, &acme, "resend").await;
     // The domain usage bills under (made by the first record otherwise), so the SDKs can ask.
     create_domain(&fleet, "acme", &default_domain(&acme), true);
+    // The record covers the 30 s from now: control refuses usage from before its instance
+    // existed (created seconds ago) and cuts records at its own now + 30 s of clock skew. It
+    // stays within one hour, so Huawei's hourly buckets hold it whole.
+    let hour_ms = 3_600_000;
+    if now_ms() % hour_ms > hour_ms - 45_000 {
+        let to_next_hour = hour_ms - now_ms() % hour_ms + 1_000;
+        tokio::time::sleep(Duration::from_millis(to_next_hour as u64)).await;
+    }
     let now = now_ms();
     let record = json!({"record_id": "missedbythelivestream0001", "session_id": "missedsession0001",
         "tenant_id": acme.tenant_id, "instance_id": ids[0], "codec": "H264", "width": 540,
-        "height": 960, "start_unix_ms": now - 60_000, "end_unix_ms": now - 30_000, "final": true});
+        "height": 960, "start_unix_ms": now, "end_unix_ms": now + 30_000, "final": true});
     let pending = fleet.path("node-state/usage/pending");
     let tmp = pending.join("missedbythelivestream0001.tmp");
     std::fs::write(&tmp, record.to_string()).unwrap();

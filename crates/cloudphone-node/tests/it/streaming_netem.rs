@@ -139,7 +139,7 @@ async fn sender_adapts_below_a_1mbit_bottleneck_and_recovers() {
         &config,
         format!(
             "node_id = \"netem\"\nruntime = \"synthetic\"\nstate_dir = \"{state}\"\n\
-             [grpc]\nlisten = \"{ip}:50051\"\n[http]\nlisten = \"{ip}:8090\"\n\
+             [grpc]\nlisten = \"{ip}:50051\"\nplaintext = true\n[http]\nlisten = \"{ip}:8090\"\n\
              [webrtc]\nsynthetic_pattern = \"zone-plate kx2=20 ky2=20 kt=1\"\n",
             state = dir.path().join("state").display(),
             ip = ns.node_ip

@@ -66,6 +66,8 @@ impl Node {
         config.state_dir = dir.path().to_path_buf();
         config.grpc.listen = grpc_addr;
         config.grpc.advertise = format!("http://{grpc_addr}");
+        // Driven directly by the test, without control (so without certificates).
+        config.grpc.plaintext = true;
         config.http.listen = http;
         config.http.public_url = format!("ws://{http}");
         // Each test binary runs its tests in parallel; give each node its own displays.
