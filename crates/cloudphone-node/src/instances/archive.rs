@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cloudphone_core::lifecycle::{InstanceState, LifecycleError, Operation};
 
+use super::record::free_owner;
 use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec};
 use crate::runtime::InstanceSpec;
 
@@ -103,13 +104,17 @@ impl InstanceManager {
                     if entries.len() >= self.capacity {
                         return Err(InstanceError::NoCapacity);
                     }
-                    let entry = Arc::new(Entry::new(
-                        &self.state_dir,
-                        spec.clone(),
-                        InstanceState::Restoring,
-                        "restoring",
-                        InstanceState::Running,
-                    ));
+                    let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
+                    let entry = Arc::new(
+                        Entry::new(
+                            &self.state_dir,
+                            spec.clone(),
+                            InstanceState::Restoring,
+                            "restoring",
+                            InstanceState::Running,
+                        )
+                        .with_owner(owner),
+                    );
                     entries.insert(id.clone(), Arc::clone(&entry));
                     entry
                 };
@@ -186,7 +191,7 @@ impl InstanceManager {
         {
             tracing::warn!(path = %old.display(), error = %e, "could not remove replaced data");
         }
-        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_this_node() {
+        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_instance(entry.paths.owner) {
             let data = data.clone();
             tokio::task::spawn_blocking(move || tarball::chown_tree(&data, user))
                 .await

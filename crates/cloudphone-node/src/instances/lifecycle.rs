@@ -10,7 +10,7 @@ use std::time::Instant;
 use cloudphone_core::lifecycle::{InstanceState, Operation};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::record::DELETING_PREFIX;
+use super::record::{DELETING_PREFIX, free_owner};
 use super::watch::watch;
 use super::{
     Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Stopping, check,
@@ -29,7 +29,7 @@ impl InstanceManager {
         runtime: Arc<dyn Runtime>,
         capacity: usize,
     ) -> Result<Arc<Self>, InstanceError> {
-        let entries = super::record::load_entries(&state_dir).await?;
+        let entries = super::record::load_entries(&state_dir, runtime.sandbox_uids()).await?;
 
         let (events, _) = broadcast::channel(256);
         let manager = Arc::new(Self {
@@ -90,13 +90,17 @@ impl InstanceManager {
             if entries.len() >= self.capacity {
                 return Err(InstanceError::NoCapacity);
             }
-            let entry = Arc::new(Entry::new(
-                &self.state_dir,
-                spec.clone(),
-                InstanceState::Starting,
-                "creating",
-                InstanceState::Running,
-            ));
+            let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
+            let entry = Arc::new(
+                Entry::new(
+                    &self.state_dir,
+                    spec.clone(),
+                    InstanceState::Starting,
+                    "creating",
+                    InstanceState::Running,
+                )
+                .with_owner(owner),
+            );
             entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
             entry
         };

@@ -145,6 +145,12 @@ impl Entry {
         }
     }
 
+    /// The same entry with its sandbox uid (see [`InstancePaths::owner`]).
+    fn with_owner(mut self, owner: Option<u32>) -> Self {
+        self.paths.owner = owner;
+        self
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         // Status updates are single assignments; a panic elsewhere cannot leave it torn.
         self.status
