@@ -127,6 +127,12 @@ impl SandboxSection {
         if self.tmp_size_mib == 0 || self.pids_max == 0 {
             return invalid("tmp_size_mib and pids_max must be > 0".into());
         }
+        if self.ro_binds.len() > crate::runtime::sandbox::MAX_COPIED_BINDS {
+            return invalid(format!(
+                "at most {} ro_binds",
+                crate::runtime::sandbox::MAX_COPIED_BINDS
+            ));
+        }
         for (name, host) in &self.ro_binds {
             let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
             if !plain || !host.is_absolute() {

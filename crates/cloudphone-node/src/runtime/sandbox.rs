@@ -244,13 +244,29 @@ impl SandboxConfig {
         )
     }
 
-    /// The `ro_binds` as (host, sandbox path) pairs.
-    pub fn bin_binds(&self) -> Vec<(PathBuf, PathBuf)> {
+    /// The `ro_binds` as a sandbox gets them (see [`BinBind::copy`]).
+    pub fn bin_binds(&self) -> Vec<BinBind> {
         self.ro_binds
             .iter()
-            .map(|(name, host)| (host.clone(), Path::new(RO_BIN_DIR).join(name)))
+            .map(|(name, host)| BinBind {
+                host: host.clone(),
+                dest: Path::new(RO_BIN_DIR).join(name),
+                copy: !reachable_by_anyone(host),
+            })
             .collect()
     }
+}
+
+/// Can any user read `path` (and search every dir above it)?
+fn reachable_by_anyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
+    let file_ok = mode(path).is_ok_and(|m| m & 0o004 != 0);
+    file_ok
+        && path
+            .ancestors()
+            .skip(1)
+            .all(|dir| mode(dir).is_ok_and(|m| m & 0o001 != 0))
 }
 
 /// Picks the lowest uid of `range` that no live instance holds.
@@ -287,7 +303,26 @@ pub struct SandboxSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Compiled seccomp deny-list (`seccomp::deny_list_bpf`) bwrap loads before the program.
     pub seccomp: Option<PathBuf>,
+    /// Host binaries the sandbox may run (`[sandbox] ro_binds`), under [`RO_BIN_DIR`].
+    pub bin_binds: Vec<BinBind>,
 }
+
+/// One `[sandbox] ro_binds` entry as a sandbox gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinBind {
+    pub host: PathBuf,
+    /// `RO_BIN_DIR/<name>`.
+    pub dest: PathBuf,
+    /// bwrap runs as the sandbox user, so it can bind only what that user may reach. A file
+    /// in a private dir (a checkout under `/root`, a 0700 temp dir) is opened by the node's
+    /// launcher instead and copied into the sandbox, read-only and executable
+    /// (`--ro-bind-data`): a private copy per sandbox, at the cost of a copy per start.
+    pub copy: bool,
+}
+
+/// At most this many `ro_binds` are copied (fds 3–8: the launcher is `/bin/sh`, whose
+/// redirections take one digit; 9 is the seccomp filter).
+pub const MAX_COPIED_BINDS: usize = 6;
 
 /// What a sandbox runs; the display server's differs from the instance's in three ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -323,6 +358,7 @@ impl SandboxSpec {
             hidden: Vec::new(),
             cgroup_procs: Vec::new(),
             seccomp: None,
+            bin_binds: Vec::new(),
         }
     }
 }
@@ -338,13 +374,24 @@ pub const RO_BIN_DIR: &str = "/run/cloudphone/bin";
 /// The fd bwrap reads the seccomp filter from.
 const SECCOMP_FD: &str = "9";
 
-/// Run by `/bin/sh` as the node's user before bwrap: joins each `cgroup.procs` given before
-/// `--`, then executes the rest with the seccomp filter (`$1`) open as fd 9. Joining before
-/// exec means nothing the sandbox starts ever runs outside its cgroup.
-const LAUNCH_SCRIPT: &str = r#"bpf=$1; shift
-while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done
-shift
-exec "$@" 9<"$bpf""#;
+/// The script `/bin/sh` runs as the node's user before bwrap, for `copies` copied binaries:
+/// its arguments are the seccomp filter, the copied binaries, each `cgroup.procs` to join,
+/// `--`, and the command. It joins the cgroups, then executes the command with the filter
+/// open as fd 9 and the binaries as fds 3, 4…. Joining before exec means nothing the
+/// sandbox starts ever runs outside its cgroup. Paths are arguments, never script text.
+fn launch_script(copies: usize) -> String {
+    let mut script = String::from("bpf=$1; shift\n");
+    let fds: Vec<usize> = (3..3 + copies).collect();
+    for fd in &fds {
+        script.push_str(&format!("b{fd}=$1; shift\n"));
+    }
+    script.push_str("while [ \"$1\" != -- ]; do echo $$ > \"$1\" || exit 125; shift; done\n");
+    script.push_str("shift\nexec \"$@\" 9<\"$bpf\"");
+    for fd in &fds {
+        script.push_str(&format!(" {fd}<\"$b{fd}\""));
+    }
+    script
+}
 
 /// Path of X display `n`'s unix socket.
 pub fn x11_socket_path(display: u32) -> PathBuf {
@@ -420,6 +467,17 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     for (host, dest) in &spec.ro_binds {
         push(&[&"--ro-bind", host, dest]);
     }
+    let mut fd = 3;
+    for bind in &spec.bin_binds {
+        if bind.copy {
+            // The launcher opened it as this fd (see `command`).
+            let fd_text = fd.to_string();
+            push(&[&"--perms", &"0555", &"--ro-bind-data", &fd_text, &bind.dest]);
+            fd += 1;
+        } else {
+            push(&[&"--ro-bind", &bind.host, &bind.dest]);
+        }
+    }
     push(&[&"--remount-ro", &"/"]);
     match spec.role {
         SandboxRole::App => push(&[&"--unshare-all"]),
@@ -484,7 +542,14 @@ pub fn command(
     argv: &[String],
 ) -> tokio::process::Command {
     let args = bwrap_args(layout, spec, argv);
-    let mut cmd = if spec.seccomp.is_none() && spec.cgroup_procs.is_empty() {
+    let copies: Vec<&Path> = spec
+        .bin_binds
+        .iter()
+        .filter(|b| b.copy)
+        .map(|b| b.host.as_path())
+        .take(MAX_COPIED_BINDS)
+        .collect();
+    let mut cmd = if spec.seccomp.is_none() && spec.cgroup_procs.is_empty() && copies.is_empty() {
         let mut cmd = tokio::process::Command::new(bwrap);
         cmd.args(args);
         if let Some(user) = spec.user {
@@ -498,9 +563,11 @@ pub fn command(
         // ancestor's `cgroup.procs`), so the launcher runs as the node and drops to the
         // sandbox user with `setpriv` right before bwrap.
         let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-c").arg(LAUNCH_SCRIPT).arg("cloudphone-sandbox");
+        cmd.arg("-c")
+            .arg(launch_script(copies.len()))
+            .arg("cloudphone-sandbox");
         cmd.arg(spec.seccomp.as_deref().unwrap_or(Path::new("/dev/null")));
-        cmd.args(&spec.cgroup_procs).arg("--");
+        cmd.args(&copies).args(&spec.cgroup_procs).arg("--");
         if let Some(user) = spec.user {
             cmd.args([
                 "/usr/bin/setpriv".to_owned(),

@@ -195,7 +195,7 @@ impl X11Runtime {
         sb.tmp_size = Some(policy.tmp_size);
         sb.file_size_limit = Some(file_size);
         sb.hidden.clone_from(&policy.hidden);
-        sb.ro_binds.extend(policy.bin_binds());
+        sb.bin_binds = policy.bin_binds();
         let filter = paths.root.join("seccomp.bpf");
         write_atomic(&filter, &self.seccomp).await?;
         sb.seccomp = Some(filter);
@@ -225,6 +225,9 @@ impl X11Runtime {
         let first = self.config.first_display;
         for n in first..first.saturating_add(MAX_DISPLAY_SPAN) {
             if !reserved.contains(&n) && display_free(n) && claim_display_lock(n) {
+                // A dead server's socket: the sandboxed Xvfb runs as the instance's user and
+                // may not remove another user's file from the sticky socket dir.
+                let _ = std::fs::remove_file(sandbox::x11_socket_path(n));
                 reserved.insert(n);
                 return Ok(n);
             }
