@@ -584,7 +584,7 @@ fn claim_display_lock(n: u32) -> bool {
         .open(&path);
     match file {
         Ok(mut f) => {
-            let written = write!(f, "{:>10}\n", std::process::id());
+            let written = writeln!(f, "{:>10}", std::process::id());
             if written.is_err() {
                 let _ = std::fs::remove_file(&path);
             }
