@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use cloudphone_core::lifecycle::{InstanceState, LifecycleError, Operation};
 
-use super::record::free_owner;
 use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec};
 use crate::runtime::InstanceSpec;
 
@@ -101,22 +100,7 @@ impl InstanceManager {
                     if entries.contains_key(&id) {
                         return Err(InstanceError::AlreadyExists(id));
                     }
-                    if entries.len() >= self.capacity {
-                        return Err(InstanceError::NoCapacity);
-                    }
-                    let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
-                    let entry = Arc::new(
-                        Entry::new(
-                            &self.state_dir,
-                            spec.clone(),
-                            InstanceState::Restoring,
-                            "restoring",
-                            InstanceState::Running,
-                        )
-                        .with_owner(owner),
-                    );
-                    entries.insert(id.clone(), Arc::clone(&entry));
-                    entry
+                    self.admit(&mut entries, &spec, InstanceState::Restoring, "restoring")?
                 };
                 let ops = Arc::clone(&entry.ops).write_owned().await;
                 let _ = self.events.send(entry.view());

@@ -11,6 +11,7 @@ use cloudphone_core::lifecycle::{InstanceState, Operation};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::record::{DELETING_PREFIX, free_owner};
+
 use super::watch::watch;
 use super::{
     Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Stopping, check,
@@ -87,22 +88,7 @@ impl InstanceManager {
                     Err(InstanceError::AlreadyExists(spec.instance_id))
                 };
             }
-            if entries.len() >= self.capacity {
-                return Err(InstanceError::NoCapacity);
-            }
-            let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
-            let entry = Arc::new(
-                Entry::new(
-                    &self.state_dir,
-                    spec.clone(),
-                    InstanceState::Starting,
-                    "creating",
-                    InstanceState::Running,
-                )
-                .with_owner(owner),
-            );
-            entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
-            entry
+            self.admit(&mut entries, &spec, InstanceState::Starting, "creating")?
         };
         let _ops = entry.ops.write().await;
         let _ = self.events.send(entry.view());
@@ -122,6 +108,31 @@ impl InstanceManager {
             return Err(e.into());
         }
         self.do_start(&entry).await
+    }
+
+    /// Adds a new instance (capacity permitting) in `state`, meant to run, with the lowest
+    /// free sandbox uid; the caller holds the entries' lock and has checked the id is new.
+    pub(super) fn admit(
+        &self,
+        entries: &mut std::collections::BTreeMap<String, Arc<Entry>>,
+        spec: &InstanceSpec,
+        state: InstanceState,
+        message: &str,
+    ) -> Result<Arc<Entry>, InstanceError> {
+        if entries.len() >= self.capacity {
+            return Err(InstanceError::NoCapacity);
+        }
+        let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
+        let entry = Entry::new(
+            &self.state_dir,
+            spec.clone(),
+            state,
+            message,
+            InstanceState::Running,
+        );
+        let entry = Arc::new(entry.with_owner(owner));
+        entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
+        Ok(entry)
     }
 
     /// Stops and removes an instance with all its data. `Ok(false)` if it did not exist.

@@ -18,22 +18,40 @@ use crate::support::streaming::{Node, RustViewer, hello};
 const W: u32 = 360;
 const H: u32 = 640;
 
-async fn run(
-    node: &mut Node,
+type Client = pb::node_agent_client::NodeAgentClient<tonic::transport::Channel>;
+
+/// Runs `command` in `instance` through the node's gRPC API.
+async fn run_on(
+    grpc: &mut Client,
     instance: &str,
     command: &str,
-    timeout: Duration,
+    timeout_ms: u32,
 ) -> pb::CommandResult {
-    node.grpc
-        .run_command(pb::RunCommandRequest {
-            instance_id: instance.into(),
-            command: command.into(),
-            timeout_ms: timeout.as_millis() as u32,
-            max_output_bytes: 64 * 1024,
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    grpc.run_command(pb::RunCommandRequest {
+        instance_id: instance.into(),
+        command: command.into(),
+        timeout_ms,
+        max_output_bytes: 64 * 1024,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// [`run_on`] the test node, with a 10 s timeout.
+async fn run(node: &mut Node, instance: &str, command: &str) -> pb::CommandResult {
+    run_on(&mut node.grpc, instance, command, 10_000).await
+}
+
+/// A temp dir under `parent` with `mode`.
+fn temp_dir(prefix: &str, parent: &str, mode: u32) -> tempfile::TempDir {
+    assert!(is_root(), "the isolation tests need root, as CI has");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
 }
 
 fn is_root() -> bool {
@@ -48,14 +66,9 @@ fn world_readable(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
-    assert!(is_root(), "the isolation tests need root, as CI has");
     // The node's config and backup storage where a careless operator might leave them: in a
     // world-readable place the sandbox's read-only root would otherwise show.
-    let secrets = tempfile::Builder::new()
-        .prefix("cp-iso-secrets-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secrets = temp_dir("cp-iso-secrets-", "/var/tmp", 0o755);
     let config_file = secrets.path().join("node.toml");
     world_readable(
         &config_file,
@@ -82,13 +95,7 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     node.create_instance("b", W, H).await;
     node.create_instance("victim", W, H).await;
     // A real backup in the backup storage, of an instance holding a secret.
-    let out = run(
-        &mut node,
-        "victim",
-        "echo victim-secret-77 > /data/secret",
-        Duration::from_secs(10),
-    )
-    .await;
+    let out = run(&mut node, "victim", "echo victim-secret-77 > /data/secret").await;
     assert_eq!(out.exit_code, 0, "{out:?}");
     let archive = backups.join("victim.tar.gz");
     node.grpc
@@ -106,13 +113,7 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     let range = defaults.uid_base..defaults.uid_base + defaults.uid_count;
     let mut uids = Vec::new();
     for id in ["a", "b"] {
-        let out = run(
-            &mut node,
-            id,
-            "id -u; id -g; stat -c %u /data",
-            Duration::from_secs(10),
-        )
-        .await;
+        let out = run(&mut node, id, "id -u; id -g; stat -c %u /data").await;
         assert_eq!(out.exit_code, 0, "{out:?}");
         let ids: Vec<u32> = out
             .stdout
@@ -161,7 +162,7 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
             secrets.path().display()
         ),
     ] {
-        let out = run(&mut node, "a", &probe, Duration::from_secs(10)).await;
+        let out = run(&mut node, "a", &probe).await;
         assert!(
             !out.stdout.contains("enroll-secret")
                 && !out.stdout.contains("victim")
@@ -169,21 +170,9 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
             "{probe}: {out:?}"
         );
     }
-    let out = run(
-        &mut node,
-        "a",
-        &format!("cat {}", archive.display()),
-        Duration::from_secs(10),
-    )
-    .await;
+    let out = run(&mut node, "a", &format!("cat {}", archive.display())).await;
     assert_ne!(out.exit_code, 0, "{out:?}");
-    let out = run(
-        &mut node,
-        "a",
-        &format!("ls -A {}", backups.display()),
-        Duration::from_secs(10),
-    )
-    .await;
+    let out = run(&mut node, "a", &format!("ls -A {}", backups.display())).await;
     assert_eq!(
         out.stdout.trim(),
         "",
@@ -191,21 +180,12 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     );
 
     // No nested user namespaces, no mounts: the seccomp deny-list and --disable-userns.
-    let out = run(
-        &mut node,
-        "a",
-        "unshare -U true; echo rc=$?",
-        Duration::from_secs(10),
-    )
-    .await;
+    let out = run(&mut node, "a", "unshare -U true; echo rc=$?").await;
     assert!(out.stdout.contains("rc=1"), "{out:?}");
     let out = run(
         &mut node,
         "a",
-        "python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); r=l.syscall(272,0x10000000); print(r, ctypes.get_errno())'",
-        Duration::from_secs(10),
-    )
-    .await;
+        "python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); r=l.syscall(272,0x10000000); print(r, ctypes.get_errno())'").await;
     // unshare(CLONE_NEWUSER) via the raw syscall number: EPERM (1) from the filter.
     assert_eq!(out.stdout.trim(), "-1 1", "{out:?}");
     node.shutdown().await;
@@ -262,16 +242,7 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
             // Memory hog: 1 GiB touched.
             "python3 -c 'x = bytearray(1 << 30); print(\"survived\", len(x))'; echo rc=$?",
         ] {
-            let out = grpc
-                .run_command(pb::RunCommandRequest {
-                    instance_id: "attacker".into(),
-                    command: script.into(),
-                    timeout_ms: 8_000,
-                    max_output_bytes: 16 * 1024,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let out = run_on(&mut grpc, "attacker", script, 8_000).await;
             results.push((script, out));
         }
         results
@@ -286,17 +257,12 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
 
     // Each attack met its own limit.
     let (_, bomb) = &results[0];
-    let forks: u64 = run(
-        &mut node,
-        "attacker",
-        "cat /data/forks",
-        Duration::from_secs(10),
-    )
-    .await
-    .stdout
-    .trim()
-    .parse()
-    .unwrap();
+    let forks: u64 = run(&mut node, "attacker", "cat /data/forks")
+        .await
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
         forks < PIDS,
         "{forks} processes in a pids.max {PIDS} group: {bomb:?}"
@@ -337,7 +303,7 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
     );
 
     // The attacker is still usable afterwards, and the neighbour kept its frame rate.
-    let out = run(&mut node, "attacker", "echo alive", Duration::from_secs(10)).await;
+    let out = run(&mut node, "attacker", "echo alive").await;
     assert_eq!(out.stdout, "alive\n", "{out:?}");
     let expected = baseline as f64 / window.as_secs_f64() * attack_time.as_secs_f64();
     assert!(
@@ -349,13 +315,9 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ro_binds_run_a_host_binary_from_a_private_tmp_dir() {
-    assert!(is_root(), "the isolation tests need root, as CI has");
-    // Where a checkout under /tmp keeps its binaries: a private (0700) temp dir that the
-    // sandbox never sees.
-    let bin_dir = tempfile::Builder::new()
-        .prefix("cp-iso-bin-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    // Where a checkout under /tmp keeps its binaries: a private temp dir that the sandbox
+    // never sees.
+    let bin_dir = temp_dir("cp-iso-bin-", "/tmp", 0o700);
     let probe: PathBuf = bin_dir.path().join("probe");
     std::fs::copy("/usr/bin/id", &probe).unwrap();
     let bound = format!("{}/probe", cloudphone_node::runtime::sandbox::RO_BIN_DIR);
@@ -375,7 +337,6 @@ async fn ro_binds_run_a_host_binary_from_a_private_tmp_dir() {
         &mut node,
         "r",
         &format!("{bound} -u; ls {}", probe.display()),
-        Duration::from_secs(10),
     )
     .await;
     let uid: u32 = out.stdout.lines().next().unwrap().trim().parse().unwrap();
@@ -392,7 +353,6 @@ async fn ro_binds_run_a_host_binary_from_a_private_tmp_dir() {
             "echo x > {0}/probe; echo x >> {0}/probe; echo rc=$?",
             cloudphone_node::runtime::sandbox::RO_BIN_DIR
         ),
-        Duration::from_secs(10),
     )
     .await;
     assert!(
