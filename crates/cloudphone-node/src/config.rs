@@ -441,6 +441,39 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_section_hides_the_config_file_and_checks_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[sandbox]\nuid_base = 500000\nmemory_max_mib = 512\n[sandbox.ro_binds]\ntool = \"/opt/tool\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
+        assert!(config.sandbox.hidden_paths.contains(&path));
+        let runtime = config.sandbox.to_runtime(&[PathBuf::from("/etc/tls.key")]);
+        assert_eq!(runtime.uid_base, 500_000);
+        assert_eq!(runtime.memory_max, Some(512 << 20));
+        assert_eq!(runtime.cpu_max_millis, None, "0 means the SKU's");
+        assert!(runtime.hidden.contains(&PathBuf::from("/etc/tls.key")));
+        for bad in [
+            "[sandbox.ro_binds]\n\"a/b\" = \"/opt/tool\"\n",
+            "[sandbox.ro_binds]\ntool = \"relative/tool\"\n",
+            "[sandbox]\nuid_base = 0\n",
+            "[sandbox]\nuid_base = 60000\nuid_count = 10000\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(
+                matches!(
+                    NodeConfig::load(Some(&path), |_| None),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_runtime_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");

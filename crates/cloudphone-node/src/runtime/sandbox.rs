@@ -933,6 +933,81 @@ mod tests {
     }
 
     #[test]
+    fn limits_seccomp_and_binds_in_the_argv() {
+        let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        spec.tmp_size = Some(1 << 20);
+        spec.file_size_limit = Some(4096);
+        spec.seccomp = Some("/s/i/a/seccomp.bpf".into());
+        spec.hidden.push("/dev/null".into());
+        spec.bin_binds = vec![
+            BinBind {
+                host: "/usr/bin/id".into(),
+                dest: "/run/cloudphone/bin/id".into(),
+                copy: false,
+            },
+            BinBind {
+                host: "/root/x".into(),
+                dest: "/run/cloudphone/bin/x".into(),
+                copy: true,
+            },
+        ];
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        for dir in ["/tmp", "/run"] {
+            assert!(
+                find(&args, &["--size", "1048576", "--tmpfs", dir]).is_some(),
+                "{dir}"
+            );
+        }
+        assert!(find(&args, &["--unshare-user", "--disable-userns"]).is_some());
+        assert!(find(&args, &["--seccomp", SECCOMP_FD]).is_some());
+        assert!(find(&args, &["--ro-bind", "/dev/null", "/dev/null"]).is_some());
+        assert!(
+            find(
+                &args,
+                &["--ro-bind", "/usr/bin/id", "/run/cloudphone/bin/id"]
+            )
+            .is_some()
+        );
+        assert!(
+            find(
+                &args,
+                &[
+                    "--perms",
+                    "0555",
+                    "--ro-bind-data",
+                    "3",
+                    "/run/cloudphone/bin/x"
+                ]
+            )
+            .is_some()
+        );
+        assert!(find(&args, &["--rtprio=0:0", "--fsize=4096:4096", "--"]).is_some());
+        // The launcher hands the copied binary over as fd 3 and the filter as fd 9.
+        let script = launch_script(1);
+        assert!(script.ends_with(r#"9<"$bpf" 3<"$b3""#), "{script}");
+
+        spec.role = SandboxRole::DisplayServer;
+        let args = strings(bwrap_args(&layout(), &spec, &["/usr/bin/Xvfb".to_owned()]));
+        assert!(find(&args, &["--bind", X11_SOCKET_DIR, X11_SOCKET_DIR]).is_some());
+        assert!(
+            find(&args, &["--bind", "/s/i/a/data", "/data"]).is_none(),
+            "no data dir for Xvfb"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--unshare-all" || a == "--unshare-ipc")
+        );
+    }
+
+    #[test]
+    fn uids_are_never_shared() {
+        let used = [400_000, 400_001].into_iter().collect();
+        assert_eq!(free_uid(400_000..400_010, &used), Some(400_002));
+        assert_eq!(free_uid(400_000..400_002, &used), None);
+    }
+
+    #[test]
     fn parses_start_time_after_odd_command_names() {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
                     1000 10 18446744073709551615";

@@ -191,6 +191,14 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     node.shutdown().await;
 }
 
+/// The MiB `du -m` printed on a command's last line.
+fn du_mib(out: &pb::CommandResult) -> u64 {
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let mib = last.split_whitespace().next().unwrap_or_default();
+    mib.parse()
+        .unwrap_or_else(|_| panic!("no du output: {out:?}"))
+}
+
 /// Frames the viewer decodes in `window`.
 async fn frames_in(viewer: &mut RustViewer, window: Duration) -> u64 {
     let before = viewer.counters.frames.load(Ordering::Relaxed);
@@ -271,28 +279,10 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
     assert!(bomb.stderr.contains("fork"), "{bomb:?}");
     let (_, tmp) = &results[2];
     assert!(tmp.stderr.contains("No space left"), "{tmp:?}");
-    let tmp_mib: u64 = tmp
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let tmp_mib = du_mib(tmp);
     assert!(tmp_mib <= 64 && !tmp.stdout.contains("rc=0"), "{tmp:?}");
     let (_, file) = &results[3];
-    let file_mib: u64 = file
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let file_mib = du_mib(file);
     assert!(file_mib <= 100 && !file.stdout.contains("rc=0"), "{file:?}");
     assert!(file.stderr.contains("File size limit"), "{file:?}");
     let (_, hog) = &results[4];
