@@ -31,17 +31,17 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// What one instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupLimits {
+pub(crate) struct CgroupLimits {
     /// CPU time per wall-clock second, in thousandths of a CPU (2 vCPUs = 2000).
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
+    pub(crate) cpu_millis: u64,
+    pub(crate) memory_bytes: u64,
     /// Processes and threads at once; what stops a fork bomb.
-    pub pids_max: u64,
+    pub(crate) pids_max: u64,
 }
 
 /// The cgroup hierarchy this node puts its instances in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cgroups {
+pub(crate) enum Cgroups {
     /// `G/instances` on the unified hierarchy.
     V2 { parent: PathBuf },
     /// `<mount>/<G>/cloudphone` in each of the memory, pids and cpu hierarchies.
@@ -87,7 +87,7 @@ fn under(root: &Path, path: &str) -> PathBuf {
 impl Cgroups {
     /// Finds a hierarchy with the three controllers and prepares the node's part of it.
     /// `None` (logged by the caller) when there is none or it is not writable.
-    pub fn detect() -> Result<Option<Self>, String> {
+    pub(crate) fn detect() -> Result<Option<Self>, String> {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let memberships = parse_proc_cgroup(&own);
@@ -154,7 +154,7 @@ impl Cgroups {
     }
 
     /// "v1" or "v2", for logs.
-    pub fn version(&self) -> &'static str {
+    pub(crate) fn version(&self) -> &'static str {
         match self {
             Cgroups::V2 { .. } => "v2",
             Cgroups::V1 { .. } => "v1",
@@ -162,7 +162,7 @@ impl Cgroups {
     }
 
     /// The instance's group dirs (one on v2, one per controller on v1).
-    pub fn dirs(&self, instance_id: &str) -> Vec<PathBuf> {
+    pub(crate) fn dirs(&self, instance_id: &str) -> Vec<PathBuf> {
         match self {
             Cgroups::V2 { parent } => vec![parent.join(instance_id)],
             Cgroups::V1 { memory, pids, cpu } => {
@@ -177,7 +177,7 @@ impl Cgroups {
 
     /// Creates (or updates) the instance's groups with `limits`; returns the `cgroup.procs`
     /// files a process writes itself into to join them.
-    pub fn create(
+    pub(crate) fn create(
         &self,
         instance_id: &str,
         limits: &CgroupLimits,
@@ -206,7 +206,7 @@ impl Cgroups {
 
     /// Kills whatever still runs in the instance's groups and removes them. Missing groups
     /// are fine.
-    pub async fn remove(&self, instance_id: &str) {
+    pub(crate) async fn remove(&self, instance_id: &str) {
         for dir in self.dirs(instance_id) {
             if !dir.exists() {
                 continue;

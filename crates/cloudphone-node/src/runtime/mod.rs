@@ -5,7 +5,7 @@
 //! Android device.
 
 pub mod android;
-pub mod cgroup;
+pub(crate) mod cgroup;
 pub(crate) mod common;
 pub mod package;
 pub mod sandbox;

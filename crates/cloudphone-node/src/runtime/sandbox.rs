@@ -230,7 +230,7 @@ impl SandboxConfig {
     }
 
     /// What the instance's SKU (its screen's definition) gives it, under the caps.
-    pub fn limits(&self, width: u32, height: u32) -> (super::cgroup::CgroupLimits, u64) {
+    pub(crate) fn limits(&self, width: u32, height: u32) -> (super::cgroup::CgroupLimits, u64) {
         let sku = cloudphone_core::video::Definition::for_screen(width, height).sku_resources();
         let cap = |sku: u64, max: Option<u64>| max.map_or(sku, |m| m.min(sku));
         let limits = super::cgroup::CgroupLimits {
@@ -270,7 +270,10 @@ fn reachable_by_anyone(path: &Path) -> bool {
 }
 
 /// Picks the lowest uid of `range` that no live instance holds.
-pub fn free_uid(range: std::ops::Range<u32>, used: &std::collections::HashSet<u32>) -> Option<u32> {
+pub(crate) fn free_uid(
+    range: std::ops::Range<u32>,
+    used: &std::collections::HashSet<u32>,
+) -> Option<u32> {
     range.into_iter().find(|uid| !used.contains(uid))
 }
 
@@ -322,7 +325,7 @@ pub struct BinBind {
 
 /// At most this many `ro_binds` are copied (fds 3–8: the launcher is `/bin/sh`, whose
 /// redirections take one digit; 9 is the seccomp filter).
-pub const MAX_COPIED_BINDS: usize = 6;
+pub(crate) const MAX_COPIED_BINDS: usize = 6;
 
 /// What a sandbox runs; the display server's differs from the instance's in three ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

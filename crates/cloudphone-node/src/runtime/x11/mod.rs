@@ -171,14 +171,6 @@ impl X11Runtime {
         })
     }
 
-    /// The instance's cgroup, if this node has cgroups.
-    pub fn cgroup_dirs(&self, instance_id: &str) -> Vec<PathBuf> {
-        self.cgroups
-            .as_ref()
-            .map(|c| c.dirs(instance_id))
-            .unwrap_or_default()
-    }
-
     /// The sandbox for one of the instance's processes, with everything it needs on disk:
     /// the seccomp filter in the instance's (hidden) bookkeeping dir and its cgroup.
     async fn prepare_sandbox(
