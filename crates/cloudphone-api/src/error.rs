@@ -69,6 +69,10 @@ pub enum ApiError {
     /// `KOOPHONE.API.40010`: the fleet cannot hold the instances ordered.
     #[error("insufficient inventory: {0}")]
     InsufficientInventory(String),
+    /// `APIGW.0308` (429): the tenant is over a rate or concurrency limit (seed 001's `429 Too
+    /// Many Requests`, answered with API gateway's throttling code; docs/api-notes.md).
+    #[error("The throttling threshold has been reached: {0}")]
+    Throttled(String),
     /// `KOOPHONE.API.6001`: the token is missing, unknown or expired.
     #[error("authentication failed")]
     AuthenticationFailed,
@@ -102,6 +106,7 @@ impl ApiError {
             ApiError::MonthPeriodRange => "KOOPHONE.API.3006",
             ApiError::YearPeriodRange => "KOOPHONE.API.3007",
             ApiError::InsufficientInventory(_) => "KOOPHONE.API.40010",
+            ApiError::Throttled(_) => "APIGW.0308",
             ApiError::AuthenticationFailed => "KOOPHONE.API.6001",
             ApiError::Internal => "KOOPHONE.API.9999",
         }
@@ -132,6 +137,7 @@ impl ApiError {
             | ApiError::YearPeriodRange
             | ApiError::InsufficientInventory(_) => 400,
             ApiError::NoInstancePermission(_) | ApiError::AuthenticationFailed => 401,
+            ApiError::Throttled(_) => 429,
             ApiError::Internal => 500,
         }
     }
@@ -238,6 +244,7 @@ mod tests {
                 401,
             ),
             (ApiError::AuthenticationFailed, "KOOPHONE.API.6001", 401),
+            (ApiError::Throttled("x".into()), "APIGW.0308", 429),
             (
                 ApiError::InsufficientInventory("x".into()),
                 "KOOPHONE.API.40010",

@@ -28,13 +28,23 @@ pub struct PasswordIdentity {
     pub user: PasswordUser,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PasswordUser {
     /// IAM user name.
     pub name: String,
+    /// Never in `Debug` output.
     pub password: String,
     /// The account (tenant) the user belongs to.
     pub domain: NameOrId,
+}
+
+impl std::fmt::Debug for PasswordUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordUser")
+            .field("name", &self.name)
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
 }
 
 /// IAM lets a domain or project be named either way.
@@ -51,8 +61,8 @@ pub struct Scope {
     pub project: Option<NameOrId>,
 }
 
-/// What a validated request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a validated request asks for. `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PasswordLogin {
     pub domain: String,
     pub user: String,
@@ -60,6 +70,17 @@ pub struct PasswordLogin {
     /// Project by name or id, as given.
     pub project_name: Option<String>,
     pub project_id: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let project = (&self.project_name, &self.project_id);
+        write!(
+            f,
+            "PasswordLogin({}/{}, project {project:?}, ..)",
+            self.domain, self.user
+        )
+    }
 }
 
 /// Why an IAM request was refused.
@@ -81,6 +102,10 @@ pub enum IamError {
     /// What the caller named does not exist (for it).
     #[error("{0}")]
     NotFound(&'static str),
+    /// Too many wrong passwords for the user or from the address (or every password check is
+    /// busy): API gateway's throttling answer, sent with `Retry-After` (docs/api-notes.md).
+    #[error("The throttling threshold has been reached: too many login attempts")]
+    TooManyRequests,
     /// Anything the caller cannot fix; details go to the log.
     #[error("internal error")]
     Internal,
@@ -93,6 +118,7 @@ impl IamError {
             IamError::WrongCredentials | IamError::InvalidToken => 401,
             IamError::Forbidden(_) => 403,
             IamError::NotFound(_) => 404,
+            IamError::TooManyRequests => 429,
             IamError::Internal => 500,
         }
     }
@@ -104,6 +130,7 @@ impl IamError {
             IamError::WrongCredentials | IamError::InvalidToken => "IAM.0002",
             IamError::Forbidden(_) => "IAM.0003",
             IamError::NotFound(_) => "IAM.0004",
+            IamError::TooManyRequests => "APIGW.0308",
             IamError::Internal => "IAM.0001",
         }
     }
@@ -205,6 +232,25 @@ mod tests {
         assert_eq!(got.domain, "domainname");
         assert_eq!(got.user, "username");
         assert_eq!(got.project_name.as_deref(), Some("cn-north-7"));
+    }
+
+    #[test]
+    fn debug_leaves_the_password_out() {
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "alice", "password": "hunter2-pw", "domain": {"name": "acme"}}}},
+            "scope": {"project": {"name": "cn-north-7"}}}}))
+        .unwrap();
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2-pw"),
+            "{shown}"
+        );
+        let shown = format!("{:?}", request.into_login().unwrap());
+        assert!(
+            shown.contains("alice") && !shown.contains("hunter2-pw"),
+            "{shown}"
+        );
     }
 
     #[test]

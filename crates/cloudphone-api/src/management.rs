@@ -284,11 +284,17 @@ impl InstanceIdRequest {
     }
 }
 
-/// GetDeviceToken `data` (tables 4-44..4-50).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// GetDeviceToken `data` (tables 4-44..4-50). `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceTokenData {
     pub resource: DeviceResource,
     pub device_token: String,
+}
+
+impl std::fmt::Debug for DeviceTokenData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTokenData {{ resource: {:?}, .. }}", self.resource)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

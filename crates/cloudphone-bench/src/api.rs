@@ -351,19 +351,19 @@ pub struct Skipped {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiResults {
-    pub settings: WrkSettings,
+    pub(crate) settings: WrkSettings,
     /// `debug` or `release`: how the control and node binaries under test were built.
-    pub daemon_profile: String,
+    pub(crate) daemon_profile: String,
     /// The machine's cores, shared by wrk, control, node (and PostgreSQL).
-    pub cores: usize,
-    pub wrk_version: String,
+    pub(crate) cores: usize,
+    pub(crate) wrk_version: String,
     /// Instances the tenant has, so ListInstances returns this many rows and GetDeviceToken
     /// cycles through them.
-    pub instances: u32,
+    pub(crate) instances: u32,
     /// PostgreSQL's version and durability settings as the server reported them.
-    pub postgres: Option<String>,
+    pub(crate) postgres: Option<String>,
     pub cells: Vec<ApiCell>,
-    pub skipped: Vec<Skipped>,
+    pub(crate) skipped: Vec<Skipped>,
     pub failures: Vec<String>,
 }
 

@@ -55,12 +55,12 @@ pub struct FleetArgs {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetResults {
-    pub args: FleetArgs,
+    pub(crate) args: FleetArgs,
     /// CreateInstance sent → running_status 2 in ListInstances.
-    pub launch_to_ready_ms: Summary,
-    pub samples: Vec<f64>,
+    pub(crate) launch_to_ready_ms: Summary,
+    pub(crate) samples: Vec<f64>,
     /// CreateInstance answered, ms.
-    pub create_call_ms: Summary,
+    pub(crate) create_call_ms: Summary,
     pub ready: usize,
     pub failures: Vec<String>,
     /// Frames decoded per second by one viewer per ready instance, all streaming at once over
@@ -68,9 +68,9 @@ pub struct FleetResults {
     #[serde(default)]
     pub streamed_fps: Vec<f64>,
     #[serde(default)]
-    pub streamed_fps_summary: Summary,
+    pub(crate) streamed_fps_summary: Summary,
     #[serde(default)]
-    pub streamed_fps_min: f64,
+    pub(crate) streamed_fps_min: f64,
 }
 
 struct Api {

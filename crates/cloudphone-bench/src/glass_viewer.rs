@@ -164,24 +164,24 @@ impl ViewerArgs {
 /// What one receiver measured over its window.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ViewerRun {
-    pub receiver: Option<Receiver>,
-    pub width: u32,
-    pub height: u32,
+    pub(crate) receiver: Option<Receiver>,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
     /// hello sent → first decoded frame (Chromium: first requestVideoFrameCallback).
-    pub first_frame_ms: f64,
+    pub(crate) first_frame_ms: f64,
     /// Frames decoded (Chromium: presented) in the window.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Of those, frames whose clock did not read.
-    pub unreadable: u64,
+    pub(crate) unreadable: u64,
     /// Frames decoded but never shown (Chromium only: gaps in `presentedFrames`).
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// Glass-to-glass per frame with a readable clock, ms.
-    pub glass_ms: Vec<f64>,
+    pub(crate) glass_ms: Vec<f64>,
     /// The receiver's own share per frame, ms (see each receiver's module for where it starts).
-    pub receiver_ms: Vec<f64>,
+    pub(crate) receiver_ms: Vec<f64>,
     /// Further per-frame figures, name → ms.
-    pub extra: BTreeMap<String, Vec<f64>>,
-    pub notes: Vec<String>,
+    pub(crate) extra: BTreeMap<String, Vec<f64>>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -38,14 +38,14 @@ pub struct Target {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latest {
-    pub generated_unix_ms: i64,
-    pub machine: Machine,
-    pub targets: Vec<Target>,
-    pub encode: Option<EncodeResults>,
-    pub glass: Option<GlassResults>,
-    pub density: Option<DensityResults>,
-    pub fleet: Option<FleetResults>,
-    pub api: Option<ApiResults>,
+    pub(crate) generated_unix_ms: i64,
+    pub(crate) machine: Machine,
+    pub(crate) targets: Vec<Target>,
+    pub(crate) encode: Option<EncodeResults>,
+    pub(crate) glass: Option<GlassResults>,
+    pub(crate) density: Option<DensityResults>,
+    pub(crate) fleet: Option<FleetResults>,
+    pub(crate) api: Option<ApiResults>,
 }
 
 fn first_line(path: &str, key: &str) -> String {

@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use crate::config::ControlConfig;
-use crate::store::{self, NewTenant, NewUser, ProjectRecord, SqlStore, Store, StoreError};
+use crate::store::{
+    self, KeyOwner, NewTenant, NewUser, ProjectRecord, SqlStore, Store, StoreError,
+};
 
 /// What `tenant create` prints, as one JSON line.
 #[derive(Debug, Serialize)]
@@ -268,7 +270,12 @@ pub async fn list_access_keys(
 ) -> Result<serde_json::Value, AdminError> {
     let store = open_store(config).await?;
     let tenant_id = tenant_of(&store, tenant_domain).await?;
-    let keys = store.list_access_keys(&tenant_id).await?;
+    let keys = store
+        .list_access_keys(&KeyOwner {
+            tenant_id: &tenant_id,
+            user_id: None,
+        })
+        .await?;
     Ok(
         serde_json::json!({"credentials": keys.iter().map(|k| serde_json::json!({
         "access": k.access_key, "user_id": k.user_id, "description": k.description,
@@ -284,7 +291,15 @@ pub async fn delete_access_key(
 ) -> Result<serde_json::Value, AdminError> {
     let store = open_store(config).await?;
     let tenant_id = tenant_of(&store, tenant_domain).await?;
-    let deleted = store.delete_access_key(&tenant_id, access_key).await?;
+    let deleted = store
+        .delete_access_key(
+            &KeyOwner {
+                tenant_id: &tenant_id,
+                user_id: None,
+            },
+            access_key,
+        )
+        .await?;
     Ok(serde_json::json!({"deleted": deleted}))
 }
 

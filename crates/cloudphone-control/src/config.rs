@@ -1,8 +1,9 @@
 //! Control's configuration: a TOML file, then `CLOUDPHONE_*` environment variables, then flags.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use cloudphone_daemon::Secret;
 use serde::Deserialize;
 
 /// Everything control needs to start. Defaults make a single-host embedded setup.
@@ -15,18 +16,56 @@ pub struct ControlConfig {
     pub public_url: String,
     /// Region this control plane sells instances in.
     pub region: String,
+    pub http: HttpConfig,
     pub store: StoreConfig,
     pub nodes: NodesConfig,
     pub iam: IamConfig,
     pub backup: BackupConfig,
     pub usage: UsageConfig,
+    pub quotas: QuotaConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// TLS for `listen` (the tenant API, console, `/healthz`, `/metrics`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// PEM certificate chain and private key: when both are set, `listen` serves HTTPS only
+    /// (tenants' passwords, tokens and AK signatures cross it). Unset: plain HTTP, for the
+    /// demo or behind a TLS-terminating proxy.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://path?mode=rwc` (embedded, default) or `postgres://…` (several replicas).
     pub url: String,
+}
+
+/// The URL with any password in it replaced, so a PostgreSQL URL with credentials can be
+/// printed.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_url_password(&self.url))
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host…` → `scheme://user:<redacted>@host…`; other URLs as they are.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
+        None => url.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,7 +77,7 @@ pub struct NodesConfig {
     /// A node silent this long is marked down (and its instances show it).
     pub heartbeat_timeout_ms: u64,
     /// Shared secret nodes present when they announce themselves. Never logged.
-    pub enrollment_token: String,
+    pub enrollment_token: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +85,53 @@ pub struct NodesConfig {
 pub struct IamConfig {
     /// Lifetime of issued tokens; Huawei IAM's is 24 h.
     pub token_ttl_secs: u64,
+    /// Password checks (argon2, ~19 MiB and tens of ms each) running at once; 0 means one per
+    /// CPU. Logins past it wait their turn, so a flood cannot take all memory and CPU.
+    pub argon2_concurrency: usize,
+    /// How long a login waits for a free password check before it is refused with 429.
+    pub login_queue_timeout_ms: u64,
+    /// Wrong passwords per user (and per client address) before backoff starts.
+    pub login_free_failures: u32,
+    /// The first lockout after the free failures; each later failure doubles it.
+    pub login_backoff_base_ms: u64,
+    /// The longest lockout.
+    pub login_backoff_max_ms: u64,
+    /// A user or address with no wrong password for this long starts again from zero.
+    pub login_forget_ms: u64,
+}
+
+impl IamConfig {
+    /// The backoff rules these settings make.
+    pub(crate) fn backoff_rules(&self) -> cloudphone_core::login_backoff::BackoffRules {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        cloudphone_core::login_backoff::BackoffRules {
+            free_failures: self.login_free_failures,
+            base_ms: ms(self.login_backoff_base_ms),
+            max_ms: ms(self.login_backoff_max_ms),
+            forget_ms: ms(self.login_forget_ms),
+            ..cloudphone_core::login_backoff::BackoffRules::DEFAULT
+        }
+    }
+}
+
+/// Per-tenant limits, so one tenant cannot take a fleet's capacity from the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Instances a tenant may hold (every state but deleted).
+    pub instances_per_tenant: u32,
+    /// SyncCommand runs (one per instance named) a tenant may have in flight at once on this
+    /// control replica.
+    pub concurrent_commands_per_tenant: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            instances_per_tenant: 500,
+            concurrent_commands_per_tenant: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -66,6 +152,13 @@ pub struct UsageConfig {
     pub volcengine_rate_limit: usize,
     /// The budget's sliding window, in milliseconds (60 000; tests shorten it).
     pub volcengine_rate_window_ms: u64,
+    /// The systemd credential (`LoadCredential=<name>:…`) holding the key that seals AK
+    /// secrets: read from `$CREDENTIALS_DIRECTORY/<name>` whenever systemd set that variable,
+    /// so the key never sits in the state directory or the database's backups.
+    pub secrets_key_credential: String,
+    /// Outside systemd: the key's file (64 hex digits; created, mode 0600, when missing).
+    /// Unset: `usage-secrets.key` next to an SQLite store, the demo's default.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for UsageConfig {
@@ -73,6 +166,8 @@ impl Default for UsageConfig {
         Self {
             volcengine_rate_limit: 100,
             volcengine_rate_window_ms: 60_000,
+            secrets_key_credential: "usage-secrets-key".into(),
+            secrets_key_file: None,
         }
     }
 }
@@ -83,11 +178,13 @@ impl Default for ControlConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".into(),
             region: "cn-north-7".into(),
+            http: HttpConfig::default(),
             store: StoreConfig::default(),
             nodes: NodesConfig::default(),
             iam: IamConfig::default(),
             backup: BackupConfig::default(),
             usage: UsageConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -105,7 +202,7 @@ impl Default for NodesConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50050)),
             heartbeat_timeout_ms: 5_000,
-            enrollment_token: String::new(),
+            enrollment_token: Secret::default(),
         }
     }
 }
@@ -114,6 +211,12 @@ impl Default for IamConfig {
     fn default() -> Self {
         Self {
             token_ttl_secs: 24 * 3600,
+            argon2_concurrency: 0,
+            login_queue_timeout_ms: 10_000,
+            login_free_failures: 5,
+            login_backoff_base_ms: 1_000,
+            login_backoff_max_ms: 15 * 60_000,
+            login_forget_ms: 60 * 60_000,
         }
     }
 }
@@ -168,7 +271,7 @@ impl ControlConfig {
             config.store.url = value;
         }
         if let Some(value) = env("CLOUDPHONE_ENROLLMENT_TOKEN") {
-            config.nodes.enrollment_token = value;
+            config.nodes.enrollment_token = value.into();
         }
         if let Some(value) = env("CLOUDPHONE_PUBLIC_URL") {
             config.public_url = value;
@@ -194,6 +297,18 @@ impl ControlConfig {
         if self.usage.volcengine_rate_limit == 0 || self.usage.volcengine_rate_window_ms == 0 {
             return Err(ConfigError::Invalid(
                 "usage.volcengine_rate_limit and volcengine_rate_window_ms must be positive".into(),
+            ));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "http.tls_cert and http.tls_key go together".into(),
+            ));
+        }
+        if self.usage.secrets_key_credential.is_empty()
+            || self.usage.secrets_key_credential.contains('/')
+        {
+            return Err(ConfigError::Invalid(
+                "usage.secrets_key_credential must be a credential name (no '/')".into(),
             ));
         }
         if !self.backup.url.is_empty() && !self.backup.url.starts_with("file://") {
@@ -301,6 +416,52 @@ mod tests {
         std::fs::write(&path, "[usage]\nvolcengine_rate_limit = 0\n").unwrap();
         assert!(matches!(
             ControlConfig::load(Some(&path), |_| None),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    /// `text` as control.toml, loaded without environment overrides.
+    fn load_text(text: &str) -> Result<ControlConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(&path, text).unwrap();
+        ControlConfig::load(Some(&path), |_| None)
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = load_text(
+            "[store]\nurl = \"postgres://cloudphone:db-pass-1@10.0.0.2:5432/cp\"\n\
+             [nodes]\nenrollment_token = \"enroll-secret-1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.nodes.enrollment_token.expose(), "enroll-secret-1");
+        let shown = format!("{config:?} {config:#?}");
+        for secret in ["enroll-secret-1", "db-pass-1"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://cloudphone:<redacted>@10.0.0.2:5432/cp"));
+        assert_eq!(
+            redact_url_password("sqlite:///var/lib/c/control.db?mode=rwc"),
+            "sqlite:///var/lib/c/control.db?mode=rwc"
+        );
+        assert_eq!(
+            redact_url_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let lone = load_text("[http]\ntls_cert = \"/etc/c/cert.pem\"\n");
+        assert!(matches!(lone, Err(ConfigError::Invalid(_))));
+        let config =
+            load_text("[http]\ntls_cert = \"/etc/c/cert.pem\"\ntls_key = \"/etc/c/key.pem\"\n")
+                .unwrap();
+        let key = config.http.tls_key.as_deref();
+        assert_eq!(key, Some(Path::new("/etc/c/key.pem")));
+        assert!(matches!(
+            load_text("[usage]\nsecrets_key_credential = \"../key\"\n"),
             Err(ConfigError::Invalid(_))
         ));
     }

@@ -2,6 +2,10 @@
 //!
 //! Passwords are kept as argon2 hashes and tokens as SHA-256 digests, so the database holds
 //! nothing that logs in. Neither a password nor a token is ever logged.
+//!
+//! Logins are guarded ([`LoginGuard`]): at most `[iam] argon2_concurrency` password checks run
+//! at once (the rest wait `login_queue_timeout_ms`, then get 429), and wrong passwords lock the
+//! user and the client address out for a growing time (`cloudphone_core::login_backoff`).
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -12,7 +16,72 @@ use cloudphone_api::timefmt;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cloudphone_core::login_backoff::LoginBackoff;
+
+use crate::clock::Clock;
+use crate::config::IamConfig;
 use crate::store::{Store, StoreError, TokenRecord};
+
+/// What stands between a password guesser and argon2: a bounded pool of password checks and
+/// the per-user and per-address backoff. One per control process (each replica counts its own).
+#[derive(Debug)]
+pub(crate) struct LoginGuard {
+    /// One permit per password check allowed to run at once; the check's blocking task holds
+    /// it, so a caller that goes away mid-check does not free its slot early.
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How long a login may wait for a permit.
+    queue_timeout: Duration,
+    /// Wrong passwords per key, and the locks they earned.
+    backoff: Mutex<LoginBackoff>,
+}
+
+impl LoginGuard {
+    pub(crate) fn new(config: &IamConfig) -> Self {
+        let permits = match config.argon2_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        Self {
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
+            queue_timeout: Duration::from_millis(config.login_queue_timeout_ms),
+            backoff: Mutex::new(LoginBackoff::new(config.backoff_rules())),
+        }
+    }
+
+    /// Holds one password-check slot, as a running check does (tests fill the pool with it).
+    #[cfg(test)]
+    pub(crate) async fn take_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        std::sync::Arc::clone(&self.hashing)
+            .acquire_owned()
+            .await
+            .expect("the pool is never closed")
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, LoginBackoff> {
+        // The backoff's state stays consistent even if a holder panicked: take it back.
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The backoff keys of a login: its user (domain and name as given, case-folded so `Dev`
+/// and `dev` share one count) and, when known, the client's address.
+fn backoff_keys(login: &PasswordLogin, peer: Option<IpAddr>) -> Vec<String> {
+    let mut keys = vec![format!(
+        "user:{}\u{0}{}",
+        login.domain.to_lowercase(),
+        login.user.to_lowercase()
+    )];
+    if let Some(ip) = peer {
+        keys.push(format!("addr:{ip}"));
+    }
+    keys
+}
 
 /// Who an API call acts for, established from its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +97,10 @@ pub enum IamServiceError {
     WrongCredentials,
     #[error("token missing, unknown or expired")]
     InvalidToken,
+    /// Too many wrong passwords for this user or address, or every password check is busy:
+    /// try again in `retry_after_ms`.
+    #[error("too many login attempts; retry in {retry_after_ms} ms")]
+    TooManyAttempts { retry_after_ms: i64 },
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error(transparent)]
@@ -68,13 +141,39 @@ pub(crate) fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Logs a user in and issues a token valid for `ttl_ms`. Returns the token and the body.
+/// Logs a user in from `peer` and issues a token valid for `ttl_ms`. Returns the token and the
+/// body. Refused without a password check while the user or the address is locked out.
 pub(crate) async fn login(
     store: &dyn Store,
+    guard: &LoginGuard,
+    clock: &Clock,
     login: PasswordLogin,
-    now_ms: i64,
+    peer: Option<IpAddr>,
     ttl_ms: i64,
 ) -> Result<(String, TokenResponse), IamServiceError> {
+    let keys = backoff_keys(&login, peer);
+    let locked = |now_ms: i64| {
+        guard
+            .backoff()
+            .check(keys.iter().map(String::as_str), now_ms)
+            .map_or(Ok(()), |retry_after_ms| {
+                Err(IamServiceError::TooManyAttempts { retry_after_ms })
+            })
+    };
+    locked(clock.now_ms())?;
+    let acquire = std::sync::Arc::clone(&guard.hashing).acquire_owned();
+    let permit = match tokio::time::timeout(guard.queue_timeout, acquire).await {
+        Ok(Ok(permit)) => permit,
+        // Every check stayed busy (or the pool is closed): the client retries shortly.
+        _ => {
+            return Err(IamServiceError::TooManyAttempts {
+                retry_after_ms: 1_000,
+            });
+        }
+    };
+    // Checked again with the permit: attempts that queued together must not all get through
+    // on a count taken before the first of them failed.
+    locked(clock.now_ms())?;
     let user = store.find_user(&login.domain, &login.user).await?;
     // Verify even for unknown users, against a fixed hash, so timing does not reveal which users exist.
     let (hash, user) = match user {
@@ -82,11 +181,24 @@ pub(crate) async fn login(
         None => (DUMMY_HASH.to_string(), None),
     };
     let password = login.password.clone();
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await?;
+    let matches = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        verify_password(&password, &hash)
+    })
+    .await?;
     let user = match (matches, user) {
         (true, Some(user)) => user,
-        _ => return Err(IamServiceError::WrongCredentials),
+        _ => {
+            guard
+                .backoff()
+                .failed(keys.iter().map(String::as_str), clock.now_ms());
+            return Err(IamServiceError::WrongCredentials);
+        }
     };
+    if let Some(user_key) = keys.first() {
+        guard.backoff().succeeded(user_key);
+    }
+    let now_ms = clock.now_ms();
     let project = store
         .find_project(
             &user.tenant_id,

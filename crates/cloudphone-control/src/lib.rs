@@ -30,6 +30,7 @@ mod usage;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use cloudphone_proto::node_v1::control_plane_server::ControlPlaneServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -56,6 +57,10 @@ pub struct AppState {
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
+    /// SyncCommand runs in flight per tenant, against `[quotas] concurrent_commands_per_tenant`.
+    pub(crate) commands_in_flight: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The bounded password-check pool and the login backoff.
+    pub(crate) login_guard: iam::LoginGuard,
     /// "Now" for token expiry and purging, the Volcengine rate window and the usage queries'
     /// time windows: the system clock, or tokio's in tests.
     pub(crate) clock: Clock,
@@ -74,6 +79,7 @@ impl AppState {
                 config.usage.volcengine_rate_limit,
                 i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
             ));
+        let login_guard = iam::LoginGuard::new(&config.iam);
         Arc::new(AppState {
             config,
             store,
@@ -81,6 +87,8 @@ impl AppState {
             placement_lock: tokio::sync::Mutex::new(()),
             volcengine_limiter,
             restore_wake: Notify::new(),
+            login_guard,
+            commands_in_flight: std::sync::Mutex::default(),
             clock,
         })
     }
@@ -94,6 +102,8 @@ pub enum ControlError {
     Serve(#[from] std::io::Error),
     #[error("serving the node-facing gRPC: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("the API's TLS certificate: {0}")]
+    Tls(#[from] cloudphone_daemon::tls::TlsError),
 }
 
 /// Runs control on already-bound listeners (the tenant API's, and the node-facing gRPC one of
@@ -105,6 +115,11 @@ pub async fn run(
     node_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
+    // A bad certificate stops start-up before anything is served.
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(cloudphone_daemon::tls::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
     store.migrate().await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -117,7 +132,7 @@ pub async fn run(
     let _ = http::metrics_handle();
     let state = AppState::new(config, store, registry, Clock::System);
     let node_api = node_api::ControlPlaneService::new(
-        state.config.nodes.enrollment_token.clone(),
+        state.config.nodes.enrollment_token.expose().to_owned(),
         Arc::clone(&state.registry),
         Arc::clone(&state.store),
     );
@@ -141,19 +156,36 @@ pub async fn run(
         ),
     ];
     let app = http::router(state);
-    tracing::info!(http = %listener.local_addr()?, grpc = %grpc_addr, "control listening");
+    tracing::info!(http = %listener.local_addr()?, tls = tls.is_some(), grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stop_background = stop_tx.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining requests");
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            // Node connectors and background tasks stop now; `run` awaits the tasks below
-            // once the last request drained.
-            let _ = stop_background.send(true);
-        })
-        .await;
+    // Connection addresses reach the login backoff (per-address lockout) as `ConnectInfo`.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let drained = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining requests");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        // Node connectors and background tasks stop now; `run` awaits the tasks below
+        // once the last request drained.
+        let _ = stop_background.send(true);
+    };
+    // With a certificate the API is served as TLS only: a plain-HTTP request gets no answer.
+    let served = match tls {
+        Some(acceptor) => {
+            // `tap_io` (doing nothing) is how axum hands a custom listener's peer address to
+            // `ConnectInfo`, which the login backoff reads.
+            let listener =
+                cloudphone_daemon::tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(drained)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(drained)
+                .await
+        }
+    };
     // Also when serving failed: nothing may outlive `run`.
     let _ = stop_tx.send(true);
     for (name, task) in background {

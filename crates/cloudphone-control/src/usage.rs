@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_usage::class::parse_codec;
@@ -20,9 +20,15 @@ pub(crate) const CLOUDPHONE_APP: &str = "cloudphone";
 /// An open session is billed up to now, but at most this long past its last record (nodes send
 /// one every 30 s by default, so a live session always has a newer one before this runs out).
 pub(crate) const OPEN_GRACE_MS: i64 = 60_000;
-/// Where the sealing key comes from when the file is not used.
+/// An explicit sealing key (64 hex digits) that overrides every other source: for containers
+/// and tests; under systemd, prefer the credential.
 pub(crate) const KEY_ENV: &str = "CLOUDPHONE_USAGE_SECRETS_KEY";
+/// Set by systemd to the directory holding the unit's `LoadCredential=` files.
+const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
 const KEY_FILE: &str = "usage-secrets.key";
+/// Marks a secret sealed with its access key as associated data; a sealed secret without it is
+/// from before that binding and is re-sealed the first time it is opened.
+const BOUND_PREFIX: &str = "v2:";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UsageError {
@@ -30,13 +36,26 @@ pub(crate) enum UsageError {
     Store(#[from] StoreError),
     #[error("secrets key {path}: {reason}")]
     Key { path: String, reason: String },
-    #[error("a stored secret could not be unsealed (wrong secrets key?)")]
+    #[error("a stored secret could not be unsealed (wrong secrets key, or moved to another key?)")]
     Unseal,
 }
 
-/// Seals AK secrets with ChaCha20-Poly1305 under a key kept outside the database.
+/// Seals AK secrets with ChaCha20-Poly1305 under a key kept outside the database, each bound
+/// to its access key id as associated data: a sealed secret copied into another key's row
+/// does not open there.
 pub(crate) struct SecretBox {
     cipher: ChaCha20Poly1305,
+}
+
+/// An opened secret, and whether its row still holds the unbound (pre-`v2:`) form.
+pub(crate) struct Unsealed {
+    pub(crate) secret: String,
+    pub(crate) unbound: bool,
+}
+
+/// The associated data binding a sealed secret to `access_key`.
+fn binding(access_key: &str) -> Vec<u8> {
+    format!("cloudphone access key secret\0{access_key}").into_bytes()
 }
 
 impl SecretBox {
@@ -46,33 +65,74 @@ impl SecretBox {
         }
     }
 
-    /// `hex(nonce ‖ ciphertext)`.
-    pub(crate) fn seal(&self, secret: &str) -> String {
+    /// `v2:` ‖ `hex(nonce ‖ ciphertext)`, with `access_key` as associated data.
+    pub(crate) fn seal(&self, access_key: &str, secret: &str) -> String {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = binding(access_key);
         // Encryption with a 12-byte nonce and a short plaintext cannot fail.
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), secret.as_bytes())
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: &aad,
+                },
+            )
             .unwrap_or_default();
-        format!("{}{}", hex::encode(nonce), hex::encode(sealed))
+        format!(
+            "{BOUND_PREFIX}{}{}",
+            hex::encode(nonce),
+            hex::encode(sealed)
+        )
     }
 
-    pub(crate) fn open(&self, sealed: &str) -> Result<String, UsageError> {
-        let bytes = hex::decode(sealed).map_err(|_| UsageError::Unseal)?;
+    /// Opens the secret sealed for `access_key`; a secret sealed for another key fails.
+    pub(crate) fn open(&self, access_key: &str, sealed: &str) -> Result<Unsealed, UsageError> {
+        let (hex_text, aad, unbound) = match sealed.strip_prefix(BOUND_PREFIX) {
+            Some(rest) => (rest, binding(access_key), false),
+            None => (sealed, Vec::new(), true),
+        };
+        let bytes = hex::decode(hex_text).map_err(|_| UsageError::Unseal)?;
         if bytes.len() < 12 {
             return Err(UsageError::Unseal);
         }
         let (nonce, data) = bytes.split_at(12);
         let plain = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), data)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: data,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| UsageError::Unseal)?;
-        String::from_utf8(plain).map_err(|_| UsageError::Unseal)
+        let secret = String::from_utf8(plain).map_err(|_| UsageError::Unseal)?;
+        Ok(Unsealed { secret, unbound })
     }
 }
 
-/// The sealing key's file: next to an SQLite store, else in the working dir.
+/// The secret of `record`; a secret still sealed without its binding (stored before it existed)
+/// is re-sealed bound to its key in the same step, so it opens unbound once at most.
+pub(crate) async fn open_access_key(
+    store: &dyn Store,
+    sealer: &SecretBox,
+    record: &AccessKeyRecord,
+) -> Result<String, UsageError> {
+    let opened = sealer.open(&record.access_key, &record.secret_sealed)?;
+    if opened.unbound {
+        let bound = sealer.seal(&record.access_key, &opened.secret);
+        store
+            .reseal_access_key(&record.access_key, &record.secret_sealed, &bound)
+            .await?;
+        tracing::info!(access_key = %record.access_key, "access key secret re-sealed bound to its key");
+    }
+    Ok(opened.secret)
+}
+
+/// The demo's key file: next to an SQLite store, else in the working dir.
 pub(crate) fn key_path(config: &ControlConfig) -> PathBuf {
     let url = &config.store.url;
     let dir = url
@@ -96,13 +156,40 @@ fn parse_key(text: &str, path: &str) -> Result<[u8; 32], UsageError> {
     })
 }
 
-/// Loads the sealing key: `CLOUDPHONE_USAGE_SECRETS_KEY` (64 hex digits), else the key file,
-/// created (mode 0600, random) on first use. Every replica must see the same key.
-pub(crate) fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
-    if let Ok(text) = std::env::var(KEY_ENV) {
+/// Loads the sealing key, from the first of: `CLOUDPHONE_USAGE_SECRETS_KEY`; under systemd
+/// (`$CREDENTIALS_DIRECTORY` set), the credential `[usage].secrets_key_credential`, which must
+/// then exist (no key is ever made next to the database there); else `[usage].secrets_key_file`
+/// or the demo's file next to an SQLite store, created (mode 0600, random) on first use.
+/// Every replica must see the same key. `env` is the process environment (tests pass their own).
+pub(crate) fn load_key(
+    config: &ControlConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<[u8; 32], UsageError> {
+    if let Some(text) = env(KEY_ENV) {
         return parse_key(&text, KEY_ENV);
     }
-    let path = key_path(config);
+    if let Some(dir) = env(CREDENTIALS_ENV) {
+        let path = Path::new(&dir).join(&config.usage.secrets_key_credential);
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| UsageError::Key {
+            reason: format!(
+                "{e} (the unit needs LoadCredential={}:<file>)",
+                config.usage.secrets_key_credential
+            ),
+            path: shown.clone(),
+        })?;
+        return parse_key(&text, &shown);
+    }
+    let path = config
+        .usage
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| key_path(config));
+    read_or_create_key(&path)
+}
+
+/// The key in the file at `path`, or a new random one written there (mode 0600) first.
+fn read_or_create_key(path: &Path) -> Result<[u8; 32], UsageError> {
     let shown = path.display().to_string();
     let io = |e: std::io::Error| UsageError::Key {
         path: shown.clone(),
@@ -116,7 +203,7 @@ pub(crate) fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
     {
         Ok(mut file) => {
             file.write_all(hex::encode(key).as_bytes()).map_err(io)?;
@@ -124,7 +211,7 @@ pub(crate) fn load_key(config: &ControlConfig) -> Result<[u8; 32], UsageError> {
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            parse_key(&std::fs::read_to_string(&path).map_err(io)?, &shown)
+            parse_key(&std::fs::read_to_string(path).map_err(io)?, &shown)
         }
         Err(e) => Err(io(e)),
     }
@@ -136,7 +223,7 @@ pub(crate) fn secret_box(config: &ControlConfig) -> Result<&'static SecretBox, U
     if let Some(b) = BOX.get() {
         return Ok(b);
     }
-    let key = load_key(config)?;
+    let key = load_key(config, |name| std::env::var(name).ok())?;
     Ok(BOX.get_or_init(|| SecretBox::new(key)))
 }
 
@@ -170,10 +257,10 @@ pub(crate) async fn create_access_key(
 ) -> Result<(AccessKeyRecord, String), UsageError> {
     let (access_key, secret) = new_key_pair();
     let record = AccessKeyRecord {
+        secret_sealed: sealer.seal(&access_key, &secret),
         access_key,
         tenant_id: tenant_id.to_string(),
         user_id: user_id.to_string(),
-        secret_sealed: sealer.seal(&secret),
         description: description.to_string(),
         created_at_ms: now_ms,
     };
@@ -319,14 +406,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sealed_secrets_open_only_with_their_key() {
+    fn sealed_secrets_open_only_with_their_key_and_for_their_access_key() {
         let a = SecretBox::new([7; 32]);
-        let sealed = a.seal("top-secret");
+        let sealed = a.seal("AK1", "top-secret");
         assert!(!sealed.contains("top-secret"));
-        assert_ne!(sealed, a.seal("top-secret"), "fresh nonce each time");
-        assert_eq!(a.open(&sealed).unwrap(), "top-secret");
-        assert!(SecretBox::new([8; 32]).open(&sealed).is_err());
-        assert!(a.open("00").is_err());
+        assert_ne!(sealed, a.seal("AK1", "top-secret"), "fresh nonce each time");
+        let opened = a.open("AK1", &sealed).unwrap();
+        assert_eq!(
+            (opened.secret.as_str(), opened.unbound),
+            ("top-secret", false)
+        );
+        assert!(SecretBox::new([8; 32]).open("AK1", &sealed).is_err());
+        assert!(a.open("AK2", &sealed).is_err(), "bound to AK1");
+        // Without its prefix it is not taken for an unbound secret either.
+        assert!(a.open("AK1", &sealed["v2:".len()..]).is_err());
+        assert!(a.open("AK1", "00").is_err());
+    }
+
+    /// A secret sealed the way control did before the binding: no prefix, no associated data.
+    fn seal_unbound(sealer: &SecretBox, secret: &str) -> String {
+        let nonce = [3u8; 12];
+        let sealed = sealer
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), secret.as_bytes())
+            .unwrap();
+        format!("{}{}", hex::encode(nonce), hex::encode(sealed))
+    }
+
+    #[tokio::test]
+    async fn unbound_secrets_open_once_and_are_resealed_bound_and_moved_ones_do_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let store = crate::store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .create_tenant(&crate::store::NewTenant {
+                tenant_id: "t1".into(),
+                domain_name: "acme".into(),
+                user_id: "u1".into(),
+                user_name: "acme".into(),
+                password_hash: "x".into(),
+                project_id: "p1".into(),
+                project_name: "cn-north-7".into(),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        let sealer = SecretBox::new([9; 32]);
+        let record = |access_key: &str, secret_sealed: String| AccessKeyRecord {
+            access_key: access_key.into(),
+            tenant_id: "t1".into(),
+            user_id: "u1".into(),
+            secret_sealed,
+            description: String::new(),
+            created_at_ms: 0,
+        };
+        let old = record("OLDKEY", seal_unbound(&sealer, "old-secret"));
+        store.insert_access_key(&old).await.unwrap();
+
+        // A row from before the binding opens, and is re-sealed bound in the same step.
+        assert_eq!(
+            open_access_key(&store, &sealer, &old).await.unwrap(),
+            "old-secret"
+        );
+        let resealed = store.find_access_key("OLDKEY").await.unwrap().unwrap();
+        assert!(resealed.secret_sealed.starts_with("v2:"));
+        assert_eq!(
+            open_access_key(&store, &sealer, &resealed).await.unwrap(),
+            "old-secret"
+        );
+
+        // The bound secret copied into another key's row does not open there.
+        let (fresh, _) = create_access_key(&store, &sealer, "t1", "u1", "", 0)
+            .await
+            .unwrap();
+        let moved = record("MOVEDKEY", fresh.secret_sealed.clone());
+        store.insert_access_key(&moved).await.unwrap();
+        assert!(matches!(
+            open_access_key(&store, &sealer, &moved).await,
+            Err(UsageError::Unseal)
+        ));
+        assert!(open_access_key(&store, &sealer, &fresh).await.is_ok());
     }
 
     #[test]
@@ -345,13 +505,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ControlConfig::default();
         config.store.url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
-        let a = load_key(&config).unwrap();
-        assert_eq!(load_key(&config).unwrap(), a);
+        let a = load_key(&config, |_| None).unwrap();
+        assert_eq!(load_key(&config, |_| None).unwrap(), a);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(key_path(&config))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn under_systemd_the_key_comes_from_the_credential_never_from_the_data_dir() {
+        let data = tempfile::tempdir().unwrap();
+        let credentials = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::default();
+        config.store.url = format!("sqlite://{}/c.db?mode=rwc", data.path().display());
+        let dir = credentials.path().display().to_string();
+        let env = |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| dir.clone());
+
+        // No credential loaded: an error naming what the unit needs, and no key file made.
+        let error = load_key(&config, env).unwrap_err().to_string();
+        assert!(
+            error.contains("LoadCredential=usage-secrets-key"),
+            "{error}"
+        );
+        assert!(!key_path(&config).exists());
+
+        std::fs::write(
+            credentials.path().join("usage-secrets-key"),
+            format!("{}\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        assert_eq!(load_key(&config, env).unwrap(), [0xab; 32]);
+        assert!(
+            !key_path(&config).exists(),
+            "nothing written next to the store"
+        );
+        assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
+
+        // Another credential name, as configured.
+        config.usage.secrets_key_credential = "sealing".into();
+        std::fs::write(credentials.path().join("sealing"), "cd".repeat(32)).unwrap();
+        assert_eq!(load_key(&config, env).unwrap(), [0xcd; 32]);
+    }
+
+    #[test]
+    fn outside_systemd_a_configured_key_file_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::default();
+        config.store.url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let file = dir.path().join("keys").join("sealing.key");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        config.usage.secrets_key_file = Some(file.clone());
+        let key = load_key(&config, |_| None).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), hex::encode(key));
+        assert!(!key_path(&config).exists());
     }
 }

@@ -11,12 +11,14 @@
 //! - [`prepare`]: the FIFO queue of backed-up instances waiting for a slot to be restored.
 //! - [`video`]: the SetVideoConfig matrix, its rules and profile selection.
 //! - [`adaptation`]: the sender's bitrate controller under congestion.
+//! - [`login_backoff`]: how long a user or address waits after wrong passwords.
 #![forbid(unsafe_code)]
 
 pub mod adaptation;
 pub mod instance;
 pub mod lifecycle;
 pub mod liveness;
+pub mod login_backoff;
 pub mod prepare;
 pub mod scheduling;
 pub mod video;

@@ -219,23 +219,26 @@ mod tests {
 
     #[test]
     fn named_rules() {
-        let cases = [
-            (S::Running, O::RunCommand, true),
-            (S::Stopped, O::RunCommand, false),
-            (S::Starting, O::RunCommand, false),
-            (S::Stopped, O::Reset, true),
-            (S::Failed, O::Reset, true),
-            (S::Running, O::Reset, true),
-            (S::Resetting, O::Reset, false),
-            (S::Resetting, O::Delete, true),
-            (S::BackingUp, O::Stop, false),
-            (S::Restoring, O::Start, false),
-            (S::Restoring, O::Delete, true),
-            (S::Running, O::Start, true),
-            (S::Stopped, O::Stream, false),
+        // Per operation: states that allow it, states that refuse it.
+        let cases: [(O, &[S], &[S]); 6] = [
+            (O::RunCommand, &[S::Running], &[S::Stopped, S::Starting]),
+            (
+                O::Reset,
+                &[S::Stopped, S::Failed, S::Running],
+                &[S::Resetting],
+            ),
+            (O::Delete, &[S::Resetting, S::Restoring], &[]),
+            (O::Stop, &[], &[S::BackingUp]),
+            (O::Start, &[S::Running], &[S::Restoring]),
+            (O::Stream, &[], &[S::Stopped]),
         ];
-        for (state, op, ok) in cases {
-            assert_eq!(check(state, op).is_ok(), ok, "{state} + {op}");
+        for (op, allowed, refused) in cases {
+            for &state in allowed {
+                assert!(check(state, op).is_ok(), "{state} + {op} is allowed");
+            }
+            for &state in refused {
+                assert!(check(state, op).is_err(), "{state} + {op} is refused");
+            }
         }
     }
 

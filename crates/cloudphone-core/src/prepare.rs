@@ -175,6 +175,25 @@ mod tests {
         }
     }
 
+    /// A queue of (instance id, runtime, since) entries, all in region r1.
+    fn queue_of(entries: &[(&str, &str, i64)]) -> PrepareQueue {
+        PrepareQueue::from_entries(
+            entries
+                .iter()
+                .map(|&(id, runtime, since_ms)| waiting(id, runtime, since_ms))
+                .collect(),
+        )
+    }
+
+    /// The queue's instance ids, first in line first.
+    fn order(queue: &PrepareQueue) -> Vec<&str> {
+        queue
+            .entries()
+            .iter()
+            .map(|w| w.instance_id.as_str())
+            .collect()
+    }
+
     fn node(id: &str, runtime: &str, capacity: u32, used: u32, up: bool) -> PoolNode {
         PoolNode {
             slots: NodeSlots {
@@ -197,26 +216,16 @@ mod tests {
 
     #[test]
     fn fifo_by_time_then_id_and_no_duplicates() {
-        let mut queue = PrepareQueue::from_entries(vec![
-            waiting("c", "x11", 30),
-            waiting("b", "x11", 10),
-            waiting("a", "x11", 10),
-            waiting("b", "x11", 10),
+        let mut queue = queue_of(&[
+            ("c", "x11", 30),
+            ("b", "x11", 10),
+            ("a", "x11", 10),
+            ("b", "x11", 10),
         ]);
-        let order: Vec<&str> = queue
-            .entries()
-            .iter()
-            .map(|w| w.instance_id.as_str())
-            .collect();
-        assert_eq!(order, ["a", "b", "c"]);
+        assert_eq!(order(&queue), ["a", "b", "c"]);
         assert!(!queue.push(waiting("a", "x11", 99)), "keeps its place");
         assert!(queue.push(waiting("d", "x11", 20)));
-        let order: Vec<&str> = queue
-            .entries()
-            .iter()
-            .map(|w| w.instance_id.as_str())
-            .collect();
-        assert_eq!(order, ["a", "b", "d", "c"]);
+        assert_eq!(order(&queue), ["a", "b", "d", "c"]);
         assert_eq!(queue.len(), 4);
         assert!(queue.remove("b"));
         assert!(!queue.remove("b"));
@@ -225,11 +234,7 @@ mod tests {
 
     #[test]
     fn waiting_count_is_the_place_in_line_of_the_same_pool() {
-        let queue = PrepareQueue::from_entries(vec![
-            waiting("a", "x11", 1),
-            waiting("b", "android", 2),
-            waiting("c", "x11", 3),
-        ]);
+        let queue = queue_of(&[("a", "x11", 1), ("b", "android", 2), ("c", "x11", 3)]);
         assert_eq!(queue.waiting_count("a"), Some(1));
         assert_eq!(queue.waiting_count("b"), Some(1));
         assert_eq!(queue.waiting_count("c"), Some(2));
@@ -238,11 +243,7 @@ mod tests {
 
     #[test]
     fn admits_while_slots_are_free_and_keeps_the_line() {
-        let mut queue = PrepareQueue::from_entries(vec![
-            waiting("a", "x11", 1),
-            waiting("b", "x11", 2),
-            waiting("c", "x11", 3),
-        ]);
+        let mut queue = queue_of(&[("a", "x11", 1), ("b", "x11", 2), ("c", "x11", 3)]);
         let nodes = [node("n1", "x11", 4, 3, true), node("n2", "x11", 2, 1, true)];
         // Two free slots: a and b go, each to the emptiest node; c waits and is now first.
         let admitted = queue.admit(&nodes);
@@ -260,8 +261,7 @@ mod tests {
 
     #[test]
     fn down_nodes_and_other_pools_are_not_used() {
-        let mut queue =
-            PrepareQueue::from_entries(vec![waiting("a", "x11", 1), waiting("b", "android", 2)]);
+        let mut queue = queue_of(&[("a", "x11", 1), ("b", "android", 2)]);
         let nodes = [
             node("down", "x11", 4, 0, false),
             node("droid", "android", 1, 0, true),
@@ -275,11 +275,7 @@ mod tests {
 
     #[test]
     fn a_full_pool_does_not_block_another() {
-        let mut queue = PrepareQueue::from_entries(vec![
-            waiting("a", "x11", 1),
-            waiting("b", "android", 2),
-            waiting("c", "x11", 3),
-        ]);
+        let mut queue = queue_of(&[("a", "x11", 1), ("b", "android", 2), ("c", "x11", 3)]);
         let nodes = [
             node("n1", "x11", 1, 1, true),
             node("droid", "android", 1, 0, true),

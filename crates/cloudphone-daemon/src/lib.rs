@@ -1,8 +1,14 @@
 //! What both daemons (`cloudphone-control` and `cloudphone-node`) do the same way around their
 //! service: reading the TOML config file, logging setup, the ready file, the shutdown signal,
-//! the Prometheus recorder and the wall clock in milliseconds. Nothing here knows either
+//! the Prometheus recorder and the wall clock in milliseconds; `tls` serves a router over
+//! rustls, `secret` holds strings that `Debug` never prints. Nothing here knows either
 //! daemon's configuration or API.
 #![forbid(unsafe_code)]
+
+pub mod secret;
+pub mod tls;
+
+pub use secret::Secret;
 
 use std::net::SocketAddr;
 use std::path::Path;

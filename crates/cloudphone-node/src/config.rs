@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use cloudphone_daemon::Secret;
 use serde::Deserialize;
 
 /// Everything the node agent needs to start.
@@ -28,6 +29,7 @@ pub struct NodeConfig {
     pub sandbox: SandboxSection,
     pub android: AndroidSection,
     pub webrtc: WebRtcSection,
+    pub apps: AppsSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,7 +57,7 @@ pub struct ControlLink {
     /// e.g. `http://10.0.0.1:50050`. Empty: wait for control to dial in.
     pub endpoint: String,
     /// Shared secret for announcements. Never logged.
-    pub enrollment_token: String,
+    pub enrollment_token: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,27 +172,60 @@ pub struct AndroidSection {
     pub adb: PathBuf,
     /// Devices or emulators this host may hand out, one per instance.
     pub serials: Vec<String>,
+    /// An emulator snapshot (`adb emu avd snapshot load <name>`) holding a clean device:
+    /// `emulator-N` serials are wiped between tenants by loading it. Empty: every device is
+    /// wiped package by package (see `runtime::android`).
+    pub clean_snapshot: String,
+}
+
+/// InstallApp downloads: where a tenant's package URL may lead, and how much the node spends
+/// fetching. Loopback, link-local, private, ULA, CGNAT and other non-public addresses are
+/// refused unless listed here (see `apps::policy`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppsSection {
+    /// Whole-download limit: waiting for a slot, connecting, redirects and the body.
+    pub download_timeout_secs: u64,
+    /// Downloads this node runs at once; more wait for a slot (within the limit above).
+    pub max_concurrent_downloads: u32,
+    /// Host names (or IP literals) packages may come from whatever they resolve to, e.g. a
+    /// private mirror `"apps.internal"`.
+    pub allow_hosts: Vec<String>,
+    /// Networks packages may come from although they are not public, e.g. `"10.20.0.0/16"`.
+    pub allow_cidrs: Vec<String>,
+}
+
+impl Default for AppsSection {
+    fn default() -> Self {
+        Self {
+            download_timeout_secs: 600,
+            max_concurrent_downloads: 2,
+            allow_hosts: Vec::new(),
+            allow_cidrs: Vec::new(),
+        }
+    }
 }
 
 /// WebRTC: ICE servers handed to viewers, the node's own ICE addresses, signaling TLS.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebRtcSection {
     /// STUN URLs for viewers and the node's own peers, e.g. `stun:stun.example.com:3478`.
-    pub stun_urls: Vec<String>,
+    pub(crate) stun_urls: Vec<String>,
     /// TURN URLs for viewers, without credentials, e.g. `turn:turn.example.com:3478?transport=udp`.
     pub turn_urls: Vec<String>,
     /// coturn `static-auth-secret` the TURN REST credentials are signed with. Never logged;
     /// `CLOUDPHONE_NODE_TURN_SECRET` overrides it.
-    pub turn_secret: String,
-    /// Lifetime of issued TURN credentials.
+    pub turn_secret: Secret,
+    /// Longest lifetime of issued TURN credentials; a credential never outlives the device
+    /// token of the session it is issued for.
     pub turn_ttl_secs: u64,
     /// The host's public address when it sits behind a 1:1 NAT; its host candidates carry
     /// this address instead of the private one. Empty: none.
-    pub public_ip: String,
+    pub(crate) public_ip: String,
     /// UDP ports the node's peers use (both 0: any ephemeral port).
-    pub udp_port_min: u16,
-    pub udp_port_max: u16,
+    pub(crate) udp_port_min: u16,
+    pub(crate) udp_port_max: u16,
     /// Network interfaces the node's ICE candidates come from, e.g. `["eth0"]`; empty: every
     /// interface but loopback (`"lo"` in the list admits loopback).
     pub ice_interfaces: Vec<String>,
@@ -198,7 +233,7 @@ pub struct WebRtcSection {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Viewers one instance may have at once.
-    pub max_viewers_per_instance: u32,
+    pub(crate) max_viewers_per_instance: u32,
     /// How often a running encoder emits a partial usage record.
     pub usage_interval_secs: u64,
     /// `videotestsrc` pattern synthetic instances stream, optionally with properties
@@ -207,28 +242,7 @@ pub struct WebRtcSection {
     /// `SCHED_RR` priority (1–99) of the encode pipelines' capture and encode threads; 0 keeps
     /// normal scheduling. Needs root, `CAP_SYS_NICE` or `LimitRTPRIO=` (the shipped unit sets
     /// it); without, the node warns once and streams at normal priority.
-    pub encoder_realtime_priority: u8,
-}
-
-impl std::fmt::Debug for WebRtcSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebRtcSection")
-            .field("stun_urls", &self.stun_urls)
-            .field("turn_urls", &self.turn_urls)
-            .field("turn_secret", &"<redacted>")
-            .field("turn_ttl_secs", &self.turn_ttl_secs)
-            .field("public_ip", &self.public_ip)
-            .field("udp_port_min", &self.udp_port_min)
-            .field("udp_port_max", &self.udp_port_max)
-            .field("ice_interfaces", &self.ice_interfaces)
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &self.tls_key)
-            .field("max_viewers_per_instance", &self.max_viewers_per_instance)
-            .field("usage_interval_secs", &self.usage_interval_secs)
-            .field("synthetic_pattern", &self.synthetic_pattern)
-            .field("encoder_realtime_priority", &self.encoder_realtime_priority)
-            .finish()
-    }
+    pub(crate) encoder_realtime_priority: u8,
 }
 
 impl Default for WebRtcSection {
@@ -236,7 +250,7 @@ impl Default for WebRtcSection {
         Self {
             stun_urls: Vec::new(),
             turn_urls: Vec::new(),
-            turn_secret: String::new(),
+            turn_secret: Secret::default(),
             turn_ttl_secs: 86_400,
             public_ip: String::new(),
             udp_port_min: 0,
@@ -268,6 +282,7 @@ impl Default for NodeConfig {
             sandbox: SandboxSection::default(),
             android: AndroidSection::default(),
             webrtc: WebRtcSection::default(),
+            apps: AppsSection::default(),
         }
     }
 }
@@ -304,6 +319,7 @@ impl Default for AndroidSection {
         Self {
             adb: PathBuf::from("/usr/bin/adb"),
             serials: Vec::new(),
+            clean_snapshot: String::new(),
         }
     }
 }
@@ -352,13 +368,13 @@ impl NodeConfig {
             config.sandbox.hidden_paths.push(path);
         }
         if let Some(v) = env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN") {
-            config.control.enrollment_token = v;
+            config.control.enrollment_token = v.into();
         }
         if let Some(v) = env("CLOUDPHONE_NODE_CONTROL_ENDPOINT") {
             config.control.endpoint = v;
         }
         if let Some(v) = env("CLOUDPHONE_NODE_TURN_SECRET") {
-            config.webrtc.turn_secret = v;
+            config.webrtc.turn_secret = v.into();
         }
         let w = &config.webrtc;
         if (w.udp_port_min == 0) != (w.udp_port_max == 0) || w.udp_port_min > w.udp_port_max {
@@ -390,6 +406,14 @@ impl NodeConfig {
                 config.runtime
             )));
         }
+        let apps = &config.apps;
+        crate::apps::policy::Allowlist::new(&apps.allow_hosts, &apps.allow_cidrs)
+            .map_err(ConfigError::Invalid)?;
+        if apps.download_timeout_secs == 0 || apps.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "apps.download_timeout_secs and max_concurrent_downloads must be > 0".into(),
+            ));
+        }
         if config.capacity == 0 || config.heartbeat_interval_ms < 50 {
             return Err(ConfigError::Invalid(
                 "capacity must be > 0 and heartbeat_interval_ms >= 50".into(),
@@ -403,16 +427,19 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn defaults_fill_advertised_addresses() {
+    /// Loads `toml` as the config file, with `env` as the environment.
+    fn load(toml: &str, env: impl Fn(&str) -> Option<String>) -> Result<NodeConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
-            "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n",
-        )
-        .unwrap();
-        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
+        std::fs::write(&path, toml).unwrap();
+        NodeConfig::load(Some(&path), env)
+    }
+
+    #[test]
+    fn defaults_fill_advertised_addresses() {
+        let toml =
+            "node_id = \"h1\"\nruntime = \"synthetic\"\n[grpc]\nlisten = \"127.0.0.1:7000\"\n";
+        let config = load(toml, |_| None).unwrap();
         assert_eq!(config.grpc.advertise, "http://127.0.0.1:7000");
         assert_eq!(config.http.public_url, "ws://127.0.0.1:8090");
         assert_eq!(config.runtime, "synthetic");
@@ -420,24 +447,28 @@ mod tests {
 
     #[test]
     fn webrtc_section_parses_and_hides_the_secret() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(
-            &path,
+        let config = load(
             "[webrtc]\nstun_urls = [\"stun:127.0.0.1:3478\"]\nturn_urls = [\"turn:127.0.0.1:3478\"]\nturn_secret = \"hush\"\nudp_port_min = 40000\nudp_port_max = 40100\n",
+            |_| None,
         )
         .unwrap();
-        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
-        assert_eq!(config.webrtc.turn_secret, "hush");
+        assert_eq!(config.webrtc.turn_secret.expose(), "hush");
         assert_eq!(config.webrtc.udp_port_max, 40100);
         assert!(!format!("{config:?}").contains("hush"));
-        std::fs::write(&path, "[webrtc]\nturn_urls = [\"turn:h:1\"]\n").unwrap();
-        assert!(NodeConfig::load(Some(&path), |_| None).is_err());
-        let from_env = NodeConfig::load(Some(&path), |n| {
+        let with_token = load("", |n| {
+            (n == "CLOUDPHONE_NODE_ENROLLMENT_TOKEN").then(|| "enroll-9".to_string())
+        })
+        .unwrap();
+        assert_eq!(with_token.control.enrollment_token.expose(), "enroll-9");
+        assert!(!format!("{with_token:?} {with_token:#?}").contains("enroll-9"));
+        // TURN URLs without a secret are refused; the environment can supply it.
+        let no_secret = "[webrtc]\nturn_urls = [\"turn:h:1\"]\n";
+        assert!(load(no_secret, |_| None).is_err());
+        let from_env = load(no_secret, |n| {
             (n == "CLOUDPHONE_NODE_TURN_SECRET").then(|| "s".to_string())
         })
         .unwrap();
-        assert_eq!(from_env.webrtc.turn_secret, "s");
+        assert_eq!(from_env.webrtc.turn_secret.expose(), "s");
     }
 
     #[test]
@@ -475,11 +506,8 @@ mod tests {
 
     #[test]
     fn unknown_runtime_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, "runtime = \"vm\"\n").unwrap();
         assert!(matches!(
-            NodeConfig::load(Some(&path), |_| None),
+            load("runtime = \"vm\"\n", |_| None),
             Err(ConfigError::Invalid(_))
         ));
     }

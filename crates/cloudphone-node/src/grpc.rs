@@ -50,8 +50,9 @@ pub(crate) struct NodeService {
     open_streams: Arc<AtomicUsize>,
     jobs: Arc<Mutex<HashMap<String, pb::CommandJob>>>,
     sessions: Arc<Sessions>,
-    /// Downloads application packages for InstallApp.
-    http: reqwest::Client,
+    /// Downloads application packages for InstallApp, behind the address policy and the
+    /// node's download cap.
+    downloads: Arc<crate::apps::Downloads>,
     /// Usage records on disk until control acknowledges them.
     usage: crate::usage_buffer::UsageBuffer,
 }
@@ -62,6 +63,7 @@ impl NodeService {
         identity: NodeIdentity,
         sessions: Arc<Sessions>,
         usage: crate::usage_buffer::UsageBuffer,
+        downloads: crate::apps::Downloads,
     ) -> Self {
         Self {
             manager,
@@ -69,10 +71,7 @@ impl NodeService {
             open_streams: Arc::new(AtomicUsize::new(0)),
             jobs: Arc::new(Mutex::new(HashMap::new())),
             sessions,
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            downloads: Arc::new(downloads),
             usage,
         }
     }
@@ -80,6 +79,62 @@ impl NodeService {
     /// Number of control report streams open right now.
     pub(crate) fn open_streams(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.open_streams)
+    }
+
+    /// The instance spec CreateInstance (and RestoreInstance, for an instance the node does not
+    /// hold) asks for, checked against this node's runtime and the size limits.
+    fn instance_spec(&self, r: pb::CreateInstanceRequest) -> Result<InstanceSpec, Status> {
+        valid_id(&r.instance_id)?;
+        if !r.runtime.is_empty() && r.runtime != self.manager.runtime_name() {
+            return Err(Status::invalid_argument(format!(
+                "this node runs {}, not {}",
+                self.manager.runtime_name(),
+                r.runtime
+            )));
+        }
+        if !(64..=4096).contains(&r.width) || !(64..=4096).contains(&r.height) {
+            return Err(Status::invalid_argument(
+                "width and height must be 64..=4096",
+            ));
+        }
+        Ok(InstanceSpec {
+            instance_id: r.instance_id,
+            tenant_id: r.tenant_id,
+            width: r.width,
+            height: r.height,
+            os: r.os,
+        })
+    }
+
+    /// The spec RestoreInstance recreates `instance_id` from when the node does not hold it.
+    fn restore_spec(
+        &self,
+        spec: Option<pb::CreateInstanceRequest>,
+        instance_id: &str,
+    ) -> Result<InstanceSpec, Status> {
+        let spec = spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        if spec.instance_id != instance_id {
+            return Err(Status::invalid_argument("spec names another instance"));
+        }
+        self.instance_spec(spec)
+    }
+
+    /// Refuses an invalid id or an instance this node does not hold.
+    async fn existing(&self, id: &str) -> Result<(), Status> {
+        valid_id(id)?;
+        self.manager.status(id).await.map(drop).map_err(to_status)
+    }
+
+    /// Start, stop, reboot, reset and status: `op` on the named instance, answered with its
+    /// status afterwards.
+    async fn lifecycle(
+        &self,
+        request: Request<pb::InstanceRef>,
+        op: impl AsyncFnOnce(&InstanceManager, &str) -> Result<InstanceView, InstanceError>,
+    ) -> Reply<pb::InstanceStatus> {
+        let id = instance_id(request)?;
+        let view = op(&self.manager, &id).await.map_err(to_status)?;
+        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, pb::CommandJob>> {
@@ -118,6 +173,9 @@ fn to_status(error: InstanceError) -> Status {
         InstanceError::AlreadyExists(_) => Status::already_exists(error.to_string()),
         InstanceError::NoCapacity => Status::resource_exhausted(error.to_string()),
         InstanceError::InvalidState { .. } => Status::failed_precondition(error.to_string()),
+        InstanceError::Runtime(crate::runtime::RuntimeError::Unsupported(_)) => {
+            Status::unimplemented(error.to_string())
+        }
         _ => {
             tracing::warn!(%error, "instance operation failed");
             Status::internal(error.to_string())
@@ -130,6 +188,19 @@ fn valid_id(id: &str) -> Result<(), Status> {
     cloudphone_core::instance::InstanceId::parse(id)
         .map(drop)
         .map_err(|error| Status::invalid_argument(format!("instance_id: {error}")))
+}
+
+/// A request naming one instance: its id, checked by the one rule.
+fn instance_id(request: Request<pb::InstanceRef>) -> Result<String, Status> {
+    let id = request.into_inner().instance_id;
+    valid_id(&id)?;
+    Ok(id)
+}
+
+/// The instance a backup or restore names, and its archive on this host.
+fn archive_target(instance_id: &str, uri: &str) -> Result<std::path::PathBuf, Status> {
+    valid_id(instance_id)?;
+    crate::instances::archive_path(uri).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn command_spec(request: &pb::RunCommandRequest) -> Result<CommandSpec, Status> {
@@ -162,6 +233,9 @@ fn command_result(output: CommandOutput) -> pb::CommandResult {
         duration_ms: u32::try_from(output.duration.as_millis()).unwrap_or(u32::MAX),
     }
 }
+
+/// What every unary NodeAgent method answers.
+type Reply<T> = Result<Response<T>, Status>;
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<pb::NodeReport, Status>> + Send + 'static>>;
 
@@ -265,113 +339,57 @@ impl NodeAgent for NodeService {
 
     async fn create_instance(
         &self,
-        request: Request<pb::CreateInstanceRequest>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let r = request.into_inner();
-        valid_id(&r.instance_id)?;
-        if !r.runtime.is_empty() && r.runtime != self.manager.runtime_name() {
-            return Err(Status::invalid_argument(format!(
-                "this node runs {}, not {}",
-                self.manager.runtime_name(),
-                r.runtime
-            )));
-        }
-        if !(64..=4096).contains(&r.width) || !(64..=4096).contains(&r.height) {
-            return Err(Status::invalid_argument(
-                "width and height must be 64..=4096",
-            ));
-        }
-        let spec = InstanceSpec {
-            instance_id: r.instance_id,
-            tenant_id: r.tenant_id,
-            width: r.width,
-            height: r.height,
-            os: r.os,
-        };
+        r: Request<pb::CreateInstanceRequest>,
+    ) -> Reply<pb::InstanceStatus> {
+        let spec = self.instance_spec(r.into_inner())?;
         let view = self.manager.create(spec).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 
     async fn delete_instance(
         &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let existed = self.manager.delete(&id).await.map_err(to_status)?;
+        r: Request<pb::InstanceRef>,
+    ) -> Reply<pb::DeleteInstanceResponse> {
+        let existed = self
+            .manager
+            .delete(&instance_id(r)?)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::DeleteInstanceResponse { existed }))
     }
 
-    async fn start_instance(
-        &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let view = self.manager.start(&id).await.map_err(to_status)?;
-        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    async fn start_instance(&self, r: Request<pb::InstanceRef>) -> Reply<pb::InstanceStatus> {
+        self.lifecycle(r, InstanceManager::start).await
     }
 
-    async fn stop_instance(
-        &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let view = self.manager.stop(&id).await.map_err(to_status)?;
-        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    async fn stop_instance(&self, r: Request<pb::InstanceRef>) -> Reply<pb::InstanceStatus> {
+        self.lifecycle(r, InstanceManager::stop).await
     }
 
-    async fn reboot_instance(
-        &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let view = self.manager.reboot(&id).await.map_err(to_status)?;
-        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    async fn reboot_instance(&self, r: Request<pb::InstanceRef>) -> Reply<pb::InstanceStatus> {
+        self.lifecycle(r, InstanceManager::reboot).await
     }
 
-    async fn reset_instance(
-        &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let view = self.manager.reset(&id).await.map_err(to_status)?;
-        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    async fn reset_instance(&self, r: Request<pb::InstanceRef>) -> Reply<pb::InstanceStatus> {
+        self.lifecycle(r, InstanceManager::reset).await
     }
 
-    async fn get_instance_status(
-        &self,
-        request: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let id = request.into_inner().instance_id;
-        valid_id(&id)?;
-        let view = self.manager.status(&id).await.map_err(to_status)?;
-        Ok(Response::new(status_of(&view, self.manager.runtime_name())))
+    async fn get_instance_status(&self, r: Request<pb::InstanceRef>) -> Reply<pb::InstanceStatus> {
+        self.lifecycle(r, InstanceManager::status).await
     }
 
     async fn list_instances(
         &self,
-        _request: Request<pb::ListInstancesRequest>,
-    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        _r: Request<pb::ListInstancesRequest>,
+    ) -> Reply<pb::ListInstancesResponse> {
         let runtime = self.manager.runtime_name();
-        let instances = self
-            .manager
-            .list()
-            .await
-            .iter()
-            .map(|v| status_of(v, runtime))
-            .collect();
+        let views = self.manager.list().await;
+        let instances = views.iter().map(|v| status_of(v, runtime)).collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
     }
 
-    async fn run_command(
-        &self,
-        request: Request<pb::RunCommandRequest>,
-    ) -> Result<Response<pb::CommandResult>, Status> {
-        let request = request.into_inner();
+    async fn run_command(&self, r: Request<pb::RunCommandRequest>) -> Reply<pb::CommandResult> {
+        let request = r.into_inner();
         let spec = command_spec(&request)?;
         let output = self
             .manager
@@ -381,17 +399,11 @@ impl NodeAgent for NodeService {
         Ok(Response::new(command_result(output)))
     }
 
-    async fn start_command(
-        &self,
-        request: Request<pb::RunCommandRequest>,
-    ) -> Result<Response<pb::CommandJob>, Status> {
-        let request = request.into_inner();
+    async fn start_command(&self, r: Request<pb::RunCommandRequest>) -> Reply<pb::CommandJob> {
+        let request = r.into_inner();
         let spec = command_spec(&request)?;
         // Fail fast on unknown instances rather than queueing a job that cannot run.
-        self.manager
-            .status(&request.instance_id)
-            .await
-            .map_err(to_status)?;
+        self.existing(&request.instance_id).await?;
         let job_id = uuid::Uuid::new_v4().simple().to_string();
         let job = pb::CommandJob {
             job_id: job_id.clone(),
@@ -443,11 +455,8 @@ impl NodeAgent for NodeService {
         Ok(Response::new(job))
     }
 
-    async fn get_command(
-        &self,
-        request: Request<pb::CommandJobRef>,
-    ) -> Result<Response<pb::CommandJob>, Status> {
-        let id = request.into_inner().job_id;
+    async fn get_command(&self, r: Request<pb::CommandJobRef>) -> Reply<pb::CommandJob> {
+        let id = r.into_inner().job_id;
         self.jobs()
             .get(&id)
             .cloned()
@@ -477,41 +486,39 @@ impl NodeAgent for NodeService {
                 message,
             }))
         };
-        let package =
-            match crate::apps::fetch(&self.http, &r.package_url, &expected, &downloads).await {
-                Ok(package) => package,
-                Err(crate::apps::FetchError::Checksum { expected, actual }) => {
-                    return answer(
-                        pb::InstallFailure::Checksum,
-                        format!("md5 {actual}, expected {expected}"),
-                    );
-                }
-                Err(error @ crate::apps::FetchError::Size { .. }) => {
-                    return answer(pb::InstallFailure::Size, error.to_string());
-                }
-                Err(crate::apps::FetchError::Io(error)) if error.raw_os_error() == Some(28) => {
-                    return answer(pb::InstallFailure::NoSpace, error.to_string());
-                }
-                Err(error) => return answer(pb::InstallFailure::Download, error.to_string()),
-            };
+        // Details (addresses, statuses, digests, installer output) go to the log; the tenant
+        // gets the failure class and a generic message.
+        let package = match self
+            .downloads
+            .fetch(&r.package_url, &expected, &downloads)
+            .await
+        {
+            Ok(package) => package,
+            Err(error) => {
+                tracing::warn!(instance = %r.instance_id, %error, "package download failed");
+                let (failure, message) = error.failure();
+                return answer(failure, message.to_owned());
+            }
+        };
         match self
             .manager
             .install_app(&r.instance_id, &package.path)
             .await
         {
             Ok(()) => answer(pb::InstallFailure::None, String::new()),
-            Err(error) => answer(pb::InstallFailure::Install, error.to_string()),
+            Err(error) => {
+                tracing::warn!(instance = %r.instance_id, %error, "package install failed");
+                answer(pb::InstallFailure::Install, "install app failed".to_owned())
+            }
         }
     }
 
     async fn backup_instance(
         &self,
         r: Request<pb::BackupInstanceRequest>,
-    ) -> Result<Response<pb::BackupInstanceResponse>, Status> {
+    ) -> Reply<pb::BackupInstanceResponse> {
         let r = r.into_inner();
-        valid_id(&r.instance_id)?;
-        let dest = crate::instances::archive_path(&r.destination_uri)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let dest = archive_target(&r.instance_id, &r.destination_uri)?;
         let archive_bytes = self
             .manager
             .backup(&r.instance_id, &dest)
@@ -528,36 +535,10 @@ impl NodeAgent for NodeService {
     async fn restore_instance(
         &self,
         r: Request<pb::RestoreInstanceRequest>,
-    ) -> Result<Response<pb::InstanceStatus>, Status> {
+    ) -> Reply<pb::InstanceStatus> {
         let r = r.into_inner();
-        valid_id(&r.instance_id)?;
-        let src = crate::instances::archive_path(&r.source_uri)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let spec = r
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        if spec.instance_id != r.instance_id {
-            return Err(Status::invalid_argument("spec names another instance"));
-        }
-        if !spec.runtime.is_empty() && spec.runtime != self.manager.runtime_name() {
-            return Err(Status::invalid_argument(format!(
-                "this node runs {}, not {}",
-                self.manager.runtime_name(),
-                spec.runtime
-            )));
-        }
-        if !(64..=4096).contains(&spec.width) || !(64..=4096).contains(&spec.height) {
-            return Err(Status::invalid_argument(
-                "width and height must be 64..=4096",
-            ));
-        }
-        let spec = InstanceSpec {
-            instance_id: spec.instance_id,
-            tenant_id: spec.tenant_id,
-            width: spec.width,
-            height: spec.height,
-            os: spec.os,
-        };
+        let spec = self.restore_spec(r.spec, &r.instance_id)?;
+        let src = archive_target(&r.instance_id, &r.source_uri)?;
         let view = self.manager.restore(spec, &src).await.map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
@@ -565,13 +546,9 @@ impl NodeAgent for NodeService {
     async fn set_video_config(
         &self,
         r: Request<pb::SetVideoConfigRequest>,
-    ) -> Result<Response<pb::SetVideoConfigResponse>, Status> {
+    ) -> Reply<pb::SetVideoConfigResponse> {
         let r = r.into_inner();
-        valid_id(&r.instance_id)?;
-        self.manager
-            .status(&r.instance_id)
-            .await
-            .map_err(to_status)?;
+        self.existing(&r.instance_id).await?;
         let config = crate::convert::video_config(r.profiles)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let sessions_updated = self.sessions.set_video_config(&r.instance_id, config);
@@ -583,7 +560,7 @@ impl NodeAgent for NodeService {
     async fn start_session(
         &self,
         r: Request<pb::StartSessionRequest>,
-    ) -> Result<Response<pb::StartSessionResponse>, Status> {
+    ) -> Reply<pb::StartSessionResponse> {
         let r = r.into_inner();
         valid_id(&r.instance_id)?;
         let started = self.sessions.start_session(&r).await.map_err(|e| match e {
@@ -600,20 +577,16 @@ impl NodeAgent for NodeService {
     async fn stop_streaming(
         &self,
         r: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::StopStreamingResponse>, Status> {
-        let id = r.into_inner().instance_id;
-        valid_id(&id)?;
-        let streams_stopped = self.sessions.stop_streaming(&id);
+    ) -> Reply<pb::StopStreamingResponse> {
+        let streams_stopped = self.sessions.stop_streaming(&instance_id(r)?);
         Ok(Response::new(pb::StopStreamingResponse { streams_stopped }))
     }
 
     async fn release_session(
         &self,
         r: Request<pb::InstanceRef>,
-    ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
-        let id = r.into_inner().instance_id;
-        valid_id(&id)?;
-        let sessions_released = self.sessions.release(&id);
+    ) -> Reply<pb::ReleaseSessionResponse> {
+        let sessions_released = self.sessions.release(&instance_id(r)?);
         Ok(Response::new(pb::ReleaseSessionResponse {
             sessions_released,
         }))

@@ -81,6 +81,8 @@ fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::Runti
             runtime::android::AndroidConfig {
                 adb: config.android.adb.clone(),
                 serials: config.android.serials.clone(),
+                clean_snapshot: Some(config.android.clean_snapshot.clone())
+                    .filter(|s| !s.is_empty()),
             },
         )),
         _ => Arc::new(runtime::synthetic::SyntheticRuntime::new(
@@ -153,13 +155,19 @@ pub async fn run(
         }),
         usage.spawn_keeper(clock::Clock::System),
     );
-    let service =
-        grpc::NodeService::new(Arc::clone(&manager), identity, Arc::clone(&sessions), usage);
+    let downloads = apps::Downloads::new(&config.apps).map_err(std::io::Error::other)?;
+    let service = grpc::NodeService::new(
+        Arc::clone(&manager),
+        identity,
+        Arc::clone(&sessions),
+        usage,
+        downloads,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let announcer = announce::Announcer {
         control_endpoint: config.control.endpoint.clone(),
-        enrollment_token: config.control.enrollment_token.clone(),
+        enrollment_token: config.control.enrollment_token.expose().to_owned(),
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
         open_streams: service.open_streams(),

@@ -20,8 +20,9 @@ pub const MAX_POINTER_ID: u32 = 9;
 /// seed's name for the codec (the `encoding_type` field).
 pub use cloudphone_core::video::{Codec, Codec as EncodingType, Definition, NetworkType};
 
-/// First message from the viewer: who it is and what it wants to see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// First message from the viewer: who it is and what it wants to see. `Debug` leaves the
+/// device token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub device_id: String,
     /// The device token GetDeviceToken returned; the node compares its SHA-256.
@@ -29,6 +30,16 @@ pub struct Hello {
     pub network_type: NetworkType,
     pub encoding_type: EncodingType,
     pub definition: Definition,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Hello {{ device_id: {:?}, {:?} {:?} {:?}, .. }}",
+            self.device_id, self.network_type, self.encoding_type, self.definition
+        )
+    }
 }
 
 /// One trickled ICE candidate, named like the browser's `RTCIceCandidateInit`. An empty
@@ -198,6 +209,22 @@ mod tests {
         assert_eq!(encoded, expected);
         let decoded: T = serde_json::from_value(encoded).unwrap();
         assert_eq!(&decoded, value);
+    }
+
+    #[test]
+    fn hello_debug_leaves_the_device_token_out() {
+        let hello = Hello {
+            device_id: "dev-1".into(),
+            device_token: "tok-secret-1".into(),
+            network_type: NetworkType::Wifi,
+            encoding_type: EncodingType::H264,
+            definition: Definition::P720,
+        };
+        let shown = format!("{:?}", ClientMessage::Hello(hello));
+        assert!(
+            shown.contains("dev-1") && !shown.contains("tok-secret-1"),
+            "{shown}"
+        );
     }
 
     #[test]

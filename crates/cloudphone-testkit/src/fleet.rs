@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cloudphone_proto::node_v1::{self as pb, control_plane_client::ControlPlaneClient};
 use serde_json::{Value, json};
 
-use crate::process::{Daemon, binary};
+use crate::process::{Daemon, binary, output_of};
 use crate::wait_for;
 
 /// Heartbeat timeout the tests configure; the bound for marking a node down is 1.25 × this.
@@ -97,21 +97,9 @@ impl Fleet {
     /// [`Fleet::start_control`] with another build of `cloudphone-control` (e.g. a release one).
     pub fn spawn_control(&mut self, bin: &Path) {
         let config = self.write_control_config();
-        let log = self.path("control.log");
-        let ready = self.path("control.ready");
-        let _ = std::fs::remove_file(&ready);
-        self.control = Some(Daemon::spawn(
-            bin,
-            &[
-                "serve",
-                "--config",
-                path_str(&config),
-                "--ready-file",
-                path_str(&ready),
-            ],
-            &log,
-        ));
-        let (http, grpc) = read_ready_file(&ready, &log);
+        let (control, (http, grpc)) =
+            self.spawn_ready("control", bin, &["serve", "--config", path_str(&config)]);
+        self.control = Some(control);
         self.control_port = http;
         self.nodes_port = grpc;
         self.api = format!("http://127.0.0.1:{http}");
@@ -139,26 +127,27 @@ impl Fleet {
             with_ice_interfaces(&self.node_extra),
         );
         std::fs::write(&path, text).unwrap();
-        let log = self.path("node.log");
-        let ready = self.path("node.ready");
-        let _ = std::fs::remove_file(&ready);
-        self.node = Some(Daemon::spawn(
-            bin,
-            &[
-                "--config",
-                path_str(&path),
-                "--ready-file",
-                path_str(&ready),
-            ],
-            &log,
-        ));
-        let (http, grpc) = read_ready_file(&ready, &log);
+        let (node, (http, grpc)) = self.spawn_ready("node", bin, &["--config", path_str(&path)]);
+        self.node = Some(node);
         self.node_ports = (grpc, http);
+    }
+
+    /// Spawns `bin` with `args` and a `--ready-file`, logging to `<name>.log`; returns it once
+    /// it has written its ports there.
+    fn spawn_ready(&self, name: &str, bin: &Path, args: &[&str]) -> (Daemon, (u16, u16)) {
+        let log = self.path(&format!("{name}.log"));
+        let ready = self.path(&format!("{name}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let mut args = args.to_vec();
+        args.extend(["--ready-file", path_str(&ready)]);
+        let daemon = Daemon::spawn(bin, &args, &log);
+        (daemon, read_ready_file(&ready, &log))
     }
 
     pub fn create_tenant(&self, domain: &str, password: &str) -> Value {
         let config = self.write_control_config();
-        let out = std::process::Command::new(binary("cloudphone-control"))
+        let mut command = std::process::Command::new(binary("cloudphone-control"));
+        command
             .args([
                 "tenant",
                 "create",
@@ -170,30 +159,17 @@ impl Fleet {
                 "dev",
             ])
             .args(["--project", "cn-north-7"])
-            .env("CLOUDPHONE_TENANT_PASSWORD", password)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tenant create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .env("CLOUDPHONE_TENANT_PASSWORD", password);
+        let out = output_of(&mut command, "tenant create");
         serde_json::from_slice(&out.stdout).expect("tenant create prints JSON")
     }
 
     /// Runs an admin CLI command against the fleet's store; returns its JSON output.
     pub fn admin(&self, args: &[&str]) -> Value {
         let config = self.write_control_config();
-        let out = std::process::Command::new(binary("cloudphone-control"))
-            .args(args)
-            .args(["--config", path_str(&config)])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut command = std::process::Command::new(binary("cloudphone-control"));
+        command.args(args).args(["--config", path_str(&config)]);
+        let out = output_of(&mut command, &format!("{args:?}"));
         serde_json::from_slice(&out.stdout).expect("admin commands print JSON")
     }
 

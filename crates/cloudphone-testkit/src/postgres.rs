@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::process::output_of;
+
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Server URL without a database name, e.g. `postgres://postgres@127.0.0.1:5432`.
@@ -42,12 +44,7 @@ fn start_cluster() -> String {
             c.args(&args[1..]);
             c
         };
-        let out = command.output().expect("run postgres tool");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        output_of(&mut command, &format!("{args:?}"));
     };
     if as_root {
         let status = Command::new("chown")
@@ -109,20 +106,12 @@ fn start_cluster() -> String {
 pub fn fresh_database() -> String {
     let server = server_url();
     let name = format!("t_{}", uuid_like());
-    let out = Command::new("psql")
-        .arg(format!("{server}/postgres"))
-        .args([
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qc",
-            &format!("CREATE DATABASE {name}"),
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "create database: {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_of(
+        Command::new("psql")
+            .arg(format!("{server}/postgres"))
+            .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+            .arg(format!("CREATE DATABASE {name}")),
+        "create database",
     );
     format!("{server}/{name}")
 }

@@ -12,6 +12,19 @@ pub fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
+/// Runs `command` to completion; panics with `what` and its stderr unless it succeeded.
+pub(crate) fn output_of(command: &mut Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Path of a freshly built workspace binary. Builds the daemons once per test process, so a
 /// test of one crate always runs against the current code of the other — unless
 /// `CLOUDPHONE_TEST_PREBUILT` is set by a runner (`cargo xtask test`) that built them already.

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use cloudphone_bench::impair::{ImpairedLink, NetnsThread, Profile};
 
-fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
+/// A link with `profile`; `None` (and said so) when not root.
+fn link_up(profile: Profile) -> Option<ImpairedLink> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the impaired link needs TUN devices and namespaces; skipped");
+        return None;
     }
-    eprintln!("not root: the impaired link needs TUN devices and namespaces; skipped");
-    false
+    Some(ImpairedLink::up(profile).unwrap())
 }
 
 /// What a socket in the viewer namespace received: (arrival, datagram size).
@@ -126,10 +127,9 @@ fn blast(link: &ImpairedLink, count: usize, size: usize, bps: f64) -> Arrivals {
 
 #[test]
 fn wifi_link_has_20ms_rtt_and_no_loss() {
-    if !root() {
+    let Some(link) = link_up(Profile::wifi()) else {
         return;
-    }
-    let link = ImpairedLink::up(Profile::wifi()).unwrap();
+    };
     eprintln!(
         "link {} node {} viewer {}",
         link.netns(),
@@ -161,10 +161,9 @@ fn wifi_link_has_20ms_rtt_and_no_loss() {
 
 #[test]
 fn mobile_network_link_has_60ms_rtt_1pct_loss_and_8mbit_cap() {
-    if !root() {
+    let Some(link) = link_up(Profile::mobile_network()) else {
         return;
-    }
-    let link = ImpairedLink::up(Profile::mobile_network()).unwrap();
+    };
 
     let rtts = ping(&link, 50, Duration::from_millis(10));
     let p50 = percentile(&rtts, 0.5);
@@ -223,10 +222,9 @@ fn mobile_network_link_has_60ms_rtt_1pct_loss_and_8mbit_cap() {
 
 #[test]
 fn profile_can_change_on_a_live_link() {
-    if !root() {
+    let Some(link) = link_up(Profile::none()) else {
         return;
-    }
-    let link = ImpairedLink::up(Profile::none()).unwrap();
+    };
     let fast = ping(&link, 10, Duration::from_millis(5));
     link.set_profile(Profile::none().with_delay(Duration::from_millis(15)));
     let slow = ping(&link, 10, Duration::from_millis(5));

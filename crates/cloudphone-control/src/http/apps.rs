@@ -15,6 +15,6 @@ pub(super) async fn install(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let order = parse_json::<InstallAppRequest>(&body)?.validate()?;
-    let data = apps::install(&state, &caller.principal.tenant_id, order).await?;
+    let data = apps::install(&state, &caller.principal, order).await?;
     Ok(axum::Json(DataResponse::ok(InstallAppData { data })).into_response())
 }

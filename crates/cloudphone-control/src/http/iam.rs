@@ -1,6 +1,11 @@
 //! `POST /v3/auth/tokens`: Huawei IAM password login answering 201 with `X-Subject-Token`.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::RETRY_AFTER;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::iam::{IamError, TokenRequest};
@@ -15,7 +20,35 @@ pub(super) fn iam_error(error: IamError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-pub(super) async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
+/// The client's address, when the server records connection addresses (it does; an in-process
+/// router in unit tests does not, and then only the per-user backoff applies).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
+/// 429 with `Retry-After` in whole seconds, rounded up so a client that waits it is let in.
+fn too_many(retry_after_ms: i64) -> Response {
+    let mut response = iam_error(IamError::TooManyRequests);
+    let secs = (retry_after_ms.max(1) + 999) / 1000;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+pub(super) async fn issue_token(state: AppStateRef, Peer(peer): Peer, body: Bytes) -> Response {
     let login = match serde_json::from_slice::<TokenRequest>(&body) {
         Ok(request) => request.into_login(),
         Err(e) => Err(IamError::BadRequest(e.to_string())),
@@ -26,7 +59,17 @@ pub(super) async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
     };
     let ttl_ms =
         i64::try_from(state.config.iam.token_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    match crate::iam::login(state.store.as_ref(), login, state.clock.now_ms(), ttl_ms).await {
+    let guard = &state.login_guard;
+    match crate::iam::login(
+        state.store.as_ref(),
+        guard,
+        &state.clock,
+        login,
+        peer,
+        ttl_ms,
+    )
+    .await
+    {
         Ok((token, body)) => {
             let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&token) {
@@ -35,6 +78,7 @@ pub(super) async fn issue_token(state: AppStateRef, body: Bytes) -> Response {
             response
         }
         Err(IamServiceError::WrongCredentials) => iam_error(IamError::WrongCredentials),
+        Err(IamServiceError::TooManyAttempts { retry_after_ms }) => too_many(retry_after_ms),
         Err(error) => {
             tracing::error!(%error, "login failed");
             iam_error(IamError::Internal)

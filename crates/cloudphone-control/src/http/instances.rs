@@ -1,8 +1,6 @@
 //! `/v1/instances/*` handlers: ListInstances, BatchShowSku, CreateInstance.
 
 use axum::body::Bytes;
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::error::ApiError;
 use cloudphone_api::instances::{
@@ -15,7 +13,7 @@ use cloudphone_core::instance::running_status;
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::video::Definition;
 
-use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
+use super::{ApiFailure, ApiQuery, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::service::instances;
 use crate::store::InstanceListing;
 
@@ -52,12 +50,10 @@ fn row(listing: InstanceListing) -> InstanceRow {
 pub(super) async fn list(
     state: AppStateRef,
     caller: Caller,
-    query: Result<Query<ListInstancesQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ListInstancesQuery>,
 ) -> Result<Response, ApiFailure> {
-    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
     let filter = query.validate()?;
-    let (listings, total_count) =
-        instances::list(&state, &caller.principal.tenant_id, &filter).await?;
+    let (listings, total_count) = instances::list(&state, &caller.principal, &filter).await?;
     let mut result: Vec<InstanceRow> = listings.into_iter().map(row).collect();
     super::lifecycle_data::decorate_rows(&state, &mut result).await?;
     let page = InstancePage {
@@ -138,9 +134,8 @@ fn region_skus(region_id: String, runtimes: &[String]) -> RegionSkus {
 pub(super) async fn skus(
     state: AppStateRef,
     _caller: TokenCaller,
-    query: Result<Query<SkuQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<SkuQuery>,
 ) -> Result<Response, ApiFailure> {
-    let Query(query) = query.map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
     // The seeds make `type` required with "0" its only value; clients that omit it get the same list.
     if !matches!(query.sku_type.as_deref(), None | Some("0")) {
         return Err(ApiError::InvalidParameter("type must be 0 (cloud phone)".into()).into());

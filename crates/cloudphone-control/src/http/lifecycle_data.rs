@@ -64,7 +64,7 @@ pub(super) async fn backup(
     if let Some(user) = request.user_id {
         user_id(user)?;
     }
-    lifecycle_data::backup(&state, &caller.principal.tenant_id, &ids).await?;
+    lifecycle_data::backup(&state, &caller.principal, &ids).await?;
     Ok(axum::Json(cloudphone_api::error::ErrorBody {
         error_code: "0".into(),
         error_msg: "OK".into(),
@@ -83,7 +83,7 @@ pub(super) async fn prepare(
     let user = user_id(request.user_id)?;
     let ids = dedupe(request.instance_ids);
     wire::validate_instance_ids("instance_ids", &ids)?;
-    let statuses = lifecycle_data::prepare(&state, &caller.principal.tenant_id, &user, ids).await?;
+    let statuses = lifecycle_data::prepare(&state, &caller.principal, &user, ids).await?;
     let status_list = statuses
         .into_iter()
         .map(|(instance_id, status)| InstanceStatus {
@@ -103,13 +103,8 @@ pub(super) async fn progress(
     let request = parse_json::<ProgressRequest>(&body)?;
     let user = user_id(request.user_id)?;
     wire::validate_instance_id("instance_id", &request.instance_id)?;
-    let (status, waiting_count) = lifecycle_data::progress(
-        &state,
-        &caller.principal.tenant_id,
-        &user,
-        request.instance_id,
-    )
-    .await?;
+    let (status, waiting_count) =
+        lifecycle_data::progress(&state, &caller.principal, &user, request.instance_id).await?;
     Ok(ok(Progress {
         status: status as i32,
         waiting_count,

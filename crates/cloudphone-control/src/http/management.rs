@@ -48,7 +48,7 @@ pub(super) async fn sync_command(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let request = parse_json::<CommandRequest>(&body)?.validate()?;
-    let cmd_results = commands::sync_command(&state, &caller.principal.tenant_id, request).await?;
+    let cmd_results = commands::sync_command(&state, &caller.principal, request).await?;
     Ok(axum::Json(DataResponse::ok(CmdResultWrapper { cmd_results })).into_response())
 }
 
@@ -59,7 +59,7 @@ pub(super) async fn async_command(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let request = parse_json::<CommandRequest>(&body)?.validate()?;
-    let info = commands::async_command(&state, &caller.principal.tenant_id, request).await?;
+    let info = commands::async_command(&state, &caller.principal, request).await?;
     Ok(axum::Json(DataResponse::ok(info)).into_response())
 }
 
@@ -72,7 +72,7 @@ pub(super) async fn get_task(
     if task_id.is_empty() || task_id.len() > 64 {
         return Err(ApiError::InvalidParameter("task_id has 1..=64 characters".into()).into());
     }
-    let jobs = commands::get_task(&state, &caller.principal.tenant_id, task_id)
+    let jobs = commands::get_task(&state, &caller.principal, task_id)
         .await?
         .into_iter()
         .map(|j| JobDetail {
@@ -93,7 +93,7 @@ pub(super) async fn batch_query_status(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let ids = parse_json::<InstanceIdsRequest>(&body)?.validate()?;
-    let statuses = management::query_status(&state, &caller.principal.tenant_id, &ids).await?;
+    let statuses = management::query_status(&state, &caller.principal, &ids).await?;
     let status_results = statuses
         .into_iter()
         .map(|(instance_id, status)| StatusResult {
@@ -111,7 +111,7 @@ pub(super) async fn batch_reset(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let ids = parse_json::<InstanceIdsRequest>(&body)?.validate()?;
-    management::reset(&state, &caller.principal.tenant_id, &ids).await?;
+    management::reset(&state, &caller.principal, &ids).await?;
     Ok(ok_body())
 }
 
@@ -122,7 +122,7 @@ pub(super) async fn batch_reboot(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let ids = parse_json::<InstanceIdsRequest>(&body)?.validate()?;
-    management::reboot(&state, &caller.principal.tenant_id, &ids).await?;
+    management::reboot(&state, &caller.principal, &ids).await?;
     Ok(axum::Json(ErrorBody {
         error_code: "0".into(),
         error_msg: "OK".into(),
@@ -137,7 +137,7 @@ pub(super) async fn assign(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let bindings = parse_json::<UserInstancesRequest>(&body)?.validate()?;
-    management::assign(&state, &caller.principal.tenant_id, &bindings).await?;
+    management::assign(&state, &caller.principal, &bindings).await?;
     Ok(ok_body())
 }
 
@@ -148,7 +148,7 @@ pub(super) async fn unassign(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let bindings = parse_json::<UserInstancesRequest>(&body)?.validate()?;
-    management::unassign(&state, &caller.principal.tenant_id, &bindings).await?;
+    management::unassign(&state, &caller.principal, &bindings).await?;
     Ok(ok_body())
 }
 
@@ -159,7 +159,7 @@ pub(super) async fn delete(
     body: Bytes,
 ) -> Result<Response, ApiFailure> {
     let ids = parse_json::<DeleteRequest>(&body)?.validate()?;
-    management::delete(&state, &caller.principal.tenant_id, &ids).await?;
+    management::delete(&state, &caller.principal, &ids).await?;
     let ok = ErrorBody {
         error_code: "0".into(),
         error_msg: "OK".into(),
@@ -180,7 +180,7 @@ pub(super) async fn stop_streaming(
 ) -> Result<Response, ApiFailure> {
     let id = parse_json::<InstanceIdRequest>(&body)?.validate()?;
     let call = SessionCall::StopStreaming;
-    sessions::session_call(&state, &caller.principal.tenant_id, id, call).await?;
+    sessions::session_call(&state, &caller.principal, id, call).await?;
     Ok(ok_upper())
 }
 
@@ -192,7 +192,7 @@ pub(super) async fn release_session(
 ) -> Result<Response, ApiFailure> {
     let id = parse_json::<InstanceIdRequest>(&body)?.validate()?;
     let call = SessionCall::Release;
-    sessions::session_call(&state, &caller.principal.tenant_id, id, call).await?;
+    sessions::session_call(&state, &caller.principal, id, call).await?;
     Ok(ok_upper())
 }
 
@@ -247,8 +247,7 @@ pub(super) async fn set_video_config(
     let request = parse_json::<SetVideoConfigRequest>(&body)?;
     wire::validate_instance_ids("instance_ids", &request.instance_ids)?;
     let config = video_config(&request)?;
-    let tenant_id = &caller.principal.tenant_id;
-    sessions::set_video_config(&state, tenant_id, &request.instance_ids, &config).await?;
+    sessions::set_video_config(&state, &caller.principal, &request.instance_ids, &config).await?;
     Ok(ok_body())
 }
 

@@ -274,6 +274,20 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
+/// A query string parsed into `T`; one that does not parse is `KOOPHONE.API.1000` with the
+/// parser's reason.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(query) = axum::extract::Query::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))?;
+        Ok(Self(query))
+    }
+}
+
 /// Answers `State` extraction for handlers that need the whole app.
 pub(crate) type AppStateRef = State<Arc<AppState>>;
 
@@ -312,7 +326,16 @@ mod tests {
     /// A router over a fresh SQLite store in a temporary directory (which also holds the usage
     /// secrets key) with tenant `acme` (id `t1`), user `dev`, project `cn-north-7` (id `p1`) and
     /// streaming domain `live.acme.example`, reading `clock`.
-    async fn tenant_app(mut config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
+    async fn tenant_app(config: ControlConfig, clock: Clock) -> (Router, tempfile::TempDir) {
+        let (state, dir) = tenant_state(config, clock).await;
+        (router(state), dir)
+    }
+
+    /// [`tenant_app`]'s state, for tests that reach behind the router.
+    async fn tenant_state(
+        mut config: ControlConfig,
+        clock: Clock,
+    ) -> (Arc<AppState>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
         config.store.url = url.clone();
@@ -343,20 +366,24 @@ mod tests {
             .unwrap();
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let registry = Registry::new(Arc::clone(&store), 1_500, stop_rx);
-        (router(AppState::new(config, store, registry, clock)), dir)
+        (AppState::new(config, store, registry, clock), dir)
+    }
+
+    /// A login request for `dev` with `password`.
+    fn login_request(password: &str) -> Request<Body> {
+        let login = serde_json::json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "dev", "password": password, "domain": {"name": "acme"}}}},
+            "scope": {"project": {"name": "cn-north-7"}}}});
+        Request::post("/v3/auth/tokens")
+            .header("content-type", "application/json")
+            .body(Body::from(login.to_string()))
+            .unwrap()
     }
 
     /// Logs `dev` in; answers the token.
     async fn login(app: &Router) -> String {
-        let login = serde_json::json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
-            "scope": {"project": {"name": "cn-north-7"}}}});
-        let request = Request::post("/v3/auth/tokens")
-            .header("content-type", "application/json")
-            .body(Body::from(login.to_string()))
-            .unwrap();
-        let (status, _, response) = send(app, request).await;
+        let (status, _, response) = send(app, login_request("correct-horse-1")).await;
         assert_eq!(status, 201);
         response.headers()["x-subject-token"]
             .to_str()
@@ -391,6 +418,77 @@ mod tests {
             (401, Some("KOOPHONE.API.6001")),
             "an expired token is refused"
         );
+    }
+
+    /// Login backoff on tokio's clock with the default rules: wrong passwords are answered
+    /// `IAM.0002` until the free ones are used up, then `429` with `Retry-After` — before the
+    /// 40th — and even the right password is refused while locked; once `Retry-After` has
+    /// passed, the right password logs in. (The store's I/O runs in real time, so the test
+    /// does not probe the lock's last millisecond: `core::login_backoff`'s tests do that.)
+    #[tokio::test]
+    async fn login_backoff_in_tokio_time() {
+        let config = ControlConfig::default();
+        let free = config.iam.login_free_failures;
+        let (app, _dir) = tenant_app(config, Clock::tokio()).await;
+        let mut refused_at = None;
+        for n in 1..=40 {
+            let (status, body, response) = send(&app, login_request("wrong-horse")).await;
+            if status == 429 {
+                assert_eq!(body["error_code"], "APIGW.0308", "{body}");
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                refused_at = Some((n, retry));
+                break;
+            }
+            assert_eq!(
+                (status, body["error_code"].as_str()),
+                (401, Some("IAM.0002"))
+            );
+        }
+        let (n, retry) = refused_at.expect("a 429 before the 40th wrong password");
+        assert_eq!(n, free + 2, "the first attempt after the first lock");
+        assert!(retry >= 1, "{retry}");
+
+        // Locked: the right password is refused too, until Retry-After has passed.
+        let (status, _, _) = send(&app, login_request("correct-horse-1")).await;
+        assert_eq!(status, 429);
+        jump(Duration::from_secs(retry)).await;
+        login(&app).await;
+        // The right password reset the user's count: one wrong one is free again.
+        let (status, _, _) = send(&app, login_request("wrong-horse")).await;
+        assert_eq!(status, 401);
+    }
+
+    /// The bounded password-check pool: with its one slot busy, a login waits
+    /// `login_queue_timeout_ms` (on tokio's paused clock: no store I/O happens before a slot is
+    /// had) and is refused with 429 and `Retry-After`; with the slot free it logs in.
+    #[tokio::test]
+    async fn logins_past_the_password_check_pool_wait_then_get_429() {
+        let mut config = ControlConfig::default();
+        config.iam.argon2_concurrency = 1;
+        let (state, _dir) = tenant_state(config, Clock::tokio()).await;
+        let app = router(Arc::clone(&state));
+        let busy = state.login_guard.take_slot().await;
+        tokio::time::pause();
+        let waited = tokio::time::Instant::now();
+        let (status, body, response) = send(&app, login_request("correct-horse-1")).await;
+        let waited = waited.elapsed();
+        tokio::time::resume();
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (429, Some("APIGW.0308"))
+        );
+        assert_eq!(response.headers()["retry-after"], "1");
+        // The default queue timeout (tokio's timer rounds up to its next millisecond).
+        assert!(
+            (Duration::from_secs(10)..Duration::from_millis(10_010)).contains(&waited),
+            "{waited:?}"
+        );
+        drop(busy);
+        login(&app).await;
     }
 
     /// A signed Volcengine `DescribeLiveTranscodeData` over the last day, dated `now_ms`.

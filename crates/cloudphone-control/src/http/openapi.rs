@@ -12,72 +12,14 @@ use cloudphone_api::instances::{
     CreateInstanceRequest, CreateInstanceResponse, ListInstancesResponse, SkuResponse,
 };
 use cloudphone_api::management::{
-    AsyncCommandInfo, BackupRequest, CmdResultWrapper, CommandRequest, DeleteRequest,
+    AsyncCommandInfo, BackupRequest, CmdResultWrapper, CommandRequest, DataResponse, DeleteRequest,
     DeviceTokenData, InstanceIdRequest, InstanceIdsRequest, JobDetailWrapper, NullDataResponse,
     PrepareRequest, PrepareStatusList, Progress, ProgressRequest, SetVideoConfigRequest,
     StatusResultWrapper, UserInstancesRequest,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// `{"data": T, "error_code": "0", "error_msg": "ok"}` for the schema, one per payload.
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_CmdResultWrapper {
-    data: CmdResultWrapper,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_AsyncCommandInfo {
-    data: AsyncCommandInfo,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_JobDetailWrapper {
-    data: JobDetailWrapper,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_StatusResultWrapper {
-    data: StatusResultWrapper,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_DeviceTokenData {
-    data: DeviceTokenData,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_InstallAppData {
-    data: InstallAppData,
-    error_code: String,
-    error_msg: String,
-}
-
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_PrepareStatusList {
-    data: PrepareStatusList,
-    error_code: String,
-    error_msg: String,
-}
-#[derive(ToSchema)]
-#[allow(non_camel_case_types)]
-struct Data_Progress {
-    data: Progress,
-    error_code: String,
-    error_msg: String,
-}
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
 /// ListInstances' query parameters.
 #[derive(utoipa::IntoParams)]
@@ -99,122 +41,138 @@ struct ListParams {
 
 #[utoipa::path(post, path = "/v3/auth/tokens", tag = "iam", request_body = TokenRequest,
     responses((status = 201, body = TokenResponse, headers(("x-subject-token" = String, description = "The token"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+        (status = 429, body = ErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 fn issue_token() {}
 
 #[utoipa::path(get, path = "/v1/instances/batch-query", tag = "instances", params(ListParams,
         ("x-request-id" = String, Header, description = "Request tracking id")),
-    responses((status = 200, body = ListInstancesResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ListInstancesResponse)))]
 fn list_instances() {}
 
 #[utoipa::path(get, path = "/v1/instances/sku", tag = "ordering",
     params(("type" = Option<String>, Query, description = "0: cloud phone SKUs")),
-    responses((status = 200, body = SkuResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = SkuResponse)))]
 fn batch_show_sku() {}
 
 #[utoipa::path(post, path = "/v1/instances/create", tag = "ordering", request_body = CreateInstanceRequest,
-    responses((status = 200, body = CreateInstanceResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = CreateInstanceResponse)))]
 fn create_instance() {}
 
 #[utoipa::path(post, path = "/v1/instances/delete", tag = "ordering", request_body = DeleteRequest,
-    responses((status = 200, body = NullDataResponse), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = NullDataResponse)))]
 fn delete_instance() {}
 
 #[utoipa::path(post, path = "/v1/instances/sync-command", tag = "management", request_body = CommandRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = Data_CmdResultWrapper), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<CmdResultWrapper>), (status = 429, body = ErrorBody)))]
 fn sync_command() {}
 
 #[utoipa::path(post, path = "/v1/instances/async-command", tag = "management", request_body = CommandRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = Data_AsyncCommandInfo), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<AsyncCommandInfo>)))]
 fn async_command() {}
 
 #[utoipa::path(get, path = "/v1/instances/tasks/{task_id}", tag = "management",
     params(("task_id" = String, Path), ("x-request-id" = String, Header)),
-    responses((status = 200, body = Data_JobDetailWrapper), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<JobDetailWrapper>)))]
 fn get_task() {}
 
 #[utoipa::path(put, path = "/v1/instances/video-setting", tag = "management", request_body = SetVideoConfigRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn set_video_config() {}
 
 #[utoipa::path(post, path = "/v1/instances/batch-query-status", tag = "management", request_body = InstanceIdsRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = Data_StatusResultWrapper), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<StatusResultWrapper>)))]
 fn batch_query_status() {}
 
 #[utoipa::path(post, path = "/v1/instances/batch-reset", tag = "management", request_body = InstanceIdsRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn batch_reset() {}
 
 #[utoipa::path(post, path = "/v1/instances/reboot", tag = "management", request_body = InstanceIdsRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn batch_reboot() {}
 
 #[utoipa::path(post, path = "/v1/instances/assign", tag = "management", request_body = UserInstancesRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn assign() {}
 
 #[utoipa::path(post, path = "/v1/instances/unassign", tag = "management", request_body = UserInstancesRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn unassign() {}
 
 #[utoipa::path(post, path = "/v1/instances/{instance_id}/auth", tag = "management",
     params(("instance_id" = String, Path)),
-    responses((status = 200, body = Data_DeviceTokenData), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<DeviceTokenData>)))]
 fn device_token() {}
 
 #[utoipa::path(post, path = "/v1/instances/streaming/stop", tag = "use", request_body = InstanceIdRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn stop_streaming() {}
 
 #[utoipa::path(post, path = "/v1/instances/session/release", tag = "use", request_body = InstanceIdRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn release_session() {}
 
 #[utoipa::path(post, path = "/v1/instances/app/install", tag = "apps", request_body = InstallAppRequest,
-    responses((status = 200, body = Data_InstallAppData), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<InstallAppData>)))]
 fn install_app() {}
 
 #[utoipa::path(post, path = "/v1/instances/prepare", tag = "use", request_body = PrepareRequest,
-    responses((status = 200, body = Data_PrepareStatusList), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<PrepareStatusList>)))]
 fn prepare() {}
 
 #[utoipa::path(post, path = "/v1/instances/prepare-progress", tag = "use", request_body = ProgressRequest,
-    responses((status = 200, body = Data_Progress), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = DataResponse<Progress>)))]
 fn prepare_progress() {}
 
 #[utoipa::path(post, path = "/v1/instances/backup", tag = "use", request_body = BackupRequest,
     params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    responses((status = 200, body = ErrorBody)))]
 fn backup() {}
+
+/// Every operation answers a refused or failed call with the error body: 400 (bad input), 401
+/// (authentication, ownership) and 500 (an internal failure). Added here rather than repeated
+/// in each operation's `responses`, which list its success.
+struct ErrorAnswers;
+
+impl Modify for ErrorAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error_body = || {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            ResponseBuilder::new()
+                .content("application/json", content)
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for status in ["400", "401", "500"] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_body().into());
+                }
+            }
+        }
+    }
+}
 
 /// Every `/v1` call carries an IAM token in `X-Auth-Token`.
 struct TokenAuth;
@@ -235,7 +193,7 @@ impl Modify for TokenAuth {
     paths(issue_token, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
         async_command, get_task, set_video_config, batch_query_status, batch_reset, batch_reboot, assign,
         unassign, device_token, stop_streaming, release_session, install_app, prepare, prepare_progress, backup),
-    modifiers(&TokenAuth),
+    modifiers(&TokenAuth, &ErrorAnswers),
     security(("iam_token" = []))
 )]
 struct ApiDoc;

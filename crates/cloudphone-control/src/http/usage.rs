@@ -106,7 +106,7 @@ pub(super) async fn create_credential(
     }
 }
 
-/// `GET /v3.0/OS-CREDENTIAL/credentials`: the tenant's keys, without secrets.
+/// `GET /v3.0/OS-CREDENTIAL/credentials`: the caller's own keys, without secrets.
 pub(super) async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> Response {
     let listed = async {
         let principal = usage::principal(&state, auth_token(&headers)).await?;
@@ -121,7 +121,7 @@ pub(super) async fn list_credentials(state: AppStateRef, headers: HeaderMap) -> 
     }
 }
 
-/// `DELETE /v3.0/OS-CREDENTIAL/credentials/{access_key}`: 204; another tenant's key is 404.
+/// `DELETE /v3.0/OS-CREDENTIAL/credentials/{access_key}`: 204; another user's key is 404.
 pub(super) async fn delete_credential(
     state: AppStateRef,
     Path(access_key): Path<String>,

@@ -11,6 +11,7 @@ use cloudphone_proto::node_v1 as pb;
 use super::commands::{cmd_jobs, new_id, running_job};
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, JobRecord, TaskRecord};
 
 /// The seed's code and message for each way an installation can fail.
@@ -31,10 +32,10 @@ fn failure_code(failure: pb::InstallFailure) -> (&'static str, &'static str) {
 /// installs run in the background and GetTask reports them.
 pub(crate) async fn install(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     order: InstallOrder,
 ) -> Result<InstallAppResult, ServiceError> {
-    let records = owned(state, tenant_id, &order.instance_ids).await?;
+    let records = owned(state, principal, &order.instance_ids).await?;
     let task_id = format!("{INSTALL_TASK_PREFIX}{}", new_id());
     let now = crate::unix_ms();
     let jobs: Vec<JobRecord> = records
@@ -46,7 +47,8 @@ pub(crate) async fn install(
         .store
         .insert_task(&TaskRecord {
             task_id: task_id.clone(),
-            tenant_id: tenant_id.to_string(),
+            tenant_id: principal.tenant_id.clone(),
+            project_id: principal.project_id.clone(),
             kind: "install".into(),
             created_at_ms: now,
             jobs: jobs.clone(),

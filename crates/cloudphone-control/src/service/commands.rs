@@ -10,6 +10,7 @@ use cloudphone_proto::node_v1 as pb;
 
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, JobRecord, TaskRecord};
 
 /// How long SyncCommand waits for each command.
@@ -91,13 +92,65 @@ pub(crate) fn cmd_jobs(jobs: &[JobRecord]) -> Vec<CmdJob> {
         .collect()
 }
 
+/// A tenant's SyncCommand runs counted against its quota while they are in flight; dropping it
+/// gives them back, however the call ends.
+struct InFlight<'a> {
+    state: &'a AppState,
+    tenant_id: String,
+    runs: u32,
+}
+
+impl<'a> InFlight<'a> {
+    /// Counts `runs` more for the tenant, or refuses (`APIGW.0308`, 429) past its quota.
+    fn admit(state: &'a AppState, tenant_id: &str, runs: u32) -> Result<Self, ServiceError> {
+        let quota = state.config.quotas.concurrent_commands_per_tenant;
+        let mut in_flight = state
+            .commands_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = in_flight.entry(tenant_id.to_string()).or_default();
+        if running.saturating_add(runs) > quota {
+            let running = *running;
+            return Err(ApiError::Throttled(format!(
+                "{running} commands running; the tenant's limit is {quota}"
+            ))
+            .into());
+        }
+        *running += runs;
+        Ok(Self {
+            state,
+            tenant_id: tenant_id.to_string(),
+            runs,
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .state
+            .commands_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = in_flight.get_mut(&self.tenant_id) {
+            *running = running.saturating_sub(self.runs);
+            if *running == 0 {
+                in_flight.remove(&self.tenant_id);
+            }
+        }
+    }
+}
+
 /// SyncCommand: runs the command on every instance at once and answers with all results.
+/// The runs count against the tenant's `[quotas] concurrent_commands_per_tenant` meanwhile.
 pub(crate) async fn sync_command(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     request: CommandRequest,
 ) -> Result<Vec<CmdResult>, ServiceError> {
-    let records = owned(state, tenant_id, &request.instance_ids).await?;
+    let records = owned(state, principal, &request.instance_ids).await?;
+    let runs = u32::try_from(records.len()).unwrap_or(u32::MAX);
+    let _in_flight = InFlight::admit(state, &principal.tenant_id, runs)?;
     let runs = records.iter().map(|record| {
         let command = request.command.clone();
         let client = node_of(state, record);
@@ -137,10 +190,10 @@ pub(crate) async fn sync_command(
 /// AsyncCommand: starts the command on every instance's node and records one task.
 pub(crate) async fn async_command(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     request: CommandRequest,
 ) -> Result<AsyncCommandInfo, ServiceError> {
-    let records = owned(state, tenant_id, &request.instance_ids).await?;
+    let records = owned(state, principal, &request.instance_ids).await?;
     let task_id = new_id();
     let now = crate::unix_ms();
     let mut jobs = Vec::with_capacity(records.len());
@@ -172,7 +225,8 @@ pub(crate) async fn async_command(
     let cmd_jobs = cmd_jobs(&jobs);
     let task = TaskRecord {
         task_id: task_id.clone(),
-        tenant_id: tenant_id.to_string(),
+        tenant_id: principal.tenant_id.clone(),
+        project_id: principal.project_id.clone(),
         kind: "command".into(),
         created_at_ms: now,
         jobs,
@@ -238,12 +292,17 @@ async fn refresh_job(state: &AppState, job: &mut JobRecord) -> Result<(), Servic
 /// running.
 pub(crate) async fn get_task(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     task_id: String,
 ) -> Result<Vec<JobRecord>, ServiceError> {
     let mut task = match state.store.get_task(&task_id).await? {
-        Some(task) if task.tenant_id == tenant_id => task,
-        // Another tenant's task does not exist for this caller.
+        Some(task)
+            if task.tenant_id == principal.tenant_id
+                && (task.project_id.is_empty() || task.project_id == principal.project_id) =>
+        {
+            task
+        }
+        // Another tenant's or another project's task does not exist for this caller.
         _ => return Err(ApiError::TaskNotFound(task_id).into()),
     };
     for job in &mut task.jobs {

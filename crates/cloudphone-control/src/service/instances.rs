@@ -47,17 +47,18 @@ fn new_order_id() -> String {
     format!("CS{}{suffix}", digits.get(2..12).unwrap_or("0000000000"))
 }
 
-/// ListInstances: one page of the tenant's instances and how many match. Every instance
+/// ListInstances: one page of the instances of the token's project and how many match. Every instance
 /// cloudphone runs is a cloud phone, so a CLOUD_APP filter matches none.
 pub(crate) async fn list(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     filter: &ListInstancesFilter,
 ) -> Result<(Vec<InstanceListing>, u64), ServiceError> {
     if filter.pool_scene_tag == Some(PoolSceneTag::CloudApp) {
         return Ok((Vec::new(), 0));
     }
     let query = InstanceQuery {
+        project_id: principal.project_id.clone(),
         instance_id: filter.instance_id.clone(),
         instance_name: filter.instance_name.clone(),
         created_from_ms: filter.created_from_ms,
@@ -65,7 +66,10 @@ pub(crate) async fn list(
         offset: i64::from(filter.page_no - 1) * i64::from(filter.page_size),
         limit: i64::from(filter.page_size),
     };
-    Ok(state.store.list_instances(tenant_id, &query).await?)
+    Ok(state
+        .store
+        .list_instances(&principal.tenant_id, &query)
+        .await?)
 }
 
 /// The runtimes the healthy nodes offer, per region, each list sorted, regions sorted.
@@ -92,8 +96,8 @@ pub(crate) async fn offered_runtimes(
     Ok(regions)
 }
 
-/// CreateInstance: checks the SKU and region, places the instances on nodes by free capacity
-/// (40010 when short), records the order in one transaction, and creates the instances on their
+/// CreateInstance: checks the SKU and region and the tenant's instance quota, places the
+/// instances on nodes by free capacity (40010 when short or over quota), records the order in one transaction, and creates the instances on their
 /// nodes in the background.
 pub(crate) async fn create(
     state: &Arc<AppState>,
@@ -111,19 +115,26 @@ pub(crate) async fn create(
 
     // One order at a time per control replica, so two orders cannot both take the last slots.
     let placing = state.placement_lock.lock().await;
-    let counts: HashMap<String, i64> = state.store.instance_counts().await?.into_iter().collect();
-    let slots: Vec<NodeSlots> = state
+    // The tenant's quota: its instances after this order. Refused like a shortage (40010),
+    // which is what it is from the tenant's side (docs/api-notes.md).
+    let quota = i64::from(state.config.quotas.instances_per_tenant);
+    let held = state
         .store
-        .list_nodes()
+        .tenant_instance_count(&principal.tenant_id)
+        .await?;
+    if held + i64::from(order.count) > quota {
+        return Err(ApiError::InsufficientInventory(format!(
+            "the tenant's instance quota is {quota}; it holds {held}"
+        ))
+        .into());
+    }
+    let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
         .await?
         .into_iter()
-        .map(|n| NodeSlots {
-            eligible: state.registry.health(&n.node_id) == NodeHealth::Up
-                && n.region == order.region_id
-                && n.runtimes.iter().any(|r| r == shape.runtime),
-            used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
-            capacity: u32::try_from(n.capacity).unwrap_or(0),
-            node_id: n.node_id,
+        .map(|(n, mut slots)| {
+            slots.eligible &=
+                n.region == order.region_id && n.runtimes.iter().any(|r| r == shape.runtime);
+            slots
         })
         .collect();
     let placements = scheduling::place(&slots, order.count)

@@ -20,12 +20,12 @@ use cloudphone_core::instance::{
 };
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::prepare::{Pool, PoolNode, PrepareQueue, Waiting};
-use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
 use tokio::sync::watch;
 
 use super::{ServiceError, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::{InstanceRecord, StoreError};
 
 /// How often the worker looks at the queue even when nothing woke it: slots also free up
@@ -59,6 +59,9 @@ fn archive_uri(dir: &Path, record: &InstanceRecord) -> Result<String, ServiceErr
     Ok(format!("file://{}", path.display()))
 }
 
+/// The runtime whose instances cannot be backed up (see `docs/api-notes.md`).
+const ANDROID_RUNTIME: &str = "android";
+
 fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
     let cwd = std::env::current_dir().map_err(|error| {
         tracing::error!(%error, "no working dir to resolve the backup dir against");
@@ -72,12 +75,21 @@ fn backup_dir(state: &AppState) -> Result<PathBuf, ServiceError> {
 /// (1000), or nothing happens.
 pub(crate) async fn backup(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     let mut todo = Vec::new();
     for record in records {
+        // An android instance's phone is its device, which the node cannot archive: refused
+        // before anything changes, rather than archiving nothing and releasing the device.
+        if record.runtime == ANDROID_RUNTIME {
+            return Err(ApiError::InvalidParameter(format!(
+                "instance {} runs on an android device, which cannot be backed up",
+                record.instance_id
+            ))
+            .into());
+        }
         match instance::backup_plan(record.state) {
             BackupPlan::Skip => {}
             BackupPlan::Start if node_up(state, &record.node_id) => todo.push(record),
@@ -174,11 +186,11 @@ async fn load_queue(state: &AppState) -> Result<PrepareQueue, StoreError> {
 /// queues the backed-up ones for restoring, in one transaction; answers each instance's status.
 pub(crate) async fn prepare(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     ids: Vec<String>,
 ) -> Result<Vec<(String, PrepareStatus)>, ServiceError> {
-    let records = owned(state, tenant_id, &ids).await?;
+    let records = owned(state, principal, &ids).await?;
     if let Some(taken) = records
         .iter()
         .find(|r| r.assign_user.as_deref().is_some_and(|u| u != user))
@@ -217,11 +229,11 @@ pub(crate) async fn prepare(
 /// instance that is not the caller's).
 pub(crate) async fn progress(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     user: &str,
     id: String,
 ) -> Result<(ProgressStatus, u32), ServiceError> {
-    let record = owned(state, tenant_id, std::slice::from_ref(&id))
+    let record = owned(state, principal, std::slice::from_ref(&id))
         .await?
         .remove(0);
     if record.assign_user.as_deref() != Some(user) {
@@ -269,21 +281,11 @@ async fn admit(state: &Arc<AppState>) -> Result<(), StoreError> {
     let claimed = {
         // The same lock CreateInstance places under, so the two never take the same slot.
         let _placing = state.placement_lock.lock().await;
-        let counts: HashMap<String, i64> =
-            state.store.instance_counts().await?.into_iter().collect();
-        let nodes: Vec<PoolNode> = state
-            .store
-            .list_nodes()
+        let nodes: Vec<PoolNode> = super::nodes_with_slots(state)
             .await?
             .into_iter()
-            .map(|n| PoolNode {
-                slots: NodeSlots {
-                    eligible: node_up(state, &n.node_id),
-                    used: u32::try_from(counts.get(&n.node_id).copied().unwrap_or(0))
-                        .unwrap_or(u32::MAX),
-                    capacity: u32::try_from(n.capacity).unwrap_or(0),
-                    node_id: n.node_id,
-                },
+            .map(|(n, slots)| PoolNode {
+                slots,
                 region: n.region,
                 runtimes: n.runtimes,
             })

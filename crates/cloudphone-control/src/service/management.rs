@@ -12,15 +12,16 @@ use cloudphone_proto::node_v1 as pb;
 
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
+use crate::iam::Principal;
 use crate::store::InstanceRecord;
 
 /// BatchQueryStatus: each instance's status, in the order asked.
 pub(crate) async fn query_status(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<Vec<(String, PhoneStatus)>, ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     Ok(records
         .into_iter()
         .map(|r| (r.instance_id, instance::phone_status(r.state)))
@@ -30,10 +31,10 @@ pub(crate) async fn query_status(
 /// BatchReset: wipes each instance's data and restarts it; every node must be reachable.
 pub(crate) async fn reset(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     if let Some(down) = records.iter().find(|r| node_of(state, r).is_none()) {
         return Err(ApiError::InvalidParameter(format!(
             "instance {} is unreachable",
@@ -48,10 +49,10 @@ pub(crate) async fn reset(
 /// reboots).
 pub(crate) async fn reboot(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     let not_running: Vec<&str> = records
         .iter()
         .filter(|r| r.state != ControlState::RUNNING || node_of(state, r).is_none())
@@ -66,21 +67,21 @@ pub(crate) async fn reboot(
 /// The instances the bindings name, in their order, when all are the caller's (see `owned`).
 async fn owned_bindings(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     bindings: &[Binding],
 ) -> Result<Vec<InstanceRecord>, ServiceError> {
     let ids: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
-    owned(state, tenant_id, &ids).await
+    owned(state, principal, &ids).await
 }
 
 /// AssignInstance: binds each instance to its user; one bound to someone else is 2209 and
 /// nothing changes.
 pub(crate) async fn assign(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     bindings: &[Binding],
 ) -> Result<(), ServiceError> {
-    let records = owned_bindings(state, tenant_id, bindings).await?;
+    let records = owned_bindings(state, principal, bindings).await?;
     for (binding, record) in bindings.iter().zip(&records) {
         if record
             .assign_user
@@ -105,10 +106,10 @@ pub(crate) async fn assign(
 /// data ("调用后会清除用户云机使用数据") on the instances whose node is reachable.
 pub(crate) async fn unassign(
     state: &Arc<AppState>,
-    tenant_id: &str,
+    principal: &Principal,
     bindings: &[Binding],
 ) -> Result<(), ServiceError> {
-    let records = owned_bindings(state, tenant_id, bindings).await?;
+    let records = owned_bindings(state, principal, bindings).await?;
     for (binding, record) in bindings.iter().zip(&records) {
         if record.assign_user.as_deref() != Some(binding.user_id.as_str()) {
             return Err(ApiError::BindingNotFound(format!(
@@ -138,10 +139,10 @@ pub(crate) async fn unassign(
 /// announces it, since control no longer has it (see `nodes`).
 pub(crate) async fn delete(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     for record in &records {
         if let Some(mut client) = node_of(state, record) {
             let target = pb::InstanceRef {

@@ -26,13 +26,17 @@ pub(crate) mod usage;
 pub(crate) mod usage_query;
 
 use cloudphone_api::error::ApiError;
+use std::collections::HashMap;
+
 use cloudphone_core::liveness::NodeHealth;
+use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use tonic::transport::Channel;
 
 use crate::AppState;
-use crate::store::{InstanceRecord, StoreError};
+use crate::iam::Principal;
+use crate::store::{InstanceRecord, NodeRecord, StoreError};
 
 /// Everything a service can answer instead of a result; `http` maps each onto the spec.
 #[derive(Debug, thiserror::Error)]
@@ -46,20 +50,26 @@ pub(crate) enum ServiceError {
 }
 
 /// Loads the named instances, refusing the whole request (1001) if any is not the caller's:
-/// another tenant's instance and an unknown one look the same.
+/// an instance is the caller's when it is in the tenant *and the project* its token is scoped
+/// to. Another project's instance, another tenant's and an unknown one all look the same.
 pub(crate) async fn owned(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
 ) -> Result<Vec<InstanceRecord>, ServiceError> {
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
         match state.store.get_instance(id).await? {
-            Some(record) if record.tenant_id == tenant_id => records.push(record),
+            Some(record) if in_scope(principal, &record) => records.push(record),
             _ => return Err(ApiError::NoInstancePermission(id.clone()).into()),
         }
     }
     Ok(records)
+}
+
+/// Whether a token scoped to `principal`'s project may act on `record`.
+pub(crate) fn in_scope(principal: &Principal, record: &InstanceRecord) -> bool {
+    record.tenant_id == principal.tenant_id && record.project_id == principal.project_id
 }
 
 /// What a node needs to create the instance (also the spec a restore recreates it from).
@@ -72,6 +82,28 @@ pub(crate) fn create_request(record: &InstanceRecord) -> pb::CreateInstanceReque
         height: u32::try_from(record.height).unwrap_or(1280),
         os: record.os.clone(),
     }
+}
+
+/// Every registered node with its slots: the instances placed on it against its capacity,
+/// eligible when the node is up. Callers hold `placement_lock` while they place on them.
+pub(crate) async fn nodes_with_slots(
+    state: &AppState,
+) -> Result<Vec<(NodeRecord, NodeSlots)>, StoreError> {
+    let counts: HashMap<String, i64> = state.store.instance_counts().await?.into_iter().collect();
+    let nodes = state.store.list_nodes().await?;
+    Ok(nodes
+        .into_iter()
+        .map(|n| {
+            let used = counts.get(&n.node_id).copied().unwrap_or(0);
+            let slots = NodeSlots {
+                eligible: state.registry.health(&n.node_id) == NodeHealth::Up,
+                used: u32::try_from(used).unwrap_or(u32::MAX),
+                capacity: u32::try_from(n.capacity).unwrap_or(0),
+                node_id: n.node_id.clone(),
+            };
+            (n, slots)
+        })
+        .collect())
 }
 
 /// A client for the instance's node when that node is up.

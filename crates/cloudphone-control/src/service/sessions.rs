@@ -39,11 +39,11 @@ pub(crate) struct DeviceSession {
 /// there is nothing to stop there.
 pub(crate) async fn session_call(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     id: String,
     call: SessionCall,
 ) -> Result<(), ServiceError> {
-    let record = owned(state, tenant_id, std::slice::from_ref(&id))
+    let record = owned(state, principal, std::slice::from_ref(&id))
         .await?
         .remove(0);
     let Some(mut client) = node_of(state, &record) else {
@@ -68,13 +68,9 @@ pub(crate) async fn device_token(
     principal: &Principal,
     instance_id: String,
 ) -> Result<DeviceSession, ServiceError> {
-    let record = owned(
-        state,
-        &principal.tenant_id,
-        std::slice::from_ref(&instance_id),
-    )
-    .await?
-    .remove(0);
+    let record = owned(state, principal, std::slice::from_ref(&instance_id))
+        .await?
+        .remove(0);
     let Some(mut client) = node_of(state, &record) else {
         return Err(ApiError::Internal.into());
     };
@@ -115,11 +111,11 @@ pub(crate) async fn device_token(
 /// it to the nodes so live sessions change bitrate and fps without reconnecting.
 pub(crate) async fn set_video_config(
     state: &AppState,
-    tenant_id: &str,
+    principal: &Principal,
     ids: &[String],
     config: &VideoConfig,
 ) -> Result<(), ServiceError> {
-    let records = owned(state, tenant_id, ids).await?;
+    let records = owned(state, principal, ids).await?;
     let json =
         serde_json::to_string(config).map_err(|_| ServiceError::Refused(ApiError::Internal))?;
     state

@@ -1,12 +1,12 @@
 //! AK/SK credentials (IAM's `OS-CREDENTIAL`) for the usage APIs: who the token belongs to, and
-//! creating, listing and deleting the tenant's keys. Refusals are IAM's codes
+//! creating, listing and deleting the caller's own keys. Refusals are IAM's codes
 //! (`cloudphone_api::iam::IamError`).
 
 use cloudphone_api::iam::IamError;
 
 use crate::AppState;
 use crate::iam::Principal;
-use crate::store::AccessKeyRecord;
+use crate::store::{AccessKeyRecord, KeyOwner};
 
 /// Logs a failure the caller cannot fix and answers it as an internal error (500), with the
 /// details only in the log.
@@ -48,19 +48,28 @@ pub(crate) async fn create_credential(
     .map_err(internal("access key creation failed"))
 }
 
-/// The tenant's keys, without secrets.
+/// A user's own keys: IAM's permanent-key calls act for the caller only (the seeds carry no
+/// IAM document granting more; an operator lists a whole tenant's through the admin CLI).
+fn own_keys(principal: &Principal) -> KeyOwner<'_> {
+    KeyOwner {
+        tenant_id: &principal.tenant_id,
+        user_id: Some(&principal.user_id),
+    }
+}
+
+/// The caller's own keys, without secrets.
 pub(crate) async fn list_credentials(
     state: &AppState,
     principal: &Principal,
 ) -> Result<Vec<AccessKeyRecord>, IamError> {
     state
         .store
-        .list_access_keys(&principal.tenant_id)
+        .list_access_keys(&own_keys(principal))
         .await
         .map_err(internal("listing access keys failed"))
 }
 
-/// Deletes one of the tenant's keys; another tenant's (or an unknown) key is `IAM.0004`.
+/// Deletes one of the caller's own keys; another user's (or an unknown) key is `IAM.0004`.
 pub(crate) async fn delete_credential(
     state: &AppState,
     principal: &Principal,
@@ -68,7 +77,7 @@ pub(crate) async fn delete_credential(
 ) -> Result<(), IamError> {
     match state
         .store
-        .delete_access_key(&principal.tenant_id, access_key)
+        .delete_access_key(&own_keys(principal), access_key)
         .await
     {
         Ok(true) => Ok(()),

@@ -27,7 +27,7 @@ async fn access_key(state: &AppState, ak: &str) -> Result<Option<(AccessKeyRecor
     let sealer = crate::usage::secret_box(&state.config).map_err(|error| {
         tracing::error!(%error, "secrets key unavailable");
     })?;
-    match sealer.open(&record.secret_sealed) {
+    match crate::usage::open_access_key(state.store.as_ref(), sealer, &record).await {
         Ok(secret) => Ok(Some((record, secret))),
         Err(error) => {
             tracing::error!(%error, "access key secret could not be unsealed");

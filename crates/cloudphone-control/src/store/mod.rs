@@ -142,6 +142,9 @@ pub struct JobRecord {
 pub struct TaskRecord {
     pub task_id: String,
     pub tenant_id: String,
+    /// The project whose token made the task; only that project's tokens see it ('' for tasks
+    /// made before projects were enforced: their tenant's every project sees them).
+    pub project_id: String,
     /// "command" or "install".
     pub kind: String,
     pub created_at_ms: i64,
@@ -161,6 +164,8 @@ pub struct InstanceListing {
 /// The filters of ListInstances, already validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceQuery {
+    /// Only this project's instances: a token lists the project it is scoped to.
+    pub project_id: String,
     pub instance_id: Option<String>,
     pub instance_name: Option<String>,
     pub created_from_ms: Option<i64>,
@@ -233,6 +238,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Instances placed on each node, for scheduling.
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Instances a tenant holds (any state), for its quota.
+    async fn tenant_instance_count(&self, tenant_id: &str) -> Result<i64, StoreError>;
 
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError>;
     async fn set_instance_state(
@@ -367,13 +374,34 @@ pub trait Store: Send + Sync + 'static {
         &self,
         access_key: &str,
     ) -> Result<Option<AccessKeyRecord>, StoreError>;
-    async fn list_access_keys(&self, tenant_id: &str) -> Result<Vec<AccessKeyRecord>, StoreError>;
-    /// Deletes one of the tenant's keys; false when it has no such key.
+    /// The keys `owner` holds, oldest first.
+    async fn list_access_keys(
+        &self,
+        owner: &KeyOwner<'_>,
+    ) -> Result<Vec<AccessKeyRecord>, StoreError>;
+    /// Deletes one of `owner`'s keys; false when it holds no such key.
     async fn delete_access_key(
         &self,
-        tenant_id: &str,
+        owner: &KeyOwner<'_>,
         access_key: &str,
     ) -> Result<bool, StoreError>;
+    /// Replaces a key's sealed secret if it is still `old_sealed` (a re-seal racing another
+    /// replica's changes nothing); true when this call replaced it.
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Whose access keys a query sees: one user's (what a tenant's user may list and delete through
+/// IAM), or, for the operator's CLI only, every key of the tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyOwner<'a> {
+    pub tenant_id: &'a str,
+    /// `None`: every user of the tenant (operator only).
+    pub user_id: Option<&'a str>,
 }
 
 /// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.

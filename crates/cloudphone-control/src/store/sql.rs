@@ -7,8 +7,8 @@ use sqlx::{AnyPool, Row};
 
 use super::{
     AccessKeyRecord, BackupState, DomainRecord, InstanceListing, InstanceQuery, InstanceRecord,
-    JobRecord, NewTenant, NewUser, NodeRecord, ProjectRecord, Store, StoreError, TaskRecord,
-    TokenRecord, UsageRow, UserRecord,
+    JobRecord, KeyOwner, NewTenant, NewUser, NodeRecord, ProjectRecord, Store, StoreError,
+    TaskRecord, TokenRecord, UsageRow, UserRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -370,6 +370,16 @@ impl Store for SqlStore {
         Ok(nodes)
     }
 
+    async fn tenant_instance_count(&self, tenant_id: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         // Backed-up and queued instances (and failed restores, which the node removed again)
         // live in an archive, not on a node: they hold no slot.
@@ -605,10 +615,12 @@ impl Store for SqlStore {
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO tasks (id, tenant_id, kind, created_at_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO tasks (id, tenant_id, project_id, kind, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&task.task_id)
         .bind(&task.tenant_id)
+        .bind(&task.project_id)
         .bind(&task.kind)
         .bind(task.created_at_ms)
         .execute(&mut *tx)
@@ -636,11 +648,12 @@ impl Store for SqlStore {
     }
 
     async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let Some(task) =
-            sqlx::query("SELECT id, tenant_id, kind, created_at_ms FROM tasks WHERE id = $1")
-                .bind(task_id)
-                .fetch_optional(&self.pool)
-                .await?
+        let Some(task) = sqlx::query(
+            "SELECT id, tenant_id, project_id, kind, created_at_ms FROM tasks WHERE id = $1",
+        )
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?
         else {
             return Ok(None);
         };
@@ -669,6 +682,7 @@ impl Store for SqlStore {
         Ok(Some(TaskRecord {
             task_id: task.try_get("id")?,
             tenant_id: task.try_get("tenant_id")?,
+            project_id: task.try_get("project_id")?,
             kind: task.try_get("kind")?,
             created_at_ms: task.try_get("created_at_ms")?,
             jobs,
@@ -698,12 +712,14 @@ impl Store for SqlStore {
         q: &InstanceQuery,
     ) -> Result<(Vec<InstanceListing>, u64), StoreError> {
         // Absent filters bind as values that match everything, so one statement serves all.
-        let filter = "i.tenant_id = $1 AND ($2 = '' OR i.id = $2) AND ($3 = '' OR i.name = $3) \
-                      AND i.created_at_ms >= $4 AND i.created_at_ms <= $5";
+        let filter = "i.tenant_id = $1 AND i.project_id = $2 AND ($3 = '' OR i.id = $3) \
+                      AND ($4 = '' OR i.name = $4) \
+                      AND i.created_at_ms >= $5 AND i.created_at_ms <= $6";
         let total: i64 = sqlx::query(&format!(
             "SELECT COUNT(*) AS n FROM instances i WHERE {filter}"
         ))
         .bind(tenant_id)
+        .bind(&q.project_id)
         .bind(q.instance_id.clone().unwrap_or_default())
         .bind(q.instance_name.clone().unwrap_or_default())
         .bind(q.created_from_ms.unwrap_or(i64::MIN))
@@ -716,9 +732,10 @@ impl Store for SqlStore {
                 t.domain_name AS domain_name \
              FROM instances i JOIN nodes n ON n.id = i.node_id \
                 JOIN projects p ON p.id = i.project_id JOIN tenants t ON t.id = i.tenant_id \
-             WHERE {filter} ORDER BY i.created_at_ms DESC, i.id LIMIT $6 OFFSET $7"
+             WHERE {filter} ORDER BY i.created_at_ms DESC, i.id LIMIT $7 OFFSET $8"
         ))
         .bind(tenant_id)
+        .bind(&q.project_id)
         .bind(q.instance_id.clone().unwrap_or_default())
         .bind(q.instance_name.clone().unwrap_or_default())
         .bind(q.created_from_ms.unwrap_or(i64::MIN))
@@ -1043,14 +1060,20 @@ impl Store for SqlStore {
         Ok(row.as_ref().map(access_key_from_row).transpose()?)
     }
 
-    async fn list_access_keys(&self, tenant_id: &str) -> Result<Vec<AccessKeyRecord>, StoreError> {
-        let rows = sqlx::query(
+    async fn list_access_keys(
+        &self,
+        owner: &KeyOwner<'_>,
+    ) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let sql = format!(
             "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
-             FROM access_keys WHERE tenant_id = $1 ORDER BY created_at_ms, access_key",
-        )
-        .bind(tenant_id)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM access_keys WHERE tenant_id = $1{} ORDER BY created_at_ms, access_key",
+            owner_clause(owner, 2)
+        );
+        let mut query = sqlx::query(&sql).bind(owner.tenant_id);
+        if let Some(user_id) = owner.user_id {
+            query = query.bind(user_id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(access_key_from_row)
@@ -1059,16 +1082,45 @@ impl Store for SqlStore {
 
     async fn delete_access_key(
         &self,
-        tenant_id: &str,
+        owner: &KeyOwner<'_>,
         access_key: &str,
     ) -> Result<bool, StoreError> {
-        let result =
-            sqlx::query("DELETE FROM access_keys WHERE tenant_id = $1 AND access_key = $2")
-                .bind(tenant_id)
-                .bind(access_key)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected() > 0)
+        let sql = format!(
+            "DELETE FROM access_keys WHERE access_key = $1 AND tenant_id = $2{}",
+            owner_clause(owner, 3)
+        );
+        let mut query = sqlx::query(&sql).bind(access_key).bind(owner.tenant_id);
+        if let Some(user_id) = owner.user_id {
+            query = query.bind(user_id);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    async fn reseal_access_key(
+        &self,
+        access_key: &str,
+        old_sealed: &str,
+        new_sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE access_keys SET secret_sealed = $1 WHERE access_key = $2 AND secret_sealed = $3",
+        )
+        .bind(new_sealed)
+        .bind(access_key)
+        .bind(old_sealed)
+        .execute(&self.pool)
+        .await?;
+        // The access key is the primary key: one row at most.
+        Ok(result.rows_affected() == 1)
+    }
+}
+
+/// The `user_id` condition of an access-key query when the owner is one user (`$n` is its
+/// placeholder); nothing when it is the whole tenant.
+fn owner_clause(owner: &KeyOwner<'_>, n: usize) -> String {
+    match owner.user_id {
+        Some(_) => format!(" AND user_id = ${n}"),
+        None => String::new(),
     }
 }
 

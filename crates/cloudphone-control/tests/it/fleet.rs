@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use cloudphone_testkit::fleet::{Fleet, HEARTBEAT_TIMEOUT_MS, order};
+use cloudphone_testkit::fleet::{Fleet, HEARTBEAT_TIMEOUT_MS, error_code as code, order};
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
+
+use crate::support::{get, list_with_request_id};
 
 async fn whole_flow(store_url: Option<String>) {
     let mut fleet = Fleet::new(store_url, "x11");
@@ -44,30 +45,14 @@ async fn whole_flow(store_url: Option<String>) {
     assert_eq!(fleet.token("acme", "wrong-password").await.status(), 401);
     let token = fleet.login("acme", "correct-horse-1").await;
     // The second user of the tenant, scoped to the second project, logs in too.
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "ops", "password": "correct-horse-3", "domain": {"name": "acme"}}}},
-        "scope": {"project": {"name": "eu-west-0"}}}});
-    let ops = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ops.status(), 201);
-    let ops_body: Value = ops.json().await.unwrap();
+    let (status, _, _, ops_body) =
+        crate::support::login_as(&fleet, "acme", "ops", "correct-horse-3", "eu-west-0").await;
+    assert_eq!(status, 201);
     assert_eq!(ops_body["token"]["project"]["name"], "eu-west-0");
     let other = fleet.login("other", "correct-horse-2").await;
 
     // BatchShowSku offers what the node runs.
-    let (status, skus) = fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/sku?type=0",
-            &token,
-            None,
-        )
-        .await;
+    let (status, skus) = get(&fleet, "/v1/instances/sku?type=0", &token).await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = skus["data"]["skuSpecResponseList"][0]["skuResponses"]
         .as_array()
@@ -78,31 +63,16 @@ async fn whole_flow(store_url: Option<String>) {
     assert!(ids.contains(&"kp.x11.720p"), "{skus}");
 
     // Order beyond capacity: 40010 and nothing created. Then a real order.
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances/create",
-            &token,
-            Some(&order(5)),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error_code"].as_str()),
-        (400, Some("KOOPHONE.API.40010"))
-    );
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances/create",
-            &token,
-            Some(&order(2)),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error_code"].as_str()),
-        (200, Some("0")),
-        "{body}"
-    );
+    let create = async |body: &str| {
+        let path = "/v1/instances/create";
+        fleet
+            .call(reqwest::Method::POST, path, &token, Some(body))
+            .await
+    };
+    let (status, body) = create(&order(5)).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.40010"));
+    let (status, body) = create(&order(2)).await;
+    assert_eq!((status, code(&body)), (200, "0"), "{body}");
     assert_eq!(body["data"]["instanceInfos"].as_array().unwrap().len(), 2);
     assert_eq!(
         body["data"]["instanceInfos"][0]["instanceName"],
@@ -124,56 +94,26 @@ async fn whole_flow(store_url: Option<String>) {
 
     // Another tenant sees none of them, even by id.
     let first_id = row["instance_id"].as_str().unwrap().to_string();
-    let (_, theirs) = fleet
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/instances/batch-query?page_no=1&page_size=10&instance_id={first_id}"),
-            &other,
-            None,
-        )
-        .await;
+    let (_, theirs) = get(
+        &fleet,
+        &format!("/v1/instances/batch-query?page_no=1&page_size=10&instance_id={first_id}"),
+        &other,
+    )
+    .await;
     assert_eq!(theirs["data"]["total_count"], 0);
 
     // The spec's codes for bad requests.
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::POST,
-            "/v1/instances/create",
-            &token,
-            Some("{not json"),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error_code"].as_str()),
-        (400, Some("KOOPHONE.API.1000"))
-    );
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/batch-query?page_no=1&page_size=10",
-            "bogus",
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, body["error_code"].as_str()),
-        (401, Some("KOOPHONE.API.6001"))
-    );
-    let no_id = fleet
-        .http
-        .get(format!(
-            "{}/v1/instances/batch-query?page_no=1&page_size=10",
-            fleet.api
-        ))
-        .header("x-auth-token", &token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(no_id.status(), 200);
-    assert_eq!(
-        no_id.json::<Value>().await.unwrap()["error_code"],
-        "KOOPHONE.API.0002"
-    );
+    let (status, body) = create("{not json").await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+    let (status, body) = get(
+        &fleet,
+        "/v1/instances/batch-query?page_no=1&page_size=10",
+        "bogus",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.6001"));
+    let (status, body) = list_with_request_id(&fleet, &token, None).await;
+    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
 
     // A frozen node keeps its connection open but stops beating: the heartbeat timeout alone
     // must mark it down within the bound. (Polled, not slept: the monitor's timing is tested in

@@ -1,11 +1,18 @@
 //! InstallApp end to end: a package served over HTTP is downloaded by the node, checked against
-//! the order's MD5, installed into the instance, and reported through GetTask.
+//! the order's MD5, installed into the instance, and reported through GetTask; URLs that lead to
+//! the node's own network are refused before a byte reaches them, and the node's download slots
+//! cap how many packages it fetches at once.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cloudphone_testkit::fleet::Fleet;
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
+
+use crate::support::get;
 
 /// Builds an app package (tar.gz with `app.json`) and returns its bytes.
 fn package(dir: &std::path::Path) -> Vec<u8> {
@@ -30,6 +37,10 @@ fn package(dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The node's `[apps]` allowlist for these tests: their package servers listen on 127.0.0.1,
+/// which the node refuses unless the operator lists it (as for a private mirror).
+const LOOPBACK_MIRROR: &str = "[apps]\nallow_hosts = [\"127.0.0.1\"]\n";
+
 /// Serves `bytes` at `http://127.0.0.1:<port>/hello.apk` for the rest of the test.
 async fn serve(bytes: Vec<u8>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -42,7 +53,7 @@ async fn serve(bytes: Vec<u8>) -> String {
     format!("http://{addr}/hello.apk")
 }
 
-fn body(url: &str, md5: &str, ids: &[String]) -> Value {
+pub(crate) fn body(url: &str, md5: &str, ids: &[String]) -> Value {
     json!({"fast_install": 1, "object_name": "com.example.hello", "file_name": "hello.apk",
         "object_version": "1.0.0", "object_size": 1, "biz_type": "apk",
         "content_type": "application/octet-stream", "content_md5": md5,
@@ -55,7 +66,7 @@ async fn finished_jobs(fleet: &Fleet, token: &str, task_id: &str) -> Vec<Value> 
         "install jobs to finish",
         Duration::from_secs(30),
         || async {
-            let (_, body) = fleet.call(reqwest::Method::GET, &path, token, None).await;
+            let (_, body) = get(fleet, &path, token).await;
             let jobs = body["data"]["jobs"].as_array()?.clone();
             jobs.iter().all(|j| j["status"] != 1).then_some(jobs)
         },
@@ -87,7 +98,7 @@ async fn install_jobs(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_app() {
-    let fleet = Fleet::up("synthetic").await;
+    let fleet = Fleet::up_with("synthetic", "", LOOPBACK_MIRROR).await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
     let ids = fleet.running_instances(&acme, 2).await;
@@ -169,6 +180,161 @@ async fn install_app() {
     assert_eq!(
         (status, answer["error_code"].as_str()),
         (401, Some("KOOPHONE.API.1001"))
+    );
+}
+
+/// A TCP server on `ip` that counts the connections it accepts (each answered with a small
+/// package): a refused URL must leave the count at 0.
+async fn counting_server(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 2048];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A value of the node's Prometheus `/metrics` (0 when the series does not exist yet).
+async fn node_metric(fleet: &Fleet, name: &str) -> f64 {
+    let url = format!("http://127.0.0.1:{}/metrics", fleet.node_ports.1);
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const REFUSED: &str = "cloudphone_node_app_downloads_refused_total";
+
+/// Loopback (other than the allowlisted 127.0.0.1, also in its IPv4-mapped IPv6 form), the
+/// cloud metadata address, a private address, and an allowlisted host redirecting to a refused
+/// one: every job fails with the generic 62017, no connection reaches the target, and the node
+/// counts each refusal. The allowlisted host itself still serves the redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_app_refuses_internal_urls() {
+    let fleet = Fleet::up_with("synthetic", "", LOOPBACK_MIRROR).await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let ids = fleet.running_instances(&acme, 1).await;
+    let (target, hits) = counting_server("127.0.0.2").await;
+    let port = target.port();
+
+    let redirects = Arc::new(AtomicUsize::new(0));
+    let redirected = Arc::clone(&redirects);
+    let to = format!("http://127.0.0.2:{port}/a.apk");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mirror = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/a.apk",
+        axum::routing::get(move || {
+            redirected.fetch_add(1, Ordering::SeqCst);
+            let to = to.clone();
+            async move { axum::response::Redirect::temporary(&to) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let urls = [
+        format!("http://127.0.0.2:{port}/a.apk"),
+        format!("http://[::ffff:127.0.0.2]:{port}/a.apk"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        format!("http://10.255.255.1:{port}/a.apk"),
+        format!("http://{mirror}/a.apk"),
+    ];
+    for (n, url) in urls.iter().enumerate() {
+        let jobs = install_jobs(&fleet, &acme, url, "", &ids).await;
+        let job = &jobs[0];
+        assert_eq!(
+            (job["status"].as_i64(), job["error_code"].as_str()),
+            (Some(-1), Some("KOOPHONE.API.62017")),
+            "{url}: {job}"
+        );
+        // Nothing about the target (address, port, status, size) comes back to the tenant.
+        assert_eq!(
+            (job["error_msg"].as_str(), job["execute_msg"].as_str()),
+            (
+                Some("download failed, check install_package_url"),
+                Some("the package could not be downloaded")
+            ),
+            "{url}: {job}"
+        );
+        assert_eq!(node_metric(&fleet, REFUSED).await, (n + 1) as f64, "{url}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a refused target was reached"
+    );
+    assert_eq!(
+        redirects.load(Ordering::SeqCst),
+        1,
+        "the allowlisted mirror was asked"
+    );
+}
+
+/// With `max_concurrent_downloads = 1`, an order for two instances fetches one package at a
+/// time: the second download waits for the slot (the node's gauge shows it) while the first is
+/// held open by the server, and both install once the first completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_downloads_wait_for_a_slot() {
+    let extra = format!("{LOOPBACK_MIRROR}max_concurrent_downloads = 1\n");
+    let fleet = Fleet::up_with("synthetic", "", &extra).await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let ids = fleet.running_instances(&acme, 2).await;
+    let bytes = package(fleet.dir.path());
+    let md5 = format!("{:032x}", md5_of(&bytes));
+
+    let requests = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (counted, held) = (Arc::clone(&requests), Arc::clone(&gate));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hello.apk", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/hello.apk",
+        axum::routing::get(move || {
+            let (counted, held, bytes) = (Arc::clone(&counted), Arc::clone(&held), bytes.clone());
+            async move {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    held.acquire().await.unwrap().forget();
+                }
+                bytes
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (_, answer) = fleet
+        .post("/v1/instances/app/install", &acme, &body(&url, &md5, &ids))
+        .await;
+    wait_for(
+        "the second download to wait for the slot",
+        Duration::from_secs(30),
+        || async {
+            (node_metric(&fleet, "cloudphone_node_app_downloads_waiting").await == 1.0
+                && requests.load(Ordering::SeqCst) == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    // The first request is still held open, so the waiting one cannot have been sent.
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    gate.add_permits(1);
+    let jobs = finished_jobs(&fleet, &acme, &task_id(&answer)).await;
+    assert!(jobs.iter().all(|j| j["status"] == 2), "{jobs:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        node_metric(&fleet, "cloudphone_node_app_downloads_waiting").await,
+        0.0
     );
 }
 

@@ -3,10 +3,13 @@
 //! `cargo nextest run -p cloudphone-control --test it -E 'test(/^usage_sdk::/)'` runs one module.
 //!
 //! # Layout
-//! - [`support`]: the clock, Huawei's time format, streaming domains and a viewer, shared by
-//!   the usage modules (`console_usage`, `usage_sdk`, `usage_rules`).
-//! - one module per feature: `backup`, `console_usage`, `fleet`, `install_app`, `operations`,
-//!   `schemathesis`, `seed_examples`, `shutdown`, `store`, `usage_rules`, `usage_sdk`.
+//! - [`support`]: calls and their checks every module makes (`ok`, `get`, `check_refusals` over
+//!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
+//!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
+//!   `usage_sdk`, `usage_rules`).
+//! - one module per feature: `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
+//!   `operations`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
+//!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
 #![allow(clippy::unwrap_used)]
@@ -16,11 +19,14 @@ mod support;
 mod backup;
 mod console_usage;
 mod fleet;
+mod hostile_input;
 mod install_app;
 mod operations;
 mod schemathesis;
+mod sealing_key;
 mod seed_examples;
 mod shutdown;
 mod store;
+mod tls;
 mod usage_rules;
 mod usage_sdk;

@@ -8,10 +8,12 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
-use crate::support::ok;
+use crate::support::{
+    INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, get, list_with_request_id, ok,
+};
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
-async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
+pub(crate) async fn setup(count: u32) -> (Fleet, String, String, Vec<String>) {
     let fleet = Fleet::up("synthetic").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
@@ -29,6 +31,13 @@ async fn sync(fleet: &Fleet, token: &str, command: &str, ids: &[String]) -> (u16
         .await
 }
 
+/// SyncCommand's result for the first instance; the call itself answers 200.
+async fn result_of(fleet: &Fleet, token: &str, command: &str, ids: &[String]) -> Value {
+    let (status, body) = sync(fleet, token, command, ids).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["cmd_results"][0].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_command() {
     let (fleet, acme, other, ids) = setup(1).await;
@@ -39,18 +48,11 @@ async fn sync_command() {
         fleet.instance_data_dir(&ids[0]).join("hello").exists(),
         "the file is in the instance's data dir"
     );
-    let (_, body) = sync(&fleet, &acme, "ls /data", &ids).await;
-    assert!(
-        body["data"]["cmd_results"][0]["execute_msg"]
-            .as_str()
-            .unwrap()
-            .contains("hello")
-    );
+    let result = result_of(&fleet, &acme, "ls /data", &ids).await;
+    assert!(result["execute_msg"].as_str().unwrap().contains("hello"));
 
     // A failing command: status -1, its output kept.
-    let (status, body) = sync(&fleet, &acme, "ls /system", &ids).await;
-    assert_eq!(status, 200);
-    let result = &body["data"]["cmd_results"][0];
+    let result = result_of(&fleet, &acme, "ls /system", &ids).await;
     assert_eq!(
         (result["status"].as_i64(), result["error_code"].as_str()),
         (Some(-1), Some("CPS.0191"))
@@ -63,47 +65,34 @@ async fn sync_command() {
         "{result}"
     );
     // Output is capped at 1024 bytes.
-    let (_, body) = sync(&fleet, &acme, "seq 1 100000", &ids).await;
-    assert_eq!(
-        body["data"]["cmd_results"][0]["execute_msg"]
-            .as_str()
-            .unwrap()
-            .len(),
-        1024
-    );
+    let result = result_of(&fleet, &acme, "seq 1 100000", &ids).await;
+    assert_eq!(result["execute_msg"].as_str().unwrap().len(), 1024);
 
     // The charset and size limits, another tenant, a missing request id.
-    for bad in [
-        "ls; rm -rf /data",
-        "echo $HOME",
-        "cat /data/hello > /data/x",
-    ] {
-        let (status, body) = sync(&fleet, &acme, bad, &ids).await;
-        assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"), "{bad}");
-    }
-    let (status, body) = sync(&fleet, &acme, &"a".repeat(1025), &ids).await;
-    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
-    let (status, body) = sync(&fleet, &other, "touch /data/intruder", &ids).await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let command = |command: &str| json!({"command": command, "instance_ids": ids});
+    let with_id = Sent::WithRequestId;
+    check_refusals(
+        &fleet,
+        "/v1/instances/sync-command",
+        &[
+            (&acme, with_id, &command("ls; rm -rf /data"), INVALID),
+            (&acme, with_id, &command("echo $HOME"), INVALID),
+            (
+                &acme,
+                with_id,
+                &command("cat /data/hello > /data/x"),
+                INVALID,
+            ),
+            (&acme, with_id, &command(&"a".repeat(1025)), INVALID),
+            (&other, with_id, &command("touch /data/intruder"), NOT_YOURS),
+            (&acme, Sent::TokenOnly, &command("ls"), NO_REQUEST_ID),
+            (&acme, with_id, &json!({"command": 5}), INVALID),
+        ],
+    )
+    .await;
     assert!(
         !fleet.instance_data_dir(&ids[0]).join("intruder").exists(),
         "another tenant changed nothing"
-    );
-    let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/sync-command",
-            &acme,
-            &json!({"command": "ls", "instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.0002"));
-    let (status, body) = fleet
-        .post("/v1/instances/sync-command", &acme, &json!({"command": 5}))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (400, "KOOPHONE.API.1000"),
-        "wrong type"
     );
 
     // The instance's host goes away: the command cannot run, status -1 with 62010.
@@ -114,12 +103,11 @@ async fn sync_command() {
         .unwrap()
         .stop_with(nix::sys::signal::Signal::SIGKILL);
     fleet.wait_node("down", Duration::from_secs(10)).await;
-    let (status, body) = sync(&fleet, &acme, "ls /data", &ids).await;
-    assert_eq!(status, 200);
-    let result = &body["data"]["cmd_results"][0];
+    let result = result_of(&fleet, &acme, "ls /data", &ids).await;
     assert_eq!(
         (result["status"].as_i64(), result["error_code"].as_str()),
-        (Some(-1), Some("KOOPHONE.API.62010"))
+        (Some(-1), Some("KOOPHONE.API.62010")),
+        "the host is down"
     );
 }
 
@@ -137,20 +125,20 @@ async fn async_command_and_get_task() {
     assert_eq!(body["data"]["cmd_jobs"].as_array().unwrap().len(), 2);
 
     let path = format!("/v1/instances/tasks/{task_id}");
-    let (_, first) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    let (_, first) = get(&fleet, &path, &acme).await;
     assert_eq!(
         first["data"]["jobs"][0]["status"], 1,
         "queued or running at first: {first}"
     );
     let done = wait_for("jobs to finish", Duration::from_secs(20), || async {
-        let (_, body) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+        let (_, body) = get(&fleet, &path, &acme).await;
         let jobs = body["data"]["jobs"].as_array()?.clone();
         jobs.iter().all(|j| j["status"] == 2).then_some(body)
     })
     .await;
     assert_eq!(code(&done), "0");
     // The result is kept.
-    let (_, again) = fleet.call(reqwest::Method::GET, &path, &acme, None).await;
+    let (_, again) = get(&fleet, &path, &acme).await;
     assert_eq!(again["data"]["jobs"], done["data"]["jobs"]);
 
     // A failing job, an unknown task, another tenant's task.
@@ -166,42 +154,25 @@ async fn async_command_and_get_task() {
         body["data"]["task_id"].as_str().unwrap()
     );
     wait_for("the job to fail", Duration::from_secs(20), || async {
-        let (_, body) = fleet
-            .call(reqwest::Method::GET, &failing, &acme, None)
-            .await;
+        let (_, body) = get(&fleet, &failing, &acme).await;
         (body["data"]["jobs"][0]["status"] == -1).then_some(())
     })
     .await;
-    let (status, body) = fleet
-        .call(
-            reqwest::Method::GET,
-            "/v1/instances/tasks/no-such-task",
-            &acme,
-            None,
-        )
-        .await;
+    let (status, body) = get(&fleet, "/v1/instances/tasks/no-such-task", &acme).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
-    let (status, body) = fleet.call(reqwest::Method::GET, &path, &other, None).await;
+    let (status, body) = get(&fleet, &path, &other).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1323"));
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/async-command",
-            &other,
-            &json!({"command": "ls", "instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let theirs = json!({"command": "ls", "instance_ids": ids});
+    let refusal = (other.as_str(), Sent::WithRequestId, &theirs, NOT_YOURS);
+    check_refusals(&fleet, "/v1/instances/async-command", &[refusal]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_query_status() {
     let (fleet, acme, other, ids) = setup(2).await;
+    let both = json!({"instance_ids": ids});
     let body = ok(fleet
-        .post(
-            "/v1/instances/batch-query-status",
-            &acme,
-            &json!({"instance_ids": ids}),
-        )
+        .post("/v1/instances/batch-query-status", &acme, &both)
         .await);
     let results = body["data"]["status_results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
@@ -209,23 +180,18 @@ async fn batch_query_status() {
         results.iter().all(|r| r["status"] == 2),
         "running instances have their data loaded: {body}"
     );
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/batch-query-status",
-            &other,
-            &json!({"instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
     let too_many: Vec<String> = (0..101).map(|i| format!("i{i}")).collect();
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/batch-query-status",
-            &acme,
-            &json!({"instance_ids": too_many}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+    let too_many = json!({"instance_ids": too_many});
+    let with_id = Sent::WithRequestId;
+    check_refusals(
+        &fleet,
+        "/v1/instances/batch-query-status",
+        &[
+            (&other, with_id, &both, NOT_YOURS),
+            (&acme, with_id, &too_many, INVALID),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,26 +199,15 @@ async fn batch_reset_wipes_data() {
     let (fleet, acme, other, ids) = setup(1).await;
     sync(&fleet, &acme, "touch /data/keepsake", &ids).await;
     assert!(fleet.instance_data_dir(&ids[0]).join("keepsake").exists());
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/batch-reset",
-            &other,
-            &json!({"instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let all = json!({"instance_ids": ids});
+    let theirs = (other.as_str(), Sent::WithRequestId, &all, NOT_YOURS);
+    check_refusals(&fleet, "/v1/instances/batch-reset", &[theirs]).await;
     assert!(
         fleet.instance_data_dir(&ids[0]).join("keepsake").exists(),
         "another tenant's reset changed nothing"
     );
 
-    ok(fleet
-        .post(
-            "/v1/instances/batch-reset",
-            &acme,
-            &json!({"instance_ids": ids}),
-        )
-        .await);
+    ok(fleet.post("/v1/instances/batch-reset", &acme, &all).await);
     // While the reset runs the instance shows running_status 4 (starting), then 2 again.
     let listing = fleet.list(&acme).await;
     let during = listing["data"]["result"][0]["running_status"].as_i64();
@@ -274,22 +229,13 @@ async fn batch_reset_wipes_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_reboot() {
     let (fleet, acme, other, ids) = setup(1).await;
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/reboot",
-            &other,
-            &json!({"instance_ids": ids}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let all = json!({"instance_ids": ids});
+    let theirs = (other.as_str(), Sent::WithRequestId, &all, NOT_YOURS);
+    check_refusals(&fleet, "/v1/instances/reboot", &[theirs]).await;
     sync(&fleet, &acme, "touch /data/survivor", &ids).await;
-    ok(fleet
-        .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
-        .await);
+    ok(fleet.post("/v1/instances/reboot", &acme, &all).await);
     // Straight after, the instance is not running, so a second reboot is refused whole.
-    let (status, body) = fleet
-        .post("/v1/instances/reboot", &acme, &json!({"instance_ids": ids}))
-        .await;
+    let (status, body) = fleet.post("/v1/instances/reboot", &acme, &all).await;
     assert_eq!((status, code(&body)), (400, "KOOPHONE.API.5005"), "{body}");
     fleet
         .wait_running_status(&acme, 2, 1, Duration::from_secs(30))
@@ -304,45 +250,42 @@ async fn batch_reboot() {
 async fn assign_and_unassign() {
     let (fleet, acme, other, ids) = setup(1).await;
     let bind = |user: Value| json!({"user_instances": [{"user_id": user, "instance_id": ids[0]}]});
+    let assignment = async || {
+        let row = fleet.list(&acme).await["data"]["result"][0].clone();
+        let user = row["assign_user"].as_str().map(str::to_string);
+        (row["assign_status"].as_i64(), user)
+    };
     ok(fleet
         .post("/v1/instances/assign", &acme, &bind(json!("user-1")))
         .await);
-    let row = fleet.list(&acme).await["data"]["result"][0].clone();
-    assert_eq!(
-        (row["assign_status"].as_i64(), row["assign_user"].as_str()),
-        (Some(1), Some("user-1"))
-    );
-    let (status, body) = fleet
-        .post("/v1/instances/assign", &acme, &bind(json!("user-2")))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (400, "KPAPI.2209"),
-        "already bound to someone else"
-    );
-    let (status, body) = fleet
-        .post("/v1/instances/assign", &other, &bind(json!("user-9")))
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    assert_eq!(assignment().await, (Some(1), Some("user-1".to_string())));
+    // Already bound to someone else (2209; the seeds' example sends the user id as a number),
+    // another tenant's instance.
+    let bound = (400, "KPAPI.2209");
+    let with_id = Sent::WithRequestId;
+    check_refusals(
+        &fleet,
+        "/v1/instances/assign",
+        &[
+            (&acme, with_id, &bind(json!("user-2")), bound),
+            (&acme, with_id, &bind(json!(1123422)), bound),
+            (&other, with_id, &bind(json!("user-9")), NOT_YOURS),
+        ],
+    )
+    .await;
 
     sync(&fleet, &acme, "touch /data/user-1-data", &ids).await;
-    let (status, body) = fleet
-        .post("/v1/instances/unassign", &acme, &bind(json!("user-2")))
-        .await;
-    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.2210"));
-    // The seeds' example sends the user id as a number.
-    let (status, body) = fleet
-        .post("/v1/instances/assign", &acme, &bind(json!(1123422)))
-        .await;
-    assert_eq!((status, code(&body)), (400, "KPAPI.2209"));
+    let not_bound = (
+        acme.as_str(),
+        with_id,
+        &bind(json!("user-2")),
+        (400, "KOOPHONE.API.2210"),
+    );
+    check_refusals(&fleet, "/v1/instances/unassign", &[not_bound]).await;
     ok(fleet
         .post("/v1/instances/unassign", &acme, &bind(json!("user-1")))
         .await);
-    let row = fleet.list(&acme).await["data"]["result"][0].clone();
-    assert_eq!(
-        (row["assign_status"].as_i64(), row["assign_user"].as_str()),
-        (Some(0), Some(""))
-    );
+    assert_eq!(assignment().await, (Some(0), Some(String::new())));
     // Unassigning clears the user's data.
     fleet
         .wait_running_status(&acme, 2, 1, Duration::from_secs(30))
@@ -391,20 +334,16 @@ async fn delete_instance() {
         .await;
     assert_eq!(status, 200);
     // DeleteInstance's page lists no x-request-id: a documented client sends none.
+    let first = json!({"instanceIdList": [ids[0]]});
+    let token_only = Sent::TokenOnly;
+    check_refusals(
+        &fleet,
+        "/v1/instances/delete",
+        &[(&other, token_only, &first, NOT_YOURS)],
+    )
+    .await;
     let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/delete",
-            &other,
-            &json!({"instanceIdList": [ids[0]]}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-    let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/delete",
-            &acme,
-            &json!({"instanceIdList": [ids[0]]}),
-        )
+        .post_token_only("/v1/instances/delete", &acme, &first)
         .await;
     assert_eq!(
         (status, code(&body), body["data"].is_null()),
@@ -415,30 +354,20 @@ async fn delete_instance() {
     let listing = fleet.list(&acme).await;
     assert_eq!(listing["data"]["total_count"], 1);
     assert_eq!(listing["data"]["result"][0]["instance_id"], ids[1].as_str());
-    let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/delete",
-            &acme,
-            &json!({"instanceIdList": [ids[0]]}),
-        )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (401, "KOOPHONE.API.1001"),
-        "a deleted instance is nobody's"
-    );
-    let (status, body) = fleet
-        .post_token_only(
-            "/v1/instances/delete",
-            &acme,
-            &json!({"instanceIdList": []}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.1000"));
+    // A deleted instance is nobody's; an empty list is invalid.
+    check_refusals(
+        &fleet,
+        "/v1/instances/delete",
+        &[
+            (&acme, token_only, &first, NOT_YOURS),
+            (&acme, token_only, &json!({"instanceIdList": []}), INVALID),
+        ],
+    )
+    .await;
 }
 
 /// The seed's SetVideoConfig example (`000_*.txt`), with the instance ids replaced.
-fn video_setting(ids: &[String]) -> Value {
+pub(crate) fn video_setting(ids: &[String]) -> Value {
     let group = json!([{
         "definition_540P": {"code_rate": 6000, "fps": 30},
         "definition_720P": {"code_rate": 6000, "fps": 30},
@@ -574,38 +503,18 @@ async fn device_token_and_sessions() {
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
 
     // StopInstancesStreaming keeps the session; ReleaseInstancesSession revokes the token.
-    ok(fleet
-        .post(
-            "/v1/instances/streaming/stop",
-            &acme,
-            &json!({"instance_id": ids[0]}),
-        )
-        .await);
-    assert_eq!(
-        hello(&url, &device_id, &token).await["type"],
-        "ready",
-        "the session outlives a stop"
-    );
-    ok(fleet
-        .post(
-            "/v1/instances/session/release",
-            &acme,
-            &json!({"instance_id": ids[0]}),
-        )
-        .await);
-    assert_eq!(
-        hello(&url, &device_id, &token).await["type"],
-        "error",
-        "a released session's token is refused"
-    );
-    let (status, body) = fleet
-        .post(
-            "/v1/instances/session/release",
-            &other,
-            &json!({"instance_id": ids[0]}),
-        )
-        .await;
-    assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
+    let first = json!({"instance_id": ids[0]});
+    // What the device token's `hello` gets after `path` is called on the instance.
+    let hello_after = async |path: &str| {
+        ok(fleet.post(path, &acme, &first).await);
+        hello(&url, &device_id, &token).await["type"].clone()
+    };
+    let stop = hello_after("/v1/instances/streaming/stop").await;
+    assert_eq!(stop, "ready", "the session outlives a stop");
+    let release = hello_after("/v1/instances/session/release").await;
+    assert_eq!(release, "error", "a released session's token is refused");
+    let theirs = (other.as_str(), Sent::WithRequestId, &first, NOT_YOURS);
+    check_refusals(&fleet, "/v1/instances/session/release", &[theirs]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,7 +604,7 @@ async fn request_error_codes() {
         let fleet = &fleet;
         let acme = acme.clone();
         let path = format!("/v1/instances/batch-query?{query}");
-        async move { fleet.call(reqwest::Method::GET, &path, &acme, None).await }
+        async move { get(fleet, &path, &acme).await }
     };
     let (status, answer) =
         list("page_no=1&page_size=10&query_start_time=2023-08-15T14:30:45").await;
@@ -706,20 +615,6 @@ async fn request_error_codes() {
     let (status, answer) = list("page_no=0&page_size=10").await;
     assert_eq!((status, code(&answer)), (400, "KOOPHONE.API.1000"));
     // An x-request-id that is not a usable id: 0003.
-    let response = fleet
-        .http
-        .get(format!(
-            "{}/v1/instances/batch-query?page_no=1&page_size=1",
-            fleet.api
-        ))
-        .header("x-auth-token", &acme)
-        .header("x-request-id", "x".repeat(200))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error_code"],
-        "KOOPHONE.API.0003"
-    );
+    let (status, body) = list_with_request_id(&fleet, &acme, Some(&"x".repeat(200))).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.0003"));
 }

@@ -57,6 +57,13 @@ impl Client<'_> {
     async fn get(&self, path: &str) -> Value {
         self.send(reqwest::Method::GET, path, true, None).await
     }
+
+    /// BatchQueryStatus' `status` of one instance.
+    async fn phone_status(&self, instance_id: &str) -> Value {
+        let ids = json!({"instance_ids": [instance_id]});
+        let body = self.post("/v1/instances/batch-query-status", ids).await;
+        body["data"]["status_results"][0]["status"].clone()
+    }
 }
 
 fn has(body: &Value, pointer: &str) {
@@ -68,7 +75,8 @@ fn has(body: &Value, pointer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_seed_example_succeeds() {
-    let fleet = Fleet::up("x11").await;
+    // The InstallApp example downloads from a loopback server: allowlisted, as for a mirror.
+    let fleet = Fleet::up_with("x11", "", "[apps]\nallow_hosts = [\"127.0.0.1\"]\n").await;
     let token = fleet.login("acme", "correct-horse-1").await;
     let c = Client {
         fleet: &fleet,
@@ -226,20 +234,13 @@ async fn every_seed_example_succeeds() {
     c.post("/v1/instances/reboot", json!({"instance_ids": [a]}))
         .await;
     wait_for("the rebooted phone", Duration::from_secs(60), || async {
-        let s = c
-            .post(
-                "/v1/instances/batch-query-status",
-                json!({"instance_ids": [a]}),
-            )
-            .await;
+        let status = c.phone_status(&a).await;
         let list = c
             .get(&format!(
                 "/v1/instances/batch-query?page_no=1&page_size=1&instance_id={a}"
             ))
             .await;
-        (s["data"]["status_results"][0]["status"] == 2
-            && list["data"]["result"][0]["running_status"] == 2)
-            .then_some(())
+        (status == 2 && list["data"]["result"][0]["running_status"] == 2).then_some(())
     })
     .await;
     c.post("/v1/instances/batch-reset", json!({"instance_ids": [a, b]}))
@@ -279,13 +280,7 @@ async fn every_seed_example_succeeds() {
     )
     .await;
     wait_for("the backup", Duration::from_secs(60), || async {
-        let s = c
-            .post(
-                "/v1/instances/batch-query-status",
-                json!({"instance_ids": [spare]}),
-            )
-            .await;
-        (s["data"]["status_results"][0]["status"] == 0).then_some(())
+        (c.phone_status(&spare).await == 0).then_some(())
     })
     .await;
     let prepared = c

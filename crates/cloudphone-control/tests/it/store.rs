@@ -1,8 +1,8 @@
 //! The store's contract, checked identically against embedded SQLite and a real PostgreSQL.
 
 use cloudphone_control::store::{
-    self, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord, ProjectRecord,
-    Store, StoreError, TaskRecord, TokenRecord,
+    self, BackupState, InstanceQuery, InstanceRecord, JobRecord, NewTenant, NewUser, NodeRecord,
+    ProjectRecord, Store, StoreError, TaskRecord, TokenRecord,
 };
 use cloudphone_core::instance::ControlState;
 
@@ -56,6 +56,27 @@ fn instance(id: &str, tenant: u32, node: &str, created_at_ms: i64) -> InstanceRe
         created_at_ms,
         updated_at_ms: created_at_ms,
     }
+}
+
+/// The instance `id`, which must exist.
+async fn stored(store: &impl Store, id: &str) -> InstanceRecord {
+    store.get_instance(id).await.unwrap().expect("instance")
+}
+
+/// The id of the project `tenant_id` finds by `name` or `id`, if any.
+async fn project_id(
+    store: &impl Store,
+    tenant_id: &str,
+    name: Option<&str>,
+    id: Option<&str>,
+) -> Option<String> {
+    let found = store.find_project(tenant_id, name, id).await.unwrap();
+    found.map(|project| project.project_id)
+}
+
+/// The backup bookkeeping of instance `id`, which must exist.
+async fn backup(store: &impl Store, id: &str) -> BackupState {
+    store.backup_state(id).await.unwrap().expect("instance")
 }
 
 async fn suite(store: impl Store) {
@@ -122,12 +143,8 @@ async fn suite(store: impl Store) {
         store.create_project(&dup, 3).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    let found = store
-        .find_project("t1", Some("eu-west-0"), None)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.project_id, "p1b");
+    let found = project_id(&store, "t1", Some("eu-west-0"), None).await;
+    assert_eq!(found.as_deref(), Some("p1b"));
 
     let user = store
         .find_user("domain1", "alice")
@@ -138,28 +155,12 @@ async fn suite(store: impl Store) {
         (user.tenant_id.as_str(), user.user_id.as_str()),
         ("t1", "u1")
     );
-    let project = store
-        .find_project("t1", Some("cn-north-7"), None)
-        .await
-        .unwrap()
-        .expect("by name");
-    assert_eq!(project.project_id, "p1");
-    assert!(
-        store
-            .find_project("t1", None, Some("p1"))
-            .await
-            .unwrap()
-            .is_some(),
-        "by id"
-    );
-    assert!(
-        store
-            .find_project("t2", None, Some("p1"))
-            .await
-            .unwrap()
-            .is_none(),
-        "another tenant's project"
-    );
+    let by_name = project_id(&store, "t1", Some("cn-north-7"), None).await;
+    assert_eq!(by_name.as_deref(), Some("p1"), "by name");
+    let by_id = project_id(&store, "t1", None, Some("p1")).await;
+    assert_eq!(by_id.as_deref(), Some("p1"), "by id");
+    let theirs = project_id(&store, "t2", None, Some("p1")).await;
+    assert_eq!(theirs, None, "another tenant's project");
 
     // Tokens: found by hash, purged after expiry.
     let token = TokenRecord {
@@ -210,46 +211,32 @@ async fn suite(store: impl Store) {
     counts.sort();
     assert_eq!(counts, [("n1".to_string(), 2), ("n2".to_string(), 1)]);
 
-    store
-        .set_instance_state("a", ControlState::RUNNING, "", 150)
-        .await
-        .unwrap();
+    let set = async |id: &str, state: ControlState, at_ms: i64| {
+        store
+            .set_instance_state(id, state, "", at_ms)
+            .await
+            .unwrap();
+    };
+    let report = async |id: &str, state: ControlState, at_ms: i64| {
+        store
+            .set_reported_state(id, state, "", at_ms)
+            .await
+            .unwrap();
+    };
+    set("a", ControlState::RUNNING, 150).await;
     // A node's late report cannot overwrite a state control owns.
-    store
-        .set_instance_state("b", ControlState::BackedUp, "", 151)
-        .await
-        .unwrap();
-    store
-        .set_reported_state("b", ControlState::RUNNING, "", 152)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_instance("b").await.unwrap().unwrap().state,
-        ControlState::BackedUp
-    );
-    store
-        .set_reported_state("a", ControlState::STOPPED, "", 153)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_instance("a").await.unwrap().unwrap().state,
-        ControlState::STOPPED
-    );
-    store
-        .set_instance_state("a", ControlState::RUNNING, "", 154)
-        .await
-        .unwrap();
-    store
-        .set_instance_state("b", ControlState::Creating, "", 155)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_instance("a").await.unwrap().unwrap().state,
-        ControlState::RUNNING
-    );
+    set("b", ControlState::BackedUp, 151).await;
+    report("b", ControlState::RUNNING, 152).await;
+    assert_eq!(stored(&store, "b").await.state, ControlState::BackedUp);
+    report("a", ControlState::STOPPED, 153).await;
+    assert_eq!(stored(&store, "a").await.state, ControlState::STOPPED);
+    set("a", ControlState::RUNNING, 154).await;
+    set("b", ControlState::Creating, 155).await;
+    assert_eq!(stored(&store, "a").await.state, ControlState::RUNNING);
 
-    // Listing: per tenant, newest first, with filters and paging.
+    // Listing: per tenant and project, newest first, with filters and paging.
     let all = InstanceQuery {
+        project_id: "p1".into(),
         limit: 10,
         ..Default::default()
     };
@@ -266,6 +253,7 @@ async fn suite(store: impl Store) {
     );
     assert_eq!(rows[1].project_name, "cn-north-7");
     let page2 = InstanceQuery {
+        project_id: "p1".into(),
         limit: 1,
         offset: 1,
         ..Default::default()
@@ -276,6 +264,7 @@ async fn suite(store: impl Store) {
         (1, 2, "a")
     );
     let by_id = InstanceQuery {
+        project_id: "p1".into(),
         instance_id: Some("c".into()),
         limit: 10,
         ..Default::default()
@@ -286,6 +275,7 @@ async fn suite(store: impl Store) {
         "tenant isolation"
     );
     let window = InstanceQuery {
+        project_id: "p1".into(),
         created_from_ms: Some(150),
         created_to_ms: Some(250),
         limit: 10,
@@ -299,11 +289,21 @@ async fn suite(store: impl Store) {
         ["b"]
     );
     let by_name = InstanceQuery {
+        project_id: "p1".into(),
         instance_name: Some("name-a".into()),
         limit: 10,
         ..Default::default()
     };
     assert_eq!(store.list_instances("t1", &by_name).await.unwrap().1, 1);
+    let other_project = InstanceQuery {
+        project_id: "p1b".into(),
+        ..all.clone()
+    };
+    assert_eq!(
+        store.list_instances("t1", &other_project).await.unwrap().1,
+        0,
+        "a project lists only its own instances"
+    );
 
     // Assignment, video settings and deletion.
     store
@@ -311,20 +311,11 @@ async fn suite(store: impl Store) {
         .await
         .unwrap();
     assert_eq!(
-        store
-            .get_instance("a")
-            .await
-            .unwrap()
-            .unwrap()
-            .assign_user
-            .as_deref(),
+        stored(&store, "a").await.assign_user.as_deref(),
         Some("user-7")
     );
     store.set_assign_user("a", None, 161).await.unwrap();
-    assert_eq!(
-        store.get_instance("a").await.unwrap().unwrap().assign_user,
-        None
-    );
+    assert_eq!(stored(&store, "a").await.assign_user, None);
     assert_eq!(store.video_config("a").await.unwrap(), "");
     store
         .set_video_config(&["a".into(), "b".into()], "{\"x\":1}", 170)
@@ -351,6 +342,7 @@ async fn suite(store: impl Store) {
     let task = TaskRecord {
         task_id: "task1".into(),
         tenant_id: "t1".into(),
+        project_id: "p1".into(),
         kind: "command".into(),
         created_at_ms: 1,
         jobs: vec![job("j1", "a"), job("j2", "b")],
@@ -375,17 +367,16 @@ async fn suite(store: impl Store) {
 /// BatchBackupInstances / BatchPrepareInstances bookkeeping: backup states, the prepare queue,
 /// claiming, and slots held only by instances that live on a node.
 async fn backup_and_prepare(store: &impl Store) {
-    store
-        .insert_instances(&[
-            instance("q1", 1, "n1", 500),
-            instance("q2", 1, "n1", 501),
-            instance("q3", 1, "n2", 502),
-        ])
-        .await
-        .unwrap();
+    // Two on n1 (whose slots the counts check), one on n2.
+    let to_back_up = [
+        instance("q1", 1, "n1", 500),
+        instance("q2", 1, "n1", 501),
+        instance("q3", 1, "n2", 502),
+    ];
+    store.insert_instances(&to_back_up).await.unwrap();
     let counts = |c: Vec<(String, i64)>| c.into_iter().collect::<std::collections::HashMap<_, _>>();
     let before = counts(store.instance_counts().await.unwrap());
-    let fresh = store.backup_state("q1").await.unwrap().unwrap();
+    let fresh = backup(store, "q1").await;
     assert_eq!(
         (
             fresh.backup_status,
@@ -401,7 +392,7 @@ async fn backup_and_prepare(store: &impl Store) {
         .begin_backup(&[("q1".into(), uri("q1")), ("q2".into(), uri("q2"))], 600)
         .await
         .unwrap();
-    let running = store.backup_state("q1").await.unwrap().unwrap();
+    let running = backup(store, "q1").await;
     assert_eq!(
         (
             running.state,
@@ -418,21 +409,15 @@ async fn backup_and_prepare(store: &impl Store) {
     );
     // Prepared while its backup runs: it is queued once the backup ends.
     assert!(store.request_prepare("q2", 605).await.unwrap());
-    assert_eq!(
-        store.get_instance("q2").await.unwrap().unwrap().state,
-        ControlState::BACKING_UP
-    );
+    assert_eq!(stored(store, "q2").await.state, ControlState::BACKING_UP);
     store.finish_backup("q1", None, 610).await.unwrap();
     store.finish_backup("q2", None, 611).await.unwrap();
-    let done = store.backup_state("q1").await.unwrap().unwrap();
+    let done = backup(store, "q1").await;
     assert_eq!(
         (done.state, done.backup_status, done.backup_time_ms),
         (ControlState::BackedUp, 2, Some(610))
     );
-    assert_eq!(
-        store.backup_state("q2").await.unwrap().unwrap().state,
-        ControlState::Queued
-    );
+    assert_eq!(backup(store, "q2").await.state, ControlState::Queued);
     let after = counts(store.instance_counts().await.unwrap());
     assert_eq!(
         after.get("n1").copied().unwrap_or(0),
@@ -450,15 +435,15 @@ async fn backup_and_prepare(store: &impl Store) {
         .finish_backup("q3", Some("disk full"), 622)
         .await
         .unwrap();
-    let failed = store.get_instance("q3").await.unwrap().unwrap();
+    assert_eq!(stored(store, "q3").await.state_message, "disk full");
+    let failed = backup(store, "q3").await;
     assert_eq!(
-        (failed.state, failed.state_message.as_str()),
-        (ControlState::BackupFailed, "disk full")
-    );
-    let failed = store.backup_state("q3").await.unwrap().unwrap();
-    assert_eq!(
-        (failed.backup_status, failed.prepare_queued_at_ms),
-        (3, None)
+        (
+            failed.state,
+            failed.backup_status,
+            failed.prepare_queued_at_ms
+        ),
+        (ControlState::BackupFailed, 3, None)
     );
     assert!(
         !store.request_prepare("q3", 623).await.unwrap(),
@@ -480,45 +465,45 @@ async fn backup_and_prepare(store: &impl Store) {
     // Claiming moves it onto a node, once.
     assert!(store.claim_restore("q2", "n2", 800).await.unwrap());
     assert!(!store.claim_restore("q2", "n1", 801).await.unwrap());
-    let claimed = store.get_instance("q2").await.unwrap().unwrap();
-    assert_eq!(
-        (claimed.state, claimed.node_id.as_str()),
-        (ControlState::RESTORING, "n2")
-    );
-    let claimed = store.backup_state("q2").await.unwrap().unwrap();
+    let claimed = backup(store, "q2").await;
     assert_eq!(
         (
+            claimed.state,
             claimed.restore_status,
             claimed.restore_time_ms,
             claimed.prepare_queued_at_ms
         ),
-        (1, Some(800), None)
+        (ControlState::RESTORING, 1, Some(800), None)
     );
+    assert_eq!(stored(store, "q2").await.node_id, "n2");
     // No room after all: back in line at its old place.
     store.requeue("q2", 605).await.unwrap();
     assert_eq!(
         store.queued_instances().await.unwrap()[0].0.instance_id,
         "q2"
     );
-    assert!(store.claim_restore("q2", "n2", 810).await.unwrap());
-    store
-        .finish_restore("q2", ControlState::RUNNING, "", 2, 820)
-        .await
-        .unwrap();
-    let restored = store.backup_state("q2").await.unwrap().unwrap();
+    // Claimed again, then the restore ends (10 ms later) as it ends on the node.
+    let restore = async |id: &str, node: &str, at_ms: i64, end: (ControlState, &str, i64)| {
+        assert!(store.claim_restore(id, node, at_ms).await.unwrap());
+        let (state, message, restore_status) = end;
+        store
+            .finish_restore(id, state, message, restore_status, at_ms + 10)
+            .await
+            .unwrap();
+    };
+    restore("q2", "n2", 810, (ControlState::RUNNING, "", 2)).await;
     assert_eq!(
-        (
-            restored.state,
-            restored.restore_status,
-            restored.restore_time_ms
-        ),
-        (ControlState::RUNNING, 2, Some(820))
+        backup(store, "q2").await,
+        BackupState {
+            state: ControlState::RUNNING,
+            restore_status: 2,
+            restore_time_ms: Some(820),
+            ..claimed
+        },
+        "a finished restore changes only its own fields"
     );
-    assert!(store.claim_restore("q1", "n1", 830).await.unwrap());
-    store
-        .finish_restore("q1", ControlState::RestoreFailed, "bad archive", 3, 840)
-        .await
-        .unwrap();
+    let failed_restore = (ControlState::RestoreFailed, "bad archive", 3);
+    restore("q1", "n1", 830, failed_restore).await;
     assert!(
         store.request_prepare("q1", 850).await.unwrap(),
         "a failed restore can be prepared again"

@@ -331,13 +331,7 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
         "graceful stop: {status:?}"
     );
     // Several records fall into the outage: two more wait on the node's disk.
-    let on_disk = pending_records(&fleet).len();
-    wait_for(
-        "two records written while control is stopped",
-        Duration::from_secs(30),
-        || async { (pending_records(&fleet).len() >= on_disk + 2).then_some(()) },
-    )
-    .await;
+    pending_records_grow(&fleet, 2, "two records written while control is stopped").await;
     fleet.start_control();
     fleet.wait_healthy(&api).await;
     fleet.wait_node("up", Duration::from_secs(30)).await;
@@ -352,13 +346,7 @@ async fn a_control_restarted_mid_session_loses_no_minute_and_counts_none_twice()
     fleet.control.as_mut().unwrap().stop_with(Signal::SIGKILL);
     // The viewer leaves while control is down, after at least three partial records: those and
     // the closing one exist only on the node's disk.
-    let on_disk = pending_records(&fleet).len();
-    wait_for(
-        "three records written while control is killed",
-        Duration::from_secs(30),
-        || async { (pending_records(&fleet).len() >= on_disk + 3).then_some(()) },
-    )
-    .await;
+    pending_records_grow(&fleet, 3, "three records written while control is killed").await;
     leave.send(()).unwrap();
     let (ready, hold) = viewer.await.unwrap();
     let watched = started.elapsed().as_secs_f64();
@@ -482,6 +470,15 @@ fn pending_records(fleet: &Fleet) -> Vec<Value> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect()
+}
+
+/// Waits until `more` records than now are pending on the node's disk.
+async fn pending_records_grow(fleet: &Fleet, more: usize, what: &str) {
+    let on_disk = pending_records(fleet).len();
+    wait_for(what, Duration::from_secs(30), || async {
+        (pending_records(fleet).len() >= on_disk + more).then_some(())
+    })
+    .await;
 }
 
 fn close_to(a: f64, b: f64) -> bool {

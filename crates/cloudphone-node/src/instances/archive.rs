@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cloudphone_core::lifecycle::{InstanceState, LifecycleError, Operation};
 
 use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec};
-use crate::runtime::InstanceSpec;
+use crate::runtime::{InstanceSpec, RuntimeError};
 
 impl InstanceManager {
     /// Archives the instance's data dir to `dest` (a `.tar.gz`) and returns the archive's
@@ -17,6 +17,7 @@ impl InstanceManager {
     /// [`release_backed_up`](Self::release_backed_up) removes it (its data now lives in the
     /// archive); on failure it goes back to what it was (started again if it was running).
     pub async fn backup(&self, id: &str, dest: &Path) -> Result<u64, InstanceError> {
+        self.backs_up()?;
         let (entry, _ops) = self.begin(id, Operation::Backup).await?;
         let was_running = entry.status().state == InstanceState::Running;
         self.set_state(&entry, InstanceState::BackingUp, "backing up");
@@ -46,6 +47,15 @@ impl InstanceManager {
                 }
                 Err(err)
             }
+        }
+    }
+
+    /// Refuses backup and restore on a runtime whose phones do not live in the data dir.
+    fn backs_up(&self) -> Result<(), InstanceError> {
+        if self.runtime.data_dir_is_state() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Unsupported("backup and restore of this runtime's instances").into())
         }
     }
 
@@ -82,6 +92,7 @@ impl InstanceManager {
         spec: InstanceSpec,
         src: &Path,
     ) -> Result<InstanceView, InstanceError> {
+        self.backs_up()?;
         validate_spec(&spec)?;
         let id = spec.instance_id.clone();
         let existing = lock(&self.entries).get(&id).cloned();
@@ -100,7 +111,7 @@ impl InstanceManager {
                     if entries.contains_key(&id) {
                         return Err(InstanceError::AlreadyExists(id));
                     }
-                    self.admit(&mut entries, &spec, InstanceState::Restoring, "restoring")?
+                    self.insert_new(&mut entries, &spec, InstanceState::Restoring, "restoring")?
                 };
                 let ops = Arc::clone(&entry.ops).write_owned().await;
                 let _ = self.events.send(entry.view());

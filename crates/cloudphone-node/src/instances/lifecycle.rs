@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cloudphone_core::lifecycle::{InstanceState, Operation};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
 
-use super::record::{DELETING_PREFIX, free_owner};
-
+use super::record::DELETING_PREFIX;
 use super::watch::watch;
 use super::{
     Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Stopping, check,
@@ -88,7 +87,7 @@ impl InstanceManager {
                     Err(InstanceError::AlreadyExists(spec.instance_id))
                 };
             }
-            self.admit(&mut entries, &spec, InstanceState::Starting, "creating")?
+            self.insert_new(&mut entries, &spec, InstanceState::Starting, "creating")?
         };
         let _ops = entry.ops.write().await;
         let _ = self.events.send(entry.view());
@@ -99,40 +98,9 @@ impl InstanceManager {
             return Err(e);
         }
         if let Err(e) = self.runtime.provision(&entry.spec, &entry.paths).await {
-            self.settle(
-                &entry,
-                InstanceState::Failed,
-                &format!("provisioning failed: {e}"),
-            )
-            .await;
-            return Err(e.into());
+            return Err(self.fail(&entry, "provisioning failed", e).await);
         }
         self.do_start(&entry).await
-    }
-
-    /// Adds a new instance (capacity permitting) in `state`, meant to run, with the lowest
-    /// free sandbox uid; the caller holds the entries' lock and has checked the id is new.
-    pub(super) fn admit(
-        &self,
-        entries: &mut std::collections::BTreeMap<String, Arc<Entry>>,
-        spec: &InstanceSpec,
-        state: InstanceState,
-        message: &str,
-    ) -> Result<Arc<Entry>, InstanceError> {
-        if entries.len() >= self.capacity {
-            return Err(InstanceError::NoCapacity);
-        }
-        let owner = free_owner(self.runtime.sandbox_uids(), entries.values())?;
-        let entry = Entry::new(
-            &self.state_dir,
-            spec.clone(),
-            state,
-            message,
-            InstanceState::Running,
-        );
-        let entry = Arc::new(entry.with_owner(owner));
-        entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
-        Ok(entry)
     }
 
     /// Stops and removes an instance with all its data. `Ok(false)` if it did not exist.
@@ -145,13 +113,7 @@ impl InstanceManager {
             return Ok(false);
         }
         if let Err(e) = self.stop_processes(&entry.spec, &entry.paths).await {
-            self.settle(
-                &entry,
-                InstanceState::Failed,
-                &format!("delete: stop failed: {e}"),
-            )
-            .await;
-            return Err(e.into());
+            return Err(self.fail(&entry, "delete: stop failed", e).await);
         }
         entry.status().deleted = true;
         lock(&self.entries).remove(id);
@@ -240,7 +202,9 @@ impl InstanceManager {
         id: &str,
         cmd: CommandSpec,
     ) -> Result<CommandOutput, InstanceError> {
-        let (entry, _ops) = self.begin_shared(id, Operation::RunCommand).await?;
+        let (entry, _ops) = self
+            .begin_with(id, Operation::RunCommand, RwLock::read_owned)
+            .await?;
         let cmd = CommandSpec {
             max_output_bytes: cmd.max_output_bytes.min(MAX_COMMAND_OUTPUT_BYTES),
             ..cmd
@@ -253,7 +217,9 @@ impl InstanceManager {
 
     /// Installs a package into a running instance.
     pub async fn install_app(&self, id: &str, package: &Path) -> Result<(), InstanceError> {
-        let (entry, _ops) = self.begin_shared(id, Operation::RunCommand).await?;
+        let (entry, _ops) = self
+            .begin_with(id, Operation::RunCommand, RwLock::read_owned)
+            .await?;
         Ok(self
             .runtime
             .install_app(&entry.spec, &entry.paths, package)
@@ -261,7 +227,9 @@ impl InstanceManager {
     }
 
     pub async fn inject_input(&self, id: &str, ev: &InputEvent) -> Result<(), InstanceError> {
-        let (entry, _ops) = self.begin_shared(id, Operation::Stream).await?;
+        let (entry, _ops) = self
+            .begin_with(id, Operation::Stream, RwLock::read_owned)
+            .await?;
         Ok(self
             .runtime
             .inject_input(&entry.spec, &entry.paths, ev)

@@ -241,9 +241,20 @@ impl InstanceManager {
         id: &str,
         op: Operation,
     ) -> Result<(Arc<Entry>, tokio::sync::OwnedRwLockWriteGuard<()>), InstanceError> {
+        self.begin_with(id, op, RwLock::write_owned).await
+    }
+
+    /// [`begin`](Self::begin) with the operation lock taken by `lock`: `RwLock::read_owned` for
+    /// the operations that share it (commands, installs, input).
+    async fn begin_with<G, F: Future<Output = G>>(
+        &self,
+        id: &str,
+        op: Operation,
+        lock: impl FnOnce(Arc<RwLock<()>>) -> F,
+    ) -> Result<(Arc<Entry>, G), InstanceError> {
         let entry = self.entry(id)?;
         check(&entry, op)?;
-        let ops = Arc::clone(&entry.ops).write_owned().await;
+        let ops = lock(Arc::clone(&entry.ops)).await;
         if entry.status().deleted {
             return Err(InstanceError::NotFound(id.to_owned()));
         }
@@ -251,20 +262,30 @@ impl InstanceManager {
         Ok((entry, ops))
     }
 
-    /// Like [`begin`](Self::begin) with the shared lock.
-    async fn begin_shared(
+    /// Adds a new instance in `state` if the node has room for it; the caller holds the
+    /// entries' lock and has checked that the id is free.
+    fn insert_new(
         &self,
-        id: &str,
-        op: Operation,
-    ) -> Result<(Arc<Entry>, tokio::sync::OwnedRwLockReadGuard<()>), InstanceError> {
-        let entry = self.entry(id)?;
-        check(&entry, op)?;
-        let ops = Arc::clone(&entry.ops).read_owned().await;
-        if entry.status().deleted {
-            return Err(InstanceError::NotFound(id.to_owned()));
+        entries: &mut BTreeMap<String, Arc<Entry>>,
+        spec: &InstanceSpec,
+        state: InstanceState,
+        message: &str,
+    ) -> Result<Arc<Entry>, InstanceError> {
+        if entries.len() >= self.capacity {
+            return Err(InstanceError::NoCapacity);
         }
-        check(&entry, op)?;
-        Ok((entry, ops))
+        // Its own sandbox uid, the lowest no other instance holds.
+        let owner = record::free_owner(self.runtime.sandbox_uids(), entries.values())?;
+        let entry = Entry::new(
+            &self.state_dir,
+            spec.clone(),
+            state,
+            message,
+            InstanceState::Running,
+        );
+        let entry = Arc::new(entry.with_owner(owner));
+        entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
+        Ok(entry)
     }
 
     /// Sets the state, tells subscribers and returns the new view.

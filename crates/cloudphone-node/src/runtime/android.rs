@@ -9,11 +9,30 @@
 //! or reflashes them.
 //! - `start`: `adb -s S wait-for-device`, then poll `getprop sys.boot_completed` until `1`.
 //! - `stop`: only marks the instance stopped; the device stays as it is.
-//! - `provision` (new instance, or reset): wipes what a previous tenant left — every
-//!   third-party package (`pm list packages -3` → `pm uninstall`) and `/sdcard/*`.
-//!   System apps and their data are not cleared.
+//! - `provision` (new instance, or reset): wipes what a previous tenant left (see "Wiping").
+//! - `start` refuses a device whose last wipe did not finish.
 //! - `run_command`: `adb -s S shell <command>` with the usual timeout and output cap.
 //! - `install_app`: `adb -s S install -r <apk>`.
+//!
+//! # Wiping
+//! A device goes from one tenant to the next, so every assignment (and every reset) starts
+//! with a wipe, and the assignment records `wipe_pending` until the wipe has finished: `start`,
+//! commands, installs, input and capture refuse a device with a pending wipe, so a device whose
+//! wipe failed is never handed out (a reset retries the wipe; a delete frees the device for the
+//! next instance, whose provisioning wipes it again). The wipe is either
+//! - an emulator (`emulator-N` serial) with `[android] clean_snapshot` set: `adb emu avd
+//!   snapshot load <name>` (the whole device back to the operator's clean state); or
+//! - any device: every third-party package uninstalled (`pm list packages -3` →
+//!   `pm uninstall`), the data of every remaining package cleared (`pm clear`, except
+//!   [`KEEP_PACKAGES`]), `/sdcard` emptied, then `pm list packages -3` checked empty.
+//!
+//! Each step must report success; the first that does not fails the wipe.
+//!
+//! # Backups
+//! A tenant's phone lives on the device, not in the instance's data dir, and adb cannot read
+//! another app's private data on a production device, so this runtime does not back up
+//! ([`Runtime::data_dir_is_state`] is false): BackupInstance and RestoreInstance are refused
+//! rather than archiving an empty dir (and restoring an empty phone).
 //!
 //! # Input
 //! Through `adb shell input`: a touch `down` remembers where it started, `up` sends a
@@ -44,6 +63,10 @@ const ADB_TIMEOUT: Duration = Duration::from_secs(60);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 const ADB_OUTPUT_CAP: usize = 1024 * 1024;
 
+/// Packages whose data a wipe leaves alone: the framework itself, and the shell package whose
+/// uid the wipe's own `adb shell` runs as (clearing it would kill the wipe).
+pub const KEEP_PACKAGES: &[&str] = &["android", "com.android.shell"];
+
 pub const KEYCODE_HOME: u32 = 3;
 pub const KEYCODE_BACK: u32 = 4;
 pub const KEYCODE_APP_SWITCH: u32 = 187;
@@ -54,12 +77,20 @@ pub struct AndroidConfig {
     pub adb: PathBuf,
     /// Devices this node may hand out, one per instance.
     pub serials: Vec<String>,
+    /// An emulator snapshot holding a clean device: `emulator-N` serials are wiped by loading
+    /// it. `None`: every device is wiped package by package.
+    pub clean_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Assignment {
     serial: String,
     running: bool,
+    /// Set before a wipe starts, cleared when it has finished: while set, the device may hold
+    /// another tenant's data and is not handed out. (Absent in files written before wipes
+    /// were tracked: those devices were wiped when they were assigned.)
+    #[serde(default)]
+    wipe_pending: bool,
 }
 
 /// Runs phone instances on adb-attached devices.
@@ -106,26 +137,84 @@ impl AndroidRuntime {
             &Assignment {
                 serial: serial.clone(),
                 running: false,
+                wipe_pending: true,
             },
         )
         .await?;
         Ok(serial)
     }
 
-    async fn set_running(
+    /// The instance's device, if it may be used: assigned, and not waiting for a wipe.
+    async fn handed_out(&self, paths: &InstancePaths) -> Result<String, RuntimeError> {
+        match read_assignment(&paths.root).await {
+            Some(a) if !a.wipe_pending => Ok(a.serial),
+            Some(a) => Err(not_wiped(&a.serial)),
+            None => Err(RuntimeError::NotRunning(
+                "no android device is assigned".to_owned(),
+            )),
+        }
+    }
+
+    async fn set_state(
         &self,
         paths: &InstancePaths,
         serial: &str,
         running: bool,
+        wipe_pending: bool,
     ) -> Result<(), RuntimeError> {
         write_assignment(
             &paths.root,
             &Assignment {
                 serial: serial.to_owned(),
                 running,
+                wipe_pending,
             },
         )
         .await?;
+        Ok(())
+    }
+
+    /// Brings the device back to a clean state (see "Wiping" in the module docs); any step
+    /// that does not report success fails the wipe.
+    async fn wipe(&self, serial: &str) -> Result<(), RuntimeError> {
+        if let Some(snapshot) = &self.config.clean_snapshot
+            && is_emulator(serial)
+        {
+            let out = self
+                .adb(snapshot_load_args(serial, snapshot), BOOT_TIMEOUT)
+                .await?;
+            expect_output(&out, "OK", "snapshot load")?;
+            return self.wait_booted(serial).await;
+        }
+        let listed = self
+            .adb(list_user_packages_args(serial), ADB_TIMEOUT)
+            .await?;
+        for package in parse_package_list(&listed.stdout) {
+            let out = self
+                .adb(uninstall_args(serial, &package), ADB_TIMEOUT)
+                .await?;
+            expect_output(&out, "Success", "pm uninstall")?;
+        }
+        let listed = self
+            .adb(list_all_packages_args(serial), ADB_TIMEOUT)
+            .await?;
+        for package in parse_package_list(&listed.stdout) {
+            if KEEP_PACKAGES.contains(&package.as_str()) {
+                continue;
+            }
+            let out = self.adb(clear_args(serial, &package), ADB_TIMEOUT).await?;
+            expect_output(&out, "Success", "pm clear")?;
+        }
+        self.adb(wipe_sdcard_args(serial), ADB_TIMEOUT).await?;
+        let left = self
+            .adb(list_user_packages_args(serial), ADB_TIMEOUT)
+            .await?;
+        if !parse_package_list(&left.stdout).is_empty() {
+            return Err(RuntimeError::Process {
+                program: "adb".to_owned(),
+                detail: format!("{serial}: third-party packages left after the wipe"),
+            });
+        }
         Ok(())
     }
 
@@ -190,6 +279,10 @@ impl Runtime for AndroidRuntime {
         "android"
     }
 
+    fn data_dir_is_state(&self) -> bool {
+        false
+    }
+
     async fn provision(
         &self,
         _spec: &InstanceSpec,
@@ -197,28 +290,27 @@ impl Runtime for AndroidRuntime {
     ) -> Result<(), RuntimeError> {
         tokio::fs::create_dir_all(&paths.root).await?;
         let serial = self.serial(paths).await?;
+        // Recorded before the first adb call, so a wipe cut short leaves the device refused.
+        self.set_state(paths, &serial, false, true).await?;
         self.wait_booted(&serial).await?;
-        let listed = self
-            .adb(list_user_packages_args(&serial), ADB_TIMEOUT)
-            .await?;
-        for package in parse_package_list(&listed.stdout) {
-            self.adb(uninstall_args(&serial, &package), ADB_TIMEOUT)
-                .await?;
+        if let Err(error) = self.wipe(&serial).await {
+            tracing::warn!(%serial, %error, "android wipe failed; the device is not handed out");
+            return Err(error);
         }
-        self.adb(wipe_sdcard_args(&serial), ADB_TIMEOUT).await?;
-        Ok(())
+        tracing::info!(%serial, "android device wiped");
+        self.set_state(paths, &serial, false, false).await
     }
 
     async fn start(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
-        tokio::fs::create_dir_all(&paths.root).await?;
-        let serial = self.serial(paths).await?;
+        let serial = self.handed_out(paths).await?;
         self.wait_booted(&serial).await?;
-        self.set_running(paths, &serial, true).await
+        self.set_state(paths, &serial, true, false).await
     }
 
     async fn stop(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
         if let Some(a) = read_assignment(&paths.root).await {
-            self.set_running(paths, &a.serial, false).await?;
+            self.set_state(paths, &a.serial, false, a.wipe_pending)
+                .await?;
         }
         Ok(())
     }
@@ -227,7 +319,7 @@ impl Runtime for AndroidRuntime {
         let Some(a) = read_assignment(&paths.root).await else {
             return false;
         };
-        if !a.running {
+        if !a.running || a.wipe_pending {
             return false;
         }
         match self
@@ -245,7 +337,7 @@ impl Runtime for AndroidRuntime {
         paths: &InstancePaths,
         command: &CommandSpec,
     ) -> Result<CommandOutput, RuntimeError> {
-        let serial = self.serial(paths).await?;
+        let serial = self.handed_out(paths).await?;
         self.adb_raw(
             shell_args(&serial, &command.command),
             command.timeout,
@@ -260,7 +352,7 @@ impl Runtime for AndroidRuntime {
         paths: &InstancePaths,
         package: &Path,
     ) -> Result<(), RuntimeError> {
-        let serial = self.serial(paths).await?;
+        let serial = self.handed_out(paths).await?;
         let out = self
             .adb_raw(
                 install_args(&serial, package),
@@ -285,7 +377,7 @@ impl Runtime for AndroidRuntime {
         paths: &InstancePaths,
         event: &InputEvent,
     ) -> Result<(), RuntimeError> {
-        let serial = self.serial(paths).await?;
+        let serial = self.handed_out(paths).await?;
         let args = match event {
             InputEvent::Touch { action, x, y, .. } => {
                 let mut touches = lock(&self.touches);
@@ -331,6 +423,7 @@ impl Runtime for AndroidRuntime {
         let serial = std::fs::read(paths.root.join(ASSIGNMENT_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<Assignment>(&b).ok())
+            .filter(|a| !a.wipe_pending)
             .map(|a| a.serial)
             .unwrap_or_default();
         CaptureSource::Adb {
@@ -349,6 +442,32 @@ async fn read_assignment(root: &Path) -> Option<Assignment> {
 async fn write_assignment(root: &Path, a: &Assignment) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(a).map_err(std::io::Error::other)?;
     write_atomic(&root.join(ASSIGNMENT_FILE), &bytes).await
+}
+
+fn not_wiped(serial: &str) -> RuntimeError {
+    RuntimeError::Process {
+        program: "adb".to_owned(),
+        detail: format!("{serial} has not been wiped since its last tenant; reset the instance"),
+    }
+}
+
+/// A wipe step's answer must contain `word` (`pm` and the emulator console exit 0 on failure).
+fn expect_output(out: &CommandOutput, word: &str, step: &str) -> Result<(), RuntimeError> {
+    if out.stdout.contains(word) {
+        Ok(())
+    } else {
+        Err(RuntimeError::Process {
+            program: "adb".to_owned(),
+            detail: format!("{step}: {} {}", out.stdout.trim(), out.stderr.trim()),
+        })
+    }
+}
+
+/// Emulators are the serials adb names `emulator-<console port>`.
+pub fn is_emulator(serial: &str) -> bool {
+    serial
+        .strip_prefix("emulator-")
+        .is_some_and(|port| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// First pool serial not in `taken`.
@@ -387,6 +506,19 @@ pub fn install_args(serial: &str, apk: &Path) -> Vec<String> {
 
 pub fn list_user_packages_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["shell", "pm", "list", "packages", "-3"])
+}
+
+pub fn list_all_packages_args(serial: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "pm", "list", "packages"])
+}
+
+pub fn clear_args(serial: &str, package: &str) -> Vec<String> {
+    with_serial(serial, &["shell", "pm", "clear", &shell_quote(package)])
+}
+
+/// The emulator console's `avd snapshot load`, through adb's `emu` passthrough.
+pub fn snapshot_load_args(serial: &str, snapshot: &str) -> Vec<String> {
+    with_serial(serial, &["emu", "avd", "snapshot", "load", snapshot])
 }
 
 pub fn uninstall_args(serial: &str, package: &str) -> Vec<String> {
@@ -566,6 +698,26 @@ mod tests {
             uninstall_args("X", "com.a"),
             ["-s", "X", "shell", "pm", "uninstall", "'com.a'"]
         );
+        assert_eq!(
+            clear_args("X", "com.a"),
+            ["-s", "X", "shell", "pm", "clear", "'com.a'"]
+        );
+        assert_eq!(
+            snapshot_load_args("emulator-5554", "clean"),
+            [
+                "-s",
+                "emulator-5554",
+                "emu",
+                "avd",
+                "snapshot",
+                "load",
+                "clean"
+            ]
+        );
+        assert!(is_emulator("emulator-5554"));
+        assert!(!is_emulator("emulator-"));
+        assert!(!is_emulator("R58M123ABC"));
+        assert!(!is_emulator("127.0.0.1:5555"));
     }
 
     #[test]

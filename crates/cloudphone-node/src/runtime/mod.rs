@@ -130,6 +130,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runtime name as announced to control: "x11", "synthetic" or "android".
     fn name(&self) -> &'static str;
 
+    /// Whether the instance's data dir holds all it keeps, so that archiving the dir backs up
+    /// the phone. A runtime whose phones live elsewhere (an Android device) says no, and the
+    /// manager refuses backup and restore instead of archiving an empty dir.
+    fn data_dir_is_state(&self) -> bool {
+        true
+    }
+
     /// Seeds a fresh data dir for a new (or wiped) instance. The dir exists and is empty.
     async fn provision(
         &self,

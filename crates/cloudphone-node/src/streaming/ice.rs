@@ -13,40 +13,29 @@
 //! before the **last** `@` at its **last** `:` (as `parse_ice_server` in the tests does).
 
 use base64::Engine as _;
+use cloudphone_daemon::Secret;
 use cloudphone_signaling::IceServer;
 use hmac::{Hmac, Mac};
 
 /// Everything needed to build a viewer's ICE server list.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct IceSettings {
     pub stun_urls: Vec<String>,
     /// `turn:` / `turns:` URLs without credentials, e.g. `turn:turn.example.com:3478?transport=udp`.
     pub turn_urls: Vec<String>,
     /// coturn's `static-auth-secret`. Never logged.
-    pub turn_secret: String,
-    /// How long issued TURN credentials stay valid.
+    pub turn_secret: Secret,
+    /// Longest lifetime of issued TURN credentials (a session's grant may cut it shorter).
     pub turn_ttl_secs: u64,
 }
 
-impl std::fmt::Debug for IceSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IceSettings")
-            .field("stun_urls", &self.stun_urls)
-            .field("turn_urls", &self.turn_urls)
-            .field("turn_secret", &"<redacted>")
-            .field("turn_ttl_secs", &self.turn_ttl_secs)
-            .finish()
-    }
-}
-
-/// coturn REST credentials for `device_id`, valid until `now_unix + ttl_secs`.
+/// coturn REST credentials for `device_id`, valid until the Unix second `expires_unix`.
 pub(crate) fn turn_credentials(
     secret: &str,
     device_id: &str,
-    now_unix: u64,
-    ttl_secs: u64,
+    expires_unix: u64,
 ) -> (String, String) {
-    let username = format!("{}:{device_id}", now_unix.saturating_add(ttl_secs));
+    let username = format!("{expires_unix}:{device_id}");
     // HMAC accepts keys of any length, so this cannot fail; fall back to an empty credential
     // (refused by coturn) rather than panic.
     let credential = match Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()) {
@@ -60,8 +49,15 @@ pub(crate) fn turn_credentials(
 }
 
 impl IceSettings {
-    /// The viewer's ICE servers in browser shape.
-    pub(crate) fn servers(&self, device_id: &str, now_unix: u64) -> Vec<IceServer> {
+    /// The viewer's ICE servers in browser shape. The TURN credential expires `turn_ttl_secs`
+    /// after `now_unix`, but never after `not_after_unix` (the session's device token expiry):
+    /// a relay must not outlive the right to watch.
+    pub(crate) fn servers(
+        &self,
+        device_id: &str,
+        now_unix: u64,
+        not_after_unix: u64,
+    ) -> Vec<IceServer> {
         let mut out = Vec::new();
         if !self.stun_urls.is_empty() {
             out.push(IceServer {
@@ -71,8 +67,11 @@ impl IceSettings {
             });
         }
         if !self.turn_urls.is_empty() && !self.turn_secret.is_empty() {
+            let expires = now_unix
+                .saturating_add(self.turn_ttl_secs)
+                .min(not_after_unix);
             let (username, credential) =
-                turn_credentials(&self.turn_secret, device_id, now_unix, self.turn_ttl_secs);
+                turn_credentials(self.turn_secret.expose(), device_id, expires);
             out.push(IceServer {
                 urls: self.turn_urls.clone(),
                 username: Some(username),
@@ -129,7 +128,7 @@ mod tests {
     fn credentials_follow_coturn_rest_scheme() {
         // Reference value computed with: printf '%s' '1700003600:dev-1' |
         //   openssl dgst -sha1 -hmac s3cret -binary | base64
-        let (user, cred) = turn_credentials("s3cret", "dev-1", 1_700_000_000, 3600);
+        let (user, cred) = turn_credentials("s3cret", "dev-1", 1_700_003_600);
         assert_eq!(user, "1700003600:dev-1");
         let expected = std::process::Command::new("sh")
             .arg("-c")
@@ -149,7 +148,7 @@ mod tests {
             turn_secret: "k".into(),
             turn_ttl_secs: 60,
         };
-        let servers = settings.servers("dev:1", 100);
+        let servers = settings.servers("dev:1", 100, u64::MAX);
         let strings = to_strings(&servers);
         assert_eq!(strings[0], "stun:10.0.0.1:3478");
         assert!(strings[1].starts_with("turn:160:dev:1:"));
@@ -157,6 +156,7 @@ mod tests {
         let parsed: Vec<IceServer> = strings.iter().filter_map(|s| parse_ice_server(s)).collect();
         assert_eq!(parsed, servers);
         assert!(!format!("{settings:?}").contains("\"k\""));
+        assert!(format!("{settings:?}").contains("<redacted>"));
     }
 
     #[test]
@@ -165,6 +165,24 @@ mod tests {
             turn_urls: vec!["turn:h:1".into()],
             ..Default::default()
         };
-        assert!(settings.servers("d", 0).is_empty());
+        assert!(settings.servers("d", 0, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_turn_credential_expires_no_later_than_the_device_token() {
+        let settings = IceSettings {
+            turn_urls: vec!["turn:10.0.0.1:3478".into()],
+            turn_secret: "k".into(),
+            turn_ttl_secs: 86_400,
+            ..Default::default()
+        };
+        let expiry = |servers: Vec<IceServer>| -> u64 {
+            let username = servers[0].username.clone().unwrap();
+            username.split(':').next().unwrap().parse().unwrap()
+        };
+        // A one-hour token cuts the 24 h TTL to its own expiry...
+        assert_eq!(expiry(settings.servers("d", 1_000, 4_600)), 4_600);
+        // ...and a token outliving the TTL leaves it as configured.
+        assert_eq!(expiry(settings.servers("d", 1_000, 900_000)), 87_400);
     }
 }

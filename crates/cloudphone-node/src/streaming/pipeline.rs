@@ -64,13 +64,13 @@ pub struct PipelineOptions {
 }
 
 /// Default [`PipelineOptions::test_pattern`].
-pub const DEFAULT_TEST_PATTERN: &str = "ball";
+pub(crate) const DEFAULT_TEST_PATTERN: &str = "ball";
 /// Default [`PipelineOptions::channel_capacity`].
-pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+pub(crate) const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// RTP payload type the packets carry; the WebRTC side rewrites it to the negotiated one.
 pub const RTP_PAYLOAD_TYPE: u32 = 96;
 /// RTP packet size cap: leaves room under a 1280-byte path MTU for SRTP, TURN and IPv6.
-pub const RTP_MTU: u32 = 1200;
+pub(crate) const RTP_MTU: u32 = 1200;
 /// Key frames come on request (PLI/FIR); the periodic one is only a safety net, this many
 /// seconds apart.
 pub const GOP_SECONDS: u32 = 10;
@@ -81,7 +81,7 @@ pub const VBV_FRAMES: f64 = 1.5;
 const X265_MIN_DECREASE: f64 = 0.95;
 const X265_MIN_INCREASE: f64 = 1.15;
 /// Default [`PipelineOptions::latency_samples`]: four seconds at 30 fps.
-pub const DEFAULT_LATENCY_SAMPLES: usize = 120;
+pub(crate) const DEFAULT_LATENCY_SAMPLES: usize = 120;
 /// How many in-flight frame timestamps the latency probes remember; more than any encoder
 /// here holds (zero-latency encoders hold none).
 const INFLIGHT_FRAMES: usize = 64;

@@ -207,7 +207,7 @@ async fn stream(
     ));
 
     let ready = NodeMessage::Ready {
-        ice_servers: sessions.ice_servers(&viewer.grant.device_id),
+        ice_servers: sessions.ice_servers(&viewer.grant),
         video: VideoInfo {
             codec: viewer.codec,
             width: encoder.width,
@@ -371,122 +371,5 @@ async fn read_rtcp(
     }
 }
 
-/// Why the signaling TLS setup failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("reading {path}: {detail}")]
-    Pem { path: String, detail: String },
-    #[error("{0} holds no certificate")]
-    NoCertificate(String),
-    #[error("tls: {0}")]
-    Rustls(#[from] tokio_rustls::rustls::Error),
-}
-
-/// How long a client may take over its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A TLS acceptor for `wss://` signaling from PEM files (certificate chain, private key).
-pub(crate) fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pem_err = |path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |e: rustls::pki_types::pem::Error| TlsError::Pem {
-            path,
-            detail: e.to_string(),
-        }
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(pem_err(cert))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_err(cert))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(cert.display().to_string()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// An axum listener serving TLS: TCP connections are accepted in a background task and each
-/// handshake runs on its own task, so a slow or hostile client cannot stall the others.
-pub(crate) struct TlsListener {
-    ready: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        std::net::SocketAddr,
-    )>,
-    local: std::net::SocketAddr,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    pub(crate) fn new(
-        tcp: tokio::net::TcpListener,
-        acceptor: tokio_rustls::TlsAcceptor,
-    ) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let accept_task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            ready,
-            local,
-            accept_task,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task never ends on its own; without it, never accept again.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
+// `wss://` signaling is served through the daemons' shared TLS listener.
+pub(crate) use cloudphone_daemon::tls::{TlsError, TlsListener, tls_acceptor};

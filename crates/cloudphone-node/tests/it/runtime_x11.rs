@@ -117,7 +117,12 @@ fn cmd(command: &str) -> CommandSpec {
     }
 }
 
-async fn wait_for_state(m: &InstanceManager, id: &str, want: InstanceState, limit: Duration) {
+pub(crate) async fn wait_for_state(
+    m: &InstanceManager,
+    id: &str,
+    want: InstanceState,
+    limit: Duration,
+) {
     let deadline = Instant::now() + limit;
     loop {
         let view = m.status(id).await.unwrap();

@@ -16,7 +16,7 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use tokio::sync::mpsc;
 
-use crate::support::streaming::{Counters, Node, Signaling, count_decoded, hello};
+use crate::support::streaming::{Counters, Node, Signaling, count_decoded, element, hello};
 
 /// What webrtcbin's callbacks hand to the signaling loop.
 enum FromBin {
@@ -85,12 +85,8 @@ fn webrtcbin_viewer(
             true,
         )
         .unwrap();
-        let sink = tail
-            .by_name("sink")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
-        sink.set_callbacks(count_decoded(Arc::clone(&decoded)));
+        element::<gst_app::AppSink>(&tail, "sink")
+            .set_callbacks(count_decoded(Arc::clone(&decoded)));
         pipeline.add(&tail).unwrap();
         tail.sync_state_with_parent().unwrap();
         pad.link(&tail.static_pad("sink").unwrap()).unwrap();

@@ -4,9 +4,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use cloudphone_signaling::{Definition, EncodingType, NodeMessage};
+use cloudphone_signaling::NodeMessage;
 
-use crate::support::streaming::{Node, RustViewer, hello};
+use crate::support::streaming::Node;
 
 /// coturn on a loopback port, killed on drop.
 struct Coturn {
@@ -47,6 +47,45 @@ fn coturn(secret: &str) -> Coturn {
     }
 }
 
+/// The expiry (Unix seconds) in the username of a `turn:<expiry>:<device>:<cred>@host` string.
+fn turn_expiry(server: &str) -> i64 {
+    let rest = server.strip_prefix("turn:").expect("a turn: server");
+    rest.split(':').next().unwrap().parse().unwrap()
+}
+
+/// A TURN credential is a relay right: it must not outlive the device token it came with, even
+/// when the configured TTL (24 h by default) is longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_expire_no_later_than_the_device_token() {
+    let mut node = Node::start("synthetic", |c| {
+        c.webrtc.turn_urls = vec!["turn:127.0.0.1:3478?transport=udp".into()];
+        c.webrtc.turn_secret = "turn-test-secret".into();
+        c.webrtc.turn_ttl_secs = 86_400;
+    })
+    .await;
+    node.create_instance("e1", 360, 640).await;
+    let before = cloudphone_node::unix_ms();
+    let session = node
+        .start_session("e1", "dev-e", "token-e", Duration::from_secs(60))
+        .await;
+    let after = cloudphone_node::unix_ms();
+    let expiry_ms = turn_expiry(&session.ice_servers[0]) * 1000;
+    assert!(
+        expiry_ms <= after + 60_000,
+        "TURN credential outlives its device token: {:?}",
+        session.ice_servers
+    );
+    assert!(expiry_ms > before + 58_000, "{:?}", session.ice_servers);
+
+    // A token outliving the TTL leaves the TTL in charge.
+    let session = node
+        .start_session("e1", "dev-f", "token-f", Duration::from_secs(3 * 86_400))
+        .await;
+    let expiry_ms = turn_expiry(&session.ice_servers[0]) * 1000;
+    assert!(expiry_ms <= cloudphone_node::unix_ms() + 86_400_000);
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_through_coturn_with_rest_credentials() {
     let secret = "turn-test-secret";
@@ -71,13 +110,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
         session.ice_servers
     );
 
-    let mut viewer = RustViewer::connect_with(
-        &node.ws_url,
-        hello("dev-r", "token-r", EncodingType::H264, Definition::P540),
-        true,
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.relay_viewer("dev-r", "token-r").await.unwrap();
     let NodeMessage::Ready { ice_servers, .. } = &viewer.ready else {
         unreachable!()
     };
@@ -112,13 +145,7 @@ async fn relay_only_through_coturn_with_rest_credentials() {
     .await;
     node.create_instance("r2", 360, 640).await;
     node.open_session("r2", "dev-x", "token-x").await;
-    let mut refused = RustViewer::connect_with(
-        &node.ws_url,
-        hello("dev-x", "token-x", EncodingType::H264, Definition::P540),
-        true,
-    )
-    .await
-    .unwrap();
+    let mut refused = node.relay_viewer("dev-x", "token-x").await.unwrap();
     assert!(refused.pump_for(Duration::from_secs(5)).await.is_none());
     assert!(
         refused.local_candidates.is_empty(),

@@ -18,24 +18,12 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
     let name = format!("{codec:?}");
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("s1", 360, 640).await;
-    let mut reports = node
-        .grpc
-        .open_reports(pb::OpenReportsRequest {
-            control_id: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut reports = node.open_reports().await;
     let session = node.open_session("s1", "dev-1", "token-1").await;
     assert_eq!(session.signaling_url, node.ws_url);
     assert!(!session.session_id.is_empty());
 
-    let mut viewer = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-1", "token-1", codec, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.viewer("dev-1", "token-1", codec).await.unwrap();
     let NodeMessage::Ready { video, .. } = &viewer.ready else {
         unreachable!()
     };
@@ -56,15 +44,7 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
     eprintln!("{name} 540P: first frame {first_frame:?} after the answer, {kbps:.0} kbit/s");
 
     // StopStreaming ends the stream with bye; the session stays valid.
-    let stopped = node
-        .grpc
-        .stop_streaming(pb::InstanceRef {
-            instance_id: "s1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stopped.streams_stopped, 1);
+    assert_eq!(node.stop_streaming("s1").await, 1);
     viewer.expect_bye(ByeReason::Stopped).await;
     drop(viewer);
 
@@ -88,33 +68,18 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
     assert!(record.end_unix_ms > record.start_unix_ms);
 
     // Reconnecting after StopStreaming works with the same token.
-    let mut again = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-1", "token-1", codec, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut again = node.viewer("dev-1", "token-1", codec).await.unwrap();
     again.wait_frames(10, Duration::from_secs(20)).await;
 
     // ReleaseSession ends it and revokes the token.
-    let released = node
-        .grpc
-        .release_session(pb::InstanceRef {
-            instance_id: "s1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(released.sessions_released, 1);
+    assert_eq!(node.release_session("s1").await, 1);
     again.expect_bye(ByeReason::Released).await;
     drop(again);
-    let refused = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-1", "token-1", codec, Definition::P540),
-    )
-    .await
-    .err()
-    .expect("a released token is refused");
+    let refused = node
+        .viewer("dev-1", "token-1", codec)
+        .await
+        .err()
+        .expect("a released token is refused");
     assert!(matches!(
         refused,
         NodeMessage::Error {
@@ -179,17 +144,10 @@ async fn bad_tokens_are_refused_and_sessions_expire() {
     ));
 
     // A live stream ends with bye "expired" at expires_at; a later hello is refused.
-    let mut short = RustViewer::connect(
-        &node.ws_url,
-        hello(
-            "dev-short",
-            "token-short",
-            EncodingType::H264,
-            Definition::P540,
-        ),
-    )
-    .await
-    .unwrap();
+    let mut short = node
+        .viewer("dev-short", "token-short", EncodingType::H264)
+        .await
+        .unwrap();
     assert_eq!(
         short.pump_for(Duration::from_secs(10)).await,
         Some(NodeMessage::Bye {
@@ -267,12 +225,10 @@ async fn set_video_config_moves_the_live_bitrate() {
         .await
         .unwrap();
     node.open_session("v1", "dev-v", "token-v").await;
-    let mut viewer = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-v", "token-v", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node
+        .viewer("dev-v", "token-v", EncodingType::H264)
+        .await
+        .unwrap();
     let NodeMessage::Ready { video, .. } = &viewer.ready else {
         unreachable!()
     };
@@ -439,31 +395,20 @@ async fn usage_within(
 async fn viewers_of_one_profile_share_one_encoder_and_its_usage() {
     let mut node = Node::start("synthetic", |c| c.webrtc.usage_interval_secs = 1).await;
     node.create_instance("m1", 360, 640).await;
-    let mut reports = node
-        .grpc
-        .open_reports(pb::OpenReportsRequest {
-            control_id: "test".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut reports = node.open_reports().await;
     node.open_session("m1", "dev-1", "t1").await;
     node.open_session("m1", "dev-2", "t2").await;
-    let mut first = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-1", "t1", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut first = node
+        .viewer("dev-1", "t1", EncodingType::H264)
+        .await
+        .unwrap();
     first.wait_frames(5, Duration::from_secs(20)).await;
     // The second viewer joins a running encoder: it can only decode once a key frame is
     // made for it (asked for when its peer connects).
-    let mut second = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-2", "t2", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut second = node
+        .viewer("dev-2", "t2", EncodingType::H264)
+        .await
+        .unwrap();
     let joined = std::time::Instant::now();
     second.wait_frames(1, Duration::from_secs(5)).await;
     eprintln!(

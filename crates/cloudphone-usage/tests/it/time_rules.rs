@@ -19,6 +19,11 @@ fn hq(start: Option<&str>, end: Option<&str>) -> TranscodeQuery {
     }
 }
 
+/// Huawei's window for `start_time` and `end_time` at [`NOW`].
+fn hwindow(start: Option<&str>, end: Option<&str>) -> Result<huawei::Window, HuaweiError> {
+    huawei::window(&hq(start, end), now())
+}
+
 fn invalid(r: Result<huawei::Window, HuaweiError>) -> String {
     match r {
         Err(HuaweiError::InvalidParameter(m)) => m,
@@ -28,11 +33,7 @@ fn invalid(r: Result<huawei::Window, HuaweiError>) -> String {
 
 #[test]
 fn huawei_floors_to_the_hour_and_includes_the_end_hour() {
-    let w = huawei::window(
-        &hq(Some("2026-11-20T07:20:40Z"), Some("2026-11-20T08:20:40Z")),
-        now(),
-    )
-    .unwrap();
+    let w = hwindow(Some("2026-11-20T07:20:40Z"), Some("2026-11-20T08:20:40Z")).unwrap();
     assert_eq!(huawei::format_time(w.first_hour_ms), "2026-11-20T07:00:00Z");
     assert_eq!(huawei::format_time(w.last_hour_ms), "2026-11-20T08:00:00Z");
     assert_eq!(
@@ -41,50 +42,37 @@ fn huawei_floors_to_the_hour_and_includes_the_end_hour() {
         "the document's example lists 07:00 and 08:00"
     );
     // Inside one hour: valid, one bucket.
-    let w = huawei::window(
-        &hq(Some("2026-11-20T07:00:00Z"), Some("2026-11-20T07:59:59Z")),
-        now(),
-    )
-    .unwrap();
+    let w = hwindow(Some("2026-11-20T07:00:00Z"), Some("2026-11-20T07:59:59Z")).unwrap();
     assert_eq!(w.hours().count(), 1);
 }
 
 #[test]
 fn huawei_defaults_last_24_hours_and_now() {
-    let w = huawei::window(&hq(None, None), now()).unwrap();
+    let w = hwindow(None, None).unwrap();
     assert_eq!(huawei::format_time(w.last_hour_ms), "2026-11-25T15:00:00Z");
     assert_eq!(huawei::format_time(w.first_hour_ms), "2026-11-24T15:00:00Z");
-    let w = huawei::window(&hq(None, Some("2026-11-20T10:30:00Z")), now()).unwrap();
+    let w = hwindow(None, Some("2026-11-20T10:30:00Z")).unwrap();
     assert_eq!(huawei::format_time(w.first_hour_ms), "2026-11-19T10:00:00Z");
-    let w = huawei::window(&hq(Some("2026-11-25T10:10:00Z"), None), now()).unwrap();
+    let w = hwindow(Some("2026-11-25T10:10:00Z"), None).unwrap();
     assert_eq!(w.hours().count(), 6, "10:00..=15:00");
     // Empty strings count as absent.
-    assert!(huawei::window(&hq(Some(""), Some("")), now()).is_ok());
+    assert!(hwindow(Some(""), Some("")).is_ok());
 }
 
 #[test]
 fn huawei_end_must_follow_start() {
     let at = "2026-11-20T07:20:40Z";
-    assert!(invalid(huawei::window(&hq(Some(at), Some(at)), now())).contains("end_time"));
-    assert!(huawei::window(&hq(Some(at), Some("2026-11-20T07:20:41Z")), now()).is_ok());
-    assert!(
-        invalid(huawei::window(
-            &hq(Some("2026-11-26T00:00:00Z"), None),
-            now()
-        ))
-        .contains("end_time")
-    );
+    assert!(invalid(hwindow(Some(at), Some(at))).contains("end_time"));
+    assert!(hwindow(Some(at), Some("2026-11-20T07:20:41Z")).is_ok());
+    assert!(invalid(hwindow(Some("2026-11-26T00:00:00Z"), None)).contains("end_time"));
 }
 
 #[test]
 fn huawei_span_is_at_most_31_days() {
-    let ok = hq(Some("2026-10-01T00:00:00Z"), Some("2026-11-01T00:59:59Z"));
-    assert_eq!(
-        huawei::window(&ok, now()).unwrap().hours().count(),
-        31 * 24 + 1
-    );
-    let too_long = hq(Some("2026-10-01T00:00:00Z"), Some("2026-11-01T01:00:00Z"));
-    assert!(invalid(huawei::window(&too_long, now())).contains("31 days"));
+    let ok = hwindow(Some("2026-10-01T00:00:00Z"), Some("2026-11-01T00:59:59Z"));
+    assert_eq!(ok.unwrap().hours().count(), 31 * 24 + 1);
+    let too_long = hwindow(Some("2026-10-01T00:00:00Z"), Some("2026-11-01T01:00:00Z"));
+    assert!(invalid(too_long).contains("31 days"));
 }
 
 #[test]
@@ -92,9 +80,9 @@ fn huawei_history_is_at_most_one_year() {
     let floor_now = now() / HOUR_MS * HOUR_MS;
     let oldest = huawei::format_time(floor_now - 365 * DAY_MS);
     let end = huawei::format_time(floor_now - 360 * DAY_MS);
-    assert!(huawei::window(&hq(Some(&oldest), Some(&end)), now()).is_ok());
+    assert!(hwindow(Some(&oldest), Some(&end)).is_ok());
     let older = huawei::format_time(floor_now - 365 * DAY_MS - 1000);
-    assert!(invalid(huawei::window(&hq(Some(&older), Some(&end)), now())).contains("one year"));
+    assert!(invalid(hwindow(Some(&older), Some(&end))).contains("one year"));
 }
 
 #[test]
@@ -105,16 +93,8 @@ fn huawei_bad_formats_and_missing_domain() {
         "2026-11-20T07:00:00.5Z",
         "x",
     ] {
-        assert_eq!(
-            invalid(huawei::window(&hq(Some(bad), None), now())),
-            "start_time",
-            "{bad}"
-        );
-        assert_eq!(
-            invalid(huawei::window(&hq(None, Some(bad)), now())),
-            "end_time",
-            "{bad}"
-        );
+        assert_eq!(invalid(hwindow(Some(bad), None)), "start_time", "{bad}");
+        assert_eq!(invalid(hwindow(None, Some(bad))), "end_time", "{bad}");
     }
     let mut q = hq(None, None);
     q.publish_domain = None;
@@ -128,11 +108,7 @@ fn huawei_bad_formats_and_missing_domain() {
 
 #[test]
 fn huawei_hours_after_now_are_not_listed() {
-    let w = huawei::window(
-        &hq(Some("2026-11-25T14:00:00Z"), Some("2026-11-26T14:00:00Z")),
-        now(),
-    )
-    .unwrap();
+    let w = hwindow(Some("2026-11-25T14:00:00Z"), Some("2026-11-26T14:00:00Z")).unwrap();
     assert_eq!(w.hours().count(), 2, "14:00 and 15:00 only");
 }
 

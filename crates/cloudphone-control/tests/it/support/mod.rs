@@ -1,4 +1,7 @@
-//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]);
+//! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]), a
+//! table of calls that must be refused ([`check_refusals`]), a GET ([`get`]), ListInstances with
+//! a chosen `x-request-id` ([`list_with_request_id`]), a login as any user and project
+//! ([`login_as`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
 //! with a GetDeviceToken).
@@ -18,6 +21,62 @@ pub(crate) fn ok((status, body): (u16, Value)) -> Value {
         "{body}"
     );
     body
+}
+
+/// How a call is sent: with an `x-request-id` header (what most operations' pages list), or
+/// with the token only.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sent {
+    WithRequestId,
+    TokenOnly,
+}
+
+/// 1001: another tenant's (or an unknown) instance.
+pub(crate) const NOT_YOURS: (u16, &str) = (401, "KOOPHONE.API.1001");
+/// 1000: a body that does not parse or validate.
+pub(crate) const INVALID: (u16, &str) = (400, "KOOPHONE.API.1000");
+/// 0002: no `x-request-id` where the operation's page lists one (the seeds answer it with 200).
+pub(crate) const NO_REQUEST_ID: (u16, &str) = (200, "KOOPHONE.API.0002");
+
+/// A POST expected to be refused: the token it carries, how it is sent, its JSON body, and the
+/// (HTTP status, `error_code`) it must get.
+pub(crate) type Refusal<'a> = (&'a str, Sent, &'a Value, (u16, &'a str));
+
+/// POSTs each row's body to `path` and checks it is refused as the row says.
+pub(crate) async fn check_refusals(fleet: &Fleet, path: &str, rows: &[Refusal<'_>]) {
+    for (token, sent, body, expected) in rows {
+        let (status, answer) = match sent {
+            Sent::WithRequestId => fleet.post(path, token, body).await,
+            Sent::TokenOnly => fleet.post_token_only(path, token, body).await,
+        };
+        let got = (status, cloudphone_testkit::fleet::error_code(&answer));
+        assert_eq!(got, *expected, "{path} {body}: {answer}");
+    }
+}
+
+/// `GET path` with `token` and an `x-request-id`: the status and the JSON body.
+pub(crate) async fn get(fleet: &Fleet, path: &str, token: &str) -> (u16, Value) {
+    fleet.call(reqwest::Method::GET, path, token, None).await
+}
+
+/// ListInstances' first page with `token` and `request_id` as the `x-request-id` header (none:
+/// no header), for the request-id rules: the status and the JSON body.
+pub(crate) async fn list_with_request_id(
+    fleet: &Fleet,
+    token: &str,
+    request_id: Option<&str>,
+) -> (u16, Value) {
+    let url = format!(
+        "{}/v1/instances/batch-query?page_no=1&page_size=10",
+        fleet.api
+    );
+    let mut request = fleet.http.get(url).header("x-auth-token", token);
+    if let Some(id) = request_id {
+        request = request.header("x-request-id", id);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }
 
 /// Now, in Unix milliseconds.
@@ -137,4 +196,41 @@ pub(crate) async fn start_viewer(
         .await
     });
     (viewer, started)
+}
+
+/// Logs `user` of `domain` in to `project`; answers the status, the token (empty on failure),
+/// the `Retry-After` header (if any) and the body.
+pub(crate) async fn login_as(
+    fleet: &Fleet,
+    domain: &str,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> (u16, String, Option<u64>, Value) {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "password": password, "domain": {"name": domain}}}},
+        "scope": {"project": {"name": project}}}});
+    let response = fleet
+        .http
+        .post(format!("{}/v3/auth/tokens", fleet.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let token = header("x-subject-token").unwrap_or_default();
+    let retry_after = header("retry-after").map(|v| v.parse().unwrap());
+    let status = response.status().as_u16();
+    (
+        status,
+        token,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }

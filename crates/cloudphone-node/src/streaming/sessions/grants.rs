@@ -93,6 +93,11 @@ pub(super) fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// Whole Unix seconds of a millisecond time, rounded down (so an expiry never moves later).
+fn unix_secs(ms: i64) -> u64 {
+    u64::try_from(ms.div_euclid(1000)).unwrap_or(0)
+}
+
 /// Equal digests, in time independent of where they differ.
 fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -144,10 +149,11 @@ impl Sessions {
             );
         }
         tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, "session authorised");
-        let servers = self
-            .settings
-            .ice
-            .servers(&r.device_id, (now / 1000).max(0) as u64);
+        let servers = self.settings.ice.servers(
+            &r.device_id,
+            unix_secs(now),
+            unix_secs(r.expires_at_unix_ms),
+        );
         Ok(StartedSession {
             session_id,
             signaling_url: format!(
@@ -158,11 +164,14 @@ impl Sessions {
         })
     }
 
-    /// The ICE servers a viewer of `device_id` gets in its `ready`.
-    pub(crate) fn ice_servers(&self, device_id: &str) -> Vec<cloudphone_signaling::IceServer> {
-        self.settings
-            .ice
-            .servers(device_id, (crate::unix_ms() / 1000).max(0) as u64)
+    /// The ICE servers a viewer gets in its `ready`: TURN credentials no longer valid than the
+    /// grant it was admitted with.
+    pub(crate) fn ice_servers(&self, grant: &Grant) -> Vec<cloudphone_signaling::IceServer> {
+        self.settings.ice.servers(
+            &grant.device_id,
+            unix_secs(crate::unix_ms()),
+            unix_secs(grant.expires_at_unix_ms),
+        )
     }
 
     /// The current grant of a device, if it still has one.

@@ -161,6 +161,54 @@ impl Node {
             .into_inner()
     }
 
+    /// The report stream, opened as control opens it.
+    pub(crate) async fn open_reports(&mut self) -> tonic::Streaming<pb::NodeReport> {
+        self.grpc
+            .open_reports(pb::OpenReportsRequest {
+                control_id: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// StopStreaming on `instance`: how many streams it ended.
+    pub(crate) async fn stop_streaming(&mut self, instance: &str) -> u32 {
+        let r = self.grpc.stop_streaming(instance_ref(instance)).await;
+        r.unwrap().into_inner().streams_stopped
+    }
+
+    /// ReleaseSession on `instance`: how many sessions it ended.
+    pub(crate) async fn release_session(&mut self, instance: &str) -> u32 {
+        let r = self.grpc.release_session(instance_ref(instance)).await;
+        r.unwrap().into_inner().sessions_released
+    }
+
+    /// A webrtc-rs viewer saying hello for `device_id` at 540P; the refusal instead when the
+    /// node answers with an error.
+    pub(crate) async fn viewer(
+        &self,
+        device_id: &str,
+        token: &str,
+        codec: EncodingType,
+    ) -> Result<RustViewer, NodeMessage> {
+        RustViewer::connect(
+            &self.ws_url,
+            hello(device_id, token, codec, Definition::P540),
+        )
+        .await
+    }
+
+    /// Like [`Node::viewer`] for H.264, with ICE over the TURN servers from `ready` only.
+    pub(crate) async fn relay_viewer(
+        &self,
+        device_id: &str,
+        token: &str,
+    ) -> Result<RustViewer, NodeMessage> {
+        let hello = hello(device_id, token, EncodingType::H264, Definition::P540);
+        RustViewer::connect_with(&self.ws_url, hello, true).await
+    }
+
     pub(crate) async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -172,6 +220,12 @@ impl Node {
                 .unwrap()
                 .unwrap();
         }
+    }
+}
+
+fn instance_ref(instance: &str) -> pb::InstanceRef {
+    pb::InstanceRef {
+        instance_id: instance.into(),
     }
 }
 
@@ -523,19 +577,15 @@ fn decoder(
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-    let appsrc = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gst_app::AppSrc>()
-        .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap();
-    sink.set_callbacks(count_decoded(counters));
+    let appsrc = element::<gst_app::AppSrc>(&pipeline, "src");
+    element::<gst_app::AppSink>(&pipeline, "sink").set_callbacks(count_decoded(counters));
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
+}
+
+/// The element `name` of `bin`, as a `T`.
+pub(crate) fn element<T: IsA<gst::Element>>(bin: &impl IsA<gst::Bin>, name: &str) -> T {
+    bin.by_name(name).unwrap().downcast::<T>().unwrap()
 }
 
 /// Appsink callbacks that count decoded frames into `counters` and keep the last frame's size.
