@@ -810,7 +810,7 @@ mod tests {
     /// Example keys the demo leaves at their defaults: it serves plain HTTP and `ws://` (no
     /// certificates), and runs outside systemd, so its sealing key is a file in its own dir; login
     /// throttling, tenant quotas, the Android wipe snapshot and InstallApp's download policy keep
-    /// their defaults.
+    /// their defaults, and so does the instance sandbox.
     const DEMO_DEFAULTS: &[&str] = &[
         "iam.argon2_concurrency",
         "iam.login_queue_timeout_ms",
@@ -830,6 +830,15 @@ mod tests {
         "usage.secrets_key_credential",
         "webrtc.tls_cert",
         "webrtc.tls_key",
+        // The demo's instances run with the default sandbox (own uids, SKU-sized cgroups).
+        "sandbox.uid_base",
+        "sandbox.uid_count",
+        "sandbox.tmp_size_mib",
+        "sandbox.pids_max",
+        "sandbox.memory_max_mib",
+        "sandbox.cpu_max_millis",
+        "sandbox.file_size_max_mib",
+        "sandbox.hidden_paths",
     ];
 
     fn example_keys(name: &str) -> Vec<String> {

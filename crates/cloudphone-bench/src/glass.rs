@@ -118,15 +118,18 @@ pub struct Node {
     pub dir: tempfile::TempDir,
 }
 
+/// The bench binary's name inside an instance (`[sandbox] ro_binds`).
+const BENCH_BIN: &str = "cloudphone-bench";
+
 impl Node {
-    /// Starts a node whose x11 instances run `launcher`.
-    pub async fn start(launcher: &str) -> Result<Node> {
-        Self::start_on(launcher, std::net::Ipv4Addr::LOCALHOST.into()).await
+    /// Starts a node whose x11 instances run `bench_exe clock` (the clock "app").
+    pub async fn start(bench_exe: &Path) -> Result<Node> {
+        Self::start_on(bench_exe, std::net::Ipv4Addr::LOCALHOST.into()).await
     }
 
     /// [`Node::start`] with signaling (HTTP) on `http_ip`, e.g. an impaired link's root-side
     /// address so that a viewer in the link's namespace reaches it; gRPC stays on loopback.
-    pub async fn start_on(launcher: &str, http_ip: std::net::IpAddr) -> Result<Node> {
+    pub async fn start_on(bench_exe: &Path, http_ip: std::net::IpAddr) -> Result<Node> {
         let dir = tempfile::Builder::new()
             .prefix("cp-bench-")
             .tempdir_in("/var/tmp")?;
@@ -146,7 +149,16 @@ impl Node {
         config.http.public_url = format!("ws://{http}");
         // Away from the test suites' displays (200–700).
         config.x11.first_display = 900 + std::process::id() % 50 * 4;
-        config.x11.launcher = launcher.to_owned();
+        // The sandbox hides /tmp, /root and /home, where checkouts live: the binary goes in
+        // read-only through `[sandbox] ro_binds`, at the same path wherever it was built.
+        config
+            .sandbox
+            .ro_binds
+            .insert(BENCH_BIN.into(), bench_exe.to_path_buf());
+        config.x11.launcher = format!(
+            "exec {}/{BENCH_BIN} clock",
+            cloudphone_node::runtime::sandbox::RO_BIN_DIR
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cloudphone_node::run(
             config,
@@ -479,8 +491,7 @@ pub async fn run_receivers(
     bench_exe: &Path,
     receivers: &[Receiver],
 ) -> Result<GlassResults> {
-    let launcher = format!("exec {} clock", bench_exe.display());
-    let mut node = Node::start(&launcher).await?;
+    let mut node = Node::start(bench_exe).await?;
     let mut failures = Vec::new();
     let result = async {
         node.create_instance("g720", 720, 1280).await?;

@@ -136,8 +136,7 @@ pub async fn run(smoke: bool, bench_exe: &Path, receivers: &[Receiver]) -> Netem
         note: method(),
         ..NetemRun::default()
     };
-    let launcher = format!("exec {} clock", bench_exe.display());
-    let mut node = match Node::start_on(&launcher, link.node_addr().into()).await {
+    let mut node = match Node::start_on(bench_exe, link.node_addr().into()).await {
         Ok(node) => node,
         Err(e) => {
             out.failures.push(("netem node".into(), format!("{e:#}")));

@@ -102,6 +102,14 @@ impl fmt::Display for Codec {
     }
 }
 
+/// The resources one phone of a SKU is sold with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkuResources {
+    pub vcpus: u32,
+    pub memory_gib: u32,
+    pub storage_gib: u32,
+}
+
 /// A stream resolution class; the phone's screen is scaled to its portrait size.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -155,6 +163,21 @@ impl Definition {
             .rev()
             .find(|d| d.portrait_size().0 <= short)
             .unwrap_or(Definition::P540)
+    }
+
+    /// What the SKU sold at this definition gives a phone: vCPUs, memory and storage. Control
+    /// describes its SKUs with it and nodes enforce it (cgroup quotas, the data-dir limit).
+    pub fn sku_resources(self) -> SkuResources {
+        let (vcpus, memory_gib, storage_gib) = match self {
+            Definition::P540 => (2, 4, 16),
+            Definition::P720 => (4, 8, 32),
+            Definition::P1080 => (8, 16, 64),
+        };
+        SkuResources {
+            vcpus,
+            memory_gib,
+            storage_gib,
+        }
     }
 
     fn index(self) -> usize {

@@ -26,6 +26,7 @@ pub struct NodeConfig {
     pub http: HttpConfig,
     pub control: ControlLink,
     pub x11: X11Section,
+    pub sandbox: SandboxSection,
     pub android: AndroidSection,
     pub webrtc: WebRtcSection,
     pub apps: AppsSection,
@@ -87,6 +88,102 @@ pub struct X11Section {
     pub first_display: u32,
     /// Shell command each instance runs inside its sandbox; empty for the built-in default.
     pub launcher: String,
+}
+
+/// How instance sandboxes are confined (x11 runtime); see docs/deploy.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// First host uid/gid of the range instances run as, one each (reserve it for the node
+    /// in /etc/subuid and /etc/subgid).
+    pub uid_base: u32,
+    /// Size of that range: the most instances that can exist at once.
+    pub uid_count: u32,
+    /// Size of each instance's private `/tmp` and `/run`, MiB.
+    pub tmp_size_mib: u64,
+    /// Processes and threads one instance may run at once.
+    pub pids_max: u64,
+    /// Caps below the SKU's memory, CPU (thousandths of a CPU) and largest file; 0: the SKU's.
+    pub memory_max_mib: u64,
+    pub cpu_max_millis: u64,
+    pub file_size_max_mib: u64,
+    /// Host files instances may run, read-only, at `/run/cloudphone/bin/<name>`:
+    /// `name = "/host/path"`.
+    pub ro_binds: std::collections::BTreeMap<String, PathBuf>,
+    /// More host paths no instance may see (the backup storage, key dirs). The config file
+    /// itself, the signaling TLS files and the state dir are always hidden.
+    pub hidden_paths: Vec<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        let d = crate::runtime::sandbox::SandboxConfig::default();
+        Self {
+            uid_base: d.uid_base,
+            uid_count: d.uid_count,
+            tmp_size_mib: d.tmp_size >> 20,
+            pids_max: d.pids_max,
+            memory_max_mib: 0,
+            cpu_max_millis: 0,
+            file_size_max_mib: 0,
+            ro_binds: std::collections::BTreeMap::new(),
+            hidden_paths: Vec::new(),
+        }
+    }
+}
+
+impl SandboxSection {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("sandbox: {m}")));
+        if self.uid_base < 1000
+            || self.uid_count == 0
+            || self.uid_base.checked_add(self.uid_count).is_none()
+        {
+            return invalid(
+                "uid_base must be >= 1000 and uid_base + uid_count fit in a u32, uid_count > 0"
+                    .into(),
+            );
+        }
+        if (self.uid_base..self.uid_base + self.uid_count).contains(&65534) {
+            return invalid("the uid range must not hold nobody (65534)".into());
+        }
+        if self.tmp_size_mib == 0 || self.pids_max == 0 {
+            return invalid("tmp_size_mib and pids_max must be > 0".into());
+        }
+        if self.ro_binds.len() > crate::runtime::sandbox::MAX_COPIED_BINDS {
+            return invalid(format!(
+                "at most {} ro_binds",
+                crate::runtime::sandbox::MAX_COPIED_BINDS
+            ));
+        }
+        for (name, host) in &self.ro_binds {
+            let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+            if !plain || !host.is_absolute() {
+                return invalid(format!(
+                    "ro_binds: {name:?} must be a plain file name and its host path absolute"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime's view, with the paths every sandbox must not see.
+    pub fn to_runtime(&self, always_hidden: &[PathBuf]) -> crate::runtime::sandbox::SandboxConfig {
+        let nonzero = |v: u64, unit: u64| (v > 0).then(|| v.saturating_mul(unit));
+        let mut hidden = always_hidden.to_vec();
+        hidden.extend(self.hidden_paths.iter().cloned());
+        crate::runtime::sandbox::SandboxConfig {
+            uid_base: self.uid_base,
+            uid_count: self.uid_count,
+            tmp_size: self.tmp_size_mib << 20,
+            pids_max: self.pids_max,
+            memory_max: nonzero(self.memory_max_mib, 1 << 20),
+            cpu_max_millis: nonzero(self.cpu_max_millis, 1),
+            file_size_max: nonzero(self.file_size_max_mib, 1 << 20),
+            ro_binds: self.ro_binds.clone(),
+            hidden,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +300,7 @@ impl Default for NodeConfig {
             http: HttpConfig::default(),
             control: ControlLink::default(),
             x11: X11Section::default(),
+            sandbox: SandboxSection::default(),
             android: AndroidSection::default(),
             webrtc: WebRtcSection::default(),
             apps: AppsSection::default(),
@@ -286,6 +384,12 @@ impl NodeConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut config: NodeConfig = cloudphone_daemon::read_toml(path)?;
+        config.sandbox.check()?;
+        // The file holds the join token and TURN secret: no sandbox may see it.
+        if let Some(path) = path {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            config.sandbox.hidden_paths.push(path);
+        }
         if config.control.enrollment_token.is_some()
             || env("CLOUDPHONE_NODE_ENROLLMENT_TOKEN").is_some()
         {
@@ -401,6 +505,39 @@ mod tests {
         assert!(!format!("{config:?} {config:#?}").contains("hush"));
         let error = load("[control]\nenrollment_token = \"change-me\"\n", |_| None).unwrap_err();
         assert!(error.to_string().contains("join-token"), "{error}");
+    }
+
+    #[test]
+    fn sandbox_section_hides_the_config_file_and_checks_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[sandbox]\nuid_base = 500000\nmemory_max_mib = 512\n[sandbox.ro_binds]\ntool = \"/opt/tool\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::load(Some(&path), |_| None).unwrap();
+        assert!(config.sandbox.hidden_paths.contains(&path));
+        let runtime = config.sandbox.to_runtime(&[PathBuf::from("/etc/tls.key")]);
+        assert_eq!(runtime.uid_base, 500_000);
+        assert_eq!(runtime.memory_max, Some(512 << 20));
+        assert_eq!(runtime.cpu_max_millis, None, "0 means the SKU's");
+        assert!(runtime.hidden.contains(&PathBuf::from("/etc/tls.key")));
+        for bad in [
+            "[sandbox.ro_binds]\n\"a/b\" = \"/opt/tool\"\n",
+            "[sandbox.ro_binds]\ntool = \"relative/tool\"\n",
+            "[sandbox]\nuid_base = 0\n",
+            "[sandbox]\nuid_base = 60000\nuid_count = 10000\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(
+                matches!(
+                    NodeConfig::load(Some(&path), |_| None),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

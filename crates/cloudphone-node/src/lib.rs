@@ -64,8 +64,17 @@ pub enum NodeError {
 fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::RuntimeError> {
     Ok(match config.runtime.as_str() {
         "x11" => {
+            // Besides the state dir (always hidden) and the config file (added on load):
+            // the signaling TLS files.
+            let secrets: Vec<std::path::PathBuf> =
+                [&config.webrtc.tls_cert, &config.webrtc.tls_key]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                    .collect();
             let mut x11 = runtime::x11::X11Config {
                 first_display: config.x11.first_display,
+                sandbox: config.sandbox.to_runtime(&secrets),
                 ..Default::default()
             };
             if !config.x11.launcher.is_empty() {

@@ -11,6 +11,7 @@ use cloudphone_api::instances::{
 use cloudphone_api::timefmt;
 use cloudphone_core::instance::running_status;
 use cloudphone_core::liveness::NodeHealth;
+use cloudphone_core::video::Definition;
 
 use super::{ApiFailure, ApiQuery, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::service::instances;
@@ -79,18 +80,22 @@ pub(super) struct SkuQuery {
 
 /// Human description of a definition's SKU.
 fn sku_entry(runtime: &str, definition: &str) -> Sku {
-    let (calc, storage) = match definition {
-        "540p" => ("2vCPUs | 4GB", "16GB"),
-        "720p" => ("4vCPUs | 8GB", "32GB"),
-        _ => ("8vCPUs | 16GB", "64GB"),
-    };
+    // The one SKU size table, which the nodes also enforce (cgroups, data-dir limit).
+    let sized = match definition {
+        "540p" => Definition::P540,
+        "720p" => Definition::P720,
+        _ => Definition::P1080,
+    }
+    .sku_resources();
+    let calc = format!("{}vCPUs | {}GB", sized.vcpus, sized.memory_gib);
+    let storage = format!("{}GB", sized.storage_gib);
     let resolution = definition.to_uppercase();
     Sku {
         sku_type: "PROFESSIONAL".into(),
         cbc_sku_id: wire::sku_id(runtime, definition),
         name: format!("{runtime}-{definition}"),
-        calc_spec: calc.into(),
-        storage_spec: storage.into(),
+        calc_spec: calc.clone(),
+        storage_spec: storage.clone(),
         spec_desc: format!("专业版 | {calc} | {storage}存储 | 最高分辨率{resolution}"),
         spec_desc_en: format!(
             "Professional | {calc} | {storage} Storage | {resolution} Max Output"

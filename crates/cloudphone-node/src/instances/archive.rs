@@ -186,7 +186,7 @@ impl InstanceManager {
         {
             tracing::warn!(path = %old.display(), error = %e, "could not remove replaced data");
         }
-        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_this_node() {
+        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_instance(entry.paths.owner) {
             let data = data.clone();
             tokio::task::spawn_blocking(move || tarball::chown_tree(&data, user))
                 .await

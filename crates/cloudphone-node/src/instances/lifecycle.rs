@@ -29,7 +29,7 @@ impl InstanceManager {
         runtime: Arc<dyn Runtime>,
         capacity: usize,
     ) -> Result<Arc<Self>, InstanceError> {
-        let entries = super::record::load_entries(&state_dir).await?;
+        let entries = super::record::load_entries(&state_dir, runtime.sandbox_uids()).await?;
 
         let (events, _) = broadcast::channel(256);
         let manager = Arc::new(Self {

@@ -145,6 +145,12 @@ impl Entry {
         }
     }
 
+    /// The same entry with its sandbox uid (see [`InstancePaths::owner`]).
+    fn with_owner(mut self, owner: Option<u32>) -> Self {
+        self.paths.owner = owner;
+        self
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         // Status updates are single assignments; a panic elsewhere cannot leave it torn.
         self.status
@@ -268,13 +274,16 @@ impl InstanceManager {
         if entries.len() >= self.capacity {
             return Err(InstanceError::NoCapacity);
         }
-        let entry = Arc::new(Entry::new(
+        // Its own sandbox uid, the lowest no other instance holds.
+        let owner = record::free_owner(self.runtime.sandbox_uids(), entries.values())?;
+        let entry = Entry::new(
             &self.state_dir,
             spec.clone(),
             state,
             message,
             InstanceState::Running,
-        ));
+        );
+        let entry = Arc::new(entry.with_owner(owner));
         entries.insert(spec.instance_id.clone(), Arc::clone(&entry));
         Ok(entry)
     }

@@ -26,6 +26,24 @@ struct Record {
     last_state: Option<InstanceState>,
     #[serde(default)]
     message: String,
+    /// The instance's own host uid (`InstancePaths::owner`), kept so a restarted node runs
+    /// it as the same user, who owns its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sandbox_uid: Option<u32>,
+}
+
+/// The lowest uid of `range` no entry holds; `Ok(None)` without a range.
+pub(super) fn free_owner<'a>(
+    range: Option<std::ops::Range<u32>>,
+    entries: impl Iterator<Item = &'a Arc<Entry>>,
+) -> Result<Option<u32>, InstanceError> {
+    let Some(range) = range else {
+        return Ok(None);
+    };
+    let used: std::collections::HashSet<u32> = entries.filter_map(|e| e.paths.owner).collect();
+    crate::runtime::sandbox::free_uid(range, &used)
+        .map(Some)
+        .ok_or(InstanceError::NoCapacity)
 }
 
 /// Reads every instance under `<state_dir>/instances`, finishing interrupted deletes. An
@@ -33,6 +51,7 @@ struct Record {
 /// alone (logged), never removed.
 pub(super) async fn load_entries(
     state_dir: &Path,
+    uids: Option<std::ops::Range<u32>>,
 ) -> Result<BTreeMap<String, Arc<Entry>>, InstanceError> {
     let instances_dir = state_dir.join("instances");
     tokio::fs::create_dir_all(&instances_dir)
@@ -81,17 +100,46 @@ pub(super) async fn load_entries(
             InstanceState::Running => InstanceState::Running,
             _ => InstanceState::Stopped,
         };
+        // A recorded uid is kept while the range holds it and no other instance does; an
+        // instance from before per-instance uids (or a clash) gets a fresh one below.
+        let owner = record.sandbox_uid.filter(|uid| {
+            uids.as_ref().is_some_and(|r| r.contains(uid))
+                && !entries
+                    .values()
+                    .any(|e: &Arc<Entry>| e.paths.owner == Some(*uid))
+        });
         // The record names this dir (checked above), so the paths are the dir's.
         entries.insert(
             name,
-            Arc::new(Entry::new(
-                state_dir,
-                record.spec,
-                InstanceState::Stopped,
-                "",
-                desired,
-            )),
+            Arc::new(
+                Entry::new(state_dir, record.spec, InstanceState::Stopped, "", desired)
+                    .with_owner(owner),
+            ),
         );
+    }
+    let unowned: Vec<String> = entries
+        .iter()
+        .filter(|(_, e)| e.paths.owner.is_none())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in unowned {
+        let owner = free_owner(uids.clone(), entries.values())?;
+        if owner.is_none() {
+            break;
+        }
+        if let Some(entry) = entries.remove(&id) {
+            let entry = Arc::try_unwrap(entry).unwrap_or_else(|shared| {
+                // Nothing else holds entries while loading; rebuild if it ever does.
+                Entry::new(
+                    state_dir,
+                    shared.spec.clone(),
+                    InstanceState::Stopped,
+                    "",
+                    shared.status().desired,
+                )
+            });
+            entries.insert(id, Arc::new(entry.with_owner(owner)));
+        }
     }
     Ok(entries)
 }
@@ -160,6 +208,7 @@ impl InstanceManager {
                 desired: s.desired,
                 last_state: Some(s.state),
                 message: s.message.clone(),
+                sandbox_uid: entry.paths.owner,
             }
         };
         let path = entry.paths.root.join(INSTANCE_FILE);

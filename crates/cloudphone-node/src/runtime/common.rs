@@ -46,7 +46,7 @@ pub(crate) fn pixel_of(v: f64, size: u32) -> f64 {
 /// Normally it is there since provisioning; recreated (empty) if someone removed it.
 pub(crate) async fn ensure_data_dir(paths: &InstancePaths) -> Result<(), RuntimeError> {
     tokio::fs::create_dir_all(&paths.data).await?;
-    if let Some(user) = SandboxUser::for_this_node() {
+    if let Some(user) = SandboxUser::for_instance(paths.owner) {
         user.take_ownership(&paths.data)?;
     }
     Ok(())

@@ -5,9 +5,11 @@
 //! Android device.
 
 pub mod android;
+pub(crate) mod cgroup;
 pub(crate) mod common;
 pub mod package;
 pub mod sandbox;
+pub(crate) mod seccomp;
 pub mod synthetic;
 pub mod x11;
 
@@ -30,20 +32,29 @@ pub struct InstanceSpec {
     pub os: String,
 }
 
-/// Where an instance's files live on the host.
+/// Where an instance's files live on the host, and who owns them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstancePaths {
     /// `<state_dir>/instances/<instance_id>`: node bookkeeping (spec, pid files, logs).
     pub root: PathBuf,
     /// `<root>/data`: the instance's own writable data; the only writable place in its sandbox.
     pub data: PathBuf,
+    /// The instance's own host uid (and gid), from the runtime's [`Runtime::sandbox_uids`]:
+    /// its sandboxes run as it and its data dir belongs to it. Allocated by the instance
+    /// manager, recorded in `instance.json`, never shared by two instances of a node. `None`:
+    /// the runtime has no range (not root, or no sandbox), and today's shared user is used.
+    pub owner: Option<u32>,
 }
 
 impl InstancePaths {
     pub fn new(state_dir: &std::path::Path, instance_id: &str) -> Self {
         let root = state_dir.join("instances").join(instance_id);
         let data = root.join("data");
-        Self { root, data }
+        Self {
+            root,
+            data,
+            owner: None,
+        }
     }
 }
 
@@ -169,4 +180,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Where to capture the instance's screen from while it runs.
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource;
+
+    /// The host uids this runtime runs instances as, one per instance; `None` when its
+    /// instances share one user (or have no sandbox).
+    fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
+        None
+    }
 }

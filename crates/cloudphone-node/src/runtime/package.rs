@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::common::state_dir_of;
 use super::sandbox::{self, HostLayout, SandboxSpec};
 use super::{CommandOutput, InstancePaths, RuntimeError};
 
@@ -92,7 +91,7 @@ pub async fn install_tar_package(
             "package is not a regular file".to_owned(),
         ));
     }
-    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+    let mut sb = SandboxSpec::for_instance(paths);
     sb.ro_binds
         .push((package, PathBuf::from(PACKAGE_IN_SANDBOX)));
     let run = |argv: Vec<String>, cap: usize| {

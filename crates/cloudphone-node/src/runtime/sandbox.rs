@@ -155,6 +155,14 @@ impl SandboxUser {
         }
     }
 
+    /// The user an instance's sandboxes run as: its own uid (and the gid of the same number)
+    /// when the node is root and allocated one, `nobody` when it is root without one, and the
+    /// node's own user otherwise.
+    pub fn for_instance(owner: Option<u32>) -> Option<Self> {
+        let shared = Self::for_this_node()?;
+        Some(owner.map_or(shared, |uid| Self { uid, gid: uid }))
+    }
+
     /// Makes `path` itself (not its contents, never a symlink's target) belong to this user.
     pub fn take_ownership(&self, path: &Path) -> std::io::Result<()> {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
@@ -173,6 +181,102 @@ pub async fn prepare_data_dir(data: &Path, user: Option<SandboxUser>) -> std::io
     Ok(())
 }
 
+/// The node's sandbox settings (`[sandbox]` in its config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// First host uid (and gid) of the range instances run as, one each.
+    pub uid_base: u32,
+    /// How many uids the range holds: the most instances that can exist at once.
+    pub uid_count: u32,
+    /// Size of each instance sandbox's private `/tmp` and `/run`, in bytes.
+    pub tmp_size: u64,
+    /// Processes and threads one instance may have at once.
+    pub pids_max: u64,
+    /// Caps on the SKU's memory and CPU (`None`: the SKU's own), e.g. for small test hosts.
+    pub memory_max: Option<u64>,
+    pub cpu_max_millis: Option<u64>,
+    /// Cap on the largest file an instance may write (`None`: the SKU's storage).
+    pub file_size_max: Option<u64>,
+    /// Host files a sandbox may run, read-only, as `RO_BIN_DIR/<name>`.
+    pub ro_binds: std::collections::BTreeMap<String, PathBuf>,
+    /// Host paths no sandbox may see: node config, TLS keys, backup storage.
+    pub hidden: Vec<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            // Clear of the ids useradd and systemd hand out (< 65536) and of the first
+            // subordinate ranges useradd writes to /etc/subuid (100000 + 65536 per user);
+            // docs/deploy.md reserves it there for the node.
+            uid_base: 400_000,
+            uid_count: 65_536,
+            tmp_size: 256 << 20,
+            pids_max: 1024,
+            memory_max: None,
+            cpu_max_millis: None,
+            file_size_max: None,
+            ro_binds: std::collections::BTreeMap::new(),
+            hidden: Vec::new(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The uid range, when the node may use it (it runs as root).
+    pub fn uids(&self) -> Option<std::ops::Range<u32>> {
+        SandboxUser::for_this_node()?;
+        Some(self.uid_base..self.uid_base.saturating_add(self.uid_count))
+    }
+
+    /// What the instance's SKU (its screen's definition) gives it, under the caps.
+    pub(crate) fn limits(&self, width: u32, height: u32) -> (super::cgroup::CgroupLimits, u64) {
+        let sku = cloudphone_core::video::Definition::for_screen(width, height).sku_resources();
+        let cap = |sku: u64, max: Option<u64>| max.map_or(sku, |m| m.min(sku));
+        let limits = super::cgroup::CgroupLimits {
+            cpu_millis: cap(u64::from(sku.vcpus) * 1000, self.cpu_max_millis),
+            memory_bytes: cap(u64::from(sku.memory_gib) << 30, self.memory_max),
+            pids_max: self.pids_max,
+        };
+        (
+            limits,
+            cap(u64::from(sku.storage_gib) << 30, self.file_size_max),
+        )
+    }
+
+    /// The `ro_binds` as a sandbox gets them (see [`BinBind::copy`]).
+    pub fn bin_binds(&self) -> Vec<BinBind> {
+        self.ro_binds
+            .iter()
+            .map(|(name, host)| BinBind {
+                host: host.clone(),
+                dest: Path::new(RO_BIN_DIR).join(name),
+                copy: !reachable_by_anyone(host),
+            })
+            .collect()
+    }
+}
+
+/// Can any user read `path` (and search every dir above it)?
+fn reachable_by_anyone(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode());
+    let file_ok = mode(path).is_ok_and(|m| m & 0o004 != 0);
+    file_ok
+        && path
+            .ancestors()
+            .skip(1)
+            .all(|dir| mode(dir).is_ok_and(|m| m & 0o001 != 0))
+}
+
+/// Picks the lowest uid of `range` that no live instance holds.
+pub(crate) fn free_uid(
+    range: std::ops::Range<u32>,
+    used: &std::collections::HashSet<u32>,
+) -> Option<u32> {
+    range.into_iter().find(|uid| !used.contains(uid))
+}
+
 /// What differs between one sandbox and another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
@@ -188,9 +292,61 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Host user to run as; `None` keeps the node's user.
     pub user: Option<SandboxUser>,
+    /// What runs inside: an instance's programs, or its X server.
+    pub role: SandboxRole,
+    /// Size of each of the private `/tmp` and `/run` tmpfs; `None`: the kernel's default
+    /// (half the host's RAM).
+    pub tmp_size: Option<u64>,
+    /// `RLIMIT_FSIZE`: the largest file a sandboxed process may write, in bytes.
+    pub file_size_limit: Option<u64>,
+    /// Host paths the sandbox must not see even read-only (node config, TLS keys, backup
+    /// storage): a dir becomes an empty tmpfs, a file `/dev/null`.
+    pub hidden: Vec<PathBuf>,
+    /// `cgroup.procs` files the sandbox joins before bwrap runs (see [`command`]).
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Compiled seccomp deny-list (`seccomp::deny_list_bpf`) bwrap loads before the program.
+    pub seccomp: Option<PathBuf>,
+    /// Host binaries the sandbox may run (`[sandbox] ro_binds`), under [`RO_BIN_DIR`].
+    pub bin_binds: Vec<BinBind>,
+}
+
+/// One `[sandbox] ro_binds` entry as a sandbox gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinBind {
+    pub host: PathBuf,
+    /// `RO_BIN_DIR/<name>`.
+    pub dest: PathBuf,
+    /// bwrap runs as the sandbox user, so it can bind only what that user may reach. A file
+    /// in a private dir (a checkout under `/root`, a 0700 temp dir) is opened by the node's
+    /// launcher instead and copied into the sandbox, read-only and executable
+    /// (`--ro-bind-data`): a private copy per sandbox, at the cost of a copy per start.
+    pub copy: bool,
+}
+
+/// At most this many `ro_binds` are copied (fds 3–8: the launcher is `/bin/sh`, whose
+/// redirections take one digit; 9 is the seccomp filter).
+pub(crate) const MAX_COPIED_BINDS: usize = 6;
+
+/// What a sandbox runs; the display server's differs from the instance's in three ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxRole {
+    /// Tenant programs: the data dir at `/data`, the display's socket read-only.
+    #[default]
+    App,
+    /// The instance's Xvfb: no data dir; the host's `/tmp/.X11-unix` bound writable (it
+    /// creates its socket there; the dir is sticky, so it can remove no other server's);
+    /// and the host's IPC namespace kept, so the node's capture can use MIT-SHM with it.
+    DisplayServer,
 }
 
 impl SandboxSpec {
+    /// An instance's sandbox: its data dir, run as its own user.
+    pub fn for_instance(paths: &super::InstancePaths) -> Self {
+        let mut spec = Self::new(&super::common::state_dir_of(paths), &paths.data);
+        spec.user = SandboxUser::for_instance(paths.owner);
+        spec
+    }
+
     pub fn new(state_dir: &Path, data_dir: &Path) -> Self {
         Self {
             state_dir: state_dir.to_path_buf(),
@@ -199,8 +355,45 @@ impl SandboxSpec {
             ro_binds: Vec::new(),
             env: Vec::new(),
             user: SandboxUser::for_this_node(),
+            role: SandboxRole::App,
+            tmp_size: None,
+            file_size_limit: None,
+            hidden: Vec::new(),
+            cgroup_procs: Vec::new(),
+            seccomp: None,
+            bin_binds: Vec::new(),
         }
     }
+}
+
+/// Where X servers put their sockets.
+pub const X11_SOCKET_DIR: &str = "/tmp/.X11-unix";
+
+/// Where `[sandbox] ro_binds` binaries appear inside a sandbox: `/run/cloudphone/bin/<name>`.
+/// Under the sandbox's private `/run` (a tmpfs, so bwrap can create the mount points) and the
+/// same on every host.
+pub const RO_BIN_DIR: &str = "/run/cloudphone/bin";
+
+/// The fd bwrap reads the seccomp filter from.
+const SECCOMP_FD: &str = "9";
+
+/// The script `/bin/sh` runs as the node's user before bwrap, for `copies` copied binaries:
+/// its arguments are the seccomp filter, the copied binaries, each `cgroup.procs` to join,
+/// `--`, and the command. It joins the cgroups, then executes the command with the filter
+/// open as fd 9 and the binaries as fds 3, 4…. Joining before exec means nothing the
+/// sandbox starts ever runs outside its cgroup. Paths are arguments, never script text.
+fn launch_script(copies: usize) -> String {
+    let mut script = String::from("bpf=$1; shift\n");
+    let fds: Vec<usize> = (3..3 + copies).collect();
+    for fd in &fds {
+        script.push_str(&format!("b{fd}=$1; shift\n"));
+    }
+    script.push_str("while [ \"$1\" != -- ]; do echo $$ > \"$1\" || exit 125; shift; done\n");
+    script.push_str("shift\nexec \"$@\" 9<\"$bpf\"");
+    for fd in &fds {
+        script.push_str(&format!(" {fd}<\"$b{fd}\""));
+    }
+    script
 }
 
 /// Path of X display `n`'s unix socket.
@@ -212,6 +405,10 @@ pub fn x11_socket_path(display: u32) -> PathBuf {
 /// described by `spec`. Pure: the same inputs always give the same argv.
 pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
+    let chdir = match spec.role {
+        SandboxRole::App => "/data",
+        SandboxRole::DisplayServer => "/",
+    };
     let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
         for item in items {
             args.push(item.as_ref().to_os_string());
@@ -233,6 +430,11 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     push(&[&"--dev", &"/dev", &"--proc", &"/proc"]);
     for dir in SCRATCH_ROOT_DIRS {
         let dest = format!("/{dir}");
+        if let Some(size) = spec.tmp_size {
+            // bwrap 0.8: `--size` applies to the next `--tmpfs`.
+            let size = size.to_string();
+            push(&[&"--size", &size]);
+        }
         push(&[&"--tmpfs", &dest]);
     }
     for dir in EMPTY_ROOT_DIRS {
@@ -246,17 +448,57 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     // Hide every instance's files (including this one's, by their host path) before binding
     // this instance's data dir at /data.
     push(&[&"--tmpfs", &spec.state_dir]);
-    push(&[&"--bind", &spec.data_dir, &"/data"]);
-    if let Some(display) = spec.display {
-        let socket = x11_socket_path(display);
-        push(&[&"--ro-bind", &socket, &socket]);
+    for hidden in &spec.hidden {
+        if hidden.is_dir() {
+            push(&[&"--tmpfs", hidden]);
+        } else if hidden.exists() {
+            push(&[&"--ro-bind", &"/dev/null", hidden]);
+        }
+    }
+    match spec.role {
+        SandboxRole::App => {
+            push(&[&"--bind", &spec.data_dir, &"/data"]);
+            if let Some(display) = spec.display {
+                let socket = x11_socket_path(display);
+                push(&[&"--ro-bind", &socket, &socket]);
+            }
+        }
+        SandboxRole::DisplayServer => {
+            push(&[&"--bind", &X11_SOCKET_DIR, &X11_SOCKET_DIR]);
+        }
     }
     for (host, dest) in &spec.ro_binds {
         push(&[&"--ro-bind", host, dest]);
     }
+    let mut fd = 3;
+    for bind in &spec.bin_binds {
+        if bind.copy {
+            // The launcher opened it as this fd (see `command`).
+            let fd_text = fd.to_string();
+            push(&[&"--perms", &"0555", &"--ro-bind-data", &fd_text, &bind.dest]);
+            fd += 1;
+        } else {
+            push(&[&"--ro-bind", &bind.host, &bind.dest]);
+        }
+    }
     push(&[&"--remount-ro", &"/"]);
+    match spec.role {
+        SandboxRole::App => push(&[&"--unshare-all"]),
+        SandboxRole::DisplayServer => push(&[
+            &"--unshare-pid",
+            &"--unshare-net",
+            &"--unshare-uts",
+            &"--unshare-cgroup-try",
+        ]),
+    }
+    // No user namespace inside the sandbox's own: nested namespaces are kernel attack
+    // surface no phone app needs (bwrap 0.8; needs `--unshare-user`).
+    push(&[&"--unshare-user", &"--disable-userns"]);
+    if spec.seccomp.is_some() {
+        // The launcher opens the filter as fd SECCOMP_FD for bwrap (see `command`).
+        push(&[&"--seccomp", &SECCOMP_FD]);
+    }
     push(&[
-        &"--unshare-all",
         &"--cap-drop",
         &"ALL",
         &"--die-with-parent",
@@ -264,7 +506,7 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
         &"--hostname",
         &"phone",
         &"--chdir",
-        &"/data",
+        &chdir,
         &"--clearenv",
         &"--setenv",
         &"PATH",
@@ -282,7 +524,12 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     }
     // The agent may raise its own threads to SCHED_RR (systemd's LimitRTPRIO=); the apps must
     // not, or one tenant's app could starve every other phone on the host.
-    push(&[&"--", &"/usr/bin/prlimit", &"--rtprio=0:0", &"--"]);
+    push(&[&"--", &"/usr/bin/prlimit", &"--rtprio=0:0"]);
+    if let Some(limit) = spec.file_size_limit {
+        let fsize = format!("--fsize={limit}:{limit}");
+        push(&[&fsize]);
+    }
+    push(&[&"--"]);
     for arg in argv {
         push(&[arg]);
     }
@@ -297,15 +544,47 @@ pub fn command(
     spec: &SandboxSpec,
     argv: &[String],
 ) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(bwrap);
-    cmd.args(bwrap_args(layout, spec, argv));
+    let args = bwrap_args(layout, spec, argv);
+    let copies: Vec<&Path> = spec
+        .bin_binds
+        .iter()
+        .filter(|b| b.copy)
+        .map(|b| b.host.as_path())
+        .take(MAX_COPIED_BINDS)
+        .collect();
+    let mut cmd = if spec.seccomp.is_none() && spec.cgroup_procs.is_empty() && copies.is_empty() {
+        let mut cmd = tokio::process::Command::new(bwrap);
+        cmd.args(args);
+        if let Some(user) = spec.user {
+            // std also drops root's supplementary groups when switching from root.
+            cmd.uid(user.uid);
+            cmd.gid(user.gid);
+        }
+        cmd
+    } else {
+        // Joining a cgroup takes the node's rights (on v2, write access to the common
+        // ancestor's `cgroup.procs`), so the launcher runs as the node and drops to the
+        // sandbox user with `setpriv` right before bwrap.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(launch_script(copies.len()))
+            .arg("cloudphone-sandbox");
+        cmd.arg(spec.seccomp.as_deref().unwrap_or(Path::new("/dev/null")));
+        cmd.args(&copies).args(&spec.cgroup_procs).arg("--");
+        if let Some(user) = spec.user {
+            cmd.args([
+                "/usr/bin/setpriv".to_owned(),
+                format!("--reuid={}", user.uid),
+                format!("--regid={}", user.gid),
+                "--clear-groups".to_owned(),
+                "--".to_owned(),
+            ]);
+        }
+        cmd.arg(bwrap).args(args);
+        cmd
+    };
     cmd.stdin(Stdio::null());
     cmd.process_group(0);
-    if let Some(user) = spec.user {
-        // std also drops root's supplementary groups when switching from root.
-        cmd.uid(user.uid);
-        cmd.gid(user.gid);
-    }
     cmd
 }
 
@@ -654,6 +933,81 @@ mod tests {
         assert!(find(&args, &["--setenv", "DISPLAY", ":107"]).is_some());
         assert!(find(&args, &["--setenv", "WIDTH", "720"]).is_some());
         assert!(find(&args, &["--ro-bind", "/host/pkg.tar", "/tmp/pkg.tar"]).is_some());
+    }
+
+    #[test]
+    fn limits_seccomp_and_binds_in_the_argv() {
+        let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        spec.tmp_size = Some(1 << 20);
+        spec.file_size_limit = Some(4096);
+        spec.seccomp = Some("/s/i/a/seccomp.bpf".into());
+        spec.hidden.push("/dev/null".into());
+        spec.bin_binds = vec![
+            BinBind {
+                host: "/usr/bin/id".into(),
+                dest: "/run/cloudphone/bin/id".into(),
+                copy: false,
+            },
+            BinBind {
+                host: "/root/x".into(),
+                dest: "/run/cloudphone/bin/x".into(),
+                copy: true,
+            },
+        ];
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        for dir in ["/tmp", "/run"] {
+            assert!(
+                find(&args, &["--size", "1048576", "--tmpfs", dir]).is_some(),
+                "{dir}"
+            );
+        }
+        assert!(find(&args, &["--unshare-user", "--disable-userns"]).is_some());
+        assert!(find(&args, &["--seccomp", SECCOMP_FD]).is_some());
+        assert!(find(&args, &["--ro-bind", "/dev/null", "/dev/null"]).is_some());
+        assert!(
+            find(
+                &args,
+                &["--ro-bind", "/usr/bin/id", "/run/cloudphone/bin/id"]
+            )
+            .is_some()
+        );
+        assert!(
+            find(
+                &args,
+                &[
+                    "--perms",
+                    "0555",
+                    "--ro-bind-data",
+                    "3",
+                    "/run/cloudphone/bin/x"
+                ]
+            )
+            .is_some()
+        );
+        assert!(find(&args, &["--rtprio=0:0", "--fsize=4096:4096", "--"]).is_some());
+        // The launcher hands the copied binary over as fd 3 and the filter as fd 9.
+        let script = launch_script(1);
+        assert!(script.ends_with(r#"9<"$bpf" 3<"$b3""#), "{script}");
+
+        spec.role = SandboxRole::DisplayServer;
+        let args = strings(bwrap_args(&layout(), &spec, &["/usr/bin/Xvfb".to_owned()]));
+        assert!(find(&args, &["--bind", X11_SOCKET_DIR, X11_SOCKET_DIR]).is_some());
+        assert!(
+            find(&args, &["--bind", "/s/i/a/data", "/data"]).is_none(),
+            "no data dir for Xvfb"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a == "--unshare-all" || a == "--unshare-ipc")
+        );
+    }
+
+    #[test]
+    fn uids_are_never_shared() {
+        let used = [400_000, 400_001].into_iter().collect();
+        assert_eq!(free_uid(400_000..400_010, &used), Some(400_002));
+        assert_eq!(free_uid(400_000..400_002, &used), None);
     }
 
     #[test]

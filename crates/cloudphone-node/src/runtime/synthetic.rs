@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::common::{ensure_data_dir, lock, run_shell, state_dir_of, write_atomic};
+use super::common::{ensure_data_dir, lock, run_shell, write_atomic};
 use super::package::install_tar_package;
 use super::sandbox::{self, HostLayout, SandboxSpec, SandboxUser};
 use super::{
@@ -68,7 +68,7 @@ impl Runtime for SyntheticRuntime {
         _spec: &InstanceSpec,
         paths: &InstancePaths,
     ) -> Result<(), RuntimeError> {
-        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_this_node()).await?;
+        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_instance(paths.owner)).await?;
         Ok(())
     }
 
@@ -98,7 +98,7 @@ impl Runtime for SyntheticRuntime {
         paths: &InstancePaths,
         command: &CommandSpec,
     ) -> Result<CommandOutput, RuntimeError> {
-        let sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+        let sb = SandboxSpec::for_instance(paths);
         run_shell(&self.bwrap, &self.layout, &sb, command).await
     }
 

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`support`]: RTP collection and checks for the `pipeline_*` modules; an in-process node,
 //!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
+//! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
 //!   `streaming_*`: end to end through signaling and WebRTC.
 
@@ -15,6 +16,7 @@
 
 mod support;
 
+mod isolation;
 mod pipeline_adb;
 mod pipeline_encode;
 mod pipeline_x11;

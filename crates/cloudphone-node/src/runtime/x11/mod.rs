@@ -40,7 +40,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,9 +51,13 @@ mod input;
 use input::XInput;
 pub use input::{keysym_for_char, keysym_for_code};
 
-use super::common::{ensure_data_dir, lock, run_shell, state_dir_of, write_atomic};
+use super::cgroup::Cgroups;
+use super::common::{ensure_data_dir, lock, run_shell, write_atomic};
 use super::package::install_tar_package;
-use super::sandbox::{self, HostLayout, ProcessRecord, SandboxSpec, SandboxUser};
+use super::sandbox::{
+    self, HostLayout, ProcessRecord, SandboxConfig, SandboxRole, SandboxSpec, SandboxUser,
+    X11_SOCKET_DIR,
+};
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
     RuntimeError,
@@ -83,6 +86,8 @@ pub struct X11Config {
     pub launcher: String,
     pub xvfb: PathBuf,
     pub bwrap: PathBuf,
+    /// Per-instance users, limits and what the sandboxes see (`[sandbox]`).
+    pub sandbox: SandboxConfig,
 }
 
 impl Default for X11Config {
@@ -92,6 +97,7 @@ impl Default for X11Config {
             launcher: DEFAULT_LAUNCHER.to_owned(),
             xvfb: PathBuf::from("/usr/bin/Xvfb"),
             bwrap: PathBuf::from("/usr/bin/bwrap"),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -117,18 +123,82 @@ pub struct X11Runtime {
     config: X11Config,
     layout: HostLayout,
     live: Mutex<HashMap<String, Live>>,
-    /// Display numbers this node has handed out (lock files can lag behind a spawn).
+    /// Display numbers this node has handed out; each also holds the host lock file.
     reserved: Mutex<HashSet<u32>>,
+    /// Where instance cgroups go; `None` when the host has no usable hierarchy or the node
+    /// is not root (logged once at start).
+    cgroups: Option<Cgroups>,
+    /// The compiled seccomp deny-list, written next to each instance's bookkeeping.
+    seccomp: Vec<u8>,
 }
 
 impl X11Runtime {
     pub fn new(config: X11Config) -> Result<Self, RuntimeError> {
+        let cgroups = if SandboxUser::for_this_node().is_none() {
+            tracing::warn!(
+                "node is not root: instances share its user and get no cgroup (no per-instance uid, CPU, memory or pids limits)"
+            );
+            None
+        } else {
+            match Cgroups::detect() {
+                Ok(Some(c)) => {
+                    tracing::info!(version = c.version(), "instance cgroups enabled");
+                    Some(c)
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        "no writable cgroup hierarchy with cpu, memory and pids: instances run without CPU, memory or pids limits"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cgroups unusable: instances run without CPU, memory or pids limits");
+                    None
+                }
+            }
+        };
+        let seccomp = super::seccomp::deny_list_bpf().map_err(|e| RuntimeError::Process {
+            program: "seccomp".to_owned(),
+            detail: e.to_string(),
+        })?;
         Ok(Self {
             config,
             layout: HostLayout::scan()?,
             live: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            cgroups,
+            seccomp,
         })
+    }
+
+    /// The sandbox for one of the instance's processes, with everything it needs on disk:
+    /// the seccomp filter in the instance's (hidden) bookkeeping dir and its cgroup.
+    async fn prepare_sandbox(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+        display: Option<u32>,
+        role: SandboxRole,
+    ) -> Result<SandboxSpec, RuntimeError> {
+        let mut sb = sandbox_spec(spec, paths, display);
+        sb.role = role;
+        let policy = &self.config.sandbox;
+        let (limits, file_size) = policy.limits(spec.width, spec.height);
+        sb.tmp_size = Some(policy.tmp_size);
+        sb.file_size_limit = Some(file_size);
+        sb.hidden.clone_from(&policy.hidden);
+        sb.bin_binds = policy.bin_binds();
+        let filter = paths.root.join("seccomp.bpf");
+        write_atomic(&filter, &self.seccomp).await?;
+        sb.seccomp = Some(filter);
+        if let Some(cgroups) = &self.cgroups {
+            let cgroups = cgroups.clone();
+            let id = spec.instance_id.clone();
+            sb.cgroup_procs = tokio::task::spawn_blocking(move || cgroups.create(&id, &limits))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+        }
+        Ok(sb)
     }
 
     pub fn config(&self) -> &X11Config {
@@ -140,16 +210,16 @@ impl X11Runtime {
         lock(&self.live).get(instance_id).map(|l| l.display)
     }
 
-    fn sandbox_spec(&self, spec: &InstanceSpec, paths: &InstancePaths) -> SandboxSpec {
-        sandbox_spec(spec, paths, self.display_of(&spec.instance_id))
-    }
-
-    /// Claims the lowest free display number.
+    /// Claims the lowest free display number, with its host lock file: the sandboxed Xvfb
+    /// has a private `/tmp`, so the node takes the lock X servers use to pick numbers.
     fn reserve_display(&self) -> Result<u32, RuntimeError> {
         let mut reserved = lock(&self.reserved);
         let first = self.config.first_display;
         for n in first..first.saturating_add(MAX_DISPLAY_SPAN) {
-            if !reserved.contains(&n) && display_free(n) {
+            if !reserved.contains(&n) && display_free(n) && claim_display_lock(n) {
+                // A dead server's socket: the sandboxed Xvfb runs as the instance's user and
+                // may not remove another user's file from the sticky socket dir.
+                let _ = std::fs::remove_file(sandbox::x11_socket_path(n));
                 reserved.insert(n);
                 return Ok(n);
             }
@@ -160,7 +230,9 @@ impl X11Runtime {
     }
 
     fn release_display(&self, n: u32) {
-        lock(&self.reserved).remove(&n);
+        if lock(&self.reserved).remove(&n) && lock_file_pid(n) == Some(std::process::id()) {
+            let _ = std::fs::remove_file(lock_file_path(n));
+        }
     }
 
     /// Kills this instance's processes: the live ones and any named in pids.json.
@@ -183,6 +255,11 @@ impl X11Runtime {
                     record.terminate(STOP_GRACE).await;
                 }
             }
+        }
+        // Whatever is left in the instance's cgroup (a daemonised child, a fork bomb's
+        // remains) goes with it.
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove(&spec.instance_id).await;
         }
         match tokio::fs::remove_file(&pid_file).await {
             Ok(()) => Ok(()),
@@ -222,13 +299,18 @@ impl X11Runtime {
     ) -> Result<(Child, Arc<XInput>), String> {
         let log = std::fs::File::create(paths.root.join("xvfb.log")).map_err(|e| e.to_string())?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = tokio::process::Command::new(&self.config.xvfb);
-        cmd.args(xvfb_args(display, spec.width, spec.height))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .kill_on_drop(true);
+        // The X server parses every client request, so it runs confined like the apps: the
+        // instance's user and cgroup, no network, the display socket dir its only writable
+        // host path.
+        ensure_socket_dir().map_err(|e| format!("{X11_SOCKET_DIR}: {e}"))?;
+        let sb = self
+            .prepare_sandbox(spec, paths, None, SandboxRole::DisplayServer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut argv = vec![self.config.xvfb.display().to_string()];
+        argv.extend(xvfb_args(display, spec.width, spec.height));
+        let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
+        cmd.stdout(log).stderr(log_err).kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawn {:?}: {e}", self.config.xvfb))?;
@@ -250,14 +332,11 @@ impl X11Runtime {
                 let log = tail(&paths.root.join("xvfb.log")).await;
                 return Err(format!("Xvfb :{display} exited with {status}: {log}"));
             }
-            let pid = child.id();
             let connected = tokio::task::spawn_blocking(move || XInput::connect(display)).await;
             if let Ok(Ok(input)) = connected {
-                // Someone else's server may have won this display number between the check
-                // and our spawn; only our own Xvfb holding the lock counts.
-                if lock_file_pid(display) == pid {
-                    return Ok((child, Arc::new(input)));
-                }
+                // This node holds the display's lock file, so the server answering on its
+                // socket is ours.
+                return Ok((child, Arc::new(input)));
             }
             if Instant::now() >= deadline {
                 stop_child(&mut child).await;
@@ -283,7 +362,7 @@ impl Runtime for X11Runtime {
     ) -> Result<(), RuntimeError> {
         // The data dir is fresh and empty here, so creating inside it cannot follow a
         // symlink planted by the instance.
-        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_this_node()).await?;
+        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_instance(paths.owner)).await?;
         Ok(())
     }
 
@@ -300,12 +379,14 @@ impl Runtime for X11Runtime {
         let launcher = async {
             let log = std::fs::File::create(paths.root.join("launcher.log"))?;
             let log_err = log.try_clone()?;
-            let sb = sandbox_spec(spec, paths, Some(display));
+            let sb = self
+                .prepare_sandbox(spec, paths, Some(display), SandboxRole::App)
+                .await?;
             let argv = sandbox::shell_argv(&self.config.launcher);
             let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
             cmd.stdout(log).stderr(log_err).kill_on_drop(true);
             let child = cmd.spawn()?;
-            Ok::<_, std::io::Error>(child)
+            Ok::<_, RuntimeError>(child)
         }
         .await;
         let mut launcher = match launcher {
@@ -373,7 +454,10 @@ impl Runtime for X11Runtime {
         paths: &InstancePaths,
         command: &CommandSpec,
     ) -> Result<CommandOutput, RuntimeError> {
-        let sb = self.sandbox_spec(spec, paths);
+        let display = self.display_of(&spec.instance_id);
+        let sb = self
+            .prepare_sandbox(spec, paths, display, SandboxRole::App)
+            .await?;
         run_shell(&self.config.bwrap, &self.layout, &sb, command).await
     }
 
@@ -402,6 +486,10 @@ impl Runtime for X11Runtime {
         tokio::task::spawn_blocking(move || input.inject(&event))
             .await
             .map_err(|e| x_err(e.to_string()))?
+    }
+
+    fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
+        self.config.sandbox.uids()
     }
 
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
@@ -437,27 +525,69 @@ pub fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
 
 /// The sandbox of an instance on `display`: the launcher and commands see its screen size.
 fn sandbox_spec(spec: &InstanceSpec, paths: &InstancePaths, display: Option<u32>) -> SandboxSpec {
-    let mut sb = SandboxSpec::new(&state_dir_of(paths), &paths.data);
+    let mut sb = SandboxSpec::for_instance(paths);
     sb.display = display;
     sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
     sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
     sb
 }
 
-/// A display number is free when no live process holds its lock file.
+/// Creates the host's X socket dir the way X servers expect it (world-writable and sticky,
+/// so each server can remove only its own socket) if no server made it yet.
+fn ensure_socket_dir() -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(X11_SOCKET_DIR) {
+        Ok(()) => std::fs::set_permissions(X11_SOCKET_DIR, std::fs::Permissions::from_mode(0o1777)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// X servers' lock file for display `n`: it holds the pid of whoever owns the number.
+fn lock_file_path(n: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/.X{n}-lock"))
+}
+
+/// A display number is free when no live process holds its lock file and no server
+/// answers on its socket.
 fn display_free(n: u32) -> bool {
-    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+    let unlocked = match std::fs::read_to_string(lock_file_path(n)) {
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         Ok(text) => match text.trim().parse::<u32>() {
-            // A stale lock: Xvfb replaces it itself.
+            // A stale lock.
             Ok(pid) => sandbox::proc_start_time(pid).is_none(),
             Err(_) => false,
         },
+    };
+    unlocked && std::os::unix::net::UnixStream::connect(sandbox::x11_socket_path(n)).is_err()
+}
+
+/// Takes display `n`'s lock file for this node, the way X servers do (created exclusively,
+/// `%10d\n` of the owner's pid); a stale one is replaced.
+fn claim_display_lock(n: u32) -> bool {
+    use std::io::Write;
+    let path = lock_file_path(n);
+    if lock_file_pid(n).is_some_and(|pid| sandbox::proc_start_time(pid).is_none()) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    match file {
+        Ok(mut f) => {
+            let written = writeln!(f, "{:>10}", std::process::id());
+            if written.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            written.is_ok()
+        }
+        Err(_) => false,
     }
 }
 
 fn lock_file_pid(n: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/tmp/.X{n}-lock"))
+    std::fs::read_to_string(lock_file_path(n))
         .ok()?
         .trim()
         .parse()
