@@ -84,17 +84,11 @@ impl tonic::service::Interceptor for Deadline {
 pub(crate) type NodeClient = NodeAgentClient<InterceptedService<Channel, Deadline>>;
 
 /// Control's side of the mTLS to nodes: its control-role certificate and the CA a node's
-/// certificate must chain to.
+/// certificate must chain to. No `Debug`: the identity holds control's private key.
 #[derive(Clone)]
 pub(crate) struct NodeTls {
     identity: Identity,
     ca: Certificate,
-}
-
-impl std::fmt::Debug for NodeTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeTls").finish_non_exhaustive()
-    }
 }
 
 impl NodeTls {

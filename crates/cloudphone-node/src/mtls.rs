@@ -56,19 +56,13 @@ pub enum EnrollError {
     Rcgen(#[from] rcgen::Error),
 }
 
-/// The node's certificate, key and control's CA, in PEM.
+/// The node's certificate, key and control's CA, in PEM. No `Debug`: it holds the key.
 #[derive(Clone)]
 pub(crate) struct NodeTls {
     cert_pem: String,
     /// Never logged.
     key_pem: String,
     ca_pem: String,
-}
-
-impl std::fmt::Debug for NodeTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeTls").finish_non_exhaustive()
-    }
 }
 
 impl NodeTls {

@@ -185,22 +185,22 @@ pub async fn prepare_data_dir(data: &Path, user: Option<SandboxUser>) -> std::io
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
     /// First host uid (and gid) of the range instances run as, one each.
-    pub uid_base: u32,
+    pub(crate) uid_base: u32,
     /// How many uids the range holds: the most instances that can exist at once.
-    pub uid_count: u32,
+    pub(crate) uid_count: u32,
     /// Size of each instance sandbox's private `/tmp` and `/run`, in bytes.
-    pub tmp_size: u64,
+    pub(crate) tmp_size: u64,
     /// Processes and threads one instance may have at once.
-    pub pids_max: u64,
+    pub(crate) pids_max: u64,
     /// Caps on the SKU's memory and CPU (`None`: the SKU's own), e.g. for small test hosts.
-    pub memory_max: Option<u64>,
-    pub cpu_max_millis: Option<u64>,
+    pub(crate) memory_max: Option<u64>,
+    pub(crate) cpu_max_millis: Option<u64>,
     /// Cap on the largest file an instance may write (`None`: the SKU's storage).
-    pub file_size_max: Option<u64>,
+    pub(crate) file_size_max: Option<u64>,
     /// Host files a sandbox may run, read-only, as `RO_BIN_DIR/<name>`.
-    pub ro_binds: std::collections::BTreeMap<String, PathBuf>,
+    pub(crate) ro_binds: std::collections::BTreeMap<String, PathBuf>,
     /// Host paths no sandbox may see: node config, TLS keys, backup storage.
-    pub hidden: Vec<PathBuf>,
+    pub(crate) hidden: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -281,46 +281,46 @@ pub(crate) fn free_uid(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxSpec {
     /// The node's state dir; hidden entirely.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The instance's data dir; bound writable at `/data`.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// X display number whose socket is bound in and exported as `DISPLAY`.
-    pub display: Option<u32>,
+    pub(crate) display: Option<u32>,
     /// Extra host files or dirs bound read-only: (host path, sandbox path).
-    pub ro_binds: Vec<(PathBuf, PathBuf)>,
+    pub(crate) ro_binds: Vec<(PathBuf, PathBuf)>,
     /// Extra environment variables, after `PATH`, `HOME` and `DISPLAY`.
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// Host user to run as; `None` keeps the node's user.
-    pub user: Option<SandboxUser>,
+    pub(crate) user: Option<SandboxUser>,
     /// What runs inside: an instance's programs, or its X server.
-    pub role: SandboxRole,
+    pub(crate) role: SandboxRole,
     /// Size of each of the private `/tmp` and `/run` tmpfs; `None`: the kernel's default
     /// (half the host's RAM).
-    pub tmp_size: Option<u64>,
+    pub(crate) tmp_size: Option<u64>,
     /// `RLIMIT_FSIZE`: the largest file a sandboxed process may write, in bytes.
-    pub file_size_limit: Option<u64>,
+    pub(crate) file_size_limit: Option<u64>,
     /// Host paths the sandbox must not see even read-only (node config, TLS keys, backup
     /// storage): a dir becomes an empty tmpfs, a file `/dev/null`.
-    pub hidden: Vec<PathBuf>,
+    pub(crate) hidden: Vec<PathBuf>,
     /// `cgroup.procs` files the sandbox joins before bwrap runs (see [`command`]).
-    pub cgroup_procs: Vec<PathBuf>,
+    pub(crate) cgroup_procs: Vec<PathBuf>,
     /// Compiled seccomp deny-list (`seccomp::deny_list_bpf`) bwrap loads before the program.
-    pub seccomp: Option<PathBuf>,
+    pub(crate) seccomp: Option<PathBuf>,
     /// Host binaries the sandbox may run (`[sandbox] ro_binds`), under [`RO_BIN_DIR`].
-    pub bin_binds: Vec<BinBind>,
+    pub(crate) bin_binds: Vec<BinBind>,
 }
 
 /// One `[sandbox] ro_binds` entry as a sandbox gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BinBind {
-    pub host: PathBuf,
+    pub(crate) host: PathBuf,
     /// `RO_BIN_DIR/<name>`.
-    pub dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// bwrap runs as the sandbox user, so it can bind only what that user may reach. A file
     /// in a private dir (a checkout under `/root`, a 0700 temp dir) is opened by the node's
     /// launcher instead and copied into the sandbox, read-only and executable
     /// (`--ro-bind-data`): a private copy per sandbox, at the cost of a copy per start.
-    pub copy: bool,
+    pub(crate) copy: bool,
 }
 
 /// At most this many `ro_binds` are copied (fds 3–8: the launcher is `/bin/sh`, whose
