@@ -45,6 +45,16 @@ impl Clock {
     }
 }
 
+/// Moves tokio's clock forward by `by`, for tests of rules on a [`Clock::Tokio`]. The store's
+/// I/O runs in real time (its pool timeouts would fire under paused time's auto-advance), so
+/// the clock is paused only to jump.
+#[cfg(test)]
+pub(crate) async fn jump(by: std::time::Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -241,6 +241,8 @@ pub(crate) fn node_info(node: NodeRecord) -> pb::NodeInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::jump;
+    use tonic::Code;
 
     /// The service over a fresh store and CA, reading `clock`; both live as long as the
     /// returned directory.
@@ -250,14 +252,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
         store.migrate().await.unwrap();
         let ca = Arc::new(Ca::load_or_create(&dir.path().join("pki")).unwrap());
-        // The registry's TLS comes from the same CA (`test_tls` loads it from `pki/`).
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let registry = Registry::new(
-            Arc::clone(&store),
-            1_000,
-            stop_rx,
-            crate::nodes::tests::test_tls(dir.path()),
-        );
+        // The registry's TLS comes from the same CA (`test_registry` loads it from `pki/`).
+        let registry = crate::nodes::tests::test_registry(Arc::clone(&store), 1_000, dir.path());
         (ControlPlaneService::new(ca, registry, store, clock), dir)
     }
 
@@ -279,17 +275,20 @@ mod tests {
         })
     }
 
-    fn code<T>(result: Result<T, Status>) -> Option<tonic::Code> {
+    fn code<T>(result: Result<T, Status>) -> Option<Code> {
         result.err().map(|status| status.code())
     }
 
-    /// Moves tokio's clock forward by `by`. The store's I/O runs in real time (its pool
-    /// timeouts would fire under paused time's auto-advance), so the clock is paused only to
-    /// jump.
-    async fn jump(by: Duration) {
-        tokio::time::pause();
-        tokio::time::advance(by).await;
-        tokio::time::resume();
+    /// Enrolls `node_id` with `token` and checks the outcome: `None` accepted, else the
+    /// refusal's code.
+    async fn enroll(
+        service: &ControlPlaneService,
+        token: &JoinToken,
+        node_id: &str,
+        want: Option<Code>,
+    ) {
+        let got = code(service.enroll(enroll_request(token, node_id)).await);
+        assert_eq!(got, want, "enrolling {node_id}");
     }
 
     /// A join token works once, only before its expiry (on control's `Clock`, in tokio time),
@@ -328,58 +327,31 @@ mod tests {
         );
 
         // Spent: useless for another id too.
-        assert_eq!(
-            code(service.enroll(enroll_request(&token, "node-b")).await),
-            Some(tonic::Code::Unauthenticated)
-        );
+        enroll(&service, &token, "node-b", Some(Code::Unauthenticated)).await;
         // A fresh token cannot move an enrolled id to another key…
         let fresh = mint().await.unwrap();
-        assert_eq!(
-            code(service.enroll(enroll_request(&fresh, "node-a")).await),
-            Some(tonic::Code::FailedPrecondition)
-        );
+        enroll(&service, &fresh, "node-a", Some(Code::FailedPrecondition)).await;
         // …until the operator revokes it; the refused attempt did not spend the token.
         assert!(store.revoke_node_identity("node-a").await.unwrap());
-        assert!(
-            service
-                .enroll(enroll_request(&fresh, "node-a"))
-                .await
-                .is_ok()
-        );
+        enroll(&service, &fresh, "node-a", None).await;
 
         // Expiry on control's clock: usable just before, refused just after.
         let (early, late) = (mint().await.unwrap(), mint().await.unwrap());
         jump(ttl - Duration::from_secs(1)).await;
-        assert!(
-            service
-                .enroll(enroll_request(&early, "node-c"))
-                .await
-                .is_ok()
-        );
+        enroll(&service, &early, "node-c", None).await;
         jump(Duration::from_secs(2)).await;
-        assert_eq!(
-            code(service.enroll(enroll_request(&late, "node-d")).await),
-            Some(tonic::Code::Unauthenticated)
-        );
+        enroll(&service, &late, "node-d", Some(Code::Unauthenticated)).await;
 
         // Bad input: an unnamed id, a broken CSR (and neither spends a token).
         let spare = mint().await.unwrap();
-        assert_eq!(
-            code(service.enroll(enroll_request(&spare, "a b")).await),
-            Some(tonic::Code::InvalidArgument)
-        );
+        enroll(&service, &spare, "a b", Some(Code::InvalidArgument)).await;
         let mut broken = enroll_request(&spare, "node-e");
         broken.get_mut().csr_pem = "garbage".into();
         assert_eq!(
             code(service.enroll(broken).await),
-            Some(tonic::Code::InvalidArgument)
+            Some(Code::InvalidArgument)
         );
-        assert!(
-            service
-                .enroll(enroll_request(&spare, "node-e"))
-                .await
-                .is_ok()
-        );
+        enroll(&service, &spare, "node-e", None).await;
     }
 
     /// Without a TLS client certificate, announcing and listing are refused.
@@ -392,7 +364,7 @@ mod tests {
         };
         assert_eq!(
             code(service.announce(Request::new(announce)).await),
-            Some(tonic::Code::Unauthenticated)
+            Some(Code::Unauthenticated)
         );
         assert_eq!(
             code(
@@ -400,7 +372,7 @@ mod tests {
                     .list_nodes(Request::new(pb::ListNodesRequest {}))
                     .await
             ),
-            Some(tonic::Code::Unauthenticated)
+            Some(Code::Unauthenticated)
         );
     }
 }

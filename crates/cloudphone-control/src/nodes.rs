@@ -458,10 +458,17 @@ pub(crate) mod tests {
 
     const TIMEOUT: Duration = Duration::from_millis(1_000);
 
-    /// Control's node TLS from a fresh CA under `dir`.
-    pub(crate) fn test_tls(dir: &std::path::Path) -> NodeTls {
+    /// A registry over `store` whose node TLS comes from a fresh CA under `dir` (`dir/pki`);
+    /// nobody ever asks it to stop.
+    pub(crate) fn test_registry(
+        store: Arc<dyn Store>,
+        timeout_ms: u64,
+        dir: &std::path::Path,
+    ) -> Arc<Registry> {
         let ca = crate::pki::Ca::load_or_create(&dir.join("pki")).unwrap();
-        NodeTls::new(ca.cert_pem(), &ca.issue_control().unwrap())
+        let tls = NodeTls::new(ca.cert_pem(), &ca.issue_control().unwrap());
+        let (_stop, stop_rx) = watch::channel(false);
+        Registry::new(store, timeout_ms, stop_rx, tls)
     }
 
     /// Each call kind gets its deadline from the one table; streams and unknown calls a short one.
@@ -486,9 +493,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
         let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
-        let (_stop, stop_rx) = watch::channel(false);
         let timeout_ms = u64::try_from(TIMEOUT.as_millis()).unwrap();
-        let registry = Registry::new(store, timeout_ms, stop_rx, test_tls(dir.path()));
+        let registry = test_registry(store, timeout_ms, dir.path());
         for node in nodes {
             let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
             assert!(registry.track(node, "http://127.0.0.1:9", channel));
@@ -529,25 +535,11 @@ pub(crate) mod tests {
         let created_at_ms = 1_000_000;
         store
             .insert_instances(&[InstanceRecord {
-                instance_id: "i1".into(),
-                tenant_id: tenant.tenant_id.clone(),
-                project_id: tenant.project_id.clone(),
-                name: "i1".into(),
-                order_id: "o1".into(),
-                node_id: "n1".into(),
                 sku_id: "kp.synthetic.720p".into(),
-                region: "cn-north-7".into(),
-                os: "AOSP11".into(),
                 runtime: "synthetic".into(),
-                width: 720,
-                height: 1280,
-                state: ControlState::Creating,
-                state_message: String::new(),
-                assign_user: None,
-                period_type: 2,
-                period_num: 1,
                 created_at_ms,
                 updated_at_ms: created_at_ms,
+                ..InstanceRecord::sample("i1", &tenant.tenant_id, &tenant.project_id, "n1")
             }])
             .await
             .unwrap();

@@ -301,8 +301,8 @@ mod tests {
 
     use super::*;
     use crate::clock::Clock;
+    use crate::clock::jump;
     use crate::config::ControlConfig;
-    use crate::nodes::Registry;
     use crate::store::{DomainRecord, NewTenant, Store};
 
     /// Sends one request through the router; answers the status and the JSON body (or null).
@@ -364,13 +364,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let registry = Registry::new(
-            Arc::clone(&store),
-            1_500,
-            stop_rx,
-            crate::nodes::tests::test_tls(dir.path()),
-        );
+        let registry = crate::nodes::tests::test_registry(Arc::clone(&store), 1_500, dir.path());
         (AppState::new(config, store, registry, clock), dir)
     }
 
@@ -394,14 +388,6 @@ mod tests {
             .to_str()
             .unwrap()
             .to_string()
-    }
-
-    /// Moves tokio's clock forward by `by`. The store's I/O runs in real time (its pool
-    /// timeouts would fire under paused time's auto-advance), so the clock is paused only to jump.
-    async fn jump(by: Duration) {
-        tokio::time::pause();
-        tokio::time::advance(by).await;
-        tokio::time::resume();
     }
 
     /// A token works until its TTL is over, then is `KOOPHONE.API.6001` with 401. Time moves

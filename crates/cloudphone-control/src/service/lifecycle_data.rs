@@ -408,25 +408,8 @@ mod tests {
 
     fn record(state: ControlState) -> InstanceRecord {
         InstanceRecord {
-            instance_id: "i1".into(),
-            tenant_id: "t-1".into(),
-            project_id: "p".into(),
-            name: "n".into(),
-            order_id: "o".into(),
-            node_id: "n1".into(),
-            sku_id: "kp.x11.720p".into(),
-            region: "r".into(),
-            os: "AOSP11".into(),
-            runtime: "x11".into(),
-            width: 720,
-            height: 1280,
             state,
-            state_message: String::new(),
-            assign_user: None,
-            period_type: 2,
-            period_num: 1,
-            created_at_ms: 0,
-            updated_at_ms: 0,
+            ..InstanceRecord::sample("i1", "t-1", "p", "n1")
         }
     }
 

@@ -120,6 +120,35 @@ pub struct InstanceRecord {
     pub updated_at_ms: i64,
 }
 
+impl InstanceRecord {
+    /// A freshly created (`Creating`) 720p x11 phone named `name-{instance_id}`: the one
+    /// fixture the unit and store tests build theirs from.
+    #[doc(hidden)]
+    pub fn sample(instance_id: &str, tenant_id: &str, project_id: &str, node_id: &str) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            tenant_id: tenant_id.into(),
+            project_id: project_id.into(),
+            name: format!("name-{instance_id}"),
+            order_id: "o1".into(),
+            node_id: node_id.into(),
+            sku_id: "kp.x11.720p".into(),
+            region: "cn-north-7".into(),
+            os: "AOSP11".into(),
+            runtime: "x11".into(),
+            width: 720,
+            height: 1280,
+            state: ControlState::Creating,
+            state_message: String::new(),
+            assign_user: None,
+            period_type: 2,
+            period_num: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
 /// One per-instance job of an asynchronous task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRecord {

@@ -37,25 +37,9 @@ fn node(id: &str) -> NodeRecord {
 
 fn instance(id: &str, tenant: u32, node: &str, created_at_ms: i64) -> InstanceRecord {
     InstanceRecord {
-        instance_id: id.into(),
-        tenant_id: format!("t{tenant}"),
-        project_id: format!("p{tenant}"),
-        name: format!("name-{id}"),
-        order_id: "o1".into(),
-        node_id: node.into(),
-        sku_id: "kp.x11.720p".into(),
-        region: "cn-north-7".into(),
-        os: "AOSP11".into(),
-        runtime: "x11".into(),
-        width: 720,
-        height: 1280,
-        state: ControlState::Creating,
-        state_message: String::new(),
-        assign_user: None,
-        period_type: 2,
-        period_num: 1,
         created_at_ms,
         updated_at_ms: created_at_ms,
+        ..InstanceRecord::sample(id, &format!("t{tenant}"), &format!("p{tenant}"), node)
     }
 }
 
