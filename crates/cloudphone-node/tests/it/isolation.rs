@@ -72,7 +72,7 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     let config_file = secrets.path().join("node.toml");
     world_readable(
         &config_file,
-        "[control]\nenrollment_token = \"enroll-secret-42\"\n",
+        "[control]\njoin_token = \"enroll-secret-42\"\n",
     );
     // `NodeConfig::load` hides the file it read; the test node is configured in code, so
     // the path is checked to be hidden the way load records it.
