@@ -1112,4 +1112,124 @@ mod tests {
             .unwrap();
         assert_eq!(send(&app, keys).await.0, 200);
     }
+
+    /// All 20 CloudDevice operations take an AK/SK signature in place of the token: signed with
+    /// the key's project, each answers exactly what the token gets (status and code, past
+    /// authentication); signed without a project each is `6002`/403; with neither it is
+    /// `6001`/401.
+    #[tokio::test]
+    async fn every_clouddevice_operation_takes_a_signature_in_place_of_a_token() {
+        let clock = Clock::tokio();
+        let (app, _dir) = tenant_app(ControlConfig::default(), clock).await;
+        let token = login(&app).await;
+        let (ak, sk) = access_key(&app, &token).await;
+        let id = "iRJEVP96";
+        let ids = serde_json::json!({"instance_ids": [id]}).to_string();
+        let one = serde_json::json!({"instance_id": id}).to_string();
+        let users = serde_json::json!({"user_instances": [{"user_id": "u-1", "instance_id": id}]})
+            .to_string();
+        let command = serde_json::json!({"command": "ls", "instance_ids": [id]}).to_string();
+        let operations: Vec<(&str, String, String)> = vec![
+            ("GET", LIST.into(), String::new()),
+            ("GET", "/v1/instances/sku?type=0".into(), String::new()),
+            ("POST", "/v1/instances/create".into(), order_body()),
+            (
+                "POST",
+                "/v1/instances/delete".into(),
+                serde_json::json!({"instanceIdList": [id]}).to_string(),
+            ),
+            ("POST", "/v1/instances/sync-command".into(), command.clone()),
+            ("POST", "/v1/instances/async-command".into(), command),
+            ("GET", "/v1/instances/tasks/ZGCA0000".into(), String::new()),
+            (
+                "POST",
+                "/v1/instances/batch-query-status".into(),
+                ids.clone(),
+            ),
+            ("POST", "/v1/instances/batch-reset".into(), ids.clone()),
+            (
+                "POST",
+                "/v1/instances/app/install".into(),
+                serde_json::json!({"instance_ids": [id]}).to_string(),
+            ),
+            (
+                "PUT",
+                "/v1/instances/video-setting".into(),
+                serde_json::json!({"instance_ids": [id], "video_configs": []}).to_string(),
+            ),
+            ("POST", "/v1/instances/reboot".into(), ids.clone()),
+            ("POST", "/v1/instances/backup".into(), ids),
+            (
+                "POST",
+                "/v1/instances/prepare".into(),
+                serde_json::json!({"user_id": "u-1", "instance_ids": [id]}).to_string(),
+            ),
+            (
+                "POST",
+                "/v1/instances/prepare-progress".into(),
+                serde_json::json!({"user_id": "u-1", "instance_id": id}).to_string(),
+            ),
+            ("POST", "/v1/instances/assign".into(), users.clone()),
+            ("POST", "/v1/instances/unassign".into(), users),
+            ("POST", format!("/v1/instances/{id}/auth"), "{}".into()),
+            ("POST", "/v1/instances/streaming/stop".into(), one.clone()),
+            ("POST", "/v1/instances/session/release".into(), one),
+        ];
+        assert_eq!(operations.len(), 20);
+        let answer = |(status, body, _): (u16, serde_json::Value, Response)| {
+            (
+                status,
+                body["error_code"].as_str().unwrap_or("-").to_string(),
+            )
+        };
+        for (method, uri, body) in &operations {
+            let with_token = Request::builder()
+                .method(*method)
+                .uri(uri.as_str())
+                .header("x-auth-token", &token)
+                .header("x-request-id", "req-token")
+                .header("content-type", "application/json")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let by_token = answer(send(&app, with_token).await);
+            let signing = |project| Signing {
+                ak: &ak,
+                sk: &sk,
+                date_ms: clock.now_ms(),
+                project,
+                unsigned: &[],
+            };
+            let by_key = answer(send(&app, signed(method, uri, body, &signing(Some("p1")))).await);
+            assert_eq!(by_key, by_token, "{method} {uri}: signed vs token");
+            assert!(
+                !["KOOPHONE.API.6001", "KOOPHONE.API.6002"].contains(&by_key.1.as_str()),
+                "{method} {uri}: {by_key:?}"
+            );
+            let unscoped = answer(send(&app, signed(method, uri, body, &signing(None))).await);
+            assert_eq!(
+                unscoped,
+                (403, "KOOPHONE.API.6002".to_string()),
+                "{method} {uri}"
+            );
+            let bare = Request::builder()
+                .method(*method)
+                .uri(uri.as_str())
+                .header("x-request-id", "req-bare")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            assert_eq!(
+                answer(send(&app, bare).await),
+                (401, "KOOPHONE.API.6001".to_string()),
+                "{method} {uri}"
+            );
+        }
+    }
+
+    /// A CreateInstance body in the seeds' spelling (one x11 720P phone).
+    fn order_body() -> String {
+        serde_json::json!({"os": "AOSP11", "instanceSkuld": "kp.x11.720p", "bandSkuld": "kp.bandwidth",
+            "regionld": "cn-north-7", "instanceNamePrefix": "signed", "bandSize": 4, "count": 1,
+            "chargeParam": {"chargingMode": 1, "periodType": 2, "periodNum": 1, "isAutoPay": 1, "isAutoRenew": 0}})
+        .to_string()
+    }
 }
