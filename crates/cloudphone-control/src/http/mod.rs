@@ -229,7 +229,7 @@ pub(crate) struct TokenCaller {
 struct SignedCaller(Result<Identity, CallerError>);
 
 /// A request's headers as (name, value) pairs, as a signature check reads them.
-pub(crate) fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(k, v)| {
