@@ -73,9 +73,13 @@ pub enum ApiError {
     /// Many Requests`, answered with API gateway's throttling code; docs/api-notes.md).
     #[error("The throttling threshold has been reached: {0}")]
     Throttled(String),
-    /// `KOOPHONE.API.6001`: the token is missing, unknown or expired.
+    /// `KOOPHONE.API.6001`: neither a valid, unexpired token nor a valid AK/SK signature.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// `KOOPHONE.API.6002` (403, "没有许可"): authenticated, but not for a project this call
+    /// may act in (an AK naming another tenant's project, a domain-scoped token).
+    #[error("no permission: {0}")]
+    NoPermission(String),
     /// `KOOPHONE.API.9999`: anything the tenant cannot fix. Details go to the log, not the body.
     #[error("internal error")]
     Internal,
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::InsufficientInventory(_) => "KOOPHONE.API.40010",
             ApiError::Throttled(_) => "APIGW.0308",
             ApiError::AuthenticationFailed => "KOOPHONE.API.6001",
+            ApiError::NoPermission(_) => "KOOPHONE.API.6002",
             ApiError::Internal => "KOOPHONE.API.9999",
         }
     }
@@ -137,6 +142,7 @@ impl ApiError {
             | ApiError::YearPeriodRange
             | ApiError::InsufficientInventory(_) => 400,
             ApiError::NoInstancePermission(_) | ApiError::AuthenticationFailed => 401,
+            ApiError::NoPermission(_) => 403,
             ApiError::Throttled(_) => 429,
             ApiError::Internal => 500,
         }
@@ -244,6 +250,7 @@ mod tests {
                 401,
             ),
             (ApiError::AuthenticationFailed, "KOOPHONE.API.6001", 401),
+            (ApiError::NoPermission("x".into()), "KOOPHONE.API.6002", 403),
             (ApiError::Throttled("x".into()), "APIGW.0308", 429),
             (
                 ApiError::InsufficientInventory("x".into()),

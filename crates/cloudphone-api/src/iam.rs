@@ -1,4 +1,5 @@
-//! Huawei IAM's password-authentication token request (`POST /v3/auth/tokens`) and its answer.
+//! Huawei IAM's password-authentication token request (`POST /v3/auth/tokens`) and its answer,
+//! and the projects a caller may scope to (`GET /v3/auth/projects`, KeystoneListAuthProjects).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,8 @@ pub struct TokenRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Auth {
     pub identity: Identity,
-    /// Which project the token is for; this API needs project-scoped tokens.
+    /// What the token is for: a project (what CloudDevice operations need), or the whole
+    /// domain (enough to list projects).
     #[serde(default)]
     pub scope: Option<Scope>,
 }
@@ -56,9 +58,28 @@ pub struct NameOrId {
     pub id: Option<String>,
 }
 
+/// Exactly one of `project` and `domain`.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct Scope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<NameOrId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<NameOrId>,
+}
+
+/// What a token is asked for, each named by name or id as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginScope {
+    /// A project of the user's domain.
+    Project {
+        name: Option<String>,
+        id: Option<String>,
+    },
+    /// The user's own domain as a whole.
+    Domain {
+        name: Option<String>,
+        id: Option<String>,
+    },
 }
 
 /// What a validated request asks for. `Debug` leaves the password out.
@@ -67,18 +88,15 @@ pub struct PasswordLogin {
     pub domain: String,
     pub user: String,
     pub password: String,
-    /// Project by name or id, as given.
-    pub project_name: Option<String>,
-    pub project_id: Option<String>,
+    pub scope: LoginScope,
 }
 
 impl std::fmt::Debug for PasswordLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let project = (&self.project_name, &self.project_id);
         write!(
             f,
-            "PasswordLogin({}/{}, project {project:?}, ..)",
-            self.domain, self.user
+            "PasswordLogin({}/{}, {:?}, ..)",
+            self.domain, self.user, self.scope
         )
     }
 }
@@ -137,7 +155,7 @@ impl IamError {
 }
 
 impl TokenRequest {
-    /// Checks the request is a project-scoped password login and extracts it.
+    /// Checks the request is a project- or domain-scoped password login and extracts it.
     pub fn into_login(self) -> Result<PasswordLogin, IamError> {
         let identity = self.auth.identity;
         if !identity.methods.iter().any(|m| m == "password") {
@@ -154,22 +172,50 @@ impl TokenRequest {
             .name
             .filter(|n| !n.is_empty())
             .ok_or_else(|| IamError::BadRequest("user.domain.name is required".into()))?;
-        let project = self
-            .auth
-            .scope
-            .and_then(|s| s.project)
-            .ok_or_else(|| IamError::BadRequest("scope.project is required".into()))?;
-        if project.name.is_none() && project.id.is_none() {
-            return Err(IamError::BadRequest(
-                "scope.project needs a name or an id".into(),
-            ));
-        }
+        let named = |what: &str, n: NameOrId| {
+            let name = n.name.filter(|v| !v.is_empty());
+            let id = n.id.filter(|v| !v.is_empty());
+            if name.is_none() && id.is_none() {
+                return Err(IamError::BadRequest(format!(
+                    "scope.{what} needs a name or an id"
+                )));
+            }
+            Ok((name, id))
+        };
+        let scope = match self.auth.scope {
+            Some(Scope {
+                project: Some(project),
+                domain: None,
+            }) => {
+                let (name, id) = named("project", project)?;
+                LoginScope::Project { name, id }
+            }
+            Some(Scope {
+                project: None,
+                domain: Some(domain),
+            }) => {
+                let (name, id) = named("domain", domain)?;
+                LoginScope::Domain { name, id }
+            }
+            Some(Scope {
+                project: Some(_),
+                domain: Some(_),
+            }) => {
+                return Err(IamError::BadRequest(
+                    "scope names a project or a domain, not both".into(),
+                ));
+            }
+            _ => {
+                return Err(IamError::BadRequest(
+                    "scope.project or scope.domain is required".into(),
+                ));
+            }
+        };
         Ok(PasswordLogin {
             domain,
             user: user.name,
             password: user.password,
-            project_name: project.name,
-            project_id: project.id,
+            scope,
         })
     }
 }
@@ -187,7 +233,12 @@ pub struct TokenBody {
     pub issued_at: String,
     pub methods: Vec<String>,
     pub user: TokenUser,
-    pub project: TokenProject,
+    /// The project of a project-scoped token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<TokenProject>,
+    /// The domain of a domain-scoped token (IAM sends `domain` instead of `project`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<IdName>,
     /// Service catalog; cloudphone has no other services to list.
     pub catalog: Vec<serde_json::Value>,
 }
@@ -212,6 +263,46 @@ pub struct IdName {
     pub name: String,
 }
 
+/// `GET /v3/auth/projects`: the projects the caller may scope a token to.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuthProjects {
+    pub projects: Vec<AuthProject>,
+    pub links: CollectionLinks,
+}
+
+/// One project as IAM lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuthProject {
+    pub id: String,
+    pub name: String,
+    /// The account (tenant) the project belongs to.
+    pub domain_id: String,
+    /// IAM's projects hang directly under their account: the account id.
+    pub parent_id: String,
+    pub description: String,
+    /// Always true: cloudphone has no disabled projects.
+    pub enabled: bool,
+    /// Always false (a project, not a domain).
+    pub is_domain: bool,
+    pub links: SelfLink,
+}
+
+/// `{"self": url}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SelfLink {
+    #[serde(rename = "self")]
+    pub self_: String,
+}
+
+/// A collection's links; the list is never paged, so `previous` and `next` are null.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CollectionLinks {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub previous: Option<String>,
+    pub next: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +322,42 @@ mod tests {
         .unwrap();
         assert_eq!(got.domain, "domainname");
         assert_eq!(got.user, "username");
-        assert_eq!(got.project_name.as_deref(), Some("cn-north-7"));
+        assert_eq!(
+            got.scope,
+            LoginScope::Project {
+                name: Some("cn-north-7".into()),
+                id: None
+            }
+        );
+    }
+
+    #[test]
+    fn accepts_a_domain_scope_and_refuses_both_or_neither_name() {
+        let user = serde_json::json!({"methods": ["password"], "password": {"user": {
+            "name": "u", "password": "p", "domain": {"name": "acme"}}}});
+        let scoped = |scope: serde_json::Value| {
+            login(serde_json::json!({"auth": {"identity": user.clone(), "scope": scope}}))
+        };
+        assert_eq!(
+            scoped(serde_json::json!({"domain": {"id": "t1"}}))
+                .unwrap()
+                .scope,
+            LoginScope::Domain {
+                name: None,
+                id: Some("t1".into())
+            }
+        );
+        for bad in [
+            serde_json::json!({"domain": {}}),
+            serde_json::json!({"domain": {"name": ""}}),
+            serde_json::json!({"project": {"name": "p"}, "domain": {"name": "acme"}}),
+            serde_json::json!({}),
+        ] {
+            assert!(
+                matches!(scoped(bad.clone()), Err(IamError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

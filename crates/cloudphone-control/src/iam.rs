@@ -1,7 +1,9 @@
-//! IAM: password logins that issue project-scoped tokens, and token checks on every API call.
+//! IAM: password logins that issue project- or domain-scoped tokens, and who every API call is
+//! from: an `X-Auth-Token`, or an AK/SK `SDK-HMAC-SHA256` signature (the one verifier the
+//! CloudDevice, IAM and Huawei Live routes share: [`identify_token`], [`identify_signed`]).
 //!
 //! Passwords are kept as argon2 hashes and tokens as SHA-256 digests, so the database holds
-//! nothing that logs in. Neither a password nor a token is ever logged.
+//! nothing that logs in. Neither a password, a token nor a secret key is ever logged.
 //!
 //! Logins are guarded ([`LoginGuard`]): at most `[iam] argon2_concurrency` password checks run
 //! at once (the rest wait `login_queue_timeout_ms`, then get 429), and wrong passwords lock the
@@ -10,9 +12,10 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use cloudphone_api::iam::{
-    IdName, PasswordLogin, TokenBody, TokenProject, TokenResponse, TokenUser,
+    IdName, LoginScope, PasswordLogin, TokenBody, TokenProject, TokenResponse, TokenUser,
 };
 use cloudphone_api::timefmt;
+use cloudphone_usage::sign::{self, RequestParts};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -22,9 +25,10 @@ use std::time::Duration;
 
 use cloudphone_core::login_backoff::LoginBackoff;
 
+use crate::AppState;
 use crate::clock::Clock;
 use crate::config::IamConfig;
-use crate::store::{Store, StoreError, TokenRecord};
+use crate::store::{AccessKeyRecord, ProjectRecord, Store, StoreError, TokenRecord};
 
 /// What stands between a password guesser and argon2: a bounded pool of password checks and
 /// the per-user and per-address backoff. One per control process (each replica counts its own).
@@ -83,12 +87,62 @@ fn backoff_keys(login: &PasswordLogin, peer: Option<IpAddr>) -> Vec<String> {
     keys
 }
 
-/// Who an API call acts for, established from its token.
+/// Who a project-level call (every CloudDevice operation) acts for: a user of a tenant, in
+/// one of the tenant's projects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Principal {
     pub tenant_id: String,
     pub user_id: String,
     pub project_id: String,
+}
+
+/// What an authenticated call may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One project of the caller's tenant (checked to be the tenant's).
+    Project(String),
+    /// The tenant as a whole: a domain-scoped token, or a signed call naming no project.
+    /// Enough for IAM calls (listing projects, the caller's keys), never for a project's
+    /// resources.
+    Domain,
+}
+
+/// Who an API call is from, by token or by signature, and what it is scoped to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub scope: Scope,
+}
+
+impl Identity {
+    /// The caller as a project-level principal; `None` when it is domain-scoped.
+    pub(crate) fn in_project(self) -> Option<Principal> {
+        match self.scope {
+            Scope::Project(project_id) => Some(Principal {
+                tenant_id: self.tenant_id,
+                user_id: self.user_id,
+                project_id,
+            }),
+            Scope::Domain => None,
+        }
+    }
+}
+
+/// Why a call's caller could not be established. Each API answers these with its own codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CallerError {
+    /// No token and no signature; an unknown or expired token; a malformed, stale or wrong
+    /// signature, or one by an unknown key. The reason is for the log and the message; it
+    /// never holds a secret.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but the project (or domain) the call names is not the caller's.
+    #[error("the project or domain named is not the caller's")]
+    NotPermitted,
+    /// Control's own failure (store, sealed secrets); details are logged where it happened.
+    #[error("internal error")]
+    Internal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,14 +253,24 @@ pub(crate) async fn login(
         guard.backoff().succeeded(user_key);
     }
     let now_ms = clock.now_ms();
-    let project = store
-        .find_project(
-            &user.tenant_id,
-            login.project_name.as_deref(),
-            login.project_id.as_deref(),
-        )
-        .await?
-        .ok_or(IamServiceError::WrongCredentials)?;
+    // A project scope names one of the user's tenant's projects; a domain scope the user's own
+    // domain (no other is reachable: the seeds grant no cross-account access).
+    let project = match &login.scope {
+        LoginScope::Project { name, id } => Some(
+            store
+                .find_project(&user.tenant_id, name.as_deref(), id.as_deref())
+                .await?
+                .ok_or(IamServiceError::WrongCredentials)?,
+        ),
+        LoginScope::Domain { name, id } => {
+            let own = name.as_deref() == Some(user.domain_name.as_str())
+                || id.as_deref() == Some(user.tenant_id.as_str());
+            if !own {
+                return Err(IamServiceError::WrongCredentials);
+            }
+            None
+        }
+    };
     let token = new_token();
     let expires_at_ms = now_ms + ttl_ms;
     store
@@ -214,7 +278,7 @@ pub(crate) async fn login(
             token_sha256: token_digest(&token),
             user_id: user.user_id.clone(),
             tenant_id: user.tenant_id.clone(),
-            project_id: project.project_id.clone(),
+            project_id: project.as_ref().map(|p| p.project_id.clone()),
             issued_at_ms: now_ms,
             expires_at_ms,
         })
@@ -233,34 +297,165 @@ pub(crate) async fn login(
                 name: user.user_name,
                 domain: domain.clone(),
             },
-            project: TokenProject {
+            domain: project.is_none().then(|| domain.clone()),
+            project: project.map(|project| TokenProject {
                 id: project.project_id,
                 name: project.name,
                 domain,
-            },
+            }),
             catalog: Vec::new(),
         },
     };
     Ok((token, body))
 }
 
-/// Resolves a presented token to its principal, refusing unknown and expired ones.
+/// Resolves a presented token to who it is for, refusing unknown and expired ones.
 pub(crate) async fn authenticate(
     store: &dyn Store,
     token: &str,
     now_ms: i64,
-) -> Result<Principal, IamServiceError> {
+) -> Result<Identity, IamServiceError> {
     if token.is_empty() || token.len() > 512 {
         return Err(IamServiceError::InvalidToken);
     }
     match store.find_token(&token_digest(token)).await? {
-        Some(record) if record.expires_at_ms > now_ms => Ok(Principal {
+        Some(record) if record.expires_at_ms > now_ms => Ok(Identity {
             tenant_id: record.tenant_id,
             user_id: record.user_id,
-            project_id: record.project_id,
+            scope: record.project_id.map_or(Scope::Domain, Scope::Project),
         }),
         _ => Err(IamServiceError::InvalidToken),
     }
+}
+
+/// The caller behind an `X-Auth-Token`, on the state's clock.
+pub(crate) async fn identify_token(state: &AppState, token: &str) -> Result<Identity, CallerError> {
+    match authenticate(state.store.as_ref(), token, state.clock.now_ms()).await {
+        Ok(identity) => Ok(identity),
+        Err(IamServiceError::InvalidToken | IamServiceError::WrongCredentials) => Err(
+            CallerError::Unauthenticated("token missing, unknown or expired".into()),
+        ),
+        Err(error) => {
+            tracing::error!(%error, "token check failed");
+            Err(CallerError::Internal)
+        }
+    }
+}
+
+/// An AK's record and its unsealed secret; `None` when the AK is unknown. A store or
+/// sealing-key failure is logged and answered `Err(())`: the fault is control's, not the
+/// caller's.
+pub(crate) async fn access_key(
+    state: &AppState,
+    ak: &str,
+) -> Result<Option<(AccessKeyRecord, String)>, ()> {
+    let record = match state.store.find_access_key(ak).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            tracing::error!(%error, "access key lookup failed");
+            return Err(());
+        }
+    };
+    let sealer = crate::usage::secret_box(&state.config).map_err(|error| {
+        tracing::error!(%error, "secrets key unavailable");
+    })?;
+    match crate::usage::open_access_key(state.store.as_ref(), sealer, &record).await {
+        Ok(secret) => Ok(Some((record, secret))),
+        Err(error) => {
+            tracing::error!(%error, "access key secret could not be unsealed");
+            Err(())
+        }
+    }
+}
+
+/// A header's value, when present and not blank, which must then be among the signed headers:
+/// a scope taken from an unsigned header could be changed by anyone replaying the request.
+fn signed_header<'a>(
+    request: &'a RequestParts<'_>,
+    auth: &sign::huawei::Authorization,
+    name: &'static str,
+) -> Result<Option<&'a str>, CallerError> {
+    let Some(value) = request
+        .header(name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    if !auth.signed_headers.iter().any(|h| h == name) {
+        return Err(CallerError::Unauthenticated(format!(
+            "header {name} must be signed"
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// The caller behind a Huawei AK/SK signature (`Authorization: SDK-HMAC-SHA256 …` with
+/// `X-Sdk-Date`, as huaweicloudsdkcore's `Signer` makes it), verified over the request exactly
+/// as received, within 15 minutes of the state's clock.
+///
+/// An AK belongs to a user of a tenant, not to a project: the project the call acts in is the
+/// one its route names (`path_project`, e.g. Huawei Live's `/v2/{project_id}/…`), else its
+/// signed `X-Project-Id` (what `BasicCredentials` sends); both given must agree. The project
+/// must be the key's tenant's, else [`CallerError::NotPermitted`], exactly as for one that
+/// exists nowhere. A call naming no project is domain-scoped (a signed `X-Domain-Id`, what
+/// `GlobalCredentials` sends, must then be the key's tenant).
+pub(crate) async fn identify_signed(
+    state: &AppState,
+    request: &RequestParts<'_>,
+    path_project: Option<&str>,
+) -> Result<Identity, CallerError> {
+    if !sign::huawei::is_present(request) {
+        return Err(CallerError::Unauthenticated(
+            "neither X-Auth-Token nor an SDK-HMAC-SHA256 signature".into(),
+        ));
+    }
+    let unauthenticated = |e: sign::SignError| CallerError::Unauthenticated(e.to_string());
+    let auth = sign::huawei::parse(request).map_err(unauthenticated)?;
+    let (key, secret) = access_key(state, &auth.access_key)
+        .await
+        .map_err(|()| CallerError::Internal)?
+        .ok_or_else(|| CallerError::Unauthenticated("unknown access key".into()))?;
+    sign::huawei::verify(request, &auth, &secret, state.clock.now_ms()).map_err(unauthenticated)?;
+    let header_project = signed_header(request, &auth, "x-project-id")?;
+    let header_domain = signed_header(request, &auth, "x-domain-id")?;
+    if header_domain.is_some_and(|d| d != key.tenant_id) {
+        return Err(CallerError::NotPermitted);
+    }
+    let project = match (path_project, header_project) {
+        (Some(path), Some(header)) if path != header => return Err(CallerError::NotPermitted),
+        (path, header) => path.or(header),
+    };
+    let scope = match project {
+        None => Scope::Domain,
+        Some(project) => match state
+            .store
+            .find_project(&key.tenant_id, None, Some(project))
+            .await
+        {
+            Ok(Some(found)) => Scope::Project(found.project_id),
+            Ok(None) => return Err(CallerError::NotPermitted),
+            Err(error) => {
+                tracing::error!(%error, "project lookup failed");
+                return Err(CallerError::Internal);
+            }
+        },
+    };
+    Ok(Identity {
+        tenant_id: key.tenant_id,
+        user_id: key.user_id,
+        scope,
+    })
+}
+
+/// The projects a caller may scope to (IAM's KeystoneListAuthProjects): every project of its
+/// tenant, whatever the caller's own scope.
+pub(crate) async fn list_projects(
+    state: &AppState,
+    identity: &Identity,
+) -> Result<Vec<ProjectRecord>, StoreError> {
+    state.store.list_projects(&identity.tenant_id).await
 }
 
 /// An argon2id hash of a random password nobody knows, used to equalise login timing.

@@ -1,4 +1,6 @@
-//! `POST /v3/auth/tokens`: Huawei IAM password login answering 201 with `X-Subject-Token`.
+//! Huawei IAM: `POST /v3/auth/tokens` (password login answering 201 with `X-Subject-Token`,
+//! project- or domain-scoped) and `GET /v3/auth/projects` (KeystoneListAuthProjects: the
+//! projects a caller may scope to).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,9 +10,11 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cloudphone_api::iam::{IamError, TokenRequest};
+use cloudphone_api::iam::{
+    AuthProject, AuthProjects, CollectionLinks, IamError, SelfLink, TokenRequest,
+};
 
-use super::AppStateRef;
+use super::{AppStateRef, IamCaller};
 use crate::iam::IamServiceError;
 
 /// IAM's error body: `{"error_code": "IAM.xxxx", "error_msg": "..."}`.
@@ -84,4 +88,40 @@ pub(super) async fn issue_token(state: AppStateRef, Peer(peer): Peer, body: Byte
             iam_error(IamError::Internal)
         }
     }
+}
+
+/// `GET /v3/auth/projects`: every project of the caller's tenant, with a token of any scope or
+/// an AK/SK signature (seed 001 §3.2 gives it as the example of a token call).
+pub(super) async fn list_projects(state: AppStateRef, IamCaller(caller): IamCaller) -> Response {
+    let projects = match crate::iam::list_projects(&state, &caller).await {
+        Ok(projects) => projects,
+        Err(error) => {
+            tracing::error!(%error, "listing projects failed");
+            return iam_error(IamError::Internal);
+        }
+    };
+    let base = state.config.public_url.trim_end_matches('/');
+    let body = AuthProjects {
+        projects: projects
+            .into_iter()
+            .map(|p| AuthProject {
+                links: SelfLink {
+                    self_: format!("{base}/v3/projects/{}", p.project_id),
+                },
+                id: p.project_id,
+                name: p.name,
+                domain_id: p.tenant_id.clone(),
+                parent_id: p.tenant_id,
+                description: String::new(),
+                enabled: true,
+                is_domain: false,
+            })
+            .collect(),
+        links: CollectionLinks {
+            self_: format!("{base}/v3/auth/projects"),
+            previous: None,
+            next: None,
+        },
+    };
+    axum::Json(body).into_response()
 }

@@ -15,17 +15,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::AUTHORIZATION};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cloudphone_api::error::{ApiError, validate_request_id};
+use cloudphone_api::iam::IamError;
+use cloudphone_usage::sign::{self, RequestParts};
 use tracing::Instrument;
 
 use crate::AppState;
-use crate::iam::{IamServiceError, Principal};
+use crate::iam::{CallerError, Identity, Principal};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const AUTH_TOKEN: HeaderName = HeaderName::from_static("x-auth-token");
@@ -39,7 +42,7 @@ pub(crate) use cloudphone_daemon::metrics_handle;
 /// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v3/auth/tokens", post(iam::issue_token))
+        .route("/v3/auth/projects", get(iam::list_projects))
         .route("/v1/instances/batch-query", get(instances::list))
         .route("/v1/instances/sku", get(instances::skus))
         .route("/v1/instances/create", post(instances::create))
@@ -81,6 +84,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/v1/instances/session/release",
             post(management::release_session),
         )
+        // Every route above takes a token or an AK/SK signature; the ones below authenticate
+        // on their own terms (login, IAM credentials by token, the usage APIs' own errors).
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            verify_signature,
+        ))
+        .route("/v3/auth/tokens", post(iam::issue_token))
         .route(
             "/v3.0/OS-CREDENTIAL/credentials",
             post(usage::create_credential).get(usage::list_credentials),
@@ -197,7 +207,8 @@ impl IntoResponse for ApiFailure {
 }
 
 /// The authenticated tenant behind a `/v1/*` call whose seed page lists `x-request-id`: the
-/// header present and well formed (0002/0003), then a valid, unexpired `X-Auth-Token` (6001).
+/// header present and well formed (0002/0003), then a valid, unexpired `X-Auth-Token` or AK/SK
+/// signature (6001), scoped to one of the tenant's projects (6002).
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub principal: Principal,
@@ -211,24 +222,134 @@ pub(crate) struct TokenCaller {
     pub principal: Principal,
 }
 
+/// The outcome of checking a call's AK/SK signature, left in the request's extensions by
+/// [`verify_signature`] for the extractors, which refuse in the operation's own order
+/// (`x-request-id` first, as for token calls).
+#[derive(Debug, Clone)]
+struct SignedCaller(Result<Identity, CallerError>);
+
+/// A request's headers as (name, value) pairs, as a signature check reads them.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Seed 001 §3.2: a call is authenticated by `X-Auth-Token` *or* by AK/SK signing. A call with
+/// no token whose `Authorization` is `SDK-HMAC-SHA256 …` has its body read (the signature
+/// covers it) and its signature checked by `iam::identify_signed`, the verifier the Huawei Live
+/// routes use too; the body is then handed on unchanged. The route names no project, so the
+/// signed `X-Project-Id` does. Calls with a token pass untouched.
+async fn verify_signature(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let signed = !request.headers().contains_key(&AUTH_TOKEN)
+        && request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with(sign::huawei::ALGORITHM));
+    if !signed {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return ApiFailure(ApiError::InvalidParameter(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes"
+        )))
+        .into_response();
+    };
+    let headers = header_pairs(&parts.headers);
+    let signed_parts = RequestParts {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or_default(),
+        headers: &headers,
+        body: &bytes,
+    };
+    let outcome = crate::iam::identify_signed(&state, &signed_parts, None).await;
+    parts.extensions.insert(SignedCaller(outcome));
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Who a call is from: its `X-Auth-Token` if it has one, else its verified signature.
+async fn identify(parts: &Parts, state: &AppState) -> Result<Identity, CallerError> {
+    let identity = if let Some(token) = parts.headers.get(&AUTH_TOKEN) {
+        let token = token
+            .to_str()
+            .map_err(|_| CallerError::Unauthenticated("X-Auth-Token is not text".into()))?;
+        crate::iam::identify_token(state, token).await
+    } else {
+        match parts.extensions.get::<SignedCaller>() {
+            Some(SignedCaller(outcome)) => outcome.clone(),
+            None => Err(CallerError::Unauthenticated(
+                "neither X-Auth-Token nor an SDK-HMAC-SHA256 signature".into(),
+            )),
+        }
+    }?;
+    tracing::Span::current().record("tenant_id", identity.tenant_id.as_str());
+    Ok(identity)
+}
+
+/// The project-scoped caller of a CloudDevice operation: no (valid) token or signature is
+/// `6001` (401); a signature naming a project that is not its tenant's, or a caller scoped to
+/// the domain only, is `6002` (403, "没有许可").
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiFailure> {
-    let token = parts
-        .headers
-        .get(&AUTH_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::AuthenticationFailed)?;
-    match crate::iam::authenticate(state.store.as_ref(), token, state.clock.now_ms()).await {
-        Ok(principal) => {
-            tracing::Span::current().record("tenant_id", principal.tenant_id.as_str());
-            Ok(principal)
+    let identity = identify(parts, state).await.map_err(|error| match error {
+        CallerError::Unauthenticated(why) => {
+            tracing::info!(%why, "not authenticated");
+            ApiError::AuthenticationFailed
         }
-        Err(IamServiceError::InvalidToken | IamServiceError::WrongCredentials) => {
-            Err(ApiError::AuthenticationFailed.into())
+        CallerError::NotPermitted => {
+            ApiError::NoPermission("the project named is not one of the caller's".into())
         }
-        Err(error) => {
-            tracing::error!(%error, "token check failed");
-            Err(ApiError::Internal.into())
-        }
+        CallerError::Internal => ApiError::Internal,
+    })?;
+    identity.in_project().ok_or_else(|| {
+        ApiFailure(ApiError::NoPermission(
+            "a domain-scoped caller cannot act on a project's instances: scope the token to a \
+             project, or sign with X-Project-Id"
+                .into(),
+        ))
+    })
+}
+
+/// The caller of an IAM call (`GET /v3/auth/projects`), by token of any scope or by signature;
+/// refusals are IAM's (`IAM.0002` 401, `IAM.0003` 403).
+#[derive(Debug, Clone)]
+pub(crate) struct IamCaller(pub Identity);
+
+impl FromRequestParts<Arc<AppState>> for IamCaller {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        identify(parts, state)
+            .await
+            .map(IamCaller)
+            .map_err(|error| {
+                iam::iam_error(match error {
+                    CallerError::Unauthenticated(why) => {
+                        tracing::info!(%why, "not authenticated");
+                        IamError::InvalidToken
+                    }
+                    CallerError::NotPermitted => {
+                        IamError::Forbidden("the project or domain named is not the caller's")
+                    }
+                    CallerError::Internal => IamError::Internal,
+                })
+            })
     }
 }
 
@@ -665,5 +786,436 @@ mod tests {
         assert!(message.contains("more than one year ago"), "{message:?}");
         assert!(body.get("transcode_data_list").is_none());
         assert!(body.get("summary_list").is_none());
+    }
+
+    /// A new AK/SK of `dev` (`t1`), through IAM's create-permanent-access-key form.
+    async fn access_key(app: &Router, token: &str) -> (String, String) {
+        let request = Request::post("/v3.0/OS-CREDENTIAL/credentials")
+            .header("x-auth-token", token)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::json!({"credential": {"description": "signing"}}).to_string(),
+            ))
+            .unwrap();
+        let (status, created, _) = send(app, request).await;
+        assert_eq!(status, 201, "{created}");
+        let field = |name: &str| created["credential"][name].as_str().unwrap().to_string();
+        (field("access"), field("secret"))
+    }
+
+    /// How a test request is signed.
+    struct Signing<'a> {
+        ak: &'a str,
+        sk: &'a str,
+        /// The `X-Sdk-Date` written, in Unix ms.
+        date_ms: i64,
+        /// `X-Project-Id`, signed like `BasicCredentials` does.
+        project: Option<&'a str>,
+        /// Extra headers, sent but left out of `SignedHeaders`.
+        unsigned: &'a [(&'a str, &'a str)],
+    }
+
+    /// `method path_and_query` with `body`, signed as huaweicloudsdkcore's `Signer` signs (the
+    /// fleet test `aksk` runs the SDK itself), with an `x-request-id`.
+    fn signed(method: &str, uri: &str, body: &str, how: &Signing<'_>) -> Request<Body> {
+        use cloudphone_usage::sign::{RequestParts, huawei};
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let date = cloudphone_usage::huawei::format_time(how.date_ms).replace(['-', ':'], "");
+        let mut headers: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            ("host".into(), "127.0.0.1".into()),
+            ("x-request-id".into(), "req-signed".into()),
+            ("x-sdk-date".into(), date),
+        ];
+        if let Some(project) = how.project {
+            headers.push(("x-project-id".into(), project.into()));
+        }
+        let names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
+        let parts = RequestParts {
+            method,
+            path,
+            query,
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let auth = huawei::sign(&parts, how.ak, how.sk, &names).unwrap();
+        headers.push(("authorization".into(), auth));
+        for (k, v) in how.unsigned {
+            headers.push(((*k).into(), (*v).into()));
+        }
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        request.body(Body::from(body.to_string())).unwrap()
+    }
+
+    const LIST: &str = "/v1/instances/batch-query?page_no=1&page_size=1";
+
+    /// Seed 001 §3.2's AK/SK signing on the CloudDevice routes, read on a controlled clock: a
+    /// signature made up to 15 minutes either side of now is taken, one older or newer is
+    /// 6001/401 like a wrong secret, an unknown key, a body changed after signing or an
+    /// unsigned `X-Project-Id`; a project that is not the key's tenant's (another tenant's, or
+    /// none at all) is 6002/403, as is a signature naming no project; refusals keep the
+    /// operation's order (`x-request-id` first); a signed body reaches the handler whole.
+    #[tokio::test]
+    async fn signed_calls_on_a_controlled_clock() {
+        const NOW: i64 = 1_795_159_800_000;
+        const MIN: i64 = 60_000;
+        let (state, _dir) = tenant_state(ControlConfig::default(), Clock::tokio_at(NOW)).await;
+        let mut other = NewTenant {
+            tenant_id: "t2".into(),
+            domain_name: "other".into(),
+            user_id: "u2".into(),
+            user_name: "dev".into(),
+            password_hash: String::new(),
+            project_id: "p2".into(),
+            project_name: "cn-north-7".into(),
+            created_at_ms: 0,
+        };
+        other.password_hash = crate::iam::hash_password("correct-horse-2").unwrap();
+        state.store.create_tenant(&other).await.unwrap();
+        let app = router(state);
+        let token = login(&app).await;
+        let (ak, sk) = access_key(&app, &token).await;
+        let how = |date_ms: i64| Signing {
+            ak: &ak,
+            sk: &sk,
+            date_ms,
+            project: Some("p1"),
+            unsigned: &[],
+        };
+        let code = |(status, body, _): (u16, serde_json::Value, Response)| {
+            (
+                status,
+                body["error_code"].as_str().unwrap_or("-").to_string(),
+            )
+        };
+        let ok = (200, "0".to_string());
+        let unauthenticated = (401, "KOOPHONE.API.6001".to_string());
+        let forbidden = (403, "KOOPHONE.API.6002".to_string());
+
+        for (offset, expected, why) in [
+            (0, &ok, "now"),
+            (-14 * MIN, &ok, "14 min old"),
+            (14 * MIN, &ok, "14 min ahead"),
+            (-16 * MIN, &unauthenticated, "16 min old"),
+            (16 * MIN, &unauthenticated, "16 min ahead"),
+        ] {
+            let got = code(send(&app, signed("GET", LIST, "", &how(NOW + offset))).await);
+            assert_eq!(&got, expected, "signed {why}");
+        }
+        let wrong_sk = Signing {
+            sk: "not-the-secret",
+            ..how(NOW)
+        };
+        let unknown = Signing {
+            ak: "CPAKNOSUCHKEY000000",
+            ..how(NOW)
+        };
+        let unsigned_project = Signing {
+            project: None,
+            unsigned: &[("x-project-id", "p1")],
+            ..how(NOW)
+        };
+        for (signing, why) in [
+            (&wrong_sk, "wrong secret"),
+            (&unknown, "unknown key"),
+            (&unsigned_project, "X-Project-Id outside SignedHeaders"),
+        ] {
+            let got = code(send(&app, signed("GET", LIST, "", signing)).await);
+            assert_eq!(got, unauthenticated, "{why}");
+        }
+        let mut tampered = signed("GET", LIST, "", &how(NOW));
+        *tampered.uri_mut() = "/v1/instances/batch-query?page_no=1&page_size=2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            code(send(&app, tampered).await),
+            unauthenticated,
+            "query changed"
+        );
+        // A signed POST: the body reaches the handler (1001: the named instance is not the
+        // caller's); the same signature over another body is refused.
+        let status_of =
+            |body: &str| signed("POST", "/v1/instances/batch-query-status", body, &how(NOW));
+        let body = serde_json::json!({"instance_ids": ["iRJEVP96"]}).to_string();
+        assert_eq!(
+            code(send(&app, status_of(&body)).await),
+            (401, "KOOPHONE.API.1001".to_string())
+        );
+        let (parts, _) = status_of(&body).into_parts();
+        let swapped = Request::from_parts(
+            parts,
+            Body::from(serde_json::json!({"instance_ids": ["iRJEVP97"]}).to_string()),
+        );
+        assert_eq!(
+            code(send(&app, swapped).await),
+            unauthenticated,
+            "body changed"
+        );
+
+        for (project, why) in [
+            (Some("p2"), "another tenant's project"),
+            (Some("p404"), "a project that exists nowhere"),
+            (None, "no project: domain-scoped"),
+        ] {
+            let signing = Signing {
+                project,
+                ..how(NOW)
+            };
+            let got = code(send(&app, signed("GET", LIST, "", &signing)).await);
+            assert_eq!(got, forbidden, "{why}");
+        }
+
+        // The operation's own order: a missing x-request-id is 0002 before any signature check.
+        let (mut parts, body) = signed("GET", LIST, "", &how(NOW - 20 * MIN)).into_parts();
+        parts.headers.remove("x-request-id");
+        let got = code(send(&app, Request::from_parts(parts, body)).await);
+        assert_eq!(got, (200, "KOOPHONE.API.0002".to_string()));
+        // A token still wins over a signature sent alongside it.
+        let mut both = signed("GET", LIST, "", &wrong_sk);
+        both.headers_mut()
+            .insert("x-auth-token", token.parse().unwrap());
+        assert_eq!(code(send(&app, both).await), ok);
+    }
+
+    /// `POST /v3/auth/tokens` with `scope.domain` (the user's own domain, by name or id) issues
+    /// a domain-scoped token: IAM's body names the `domain` and no `project`. It lists the
+    /// tenant's projects and manages the user's keys, but a CloudDevice call with it is
+    /// `6002`/403 and a Huawei Live call `APIGW.0302`/403. Another domain is `IAM.0002`.
+    #[tokio::test]
+    async fn domain_scoped_tokens_list_projects_but_act_on_none() {
+        let (state, _dir) = tenant_state(ControlConfig::default(), Clock::tokio()).await;
+        state
+            .store
+            .create_project(
+                &crate::store::ProjectRecord {
+                    project_id: "p1b".into(),
+                    tenant_id: "t1".into(),
+                    name: "cn-east-3".into(),
+                },
+                5,
+            )
+            .await
+            .unwrap();
+        let app = router(state);
+        let domain_login = |domain: serde_json::Value| {
+            let login = serde_json::json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
+                "scope": {"domain": domain}}});
+            Request::post("/v3/auth/tokens")
+                .header("content-type", "application/json")
+                .body(Body::from(login.to_string()))
+                .unwrap()
+        };
+        let (status, body, _) = send(&app, domain_login(serde_json::json!({"id": "nope"}))).await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (401, &serde_json::json!("IAM.0002"))
+        );
+        let (status, _, _) = send(&app, domain_login(serde_json::json!({"id": "t1"}))).await;
+        assert_eq!(status, 201);
+        let (status, body, response) =
+            send(&app, domain_login(serde_json::json!({"name": "acme"}))).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            body["token"]["domain"],
+            serde_json::json!({"id": "t1", "name": "acme"})
+        );
+        assert!(body["token"].get("project").is_none(), "{body}");
+        let domain_token = response.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let project_token = login(&app).await;
+
+        let projects = |token: Option<&str>| {
+            let mut request = Request::get("/v3/auth/projects");
+            if let Some(token) = token {
+                request = request.header("x-auth-token", token);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        for token in [&domain_token, &project_token] {
+            let (status, body, _) = send(&app, projects(Some(token))).await;
+            assert_eq!(status, 200, "{body}");
+            let listed: Vec<_> = body["projects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+                .collect();
+            assert_eq!(listed, [("p1", "cn-north-7"), ("p1b", "cn-east-3")]);
+            let first = &body["projects"][0];
+            assert_eq!(
+                (&first["domain_id"], &first["enabled"], &first["is_domain"]),
+                (
+                    &serde_json::json!("t1"),
+                    &serde_json::json!(true),
+                    &serde_json::json!(false)
+                )
+            );
+            assert!(
+                first["links"]["self"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/v3/projects/p1")
+            );
+            assert!(
+                body["links"]["self"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/v3/auth/projects")
+            );
+        }
+        let (status, body, _) = send(&app, projects(None)).await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (401, &serde_json::json!("IAM.0002"))
+        );
+        let (status, body, _) = send(&app, projects(Some("CPT1unknown"))).await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (401, &serde_json::json!("IAM.0002"))
+        );
+
+        let (status, body, _) = send(&app, list(&domain_token)).await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (403, Some("KOOPHONE.API.6002")),
+            "{body}"
+        );
+        let (status, body) = huawei(&app, &domain_token, "").await;
+        assert_eq!(
+            (status, body["error_code"].as_str()),
+            (403, Some("APIGW.0302"))
+        );
+        let keys = Request::get("/v3.0/OS-CREDENTIAL/credentials")
+            .header("x-auth-token", &domain_token)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, keys).await.0, 200);
+    }
+
+    /// All 20 CloudDevice operations take an AK/SK signature in place of the token: signed with
+    /// the key's project, each answers exactly what the token gets (status and code, past
+    /// authentication); signed without a project each is `6002`/403; with neither it is
+    /// `6001`/401.
+    #[tokio::test]
+    async fn every_clouddevice_operation_takes_a_signature_in_place_of_a_token() {
+        let clock = Clock::tokio();
+        let (app, _dir) = tenant_app(ControlConfig::default(), clock).await;
+        let token = login(&app).await;
+        let (ak, sk) = access_key(&app, &token).await;
+        let id = "iRJEVP96";
+        let ids = serde_json::json!({"instance_ids": [id]}).to_string();
+        let one = serde_json::json!({"instance_id": id}).to_string();
+        let users = serde_json::json!({"user_instances": [{"user_id": "u-1", "instance_id": id}]})
+            .to_string();
+        let command = serde_json::json!({"command": "ls", "instance_ids": [id]}).to_string();
+        let operations: Vec<(&str, String, String)> = vec![
+            ("GET", LIST.into(), String::new()),
+            ("GET", "/v1/instances/sku?type=0".into(), String::new()),
+            ("POST", "/v1/instances/create".into(), order_body()),
+            (
+                "POST",
+                "/v1/instances/delete".into(),
+                serde_json::json!({"instanceIdList": [id]}).to_string(),
+            ),
+            ("POST", "/v1/instances/sync-command".into(), command.clone()),
+            ("POST", "/v1/instances/async-command".into(), command),
+            ("GET", "/v1/instances/tasks/ZGCA0000".into(), String::new()),
+            (
+                "POST",
+                "/v1/instances/batch-query-status".into(),
+                ids.clone(),
+            ),
+            ("POST", "/v1/instances/batch-reset".into(), ids.clone()),
+            (
+                "POST",
+                "/v1/instances/app/install".into(),
+                serde_json::json!({"instance_ids": [id]}).to_string(),
+            ),
+            (
+                "PUT",
+                "/v1/instances/video-setting".into(),
+                serde_json::json!({"instance_ids": [id], "video_configs": []}).to_string(),
+            ),
+            ("POST", "/v1/instances/reboot".into(), ids.clone()),
+            ("POST", "/v1/instances/backup".into(), ids),
+            (
+                "POST",
+                "/v1/instances/prepare".into(),
+                serde_json::json!({"user_id": "u-1", "instance_ids": [id]}).to_string(),
+            ),
+            (
+                "POST",
+                "/v1/instances/prepare-progress".into(),
+                serde_json::json!({"user_id": "u-1", "instance_id": id}).to_string(),
+            ),
+            ("POST", "/v1/instances/assign".into(), users.clone()),
+            ("POST", "/v1/instances/unassign".into(), users),
+            ("POST", format!("/v1/instances/{id}/auth"), "{}".into()),
+            ("POST", "/v1/instances/streaming/stop".into(), one.clone()),
+            ("POST", "/v1/instances/session/release".into(), one),
+        ];
+        assert_eq!(operations.len(), 20);
+        let answer = |(status, body, _): (u16, serde_json::Value, Response)| {
+            (
+                status,
+                body["error_code"].as_str().unwrap_or("-").to_string(),
+            )
+        };
+        for (method, uri, body) in &operations {
+            let with_token = Request::builder()
+                .method(*method)
+                .uri(uri.as_str())
+                .header("x-auth-token", &token)
+                .header("x-request-id", "req-token")
+                .header("content-type", "application/json")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let by_token = answer(send(&app, with_token).await);
+            let signing = |project| Signing {
+                ak: &ak,
+                sk: &sk,
+                date_ms: clock.now_ms(),
+                project,
+                unsigned: &[],
+            };
+            let by_key = answer(send(&app, signed(method, uri, body, &signing(Some("p1")))).await);
+            assert_eq!(by_key, by_token, "{method} {uri}: signed vs token");
+            assert!(
+                !["KOOPHONE.API.6001", "KOOPHONE.API.6002"].contains(&by_key.1.as_str()),
+                "{method} {uri}: {by_key:?}"
+            );
+            let unscoped = answer(send(&app, signed(method, uri, body, &signing(None))).await);
+            assert_eq!(
+                unscoped,
+                (403, "KOOPHONE.API.6002".to_string()),
+                "{method} {uri}"
+            );
+            let bare = Request::builder()
+                .method(*method)
+                .uri(uri.as_str())
+                .header("x-request-id", "req-bare")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            assert_eq!(
+                answer(send(&app, bare).await),
+                (401, "KOOPHONE.API.6001".to_string()),
+                "{method} {uri}"
+            );
+        }
+    }
+
+    /// A CreateInstance body in the seeds' spelling (one x11 720P phone).
+    fn order_body() -> String {
+        serde_json::json!({"os": "AOSP11", "instanceSkuld": "kp.x11.720p", "bandSkuld": "kp.bandwidth",
+            "regionld": "cn-north-7", "instanceNamePrefix": "signed", "bandSize": 4, "count": 1,
+            "chargeParam": {"chargingMode": 1, "periodType": 2, "periodNum": 1, "isAutoPay": 1, "isAutoRenew": 0}})
+        .to_string()
     }
 }

@@ -7,7 +7,7 @@
 use axum::response::{IntoResponse, Response};
 use cloudphone_api::apps::{InstallAppData, InstallAppRequest};
 use cloudphone_api::error::ErrorBody;
-use cloudphone_api::iam::{TokenRequest, TokenResponse};
+use cloudphone_api::iam::{AuthProjects, TokenRequest, TokenResponse};
 use cloudphone_api::instances::{
     CreateInstanceRequest, CreateInstanceResponse, ListInstancesResponse, SkuResponse,
 };
@@ -43,6 +43,10 @@ struct ListParams {
     responses((status = 201, body = TokenResponse, headers(("x-subject-token" = String, description = "The token"))),
         (status = 429, body = ErrorBody, headers(("retry-after" = u64, description = "Seconds to wait")))))]
 fn issue_token() {}
+
+#[utoipa::path(get, path = "/v3/auth/projects", tag = "iam",
+    responses((status = 200, body = AuthProjects, description = "Every project of the caller's tenant (a token of any scope, or AK/SK signing)")))]
+fn list_auth_projects() {}
 
 #[utoipa::path(get, path = "/v1/instances/batch-query", tag = "instances", params(ListParams,
         ("x-request-id" = String, Header, description = "Request tracking id")),
@@ -140,8 +144,9 @@ fn prepare_progress() {}
 fn backup() {}
 
 /// Every operation answers a refused or failed call with the error body: 400 (bad input), 401
-/// (authentication, ownership) and 500 (an internal failure). Added here rather than repeated
-/// in each operation's `responses`, which list its success.
+/// (authentication, ownership), 403 (a caller not scoped to a project it may act in: `6002`)
+/// and 500 (an internal failure). Added here rather than repeated in each operation's
+/// `responses`, which list its success.
 struct ErrorAnswers;
 
 impl Modify for ErrorAnswers {
@@ -162,7 +167,7 @@ impl Modify for ErrorAnswers {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
-                for status in ["400", "401", "500"] {
+                for status in ["400", "401", "403", "500"] {
                     operation
                         .responses
                         .responses
@@ -174,7 +179,9 @@ impl Modify for ErrorAnswers {
     }
 }
 
-/// Every `/v1` call carries an IAM token in `X-Auth-Token`.
+/// Seed 001 §3.2: every call but login carries either an IAM token in `X-Auth-Token` or an
+/// AK/SK signature, as the Huawei SDKs make it. OpenAPI has no HMAC scheme, so the signature is
+/// described as the header it travels in; listed as alternatives in `security`.
 struct TokenAuth;
 
 impl Modify for TokenAuth {
@@ -182,7 +189,22 @@ impl Modify for TokenAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "iam_token",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Auth-Token"))),
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Auth-Token",
+                "A project-scoped IAM token from POST /v3/auth/tokens (a domain-scoped one only \
+                 lists projects).",
+            ))),
+        );
+        components.add_security_scheme(
+            "aksk_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "AK/SK signing as huaweicloudsdkcore's Signer does it: `SDK-HMAC-SHA256 \
+                 Access=<AK>, SignedHeaders=<names;...>, Signature=<hex>` over the canonical \
+                 request, with `X-Sdk-Date` (within 15 minutes of the server's clock) and \
+                 `X-Project-Id` (the project acted in) among the signed headers. Without \
+                 `X-Project-Id` a call is domain-scoped (KOOPHONE.API.6002 on /v1 operations).",
+            ))),
         );
     }
 }
@@ -190,11 +212,11 @@ impl Modify for TokenAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cloudphone tenant API", description = "Huawei CloudDevice (KooPhone) compatible API served by cloudphone-control."),
-    paths(issue_token, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
+    paths(issue_token, list_auth_projects, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
         async_command, get_task, set_video_config, batch_query_status, batch_reset, batch_reboot, assign,
         unassign, device_token, stop_streaming, release_session, install_app, prepare, prepare_progress, backup),
     modifiers(&TokenAuth, &ErrorAnswers),
-    security(("iam_token" = []))
+    security(("iam_token" = []), ("aksk_signature" = []))
 )]
 struct ApiDoc;
 
@@ -256,7 +278,17 @@ mod tests {
             doc["openapi"]
         );
         let paths = doc["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 21);
+        assert_eq!(paths.len(), 22);
+        let schemes = doc
+            .pointer("/components/securitySchemes")
+            .and_then(|s| s.as_object())
+            .expect("security schemes");
+        assert_eq!(schemes["aksk_signature"]["name"], "Authorization");
+        assert_eq!(
+            doc["security"],
+            serde_json::json!([{"iam_token": []}, {"aksk_signature": []}]),
+            "a token or a signature"
+        );
         assert!(
             doc.pointer("/components/schemas/InstanceRow/properties/running_status")
                 .is_some()

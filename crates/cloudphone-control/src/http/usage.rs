@@ -15,10 +15,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::AppStateRef;
 use super::iam::iam_error;
+use super::{AppStateRef, header_pairs};
 use crate::AppState;
-use crate::iam::Principal;
+use crate::iam::Identity;
 use crate::service::{usage, usage_query};
 use crate::store::AccessKeyRecord;
 use cloudphone_api::iam::IamError;
@@ -30,18 +30,6 @@ fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
-}
-
-fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,7 +51,7 @@ fn auth_token(headers: &HeaderMap) -> Option<&str> {
 
 /// The description a create-credential body asks for, once the body is acceptable: a
 /// `credential` object, for the caller itself, with at most 255 characters of description.
-fn credential_request(body: &[u8], principal: &Principal) -> Result<String, IamError> {
+fn credential_request(body: &[u8], principal: &Identity) -> Result<String, IamError> {
     let parsed: serde_json::Value = serde_json::from_slice(body)
         .map_err(|_| IamError::InvalidCredentialRequest("request body is not JSON"))?;
     let credential = &parsed["credential"];

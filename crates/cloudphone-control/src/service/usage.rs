@@ -5,7 +5,7 @@
 use cloudphone_api::iam::IamError;
 
 use crate::AppState;
-use crate::iam::Principal;
+use crate::iam::Identity;
 use crate::store::{AccessKeyRecord, KeyOwner};
 
 /// Logs a failure the caller cannot fix and answers it as an internal error (500), with the
@@ -17,11 +17,9 @@ fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> IamEr
     }
 }
 
-/// The user behind an `X-Auth-Token`; a missing, unknown or expired one is `IAM.0002`.
-pub(crate) async fn principal(
-    state: &AppState,
-    token: Option<&str>,
-) -> Result<Principal, IamError> {
+/// The user behind an `X-Auth-Token` of any scope (IAM calls act for the user, not a
+/// project); a missing, unknown or expired one is `IAM.0002`.
+pub(crate) async fn principal(state: &AppState, token: Option<&str>) -> Result<Identity, IamError> {
     let token = token.ok_or(IamError::InvalidToken)?;
     crate::iam::authenticate(state.store.as_ref(), token, state.clock.now_ms())
         .await
@@ -31,7 +29,7 @@ pub(crate) async fn principal(
 /// Creates a key for the caller; answers it with its secret, which is never shown again.
 pub(crate) async fn create_credential(
     state: &AppState,
-    principal: &Principal,
+    principal: &Identity,
     description: &str,
 ) -> Result<(AccessKeyRecord, String), IamError> {
     let sealer =
@@ -50,7 +48,7 @@ pub(crate) async fn create_credential(
 
 /// A user's own keys: IAM's permanent-key calls act for the caller only (the seeds carry no
 /// IAM document granting more; an operator lists a whole tenant's through the admin CLI).
-fn own_keys(principal: &Principal) -> KeyOwner<'_> {
+fn own_keys(principal: &Identity) -> KeyOwner<'_> {
     KeyOwner {
         tenant_id: &principal.tenant_id,
         user_id: Some(&principal.user_id),
@@ -60,7 +58,7 @@ fn own_keys(principal: &Principal) -> KeyOwner<'_> {
 /// The caller's own keys, without secrets.
 pub(crate) async fn list_credentials(
     state: &AppState,
-    principal: &Principal,
+    principal: &Identity,
 ) -> Result<Vec<AccessKeyRecord>, IamError> {
     state
         .store
@@ -72,7 +70,7 @@ pub(crate) async fn list_credentials(
 /// Deletes one of the caller's own keys; another user's (or an unknown) key is `IAM.0004`.
 pub(crate) async fn delete_credential(
     state: &AppState,
-    principal: &Principal,
+    principal: &Identity,
     access_key: &str,
 ) -> Result<(), IamError> {
     match state

@@ -12,77 +12,30 @@ use cloudphone_usage::sign::{self, RequestParts, SignError};
 use cloudphone_usage::volc::{self, VolcError};
 
 use crate::AppState;
-use crate::store::AccessKeyRecord;
-
-/// An AK's record and its unsealed secret; `None` when the AK is unknown.
-async fn access_key(state: &AppState, ak: &str) -> Result<Option<(AccessKeyRecord, String)>, ()> {
-    let record = match state.store.find_access_key(ak).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(None),
-        Err(error) => {
-            tracing::error!(%error, "access key lookup failed");
-            return Err(());
-        }
-    };
-    let sealer = crate::usage::secret_box(&state.config).map_err(|error| {
-        tracing::error!(%error, "secrets key unavailable");
-    })?;
-    match crate::usage::open_access_key(state.store.as_ref(), sealer, &record).await {
-        Ok(secret) => Ok(Some((record, secret))),
-        Err(error) => {
-            tracing::error!(%error, "access key secret could not be unsealed");
-            Err(())
-        }
-    }
-}
+use crate::iam::{CallerError, Scope};
 
 /// The tenant a Huawei call acts for: an IAM token scoped to `project_id`, or an AK/SK
-/// signature by a key of the tenant owning `project_id`.
+/// signature by a key of the tenant owning `project_id` (the verifier every signed Huawei-style
+/// call goes through: `iam::identify_signed`).
 pub(crate) async fn huawei_tenant(
     state: &AppState,
     project_id: &str,
     parts: &RequestParts<'_>,
     token: Option<&str>,
 ) -> Result<String, HuaweiError> {
-    if token.is_some() {
-        let principal = super::usage::principal(state, token)
-            .await
-            .ok()
-            .ok_or_else(|| HuaweiError::Unauthorized("token missing, unknown or expired".into()))?;
-        if principal.project_id != project_id {
-            return Err(HuaweiError::Forbidden);
-        }
-        return Ok(principal.tenant_id);
+    let identity = match token {
+        Some(token) => crate::iam::identify_token(state, token).await,
+        None => crate::iam::identify_signed(state, parts, Some(project_id)).await,
     }
-    if !sign::huawei::is_present(parts) {
-        return Err(HuaweiError::Unauthorized(
-            "neither X-Auth-Token nor an SDK-HMAC-SHA256 signature".into(),
-        ));
-    }
-    let auth = sign::huawei::parse(parts).map_err(|e| HuaweiError::Unauthorized(e.to_string()))?;
-    let (key, secret) = access_key(state, &auth.access_key)
-        .await
-        .map_err(|()| HuaweiError::Internal)?
-        .ok_or_else(|| HuaweiError::Unauthorized("unknown access key".into()))?;
-    sign::huawei::verify(parts, &auth, &secret, crate::unix_ms())
-        .map_err(|e| HuaweiError::Unauthorized(e.to_string()))?;
-    if parts
-        .header("x-project-id")
-        .is_some_and(|p| p != project_id)
-    {
-        return Err(HuaweiError::Forbidden);
-    }
-    match state
-        .store
-        .find_project(&key.tenant_id, None, Some(project_id))
-        .await
-    {
-        Ok(Some(_)) => Ok(key.tenant_id),
-        Ok(None) => Err(HuaweiError::Forbidden),
-        Err(error) => {
-            tracing::error!(%error, "project lookup failed");
-            Err(HuaweiError::Internal)
-        }
+    .map_err(|error| match error {
+        CallerError::Unauthenticated(why) => HuaweiError::Unauthorized(why),
+        CallerError::NotPermitted => HuaweiError::Forbidden,
+        CallerError::Internal => HuaweiError::Internal,
+    })?;
+    match identity.scope {
+        Scope::Project(project) if project == project_id => Ok(identity.tenant_id),
+        // A token of another project, or a domain-scoped one.
+        _ => Err(HuaweiError::Forbidden),
     }
 }
 
@@ -162,7 +115,7 @@ pub(crate) async fn volc_transcode(
             auth.service
         )));
     }
-    let (key, secret) = access_key(state, &auth.access_key)
+    let (key, secret) = crate::iam::access_key(state, &auth.access_key)
         .await
         .map_err(|()| VolcError::InternalError)?
         .ok_or(VolcError::InvalidAccessKey)?;

@@ -73,7 +73,8 @@ pub struct TokenRecord {
     pub token_sha256: String,
     pub user_id: String,
     pub tenant_id: String,
-    pub project_id: String,
+    /// The project a project-scoped token acts in; `None` for a domain-scoped token.
+    pub project_id: Option<String>,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
 }
@@ -251,6 +252,8 @@ pub trait Store: Send + Sync + 'static {
         name: Option<&str>,
         id: Option<&str>,
     ) -> Result<Option<ProjectRecord>, StoreError>;
+    /// A tenant's projects, oldest first.
+    async fn list_projects(&self, tenant_id: &str) -> Result<Vec<ProjectRecord>, StoreError>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError>;

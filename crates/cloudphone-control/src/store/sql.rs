@@ -257,6 +257,26 @@ impl Store for SqlStore {
         })
     }
 
+    async fn list_projects(&self, tenant_id: &str) -> Result<Vec<ProjectRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name FROM projects WHERE tenant_id = $1 \
+             ORDER BY created_at_ms, name",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProjectRecord {
+                    project_id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    name: row.try_get("name")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO tokens (token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms) \

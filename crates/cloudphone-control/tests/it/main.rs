@@ -6,8 +6,8 @@
 //! - [`support`]: calls and their checks every module makes (`ok`, `get`, `check_refusals` over
 //!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
-//!   `usage_sdk`, `usage_rules`).
-//! - one module per feature: `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
+//!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`).
+//! - one module per feature: `aksk`, `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
 //!   `node_trust`, `operations`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
@@ -16,6 +16,7 @@
 
 mod support;
 
+mod aksk;
 mod backup;
 mod console_usage;
 mod fleet;

@@ -146,20 +146,43 @@ async fn suite(store: impl Store) {
     assert_eq!(by_id.as_deref(), Some("p1"), "by id");
     let theirs = project_id(&store, "t2", None, Some("p1")).await;
     assert_eq!(theirs, None, "another tenant's project");
+    // Projects listed oldest first (p1b was made at 3 ms, the tenant's first at 1000 ms).
+    let listed = |tenant: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .list_projects(tenant)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.project_id, p.tenant_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |p: &str, t: &str| (p.to_string(), t.to_string());
+    assert_eq!(listed("t1").await, [pair("p1b", "t1"), pair("p1", "t1")]);
+    assert_eq!(listed("t2").await, [pair("p2", "t2")]);
 
-    // Tokens: found by hash, purged after expiry.
+    // Tokens: found by hash, purged after expiry; a domain-scoped one has no project.
     let token = TokenRecord {
         token_sha256: "abc".into(),
         user_id: "u1".into(),
         tenant_id: "t1".into(),
-        project_id: "p1".into(),
+        project_id: Some("p1".into()),
         issued_at_ms: 10,
         expires_at_ms: 100,
     };
+    let domain_token = TokenRecord {
+        token_sha256: "abd".into(),
+        project_id: None,
+        ..token.clone()
+    };
     store.insert_token(&token).await.unwrap();
+    store.insert_token(&domain_token).await.unwrap();
     assert_eq!(store.find_token("abc").await.unwrap(), Some(token));
+    assert_eq!(store.find_token("abd").await.unwrap(), Some(domain_token));
     assert_eq!(store.purge_expired_tokens(100).await.unwrap(), 0);
-    assert_eq!(store.purge_expired_tokens(101).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_tokens(101).await.unwrap(), 2);
     assert_eq!(store.find_token("abc").await.unwrap(), None);
 
     // Nodes: upsert replaces, status changes.

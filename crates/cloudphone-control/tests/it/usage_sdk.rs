@@ -14,39 +14,9 @@ use cloudphone_testkit::wait_for;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{create_domain, final_usage_stored, held_for, iso, now_ms, start_viewer};
-
-/// `target/sdk-venv` with `tests/sdk/requirements.txt` installed (made once, then reused).
-fn venv_python() -> PathBuf {
-    let venv = workspace().join("target/sdk-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".requirements-installed");
-    let requirements = workspace().join("tests/sdk/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    // nextest runs each test in its own process: the first makes the venv while the others
-    // wait here (without the lock they found a half-made venv, with python but no pip yet).
-    std::fs::create_dir_all(workspace().join("target")).unwrap();
-    let lock = std::fs::File::create(workspace().join("target/sdk-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
-        if !python.exists() {
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "python3 -m venv");
-        }
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "-r"])
-            .arg(&requirements)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pip install -r tests/sdk/requirements.txt");
-        std::fs::write(&ready, wanted).unwrap();
-    }
-    python
-}
+use crate::support::{
+    create_domain, final_usage_stored, held_for, iso, now_ms, start_viewer, venv_python,
+};
 
 /// The streaming domain cloud-phone sessions bill under when the tenant has none of its own.
 fn default_domain(tenant: &Tenant) -> String {

@@ -4,10 +4,14 @@
 //! ([`login_as`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
-//! with a GetDeviceToken).
+//! with a GetDeviceToken); for the SDK modules (`usage_sdk`, `aksk`), the venv holding the
+//! official SDKs.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::Fleet;
 use serde_json::{Value, json};
 
@@ -233,4 +237,37 @@ pub(crate) async fn login_as(
         retry_after,
         response.json().await.unwrap_or(Value::Null),
     )
+}
+
+/// `target/sdk-venv` with `tests/sdk/requirements.txt` installed (made once, then reused): the
+/// official SDKs the `usage_sdk` and `aksk` modules drive.
+pub(crate) fn venv_python() -> PathBuf {
+    let venv = workspace().join("target/sdk-venv");
+    let python = venv.join("bin/python");
+    let ready = venv.join(".requirements-installed");
+    let requirements = workspace().join("tests/sdk/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    // nextest runs each test in its own process: the first makes the venv while the others
+    // wait here (without the lock they found a half-made venv, with python but no pip yet).
+    std::fs::create_dir_all(workspace().join("target")).unwrap();
+    let lock = std::fs::File::create(workspace().join("target/sdk-venv.lock")).unwrap();
+    lock.lock().unwrap();
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
+        if !python.exists() {
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "python3 -m venv");
+        }
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "-r"])
+            .arg(&requirements)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pip install -r tests/sdk/requirements.txt");
+        std::fs::write(&ready, wanted).unwrap();
+    }
+    python
 }
