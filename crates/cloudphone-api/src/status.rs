@@ -154,15 +154,24 @@ impl Operation {
         }
     }
 
-    /// The name of the message field in an error answered with `status`: the page's table for
-    /// that status where it has one, §3.3's `error_msg` otherwise.
-    pub const fn error_message_field(self, status: u16) -> &'static str {
+    /// The message field of an error answered with `status`: the page's table for that status
+    /// where it has one, §3.3's `error_msg` otherwise.
+    pub const fn error_message_field(self, status: u16) -> MessageField {
         match (self, status) {
             // Tables 4-6 and 4-7; its 200 table (4-3) says `error_msg`.
-            (Operation::SyncCommand, 400 | 500) => "error_info",
-            _ => "error_msg",
+            (Operation::SyncCommand, 400 | 500) => MessageField::ErrorInfo,
+            _ => MessageField::ErrorMsg,
         }
     }
+}
+
+/// Where an error body puts its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageField {
+    /// `error_msg` (§3.3, every page but one).
+    ErrorMsg,
+    /// `error_info` (SyncCommand's 400 and 500 tables).
+    ErrorInfo,
 }
 
 /// Statuses table 6.1 gives to authentication and permission (401, 403) and throttling (429):
@@ -285,11 +294,11 @@ impl crate::error::ApiError {
     pub fn answer_on(&self, operation: Operation) -> (u16, ErrorAnswer) {
         let status = status(operation, self.code());
         let body = match operation.error_message_field(status) {
-            "error_info" => ErrorAnswer::Info(ErrorInfoBody {
+            MessageField::ErrorInfo => ErrorAnswer::Info(ErrorInfoBody {
                 error_code: self.code().to_string(),
                 error_info: self.to_string(),
             }),
-            _ => ErrorAnswer::Msg(self.body()),
+            MessageField::ErrorMsg => ErrorAnswer::Msg(self.body()),
         };
         (status, body)
     }

@@ -17,7 +17,7 @@ use cloudphone_api::management::{
     PrepareRequest, PrepareStatusList, Progress, ProgressRequest, SetVideoConfigRequest,
     StatusResultWrapper, UserInstancesRequest,
 };
-use cloudphone_api::status::{ErrorInfoBody, Operation};
+use cloudphone_api::status::{ErrorInfoBody, MessageField, Operation};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -170,7 +170,7 @@ impl Modify for ErrorAnswers {
                 let page = Operation::ALL
                     .into_iter()
                     .find(|o| o.route() == (method, path.as_str()));
-                let statuses: Vec<(u16, &str)> = match page {
+                let statuses: Vec<(u16, MessageField)> = match page {
                     Some(page) => page
                         .page_statuses()
                         .iter()
@@ -178,13 +178,14 @@ impl Modify for ErrorAnswers {
                         .filter(|s| **s != 200)
                         .map(|s| (*s, page.error_message_field(*s)))
                         .collect(),
-                    None => vec![(400, "error_msg"), (401, "error_msg"), (500, "error_msg")],
+                    None => [400, 401, 500]
+                        .map(|status| (status, MessageField::ErrorMsg))
+                        .to_vec(),
                 };
                 for (status, field) in statuses {
-                    let schema = if field == "error_info" {
-                        "ErrorInfoBody"
-                    } else {
-                        "ErrorBody"
+                    let schema = match field {
+                        MessageField::ErrorInfo => "ErrorInfoBody",
+                        MessageField::ErrorMsg => "ErrorBody",
                     };
                     operation
                         .responses
