@@ -41,7 +41,7 @@ pub struct InstallAppRequest {
 }
 
 /// Bytes in the order's MB (the 2G limit is 2048 of them, as the node's 2 GiB cap).
-pub const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
+const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
 
 /// The package sizes an order's `object_size` admits, in bytes, both ends included.
 ///
@@ -78,11 +78,6 @@ impl SizeRange {
             min_bytes,
             max_bytes,
         }
-    }
-
-    /// Whether a package of `bytes` is the one ordered.
-    pub fn admits(&self, bytes: u64) -> bool {
-        (self.min_bytes..=self.max_bytes).contains(&bytes)
     }
 }
 
@@ -207,6 +202,12 @@ mod tests {
             (true, 120.0, 2)
         );
         assert!(check("/fast_install", json!("0")).is_ok());
+    }
+
+    impl SizeRange {
+        fn admits(&self, bytes: u64) -> bool {
+            (self.min_bytes..=self.max_bytes).contains(&bytes)
+        }
     }
 
     /// `object_size` admits sizes within one unit of its last digit, in 2^20-byte MB.

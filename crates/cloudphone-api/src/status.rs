@@ -176,12 +176,12 @@ pub enum MessageField {
 
 /// Statuses table 6.1 gives to authentication and permission (401, 403) and throttling (429):
 /// the same on every page, though no page lists them.
-pub const EVERY_PAGE: [u16; 3] = [401, 403, 429];
+pub(crate) const EVERY_PAGE: [u16; 3] = [401, 403, 429];
 
 /// Appendix 6.2, every row: the code and the status it lists. `6002` is listed twice (403 "no
 /// permission" and 500 "token parse failure"); the first row is the one that counts here (it
 /// is never produced: tokens are opaque, a bad one is `6001`).
-pub const APPENDIX: &[(&str, u16)] = &[
+pub(crate) const APPENDIX: &[(&str, u16)] = &[
     ("KOOPHONE.API.0000", 200),
     ("KOOPHONE.API.0001", 200),
     ("KOOPHONE.API.0002", 200),
@@ -233,7 +233,7 @@ pub const APPENDIX: &[(&str, u16)] = &[
 
 /// Codes the appendix omits, with the status of the page table that lists them (or, for API
 /// gateway's throttling code, table 6.1's 429).
-pub const PAGE_ONLY: &[(&str, u16)] = &[
+pub(crate) const PAGE_ONLY: &[(&str, u16)] = &[
     // GetTask's 400 table (4-20).
     ("KOOPHONE.API.1323", 400),
     // AssignInstance's 400 table (4-56).
@@ -253,7 +253,7 @@ pub const PAGE_ONLY: &[(&str, u16)] = &[
 
 /// The status the document gives `code` before any page applies: [`APPENDIX`], then
 /// [`PAGE_ONLY`]. `None` for a code neither lists.
-pub fn documented_status(code: &str) -> Option<u16> {
+pub(crate) fn documented_status(code: &str) -> Option<u16> {
     APPENDIX
         .iter()
         .chain(PAGE_ONLY)
@@ -263,7 +263,7 @@ pub fn documented_status(code: &str) -> Option<u16> {
 
 /// The rule: the status `code` is sent with on `operation`'s page. A code no table lists is a
 /// parameter error's 400.
-pub fn status(operation: Operation, code: &str) -> u16 {
+pub(crate) fn status(operation: Operation, code: &str) -> u16 {
     let documented = documented_status(code).unwrap_or(400);
     if operation.page_statuses().contains(&documented) || EVERY_PAGE.contains(&documented) {
         documented
