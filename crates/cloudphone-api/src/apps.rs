@@ -40,6 +40,47 @@ pub struct InstallAppRequest {
     pub instance_id_list: Vec<String>,
 }
 
+/// Bytes in the order's MB (the 2G limit is 2048 of them, as the node's 2 GiB cap).
+const BYTES_PER_MB: f64 = 1024.0 * 1024.0;
+
+/// The package sizes an order's `object_size` admits, in bytes, both ends included.
+///
+/// `object_size` is a size in MB ("示例:120,单位 MB"), so it is rounded by whoever wrote it,
+/// and nothing says how. A package matches when its size is within one unit of the declared
+/// value's last digit: "120" admits more than 119 and less than 121 MB, "1.25" more than 1.24
+/// and less than 1.26 MB, whether the client rounded, floored or took the ceiling. A package a
+/// unit or more away from the order is not the package ordered (62017, like an MD5 mismatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl SizeRange {
+    /// The range `text` (a number of MB, already parsed as `mb`) admits.
+    fn declared(text: &str, mb: f64) -> Self {
+        let text = text.trim();
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(at) => (&text[..at], text[at + 1..].parse::<i32>().unwrap_or(0)),
+            None => (text, 0),
+        };
+        let decimals = mantissa
+            .split_once('.')
+            .map_or(0, |(_, fraction)| fraction.len());
+        let decimals = i32::try_from(decimals).unwrap_or(i32::MAX);
+        let unit = 10f64.powi(exponent.saturating_sub(decimals));
+        let low = (mb - unit) * BYTES_PER_MB;
+        let high = (mb + unit) * BYTES_PER_MB;
+        // Strictly inside (low, high), in whole bytes.
+        let min_bytes = if low < 0.0 { 0 } else { low.floor() as u64 + 1 };
+        let max_bytes = (high.ceil() as u64).saturating_sub(1);
+        Self {
+            min_bytes,
+            max_bytes,
+        }
+    }
+}
+
 /// A validated installation order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstallOrder {
@@ -48,6 +89,8 @@ pub struct InstallOrder {
     pub file_name: String,
     pub object_version: String,
     pub size_mb: f64,
+    /// The package sizes `object_size` admits, checked on the node as the package downloads.
+    pub size: SizeRange,
     pub md5: String,
     pub url: String,
     pub instance_ids: Vec<String>,
@@ -108,6 +151,7 @@ impl InstallAppRequest {
             file_name: text(self.file_name, "file_name", 100, true)?,
             object_version: text(self.object_version, "object_version", 100, true)?,
             size_mb,
+            size: SizeRange::declared(&size_text, size_mb),
             md5: md5.to_ascii_lowercase(),
             url,
             instance_ids: self.instance_id_list,
@@ -158,6 +202,53 @@ mod tests {
             (true, 120.0, 2)
         );
         assert!(check("/fast_install", json!("0")).is_ok());
+    }
+
+    impl SizeRange {
+        fn admits(&self, bytes: u64) -> bool {
+            (self.min_bytes..=self.max_bytes).contains(&bytes)
+        }
+    }
+
+    /// `object_size` admits sizes within one unit of its last digit, in 2^20-byte MB.
+    #[test]
+    fn declared_sizes_admit_one_unit_either_side() {
+        const MB: u64 = 1 << 20;
+        let size = |v: serde_json::Value| check("/object_size", v).unwrap().size;
+        // (declared, admitted sizes, refused sizes)
+        let cases: [(serde_json::Value, &[u64], &[u64]); 6] = [
+            (
+                json!(120),
+                &[119 * MB + 1, 120 * MB, 121 * MB - 1],
+                &[119 * MB, 121 * MB],
+            ),
+            (
+                json!("120"),
+                &[119 * MB + 1, 121 * MB - 1],
+                &[119 * MB, 121 * MB],
+            ),
+            (
+                json!("1.25"),
+                &[1_300_235, 1_321_205],
+                &[1_300_234, 1_321_206],
+            ),
+            (json!("0"), &[0, 1, MB - 1], &[MB]),
+            (json!("1.2e2"), &[111 * MB, 129 * MB], &[110 * MB, 130 * MB]),
+            // Six decimals: to the byte, give or take one.
+            (json!("0.000954"), &[1000, 1001], &[999, 1002]),
+        ];
+        for (declared, admitted, refused) in cases {
+            let range = size(declared.clone());
+            for bytes in admitted {
+                assert!(range.admits(*bytes), "{declared} admits {bytes}: {range:?}");
+            }
+            for bytes in refused {
+                assert!(
+                    !range.admits(*bytes),
+                    "{declared} refuses {bytes}: {range:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! KooPhone/CloudDevice and IAM documents define them.
 //!
 //! This crate imports neither axum nor tonic: handlers in `cloudphone-control` parse into these
-//! types, and map [`error::ApiError`] onto HTTP.
+//! types, and map [`error::ApiError`] onto HTTP through [`status`].
 //!
 //! # Layout
 //! - [`apps`]: InstallApp's body, rules and answer.
-//! - [`error`]: every `KOOPHONE.API.*` code with its HTTP status, and the error body.
+//! - [`error`]: every `KOOPHONE.API.*` code and the error body.
 //! - [`iam`]: `POST /v3/auth/tokens` request and response bodies.
 //! - [`instances`]: `/v1/instances/*` bodies and query parameters, with their validation.
 //! - [`management`]: commands, tasks, status, reset, reboot, assignment, deletion, device tokens.
+//! - [`status`]: the 20 operations and the one rule giving each code its HTTP status and body
+//!   on each operation's page.
 //! - [`timefmt`]: the seeds' `yyyy-MM-dd HH:mm:ss` UTC time format.
 #![forbid(unsafe_code)]
 
@@ -18,4 +20,5 @@ pub mod error;
 pub mod iam;
 pub mod instances;
 pub mod management;
+pub mod status;
 pub mod timefmt;

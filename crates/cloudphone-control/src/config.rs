@@ -13,7 +13,8 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// How tenants reach the API; used in links the console prints.
     pub public_url: String,
-    /// Region this control plane sells instances in.
+    /// The deployment's home region, named in the usage APIs' answers. Instances are sold in
+    /// the regions the nodes announce (BatchShowSku lists them), which may differ from it.
     pub region: String,
     pub http: HttpConfig,
     pub store: StoreConfig,

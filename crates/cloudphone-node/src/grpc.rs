@@ -477,7 +477,7 @@ impl NodeAgent for NodeService {
             .map_err(to_status)?;
         let expected = crate::apps::Expected {
             md5: r.md5.to_ascii_lowercase(),
-            size_bytes: r.size_bytes,
+            size: r.size.map(|s| s.min_bytes..=s.max_bytes),
         };
         let downloads = self.manager.state_dir().join("downloads");
         let answer = |failure: pb::InstallFailure, message: String| {

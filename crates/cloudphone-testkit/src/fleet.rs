@@ -49,6 +49,8 @@ pub struct Fleet {
     pub control_extra: String,
     /// TOML appended to the node's config (whole sections, e.g. `"[webrtc]\n…"`).
     pub node_extra: String,
+    /// The region the node announces (control's own is `cn-north-7`).
+    pub node_region: String,
     pub http: reqwest::Client,
 }
 
@@ -72,6 +74,7 @@ impl Fleet {
             token_ttl_secs: 86_400,
             control_extra: String::new(),
             node_extra: String::new(),
+            node_region: "cn-north-7".into(),
             http: reqwest::Client::new(),
         }
     }
@@ -129,7 +132,7 @@ impl Fleet {
             self.join_token("10m")
         };
         let text = format!(
-            "node_id = \"{NODE_ID}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
+            "node_id = \"{NODE_ID}\"\nregion = \"{region}\"\nstate_dir = \"{}\"\ncapacity = {}\n\
              runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:{grpc}\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{join_token}\"\n\
              [x11]\nfirst_display = {}\n{}",
@@ -139,6 +142,7 @@ impl Fleet {
             self.nodes_endpoint(),
             self.first_display,
             with_ice_interfaces(&self.node_extra),
+            region = self.node_region,
         );
         std::fs::write(&path, text).unwrap();
         let (node, (http, grpc)) = self.spawn_ready("node", bin, &["--config", path_str(&path)]);
@@ -470,13 +474,25 @@ impl Fleet {
         let mut fleet = Fleet::new(None, runtime);
         fleet.control_extra = control_extra.to_string();
         fleet.node_extra = node_extra.to_string();
-        fleet.create_tenant("acme", "correct-horse-1");
-        fleet.create_tenant("other", "correct-horse-2");
-        fleet.start_control();
-        fleet.wait_healthy(&fleet.api.clone()).await;
-        fleet.start_node();
-        fleet.wait_node("up", Duration::from_secs(30)).await;
-        fleet
+        fleet.bring_up().await
+    }
+
+    /// [`Fleet::up`] with the node announcing `region` rather than control's own.
+    pub async fn up_in_region(runtime: &'static str, region: &str) -> Self {
+        let mut fleet = Fleet::new(None, runtime);
+        fleet.node_region = region.to_string();
+        fleet.bring_up().await
+    }
+
+    /// Tenants, control, then the node, registered.
+    async fn bring_up(mut self) -> Self {
+        self.create_tenant("acme", "correct-horse-1");
+        self.create_tenant("other", "correct-horse-2");
+        self.start_control();
+        self.wait_healthy(&self.api.clone()).await;
+        self.start_node();
+        self.wait_node("up", Duration::from_secs(30)).await;
+        self
     }
 
     /// Orders `count` instances of the node's runtime for `token` and waits until they run.

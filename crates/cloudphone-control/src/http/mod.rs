@@ -18,12 +18,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::AUTHORIZATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on, post};
 use cloudphone_api::error::{ApiError, validate_request_id};
 use cloudphone_api::iam::IamError;
+use cloudphone_api::status::Operation;
 use cloudphone_usage::sign::{self, RequestParts};
 use tracing::Instrument;
 
@@ -39,51 +40,47 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub(crate) use cloudphone_daemon::metrics_handle;
 
+/// The handler of each CloudDevice operation. Its route is the operation's own (method and path
+/// from `cloudphone_api::status::Operation::route`), under [`on_page`].
+fn handler(operation: Operation) -> MethodRouter<Arc<AppState>> {
+    let method = match operation.route().0 {
+        "GET" => MethodFilter::GET,
+        "PUT" => MethodFilter::PUT,
+        _ => MethodFilter::POST,
+    };
+    match operation {
+        Operation::SyncCommand => on(method, management::sync_command),
+        Operation::AsyncCommand => on(method, management::async_command),
+        Operation::GetTask => on(method, management::get_task),
+        Operation::SetVideoConfig => on(method, management::set_video_config),
+        Operation::BatchQueryStatus => on(method, management::batch_query_status),
+        Operation::BatchReset => on(method, management::batch_reset),
+        Operation::GetDeviceToken => on(method, management::device_token),
+        Operation::AssignInstance => on(method, management::assign),
+        Operation::UnassignInstance => on(method, management::unassign),
+        Operation::ListInstances => on(method, instances::list),
+        Operation::BatchRebootInstance => on(method, management::batch_reboot),
+        Operation::BatchShowSku => on(method, instances::skus),
+        Operation::CreateInstance => on(method, instances::create),
+        Operation::DeleteInstance => on(method, management::delete),
+        Operation::BatchPrepareInstances => on(method, lifecycle_data::prepare),
+        Operation::ShowProgress => on(method, lifecycle_data::progress),
+        Operation::BatchBackupInstances => on(method, lifecycle_data::backup),
+        Operation::StopInstancesStreaming => on(method, management::stop_streaming),
+        Operation::ReleaseInstancesSession => on(method, management::release_session),
+        Operation::InstallApp => on(method, apps::install),
+    }
+}
+
 /// The routes. Building them starts nothing: background work is `crate::run`'s.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v3/auth/projects", get(iam::list_projects))
-        .route("/v1/instances/batch-query", get(instances::list))
-        .route("/v1/instances/sku", get(instances::skus))
-        .route("/v1/instances/create", post(instances::create))
-        .route("/v1/instances/delete", post(management::delete))
-        .route("/v1/instances/sync-command", post(management::sync_command))
-        .route(
-            "/v1/instances/async-command",
-            post(management::async_command),
-        )
-        .route("/v1/instances/tasks/{task_id}", get(management::get_task))
-        .route(
-            "/v1/instances/batch-query-status",
-            post(management::batch_query_status),
-        )
-        .route("/v1/instances/batch-reset", post(management::batch_reset))
-        .route("/v1/instances/app/install", post(apps::install))
-        .route(
-            "/v1/instances/video-setting",
-            axum::routing::put(management::set_video_config),
-        )
-        .route("/v1/instances/reboot", post(management::batch_reboot))
-        .route("/v1/instances/backup", post(lifecycle_data::backup))
-        .route("/v1/instances/prepare", post(lifecycle_data::prepare))
-        .route(
-            "/v1/instances/prepare-progress",
-            post(lifecycle_data::progress),
-        )
-        .route("/v1/instances/assign", post(management::assign))
-        .route("/v1/instances/unassign", post(management::unassign))
-        .route(
-            "/v1/instances/{instance_id}/auth",
-            post(management::device_token),
-        )
-        .route(
-            "/v1/instances/streaming/stop",
-            post(management::stop_streaming),
-        )
-        .route(
-            "/v1/instances/session/release",
-            post(management::release_session),
-        )
+    let mut routes = Router::new().route("/v3/auth/projects", get(iam::list_projects));
+    for operation in Operation::ALL {
+        let (_, path) = operation.route();
+        let page = middleware::map_response(move |response: Response| on_page(operation, response));
+        routes = routes.route(path, handler(operation).layer(page));
+    }
+    routes
         // Every route above takes a token or an AK/SK signature; the ones below authenticate
         // on their own terms (login, IAM credentials by token, the usage APIs' own errors).
         .route_layer(middleware::from_fn_with_state(
@@ -194,6 +191,8 @@ impl From<crate::service::ServiceError> for ApiFailure {
 }
 
 impl IntoResponse for ApiFailure {
+    /// The appendix's status and §3.3's body; on an operation's route, [`on_page`] then answers
+    /// it as that page says. The error rides along in the response's extensions for that.
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -202,8 +201,30 @@ impl IntoResponse for ApiFailure {
         } else {
             tracing::info!(code = self.0.code(), error = %self.0, "request refused");
         }
-        (status, axum::Json(self.0.body())).into_response()
+        let mut response = (status, axum::Json(self.0.body())).into_response();
+        response.extensions_mut().insert(self.0);
+        response
     }
+}
+
+/// An operation's error answers as its page in seed 001 gives them: the status and body of
+/// `cloudphone_api::status`'s one rule, whether the error came from an extractor (request id,
+/// token, query) or from the handler.
+async fn on_page(operation: Operation, response: Response) -> Response {
+    let Some(error) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
+    };
+    let (status, body) = error.answer_on(operation);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut answer = (status, axum::Json(body)).into_response();
+    // Headers the refusal set itself (`retry-after`…) stay; the body's own are the new body's.
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer.extensions_mut().insert(error);
+    answer
 }
 
 /// The authenticated tenant behind a `/v1/*` call whose seed page lists `x-request-id`: the
@@ -254,7 +275,7 @@ async fn verify_signature(
     let signed = !request.headers().contains_key(&AUTH_TOKEN)
         && request
             .headers()
-            .get(AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with(sign::huawei::ALGORITHM));
     if !signed {
@@ -509,6 +530,65 @@ mod tests {
             .to_str()
             .unwrap()
             .to_string()
+    }
+
+    /// An error on its way out through an operation's page: `9999` is 500 where the page lists
+    /// 500 and 400 where it lists only 200/400; SyncCommand's says `error_info`; headers the
+    /// refusal set survive.
+    #[tokio::test]
+    async fn errors_are_answered_as_their_page_says() {
+        let answer = |operation: Operation, error: ApiError| async move {
+            let mut response = ApiFailure(error).into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("3"));
+            let response = on_page(operation, response).await;
+            let status = response.status().as_u16();
+            let retry = response.headers()["retry-after"].clone();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(retry, "3");
+            (status, body)
+        };
+        for (operation, status) in [
+            (Operation::ListInstances, 500),
+            (Operation::BatchPrepareInstances, 500),
+            (Operation::GetDeviceToken, 400),
+            (Operation::BatchReset, 400),
+            (Operation::CreateInstance, 400),
+            (Operation::DeleteInstance, 400),
+            (Operation::BatchShowSku, 400),
+            (Operation::InstallApp, 400),
+        ] {
+            let (got, body) = answer(operation, ApiError::Internal).await;
+            assert_eq!(
+                (got, body),
+                (
+                    status,
+                    serde_json::json!({"error_code": "KOOPHONE.API.9999", "error_msg": "internal error"})
+                ),
+                "{operation:?}"
+            );
+        }
+        let (status, body) = answer(Operation::SyncCommand, ApiError::Internal).await;
+        assert_eq!(
+            (status, body),
+            (
+                500,
+                serde_json::json!({"error_code": "KOOPHONE.API.9999", "error_info": "internal error"})
+            )
+        );
+        let (status, body) = answer(
+            Operation::CreateInstance,
+            ApiError::InsufficientInventory("short".into()),
+        )
+        .await;
+        assert_eq!(
+            (status, &body["error_code"]),
+            (200, &serde_json::json!("KOOPHONE.API.40010"))
+        );
     }
 
     /// A token works until its TTL is over, then is `KOOPHONE.API.6001` with 401. Time moves

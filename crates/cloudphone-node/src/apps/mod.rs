@@ -11,6 +11,7 @@
 pub(crate) mod policy;
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,11 @@ pub(crate) enum FetchError {
     Download(String),
     #[error("download did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("package is {actual} bytes, {expected} expected")]
-    Size { expected: u64, actual: u64 },
+    #[error("package size {actual} bytes is outside {expected:?}")]
+    Size {
+        expected: RangeInclusive<u64>,
+        actual: u64,
+    },
     #[error("package MD5 is {actual}, {expected} expected")]
     Checksum { expected: String, actual: String },
     #[error("writing the package: {0}")]
@@ -78,8 +82,8 @@ impl FetchError {
 pub(crate) struct Expected {
     /// Lowercase hex MD5; empty skips the check.
     pub md5: String,
-    /// Exact size in bytes; 0 skips the check (the cap still applies).
-    pub size_bytes: u64,
+    /// The sizes the order admits, in bytes; `None` skips the check (the cap still applies).
+    pub size: Option<RangeInclusive<u64>>,
 }
 
 /// A downloaded package file, removed when dropped (also when a download is abandoned at its
@@ -187,11 +191,10 @@ impl Downloads {
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(request_error)?;
-        let cap = if expected.size_bytes > 0 {
-            expected.size_bytes.min(MAX_PACKAGE_BYTES)
-        } else {
-            MAX_PACKAGE_BYTES
-        };
+        // Reading stops at the largest size admitted: a longer body is refused as it arrives.
+        let cap = expected.size.as_ref().map_or(MAX_PACKAGE_BYTES, |size| {
+            (*size.end()).min(MAX_PACKAGE_BYTES)
+        });
         let mut file = tokio::fs::File::create(&package.path).await?;
         let mut hasher = Md5::new();
         let mut written: u64 = 0;
@@ -199,7 +202,7 @@ impl Downloads {
             written += chunk.len() as u64;
             if written > cap {
                 return Err(FetchError::Size {
-                    expected: cap,
+                    expected: expected.size.clone().unwrap_or(0..=cap),
                     actual: written,
                 });
             }
@@ -207,9 +210,13 @@ impl Downloads {
             file.write_all(&chunk).await?;
         }
         file.flush().await?;
-        if expected.size_bytes > 0 && written != expected.size_bytes {
+        if let Some(size) = expected
+            .size
+            .as_ref()
+            .filter(|size| !size.contains(&written))
+        {
             return Err(FetchError::Size {
-                expected: expected.size_bytes,
+                expected: size.clone(),
                 actual: written,
             });
         }
@@ -311,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let expected = Expected {
             md5: String::new(),
-            size_bytes: 0,
+            size: None,
         };
         let started = tokio::time::Instant::now();
         let err = d.fetch(&url, &expected, dir.path()).await.unwrap_err();
@@ -327,6 +334,51 @@ mod tests {
         );
     }
 
+    /// A server answering every request with `len` bytes.
+    async fn sized_server(len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&vec![7u8; len]).await;
+                });
+            }
+        });
+        format!("http://{addr}/sized.apk")
+    }
+
+    /// A package inside the order's size range is kept; one below it or above it is a size
+    /// failure (the tenant's 62017), and nothing stays on disk.
+    #[tokio::test]
+    async fn the_size_range_is_checked_at_both_ends() {
+        let url = sized_server(1000).await;
+        let d = downloads(60, &["127.0.0.1"]);
+        let dir = tempfile::tempdir().unwrap();
+        let fetch = |size: RangeInclusive<u64>| {
+            let expected = Expected {
+                md5: String::new(),
+                size: Some(size),
+            };
+            let (d, url, dir) = (&d, &url, dir.path().to_path_buf());
+            async move { d.fetch(url, &expected, &dir).await }
+        };
+        let package = fetch(999..=1001).await.unwrap();
+        assert_eq!(std::fs::metadata(&package.path).unwrap().len(), 1000);
+        drop(package);
+        for size in [1001..=2000, 0..=999] {
+            let err = fetch(size.clone()).await.unwrap_err();
+            assert!(matches!(err, FetchError::Size { .. }), "{size:?}: {err}");
+            assert_eq!(err.failure().0, pb::InstallFailure::Size, "{size:?}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
     /// Refusals are classified as refusals (for the log and the metric) and reach the tenant
     /// as the generic download failure.
     #[tokio::test]
@@ -335,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let expected = Expected {
             md5: String::new(),
-            size_bytes: 0,
+            size: None,
         };
         for url in [
             "http://127.0.0.1:9/a.apk",
