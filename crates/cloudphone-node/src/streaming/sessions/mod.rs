@@ -168,6 +168,11 @@ impl Sessions {
         ids
     }
 
+    /// What grants' expiries are compared with (the system clock, or tokio's in tests).
+    pub(crate) fn clock(&self) -> crate::clock::Clock {
+        self.settings.clock
+    }
+
     /// Viewers connected right now.
     pub(crate) fn live_viewers(&self) -> usize {
         self.inner().viewers.len()
