@@ -386,12 +386,17 @@ pub fn plan(op: TenantOp, state: ControlState, node_up: bool) -> Result<Plan, Re
             ControlState::Node(N::Running) if node_up => Ok(Plan::OnNode),
             _ => Err(Refusal::NotRunning),
         },
+        // Backups and restores are control's own doing, so those states are certain; any
+        // other state of a phone on a host may be a report behind (a late "starting" after
+        // control recorded "running"), so the node decides: a viewer's hello is refused
+        // `not_running` until the phone runs.
         TenantOp::DeviceToken => match state {
-            ControlState::Node(N::Running) if node_up => Ok(Plan::OnNode),
             ControlState::Node(N::BackingUp) => Err(Refusal::BeingBackedUp),
             ControlState::BackedUp | ControlState::Queued | ControlState::Node(N::Restoring) => {
                 Err(Refusal::BeingRestored)
             }
+            ControlState::RestoreFailed => Err(Refusal::Abnormal),
+            _ if node_up => Ok(Plan::OnNode),
             _ => Err(Refusal::Abnormal),
         },
         TenantOp::EndSessions if archived || !node_up => Ok(Plan::Nothing),
@@ -499,17 +504,17 @@ mod tests {
         // (state, host up, wipe, reboot, device token, end sessions)
         #[rustfmt::skip]
         let table: [(C, bool, Answer, Answer, Answer, Answer); 26] = [
-            (C::Creating, true, Err(Ab), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Creating, true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Creating, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
-            (C::Node(N::Stopped), true, Ok(OnNode), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Node(N::Stopped), true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Node(N::Stopped), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
-            (C::Node(N::Starting), true, Err(Ab), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Node(N::Starting), true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Node(N::Starting), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
             (C::Node(N::Running), true, Ok(OnNode), Ok(OnNode), Ok(OnNode), Ok(OnNode)),
             (C::Node(N::Running), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
-            (C::Node(N::Resetting), true, Err(Ab), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Node(N::Resetting), true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Node(N::Resetting), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
-            (C::Node(N::Failed), true, Ok(OnNode), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Node(N::Failed), true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Node(N::Failed), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
             (C::Node(N::BackingUp), true, Err(Bu), Err(Nr), Err(Bu), Ok(OnNode)),
             (C::Node(N::BackingUp), false, Err(Bu), Err(Nr), Err(Bu), Ok(Nothing)),
@@ -519,11 +524,11 @@ mod tests {
             (C::BackedUp, false, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
             (C::Queued, true, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
             (C::Queued, false, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
-            (C::BackupFailed, true, Ok(OnNode), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::BackupFailed, true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::BackupFailed, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
             (C::RestoreFailed, true, Ok(Archive), Err(Nr), Err(Ab), Ok(Nothing)),
             (C::RestoreFailed, false, Ok(Archive), Err(Nr), Err(Ab), Ok(Nothing)),
-            (C::Unknown, true, Err(Ab), Err(Nr), Err(Ab), Ok(OnNode)),
+            (C::Unknown, true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
             (C::Unknown, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
         ];
         assert_eq!(

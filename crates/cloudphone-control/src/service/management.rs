@@ -66,20 +66,34 @@ pub(crate) async fn reset(
     ids: &[String],
 ) -> Result<(), ServiceError> {
     let records = owned(state, principal, ids).await?;
-    let (on_node, archived) = split_wipes(state, records, TenantOp::Reset)?;
+    let (on_node, archived) = split_wipes(state, records, TenantOp::Reset).await?;
     wipe(state, &[], &archived, on_node).await
 }
 
 /// Splits instances to wipe into those their node wipes and those only in an archive, or the
-/// first refusal.
-fn split_wipes(
+/// first refusal. A phone control saw mid-operation (creating, starting, resetting) is asked
+/// about first: control's state may be a report behind the node's (a late "starting" after
+/// the "running" of the create call), and a phone that runs can be wiped.
+async fn split_wipes(
     state: &AppState,
     records: Vec<InstanceRecord>,
     op: TenantOp,
 ) -> Result<(Vec<InstanceRecord>, Vec<String>), ServiceError> {
     let mut on_node = Vec::new();
     let mut archived = Vec::new();
-    for record in records {
+    for mut record in records {
+        if matches!(
+            super::plan(state, &record, op),
+            Err(ServiceError::Refused(ApiError::InstanceAbnormal(_)))
+        ) && let Some(mut client) = node_of(state, &record)
+        {
+            let target = pb::InstanceRef {
+                instance_id: record.instance_id.clone(),
+            };
+            if let Ok(status) = client.get_instance_status(target).await {
+                record.state = crate::nodes::reported_state(status.into_inner().state);
+            }
+        }
         match super::plan(state, &record, op)? {
             Plan::OnNode => on_node.push(record),
             Plan::Archive => archived.push(record.instance_id),
@@ -191,7 +205,7 @@ pub(crate) async fn unassign(
         }
     }
     let unbind: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
-    let (on_node, archived) = split_wipes(state, records, TenantOp::Unassign)?;
+    let (on_node, archived) = split_wipes(state, records, TenantOp::Unassign).await?;
     wipe(state, &unbind, &archived, on_node).await
 }
 

@@ -100,8 +100,9 @@ pub(crate) fn device_id(tenant_id: &str, instance_id: &str, user_id: &str) -> St
 /// instance's node after the tenant's video matrix (the node may have restarted since). The
 /// device id is the same for the same user and instance ([`device_id`]): calling again within
 /// a stream renews it for another `DEVICE_TOKEN_TTL_SECS` (the old token stops admitting new
-/// viewers; the live stream carries on). Only a running phone on a host that is up gets one;
-/// other states are refused with their documented code (`cloudphone_core::instance::plan`).
+/// viewers; the live stream carries on). A phone being backed up, in its archive or being
+/// restored, or on a host that is down, is refused with its documented code
+/// (`cloudphone_core::instance::plan`); for the rest the node decides.
 pub(crate) async fn device_token(
     state: &AppState,
     principal: &Principal,
