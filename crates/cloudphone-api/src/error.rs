@@ -31,6 +31,17 @@ pub enum ApiError {
     /// `KOOPHONE.API.2210`: the user-instance binding to remove does not exist.
     #[error("user and instance binding does not exist: {0}")]
     BindingNotFound(String),
+    /// `KOOPHONE.API.2005`: the instance is on its way back from its archive (backed up,
+    /// queued or being restored).
+    #[error("instance is being restored: {0}")]
+    BeingRestored(String),
+    /// `KOOPHONE.API.2006`: the instance's data is being backed up.
+    #[error("instance is being backed up: {0}")]
+    BeingBackedUp(String),
+    /// `KOOPHONE.API.62010`: the instance is not in a state to do this (host down, starting,
+    /// resetting, failed).
+    #[error("cloud instance abnormal: {0}")]
+    InstanceAbnormal(String),
     /// `KOOPHONE.API.5001`: on-demand instances cannot be deleted.
     #[error("on-demand instances cannot be deleted: {0}")]
     OnDemandNotDeletable(String),
@@ -98,6 +109,9 @@ impl ApiError {
             ApiError::TaskNotFound(_) => "KOOPHONE.API.1323",
             ApiError::NoAssignableDevice(_) => "KPAPI.2209",
             ApiError::BindingNotFound(_) => "KOOPHONE.API.2210",
+            ApiError::BeingRestored(_) => "KOOPHONE.API.2005",
+            ApiError::BeingBackedUp(_) => "KOOPHONE.API.2006",
+            ApiError::InstanceAbnormal(_) => "KOOPHONE.API.62010",
             ApiError::OnDemandNotDeletable(_) => "KOOPHONE.API.5001",
             ApiError::NotAllRunning(_) => "KOOPHONE.API.5005",
             ApiError::FastInstallInvalid => "KOOPHONE.API.3008",
@@ -231,6 +245,21 @@ mod tests {
             (
                 ApiError::InsufficientInventory("x".into()),
                 "KOOPHONE.API.40010",
+                200,
+            ),
+            (
+                ApiError::BeingRestored("i".into()),
+                "KOOPHONE.API.2005",
+                200,
+            ),
+            (
+                ApiError::BeingBackedUp("i".into()),
+                "KOOPHONE.API.2006",
+                200,
+            ),
+            (
+                ApiError::InstanceAbnormal("i".into()),
+                "KOOPHONE.API.62010",
                 200,
             ),
             (ApiError::Internal, "KOOPHONE.API.9999", 500),

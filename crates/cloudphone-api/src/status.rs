@@ -320,6 +320,9 @@ mod tests {
             ApiError::InvalidParameter(s()),
             ApiError::NoInstancePermission(s()),
             ApiError::NoPermission(s()),
+            ApiError::BeingRestored(s()),
+            ApiError::BeingBackedUp(s()),
+            ApiError::InstanceAbnormal(s()),
             ApiError::MissingVideoCombination(s()),
             ApiError::TaskNotFound(s()),
             ApiError::NoAssignableDevice(s()),
@@ -348,6 +351,9 @@ mod tests {
                 | ApiError::InvalidParameter(_)
                 | ApiError::NoInstancePermission(_)
                 | ApiError::NoPermission(_)
+                | ApiError::BeingRestored(_)
+                | ApiError::BeingBackedUp(_)
+                | ApiError::InstanceAbnormal(_)
                 | ApiError::MissingVideoCombination(_)
                 | ApiError::TaskNotFound(_)
                 | ApiError::NoAssignableDevice(_)

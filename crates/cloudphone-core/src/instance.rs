@@ -257,11 +257,12 @@ pub fn running_status(state: ControlState, node_up: bool) -> RunningStatus {
     }
 }
 
-/// BatchQueryStatus' `status`. Streaming is a property of sessions, not of the state, so no
-/// state maps to it.
-pub fn phone_status(state: ControlState) -> PhoneStatus {
+/// BatchQueryStatus' `status`. Streaming is a property of sessions, not of the state: a
+/// running instance is streaming (3) while its node has a viewer on it (`viewed`).
+pub fn phone_status(state: ControlState, viewed: bool) -> PhoneStatus {
     use InstanceState as N;
     match state {
+        ControlState::Node(N::Running) if viewed => PhoneStatus::Streaming,
         ControlState::Node(N::Restoring) => PhoneStatus::Restoring,
         ControlState::Node(N::BackingUp) => PhoneStatus::BackingUp,
         ControlState::BackupFailed => PhoneStatus::BackupFailed,
@@ -319,6 +320,90 @@ pub fn backup_plan(state: ControlState) -> BackupPlan {
     }
 }
 
+/// A tenant operation on one instance whose outcome depends on the instance's state: what
+/// [`plan`] decides for control's service layer, so every operation refuses a state the same
+/// way and with a documented code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantOp {
+    /// BatchReset: wipe the phone's data and start it fresh.
+    Reset,
+    /// UnassignInstance: unbind the user and wipe the data ("调用后会清除用户云机使用数据").
+    Unassign,
+    /// BatchRebootInstance.
+    Reboot,
+    /// GetDeviceToken: a viewer may stream the phone.
+    DeviceToken,
+    /// StopInstancesStreaming / ReleaseInstancesSession: end what streams.
+    EndSessions,
+}
+
+/// Where an allowed operation acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Ask the instance's node (it is up and has the instance).
+    OnNode,
+    /// The phone lives only in its archive: act on the archive (a wipe deletes it, so the
+    /// phone comes back fresh when it is prepared).
+    Archive,
+    /// Nothing to do: the answer is success (no node streams an archived phone).
+    Nothing,
+}
+
+/// Why an operation is refused in a state; each is one documented code (seed 001, 6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `KOOPHONE.API.2005`: the phone is on its way back from its archive (backed up and not
+    /// yet on a host, queued, or being restored); prepare it and wait.
+    BeingRestored,
+    /// `KOOPHONE.API.2006`: its data is being archived.
+    BeingBackedUp,
+    /// `KOOPHONE.API.62010`: the phone is not in a state to do this (its host is down, it is
+    /// being created, started or reset, or it failed).
+    Abnormal,
+    /// `KOOPHONE.API.5005`: BatchRebootInstance of an instance that is not running.
+    NotRunning,
+}
+
+/// What `op` does with an instance in `state` whose node is up (`node_up`) or not: where it
+/// acts, or the refusal. Pure, so the rules read as one table (see the tests).
+pub fn plan(op: TenantOp, state: ControlState, node_up: bool) -> Result<Plan, Refusal> {
+    use InstanceState as N;
+    let archived = !on_node(state);
+    match op {
+        // A wipe must reach the data wherever it is: on a host that is up, or in the archive.
+        // Anything in flight would race the wipe, and a host that is down cannot wipe: the
+        // call fails rather than reporting a wipe that did not happen.
+        TenantOp::Reset | TenantOp::Unassign => match state {
+            _ if archived => Ok(Plan::Archive),
+            ControlState::Node(N::BackingUp) => Err(Refusal::BeingBackedUp),
+            ControlState::Node(N::Restoring) => Err(Refusal::BeingRestored),
+            _ if !node_up => Err(Refusal::Abnormal),
+            ControlState::Node(N::Running | N::Stopped | N::Failed)
+            | ControlState::BackupFailed => Ok(Plan::OnNode),
+            _ => Err(Refusal::Abnormal),
+        },
+        TenantOp::Reboot => match state {
+            ControlState::Node(N::Running) if node_up => Ok(Plan::OnNode),
+            _ => Err(Refusal::NotRunning),
+        },
+        // Backups and restores are control's own doing, so those states are certain; any
+        // other state of a phone on a host may be a report behind (a late "starting" after
+        // control recorded "running"), so the node decides: a viewer's hello is refused
+        // `not_running` until the phone runs.
+        TenantOp::DeviceToken => match state {
+            ControlState::Node(N::BackingUp) => Err(Refusal::BeingBackedUp),
+            ControlState::BackedUp | ControlState::Queued | ControlState::Node(N::Restoring) => {
+                Err(Refusal::BeingRestored)
+            }
+            ControlState::RestoreFailed => Err(Refusal::Abnormal),
+            _ if node_up => Ok(Plan::OnNode),
+            _ => Err(Refusal::Abnormal),
+        },
+        TenantOp::EndSessions if archived || !node_up => Ok(Plan::Nothing),
+        TenantOp::EndSessions => Ok(Plan::OnNode),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,7 +435,17 @@ mod tests {
             row.running,
             "{s} running_status"
         );
-        assert_eq!(phone_status(s), row.phone, "{s} phone_status");
+        assert_eq!(phone_status(s, false), row.phone, "{s} phone_status");
+        let viewed = if s == ControlState::RUNNING {
+            P::Streaming
+        } else {
+            row.phone
+        };
+        assert_eq!(
+            phone_status(s, true),
+            viewed,
+            "{s} phone_status while viewed"
+        );
         assert_eq!(
             (prepare_status(s, true), prepare_status(s, false)),
             row.prepare,
@@ -394,6 +489,64 @@ mod tests {
         assert_eq!(table.len(), ALL_STATES.len(), "a state without a row");
         for (state, row) in table {
             check(state, row);
+        }
+    }
+
+    /// Every state, host up and down, against every state-dependent tenant operation:
+    /// (wipe = Reset and Unassign, reboot, device token, end sessions).
+    #[test]
+    fn tenant_operations_by_state() {
+        use ControlState as C;
+        use InstanceState as N;
+        use Plan::{Archive, Nothing, OnNode};
+        use Refusal::{Abnormal as Ab, BeingBackedUp as Bu, BeingRestored as Br, NotRunning as Nr};
+        type Answer = Result<Plan, Refusal>;
+        // (state, host up, wipe, reboot, device token, end sessions)
+        #[rustfmt::skip]
+        let table: [(C, bool, Answer, Answer, Answer, Answer); 26] = [
+            (C::Creating, true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Creating, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::Stopped), true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Node(N::Stopped), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::Starting), true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Node(N::Starting), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::Running), true, Ok(OnNode), Ok(OnNode), Ok(OnNode), Ok(OnNode)),
+            (C::Node(N::Running), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::Resetting), true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Node(N::Resetting), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::Failed), true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Node(N::Failed), false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Node(N::BackingUp), true, Err(Bu), Err(Nr), Err(Bu), Ok(OnNode)),
+            (C::Node(N::BackingUp), false, Err(Bu), Err(Nr), Err(Bu), Ok(Nothing)),
+            (C::Node(N::Restoring), true, Err(Br), Err(Nr), Err(Br), Ok(OnNode)),
+            (C::Node(N::Restoring), false, Err(Br), Err(Nr), Err(Br), Ok(Nothing)),
+            (C::BackedUp, true, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
+            (C::BackedUp, false, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
+            (C::Queued, true, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
+            (C::Queued, false, Ok(Archive), Err(Nr), Err(Br), Ok(Nothing)),
+            (C::BackupFailed, true, Ok(OnNode), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::BackupFailed, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::RestoreFailed, true, Ok(Archive), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::RestoreFailed, false, Ok(Archive), Err(Nr), Err(Ab), Ok(Nothing)),
+            (C::Unknown, true, Err(Ab), Err(Nr), Ok(OnNode), Ok(OnNode)),
+            (C::Unknown, false, Err(Ab), Err(Nr), Err(Ab), Ok(Nothing)),
+        ];
+        assert_eq!(
+            table.len(),
+            ALL_STATES.len() * 2,
+            "a state without its rows"
+        );
+        for (s, up, wipe, reboot, token, end) in table {
+            let got = |op| plan(op, s, up);
+            assert_eq!(got(TenantOp::Reset), wipe, "{s} up={up} reset");
+            assert_eq!(got(TenantOp::Unassign), wipe, "{s} up={up} unassign");
+            assert_eq!(got(TenantOp::Reboot), reboot, "{s} up={up} reboot");
+            assert_eq!(
+                got(TenantOp::DeviceToken),
+                token,
+                "{s} up={up} device token"
+            );
+            assert_eq!(got(TenantOp::EndSessions), end, "{s} up={up} end sessions");
         }
     }
 

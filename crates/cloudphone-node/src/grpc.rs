@@ -582,6 +582,15 @@ impl NodeAgent for NodeService {
         Ok(Response::new(pb::StopStreamingResponse { streams_stopped }))
     }
 
+    async fn list_streaming(
+        &self,
+        _: Request<pb::ListStreamingRequest>,
+    ) -> Reply<pb::ListStreamingResponse> {
+        Ok(Response::new(pb::ListStreamingResponse {
+            instance_ids: self.sessions.streaming_instances(),
+        }))
+    }
+
     async fn release_session(
         &self,
         r: Request<pb::InstanceRef>,

@@ -22,7 +22,7 @@ use cloudphone_core::video::{VideoCell, VideoConfig, VideoConfigError};
 use super::{ApiFailure, AppStateRef, Caller, TokenCaller, parse_json};
 use crate::service::commands;
 use crate::service::management;
-use crate::service::sessions::{self, DEVICE_TOKEN_TTL_SECS, DeviceSession, SessionCall};
+use crate::service::sessions::{self, DeviceSession, SessionCall};
 
 /// The `"OK"`-spelled success body some operations answer with.
 fn ok_upper() -> Response {
@@ -227,7 +227,7 @@ fn device_token_data(session: DeviceSession, instance_id: String) -> DeviceToken
             rtc: Rtc {
                 ice_signaling: IceSignaling {
                     signaling_url: session.signaling_url,
-                    expired_time: Some(DEVICE_TOKEN_TTL_SECS.to_string()),
+                    expired_time: Some(session.expired_time_secs.to_string()),
                     ice_servers: session.ice_servers,
                 },
             },

@@ -328,14 +328,20 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
             return;
         }
     };
-    let request = pb::RestoreInstanceRequest {
-        instance_id: id.clone(),
-        source_uri: source_uri.clone(),
-        spec: Some(super::create_request(&record)),
-    };
+    let spec = super::create_request(&record);
     let outcome = match app.registry.client(&record.node_id) {
+        // The archive was wiped (UnassignInstance or BatchReset while archived): the phone
+        // comes back as a fresh one, created from the same spec.
+        Some(mut client) if source_uri.is_empty() => {
+            tracing::info!(instance_id = %id, "archive wiped: restoring as a fresh phone");
+            client.create_instance(spec).await.map(|r| r.into_inner())
+        }
         Some(mut client) => client
-            .restore_instance(request)
+            .restore_instance(pb::RestoreInstanceRequest {
+                instance_id: id.clone(),
+                source_uri: source_uri.clone(),
+                spec: Some(spec),
+            })
             .await
             .map(|r| r.into_inner()),
         None => Err(tonic::Status::unavailable("node not connected")),
@@ -391,7 +397,7 @@ async fn restore(app: Arc<AppState>, record: InstanceRecord, since_ms: i64) {
 }
 
 /// The data is back on a host and will diverge from the archive: drop the stale copy.
-async fn remove_archive(uri: &str) {
+pub(crate) async fn remove_archive(uri: &str) {
     let Some(path) = uri.strip_prefix("file://") else {
         return;
     };

@@ -2,11 +2,12 @@
 //! AssignInstance, UnassignInstance and DeleteInstance. Every operation checks that *all* named instances are
 //! the caller's before it changes any of them, and writes its rows in one transaction.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cloudphone_api::error::ApiError;
 use cloudphone_api::management::Binding;
-use cloudphone_core::instance::{self, ControlState, PhoneStatus};
+use cloudphone_core::instance::{self, ControlState, PhoneStatus, Plan, TenantOp};
 use cloudphone_core::lifecycle::{self, Operation};
 use cloudphone_proto::node_v1 as pb;
 
@@ -15,34 +16,115 @@ use crate::AppState;
 use crate::iam::Principal;
 use crate::store::InstanceRecord;
 
-/// BatchQueryStatus: each instance's status, in the order asked.
+/// BatchQueryStatus: each instance's status, in the order asked. The state gives all but one
+/// status; "streaming" (3) is a property of the node's sessions, so the nodes of the running
+/// instances are asked which of theirs have a viewer (one call per node). A node that does not
+/// answer leaves its instances at what their state says.
 pub(crate) async fn query_status(
     state: &AppState,
     principal: &Principal,
     ids: &[String],
 ) -> Result<Vec<(String, PhoneStatus)>, ServiceError> {
     let records = owned(state, principal, ids).await?;
+    let mut streaming: HashMap<String, HashSet<String>> = HashMap::new();
+    for record in &records {
+        if record.state != ControlState::RUNNING || streaming.contains_key(&record.node_id) {
+            continue;
+        }
+        let Some(mut client) = node_of(state, record) else {
+            continue;
+        };
+        let on_node = match client.list_streaming(pb::ListStreamingRequest {}).await {
+            Ok(answer) => answer.into_inner().instance_ids.into_iter().collect(),
+            Err(status) => {
+                tracing::warn!(node_id = %record.node_id, %status, "node did not say what streams");
+                HashSet::new()
+            }
+        };
+        streaming.insert(record.node_id.clone(), on_node);
+    }
     Ok(records
         .into_iter()
-        .map(|r| (r.instance_id, instance::phone_status(r.state)))
+        .map(|r| {
+            let viewed = streaming
+                .get(&r.node_id)
+                .is_some_and(|ids| ids.contains(&r.instance_id));
+            let status = instance::phone_status(r.state, viewed);
+            (r.instance_id, status)
+        })
         .collect())
 }
 
-/// BatchReset: wipes each instance's data and restarts it; every node must be reachable.
+/// BatchReset: wipes each instance's data and restarts it. Where the data is follows from the
+/// state (`cloudphone_core::instance::plan`): on a host that is up (the node resets it), or
+/// only in an archive (the archive is deleted, so the phone comes back fresh when prepared).
+/// One instance the rules refuse (being backed up 2006, being restored 2005, host down or mid
+/// operation 62010) refuses the whole call, and nothing changes.
 pub(crate) async fn reset(
     state: &Arc<AppState>,
     principal: &Principal,
     ids: &[String],
 ) -> Result<(), ServiceError> {
     let records = owned(state, principal, ids).await?;
-    if let Some(down) = records.iter().find(|r| node_of(state, r).is_none()) {
-        return Err(ApiError::InvalidParameter(format!(
-            "instance {} is unreachable",
-            down.instance_id
-        ))
-        .into());
+    let (on_node, archived) = split_wipes(state, records, TenantOp::Reset).await?;
+    wipe(state, &[], &archived, on_node).await
+}
+
+/// Splits instances to wipe into those their node wipes and those only in an archive, or the
+/// first refusal. A phone control saw mid-operation (creating, starting, resetting) is asked
+/// about first: control's state may be a report behind the node's (a late "starting" after
+/// the "running" of the create call), and a phone that runs can be wiped.
+async fn split_wipes(
+    state: &AppState,
+    records: Vec<InstanceRecord>,
+    op: TenantOp,
+) -> Result<(Vec<InstanceRecord>, Vec<String>), ServiceError> {
+    let mut on_node = Vec::new();
+    let mut archived = Vec::new();
+    for mut record in records {
+        if matches!(
+            super::plan(state, &record, op),
+            Err(ServiceError::Refused(ApiError::InstanceAbnormal(_)))
+        ) && let Some(mut client) = node_of(state, &record)
+        {
+            let target = pb::InstanceRef {
+                instance_id: record.instance_id.clone(),
+            };
+            if let Ok(status) = client.get_instance_status(target).await {
+                record.state = crate::nodes::reported_state(status.into_inner().state);
+            }
+        }
+        match super::plan(state, &record, op)? {
+            Plan::OnNode => on_node.push(record),
+            Plan::Archive => archived.push(record.instance_id),
+            Plan::Nothing => {}
+        }
     }
-    start_lifecycle(state, records, Operation::Reset).await
+    Ok((on_node, archived))
+}
+
+/// Unbinds `unbind` and wipes `archived` (one transaction), deletes those archives, then
+/// starts the node resets of `on_node`.
+async fn wipe(
+    state: &Arc<AppState>,
+    unbind: &[String],
+    archived: &[String],
+    on_node: Vec<InstanceRecord>,
+) -> Result<(), ServiceError> {
+    if !unbind.is_empty() || !archived.is_empty() {
+        let Some(uris) = state
+            .store
+            .wipe_archives(unbind, archived, crate::unix_ms())
+            .await?
+        else {
+            // A restore claimed one of them between the read and the write.
+            return Err(ApiError::BeingRestored(archived.join(",")).into());
+        };
+        for uri in uris {
+            super::lifecycle_data::remove_archive(&uri).await;
+        }
+    }
+    start_lifecycle(state, on_node, Operation::Reset).await
 }
 
 /// BatchRebootInstance: every instance must be running on a reachable node (else 5005 and none
@@ -55,7 +137,7 @@ pub(crate) async fn reboot(
     let records = owned(state, principal, ids).await?;
     let not_running: Vec<&str> = records
         .iter()
-        .filter(|r| r.state != ControlState::RUNNING || node_of(state, r).is_none())
+        .filter(|r| super::plan(state, r, TenantOp::Reboot).is_err())
         .map(|r| r.instance_id.as_str())
         .collect();
     if !not_running.is_empty() {
@@ -103,7 +185,10 @@ pub(crate) async fn assign(
 }
 
 /// UnassignInstance: removes each binding (2210 if one does not exist) and wipes the user's
-/// data ("调用后会清除用户云机使用数据") on the instances whose node is reachable.
+/// data ("调用后会清除用户云机使用数据") wherever it is, under the same rules as BatchReset: on
+/// its host, or in its archive (deleted at once; the phone comes back fresh when prepared).
+/// A wipe that cannot happen now (host down, backup or restore in flight) refuses the whole
+/// call with its code and the bindings stay: the next user never inherits the data.
 pub(crate) async fn unassign(
     state: &Arc<AppState>,
     principal: &Principal,
@@ -119,19 +204,9 @@ pub(crate) async fn unassign(
             .into());
         }
     }
-    let rows: Vec<(String, Option<String>)> = bindings
-        .iter()
-        .map(|b| (b.instance_id.clone(), None))
-        .collect();
-    state
-        .store
-        .set_assign_users(&rows, crate::unix_ms())
-        .await?;
-    let reachable: Vec<InstanceRecord> = records
-        .into_iter()
-        .filter(|r| node_of(state, r).is_some())
-        .collect();
-    start_lifecycle(state, reachable, Operation::Reset).await
+    let unbind: Vec<String> = bindings.iter().map(|b| b.instance_id.clone()).collect();
+    let (on_node, archived) = split_wipes(state, records, TenantOp::Unassign).await?;
+    wipe(state, &unbind, &archived, on_node).await
 }
 
 /// DeleteInstance: asks each reachable node to remove its instance, then drops every row in

@@ -28,6 +28,7 @@ pub(crate) mod usage_query;
 use cloudphone_api::error::ApiError;
 use std::collections::HashMap;
 
+use cloudphone_core::instance::{self, Plan, Refusal, TenantOp};
 use cloudphone_core::liveness::NodeHealth;
 use cloudphone_core::scheduling::NodeSlots;
 use cloudphone_proto::node_v1 as pb;
@@ -102,6 +103,30 @@ pub(crate) async fn nodes_with_slots(
             (n, slots)
         })
         .collect())
+}
+
+/// What `op` does with `record` under the core's lifecycle rules
+/// (`cloudphone_core::instance::plan`), its refusal already mapped onto the documented code.
+pub(crate) fn plan(
+    state: &AppState,
+    record: &InstanceRecord,
+    op: TenantOp,
+) -> Result<Plan, ServiceError> {
+    let node_up = state.registry.health(&record.node_id) == NodeHealth::Up;
+    instance::plan(op, record.state, node_up).map_err(|refusal| {
+        let what = format!("instance {} is {}", record.instance_id, record.state);
+        let what = if node_up || !instance::holds_slot(record.state) {
+            what
+        } else {
+            format!("{what} on a host that is down")
+        };
+        ServiceError::Refused(match refusal {
+            Refusal::BeingRestored => ApiError::BeingRestored(what),
+            Refusal::BeingBackedUp => ApiError::BeingBackedUp(what),
+            Refusal::Abnormal => ApiError::InstanceAbnormal(what),
+            Refusal::NotRunning => ApiError::NotAllRunning(record.instance_id.clone()),
+        })
+    })
 }
 
 /// A client for the instance's node when that node is up.

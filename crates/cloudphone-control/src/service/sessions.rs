@@ -8,7 +8,8 @@ use cloudphone_proto::node_v1 as pb;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use super::commands::new_id;
+use cloudphone_core::instance::{Plan, TenantOp};
+
 use super::{ServiceError, node_of, owned};
 use crate::AppState;
 use crate::iam::Principal;
@@ -32,10 +33,13 @@ pub(crate) struct DeviceSession {
     pub(crate) device_id: String,
     pub(crate) signaling_url: String,
     pub(crate) ice_servers: Vec<String>,
+    /// GetDeviceToken's `expired_time`: how many seconds of streaming the token allows from
+    /// now (a renewal, another GetDeviceToken, extends a live stream by as much again).
+    pub(crate) expired_time_secs: i64,
 }
 
-/// StopInstancesStreaming / ReleaseInstancesSession. An unreachable node streams nothing, so
-/// there is nothing to stop there.
+/// StopInstancesStreaming / ReleaseInstancesSession. Nothing streams an archived phone or one
+/// whose host is down, so there is nothing to stop there (`cloudphone_core::instance::plan`).
 pub(crate) async fn session_call(
     state: &AppState,
     principal: &Principal,
@@ -45,6 +49,9 @@ pub(crate) async fn session_call(
     let record = owned(state, principal, std::slice::from_ref(&id))
         .await?
         .remove(0);
+    if super::plan(state, &record, TenantOp::EndSessions)? != Plan::OnNode {
+        return Ok(());
+    }
     let Some(mut client) = node_of(state, &record) else {
         return Ok(());
     };
@@ -53,15 +60,49 @@ pub(crate) async fn session_call(
         SessionCall::Release => client.release_session(target).await.map(|_| ()),
         SessionCall::StopStreaming => client.stop_streaming(target).await.map(|_| ()),
     };
-    if let Err(status) = outcome {
-        tracing::error!(%status, "node session call failed");
-        return Err(ApiError::Internal.into());
+    match outcome {
+        Ok(()) => Ok(()),
+        // The instance left the node meanwhile (a backup finishing, a delete): it streams
+        // nothing, which is what the call asks.
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+        Err(status) => {
+            tracing::warn!(%status, "node session call failed");
+            Err(node_failure(&record.instance_id, &status))
+        }
     }
-    Ok(())
+}
+
+/// A node call about an instance that failed: the host is unreachable, or the instance is not
+/// in a state to do it (it moved meanwhile). Both are `62010` ("云实例异常"), never `9999`.
+fn node_failure(instance_id: &str, status: &tonic::Status) -> ServiceError {
+    let why = match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => "its host did not answer",
+        _ => "its host refused",
+    };
+    ApiError::InstanceAbnormal(format!("instance {instance_id}: {why}")).into()
+}
+
+/// The device id a viewer of `instance_id` for `user_id` presents: the same for every
+/// GetDeviceToken of that user and instance, so a new call renews the grant of a live stream
+/// (the node moves its expiry) instead of starting a second, unrelated one. Hex of a SHA-256
+/// over both ids, shaped like the seed's `7b0cd026df8d495b8a65d628d7bec433`.
+pub(crate) fn device_id(tenant_id: &str, instance_id: &str, user_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [tenant_id, instance_id, user_id] {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// GetDeviceToken: a fresh random token bound to this instance and user, registered with the
-/// instance's node after the tenant's video matrix (the node may have restarted since).
+/// instance's node after the tenant's video matrix (the node may have restarted since). The
+/// device id is the same for the same user and instance ([`device_id`]): calling again within
+/// a stream renews it for another `DEVICE_TOKEN_TTL_SECS` (the old token stops admitting new
+/// viewers; the live stream carries on). A phone being backed up, in its archive or being
+/// restored, or on a host that is down, is refused with its documented code
+/// (`cloudphone_core::instance::plan`); for the rest the node decides.
 pub(crate) async fn device_token(
     state: &AppState,
     principal: &Principal,
@@ -70,8 +111,12 @@ pub(crate) async fn device_token(
     let record = owned(state, principal, std::slice::from_ref(&instance_id))
         .await?
         .remove(0);
+    super::plan(state, &record, TenantOp::DeviceToken)?;
     let Some(mut client) = node_of(state, &record) else {
-        return Err(ApiError::Internal.into());
+        return Err(node_failure(
+            &instance_id,
+            &tonic::Status::unavailable("not connected"),
+        ));
     };
     if let Some(config) = stored_video_config(state, &instance_id).await?
         && let Err(status) = push_video_config(&mut client, &instance_id, &config).await
@@ -81,11 +126,11 @@ pub(crate) async fn device_token(
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let device_token = hex::encode(bytes);
-    let device_id = new_id();
-    let expires_at = crate::unix_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
+    let device_id = device_id(&principal.tenant_id, &instance_id, &principal.user_id);
+    let expires_at = state.clock.now_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
     let started = client
         .start_session(pb::StartSessionRequest {
-            instance_id,
+            instance_id: instance_id.clone(),
             device_token_sha256: hex::encode(Sha256::digest(device_token.as_bytes())),
             expires_at_unix_ms: expires_at,
             user_id: principal.user_id.clone(),
@@ -94,8 +139,8 @@ pub(crate) async fn device_token(
         })
         .await
         .map_err(|status| {
-            tracing::error!(%status, "node refused StartSession");
-            ServiceError::Refused(ApiError::Internal)
+            tracing::warn!(%status, "node refused StartSession");
+            node_failure(&instance_id, &status)
         })?
         .into_inner();
     Ok(DeviceSession {
@@ -103,6 +148,7 @@ pub(crate) async fn device_token(
         device_id,
         signaling_url: started.signaling_url,
         ice_servers: started.ice_servers,
+        expired_time_secs: DEVICE_TOKEN_TTL_SECS,
     })
 }
 
@@ -185,6 +231,28 @@ async fn stored_video_config(
         Err(error) => {
             tracing::error!(instance_id, %error, "stored video config is unreadable");
             Err(ApiError::Internal.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_id;
+
+    #[test]
+    fn one_device_per_user_and_instance() {
+        let a = device_id("t", "inst1", "user-1");
+        assert_eq!(a, device_id("t", "inst1", "user-1"), "a renewal finds it");
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        for other in [
+            device_id("t", "inst1", "user-2"),
+            device_id("t", "inst2", "user-1"),
+            device_id("u", "inst1", "user-1"),
+            // Boundaries between the parts count.
+            device_id("t", "inst1u", "ser-1"),
+        ] {
+            assert_ne!(a, other);
         }
     }
 }

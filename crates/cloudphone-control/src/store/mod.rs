@@ -214,7 +214,8 @@ pub struct BackupState {
     /// ListInstances' `backup_status`: 0 none yet, 1 running, 2 succeeded, 3 failed.
     pub backup_status: i64,
     pub backup_time_ms: Option<i64>,
-    /// Where the last archive went; empty before the first backup.
+    /// Where the last archive went; empty before the first backup and after the archive was
+    /// wiped (UnassignInstance or BatchReset of an archived phone).
     pub backup_uri: String,
     /// ListInstances' `restore_status`, same codes.
     pub restore_status: i64,
@@ -334,6 +335,17 @@ pub trait Store: Send + Sync + 'static {
         bindings: &[(String, Option<String>)],
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// UnassignInstance / BatchReset of archived phones, in one transaction: unbinds every
+    /// instance of `unbind` and wipes the archive of every instance of `wipe` (its
+    /// `backup_uri` emptied: a restore then starts a fresh phone). Answers the wiped archives'
+    /// old URIs, for the caller to delete; `None`, with nothing written, if an instance of
+    /// `wipe` is no longer archived (a restore claimed it meanwhile).
+    async fn wipe_archives(
+        &self,
+        unbind: &[String],
+        wipe: &[String],
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
     /// Sets the same state on several instances in one transaction, all or none.
     async fn set_instance_states(
         &self,

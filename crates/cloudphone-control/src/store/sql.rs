@@ -608,6 +608,57 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn wipe_archives(
+        &self,
+        unbind: &[String],
+        wipe: &[String],
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let archived = states_where(|state| !rules::holds_slot(state));
+        let mut tx = self.pool.begin().await?;
+        for instance_id in unbind {
+            sqlx::query(
+                "UPDATE instances SET assign_user = NULL, updated_at_ms = $1 WHERE id = $2",
+            )
+            .bind(now_ms)
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut uris = Vec::with_capacity(wipe.len());
+        for instance_id in wipe {
+            let row = sqlx::query(&format!(
+                "SELECT backup_uri FROM instances WHERE id = $1 AND state IN ({archived})"
+            ))
+            .bind(instance_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            let uri: String = row.try_get("backup_uri")?;
+            // Conditional on what was read, so a restore claiming it in between (another
+            // replica) makes this whole wipe a no-op rather than a half one.
+            let done = sqlx::query(&format!(
+                "UPDATE instances SET backup_uri = '', updated_at_ms = $1 \
+                 WHERE id = $2 AND backup_uri = $3 AND state IN ({archived})"
+            ))
+            .bind(now_ms)
+            .bind(instance_id)
+            .bind(&uri)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            uris.push(uri);
+        }
+        tx.commit().await?;
+        Ok(Some(uris))
+    }
+
     async fn set_instance_states(
         &self,
         instance_ids: &[String],

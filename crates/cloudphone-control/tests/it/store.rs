@@ -555,6 +555,38 @@ async fn backup_and_prepare(store: &impl Store) {
         "a failed restore can be prepared again"
     );
     assert_eq!(store.queued_instances().await.unwrap().len(), 1);
+
+    // Unassigning an archived phone wipes its archive in the same transaction; one that is no
+    // longer archived (q2 runs again) makes the whole call write nothing.
+    let bound = [
+        ("q1".to_string(), Some("user-1".to_string())),
+        ("q2".to_string(), Some("user-2".to_string())),
+    ];
+    store.set_assign_users(&bound, 860).await.unwrap();
+    let both = ["q1".to_string(), "q2".to_string()];
+    assert_eq!(store.wipe_archives(&both, &both, 870).await.unwrap(), None);
+    assert_eq!(
+        (
+            stored(store, "q1").await.assign_user.as_deref(),
+            backup(store, "q1").await.backup_uri
+        ),
+        (Some("user-1"), uri("q1")),
+        "nothing written"
+    );
+    let q1 = ["q1".to_string()];
+    let wiped = store.wipe_archives(&q1, &q1, 880).await.unwrap();
+    assert_eq!(wiped, Some(vec![uri("q1")]), "the archive to delete");
+    let after = backup(store, "q1").await;
+    assert_eq!(
+        (after.state, after.backup_uri.as_str()),
+        (ControlState::Queued, ""),
+        "still queued, restored fresh"
+    );
+    assert_eq!(stored(store, "q1").await.assign_user, None);
+    assert_eq!(
+        stored(store, "q2").await.assign_user.as_deref(),
+        Some("user-2")
+    );
 }
 
 #[tokio::test]

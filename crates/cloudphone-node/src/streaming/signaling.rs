@@ -306,11 +306,26 @@ type Bytes = bytes::Bytes;
 /// Resolves with `Expired` at the grant's expiry, following a grant renewed by a new
 /// StartSession for the same device; with `Released` if the grant disappears.
 async fn expiry(sessions: &Sessions, device_id: &str) -> ByeReason {
+    let clock = sessions.clock();
+    follow_expiry(
+        || sessions.grant(device_id).map(|g| g.expires_at_unix_ms),
+        || clock.unix_ms(),
+    )
+    .await
+}
+
+/// [`expiry`]'s loop over a grant's expiry (`None`: the grant is gone) and "now", both read
+/// again after each wait, so a renewal (control's GetDeviceToken for the same device) carries
+/// a live stream past its first expiry. Apart so a test can drive it on a paused clock.
+async fn follow_expiry(
+    expires_at: impl Fn() -> Option<i64>,
+    now_ms: impl Fn() -> i64,
+) -> ByeReason {
     loop {
-        let Some(grant) = sessions.grant(device_id) else {
+        let Some(expires_at) = expires_at() else {
             return ByeReason::Released;
         };
-        let left = grant.expires_at_unix_ms - crate::unix_ms();
+        let left = expires_at - now_ms();
         if left <= 0 {
             return ByeReason::Expired;
         }
@@ -373,3 +388,44 @@ async fn read_rtcp(
 
 // `wss://` signaling is served through the daemons' shared TLS listener.
 pub(crate) use cloudphone_daemon::tls::{TlsError, TlsListener, tls_acceptor};
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::clock::Clock;
+
+    /// A grant renewed before its expiry carries the stream on to the new expiry, and only
+    /// then ends it (`expired`): what makes a stream started through GetDeviceToken outlive
+    /// its first hour. Tokio's paused clock, no wall-clock wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_grant_moves_the_expiry() {
+        const HOUR: i64 = 3_600_000;
+        let clock = Clock::tokio(1_000_000);
+        let expires = Mutex::new(Some(clock.unix_ms() + HOUR));
+        let ended = follow_expiry(|| *expires.lock().unwrap(), || clock.unix_ms());
+        tokio::pin!(ended);
+        // 59 minutes in: still streaming; the device's grant is renewed for another hour.
+        let waited = tokio::time::timeout(Duration::from_secs(59 * 60), &mut ended).await;
+        assert!(waited.is_err(), "ended before its expiry");
+        *expires.lock().unwrap() = Some(clock.unix_ms() + HOUR);
+        // Past the first expiry: still streaming.
+        let waited = tokio::time::timeout(Duration::from_secs(30 * 60), &mut ended).await;
+        assert!(
+            waited.is_err(),
+            "cut at the first expiry despite the renewal"
+        );
+        // At the renewed expiry it ends, as expired.
+        let reason = tokio::time::timeout(Duration::from_secs(31 * 60), &mut ended).await;
+        assert_eq!(reason.ok(), Some(ByeReason::Expired));
+        assert!(clock.unix_ms() >= 1_000_000 + 59 * 60_000 + HOUR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_grant_ends_the_stream() {
+        let clock = Clock::tokio(0);
+        let reason = follow_expiry(|| None, || clock.unix_ms()).await;
+        assert_eq!(reason, ByeReason::Released);
+    }
+}

@@ -154,6 +154,25 @@ impl Sessions {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// The instances with at least one viewer right now, each once, sorted: what control shows
+    /// as BatchQueryStatus 3 (streaming).
+    pub(crate) fn streaming_instances(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .inner()
+            .viewers
+            .values()
+            .map(|v| v.instance_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// What grants' expiries are compared with (the system clock, or tokio's in tests).
+    pub(crate) fn clock(&self) -> crate::clock::Clock {
+        self.settings.clock
+    }
+
     /// Viewers connected right now.
     pub(crate) fn live_viewers(&self) -> usize {
         self.inner().viewers.len()
