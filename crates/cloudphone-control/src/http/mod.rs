@@ -262,6 +262,15 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A call that is AK/SK-signed and carries no token (a token, when present, wins).
+fn is_signed_without_token(headers: &HeaderMap) -> bool {
+    !headers.contains_key(&AUTH_TOKEN)
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with(sign::huawei::ALGORITHM))
+}
+
 /// Seed 001 §3.2: a call is authenticated by `X-Auth-Token` *or* by AK/SK signing. A call with
 /// no token whose `Authorization` is `SDK-HMAC-SHA256 …` has its body read (the signature
 /// covers it) and its signature checked by `iam::identify_signed`, the verifier the Huawei Live
@@ -272,13 +281,7 @@ async fn verify_signature(
     request: Request,
     next: Next,
 ) -> Response {
-    let signed = !request.headers().contains_key(&AUTH_TOKEN)
-        && request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with(sign::huawei::ALGORITHM));
-    if !signed {
+    if !is_signed_without_token(request.headers()) {
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
