@@ -129,6 +129,10 @@ pub struct QuotaConfig {
     /// SyncCommand runs (one per instance named) a tenant may have in flight at once on this
     /// control replica.
     pub concurrent_commands_per_tenant: u32,
+    /// Instances a tenant may hold on any one node, so one tenant cannot take every encoder
+    /// of a host; an order that cannot be placed within it is refused whole (40010). 0: no
+    /// such limit.
+    pub instances_per_node_per_tenant: u32,
 }
 
 impl Default for QuotaConfig {
@@ -136,6 +140,7 @@ impl Default for QuotaConfig {
         Self {
             instances_per_tenant: 500,
             concurrent_commands_per_tenant: 200,
+            instances_per_node_per_tenant: 0,
         }
     }
 }

@@ -136,7 +136,9 @@ impl PrepareQueue {
                     ..n.slots.clone()
                 })
                 .collect();
-            let Some(node_id) = scheduling::place(&candidates, 1)
+            // No per-node tenant cap here: a queued instance was counted against it when it
+            // was ordered, and the queue holds the line by pool, not by tenant.
+            let Some(node_id) = scheduling::place(&candidates, 1, None)
                 .ok()
                 .and_then(|mut placed| placed.pop())
             else {
@@ -200,6 +202,7 @@ mod tests {
                 node_id: id.into(),
                 capacity,
                 used,
+                tenant_used: 0,
                 eligible: up,
             },
             region: "r1".into(),

@@ -107,6 +107,9 @@ pub struct SandboxSection {
     pub memory_max_mib: u64,
     pub cpu_max_millis: u64,
     pub file_size_max_mib: u64,
+    /// Cap below the SKU's storage on what one instance's data dir holds in total, MiB (the
+    /// dir is a filesystem of that size; see docs/deploy.md); 0: the SKU's.
+    pub data_max_mib: u64,
     /// Host files instances may run, read-only, at `/run/cloudphone/bin/<name>`:
     /// `name = "/host/path"`.
     pub ro_binds: std::collections::BTreeMap<String, PathBuf>,
@@ -126,6 +129,7 @@ impl Default for SandboxSection {
             memory_max_mib: 0,
             cpu_max_millis: 0,
             file_size_max_mib: 0,
+            data_max_mib: 0,
             ro_binds: std::collections::BTreeMap::new(),
             hidden_paths: Vec::new(),
         }
@@ -180,6 +184,7 @@ impl SandboxSection {
             memory_max: nonzero(self.memory_max_mib, 1 << 20),
             cpu_max_millis: nonzero(self.cpu_max_millis, 1),
             file_size_max: nonzero(self.file_size_max_mib, 1 << 20),
+            data_max: nonzero(self.data_max_mib, 1 << 20),
             ro_binds: self.ro_binds.clone(),
             hidden,
         }

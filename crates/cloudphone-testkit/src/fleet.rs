@@ -150,6 +150,43 @@ impl Fleet {
         self.node_ports = (grpc, http);
     }
 
+    /// Starts another node of the fleet's runtime and capacity, enrolled with its own join
+    /// token as `node_id`, its state in `node-state-<node_id>`, and waits until control has
+    /// it up. The caller keeps the daemon (dropping it stops the node).
+    pub async fn start_extra_node(&self, node_id: &str) -> Daemon {
+        let path = self.path(&format!("node-{node_id}.toml"));
+        let text = format!(
+            "node_id = \"{node_id}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
+             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{}\"\n{}",
+            self.path(&format!("node-state-{node_id}")).display(),
+            self.node_capacity,
+            self.runtime,
+            self.nodes_endpoint(),
+            self.join_token("10m"),
+            with_ice_interfaces(&self.node_extra),
+        );
+        std::fs::write(&path, text).unwrap();
+        let (node, _) = self.spawn_ready(
+            &format!("node-{node_id}"),
+            &binary("cloudphone-node"),
+            &["--config", path_str(&path)],
+        );
+        wait_for(
+            &format!("node {node_id} up"),
+            Duration::from_secs(30),
+            || async {
+                let nodes = self.list_nodes().await?;
+                nodes
+                    .iter()
+                    .any(|n| n.node_id == node_id && n.health() == pb::NodeHealth::Up)
+                    .then_some(())
+            },
+        )
+        .await;
+        node
+    }
+
     /// Spawns `bin` with `args` and a `--ready-file`, logging to `<name>.log`; returns it once
     /// it has written its ports there.
     fn spawn_ready(&self, name: &str, bin: &Path, args: &[&str]) -> (Daemon, (u16, u16)) {

@@ -133,12 +133,70 @@ impl Drop for Daemon {
 }
 
 /// Kills every process an in-process node's instances recorded (each `pid` anywhere in
-/// `<state_dir>/instances/*/pids.json`), even when a test panics: the node's own cleanup does
-/// not run when its task is dropped mid-test.
+/// `<state_dir>/instances/*/pids.json`), and detaches the instances' data-quota mounts (any
+/// mount under the state dir), even when a test panics: the node's own cleanup does not run
+/// when its task is dropped mid-test, and a mount left behind would outlive the temp dir.
 pub struct InstanceProcessGuard(pub PathBuf);
 
 impl Drop for InstanceProcessGuard {
     fn drop(&mut self) {
+        self.kill_processes();
+        detach_mounts_under(&self.0);
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir` (a test node's instances' data-quota
+/// volumes), deepest first, so none outlives the test's temp dir.
+pub fn detach_mounts_under(dir: &std::path::Path) {
+    for mount in mounts_under(dir) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mount)
+            .status();
+    }
+}
+
+/// Mount points at or below `dir`, deepest first (from `/proc/self/mountinfo`, whose field 5
+/// is the mount point with spaces and the like escaped as octal).
+fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|escaped| PathBuf::from(unescape_octal(escaped)))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl InstanceProcessGuard {
+    fn kill_processes(&self) {
         let Ok(dir) = std::fs::read_dir(self.0.join("instances")) else {
             return;
         };

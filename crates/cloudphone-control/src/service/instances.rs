@@ -1,7 +1,7 @@
 //! Ordering and listing instances: CreateInstance (placement, one transaction for the order,
 //! then creation on the nodes in the background), ListInstances and what BatchShowSku offers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cloudphone_api::error::ApiError;
@@ -119,12 +119,27 @@ pub(crate) async fn create(
 
     // One order at a time per control replica, so two orders cannot both take the last slots.
     let placing = state.placement_lock.lock().await;
+    // `[quotas] instances_per_node_per_tenant` (0: off): the tenant's instances already on
+    // each node, against which the placement caps it.
+    let per_node = state.config.quotas.instances_per_node_per_tenant;
+    let tenant_max_per_node = (per_node > 0).then_some(per_node);
+    let held_per_node: HashMap<String, i64> = match tenant_max_per_node {
+        Some(_) => state
+            .store
+            .tenant_instance_counts(&principal.tenant_id)
+            .await?
+            .into_iter()
+            .collect(),
+        None => HashMap::new(),
+    };
     let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
         .await?
         .into_iter()
         .map(|(n, mut slots)| {
             let health = state.registry.health(&n.node_id);
             slots.eligible = sells(&n, health, &order.region_id, shape.runtime);
+            let held = held_per_node.get(&n.node_id).copied().unwrap_or(0);
+            slots.tenant_used = u32::try_from(held).unwrap_or(u32::MAX);
             slots
         })
         .collect();
@@ -150,7 +165,7 @@ pub(crate) async fn create(
         ))
         .into());
     }
-    let placements = scheduling::place(&slots, order.count)
+    let placements = scheduling::place(&slots, order.count, tenant_max_per_node)
         .map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
 
     let now = crate::unix_ms();

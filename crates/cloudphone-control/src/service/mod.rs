@@ -97,6 +97,8 @@ pub(crate) async fn nodes_with_slots(
             let slots = NodeSlots {
                 eligible: state.registry.health(&n.node_id) == NodeHealth::Up,
                 used: u32::try_from(used).unwrap_or(u32::MAX),
+                // Filled in by an order that has a per-node tenant quota.
+                tenant_used: 0,
                 capacity: u32::try_from(n.capacity).unwrap_or(0),
                 node_id: n.node_id.clone(),
             };

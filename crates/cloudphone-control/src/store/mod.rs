@@ -273,6 +273,12 @@ pub trait Store: Send + Sync + 'static {
     async fn instance_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Instances a tenant holds (any state), for its quota.
     async fn tenant_instance_count(&self, tenant_id: &str) -> Result<i64, StoreError>;
+    /// The tenant's instances placed on each node (counted like [`Store::instance_counts`]),
+    /// for its per-node quota.
+    async fn tenant_instance_counts(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
 
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError>;
     async fn set_instance_state(

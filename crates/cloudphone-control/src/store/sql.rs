@@ -416,6 +416,24 @@ impl Store for SqlStore {
             .map_err(Into::into)
     }
 
+    async fn tenant_instance_counts(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT node_id, COUNT(*) AS n FROM instances \
+             WHERE tenant_id = $1 AND state NOT IN ({}) GROUP BY node_id",
+            states_where(|state| !rules::holds_slot(state))
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for i in instances {

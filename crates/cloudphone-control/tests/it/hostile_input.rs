@@ -366,6 +366,81 @@ async fn orders_past_the_tenant_instance_quota_are_refused() {
     ok(order(other, 1).await);
 }
 
+/// `[quotas] instances_per_node_per_tenant`: with two nodes and a cap of 1, an order of two
+/// lands one on each node; a third instance, though both nodes have free slots, is
+/// `KOOPHONE.API.40010` (400) and creates nothing; another tenant still gets a slot on a node
+/// the first tenant is at its cap on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_past_the_tenant_per_node_quota_are_refused() {
+    let fleet = Fleet::up_with(
+        "synthetic",
+        "[quotas]\ninstances_per_node_per_tenant = 1\n",
+        "",
+    )
+    .await;
+    let _node_b = fleet.start_extra_node("node-b").await;
+    let acme = fleet.login("acme", "correct-horse-1").await;
+    let other = fleet.login("other", "correct-horse-2").await;
+    let order = |token: String, count: u32| {
+        let fleet = &fleet;
+        async move {
+            fleet
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/instances/create",
+                    &token,
+                    Some(&cloudphone_testkit::fleet::order_sku(
+                        "kp.synthetic.720p",
+                        count,
+                    )),
+                )
+                .await
+        }
+    };
+    // Instances per node dir on each host, as the nodes made them.
+    let on_nodes = || {
+        ["node-state", "node-state-node-b"].map(|state| {
+            std::fs::read_dir(fleet.path(state).join("instances"))
+                .map(|dir| {
+                    dir.filter_map(Result::ok)
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                        .count()
+                })
+                .unwrap_or(0)
+        })
+    };
+
+    let (status, body) = order(acme.clone(), 3).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.40010"), "{body}");
+    assert!(
+        body["error_msg"].as_str().unwrap().contains("per node"),
+        "{body}"
+    );
+    assert_eq!(fleet.list(&acme).await["data"]["result"], json!([]));
+
+    ok(order(acme.clone(), 2).await);
+    fleet
+        .wait_running_status(&acme, 2, 2, Duration::from_secs(60))
+        .await;
+    assert_eq!(on_nodes(), [1, 1], "one instance on each node");
+
+    let (status, body) = order(acme.clone(), 1).await;
+    assert_eq!((status, code(&body)), (400, "KOOPHONE.API.40010"), "{body}");
+    assert_eq!(
+        fleet.list(&acme).await["data"]["result"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "nothing created: {body}"
+    );
+
+    ok(order(other.clone(), 1).await);
+    fleet
+        .wait_running_status(&other, 2, 1, Duration::from_secs(60))
+        .await;
+}
+
 /// `[quotas] concurrent_commands_per_tenant`: SyncCommand runs past it are `APIGW.0308`
 /// (429), counted per instance named and while they are in flight; once they end, the tenant
 /// may run again, and another tenant was never limited.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use cloudphone_core::lifecycle::{InstanceState, LifecycleError, Operation};
 
-use super::{Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec};
+use super::{
+    Entry, InstanceError, InstanceManager, InstanceView, io_err, lock, validate_spec, volume,
+};
 use crate::runtime::{InstanceSpec, RuntimeError};
 
 impl InstanceManager {
@@ -26,9 +28,14 @@ impl InstanceManager {
         }
         let data = entry.paths.data.clone();
         let target = dest.to_path_buf();
-        let written = tokio::task::spawn_blocking(move || tarball::write(&data, &target))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // The archive holds the dir's contents, so the quota volume must be mounted (after
+        // a node restart a stopped instance's may not be yet), or it would archive nothing.
+        let written = match self.mount_volume(&entry).await {
+            Ok(()) => tokio::task::spawn_blocking(move || tarball::write(&data, &target))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
         match written {
             Ok(bytes) => {
                 tracing::info!(instance = id, bytes, dest = %dest.display(), "instance backed up");
@@ -163,7 +170,86 @@ impl InstanceManager {
         }
         let root = entry.paths.root.clone();
         let staging = root.join(format!(".restore-{}", uuid::Uuid::new_v4().simple()));
-        let (from, into) = (src.to_path_buf(), staging.clone());
+        if let Some(bytes) = self.runtime.data_quota(&entry.spec) {
+            self.restore_into_volume(entry, src, &staging, bytes)
+                .await?;
+        } else {
+            self.restore_into_dir(entry, src, &staging).await?;
+        }
+        let data = &entry.paths.data;
+        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_instance(entry.paths.owner) {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || tarball::chown_tree(&data, user))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(io_err(
+                    "restore: handing to the sandbox user",
+                    &entry.paths.data,
+                ))?;
+        }
+        if let Err(e) = self.runtime.provision(&entry.spec, &entry.paths).await {
+            return Err(InstanceError::Runtime(e));
+        }
+        Ok(())
+    }
+
+    /// With a data quota: unpacks into a fresh volume of the quota's size mounted at
+    /// `staging` (an archive larger than the quota fails here, the old data untouched), then
+    /// puts its image in place of the old one, in one rename, and mounts it at the data dir.
+    async fn restore_into_volume(
+        &self,
+        entry: &Entry,
+        src: &Path,
+        staging: &Path,
+        bytes: u64,
+    ) -> Result<(), InstanceError> {
+        let mut staged_image = staging.as_os_str().to_owned();
+        staged_image.push(".img");
+        let staged_image = PathBuf::from(staged_image);
+        if let Err(e) = volume::create(&staged_image, staging, bytes).await {
+            discard_staged(staging, &staged_image).await;
+            return Err(io_err("restore: making a data volume at", staging)(e));
+        }
+        let (from, into) = (src.to_path_buf(), staging.to_path_buf());
+        let unpacked = tokio::task::spawn_blocking(move || tarball::unpack(&from, &into))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = unpacked {
+            discard_staged(staging, &staged_image).await;
+            return Err(io_err("restore: unpacking", src)(e));
+        }
+        let data = &entry.paths.data;
+        let swapped = async {
+            volume::unmount(staging).await?;
+            volume::unmount(data).await?;
+            tokio::fs::rename(&staged_image, volume::image_of(data)).await?;
+            tokio::fs::remove_dir(staging).await?;
+            // An instance from before quotas had its data in the plain dir; it goes now.
+            match tokio::fs::remove_dir_all(data).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            volume::mount(&volume::image_of(data), data).await
+        }
+        .await;
+        if let Err(e) = swapped {
+            discard_staged(staging, &staged_image).await;
+            return Err(io_err("restore: swapping in the data volume at", data)(e));
+        }
+        Ok(())
+    }
+
+    /// Without a data quota: unpacks into the plain dir `staging`, then swaps it for the data
+    /// dir with renames.
+    async fn restore_into_dir(
+        &self,
+        entry: &Entry,
+        src: &Path,
+        staging: &Path,
+    ) -> Result<(), InstanceError> {
+        let root = &entry.paths.root;
+        let (from, into) = (src.to_path_buf(), staging.to_path_buf());
         let unpacked = tokio::task::spawn_blocking(move || tarball::unpack(&from, &into))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -186,21 +272,15 @@ impl InstanceManager {
         {
             tracing::warn!(path = %old.display(), error = %e, "could not remove replaced data");
         }
-        if let Some(user) = crate::runtime::sandbox::SandboxUser::for_instance(entry.paths.owner) {
-            let data = data.clone();
-            tokio::task::spawn_blocking(move || tarball::chown_tree(&data, user))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(io_err(
-                    "restore: handing to the sandbox user",
-                    &entry.paths.data,
-                ))?;
-        }
-        if let Err(e) = self.runtime.provision(&entry.spec, &entry.paths).await {
-            return Err(InstanceError::Runtime(e));
-        }
         Ok(())
     }
+}
+
+/// Takes down a restore's staging volume; best-effort, as the restore has already failed.
+async fn discard_staged(staging: &Path, image: &Path) {
+    let _ = volume::unmount(staging).await;
+    let _ = tokio::fs::remove_dir(staging).await;
+    let _ = tokio::fs::remove_file(image).await;
 }
 
 /// The local path of a backup archive URI. Only `file://` with an absolute path to a `.tar.gz`
@@ -323,8 +403,14 @@ mod tarball {
     /// symlinks are accepted; a member whose path is absolute, contains `..`, or passes
     /// through a symlink (which could point anywhere) fails the whole restore. Ownership and
     /// special permission bits are not taken from the archive.
+    /// `into` must not exist, or be an empty dir (a fresh quota volume's mount point).
     pub(super) fn unpack(src: &Path, into: &Path) -> io::Result<()> {
-        fs::create_dir(into)?;
+        match fs::create_dir(into) {
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && fs::read_dir(into)?.next().is_none() => {}
+            created => created?,
+        }
         let file = File::open(src)?;
         let mut archive = tar::Archive::new(GzDecoder::new(BufReader::new(file)));
         archive.set_preserve_permissions(false);

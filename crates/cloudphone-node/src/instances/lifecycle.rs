@@ -10,7 +10,6 @@ use std::time::Instant;
 use cloudphone_core::lifecycle::{InstanceState, Operation};
 use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
 
-use super::record::DELETING_PREFIX;
 use super::watch::watch;
 use super::{
     Entry, InstanceError, InstanceManager, InstanceView, MAX_COMMAND_OUTPUT_BYTES, Stopping, check,
@@ -43,6 +42,13 @@ impl InstanceManager {
             tasks: Mutex::new(Vec::new()),
         });
 
+        // Quota volumes come back first, stopped instances' too (a backup reads them); a
+        // failure here is met again, and reported, by whatever next uses the dir.
+        for entry in manager.snapshot() {
+            if let Err(e) = manager.mount_volume(&entry).await {
+                tracing::warn!(instance = %entry.spec.instance_id, error = %e, "could not mount data volume");
+            }
+        }
         let mut tasks = Vec::new();
         for entry in manager.snapshot() {
             if entry.status().desired != InstanceState::Running {
@@ -117,20 +123,7 @@ impl InstanceManager {
         }
         entry.status().deleted = true;
         lock(&self.entries).remove(id);
-        let root = &entry.paths.root;
-        let graveyard = self
-            .state_dir
-            .join("instances")
-            .join(format!("{DELETING_PREFIX}{id}-{}", uuid::Uuid::new_v4()));
-        match tokio::fs::rename(root, &graveyard).await {
-            Ok(()) => {
-                tokio::fs::remove_dir_all(&graveyard)
-                    .await
-                    .map_err(io_err("removing", &graveyard))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("moving", root)(e)),
-        }
+        self.discard_dir(id, &entry.paths.root).await?;
         self.set_state(&entry, InstanceState::Stopped, "deleted");
         tracing::info!(instance = id, "instance deleted");
         Ok(true)
@@ -172,8 +165,11 @@ impl InstanceManager {
         }
         let data = &entry.paths.data;
         // remove_dir_all does not follow symlinks, so links the instance planted in its
-        // data dir cannot make this delete anything outside it.
+        // data dir cannot make this delete anything outside it. A quota volume is unmounted
+        // first and replaced by a fresh one, which is also how an instance from before
+        // quotas gets one.
         let wiped = async {
+            super::volume::unmount(data).await?;
             match tokio::fs::remove_dir_all(data).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -182,8 +178,11 @@ impl InstanceManager {
             tokio::fs::create_dir_all(data).await
         }
         .await;
-        if let Err(e) = wiped {
-            let err = io_err("wiping", data)(e);
+        let wiped = match wiped {
+            Ok(()) => self.fresh_volume(&entry).await,
+            Err(e) => Err(io_err("wiping", data)(e)),
+        };
+        if let Err(err) = wiped {
             self.settle(&entry, InstanceState::Failed, &format!("reset: {err}"))
                 .await;
             return Err(err);
@@ -291,7 +290,13 @@ impl InstanceManager {
                 continue;
             }
             match self.stop_processes(&entry.spec, &entry.paths).await {
-                Ok(()) => self.set_state(&entry, InstanceState::Stopped, "node shut down"),
+                Ok(()) => {
+                    // The next open mounts it again.
+                    if let Err(e) = super::volume::unmount(&entry.paths.data).await {
+                        tracing::warn!(instance = %entry.spec.instance_id, error = %e, "could not unmount data volume");
+                    }
+                    self.set_state(&entry, InstanceState::Stopped, "node shut down")
+                }
                 Err(e) => {
                     tracing::warn!(instance = %entry.spec.instance_id, error = %e, "stop at shutdown failed");
                     self.set_state(
@@ -313,6 +318,13 @@ impl InstanceManager {
             return Ok(entry.view());
         }
         self.set_state(entry, InstanceState::Starting, "starting");
+        // Never start on the bare dir beneath an unmounted quota volume: that would write to
+        // the host's disk without a limit (and out of sight of the volume).
+        if let Err(e) = self.mount_volume(entry).await {
+            self.settle(entry, InstanceState::Failed, &format!("start failed: {e}"))
+                .await;
+            return Err(e);
+        }
         match self.runtime.start(&entry.spec, &entry.paths).await {
             Ok(()) => {
                 entry.status().running_since = Some(Instant::now());

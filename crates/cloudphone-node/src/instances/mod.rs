@@ -7,7 +7,8 @@
 //! (`running` or `stopped`), written atomically (temp file + rename). The runtime keeps its
 //! own files (pids, logs) next to it, and the instance's data lives in `data/`. A deleted
 //! instance's directory is first renamed to `.deleting-…` so a crash mid-delete never
-//! leaves a half-removed instance that would be loaded again.
+//! leaves a half-removed instance that would be loaded again. When the runtime sets a data
+//! quota, `data/` is a mount of the instance's own `data.img` (see `volume`).
 //!
 //! # Restarts
 //! [`InstanceManager::open`] loads every instance and starts again, in the background,
@@ -30,11 +31,13 @@
 //! - `lifecycle`: open (re-adoption), create, delete, start/stop/reboot/reset, commands,
 //!   input, stop notices, shutdown;
 //! - `archive`: backup and restore archives;
+//! - `volume`: the data-dir quota (a loop-mounted image per instance);
 //! - `watch`: the crash watcher.
 
 mod archive;
 mod lifecycle;
 mod record;
+mod volume;
 mod watch;
 
 pub use archive::archive_path;

@@ -147,20 +147,52 @@ pub(super) async fn load_entries(
 impl InstanceManager {
     pub(super) async fn create_files(&self, entry: &Entry) -> Result<(), InstanceError> {
         let root = &entry.paths.root;
-        // A directory nobody loaded is debris of an interrupted create; start from scratch.
+        let data = &entry.paths.data;
+        // A directory nobody loaded is debris of an interrupted create; start from scratch
+        // (its quota volume unmounted first, or the removal would stop at the mount point).
         if tokio::fs::try_exists(root).await.unwrap_or(false) {
+            super::volume::unmount(data)
+                .await
+                .map_err(io_err("unmounting", data))?;
             tokio::fs::remove_dir_all(root)
                 .await
                 .map_err(io_err("clearing", root))?;
         }
-        tokio::fs::create_dir_all(&entry.paths.data)
+        tokio::fs::create_dir_all(data)
             .await
-            .map_err(io_err("creating", &entry.paths.data))?;
+            .map_err(io_err("creating", data))?;
+        self.fresh_volume(entry).await?;
         self.persist(entry).await
     }
 
-    /// Moves an instance dir to a `.deleting-` name, then removes it (see the module docs).
+    /// Gives the instance a fresh, empty quota volume at its data dir (which exists and is
+    /// not mounted) when the runtime sets a data quota; nothing otherwise.
+    pub(super) async fn fresh_volume(&self, entry: &Entry) -> Result<(), InstanceError> {
+        let Some(bytes) = self.runtime.data_quota(&entry.spec) else {
+            return Ok(());
+        };
+        let data = &entry.paths.data;
+        super::volume::create(&super::volume::image_of(data), data, bytes)
+            .await
+            .map_err(io_err("making the data quota volume at", data))
+    }
+
+    /// Mounts the instance's quota volume if it has one and it is not mounted (after a node
+    /// restart), before anything reads or runs in its data dir.
+    pub(super) async fn mount_volume(&self, entry: &Entry) -> Result<(), InstanceError> {
+        let data = &entry.paths.data;
+        super::volume::ensure_mounted(data)
+            .await
+            .map_err(io_err("mounting the data quota volume at", data))
+    }
+
+    /// Unmounts the instance's quota volume, moves its dir to a `.deleting-` name, then
+    /// removes it, image and all (see the module docs).
     pub(super) async fn discard_dir(&self, id: &str, root: &Path) -> Result<(), InstanceError> {
+        let data = root.join("data");
+        super::volume::unmount(&data)
+            .await
+            .map_err(io_err("unmounting", &data))?;
         let graveyard = self
             .state_dir
             .join("instances")

@@ -181,6 +181,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Where to capture the instance's screen from while it runs.
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource;
 
+    /// The most bytes an instance's data dir may hold in total, when this runtime confines it:
+    /// the manager then makes the dir a filesystem of that size (`instances::volume`).
+    /// `None`: no such quota (no sandbox, or a node that is not root and cannot mount).
+    fn data_quota(&self, _spec: &InstanceSpec) -> Option<u64> {
+        None
+    }
+
     /// The host uids this runtime runs instances as, one per instance; `None` when its
     /// instances share one user (or have no sandbox).
     fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {

@@ -197,6 +197,8 @@ pub struct SandboxConfig {
     pub(crate) cpu_max_millis: Option<u64>,
     /// Cap on the largest file an instance may write (`None`: the SKU's storage).
     pub(crate) file_size_max: Option<u64>,
+    /// Cap on what an instance's data dir holds in total (`None`: the SKU's storage).
+    pub(crate) data_max: Option<u64>,
     /// Host files a sandbox may run, read-only, as `RO_BIN_DIR/<name>`.
     pub(crate) ro_binds: std::collections::BTreeMap<String, PathBuf>,
     /// Host paths no sandbox may see: node config, TLS keys, backup storage.
@@ -216,6 +218,7 @@ impl Default for SandboxConfig {
             memory_max: None,
             cpu_max_millis: None,
             file_size_max: None,
+            data_max: None,
             ro_binds: std::collections::BTreeMap::new(),
             hidden: Vec::new(),
         }
@@ -242,6 +245,13 @@ impl SandboxConfig {
             limits,
             cap(u64::from(sku.storage_gib) << 30, self.file_size_max),
         )
+    }
+
+    /// The size of the instance's data dir: the SKU's storage, under `data_max`.
+    pub(crate) fn data_quota(&self, width: u32, height: u32) -> u64 {
+        let sku = cloudphone_core::video::Definition::for_screen(width, height).sku_resources();
+        let storage = u64::from(sku.storage_gib) << 30;
+        self.data_max.map_or(storage, |max| max.min(storage))
     }
 
     /// The `ro_binds` as a sandbox gets them (see [`BinBind::copy`]).

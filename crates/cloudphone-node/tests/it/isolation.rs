@@ -1,7 +1,7 @@
 //! Sandboxes as real tenants, attacked from inside through the node's own gRPC API: each
 //! instance runs as its own uid, cannot read the node's config or the backup storage, and its
-//! fork bomb, 2 GiB `/tmp` write, oversized file and memory hog each hit their own limit while
-//! a neighbour keeps streaming; a host binary in a private `/tmp` dir runs through
+//! fork bomb, 2 GiB `/tmp` write, oversized file, flood of small files and memory hog each hit
+//! their own limit while a neighbour keeps streaming; a host binary in a private `/tmp` dir runs through
 //! `[sandbox] ro_binds`. Real in-process nodes, bwrap, Xvfb, cgroups (run as root, as CI is).
 
 use std::os::unix::fs::PermissionsExt;
@@ -352,6 +352,128 @@ async fn ro_binds_run_a_host_binary_from_a_private_tmp_dir() {
     assert_eq!(
         std::fs::read(&probe).unwrap(),
         std::fs::read("/usr/bin/id").unwrap()
+    );
+    node.shutdown().await;
+}
+
+/// Bytes the host's disk holds for `path` (its allocated blocks, not its apparent size).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Mount points at or below `dir`, from `/proc/self/mountinfo`.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `[sandbox] data_max_mib`: many files, each far below the per-file limit, stop at the
+/// data-dir quota with ENOSPC; the host gives the instance no more disk than the quota; a
+/// neighbour still writes; deleting the instance takes its volume (mount and image) with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_stop_at_the_data_quota() {
+    assert!(is_root(), "the isolation tests need root, as CI has");
+    const QUOTA_MIB: u64 = 32;
+    let mut node = Node::start("x11", |c| {
+        c.sandbox.data_max_mib = QUOTA_MIB;
+        // Each file is 64 KiB: the per-file limit cannot be what stops them.
+        c.sandbox.file_size_max_mib = 1;
+    })
+    .await;
+    // Instance ids apart from the other isolation tests': their cgroups are named by id, and
+    // the tests' nodes run side by side in one cgroup.
+    node.create_instance("quota-filler", W, H).await;
+    node.create_instance("quota-neighbour", W, H).await;
+    let instances = node.dir.path().join("instances");
+    let image = instances.join("quota-filler").join("data.img");
+    assert_eq!(
+        mounts_below(&instances.join("quota-filler")),
+        [instances
+            .join("quota-filler")
+            .join("data")
+            .display()
+            .to_string()],
+        "the data dir is the instance's own volume"
+    );
+
+    // Up to 4096 files of 64 KiB (256 MiB, eight times the quota) from one process.
+    let fill = r#"python3 -c '
+n = 0
+try:
+    while n < 4096:
+        with open("/data/f%d" % n, "wb") as f:
+            f.write(b"x" * 65536)
+        n += 1
+    print("wrote", n)
+except OSError as e:
+    print("stopped", n, e)
+'; du -sm /data"#;
+    let out = run_on(&mut node.grpc, "quota-filler", fill, 60_000).await;
+    assert!(
+        out.stdout.contains("stopped") && out.stdout.contains("No space left"),
+        "{out:?}"
+    );
+    let written: u64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        written > 64 && written * 64 <= QUOTA_MIB * 1024,
+        "{written} files of 64 KiB under a {QUOTA_MIB} MiB quota: {out:?}"
+    );
+    assert!(du_mib(&out) <= QUOTA_MIB, "{out:?}");
+    // What the host's disk gave the instance: the image's blocks, never past the quota.
+    assert!(
+        allocated(&image) <= QUOTA_MIB << 20,
+        "image holds {} bytes of host disk",
+        allocated(&image)
+    );
+
+    // The neighbour's quota is its own: 2 MiB more goes in there.
+    let out = run(
+        &mut node,
+        "quota-neighbour",
+        "for i in 1 2 3 4; do head -c 512K /dev/zero > /data/ok$i || exit 1; done; echo wrote",
+    )
+    .await;
+    assert_eq!(out.stdout, "wrote\n", "{out:?}");
+    // And the full instance works again once it frees space.
+    let out = run(
+        &mut node,
+        "quota-filler",
+        "rm /data/f1 && echo x > /data/y && echo ok",
+    )
+    .await;
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+
+    node.grpc
+        .delete_instance(pb::InstanceRef {
+            instance_id: "quota-filler".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        mounts_below(&instances.join("quota-filler")),
+        Vec::<String>::new()
+    );
+    assert!(!image.exists() && !instances.join("quota-filler").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&instances)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        ["quota-neighbour"],
+        "nothing of the deleted instance remains"
     );
     node.shutdown().await;
 }

@@ -36,6 +36,7 @@ impl Drop for ProcessGuard {
                 );
             }
         }
+        cloudphone_testkit::process::detach_mounts_under(&self.state_dir);
     }
 }
 
@@ -782,4 +783,111 @@ fn tar(cwd: &Path, args: &[&str]) {
         .status()
         .unwrap();
     assert!(status.success(), "tar {args:?}");
+}
+
+/// Whether `dir` is a mount point (on another device than its parent).
+fn is_mount(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+    matches!((dev(dir), dev(dir.parent().unwrap())), (Ok(a), Ok(b)) if a != b)
+}
+
+/// The data-dir quota volume across the instance's life: mounted at create, unmounted at
+/// shutdown and mounted again when the node reopens (its data still there), archived by a
+/// backup, brought back by a restore onto a fresh volume, kept when an archive larger than the
+/// quota is refused, and gone (mount and image) at delete. Needs root, as CI has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_quota_volume_survives_restart_backup_and_restore() {
+    let h = Harness::new();
+    let open = || async {
+        let section = cloudphone_node::config::SandboxSection {
+            data_max_mib: 16,
+            ..Default::default()
+        };
+        let runtime = X11Runtime::new(X11Config {
+            first_display: 140,
+            sandbox: section.to_runtime(&[]),
+            ..X11Config::default()
+        })
+        .unwrap();
+        InstanceManager::open(h.state_dir(), Arc::new(runtime), 8)
+            .await
+            .unwrap()
+    };
+    let paths = h.paths("vol");
+    let image = paths.root.join("data.img");
+    let m = open().await;
+    m.create(spec("vol")).await.unwrap();
+    assert!(is_mount(&paths.data) && image.is_file());
+    let out = m
+        .run_command(
+            "vol",
+            cmd("echo kept > /data/note && df -m /data | tail -1"),
+        )
+        .await
+        .unwrap();
+    let size_mib: u64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!((8..=16).contains(&size_mib), "a 16 MiB volume: {out:?}");
+
+    m.shutdown().await;
+    drop(m);
+    assert!(!is_mount(&paths.data), "unmounted at shutdown");
+    let m = open().await;
+    wait_for_state(&m, "vol", InstanceState::Running, Duration::from_secs(20)).await;
+    assert!(is_mount(&paths.data), "mounted again by the reopened node");
+    let out = m.run_command("vol", cmd("cat /data/note")).await.unwrap();
+    assert_eq!(out.stdout, "kept\n", "{out:?}");
+
+    let backups = tempfile::tempdir().unwrap();
+    let archive = backups.path().join("vol.tar.gz");
+    m.backup("vol", &archive).await.unwrap();
+    m.release_backed_up("vol").await.unwrap();
+    assert!(!paths.root.exists(), "released with its volume");
+    let view = m.restore(spec("vol"), &archive).await.unwrap();
+    assert_eq!(view.state, InstanceState::Running, "{view:?}");
+    assert!(is_mount(&paths.data) && image.is_file());
+    let out = m.run_command("vol", cmd("cat /data/note")).await.unwrap();
+    assert_eq!(out.stdout, "kept\n", "{out:?}");
+
+    // 32 MiB of zeros: a tiny archive that unpacks past the 16 MiB quota.
+    let big_src = backups.path().join("big");
+    std::fs::create_dir(&big_src).unwrap();
+    std::fs::write(big_src.join("zeros"), vec![0u8; 32 << 20]).unwrap();
+    let big = backups.path().join("big.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&big)
+        .arg("-C")
+        .arg(&big_src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let view = m.restore(spec("vol"), &big).await.unwrap();
+    assert_eq!(view.state, InstanceState::Failed, "{view:?}");
+    // The tar crate names the member it could not write, not the ENOSPC under it.
+    assert!(view.message.contains("unpacking"), "{view:?}");
+    m.start("vol").await.unwrap();
+    let out = m.run_command("vol", cmd("cat /data/note")).await.unwrap();
+    assert_eq!(out.stdout, "kept\n", "the old data stays: {out:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&paths.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".restore"))
+        .collect();
+    assert_eq!(
+        leftovers,
+        Vec::<String>::new(),
+        "the staging volume is gone"
+    );
+
+    assert!(m.delete("vol").await.unwrap());
+    assert!(!paths.root.exists() && !is_mount(&paths.data));
+    m.shutdown().await;
 }

@@ -136,7 +136,7 @@ impl X11Runtime {
     pub fn new(config: X11Config) -> Result<Self, RuntimeError> {
         let cgroups = if SandboxUser::for_this_node().is_none() {
             tracing::warn!(
-                "node is not root: instances share its user and get no cgroup (no per-instance uid, CPU, memory or pids limits)"
+                "node is not root: instances share its user and get no cgroup (no per-instance uid, CPU, memory, pids or data-dir limits)"
             );
             None
         } else {
@@ -490,6 +490,12 @@ impl Runtime for X11Runtime {
 
     fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
         self.config.sandbox.uids()
+    }
+
+    fn data_quota(&self, spec: &InstanceSpec) -> Option<u64> {
+        // Mounting takes root, like the per-instance uids and cgroups.
+        SandboxUser::for_this_node()?;
+        Some(self.config.sandbox.data_quota(spec.width, spec.height))
     }
 
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
