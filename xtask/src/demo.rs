@@ -820,6 +820,7 @@ mod tests {
         "iam.login_forget_ms",
         "quotas.instances_per_tenant",
         "quotas.concurrent_commands_per_tenant",
+        "quotas.instances_per_node_per_tenant",
         "android.clean_snapshot",
         "apps.allow_cidrs",
         "apps.allow_hosts",

@@ -230,19 +230,22 @@ async fn every_seed_example_succeeds() {
     )
     .await;
 
-    // BatchRebootInstance, then BatchReset once it runs again.
+    // BatchRebootInstance, then BatchReset once it runs again — and once `b`, wiped by the
+    // unassign, runs again too: a wipe of a phone still starting is refused (62010).
     c.post("/v1/instances/reboot", json!({"instance_ids": [a]}))
         .await;
-    wait_for("the rebooted phone", Duration::from_secs(60), || async {
-        let status = c.phone_status(&a).await;
-        let list = c
-            .get(&format!(
-                "/v1/instances/batch-query?page_no=1&page_size=1&instance_id={a}"
-            ))
-            .await;
-        (status == 2 && list["data"]["result"][0]["running_status"] == 2).then_some(())
-    })
-    .await;
+    for (id, what) in [(&a, "the rebooted phone"), (&b, "the wiped phone")] {
+        wait_for(what, Duration::from_secs(60), || async {
+            let status = c.phone_status(id).await;
+            let list = c
+                .get(&format!(
+                    "/v1/instances/batch-query?page_no=1&page_size=1&instance_id={id}"
+                ))
+                .await;
+            (status == 2 && list["data"]["result"][0]["running_status"] == 2).then_some(())
+        })
+        .await;
+    }
     c.post("/v1/instances/batch-reset", json!({"instance_ids": [a, b]}))
         .await;
 
