@@ -65,10 +65,7 @@ fn archives(dir: &Path, id: &str) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_prepare_restore_and_the_queue() {
-    let fleet = Fleet::up("synthetic").await;
-    let acme = fleet.login("acme", "correct-horse-1").await;
-    let other = fleet.login("other", "correct-horse-2").await;
-    let ids = fleet.running_instances(&acme, NODE_CAPACITY).await;
+    let (fleet, acme, other, ids) = crate::operations::setup(NODE_CAPACITY).await;
     let (target, neighbour) = (ids[0].clone(), ids[1].clone());
     let backups = fleet.path("backups");
 

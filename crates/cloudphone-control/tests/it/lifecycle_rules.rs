@@ -64,13 +64,8 @@ async fn phone_of_user_1() -> (Fleet, String, String) {
 async fn an_archived_phone_unassigned_comes_back_wiped_and_streams() {
     let (fleet, acme, id) = phone_of_user_1().await;
 
-    ok(fleet
-        .post(
-            "/v1/instances/backup",
-            &acme,
-            &json!({"instance_ids": [id]}),
-        )
-        .await);
+    let just_id = json!({"instance_ids": [id]});
+    ok(fleet.post("/v1/instances/backup", &acme, &just_id).await);
     wait_for("the backup", Duration::from_secs(60), || async {
         (row(&fleet, &acme, &id).await["backup_status"] == 2).then_some(())
     })

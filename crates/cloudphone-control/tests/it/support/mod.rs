@@ -1,8 +1,8 @@
 //! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]), a
 //! table of calls that must be refused ([`check_refusals`]), a GET ([`get`]), ListInstances with
 //! a chosen `x-request-id` ([`list_with_request_id`]), a login as any user and project
-//! ([`login_as`]); the instance calls several modules make ([`run_in`], [`query_status`],
-//! [`row`], [`kill_node`], a signaling [`hello`]);
+//! ([`login_as`], over [`password_login`]); the instance calls several modules make
+//! ([`run_in`], [`query_status`], [`row`], [`kill_node`], a signaling [`hello`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
 //! with a GetDeviceToken); for the SDK modules (`usage_sdk`, `aksk`), the venv holding the
@@ -271,6 +271,26 @@ pub(crate) async fn start_viewer(
     (viewer, started)
 }
 
+/// `POST /v3/auth/tokens` with the password of `user` of `domain`, scoped as `scope` says (a
+/// project or the domain): the raw response.
+pub(crate) async fn password_login(
+    fleet: &Fleet,
+    domain: &str,
+    user: &str,
+    password: &str,
+    scope: Value,
+) -> reqwest::Response {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "password": password, "domain": {"name": domain}}}}, "scope": scope}});
+    fleet
+        .http
+        .post(format!("{}/v3/auth/tokens", fleet.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Logs `user` of `domain` in to `project`; answers the status, the token (empty on failure),
 /// the `Retry-After` header (if any) and the body.
 pub(crate) async fn login_as(
@@ -280,16 +300,8 @@ pub(crate) async fn login_as(
     password: &str,
     project: &str,
 ) -> (u16, String, Option<u64>, Value) {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": user, "password": password, "domain": {"name": domain}}}},
-        "scope": {"project": {"name": project}}}});
-    let response = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let scope = json!({"project": {"name": project}});
+    let response = password_login(fleet, domain, user, password, scope).await;
     let header = |name: &str| {
         response
             .headers()
