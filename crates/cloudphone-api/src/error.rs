@@ -226,42 +226,27 @@ mod tests {
 
     #[test]
     fn codes_and_statuses_follow_the_appendix() {
+        let s = || "x".to_string();
         let cases = [
             (ApiError::MissingRequestId, "KOOPHONE.API.0002", 200),
             (ApiError::InvalidRequestId, "KOOPHONE.API.0003", 400),
+            (ApiError::InvalidParameter(s()), "KOOPHONE.API.1000", 400),
             (
-                ApiError::InvalidParameter("x".into()),
-                "KOOPHONE.API.1000",
-                400,
-            ),
-            (
-                ApiError::NoInstancePermission("i".into()),
+                ApiError::NoInstancePermission(s()),
                 "KOOPHONE.API.1001",
                 401,
             ),
             (ApiError::AuthenticationFailed, "KOOPHONE.API.6001", 401),
-            (ApiError::NoPermission("x".into()), "KOOPHONE.API.6002", 403),
-            (ApiError::Throttled("x".into()), "APIGW.0308", 429),
+            (ApiError::NoPermission(s()), "KOOPHONE.API.6002", 403),
+            (ApiError::Throttled(s()), "APIGW.0308", 429),
             (
-                ApiError::InsufficientInventory("x".into()),
+                ApiError::InsufficientInventory(s()),
                 "KOOPHONE.API.40010",
                 200,
             ),
-            (
-                ApiError::BeingRestored("i".into()),
-                "KOOPHONE.API.2005",
-                200,
-            ),
-            (
-                ApiError::BeingBackedUp("i".into()),
-                "KOOPHONE.API.2006",
-                200,
-            ),
-            (
-                ApiError::InstanceAbnormal("i".into()),
-                "KOOPHONE.API.62010",
-                200,
-            ),
+            (ApiError::BeingRestored(s()), "KOOPHONE.API.2005", 200),
+            (ApiError::BeingBackedUp(s()), "KOOPHONE.API.2006", 200),
+            (ApiError::InstanceAbnormal(s()), "KOOPHONE.API.62010", 200),
             (ApiError::Internal, "KOOPHONE.API.9999", 500),
         ];
         for (error, code, status) in cases {

@@ -324,19 +324,30 @@ async fn identify(parts: &Parts, state: &AppState) -> Result<Identity, CallerErr
     Ok(identity)
 }
 
+/// `error` in one API's own refusals (each API has its codes for the three cases); why a
+/// caller is not authenticated goes to the log, not to the caller.
+fn refusal<E>(error: CallerError, unauthenticated: E, not_permitted: E, internal: E) -> E {
+    match error {
+        CallerError::Unauthenticated(why) => {
+            tracing::info!(%why, "not authenticated");
+            unauthenticated
+        }
+        CallerError::NotPermitted => not_permitted,
+        CallerError::Internal => internal,
+    }
+}
+
 /// The project-scoped caller of a CloudDevice operation: no (valid) token or signature is
 /// `6001` (401); a signature naming a project that is not its tenant's, or a caller scoped to
 /// the domain only, is `6002` (403, "没有许可").
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiFailure> {
-    let identity = identify(parts, state).await.map_err(|error| match error {
-        CallerError::Unauthenticated(why) => {
-            tracing::info!(%why, "not authenticated");
-            ApiError::AuthenticationFailed
-        }
-        CallerError::NotPermitted => {
-            ApiError::NoPermission("the project named is not one of the caller's".into())
-        }
-        CallerError::Internal => ApiError::Internal,
+    let identity = identify(parts, state).await.map_err(|error| {
+        refusal(
+            error,
+            ApiError::AuthenticationFailed,
+            ApiError::NoPermission("the project named is not one of the caller's".into()),
+            ApiError::Internal,
+        )
     })?;
     identity.in_project().ok_or_else(|| {
         ApiFailure(ApiError::NoPermission(
@@ -363,16 +374,12 @@ impl FromRequestParts<Arc<AppState>> for IamCaller {
             .await
             .map(IamCaller)
             .map_err(|error| {
-                iam::iam_error(match error {
-                    CallerError::Unauthenticated(why) => {
-                        tracing::info!(%why, "not authenticated");
-                        IamError::InvalidToken
-                    }
-                    CallerError::NotPermitted => {
-                        IamError::Forbidden("the project or domain named is not the caller's")
-                    }
-                    CallerError::Internal => IamError::Internal,
-                })
+                iam::iam_error(refusal(
+                    error,
+                    IamError::InvalidToken,
+                    IamError::Forbidden("the project or domain named is not the caller's"),
+                    IamError::Internal,
+                ))
             })
     }
 }

@@ -15,7 +15,7 @@ use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::{Fleet, error_code as code};
 use serde_json::{Value, json};
 
-use crate::support::{venv_python, watch};
+use crate::support::{password_login, venv_python, watch};
 
 /// Runs `tests/sdk/clouddevice.py` over `calls` (see the script for their form); answers each
 /// call's `{name, status, authorization, body}` by name.
@@ -64,12 +64,18 @@ fn list_instances() -> Value {
         "headers": {"x-request-id": "req-sdk-list"}})
 }
 
+fn batch_query_status(instance: &str) -> Value {
+    json!({"method": "POST", "path": "/v1/instances/batch-query-status",
+        "headers": {"x-request-id": "req-sdk-status"},
+        "body": json!({"instance_ids": [instance]}).to_string()})
+}
+
 fn device_token(instance: &str) -> Value {
     json!({"method": "POST", "path": format!("/v1/instances/{instance}/auth"), "body": "{}"})
 }
 
 /// (status, error_code) of a named answer.
-fn refusal<'a>(
+fn outcome<'a>(
     answers: &'a std::collections::HashMap<String, Value>,
     name: &str,
 ) -> (u64, &'a str) {
@@ -101,28 +107,14 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
     let acme_project = Some(acme.project_id.as_str());
 
     let swapped = {
-        let mut c = call(
-            "swapped-body",
-            key,
-            acme_project,
-            json!({"method": "POST", "path": "/v1/instances/batch-query-status",
-                "headers": {"x-request-id": "req-sdk-status"},
-                "body": json!({"instance_ids": [id]}).to_string()}),
-        );
+        let mut c = call("swapped-body", key, acme_project, batch_query_status(id));
         c["send_body"] = json!(json!({"instance_ids": ["iRJEVP96"]}).to_string());
         c
     };
     let calls = [
         call("list", key, acme_project, list_instances()),
         call("device-token", key, acme_project, device_token(id)),
-        call(
-            "status",
-            key,
-            acme_project,
-            json!({"method": "POST", "path": "/v1/instances/batch-query-status",
-                "headers": {"x-request-id": "req-sdk-status"},
-                "body": json!({"instance_ids": [id]}).to_string()}),
-        ),
+        call("status", key, acme_project, batch_query_status(id)),
         call(
             "wrong-sk",
             (&ak, "not-the-secret-key-0123456789"),
@@ -162,11 +154,7 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
 
     // Accepted: the list shows the instance, the device token streams.
     let list = &answers["list"];
-    assert_eq!(
-        (list["status"].as_u64(), code(&list["body"])),
-        (Some(200), "0"),
-        "{list}"
-    );
+    assert_eq!(outcome(&answers, "list"), (200, "0"), "{list}");
     let rows = list["body"]["data"]["result"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{list}");
     assert_eq!(rows[0]["instance_id"], id);
@@ -178,11 +166,7 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
         "BasicCredentials signs X-Project-Id"
     );
     let token = &answers["device-token"];
-    assert_eq!(
-        (token["status"].as_u64(), code(&token["body"])),
-        (Some(200), "0"),
-        "{token}"
-    );
+    assert_eq!(outcome(&answers, "device-token"), (200, "0"), "{token}");
     let data = &token["body"]["data"];
     let (ready, _) = watch(
         data["resource"]["rtc"]["ice_signaling"]["signaling_url"]
@@ -196,8 +180,8 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
     assert_eq!(ready["type"], "ready");
     let status = &answers["status"];
     assert_eq!(
-        (status["status"].as_u64(), code(&status["body"])),
-        (Some(200), "0"),
+        outcome(&answers, "status"),
+        (200, "0"),
         "a signed JSON body: {status}"
     );
     assert_eq!(
@@ -215,7 +199,7 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
         ("other-key-own-project-token", (401, "KOOPHONE.API.1001")),
         ("projects-other-domain", (403, "IAM.0003")),
     ] {
-        assert_eq!(refusal(&answers, name), expected, "{}", answers[name]);
+        assert_eq!(outcome(&answers, name), expected, "{}", answers[name]);
     }
     let own = &answers["other-key-own-project-list"];
     assert_eq!(own["status"], 200, "{own}");
@@ -229,16 +213,8 @@ async fn the_official_sdk_signer_is_accepted_on_list_instances_and_get_device_to
         acme.project_id.as_str(),
         "{projects}"
     );
-    let login = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "dev", "password": "correct-horse-1", "domain": {"name": "acme"}}}},
-        "scope": {"domain": {"name": "acme"}}}});
-    let response = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&login)
-        .send()
-        .await
-        .unwrap();
+    let scope = json!({"domain": {"name": "acme"}});
+    let response = password_login(&fleet, "acme", "dev", "correct-horse-1", scope).await;
     assert_eq!(response.status(), 201);
     let domain_token = response.headers()["x-subject-token"]
         .to_str()

@@ -9,7 +9,9 @@ use cloudphone_testkit::fleet::{Fleet, error_code as code, order_sku};
 use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
-use crate::support::{INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, ok};
+use crate::support::{
+    INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, ok, query_status, row, run_in,
+};
 
 /// The fleet's node holds this many instances.
 const NODE_CAPACITY: u32 = 4;
@@ -19,42 +21,6 @@ async fn progress(fleet: &Fleet, token: &str, user: &str, id: &str) -> Value {
     let request = json!({"user_id": user, "instance_id": id});
     let path = "/v1/instances/prepare-progress";
     ok(fleet.post_token_only(path, token, &request).await)["data"].clone()
-}
-
-/// Runs `command` in instance `id` (SyncCommand), checks it succeeded and answers its output.
-async fn run_in(fleet: &Fleet, token: &str, id: &str, command: &str) -> String {
-    let request = json!({"command": command, "instance_ids": [id]});
-    let body = ok(fleet
-        .post("/v1/instances/sync-command", token, &request)
-        .await);
-    let result = &body["data"]["cmd_results"][0];
-    assert_eq!(result["status"], 2, "{body}");
-    result["execute_msg"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn query_status(fleet: &Fleet, token: &str, id: &str) -> i64 {
-    let (_, body) = fleet
-        .post(
-            "/v1/instances/batch-query-status",
-            token,
-            &json!({"instance_ids": [id]}),
-        )
-        .await;
-    body["data"]["status_results"][0]["status"]
-        .as_i64()
-        .unwrap_or(-99)
-}
-
-/// The ListInstances row of one instance.
-async fn row(fleet: &Fleet, token: &str, id: &str) -> Value {
-    let listing = fleet.list(token).await;
-    listing["data"]["result"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["instance_id"] == id).cloned())
-        .unwrap_or(Value::Null)
 }
 
 /// Orders one more instance; returns the HTTP status, body and the new id (if any).
@@ -99,10 +65,7 @@ fn archives(dir: &Path, id: &str) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_prepare_restore_and_the_queue() {
-    let fleet = Fleet::up("synthetic").await;
-    let acme = fleet.login("acme", "correct-horse-1").await;
-    let other = fleet.login("other", "correct-horse-2").await;
-    let ids = fleet.running_instances(&acme, NODE_CAPACITY).await;
+    let (fleet, acme, other, ids) = crate::operations::setup(NODE_CAPACITY).await;
     let (target, neighbour) = (ids[0].clone(), ids[1].clone());
     let backups = fleet.path("backups");
 

@@ -11,39 +11,13 @@ use cloudphone_control::store::{SqlStore, Store};
 use cloudphone_core::instance::{ALL_STATES, ControlState};
 use cloudphone_testkit::fleet::{Fleet, error_code as code, order_sku};
 use cloudphone_testkit::wait_for;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{ok, start_viewer};
+use crate::support::{hello, kill_node, ok, query_status, row, run_in, start_viewer};
 
 /// `(HTTP status, error_code)` of a refusal the lifecycle rules make.
 const BEING_RESTORED: (u16, &str) = (200, "KOOPHONE.API.2005");
 const ABNORMAL: (u16, &str) = (200, "KOOPHONE.API.62010");
-
-async fn query_status(fleet: &Fleet, token: &str, id: &str) -> i64 {
-    let request = json!({"instance_ids": [id]});
-    let body = ok(fleet
-        .post("/v1/instances/batch-query-status", token, &request)
-        .await);
-    body["data"]["status_results"][0]["status"]
-        .as_i64()
-        .unwrap_or(-99)
-}
-
-/// Runs `command` in `id` (SyncCommand) and answers its output; the command must succeed.
-async fn run_in(fleet: &Fleet, token: &str, id: &str, command: &str) -> String {
-    let request = json!({"command": command, "instance_ids": [id]});
-    let body = ok(fleet
-        .post("/v1/instances/sync-command", token, &request)
-        .await);
-    let result = &body["data"]["cmd_results"][0];
-    assert_eq!(result["status"], 2, "{body}");
-    result["execute_msg"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn bindings(user: &str, id: &str) -> Value {
     json!({"user_instances": [{"user_id": user, "instance_id": id}]})
@@ -59,15 +33,6 @@ fn answer(got: (u16, Value)) -> (u16, String) {
     (got.0, code(&got.1).to_string())
 }
 
-/// The ListInstances row of one instance.
-async fn row(fleet: &Fleet, token: &str, id: &str) -> Value {
-    let listing = fleet.list(token).await;
-    listing["data"]["result"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["instance_id"] == id).cloned())
-        .unwrap_or(Value::Null)
-}
-
 /// Every `<id>.tar.gz` under the fleet's backup dir.
 fn archives(dir: &Path, id: &str) -> usize {
     let Ok(tenants) = std::fs::read_dir(dir) else {
@@ -79,30 +44,9 @@ fn archives(dir: &Path, id: &str) -> usize {
         .count()
 }
 
-/// The node's first answer to a hello with `device_id` and `token`.
-async fn hello(url: &str, device_id: &str, token: &str) -> Value {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
-        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    let first = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no answer to hello: {other:?}"),
-        }
-    };
-    let _ = ws.close(None).await;
-    first
-}
-
-/// BatchBackup → GetDeviceToken (2005) → Unassign (wipes the archive) → BatchPrepare → the
-/// phone is restored fresh, and GetDeviceToken streams it: BatchQueryStatus says 3 while a
-/// viewer watches, and a second GetDeviceToken renews the same device without cutting it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_archived_phone_unassigned_comes_back_wiped_and_streams() {
+/// A synthetic fleet with one running phone of acme's, assigned to `user-1` who wrote
+/// `/data/x` in it: the fleet, acme's token and the phone's id.
+async fn phone_of_user_1() -> (Fleet, String, String) {
     let fleet = Fleet::up("synthetic").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let id = fleet.running_instances(&acme, 1).await.remove(0);
@@ -110,14 +54,18 @@ async fn an_archived_phone_unassigned_comes_back_wiped_and_streams() {
         .post("/v1/instances/assign", &acme, &bindings("user-1", &id))
         .await);
     run_in(&fleet, &acme, &id, "touch /data/x").await;
+    (fleet, acme, id)
+}
 
-    ok(fleet
-        .post(
-            "/v1/instances/backup",
-            &acme,
-            &json!({"instance_ids": [id]}),
-        )
-        .await);
+/// BatchBackup → GetDeviceToken (2005) → Unassign (wipes the archive) → BatchPrepare → the
+/// phone is restored fresh, and GetDeviceToken streams it: BatchQueryStatus says 3 while a
+/// viewer watches, and a second GetDeviceToken renews the same device without cutting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_phone_unassigned_comes_back_wiped_and_streams() {
+    let (fleet, acme, id) = phone_of_user_1().await;
+
+    let just_id = json!({"instance_ids": [id]});
+    ok(fleet.post("/v1/instances/backup", &acme, &just_id).await);
     wait_for("the backup", Duration::from_secs(60), || async {
         (row(&fleet, &acme, &id).await["backup_status"] == 2).then_some(())
     })
@@ -220,20 +168,9 @@ async fn an_archived_phone_unassigned_comes_back_wiped_and_streams() {
 /// Once the host is back, Unassign wipes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unassign_with_the_host_down_is_refused_until_it_can_wipe() {
-    let mut fleet = Fleet::up("synthetic").await;
-    let acme = fleet.login("acme", "correct-horse-1").await;
-    let id = fleet.running_instances(&acme, 1).await.remove(0);
-    ok(fleet
-        .post("/v1/instances/assign", &acme, &bindings("user-1", &id))
-        .await);
-    run_in(&fleet, &acme, &id, "touch /data/x").await;
+    let (mut fleet, acme, id) = phone_of_user_1().await;
 
-    fleet
-        .node
-        .as_mut()
-        .unwrap()
-        .stop_with(nix::sys::signal::Signal::SIGKILL);
-    fleet.wait_node("down", Duration::from_secs(10)).await;
+    kill_node(&mut fleet).await;
     let unassign = bindings("user-1", &id);
     let refused = answer(fleet.post("/v1/instances/unassign", &acme, &unassign).await);
     assert_eq!(refused, (ABNORMAL.0, ABNORMAL.1.to_string()));
@@ -284,16 +221,6 @@ fn operations(id: &str, task: &str) -> Vec<(&'static str, reqwest::Method, Strin
     use reqwest::Method as M;
     let ids = json!({"instance_ids": [id]});
     let one = json!({"instance_id": id});
-    let group = json!([{"definition_540P": {"code_rate": 3000, "fps": 30},
-        "definition_720P": {"code_rate": 4000, "fps": 30},
-        "definition_1080P": {"code_rate": 6000, "fps": 30}}]);
-    let settings: Vec<Value> = ["WIFI", "MOBILE_NETWORK", "WIRED"]
-        .iter()
-        .flat_map(|n| {
-            ["H264", "H265"]
-                .map(|e| json!({"network_type": n, "encoding_type": e, "video_spec_groups": group}))
-        })
-        .collect();
     let install = json!({"fast_install": 1, "object_name": "com.example.app",
         "file_name": "app.apk", "object_version": "1.0", "object_size": 1, "biz_type": "apk",
         "content_type": "application/octet-stream", "content_md5": "00",
@@ -341,7 +268,7 @@ fn operations(id: &str, task: &str) -> Vec<(&'static str, reqwest::Method, Strin
             "SetVideoConfig",
             M::PUT,
             "/v1/instances/video-setting".into(),
-            Some(json!({"instance_ids": [id], "instance_settings": settings})),
+            Some(crate::operations::video_setting(&[id.to_string()])),
         ),
         (
             "ShowProgress",
@@ -440,12 +367,7 @@ async fn no_operation_in_any_state_answers_9999() {
     let mut failures = Vec::new();
     for host in ["up", "down"] {
         if host == "down" {
-            fleet
-                .node
-                .as_mut()
-                .unwrap()
-                .stop_with(nix::sys::signal::Signal::SIGKILL);
-            fleet.wait_node("down", Duration::from_secs(10)).await;
+            kill_node(&mut fleet).await;
         }
         // The first instance goes through every state but is never deleted; the second is
         // the one DeleteInstance removes, once, at the end.

@@ -9,7 +9,8 @@ use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
 use crate::support::{
-    INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, get, list_with_request_id, ok,
+    INVALID, NO_REQUEST_ID, NOT_YOURS, Sent, check_refusals, get, hello, kill_node,
+    list_with_request_id, ok,
 };
 
 /// A deployment with one running synthetic instance for `acme`, and a token for each tenant.
@@ -97,12 +98,7 @@ async fn sync_command() {
 
     // The instance's host goes away: the command cannot run, status -1 with 62010.
     let mut fleet = fleet;
-    fleet
-        .node
-        .as_mut()
-        .unwrap()
-        .stop_with(nix::sys::signal::Signal::SIGKILL);
-    fleet.wait_node("down", Duration::from_secs(10)).await;
+    kill_node(&mut fleet).await;
     let result = result_of(&fleet, &acme, "ls /data", &ids).await;
     assert_eq!(
         (result["status"].as_i64(), result["error_code"].as_str()),
@@ -437,30 +433,6 @@ async fn set_video_config() {
     )
     .await;
     assert_eq!((status, code(&body)), (401, "KOOPHONE.API.1001"));
-}
-
-/// Sends the signaling hello for `device_id`/`token` and returns the node's first answer.
-async fn hello(url: &str, device_id: &str, token: &str) -> Value {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("signaling endpoint accepts");
-    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
-        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer")
-        {
-            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("signaling closed without answering: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

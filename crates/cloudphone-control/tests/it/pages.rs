@@ -21,10 +21,7 @@ fn order_in(sku: &str, region: &str) -> Value {
 /// (0002) and the statuses every page shares (401) keep §3.3's `error_msg`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_command_errors_carry_error_info() {
-    let fleet = Fleet::up("synthetic").await;
-    let acme = fleet.login("acme", "correct-horse-1").await;
-    let other = fleet.login("other", "correct-horse-2").await;
-    let ids = fleet.running_instances(&acme, 1).await;
+    let (fleet, acme, other, ids) = crate::operations::setup(1).await;
     let path = "/v1/instances/sync-command";
 
     // 1000 (a shell metacharacter, then a body that is not JSON): 400 with error_info only.
@@ -139,32 +136,22 @@ async fn appendix_statuses_on_their_pages() {
     }
     assert_eq!(fleet.list(&acme).await["data"]["result"], json!([]));
 
-    // BatchShowSku: a bad type is 1000 (400).
-    let (status, answer) = get(&fleet, "/v1/instances/sku?type=7", &acme).await;
-    assert_eq!(
-        (status, code(&answer)),
-        (400, "KOOPHONE.API.1000"),
-        "{answer}"
-    );
-    // ListInstances: 5002 (its 400 table), 0003 (400).
-    let (status, answer) = get(
-        &fleet,
-        "/v1/instances/batch-query?page_no=1&page_size=10&query_start_time=yesterday",
-        &acme,
-    )
-    .await;
-    assert_eq!(
-        (status, code(&answer)),
-        (400, "KOOPHONE.API.5002"),
-        "{answer}"
-    );
-    // GetTask: 1323 (400).
-    let (status, answer) = get(&fleet, "/v1/instances/tasks/ZGCAnothing", &acme).await;
-    assert_eq!(
-        (status, code(&answer)),
-        (400, "KOOPHONE.API.1323"),
-        "{answer}"
-    );
+    // BatchShowSku: a bad type is 1000; ListInstances: 5002 (its 400 table); GetTask: 1323.
+    // All 400.
+    for (path, expected) in [
+        ("/v1/instances/sku?type=7", (400, "KOOPHONE.API.1000")),
+        (
+            "/v1/instances/batch-query?page_no=1&page_size=10&query_start_time=yesterday",
+            (400, "KOOPHONE.API.5002"),
+        ),
+        (
+            "/v1/instances/tasks/ZGCAnothing",
+            (400, "KOOPHONE.API.1323"),
+        ),
+    ] {
+        let (status, answer) = get(&fleet, path, &acme).await;
+        assert_eq!((status, code(&answer)), expected, "{path}: {answer}");
+    }
     // GetDeviceToken of an unknown instance: 1001 (401).
     let (status, answer) = fleet
         .post_token_only("/v1/instances/unknown1/auth", &acme, &json!({}))

@@ -172,18 +172,9 @@ async fn every_seed_example_succeeds() {
     }
 
     // SetVideoConfig: seed 000's example.
-    let group = json!([{"definition_540P": {"code_rate": 6000, "fps": 30}, "definition_720P": {"code_rate": 6000, "fps": 30},
-        "definition_1080P": {"code_rate": 8000, "fps": 30}}]);
-    let settings: Vec<Value> = ["MOBILE_NETWORK", "WIFI", "WIRED"]
-        .iter()
-        .flat_map(|n| {
-            ["H264", "H265"]
-                .map(|e| json!({"network_type": n, "encoding_type": e, "video_spec_groups": group}))
-        })
-        .collect();
     c.put(
         "/v1/instances/video-setting",
-        json!({"instance_ids": [a], "instance_settings": settings}),
+        crate::operations::video_setting(std::slice::from_ref(&a)),
     )
     .await;
 

@@ -289,8 +289,13 @@ mod tests {
         .unwrap()
     }
 
-    /// A server that sends headers promising 1 MiB, then one chunk, then nothing.
-    async fn stalling_server() -> String {
+    /// A local server that reads each request's head, then hands the socket to `answer`;
+    /// returns the URL of `file` on it.
+    async fn serve<F, Fut>(file: &str, answer: F) -> String
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Copy + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -299,14 +304,22 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
-                    let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\nfirst bytes";
-                    let _ = socket.write_all(head.as_bytes()).await;
-                    std::future::pending::<()>().await;
-                    drop(socket);
+                    answer(socket).await;
                 });
             }
         });
-        format!("http://{addr}/slow.apk")
+        format!("http://{addr}/{file}")
+    }
+
+    /// A server that sends headers promising 1 MiB, then one chunk, then nothing.
+    async fn stalling_server() -> String {
+        serve("slow.apk", |mut socket| async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\nfirst bytes";
+            let _ = socket.write_all(head.as_bytes()).await;
+            std::future::pending::<()>().await;
+            drop(socket);
+        })
+        .await
     }
 
     /// The whole download has one deadline: a body that stops flowing fails at exactly
@@ -336,21 +349,12 @@ mod tests {
 
     /// A server answering every request with `len` bytes.
     async fn sized_server(len: usize) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
-                    let _ = socket.write_all(head.as_bytes()).await;
-                    let _ = socket.write_all(&vec![7u8; len]).await;
-                });
-            }
-        });
-        format!("http://{addr}/sized.apk")
+        serve("sized.apk", move |mut socket| async move {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&vec![7u8; len]).await;
+        })
+        .await
     }
 
     /// A package inside the order's size range is kept; one below it or above it is a size

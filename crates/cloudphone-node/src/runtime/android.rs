@@ -601,25 +601,24 @@ pub fn phone_keycode(key: PhoneKey) -> u32 {
     }
 }
 
+/// The one character of `text`, if it has exactly one (`KeyA` → `A`, `Digit7` → `7`).
+fn only_char(text: &str) -> Option<char> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
 /// Android `KEYCODE_*` for a DOM `KeyboardEvent.code`.
 pub fn android_keycode(code: &str) -> Option<u32> {
     if let Some(letter) = code.strip_prefix("Key") {
-        let mut chars = letter.chars();
-        if let (Some(c), None) = (chars.next(), chars.next())
-            && c.is_ascii_uppercase()
-        {
-            return Some(29 + u32::from(c) - u32::from('A'));
-        }
-        return None;
+        let c = only_char(letter).filter(char::is_ascii_uppercase)?;
+        return Some(29 + u32::from(c) - u32::from('A'));
     }
     if let Some(digit) = code.strip_prefix("Digit") {
-        let mut chars = digit.chars();
-        if let (Some(c), None) = (chars.next(), chars.next())
-            && c.is_ascii_digit()
-        {
-            return Some(7 + u32::from(c) - u32::from('0'));
-        }
-        return None;
+        let c = only_char(digit).filter(char::is_ascii_digit)?;
+        return Some(7 + u32::from(c) - u32::from('0'));
     }
     if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
         && (1..=12).contains(&n)

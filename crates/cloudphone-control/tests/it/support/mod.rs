@@ -1,7 +1,8 @@
 //! Helpers shared by control's test modules: the answer of a call that must succeed ([`ok`]), a
 //! table of calls that must be refused ([`check_refusals`]), a GET ([`get`]), ListInstances with
 //! a chosen `x-request-id` ([`list_with_request_id`]), a login as any user and project
-//! ([`login_as`]);
+//! ([`login_as`], over [`password_login`]); the instance calls several modules make
+//! ([`run_in`], [`query_status`], [`row`], [`kill_node`], a signaling [`hello`]);
 //! for the usage modules (`console_usage`, `usage_sdk`, `usage_rules`), the clock, Huawei's time
 //! format, creating streaming domains, and a viewer holding a signaling session open (started
 //! with a GetDeviceToken); for the SDK modules (`usage_sdk`, `aksk`), the venv holding the
@@ -63,6 +64,50 @@ pub(crate) async fn get(fleet: &Fleet, path: &str, token: &str) -> (u16, Value) 
     fleet.call(reqwest::Method::GET, path, token, None).await
 }
 
+/// Runs `command` in instance `id` (SyncCommand), checks it succeeded and answers its output.
+pub(crate) async fn run_in(fleet: &Fleet, token: &str, id: &str, command: &str) -> String {
+    let request = json!({"command": command, "instance_ids": [id]});
+    let body = ok(fleet
+        .post("/v1/instances/sync-command", token, &request)
+        .await);
+    let result = &body["data"]["cmd_results"][0];
+    assert_eq!(result["status"], 2, "{body}");
+    result["execute_msg"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// BatchQueryStatus' `status` of instance `id` (-99 when the answer has none).
+pub(crate) async fn query_status(fleet: &Fleet, token: &str, id: &str) -> i64 {
+    let request = json!({"instance_ids": [id]});
+    let (_, body) = fleet
+        .post("/v1/instances/batch-query-status", token, &request)
+        .await;
+    body["data"]["status_results"][0]["status"]
+        .as_i64()
+        .unwrap_or(-99)
+}
+
+/// The ListInstances row of one instance (null when it is not listed).
+pub(crate) async fn row(fleet: &Fleet, token: &str, id: &str) -> Value {
+    let listing = fleet.list(token).await;
+    listing["data"]["result"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["instance_id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Kills the fleet's node (SIGKILL, as a host that vanishes) and waits until control sees it down.
+pub(crate) async fn kill_node(fleet: &mut Fleet) {
+    fleet
+        .node
+        .as_mut()
+        .unwrap()
+        .stop_with(nix::sys::signal::Signal::SIGKILL);
+    fleet.wait_node("down", Duration::from_secs(10)).await;
+}
+
 /// ListInstances' first page with `token` and `request_id` as the `x-request-id` header (none:
 /// no header), for the request-id rules: the status and the JSON body.
 pub(crate) async fn list_with_request_id(
@@ -106,6 +151,43 @@ pub(crate) fn create_domain(fleet: &Fleet, tenant: &str, domain: &str, default: 
     fleet.admin(&args);
 }
 
+/// A signaling socket to `url` that has sent the hello for `device_id`/`token`, and the node's
+/// first text answer to it.
+pub(crate) async fn send_hello(
+    url: &str,
+    device_id: &str,
+    token: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Value,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("signaling endpoint accepts");
+    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
+        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
+    ws.send(Message::Text(hello.to_string().into()))
+        .await
+        .unwrap();
+    let first = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no answer to hello: {other:?}"),
+        }
+    };
+    (ws, first)
+}
+
+/// The node's first answer to a signaling hello for `device_id`/`token`; the socket is closed.
+pub(crate) async fn hello(url: &str, device_id: &str, token: &str) -> Value {
+    let (mut ws, first) = send_hello(url, device_id, token).await;
+    let _ = ws.close(None).await;
+    first
+}
+
 /// Holds a signaling session (hello → ready) open until `stop` resolves, which runs the node's
 /// encoder; returns `ready` and how long the session was held after it.
 pub(crate) async fn watch(
@@ -114,21 +196,8 @@ pub(crate) async fn watch(
     token: &str,
     stop: impl std::future::Future<Output = ()>,
 ) -> (Value, Duration) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let hello = json!({"type": "hello", "device_id": device_id, "device_token": token,
-        "network_type": "WIFI", "encoding_type": "H264", "definition": "540P"});
-    ws.send(Message::Text(hello.to_string().into()))
-        .await
-        .unwrap();
-    let ready: Value = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => break serde_json::from_str(&text).unwrap(),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no ready: {other:?}"),
-        }
-    };
+    use futures::StreamExt;
+    let (mut ws, ready) = send_hello(url, device_id, token).await;
     assert_eq!(ready["type"], "ready", "{ready}");
     let held_from = Instant::now();
     tokio::pin!(stop);
@@ -202,6 +271,26 @@ pub(crate) async fn start_viewer(
     (viewer, started)
 }
 
+/// `POST /v3/auth/tokens` with the password of `user` of `domain`, scoped as `scope` says (a
+/// project or the domain): the raw response.
+pub(crate) async fn password_login(
+    fleet: &Fleet,
+    domain: &str,
+    user: &str,
+    password: &str,
+    scope: Value,
+) -> reqwest::Response {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "password": password, "domain": {"name": domain}}}}, "scope": scope}});
+    fleet
+        .http
+        .post(format!("{}/v3/auth/tokens", fleet.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Logs `user` of `domain` in to `project`; answers the status, the token (empty on failure),
 /// the `Retry-After` header (if any) and the body.
 pub(crate) async fn login_as(
@@ -211,16 +300,8 @@ pub(crate) async fn login_as(
     password: &str,
     project: &str,
 ) -> (u16, String, Option<u64>, Value) {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": user, "password": password, "domain": {"name": domain}}}},
-        "scope": {"project": {"name": project}}}});
-    let response = fleet
-        .http
-        .post(format!("{}/v3/auth/tokens", fleet.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let scope = json!({"project": {"name": project}});
+    let response = password_login(fleet, domain, user, password, scope).await;
     let header = |name: &str| {
         response
             .headers()
