@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One error the tenant API can answer with. The `Display` text becomes `error_msg`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[non_exhaustive]
 pub enum ApiError {
     /// `KOOPHONE.API.0002`: the `x-request-id` header is missing.

@@ -247,14 +247,7 @@ impl Store for SqlStore {
         .bind(id.unwrap_or(""))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            None => None,
-            Some(row) => Some(ProjectRecord {
-                project_id: row.try_get("id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                name: row.try_get("name")?,
-            }),
-        })
+        Ok(row.as_ref().map(project_from_row).transpose()?)
     }
 
     async fn list_projects(&self, tenant_id: &str) -> Result<Vec<ProjectRecord>, StoreError> {
@@ -266,13 +259,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(ProjectRecord {
-                    project_id: row.try_get("id")?,
-                    tenant_id: row.try_get("tenant_id")?,
-                    name: row.try_get("name")?,
-                })
-            })
+            .map(project_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
@@ -410,10 +397,7 @@ impl Store for SqlStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        node_counts(&rows)
     }
 
     async fn tenant_instance_counts(
@@ -428,10 +412,7 @@ impl Store for SqlStore {
         .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        node_counts(&rows)
     }
 
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
@@ -1309,6 +1290,22 @@ async fn request_prepare_in(
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// `(node_id, n)` rows of a `GROUP BY node_id` count.
+fn node_counts(rows: &[AnyRow]) -> Result<Vec<(String, i64)>, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
+fn project_from_row(row: &AnyRow) -> Result<ProjectRecord, sqlx::Error> {
+    Ok(ProjectRecord {
+        project_id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+    })
 }
 
 fn access_key_from_row(row: &AnyRow) -> Result<AccessKeyRecord, sqlx::Error> {

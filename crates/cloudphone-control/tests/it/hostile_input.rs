@@ -329,6 +329,29 @@ async fn a_user_lists_and_deletes_only_their_own_access_keys() {
     assert_eq!(credentials(ops).await, [ops_key]);
 }
 
+/// CreateInstance of `count` synthetic phones with `token`.
+async fn order(fleet: &Fleet, token: &str, count: u32) -> (u16, Value) {
+    let body = cloudphone_testkit::fleet::order_sku("kp.synthetic.720p", count);
+    fleet
+        .call(
+            reqwest::Method::POST,
+            "/v1/instances/create",
+            token,
+            Some(&body),
+        )
+        .await
+}
+
+/// A first order of 3 by `token` is `40010` (HTTP 200, the appendix's), its message naming
+/// `quota`, and nothing is created.
+async fn first_order_refused_whole(fleet: &Fleet, token: &str, quota: &str) {
+    let (status, body) = order(fleet, token, 3).await;
+    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.40010"), "{body}");
+    let message = body["error_msg"].as_str().unwrap_or_default();
+    assert!(message.contains(quota), "{body}");
+    assert_eq!(fleet.list(token).await["data"]["result"], json!([]));
+}
+
 /// `[quotas] instances_per_tenant`: an order that would take the tenant past it is
 /// `KOOPHONE.API.40010` (HTTP 200, as the appendix lists it) and creates nothing, though the node has room; another tenant
 /// has its own quota.
@@ -337,33 +360,11 @@ async fn orders_past_the_tenant_instance_quota_are_refused() {
     let fleet = Fleet::up_with("synthetic", "[quotas]\ninstances_per_tenant = 2\n", "").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
-    let order = |token: String, count: u32| {
-        let fleet = &fleet;
-        async move {
-            fleet
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/instances/create",
-                    &token,
-                    Some(&cloudphone_testkit::fleet::order_sku(
-                        "kp.synthetic.720p",
-                        count,
-                    )),
-                )
-                .await
-        }
-    };
-    let (status, body) = order(acme.clone(), 3).await;
+    first_order_refused_whole(&fleet, &acme, "quota").await;
+    ok(order(&fleet, &acme, 2).await);
+    let (status, body) = order(&fleet, &acme, 1).await;
     assert_eq!((status, code(&body)), (200, "KOOPHONE.API.40010"), "{body}");
-    assert!(
-        body["error_msg"].as_str().unwrap().contains("quota"),
-        "{body}"
-    );
-    assert_eq!(fleet.list(&acme).await["data"]["result"], json!([]));
-    ok(order(acme.clone(), 2).await);
-    let (status, body) = order(acme.clone(), 1).await;
-    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.40010"), "{body}");
-    ok(order(other, 1).await);
+    ok(order(&fleet, &other, 1).await);
 }
 
 /// `[quotas] instances_per_node_per_tenant`: with two nodes and a cap of 1, an order of two
@@ -381,22 +382,6 @@ async fn orders_past_the_tenant_per_node_quota_are_refused() {
     let _node_b = fleet.start_extra_node("node-b").await;
     let acme = fleet.login("acme", "correct-horse-1").await;
     let other = fleet.login("other", "correct-horse-2").await;
-    let order = |token: String, count: u32| {
-        let fleet = &fleet;
-        async move {
-            fleet
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/instances/create",
-                    &token,
-                    Some(&cloudphone_testkit::fleet::order_sku(
-                        "kp.synthetic.720p",
-                        count,
-                    )),
-                )
-                .await
-        }
-    };
     // Instances per node dir on each host, as the nodes made them.
     let on_nodes = || {
         ["node-state", "node-state-node-b"].map(|state| {
@@ -410,21 +395,15 @@ async fn orders_past_the_tenant_per_node_quota_are_refused() {
         })
     };
 
-    let (status, body) = order(acme.clone(), 3).await;
-    assert_eq!((status, code(&body)), (200, "KOOPHONE.API.40010"), "{body}");
-    assert!(
-        body["error_msg"].as_str().unwrap().contains("per node"),
-        "{body}"
-    );
-    assert_eq!(fleet.list(&acme).await["data"]["result"], json!([]));
+    first_order_refused_whole(&fleet, &acme, "per node").await;
 
-    ok(order(acme.clone(), 2).await);
+    ok(order(&fleet, &acme, 2).await);
     fleet
         .wait_running_status(&acme, 2, 2, Duration::from_secs(60))
         .await;
     assert_eq!(on_nodes(), [1, 1], "one instance on each node");
 
-    let (status, body) = order(acme.clone(), 1).await;
+    let (status, body) = order(&fleet, &acme, 1).await;
     assert_eq!((status, code(&body)), (200, "KOOPHONE.API.40010"), "{body}");
     assert_eq!(
         fleet.list(&acme).await["data"]["result"]
@@ -435,7 +414,7 @@ async fn orders_past_the_tenant_per_node_quota_are_refused() {
         "nothing created: {body}"
     );
 
-    ok(order(other.clone(), 1).await);
+    ok(order(&fleet, &other, 1).await);
     fleet
         .wait_running_status(&other, 2, 1, Duration::from_secs(60))
         .await;

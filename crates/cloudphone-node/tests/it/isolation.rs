@@ -17,6 +17,10 @@ use crate::support::streaming::{Node, RustViewer, hello};
 
 const W: u32 = 360;
 const H: u32 = 640;
+/// `pids.max` of the limits test's instances.
+const PIDS: u64 = 200;
+/// The data-dir quota of the quota test's instances, MiB.
+const QUOTA_MIB: u64 = 32;
 
 type Client = pb::node_agent_client::NodeAgentClient<tonic::transport::Channel>;
 
@@ -43,6 +47,12 @@ async fn run(node: &mut Node, instance: &str, command: &str) -> pb::CommandResul
     run_on(&mut node.grpc, instance, command, 10_000).await
 }
 
+/// Runs `command` in `instance`, which must print just `ok`.
+async fn says_ok(node: &mut Node, instance: &str, command: &str) {
+    let out = run(node, instance, command).await;
+    assert_eq!(out.stdout, "ok\n", "{command}: {out:?}");
+}
+
 /// A temp dir under `parent` with `mode`.
 fn temp_dir(prefix: &str, parent: &str, mode: u32) -> tempfile::TempDir {
     assert!(is_root(), "the isolation tests need root, as CI has");
@@ -56,6 +66,13 @@ fn temp_dir(prefix: &str, parent: &str, mode: u32) -> tempfile::TempDir {
 
 fn is_root() -> bool {
     nix::unistd::getuid().is_root()
+}
+
+/// An in-process x11 node configured by `tweak`; the sandbox's uids, cgroups and mounts need
+/// root, as CI has.
+async fn root_x11_node(tweak: impl FnOnce(&mut NodeConfig)) -> Node {
+    assert!(is_root(), "the isolation tests need root, as CI has");
+    Node::start("x11", tweak).await
 }
 
 /// A world-readable file, so only the sandbox (not file permissions) can keep it out.
@@ -86,7 +103,7 @@ async fn each_instance_has_its_own_uid_and_sees_no_node_secrets() {
     std::fs::create_dir(&backups).unwrap();
     std::fs::set_permissions(&backups, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let mut node = Node::start("x11", |c| {
+    let mut node = root_x11_node(|c| {
         c.sandbox.hidden_paths = loaded.sandbox.hidden_paths.clone();
         c.sandbox.hidden_paths.push(backups.clone());
     })
@@ -208,9 +225,7 @@ async fn frames_in(viewer: &mut RustViewer, window: Duration) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_while_a_neighbour_keeps_streaming() {
-    assert!(is_root(), "the isolation tests need root, as CI has");
-    const PIDS: u64 = 200;
-    let mut node = Node::start("x11", |c| {
+    let mut node = root_x11_node(|c| {
         // Caps below the SKU's, so the attacks are cheap for a shared test host; the
         // mechanism is the one the SKU's own sizes go through.
         c.sandbox.pids_max = PIDS;
@@ -311,7 +326,7 @@ async fn ro_binds_run_a_host_binary_from_a_private_tmp_dir() {
     let probe: PathBuf = bin_dir.path().join("probe");
     std::fs::copy("/usr/bin/id", &probe).unwrap();
     let bound = format!("{}/probe", cloudphone_node::runtime::sandbox::RO_BIN_DIR);
-    let mut node = Node::start("x11", |c| {
+    let mut node = root_x11_node(|c| {
         c.sandbox.ro_binds.insert("probe".into(), probe.clone());
         c.sandbox
             .ro_binds
@@ -378,9 +393,7 @@ fn mounts_below(dir: &Path) -> Vec<String> {
 /// neighbour still writes; deleting the instance takes its volume (mount and image) with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_small_files_stop_at_the_data_quota() {
-    assert!(is_root(), "the isolation tests need root, as CI has");
-    const QUOTA_MIB: u64 = 32;
-    let mut node = Node::start("x11", |c| {
+    let mut node = root_x11_node(|c| {
         c.sandbox.data_max_mib = QUOTA_MIB;
         // Each file is 64 KiB: the per-file limit cannot be what stops them.
         c.sandbox.file_size_max_mib = 1;
@@ -419,12 +432,7 @@ except OSError as e:
         out.stdout.contains("stopped") && out.stdout.contains("No space left"),
         "{out:?}"
     );
-    let written: u64 = out
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{out:?}"));
+    let written = crate::support::second_number(&out.stdout);
     assert!(
         written > 64 && written * 64 <= QUOTA_MIB * 1024,
         "{written} files of 64 KiB under a {QUOTA_MIB} MiB quota: {out:?}"
@@ -438,21 +446,16 @@ except OSError as e:
     );
 
     // The neighbour's quota is its own: 2 MiB more goes in there.
-    let out = run(
-        &mut node,
-        "quota-neighbour",
-        "for i in 1 2 3 4; do head -c 512K /dev/zero > /data/ok$i || exit 1; done; echo wrote",
-    )
-    .await;
-    assert_eq!(out.stdout, "wrote\n", "{out:?}");
+    let writes =
+        "for i in 1 2 3 4; do head -c 512K /dev/zero > /data/ok$i || exit 1; done; echo ok";
+    says_ok(&mut node, "quota-neighbour", writes).await;
     // And the full instance works again once it frees space.
-    let out = run(
+    says_ok(
         &mut node,
         "quota-filler",
         "rm /data/f1 && echo x > /data/y && echo ok",
     )
     .await;
-    assert_eq!(out.stdout, "ok\n", "{out:?}");
 
     node.grpc
         .delete_instance(pb::InstanceRef {

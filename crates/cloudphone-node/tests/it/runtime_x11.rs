@@ -826,12 +826,7 @@ async fn the_data_quota_volume_survives_restart_backup_and_restore() {
         )
         .await
         .unwrap();
-    let size_mib: u64 = out
-        .stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{out:?}"));
+    let size_mib = crate::support::second_number(&out.stdout);
     assert!((8..=16).contains(&size_mib), "a 16 MiB volume: {out:?}");
 
     m.shutdown().await;
