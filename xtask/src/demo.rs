@@ -839,6 +839,7 @@ mod tests {
         "sandbox.memory_max_mib",
         "sandbox.cpu_max_millis",
         "sandbox.file_size_max_mib",
+        "sandbox.data_max_mib",
         "sandbox.hidden_paths",
     ];
 
