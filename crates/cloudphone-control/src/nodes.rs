@@ -360,7 +360,8 @@ impl Registry {
                 crate::usage::on_report(self.store.as_ref(), self.client(node_id), node_id, record)
                     .await
             }
-            Some(Report::Heartbeat(_)) | None => {}
+            // The live edge (seed 003) records these in `service::live`.
+            Some(Report::LiveStream(_)) | Some(Report::Heartbeat(_)) | None => {}
         }
         if became_up {
             info!(node_id, "node up");

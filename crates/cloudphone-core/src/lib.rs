@@ -12,6 +12,7 @@
 //! - [`video`]: the SetVideoConfig matrix, its rules and profile selection.
 //! - [`adaptation`]: the sender's bitrate controller under congestion.
 //! - [`login_backoff`]: how long a user or address waits after wrong passwords.
+//! - [`play_auth`]: signed live URLs (Alibaba `auth_key` Type A), signed by control, checked by the node.
 #![forbid(unsafe_code)]
 
 pub mod adaptation;
@@ -19,6 +20,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod liveness;
 pub mod login_backoff;
+pub mod play_auth;
 pub mod prepare;
 pub mod scheduling;
 pub mod video;

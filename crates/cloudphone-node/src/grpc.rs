@@ -284,6 +284,10 @@ impl NodeAgent for NodeService {
             instances: instances.iter().map(|v| status_of(v, runtime)).collect(),
             heartbeat_interval_ms: u32::try_from(identity.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
+            // Filled once the live edge runs on this node.
+            live_streams: Vec::new(),
+            live_rtmp_base_url: String::new(),
+            live_http_base_url: String::new(),
         };
         let manager = Arc::clone(&self.manager);
         let sessions = Arc::clone(&self.sessions);
@@ -599,5 +603,27 @@ impl NodeAgent for NodeService {
         Ok(Response::new(pb::ReleaseSessionResponse {
             sessions_released,
         }))
+    }
+
+    // The live edge (seed 003) lands in `crate::live`; until then a node admits no stream.
+    async fn sync_live_streams(
+        &self,
+        _: Request<pb::SyncLiveStreamsRequest>,
+    ) -> Reply<pb::SyncLiveStreamsResponse> {
+        Err(Status::unimplemented("this node runs no live edge"))
+    }
+
+    async fn put_live_stream(
+        &self,
+        _: Request<pb::LiveStream>,
+    ) -> Reply<pb::PutLiveStreamResponse> {
+        Err(Status::unimplemented("this node runs no live edge"))
+    }
+
+    async fn remove_live_stream(
+        &self,
+        _: Request<pb::LiveStreamRef>,
+    ) -> Reply<pb::RemoveLiveStreamResponse> {
+        Err(Status::unimplemented("this node runs no live edge"))
     }
 }

@@ -14,6 +14,7 @@
 //! - [`clock`]: the clock usage is timed by (tokio's in paused-time tests).
 //! - [`http`]: `/healthz`, `/metrics`.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
+//! - `live`: the live edge (seed 003): RTMP ingest and the players of each stream.
 #![forbid(unsafe_code)]
 
 mod announce;
@@ -24,6 +25,9 @@ mod convert;
 mod grpc;
 mod http;
 pub mod instances;
+// Wired into the node by the RTMP ingest (issue 15, in progress).
+#[allow(dead_code)]
+mod live;
 mod mtls;
 pub mod runtime;
 pub mod streaming;

@@ -1,0 +1,252 @@
+//! One publisher to many players per stream: FLV tags fan out, late joiners start at a keyframe.
+//!
+//! The unit is the FLV tag body exactly as RTMP carries it (an RTMP audio/video/data message
+//! payload is an FLV tag body), so RTMP play and HTTP-FLV pass tags through untouched and HLS /
+//! WHEP demux them with GStreamer's `flvdemux` or parse the AVC packets directly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// How many tags a slow player may fall behind before it is told it lagged (about 8 s of 30 fps
+/// video plus audio): it then resumes at the next keyframe rather than stalling the publisher.
+const PLAYER_BACKLOG: usize = 512;
+
+/// FLV tag types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TagKind {
+    Audio = 8,
+    Video = 9,
+    /// `onMetaData` and other AMF0 data.
+    Script = 18,
+}
+
+/// One FLV tag: its type, its timestamp and its body (no FLV tag header).
+#[derive(Clone, Debug)]
+pub(crate) struct Tag {
+    pub(crate) kind: TagKind,
+    pub(crate) timestamp_ms: u32,
+    pub(crate) data: Bytes,
+}
+
+impl Tag {
+    /// A video tag whose frame type is 1 (keyframe).
+    pub(crate) fn is_keyframe(&self) -> bool {
+        self.kind == TagKind::Video && self.data.first().is_some_and(|b| b >> 4 == 1)
+    }
+
+    /// An AVC/HEVC decoder configuration or AAC AudioSpecificConfig (packet type 0).
+    pub(crate) fn is_sequence_header(&self) -> bool {
+        match self.kind {
+            TagKind::Video => {
+                self.data.get(1) == Some(&0) && self.data.first().is_some_and(|b| b & 0x0f >= 7)
+            }
+            TagKind::Audio => {
+                self.data.first().is_some_and(|b| b >> 4 == 10) && self.data.get(1) == Some(&0)
+            }
+            TagKind::Script => false,
+        }
+    }
+}
+
+/// What a player receives first, then the live tags.
+pub(crate) struct Subscription {
+    /// Metadata, sequence headers, then the current GOP from its keyframe, in order.
+    pub(crate) first: Vec<Tag>,
+    /// Live tags; `Closed` when the publisher leaves, `Lagged` when this player fell behind.
+    pub(crate) live: broadcast::Receiver<Tag>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum PublishError {
+    #[error("stream {0} already has a publisher")]
+    Busy(String),
+}
+
+/// Every stream being published on this node.
+#[derive(Default)]
+pub(crate) struct Hub {
+    streams: Mutex<HashMap<String, Arc<Channel>>>,
+}
+
+struct Channel {
+    tx: broadcast::Sender<Tag>,
+    start: Mutex<Start>,
+}
+
+/// What a late joiner needs.
+#[derive(Default)]
+struct Start {
+    metadata: Option<Tag>,
+    video_header: Option<Tag>,
+    audio_header: Option<Tag>,
+    gop: Vec<Tag>,
+}
+
+impl Hub {
+    /// Claims `stream_id` for one publisher; the stream ends when the [`Publisher`] drops.
+    pub(crate) fn publish(self: &Arc<Self>, stream_id: &str) -> Result<Publisher, PublishError> {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if streams.contains_key(stream_id) {
+            return Err(PublishError::Busy(stream_id.to_string()));
+        }
+        let (tx, _) = broadcast::channel(PLAYER_BACKLOG);
+        let channel = Arc::new(Channel {
+            tx,
+            start: Mutex::default(),
+        });
+        streams.insert(stream_id.to_string(), Arc::clone(&channel));
+        Ok(Publisher {
+            hub: Arc::clone(self),
+            stream_id: stream_id.to_string(),
+            channel,
+        })
+    }
+
+    /// Joins a stream being published, or `None` when nobody publishes it.
+    pub(crate) fn subscribe(&self, stream_id: &str) -> Option<Subscription> {
+        let channel = self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream_id)
+            .cloned()?;
+        // Under the start lock, so no tag falls between `first` and `live`.
+        let start = channel.start.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = channel.tx.subscribe();
+        let first = start
+            .metadata
+            .iter()
+            .chain(&start.video_header)
+            .chain(&start.audio_header)
+            .chain(&start.gop)
+            .cloned()
+            .collect();
+        Some(Subscription { first, live })
+    }
+
+    /// Streams with a publisher now.
+    pub(crate) fn publishing(&self) -> Vec<String> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.keys().cloned().collect()
+    }
+}
+
+/// The one publisher of a stream. Dropping it ends the stream for every player.
+pub(crate) struct Publisher {
+    hub: Arc<Hub>,
+    stream_id: String,
+    channel: Arc<Channel>,
+}
+
+impl Publisher {
+    pub(crate) fn send(&self, tag: Tag) {
+        let mut start = self
+            .channel
+            .start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tag.kind == TagKind::Script {
+            start.metadata = Some(tag.clone());
+        } else if tag.is_sequence_header() {
+            match tag.kind {
+                TagKind::Video => start.video_header = Some(tag.clone()),
+                _ => start.audio_header = Some(tag.clone()),
+            }
+        } else {
+            if tag.is_keyframe() {
+                start.gop.clear();
+            }
+            // Until the first keyframe there is nothing a player could decode.
+            if !start.gop.is_empty() || tag.is_keyframe() {
+                start.gop.push(tag.clone());
+            }
+        }
+        // No receivers is fine: nobody is playing.
+        let _ = self.channel.tx.send(tag);
+    }
+
+    pub(crate) fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let mut streams = self
+            .hub
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Only our own entry: a new publisher may already hold the id.
+        if streams
+            .get(&self.stream_id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.channel))
+        {
+            streams.remove(&self.stream_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(ts: u32, key: bool) -> Tag {
+        Tag {
+            kind: TagKind::Video,
+            timestamp_ms: ts,
+            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
+        }
+    }
+
+    fn avc_header() -> Tag {
+        Tag {
+            kind: TagKind::Video,
+            timestamp_ms: 0,
+            data: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
+        }
+    }
+
+    #[tokio::test]
+    async fn late_joiner_starts_with_headers_and_the_current_gop_then_live() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.publish("s1").expect("free");
+        assert!(hub.subscribe("s2").is_none());
+        publisher.send(video(0, false)); // before any keyframe: dropped from the start
+        publisher.send(avc_header());
+        publisher.send(video(40, true));
+        publisher.send(video(80, false));
+        publisher.send(video(120, true));
+        publisher.send(video(160, false));
+        let mut sub = hub.subscribe("s1").expect("published");
+        let firsts: Vec<u32> = sub.first.iter().map(|t| t.timestamp_ms).collect();
+        assert_eq!(firsts, [0, 120, 160]);
+        assert!(sub.first[0].is_sequence_header());
+        publisher.send(video(200, false));
+        assert_eq!(sub.live.recv().await.expect("live").timestamp_ms, 200);
+    }
+
+    #[tokio::test]
+    async fn one_publisher_per_stream_and_players_see_the_end() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.publish("s1").expect("free");
+        assert_eq!(
+            hub.publish("s1").err(),
+            Some(PublishError::Busy("s1".into()))
+        );
+        let mut sub = hub.subscribe("s1").expect("published");
+        drop(publisher);
+        assert!(matches!(
+            sub.live.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        assert!(hub.publishing().is_empty());
+        assert!(
+            hub.publish("s1").is_ok(),
+            "free again after the publisher left"
+        );
+    }
+}

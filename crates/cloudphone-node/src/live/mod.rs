@@ -1,0 +1,8 @@
+//! The live edge (seed 003): RTMP ingest of the streams control admitted, fanned out to RTMP,
+//! HTTP-FLV, HLS and WHEP players. Media stays on the node; control only says what is admitted.
+//!
+//! # Layout
+//! - [`hub`]: one publisher to many players per stream, in FLV tags, with what a late joiner
+//!   needs first (metadata, sequence headers, the current GOP).
+
+pub(crate) mod hub;
