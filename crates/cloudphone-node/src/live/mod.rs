@@ -6,3 +6,10 @@
 //!   needs first (metadata, sequence headers, the current GOP).
 
 pub(crate) mod hub;
+// HLS and WHEP outputs (helper hlswhep).
+pub(crate) mod avc;
+pub(crate) mod hls;
+pub(crate) mod output;
+#[cfg(test)]
+pub(crate) mod testfeed;
+pub(crate) mod whep;
