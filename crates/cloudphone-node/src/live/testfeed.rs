@@ -123,7 +123,7 @@ impl TestPublisher {
                     continue;
                 };
                 for tag in splitter.push(&map).expect("flvmux output") {
-                    publisher.send(tag);
+                    publisher.send(without_inband_parameter_sets(tag));
                 }
             }
             // `publisher` drops here: the stream ends for every player.
@@ -143,6 +143,36 @@ impl Drop for TestPublisher {
             let _ = thread.join();
         }
         let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// x264 repeats SPS and PPS in every keyframe; RTMP encoders with global headers (ffmpeg, OBS)
+/// send them only in the sequence header. Dropping them here makes the outputs prove they put
+/// the parameter sets back themselves.
+fn without_inband_parameter_sets(tag: Tag) -> Tag {
+    if tag.kind != TagKind::Video || tag.data.get(1) != Some(&1) || tag.data.len() < 5 {
+        return tag;
+    }
+    // flvmux writes 4-byte NAL unit lengths.
+    let mut out = tag.data[..5].to_vec();
+    let mut at = 5;
+    while at + 4 <= tag.data.len() {
+        let len = u32::from_be_bytes([
+            tag.data[at],
+            tag.data[at + 1],
+            tag.data[at + 2],
+            tag.data[at + 3],
+        ]) as usize;
+        let end = (at + 4 + len).min(tag.data.len());
+        let nal_type = tag.data.get(at + 4).map_or(0, |b| b & 0x1f);
+        if !matches!(nal_type, 7..=9) {
+            out.extend_from_slice(&tag.data[at..end]);
+        }
+        at = end;
+    }
+    Tag {
+        data: Bytes::from(out),
+        ..tag
     }
 }
 
