@@ -377,12 +377,16 @@ fn start_pipeline(
 struct Rebase(u32);
 
 impl Rebase {
+    /// The earliest frame of the start tags (audio interleaved with the GOP can be a little
+    /// older than its keyframe); headers and metadata carry stale or zero timestamps.
     fn new(first: &[Tag]) -> Self {
         Self(
             first
                 .iter()
-                .find(|t| t.is_keyframe() && !t.is_sequence_header())
-                .map_or(0, |t| t.timestamp_ms),
+                .filter(|t| t.kind != TagKind::Script && !t.is_sequence_header())
+                .map(|t| t.timestamp_ms)
+                .min()
+                .unwrap_or(0),
         )
     }
 
@@ -470,7 +474,7 @@ async fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::testfeed::{TestPublisher, decode_ts, wait_for_keyframe};
+    use crate::live::testfeed::{Decoded, TestPublisher, decode_ts, wait_for_keyframe};
 
     const ID: &str = "1624428150544871";
 
@@ -518,6 +522,34 @@ mod tests {
             .collect()
     }
 
+    /// Waits (bounded) for a playlist of at least three segments and returns it.
+    async fn three_segments(hls: &Hls, query: &str) -> String {
+        let mut playlist = String::new();
+        for _ in 0..100 {
+            playlist = hls.playlist("live", ID, query).await.unwrap();
+            if segments(&playlist).len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(segments(&playlist).len() >= 3, "{playlist}");
+        playlist
+    }
+
+    /// Each segment decoded alone, as a player joining at any segment of the playlist does.
+    async fn decode_each(hls: &Hls, names: &[String]) -> Vec<Decoded> {
+        let mut out = Vec::new();
+        for name in names {
+            let ts = hls.segment(ID, name).await.unwrap();
+            out.push(
+                tokio::task::spawn_blocking(move || decode_ts(&ts))
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_live_stream_plays_over_hls_and_stops_with_its_publisher() {
         let tmp = tempfile::tempdir().unwrap();
@@ -531,37 +563,24 @@ mod tests {
         let publisher = TestPublisher::start(&hub, ID, 30);
         wait_for_keyframe(&hub, ID).await;
 
-        // Wait (bounded) for three segments, the playlist a player would start with.
-        let mut playlist = String::new();
-        for _ in 0..100 {
-            playlist = hls.playlist("live", ID, "auth_key=k").await.unwrap();
-            if segments(&playlist).len() >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let playlist = three_segments(&hls, "auth_key=k").await;
         let names = segments(&playlist);
-        assert!(names.len() >= 3, "{playlist}");
         assert!(playlist.contains("#EXT-X-TARGETDURATION:1"), "{playlist}");
         for line in playlist.lines().filter(|l| l.contains(".ts")) {
             assert!(line.starts_with(&format!("{ID}/seg")), "{line}");
             assert!(line.ends_with(".ts?auth_key=k"), "{line}");
         }
-        // Each segment alone, as a player joining at any segment of the playlist decodes it.
-        let mut frames = Vec::new();
-        for name in &names {
-            let ts = hls.segment(ID, name).await.unwrap();
-            frames.push(
-                tokio::task::spawn_blocking(move || decode_ts(&ts))
-                    .await
-                    .unwrap(),
-            );
-        }
-        // Three segments of a 1 s GOP at 30 fps: about 90 frames.
-        assert!(frames.iter().all(|f| *f >= 15), "decoded {frames:?} frames");
+        let decoded = decode_each(&hls, &names).await;
+        // 1 s segments of a 1 s GOP at 30 fps: about 30 frames each.
         assert!(
-            frames.iter().sum::<usize>() >= 60,
-            "decoded {frames:?} frames"
+            decoded
+                .iter()
+                .all(|d| d.video_frames >= 15 && d.audio_buffers == 0),
+            "{decoded:?}"
+        );
+        assert!(
+            decoded.iter().map(|d| d.video_frames).sum::<usize>() >= 60,
+            "{decoded:?}"
         );
 
         for bad in ["../index.m3u8", "index.m3u8", "seg99999.ts"] {
@@ -629,5 +648,22 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(dirs, [format!("{ID}-1")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aac_audio_is_carried_next_to_the_video() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
+        let _publisher = TestPublisher::start_with(&hub, ID, 30, true);
+        wait_for_keyframe(&hub, ID).await;
+        let names = segments(&three_segments(&hls, "").await);
+        let decoded = decode_each(&hls, &names).await;
+        assert!(
+            decoded
+                .iter()
+                .all(|d| d.video_frames >= 15 && d.audio_buffers >= 15),
+            "{decoded:?}"
+        );
     }
 }

@@ -91,12 +91,28 @@ pub(crate) struct TestPublisher {
 impl TestPublisher {
     /// 320×240 at 30 fps, a keyframe every `gop_frames` frames.
     pub(crate) fn start(hub: &Arc<Hub>, stream_id: &str, gop_frames: u32) -> Self {
+        Self::start_with(hub, stream_id, gop_frames, false)
+    }
+
+    /// As [`TestPublisher::start`], with AAC audio (a tone) when `audio`.
+    pub(crate) fn start_with(
+        hub: &Arc<Hub>,
+        stream_id: &str,
+        gop_frames: u32,
+        audio: bool,
+    ) -> Self {
         gst::init().expect("gstreamer");
         let publisher = hub.publish(stream_id).expect("stream free");
+        let audio_branch = if audio {
+            "audiotestsrc is-live=true ! audioconvert ! voaacenc ! aacparse ! mux. "
+        } else {
+            ""
+        };
         let line = format!(
             "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop_frames} \
-             ! h264parse ! flvmux streamable=true ! appsink name=sink sync=false"
+             ! h264parse ! mux. {audio_branch}flvmux name=mux streamable=true \
+             ! appsink name=sink sync=false"
         );
         let pipeline = gst::parse::launch(&line)
             .expect("pipeline")
@@ -190,32 +206,76 @@ pub(crate) async fn wait_for_keyframe(hub: &Hub, stream_id: &str) {
     panic!("no keyframe from the test publisher");
 }
 
-/// Decoded frames in an H.264 MPEG-TS byte stream (`tsdemux ! h264parse ! avdec_h264`).
-pub(crate) fn decode_ts(ts: &[u8]) -> usize {
-    let line = "appsrc name=src caps=video/mpegts,systemstream=true \
-                ! tsdemux ! h264parse ! avdec_h264 ! appsink name=sink sync=false";
-    let pipeline = gst::parse::launch(line)
-        .expect("pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+/// What one MPEG-TS file decodes to: video frames and audio buffers (through `decodebin`:
+/// `tsdemux`, `h264parse ! avdec_h264`, an AAC decoder).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Decoded {
+    pub(crate) video_frames: usize,
+    pub(crate) audio_buffers: usize,
+}
+
+pub(crate) fn decode_ts(ts: &[u8]) -> Decoded {
+    use std::sync::atomic::AtomicUsize;
+    let pipeline = gst::parse::launch(
+        "appsrc name=src caps=video/mpegts,systemstream=true,packetsize=188 ! decodebin name=d",
+    )
+    .expect("pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
     let src = pipeline
         .by_name("src")
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
         .expect("appsrc");
-    let sink = pipeline
-        .by_name("sink")
-        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .expect("appsink");
+    let video = Arc::new(AtomicUsize::new(0));
+    let audio = Arc::new(AtomicUsize::new(0));
+    let (v, a) = (Arc::clone(&video), Arc::clone(&audio));
+    let weak = pipeline.downgrade();
+    pipeline
+        .by_name("d")
+        .expect("decodebin")
+        .connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps().expect("caps");
+            let name = caps.structure(0).expect("structure").name().to_string();
+            let counter = if name.starts_with("video/") {
+                Arc::clone(&v)
+            } else {
+                Arc::clone(&a)
+            };
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .expect("fakesink");
+            pipeline.add(&sink).expect("add");
+            sink.sync_state_with_parent().expect("sync state");
+            pad.link(&sink.static_pad("sink").expect("pad"))
+                .expect("link");
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        });
     pipeline.set_state(gst::State::Playing).expect("playing");
     src.push_buffer(gst::Buffer::from_slice(ts.to_vec()))
         .expect("push");
     src.end_of_stream().expect("eos");
-    let mut frames = 0;
-    while let Some(_sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(5)) {
-        frames += 1;
+    let bus = pipeline.bus().expect("bus");
+    let end = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(10),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    if let Some(msg) = end
+        && let gst::MessageView::Error(err) = msg.view()
+    {
+        panic!("decoding a segment: {}", err.error());
     }
     let _ = pipeline.set_state(gst::State::Null);
-    frames
+    Decoded {
+        video_frames: video.load(Ordering::Relaxed),
+        audio_buffers: audio.load(Ordering::Relaxed),
+    }
 }
 
 /// Test helper: `Bytes` of an FLV stream made of `tags`.
