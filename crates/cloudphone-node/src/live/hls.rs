@@ -42,6 +42,9 @@ use crate::live::hub::{Hub, Subscription, Tag, TagKind};
 use crate::live::output::{LiveOutputError, flv_header, flv_tag, valid_stream_id};
 
 const PLAYLIST: &str = "index.m3u8";
+/// FLV bytes queued in a stream's appsrc beyond which the pipeline is taken as stalled
+/// (about 30 s of a 4 Mbit/s stream).
+const MAX_QUEUED_BYTES: u64 = 16 << 20;
 
 /// Tunables of the HLS output.
 #[derive(Clone, Debug)]
@@ -120,6 +123,7 @@ impl Hls {
     }
 
     pub(crate) fn with_settings(hub: Arc<Hub>, dir: PathBuf, settings: HlsSettings) -> Self {
+        remove_stale_dirs(&dir);
         Self {
             hub,
             dir,
@@ -258,6 +262,29 @@ impl Hls {
             done_tx,
         ));
         Ok(stream)
+    }
+}
+
+/// Deletes the stream directories a previous run of the node left (it may have been killed
+/// mid-stream). Only names this module makes (`{stream_id}-{generation}`) are touched, so a
+/// misconfigured `dir` loses nothing else.
+fn remove_stale_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let ours = name.rsplit_once('-').is_some_and(|(id, generation)| {
+            valid_stream_id(id)
+                && !generation.is_empty()
+                && generation.bytes().all(|b| b.is_ascii_digit())
+        });
+        if ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -435,6 +462,11 @@ async fn feed(
                     let bytes = flv_tag(&tag, rebase.apply(&tag));
                     if let Err(e) = feed.appsrc.push_buffer(gst::Buffer::from_mut_slice(bytes)) {
                         break format!("pipeline refused data: {e}");
+                    }
+                    // appsrc queues without bound; a pipeline that stopped writing (a full
+                    // disk) must not hold the stream in memory.
+                    if feed.appsrc.current_level_bytes() > MAX_QUEUED_BYTES {
+                        break "pipeline stalled".to_owned();
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -665,5 +697,27 @@ mod tests {
                 .all(|d| d.video_frames >= 15 && d.audio_buffers >= 15),
             "{decoded:?}"
         );
+    }
+
+    #[test]
+    fn directories_of_a_previous_run_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stale = tmp.path().join(format!("{ID}-7"));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("seg00001.ts"), b"x").unwrap();
+        for keep in ["keep", "a-b", "notes-1.txt"] {
+            if keep.contains('.') {
+                std::fs::write(tmp.path().join(keep), b"x").unwrap();
+            } else {
+                std::fs::create_dir(tmp.path().join(keep)).unwrap();
+            }
+        }
+        let _hls = Hls::new(Arc::new(Hub::default()), tmp.path().to_owned());
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a-b", "keep", "notes-1.txt"]);
     }
 }
