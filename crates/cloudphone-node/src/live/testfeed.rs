@@ -89,7 +89,8 @@ pub(crate) struct TestPublisher {
 }
 
 impl TestPublisher {
-    /// 320×240 at 30 fps, a keyframe every `gop_frames` frames.
+    /// 320×240 4:2:0 at 30 fps in High profile (as OBS and ffmpeg push), a keyframe every
+    /// `gop_frames` frames.
     pub(crate) fn start(hub: &Arc<Hub>, stream_id: &str, gop_frames: u32) -> Self {
         Self::start_with(hub, stream_id, gop_frames, false)
     }
@@ -109,9 +110,9 @@ impl TestPublisher {
             ""
         };
         let line = format!(
-            "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop_frames} \
-             ! h264parse ! mux. {audio_branch}flvmux name=mux streamable=true \
+            "videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=superfast key-int-max={gop_frames} \
+             ! video/x-h264,profile=high ! h264parse ! mux. {audio_branch}flvmux name=mux streamable=true \
              ! appsink name=sink sync=false"
         );
         let pipeline = gst::parse::launch(&line)

@@ -767,4 +767,94 @@ mod tests {
         assert!(closed, "player still {:?}", player.pc.connection_state());
         player.pc.close().await.unwrap();
     }
+
+    /// The page of the Chromium test: a minimal WHEP player (recvonly H.264, non-trickle).
+    const PAGE: &str = r#"<!doctype html><html><body><video id="v" muted autoplay playsinline></video>
+<script>
+window.whep = { status: 0, error: null };
+(async () => {
+  try {
+    const pc = new RTCPeerConnection();
+    window.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (e) => { document.getElementById("v").srcObject = new MediaStream([e.track]); };
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((r) => {
+      if (pc.iceGatheringState === "complete") r();
+      pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r();
+      setTimeout(r, 3000);
+    });
+    const res = await fetch("/whep", { method: "POST", headers: { "content-type": "application/sdp" },
+                                       body: pc.localDescription.sdp });
+    window.whep.status = res.status;
+    await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  } catch (e) { window.whep.error = String(e); }
+})();
+window.decoded = async () => {
+  if (!window.pc) return { frames: 0, width: 0, ...window.whep };
+  const stats = await window.pc.getStats();
+  let out = { frames: 0, width: 0, ...window.whep };
+  stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") {
+    out.frames = r.framesDecoded || 0; out.width = r.frameWidth || 0; } });
+  return out;
+};
+</script></body></html>"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chromium_plays_a_live_stream_over_whep() {
+        use axum::http::{StatusCode, header};
+        use axum::response::{Html, IntoResponse};
+        use axum::routing::{get, post};
+
+        let hub = Arc::new(Hub::default());
+        let whep = Arc::new(whep(&hub));
+        let _publisher = TestPublisher::start(&hub, ID, 30);
+        wait_for_keyframe(&hub, ID).await;
+        // What the encoder pushes is High profile: sent under the registered 42e01f label.
+        let config = video_config(&hub.subscribe(ID).unwrap().first).unwrap();
+        assert_eq!(config.sps[0][1], 100, "x264's default profile is High");
+
+        let w = Arc::clone(&whep);
+        let app = axum::Router::new()
+            .route("/", get(|| async { Html(PAGE) }))
+            .route(
+                "/whep",
+                post(move |body: String| async move {
+                    match w.offer(ID, &body).await {
+                        Ok((answer, session)) => (
+                            StatusCode::CREATED,
+                            [
+                                (header::CONTENT_TYPE, "application/sdp".to_owned()),
+                                (header::LOCATION, format!("/whep/{session}")),
+                            ],
+                            answer,
+                        )
+                            .into_response(),
+                        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut browser =
+            cloudphone_testkit::browser::Browser::start(&format!("http://{addr}/"), &[]).await;
+        let mut last = serde_json::Value::Null;
+        for _ in 0..300 {
+            last = browser
+                .ok(serde_json::json!({"cmd": "eval", "expr": "window.decoded()"}))
+                .await["value"]
+                .clone();
+            if last["frames"].as_u64().unwrap_or(0) >= 60 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(last["status"], 201, "{last}");
+        assert!(last["frames"].as_u64().unwrap_or(0) >= 60, "{last}");
+        assert_eq!(last["width"], 320, "{last}");
+        assert_eq!(whep.sessions().len(), 1);
+        browser.quit().await;
+    }
 }
