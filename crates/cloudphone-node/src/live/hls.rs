@@ -506,6 +506,8 @@ async fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
     use crate::live::testfeed::{Decoded, TestPublisher, decode_ts, wait_for_keyframe};
 
     const ID: &str = "1624428150544871";
@@ -719,5 +721,116 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["a-b", "keep", "notes-1.txt"]);
+    }
+
+    /// GStreamer's HLS client (`souphttpsrc ! hlsdemux`) plays through a router shaped like the
+    /// node's (`/{app}/{id}.m3u8`, segments at the rewritten relative URIs), which refuses any
+    /// request without the player's `auth_key`: the query follows every segment.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_hls_client_follows_the_segment_uris_with_the_query() {
+        use std::sync::atomic::AtomicUsize;
+
+        use axum::extract::{Path as UrlPath, RawQuery};
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        use gstreamer_app as gst_app;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Arc::new(Hls::new(Arc::clone(&hub), tmp.path().to_owned()));
+        let _publisher = TestPublisher::start(&hub, ID, 30);
+        wait_for_keyframe(&hub, ID).await;
+        let segment_hits = Arc::new(AtomicUsize::new(0));
+
+        let (h1, h2, hits) = (
+            Arc::clone(&hls),
+            Arc::clone(&hls),
+            Arc::clone(&segment_hits),
+        );
+        let status = |e: LiveOutputError| match e {
+            LiveOutputError::NotFound => StatusCode::NOT_FOUND,
+            LiveOutputError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let app = axum::Router::new()
+            .route(
+                "/{app}/{file}",
+                get(
+                    move |UrlPath((app, file)): UrlPath<(String, String)>,
+                          RawQuery(q): RawQuery| async move {
+                        let q = q.unwrap_or_default();
+                        if q != "auth_key=k" {
+                            return StatusCode::FORBIDDEN.into_response();
+                        }
+                        let Some(id) = file.strip_suffix(".m3u8") else {
+                            return StatusCode::NOT_FOUND.into_response();
+                        };
+                        match h1.playlist(&app, id, &q).await {
+                            Ok(text) => (
+                                [(header::CONTENT_TYPE, "application/vnd.apple.mpegurl")],
+                                text,
+                            )
+                                .into_response(),
+                            Err(e) => status(e).into_response(),
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/{app}/{id}/{segment}",
+                get(
+                    move |UrlPath((_app, id, segment)): UrlPath<(String, String, String)>,
+                          RawQuery(q): RawQuery| async move {
+                        if q.as_deref() != Some("auth_key=k") {
+                            return StatusCode::FORBIDDEN.into_response();
+                        }
+                        match h2.segment(&id, &segment).await {
+                            Ok(bytes) => {
+                                hits.fetch_add(1, Ordering::Relaxed);
+                                ([(header::CONTENT_TYPE, "video/mp2t")], bytes).into_response()
+                            }
+                            Err(e) => status(e).into_response(),
+                        }
+                    },
+                ),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let url = format!("http://{addr}/live/{ID}.m3u8?auth_key=k");
+        let frames = tokio::task::spawn_blocking(move || {
+            let pipeline = gst::parse::launch(&format!(
+                "souphttpsrc location={url} ! hlsdemux ! decodebin ! appsink name=sink sync=false"
+            ))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+            let sink = pipeline
+                .by_name("sink")
+                .unwrap()
+                .downcast::<gst_app::AppSink>()
+                .unwrap();
+            pipeline.set_state(gst::State::Playing).unwrap();
+            let mut frames = 0;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while frames < 90 && Instant::now() < deadline {
+                if sink
+                    .try_pull_sample(gst::ClockTime::from_mseconds(500))
+                    .is_some()
+                {
+                    frames += 1;
+                }
+            }
+            let _ = pipeline.set_state(gst::State::Null);
+            frames
+        })
+        .await
+        .unwrap();
+        // 90 frames at 30 fps span at least three 1 s segments: the client reloaded the live
+        // playlist and followed its new URIs.
+        assert!(frames >= 90, "decoded {frames} frames");
+        assert!(segment_hits.load(Ordering::Relaxed) >= 3);
     }
 }
