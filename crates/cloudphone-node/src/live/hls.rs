@@ -351,12 +351,12 @@ fn start_pipeline(
     }
     line.push_str("hlssink2 name=h send-keyframe-requests=false");
     let internal = |e: &dyn std::fmt::Display| LiveOutputError::Internal(e.to_string());
-    std::fs::create_dir_all(dir).map_err(|e| internal(&e))?;
-    // From here on, dropping `running` deletes the directory.
     let pipeline = gst::parse::launch(&line)
         .map_err(|e| internal(&e))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| internal(&"not a pipeline"))?;
+    std::fs::create_dir_all(dir).map_err(|e| internal(&e))?;
+    // From here on, dropping `running` deletes the directory.
     let running = Running {
         pipeline,
         dir: dir.to_owned(),
@@ -832,5 +832,35 @@ mod tests {
         // playlist and followed its new URIs.
         assert!(frames >= 90, "decoded {frames} frames");
         assert!(segment_hits.load(Ordering::Relaxed) >= 3);
+    }
+
+    /// Segments are cut at the publisher's keyframes: a 2 s GOP gives 2 s segments whatever
+    /// the 1 s target.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_last_the_publishers_gop_when_it_is_longer_than_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
+        let _publisher = TestPublisher::start(&hub, ID, 60);
+        wait_for_keyframe(&hub, ID).await;
+        let mut playlist = String::new();
+        for _ in 0..100 {
+            playlist = hls.playlist("live", ID, "").await.unwrap();
+            if segments(&playlist).len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(playlist.contains("#EXT-X-TARGETDURATION:2"), "{playlist}");
+        let durations: Vec<f64> = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXTINF:"))
+            .map(|d| d.trim_end_matches(',').parse().unwrap())
+            .collect();
+        assert!(durations.len() >= 2, "{playlist}");
+        assert!(
+            durations.iter().all(|d| (1.9..=2.1).contains(d)),
+            "{durations:?}"
+        );
     }
 }
