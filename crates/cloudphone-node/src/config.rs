@@ -30,6 +30,7 @@ pub struct NodeConfig {
     pub android: AndroidSection,
     pub webrtc: WebRtcSection,
     pub apps: AppsSection,
+    pub live: LiveSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,22 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// How viewers reach the signaling endpoint; defaults to `ws://<listen>`.
     pub public_url: String,
+}
+
+/// The live edge (seed 003): RTMP ingest and play on `rtmp_listen`; HTTP-FLV (and HLS, WHEP) on
+/// the `[http]` listener. Off unless `rtmp_listen` is set, so that an upgraded node opens no new
+/// port its operator did not ask for (`deploy/node.toml` and the tests turn it on).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// Where the RTMP server binds, e.g. `0.0.0.0:1935`; unset: the node runs no live edge.
+    pub rtmp_listen: Option<SocketAddr>,
+    /// How publishers and players reach the RTMP server (announced as `live_rtmp_base_url`);
+    /// defaults to `rtmp://<rtmp_listen>` with the port actually bound.
+    pub public_rtmp_base_url: String,
+    /// How players reach HTTP-FLV, HLS and WHEP (announced as `live_http_base_url`); defaults to
+    /// `http(s)://` and the host and port of `[http] public_url`.
+    pub public_http_base_url: String,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -309,6 +326,7 @@ impl Default for NodeConfig {
             android: AndroidSection::default(),
             webrtc: WebRtcSection::default(),
             apps: AppsSection::default(),
+            live: LiveSection::default(),
         }
     }
 }
@@ -381,6 +399,24 @@ impl NodeConfig {
                 "ws"
             };
             self.http.public_url = format!("{scheme}://{http}");
+        }
+        if self.live.public_http_base_url.is_empty() {
+            // The signaling URL's origin, as HTTP: the same listener serves both.
+            let origin = self.http.public_url.trim_end_matches('/');
+            self.live.public_http_base_url = if let Some(rest) = origin.strip_prefix("wss://") {
+                format!("https://{rest}")
+            } else if let Some(rest) = origin.strip_prefix("ws://") {
+                format!("http://{rest}")
+            } else {
+                origin.to_string()
+            };
+        }
+    }
+
+    /// Defaults `live.public_rtmp_base_url` to `rtmp://<rtmp>` from the address actually bound.
+    pub fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
+        if self.live.public_rtmp_base_url.is_empty() && rtmp.port() != 0 {
+            self.live.public_rtmp_base_url = format!("rtmp://{rtmp}");
         }
     }
 

@@ -25,8 +25,6 @@ mod convert;
 mod grpc;
 mod http;
 pub mod instances;
-// Wired into the node by the RTMP ingest (issue 15, in progress).
-#[allow(dead_code)]
 mod live;
 mod mtls;
 pub mod runtime;
@@ -112,6 +110,24 @@ pub async fn run(
     let mut config = config;
     let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
     config.fill_advertised(grpc_addr, http_addr);
+    // The live edge's RTMP listener, when configured (off by default, see `LiveSection`).
+    let rtmp_listener = match config.live.rtmp_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            config.fill_live_advertised(listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    let live = match &rtmp_listener {
+        Some(_) => live::Live::new(
+            config.live.public_rtmp_base_url.clone(),
+            config.live.public_http_base_url.clone(),
+        ),
+        // Control's admission calls still work; nothing can publish, and the empty URLs tell
+        // control this node runs no live edge.
+        None => live::Live::new(String::new(), String::new()),
+    };
     std::fs::create_dir_all(&config.state_dir)?;
     // Before anything else: a node that cannot prove who it is serves nothing.
     let tls = mtls::load_or_enroll(&config).await?;
@@ -173,6 +189,7 @@ pub async fn run(
         Arc::clone(&sessions),
         usage,
         downloads,
+        Arc::clone(&live),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -190,7 +207,17 @@ pub async fn run(
 
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
-    let router = http::router().merge(streaming::signaling::router(Arc::clone(&sessions)));
+    if let Some(listener) = rtmp_listener {
+        tracing::info!(rtmp = %listener.local_addr()?, "live edge: RTMP listening");
+        tokio::spawn(live::rtmp::serve(
+            listener,
+            Arc::clone(&live),
+            stop_rx.clone(),
+        ));
+    }
+    let router = http::router()
+        .merge(streaming::signaling::router(Arc::clone(&sessions)))
+        .merge(live::http::router(Arc::clone(&live)));
     let stopped = async move {
         let _ = http_stop.changed().await;
     };
