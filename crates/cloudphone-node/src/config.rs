@@ -400,6 +400,15 @@ impl NodeConfig {
             };
             self.http.public_url = format!("{scheme}://{http}");
         }
+    }
+
+    /// Defaults `live.public_rtmp_base_url` to `rtmp://<rtmp>` from the address actually bound,
+    /// and `live.public_http_base_url` to the origin of `http.public_url` as HTTP (call after
+    /// [`NodeConfig::fill_advertised`]).
+    pub fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
+        if self.live.public_rtmp_base_url.is_empty() && rtmp.port() != 0 {
+            self.live.public_rtmp_base_url = format!("rtmp://{rtmp}");
+        }
         if self.live.public_http_base_url.is_empty() {
             // The signaling URL's origin, as HTTP: the same listener serves both.
             let origin = self.http.public_url.trim_end_matches('/');
@@ -410,13 +419,6 @@ impl NodeConfig {
             } else {
                 origin.to_string()
             };
-        }
-    }
-
-    /// Defaults `live.public_rtmp_base_url` to `rtmp://<rtmp>` from the address actually bound.
-    pub fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
-        if self.live.public_rtmp_base_url.is_empty() && rtmp.port() != 0 {
-            self.live.public_rtmp_base_url = format!("rtmp://{rtmp}");
         }
     }
 

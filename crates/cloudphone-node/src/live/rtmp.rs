@@ -314,6 +314,7 @@ impl Conn {
         app_name: &str,
         stream_key: &str,
     ) -> Result<Vec<ServerSessionResult>, ConnError> {
+        tracing::debug!(app_name, stream_key, "RTMP publish requested");
         let (app, app_auth) = split_query(app_name);
         let (id, key_auth) = split_query(stream_key);
         // OBS and ffmpeg put the query on the stream key; some clients on the app.
