@@ -57,7 +57,7 @@ pub struct HttpConfig {
 
 /// The live edge (seed 003): RTMP ingest and play on `rtmp_listen`; HTTP-FLV (and HLS, WHEP) on
 /// the `[http]` listener. Off unless `rtmp_listen` is set, so that an upgraded node opens no new
-/// port its operator did not ask for (`deploy/node.toml` and the tests turn it on).
+/// port its operator did not ask for (`deploy/config/node.toml` and the tests turn it on).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveSection {
@@ -509,6 +509,30 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, toml).unwrap();
         NodeConfig::load(Some(&path), env)
+    }
+
+    #[test]
+    fn the_live_edge_is_off_by_default_and_its_urls_follow_the_listeners() {
+        let config = load("node_id = \"h1\"\n", |_| None).unwrap();
+        assert_eq!(config.live.rtmp_listen, None);
+        let toml = "[http]\npublic_url = \"wss://edge.example.com:8443/\"\n[live]\nrtmp_listen = \"0.0.0.0:0\"\n";
+        let mut config = load(toml, |_| None).unwrap();
+        config.fill_live_advertised("10.0.0.5:1935".parse().unwrap());
+        assert_eq!(config.live.public_rtmp_base_url, "rtmp://10.0.0.5:1935");
+        assert_eq!(
+            config.live.public_http_base_url,
+            "https://edge.example.com:8443"
+        );
+        let toml = "[live]\npublic_rtmp_base_url = \"rtmp://a:1\"\npublic_http_base_url = \"http://b:2\"\n";
+        let mut config = load(toml, |_| None).unwrap();
+        config.fill_live_advertised("10.0.0.5:1935".parse().unwrap());
+        assert_eq!(
+            (
+                config.live.public_rtmp_base_url.as_str(),
+                config.live.public_http_base_url.as_str()
+            ),
+            ("rtmp://a:1", "http://b:2")
+        );
     }
 
     #[test]

@@ -35,8 +35,12 @@ const PLAY_FAILED: &str = "NetStream.Play.Failed";
 const MAX_CONNECTIONS: usize = 4096;
 /// A client that has not finished the handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection that sends nothing for this long (a publisher or a player's acks) is dropped.
+/// A connection that sends nothing for this long while not playing (a silent publisher, or a
+/// client that never asks for anything) is dropped. Players are exempt: with the 1 GiB
+/// acknowledgement window they may rightly say nothing for hours; a dead one fails a write.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The read timeout of a player (never reached in practice).
+const PLAYER_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Accepts RTMP connections on `listener` until `stop` turns true.
 pub(crate) async fn serve(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
@@ -120,8 +124,13 @@ async fn connection(
     let mut tick = tokio::time::interval(super::STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let idle = if conn.play.is_some() {
+            PLAYER_IDLE_TIMEOUT
+        } else {
+            IDLE_TIMEOUT
+        };
         tokio::select! {
-            read = tokio::time::timeout(IDLE_TIMEOUT, conn.socket.read(&mut buf)) => {
+            read = tokio::time::timeout(idle, conn.socket.read(&mut buf)) => {
                 let n = read.map_err(|_| ConnError::Timeout)??;
                 if n == 0 {
                     return Ok(());
