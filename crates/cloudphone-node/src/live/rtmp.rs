@@ -236,7 +236,14 @@ impl Conn {
     }
 
     fn input(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
-        let results = self.session.handle_input(bytes).map_err(protocol)?;
+        // rml_rtmp indexes into some messages without checking their length (an `@setDataFrame`
+        // with no arguments panics inside it): such input ends this connection like any other
+        // protocol error.
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.session.handle_input(bytes)
+        }))
+        .map_err(|_| ConnError::Protocol("input the RTMP parser cannot take".into()))?
+        .map_err(protocol)?;
         self.process(results)
     }
 

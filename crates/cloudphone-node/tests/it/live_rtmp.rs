@@ -165,6 +165,50 @@ async fn next_status(reports: &mut tonic::Streaming<pb::NodeReport>) -> pb::Live
     .expect("a live stream status in time")
 }
 
+/// A TCP connection to the node's RTMP port that has completed the client handshake.
+async fn rtmp_client(base: &str) -> tokio::net::TcpStream {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(base.trim_start_matches("rtmp://"))
+        .await
+        .unwrap();
+    let mut handshake = Handshake::new(PeerType::Client);
+    socket
+        .write_all(&handshake.generate_outbound_p0_and_p1().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the node completes the handshake");
+        match handshake.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await.unwrap();
+            }
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                socket.write_all(&response_bytes).await.unwrap();
+                return socket;
+            }
+        }
+    }
+}
+
+/// Reads until the node closes `socket` (within 5 s).
+async fn assert_closes(socket: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the node closes the connection");
+}
+
 /// Waits for a status with `on` as given.
 async fn wait_on(reports: &mut tonic::Streaming<pb::NodeReport>, on: bool) -> pb::LiveStreamStatus {
     loop {
@@ -311,6 +355,17 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
             "the node closes a connection that speaks no RTMP: {read:?}"
         );
     }
+    // After a good handshake, a message the RTMP parser cannot take (an `@setDataFrame` without
+    // its arguments) closes that connection too.
+    let mut bad = rtmp_client(&rtmp).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let body = b"\x02\x00\x0d@setDataFrame";
+        let mut chunk = vec![0x03, 0, 0, 0, 0, 0, body.len() as u8, 18, 0, 0, 0, 0];
+        chunk.extend_from_slice(body);
+        bad.write_all(&chunk).await.unwrap();
+    }
+    assert_closes(&mut bad).await;
     let before = flv.frames.load(Ordering::Relaxed);
     flv.wait_frames(before + 30).await;
 
