@@ -464,6 +464,16 @@ mod tests {
         let ingest = live.publish("live", "1624428150544871", Some(&auth));
         assert!(ingest.is_ok(), "admitted again");
         assert_eq!(live.sync(vec![]), 1, "a sync without it drops it");
+        drop(ingest);
+        live.put(rule(true));
+        let mut ingest = live
+            .publish("live", "1624428150544871", Some(&auth))
+            .expect("admitted");
+        assert!(live.remove("1624428150544871"), "a remove drops it");
+        tokio::time::timeout(Duration::from_secs(1), ingest.revoked())
+            .await
+            .expect("revoked at once");
+        assert!(!live.remove("1624428150544871"));
     }
 
     #[tokio::test]
