@@ -46,27 +46,22 @@ fn play_url(base: &str, path: &str, key: &str) -> String {
 
 /// A live H.264 push of a test pattern to `url`, as the issue's Done-when runs it.
 fn push(url: &str) -> Child {
+    push_with(url, false)
+}
+
+/// [`push`], with an AAC tone too when `audio`.
+fn push_with(url: &str, audio: bool) -> Child {
+    let mut pipeline = format!(
+        "flvmux name=m streamable=true ! rtmp2sink location={url} \
+         videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         x264enc tune=zerolatency key-int-max=30 speed-preset=ultrafast ! h264parse ! m."
+    );
+    if audio {
+        pipeline.push_str(" audiotestsrc is-live=true ! audioconvert ! avenc_aac ! aacparse ! m.");
+    }
     Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "is-live=true",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=30/1",
-            "!",
-            "x264enc",
-            "tune=zerolatency",
-            "key-int-max=30",
-            "speed-preset=ultrafast",
-            "!",
-            "h264parse",
-            "!",
-            "flvmux",
-            "streamable=true",
-            "!",
-            "rtmp2sink",
-            &format!("location={url}"),
-        ])
+        .arg("-q")
+        .args(pipeline.split_whitespace())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -412,5 +407,81 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
         .unwrap();
     assert!(!removed.into_inner().publisher_dropped);
     assert_eq!(status(play_url(&http, &flv_path, PLAY_KEY)).await, 404);
+    node.shutdown().await;
+}
+
+/// A push with audio: the FLV header says so, a player first gets the metadata and both sequence
+/// headers, the audio tags pass through, and a GStreamer player that drains the audio pad decodes
+/// the video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_rtmp_audio_and_video_pass_through_to_flv() {
+    let mut node = Node::start("synthetic", |c| {
+        c.live.rtmp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut reports = node.open_reports().await;
+    let Some(Report::Announcement(announcement)) = reports.message().await.unwrap().unwrap().report
+    else {
+        panic!("the announcement comes first");
+    };
+    let (rtmp, http) = (
+        announcement.live_rtmp_base_url,
+        announcement.live_http_base_url,
+    );
+    node.grpc.put_live_stream(stream(true)).await.unwrap();
+    let push_path = format!("/{APP}/{ID}");
+    let push_url = format!(
+        "{rtmp}{push_path}?auth_key={}",
+        play_auth::sign(&push_path, PUSH_KEY, FAR, "0", "0")
+    );
+    let _pusher = push_with(&push_url, true);
+    wait_on(&mut reports, true).await;
+    // Let a keyframe and some audio reach the hub.
+    loop {
+        let s = next_status(&mut reports).await;
+        if s.frames_in > 30 {
+            break;
+        }
+    }
+
+    let flv_path = format!("/{APP}/{ID}.flv");
+    let mut response = reqwest::get(play_url(&http, &flv_path, PLAY_KEY))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut bytes = Vec::new();
+    // FLV tag types in order, with whether each is a sequence header (AVC/AAC packet type 0).
+    let mut tags: Vec<(u8, bool)> = Vec::new();
+    let mut at = 13;
+    tokio::time::timeout(WAIT, async {
+        while tags.iter().filter(|(t, _)| *t == 8).count() < 10 {
+            let chunk = response.chunk().await.unwrap().expect("the stream goes on");
+            bytes.extend_from_slice(&chunk);
+            while bytes.len() >= at + 11 {
+                let kind = bytes[at];
+                let len = u32::from_be_bytes([0, bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                let end = at + 11 + len as usize + 4;
+                if bytes.len() < end {
+                    break;
+                }
+                let body = &bytes[at + 11..at + 11 + len as usize];
+                tags.push((kind, body.get(1) == Some(&0) && kind != 18));
+                at = end;
+            }
+        }
+    })
+    .await
+    .expect("ten audio tags in time");
+    assert_eq!(&bytes[..5], b"FLV\x01\x05", "audio and video flags");
+    assert_eq!(tags[0], (18, false), "metadata first");
+    assert_eq!(tags[1], (9, true), "then the AVC sequence header");
+    assert_eq!(tags[2], (8, true), "then the AAC sequence header");
+    assert_eq!(tags[3].0, 9, "then the GOP from its keyframe");
+
+    let player = Player::start(&format!(
+        "souphttpsrc is-live=true location=\"{}\"",
+        play_url(&http, &flv_path, PLAY_KEY)
+    ));
+    player.wait_frames(30).await;
     node.shutdown().await;
 }
