@@ -14,9 +14,17 @@ pub(crate) fn header(audio: bool) -> Bytes {
 }
 
 /// One tag as it sits in a file, followed by its `PreviousTagSize`.
+#[cfg(test)]
 pub(crate) fn tag(tag: &Tag) -> Bytes {
+    let mut out = BytesMut::new();
+    put_tag(&mut out, tag);
+    out.freeze()
+}
+
+/// Appends one tag as it sits in a file, followed by its `PreviousTagSize`.
+pub(crate) fn put_tag(out: &mut BytesMut, tag: &Tag) {
     let len = tag.data.len();
-    let mut out = BytesMut::with_capacity(11 + len + 4);
+    out.reserve(11 + len + 4);
     out.put_u8(tag.kind as u8);
     // The data size field is 24 bits; an RTMP message cannot be longer.
     out.put_uint((len & 0x00ff_ffff) as u64, 3);
@@ -25,7 +33,6 @@ pub(crate) fn tag(tag: &Tag) -> Bytes {
     out.put_uint(0, 3); // StreamID, always 0
     out.extend_from_slice(&tag.data);
     out.put_u32(((11 + len) & 0xffff_ffff) as u32);
-    out.freeze()
 }
 
 #[cfg(test)]

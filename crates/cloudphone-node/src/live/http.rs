@@ -24,6 +24,9 @@ use axum::routing::{delete, get, post};
 use super::admission::{Output, auth_key_of};
 use super::{Live, PlayRefusal, flv};
 
+/// Tags in one HTTP chunk at most.
+const WRITE_BATCH: usize = 64;
+
 pub(crate) fn router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/{app}/{file}", get(file))
@@ -62,10 +65,14 @@ fn flv_play(live: &Live, app: &str, id: &str, uri: &str, auth: Option<&str>) -> 
     let head = flv::header(player.starts_with_audio());
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
     let tags = futures::stream::unfold(player, |mut player| async move {
-        let tag = player.next().await?;
-        let bytes = flv::tag(&tag);
-        player.sent(bytes.len());
-        Some((Ok(bytes), player))
+        // What is already waiting goes in one chunk: one write for a player catching up.
+        let tags = player.next_batch(WRITE_BATCH).await?;
+        let mut chunk = bytes::BytesMut::new();
+        for tag in &tags {
+            flv::put_tag(&mut chunk, tag);
+        }
+        player.sent(chunk.len());
+        Some((Ok(chunk.freeze()), player))
     });
     use futures::StreamExt;
     (

@@ -393,6 +393,33 @@ impl Player {
         }
     }
 
+    /// The next tag and those already waiting behind it (at most `max` in all), so that a
+    /// writer sends them in one write; `None` once the publisher has gone.
+    pub(crate) async fn next_batch(&mut self, max: usize) -> Option<Vec<Tag>> {
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            if let Some(tag) = self.first.pop_front() {
+                batch.push(tag);
+                continue;
+            }
+            match self.live.try_recv() {
+                Ok(tag) => {
+                    if self.waiting_for_key {
+                        if !tag.is_keyframe() {
+                            continue;
+                        }
+                        self.waiting_for_key = false;
+                    }
+                    batch.push(tag);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.waiting_for_key = true,
+                // Empty, or closed: what there is goes now; the next call sees the end.
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
     /// True when the start tags hold audio (the FLV header's audio flag).
     pub(crate) fn starts_with_audio(&self) -> bool {
         self.first.iter().any(|t| t.kind == TagKind::Audio)
@@ -474,6 +501,34 @@ mod tests {
             .await
             .expect("revoked at once");
         assert!(!live.remove("1624428150544871"));
+    }
+
+    #[tokio::test]
+    async fn a_player_that_fell_behind_resumes_at_the_next_keyframe_in_one_batch() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.publish("s").expect("free");
+        let sub = hub.subscribe("s").expect("published");
+        let mut player = Player {
+            first: sub.first.into(),
+            live: sub.live,
+            waiting_for_key: false,
+            output: Output::Flv,
+        };
+        let video = |ts: u32, key: bool| Tag {
+            kind: TagKind::Video,
+            timestamp_ms: ts,
+            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
+        };
+        for ts in 0..600 {
+            publisher.send(video(ts, false));
+        }
+        publisher.send(video(1000, true));
+        publisher.send(video(1001, false));
+        let batch = player.next_batch(64).await.expect("tags");
+        let stamps: Vec<u32> = batch.iter().map(|t| t.timestamp_ms).collect();
+        assert_eq!(stamps, [1000, 1001]);
+        drop(publisher);
+        assert!(player.next_batch(64).await.is_none(), "the end");
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ use super::{Ingest, Live, Player};
 /// The `onStatus` codes a refused publish or play gets.
 const PUBLISH_DENIED: &str = "NetStream.Publish.Denied";
 const PLAY_FAILED: &str = "NetStream.Play.Failed";
+/// Tags a player gets in one write at most, when it has fallen a little behind.
+const WRITE_BATCH: usize = 64;
 /// Connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 4096;
 /// A client that has not finished the handshake by then is dropped.
@@ -140,8 +142,12 @@ async fn connection(
             () = revoked(&mut conn.ingest) => {
                 return Err(ConnError::Refused("the stream's admission was withdrawn".into()));
             }
-            tag = next_tag(&mut conn.play) => match tag {
-                Some(tag) => conn.play_tag(tag)?,
+            tags = next_tags(&mut conn.play) => match tags {
+                Some(tags) => {
+                    for tag in tags {
+                        conn.play_tag(tag)?;
+                    }
+                }
                 // The publisher left: the play is over.
                 None => {
                     if let Some((_, stream_id)) = conn.play.take()
@@ -203,9 +209,9 @@ async fn revoked(ingest: &mut Option<Ingest>) {
     }
 }
 
-async fn next_tag(play: &mut Option<(Player, u32)>) -> Option<Tag> {
+async fn next_tags(play: &mut Option<(Player, u32)>) -> Option<Vec<Tag>> {
     match play {
-        Some((player, _)) => player.next().await,
+        Some((player, _)) => player.next_batch(WRITE_BATCH).await,
         None => std::future::pending().await,
     }
 }
