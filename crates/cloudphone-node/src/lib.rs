@@ -207,14 +207,18 @@ pub async fn run(
 
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
-    if let Some(listener) = rtmp_listener {
-        tracing::info!(rtmp = %listener.local_addr()?, "live edge: RTMP listening");
-        tokio::spawn(live::rtmp::serve(
-            listener,
-            Arc::clone(&live),
-            stop_rx.clone(),
-        ));
-    }
+    // The RTMP server; awaited (bounded) on shutdown like the other listeners.
+    let rtmp_task = match rtmp_listener {
+        Some(listener) => {
+            tracing::info!(rtmp = %listener.local_addr()?, "live edge: RTMP listening");
+            Some(tokio::spawn(live::rtmp::serve(
+                listener,
+                Arc::clone(&live),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let router = http::router()
         .merge(streaming::signaling::router(Arc::clone(&sessions)))
         .merge(live::http::router(Arc::clone(&live)));
@@ -268,6 +272,9 @@ pub async fn run(
     // Report streams never end by themselves; bound the wait for in-flight calls.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    if let Some(rtmp_task) = rtmp_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), rtmp_task).await;
+    }
     manager.shutdown().await;
     tracing::info!("stopped");
     Ok(())
