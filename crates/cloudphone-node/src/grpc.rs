@@ -639,7 +639,8 @@ impl NodeAgent for NodeService {
     }
 
     // The live edge (seed 003): control's word on which streams this node serves. A publisher
-    // whose stream is no longer admitted is disconnected before the answer goes back.
+    // whose stream is no longer admitted is told to go before the answer goes back (its
+    // connection closes within milliseconds).
     async fn sync_live_streams(
         &self,
         r: Request<pb::SyncLiveStreamsRequest>,

@@ -336,9 +336,10 @@ impl Conn {
         app_name: &str,
         stream_key: &str,
     ) -> Result<Vec<ServerSessionResult>, ConnError> {
-        tracing::debug!(app_name, stream_key, "RTMP publish requested");
         let (app, app_auth) = split_query(app_name);
         let (id, key_auth) = split_query(stream_key);
+        // Never the auth_key: a push URL's key does not expire.
+        tracing::debug!(app, id, "RTMP publish requested");
         // OBS and ffmpeg put the query on the stream key; some clients on the app.
         let auth = key_auth.or(app_auth);
         if self.ingest.is_some() || self.play.is_some() {

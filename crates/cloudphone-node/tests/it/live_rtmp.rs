@@ -242,6 +242,12 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
     assert_eq!(http, format!("http://{}", node.http));
     assert!(announcement.live_streams.is_empty());
 
+    // A stream whose id could not be a URL path segment is refused.
+    let mut bad = stream(true);
+    bad.stream_id = "../1624428150544871".into();
+    let refused = node.grpc.put_live_stream(bad).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
     // Control admits the stream.
     let put = node.grpc.put_live_stream(stream(true)).await.unwrap();
     assert!(!put.into_inner().publisher_dropped);
