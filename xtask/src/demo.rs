@@ -57,13 +57,14 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     let runtime = pick_runtime(&dir);
-    let ports = util::free_ports(4)?;
+    let ports = util::free_ports(5)?;
     let config = DemoConfig {
         dir: dir.clone(),
         api_port: ports[0],
         grpc_port: ports[1],
         node_http_port: ports[2],
         control_nodes_port: ports[3],
+        rtmp_port: ports[4],
         runtime,
     };
     let control_toml = dir.join("control.toml");
@@ -290,6 +291,8 @@ struct DemoConfig {
     node_http_port: u16,
     /// Control's node-facing gRPC port (`[nodes].listen`), which the node announces itself to.
     control_nodes_port: u16,
+    /// The node's RTMP port (`[live] rtmp_listen`): pushes and RTMP plays of the live edge.
+    rtmp_port: u16,
     runtime: Runtime,
 }
 
@@ -366,6 +369,9 @@ first_display = {first_display}
 [android]
 adb = "/usr/bin/adb"
 serials = []
+
+[live]
+rtmp_listen = {rtmp_listen}
 "#,
             region = toml_str(REGION),
             state_dir = toml_str(&self.node_state_dir().display().to_string()),
@@ -376,6 +382,7 @@ serials = []
             http_public = toml_str(&format!("ws://127.0.0.1:{}", self.node_http_port)),
             control = toml_str(&format!("https://127.0.0.1:{}", self.control_nodes_port)),
             token = toml_str(join_token),
+            rtmp_listen = toml_str(&format!("127.0.0.1:{}", self.rtmp_port)),
         )
     }
 }
@@ -778,6 +785,7 @@ mod tests {
             grpc_port: 40002,
             node_http_port: 40003,
             control_nodes_port: 40004,
+            rtmp_port: 40005,
             runtime,
         }
     }

@@ -30,6 +30,7 @@ pub struct NodeConfig {
     pub android: AndroidSection,
     pub webrtc: WebRtcSection,
     pub apps: AppsSection,
+    pub live: LiveSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,22 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// How viewers reach the signaling endpoint; defaults to `ws://<listen>`.
     pub public_url: String,
+}
+
+/// The live edge (seed 003): RTMP ingest and play on `rtmp_listen`; HTTP-FLV (and HLS, WHEP) on
+/// the `[http]` listener. Off unless `rtmp_listen` is set, so that an upgraded node opens no new
+/// port its operator did not ask for (`deploy/config/node.toml` and the tests turn it on).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveSection {
+    /// Where the RTMP server binds, e.g. `0.0.0.0:1935`; unset: the node runs no live edge.
+    pub rtmp_listen: Option<SocketAddr>,
+    /// How publishers and players reach the RTMP server (announced as `live_rtmp_base_url`);
+    /// defaults to `rtmp://<rtmp_listen>` with the port actually bound.
+    pub public_rtmp_base_url: String,
+    /// How players reach HTTP-FLV, HLS and WHEP (announced as `live_http_base_url`); defaults to
+    /// `http(s)://` and the host and port of `[http] public_url`.
+    pub public_http_base_url: String,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -309,6 +326,7 @@ impl Default for NodeConfig {
             android: AndroidSection::default(),
             webrtc: WebRtcSection::default(),
             apps: AppsSection::default(),
+            live: LiveSection::default(),
         }
     }
 }
@@ -381,6 +399,26 @@ impl NodeConfig {
                 "ws"
             };
             self.http.public_url = format!("{scheme}://{http}");
+        }
+    }
+
+    /// Defaults `live.public_rtmp_base_url` to `rtmp://<rtmp>` from the address actually bound,
+    /// and `live.public_http_base_url` to the origin of `http.public_url` as HTTP (call after
+    /// [`NodeConfig::fill_advertised`]).
+    pub fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
+        if self.live.public_rtmp_base_url.is_empty() && rtmp.port() != 0 {
+            self.live.public_rtmp_base_url = format!("rtmp://{rtmp}");
+        }
+        if self.live.public_http_base_url.is_empty() {
+            // The signaling URL's origin, as HTTP: the same listener serves both.
+            let origin = self.http.public_url.trim_end_matches('/');
+            self.live.public_http_base_url = if let Some(rest) = origin.strip_prefix("wss://") {
+                format!("https://{rest}")
+            } else if let Some(rest) = origin.strip_prefix("ws://") {
+                format!("http://{rest}")
+            } else {
+                origin.to_string()
+            };
         }
     }
 
@@ -471,6 +509,30 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, toml).unwrap();
         NodeConfig::load(Some(&path), env)
+    }
+
+    #[test]
+    fn the_live_edge_is_off_by_default_and_its_urls_follow_the_listeners() {
+        let config = load("node_id = \"h1\"\n", |_| None).unwrap();
+        assert_eq!(config.live.rtmp_listen, None);
+        let toml = "[http]\npublic_url = \"wss://edge.example.com:8443/\"\n[live]\nrtmp_listen = \"0.0.0.0:0\"\n";
+        let mut config = load(toml, |_| None).unwrap();
+        config.fill_live_advertised("10.0.0.5:1935".parse().unwrap());
+        assert_eq!(config.live.public_rtmp_base_url, "rtmp://10.0.0.5:1935");
+        assert_eq!(
+            config.live.public_http_base_url,
+            "https://edge.example.com:8443"
+        );
+        let toml = "[live]\npublic_rtmp_base_url = \"rtmp://a:1\"\npublic_http_base_url = \"http://b:2\"\n";
+        let mut config = load(toml, |_| None).unwrap();
+        config.fill_live_advertised("10.0.0.5:1935".parse().unwrap());
+        assert_eq!(
+            (
+                config.live.public_rtmp_base_url.as_str(),
+                config.live.public_http_base_url.as_str()
+            ),
+            ("rtmp://a:1", "http://b:2")
+        );
     }
 
     #[test]

@@ -23,3 +23,41 @@ pub(crate) fn video_config(
         .collect();
     VideoConfig::from_cells(&cells)
 }
+
+/// Control's `LiveStream` as the node's admission rule (unknown output names are ignored).
+pub(crate) fn live_rule(s: pb::LiveStream) -> crate::live::admission::StreamRule {
+    crate::live::admission::StreamRule {
+        outputs: s
+            .out_protocols
+            .iter()
+            .filter_map(|p| crate::live::admission::Output::parse(p))
+            .collect(),
+        stream_id: s.stream_id,
+        app: s.app,
+        tenant_id: s.tenant_id,
+        group_id: s.group_id,
+        admitted: s.admitted,
+        push_key: s.push_key,
+        play_keys: s.play_keys,
+    }
+}
+
+/// A publish's figures as control hears them.
+pub(crate) fn live_status(s: crate::live::PublishStatus) -> pb::LiveStreamStatus {
+    pb::LiveStreamStatus {
+        stream_id: s.stream_id,
+        on: s.on,
+        codec: s
+            .video
+            .map(|v| v.codec.name().to_string())
+            .unwrap_or_default(),
+        width: s.video.map_or(0, |v| v.width),
+        height: s.video.map_or(0, |v| v.height),
+        bitrate_bps: s.bitrate_bps,
+        bytes_in: s.bytes_in,
+        frames_in: s.frames_in,
+        started_unix_ms: s.started_unix_ms,
+        stopped_unix_ms: s.stopped_unix_ms,
+        publish_id: s.publish_id,
+    }
+}

@@ -55,6 +55,8 @@ pub(crate) struct NodeService {
     downloads: Arc<crate::apps::Downloads>,
     /// Usage records on disk until control acknowledges them.
     usage: crate::usage_buffer::UsageBuffer,
+    /// The live edge: control's admission table, and the publishes it reports.
+    live: Arc<crate::live::Live>,
 }
 
 impl NodeService {
@@ -64,6 +66,7 @@ impl NodeService {
         sessions: Arc<Sessions>,
         usage: crate::usage_buffer::UsageBuffer,
         downloads: crate::apps::Downloads,
+        live: Arc<crate::live::Live>,
     ) -> Self {
         Self {
             manager,
@@ -73,6 +76,7 @@ impl NodeService {
             sessions,
             downloads: Arc::new(downloads),
             usage,
+            live,
         }
     }
 
@@ -234,6 +238,22 @@ fn command_result(output: CommandOutput) -> pb::CommandResult {
     }
 }
 
+/// A `LiveStream` from control, refused when its id or app could not appear in a URL path.
+fn live_stream(s: pb::LiveStream) -> Result<crate::live::admission::StreamRule, Status> {
+    let segment = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !segment(&s.stream_id) || !segment(&s.app) {
+        return Err(Status::invalid_argument(
+            "stream_id and app must be 1..=128 of [A-Za-z0-9._-]",
+        ));
+    }
+    Ok(crate::convert::live_rule(s))
+}
+
 /// What every unary NodeAgent method answers.
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -271,6 +291,15 @@ impl NodeAgent for NodeService {
                 Err(_) => None,
             });
         let instances = self.manager.list().await;
+        // Likewise for publishes: subscribed before the announcement lists those on.
+        let live_events = BroadcastStream::new(self.live.subscribe_reports()).filter_map(|s| {
+            // A lagging receiver missed a status; the next one (every few seconds) replaces it.
+            s.ok().map(|s| {
+                Ok(pb::NodeReport {
+                    report: Some(Report::LiveStream(crate::convert::live_status(s))),
+                })
+            })
+        });
         let identity = Arc::clone(&self.identity);
         let announcement = pb::NodeAnnouncement {
             node_id: identity.node_id.clone(),
@@ -284,10 +313,14 @@ impl NodeAgent for NodeService {
             instances: instances.iter().map(|v| status_of(v, runtime)).collect(),
             heartbeat_interval_ms: u32::try_from(identity.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
-            // Filled once the live edge runs on this node.
-            live_streams: Vec::new(),
-            live_rtmp_base_url: String::new(),
-            live_http_base_url: String::new(),
+            live_streams: self
+                .live
+                .publishing()
+                .into_iter()
+                .map(crate::convert::live_status)
+                .collect(),
+            live_rtmp_base_url: self.live.rtmp_base_url.clone(),
+            live_http_base_url: self.live.http_base_url.clone(),
         };
         let manager = Arc::clone(&self.manager);
         let sessions = Arc::clone(&self.sessions);
@@ -322,7 +355,7 @@ impl NodeAgent for NodeService {
             })
         });
         let stream = first
-            .chain(heartbeats.merge(events).merge(usage))
+            .chain(heartbeats.merge(events).merge(usage).merge(live_events))
             .map(move |item| {
                 // Keep the guard alive exactly as long as the stream.
                 let _ = &guard;
@@ -605,25 +638,42 @@ impl NodeAgent for NodeService {
         }))
     }
 
-    // The live edge (seed 003) lands in `crate::live`; until then a node admits no stream.
+    // The live edge (seed 003): control's word on which streams this node serves. A publisher
+    // whose stream is no longer admitted is told to go before the answer goes back (its
+    // connection closes within milliseconds).
     async fn sync_live_streams(
         &self,
-        _: Request<pb::SyncLiveStreamsRequest>,
+        r: Request<pb::SyncLiveStreamsRequest>,
     ) -> Reply<pb::SyncLiveStreamsResponse> {
-        Err(Status::unimplemented("this node runs no live edge"))
+        let rules = r.into_inner().streams;
+        let rules = rules
+            .into_iter()
+            .map(live_stream)
+            .collect::<Result<Vec<_>, _>>()?;
+        let publishers_dropped = self.live.sync(rules);
+        Ok(Response::new(pb::SyncLiveStreamsResponse {
+            publishers_dropped,
+        }))
     }
 
     async fn put_live_stream(
         &self,
-        _: Request<pb::LiveStream>,
+        r: Request<pb::LiveStream>,
     ) -> Reply<pb::PutLiveStreamResponse> {
-        Err(Status::unimplemented("this node runs no live edge"))
+        let publisher_dropped = self.live.put(live_stream(r.into_inner())?);
+        Ok(Response::new(pb::PutLiveStreamResponse {
+            publisher_dropped,
+        }))
     }
 
     async fn remove_live_stream(
         &self,
-        _: Request<pb::LiveStreamRef>,
+        r: Request<pb::LiveStreamRef>,
     ) -> Reply<pb::RemoveLiveStreamResponse> {
-        Err(Status::unimplemented("this node runs no live edge"))
+        let id = r.into_inner().stream_id;
+        let publisher_dropped = self.live.remove(&id);
+        Ok(Response::new(pb::RemoveLiveStreamResponse {
+            publisher_dropped,
+        }))
     }
 }

@@ -25,8 +25,6 @@ mod convert;
 mod grpc;
 mod http;
 pub mod instances;
-// Wired into the node by the RTMP ingest (issue 15, in progress).
-#[allow(dead_code)]
 mod live;
 mod mtls;
 pub mod runtime;
@@ -112,6 +110,24 @@ pub async fn run(
     let mut config = config;
     let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
     config.fill_advertised(grpc_addr, http_addr);
+    // The live edge's RTMP listener, when configured (off by default, see `LiveSection`).
+    let rtmp_listener = match config.live.rtmp_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            config.fill_live_advertised(listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    let live = match &rtmp_listener {
+        Some(_) => live::Live::new(
+            config.live.public_rtmp_base_url.clone(),
+            config.live.public_http_base_url.clone(),
+        ),
+        // Control's admission calls still work; nothing can publish, and the empty URLs tell
+        // control this node runs no live edge.
+        None => live::Live::new(String::new(), String::new()),
+    };
     std::fs::create_dir_all(&config.state_dir)?;
     // Before anything else: a node that cannot prove who it is serves nothing.
     let tls = mtls::load_or_enroll(&config).await?;
@@ -131,17 +147,31 @@ pub async fn run(
         region: config.region.clone(),
         heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
     };
-    let peers = streaming::peer::PeerFactory::new(&streaming::peer::PeerSettings {
-        stun_urls: config.webrtc.stun_urls.clone(),
-        public_ip: config.webrtc.public_ip.clone(),
-        udp_port_min: config.webrtc.udp_port_min,
-        udp_port_max: config.webrtc.udp_port_max,
-        ice_interfaces: config.webrtc.ice_interfaces.clone(),
-    })?;
+    let peers = Arc::new(streaming::peer::PeerFactory::new(
+        &streaming::peer::PeerSettings {
+            stun_urls: config.webrtc.stun_urls.clone(),
+            public_ip: config.webrtc.public_ip.clone(),
+            udp_port_min: config.webrtc.udp_port_min,
+            udp_port_max: config.webrtc.udp_port_max,
+            ice_interfaces: config.webrtc.ice_interfaces.clone(),
+        },
+    )?);
+    // Live players over WebRTC share the phones' peer setup (ports, NAT address, interfaces).
+    let players = live::http::Players {
+        hls: Arc::new(live::hls::Hls::new(
+            Arc::clone(live.hub()),
+            config.state_dir.join("live/hls"),
+        )),
+        whep: Arc::new(live::whep::Whep::new(
+            Arc::clone(live.hub()),
+            Arc::clone(&peers),
+        )),
+        live: Arc::clone(&live),
+    };
     let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
     let sessions = streaming::sessions::Sessions::new(
         Arc::clone(&manager),
-        peers,
+        Arc::clone(&peers),
         streaming::sessions::SessionSettings {
             public_url: config.http.public_url.clone(),
             ice: streaming::ice::IceSettings {
@@ -173,6 +203,7 @@ pub async fn run(
         Arc::clone(&sessions),
         usage,
         downloads,
+        Arc::clone(&live),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -187,10 +218,25 @@ pub async fn run(
         open_streams: service.open_streams(),
     };
     tokio::spawn(announcer.run(stop_rx.clone()));
+    tokio::spawn(Arc::clone(&players.hls).reap_idle(stop_rx.clone()));
 
     let _ = http::metrics_handle();
     let mut http_stop = stop_rx.clone();
-    let router = http::router().merge(streaming::signaling::router(Arc::clone(&sessions)));
+    // The RTMP server; awaited (bounded) on shutdown like the other listeners.
+    let rtmp_task = match rtmp_listener {
+        Some(listener) => {
+            tracing::info!(rtmp = %listener.local_addr()?, "live edge: RTMP listening");
+            Some(tokio::spawn(live::rtmp::serve(
+                listener,
+                Arc::clone(&live),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
+    let router = http::router()
+        .merge(streaming::signaling::router(Arc::clone(&sessions)))
+        .merge(live::http::router(players));
     let stopped = async move {
         let _ = http_stop.changed().await;
     };
@@ -241,6 +287,9 @@ pub async fn run(
     // Report streams never end by themselves; bound the wait for in-flight calls.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    if let Some(rtmp_task) = rtmp_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), rtmp_task).await;
+    }
     manager.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -38,8 +38,9 @@ use gstreamer_app as gst_app;
 use tokio::sync::{broadcast, watch};
 
 use crate::live::avc::CODEC_AVC;
+use crate::live::flv;
 use crate::live::hub::{Hub, Subscription, Tag, TagKind};
-use crate::live::output::{LiveOutputError, flv_header, flv_tag, valid_stream_id};
+use crate::live::output::{LiveOutputError, valid_stream_id};
 
 const PLAYLIST: &str = "index.m3u8";
 /// FLV bytes queued in a stream's appsrc beyond which the pipeline is taken as stalled
@@ -191,6 +192,7 @@ impl Hls {
     }
 
     /// Streams with a running HLS pipeline.
+    #[cfg(test)]
     pub(crate) fn active(&self) -> Vec<String> {
         self.streams
             .lock()
@@ -200,8 +202,23 @@ impl Hls {
             .collect()
     }
 
+    /// Reaps idle streams every second until `stop` turns true (the node's shutdown).
+    pub(crate) async fn reap_idle(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.reap(Instant::now()).await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops every stream whose last request is `idle` or more before `now`, and waits until
-    /// they have stopped. The streams' own tasks call this with the current time every second;
+    /// they have stopped. [`Hls::reap_idle`] calls this with the current time every second;
     /// tests call it with a later time instead of waiting.
     pub(crate) async fn reap(&self, now: Instant) {
         let idle: Vec<Arc<HlsStream>> = self
@@ -386,10 +403,10 @@ fn start_pipeline(
         .set_state(gst::State::Playing)
         .map_err(|e| internal(&e))?;
     let mut rebase = Rebase::new(first);
-    let mut bytes = flv_header(audio, true).to_vec();
+    let mut bytes = bytes::BytesMut::from(&flv::header(audio)[..]);
     for tag in first {
         if tag.kind != TagKind::Audio || audio {
-            bytes.extend(flv_tag(tag, rebase.apply(tag)));
+            flv::put_tag_at(&mut bytes, tag, rebase.apply(tag));
         }
     }
     appsrc
@@ -459,8 +476,9 @@ async fn feed(
                             continue;
                         }
                     }
-                    let bytes = flv_tag(&tag, rebase.apply(&tag));
-                    if let Err(e) = feed.appsrc.push_buffer(gst::Buffer::from_mut_slice(bytes)) {
+                    let mut bytes = bytes::BytesMut::new();
+                    flv::put_tag_at(&mut bytes, &tag, rebase.apply(&tag));
+                    if let Err(e) = feed.appsrc.push_buffer(gst::Buffer::from_slice(bytes.freeze())) {
                         break format!("pipeline refused data: {e}");
                     }
                     // appsrc queues without bound; a pipeline that stopped writing (a full

@@ -13,6 +13,10 @@ use tokio::sync::broadcast;
 /// How many tags a slow player may fall behind before it is told it lagged (about 8 s of 30 fps
 /// video plus audio): it then resumes at the next keyframe rather than stalling the publisher.
 const PLAYER_BACKLOG: usize = 512;
+/// The most a stream keeps for late joiners (its current GOP). A publisher whose keyframes are
+/// further apart than this (or that sends none after the first) costs no more memory: late
+/// joiners then start at the next keyframe instead.
+const MAX_GOP_BYTES: usize = 16 << 20;
 
 /// FLV tag types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +87,8 @@ struct Start {
     video_header: Option<Tag>,
     audio_header: Option<Tag>,
     gop: Vec<Tag>,
+    /// The bytes in `gop`.
+    gop_bytes: usize,
 }
 
 impl Hub {
@@ -156,11 +162,13 @@ impl Publisher {
                 _ => start.audio_header = Some(tag.clone()),
             }
         } else {
-            if tag.is_keyframe() {
+            if tag.is_keyframe() || start.gop_bytes + tag.data.len() > MAX_GOP_BYTES {
                 start.gop.clear();
+                start.gop_bytes = 0;
             }
             // Until the first keyframe there is nothing a player could decode.
             if !start.gop.is_empty() || tag.is_keyframe() {
+                start.gop_bytes += tag.data.len();
                 start.gop.push(tag.clone());
             }
         }
@@ -227,6 +235,28 @@ mod tests {
         assert!(sub.first[0].is_sequence_header());
         publisher.send(video(200, false));
         assert_eq!(sub.live.recv().await.expect("live").timestamp_ms, 200);
+    }
+
+    #[test]
+    fn the_start_kept_for_late_joiners_is_bounded() {
+        let hub = Arc::new(Hub::default());
+        let publisher = hub.publish("s1").expect("free");
+        let big = |ts: u32, key: bool| Tag {
+            kind: TagKind::Video,
+            timestamp_ms: ts,
+            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }; 1 << 20]),
+        };
+        publisher.send(big(0, true));
+        for ts in 1..40 {
+            publisher.send(big(ts, false));
+        }
+        // Past the cap the GOP is dropped: nothing decodable until the next keyframe.
+        let sub = hub.subscribe("s1").expect("published");
+        assert!(sub.first.is_empty(), "{} tags kept", sub.first.len());
+        publisher.send(big(100, true));
+        let sub = hub.subscribe("s1").expect("published");
+        assert_eq!(sub.first.len(), 1);
+        assert!(sub.first[0].is_keyframe());
     }
 
     #[tokio::test]

@@ -1,7 +1,5 @@
-//! What the HLS and WHEP outputs share: their error (and the HTTP status each maps to), stream id
-//! checks, and writing hub tags back into an FLV byte stream for GStreamer's `flvdemux`.
-
-use crate::live::hub::Tag;
+//! What the HLS and WHEP outputs share: their error (and the HTTP status each maps to) and the
+//! stream id check.
 
 /// Why an HLS or WHEP request cannot be served. The router maps them to HTTP statuses:
 /// - `NotFound` → `404`: nobody publishes the stream, the HLS segment or WHEP session does not
@@ -37,27 +35,6 @@ pub(crate) fn valid_stream_id(stream_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The FLV file header and the first `PreviousTagSize0` (always 0).
-pub(crate) fn flv_header(audio: bool, video: bool) -> [u8; 13] {
-    let flags = (u8::from(audio) << 2) | u8::from(video);
-    [b'F', b'L', b'V', 1, flags, 0, 0, 0, 9, 0, 0, 0, 0]
-}
-
-/// One FLV tag (11-byte header, body, `PreviousTagSize`) with `timestamp_ms` as its timestamp.
-pub(crate) fn flv_tag(tag: &Tag, timestamp_ms: u32) -> Vec<u8> {
-    let len = tag.data.len();
-    let mut out = Vec::with_capacity(11 + len + 4);
-    out.push(tag.kind as u8);
-    // DataSize is 24 bits: an RTMP message is never larger (its length field is 24 bits too).
-    out.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-    let ts = timestamp_ms.to_be_bytes();
-    out.extend_from_slice(&[ts[1], ts[2], ts[3], ts[0]]);
-    out.extend_from_slice(&[0, 0, 0]);
-    out.extend_from_slice(&tag.data);
-    out.extend_from_slice(&((11 + len) as u32).to_be_bytes());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,12 +45,5 @@ mod tests {
         for bad in ["", "..", "a/b", "../1", "a b", "x.m3u8", &"9".repeat(65)] {
             assert!(!valid_stream_id(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn header_flags() {
-        assert_eq!(flv_header(false, true)[4], 1);
-        assert_eq!(flv_header(true, true)[4], 5);
-        assert_eq!(&flv_header(true, false)[..4], b"FLV\x01");
     }
 }

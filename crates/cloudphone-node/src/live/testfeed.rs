@@ -281,11 +281,11 @@ pub(crate) fn decode_ts(ts: &[u8]) -> Decoded {
 
 /// Test helper: `Bytes` of an FLV stream made of `tags`.
 pub(crate) fn flv_bytes(tags: &[Tag]) -> Bytes {
-    let mut out = crate::live::output::flv_header(true, true).to_vec();
+    let mut out = bytes::BytesMut::from(&crate::live::flv::header(true)[..]);
     for tag in tags {
-        out.extend(crate::live::output::flv_tag(tag, tag.timestamp_ms));
+        crate::live::flv::put_tag(&mut out, tag);
     }
-    Bytes::from(out)
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -334,7 +334,7 @@ mod tests {
             FlvSplitter::default().push(b"GIF89a").err(),
             Some(FlvError::Signature)
         );
-        let mut bytes = crate::live::output::flv_header(false, true).to_vec();
+        let mut bytes = crate::live::flv::header(false).to_vec();
         bytes.extend_from_slice(&[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11]);
         assert_eq!(
             FlvSplitter::default().push(&bytes).err(),

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`support`]: RTP collection and checks for the `pipeline_*` modules; an in-process node,
 //!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
+//! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
 //! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
 //!   `streaming_*`: end to end through signaling and WebRTC.
@@ -17,6 +18,7 @@
 mod support;
 
 mod isolation;
+mod live_rtmp;
 mod pipeline_adb;
 mod pipeline_encode;
 mod pipeline_x11;

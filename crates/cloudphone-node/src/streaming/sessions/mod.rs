@@ -94,7 +94,7 @@ struct Inner {
 /// The node's streaming sessions; see the module docs.
 pub(crate) struct Sessions {
     manager: Arc<InstanceManager>,
-    peers: PeerFactory,
+    peers: Arc<PeerFactory>,
     settings: SessionSettings,
     factory: EncoderFactory,
     usage: usage::Meter,
@@ -106,7 +106,7 @@ pub(crate) struct Sessions {
 impl Sessions {
     pub(crate) fn new(
         manager: Arc<InstanceManager>,
-        peers: PeerFactory,
+        peers: Arc<PeerFactory>,
         settings: SessionSettings,
         factory: EncoderFactory,
         usage: UsageSink,
