@@ -4,22 +4,13 @@
 //! CPU. Writes `target/bench-parts/live.json`. Our node is measured with
 //! `cloudphone-bench live --part live-edge …` (benches/README.md).
 
-use clap::Parser;
 use cloudphone_bench::{live, live_nginx, parts};
-
-/// The defaults of `cloudphone-bench live`, with nginx's URLs.
-#[derive(Parser)]
-struct Defaults {
-    #[command(flatten)]
-    live: live::LiveArgs,
-}
 
 fn main() -> anyhow::Result<()> {
     let nginx = live_nginx::Nginx::start()?;
     let push = nginx.push_url();
     let mut argv = vec![
-        "live".to_owned(),
-        "--push".into(),
+        "--push".to_owned(),
         push.clone(),
         "--rtmp".into(),
         push,
@@ -33,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     if parts::smoke_requested() {
         argv.push("--smoke".into());
     }
-    let args = Defaults::parse_from(argv).live;
+    let args = live::LiveArgs::parse_from(argv)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut results = rt.block_on(live::run(&args))?;
     results

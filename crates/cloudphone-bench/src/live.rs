@@ -66,7 +66,7 @@ pub struct LiveArgs {
     pub first_frame_timeout_secs: f64,
     /// Concurrent byte-reading players per step, in order; stepping stops at the first step
     /// with ≥ 1 % loss. Empty: no load phase.
-    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800,1200")]
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,600,800,1000,1200,1600")]
     pub players: Vec<usize>,
     /// Per load step: after the players connected, before measuring.
     #[arg(long, default_value_t = 2.0)]
@@ -85,7 +85,25 @@ pub struct LiveArgs {
     pub parts: Option<std::path::PathBuf>,
 }
 
+/// `cloudphone-bench live`'s command line on its own, for [`LiveArgs::parse_from`].
+#[derive(clap::Parser)]
+struct LiveCli {
+    #[command(flatten)]
+    live: LiveArgs,
+}
+
 impl LiveArgs {
+    /// The arguments of `cloudphone-bench live …` (without the program name), defaults
+    /// filled in.
+    pub fn parse_from<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(
+        argv: I,
+    ) -> Result<LiveArgs> {
+        use clap::Parser;
+        let argv = std::iter::once(std::ffi::OsString::from("live"))
+            .chain(argv.into_iter().map(Into::into));
+        Ok(LiveCli::try_parse_from(argv)?.live)
+    }
+
     /// Smoke mode's short windows and steps, or the arguments as given.
     fn effective(&self) -> LiveArgs {
         let mut a = self.clone();
