@@ -18,6 +18,7 @@ pub mod impair;
 pub mod live;
 pub mod live_nginx;
 pub mod live_report;
+pub mod live_whep;
 pub mod parts;
 pub mod report;
 pub mod stats;

@@ -66,7 +66,11 @@ pub struct LiveArgs {
     pub first_frame_timeout_secs: f64,
     /// Concurrent byte-reading players per step, in order; stepping stops at the first step
     /// with ≥ 1 % loss. Empty: no load phase.
-    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,600,800,1000,1200,1600")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,100,200,400,600,800,1000,1200,1600"
+    )]
     pub players: Vec<usize>,
     /// Per load step: after the players connected, before measuring.
     #[arg(long, default_value_t = 2.0)]
@@ -354,6 +358,8 @@ struct Player {
     seen: Arc<Mutex<Seen>>,
     error: Arc<Mutex<Option<String>>>,
     started: Instant,
+    /// WHEP: the session to delete when done.
+    resource: Option<String>,
 }
 
 const VIDEO_TAIL: &str = "queue ! h264parse ! avdec_h264 max-threads=1 ! videoconvert \
@@ -413,6 +419,22 @@ impl Player {
             seen,
             error,
             started,
+            resource: None,
+        })
+    }
+
+    /// The WebRTC player ([`crate::live_whep`]).
+    async fn whep(url: &str) -> Result<Player> {
+        let started = Instant::now();
+        let w = crate::live_whep::start(url).await?;
+        let error = watch_errors(&w.pipeline)?;
+        Ok(Player {
+            output: Output::Whep,
+            pipeline: w.pipeline,
+            seen: w.seen,
+            error,
+            started,
+            resource: w.resource,
         })
     }
 
@@ -862,14 +884,12 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
             not_run.push((output.as_str().to_owned(), "no URL given".to_owned()));
             continue;
         };
-        if output == Output::Whep {
-            not_run.push((
-                output.as_str().to_owned(),
-                "WHEP player not written yet".to_owned(),
-            ));
-            continue;
-        }
-        match Player::start(output, url) {
+        let player = if output == Output::Whep {
+            Player::whep(url).await
+        } else {
+            Player::start(output, url)
+        };
+        match player {
             Ok(p) => players.push(p),
             Err(e) => failures.push((output.as_str().to_owned(), format!("{e:#}"))),
         }
@@ -887,6 +907,9 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
     let to = Instant::now();
     let mut latency = Vec::new();
     for p in players.drain(..) {
+        if let Some(r) = &p.resource {
+            crate::live_whep::delete(r).await;
+        }
         match p.cell(from, to) {
             Ok(c) => {
                 println!(
