@@ -65,7 +65,7 @@ pub struct LiveArgs {
     #[arg(long, default_value_t = 20.0)]
     pub first_frame_timeout_secs: f64,
     /// Concurrent byte-reading players per step, in order; stepping stops at the first step
-    /// with ≥ 1 % loss. Empty: no load phase.
+    /// with ≥ 1 % loss twice in a row. Empty: no load phase.
     #[arg(
         long,
         value_delimiter = ',',
@@ -210,6 +210,9 @@ pub struct LoadLevel {
     /// Mean received rate per player, kbit/s.
     pub kbps_per_player: f64,
     pub errors: Vec<String>,
+    /// The first try of this step lost ≥ 1 %; these are the second's figures.
+    #[serde(default)]
+    pub repeated: bool,
 }
 
 /// The load phase of one protocol.
@@ -226,6 +229,9 @@ pub struct LoadRun {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LiveResults {
     pub server: String,
+    /// When this run ended (a part can be measured apart from the rest of the report).
+    #[serde(default)]
+    pub measured_unix_ms: i64,
     pub smoke: bool,
     pub stream: StreamSpec,
     /// Output → URL, queries (keys) removed.
@@ -814,7 +820,13 @@ async fn load_level(
         bench_cpu_percent,
         kbps_per_player: bytes as f64 * 8.0 / 1e3 / wall / n.max(1) as f64,
         errors,
+        repeated: false,
     }
+}
+
+/// Under 1 % loss with every player receiving.
+fn level_ok(l: &LoadLevel) -> bool {
+    l.loss < 0.01 && l.connected == l.players
 }
 
 /// Steps the players of `output` up until a step loses ≥ 1 %.
@@ -826,7 +838,23 @@ async fn load_run(output: Output, url: &str, a: &LiveArgs) -> LoadRun {
     let mut levels = Vec::new();
     let (mut max_players, mut players_per_core) = (0, 0.0);
     for &n in &a.players {
-        let level = load_level(output, url, n, a, &client).await;
+        let mut level = load_level(output, url, n, a, &client).await;
+        if !level_ok(&level) {
+            // The players share the machine with the server (and here with whatever else
+            // runs): a step that loses once is repeated before it ends the run.
+            println!(
+                "live load {:<8} {n:>5} players: loss {:.2} %, {} receiving; repeating the step once",
+                output.as_str(),
+                level.loss * 100.0,
+                level.connected
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let again = load_level(output, url, n, a, &client).await;
+            level = LoadLevel {
+                repeated: true,
+                ..again
+            };
+        }
         println!(
             "live load {:<8} {:>5} players: {:>5} receiving, loss {:>6.2} %, server CPU {:>5.1} %, bench CPU {:>5.1} %, {:.0} kbit/s each{}",
             output.as_str(),
@@ -842,7 +870,7 @@ async fn load_run(output: Output, url: &str, a: &LiveArgs) -> LoadRun {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
-        let ok = level.loss < 0.01 && level.connected == n;
+        let ok = level_ok(&level);
         if ok {
             max_players = n;
             players_per_core = n as f64 / (level.server_cpu_percent / 100.0).max(1e-3);
@@ -862,10 +890,37 @@ async fn load_run(output: Output, url: &str, a: &LiveArgs) -> LoadRun {
     }
 }
 
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Until the playlist is served: the server lists it only after its first segment closed,
+/// and hlsdemux gives up on a 404.
+async fn wait_for_playlist(url: &str, timeout_secs: f64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
+    let client = reqwest::Client::new();
+    loop {
+        let last = match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => r.status().to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("playlist not served after {timeout_secs} s: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs the whole bench: push, one decoding player per output given, then the load steps
 /// (RTMP and HTTP-FLV, when given).
 pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
     let a = args.effective();
+    let load_at_start = loadavg();
     gst::init()?;
     let publisher = Publisher::start(&a)?;
     let mut failures = Vec::new();
@@ -884,10 +939,13 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
             not_run.push((output.as_str().to_owned(), "no URL given".to_owned()));
             continue;
         };
-        let player = if output == Output::Whep {
-            Player::whep(url).await
-        } else {
-            Player::start(output, url)
+        let player = match output {
+            Output::Whep => Player::whep(url).await,
+            Output::Hls => match wait_for_playlist(url, a.first_frame_timeout_secs).await {
+                Ok(()) => Player::start(output, url),
+                Err(e) => Err(e),
+            },
+            _ => Player::start(output, url),
         };
         match player {
             Ok(p) => players.push(p),
@@ -945,9 +1003,16 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
     if let Some(e) = publisher.error() {
         failures.push(("publisher".into(), e));
     }
+    // Everything here shares the machine: what else ran shows in the load average.
+    notes.push(format!(
+        "load average (1 min) {load_at_start} at the start, {} at the end, on {} cores",
+        loadavg(),
+        crate::stats::cores()
+    ));
     drop(publisher);
     Ok(LiveResults {
         server: a.server_name.clone(),
+        measured_unix_ms: cloudphone_node::unix_ms(),
         smoke: a.smoke,
         stream: StreamSpec {
             width: a.width,

@@ -53,8 +53,9 @@ fn load_rows(s: &mut String, server: &str, runs: &[LoadRun]) {
             run.levels
                 .iter()
                 .map(|l| format!(
-                    "{}: {:.2} % loss, server {:.0} %, bench {:.0} %",
+                    "{}{}: {:.2} % loss, server {:.0} %, bench {:.0} %",
                     l.players,
+                    if l.repeated { " (repeated)" } else { "" },
                     l.loss * 100.0,
                     l.server_cpu_percent,
                     l.bench_cpu_percent
@@ -71,6 +72,16 @@ pub fn markdown(nginx: Option<&LiveResults>, edge: Option<&LiveResults>) -> Stri
         return s;
     };
     let _ = writeln!(s, "## Live edge vs nginx-rtmp\n");
+    for r in [nginx, edge].into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{}: measured at unix ms {}{}.",
+            r.server,
+            r.measured_unix_ms,
+            if r.smoke { " (smoke run)" } else { "" }
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "One publisher pushes RTMP to the server: `{}` (the clock of the glass bench burned into \
@@ -111,7 +122,8 @@ pub fn markdown(nginx: Option<&LiveResults>, edge: Option<&LiveResults>) -> Stri
          video tags (RTMP through `rml_rtmp`, HTTP-FLV through a streaming GET; no decoding, as \
          in SRS's benchmark), connected in batches of 50, {:.0} s warm-up, then {:.0} s \
          measured; loss = 1 − video frames received ÷ (N × fps × window); N steps up until a step \
-         loses ≥ 1 % or a player fails. Server CPU is the server's process tree (nginx: master \
+         loses ≥ 1 % or a player fails, twice in a row (a failing step is repeated once: the \
+         players share the machine with the server). Server CPU is the server's process tree (nginx: master \
          and its one worker) from `/proc`; players per core = the largest step under 1 % loss ÷ \
          the server's cores busy at it. The players, the publisher and the server share this \
          machine's {} cores, so a step can be limited by the players (bench CPU) before the \
