@@ -253,7 +253,7 @@ fn strip_query(url: &str) -> String {
 
 /// Writes the clock into an I420 frame's luma plane: a white field, then the 64 blocks of
 /// [`clock`]'s layout black where a bit is 1 (video-range luma, so it survives conversion).
-pub(crate) fn stamp_luma(y: &mut [u8], width: u32, height: u32, stride: usize, value: u32) {
+pub fn stamp_luma(y: &mut [u8], width: u32, height: u32, stride: usize, value: u32) {
     let word = clock::bits(value);
     let (_, _, b) = clock::block_rect(width, 0);
     let field = (b * (clock::GRID + 2)).min(width).min(height);
