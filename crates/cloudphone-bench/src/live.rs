@@ -237,6 +237,10 @@ pub struct LiveResults {
     /// Output → URL, queries (keys) removed.
     pub urls: Vec<(Output, String)>,
     pub latency: Vec<LatencyCell>,
+    /// The publisher's share of every output's figure over the latency window: frame stamped
+    /// → its FLV tag handed to `rtmp2sink` (encode, parse, FLV mux with the audio), ms.
+    #[serde(default)]
+    pub publisher_ms: crate::stats::Summary,
     pub load: Vec<LoadRun>,
     pub not_run: Vec<(String, String)>,
     pub failures: Vec<(String, String)>,
@@ -279,7 +283,13 @@ pub fn stamp_luma(y: &mut [u8], width: u32, height: u32, stride: usize, value: u
 pub struct Publisher {
     pipeline: gst::Pipeline,
     error: Arc<Mutex<Option<String>>>,
+    /// Per video frame: stamped → its FLV tag handed to `rtmp2sink` (encode, parse, mux),
+    /// with when it was handed over.
+    out_ms: Arc<Mutex<Vec<(Instant, f64)>>>,
 }
+
+/// Stamp instants by buffer PTS, for the publisher's own share (last 64 frames).
+type Stamped = Arc<Mutex<std::collections::VecDeque<(gst::ClockTime, Instant)>>>;
 
 impl Publisher {
     pub fn description(a: &LiveArgs) -> String {
@@ -307,6 +317,8 @@ impl Publisher {
         let (w, h) = (a.width, a.height);
         // I420 luma rows are padded to 4 bytes.
         let stride = (w as usize + 3) & !3;
+        let stamped: Stamped = Arc::default();
+        let st = Arc::clone(&stamped);
         pipeline
             .by_name("stamp")
             .and_then(|e| e.static_pad("src"))
@@ -317,12 +329,51 @@ impl Publisher {
                     if let Ok(mut map) = buffer.map_writable() {
                         stamp_luma(map.as_mut_slice(), w, h, stride, clock::now_ticks());
                     }
+                    if let Some(pts) = buffer.pts() {
+                        let mut q = lock(&st);
+                        if q.len() >= 64 {
+                            q.pop_front();
+                        }
+                        q.push_back((pts, Instant::now()));
+                    }
                 }
                 gst::PadProbeReturn::Ok
             });
+        // flvmux keeps each video buffer's PTS on its tag: matching PTS is the same frame
+        // (audio tags match none).
+        let out_ms = Arc::new(Mutex::new(Vec::new()));
+        let (st, out) = (Arc::clone(&stamped), Arc::clone(&out_ms));
+        sink.static_pad("sink").context("sink pad")?.add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data
+                    && let Some(pts) = buffer.pts()
+                {
+                    let at = lock(&st).iter().find(|(p, _)| *p == pts).map(|(_, at)| *at);
+                    if let Some(at) = at {
+                        let now = Instant::now();
+                        lock(&out).push((now, now.duration_since(at).as_secs_f64() * 1e3));
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
         let error = watch_errors(&pipeline)?;
         pipeline.set_state(gst::State::Playing)?;
-        Ok(Publisher { pipeline, error })
+        Ok(Publisher {
+            pipeline,
+            error,
+            out_ms,
+        })
+    }
+
+    /// The publisher's own share over `[from, to]`.
+    fn out_ms(&self, from: Instant, to: Instant) -> Vec<f64> {
+        lock(&self.out_ms)
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, v)| *v)
+            .collect()
     }
 
     pub fn error(&self) -> Option<String> {
@@ -963,6 +1014,11 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
     let from = Instant::now() + Duration::from_secs_f64(a.skip_secs);
     tokio::time::sleep(Duration::from_secs_f64(a.skip_secs + a.seconds)).await;
     let to = Instant::now();
+    let publisher_ms = summarize(&publisher.out_ms(from, to));
+    println!(
+        "live publisher (stamp → rtmp2sink) p50 {:.1} p90 {:.1} max {:.1} ms",
+        publisher_ms.p50, publisher_ms.p90, publisher_ms.max
+    );
     let mut latency = Vec::new();
     for p in players.drain(..) {
         if let Some(r) = &p.resource {
@@ -1027,6 +1083,7 @@ pub async fn run(args: &LiveArgs) -> Result<LiveResults> {
             .filter_map(|o| o.url(&a).map(|u| (*o, strip_query(u))))
             .collect(),
         latency,
+        publisher_ms,
         load,
         not_run,
         failures,

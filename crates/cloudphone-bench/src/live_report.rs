@@ -116,6 +116,15 @@ pub fn markdown(nginx: Option<&LiveResults>, edge: Option<&LiveResults>) -> Stri
             );
         }
     }
+    for r in [nginx, edge].into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "\n{}: the publisher's own share, in every row above (frame stamped → its FLV tag \
+             handed to `rtmp2sink`: encode, parse, and flvmux interleaving with the AAC track), \
+             p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms.",
+            r.server, r.publisher_ms.p50, r.publisher_ms.p90, r.publisher_ms.max
+        );
+    }
     let _ = writeln!(
         s,
         "\n**Players per core.** N concurrent players per protocol that only read and count \
