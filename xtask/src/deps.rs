@@ -34,7 +34,8 @@ pub(crate) const DEMO_PACKAGES: &[&str] = &[
 
 /// What the test suite and the benches need on top of [`DEMO_PACKAGES`]: a real browser and its
 /// driver, a TURN server, network namespaces, Python virtualenvs for the vendor SDK clients, and
-/// the HTTP load generator of the api bench.
+/// the HTTP load generator of the api bench, and nginx with its RTMP module (the live bench's
+/// baseline, started unprivileged from a temporary directory with its own configuration).
 pub(crate) const TEST_EXTRA_PACKAGES: &[&str] = &[
     "chromium",
     "chromium-driver",
@@ -42,6 +43,8 @@ pub(crate) const TEST_EXTRA_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "wrk",
+    "nginx",
+    "libnginx-mod-rtmp",
 ];
 
 /// Which package set to ensure.

@@ -29,6 +29,9 @@ enum Command {
     /// One glass-to-glass receiver (webrtc-rs, webrtcbin or headless Chromium) against a node's
     /// signaling URL; prints JSON events and the samples on stdout.
     GlassViewer(cloudphone_bench::glass_viewer::ViewerArgs),
+    /// The live-edge bench against any server: RTMP push with the clock burned in, one
+    /// decoding player per output given (glass-to-glass), then byte-reading players per core.
+    Live(cloudphone_bench::live::LiveArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Clock => cloudphone_bench::clock::run_writer(),
         Command::GlassViewer(args) => cloudphone_bench::glass_viewer::main(args),
+        Command::Live(args) => cloudphone_bench::live::main(args),
     }
 }

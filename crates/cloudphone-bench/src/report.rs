@@ -14,6 +14,7 @@ use crate::density::DensityResults;
 use crate::encode::{self, EncodeResults};
 use crate::fleet::FleetResults;
 use crate::glass::GlassResults;
+use crate::live::LiveResults;
 use crate::parts::read_part;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,12 @@ pub struct Latest {
     pub(crate) density: Option<DensityResults>,
     pub(crate) fleet: Option<FleetResults>,
     pub(crate) api: Option<ApiResults>,
+    /// nginx-rtmp, from the `live` bench.
+    #[serde(default)]
+    pub(crate) live: Option<LiveResults>,
+    /// Our node, from `cloudphone-bench live --part live-edge`.
+    #[serde(default)]
+    pub(crate) live_edge: Option<LiveResults>,
 }
 
 fn first_line(path: &str, key: &str) -> String {
@@ -162,6 +169,22 @@ fn targets(l: &Latest) -> Vec<Target> {
                     pct >= 80.0,
                 )
             }),
+        ),
+        target(
+            "live glass-to-glass p50 vs nginx-rtmp, every output (FLV vs its RTMP)",
+            "lower",
+            l.live
+                .as_ref()
+                .zip(l.live_edge.as_ref())
+                .and_then(|(n, e)| crate::live_report::latency_target(n, e)),
+        ),
+        target(
+            "live players per core at < 1 % loss vs nginx-rtmp RTMP",
+            "≥",
+            l.live
+                .as_ref()
+                .zip(l.live_edge.as_ref())
+                .and_then(|(n, e)| crate::live_report::load_target(n, e)),
         ),
     ]
 }
@@ -388,6 +411,7 @@ fn markdown(l: &Latest) -> String {
     if let Some(a) = &l.api {
         s += &crate::api::markdown(a);
     }
+    s += &crate::live_report::markdown(l.live.as_ref(), l.live_edge.as_ref());
     s
 }
 
@@ -659,6 +683,8 @@ pub fn write(parts: &Path, dir: &Path) -> Result<()> {
         density: read_part(parts, "density")?,
         fleet: read_part(parts, "fleet")?,
         api: read_part(parts, "api")?,
+        live: read_part(parts, "live")?,
+        live_edge: read_part(parts, "live-edge")?,
     };
     latest.targets = targets(&latest);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

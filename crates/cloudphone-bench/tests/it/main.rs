@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod impair;
+mod live;
 mod smoke;

@@ -101,3 +101,55 @@ async fn api_smoke_serves_both_endpoints_on_sqlite_without_errors() {
     assert!(md.contains("## API under load"), "{md}");
     assert!(md.contains("| SQLite | GetDeviceToken |"), "{md}");
 }
+
+/// The live bench's smoke run against nginx-rtmp (installed by `cargo xtask install-deps
+/// --test`): both of its outputs read the clock, the players step up, and the report puts it
+/// next to the placeholder for our node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_smoke_against_nginx_rtmp_reads_the_clock_and_counts_players() {
+    use cloudphone_bench::{live, live_nginx};
+    let nginx = live_nginx::Nginx::start().unwrap();
+    let args = live::LiveArgs::parse_from([
+        "--smoke",
+        "--push",
+        &nginx.push_url(),
+        "--rtmp",
+        &nginx.push_url(),
+        "--hls",
+        &nginx.hls_url(),
+        "--server-pid",
+        &nginx.pid().to_string(),
+        "--server-name",
+        "nginx-rtmp",
+    ])
+    .unwrap();
+    let r = live::run(&args).await.unwrap();
+    drop(nginx);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    for output in [live::Output::Rtmp, live::Output::Hls] {
+        let cell = r.latency.iter().find(|c| c.output == output);
+        assert!(
+            cell.is_some_and(|c| c.n > 0 && c.glass_p50_ms > 0.0),
+            "{output:?}: {cell:?}"
+        );
+    }
+    let load = &r.load[0];
+    assert_eq!(load.output, live::Output::Rtmp);
+    assert_eq!(load.levels[0].connected, 5, "{:?}", load.levels[0]);
+    assert!(load.levels[0].server_cpu_percent.is_finite());
+    assert!(
+        load.levels[0].kbps_per_player > 100.0,
+        "{:?}",
+        load.levels[0]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    parts::write_part(dir.path(), "live", &r).unwrap();
+    report::write(dir.path(), dir.path()).unwrap();
+    let md = std::fs::read_to_string(dir.path().join("REPORT.md")).unwrap();
+    assert!(md.contains("## Live edge vs nginx-rtmp"), "{md}");
+    assert!(
+        md.contains("| cloudphone node | RTMP / HTTP-FLV / HLS / WHEP | not measured yet"),
+        "{md}"
+    );
+}

@@ -1,0 +1,219 @@
+//! The live-edge section of the report: nginx-rtmp (the `live` bench's part) and our node (the
+//! `live-edge` part, from `cloudphone-bench live --part live-edge`) side by side, a
+//! placeholder row where ours has not been measured.
+
+use std::fmt::Write as _;
+
+use crate::live::{LiveResults, LoadRun, Output};
+
+/// The command that measures our node into the `live-edge` part.
+pub const EDGE_COMMAND: &str = "cargo run -p cloudphone-bench -- live --part live-edge \
+     --server-name 'cloudphone node' --server-pid <node pid> \
+     --push 'rtmp://<node>:1935/live/<id>?auth_key=…' --rtmp 'rtmp://<node>:1935/live/<id>?auth_key=…' \
+     --flv 'http://<node>:<http>/live/<id>.flv?auth_key=…' --hls 'http://<node>:<http>/live/<id>.m3u8?auth_key=…' \
+     --whep 'http://<node>:<http>/live/<id>/whep?auth_key=…'";
+
+fn latency_rows(s: &mut String, r: &LiveResults) {
+    for o in Output::ALL {
+        if let Some(c) = r.latency.iter().find(|c| c.output == o) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | **{:.0}** | {:.0} | {:.0} | {} ({} unreadable) | {:.0} |",
+                r.server,
+                o.as_str(),
+                c.glass_p50_ms,
+                c.glass_p95_ms,
+                c.glass_max_ms,
+                c.n,
+                c.unreadable,
+                c.first_frame_ms
+            );
+        } else {
+            let why = r
+                .failures
+                .iter()
+                .chain(&r.not_run)
+                .find(|(name, _)| name == o.as_str())
+                .map_or("not run", |(_, why)| why.as_str());
+            let _ = writeln!(s, "| {} | {} | — | — | — | {why} | |", r.server, o.as_str());
+        }
+    }
+}
+
+fn load_rows(s: &mut String, server: &str, runs: &[LoadRun]) {
+    for run in runs {
+        let at = run.levels.iter().find(|l| l.players == run.max_players);
+        let _ = writeln!(
+            s,
+            "| {server} | {} | {} | {} | **{:.0}** | {} |",
+            run.output.as_str(),
+            run.max_players,
+            at.map_or("—".into(), |l| format!("{:.0} %", l.server_cpu_percent)),
+            run.players_per_core,
+            run.levels
+                .iter()
+                .map(|l| format!(
+                    "{}{}: {:.2} % loss, server {:.0} %, bench {:.0} %",
+                    l.players,
+                    if l.repeated { " (repeated)" } else { "" },
+                    l.loss * 100.0,
+                    l.server_cpu_percent,
+                    l.bench_cpu_percent
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+}
+
+pub fn markdown(nginx: Option<&LiveResults>, edge: Option<&LiveResults>) -> String {
+    let mut s = String::new();
+    let Some(any) = nginx.or(edge) else {
+        return s;
+    };
+    let _ = writeln!(s, "## Live edge vs nginx-rtmp\n");
+    for r in [nginx, edge].into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "{}: measured at unix ms {}{}.",
+            r.server,
+            r.measured_unix_ms,
+            if r.smoke { " (smoke run)" } else { "" }
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "One publisher pushes RTMP to the server: `{}` (the clock of the glass bench burned into \
+         the luma of every frame as it leaves the source; {}×{} at {} fps, {} kbit/s CBR with \
+         filler, 1 s GOP, AAC 64 kbit/s). One decoding player per output, all at once on this \
+         machine: RTMP `rtmp2src ! flvdemux`, HTTP-FLV `souphttpsrc ! flvdemux`, HLS \
+         `souphttpsrc ! hlsdemux ! tsdemux`, each `h264parse ! avdec_h264 ! GRAY8 appsink \
+         sync=false` reading the clock: glass-to-glass is capture → decoded, i.e. when a player \
+         could first show the frame (an HLS player holding three segments shows it ~3 s \
+         later). {:.0} s skipped after each player's first frame, then {:.0} s measured.\n",
+        any.stream.description,
+        any.stream.width,
+        any.stream.height,
+        any.stream.fps,
+        any.stream.kbps,
+        any.skip_secs,
+        any.seconds
+    );
+    let _ = writeln!(
+        s,
+        "| server | output | glass p50 ms | p95 | max | frames read | first frame ms |\n|---|---|---|---|---|---|---|"
+    );
+    if let Some(n) = nginx {
+        latency_rows(&mut s, n);
+    }
+    match edge {
+        Some(e) => latency_rows(&mut s, e),
+        None => {
+            let _ = writeln!(
+                s,
+                "| cloudphone node | RTMP / HTTP-FLV / HLS / WHEP | not measured yet | | | see below | |"
+            );
+        }
+    }
+    for r in [nginx, edge].into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "\n{}: the publisher's own share, in every row above (frame stamped → its FLV tag \
+             handed to `rtmp2sink`: encode, parse, and flvmux interleaving with the AAC track), \
+             p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms.",
+            r.server, r.publisher_ms.p50, r.publisher_ms.p90, r.publisher_ms.max
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n**Players per core.** N concurrent players per protocol that only read and count \
+         video tags (RTMP through `rml_rtmp`, HTTP-FLV through a streaming GET; no decoding, as \
+         in SRS's benchmark), connected in batches of 50, {:.0} s warm-up, then {:.0} s \
+         measured; loss = 1 − video frames received ÷ (N × fps × window); N steps up until a step \
+         loses ≥ 1 % or a player fails, twice in a row (a failing step is repeated once: the \
+         players share the machine with the server). Server CPU is the server's process tree (nginx: master \
+         and its one worker) from `/proc`; players per core = the largest step under 1 % loss ÷ \
+         the server's cores busy at it. The players, the publisher and the server share this \
+         machine's {} cores, so a step can be limited by the players (bench CPU) before the \
+         server.\n",
+        any.load_warmup_secs,
+        any.load_secs,
+        crate::stats::cores()
+    );
+    let _ = writeln!(
+        s,
+        "| server | protocol | max players < 1 % loss | server CPU there | players per core | steps |\n|---|---|---|---|---|---|"
+    );
+    if let Some(n) = nginx {
+        load_rows(&mut s, &n.server, &n.load);
+        let _ = writeln!(
+            s,
+            "| {} | HTTP-FLV | — | — | — | no HTTP-FLV output: compare ours against its RTMP |",
+            n.server
+        );
+    }
+    match edge {
+        Some(e) => load_rows(&mut s, &e.server, &e.load),
+        None => {
+            let _ = writeln!(
+                s,
+                "| cloudphone node | RTMP / HTTP-FLV | not measured yet | | | |"
+            );
+        }
+    }
+    for r in [nginx, edge].into_iter().flatten() {
+        for (what, why) in &r.failures {
+            let _ = writeln!(s, "\n- {} {what}: FAILED: {why}", r.server);
+        }
+        for note in &r.notes {
+            let _ = writeln!(s, "\n- {}: {note}", r.server);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nOur node, once it serves these URLs (the `live-edge` part, then `cloudphone-bench \
+         report`):\n\n```sh\n{EDGE_COMMAND}\n```\n"
+    );
+    s
+}
+
+/// Our glass p50 against nginx-rtmp's on every output both measured (its RTMP standing in
+/// for the FLV it lacks): `(text, met)`, or `None` until both ran.
+pub fn latency_target(nginx: &LiveResults, edge: &LiveResults) -> Option<(String, bool)> {
+    let theirs = |o: Output| {
+        let o = if o == Output::Flv { Output::Rtmp } else { o };
+        nginx.latency.iter().find(|c| c.output == o)
+    };
+    let mut parts = Vec::new();
+    let mut met = true;
+    for ours in &edge.latency {
+        if let Some(t) = theirs(ours.output) {
+            met &= ours.glass_p50_ms < t.glass_p50_ms;
+            parts.push(format!(
+                "{} {:.0} vs {:.0} ms",
+                ours.output.as_str(),
+                ours.glass_p50_ms,
+                t.glass_p50_ms
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| (parts.join(", "), met))
+}
+
+/// Our players per core against nginx-rtmp's RTMP figure, per protocol.
+pub fn load_target(nginx: &LiveResults, edge: &LiveResults) -> Option<(String, bool)> {
+    let theirs = nginx.load.iter().find(|r| r.output == Output::Rtmp)?;
+    let mut parts = Vec::new();
+    let mut met = true;
+    for ours in &edge.load {
+        met &= ours.players_per_core >= theirs.players_per_core;
+        parts.push(format!(
+            "{} {:.0} vs {:.0}",
+            ours.output.as_str(),
+            ours.players_per_core,
+            theirs.players_per_core
+        ));
+    }
+    (!parts.is_empty()).then(|| (parts.join(", "), met))
+}
