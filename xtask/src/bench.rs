@@ -14,15 +14,6 @@ use crate::util::{self, heading};
 
 /// The benches, in the order they run: the CPU-heavy ones first, while nothing else runs.
 const BENCHES: [&str; 6] = ["encode", "density", "glass", "live", "fleet", "api"];
-/// The live bench's RTMP players parse every chunk with `rml_rtmp`: unoptimised, the players
-/// run out of CPU before the server does. Passed to every cargo call here so that they all
-/// build the same artifacts.
-const BENCH_CONFIG: [&str; 4] = [
-    "--config",
-    "profile.dev.package.rml_rtmp.opt-level=3",
-    "--config",
-    "profile.dev.package.rml_amf0.opt-level=3",
-];
 /// The api bench's PostgreSQL database, in a cluster started here as `cargo xtask test` does;
 /// testkit creates a fresh database per deployment on the server of this URL.
 const PG_DATABASE: &str = "cloudphone_bench";
@@ -67,7 +58,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
         // The api bench measures the daemons themselves: release ones with --release.
         util::build_daemons(true)?;
     }
-    util::run(util::cargo().args(BENCH_CONFIG).args([
+    util::run(util::cargo().args([
         "bench",
         "--no-run",
         "--profile",
@@ -94,19 +85,18 @@ pub(crate) fn run(options: Options) -> Result<()> {
         }
         heading(&format!("bench {bench}"));
         let mut cmd = util::cargo();
-        cmd.args(BENCH_CONFIG)
-            .args([
-                "bench",
-                "--profile",
-                profile,
-                "-p",
-                "cloudphone-bench",
-                "--bench",
-                bench,
-            ])
-            .env("CLOUDPHONE_BENCH_PARTS", &parts)
-            .env("CLOUDPHONE_BENCH_PROFILE", profile)
-            .env("CLOUDPHONE_TEST_PREBUILT", "1");
+        cmd.args([
+            "bench",
+            "--profile",
+            profile,
+            "-p",
+            "cloudphone-bench",
+            "--bench",
+            bench,
+        ])
+        .env("CLOUDPHONE_BENCH_PARTS", &parts)
+        .env("CLOUDPHONE_BENCH_PROFILE", profile)
+        .env("CLOUDPHONE_TEST_PREBUILT", "1");
         if options.smoke {
             cmd.env("CLOUDPHONE_BENCH_SMOKE", "1");
         }
@@ -132,7 +122,6 @@ pub(crate) fn run(options: Options) -> Result<()> {
     heading("report");
     util::run(
         util::cargo()
-            .args(BENCH_CONFIG)
             .args([
                 "run",
                 "--quiet",

@@ -576,13 +576,20 @@ async fn live_hls_and_whep_are_served_on_the_node_routes() {
                 .as_u16()
         }
     };
-    assert_eq!(offer(play_url(&http, &whep_path, "wrong"), "v=0").await, 403);
+    assert_eq!(
+        offer(play_url(&http, &whep_path, "wrong"), "v=0").await,
+        403
+    );
     assert_eq!(
         offer(play_url(&http, &whep_path, PLAY_KEY), "not an offer").await,
         400
     );
     let end = client
-        .delete(play_url(&http, &format!("{whep_path}/0123456789abcdef"), PLAY_KEY))
+        .delete(play_url(
+            &http,
+            &format!("{whep_path}/0123456789abcdef"),
+            PLAY_KEY,
+        ))
         .send()
         .await
         .unwrap();
