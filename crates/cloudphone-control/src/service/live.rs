@@ -1038,4 +1038,229 @@ mod tests {
             assert!(cloudphone_core::play_auth::verify(uri, auth, &["k"], 1001).is_err());
         }
     }
+
+    async fn store() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        let store = crate::store::open(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        (std::sync::Arc::new(store), dir)
+    }
+
+    fn sample_stream(id: &str, node: Option<&str>) -> VsStream {
+        VsStream {
+            id: id.into(),
+            user_id: "u1".into(),
+            group_id: "11".into(),
+            name: "door".into(),
+            node_id: node.map(str::to_string),
+            push_key: "pk".into(),
+            screen_key: "sk".into(),
+            enabled: true,
+            forbidden: false,
+            is_on: false,
+            codec: String::new(),
+            width: 0,
+            height: 0,
+            bitrate_bps: 0,
+            started_at_ms: None,
+            stopped_at_ms: None,
+            created_at_ms: 0,
+        }
+    }
+
+    /// A tenant `u1` with group `11` (flv,hls) holding stream `101` on `n1`.
+    async fn seeded() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
+        let (store, dir) = store().await;
+        store
+            .vs_put_tenant(&VsTenant {
+                user_id: "u1".into(),
+                access_key_id: "AK1".into(),
+                secret_sealed: "x".into(),
+                status: VsStatus::Active,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        store
+            .vs_insert_group(&VsGroup {
+                id: "11".into(),
+                user_id: "u1".into(),
+                name: "g".into(),
+                description: String::new(),
+                region: "r".into(),
+                app: "live".into(),
+                in_protocol: "rtmp".into(),
+                out_protocol: "flv,hls".into(),
+                lazy_pull: false,
+                callback: String::new(),
+                enabled: true,
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        store
+            .vs_insert_streams(&[sample_stream("101", Some("n1"))])
+            .await
+            .unwrap();
+        (store, dir)
+    }
+
+    async fn message(store: &dyn Store) -> pb::LiveStream {
+        let stream = store.vs_stream("u1", "101").await.unwrap().unwrap();
+        live_stream_message(store, &stream, 1_000)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    fn change(forbidden: bool, enabled: bool) -> StreamChange {
+        StreamChange {
+            forbidden: Some(forbidden),
+            enabled: Some(enabled),
+            name: None,
+        }
+    }
+
+    /// The node hears a stream admitted only while it is enabled, not forbidden, its group
+    /// enabled and its tenant active; with the group's outputs plus WHEP and every key a
+    /// valid URL can carry.
+    #[tokio::test]
+    async fn a_stream_is_admitted_only_while_every_switch_allows_it() {
+        let (store, _dir) = seeded().await;
+        let store = store.as_ref();
+        store.vs_add_play_key("101", "old", 500, 0).await.unwrap();
+        store
+            .vs_add_play_key("101", "fresh", 5_000, 0)
+            .await
+            .unwrap();
+        let first = message(store).await;
+        assert!(first.admitted);
+        assert_eq!(
+            (
+                first.app.as_str(),
+                first.tenant_id.as_str(),
+                first.group_id.as_str()
+            ),
+            ("live", "u1", "11")
+        );
+        assert_eq!(first.out_protocols, ["flv", "hls", "webrtc"]);
+        assert_eq!(first.push_key, "pk");
+        assert_eq!(first.play_keys, ["fresh", "sk"]);
+        store
+            .vs_change_stream("u1", "101", &change(true, true))
+            .await
+            .unwrap();
+        assert!(!message(store).await.admitted, "forbidden");
+        store
+            .vs_change_stream("u1", "101", &change(false, false))
+            .await
+            .unwrap();
+        assert!(!message(store).await.admitted, "stopped");
+        store
+            .vs_change_stream("u1", "101", &change(false, true))
+            .await
+            .unwrap();
+        assert!(message(store).await.admitted);
+        let mut group = store.vs_group("u1", "11").await.unwrap().unwrap();
+        group.enabled = false;
+        store.vs_update_group(&group).await.unwrap();
+        assert!(!message(store).await.admitted, "group halted");
+        group.enabled = true;
+        store.vs_update_group(&group).await.unwrap();
+        store
+            .vs_set_tenant_status("u1", VsStatus::Suspended, 1)
+            .await
+            .unwrap();
+        assert!(!message(store).await.admitted, "tenant suspended");
+        store
+            .vs_set_tenant_status("u1", VsStatus::Active, 2)
+            .await
+            .unwrap();
+        assert!(message(store).await.admitted);
+    }
+
+    fn status(stream_id: &str, on: bool, bytes_in: u64, publish_id: &str) -> pb::LiveStreamStatus {
+        pb::LiveStreamStatus {
+            stream_id: stream_id.into(),
+            on,
+            codec: "H264".into(),
+            width: 1280,
+            height: 720,
+            bitrate_bps: 2_000_000,
+            bytes_in,
+            frames_in: bytes_in / 100,
+            started_unix_ms: 10_000,
+            stopped_unix_ms: if on { 0 } else { 20_000 },
+            publish_id: publish_id.into(),
+        }
+    }
+
+    /// A node announcing a live edge takes the streams no node had, and its reports are
+    /// recorded and metered once per publish; another node's reports about them are ignored.
+    #[tokio::test]
+    async fn announcements_place_streams_and_reports_are_recorded_and_metered_once() {
+        let (store, _dir) = seeded().await;
+        let store = store.as_ref();
+        store
+            .vs_insert_streams(&[sample_stream("102", None)])
+            .await
+            .unwrap();
+        let announcement = pb::NodeAnnouncement {
+            region: "r".into(),
+            live_rtmp_base_url: "rtmp://n2:1935".into(),
+            live_http_base_url: "http://n2:8080".into(),
+            live_streams: vec![status("102", true, 1_000, "pub-1")],
+            ..pb::NodeAnnouncement::default()
+        };
+        on_announcement(store, None, "n2", &announcement, 5)
+            .await
+            .unwrap();
+        let placed = store.vs_stream("u1", "102").await.unwrap().unwrap();
+        assert_eq!(placed.node_id.as_deref(), Some("n2"));
+        assert!(placed.is_on);
+        assert_eq!(
+            (placed.codec.as_str(), placed.width, placed.started_at_ms),
+            ("H264", 1280, Some(10_000))
+        );
+        // The same publish reported again, then ended: one metered row, its latest figures.
+        on_report(store, "n2", &status("102", true, 5_000, "pub-1"))
+            .await
+            .unwrap();
+        on_report(store, "n2", &status("102", false, 6_000, "pub-1"))
+            .await
+            .unwrap();
+        let metered = store.vs_publishes("u1").await.unwrap();
+        assert_eq!(metered.len(), 1);
+        assert_eq!(
+            (
+                metered[0].bytes_in,
+                metered[0].frames_in,
+                metered[0].stopped_at_ms
+            ),
+            (6_000, 60, Some(20_000))
+        );
+        let stopped = store.vs_stream("u1", "102").await.unwrap().unwrap();
+        assert!(!stopped.is_on);
+        assert_eq!(stopped.stopped_at_ms, Some(20_000));
+        // Stream 101 is n1's: n2 cannot report it on, nor meter it.
+        on_report(store, "n2", &status("101", true, 9, "pub-2"))
+            .await
+            .unwrap();
+        assert!(!store.vs_stream("u1", "101").await.unwrap().unwrap().is_on);
+        assert_eq!(store.vs_publishes("u1").await.unwrap().len(), 1);
+        // A node without a live edge takes nothing.
+        store
+            .vs_insert_streams(&[sample_stream("103", None)])
+            .await
+            .unwrap();
+        on_announcement(store, None, "n3", &pb::NodeAnnouncement::default(), 6)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.vs_stream("u1", "103").await.unwrap().unwrap().node_id,
+            None
+        );
+    }
 }
