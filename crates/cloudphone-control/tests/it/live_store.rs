@@ -4,8 +4,8 @@
 //! node, metering that only grows, and deletes that take a group's streams with it.
 
 use cloudphone_control::store::{
-    self, GroupFilter, LiveStore, Store, StoreError, StreamChange, StreamFilter, StreamReport,
-    VsGroup, VsNode, VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
+    self, GroupFilter, Store, StoreError, StreamChange, StreamFilter, StreamReport, VsGroup,
+    VsNode, VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
 fn tenant(user_id: &str, ak: &str) -> VsTenant {
