@@ -965,6 +965,10 @@ pub(crate) async fn on_report(
 }
 
 #[cfg(test)]
+#[path = "live_node_tests.rs"]
+mod node_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
