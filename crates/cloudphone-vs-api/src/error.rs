@@ -53,9 +53,10 @@ pub enum VsError {
     /// DeleteGroup of a group that is still enabled (the document: halt it first).
     #[error("The group must be halted before it can be deleted.")]
     GroupNotHalted,
-    /// An Action that needs a live edge node when none has announced one.
-    #[error("No live edge node is available.")]
-    NoLiveNode,
+    /// DescribeStreamURL of a stream no node offering a live edge holds yet (none has
+    /// announced one): nothing could serve the URL.
+    #[error("The stream is not on a live edge node yet.")]
+    StreamNotPlaced,
 }
 
 impl VsError {
@@ -78,13 +79,13 @@ impl VsError {
             Self::UserNotFound => "InvalidUser.NotFound",
             Self::UserAlreadyExists => "InvalidUser.AlreadyExists",
             Self::GroupNotHalted => "IncorrectGroupStatus",
-            Self::NoLiveNode => "ServiceUnavailable",
+            Self::StreamNotPlaced => "IncorrectStreamStatus",
         }
     }
 
     /// The HTTP status: the one rule (docs/live-api.md lists it). `*.NotFound` is 404,
-    /// `Forbidden` 403, `Throttling` 429, `InternalError` 500, `ServiceUnavailable` 503, every
-    /// other refusal 400.
+    /// `Forbidden` 403, `Throttling` 429, `InternalError` 500 (the store failed), every other
+    /// refusal 400.
     pub fn status(&self) -> u16 {
         match self {
             Self::AccessKeyNotFound
@@ -95,7 +96,6 @@ impl VsError {
             Self::Forbidden(_) => 403,
             Self::Throttling => 429,
             Self::InternalError => 500,
-            Self::NoLiveNode => 503,
             Self::MissingParameter(_)
             | Self::InvalidParameter(_)
             | Self::SignatureDoesNotMatch
@@ -103,7 +103,8 @@ impl VsError {
             | Self::TimestampExpired
             | Self::InvalidVersion
             | Self::UserAlreadyExists
-            | Self::GroupNotHalted => 400,
+            | Self::GroupNotHalted
+            | Self::StreamNotPlaced => 400,
         }
     }
 
@@ -134,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_found_codes_are_404_and_only_internal_errors_are_5xx_besides_no_node() {
+    fn not_found_codes_are_404_and_only_internal_errors_are_5xx() {
         let all = [
             VsError::MissingParameter("Id".into()),
             VsError::InvalidParameter("Id".into()),
@@ -152,7 +153,7 @@ mod tests {
             VsError::UserNotFound,
             VsError::UserAlreadyExists,
             VsError::GroupNotHalted,
-            VsError::NoLiveNode,
+            VsError::StreamNotPlaced,
         ];
         for error in &all {
             let status = error.status();
@@ -162,7 +163,7 @@ mod tests {
                 "{error:?}"
             );
             assert!(
-                status < 500 || matches!(error, VsError::InternalError | VsError::NoLiveNode),
+                status < 500 || matches!(error, VsError::InternalError),
                 "{error:?}"
             );
         }

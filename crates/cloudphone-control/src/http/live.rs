@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::any;
 use cloudphone_vs_api::error::VsError;
 use cloudphone_vs_api::sign::decode_form;
 use tracing::Instrument;
@@ -22,12 +22,12 @@ use crate::service::live::{self, Incoming};
 /// The largest request accepted (a 100-name CreateRtmpGroupStreamurls is far smaller).
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The API's router: one endpoint, `/`; anything else is an unknown Action.
+/// The API's router: one endpoint, `/` (GET and POST; any other method or path is an unknown
+/// Action, answered like every refusal).
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(serve).post(serve))
+        .route("/", any(serve))
         .fallback(unknown)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -60,11 +60,23 @@ async fn serve(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let request_id = request_id();
     let span = tracing::info_span!("live_api", request_id = %request_id);
     async move {
+        if method != Method::GET && method != Method::POST {
+            return refusal(&state, &request_id, &VsError::ActionNotFound);
+        }
+        // Read here rather than by an extractor, so an oversized body is refused like every
+        // other request: with the error body and its RequestId.
+        let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+            return refusal(
+                &state,
+                &request_id,
+                &VsError::InvalidParameter("Body".into()),
+            );
+        };
         let is_form = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

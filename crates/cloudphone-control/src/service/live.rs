@@ -699,7 +699,9 @@ async fn stream_url(state: &AppState, user: &str, r: &StreamUrlRequest) -> Resul
     if !allowed {
         return Err(VsError::InvalidParameter("OutProtocol".into()));
     }
-    let node = stream_node(state, &s).await?.ok_or(VsError::NoLiveNode)?;
+    let node = stream_node(state, &s)
+        .await?
+        .ok_or(VsError::StreamNotPlaced)?;
     let now = state.clock.now_ms();
     let expires_unix = now / 1000 + r.expire_secs;
     // The key is kept (and the node told) for as long as URLs signed with it can be valid.

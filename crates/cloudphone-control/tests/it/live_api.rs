@@ -126,9 +126,22 @@ impl Vs {
 
     /// `GET /?query`: the status and body, checked to carry `RequestId` and no 5xx.
     async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path_and_query, Vec::new())
+            .await
+    }
+
+    /// Any request: the status and body, checked to carry `RequestId` and no 5xx.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let response = self
             .http
-            .get(format!("{}{path_and_query}", self.base))
+            .request(method, format!("{}{path_and_query}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
             .send()
             .await
             .unwrap();
