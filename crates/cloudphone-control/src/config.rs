@@ -440,6 +440,40 @@ mod tests {
     }
 
     #[test]
+    fn the_live_api_is_off_by_default_and_its_operator_secret_can_come_from_the_environment() {
+        let config = ControlConfig::default();
+        assert_eq!(config.live_api.listen, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(
+            &path,
+            "[live_api]\nlisten = \"127.0.0.1:9500\"\noperator_access_key_id = \"OP\"\n",
+        )
+        .unwrap();
+        // An operator key without its secret is refused at start.
+        assert!(matches!(
+            ControlConfig::load(Some(&path), |_| None),
+            Err(ConfigError::Invalid(_))
+        ));
+        let env = |name: &str| {
+            (name == "CLOUDPHONE_LIVE_API_OPERATOR_SECRET").then(|| "s3cr3t".to_string())
+        };
+        let config = ControlConfig::load(Some(&path), env).unwrap();
+        assert_eq!(
+            config.live_api.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9500)))
+        );
+        assert_eq!(
+            config.live_api.operator_access_key_secret.expose(),
+            "s3cr3t"
+        );
+        assert_eq!(
+            format!("{:?}", config.live_api).matches("s3cr3t").count(),
+            0
+        );
+    }
+
+    #[test]
     fn backup_dir_defaults_next_to_the_store() {
         let cwd = Path::new("/srv/control");
         let mut config = ControlConfig::default();
