@@ -158,6 +158,10 @@ pub struct LiveApiConfig {
     /// (CreateMtsService…); the id empty: no operator key, no service Actions.
     pub operator_access_key_id: String,
     pub operator_access_key_secret: cloudphone_daemon::Secret,
+    /// Each key's budget: requests per `rate_window_ms` (sliding), counted once signed;
+    /// past it `Throttling` (429). 0: no limit.
+    pub rate_limit: usize,
+    pub rate_window_ms: u64,
 }
 
 impl Default for LiveApiConfig {
@@ -167,6 +171,8 @@ impl Default for LiveApiConfig {
             host_id: "vs.cloudphone".into(),
             operator_access_key_id: String::new(),
             operator_access_key_secret: cloudphone_daemon::Secret::default(),
+            rate_limit: 1_200,
+            rate_window_ms: 60_000,
         }
     }
 }
@@ -355,6 +361,11 @@ impl ControlConfig {
         if self.usage.volcengine_rate_limit == 0 || self.usage.volcengine_rate_window_ms == 0 {
             return Err(ConfigError::Invalid(
                 "usage.volcengine_rate_limit and volcengine_rate_window_ms must be positive".into(),
+            ));
+        }
+        if self.live_api.rate_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "live_api.rate_window_ms must be positive".into(),
             ));
         }
         if !self.live_api.operator_access_key_id.is_empty()

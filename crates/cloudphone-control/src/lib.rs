@@ -56,6 +56,8 @@ pub struct AppState {
     pub placement_lock: tokio::sync::Mutex<()>,
     /// Volcengine DescribeLiveTranscodeData's per-user request budget.
     pub volcengine_limiter: std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>,
+    /// The live edge API's per-key request budget (`[live_api] rate_limit`; `None`: none).
+    pub(crate) live_limiter: Option<std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>>,
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
@@ -82,12 +84,19 @@ impl AppState {
                 i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
             ));
         let login_guard = iam::LoginGuard::new(&config.iam);
+        let live_limiter = (config.live_api.rate_limit > 0).then(|| {
+            std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
+                config.live_api.rate_limit,
+                i64::try_from(config.live_api.rate_window_ms).unwrap_or(i64::MAX),
+            ))
+        });
         Arc::new(AppState {
             config,
             store,
             registry,
             placement_lock: tokio::sync::Mutex::new(()),
             volcengine_limiter,
+            live_limiter,
             restore_wake: Notify::new(),
             login_guard,
             commands_in_flight: std::sync::Mutex::default(),

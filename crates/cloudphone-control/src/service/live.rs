@@ -115,6 +115,16 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming<'_>) -> Result<
     {
         return Err(VsError::SignatureNonceUsed);
     }
+    // Each key's budget counts only requests it really signed.
+    if let Some(limiter) = &state.live_limiter {
+        let allowed = limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(&common.access_key_id, now);
+        if !allowed {
+            return Err(VsError::Throttling);
+        }
+    }
     let tenant = match caller {
         Caller::Operator if action.is_service() => None,
         Caller::Operator => {

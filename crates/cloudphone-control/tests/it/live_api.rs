@@ -80,8 +80,13 @@ fn signed_query(
 impl Vs {
     /// Control alone (no node), serving the VS API.
     async fn control_only() -> Self {
+        Self::control_with("").await
+    }
+
+    /// Control alone, with `extra` appended to its `[live_api]` section.
+    async fn control_with(extra: &str) -> Self {
         let mut fleet = Fleet::new(None, "synthetic");
-        fleet.control_extra = CONTROL.into();
+        fleet.control_extra = format!("{CONTROL}{extra}");
         fleet.start_control();
         fleet.wait_healthy(&fleet.api.clone()).await;
         Self::over(fleet)
@@ -883,6 +888,30 @@ async fn every_action_works_as_the_document_describes_and_refuses_unknown_ids() 
     ] {
         vs.refused(&key, action, &params, expected).await;
     }
+}
+
+#[tokio::test]
+async fn each_key_has_a_request_budget() {
+    // Three signed requests per key per hour (no test lasts that long, so nothing slides out).
+    let vs = Vs::control_with("rate_limit = 3\nrate_window_ms = 3600000\n").await;
+    let op = operator();
+    let user = [("UserId", "CIDC-U-budget")];
+    vs.ok(&op, "GetMtsServiceStatus", &user).await;
+    // A request that fails its signature is not counted.
+    let wrong = (op.0.clone(), "wrong".to_string());
+    vs.refused(
+        &wrong,
+        "GetMtsServiceStatus",
+        &user,
+        (400, "SignatureDoesNotMatch"),
+    )
+    .await;
+    let key = vs.service("CIDC-U-budget").await;
+    vs.ok(&op, "GetMtsServiceStatus", &user).await;
+    vs.refused(&op, "GetMtsServiceStatus", &user, (429, "Throttling"))
+        .await;
+    // Another key has its own budget.
+    vs.ok(&key, "DescribeGroups", &[]).await;
 }
 
 /// Runs `tests/sdk/vs.py` (the official SDK) with `algorithm` against `vs`.
