@@ -23,6 +23,7 @@ pub struct ControlConfig {
     pub backup: BackupConfig,
     pub usage: UsageConfig,
     pub quotas: QuotaConfig,
+    pub live_api: LiveApiConfig,
 }
 
 /// TLS for `listen` (the tenant API, console, `/healthz`, `/metrics`).
@@ -145,6 +146,37 @@ impl Default for QuotaConfig {
     }
 }
 
+/// The live edge's API (seed 003, docs/live-api.md) on its own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveApiConfig {
+    /// Where the API is served (`GET /` and `POST /`); unset: not served.
+    pub listen: Option<SocketAddr>,
+    /// The `HostId` every error body names.
+    pub host_id: String,
+    /// The operator's key pair, the only one that may call the service Actions
+    /// (CreateMtsService…); the id empty: no operator key, no service Actions.
+    pub operator_access_key_id: String,
+    pub operator_access_key_secret: cloudphone_daemon::Secret,
+    /// Each key's budget: requests per `rate_window_ms` (sliding), counted once signed;
+    /// past it `Throttling` (429). 0: no limit.
+    pub rate_limit: usize,
+    pub rate_window_ms: u64,
+}
+
+impl Default for LiveApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            host_id: "vs.cloudphone".into(),
+            operator_access_key_id: String::new(),
+            operator_access_key_secret: cloudphone_daemon::Secret::default(),
+            rate_limit: 1_200,
+            rate_window_ms: 60_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
@@ -196,6 +228,7 @@ impl Default for ControlConfig {
             backup: BackupConfig::default(),
             usage: UsageConfig::default(),
             quotas: QuotaConfig::default(),
+            live_api: LiveApiConfig::default(),
         }
     }
 }
@@ -294,6 +327,14 @@ impl ControlConfig {
         if let Some(value) = env("CLOUDPHONE_BACKUP_URL") {
             config.backup.url = value;
         }
+        if let Some(addr) = env_addr(&env, "CLOUDPHONE_LIVE_API_LISTEN")? {
+            config.live_api.listen = Some(addr);
+        }
+        // The operator's secret from the environment (a systemd credential or a container
+        // secret), so it need not sit in the config file.
+        if let Some(value) = env("CLOUDPHONE_LIVE_API_OPERATOR_SECRET") {
+            config.live_api.operator_access_key_secret = value.into();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -320,6 +361,20 @@ impl ControlConfig {
         if self.usage.volcengine_rate_limit == 0 || self.usage.volcengine_rate_window_ms == 0 {
             return Err(ConfigError::Invalid(
                 "usage.volcengine_rate_limit and volcengine_rate_window_ms must be positive".into(),
+            ));
+        }
+        if self.live_api.rate_window_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "live_api.rate_window_ms must be positive".into(),
+            ));
+        }
+        if !self.live_api.operator_access_key_id.is_empty()
+            && self.live_api.operator_access_key_secret.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "live_api.operator_access_key_id needs operator_access_key_secret (or \
+                 CLOUDPHONE_LIVE_API_OPERATOR_SECRET)"
+                    .into(),
             ));
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
@@ -392,6 +447,40 @@ mod tests {
         assert_eq!(
             config.nodes.listen,
             SocketAddr::from(([127, 0, 0, 1], 50050))
+        );
+    }
+
+    #[test]
+    fn the_live_api_is_off_by_default_and_its_operator_secret_can_come_from_the_environment() {
+        let config = ControlConfig::default();
+        assert_eq!(config.live_api.listen, None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(
+            &path,
+            "[live_api]\nlisten = \"127.0.0.1:9500\"\noperator_access_key_id = \"OP\"\n",
+        )
+        .unwrap();
+        // An operator key without its secret is refused at start.
+        assert!(matches!(
+            ControlConfig::load(Some(&path), |_| None),
+            Err(ConfigError::Invalid(_))
+        ));
+        let env = |name: &str| {
+            (name == "CLOUDPHONE_LIVE_API_OPERATOR_SECRET").then(|| "s3cr3t".to_string())
+        };
+        let config = ControlConfig::load(Some(&path), env).unwrap();
+        assert_eq!(
+            config.live_api.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9500)))
+        );
+        assert_eq!(
+            config.live_api.operator_access_key_secret.expose(),
+            "s3cr3t"
+        );
+        assert_eq!(
+            format!("{:?}", config.live_api).matches("s3cr3t").count(),
+            0
         );
     }
 

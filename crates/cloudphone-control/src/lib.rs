@@ -56,6 +56,8 @@ pub struct AppState {
     pub placement_lock: tokio::sync::Mutex<()>,
     /// Volcengine DescribeLiveTranscodeData's per-user request budget.
     pub volcengine_limiter: std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>,
+    /// The live edge API's per-key request budget (`[live_api] rate_limit`; `None`: none).
+    pub(crate) live_limiter: Option<std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>>,
     /// Wakes the restore worker when the prepare queue changed or a slot may have freed; the
     /// worker also looks on its own every second, so a lost wake-up only delays it.
     pub(crate) restore_wake: Notify,
@@ -82,12 +84,19 @@ impl AppState {
                 i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
             ));
         let login_guard = iam::LoginGuard::new(&config.iam);
+        let live_limiter = (config.live_api.rate_limit > 0).then(|| {
+            std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
+                config.live_api.rate_limit,
+                i64::try_from(config.live_api.rate_window_ms).unwrap_or(i64::MAX),
+            ))
+        });
         Arc::new(AppState {
             config,
             store,
             registry,
             placement_lock: tokio::sync::Mutex::new(()),
             volcengine_limiter,
+            live_limiter,
             restore_wake: Notify::new(),
             login_guard,
             commands_in_flight: std::sync::Mutex::default(),
@@ -110,13 +119,15 @@ pub enum ControlError {
     Pki(#[from] pki::PkiError),
 }
 
-/// Runs control on already-bound listeners (the tenant API's, and the node-facing gRPC one of
-/// `[nodes].listen`) until `shutdown` resolves, then drains requests and waits for its
-/// background tasks (token purger, node monitor, restore worker) to stop.
+/// Runs control on already-bound listeners (the tenant API's, the node-facing gRPC one of
+/// `[nodes].listen`, and the live edge's API of `[live_api].listen` when configured) until
+/// `shutdown` resolves, then drains requests and waits for its background tasks (token
+/// purger, node monitor, restore worker) to stop.
 pub async fn run(
     config: ControlConfig,
     listener: TcpListener,
     node_listener: TcpListener,
+    live_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
     // A bad certificate stops start-up before anything is served.
@@ -177,9 +188,22 @@ pub async fn run(
         spawn_background("node_monitor", Arc::clone(&state.registry).monitor()),
         spawn_background(
             "restore_worker",
-            service::lifecycle_data::worker(Arc::clone(&state), stop_rx),
+            service::lifecycle_data::worker(Arc::clone(&state), stop_rx.clone()),
         ),
     ];
+    // The live edge's API (seed 003) on its own listener, stopped with the rest.
+    let live_task = live_listener.map(|live_listener| {
+        let app = http::live::router(Arc::clone(&state));
+        let mut live_stop = stop_rx.clone();
+        let served = axum::serve(live_listener, app).with_graceful_shutdown(async move {
+            let _ = live_stop.changed().await;
+        });
+        tokio::spawn(
+            served
+                .into_future()
+                .instrument(tracing::info_span!("live_api")),
+        )
+    });
     let app = http::router(state);
     tracing::info!(http = %listener.local_addr()?, tls = api_tls.is_some(), grpc = %grpc_addr, "control listening");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -231,6 +255,14 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(task) = live_task {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "live API listener failed"),
+            Ok(Err(join)) => tracing::error!(%join, "live API listener panicked"),
+            Err(_) => tracing::warn!("live API requests still open after 5 s; leaving them"),
+        }
+    }
     tracing::info!("background tasks stopped");
     served?;
     grpc_served?;

@@ -24,9 +24,9 @@ struct Cli {
     /// Listen address of the node-facing gRPC service, overriding `[nodes].listen`.
     #[arg(long, global = true)]
     nodes_listen: Option<std::net::SocketAddr>,
-    /// `serve`: once both listeners are bound, write their addresses here as
-    /// `{"http": "IP:PORT", "grpc": "IP:PORT"}` (grpc = the node-facing listener), for
-    /// listen addresses with port 0.
+    /// `serve`: once the listeners are bound, write their addresses here as
+    /// `{"http": "IP:PORT", "grpc": "IP:PORT"}` (grpc = the node-facing listener; plus
+    /// `"live_api"` when `[live_api].listen` is set), for listen addresses with port 0.
     #[arg(long, global = true)]
     ready_file: Option<PathBuf>,
 }
@@ -288,11 +288,20 @@ async fn main() -> anyhow::Result<()> {
             let node_listener = tokio::net::TcpListener::bind(config.nodes.listen)
                 .await
                 .with_context(|| format!("binding {}", config.nodes.listen))?;
+            let live_listener = match config.live_api.listen {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr}"))?,
+                ),
+                None => None,
+            };
             if let Some(path) = &cli.ready_file {
-                cloudphone_daemon::write_ready_file(
+                write_ready_file(
                     path,
                     listener.local_addr()?,
                     node_listener.local_addr()?,
+                    live_listener.as_ref().map(|l| l.local_addr()).transpose()?,
                 )
                 .with_context(|| format!("writing {}", path.display()))?;
             }
@@ -300,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
                 config,
                 listener,
                 node_listener,
+                live_listener,
                 cloudphone_daemon::shutdown_signal(),
             )
             .await?;
@@ -307,4 +317,26 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `{"http": …, "grpc": …}` as every daemon writes it, plus `"live_api"` when that listener
+/// is served; written whole, then renamed, so a reader never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+    live_api: Option<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    let Some(live_api) = live_api else {
+        return cloudphone_daemon::write_ready_file(path, http, grpc);
+    };
+    let body = serde_json::json!({
+        "http": http.to_string(),
+        "grpc": grpc.to_string(),
+        "live_api": live_api.to_string(),
+    });
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, format!("{body}\n"))?;
+    std::fs::rename(&partial, path)
 }

@@ -333,8 +333,16 @@ impl Registry {
             return;
         };
         match report.report {
-            Some(Report::Announcement(a)) => {
+            Some(Report::Announcement(mut a)) => {
                 info!(capacity = a.capacity, runtimes = ?a.runtimes, instances = a.instances.len(), "node announced");
+                // What the live edge (seed 003) needs of it, taken before the record takes the rest.
+                let live = pb::NodeAnnouncement {
+                    region: a.region.clone(),
+                    live_rtmp_base_url: std::mem::take(&mut a.live_rtmp_base_url),
+                    live_http_base_url: std::mem::take(&mut a.live_http_base_url),
+                    live_streams: std::mem::take(&mut a.live_streams),
+                    ..pb::NodeAnnouncement::default()
+                };
                 let record = NodeRecord {
                     node_id: node_id.to_string(),
                     grpc_endpoint: a.grpc_endpoint,
@@ -350,6 +358,17 @@ impl Registry {
                 if let Err(error) = self.store.upsert_node(&record).await {
                     warn!(%error, "could not store node announcement");
                 }
+                if let Err(error) = crate::service::live::on_announcement(
+                    self.store.as_ref(),
+                    self.client(node_id),
+                    node_id,
+                    &live,
+                    crate::unix_ms(),
+                )
+                .await
+                {
+                    warn!(%error, "could not sync the node's live streams");
+                }
                 for instance in a.instances {
                     self.reconcile_instance(node_id, &instance).await;
                 }
@@ -360,8 +379,14 @@ impl Registry {
                 crate::usage::on_report(self.store.as_ref(), self.client(node_id), node_id, record)
                     .await
             }
-            // The live edge (seed 003) records these in `service::live`.
-            Some(Report::LiveStream(_)) | Some(Report::Heartbeat(_)) | None => {}
+            Some(Report::LiveStream(status)) => {
+                if let Err(error) =
+                    crate::service::live::on_report(self.store.as_ref(), node_id, &status).await
+                {
+                    warn!(stream_id = %status.stream_id, %error, "could not record a live stream report");
+                }
+            }
+            Some(Report::Heartbeat(_)) | None => {}
         }
         if became_up {
             info!(node_id, "node up");

@@ -6,6 +6,7 @@ mod console;
 mod iam;
 mod instances;
 mod lifecycle_data;
+pub(crate) mod live;
 mod live_domains;
 mod management;
 mod openapi;

@@ -9,6 +9,8 @@
 //! - [`commands`]: SyncCommand, AsyncCommand and GetTask.
 //! - [`instances`]: ordering instances (placement, creation on the nodes), what can be ordered.
 //! - [`lifecycle_data`]: backup, prepare (the restore queue) and its worker.
+//! - [`live`]: the live edge's API (seed 003): signatures, tenants, groups, streams, and the
+//!   nodes' view of streams.
 //! - [`management`]: status, reset, reboot, assignment, deletion of instances a tenant has.
 //! - [`usage`]: the AK/SK credentials of the usage APIs.
 //! - [`usage_query`]: the vendor usage queries (Huawei Live, Volcengine) and ShowDomain.
@@ -20,6 +22,7 @@ pub(crate) mod apps;
 pub(crate) mod commands;
 pub(crate) mod instances;
 pub(crate) mod lifecycle_data;
+pub(crate) mod live;
 pub(crate) mod management;
 pub(crate) mod sessions;
 pub(crate) mod usage;

@@ -1,11 +1,17 @@
-//! Control's durable state behind one trait: tenants, IAM, nodes and instances.
+//! Control's durable state behind one trait: tenants, IAM, nodes and instances; the live
+//! edge's tenants, groups and streams (seed 003) in its part `LiveStore`.
 //!
 //! [`SqlStore`] implements it over SQLite (embedded, the default) and PostgreSQL (for several
 //! control replicas) with one set of portable migrations and one SQL dialect (`$n` parameters,
 //! TEXT/BIGINT columns, Unix-millisecond times).
 
+mod live;
 mod sql;
 
+pub use live::{
+    GroupFilter, LiveStore, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode, VsOrder,
+    VsPublish, VsStatus, VsStream, VsTenant,
+};
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
@@ -226,7 +232,7 @@ pub struct BackupState {
 
 /// Control's state. Every multi-row write is one transaction: all of it lands or none.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: LiveStore + Send + Sync + 'static {
     /// Brings the schema up to date.
     async fn migrate(&self) -> Result<(), StoreError>;
 

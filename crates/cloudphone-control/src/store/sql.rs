@@ -16,7 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A pool over SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
 }
 
 impl SqlStore {
@@ -54,7 +54,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-fn unique_as_exists(error: sqlx::Error, what: String) -> StoreError {
+pub(super) fn unique_as_exists(error: sqlx::Error, what: String) -> StoreError {
     if is_unique_violation(&error) {
         StoreError::AlreadyExists(what)
     } else {

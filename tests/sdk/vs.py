@@ -1,0 +1,123 @@
+"""Drives cloudphone's VS API (seed 003) with the official Alibaba SDK, alibabacloud-vs20181212.
+
+Every request is signed by the SDK itself: ACS3-HMAC-SHA256 by default, or the document's
+HMAC-SHA1 scheme (sent as POST) with `signature_algorithm='v2'`. Actions the SDK has no method
+for (CreateMtsService, CreateRtmpGroupStreamurl) go through its generic `call_api`, as SDK
+users call them. Nothing here computes a signature of its own.
+
+Standard input: {"endpoint": "127.0.0.1:PORT", "operator": [ak, sk], "algorithm": null or "v2",
+"user_id": "..."}. Prints one JSON object with each step's answer (see `main`).
+"""
+
+import json
+import sys
+
+from alibabacloud_tea_openapi import utils_models as open_api_models
+from alibabacloud_tea_openapi.utils import Utils
+from alibabacloud_vs20181212 import models as vs_models
+from alibabacloud_vs20181212.client import Client
+from darabonba.runtime import RuntimeOptions
+
+
+def client(endpoint, ak, sk, algorithm):
+    config = open_api_models.Config(
+        access_key_id=ak,
+        access_key_secret=sk,
+        endpoint=endpoint,
+        protocol="http",
+        signature_algorithm=algorithm,
+    )
+    return Client(config)
+
+
+def runtime():
+    # No retries: a refused call must show as refused, not be resent.
+    return RuntimeOptions(autoretry=False, max_attempts=1)
+
+
+def generic(c, action, query):
+    params = open_api_models.Params(
+        action=action,
+        version="2018-12-12",
+        protocol="HTTP",
+        pathname="/",
+        method="POST",
+        auth_type="AK",
+        style="RPC",
+        req_body_type="formData",
+        body_type="json",
+    )
+    request = open_api_models.OpenApiRequest(query=Utils.query(query))
+    return c.call_api(params, request, runtime())["body"]
+
+
+def refusal(call):
+    try:
+        call()
+    except Exception as error:  # the SDK's ClientException/ServerException
+        return {"code": getattr(error, "code", None), "status": getattr(error, "status_code", None)}
+    return {"code": None, "status": 200}
+
+
+def main():
+    args = json.load(sys.stdin)
+    endpoint, algorithm = args["endpoint"], args["algorithm"]
+    operator = client(endpoint, args["operator"][0], args["operator"][1], algorithm)
+    out = {}
+    service = generic(
+        operator,
+        "CreateMtsService",
+        {"UserId": args["user_id"], "AccessInfo": '{"AccessKeyId":"demo","AccessKeySecret":"demo"}'},
+    )
+    out["service"] = service
+    tenant = client(endpoint, service["UserAccessKeyId"], service["UserAccessKeySecret"], algorithm)
+    created = tenant.create_group_with_options(
+        vs_models.CreateGroupRequest(
+            name="sdk group",
+            description="made by the SDK",
+            region="cn-north-7",
+            in_protocol="rtmp",
+            out_protocol="flv,rtmp,hls",
+            lazy_pull=False,
+        ),
+        runtime(),
+    )
+    group_id = created.body.id
+    out["group_id"] = group_id
+    out["describe_group"] = tenant.describe_group_with_options(
+        vs_models.DescribeGroupRequest(id=group_id, include_stats=True), runtime()
+    ).body.to_map()
+    push = generic(
+        tenant, "CreateRtmpGroupStreamurl", {"Id": group_id, "Name": "cam 1", "AccessInfo": "{}"}
+    )
+    out["push"] = push
+    stream_id = push["StreamId"]
+    out["stream"] = tenant.describe_stream_with_options(
+        vs_models.DescribeStreamRequest(id=stream_id), runtime()
+    ).body.to_map()
+    # The SDK names ForbidVsStream's stream by AppName/StreamName, the document by Id.
+    tenant.forbid_vs_stream_with_options(
+        vs_models.ForbidVsStreamRequest(app_name="live", stream_name=stream_id), runtime()
+    )
+    out["forbidden_stream"] = tenant.describe_stream_with_options(
+        vs_models.DescribeStreamRequest(id=stream_id), runtime()
+    ).body.to_map()
+    out["groups"] = tenant.describe_groups_with_options(
+        vs_models.DescribeGroupsRequest(
+            page_num=1, page_size=10, sort_by="createdTime", sort_direction="desc"
+        ),
+        runtime(),
+    ).body.to_map()
+    out["not_found"] = refusal(
+        lambda: tenant.describe_group_with_options(
+            vs_models.DescribeGroupRequest(id="1000000000000001"), runtime()
+        )
+    )
+    out["tenant_on_service_action"] = refusal(
+        lambda: generic(tenant, "GetMtsServiceStatus", {"UserId": args["user_id"]})
+    )
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
