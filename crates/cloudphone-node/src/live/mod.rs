@@ -228,7 +228,6 @@ impl Live {
     }
 
     /// The hub, for HLS and WHEP.
-    #[allow(dead_code)] // Until `live::hls` and `live::whep` (issue 15) read it.
     pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
