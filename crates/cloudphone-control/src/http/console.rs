@@ -253,7 +253,7 @@ mod tests {
     /// no inline event handler or style attribute (which hashes would not allow).
     #[test]
     fn every_page_allows_its_own_inline_code_only() {
-        for page in [&*CONSOLE, &*PLAYER, &*USAGE] {
+        for page in [&*CONSOLE, &*PLAYER, &*USAGE, &*LIVE] {
             let csp = policy(&page.hashes, "");
             assert_eq!(inline_hashes(page.html, "script").len(), 1, "{csp}");
             assert_eq!(inline_hashes(page.html, "style").len(), 1, "{csp}");
