@@ -1,4 +1,7 @@
-//! `cargo xtask demo`: control and one node on this machine, a demo tenant and three phones.
+//! `cargo xtask demo`: control and one node on this machine, a demo tenant and three phones,
+//! and a live-API (seed 003) tenant with a group and a stream to push to and play.
+
+mod live;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -57,7 +60,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     let runtime = pick_runtime(&dir);
-    let ports = util::free_ports(5)?;
+    let ports = util::free_ports(6)?;
     let config = DemoConfig {
         dir: dir.clone(),
         api_port: ports[0],
@@ -65,11 +68,24 @@ pub(crate) fn run(options: Options) -> Result<()> {
         node_http_port: ports[2],
         control_nodes_port: ports[3],
         rtmp_port: ports[4],
+        live_api_port: ports[5],
+        operator: live::Key {
+            id: format!(
+                "DEMOOPERATOR{}",
+                util::random_alnum(20).to_ascii_uppercase()
+            ),
+            secret: util::random_alnum(32),
+        },
         runtime,
     };
     let control_toml = dir.join("control.toml");
     let node_toml = dir.join("node.toml");
     std::fs::write(&control_toml, config.control_toml())?;
+    // It holds the live API's operator secret.
+    std::fs::set_permissions(
+        &control_toml,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     println!("wrote {}", control_toml.display());
 
     heading("create the demo tenant");
@@ -148,12 +164,27 @@ pub(crate) fn run(options: Options) -> Result<()> {
     let instance_ids = create_instances(&http, &api, &token, &sku)?;
     println!("instances: {}", instance_ids.join(", "));
 
+    heading("open the live edge (VS API)");
+    let vs_endpoint = config.live_api_url();
+    daemons.wait_for("control's live API", || {
+        // Any answer will do (an unsigned `GET /` is refused): the listener is up.
+        http.get(&format!("{vs_endpoint}/"), &[])?;
+        Ok(true)
+    })?;
+    let live = live::provision(&http, &vs_endpoint, &config.operator, STARTUP_TIMEOUT)?;
+    println!(
+        "VS tenant {} (key {}), group {}, stream {}",
+        live.user_id, live.tenant.id, live.group_id, live.stream_id
+    );
+
     let console = format!("{api}/console/");
     let demo = json!({
         "api_url": api,
         "console_url": console,
+        "live_console_url": format!("{api}/console/live"),
         "iam": {"domain": DOMAIN, "user": USER, "password": password, "project": REGION},
         "instance_ids": instance_ids,
+        "surveillance": live.to_json(),
     });
     let demo_json = dir.join("demo.json");
     std::fs::write(&demo_json, serde_json::to_string_pretty(&demo)? + "\n")?;
@@ -174,8 +205,22 @@ pub(crate) fn run(options: Options) -> Result<()> {
         "\nTry the API (paste into a shell):\n\n{}\n",
         curl_example(&api, &password)
     );
+    print_live(&live, &api, &config.operator);
 
     if options.no_wait {
+        heading("check the live edge: push, then play HTTP-FLV");
+        let push_log = dir.join("push.log");
+        let mut push = live::spawn_push(&live.push_url, &push_log)?;
+        let played = live::flv_bytes(&live.play_urls["flv"], 64 * 1024, STARTUP_TIMEOUT);
+        let _ = stop_within(&mut push, Duration::from_secs(3));
+        match played {
+            Ok(n) => println!("played {n} bytes of HTTP-FLV from the demo's push"),
+            Err(e) => {
+                let said = util::tail(&push_log, 10);
+                daemons.shutdown()?;
+                return Err(e.context(format!("the push said: {}", said.trim())));
+            }
+        }
         println!("--no-wait: stopping the demo");
         return daemons.shutdown();
     }
@@ -293,12 +338,20 @@ struct DemoConfig {
     control_nodes_port: u16,
     /// The node's RTMP port (`[live] rtmp_listen`): pushes and RTMP plays of the live edge.
     rtmp_port: u16,
+    /// Control's live API port (`[live_api] listen`).
+    live_api_port: u16,
+    /// The live API's operator key, made per run; only `control.toml` holds its secret.
+    operator: live::Key,
     runtime: Runtime,
 }
 
 impl DemoConfig {
     fn api_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn live_api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.live_api_port)
     }
 
     fn node_state_dir(&self) -> PathBuf {
@@ -326,6 +379,11 @@ ca_dir = {ca_dir}
 
 [iam]
 token_ttl_secs = 86400
+
+[live_api]
+listen = {live_listen}
+operator_access_key_id = {operator_id}
+operator_access_key_secret = {operator_secret}
 "#,
             listen = toml_str(&format!("127.0.0.1:{}", self.api_port)),
             nodes_listen = toml_str(&format!("127.0.0.1:{}", self.control_nodes_port)),
@@ -333,6 +391,9 @@ token_ttl_secs = 86400
             region = toml_str(REGION),
             db = toml_str(&db),
             ca_dir = toml_str(&self.dir.join("pki").display().to_string()),
+            live_listen = toml_str(&format!("127.0.0.1:{}", self.live_api_port)),
+            operator_id = toml_str(&self.operator.id),
+            operator_secret = toml_str(&self.operator.secret),
         )
     }
 
@@ -385,6 +446,37 @@ rtmp_listen = {rtmp_listen}
             rtmp_listen = toml_str(&format!("127.0.0.1:{}", self.rtmp_port)),
         )
     }
+}
+
+/// The live part of the banner: the VS tenant's key, the push commands and the play URLs. The
+/// operator's key is named, its secret only by where it is kept.
+fn print_live(live: &live::Live, api: &str, operator: &live::Key) {
+    println!("Live API:   {} (seed 003, docs/live-api.md)", live.endpoint);
+    println!(
+        "  operator: {} (secret in target/demo/control.toml)",
+        operator.id
+    );
+    println!(
+        "  tenant:   {} AccessKeyId {} AccessKeySecret {}",
+        live.user_id, live.tenant.id, live.tenant.secret
+    );
+    println!("  group {}, stream {}", live.group_id, live.stream_id);
+    println!("Live console: {api}/console/live (sign in with the tenant's key above)");
+    println!(
+        "\nPush a test pattern (paste into a shell):\n\n{}\n\nor with ffmpeg:\n\n{}\n",
+        live::gst_push_command(&live.push_url),
+        live::ffmpeg_push_command(&live.push_url)
+    );
+    println!("Play it (while the push runs):");
+    for (protocol, url) in &live.play_urls {
+        let note = match protocol.as_str() {
+            "webrtc" => " (WHEP: POST an SDP offer)",
+            "hls" => " (ffplay, VLC, Safari)",
+            _ => "",
+        };
+        println!("  {protocol:<7} {url}{note}");
+    }
+    println!();
 }
 
 /// A TOML basic string. JSON's string escapes are a subset of TOML's, so serde_json does it.
@@ -786,6 +878,11 @@ mod tests {
             node_http_port: 40003,
             control_nodes_port: 40004,
             rtmp_port: 40005,
+            live_api_port: 40006,
+            operator: live::Key {
+                id: "DEMOOPERATOR1".into(),
+                secret: "op-secret".into(),
+            },
             runtime,
         }
     }
@@ -851,6 +948,20 @@ mod tests {
         "sandbox.hidden_paths",
     ];
 
+    /// Keys the demo sets that the examples leave commented out (off unless an operator turns
+    /// them on): the live API listener and its operator key.
+    const DEMO_EXTRAS: &[&str] = &[
+        "live_api.listen",
+        "live_api.operator_access_key_id",
+        "live_api.operator_access_key_secret",
+    ];
+
+    fn demo_keys(doc: &str) -> Vec<String> {
+        let mut keys = keys(doc);
+        keys.retain(|k| !DEMO_EXTRAS.contains(&k.as_str()));
+        keys
+    }
+
     fn example_keys(name: &str) -> Vec<String> {
         let mut keys = keys(&example(name));
         keys.retain(|k| !DEMO_DEFAULTS.contains(&k.as_str()));
@@ -860,7 +971,12 @@ mod tests {
     #[test]
     fn demo_configs_have_exactly_the_example_keys() {
         let c = config(Runtime::X11 { first_display: 100 });
-        assert_eq!(keys(&c.control_toml()), example_keys("control.toml"));
+        assert_eq!(demo_keys(&c.control_toml()), example_keys("control.toml"));
+        let control: toml::Table = c.control_toml().parse().unwrap();
+        for extra in DEMO_EXTRAS {
+            let (table, key) = extra.split_once('.').unwrap();
+            assert!(control[table].get(key).is_some(), "{extra}");
+        }
         assert_eq!(keys(&c.node_toml("t")), example_keys("node.toml"));
     }
 
@@ -870,6 +986,14 @@ mod tests {
         let control: toml::Table = c.control_toml().parse().unwrap();
         assert_eq!(control["listen"].as_str(), Some("127.0.0.1:40001"));
         assert_eq!(control["nodes"]["listen"].as_str(), Some("127.0.0.1:40004"));
+        assert_eq!(
+            control["live_api"]["listen"].as_str(),
+            Some("127.0.0.1:40006")
+        );
+        assert_eq!(
+            control["live_api"]["operator_access_key_secret"].as_str(),
+            Some("op-secret")
+        );
         assert_eq!(
             control["store"]["url"].as_str(),
             Some("sqlite:///work/main/target/demo/control.db?mode=rwc")

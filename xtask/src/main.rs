@@ -17,9 +17,11 @@ const HELP: &str = "\
 cargo xtask <COMMAND>
 
 Commands:
-  demo [--no-wait]       Run control and a node locally with a demo tenant and three phones,
-                         print how to reach them, and wait for Ctrl-C. --no-wait tears
-                         everything down right after setting it up (a smoke test).
+  demo [--no-wait]       Run control and a node locally with a demo tenant and three phones
+                         and a live-API tenant with one RTMP stream, print how to reach them
+                         (push command, play URLs), and wait for Ctrl-C. --no-wait pushes to
+                         the stream, plays it back over HTTP-FLV, and tears everything down
+                         (a smoke test).
   test                   What CI runs: install-deps, fmt, clippy, build, the test suite against
                          a throwaway PostgreSQL, and systemd-analyze verify on deploy/systemd.
   ci                     The same as `test`.

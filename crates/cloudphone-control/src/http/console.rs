@@ -103,6 +103,7 @@ static CONSOLE: LazyLock<Page> =
     LazyLock::new(|| Page::new(include_str!("../../assets/console.html")));
 static PLAYER: LazyLock<Page> =
     LazyLock::new(|| Page::new(include_str!("../../assets/player.html")));
+static LIVE: LazyLock<Page> = LazyLock::new(|| Page::new(include_str!("../../assets/live.html")));
 static USAGE: LazyLock<Page> = LazyLock::new(|| Page::new(include_str!("../../assets/usage.html")));
 
 pub(super) async fn page() -> Response {
@@ -135,6 +136,38 @@ pub(super) async fn player(State(state): AppStateRef) -> Response {
 /// chart, table and CSV download, all built in the browser.
 pub(super) async fn usage() -> Response {
     USAGE.serve("")
+}
+
+/// Live: the tenant's VS groups and streams through `/console/vs` (requests signed in the
+/// browser with the tenant's key), and one stream played over WebRTC by WHEP from its node. The
+/// WHEP offer is a `fetch` to the node's live HTTP origin, so the policy names the origins of
+/// the nodes that offer a live edge.
+pub(super) async fn live_page(State(state): AppStateRef) -> Response {
+    let origins = match state.store.vs_live_nodes().await {
+        Ok(nodes) => nodes
+            .iter()
+            .filter_map(|(n, _)| http_origin(&n.http_base_url))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(error) => {
+            tracing::error!(%error, "listing live nodes for the Live page's policy failed");
+            String::new()
+        }
+    };
+    LIVE.serve(&origins)
+}
+
+/// `http(s)://host:port` of a node's live HTTP base URL, under the rules of [`ws_origin`].
+fn http_origin(base: &str) -> Option<String> {
+    let (scheme, rest) = base.split_once("://")?;
+    let ws = match scheme {
+        "http" => "ws",
+        "https" => "wss",
+        _ => return None,
+    };
+    ws_origin(&format!("{ws}://{rest}")).map(|o| format!("{scheme}{}", &o[ws.len()..]))
 }
 
 /// `ws://host:port` of a node's signaling base URL, when it is a well-formed ws/wss URL whose
@@ -183,6 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn only_clean_http_origins_reach_the_live_pages_policy() {
+        for (base, origin) in [
+            ("http://127.0.0.1:8090", Some("http://127.0.0.1:8090")),
+            (
+                "https://live-1.example:443/x",
+                Some("https://live-1.example:443"),
+            ),
+            ("ws://127.0.0.1:8090", None),
+            ("http://evil; script-src *", None),
+            ("http://", None),
+        ] {
+            assert_eq!(http_origin(base).as_deref(), origin, "{base}");
+        }
+    }
+
+    #[test]
     fn only_clean_ws_origins_reach_the_policy() {
         for (base, origin) in [
             ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081")),
@@ -204,7 +253,7 @@ mod tests {
     /// no inline event handler or style attribute (which hashes would not allow).
     #[test]
     fn every_page_allows_its_own_inline_code_only() {
-        for page in [&*CONSOLE, &*PLAYER, &*USAGE] {
+        for page in [&*CONSOLE, &*PLAYER, &*USAGE, &*LIVE] {
             let csp = policy(&page.hashes, "");
             assert_eq!(inline_hashes(page.html, "script").len(), 1, "{csp}");
             assert_eq!(inline_hashes(page.html, "style").len(), 1, "{csp}");

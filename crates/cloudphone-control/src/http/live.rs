@@ -55,6 +55,36 @@ async fn unknown(State(state): State<Arc<AppState>>) -> Response {
     refusal(&state, &request_id(), &VsError::ActionNotFound)
 }
 
+/// `GET|POST /console/vs` on control's main listener: the same API for the console's Live
+/// page, which signs each request in the browser with the tenant's key (the secret never
+/// leaves the browser) and so needs no cross-origin access to the live API's listener. Off,
+/// like the listener, unless `[live_api] listen` is set. The request is handled as if sent to
+/// `/` (the document's string to sign names `/` whatever the path).
+pub(crate) async fn console(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if state.config.live_api.listen.is_none() {
+        return refusal(&state, &request_id(), &VsError::ActionNotFound);
+    }
+    let root = match uri.query() {
+        Some(query) => Uri::builder().path_and_query(format!("/?{query}")).build(),
+        None => Uri::builder().path_and_query("/").build(),
+    };
+    match root {
+        Ok(root) => serve(State(state), method, root, headers, body).await,
+        // The query came in as part of a valid URI, so this cannot fail; refuse it anyway.
+        Err(_) => refusal(
+            &state,
+            &request_id(),
+            &VsError::InvalidParameter("Body".into()),
+        ),
+    }
+}
+
 async fn serve(
     State(state): State<Arc<AppState>>,
     method: Method,

@@ -107,6 +107,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/console", get(console::redirect))
         .route("/console/player", get(console::player))
         .route("/console/usage", get(console::usage))
+        .route("/console/live", get(console::live_page))
+        .route("/console/vs", axum::routing::any(live::console))
         .route("/openapi.json", get(openapi::serve))
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))

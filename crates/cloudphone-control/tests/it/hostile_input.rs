@@ -29,7 +29,12 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
         )
         .await);
 
-    for page in ["/console/", "/console/player", "/console/usage"] {
+    for page in [
+        "/console/",
+        "/console/player",
+        "/console/usage",
+        "/console/live",
+    ] {
         let response = fleet
             .http
             .get(format!("{}{page}", fleet.api))

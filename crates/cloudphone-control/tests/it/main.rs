@@ -7,7 +7,7 @@
 //!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
-//! - one module per feature: `aksk`, `backup`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
+//! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
 //!   `lifecycle_rules`, `live_api`, `live_store`, `node_trust`, `operations`, `pages`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
@@ -18,6 +18,7 @@ mod support;
 
 mod aksk;
 mod backup;
+mod console_live;
 mod console_usage;
 mod fleet;
 mod hostile_input;

@@ -4,7 +4,8 @@
 //!   are (metadata, sequence headers and the current GOP first), chunked, until the publisher
 //!   leaves;
 //! - `GET /{app}/{id}.m3u8?auth_key=`, `GET /{app}/{id}/{segment}?auth_key=` — HLS;
-//! - `POST /{app}/{id}/whep?auth_key=`, `DELETE /{app}/{id}/whep/{session}?auth_key=` — WHEP.
+//! - `POST /{app}/{id}/whep?auth_key=`, `DELETE /{app}/{id}/whep/{session}?auth_key=` — WHEP
+//!   (with its CORS preflight: every answer allows any origin, see [`any_origin`]).
 //!
 //! Every route checks admission here, before any output code runs: an unknown stream or one
 //! nobody publishes is 404; a missing, wrong or expired `auth_key`, a stream not admitted, or an
@@ -43,9 +44,47 @@ pub(crate) fn router(players: Players) -> Router {
     Router::new()
         .route("/{app}/{file}", get(file))
         .route("/{app}/{id}/{segment}", get(hls_segment))
-        .route("/{app}/{id}/whep", post(whep_offer))
-        .route("/{app}/{id}/whep/{session}", delete(whep_end))
+        .route("/{app}/{id}/whep", post(whep_offer).options(preflight))
+        .route(
+            "/{app}/{id}/whep/{session}",
+            delete(whep_end).options(preflight),
+        )
+        .layer(axum::middleware::map_response(any_origin))
         .with_state(players)
+}
+
+/// Every answer may be read by a page of any origin (a browser player such as the console's
+/// Live page, served by control): access is by the URL's `auth_key`, never by cookies or
+/// ambient credentials, so no origin gains anything it could not do with the URL alone. WHEP
+/// clients need `Location` to end their session.
+async fn any_origin(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("Location"),
+    );
+    response
+}
+
+/// The CORS preflight of a WHEP offer (`Content-Type: application/sdp` is not a simple request)
+/// or end.
+async fn preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "POST, DELETE, OPTIONS",
+            ),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
 }
 
 /// `{id}.flv` or `{id}.m3u8`.
