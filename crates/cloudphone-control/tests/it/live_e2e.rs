@@ -653,6 +653,13 @@ async fn scenario(client: Client, user_id: &str) {
     )
     .await;
     eprintln!("{client:?}: a push while forbidden refused in {took:?}");
+    let stream = live
+        .step(client, &key, "describe_stream", json!({"id": id}))
+        .await;
+    assert_eq!(
+        stream["Status"], "off",
+        "a refused push is not on: {stream}"
+    );
 
     // Resume: a push is accepted again and shows on.
     live.step(client, &key, "resume", json!({"id": id})).await;
