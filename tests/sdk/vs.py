@@ -7,10 +7,16 @@ users call them. Nothing here computes a signature of its own.
 
 Standard input: {"endpoint": "127.0.0.1:PORT", "operator": [ak, sk], "algorithm": null or "v2",
 "user_id": "..."}. Prints one JSON object with each step's answer (see `main`).
+
+`vs.py STEP` runs one step of the live end-to-end test (`live_e2e`) instead: standard input
+{"endpoint", "key": [ak, sk], "algorithm", ...the step's arguments}; prints {"answer", "sent_unix_ms"}
+(the answer's body, and when the SDK was called: the test times Forbid from it), or
+{"code", "status"} and exits 1 when the server refuses it (see `STEPS`).
 """
 
 import json
 import sys
+import time
 
 from alibabacloud_tea_openapi import utils_models as open_api_models
 from alibabacloud_tea_openapi.utils import Utils
@@ -119,5 +125,77 @@ def main():
     json.dump(out, sys.stdout)
 
 
+def step_service(c, a):
+    return generic(
+        c, "CreateMtsService", {"UserId": a["user_id"], "AccessInfo": '{"AccessKeyId":"demo","AccessKeySecret":"demo"}'}
+    )
+
+
+def step_group(c, a):
+    created = c.create_group_with_options(
+        vs_models.CreateGroupRequest(
+            name=a["name"], region="cn-north-7", in_protocol="rtmp", out_protocol=a["out_protocol"]
+        ),
+        runtime(),
+    )
+    return created.body.to_map()
+
+
+def step_push(c, a):
+    return generic(c, "CreateRtmpGroupStreamurl", {"Id": a["group_id"], "Name": a["name"], "AccessInfo": "{}"})
+
+
+def step_describe_stream(c, a):
+    return c.describe_stream_with_options(vs_models.DescribeStreamRequest(id=a["id"]), runtime()).body.to_map()
+
+
+def step_stream_url(c, a):
+    query = {"Id": a["id"], "OutProtocol": a["out_protocol"], "AuthKey": a["auth_key"], "Expire": "600"}
+    return generic(c, "DescribeStreamURL", query)
+
+
+def step_screen_show(c, a):
+    return generic(c, "ScreenShowStreams", {"GroupId": a["group_id"], "PageNum": "1", "PageSize": "20"})
+
+
+def step_forbid(c, a):
+    # The SDK names the stream by AppName/StreamName (the document by Id).
+    request = vs_models.ForbidVsStreamRequest(app_name="live", stream_name=a["id"])
+    return c.forbid_vs_stream_with_options(request, runtime()).body.to_map()
+
+
+def step_resume(c, a):
+    request = vs_models.ResumeVsStreamRequest(app_name="live", stream_name=a["id"])
+    return c.resume_vs_stream_with_options(request, runtime()).body.to_map()
+
+
+STEPS = {
+    "service": step_service,
+    "group": step_group,
+    "push": step_push,
+    "describe_stream": step_describe_stream,
+    "stream_url": step_stream_url,
+    "screen_show": step_screen_show,
+    "forbid": step_forbid,
+    "resume": step_resume,
+}
+
+
+def run_step(name):
+    args = json.load(sys.stdin)
+    c = client(args["endpoint"], args["key"][0], args["key"][1], args["algorithm"])
+    sent_unix_ms = int(time.time() * 1000)
+    try:
+        out = {"answer": STEPS[name](c, args), "sent_unix_ms": sent_unix_ms}
+    except Exception as error:  # the SDK's ClientException/ServerException
+        json.dump({"code": getattr(error, "code", None), "status": getattr(error, "status_code", None),
+                   "message": str(error)}, sys.stdout)
+        sys.exit(1)
+    json.dump(out, sys.stdout)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1:
+        run_step(sys.argv[1])
+    else:
+        main()

@@ -7,8 +7,10 @@
 //!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
-//! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`, `hostile_input`, `install_app`,
-//!   `lifecycle_rules`, `live_api`, `live_store`, `node_trust`, `operations`, `pages`, `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
+//! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`,
+//!   `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`, `live_store`,
+//!   `node_trust`, `operations`, `pages`, `schemathesis`, `sealing_key`, `seed_examples`,
+//!   `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
@@ -25,6 +27,7 @@ mod hostile_input;
 mod install_app;
 mod lifecycle_rules;
 mod live_api;
+mod live_e2e;
 mod live_store;
 mod node_trust;
 mod operations;
