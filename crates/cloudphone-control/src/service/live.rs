@@ -15,7 +15,7 @@ use cloudphone_vs_api::model::{
 };
 use cloudphone_vs_api::request::{
     self, Action, Command, Credentials, GroupChange, GroupQuery, NewGroup, OutProtocol, Page,
-    Params, SortBy, StreamQuery, StreamUrlRequest,
+    Params, Sort, SortBy, StreamQuery, StreamUrlRequest,
 };
 use cloudphone_vs_api::sign::{self, Acs3Request};
 use cloudphone_vs_api::timefmt;
@@ -26,7 +26,7 @@ use crate::AppState;
 use crate::nodes::NodeClient;
 use crate::store::{
     GroupFilter, Store, StoreError, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode,
-    VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
+    VsOrder, VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
 /// Push URLs do not expire in practice: their `auth_key` timestamp is 2100-01-01.
@@ -457,11 +457,18 @@ async fn modify_group(
     Ok(Answer::Id(g.id))
 }
 
-fn order(sort: SortBy) -> VsOrder {
-    match sort {
+/// The store's page of a request's sort and page.
+fn vs_page(sort: Sort, page: Page) -> VsPage {
+    let order = match sort.by {
         SortBy::Id => VsOrder::Id,
         SortBy::Name => VsOrder::Name,
         SortBy::CreatedTime => VsOrder::CreatedTime,
+    };
+    VsPage {
+        order,
+        descending: sort.descending,
+        offset: page.offset(),
+        limit: page.size,
     }
 }
 
@@ -481,10 +488,7 @@ async fn describe_groups(state: &AppState, user: &str, q: &GroupQuery) -> Result
         region: q.region.clone(),
         in_protocol: q.in_protocol.map(|p| p.as_str().to_string()),
         enabled: q.enabled,
-        order: order(q.sort.by),
-        descending: q.sort.descending,
-        offset: q.page.offset(),
-        limit: q.page.size,
+        page: vs_page(q.sort, q.page),
     };
     let (groups, total) = state.store.vs_groups(user, &filter).await?;
     let mut views = Vec::with_capacity(groups.len());
@@ -685,10 +689,7 @@ async fn describe_streams(
         on: q.on,
         created_from_ms: q.created_from_ms,
         created_to_ms: q.created_to_ms,
-        order: order(q.sort.by),
-        descending: q.sort.descending,
-        offset: q.page.offset(),
-        limit: q.page.size,
+        page: vs_page(q.sort, q.page),
     };
     let (streams, total) = state.store.vs_streams(user, &filter).await?;
     let mut views = Vec::with_capacity(streams.len());
@@ -779,17 +780,9 @@ async fn screen_show(
     page: Page,
 ) -> Result<Answer, VsError> {
     let filter = StreamFilter {
-        id: None,
         group_id: group_id.map(str::to_string),
-        app: None,
-        name: None,
         on: Some(true),
-        created_from_ms: None,
-        created_to_ms: None,
-        order: VsOrder::Id,
-        descending: false,
-        offset: page.offset(),
-        limit: page.size,
+        ..StreamFilter::all(VsPage::by_id(page.offset(), page.size))
     };
     let (streams, total) = state.store.vs_streams(user, &filter).await?;
     let expires_unix = state.clock.now_ms() / 1000 + SCREEN_URL_SECS;

@@ -5,7 +5,7 @@
 
 use cloudphone_control::store::{
     self, GroupFilter, Store, StoreError, StreamChange, StreamFilter, StreamReport, VsGroup,
-    VsNode, VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
+    VsNode, VsOrder, VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
 fn tenant(user_id: &str, ak: &str) -> VsTenant {
@@ -59,17 +59,12 @@ fn stream(id: &str, user_id: &str, group_id: &str, node: Option<&str>) -> VsStre
 }
 
 fn all_groups(order: VsOrder, descending: bool, offset: i64, limit: i64) -> GroupFilter {
-    GroupFilter {
-        id: None,
-        name: None,
-        region: None,
-        in_protocol: None,
-        enabled: None,
+    GroupFilter::all(VsPage {
         order,
         descending,
         offset,
         limit,
-    }
+    })
 }
 
 async fn suite(s: impl Store) {
@@ -186,17 +181,10 @@ async fn suite(s: impl Store) {
     assert!(!s.vs_record_report("n2", &report).await.unwrap());
     assert!(s.vs_record_report("n1", &report).await.unwrap());
     let on_filter = StreamFilter {
-        id: None,
         group_id: Some("11".into()),
         app: Some("live".into()),
-        name: None,
         on: Some(true),
-        created_from_ms: None,
-        created_to_ms: None,
-        order: VsOrder::Id,
-        descending: false,
-        offset: 0,
-        limit: 10,
+        ..StreamFilter::all(VsPage::by_id(0, 10))
     };
     let (on, total) = s.vs_streams("u1", &on_filter).await.unwrap();
     assert_eq!((on.len(), total, on[0].started_at_ms), (1, 1, Some(7)));
