@@ -201,14 +201,8 @@ async fn service_action(state: &AppState, command: Command) -> Result<Answer, Vs
             let access_key_id = random_hex();
             let secret = random_hex().to_ascii_uppercase();
             let sealer = crate::usage::secret_box(&state.config).map_err(internal)?;
-            let tenant = VsTenant {
-                user_id: user_id.clone(),
-                secret_sealed: sealer.seal(&access_key_id, &secret),
-                access_key_id: access_key_id.clone(),
-                status: VsStatus::Active,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
+            let sealed = sealer.seal(&access_key_id, &secret);
+            let tenant = VsTenant::active(user_id.clone(), access_key_id.clone(), sealed, now);
             match store.vs_put_tenant(&tenant).await {
                 Ok(()) => {}
                 // Two creations raced: the other one won.
@@ -562,24 +556,12 @@ async fn create_streams(
     let now = state.clock.now_ms();
     let streams: Vec<VsStream> = names
         .into_iter()
-        .map(|name| VsStream {
-            id: new_id(),
-            user_id: user.to_string(),
-            group_id: g.id.clone(),
-            name,
-            node_id: node.as_ref().map(|n| n.node_id.clone()),
-            push_key: random_hex(),
-            screen_key: random_hex(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: now,
+        .map(|name| {
+            let keys = (random_hex(), random_hex());
+            VsStream {
+                node_id: node.as_ref().map(|n| n.node_id.clone()),
+                ..VsStream::new(new_id(), user.to_string(), g.id.clone(), name, keys, now)
+            }
         })
         .collect();
     state.store.vs_insert_streams(&streams).await?;
@@ -995,24 +977,17 @@ mod tests {
             rtmp_base_url: "rtmp://10.0.0.5:1935".into(),
             http_base_url: "http://10.0.0.5:8080/".into(),
         };
+        let keys = ("pk".into(), "sk".into());
         let stream = VsStream {
-            id: "1624428150544871".into(),
-            user_id: "u".into(),
-            group_id: "1".into(),
-            name: "n".into(),
             node_id: Some("n1".into()),
-            push_key: "pk".into(),
-            screen_key: "sk".into(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: 0,
+            ..VsStream::new(
+                "1624428150544871".into(),
+                "u".into(),
+                "1".into(),
+                "n".into(),
+                keys,
+                0,
+            )
         };
         let push = push_url(Some(&node), "live", &stream);
         let (base, auth) = push.split_once("?auth_key=").unwrap();
@@ -1057,24 +1032,10 @@ mod tests {
     }
 
     fn sample_stream(id: &str, node: Option<&str>) -> VsStream {
+        let keys = ("pk".into(), "sk".into());
         VsStream {
-            id: id.into(),
-            user_id: "u1".into(),
-            group_id: "11".into(),
-            name: "door".into(),
             node_id: node.map(str::to_string),
-            push_key: "pk".into(),
-            screen_key: "sk".into(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: 0,
+            ..VsStream::new(id.into(), "u1".into(), "11".into(), "door".into(), keys, 0)
         }
     }
 
@@ -1082,14 +1043,7 @@ mod tests {
     async fn seeded() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
         let (store, dir) = store().await;
         store
-            .vs_put_tenant(&VsTenant {
-                user_id: "u1".into(),
-                access_key_id: "AK1".into(),
-                secret_sealed: "x".into(),
-                status: VsStatus::Active,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .vs_put_tenant(&VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0))
             .await
             .unwrap();
         store

@@ -216,14 +216,7 @@ async fn control_keeps_the_nodes_view_of_streams_in_step() {
     let mut config = crate::config::ControlConfig::default();
     config.store.url = url;
     let state = crate::AppState::new(config, Arc::clone(&store), registry, Clock::System);
-    let tenant = VsTenant {
-        user_id: "u1".into(),
-        access_key_id: "AK1".into(),
-        secret_sealed: "x".into(),
-        status: VsStatus::Active,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    };
+    let tenant = VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0);
     store.vs_put_tenant(&tenant).await.unwrap();
     let run = |command: Command| tenant_action(&state, &tenant, command);
     let Answer::Id(group) = run(Command::CreateGroup(NewGroup {

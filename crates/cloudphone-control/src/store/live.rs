@@ -90,6 +90,58 @@ pub struct VsStream {
     pub created_at_ms: i64,
 }
 
+impl VsTenant {
+    /// A tenant opened (or opened again) at `now_ms`: active.
+    pub fn active(
+        user_id: String,
+        access_key_id: String,
+        secret_sealed: String,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            user_id,
+            access_key_id,
+            secret_sealed,
+            status: VsStatus::Active,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+}
+
+impl VsStream {
+    /// A stream as it is created: enabled, not forbidden, on no node yet, no publisher.
+    /// `keys` are its push key and its screen key.
+    pub fn new(
+        id: String,
+        user_id: String,
+        group_id: String,
+        name: String,
+        (push_key, screen_key): (String, String),
+        created_at_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            user_id,
+            group_id,
+            name,
+            node_id: None,
+            push_key,
+            screen_key,
+            enabled: true,
+            forbidden: false,
+            is_on: false,
+            codec: String::new(),
+            width: 0,
+            height: 0,
+            bitrate_bps: 0,
+            started_at_ms: None,
+            stopped_at_ms: None,
+            created_at_ms,
+        }
+    }
+}
+
 /// What a node offers for live streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsNode {

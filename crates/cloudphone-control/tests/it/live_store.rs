@@ -9,14 +9,7 @@ use cloudphone_control::store::{
 };
 
 fn tenant(user_id: &str, ak: &str) -> VsTenant {
-    VsTenant {
-        user_id: user_id.into(),
-        access_key_id: ak.into(),
-        secret_sealed: "sealed".into(),
-        status: VsStatus::Active,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    }
+    VsTenant::active(user_id.into(), ak.into(), "sealed".into(), 0)
 }
 
 fn group(id: &str, user_id: &str, name: &str, created_at_ms: i64) -> VsGroup {
@@ -37,24 +30,17 @@ fn group(id: &str, user_id: &str, name: &str, created_at_ms: i64) -> VsGroup {
 }
 
 fn stream(id: &str, user_id: &str, group_id: &str, node: Option<&str>) -> VsStream {
+    let keys = ("pk".into(), "sk".into());
     VsStream {
-        id: id.into(),
-        user_id: user_id.into(),
-        group_id: group_id.into(),
-        name: format!("s{id}"),
         node_id: node.map(str::to_string),
-        push_key: "pk".into(),
-        screen_key: "sk".into(),
-        enabled: true,
-        forbidden: false,
-        is_on: false,
-        codec: String::new(),
-        width: 0,
-        height: 0,
-        bitrate_bps: 0,
-        started_at_ms: None,
-        stopped_at_ms: None,
-        created_at_ms: 5,
+        ..VsStream::new(
+            id.into(),
+            user_id.into(),
+            group_id.into(),
+            format!("s{id}"),
+            keys,
+            5,
+        )
     }
 }
 
