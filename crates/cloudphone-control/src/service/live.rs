@@ -409,6 +409,13 @@ async fn delete_group(state: &AppState, user: &str, id: &str) -> Result<Answer, 
     Ok(Answer::Deleted(id.to_string()))
 }
 
+/// Replaces `field` with `new` when there is one.
+fn replace<T>(field: &mut T, new: Option<T>) {
+    if let Some(new) = new {
+        *field = new;
+    }
+}
+
 async fn modify_group(
     state: &AppState,
     user: &str,
@@ -416,30 +423,16 @@ async fn modify_group(
 ) -> Result<Answer, VsError> {
     let mut g = group(state, user, &change.id).await?;
     let admission_before = (g.enabled, g.out_protocol.clone());
-    if let Some(name) = change.name {
-        g.name = name;
-    }
-    if let Some(description) = change.description {
-        g.description = description;
-    }
-    if let Some(region) = change.region {
-        g.region = region;
-    }
-    if let Some(protocol) = change.in_protocol {
-        g.in_protocol = protocol.as_str().to_string();
-    }
-    if let Some(out) = change.out_protocol {
-        g.out_protocol = out;
-    }
-    if let Some(enabled) = change.enabled {
-        g.enabled = enabled;
-    }
-    if let Some(lazy_pull) = change.lazy_pull {
-        g.lazy_pull = lazy_pull;
-    }
-    if let Some(callback) = change.callback {
-        g.callback = callback;
-    }
+    // Each field the change names replaces the group's; the others stay.
+    replace(&mut g.name, change.name);
+    replace(&mut g.description, change.description);
+    replace(&mut g.region, change.region);
+    let in_protocol = change.in_protocol.map(|p| p.as_str().to_string());
+    replace(&mut g.in_protocol, in_protocol);
+    replace(&mut g.out_protocol, change.out_protocol);
+    replace(&mut g.enabled, change.enabled);
+    replace(&mut g.lazy_pull, change.lazy_pull);
+    replace(&mut g.callback, change.callback);
     if !state.store.vs_update_group(&g).await? {
         return Err(VsError::GroupNotFound);
     }

@@ -317,8 +317,11 @@ async fn control_keeps_the_nodes_view_of_streams_in_step() {
         }))
         .await
         .unwrap();
+    // The report is recorded first and metered after: wait for both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !store.vs_stream("u1", &id).await.unwrap().unwrap().is_on {
+    while !store.vs_stream("u1", &id).await.unwrap().unwrap().is_on
+        || store.vs_publishes("u1").await.unwrap().is_empty()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the report was not recorded"
