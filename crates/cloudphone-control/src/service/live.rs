@@ -284,22 +284,8 @@ async fn tenant_action(
         }
         Command::DescribeGroups(query) => describe_groups(state, user, &query).await,
         Command::ModifyGroup(change) => modify_group(state, user, change).await,
-        Command::HaltGroup { id } => {
-            let change = GroupChange {
-                id,
-                enabled: Some(false),
-                ..GroupChange::default()
-            };
-            modify_group(state, user, change).await
-        }
-        Command::EnableGroup { id } => {
-            let change = GroupChange {
-                id,
-                enabled: Some(true),
-                ..GroupChange::default()
-            };
-            modify_group(state, user, change).await
-        }
+        Command::HaltGroup { id } => modify_group(state, user, group_enabled(id, false)).await,
+        Command::EnableGroup { id } => modify_group(state, user, group_enabled(id, true)).await,
         Command::CreateRtmpGroupStreamurls {
             group_id,
             names,
@@ -407,6 +393,15 @@ async fn delete_group(state: &AppState, user: &str, id: &str) -> Result<Answer, 
         remove_from_node(state, &stream).await;
     }
     Ok(Answer::Deleted(id.to_string()))
+}
+
+/// Halt/EnableGroup as a change of the group.
+fn group_enabled(id: String, enabled: bool) -> GroupChange {
+    GroupChange {
+        id,
+        enabled: Some(enabled),
+        ..GroupChange::default()
+    }
 }
 
 /// Replaces `field` with `new` when there is one.

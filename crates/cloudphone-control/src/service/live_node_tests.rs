@@ -35,6 +35,12 @@ struct FakeNode {
     reports: Mutex<Option<mpsc::Receiver<Result<pb::NodeReport, Status>>>>,
 }
 
+impl FakeNode {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
 type Reply<T> = Result<Response<T>, Status>;
 
 /// The `NodeAgent` impl: the calls given, and every other one `unimplemented` (expanded
@@ -72,10 +78,7 @@ fake_agent! {
         &self,
         r: Request<pb::SyncLiveStreamsRequest>,
     ) -> Reply<pb::SyncLiveStreamsResponse> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Sync(r.into_inner().streams));
+        self.record(Call::Sync(r.into_inner().streams));
         Ok(Response::new(pb::SyncLiveStreamsResponse::default()))
     }
 
@@ -83,7 +86,7 @@ fake_agent! {
         &self,
         r: Request<pb::LiveStream>,
     ) -> Reply<pb::PutLiveStreamResponse> {
-        self.calls.lock().unwrap().push(Call::Put(r.into_inner()));
+        self.record(Call::Put(r.into_inner()));
         Ok(Response::new(pb::PutLiveStreamResponse::default()))
     }
 
@@ -91,10 +94,7 @@ fake_agent! {
         &self,
         r: Request<pb::LiveStreamRef>,
     ) -> Reply<pb::RemoveLiveStreamResponse> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Remove(r.into_inner().stream_id));
+        self.record(Call::Remove(r.into_inner().stream_id));
         Ok(Response::new(pb::RemoveLiveStreamResponse::default()))
     }
 
