@@ -43,13 +43,24 @@ impl FakeNode {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The `NodeAgent` impl: the calls given, and every other one `unimplemented` (expanded
-/// before `async_trait` sees the impl, so the stubs are rewritten like the rest).
+/// The `NodeAgent` impl: the calls given, the live-edge calls recorded as the `Call` each
+/// request makes (answering the default response), and every other one `unimplemented`
+/// (expanded before `async_trait` sees the impl, so the generated ones are rewritten like the
+/// rest).
 macro_rules! fake_agent {
-    ({ $($calls:tt)* } $($name:ident($request:ty) -> $response:ty;)*) => {
+    (
+        { $($calls:tt)* }
+        record { $($rname:ident($rrequest:ty) -> $rresponse:ty = $call:expr;)* }
+        $($name:ident($request:ty) -> $response:ty;)*
+    ) => {
         #[tonic::async_trait]
         impl NodeAgent for FakeNode {
             $($calls)*
+            $(async fn $rname(&self, r: Request<$rrequest>) -> Reply<$rresponse> {
+                let to_call: fn($rrequest) -> Call = $call;
+                self.record(to_call(r.into_inner()));
+                Ok(Response::new(<$rresponse>::default()))
+            })*
             $(async fn $name(&self, _: Request<$request>) -> Reply<$response> {
                 Err(Status::unimplemented("not part of the live edge"))
             })*
@@ -73,31 +84,13 @@ fake_agent! {
             .ok_or_else(|| Status::unavailable("one report stream only"))?;
         Ok(Response::new(ReceiverStream::new(reports)))
     }
-
-    async fn sync_live_streams(
-        &self,
-        r: Request<pb::SyncLiveStreamsRequest>,
-    ) -> Reply<pb::SyncLiveStreamsResponse> {
-        self.record(Call::Sync(r.into_inner().streams));
-        Ok(Response::new(pb::SyncLiveStreamsResponse::default()))
-    }
-
-    async fn put_live_stream(
-        &self,
-        r: Request<pb::LiveStream>,
-    ) -> Reply<pb::PutLiveStreamResponse> {
-        self.record(Call::Put(r.into_inner()));
-        Ok(Response::new(pb::PutLiveStreamResponse::default()))
-    }
-
-    async fn remove_live_stream(
-        &self,
-        r: Request<pb::LiveStreamRef>,
-    ) -> Reply<pb::RemoveLiveStreamResponse> {
-        self.record(Call::Remove(r.into_inner().stream_id));
-        Ok(Response::new(pb::RemoveLiveStreamResponse::default()))
-    }
-
+}
+record {
+    sync_live_streams(pb::SyncLiveStreamsRequest) -> pb::SyncLiveStreamsResponse =
+        |r| Call::Sync(r.streams);
+    put_live_stream(pb::LiveStream) -> pb::PutLiveStreamResponse = Call::Put;
+    remove_live_stream(pb::LiveStreamRef) -> pb::RemoveLiveStreamResponse =
+        |r| Call::Remove(r.stream_id);
 }
         ack_usage(pb::AckUsageRequest) -> pb::AckUsageResponse;
         create_instance(pb::CreateInstanceRequest) -> pb::InstanceStatus;
