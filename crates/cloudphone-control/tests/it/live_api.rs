@@ -446,50 +446,50 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
     let op = operator();
     assert_eq!(vs.service_status("CIDC-U-acme").await, 2);
     assert_eq!(vs.service_status("CIDC-U-none").await, 0);
-    let acme_id = [("UserId", "CIDC-U-acme")];
-    vs.refused(
-        &op,
-        "CreateMtsService",
-        &acme_id,
-        (400, "InvalidUser.AlreadyExists"),
-    )
-    .await;
-    let none_id = [("UserId", "CIDC-U-none")];
-    vs.refused(
-        &op,
-        "SuspendMtsService",
-        &none_id,
-        (404, "InvalidUser.NotFound"),
-    )
-    .await;
-    vs.ok(&op, "SuspendMtsService", &acme_id).await;
-    assert_eq!(vs.service_status("CIDC-U-acme").await, 1);
-    vs.refused(
-        &acme,
-        "DescribeGroup",
-        &[("Id", &group)],
-        (403, "Forbidden"),
-    )
-    .await;
-    vs.ok(&other, "DescribeGroups", &[]).await;
-    vs.ok(&op, "RenewMtsService", &acme_id).await;
-    vs.ok(&acme, "DescribeGroup", &[("Id", &group)]).await;
-    vs.ok(&op, "DeleteMtsService", &acme_id).await;
-    assert_eq!(vs.service_status("CIDC-U-acme").await, 3);
-    vs.refused(
-        &acme,
-        "DescribeGroups",
-        &[],
-        (404, "InvalidAccessKeyId.NotFound"),
-    )
-    .await;
-    vs.refused(
-        &op,
-        "RenewMtsService",
-        &acme_id,
-        (404, "InvalidUser.NotFound"),
-    )
-    .await;
+    // Each step: who calls which Action, its refusal (`None`: it succeeds), and acme's
+    // service status after it, where it changes.
+    let acme_id = vec![("UserId", "CIDC-U-acme")];
+    let none_id = vec![("UserId", "CIDC-U-none")];
+    let by_id = vec![("Id", group.as_str())];
+    let not_found = (404, "InvalidUser.NotFound");
+    for (key, action, params, refusal, status) in [
+        (
+            &op,
+            "CreateMtsService",
+            acme_id.clone(),
+            Some((400, "InvalidUser.AlreadyExists")),
+            None,
+        ),
+        (&op, "SuspendMtsService", none_id, Some(not_found), None),
+        (&op, "SuspendMtsService", acme_id.clone(), None, Some(1)),
+        (
+            &acme,
+            "DescribeGroup",
+            by_id.clone(),
+            Some((403, "Forbidden")),
+            None,
+        ),
+        (&other, "DescribeGroups", vec![], None, None),
+        (&op, "RenewMtsService", acme_id.clone(), None, None),
+        (&acme, "DescribeGroup", by_id, None, None),
+        (&op, "DeleteMtsService", acme_id.clone(), None, Some(3)),
+        (
+            &acme,
+            "DescribeGroups",
+            vec![],
+            Some((404, "InvalidAccessKeyId.NotFound")),
+            None,
+        ),
+        (&op, "RenewMtsService", acme_id, Some(not_found), None),
+    ] {
+        match refusal {
+            Some(expected) => vs.refused(key, action, &params, expected).await,
+            None => drop(vs.ok(key, action, &params).await),
+        }
+        if let Some(status) = status {
+            assert_eq!(vs.service_status("CIDC-U-acme").await, status, "{action}");
+        }
+    }
     // A deleted service can be opened again: new keys, nothing of the old groups.
     let again = vs.service("CIDC-U-acme").await;
     assert_ne!(again, acme);
