@@ -12,7 +12,8 @@
 //! - [`management`]: commands, tasks, status, reset, reboot, assignment, deletion, device tokens.
 //! - [`status`]: the 20 operations and the one rule giving each code its HTTP status and body
 //!   on each operation's page.
-//! - [`timefmt`]: the seeds' `yyyy-MM-dd HH:mm:ss` UTC time format.
+//! - [`timefmt`]: every text form of time the APIs speak (the seeds' `yyyy-MM-dd HH:mm:ss`, IAM's,
+//!   the live edge's `YYYY-MM-DDThh:mm:ssZ`).
 #![forbid(unsafe_code)]
 
 pub mod apps;

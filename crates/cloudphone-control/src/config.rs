@@ -430,16 +430,10 @@ mod tests {
 
     #[test]
     fn file_then_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\n[nodes]\nheartbeat_timeout_ms = 2000\n",
-        )
-        .unwrap();
         let env =
             |name: &str| (name == "CLOUDPHONE_STORE_URL").then(|| "postgres://x/y".to_string());
-        let config = ControlConfig::load(Some(&path), env).unwrap();
+        let text = "listen = \"127.0.0.1:9000\"\n[nodes]\nheartbeat_timeout_ms = 2000\n";
+        let config = load_text_with(text, env).unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.nodes.heartbeat_timeout_ms, 2000);
         assert_eq!(config.store.url, "postgres://x/y");
@@ -454,22 +448,13 @@ mod tests {
     fn the_live_api_is_off_by_default_and_its_operator_secret_can_come_from_the_environment() {
         let config = ControlConfig::default();
         assert_eq!(config.live_api.listen, None);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
-        std::fs::write(
-            &path,
-            "[live_api]\nlisten = \"127.0.0.1:9500\"\noperator_access_key_id = \"OP\"\n",
-        )
-        .unwrap();
+        let text = "[live_api]\nlisten = \"127.0.0.1:9500\"\noperator_access_key_id = \"OP\"\n";
         // An operator key without its secret is refused at start.
-        assert!(matches!(
-            ControlConfig::load(Some(&path), |_| None),
-            Err(ConfigError::Invalid(_))
-        ));
+        assert!(matches!(load_text(text), Err(ConfigError::Invalid(_))));
         let env = |name: &str| {
             (name == "CLOUDPHONE_LIVE_API_OPERATOR_SECRET").then(|| "s3cr3t".to_string())
         };
-        let config = ControlConfig::load(Some(&path), env).unwrap();
+        let config = load_text_with(text, env).unwrap();
         assert_eq!(
             config.live_api.listen,
             Some(SocketAddr::from(([127, 0, 0, 1], 9500)))
@@ -519,25 +504,29 @@ mod tests {
             ),
             (100, 60_000)
         );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
-        std::fs::write(&path, "[usage]\nvolcengine_rate_window_ms = 5000\n").unwrap();
-        let config = ControlConfig::load(Some(&path), |_| None).unwrap();
+        let config = load_text("[usage]\nvolcengine_rate_window_ms = 5000\n").unwrap();
         assert_eq!(config.usage.volcengine_rate_window_ms, 5000);
         assert_eq!(config.usage.volcengine_rate_limit, 100);
-        std::fs::write(&path, "[usage]\nvolcengine_rate_limit = 0\n").unwrap();
         assert!(matches!(
-            ControlConfig::load(Some(&path), |_| None),
+            load_text("[usage]\nvolcengine_rate_limit = 0\n"),
             Err(ConfigError::Invalid(_))
         ));
     }
 
     /// `text` as control.toml, loaded without environment overrides.
     fn load_text(text: &str) -> Result<ControlConfig, ConfigError> {
+        load_text_with(text, |_| None)
+    }
+
+    /// `text` as control.toml, loaded with `env` as the environment.
+    fn load_text_with(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ControlConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.toml");
         std::fs::write(&path, text).unwrap();
-        ControlConfig::load(Some(&path), |_| None)
+        ControlConfig::load(Some(&path), env)
     }
 
     #[test]
@@ -584,11 +573,8 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
-        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         assert!(matches!(
-            ControlConfig::load(Some(&path), |_| None),
+            load_text("lisen = \"x\"\n"),
             Err(ConfigError::File(
                 cloudphone_daemon::FileError::Parse { .. }
             ))

@@ -57,19 +57,26 @@ fn decode_component(text: &str) -> String {
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
-/// The RPC string to sign for `method` over `params` (any `Signature` among them is left out).
-pub fn rpc_string_to_sign(method: &str, params: &[(String, String)]) -> String {
-    let mut pairs: Vec<(String, String)> = params
-        .iter()
-        .filter(|(name, _)| name != "Signature")
-        .map(|(name, value)| (percent_encode(name), percent_encode(value)))
-        .collect();
+/// `name=value` pairs, already encoded, sorted and joined with `&` (both schemes' canonical
+/// query).
+fn sorted_query<N: Ord + std::fmt::Display>(mut pairs: Vec<(N, String)>) -> String {
     pairs.sort();
-    let canonical = pairs
+    pairs
         .iter()
         .map(|(name, value)| format!("{name}={value}"))
         .collect::<Vec<_>>()
-        .join("&");
+        .join("&")
+}
+
+/// The RPC string to sign for `method` over `params` (any `Signature` among them is left out).
+pub fn rpc_string_to_sign(method: &str, params: &[(String, String)]) -> String {
+    let canonical = sorted_query(
+        params
+            .iter()
+            .filter(|(name, _)| name != "Signature")
+            .map(|(name, value)| (percent_encode(name), percent_encode(value)))
+            .collect(),
+    );
     format!(
         "{}&{}&{}",
         method.to_ascii_uppercase(),
@@ -149,17 +156,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The canonical request the SDK signs, over the headers `signed_headers` names.
 pub fn acs3_canonical_request(request: &Acs3Request<'_>, signed_headers: &[String]) -> String {
-    let mut query: Vec<(&str, String)> = request
-        .query
-        .iter()
-        .map(|(name, value)| (name.as_str(), percent_encode(value)))
-        .collect();
-    query.sort();
-    let query = query
-        .iter()
-        .map(|(name, value)| format!("{name}={value}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    let query = sorted_query(
+        request
+            .query
+            .iter()
+            .map(|(name, value)| (name.as_str(), percent_encode(value)))
+            .collect(),
+    );
     let mut names: Vec<&str> = signed_headers.iter().map(String::as_str).collect();
     names.sort_unstable();
     names.dedup();

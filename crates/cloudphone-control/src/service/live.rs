@@ -15,7 +15,7 @@ use cloudphone_vs_api::model::{
 };
 use cloudphone_vs_api::request::{
     self, Action, Command, Credentials, GroupChange, GroupQuery, NewGroup, OutProtocol, Page,
-    Params, SortBy, StreamQuery, StreamUrlRequest,
+    Params, Sort, SortBy, StreamQuery, StreamUrlRequest,
 };
 use cloudphone_vs_api::sign::{self, Acs3Request};
 use cloudphone_vs_api::timefmt;
@@ -26,7 +26,7 @@ use crate::AppState;
 use crate::nodes::NodeClient;
 use crate::store::{
     GroupFilter, Store, StoreError, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode,
-    VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
+    VsOrder, VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
 /// Push URLs do not expire in practice: their `auth_key` timestamp is 2100-01-01.
@@ -201,14 +201,8 @@ async fn service_action(state: &AppState, command: Command) -> Result<Answer, Vs
             let access_key_id = random_hex();
             let secret = random_hex().to_ascii_uppercase();
             let sealer = crate::usage::secret_box(&state.config).map_err(internal)?;
-            let tenant = VsTenant {
-                user_id: user_id.clone(),
-                secret_sealed: sealer.seal(&access_key_id, &secret),
-                access_key_id: access_key_id.clone(),
-                status: VsStatus::Active,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
+            let sealed = sealer.seal(&access_key_id, &secret);
+            let tenant = VsTenant::active(user_id.clone(), access_key_id.clone(), sealed, now);
             match store.vs_put_tenant(&tenant).await {
                 Ok(()) => {}
                 // Two creations raced: the other one won.
@@ -290,22 +284,8 @@ async fn tenant_action(
         }
         Command::DescribeGroups(query) => describe_groups(state, user, &query).await,
         Command::ModifyGroup(change) => modify_group(state, user, change).await,
-        Command::HaltGroup { id } => {
-            let change = GroupChange {
-                id,
-                enabled: Some(false),
-                ..GroupChange::default()
-            };
-            modify_group(state, user, change).await
-        }
-        Command::EnableGroup { id } => {
-            let change = GroupChange {
-                id,
-                enabled: Some(true),
-                ..GroupChange::default()
-            };
-            modify_group(state, user, change).await
-        }
+        Command::HaltGroup { id } => modify_group(state, user, group_enabled(id, false)).await,
+        Command::EnableGroup { id } => modify_group(state, user, group_enabled(id, true)).await,
         Command::CreateRtmpGroupStreamurls {
             group_id,
             names,
@@ -415,6 +395,22 @@ async fn delete_group(state: &AppState, user: &str, id: &str) -> Result<Answer, 
     Ok(Answer::Deleted(id.to_string()))
 }
 
+/// Halt/EnableGroup as a change of the group.
+fn group_enabled(id: String, enabled: bool) -> GroupChange {
+    GroupChange {
+        id,
+        enabled: Some(enabled),
+        ..GroupChange::default()
+    }
+}
+
+/// Replaces `field` with `new` when there is one.
+fn replace<T>(field: &mut T, new: Option<T>) {
+    if let Some(new) = new {
+        *field = new;
+    }
+}
+
 async fn modify_group(
     state: &AppState,
     user: &str,
@@ -422,30 +418,16 @@ async fn modify_group(
 ) -> Result<Answer, VsError> {
     let mut g = group(state, user, &change.id).await?;
     let admission_before = (g.enabled, g.out_protocol.clone());
-    if let Some(name) = change.name {
-        g.name = name;
-    }
-    if let Some(description) = change.description {
-        g.description = description;
-    }
-    if let Some(region) = change.region {
-        g.region = region;
-    }
-    if let Some(protocol) = change.in_protocol {
-        g.in_protocol = protocol.as_str().to_string();
-    }
-    if let Some(out) = change.out_protocol {
-        g.out_protocol = out;
-    }
-    if let Some(enabled) = change.enabled {
-        g.enabled = enabled;
-    }
-    if let Some(lazy_pull) = change.lazy_pull {
-        g.lazy_pull = lazy_pull;
-    }
-    if let Some(callback) = change.callback {
-        g.callback = callback;
-    }
+    // Each field the change names replaces the group's; the others stay.
+    replace(&mut g.name, change.name);
+    replace(&mut g.description, change.description);
+    replace(&mut g.region, change.region);
+    let in_protocol = change.in_protocol.map(|p| p.as_str().to_string());
+    replace(&mut g.in_protocol, in_protocol);
+    replace(&mut g.out_protocol, change.out_protocol);
+    replace(&mut g.enabled, change.enabled);
+    replace(&mut g.lazy_pull, change.lazy_pull);
+    replace(&mut g.callback, change.callback);
     if !state.store.vs_update_group(&g).await? {
         return Err(VsError::GroupNotFound);
     }
@@ -457,11 +439,18 @@ async fn modify_group(
     Ok(Answer::Id(g.id))
 }
 
-fn order(sort: SortBy) -> VsOrder {
-    match sort {
+/// The store's page of a request's sort and page.
+fn vs_page(sort: Sort, page: Page) -> VsPage {
+    let order = match sort.by {
         SortBy::Id => VsOrder::Id,
         SortBy::Name => VsOrder::Name,
         SortBy::CreatedTime => VsOrder::CreatedTime,
+    };
+    VsPage {
+        order,
+        descending: sort.descending,
+        offset: page.offset(),
+        limit: page.size,
     }
 }
 
@@ -481,10 +470,7 @@ async fn describe_groups(state: &AppState, user: &str, q: &GroupQuery) -> Result
         region: q.region.clone(),
         in_protocol: q.in_protocol.map(|p| p.as_str().to_string()),
         enabled: q.enabled,
-        order: order(q.sort.by),
-        descending: q.sort.descending,
-        offset: q.page.offset(),
-        limit: q.page.size,
+        page: vs_page(q.sort, q.page),
     };
     let (groups, total) = state.store.vs_groups(user, &filter).await?;
     let mut views = Vec::with_capacity(groups.len());
@@ -558,24 +544,12 @@ async fn create_streams(
     let now = state.clock.now_ms();
     let streams: Vec<VsStream> = names
         .into_iter()
-        .map(|name| VsStream {
-            id: new_id(),
-            user_id: user.to_string(),
-            group_id: g.id.clone(),
-            name,
-            node_id: node.as_ref().map(|n| n.node_id.clone()),
-            push_key: random_hex(),
-            screen_key: random_hex(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: now,
+        .map(|name| {
+            let keys = (random_hex(), random_hex());
+            VsStream {
+                node_id: node.as_ref().map(|n| n.node_id.clone()),
+                ..VsStream::new(new_id(), user.to_string(), g.id.clone(), name, keys, now)
+            }
         })
         .collect();
     state.store.vs_insert_streams(&streams).await?;
@@ -685,10 +659,7 @@ async fn describe_streams(
         on: q.on,
         created_from_ms: q.created_from_ms,
         created_to_ms: q.created_to_ms,
-        order: order(q.sort.by),
-        descending: q.sort.descending,
-        offset: q.page.offset(),
-        limit: q.page.size,
+        page: vs_page(q.sort, q.page),
     };
     let (streams, total) = state.store.vs_streams(user, &filter).await?;
     let mut views = Vec::with_capacity(streams.len());
@@ -779,17 +750,9 @@ async fn screen_show(
     page: Page,
 ) -> Result<Answer, VsError> {
     let filter = StreamFilter {
-        id: None,
         group_id: group_id.map(str::to_string),
-        app: None,
-        name: None,
         on: Some(true),
-        created_from_ms: None,
-        created_to_ms: None,
-        order: VsOrder::Id,
-        descending: false,
-        offset: page.offset(),
-        limit: page.size,
+        ..StreamFilter::all(VsPage::by_id(page.offset(), page.size))
     };
     let (streams, total) = state.store.vs_streams(user, &filter).await?;
     let expires_unix = state.clock.now_ms() / 1000 + SCREEN_URL_SECS;
@@ -1002,24 +965,17 @@ mod tests {
             rtmp_base_url: "rtmp://10.0.0.5:1935".into(),
             http_base_url: "http://10.0.0.5:8080/".into(),
         };
+        let keys = ("pk".into(), "sk".into());
         let stream = VsStream {
-            id: "1624428150544871".into(),
-            user_id: "u".into(),
-            group_id: "1".into(),
-            name: "n".into(),
             node_id: Some("n1".into()),
-            push_key: "pk".into(),
-            screen_key: "sk".into(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: 0,
+            ..VsStream::new(
+                "1624428150544871".into(),
+                "u".into(),
+                "1".into(),
+                "n".into(),
+                keys,
+                0,
+            )
         };
         let push = push_url(Some(&node), "live", &stream);
         let (base, auth) = push.split_once("?auth_key=").unwrap();
@@ -1064,24 +1020,10 @@ mod tests {
     }
 
     fn sample_stream(id: &str, node: Option<&str>) -> VsStream {
+        let keys = ("pk".into(), "sk".into());
         VsStream {
-            id: id.into(),
-            user_id: "u1".into(),
-            group_id: "11".into(),
-            name: "door".into(),
             node_id: node.map(str::to_string),
-            push_key: "pk".into(),
-            screen_key: "sk".into(),
-            enabled: true,
-            forbidden: false,
-            is_on: false,
-            codec: String::new(),
-            width: 0,
-            height: 0,
-            bitrate_bps: 0,
-            started_at_ms: None,
-            stopped_at_ms: None,
-            created_at_ms: 0,
+            ..VsStream::new(id.into(), "u1".into(), "11".into(), "door".into(), keys, 0)
         }
     }
 
@@ -1089,14 +1031,7 @@ mod tests {
     async fn seeded() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
         let (store, dir) = store().await;
         store
-            .vs_put_tenant(&VsTenant {
-                user_id: "u1".into(),
-                access_key_id: "AK1".into(),
-                secret_sealed: "x".into(),
-                status: VsStatus::Active,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .vs_put_tenant(&VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0))
             .await
             .unwrap();
         store

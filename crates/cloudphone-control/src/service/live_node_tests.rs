@@ -35,15 +35,32 @@ struct FakeNode {
     reports: Mutex<Option<mpsc::Receiver<Result<pb::NodeReport, Status>>>>,
 }
 
+impl FakeNode {
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The `NodeAgent` impl: the calls given, and every other one `unimplemented` (expanded
-/// before `async_trait` sees the impl, so the stubs are rewritten like the rest).
+/// The `NodeAgent` impl: the calls given, the live-edge calls recorded as the `Call` each
+/// request makes (answering the default response), and every other one `unimplemented`
+/// (expanded before `async_trait` sees the impl, so the generated ones are rewritten like the
+/// rest).
 macro_rules! fake_agent {
-    ({ $($calls:tt)* } $($name:ident($request:ty) -> $response:ty;)*) => {
+    (
+        { $($calls:tt)* }
+        record { $($rname:ident($rrequest:ty) -> $rresponse:ty = $call:expr;)* }
+        $($name:ident($request:ty) -> $response:ty;)*
+    ) => {
         #[tonic::async_trait]
         impl NodeAgent for FakeNode {
             $($calls)*
+            $(async fn $rname(&self, r: Request<$rrequest>) -> Reply<$rresponse> {
+                let to_call: fn($rrequest) -> Call = $call;
+                self.record(to_call(r.into_inner()));
+                Ok(Response::new(<$rresponse>::default()))
+            })*
             $(async fn $name(&self, _: Request<$request>) -> Reply<$response> {
                 Err(Status::unimplemented("not part of the live edge"))
             })*
@@ -67,37 +84,13 @@ fake_agent! {
             .ok_or_else(|| Status::unavailable("one report stream only"))?;
         Ok(Response::new(ReceiverStream::new(reports)))
     }
-
-    async fn sync_live_streams(
-        &self,
-        r: Request<pb::SyncLiveStreamsRequest>,
-    ) -> Reply<pb::SyncLiveStreamsResponse> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Sync(r.into_inner().streams));
-        Ok(Response::new(pb::SyncLiveStreamsResponse::default()))
-    }
-
-    async fn put_live_stream(
-        &self,
-        r: Request<pb::LiveStream>,
-    ) -> Reply<pb::PutLiveStreamResponse> {
-        self.calls.lock().unwrap().push(Call::Put(r.into_inner()));
-        Ok(Response::new(pb::PutLiveStreamResponse::default()))
-    }
-
-    async fn remove_live_stream(
-        &self,
-        r: Request<pb::LiveStreamRef>,
-    ) -> Reply<pb::RemoveLiveStreamResponse> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Remove(r.into_inner().stream_id));
-        Ok(Response::new(pb::RemoveLiveStreamResponse::default()))
-    }
-
+}
+record {
+    sync_live_streams(pb::SyncLiveStreamsRequest) -> pb::SyncLiveStreamsResponse =
+        |r| Call::Sync(r.streams);
+    put_live_stream(pb::LiveStream) -> pb::PutLiveStreamResponse = Call::Put;
+    remove_live_stream(pb::LiveStreamRef) -> pb::RemoveLiveStreamResponse =
+        |r| Call::Remove(r.stream_id);
 }
         ack_usage(pb::AckUsageRequest) -> pb::AckUsageResponse;
         create_instance(pb::CreateInstanceRequest) -> pb::InstanceStatus;
@@ -216,14 +209,7 @@ async fn control_keeps_the_nodes_view_of_streams_in_step() {
     let mut config = crate::config::ControlConfig::default();
     config.store.url = url;
     let state = crate::AppState::new(config, Arc::clone(&store), registry, Clock::System);
-    let tenant = VsTenant {
-        user_id: "u1".into(),
-        access_key_id: "AK1".into(),
-        secret_sealed: "x".into(),
-        status: VsStatus::Active,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    };
+    let tenant = VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0);
     store.vs_put_tenant(&tenant).await.unwrap();
     let run = |command: Command| tenant_action(&state, &tenant, command);
     let Answer::Id(group) = run(Command::CreateGroup(NewGroup {
@@ -324,8 +310,11 @@ async fn control_keeps_the_nodes_view_of_streams_in_step() {
         }))
         .await
         .unwrap();
+    // The report is recorded first and metered after: wait for both.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !store.vs_stream("u1", &id).await.unwrap().unwrap().is_on {
+    while !store.vs_stream("u1", &id).await.unwrap().unwrap().is_on
+        || store.vs_publishes("u1").await.unwrap().is_empty()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the report was not recorded"

@@ -90,6 +90,58 @@ pub struct VsStream {
     pub created_at_ms: i64,
 }
 
+impl VsTenant {
+    /// A tenant opened (or opened again) at `now_ms`: active.
+    pub fn active(
+        user_id: String,
+        access_key_id: String,
+        secret_sealed: String,
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            user_id,
+            access_key_id,
+            secret_sealed,
+            status: VsStatus::Active,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+}
+
+impl VsStream {
+    /// A stream as it is created: enabled, not forbidden, on no node yet, no publisher.
+    /// `keys` are its push key and its screen key.
+    pub fn new(
+        id: String,
+        user_id: String,
+        group_id: String,
+        name: String,
+        (push_key, screen_key): (String, String),
+        created_at_ms: i64,
+    ) -> Self {
+        Self {
+            id,
+            user_id,
+            group_id,
+            name,
+            node_id: None,
+            push_key,
+            screen_key,
+            enabled: true,
+            forbidden: false,
+            is_on: false,
+            codec: String::new(),
+            width: 0,
+            height: 0,
+            bitrate_bps: 0,
+            started_at_ms: None,
+            stopped_at_ms: None,
+            created_at_ms,
+        }
+    }
+}
+
 /// What a node offers for live streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsNode {
@@ -118,6 +170,41 @@ impl VsOrder {
     }
 }
 
+/// Which page of a list, in which order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VsPage {
+    pub order: VsOrder,
+    pub descending: bool,
+    /// Rows skipped, and at most how many follow.
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl VsPage {
+    /// Rows `offset..offset + limit` by id.
+    pub fn by_id(offset: i64, limit: i64) -> Self {
+        Self {
+            order: VsOrder::Id,
+            descending: false,
+            offset,
+            limit,
+        }
+    }
+
+    /// The SQL tail selecting the page, columns named with `prefix` (a table alias and dot).
+    fn sql(&self, prefix: &str) -> String {
+        let direction = if self.descending { "DESC" } else { "ASC" };
+        // Id last, so equal names or times still page in a stable order. The bounds are
+        // numbers, so they are written in rather than bound.
+        format!(
+            "ORDER BY {prefix}{} {direction}, {prefix}id {direction} LIMIT {} OFFSET {}",
+            self.order.column(),
+            self.limit,
+            self.offset
+        )
+    }
+}
+
 /// DescribeGroups' filters (absent: every value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupFilter {
@@ -126,10 +213,21 @@ pub struct GroupFilter {
     pub region: Option<String>,
     pub in_protocol: Option<String>,
     pub enabled: Option<bool>,
-    pub order: VsOrder,
-    pub descending: bool,
-    pub offset: i64,
-    pub limit: i64,
+    pub page: VsPage,
+}
+
+impl GroupFilter {
+    /// Every group, a page of them.
+    pub fn all(page: VsPage) -> Self {
+        Self {
+            id: None,
+            name: None,
+            region: None,
+            in_protocol: None,
+            enabled: None,
+            page,
+        }
+    }
 }
 
 /// DescribeStreams' and ScreenShowStreams' filters (absent: every value).
@@ -142,10 +240,23 @@ pub struct StreamFilter {
     pub on: Option<bool>,
     pub created_from_ms: Option<i64>,
     pub created_to_ms: Option<i64>,
-    pub order: VsOrder,
-    pub descending: bool,
-    pub offset: i64,
-    pub limit: i64,
+    pub page: VsPage,
+}
+
+impl StreamFilter {
+    /// Every stream, a page of them.
+    pub fn all(page: VsPage) -> Self {
+        Self {
+            id: None,
+            group_id: None,
+            app: None,
+            name: None,
+            on: None,
+            created_from_ms: None,
+            created_to_ms: None,
+            page,
+        }
+    }
 }
 
 /// A node's report of one publisher.
@@ -294,80 +405,126 @@ const STREAM_COLUMNS: &str = "id, user_id, group_id, name, node_id, push_key, sc
 const GROUP_COLUMNS: &str = "id, user_id, name, description, region, app, in_protocol, \
     out_protocol, lazy_pull, callback, enabled, created_at_ms";
 
+const TENANT_COLUMNS: &str =
+    "user_id, access_key_id, secret_sealed, status, created_at_ms, updated_at_ms";
+
+/// Reads a struct from a row whose columns are named like its fields: plain fields as they
+/// are, the others through `map(row, column)` (so no column name is written twice).
+macro_rules! from_row {
+    ($row:ident, $ty:ident { $($field:ident),* $(; $($mapped:ident by $map:expr),*)? }) => {
+        Ok($ty {
+            $($field: $row.try_get(stringify!($field))?,)*
+            $($($mapped: $map($row, stringify!($mapped))?,)*)?
+        })
+    };
+}
+
+/// A 0/1 column as a bool.
 fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
     Ok(row.try_get::<i64, _>(column)? != 0)
 }
 
+fn status(row: &AnyRow, column: &str) -> Result<VsStatus, sqlx::Error> {
+    Ok(VsStatus::from_code(row.try_get(column)?))
+}
+
 fn tenant_from_row(row: &AnyRow) -> Result<VsTenant, sqlx::Error> {
-    Ok(VsTenant {
-        user_id: row.try_get("user_id")?,
-        access_key_id: row.try_get("access_key_id")?,
-        secret_sealed: row.try_get("secret_sealed")?,
-        status: VsStatus::from_code(row.try_get("status")?),
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
+    from_row!(row, VsTenant {
+        user_id, access_key_id, secret_sealed, created_at_ms, updated_at_ms;
+        status by status
     })
 }
 
 fn group_from_row(row: &AnyRow) -> Result<VsGroup, sqlx::Error> {
-    Ok(VsGroup {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        region: row.try_get("region")?,
-        app: row.try_get("app")?,
-        in_protocol: row.try_get("in_protocol")?,
-        out_protocol: row.try_get("out_protocol")?,
-        lazy_pull: flag(row, "lazy_pull")?,
-        callback: row.try_get("callback")?,
-        enabled: flag(row, "enabled")?,
-        created_at_ms: row.try_get("created_at_ms")?,
+    from_row!(row, VsGroup {
+        id, user_id, name, description, region, app, in_protocol, out_protocol, callback,
+        created_at_ms;
+        lazy_pull by flag, enabled by flag
     })
 }
 
 fn stream_from_row(row: &AnyRow) -> Result<VsStream, sqlx::Error> {
-    Ok(VsStream {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        group_id: row.try_get("group_id")?,
-        name: row.try_get("name")?,
-        node_id: row.try_get("node_id")?,
-        push_key: row.try_get("push_key")?,
-        screen_key: row.try_get("screen_key")?,
-        enabled: flag(row, "enabled")?,
-        forbidden: flag(row, "forbidden")?,
-        is_on: flag(row, "is_on")?,
-        codec: row.try_get("codec")?,
-        width: row.try_get("width")?,
-        height: row.try_get("height")?,
-        bitrate_bps: row.try_get("bitrate_bps")?,
-        started_at_ms: row.try_get("started_at_ms")?,
-        stopped_at_ms: row.try_get("stopped_at_ms")?,
-        created_at_ms: row.try_get("created_at_ms")?,
+    from_row!(row, VsStream {
+        id, user_id, group_id, name, node_id, push_key, screen_key, codec, width, height,
+        bitrate_bps, started_at_ms, stopped_at_ms, created_at_ms;
+        enabled by flag, forbidden by flag, is_on by flag
     })
 }
 
 fn node_from_row(row: &AnyRow) -> Result<VsNode, sqlx::Error> {
-    Ok(VsNode {
-        node_id: row.try_get("node_id")?,
-        region: row.try_get("region")?,
-        rtmp_base_url: row.try_get("rtmp_base_url")?,
-        http_base_url: row.try_get("http_base_url")?,
-    })
+    from_row!(
+        row,
+        VsNode {
+            node_id,
+            region,
+            rtmp_base_url,
+            http_base_url
+        }
+    )
 }
 
 fn publish_from_row(row: &AnyRow) -> Result<VsPublish, sqlx::Error> {
-    Ok(VsPublish {
-        publish_id: row.try_get("publish_id")?,
-        stream_id: row.try_get("stream_id")?,
-        user_id: row.try_get("user_id")?,
-        node_id: row.try_get("node_id")?,
-        bytes_in: row.try_get("bytes_in")?,
-        frames_in: row.try_get("frames_in")?,
-        started_at_ms: row.try_get("started_at_ms")?,
-        stopped_at_ms: row.try_get("stopped_at_ms")?,
-    })
+    from_row!(
+        row,
+        VsPublish {
+            publish_id,
+            stream_id,
+            user_id,
+            node_id,
+            bytes_in,
+            frames_in,
+            started_at_ms,
+            stopped_at_ms
+        }
+    )
+}
+
+/// Reads one row as a `T`.
+type RowMap<T> = fn(&AnyRow) -> Result<T, sqlx::Error>;
+
+/// Every row through `map`.
+fn all_rows<T>(rows: &[AnyRow], map: RowMap<T>) -> Result<Vec<T>, sqlx::Error> {
+    rows.iter().map(map).collect()
+}
+
+/// The streams where `condition` holds, its `$1…` bound to `args` in order.
+async fn streams_where<'c, E>(
+    executor: E,
+    condition: &str,
+    args: &[&str],
+) -> Result<Vec<VsStream>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {STREAM_COLUMNS} FROM vs_streams WHERE {condition}");
+    let mut query = sqlx::query(&sql);
+    for arg in args {
+        query = query.bind(*arg);
+    }
+    all_rows(&query.fetch_all(executor).await?, stream_from_row)
+}
+
+/// Deletes the streams where `condition` holds (`$1…` bound to `args`) with their play keys,
+/// inside `tx`; answers them.
+async fn delete_streams_where(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    condition: &str,
+    args: &[&str],
+) -> Result<Vec<VsStream>, sqlx::Error> {
+    let streams = streams_where(&mut **tx, condition, args).await?;
+    for sql in [
+        format!(
+            "DELETE FROM vs_play_keys WHERE stream_id IN (SELECT id FROM vs_streams WHERE {condition})"
+        ),
+        format!("DELETE FROM vs_streams WHERE {condition}"),
+    ] {
+        let mut query = sqlx::query(&sql);
+        for arg in args {
+            query = query.bind(*arg);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(streams)
 }
 
 /// A tri-state filter as a bound number: -1 matches every row.
@@ -375,34 +532,67 @@ fn tri(value: Option<bool>) -> i64 {
     value.map_or(-1, i64::from)
 }
 
-fn order_by(order: VsOrder, descending: bool) -> String {
-    let direction = if descending { "DESC" } else { "ASC" };
-    // Id last, so equal names or times still page in a stable order.
-    format!("ORDER BY {} {direction}, id {direction}", order.column())
+/// A query with some of its parameters bound.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// A closure binding parameters, typed so it serves a query of any lifetime.
+fn binder<F: for<'q> Fn(AnyQuery<'q>) -> AnyQuery<'q>>(bind: F) -> F {
+    bind
+}
+
+impl SqlStore {
+    /// A page of the rows of `from` where `condition` holds (its parameters bound by `bind`),
+    /// columns named with `prefix`, and how many match in all.
+    async fn vs_page<T>(
+        &self,
+        (from, prefix): (&str, &str),
+        condition: &str,
+        bind: impl for<'q> Fn(AnyQuery<'q>) -> AnyQuery<'q>,
+        page: &VsPage,
+        (columns, map): (&str, RowMap<T>),
+    ) -> Result<(Vec<T>, i64), StoreError> {
+        let count = format!("SELECT COUNT(*) AS n FROM {from} WHERE {condition}");
+        let total: i64 = bind(sqlx::query(&count))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let columns = columns
+            .split(", ")
+            .map(|c| format!("{prefix}{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let select = format!(
+            "SELECT {columns} FROM {from} WHERE {condition} {}",
+            page.sql(prefix)
+        );
+        let rows = bind(sqlx::query(&select)).fetch_all(&self.pool).await?;
+        Ok((all_rows(&rows, map)?, total))
+    }
+
+    /// The tenant whose `column` (a unique one) is `value`.
+    async fn vs_tenant_where(
+        &self,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<VsTenant>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {TENANT_COLUMNS} FROM vs_tenants WHERE {column} = $1"
+        ))
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+    }
 }
 
 #[async_trait]
 impl LiveStore for SqlStore {
     async fn vs_tenant(&self, user_id: &str) -> Result<Option<VsTenant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT user_id, access_key_id, secret_sealed, status, created_at_ms, updated_at_ms \
-             FROM vs_tenants WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        self.vs_tenant_where("user_id", user_id).await
     }
 
     async fn vs_tenant_by_key(&self, access_key_id: &str) -> Result<Option<VsTenant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT user_id, access_key_id, secret_sealed, status, created_at_ms, updated_at_ms \
-             FROM vs_tenants WHERE access_key_id = $1",
-        )
-        .bind(access_key_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        self.vs_tenant_where("access_key_id", access_key_id).await
     }
 
     async fn vs_put_tenant(&self, t: &VsTenant) -> Result<(), StoreError> {
@@ -413,10 +603,9 @@ impl LiveStore for SqlStore {
             .bind(VsStatus::Deleted.code())
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO vs_tenants (user_id, access_key_id, secret_sealed, status, \
-             created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO vs_tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
         .bind(&t.user_id)
         .bind(&t.access_key_id)
         .bind(&t.secret_sealed)
@@ -452,27 +641,7 @@ impl LiveStore for SqlStore {
         now_ms: i64,
     ) -> Result<Vec<VsStream>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE user_id = $1"
-        ))
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let streams = rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query(
-            "DELETE FROM vs_play_keys WHERE stream_id IN \
-             (SELECT id FROM vs_streams WHERE user_id = $1)",
-        )
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM vs_streams WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        let streams = delete_streams_where(&mut tx, "user_id = $1", &[user_id]).await?;
         sqlx::query("DELETE FROM vs_groups WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
@@ -550,40 +719,21 @@ impl LiveStore for SqlStore {
         f: &GroupFilter,
     ) -> Result<(Vec<VsGroup>, i64), StoreError> {
         // Absent filters bind as values that match everything, so one statement serves all.
-        let filter = "user_id = $1 AND ($2 = '' OR id = $2) AND ($3 = '' OR name = $3) \
-                      AND ($4 = '' OR region = $4) AND ($5 = '' OR in_protocol = $5) \
-                      AND ($6 < 0 OR enabled = $6)";
-        let total: i64 = sqlx::query(&format!(
-            "SELECT COUNT(*) AS n FROM vs_groups WHERE {filter}"
-        ))
-        .bind(user_id)
-        .bind(f.id.clone().unwrap_or_default())
-        .bind(f.name.clone().unwrap_or_default())
-        .bind(f.region.clone().unwrap_or_default())
-        .bind(f.in_protocol.clone().unwrap_or_default())
-        .bind(tri(f.enabled))
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
-        let rows = sqlx::query(&format!(
-            "SELECT {GROUP_COLUMNS} FROM vs_groups WHERE {filter} {} LIMIT $7 OFFSET $8",
-            order_by(f.order, f.descending)
-        ))
-        .bind(user_id)
-        .bind(f.id.clone().unwrap_or_default())
-        .bind(f.name.clone().unwrap_or_default())
-        .bind(f.region.clone().unwrap_or_default())
-        .bind(f.in_protocol.clone().unwrap_or_default())
-        .bind(tri(f.enabled))
-        .bind(f.limit)
-        .bind(f.offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let groups = rows
-            .iter()
-            .map(group_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((groups, total))
+        let filter = "g.user_id = $1 AND ($2 = '' OR g.id = $2) AND ($3 = '' OR g.name = $3) \
+                      AND ($4 = '' OR g.region = $4) AND ($5 = '' OR g.in_protocol = $5) \
+                      AND ($6 < 0 OR g.enabled = $6)";
+        let bind = binder(|query| {
+            query
+                .bind(user_id.to_owned())
+                .bind(f.id.clone().unwrap_or_default())
+                .bind(f.name.clone().unwrap_or_default())
+                .bind(f.region.clone().unwrap_or_default())
+                .bind(f.in_protocol.clone().unwrap_or_default())
+                .bind(tri(f.enabled))
+        });
+        let from = ("vs_groups g", "g.");
+        self.vs_page(from, filter, bind, &f.page, (GROUP_COLUMNS, group_from_row))
+            .await
     }
 
     async fn vs_update_group(&self, g: &VsGroup) -> Result<bool, StoreError> {
@@ -613,30 +763,8 @@ impl LiveStore for SqlStore {
         id: &str,
     ) -> Result<Option<Vec<VsStream>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE user_id = $1 AND group_id = $2"
-        ))
-        .bind(user_id)
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let streams = rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query(
-            "DELETE FROM vs_play_keys WHERE stream_id IN \
-             (SELECT id FROM vs_streams WHERE user_id = $1 AND group_id = $2)",
-        )
-        .bind(user_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM vs_streams WHERE user_id = $1 AND group_id = $2")
-            .bind(user_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let streams =
+            delete_streams_where(&mut tx, "user_id = $1 AND group_id = $2", &[user_id, id]).await?;
         let done = sqlx::query("DELETE FROM vs_groups WHERE user_id = $1 AND id = $2")
             .bind(user_id)
             .bind(id)
@@ -684,24 +812,15 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_stream(&self, user_id: &str, id: &str) -> Result<Option<VsStream>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE user_id = $1 AND id = $2"
-        ))
-        .bind(user_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(stream_from_row).transpose()?)
+        let streams = streams_where(&self.pool, "user_id = $1 AND id = $2", &[user_id, id]).await?;
+        Ok(streams.into_iter().next())
     }
 
     async fn vs_stream_by_id(&self, id: &str) -> Result<Option<VsStream>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(stream_from_row).transpose()?)
+        Ok(streams_where(&self.pool, "id = $1", &[id])
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn vs_streams(
@@ -714,47 +833,26 @@ impl LiveStore for SqlStore {
                       AND ($4 = '' OR g.app = $4) AND ($5 = '' OR s.name = $5) \
                       AND ($6 < 0 OR s.is_on = $6) AND s.created_at_ms >= $7 \
                       AND s.created_at_ms <= $8";
-        let from = "vs_streams s JOIN vs_groups g ON g.id = s.group_id";
-        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {from} WHERE {filter}"))
-            .bind(user_id)
-            .bind(f.id.clone().unwrap_or_default())
-            .bind(f.group_id.clone().unwrap_or_default())
-            .bind(f.app.clone().unwrap_or_default())
-            .bind(f.name.clone().unwrap_or_default())
-            .bind(tri(f.on))
-            .bind(f.created_from_ms.unwrap_or(i64::MIN))
-            .bind(f.created_to_ms.unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
-        let columns = STREAM_COLUMNS
-            .split(", ")
-            .map(|c| format!("s.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let direction = if f.descending { "DESC" } else { "ASC" };
-        let rows = sqlx::query(&format!(
-            "SELECT {columns} FROM {from} WHERE {filter} \
-             ORDER BY s.{col} {direction}, s.id {direction} LIMIT $9 OFFSET $10",
-            col = f.order.column()
-        ))
-        .bind(user_id)
-        .bind(f.id.clone().unwrap_or_default())
-        .bind(f.group_id.clone().unwrap_or_default())
-        .bind(f.app.clone().unwrap_or_default())
-        .bind(f.name.clone().unwrap_or_default())
-        .bind(tri(f.on))
-        .bind(f.created_from_ms.unwrap_or(i64::MIN))
-        .bind(f.created_to_ms.unwrap_or(i64::MAX))
-        .bind(f.limit)
-        .bind(f.offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let streams = rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((streams, total))
+        let bind = binder(|query| {
+            query
+                .bind(user_id.to_owned())
+                .bind(f.id.clone().unwrap_or_default())
+                .bind(f.group_id.clone().unwrap_or_default())
+                .bind(f.app.clone().unwrap_or_default())
+                .bind(f.name.clone().unwrap_or_default())
+                .bind(tri(f.on))
+                .bind(f.created_from_ms.unwrap_or(i64::MIN))
+                .bind(f.created_to_ms.unwrap_or(i64::MAX))
+        });
+        let from = ("vs_streams s JOIN vs_groups g ON g.id = s.group_id", "s.");
+        self.vs_page(
+            from,
+            filter,
+            bind,
+            &f.page,
+            (STREAM_COLUMNS, stream_from_row),
+        )
+        .await
     }
 
     async fn vs_streams_of(
@@ -762,18 +860,9 @@ impl LiveStore for SqlStore {
         user_id: &str,
         group_id: Option<&str>,
     ) -> Result<Vec<VsStream>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE user_id = $1 \
-             AND ($2 = '' OR group_id = $2) ORDER BY id"
-        ))
-        .bind(user_id)
-        .bind(group_id.unwrap_or_default())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        let condition = "user_id = $1 AND ($2 = '' OR group_id = $2) ORDER BY id";
+        let group_id = group_id.unwrap_or_default();
+        Ok(streams_where(&self.pool, condition, &[user_id, group_id]).await?)
     }
 
     async fn vs_change_stream(
@@ -889,28 +978,11 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_node_streams(&self, node_id: &str) -> Result<Vec<VsStream>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE node_id = $1 ORDER BY id"
-        ))
-        .bind(node_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(streams_where(&self.pool, "node_id = $1 ORDER BY id", &[node_id]).await?)
     }
 
     async fn vs_unplaced_streams(&self) -> Result<Vec<VsStream>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STREAM_COLUMNS} FROM vs_streams WHERE node_id IS NULL ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(stream_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(streams_where(&self.pool, "node_id IS NULL ORDER BY id", &[]).await?)
     }
 
     async fn vs_place_stream(&self, id: &str, node_id: &str) -> Result<(), StoreError> {
@@ -980,9 +1052,6 @@ impl LiveStore for SqlStore {
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(publish_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        Ok(all_rows(&rows, publish_from_row)?)
     }
 }

@@ -10,7 +10,7 @@ mod sql;
 
 pub use live::{
     GroupFilter, LiveStore, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode, VsOrder,
-    VsPublish, VsStatus, VsStream, VsTenant,
+    VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 pub use sql::SqlStore;
 

@@ -191,12 +191,22 @@ impl Vs {
         params: &[(&str, &str)],
         expected: (u16, &str),
     ) {
-        let (status, body) = self.call(key, action, params).await;
-        assert_eq!(
-            (status, body["Code"].as_str().unwrap_or_default()),
-            expected,
-            "{action} {params:?}: {body}"
-        );
+        let answer = self.call(key, action, params).await;
+        assert_code(answer, expected, &format!("{action} {params:?}"));
+    }
+
+    /// A GET as it is written that must be refused with `(status, code)`.
+    async fn get_refused(&self, path_and_query: &str, expected: (u16, &str)) {
+        let answer = self.get(path_and_query).await;
+        assert_code(answer, expected, path_and_query);
+    }
+
+    /// GetMtsServiceStatus of `user_id`, asked by the operator.
+    async fn service_status(&self, user_id: &str) -> i64 {
+        let body = self
+            .ok(&operator(), "GetMtsServiceStatus", &[("UserId", user_id)])
+            .await;
+        body["Status"].as_i64().unwrap()
     }
 
     /// Opens a service for `user_id`: its key pair.
@@ -259,6 +269,49 @@ impl Vs {
     }
 }
 
+/// Checks an answer's `(status, Code)`.
+fn assert_code((status, body): (u16, Value), expected: (u16, &str), context: &str) {
+    assert_eq!(
+        (status, body["Code"].as_str().unwrap_or_default()),
+        expected,
+        "{context}: {body}"
+    );
+}
+
+/// A call's parameters.
+type Params<'a> = Vec<(&'static str, &'a str)>;
+
+/// Every Action that names one group or stream, with its parameters for `group` or `stream`
+/// and its refusal when the caller has no such group or stream.
+fn naming_actions<'a>(
+    group: &'a str,
+    stream: &'a str,
+) -> Vec<(&'static str, Params<'a>, (u16, &'static str))> {
+    let mut actions = Vec::new();
+    for action in ["DescribeGroup", "HaltGroup", "EnableGroup", "DeleteGroup"] {
+        actions.push((action, vec![("Id", group)], GROUP_NOT_FOUND));
+    }
+    for (action, name) in [
+        ("ModifyGroup", "x"),
+        ("CreateRtmpGroupStreamurl", "x"),
+        ("CreateRtmpGroupStreamurls", "[\"x\"]"),
+    ] {
+        actions.push((action, vec![("Id", group), ("Name", name)], GROUP_NOT_FOUND));
+    }
+    for action in [
+        "DescribeStream",
+        "StartStream",
+        "StopStream",
+        "ForbidVsStream",
+        "ResumeVsStream",
+    ] {
+        actions.push((action, vec![("Id", stream)], STREAM_NOT_FOUND));
+    }
+    let url = vec![("Id", stream), ("OutProtocol", "flv"), ("AuthKey", "k")];
+    actions.push(("DescribeStreamURL", url, STREAM_NOT_FOUND));
+    actions
+}
+
 /// An id nobody has.
 const UNKNOWN: &str = "1000000000000001";
 const GROUP_NOT_FOUND: (u16, &str) = (404, "InvalidGroup.NotFound");
@@ -270,26 +323,19 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
     // The document's worked example, byte for byte: the signature matches (AK testid, secret
     // testsecret), so what refuses it is only its 2019 timestamp.
     let example = "/?Format=JSON&SignatureMethod=HMAC-SHA1&Action=DescribeGroup&AccessKeyId=testid&SignatureNonce=c2fe8fbb-2977-4414-8d39-348d02419c1c&Version=2018-12-12&SignatureVersion=1.0&Timestamp=2019-02-28T00:00:00Z";
-    let (status, body) = vs
-        .get(&format!(
-            "{example}&Signature=sgILSN6tpSSOFF3I1NKD%2B%2Fz0Nos%3D"
-        ))
-        .await;
-    assert_eq!(
-        (status, &body["Code"]),
-        (400, &json!("InvalidTimeStamp.Expired")),
-        "{body}"
-    );
-    let (status, body) = vs
-        .get(&format!(
-            "{example}&Signature=tgILSN6tpSSOFF3I1NKD%2B%2Fz0Nos%3D"
-        ))
-        .await;
-    assert_eq!(
-        (status, &body["Code"]),
-        (400, &json!("SignatureDoesNotMatch")),
-        "{body}"
-    );
+    for (signature, expected) in [
+        (
+            "sgILSN6tpSSOFF3I1NKD%2B%2Fz0Nos%3D",
+            (400, "InvalidTimeStamp.Expired"),
+        ),
+        (
+            "tgILSN6tpSSOFF3I1NKD%2B%2Fz0Nos%3D",
+            (400, "SignatureDoesNotMatch"),
+        ),
+    ] {
+        vs.get_refused(&format!("{example}&Signature={signature}"), expected)
+            .await;
+    }
 
     let acme = vs.service("CIDC-U-acme").await;
     let other = vs.service("CIDC-U-other").await;
@@ -298,45 +344,42 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
 
     // Wrong secret; unknown key; unknown Action; missing and invalid parameters.
     let wrong = (acme.0.clone(), "not-the-secret".to_string());
-    vs.refused(
-        &wrong,
-        "DescribeGroup",
-        &[("Id", &group)],
-        (400, "SignatureDoesNotMatch"),
-    )
-    .await;
     let nobody = (
         "0123456789abcdef0123456789abcdef".to_string(),
         acme.1.clone(),
     );
-    vs.refused(
-        &nobody,
-        "DescribeGroup",
-        &[("Id", &group)],
-        (404, "InvalidAccessKeyId.NotFound"),
-    )
-    .await;
-    vs.refused(
-        &acme,
-        "DescribeGroupz",
-        &[("Id", &group)],
-        (404, "InvalidAction.NotFound"),
-    )
-    .await;
-    vs.refused(&acme, "DescribeGroup", &[], (400, "MissingParameter"))
+    let by_id = vec![("Id", group.as_str())];
+    for (key, action, params, expected) in [
+        (
+            &wrong,
+            "DescribeGroup",
+            by_id.clone(),
+            (400, "SignatureDoesNotMatch"),
+        ),
+        (
+            &nobody,
+            "DescribeGroup",
+            by_id.clone(),
+            (404, "InvalidAccessKeyId.NotFound"),
+        ),
+        (
+            &acme,
+            "DescribeGroupz",
+            by_id.clone(),
+            (404, "InvalidAction.NotFound"),
+        ),
+        (&acme, "DescribeGroup", vec![], (400, "MissingParameter")),
+        (
+            &acme,
+            "DescribeGroup",
+            vec![("Id", "abc")],
+            (400, "InvalidParameter"),
+        ),
+    ] {
+        vs.refused(key, action, &params, expected).await;
+    }
+    vs.get_refused("/elsewhere", (404, "InvalidAction.NotFound"))
         .await;
-    vs.refused(
-        &acme,
-        "DescribeGroup",
-        &[("Id", "abc")],
-        (400, "InvalidParameter"),
-    )
-    .await;
-    let (status, body) = vs.get("/elsewhere").await;
-    assert_eq!(
-        (status, &body["Code"]),
-        (404, &json!("InvalidAction.NotFound"))
-    );
 
     // A replayed request (same nonce) is refused; a fresh nonce is not.
     let query = signed_query(
@@ -347,12 +390,8 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
         &nonce(),
     );
     assert_eq!(vs.get(&format!("/?{query}")).await.0, 200);
-    let (status, body) = vs.get(&format!("/?{query}")).await;
-    assert_eq!(
-        (status, &body["Code"]),
-        (400, &json!("SignatureNonceUsed")),
-        "{body}"
-    );
+    vs.get_refused(&format!("/?{query}"), (400, "SignatureNonceUsed"))
+        .await;
 
     // The ±15 min window, either way.
     for (offset_ms, expected) in [
@@ -376,39 +415,9 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
     }
 
     // Another tenant's group and stream are not found, whatever the Action.
-    for (action, params) in [
-        ("DescribeGroup", vec![("Id", group.as_str())]),
-        (
-            "ModifyGroup",
-            vec![("Id", group.as_str()), ("Name", "mine now")],
-        ),
-        ("HaltGroup", vec![("Id", group.as_str())]),
-        ("EnableGroup", vec![("Id", group.as_str())]),
-        ("DeleteGroup", vec![("Id", group.as_str())]),
-        (
-            "CreateRtmpGroupStreamurl",
-            vec![("Id", group.as_str()), ("Name", "x")],
-        ),
-    ] {
-        vs.refused(&other, action, &params, GROUP_NOT_FOUND).await;
+    for (action, params, expected) in naming_actions(&group, &stream) {
+        vs.refused(&other, action, &params, expected).await;
     }
-    for action in [
-        "DescribeStream",
-        "StartStream",
-        "StopStream",
-        "ForbidVsStream",
-        "ResumeVsStream",
-    ] {
-        vs.refused(&other, action, &[("Id", &stream)], STREAM_NOT_FOUND)
-            .await;
-    }
-    vs.refused(
-        &other,
-        "DescribeStreamURL",
-        &[("Id", &stream), ("OutProtocol", "flv"), ("AuthKey", "k")],
-        STREAM_NOT_FOUND,
-    )
-    .await;
     let listed = vs.ok(&other, "DescribeGroups", &[]).await;
     assert_eq!(listed["TotalCount"], 0, "{listed}");
     let listed = vs.ok(&other, "DescribeStreams", &[]).await;
@@ -434,79 +443,53 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
         .await;
 
     // The service's life: suspended keys are refused, renewed ones work, deleted ones are gone.
-    let status = |body: Value| body["Status"].as_i64().unwrap();
     let op = operator();
-    assert_eq!(
-        status(
-            vs.ok(&op, "GetMtsServiceStatus", &[("UserId", "CIDC-U-acme")])
-                .await
+    assert_eq!(vs.service_status("CIDC-U-acme").await, 2);
+    assert_eq!(vs.service_status("CIDC-U-none").await, 0);
+    // Each step: who calls which Action, its refusal (`None`: it succeeds), and acme's
+    // service status after it, where it changes.
+    let acme_id = vec![("UserId", "CIDC-U-acme")];
+    let none_id = vec![("UserId", "CIDC-U-none")];
+    let by_id = vec![("Id", group.as_str())];
+    let not_found = (404, "InvalidUser.NotFound");
+    for (key, action, params, refusal, status) in [
+        (
+            &op,
+            "CreateMtsService",
+            acme_id.clone(),
+            Some((400, "InvalidUser.AlreadyExists")),
+            None,
         ),
-        2
-    );
-    assert_eq!(
-        status(
-            vs.ok(&op, "GetMtsServiceStatus", &[("UserId", "CIDC-U-none")])
-                .await
+        (&op, "SuspendMtsService", none_id, Some(not_found), None),
+        (&op, "SuspendMtsService", acme_id.clone(), None, Some(1)),
+        (
+            &acme,
+            "DescribeGroup",
+            by_id.clone(),
+            Some((403, "Forbidden")),
+            None,
         ),
-        0
-    );
-    vs.refused(
-        &op,
-        "CreateMtsService",
-        &[("UserId", "CIDC-U-acme")],
-        (400, "InvalidUser.AlreadyExists"),
-    )
-    .await;
-    vs.refused(
-        &op,
-        "SuspendMtsService",
-        &[("UserId", "CIDC-U-none")],
-        (404, "InvalidUser.NotFound"),
-    )
-    .await;
-    vs.ok(&op, "SuspendMtsService", &[("UserId", "CIDC-U-acme")])
-        .await;
-    assert_eq!(
-        status(
-            vs.ok(&op, "GetMtsServiceStatus", &[("UserId", "CIDC-U-acme")])
-                .await
+        (&other, "DescribeGroups", vec![], None, None),
+        (&op, "RenewMtsService", acme_id.clone(), None, None),
+        (&acme, "DescribeGroup", by_id, None, None),
+        (&op, "DeleteMtsService", acme_id.clone(), None, Some(3)),
+        (
+            &acme,
+            "DescribeGroups",
+            vec![],
+            Some((404, "InvalidAccessKeyId.NotFound")),
+            None,
         ),
-        1
-    );
-    vs.refused(
-        &acme,
-        "DescribeGroup",
-        &[("Id", &group)],
-        (403, "Forbidden"),
-    )
-    .await;
-    vs.ok(&other, "DescribeGroups", &[]).await;
-    vs.ok(&op, "RenewMtsService", &[("UserId", "CIDC-U-acme")])
-        .await;
-    vs.ok(&acme, "DescribeGroup", &[("Id", &group)]).await;
-    vs.ok(&op, "DeleteMtsService", &[("UserId", "CIDC-U-acme")])
-        .await;
-    assert_eq!(
-        status(
-            vs.ok(&op, "GetMtsServiceStatus", &[("UserId", "CIDC-U-acme")])
-                .await
-        ),
-        3
-    );
-    vs.refused(
-        &acme,
-        "DescribeGroups",
-        &[],
-        (404, "InvalidAccessKeyId.NotFound"),
-    )
-    .await;
-    vs.refused(
-        &op,
-        "RenewMtsService",
-        &[("UserId", "CIDC-U-acme")],
-        (404, "InvalidUser.NotFound"),
-    )
-    .await;
+        (&op, "RenewMtsService", acme_id, Some(not_found), None),
+    ] {
+        match refusal {
+            Some(expected) => vs.refused(key, action, &params, expected).await,
+            None => drop(vs.ok(key, action, &params).await),
+        }
+        if let Some(status) = status {
+            assert_eq!(vs.service_status("CIDC-U-acme").await, status, "{action}");
+        }
+    }
     // A deleted service can be opened again: new keys, nothing of the old groups.
     let again = vs.service("CIDC-U-acme").await;
     assert_ne!(again, acme);
@@ -694,76 +677,74 @@ async fn every_action_works_as_the_document_describes_and_refuses_unknown_ids() 
     .await;
 
     // Switches: stop/start, forbid/resume, in batches, and renaming.
-    let field = |body: Value, name: &str| body[name].clone();
-    vs.ok(&key, "StopStream", &[("Id", &s1)]).await;
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s1)]).await,
-            "Enabled"
-        ),
-        json!(false)
-    );
-    vs.ok(&key, "StartStream", &[("Id", &s1), ("AccessInfo", "{}")])
-        .await;
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s1)]).await,
-            "Enabled"
-        ),
-        json!(true)
-    );
-    vs.ok(&key, "ForbidVsStream", &[("Id", &s1)]).await;
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s1)]).await,
-            "Forbidden"
-        ),
-        json!(true)
-    );
-    vs.ok(&key, "ResumeVsStream", &[("Id", &s1)]).await;
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s1)]).await,
-            "Forbidden"
-        ),
-        json!(false)
-    );
+    // Each switch as DescribeStream then sees it.
     let ids = format!("{s2},{s3},{UNKNOWN}");
-    let stopped = vs.ok(&key, "BatchStopStreams", &[("Id", &ids)]).await;
-    assert_eq!(
-        stopped["Results"],
-        json!([{"Id": s2}, {"Id": s3}, {"Id": UNKNOWN, "Error": "Stream not found"}])
-    );
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s3)]).await,
-            "Enabled"
+    let start = [("AccessInfo", "{}")];
+    for (action, params, seen, field, value) in [
+        (
+            "StopStream",
+            vec![("Id", s1.as_str())],
+            &s1,
+            "Enabled",
+            json!(false),
         ),
-        json!(false)
-    );
-    vs.ok(
-        &key,
-        "BatchStartStreams",
-        &[("Id", &ids), ("AccessInfo", "{}")],
-    )
-    .await;
-    assert_eq!(
-        field(
-            vs.ok(&key, "DescribeStream", &[("Id", &s3)]).await,
-            "Enabled"
+        (
+            "StartStream",
+            vec![("Id", s1.as_str()), start[0]],
+            &s1,
+            "Enabled",
+            json!(true),
         ),
-        json!(true)
-    );
-    vs.ok(
-        &key,
-        "ModifyStream",
-        &[("Id", &s2), ("GroupId", &a), ("Name", "hall-2")],
-    )
-    .await;
-    assert_eq!(
-        field(vs.ok(&key, "DescribeStream", &[("Id", &s2)]).await, "Name"),
-        json!("hall-2")
-    );
+        (
+            "ForbidVsStream",
+            vec![("Id", s1.as_str())],
+            &s1,
+            "Forbidden",
+            json!(true),
+        ),
+        (
+            "ResumeVsStream",
+            vec![("Id", s1.as_str())],
+            &s1,
+            "Forbidden",
+            json!(false),
+        ),
+        (
+            "BatchStopStreams",
+            vec![("Id", ids.as_str())],
+            &s3,
+            "Enabled",
+            json!(false),
+        ),
+        (
+            "BatchStartStreams",
+            vec![("Id", ids.as_str()), start[0]],
+            &s3,
+            "Enabled",
+            json!(true),
+        ),
+        (
+            "ModifyStream",
+            vec![
+                ("Id", s2.as_str()),
+                ("GroupId", a.as_str()),
+                ("Name", "hall-2"),
+            ],
+            &s2,
+            "Name",
+            json!("hall-2"),
+        ),
+    ] {
+        let answer = vs.ok(&key, action, &params).await;
+        if action == "BatchStopStreams" {
+            assert_eq!(
+                answer["Results"],
+                json!([{"Id": s2}, {"Id": s3}, {"Id": UNKNOWN, "Error": "Stream not found"}])
+            );
+        }
+        let described = vs.ok(&key, "DescribeStream", &[("Id", seen)]).await;
+        assert_eq!(described[field], value, "{action}: {described}");
+    }
     vs.refused(
         &key,
         "ModifyStream",
@@ -845,47 +826,18 @@ async fn every_action_works_as_the_document_describes_and_refuses_unknown_ids() 
         .await;
 
     // Every Action that names a group or a stream refuses an unknown one.
-    for (action, params, expected) in [
-        ("DescribeGroup", vec![("Id", UNKNOWN)], GROUP_NOT_FOUND),
-        (
-            "ModifyGroup",
-            vec![("Id", UNKNOWN), ("Name", "x")],
-            GROUP_NOT_FOUND,
-        ),
-        ("HaltGroup", vec![("Id", UNKNOWN)], GROUP_NOT_FOUND),
-        ("EnableGroup", vec![("Id", UNKNOWN)], GROUP_NOT_FOUND),
-        ("DeleteGroup", vec![("Id", UNKNOWN)], GROUP_NOT_FOUND),
-        (
-            "CreateRtmpGroupStreamurl",
-            vec![("Id", UNKNOWN), ("Name", "x")],
-            GROUP_NOT_FOUND,
-        ),
-        (
-            "CreateRtmpGroupStreamurls",
-            vec![("Id", UNKNOWN), ("Name", "[\"x\"]")],
-            GROUP_NOT_FOUND,
-        ),
-        ("DescribeStream", vec![("Id", UNKNOWN)], STREAM_NOT_FOUND),
-        (
-            "DescribeStreamURL",
-            vec![("Id", UNKNOWN), ("OutProtocol", "flv"), ("AuthKey", "k")],
-            STREAM_NOT_FOUND,
-        ),
-        ("StartStream", vec![("Id", UNKNOWN)], STREAM_NOT_FOUND),
-        ("StopStream", vec![("Id", UNKNOWN)], STREAM_NOT_FOUND),
-        ("ForbidVsStream", vec![("Id", UNKNOWN)], STREAM_NOT_FOUND),
-        ("ResumeVsStream", vec![("Id", UNKNOWN)], STREAM_NOT_FOUND),
-        (
-            "ModifyStream",
-            vec![("Id", UNKNOWN), ("GroupId", b.as_str()), ("Name", "x")],
-            STREAM_NOT_FOUND,
-        ),
-        (
-            "ModifyStream",
-            vec![("Id", sb.as_str()), ("GroupId", UNKNOWN), ("Name", "x")],
-            GROUP_NOT_FOUND,
-        ),
-    ] {
+    let mut actions = naming_actions(UNKNOWN, UNKNOWN);
+    actions.push((
+        "ModifyStream",
+        vec![("Id", UNKNOWN), ("GroupId", b.as_str()), ("Name", "x")],
+        STREAM_NOT_FOUND,
+    ));
+    actions.push((
+        "ModifyStream",
+        vec![("Id", sb.as_str()), ("GroupId", UNKNOWN), ("Name", "x")],
+        GROUP_NOT_FOUND,
+    ));
+    for (action, params, expected) in actions {
         vs.refused(&key, action, &params, expected).await;
     }
 }

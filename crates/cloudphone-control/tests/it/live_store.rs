@@ -5,18 +5,11 @@
 
 use cloudphone_control::store::{
     self, GroupFilter, Store, StoreError, StreamChange, StreamFilter, StreamReport, VsGroup,
-    VsNode, VsOrder, VsPublish, VsStatus, VsStream, VsTenant,
+    VsNode, VsOrder, VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
 fn tenant(user_id: &str, ak: &str) -> VsTenant {
-    VsTenant {
-        user_id: user_id.into(),
-        access_key_id: ak.into(),
-        secret_sealed: "sealed".into(),
-        status: VsStatus::Active,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    }
+    VsTenant::active(user_id.into(), ak.into(), "sealed".into(), 0)
 }
 
 fn group(id: &str, user_id: &str, name: &str, created_at_ms: i64) -> VsGroup {
@@ -37,39 +30,27 @@ fn group(id: &str, user_id: &str, name: &str, created_at_ms: i64) -> VsGroup {
 }
 
 fn stream(id: &str, user_id: &str, group_id: &str, node: Option<&str>) -> VsStream {
+    let keys = ("pk".into(), "sk".into());
     VsStream {
-        id: id.into(),
-        user_id: user_id.into(),
-        group_id: group_id.into(),
-        name: format!("s{id}"),
         node_id: node.map(str::to_string),
-        push_key: "pk".into(),
-        screen_key: "sk".into(),
-        enabled: true,
-        forbidden: false,
-        is_on: false,
-        codec: String::new(),
-        width: 0,
-        height: 0,
-        bitrate_bps: 0,
-        started_at_ms: None,
-        stopped_at_ms: None,
-        created_at_ms: 5,
+        ..VsStream::new(
+            id.into(),
+            user_id.into(),
+            group_id.into(),
+            format!("s{id}"),
+            keys,
+            5,
+        )
     }
 }
 
 fn all_groups(order: VsOrder, descending: bool, offset: i64, limit: i64) -> GroupFilter {
-    GroupFilter {
-        id: None,
-        name: None,
-        region: None,
-        in_protocol: None,
-        enabled: None,
+    GroupFilter::all(VsPage {
         order,
         descending,
         offset,
         limit,
-    }
+    })
 }
 
 async fn suite(s: impl Store) {
@@ -186,17 +167,10 @@ async fn suite(s: impl Store) {
     assert!(!s.vs_record_report("n2", &report).await.unwrap());
     assert!(s.vs_record_report("n1", &report).await.unwrap());
     let on_filter = StreamFilter {
-        id: None,
         group_id: Some("11".into()),
         app: Some("live".into()),
-        name: None,
         on: Some(true),
-        created_from_ms: None,
-        created_to_ms: None,
-        order: VsOrder::Id,
-        descending: false,
-        offset: 0,
-        limit: 10,
+        ..StreamFilter::all(VsPage::by_id(0, 10))
     };
     let (on, total) = s.vs_streams("u1", &on_filter).await.unwrap();
     assert_eq!((on.len(), total, on[0].started_at_ms), (1, 1, Some(7)));
