@@ -118,25 +118,20 @@ impl Admission {
         Ok(rule)
     }
 
-    /// A play of `/{app}/{id}` through `output`, its `auth_key` signed with any play key over
-    /// `uri` (the request's path: `/{app}/{id}.flv`, or the playlist's for HLS segments).
+    /// A play request, its `auth_key` signed with any play key over its `uri`.
     pub(crate) fn check_play(
         &self,
-        app: &str,
-        id: &str,
-        output: Output,
-        uri: &str,
-        auth_key: Option<&str>,
+        play: &PlayRequest<'_>,
         now_unix: i64,
     ) -> Result<&StreamRule, Refusal> {
-        let rule = self.known(app, id)?;
+        let rule = self.known(play.app, play.id)?;
         let keys: Vec<&str> = rule.play_keys.iter().map(String::as_str).collect();
-        play_auth::verify(uri, auth_key.unwrap_or_default(), &keys, now_unix)
+        play_auth::verify(play.uri, play.auth_key.unwrap_or_default(), &keys, now_unix)
             .map_err(Refusal::Auth)?;
         if !rule.admitted {
             return Err(Refusal::NotAdmitted);
         }
-        if !rule.outputs.contains(&output) {
+        if !rule.outputs.contains(&play.output) {
             return Err(Refusal::OutputNotAllowed);
         }
         Ok(rule)
@@ -150,6 +145,18 @@ impl Admission {
             .filter(|r| r.app == app)
             .ok_or(Refusal::NotFound)
     }
+}
+
+/// A player asking for `/{app}/{id}` through `output`. `uri` is what its `auth_key` signs: the
+/// request's path (`/{app}/{id}.flv`), or the playlist's for HLS segments, or the offer's for a
+/// WHEP session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlayRequest<'a> {
+    pub(crate) app: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) output: Output,
+    pub(crate) uri: &'a str,
+    pub(crate) auth_key: Option<&'a str>,
 }
 
 /// Splits an RTMP stream key or app name as OBS, ffmpeg and GStreamer send it (`ID?auth_key=…`)
@@ -245,8 +252,14 @@ mod tests {
         let flv = "/live/1624428150544871.flv";
         let signed = push_key(flv, "old", NOW + 60);
         let check = |a: &Admission, output, uri, key: &str| {
-            a.check_play("live", "1624428150544871", output, uri, Some(key), NOW)
-                .map(drop)
+            let play = PlayRequest {
+                app: "live",
+                id: "1624428150544871",
+                output,
+                uri,
+                auth_key: Some(key),
+            };
+            a.check_play(&play, NOW).map(drop)
         };
         assert_eq!(check(&a, Output::Flv, flv, &signed), Ok(()));
         assert_eq!(

@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 
-use super::admission::{Output, auth_key_of};
+use super::admission::{Output, PlayRequest, auth_key_of};
 use super::hls::Hls;
 use super::output::LiveOutputError;
 use super::whep::Whep;
@@ -96,10 +96,15 @@ async fn file(
     let auth = query.as_deref().and_then(auth_key_of);
     let uri = format!("/{app}/{file}");
     if let Some(id) = file.strip_suffix(".flv") {
-        return flv_play(&live, &app, id, &uri, auth.as_deref());
+        return flv_play(
+            &live,
+            &request(&app, id, Output::Flv, &uri, auth.as_deref()),
+        );
     }
     if let Some(id) = file.strip_suffix(".m3u8") {
-        if let Err(refusal) = live.check_play(&app, id, Output::Hls, &uri, auth.as_deref()) {
+        if let Err(refusal) =
+            live.check_play(&request(&app, id, Output::Hls, &uri, auth.as_deref()))
+        {
             return refused(&refusal);
         }
         return match hls.playlist(&app, id, query.as_deref().unwrap_or("")).await {
@@ -117,8 +122,24 @@ async fn file(
     StatusCode::NOT_FOUND.into_response()
 }
 
-fn flv_play(live: &Live, app: &str, id: &str, uri: &str, auth: Option<&str>) -> Response {
-    let player = match live.play(app, id, Output::Flv, uri, auth) {
+fn request<'a>(
+    app: &'a str,
+    id: &'a str,
+    output: Output,
+    uri: &'a str,
+    auth_key: Option<&'a str>,
+) -> PlayRequest<'a> {
+    PlayRequest {
+        app,
+        id,
+        output,
+        uri,
+        auth_key,
+    }
+}
+
+fn flv_play(live: &Live, play: &PlayRequest<'_>) -> Response {
+    let player = match live.play(play) {
         Ok(player) => player,
         Err(refusal) => return refused(&refusal),
     };
@@ -153,7 +174,9 @@ async fn hls_segment(
 ) -> Response {
     let auth = query.as_deref().and_then(auth_key_of);
     let playlist = format!("/{app}/{id}.m3u8");
-    if let Err(refusal) = live.check_play(&app, &id, Output::Hls, &playlist, auth.as_deref()) {
+    if let Err(refusal) =
+        live.check_play(&request(&app, &id, Output::Hls, &playlist, auth.as_deref()))
+    {
         return refused(&refusal);
     }
     match hls.segment(&id, &segment).await {
@@ -168,9 +191,7 @@ async fn whep_offer(
     RawQuery(query): RawQuery,
     offer: String,
 ) -> Response {
-    let auth = query.as_deref().and_then(auth_key_of);
-    let uri = format!("/{app}/{id}/whep");
-    if let Err(refusal) = live.check_play(&app, &id, Output::Webrtc, &uri, auth.as_deref()) {
+    if let Err(refusal) = check_whep(&live, &app, &id, query.as_deref()) {
         return refused(&refusal);
     }
     match whep.offer(&id, &offer).await {
@@ -194,15 +215,20 @@ async fn whep_offer(
     }
 }
 
+/// WHEP offers and their sessions are authorised over the offer's URI.
+fn check_whep(live: &Live, app: &str, id: &str, query: Option<&str>) -> Result<(), PlayRefusal> {
+    let auth = query.and_then(auth_key_of);
+    let uri = format!("/{app}/{id}/whep");
+    live.check_play(&request(app, id, Output::Webrtc, &uri, auth.as_deref()))
+}
+
 /// Ends a WHEP session; its URL carries the offer's `auth_key`, checked over the offer's URI.
 async fn whep_end(
     State(Players { live, whep, .. }): State<Players>,
     Path((app, id, session)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let auth = query.as_deref().and_then(auth_key_of);
-    let uri = format!("/{app}/{id}/whep");
-    if let Err(refusal) = live.check_play(&app, &id, Output::Webrtc, &uri, auth.as_deref()) {
+    if let Err(refusal) = check_whep(&live, &app, &id, query.as_deref()) {
         return refused(&refusal);
     }
     // A key for one stream ends only that stream's sessions.

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use self::admission::{Admission, Output, Refusal, StreamRule};
+use self::admission::{Admission, Output, PlayRequest, Refusal, StreamRule};
 use self::hub::{Hub, Tag, TagKind};
 
 /// How often a publishing stream's figures go to control.
@@ -188,40 +188,27 @@ impl Live {
         })
     }
 
-    /// Admits a player of `/{app}/{id}` through `output` (`uri` is what its `auth_key` signs).
-    pub(crate) fn play(
-        &self,
-        app: &str,
-        id: &str,
-        output: Output,
-        uri: &str,
-        auth_key: Option<&str>,
-    ) -> Result<Player, PlayRefusal> {
-        self.check_play(app, id, output, uri, auth_key)?;
-        let sub = self.hub.subscribe(id).ok_or(PlayRefusal::NotPublished)?;
-        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(output)).increment(1.0);
+    /// Admits a player to the hub's stream (RTMP play, HTTP-FLV).
+    pub(crate) fn play(&self, play: &PlayRequest<'_>) -> Result<Player, PlayRefusal> {
+        self.check_play(play)?;
+        let sub = self
+            .hub
+            .subscribe(play.id)
+            .ok_or(PlayRefusal::NotPublished)?;
+        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(play.output)).increment(1.0);
         Ok(Player {
             first: sub.first.into(),
             live: sub.live,
             waiting_for_key: false,
-            output,
+            output: play.output,
         })
     }
 
     /// The admission part of [`Live::play`], for outputs that read the hub themselves (HLS, WHEP).
-    pub(crate) fn check_play(
-        &self,
-        app: &str,
-        id: &str,
-        output: Output,
-        uri: &str,
-        auth_key: Option<&str>,
-    ) -> Result<(), PlayRefusal> {
+    pub(crate) fn check_play(&self, play: &PlayRequest<'_>) -> Result<(), PlayRefusal> {
         let now = crate::unix_ms() / 1000;
-        self.state()
-            .admission
-            .check_play(app, id, output, uri, auth_key, now)?;
-        if !self.hub.publishing().iter().any(|s| s == id) {
+        self.state().admission.check_play(play, now)?;
+        if !self.hub.publishing().iter().any(|s| s == play.id) {
             return Err(PlayRefusal::NotPublished);
         }
         Ok(())

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
-use super::admission::{Output, split_query};
+use super::admission::{Output, PlayRequest, split_query};
 use super::hub::{Tag, TagKind};
 use super::{Ingest, Live, Player};
 
@@ -377,7 +377,14 @@ impl Conn {
             return self.refuse(request_id, PLAY_FAILED, "one stream per connection".into());
         }
         let uri = format!("/{app}/{id}");
-        match self.live.play(app, id, Output::Rtmp, &uri, auth.as_deref()) {
+        let play = PlayRequest {
+            app,
+            id,
+            output: Output::Rtmp,
+            uri: &uri,
+            auth_key: auth.as_deref(),
+        };
+        match self.live.play(&play) {
             Ok(player) => {
                 let results = self.session.accept_request(request_id).map_err(protocol)?;
                 self.play = Some((player, stream_id));
