@@ -1,12 +1,24 @@
-//! The live edge's baseline: nginx-rtmp (Debian's `libnginx-mod-rtmp`) started from a temporary
-//! directory, measured by [`cloudphone_bench::live`]: RTMP push with the clock burned in →
-//! RTMP and HLS players (glass-to-glass), then byte-reading RTMP players stepped up against its
-//! CPU. Writes `target/bench-parts/live.json`. Our node is measured with
-//! `cloudphone-bench live --part live-edge …` (benches/README.md).
+//! The live edge against its baseline, in one run on one machine: nginx-rtmp (Debian's
+//! `libnginx-mod-rtmp`) started from a temporary directory, then our node (a real
+//! `cloudphone-node` with `[live] rtmp_listen`, enrolled with a throwaway control, its stream
+//! admitted through `PutLiveStream`, [`cloudphone_bench::live_node`]), each measured by
+//! [`cloudphone_bench::live`]: RTMP push with the clock burned in → one decoding player per
+//! output (glass-to-glass), then byte-reading players stepped up against the server's CPU.
+//! Writes `target/bench-parts/live.json` (nginx-rtmp) and `live-edge.json` (ours), and the
+//! report's live section alone as `live.md` next to them.
+//! `CLOUDPHONE_BENCH_LIVE_SERVERS=node` (or `nginx`) runs one of the two.
 
-use cloudphone_bench::{live, live_nginx, parts};
+use cloudphone_bench::{live, live_nginx, live_node, parts};
 
-fn main() -> anyhow::Result<()> {
+fn servers() -> Vec<String> {
+    std::env::var("CLOUDPHONE_BENCH_LIVE_SERVERS")
+        .unwrap_or_else(|_| "nginx,node".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+fn nginx(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
     let nginx = live_nginx::Nginx::start()?;
     let push = nginx.push_url();
     let mut argv = vec![
@@ -25,7 +37,6 @@ fn main() -> anyhow::Result<()> {
         argv.push("--smoke".into());
     }
     let args = live::LiveArgs::parse_from(argv)?;
-    let rt = tokio::runtime::Runtime::new()?;
     let mut results = rt.block_on(live::run(&args))?;
     results
         .not_run
@@ -42,7 +53,49 @@ fn main() -> anyhow::Result<()> {
         "nginx-rtmp has no WebRTC output".into(),
     ));
     drop(nginx);
-    let path = parts::write_part(&parts::parts_dir(), "live", &results)?;
+    Ok(results)
+}
+
+fn node(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
+    let node = rt.block_on(live_node::LiveNode::start())?;
+    let mut argv = node.url_args();
+    argv.extend([
+        "--server-pid".into(),
+        node.pid().to_string(),
+        "--server-name".into(),
+        format!("cloudphone node ({} build)", node.profile),
+    ]);
+    if parts::smoke_requested() {
+        argv.push("--smoke".into());
+    }
+    let args = live::LiveArgs::parse_from(argv)?;
+    let results = rt.block_on(live::run(&args));
+    if results.is_err() {
+        eprintln!("node log: {}", node.log_path().display());
+    }
+    drop(node);
+    results
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let dir = parts::parts_dir();
+    let servers = servers();
+    if servers.iter().any(|s| s == "nginx") {
+        let results = nginx(&rt)?;
+        let path = parts::write_part(&dir, "live", &results)?;
+        println!("wrote {}", path.display());
+    }
+    if servers.iter().any(|s| s == "node") {
+        let results = node(&rt)?;
+        let path = parts::write_part(&dir, "live-edge", &results)?;
+        println!("wrote {}", path.display());
+    }
+    let nginx: Option<live::LiveResults> = parts::read_part(&dir, "live")?;
+    let edge: Option<live::LiveResults> = parts::read_part(&dir, "live-edge")?;
+    let md = cloudphone_bench::live_report::markdown(nginx.as_ref(), edge.as_ref());
+    let path = dir.join("live.md");
+    std::fs::write(&path, md)?;
     println!("wrote {}", path.display());
     Ok(())
 }

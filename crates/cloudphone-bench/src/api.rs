@@ -384,7 +384,7 @@ pub fn daemon_profile() -> &'static str {
 
 /// The daemon binary of `profile`: testkit's debug build, or `target/release` (built here unless
 /// a runner already did, as for the debug ones).
-fn daemon_binary(name: &str, profile: &str) -> Result<PathBuf> {
+pub(crate) fn daemon_binary(name: &str, profile: &str) -> Result<PathBuf> {
     if profile != "release" {
         return Ok(cloudphone_testkit::process::binary(name));
     }

@@ -17,6 +17,7 @@ pub mod glass_viewer;
 pub mod impair;
 pub mod live;
 pub mod live_nginx;
+pub mod live_node;
 pub mod live_report;
 pub mod live_whep;
 pub mod parts;

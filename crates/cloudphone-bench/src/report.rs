@@ -171,7 +171,7 @@ fn targets(l: &Latest) -> Vec<Target> {
             }),
         ),
         target(
-            "live glass-to-glass p50 vs nginx-rtmp, every output (FLV vs its RTMP)",
+            "live p50 after the push (glass − publisher) vs nginx-rtmp, every output (FLV vs its RTMP)",
             "lower",
             l.live
                 .as_ref()

@@ -246,3 +246,36 @@ async fn flv_and_whep_players_read_the_clock_and_flv_players_are_counted() {
     );
     assert!(level.loss < 0.5, "{level:?}");
 }
+
+/// The bench against our real node, as `cargo bench --bench live` starts it: a
+/// `cloudphone-node` process enrolled with a throwaway control, the stream admitted through
+/// `PutLiveStream`, signed URLs; every output plays the clock back and both load protocols
+/// count the node's CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_starts_our_node_and_measures_every_output() {
+    gst::init().unwrap();
+    let node = cloudphone_bench::live_node::LiveNode::start()
+        .await
+        .unwrap();
+    let mut argv = node.url_args();
+    argv.extend([
+        "--smoke".into(),
+        "--server-pid".into(),
+        node.pid().to_string(),
+    ]);
+    let args = live::LiveArgs::parse_from(argv).unwrap();
+    let r = live::run(&args).await.unwrap();
+    drop(node);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    for output in live::Output::ALL {
+        let cell = r.latency.iter().find(|c| c.output == output);
+        assert!(cell.is_some_and(|c| c.n > 0), "{output:?}: {cell:?}");
+    }
+    let outputs: Vec<_> = r.load.iter().map(|l| l.output).collect();
+    assert_eq!(outputs, [live::Output::Rtmp, live::Output::Flv]);
+    for run in &r.load {
+        let level = &run.levels[0];
+        assert_eq!(level.connected, 5, "{level:?}");
+        assert!(level.server_cpu_percent > 0.0, "{level:?}");
+    }
+}

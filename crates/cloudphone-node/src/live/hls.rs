@@ -372,6 +372,12 @@ fn start_pipeline(
         .map_err(|e| internal(&e))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| internal(&"not a pipeline"))?;
+    // No clock: hlssink2's file sink syncs to it by default, which would hold every buffer
+    // until its running time. The hub hands over the current GOP (up to a GOP old) at once,
+    // rebased to 0, so with a clock every segment closed that much later for the pipeline's
+    // whole life (0 to 1 GOP of extra HLS latency, by when the first player came). The
+    // publisher already paces the input.
+    pipeline.use_clock(None::<&gst::Clock>);
     std::fs::create_dir_all(dir).map_err(|e| internal(&e))?;
     // From here on, dropping `running` deletes the directory.
     let running = Running {
