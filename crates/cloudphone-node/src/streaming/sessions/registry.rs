@@ -75,6 +75,7 @@ impl Sessions {
                     definition,
                     stop,
                     encoder: None,
+                    audio: None,
                 },
             );
             (id, spec)
@@ -173,6 +174,17 @@ impl Sessions {
             return;
         };
         tracing::info!(instance = %entry.instance_id, device = %entry.device_id, viewer = id, "viewer left");
+        if let Some(audio) = entry.audio
+            && audio.remove_viewer(id) == 0
+        {
+            inner.audio.retain(|_, a| !Arc::ptr_eq(a, &audio));
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || audio.stop());
+                }
+                Err(_) => audio.stop(),
+            }
+        }
         let Some(encoder) = entry.encoder else {
             return;
         };
@@ -219,6 +231,11 @@ impl Sessions {
                 .filter_map(|k| inner.encoders.remove(k))
                 .collect()
         };
+        let audio = self.inner().audio.remove(instance_id);
+        if let Some(audio) = audio {
+            // The capture holds a connection to the instance's sound server.
+            let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        }
         for encoder in encoders {
             // Stopping a pipeline joins its streaming threads: keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || encoder.stop()).await;
