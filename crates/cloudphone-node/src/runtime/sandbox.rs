@@ -298,6 +298,9 @@ pub struct SandboxSpec {
     pub(crate) display: Option<u32>,
     /// Extra host files or dirs bound read-only: (host path, sandbox path).
     pub(crate) ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// Extra host dirs bound writable, after the state dir is hidden: (host path, sandbox
+    /// path). Only the x11 runtime's sound server has one (its socket dir).
+    pub(crate) rw_binds: Vec<(PathBuf, PathBuf)>,
     /// Extra environment variables, after `PATH`, `HOME` and `DISPLAY`.
     pub(crate) env: Vec<(String, String)>,
     /// Host user to run as; `None` keeps the node's user.
@@ -363,6 +366,7 @@ impl SandboxSpec {
             data_dir: data_dir.to_path_buf(),
             display: None,
             ro_binds: Vec::new(),
+            rw_binds: Vec::new(),
             env: Vec::new(),
             user: SandboxUser::for_this_node(),
             role: SandboxRole::App,
@@ -479,6 +483,9 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     }
     for (host, dest) in &spec.ro_binds {
         push(&[&"--ro-bind", host, dest]);
+    }
+    for (host, dest) in &spec.rw_binds {
+        push(&[&"--bind", host, dest]);
     }
     let mut fd = 3;
     for bind in &spec.bin_binds {

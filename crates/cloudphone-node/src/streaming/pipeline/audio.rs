@@ -3,8 +3,8 @@
 //!
 //! # Sources
 //! - [`AudioSource::Pulse`]: the monitor of the instance's own PulseAudio null sink
-//!   (`pulsesrc server=unix:<socket> device=<sink>.monitor`), asked for 10 ms of buffering so
-//!   capture adds about one Opus frame of latency.
+//!   (`pulsesrc server=unix:<socket> device=<sink>.monitor`), read in 10 ms segments from a
+//!   40 ms ring.
 //! - [`AudioSource::TestTone`]: `audiotestsrc` (a sine), optionally gated into beeps that start
 //!   on whole seconds of the **system monotonic clock**; the synthetic runtime's video can
 //!   flash on the same instants ([`super::FLASH_PATTERN`]), which is how the audio-video
@@ -17,7 +17,7 @@
 //! payloaders hand packets to the WebRTC tracks as soon as they exist (no queues or `sync`),
 //! and webrtc-rs derives each stream's RTCP sender report (NTP ↔ RTP timestamp) from when its
 //! packets were written, so what a browser lines up is capture time plus each pipeline's
-//! latency: ~10 ms of capture buffer + one 10 ms Opus frame for audio, the encode latency
+//! latency: 10–40 ms of capture buffer + one 10 ms Opus frame for audio, the encode latency
 //! (a few ms at 720P) for video. The residual offset is measured by the
 //! `streaming_audio` tests.
 
@@ -103,12 +103,12 @@ impl AudioPipeline {
                 let src = make("pulsesrc", n("src"))?;
                 src.set_property("server", format!("unix:{}", socket.display()));
                 src.set_property("device", format!("{sink}.monitor"));
-                // µs: a 20 ms ring of 10 ms segments.
-                src.set_property("buffer-time", 20_000i64);
+                // µs: 10 ms segments in a 40 ms ring (a 20 ms ring lost samples on a busy
+                // 2-core host: the tone came out with gaps).
+                src.set_property("buffer-time", 40_000i64);
                 src.set_property("latency-time", 10_000i64);
                 src.set_property("client-name", "cloudphone-node");
-                // The node is the capturer, not a sound client of the instance: no stream
-                // restore or volume coupling.
+                // The pipeline runs on the system clock (module docs), not the sound server's.
                 src.set_property("provide-clock", false);
                 src
             }

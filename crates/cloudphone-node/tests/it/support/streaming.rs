@@ -478,43 +478,46 @@ impl RustViewer {
                 } else {
                     ("H264", "rtph264depay", "h264parse", "avdec_h264")
                 };
-                let (appsrc, pipeline) = decoder(
-                    name,
-                    codec.payload_type,
-                    (depay, parse, dec),
-                    Arc::clone(&c),
-                    audio,
-                );
-                let mut highest: Option<u16> = None;
-                while let Ok((packet, _)) = track.read_rtp().await {
-                    let seq = packet.header.sequence_number;
-                    c.rtp_packets.fetch_add(1, Ordering::Relaxed);
-                    match highest {
-                        None => {
-                            c.rtp_expected.fetch_add(1, Ordering::Relaxed);
-                            highest = Some(seq);
-                        }
-                        Some(h) => {
-                            let ahead = seq.wrapping_sub(h);
-                            // Ahead by less than half the space: new packets (a gap is loss);
-                            // otherwise a late or retransmitted one, already expected.
-                            if ahead != 0 && ahead < 0x8000 {
-                                c.rtp_expected
-                                    .fetch_add(u64::from(ahead), Ordering::Relaxed);
+                // Its own task, like the audio track's (see there).
+                tokio::spawn(async move {
+                    let (appsrc, pipeline) = decoder(
+                        name,
+                        codec.payload_type,
+                        (depay, parse, dec),
+                        Arc::clone(&c),
+                        audio,
+                    );
+                    let mut highest: Option<u16> = None;
+                    while let Ok((packet, _)) = track.read_rtp().await {
+                        let seq = packet.header.sequence_number;
+                        c.rtp_packets.fetch_add(1, Ordering::Relaxed);
+                        match highest {
+                            None => {
+                                c.rtp_expected.fetch_add(1, Ordering::Relaxed);
                                 highest = Some(seq);
                             }
+                            Some(h) => {
+                                let ahead = seq.wrapping_sub(h);
+                                // Ahead by less than half the space: new packets (a gap is loss);
+                                // otherwise a late or retransmitted one, already expected.
+                                if ahead != 0 && ahead < 0x8000 {
+                                    c.rtp_expected
+                                        .fetch_add(u64::from(ahead), Ordering::Relaxed);
+                                    highest = Some(seq);
+                                }
+                            }
+                        }
+                        use webrtc::util::Marshal;
+                        let Ok(bytes) = packet.marshal() else {
+                            continue;
+                        };
+                        c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                            break;
                         }
                     }
-                    use webrtc::util::Marshal;
-                    let Ok(bytes) = packet.marshal() else {
-                        continue;
-                    };
-                    c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                        break;
-                    }
-                }
-                let _ = pipeline.set_state(gst::State::Null);
+                    let _ = pipeline.set_state(gst::State::Null);
+                });
             })
         }));
         let (cand_tx, candidates) = mpsc::unbounded_channel();
