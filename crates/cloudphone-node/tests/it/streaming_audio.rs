@@ -228,3 +228,65 @@ async fn x11_app_sound_reaches_the_viewer() {
     .await;
     node.shutdown().await;
 }
+
+/// Headless Chromium plays a synthetic instance through the real player page: `getStats` shows
+/// the Opus track's packets received and its samples decoded (with little concealment, i.e.
+/// real audio rather than packet-loss filler); the page starts muted and the first tap unmutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_the_opus_track_and_unmutes_on_the_first_gesture() {
+    use cloudphone_testkit::browser::{Browser, workspace};
+    use serde_json::json;
+
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("a4", 360, 640).await;
+    node.open_session("a4", "dev-b", "token-b").await;
+    let player = workspace()
+        .join("crates/cloudphone-control/assets/player.html")
+        .canonicalize()
+        .unwrap();
+    let url = format!(
+        "file://{}?signaling={}&device_id=dev-b&device_token=token-b&codec=H264&definition=540P&network=WIFI&autoconnect=1",
+        player.display(),
+        node.ws_url
+    );
+    let mut browser = Browser::start(&url, &[]).await;
+    let playing = browser
+        .call(json!({"cmd":"wait_frames","n":30,"timeout_ms":30000}))
+        .await;
+    assert_eq!(playing["ok"], true, "{playing}");
+    let muted = browser
+        .call(json!({"cmd":"eval","expr":"document.getElementById('video').muted"}))
+        .await;
+    assert_eq!(muted["value"], true, "the page starts muted: {muted}");
+    let tapped = browser.call(json!({"cmd":"tap","x":0.5,"y":0.5})).await;
+    assert_eq!(tapped["ok"], true, "{tapped}");
+    let muted = browser
+        .call(json!({"cmd":"eval","expr":"document.getElementById('video').muted"}))
+        .await;
+    assert_eq!(muted["value"], false, "the first tap unmutes: {muted}");
+
+    let first = browser.call(json!({"cmd":"stats"})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = browser.call(json!({"cmd":"stats"})).await;
+    let (a, b) = (&first["stats"]["audio"], &later["stats"]["audio"]);
+    assert_eq!(b["codec"], "audio/opus", "{later}");
+    let packets = b["packetsReceived"].as_u64().unwrap() - a["packetsReceived"].as_u64().unwrap();
+    let samples =
+        b["totalSamplesReceived"].as_u64().unwrap() - a["totalSamplesReceived"].as_u64().unwrap();
+    let concealed =
+        b["concealedSamples"].as_u64().unwrap() - a["concealedSamples"].as_u64().unwrap();
+    eprintln!(
+        "chromium audio over 2 s: {packets} Opus packets, {samples} samples decoded, {concealed} concealed, level {}",
+        b["audioLevel"]
+    );
+    // 10 ms packets: ~200 in 2 s; 48 kHz: ~96 000 samples.
+    assert!(packets >= 150, "{packets} packets in 2 s: {later}");
+    assert!(samples >= 72_000, "{samples} samples in 2 s: {later}");
+    assert!(
+        concealed * 10 < samples,
+        "{concealed} of {samples} concealed: {later}"
+    );
+    assert!(b["audioLevel"].as_f64().unwrap() > 0.05, "silent: {later}");
+    browser.quit().await;
+    node.shutdown().await;
+}
