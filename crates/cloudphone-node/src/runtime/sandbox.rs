@@ -934,6 +934,22 @@ mod tests {
     }
 
     #[test]
+    fn writable_binds_come_after_the_state_dir_is_hidden() {
+        let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        spec.rw_binds.push((
+            PathBuf::from("/s/i/a/pulse"),
+            PathBuf::from("/run/cloudphone/pulse"),
+        ));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        let hide = find(&args, &["--tmpfs", "/s"]).unwrap();
+        let bind = find(&args, &["--bind", "/s/i/a/pulse", "/run/cloudphone/pulse"]).unwrap();
+        assert!(
+            hide < bind,
+            "the bind must not be covered by the hiding tmpfs"
+        );
+    }
+
+    #[test]
     fn display_binds_its_socket_and_sets_display() {
         let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
         spec.display = Some(107);
