@@ -102,9 +102,12 @@ impl SharedAudio {
     }
 
     /// Stops the encoder (drops the pipeline).
+    /// Dropped under the lock, like [`super::SharedEncoder`]'s: a concurrent second stop
+    /// returns once the capture has let go of the sound server.
     pub(super) fn stop(&self) {
-        let encoder = lock(&self.encoder).take();
-        drop(encoder);
+        let mut guard = lock(&self.encoder);
+        drop(guard.take());
+        drop(guard);
         self.ended.send_replace(true);
     }
 }

@@ -68,6 +68,30 @@ pub(crate) struct SessionSettings {
     pub clock: crate::clock::Clock,
 }
 
+/// An encoder on its way down.
+#[derive(Clone)]
+enum Winding {
+    Video(Arc<SharedEncoder>),
+    Audio(Arc<SharedAudio>),
+}
+
+impl Winding {
+    fn stop(&self) {
+        match self {
+            Winding::Video(e) => e.stop(),
+            Winding::Audio(a) => a.stop(),
+        }
+    }
+
+    fn is(&self, other: &Winding) -> bool {
+        match (self, other) {
+            (Winding::Video(a), Winding::Video(b)) => Arc::ptr_eq(a, b),
+            (Winding::Audio(a), Winding::Audio(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// The matrix cell of each viewer of one encoder.
 type ViewerSpecs = Vec<(u64, VideoSpec)>;
 
@@ -97,6 +121,9 @@ struct Inner {
     encoders: HashMap<ProfileKey, Arc<SharedEncoder>>,
     /// Audio encoders by instance id.
     audio: HashMap<String, Arc<SharedAudio>>,
+    /// Encoders whose last viewer left, still stopping on a blocking task, by instance id:
+    /// an instance stop waits for them too.
+    stopping: Vec<(String, Winding)>,
     viewers: HashMap<u64, ViewerEntry>,
     next_viewer: u64,
 }

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::encoder::{EncoderRequest, SharedEncoder};
 use super::grants::{Grant, Refusal, refuse};
-use super::{ProfileKey, Sessions, ViewerEntry, ViewerSpecs};
+use super::{ProfileKey, Sessions, ViewerEntry, ViewerSpecs, Winding};
 use crate::instances::Stopping;
 
 impl Sessions {
@@ -168,36 +168,49 @@ impl Sessions {
         Ok(encoder)
     }
 
-    fn leave(&self, id: u64) {
+    fn leave(self: &Arc<Self>, id: u64) {
         let mut inner = self.inner();
         let Some(entry) = inner.viewers.remove(&id) else {
             return;
         };
         tracing::info!(instance = %entry.instance_id, device = %entry.device_id, viewer = id, "viewer left");
+        let mut done: Vec<Winding> = Vec::new();
         if let Some(audio) = entry.audio
             && audio.remove_viewer(id) == 0
         {
             inner.audio.retain(|_, a| !Arc::ptr_eq(a, &audio));
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn_blocking(move || audio.stop());
-                }
-                Err(_) => audio.stop(),
-            }
+            done.push(Winding::Audio(audio));
         }
-        let Some(encoder) = entry.encoder else {
-            return;
-        };
-        if encoder.remove_viewer(id) == 0 {
+        if let Some(encoder) = entry.encoder
+            && encoder.remove_viewer(id) == 0
+        {
             inner.encoders.retain(|_, e| !Arc::ptr_eq(e, &encoder));
-            drop(inner);
-            // Stopping joins the pipeline's threads; off the async workers when there are any.
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn_blocking(move || encoder.stop());
-                }
-                Err(_) => encoder.stop(),
+            done.push(Winding::Video(encoder));
+        }
+        if done.is_empty() {
+            return;
+        }
+        for s in &done {
+            inner.stopping.push((entry.instance_id.clone(), s.clone()));
+        }
+        drop(inner);
+        // Stopping joins the pipelines' threads; off the async workers when there are any.
+        // Listed in `stopping` meanwhile, so an instance stop waits for them.
+        let sessions = Arc::clone(self);
+        let stop = move || {
+            for s in &done {
+                s.stop();
             }
+            sessions
+                .inner()
+                .stopping
+                .retain(|(_, s)| !done.iter().any(|d| d.is(s)));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(stop);
+            }
+            Err(_) => stop(),
         }
     }
 
@@ -231,10 +244,25 @@ impl Sessions {
                 .filter_map(|k| inner.encoders.remove(k))
                 .collect()
         };
-        let audio = self.inner().audio.remove(instance_id);
-        if let Some(audio) = audio {
-            // The capture holds a connection to the instance's sound server.
-            let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        // The audio capture holds a connection to the instance's sound server; encoders whose
+        // last viewer just left are still stopping: wait for those too (a second stop returns
+        // once the first has finished).
+        let mut rest: Vec<Winding> = Vec::new();
+        {
+            let mut inner = self.inner();
+            if let Some(audio) = inner.audio.remove(instance_id) {
+                rest.push(Winding::Audio(audio));
+            }
+            rest.extend(
+                inner
+                    .stopping
+                    .iter()
+                    .filter(|(id, _)| id == instance_id)
+                    .map(|(_, s)| s.clone()),
+            );
+        }
+        for s in rest {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
         }
         for encoder in encoders {
             // Stopping a pipeline joins its streaming threads: keep it off the async workers.
