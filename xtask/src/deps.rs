@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use crate::util;
 
 /// What running the daemons (and so `cargo xtask demo`) needs: displays and input for the x11
-/// runtime, bubblewrap for the sandbox, GStreamer for encoding, PostgreSQL for a shared store.
+/// runtime, bubblewrap for the sandbox, a PulseAudio server per x11 instance (its null sink's
+/// monitor is the instance's sound; `pulseaudio-utils` has `pactl`/`paplay` for apps and tests),
+/// GStreamer for encoding (`gstreamer1.0-pulseaudio` is `pulsesrc`), PostgreSQL for a shared store.
 pub(crate) const DEMO_PACKAGES: &[&str] = &[
     "xvfb",
     "x11-apps",
@@ -17,6 +19,8 @@ pub(crate) const DEMO_PACKAGES: &[&str] = &[
     "xdotool",
     "xterm",
     "bubblewrap",
+    "pulseaudio",
+    "pulseaudio-utils",
     "postgresql",
     "gstreamer1.0-tools",
     "gstreamer1.0-plugins-base",
@@ -25,6 +29,7 @@ pub(crate) const DEMO_PACKAGES: &[&str] = &[
     "gstreamer1.0-plugins-ugly",
     "gstreamer1.0-libav",
     "gstreamer1.0-nice",
+    "gstreamer1.0-pulseaudio",
     "libgstreamer1.0-dev",
     "libgstreamer-plugins-base1.0-dev",
     "libgstreamer-plugins-bad1.0-dev",

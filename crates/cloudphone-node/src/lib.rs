@@ -169,6 +169,16 @@ pub async fn run(
         live: Arc::clone(&live),
     };
     let usage = usage_buffer::UsageBuffer::open(&config.state_dir, unix_ms())?;
+    let pipeline_options = streaming::pipeline::PipelineOptions {
+        test_pattern: if config.webrtc.synthetic_pattern.is_empty() {
+            streaming::pipeline::DEFAULT_TEST_PATTERN.to_owned()
+        } else {
+            config.webrtc.synthetic_pattern.clone()
+        },
+        adb: config.android.adb.clone(),
+        realtime_priority: config.webrtc.encoder_realtime_priority,
+        ..Default::default()
+    };
     let sessions = streaming::sessions::Sessions::new(
         Arc::clone(&manager),
         Arc::clone(&peers),
@@ -184,18 +194,10 @@ pub async fn run(
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
             clock: clock::Clock::System,
         },
-        streaming::encoder_factory(streaming::pipeline::PipelineOptions {
-            test_pattern: if config.webrtc.synthetic_pattern.is_empty() {
-                streaming::pipeline::DEFAULT_TEST_PATTERN.to_owned()
-            } else {
-                config.webrtc.synthetic_pattern.clone()
-            },
-            adb: config.android.adb.clone(),
-            realtime_priority: config.webrtc.encoder_realtime_priority,
-            ..Default::default()
-        }),
+        streaming::encoder_factory(pipeline_options.clone()),
         usage.spawn_keeper(clock::Clock::System),
     );
+    sessions.set_audio_factory(streaming::audio_factory(&pipeline_options));
     let downloads = apps::Downloads::new(&config.apps).map_err(std::io::Error::other)?;
     let service = grpc::NodeService::new(
         Arc::clone(&manager),

@@ -207,7 +207,13 @@ pub(super) async fn device_token(
     Ok(axum::Json(DataResponse::ok(device_token_data(session, instance_id))).into_response())
 }
 
-/// GetDeviceToken's `data`: the SDK's external address is the signaling host.
+/// GetDeviceToken's `atype` for the one audio transport there is: the instance's sound is an
+/// Opus track (48 kHz stereo, 10 ms frames) in the same WebRTC connection as the video,
+/// negotiated over the signaling socket at `aport` (docs/api-notes.md).
+const ATYPE_OPUS_IN_WEBRTC: u32 = 1;
+
+/// GetDeviceToken's `data`: the SDK's external address is the signaling host, its `aport` the
+/// signaling port (where the audio, like the video, is negotiated).
 fn device_token_data(session: DeviceSession, instance_id: String) -> DeviceTokenData {
     let empty = SdkAddress {
         address: None,
@@ -221,6 +227,8 @@ fn device_token_data(session: DeviceSession, instance_id: String) -> DeviceToken
                 internal: empty.clone(),
                 external: SdkAddress {
                     address: url_host(&session.signaling_url),
+                    aport: url_port(&session.signaling_url),
+                    atype: Some(ATYPE_OPUS_IN_WEBRTC),
                     ..empty
                 },
             },
@@ -278,9 +286,35 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// The port of a `ws(s)://` or `http(s)://` URL, the scheme's default when it names none.
+fn url_port(url: &str) -> Option<u32> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    // After an IPv6 literal's closing bracket, or after the host.
+    let tail = authority.rsplit_once(']').map_or(authority, |(_, t)| t);
+    match tail.rsplit_once(':') {
+        Some((_, port)) => port.parse::<u16>().ok().map(u32::from),
+        None => match scheme {
+            "ws" | "http" => Some(80),
+            "wss" | "https" => Some(443),
+            _ => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_of_urls() {
+        assert_eq!(url_port("ws://10.0.0.5:8090/v1/signaling"), Some(8090));
+        assert_eq!(url_port("wss://node.example.com/v1/signaling"), Some(443));
+        assert_eq!(url_port("ws://[fd00::2]:9000/v1/signaling"), Some(9000));
+        assert_eq!(url_port("ws://[fd00::2]/v1/signaling"), Some(80));
+        assert_eq!(url_port("ws://host:99999/"), None);
+        assert_eq!(url_port("nonsense"), None);
+    }
 
     #[test]
     fn hosts_of_urls() {

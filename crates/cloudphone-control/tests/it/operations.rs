@@ -455,6 +455,16 @@ async fn device_token_and_sessions() {
         data["resource"]["sdk"]["internal"].is_object()
             && data["resource"]["sdk"]["external"].is_object()
     );
+    // Sound: an Opus track in the WebRTC connection negotiated at the signaling port
+    // (docs/api-notes.md); no separate internal audio address.
+    let external = &data["resource"]["sdk"]["external"];
+    let port = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let port: u64 = port.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(
+        (external["aport"].as_u64(), external["atype"].as_u64()),
+        (Some(port), Some(1))
+    );
+    assert!(data["resource"]["sdk"]["internal"]["aport"].is_null());
 
     // The node accepts exactly this token for this device, and nothing else.
     assert_eq!(hello(&url, &device_id, &token).await["type"], "ready");

@@ -16,8 +16,8 @@ use super::{
     io_err, lock, validate_spec,
 };
 use crate::runtime::{
-    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
-    RuntimeError,
+    AudioSource, CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths,
+    InstanceSpec, Runtime, RuntimeError,
 };
 
 impl InstanceManager {
@@ -239,6 +239,13 @@ impl InstanceManager {
         let entry = self.entry(id)?;
         check(&entry, Operation::Stream)?;
         Ok(self.runtime.capture_source(&entry.spec, &entry.paths))
+    }
+
+    /// Where the instance's sound is captured from, if its runtime has any.
+    pub async fn audio_source(&self, id: &str) -> Result<Option<AudioSource>, InstanceError> {
+        let entry = self.entry(id)?;
+        check(&entry, Operation::Stream)?;
+        Ok(self.runtime.audio_source(&entry.spec, &entry.paths))
     }
 
     /// Notices of instances about to stop, each waiting for the subscriber's answer: every

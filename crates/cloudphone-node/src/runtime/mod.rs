@@ -106,6 +106,21 @@ pub enum CaptureSource {
     },
 }
 
+/// Where an instance's sound comes from, for the node's audio pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSource {
+    /// The monitor of a PulseAudio null sink, reached at the server's unix socket (a host path):
+    /// `pulsesrc server=unix:<socket> device=<sink>.monitor`.
+    Pulse {
+        socket: std::path::PathBuf,
+        sink: String,
+    },
+    /// A sine of this frequency (`audiotestsrc`); `beeps`: sounding only in the first 100 ms
+    /// of each whole second of the monotonic clock (the sync probe, see
+    /// `streaming::pipeline::audio`).
+    TestTone { freq_hz: u32, beeps: bool },
+}
+
 /// What can go wrong in a runtime. Callers map these onto gRPC statuses.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -180,6 +195,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Where to capture the instance's screen from while it runs.
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource;
+
+    /// Where a running instance's sound is captured from; `None`: the runtime has none (the
+    /// stream is then video only).
+    fn audio_source(&self, _spec: &InstanceSpec, _paths: &InstancePaths) -> Option<AudioSource> {
+        None
+    }
 
     /// The most bytes an instance's data dir may hold in total, when this runtime confines it:
     /// the manager then makes the dir a filesystem of that size (`instances::volume`).

@@ -298,6 +298,9 @@ pub struct SandboxSpec {
     pub(crate) display: Option<u32>,
     /// Extra host files or dirs bound read-only: (host path, sandbox path).
     pub(crate) ro_binds: Vec<(PathBuf, PathBuf)>,
+    /// Extra host dirs bound writable, after the state dir is hidden: (host path, sandbox
+    /// path). Only the x11 runtime's sound server has one (its socket dir).
+    pub(crate) rw_binds: Vec<(PathBuf, PathBuf)>,
     /// Extra environment variables, after `PATH`, `HOME` and `DISPLAY`.
     pub(crate) env: Vec<(String, String)>,
     /// Host user to run as; `None` keeps the node's user.
@@ -363,6 +366,7 @@ impl SandboxSpec {
             data_dir: data_dir.to_path_buf(),
             display: None,
             ro_binds: Vec::new(),
+            rw_binds: Vec::new(),
             env: Vec::new(),
             user: SandboxUser::for_this_node(),
             role: SandboxRole::App,
@@ -479,6 +483,9 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
     }
     for (host, dest) in &spec.ro_binds {
         push(&[&"--ro-bind", host, dest]);
+    }
+    for (host, dest) in &spec.rw_binds {
+        push(&[&"--bind", host, dest]);
     }
     let mut fd = 3;
     for bind in &spec.bin_binds {
@@ -923,6 +930,22 @@ mod tests {
                 "-c",
                 "echo hi"
             ]
+        );
+    }
+
+    #[test]
+    fn writable_binds_come_after_the_state_dir_is_hidden() {
+        let mut spec = SandboxSpec::new(Path::new("/s"), Path::new("/s/i/a/data"));
+        spec.rw_binds.push((
+            PathBuf::from("/s/i/a/pulse"),
+            PathBuf::from("/run/cloudphone/pulse"),
+        ));
+        let args = strings(bwrap_args(&layout(), &spec, &shell_argv("true")));
+        let hide = find(&args, &["--tmpfs", "/s"]).unwrap();
+        let bind = find(&args, &["--bind", "/s/i/a/pulse", "/run/cloudphone/pulse"]).unwrap();
+        assert!(
+            hide < bind,
+            "the bind must not be covered by the hiding tmpfs"
         );
     }
 

@@ -4,7 +4,8 @@
 //! Starting and stopping only flip a `running` flag, persisted in `<paths.root>/synthetic.json`
 //! so a restarted node sees the same thing the old one did. Commands still run in the
 //! instance's bwrap sandbox (no `DISPLAY`), apps install with the x11 package format, input
-//! is accepted and counted but goes nowhere, and the stream is a GStreamer test pattern.
+//! is accepted and counted but goes nowhere, and the stream is a GStreamer test pattern with a
+//! [`SYNTHETIC_TONE_HZ`] sine as its sound.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +17,13 @@ use super::common::{ensure_data_dir, lock, run_shell, write_atomic};
 use super::package::install_tar_package;
 use super::sandbox::{self, HostLayout, SandboxSpec, SandboxUser};
 use super::{
-    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
-    RuntimeError,
+    AudioSource, CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths,
+    InstanceSpec, Runtime, RuntimeError,
 };
 
 const STATE_FILE: &str = "synthetic.json";
+/// The synthetic instances' sound: concert A, easy to check by ear and by zero crossings.
+pub const SYNTHETIC_TONE_HZ: u32 = 440;
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SyntheticState {
@@ -133,5 +136,12 @@ impl Runtime for SyntheticRuntime {
             width: spec.width,
             height: spec.height,
         }
+    }
+
+    fn audio_source(&self, _spec: &InstanceSpec, _paths: &InstancePaths) -> Option<AudioSource> {
+        Some(AudioSource::TestTone {
+            freq_hz: SYNTHETIC_TONE_HZ,
+            beeps: false,
+        })
     }
 }

@@ -17,8 +17,10 @@ pub(crate) mod signaling;
 
 use std::sync::Arc;
 
-use crate::streaming::pipeline::{EncodePipeline, EncoderSettings, PipelineOptions};
-use crate::streaming::sessions::{Encoder, EncoderFactory};
+use crate::runtime::AudioSource;
+use crate::streaming::pipeline::audio::AudioPipeline;
+use crate::streaming::pipeline::{EncodePipeline, EncoderSettings, FLASH_PATTERN, PipelineOptions};
+use crate::streaming::sessions::{AudioEncoder, AudioFactory, Encoder, EncoderFactory};
 
 impl Encoder for EncodePipeline {
     fn set_bitrate(&self, kbps: u32) {
@@ -52,6 +54,33 @@ pub fn encoder_factory(options: PipelineOptions) -> EncoderFactory {
         };
         EncodePipeline::start_with(&request.source, &settings, &options)
             .map(|(pipeline, packets)| (Box::new(pipeline) as Box<dyn Encoder>, packets))
+            .map_err(|e| e.to_string())
+    })
+}
+
+impl AudioEncoder for AudioPipeline {
+    fn failure(&self) -> Option<String> {
+        let stats = self.stats();
+        stats
+            .error
+            .or_else(|| stats.ended.then(|| "audio capture ended".to_owned()))
+    }
+}
+
+/// The audio encoder factory the node runs with: a GStreamer [`AudioPipeline`] per instance.
+/// With the [`FLASH_PATTERN`] test pattern, a test tone beeps when the video flashes.
+pub fn audio_factory(options: &PipelineOptions) -> AudioFactory {
+    let flash = options.test_pattern == FLASH_PATTERN;
+    Arc::new(move |source| {
+        let source = match source {
+            AudioSource::TestTone { freq_hz, beeps } => AudioSource::TestTone {
+                freq_hz: *freq_hz,
+                beeps: *beeps || flash,
+            },
+            other => other.clone(),
+        };
+        AudioPipeline::start(&source)
+            .map(|(pipeline, packets)| (Box::new(pipeline) as Box<dyn AudioEncoder>, packets))
             .map_err(|e| e.to_string())
     })
 }

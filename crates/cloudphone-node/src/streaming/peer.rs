@@ -13,6 +13,11 @@
 //! transport-cc stops sending REMB, the receiver-side estimate the bitrate controller uses
 //! next to receiver reports.
 //!
+//! Opus is registered as `audio/opus` 48 kHz stereo (`minptime=10;useinbandfec=1`, what the
+//! audio pipeline sends: 10 ms frames with in-band FEC) with no feedback; every peer gets a
+//! send-only audio track next to the video one, negotiated only when the viewer's offer has
+//! an audio m-line (a video-only viewer is served as before).
+//!
 //! Packets come from the encoder already payloaded (PT 96); the viewer's
 //! [`TrackLocalStaticRTP`] rewrites payload type and SSRC to what this peer negotiated.
 
@@ -23,7 +28,7 @@ use cloudphone_core::video::Codec;
 use webrtc::api::API;
 use webrtc::api::APIBuilder;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_HEVC, MediaEngine};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_HEVC, MIME_TYPE_OPUS, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
@@ -44,6 +49,9 @@ pub(crate) const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 /// fmtp of the H.265 codec we offer to send (see the module docs for why no `level-id`).
 pub(crate) const H265_FMTP: &str = "profile-id=1;tier-flag=0;tx-mode=SRST";
+/// fmtp of the Opus codec we send.
+pub(crate) const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
+const OPUS_PT: PayloadType = 111;
 const H264_PT: PayloadType = 102;
 const H265_PT: PayloadType = 104;
 
@@ -101,6 +109,17 @@ pub(crate) fn capability(codec: Codec) -> RTCRtpCodecCapability {
     }
 }
 
+/// The codec capability the node sends sound with.
+pub(crate) fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: OPUS_FMTP.to_owned(),
+        rtcp_feedback: Vec::new(),
+    }
+}
+
 /// Builds peer connections for viewers; one per node.
 pub(crate) struct PeerFactory {
     api: API,
@@ -120,6 +139,14 @@ impl PeerFactory {
                 RTPCodecType::Video,
             )?;
         }
+        media.register_codec(
+            RTCRtpCodecParameters {
+                capability: opus_capability(),
+                payload_type: OPUS_PT,
+                ..Default::default()
+            },
+            RTPCodecType::Audio,
+        )?;
         // NACK responder, sender/receiver reports, TWCC header extension.
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let mut setting = SettingEngine::default();
@@ -154,7 +181,7 @@ impl PeerFactory {
         Ok(Self { api, ice_servers })
     }
 
-    /// A new peer with a send-only video track for `codec`.
+    /// A new peer with a send-only video track for `codec` and a send-only Opus track.
     pub(crate) async fn new_viewer(&self, codec: Codec) -> Result<ViewerPeer, PeerError> {
         let pc = Arc::new(
             self.api
@@ -179,15 +206,40 @@ impl PeerFactory {
                 return Err(e.into());
             }
         };
-        Ok(ViewerPeer { pc, track, sender })
+        // The same stream id as the video: a browser puts both tracks in one MediaStream
+        // and lines them up by their sender reports.
+        let audio = Arc::new(TrackLocalStaticRTP::new(
+            opus_capability(),
+            "audio".to_owned(),
+            "cloudphone".to_owned(),
+        ));
+        let audio_sender = match pc
+            .add_track(Arc::clone(&audio) as Arc<dyn TrackLocal + Send + Sync>)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e.into());
+            }
+        };
+        Ok(ViewerPeer {
+            pc,
+            track,
+            sender,
+            audio,
+            audio_sender,
+        })
     }
 }
 
-/// One viewer's peer connection and its video track.
+/// One viewer's peer connection and its video and audio tracks.
 pub(crate) struct ViewerPeer {
     pub pc: Arc<RTCPeerConnection>,
     pub track: Arc<TrackLocalStaticRTP>,
     pub sender: Arc<RTCRtpSender>,
+    pub audio: Arc<TrackLocalStaticRTP>,
+    pub audio_sender: Arc<RTCRtpSender>,
 }
 
 /// The middle 32 bits of the NTP timestamp of `now` (RFC 3550's "compact" form, 1/65536 s).
@@ -238,6 +290,7 @@ mod tests {
         for codec in [Codec::H264, Codec::H265] {
             let peer = factory.new_viewer(codec).await.unwrap();
             assert_eq!(peer.track.codec().mime_type, capability(codec).mime_type);
+            assert_eq!(peer.audio.codec().mime_type, MIME_TYPE_OPUS);
             peer.pc.close().await.unwrap();
         }
         assert!(matches!(

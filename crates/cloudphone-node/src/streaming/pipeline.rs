@@ -8,6 +8,7 @@
 //! nothing here blocks a tokio runtime.
 //! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
 
+pub mod audio;
 pub mod rtp;
 
 use std::collections::VecDeque;
@@ -63,6 +64,10 @@ pub struct PipelineOptions {
     pub latency_samples: usize,
 }
 
+/// A [`PipelineOptions::test_pattern`] of our own: black frames that turn white for the first
+/// [`audio::BEEP_MS`] of every whole second of the monotonic clock, the instants a beeping
+/// [`crate::runtime::AudioSource::TestTone`] sounds: the audio-video sync probe.
+pub const FLASH_PATTERN: &str = "flash";
 /// Default [`PipelineOptions::test_pattern`].
 pub(crate) const DEFAULT_TEST_PATTERN: &str = "ball";
 /// Default [`PipelineOptions::channel_capacity`].
@@ -458,6 +463,8 @@ impl EncodePipeline {
         let name = format!("cpenc{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let n = |suffix: &str| format!("{name}-{suffix}");
         let pipeline = gst::Pipeline::with_name(&name);
+        // The clock every pipeline of the node runs on (see `audio`'s lip-sync notes).
+        pipeline.use_clock(Some(&gst::SystemClock::obtain()));
         let mut child = None;
 
         // Capture stage: everything up to raw frames at the source's own size.
@@ -473,7 +480,11 @@ impl EncodePipeline {
             CaptureSource::TestPattern { width, height } => {
                 let src = make("videotestsrc", n("src"))?;
                 src.set_property("is-live", true);
-                apply_pattern(&src, &options.test_pattern)?;
+                if options.test_pattern == FLASH_PATTERN {
+                    apply_pattern(&src, "black")?;
+                } else {
+                    apply_pattern(&src, &options.test_pattern)?;
+                }
                 capture.push(src);
                 let size = make("capsfilter", n("size"))?;
                 size.set_property(
@@ -605,6 +616,11 @@ impl EncodePipeline {
             .store(settings.bitrate_kbps, Ordering::Relaxed);
         shared.fps.store(settings.fps, Ordering::Relaxed);
         install_probes(&source_caps, &encoder, &shared)?;
+        if options.test_pattern == FLASH_PATTERN
+            && matches!(source, CaptureSource::TestPattern { .. })
+        {
+            install_flash(&encode_caps, &pipeline)?;
+        }
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
         install_sink(&sink, tx, &shared);
         install_bus(&pipeline, &name, &shared, options.realtime_priority)?;
@@ -821,6 +837,44 @@ fn install_probes(
                     at.elapsed().as_secs_f64() * 1e3,
                 );
             }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
+/// Paints the luma of each I420 frame white inside a beep window, black outside
+/// ([`FLASH_PATTERN`]); a frame's clock time is its `PTS + base_time`.
+fn install_flash(encode_caps: &gst::Element, pipeline: &gst::Pipeline) -> Result<(), MediaError> {
+    let pad = encode_caps
+        .static_pad("src")
+        .ok_or_else(|| MediaError::Build("encode caps filter has no src pad".into()))?;
+    let pipeline = pipeline.downgrade();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(base) = pipeline.upgrade().and_then(|p| p.base_time()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(size) = pad
+            .current_caps()
+            .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
+            .map(|v| v.width() as usize * v.height() as usize)
+        else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(buffer) = info.buffer_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(pts) = buffer.pts() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let luma = if audio::in_beep(pts.nseconds() + base.nseconds()) {
+            235
+        } else {
+            16
+        };
+        if let Ok(mut map) = buffer.make_mut().map_writable() {
+            let plane = size.min(map.len());
+            map.as_mut_slice()[..plane].fill(luma);
         }
         gst::PadProbeReturn::Ok
     });

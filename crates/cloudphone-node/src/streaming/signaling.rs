@@ -181,6 +181,31 @@ async fn stream(
         }
     });
 
+    // Sound: the instance's audio encoder → this viewer's audio track (none: video only).
+    let audio_task = match sessions.join_audio(&viewer).await {
+        Some(audio) => {
+            let track = Arc::clone(&peer.audio);
+            let mut packets = audio.subscribe();
+            let sender = Arc::clone(&peer.audio_sender);
+            Some(tokio::spawn(async move {
+                // RTCP must be read for the interceptors (sender reports) to run.
+                let rtcp = tokio::spawn(async move { while sender.read_rtcp().await.is_ok() {} });
+                loop {
+                    match packets.recv().await {
+                        Ok(packet) => {
+                            let _ = track.write(&packet).await;
+                        }
+                        // Lost sound is not asked for again: Opus conceals and FEC covers it.
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+                rtcp.abort();
+            }))
+        }
+        None => None,
+    };
+
     // Media: encoder packets → this viewer's track.
     let track = Arc::clone(&peer.track);
     let mut packets = encoder.subscribe();
@@ -295,6 +320,9 @@ async fn stream(
         None
     };
     media_task.abort();
+    if let Some(task) = audio_task {
+        task.abort();
+    }
     rtcp_task.abort();
     input_task.abort();
     let _ = pc.close().await;

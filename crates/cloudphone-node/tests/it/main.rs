@@ -25,6 +25,7 @@ mod pipeline_x11;
 mod runtime_android;
 mod runtime_synthetic;
 mod runtime_x11;
+mod streaming_audio;
 mod streaming_chromium;
 mod streaming_console;
 mod streaming_h265;

@@ -21,6 +21,18 @@
 //! gets `WIDTH` and `HEIGHT` in its environment and is expected to keep running: if it
 //! exits, the instance counts as not running.
 //!
+//! # Sound
+//! Each instance has its own PulseAudio server (when the host has `pulseaudio`), started before
+//! the launcher in a sandbox like the apps' (the instance's user and cgroup, no network), with
+//! no default modules: a null sink `cloudphone` (the default sink) and the native protocol on
+//! a unix socket, anonymous (only who can reach the socket can connect), module loading
+//! disallowed. The socket lives in `<paths.root>/pulse/` — node bookkeeping, which the apps
+//! never see — bound writable at [`SANDBOX_PULSE_DIR`] into the server's sandbox only; the
+//! apps get the socket file alone, read-only at the same place, and `PULSE_SERVER` pointing at
+//! it (as they get the X socket and `DISPLAY`). The node captures the sink's monitor through
+//! the host path ([`Runtime::audio_source`]). No `pulseaudio`: instances are silent and the
+//! stream is video only. The server's pid is recorded in `pids.json` with the others.
+//!
 //! # Input mapping (XTest)
 //! - Touch: every action first moves the pointer to `(x·width, y·height)`; `down` then
 //!   presses button 1 and `up` releases it, so a tap is a left click and a drag is a
@@ -59,12 +71,19 @@ use super::sandbox::{
     X11_SOCKET_DIR,
 };
 use super::{
-    CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, Runtime,
-    RuntimeError,
+    AudioSource, CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths,
+    InstanceSpec, Runtime, RuntimeError,
 };
 
 /// Shown full-screen on every display unless configured otherwise; see the module docs.
 pub const DEFAULT_LAUNCHER: &str = "exec xeyes -geometry ${WIDTH}x${HEIGHT}+0+0";
+
+/// Where the instance's sound server socket dir appears in sandboxes.
+pub const SANDBOX_PULSE_DIR: &str = "/run/cloudphone/pulse";
+/// The instance's null sink; the node captures `<PULSE_SINK>.monitor`.
+pub const PULSE_SINK: &str = "cloudphone";
+/// How long the sound server gets to open its socket.
+const PULSE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long Xvfb gets to accept connections.
 const XVFB_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,6 +105,8 @@ pub struct X11Config {
     pub launcher: String,
     pub xvfb: PathBuf,
     pub bwrap: PathBuf,
+    /// The sound server; an instance is silent when it is not installed.
+    pub pulseaudio: PathBuf,
     /// Per-instance users, limits and what the sandboxes see (`[sandbox]`).
     pub sandbox: SandboxConfig,
 }
@@ -97,6 +118,7 @@ impl Default for X11Config {
             launcher: DEFAULT_LAUNCHER.to_owned(),
             xvfb: PathBuf::from("/usr/bin/Xvfb"),
             bwrap: PathBuf::from("/usr/bin/bwrap"),
+            pulseaudio: PathBuf::from("/usr/bin/pulseaudio"),
             sandbox: SandboxConfig::default(),
         }
     }
@@ -108,6 +130,9 @@ pub struct PidFile {
     pub display: Option<u32>,
     pub xvfb: Option<ProcessRecord>,
     pub launcher: Option<ProcessRecord>,
+    /// The sound server, when the instance has one.
+    #[serde(default)]
+    pub pulse: Option<ProcessRecord>,
 }
 
 /// One running instance's processes and input connection.
@@ -115,6 +140,7 @@ struct Live {
     display: u32,
     xvfb: Child,
     launcher: Child,
+    pulse: Option<Child>,
     input: Arc<XInput>,
 }
 
@@ -182,6 +208,17 @@ impl X11Runtime {
     ) -> Result<SandboxSpec, RuntimeError> {
         let mut sb = sandbox_spec(spec, paths, display);
         sb.role = role;
+        if role == SandboxRole::App {
+            let socket = pulse_socket(paths);
+            if is_socket(&socket) {
+                let inside = Path::new(SANDBOX_PULSE_DIR).join("native");
+                sb.env.push((
+                    "PULSE_SERVER".to_owned(),
+                    format!("unix:{}", inside.display()),
+                ));
+                sb.ro_binds.push((socket, inside));
+            }
+        }
         let policy = &self.config.sandbox;
         let (limits, file_size) = policy.limits(spec.width, spec.height);
         sb.tmp_size = Some(policy.tmp_size);
@@ -244,12 +281,18 @@ impl X11Runtime {
         let live = lock(&self.live).remove(&spec.instance_id);
         if let Some(mut live) = live {
             stop_child(&mut live.launcher).await;
+            if let Some(pulse) = live.pulse.as_mut() {
+                stop_child(pulse).await;
+            }
             stop_child(&mut live.xvfb).await;
             self.release_display(live.display);
         }
         let pid_file = paths.root.join("pids.json");
         if let Some(stale) = read_pid_file(&pid_file).await {
-            for record in [stale.launcher, stale.xvfb].into_iter().flatten() {
+            for record in [stale.launcher, stale.pulse, stale.xvfb]
+                .into_iter()
+                .flatten()
+            {
                 if record.is_alive() {
                     tracing::info!(instance = %spec.instance_id, pid = record.pid, "killing leftover process");
                     record.terminate(STOP_GRACE).await;
@@ -291,6 +334,66 @@ impl X11Runtime {
         })
     }
 
+    /// Starts the instance's sound server (see the module docs) and waits until its socket
+    /// takes connections. `Ok(None)`: the host has no `pulseaudio`.
+    async fn start_pulse(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<Option<Child>, RuntimeError> {
+        if !self.config.pulseaudio.exists() {
+            return Ok(None);
+        }
+        let dir = paths.root.join("pulse");
+        // A fresh dir each start: no socket or state of a previous server survives.
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::fs::create_dir(&dir).await?;
+        if let Some(user) = SandboxUser::for_instance(paths.owner) {
+            user.take_ownership(&dir)?;
+        }
+        let mut sb = self
+            .prepare_sandbox(spec, paths, None, SandboxRole::App)
+            .await?;
+        sb.rw_binds
+            .push((dir.clone(), PathBuf::from(SANDBOX_PULSE_DIR)));
+        for var in ["PULSE_RUNTIME_PATH", "PULSE_STATE_PATH", "XDG_CONFIG_HOME"] {
+            sb.env.push((var.to_owned(), SANDBOX_PULSE_DIR.to_owned()));
+        }
+        let mut argv = vec![self.config.pulseaudio.display().to_string()];
+        argv.extend(pulse_args());
+        let log = std::fs::File::create(paths.root.join("pulse.log"))?;
+        let log_err = log.try_clone()?;
+        let mut cmd = sandbox::command(&self.config.bwrap, &self.layout, &sb, &argv);
+        cmd.stdout(log).stderr(log_err).kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let socket = pulse_socket(paths);
+        let deadline = Instant::now() + PULSE_READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = tail(&paths.root.join("pulse.log")).await;
+                return Err(RuntimeError::Process {
+                    program: "pulseaudio".to_owned(),
+                    detail: format!("exited with {status}: {log}"),
+                });
+            }
+            if is_socket(&socket) && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                return Ok(Some(child));
+            }
+            if Instant::now() >= deadline {
+                stop_child(&mut child).await;
+                return Err(RuntimeError::Process {
+                    program: "pulseaudio".to_owned(),
+                    detail: format!("no socket after {PULSE_READY_TIMEOUT:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn try_xvfb(
         &self,
         display: u32,
@@ -321,6 +424,7 @@ impl X11Runtime {
                 display: Some(display),
                 xvfb: record,
                 launcher: None,
+                pulse: None,
             },
         )
         .await
@@ -375,6 +479,18 @@ impl Runtime for X11Runtime {
 
         let (display, mut xvfb, input) = self.start_xvfb(spec, paths).await?;
         let xvfb_record = xvfb.id().and_then(ProcessRecord::of);
+        // Sound is best effort: an instance without it still shows and takes input.
+        let mut pulse = match self.start_pulse(spec, paths).await {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(instance = %spec.instance_id, error = %e, "no sound server; the instance is silent");
+                None
+            }
+        };
+        let pulse_record = pulse
+            .as_ref()
+            .and_then(|c| c.id())
+            .and_then(ProcessRecord::of);
 
         let launcher = async {
             let log = std::fs::File::create(paths.root.join("launcher.log"))?;
@@ -392,6 +508,9 @@ impl Runtime for X11Runtime {
         let mut launcher = match launcher {
             Ok(child) => child,
             Err(e) => {
+                if let Some(p) = pulse.as_mut() {
+                    stop_child(p).await;
+                }
                 stop_child(&mut xvfb).await;
                 self.release_display(display);
                 return Err(RuntimeError::Process {
@@ -404,6 +523,7 @@ impl Runtime for X11Runtime {
             display: Some(display),
             xvfb: xvfb_record,
             launcher: launcher.id().and_then(ProcessRecord::of),
+            pulse: pulse_record,
         };
         let written = write_pid_file(&paths.root, &pids).await;
 
@@ -411,6 +531,9 @@ impl Runtime for X11Runtime {
         let exited = launcher.try_wait().ok().flatten();
         if written.is_err() || exited.is_some() {
             stop_child(&mut launcher).await;
+            if let Some(p) = pulse.as_mut() {
+                stop_child(p).await;
+            }
             stop_child(&mut xvfb).await;
             self.release_display(display);
             let _ = tokio::fs::remove_file(paths.root.join("pids.json")).await;
@@ -430,6 +553,7 @@ impl Runtime for X11Runtime {
                 display,
                 xvfb,
                 launcher,
+                pulse,
                 input,
             },
         );
@@ -514,6 +638,54 @@ impl Runtime for X11Runtime {
             height: spec.height,
         }
     }
+
+    fn audio_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Option<AudioSource> {
+        let socket = pulse_socket(paths);
+        (self.display_of(&spec.instance_id).is_some() && is_socket(&socket)).then(|| {
+            AudioSource::Pulse {
+                socket,
+                sink: PULSE_SINK.to_owned(),
+            }
+        })
+    }
+}
+
+/// The host path of an instance's sound server socket.
+fn pulse_socket(paths: &InstancePaths) -> PathBuf {
+    paths.root.join("pulse").join("native")
+}
+
+/// A unix socket itself (`lstat`: a symlink planted in its place is not followed).
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// `pulseaudio` arguments: no default modules, a null sink, the native protocol on the
+/// socket in [`SANDBOX_PULSE_DIR`]; no realtime, no D-Bus, no SHM (the node is outside the
+/// sandbox's IPC namespace), no idle exit, no module loading by clients.
+pub fn pulse_args() -> Vec<String> {
+    [
+        "-n",
+        "--daemonize=no",
+        "--use-pid-file=no",
+        "--system=no",
+        "--exit-idle-time=-1",
+        "--disable-shm=yes",
+        "--realtime=no",
+        "--high-priority=no",
+        "--log-target=stderr",
+        "--log-level=warning",
+        "-L",
+        &format!("module-null-sink sink_name={PULSE_SINK} rate=48000 channels=2"),
+        "-L",
+        &format!("module-native-protocol-unix socket={SANDBOX_PULSE_DIR}/native auth-anonymous=1"),
+        "--disallow-module-loading",
+        "--disallow-exit",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
 }
 
 /// `Xvfb` arguments for display `n` at `width`×`height`.

@@ -331,13 +331,17 @@ impl SharedEncoder {
     }
 
     /// Stops the encoder (drops the pipeline) and ends the usage session.
+    ///
+    /// The pipeline is dropped under the lock, so a second, concurrent `stop` (the last
+    /// viewer's leave racing StopInstance) returns only once the capture has let go of the
+    /// display: an X server killed under a live `ximagesrc` ends the node through Xlib.
     pub(super) fn stop(&self) {
-        let encoder = self
+        let mut guard = self
             .encoder
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        drop(encoder);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(guard.take());
+        drop(guard);
         self.ended.send_replace(true);
     }
 }

@@ -14,6 +14,10 @@
 //! holding up the others. Each viewer has its own [`BitrateController`](cloudphone_core::adaptation::BitrateController), capped by its cell of
 //! the instance's video matrix; the encoder runs at the minimum of their targets.
 //!
+//! # Audio
+//! Sound does not depend on the video profile: one audio encoder per instance (`audio`), started
+//! by its first viewer and stopped by its last, fanned out the same way.
+//!
 //! # Usage
 //! Each encoder run is one usage session: a partial [`UsageRecord`](cloudphone_proto::node_v1::UsageRecord) every
 //! `usage_interval`, and a final one when it stops, handed to the usage buffer's writer, which
@@ -24,20 +28,23 @@
 //! - `grants`: StartSession grants and their checks;
 //! - `registry`: viewers: admission, joining an encoder, leaving, ending streams;
 //! - `encoder`: the encoders viewers share and their bitrate adaptation;
+//! - `audio`: the per-instance audio encoders;
 //! - `usage`: the usage session of an encoder run.
 
+mod audio;
 mod encoder;
 mod grants;
 mod registry;
 mod usage;
 
+pub(crate) use audio::{AudioEncoder, AudioFactory, SharedAudio};
 pub(crate) use encoder::{Encoder, EncoderFactory, SharedEncoder};
 pub(crate) use grants::{Grant, SessionError};
 pub(crate) use registry::Viewer;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig, VideoSpec};
@@ -61,6 +68,30 @@ pub(crate) struct SessionSettings {
     pub clock: crate::clock::Clock,
 }
 
+/// An encoder on its way down.
+#[derive(Clone)]
+enum Winding {
+    Video(Arc<SharedEncoder>),
+    Audio(Arc<SharedAudio>),
+}
+
+impl Winding {
+    fn stop(&self) {
+        match self {
+            Winding::Video(e) => e.stop(),
+            Winding::Audio(a) => a.stop(),
+        }
+    }
+
+    fn is(&self, other: &Winding) -> bool {
+        match (self, other) {
+            (Winding::Video(a), Winding::Video(b)) => Arc::ptr_eq(a, b),
+            (Winding::Audio(a), Winding::Audio(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// The matrix cell of each viewer of one encoder.
 type ViewerSpecs = Vec<(u64, VideoSpec)>;
 
@@ -80,6 +111,7 @@ struct ViewerEntry {
     definition: Definition,
     stop: watch::Sender<Option<ByeReason>>,
     encoder: Option<Arc<SharedEncoder>>,
+    audio: Option<Arc<SharedAudio>>,
 }
 
 #[derive(Default)]
@@ -87,6 +119,11 @@ struct Inner {
     grants: HashMap<String, Grant>,
     configs: HashMap<String, VideoConfig>,
     encoders: HashMap<ProfileKey, Arc<SharedEncoder>>,
+    /// Audio encoders by instance id.
+    audio: HashMap<String, Arc<SharedAudio>>,
+    /// Encoders whose last viewer left, still stopping on a blocking task, by instance id:
+    /// an instance stop waits for them too.
+    stopping: Vec<(String, Winding)>,
     viewers: HashMap<u64, ViewerEntry>,
     next_viewer: u64,
 }
@@ -97,6 +134,7 @@ pub(crate) struct Sessions {
     peers: Arc<PeerFactory>,
     settings: SessionSettings,
     factory: EncoderFactory,
+    audio_factory: OnceLock<AudioFactory>,
     usage: usage::Meter,
     inner: Mutex<Inner>,
     closing: AtomicBool,
@@ -121,6 +159,7 @@ impl Sessions {
             peers,
             settings,
             factory,
+            audio_factory: OnceLock::new(),
             usage,
             inner: Mutex::new(Inner::default()),
             closing: AtomicBool::new(false),

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::encoder::{EncoderRequest, SharedEncoder};
 use super::grants::{Grant, Refusal, refuse};
-use super::{ProfileKey, Sessions, ViewerEntry, ViewerSpecs};
+use super::{ProfileKey, Sessions, ViewerEntry, ViewerSpecs, Winding};
 use crate::instances::Stopping;
 
 impl Sessions {
@@ -75,6 +75,7 @@ impl Sessions {
                     definition,
                     stop,
                     encoder: None,
+                    audio: None,
                 },
             );
             (id, spec)
@@ -167,25 +168,49 @@ impl Sessions {
         Ok(encoder)
     }
 
-    fn leave(&self, id: u64) {
+    fn leave(self: &Arc<Self>, id: u64) {
         let mut inner = self.inner();
         let Some(entry) = inner.viewers.remove(&id) else {
             return;
         };
         tracing::info!(instance = %entry.instance_id, device = %entry.device_id, viewer = id, "viewer left");
-        let Some(encoder) = entry.encoder else {
-            return;
-        };
-        if encoder.remove_viewer(id) == 0 {
+        let mut done: Vec<Winding> = Vec::new();
+        if let Some(audio) = entry.audio
+            && audio.remove_viewer(id) == 0
+        {
+            inner.audio.retain(|_, a| !Arc::ptr_eq(a, &audio));
+            done.push(Winding::Audio(audio));
+        }
+        if let Some(encoder) = entry.encoder
+            && encoder.remove_viewer(id) == 0
+        {
             inner.encoders.retain(|_, e| !Arc::ptr_eq(e, &encoder));
-            drop(inner);
-            // Stopping joins the pipeline's threads; off the async workers when there are any.
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn_blocking(move || encoder.stop());
-                }
-                Err(_) => encoder.stop(),
+            done.push(Winding::Video(encoder));
+        }
+        if done.is_empty() {
+            return;
+        }
+        for s in &done {
+            inner.stopping.push((entry.instance_id.clone(), s.clone()));
+        }
+        drop(inner);
+        // Stopping joins the pipelines' threads; off the async workers when there are any.
+        // Listed in `stopping` meanwhile, so an instance stop waits for them.
+        let sessions = Arc::clone(self);
+        let stop = move || {
+            for s in &done {
+                s.stop();
             }
+            sessions
+                .inner()
+                .stopping
+                .retain(|(_, s)| !done.iter().any(|d| d.is(s)));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(stop);
+            }
+            Err(_) => stop(),
         }
     }
 
@@ -219,6 +244,26 @@ impl Sessions {
                 .filter_map(|k| inner.encoders.remove(k))
                 .collect()
         };
+        // The audio capture holds a connection to the instance's sound server; encoders whose
+        // last viewer just left are still stopping: wait for those too (a second stop returns
+        // once the first has finished).
+        let mut rest: Vec<Winding> = Vec::new();
+        {
+            let mut inner = self.inner();
+            if let Some(audio) = inner.audio.remove(instance_id) {
+                rest.push(Winding::Audio(audio));
+            }
+            rest.extend(
+                inner
+                    .stopping
+                    .iter()
+                    .filter(|(id, _)| id == instance_id)
+                    .map(|(_, s)| s.clone()),
+            );
+        }
+        for s in rest {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
         for encoder in encoders {
             // Stopping a pipeline joins its streaming threads: keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || encoder.stop()).await;

@@ -2,9 +2,9 @@
 //! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cloudphone_node::config::NodeConfig;
 use cloudphone_proto::node_v1 as pb;
@@ -294,7 +294,24 @@ pub(crate) struct Counters {
     pub frames: AtomicU64,
     pub width: AtomicU32,
     pub height: AtomicU32,
+    /// What an audio viewer ([`RustViewer::connect_audio`]) decoded.
+    pub audio: AudioCapture,
 }
+
+/// Decoded sound (mono S16 at 48 kHz) and, for the sync measurement, when each audio buffer and
+/// each video frame came out of its decoder.
+#[derive(Default)]
+pub(crate) struct AudioCapture {
+    pub packets: AtomicU64,
+    pub samples: Mutex<Vec<i16>>,
+    /// (decoded at, index of the buffer's first sample in `samples`).
+    pub buffers: Mutex<Vec<(Instant, usize)>>,
+    /// (decoded at, mean luma of the frame's centre row) of each video frame.
+    pub luma: Mutex<Vec<(Instant, u8)>>,
+}
+
+/// Samples per second of [`AudioCapture::samples`].
+pub(crate) const AUDIO_RATE: usize = 48_000;
 
 /// A webrtc-rs viewer decoding with GStreamer.
 pub(crate) struct RustViewer {
@@ -332,6 +349,29 @@ impl RustViewer {
         hello: Hello,
         relay_only: bool,
         interfaces: Vec<String>,
+    ) -> Result<RustViewer, NodeMessage> {
+        Self::connect_full(url, hello, relay_only, interfaces, false).await
+    }
+
+    /// Like `connect`, also receiving the audio track: its Opus is decoded into
+    /// [`Counters::audio`], and each decoded video frame's luma is recorded there.
+    pub(crate) async fn connect_audio(url: &str, hello: Hello) -> Result<RustViewer, NodeMessage> {
+        Self::connect_full(
+            url,
+            hello,
+            false,
+            cloudphone_testkit::ice_interfaces(),
+            true,
+        )
+        .await
+    }
+
+    async fn connect_full(
+        url: &str,
+        hello: Hello,
+        relay_only: bool,
+        interfaces: Vec<String>,
+        audio: bool,
     ) -> Result<RustViewer, NodeMessage> {
         gst::init().unwrap();
         let mut signaling = Signaling::connect(url).await;
@@ -389,6 +429,17 @@ impl RustViewer {
         )
         .await
         .unwrap();
+        if audio {
+            pc.add_transceiver_from_kind(
+                RTPCodecType::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .unwrap();
+        }
         let input = pc.create_data_channel("input", None).await.unwrap();
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
@@ -399,6 +450,25 @@ impl RustViewer {
             tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
             Box::pin(async move {
                 let codec = track.codec();
+                if track.kind() == RTPCodecType::Audio {
+                    // Its own task: webrtc-rs awaits each on_track future before it reports
+                    // the next track.
+                    tokio::spawn(async move {
+                        let (appsrc, pipeline) = opus_decoder(codec.payload_type, Arc::clone(&c));
+                        while let Ok((packet, _)) = track.read_rtp().await {
+                            c.audio.packets.fetch_add(1, Ordering::Relaxed);
+                            use webrtc::util::Marshal;
+                            let Ok(bytes) = packet.marshal() else {
+                                continue;
+                            };
+                            if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = pipeline.set_state(gst::State::Null);
+                    });
+                    return;
+                }
                 let (name, depay, parse, dec) = if codec
                     .capability
                     .mime_type
@@ -408,38 +478,46 @@ impl RustViewer {
                 } else {
                     ("H264", "rtph264depay", "h264parse", "avdec_h264")
                 };
-                let (appsrc, pipeline) =
-                    decoder(name, codec.payload_type, depay, parse, dec, Arc::clone(&c));
-                let mut highest: Option<u16> = None;
-                while let Ok((packet, _)) = track.read_rtp().await {
-                    let seq = packet.header.sequence_number;
-                    c.rtp_packets.fetch_add(1, Ordering::Relaxed);
-                    match highest {
-                        None => {
-                            c.rtp_expected.fetch_add(1, Ordering::Relaxed);
-                            highest = Some(seq);
-                        }
-                        Some(h) => {
-                            let ahead = seq.wrapping_sub(h);
-                            // Ahead by less than half the space: new packets (a gap is loss);
-                            // otherwise a late or retransmitted one, already expected.
-                            if ahead != 0 && ahead < 0x8000 {
-                                c.rtp_expected
-                                    .fetch_add(u64::from(ahead), Ordering::Relaxed);
+                // Its own task, like the audio track's (see there).
+                tokio::spawn(async move {
+                    let (appsrc, pipeline) = decoder(
+                        name,
+                        codec.payload_type,
+                        (depay, parse, dec),
+                        Arc::clone(&c),
+                        audio,
+                    );
+                    let mut highest: Option<u16> = None;
+                    while let Ok((packet, _)) = track.read_rtp().await {
+                        let seq = packet.header.sequence_number;
+                        c.rtp_packets.fetch_add(1, Ordering::Relaxed);
+                        match highest {
+                            None => {
+                                c.rtp_expected.fetch_add(1, Ordering::Relaxed);
                                 highest = Some(seq);
                             }
+                            Some(h) => {
+                                let ahead = seq.wrapping_sub(h);
+                                // Ahead by less than half the space: new packets (a gap is loss);
+                                // otherwise a late or retransmitted one, already expected.
+                                if ahead != 0 && ahead < 0x8000 {
+                                    c.rtp_expected
+                                        .fetch_add(u64::from(ahead), Ordering::Relaxed);
+                                    highest = Some(seq);
+                                }
+                            }
+                        }
+                        use webrtc::util::Marshal;
+                        let Ok(bytes) = packet.marshal() else {
+                            continue;
+                        };
+                        c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+                            break;
                         }
                     }
-                    use webrtc::util::Marshal;
-                    let Ok(bytes) = packet.marshal() else {
-                        continue;
-                    };
-                    c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                        break;
-                    }
-                }
-                let _ = pipeline.set_state(gst::State::Null);
+                    let _ = pipeline.set_state(gst::State::Null);
+                });
             })
         }));
         let (cand_tx, candidates) = mpsc::unbounded_channel();
@@ -560,27 +638,33 @@ impl Signaling {
     }
 }
 
-/// appsrc (RTP) → depayloader → parser → software decoder → appsink, counting frames.
+/// appsrc (RTP) → depayloader → parser → software decoder → appsink, counting frames; with
+/// `luma`, each frame's centre-row luma is recorded with when it was decoded.
 fn decoder(
     encoding: &str,
     pt: u8,
-    depay: &str,
-    parse: &str,
-    dec: &str,
+    (depay, parse, dec): (&str, &str, &str),
     counters: Arc<Counters>,
+    luma: bool,
 ) -> (gst_app::AppSrc, gst::Pipeline) {
+    let format = if luma { ",format=I420" } else { "" };
     let line = format!(
         "appsrc name=src is-live=true format=time do-timestamp=true \
          caps=application/x-rtp,media=video,encoding-name={encoding},clock-rate=90000,payload={pt} \
          ! rtpjitterbuffer latency=50 ! {depay} ! {parse} ! {dec} ! videoconvert \
-         ! appsink name=sink sync=false max-buffers=2 drop=true"
+         ! video/x-raw{format} ! appsink name=sink sync=false max-buffers=2 drop=true"
     );
     let pipeline = gst::parse::launch(&line)
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
     let appsrc = element::<gst_app::AppSrc>(&pipeline, "src");
-    element::<gst_app::AppSink>(&pipeline, "sink").set_callbacks(count_decoded(counters));
+    let sink = element::<gst_app::AppSink>(&pipeline, "sink");
+    if luma {
+        sink.set_callbacks(record_luma(counters));
+    } else {
+        sink.set_callbacks(count_decoded(counters));
+    }
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
 }
@@ -605,4 +689,76 @@ pub(crate) fn count_decoded(counters: Arc<Counters>) -> gst_app::AppSinkCallback
             Ok(gst::FlowSuccess::Ok)
         })
         .build()
+}
+
+/// Counts frames like [`count_decoded`] and records each I420 frame's centre-row mean luma.
+fn record_luma(counters: Arc<Counters>) -> gst_app::AppSinkCallbacks {
+    gst_app::AppSinkCallbacks::builder()
+        .new_sample(move |sink| {
+            let at = Instant::now();
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            let size = sample
+                .caps()
+                .and_then(|c| c.structure(0))
+                .and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?)));
+            if let (Some((w, h)), Some(buffer)) = (size, sample.buffer())
+                && let Ok(map) = buffer.map_readable()
+            {
+                counters.width.store(w as u32, Ordering::Relaxed);
+                counters.height.store(h as u32, Ordering::Relaxed);
+                let (w, h) = (w as usize, h as usize);
+                // I420 rows are padded to 4 bytes.
+                let stride = w.div_ceil(4) * 4;
+                let row = map
+                    .get(stride * (h / 2)..stride * (h / 2) + w)
+                    .unwrap_or(&[]);
+                let mean = row.iter().map(|&y| u64::from(y)).sum::<u64>() / row.len().max(1) as u64;
+                counters.audio.luma.lock().unwrap().push((at, mean as u8));
+            }
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .build()
+}
+
+/// appsrc (RTP) → Opus depayloader and decoder → mono S16 48 kHz into [`Counters::audio`].
+fn opus_decoder(pt: u8, counters: Arc<Counters>) -> (gst_app::AppSrc, gst::Pipeline) {
+    let line = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true \
+         caps=application/x-rtp,media=audio,encoding-name=OPUS,clock-rate=48000,payload={pt} \
+         ! rtpjitterbuffer latency=50 ! rtpopusdepay ! opusdec ! audioconvert ! audioresample \
+         ! audio/x-raw,format=S16LE,channels=1,rate=48000 \
+         ! appsink name=sink sync=false"
+    );
+    let pipeline = gst::parse::launch(&line)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let appsrc = element::<gst_app::AppSrc>(&pipeline, "src");
+    element::<gst_app::AppSink>(&pipeline, "sink").set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let at = Instant::now();
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(buffer) = sample.buffer()
+                    && let Ok(map) = buffer.map_readable()
+                {
+                    let mut samples = counters.audio.samples.lock().unwrap();
+                    counters
+                        .audio
+                        .buffers
+                        .lock()
+                        .unwrap()
+                        .push((at, samples.len()));
+                    samples.extend(
+                        map.chunks_exact(2)
+                            .map(|b| i16::from_le_bytes([b[0], b[1]])),
+                    );
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (appsrc, pipeline)
 }
