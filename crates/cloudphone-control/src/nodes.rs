@@ -355,9 +355,8 @@ impl Registry {
                     status: NodeHealth::Up.as_str().to_string(),
                     last_seen_ms: crate::unix_ms(),
                 };
-                if let Err(error) = self.store.upsert_node(&record).await {
-                    warn!(%error, "could not store node announcement");
-                }
+                // The live streams first: a node shows as up only once it holds control's set, so
+                // a stream admitted after that (PutLiveStream) is not undone by this sync.
                 if let Err(error) = crate::service::live::on_announcement(
                     self.store.as_ref(),
                     self.client(node_id),
@@ -368,6 +367,9 @@ impl Registry {
                 .await
                 {
                     warn!(%error, "could not sync the node's live streams");
+                }
+                if let Err(error) = self.store.upsert_node(&record).await {
+                    warn!(%error, "could not store node announcement");
                 }
                 for instance in a.instances {
                     self.reconcile_instance(node_id, &instance).await;
