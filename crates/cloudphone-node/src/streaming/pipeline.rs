@@ -881,6 +881,24 @@ fn install_flash(encode_caps: &gst::Element, pipeline: &gst::Pipeline) -> Result
     Ok(())
 }
 
+/// The appsink's next RTP packet, copied out with its sample; `None` when the sample has no
+/// buffer, or one that cannot be read (counted in `dropped`). The video and audio sinks share it.
+pub(super) fn pull_packet(
+    sink: &gst_app::AppSink,
+    dropped: &AtomicU64,
+) -> Result<Option<(gst::Sample, Bytes)>, gst::FlowError> {
+    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+    let packet = match sample.buffer().map(|b| b.map_readable()) {
+        None => return Ok(None),
+        Some(Err(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        Some(Ok(map)) => Bytes::copy_from_slice(map.as_slice()),
+    };
+    Ok(Some((sample, packet)))
+}
+
 /// Hands each RTP packet to the channel without blocking: when the consumer is behind, the
 /// packet is dropped and counted (the viewer recovers with NACK/PLI; a stalled encoder thread
 /// would instead delay every viewer).
@@ -889,16 +907,9 @@ fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<S
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else {
+                let Some((sample, packet)) = pull_packet(sink, &s.packets_dropped)? else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let Ok(map) = buffer.map_readable() else {
-                    s.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let packet = Bytes::copy_from_slice(map.as_slice());
-                drop(map);
                 let marker = packet.get(1).is_some_and(|b| b & 0x80 != 0);
                 let len = packet.len() as u64;
                 match tx.try_send(packet) {
@@ -914,7 +925,7 @@ fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<S
                 let rt = sample
                     .segment()
                     .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
-                    .and_then(|seg| seg.to_running_time(buffer.pts()));
+                    .and_then(|seg| seg.to_running_time(sample.buffer().and_then(|b| b.pts())));
                 if marker && let Some(rt) = rt {
                     let captured = lock(&s.captured_at).take(rt.nseconds());
                     if let Some(at) = captured {

@@ -30,7 +30,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
-use super::{MediaError, RTP_MTU, init, lock, make};
+use super::{MediaError, RTP_MTU, init, lock, make, pull_packet};
 use crate::runtime::AudioSource;
 
 /// RTP payload type of the Opus packets; the WebRTC side rewrites it to the negotiated one.
@@ -247,15 +247,10 @@ fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<S
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else {
+                let Some((_, packet)) = pull_packet(sink, &s.packets_dropped)? else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let Ok(map) = buffer.map_readable() else {
-                    s.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                match tx.try_send(Bytes::copy_from_slice(map.as_slice())) {
+                match tx.try_send(packet) {
                     Ok(()) => s.packets_out.fetch_add(1, Ordering::Relaxed),
                     Err(_) => s.packets_dropped.fetch_add(1, Ordering::Relaxed),
                 };
