@@ -11,7 +11,8 @@ Standard input: {"endpoint": "127.0.0.1:PORT", "operator": [ak, sk], "algorithm"
 `vs.py STEP` runs one step of the live end-to-end test (`live_e2e`) instead: standard input
 {"endpoint", "key": [ak, sk], "algorithm", ...the step's arguments}; prints {"answer", "sent_unix_ms"}
 (the answer's body, and when the SDK was called: the test times Forbid from it), or
-{"code", "status"} and exits 1 when the server refuses it (see `STEPS`).
+{"code", "status"} and exits 1 when the server refuses it (see `STEPS`). `vs.py serve` does the
+same for one JSON request a line, {"step", ...that input}, answering a line each with "ok" added.
 """
 
 import json
@@ -181,21 +182,35 @@ STEPS = {
 }
 
 
-def run_step(name):
-    args = json.load(sys.stdin)
+def run_step(name, args):
+    """One step: ({"answer", "sent_unix_ms"}, True), or ({"code", "status", "message"}, False)
+    when the server refused it."""
     c = client(args["endpoint"], args["key"][0], args["key"][1], args["algorithm"])
     sent_unix_ms = int(time.time() * 1000)
     try:
-        out = {"answer": STEPS[name](c, args), "sent_unix_ms": sent_unix_ms}
+        return {"answer": STEPS[name](c, args), "sent_unix_ms": sent_unix_ms}, True
     except Exception as error:  # the SDK's ClientException/ServerException
-        json.dump({"code": getattr(error, "code", None), "status": getattr(error, "status_code", None),
-                   "message": str(error)}, sys.stdout)
-        sys.exit(1)
-    json.dump(out, sys.stdout)
+        return {"code": getattr(error, "code", None), "status": getattr(error, "status_code", None),
+                "message": str(error)}, False
+
+
+def serve():
+    # One interpreter for a whole scenario: starting Python and importing the SDK costs about
+    # a second per call on a loaded 2-core machine, and the test polls DescribeStream.
+    for line in sys.stdin:
+        request = json.loads(line)
+        out, ok = run_step(request.pop("step"), request)
+        out["ok"] = ok
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        run_step(sys.argv[1])
+    if sys.argv[1:] == ["serve"]:
+        serve()
+    elif len(sys.argv) > 1:
+        out, ok = run_step(sys.argv[1], json.load(sys.stdin))
+        json.dump(out, sys.stdout)
+        sys.exit(0 if ok else 1)
     else:
         main()

@@ -10,7 +10,7 @@
 //! 5xx. The three runs share nothing but the binaries; they hold one lock so that only one
 //! encoder and its players run at a time on the 2-core machine.
 
-use std::process::{Command as StdCommand, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
 
 use crate::support::{iso, now_ms, venv_python};
@@ -47,7 +48,7 @@ type Key = (String, String);
 /// Which client drives the API.
 #[derive(Debug, Clone, Copy)]
 enum Client {
-    /// `tests/sdk/vs.py STEP`: the official SDK, default signing (None) or `Some("v2")`.
+    /// `tests/sdk/vs.py serve`: the official SDK, default signing (None) or `Some("v2")`.
     Sdk(Option<&'static str>),
     /// Signed GETs built here from the document's scheme.
     Document,
@@ -104,6 +105,8 @@ struct Live {
     _fleet: Fleet,
     base: String,
     http: reqwest::Client,
+    /// `vs.py serve`, started by the first SDK step.
+    sdk: tokio::sync::Mutex<Option<SdkProcess>>,
 }
 
 impl Live {
@@ -117,6 +120,7 @@ impl Live {
             _fleet: fleet,
             base,
             http: reqwest::Client::new(),
+            sdk: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -134,10 +138,12 @@ impl Live {
                 input["endpoint"] = json!(self.base.trim_start_matches("http://"));
                 input["key"] = json!([key.0, key.1]);
                 input["algorithm"] = json!(algorithm);
-                let step = step.to_string();
-                let out = tokio::task::spawn_blocking(move || run_sdk_step(&step, &input))
-                    .await
-                    .unwrap();
+                input["step"] = json!(step);
+                let mut sdk = self.sdk.lock().await;
+                if sdk.is_none() {
+                    *sdk = Some(SdkProcess::start());
+                }
+                let out = sdk.as_mut().unwrap().call(&input).await;
                 (out["answer"].clone(), out["sent_unix_ms"].as_i64().unwrap())
             }
             Client::Document => {
@@ -213,31 +219,53 @@ fn document_action(step: &str, a: &Value) -> (&'static str, Vec<(&'static str, S
     }
 }
 
-/// Runs `tests/sdk/vs.py step` with `input` on standard input: its answer. A refusal (the SDK
-/// raised) fails the test with the status the server gave.
-fn run_sdk_step(step: &str, input: &Value) -> Value {
-    let mut child = StdCommand::new(venv_python())
-        .arg(workspace().join("tests/sdk/vs.py"))
-        .arg(step)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.to_string().as_bytes()).unwrap();
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    assert!(
-        answer["status"].as_u64().is_none_or(|s| s < 500),
-        "vs.py {step}: a 5xx: {answer}"
-    );
-    assert!(
-        output.status.success(),
-        "vs.py {step}: {answer} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    answer
+/// `tests/sdk/vs.py serve`: one interpreter with the SDK loaded for a whole scenario, a step
+/// a line (a Python start per call would cost about a second each on a loaded machine).
+struct SdkProcess {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl SdkProcess {
+    fn start() -> Self {
+        let mut child = Command::new(venv_python())
+            .arg(workspace().join("tests/sdk/vs.py"))
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// One step (`input["step"]`): its answer. A refusal (the SDK raised) fails the test with
+    /// the status the server gave.
+    async fn call(&mut self, input: &Value) -> Value {
+        let step = input["step"].clone();
+        self.stdin
+            .write_all(format!("{input}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = self.lines.next_line().await.unwrap();
+        let Some(line) = line else {
+            panic!("vs.py {step}: exited ({:?})", self.child.try_wait());
+        };
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            answer["status"].as_u64().is_none_or(|s| s < 500),
+            "vs.py {step}: a 5xx: {answer}"
+        );
+        assert_eq!(answer["ok"], true, "vs.py {step}: {answer}");
+        answer
+    }
 }
 
 /// A live H.264 push of a test pattern (1 s GOP) with an AAC tone, as the issue runs it.
