@@ -380,7 +380,8 @@ impl App {
                 state.tones
             ),
         };
-        let small = (s / 2).max(1);
+        // Smaller than the controls, but never the unreadable 1×.
+        let small = ((s + 1) / 2).max(2).min(s);
         self.text(HINT, &status, l.status.x, l.status.y, small)?;
         self.present()
     }

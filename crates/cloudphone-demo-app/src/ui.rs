@@ -30,10 +30,13 @@ pub(crate) enum Control {
 pub(crate) const TAP_BUTTONS: usize = 3;
 /// Their names, shown above their counters.
 pub(crate) const TAP_NAMES: [&str; TAP_BUTTONS] = ["A", "B", "C"];
-/// The colours a counting button goes through, one step per tap; button `i` starts at step `i`
-/// so the three never look alike at once.
-pub(crate) const TAP_COLOURS: [u32; 5] =
-    [0xe5_39_35, 0x43_a0_47, 0x1e_88_e5, 0xfb_8c_00, 0x8e_24_aa];
+/// The colours each counting button goes through, one step per tap: a family per button (reds,
+/// greens, blues) so the three never look alike whatever their counts.
+pub(crate) const TAP_COLOURS: [[u32; 3]; TAP_BUTTONS] = [
+    [0xe5_39_35, 0xff_70_43, 0xad_14_57],
+    [0x43_a0_47, 0x7c_b3_42, 0x2e7d32],
+    [0x1e_88_e5, 0x5e_35_b1, 0x03_9b_e5],
+];
 /// The typed text is cut to its last this many characters: a demo, not an editor.
 const MAX_TEXT: usize = 2000;
 
@@ -71,9 +74,9 @@ impl Layout {
             x: margin,
             y: title.y + title.h + gap,
             w: inner,
-            h: h * 30 / 100,
+            h: h * 34 / 100,
         };
-        let button_h = (h * 12 / 100).max(2 * line + gap);
+        let button_h = (h * 13 / 100).max(2 * line + gap);
         let tap_w = (inner - 2 * gap) / 3;
         let taps_y = field.y + field.h + margin;
         let taps = [0, 1, 2].map(|i| Rect {
@@ -200,7 +203,7 @@ impl State {
 
     /// Counting button `i`'s colour now.
     pub(crate) fn tap_colour(&self, i: usize) -> u32 {
-        TAP_COLOURS[(i + self.counts[i] as usize) % TAP_COLOURS.len()]
+        TAP_COLOURS[i][self.counts[i] as usize % TAP_COLOURS[i].len()]
     }
 }
 
@@ -285,6 +288,18 @@ mod tests {
         assert_eq!(s.release(Some(Control::Tap(0))), Effect::None);
         assert_eq!(s.counts, [1, 0, 0]);
         assert_ne!(s.tap_colour(0), before);
+        // Whatever the counts, the three buttons differ.
+        for n in 0..27u32 {
+            let s = State {
+                counts: [n % 3, n / 3 % 3, n / 9],
+                ..State::default()
+            };
+            let colours = [s.tap_colour(0), s.tap_colour(1), s.tap_colour(2)];
+            assert!(
+                colours[0] != colours[1] && colours[1] != colours[2] && colours[0] != colours[2],
+                "{colours:x?}"
+            );
+        }
         // Down on one control, up on another: no tap.
         s.press(Some(Control::Tap(1)));
         s.release(Some(Control::Tap(2)));

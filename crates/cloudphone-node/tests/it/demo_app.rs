@@ -25,15 +25,15 @@ const FIELD: Region = Region {
     x: 15,
     y: 48,
     w: 330,
-    h: 192,
+    h: 217,
 };
 const BUTTON_A: Region = Region {
     x: 15,
-    y: 255,
+    y: 280,
     w: 105,
-    h: 76,
+    h: 83,
 };
-const TONE: (u32, u32) = (180, 384);
+const TONE: (u32, u32) = (180, 419);
 
 /// A box of screen pixels.
 #[derive(Clone, Copy)]
