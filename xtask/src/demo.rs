@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: control and one node on this machine, a demo tenant and three phones,
 //! and a live-API (seed 003) tenant with a group and a stream to push to and play.
 
+mod app;
 mod live;
 
 use std::fs::File;
@@ -48,6 +49,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
     heading("build the daemons");
     let root = util::repo_root();
     util::build_daemons(false)?;
+    let demo_app = app::build()?;
     let bin = root.join("target/debug");
     let control_bin = bin.join("cloudphone-control");
     let node_bin = bin.join("cloudphone-node");
@@ -77,6 +79,7 @@ pub(crate) fn run(options: Options) -> Result<()> {
             secret: util::random_alnum(32),
         },
         runtime,
+        demo_app,
     };
     let control_toml = dir.join("control.toml");
     let node_toml = dir.join("node.toml");
@@ -343,6 +346,8 @@ struct DemoConfig {
     /// The live API's operator key, made per run; only `control.toml` holds its secret.
     operator: live::Key,
     runtime: Runtime,
+    /// The demo phone's app, which the node's x11 instances run instead of xeyes.
+    demo_app: PathBuf,
 }
 
 impl DemoConfig {
@@ -426,6 +431,10 @@ join_token = {token}
 
 [x11]
 first_display = {first_display}
+launcher = {launcher}
+
+[sandbox.ro_binds]
+{app_name} = {app_path}
 
 [android]
 adb = "/usr/bin/adb"
@@ -444,6 +453,9 @@ rtmp_listen = {rtmp_listen}
             control = toml_str(&format!("https://127.0.0.1:{}", self.control_nodes_port)),
             token = toml_str(join_token),
             rtmp_listen = toml_str(&format!("127.0.0.1:{}", self.rtmp_port)),
+            launcher = toml_str(&app::launcher()),
+            app_name = app::ro_bind(&self.demo_app).0,
+            app_path = toml_str(&app::ro_bind(&self.demo_app).1),
         )
     }
 }
@@ -884,6 +896,7 @@ mod tests {
                 secret: "op-secret".into(),
             },
             runtime,
+            demo_app: PathBuf::from("/work/main/target/debug/cloudphone-demo-app"),
         }
     }
 
@@ -956,6 +969,9 @@ mod tests {
         "live_api.operator_access_key_secret",
     ];
 
+    /// Keys the demo node sets that the example leaves out: its instances run the demo app.
+    const NODE_EXTRAS: &[&str] = &["x11.launcher", "sandbox.ro_binds.cloudphone-demo-app"];
+
     fn demo_keys(doc: &str) -> Vec<String> {
         let mut keys = keys(doc);
         keys.retain(|k| !DEMO_EXTRAS.contains(&k.as_str()));
@@ -977,7 +993,9 @@ mod tests {
             let (table, key) = extra.split_once('.').unwrap();
             assert!(control[table].get(key).is_some(), "{extra}");
         }
-        assert_eq!(keys(&c.node_toml("t")), example_keys("node.toml"));
+        let mut node_keys = keys(&c.node_toml("t"));
+        node_keys.retain(|k| !NODE_EXTRAS.contains(&k.as_str()));
+        assert_eq!(node_keys, example_keys("node.toml"));
     }
 
     #[test]
@@ -1022,6 +1040,14 @@ mod tests {
         for (table, key, want) in tables {
             assert_eq!(node[table][key].as_str(), Some(want), "[{table}] {key}");
         }
+        assert_eq!(
+            node["x11"]["launcher"].as_str(),
+            Some("exec /run/cloudphone/bin/cloudphone-demo-app")
+        );
+        assert_eq!(
+            node["sandbox"]["ro_binds"]["cloudphone-demo-app"].as_str(),
+            Some("/work/main/target/debug/cloudphone-demo-app")
+        );
     }
 
     #[test]

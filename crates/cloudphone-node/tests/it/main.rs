@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`support`]: RTP collection and checks for the `pipeline_*` modules; an in-process node,
 //!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
+//! - `demo_app`: the demo phone's app in an x11 instance, used through a viewer.
 //! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
 //! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
@@ -17,6 +18,7 @@
 
 mod support;
 
+mod demo_app;
 mod isolation;
 mod live_rtmp;
 mod pipeline_adb;
