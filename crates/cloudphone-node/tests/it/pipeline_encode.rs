@@ -319,7 +319,7 @@ async fn streaming_threads_run_under_sched_rr_and_can_be_left_normal() {
     const SCHED_RR: u64 = 2;
     let root = nix::unistd::geteuid().is_root();
 
-    let (pipe, mut rx) = flowing(Codec::H264, 1000, &PipelineOptions::default()).await;
+    let (pipe, _rx) = flowing(Codec::H264, 1000, &PipelineOptions::default()).await;
     let stats = pipe.stats();
     let seen = policies(&format!("{}-", pipe.name()));
     assert!(stats.streaming_threads >= 2, "{stats:?}");
@@ -336,7 +336,7 @@ async fn streaming_threads_run_under_sched_rr_and_can_be_left_normal() {
         realtime_priority: 0,
         ..PipelineOptions::default()
     };
-    let (pipe, mut rx) = flowing(Codec::H264, 1000, &options).await;
+    let (pipe, _rx) = flowing(Codec::H264, 1000, &options).await;
     assert_eq!(pipe.stats().realtime_threads, 0);
     let seen = policies(&format!("{}-", pipe.name()));
     assert!(
