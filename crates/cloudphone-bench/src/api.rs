@@ -874,32 +874,18 @@ fn url_port(url: &str) -> Option<u16> {
 /// `-p <port>` its command line carries, as both throwaway clusters start it) and every child
 /// of it (the backends serving control's pool, the background workers).
 fn postgres_cpu_seconds(port: u16) -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Some(procs) = crate::procfs::processes() else {
         return f64::NAN;
     };
-    let mut procs: Vec<(i32, i32, String)> = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        procs.push((pid, ppid, cmdline));
-    }
+    let procs: Vec<(i32, i32, String)> = procs
+        .iter()
+        .map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            (p.pid as i32, p.ppid as i32, cmdline)
+        })
+        .collect();
     let wanted = format!(" -p {port} ");
     let Some(postmaster) = procs
         .iter()

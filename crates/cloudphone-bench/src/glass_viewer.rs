@@ -369,46 +369,20 @@ pub fn main(args: ViewerArgs) -> Result<()> {
 pub fn tree_cpu_seconds(root: u32) -> f64 {
     // /proc counts in USER_HZ, which the kernel fixes at 100 for user space on every arch.
     let tick = 100.0;
-    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Some(procs) = crate::procfs::processes() else {
         return f64::NAN;
     };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may contain spaces) in ")".
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // ppid is field 4, utime..cstime fields 14–17 (1-based, pid = 1, comm = 2).
-        procs.push((pid, num(1) as u32, num(11) + num(12) + num(13) + num(14)));
-    }
     let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(
-            procs
-                .iter()
-                .filter(|(_, ppid, _)| *ppid == parent)
-                .map(|(pid, _, _)| *pid),
-        );
+        tree.extend(procs.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
         i += 1;
     }
     procs
         .iter()
-        .filter(|(pid, _, _)| tree.contains(pid))
-        .map(|(_, _, t)| *t as f64)
+        .filter(|p| tree.contains(&p.pid))
+        .map(|p| p.cpu_ticks as f64)
         .sum::<f64>()
         / tick
 }

@@ -21,6 +21,7 @@ pub mod live_node;
 pub mod live_report;
 pub mod live_whep;
 pub mod parts;
+mod procfs;
 pub mod report;
 pub mod stats;
 pub mod viewer;

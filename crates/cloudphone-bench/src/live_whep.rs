@@ -3,18 +3,17 @@
 //! trickle: WHEP's PATCH is optional), `POST` as `application/sdp` → `201 Created` with the
 //! answer; the decoded frames go through the same clock-reading tail as the other receivers.
 //! Audio is not offered: the clock is in the video, and a WHEP server may answer only what
-//! was offered.
+//! was offered. The webrtcbin steps are `cloudphone_testkit::live`'s, which control's live
+//! end-to-end test plays WHEP with too.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
+use cloudphone_testkit::live;
 use gstreamer as gst;
-use gstreamer::glib;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use gstreamer_sdp as gst_sdp;
-use gstreamer_webrtc as gst_webrtc;
 
 use crate::viewer::{Seen, decode_tail, read_clock_from};
 use crate::viewer_webrtcbin::DEFAULT_LATENCY_MS;
@@ -29,35 +28,11 @@ pub(crate) struct Whep {
 
 /// webrtcbin with its recvonly transceiver and decode tail, playing (so ICE gathers).
 fn build(seen: &Arc<Mutex<Seen>>) -> Result<(gst::Pipeline, gst::Element)> {
-    let pipeline = gst::Pipeline::new();
-    let bin = gst::ElementFactory::make("webrtcbin")
-        .property_from_str("bundle-policy", "max-bundle")
-        .property("latency", DEFAULT_LATENCY_MS)
-        .build()
-        .context("webrtcbin (gstreamer1.0-plugins-bad + gstreamer1.0-nice)")?;
-    pipeline.add(&bin)?;
-    let caps = gst::Caps::builder("application/x-rtp")
-        .field("media", "video")
-        .field("encoding-name", "H264")
-        .field("clock-rate", 90000i32)
-        .field("payload", 102i32)
-        .field("packetization-mode", "1")
-        .field("profile-level-id", "42e01f")
-        .build();
-    bin.emit_by_name::<glib::Object>(
-        "add-transceiver",
-        &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-    );
+    let (pipeline, bin) =
+        live::recvonly_webrtcbin(&live::h264_rtp_caps(), Some(DEFAULT_LATENCY_MS))?;
     let (_, tail_line) = decode_tail(false);
     let s = Arc::clone(seen);
-    let weak = pipeline.downgrade();
-    bin.connect_pad_added(move |_, pad| {
-        if pad.direction() != gst::PadDirection::Src {
-            return;
-        }
-        let Some(pipeline) = weak.upgrade() else {
-            return;
-        };
+    live::on_src_pads(&pipeline, &bin, move |pipeline, pad| {
         let attach = || -> Result<()> {
             let tail = gst::parse::bin_from_description(&tail_line, true)?;
             let sink = tail
@@ -78,64 +53,18 @@ fn build(seen: &Arc<Mutex<Seen>>) -> Result<(gst::Pipeline, gst::Element)> {
     Ok((pipeline, bin))
 }
 
-/// Creates the offer, sets it locally and waits for ICE gathering: the offer's text with
-/// every candidate in it.
-fn offer(bin: &gst::Element) -> Result<String> {
-    let promise = gst::Promise::new();
-    bin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
-    promise.wait();
-    let offer = promise
-        .get_reply()
-        .and_then(|r| r.value("offer").ok())
-        .and_then(|v| v.get::<gst_webrtc::WebRTCSessionDescription>().ok())
-        .ok_or_else(|| anyhow!("webrtcbin made no offer"))?;
-    bin.emit_by_name::<()>("set-local-description", &[&offer, &None::<gst::Promise>]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while bin.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-        != gst_webrtc::WebRTCICEGatheringState::Complete
-    {
-        if Instant::now() > deadline {
-            // Whatever was gathered: loopback host candidates come first.
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let local = bin
-        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-        .context("no local description")?;
-    Ok(local.sdp().as_text()?)
-}
-
 /// Starts a WHEP session against `url`.
 pub(crate) async fn start(url: &str) -> Result<Whep> {
     gst::init()?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (pipeline, bin) = build(&seen)?;
-    let b = bin.clone();
-    let sdp = tokio::task::spawn_blocking(move || offer(&b)).await??;
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("Content-Type", "application/sdp")
-        .body(sdp)
-        .send()
-        .await
-        .context("WHEP POST")?;
-    let status = resp.status();
-    let resource = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(|l| resolve(url, l));
-    let answer = resp.text().await?;
-    if status != reqwest::StatusCode::CREATED {
-        let _ = pipeline.set_state(gst::State::Null);
-        bail!("WHEP POST answered {status}: {answer}");
-    }
-    let message = gst_sdp::SDPMessage::parse_buffer(answer.as_bytes())
-        .map_err(|e| anyhow!("answer does not parse: {e}"))?;
-    let answer =
-        gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, message);
-    bin.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
+    let resource = match live::whep_negotiate(&bin, url).await {
+        Ok(location) => location.map(|l| resolve(url, &l)),
+        Err(e) => {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(e);
+        }
+    };
     Ok(Whep {
         pipeline,
         seen,
@@ -172,6 +101,8 @@ pub(crate) async fn delete(resource: &str) {
 
 #[cfg(test)]
 mod tests {
+    use gstreamer_webrtc as gst_webrtc;
+
     use super::*;
 
     #[test]
@@ -194,7 +125,7 @@ mod tests {
         gst::init().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (pipeline, bin) = build(&seen).unwrap();
-        let sdp = offer(&bin).unwrap();
+        let sdp = live::local_description(&bin, gst_webrtc::WebRTCSDPType::Offer).unwrap();
         let _ = pipeline.set_state(gst::State::Null);
         assert!(sdp.contains("a=recvonly"), "{sdp}");
         assert!(sdp.contains("H264/90000"), "{sdp}");

@@ -235,15 +235,8 @@ impl WebrtcbinViewer {
 
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (s, a, err_tx) = (Arc::clone(&seen), Arc::clone(&arrivals), to_ws);
-        let pipeline_weak = pipeline.downgrade();
-        bin.connect_pad_added(move |_, pad| {
-            if pad.direction() != gst::PadDirection::Src {
-                return;
-            }
-            let Some(pipeline) = pipeline_weak.upgrade() else {
-                return;
-            };
-            if let Err(e) = attach_tail(&pipeline, pad, &tail_line, &s, &a) {
+        cloudphone_testkit::live::on_src_pads(&pipeline, &bin, move |pipeline, pad| {
+            if let Err(e) = attach_tail(pipeline, pad, &tail_line, &s, &a) {
                 let _ = err_tx.send(FromBin::Error(format!("decoder: {e:#}")).out());
             }
         });

@@ -96,10 +96,26 @@ impl Browser {
             ("#password", password),
             ("#project", "cn-north-7"),
         ] {
-            self.ok(serde_json::json!({"cmd": "fill", "selector": selector, "value": value}))
-                .await;
+            self.fill(selector, value).await;
         }
-        self.ok(serde_json::json!({"cmd": "click", "selector": "#loginBtn"}))
+        self.click("#loginBtn").await;
+    }
+
+    /// Types `value` into the field at `selector` (replacing what it held); must succeed.
+    pub async fn fill(&mut self, selector: &str, value: &str) {
+        self.ok(serde_json::json!({"cmd": "fill", "selector": selector, "value": value}))
+            .await;
+    }
+
+    /// Picks the option `value` of the `<select>` at `selector`; must succeed.
+    pub async fn select(&mut self, selector: &str, value: &str) {
+        self.ok(serde_json::json!({"cmd": "select", "selector": selector, "value": value}))
+            .await;
+    }
+
+    /// Clicks the element at `selector`; must succeed.
+    pub async fn click(&mut self, selector: &str) {
+        self.ok(serde_json::json!({"cmd": "click", "selector": selector}))
             .await;
     }
 

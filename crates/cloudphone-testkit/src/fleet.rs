@@ -228,6 +228,15 @@ impl Fleet {
         serde_json::from_slice(&out.stdout).expect("admin commands print JSON")
     }
 
+    /// `GET path` on control's API with no credentials (a page, `/metrics`).
+    pub async fn get_unauthenticated(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     pub async fn get_json(&self, url: &str) -> Option<Value> {
         self.http.get(url).send().await.ok()?.json().await.ok()
     }

@@ -1,9 +1,12 @@
-//! Test support: real daemons on ephemeral ports, a throwaway PostgreSQL, and HTTP helpers.
+//! Test support: real daemons on ephemeral ports, a throwaway PostgreSQL, HTTP helpers and
+//! GStreamer clients of the live edge.
 //! Never a dependency of production code.
 //!
 //! # Layout
 //! - [`browser`]: headless Chromium driven through `tests/browser/viewer.mjs`, for page tests.
 //! - [`fleet`]: control + node processes and a public-API client, for end-to-end tests.
+//! - [`live`]: GStreamer clients of the live edge: an RTMP push, FLV/RTMP/HLS/WHEP players
+//!   counting decoded frames, webrtcbin as a receiving peer.
 //! - [`postgres`]: a fresh database on the suite's PostgreSQL server (started here if needed).
 //! - [`process`]: building and spawning the workspace's binaries, killed on drop.
 #![forbid(unsafe_code)]
@@ -12,6 +15,7 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod live;
 pub mod postgres;
 pub mod process;
 

@@ -4,16 +4,17 @@
 //! own clock-stamped stream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cloudphone_bench::{clock, live, live_nginx};
+use cloudphone_testkit::live::{local_description, set_remote_description};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use gstreamer_sdp as gst_sdp;
 use gstreamer_webrtc as gst_webrtc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::run_live;
 
 /// Reads a request's head and, for a POST, its body (by Content-Length).
 async fn read_request(sock: &mut TcpStream) -> (String, Vec<u8>) {
@@ -130,34 +131,9 @@ fn whep_answer(offer: &str) -> (gst::Pipeline, String) {
         });
     let w = pipeline.by_name("w").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let offer = gst_webrtc::WebRTCSessionDescription::new(
-        gst_webrtc::WebRTCSDPType::Offer,
-        gst_sdp::SDPMessage::parse_buffer(offer.as_bytes()).unwrap(),
-    );
-    let p = gst::Promise::new();
-    w.emit_by_name::<()>("set-remote-description", &[&offer, &p]);
-    p.wait();
-    let p = gst::Promise::new();
-    w.emit_by_name::<()>("create-answer", &[&None::<gst::Structure>, &p]);
-    p.wait();
-    let answer = p
-        .get_reply()
-        .and_then(|r| r.value("answer").ok())
-        .and_then(|v| v.get::<gst_webrtc::WebRTCSessionDescription>().ok())
-        .expect("webrtcbin made no answer");
-    w.emit_by_name::<()>("set-local-description", &[&answer, &None::<gst::Promise>]);
-    for _ in 0..250 {
-        if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-            == gst_webrtc::WebRTCICEGatheringState::Complete
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let local = w
-        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-        .unwrap();
-    (pipeline, local.sdp().as_text().unwrap())
+    set_remote_description(&w, gst_webrtc::WebRTCSDPType::Offer, offer).unwrap();
+    let answer = local_description(&w, gst_webrtc::WebRTCSDPType::Answer).unwrap();
+    (pipeline, answer)
 }
 
 /// A WHEP endpoint: POST offer → 201 + answer + Location; DELETE → 200.
@@ -219,13 +195,7 @@ async fn flv_and_whep_players_read_the_clock_and_flv_players_are_counted() {
         &std::process::id().to_string(),
     ])
     .unwrap();
-    let r = live::run(&args).await.unwrap();
-    drop(nginx);
-    assert!(r.failures.is_empty(), "{:?}", r.failures);
-    for output in [live::Output::Flv, live::Output::Whep] {
-        let cell = r.latency.iter().find(|c| c.output == output);
-        assert!(cell.is_some_and(|c| c.n > 0), "{output:?}: {cell:?}");
-    }
+    let r = run_live(&args, nginx, &[live::Output::Flv, live::Output::Whep]).await;
     let requests = requests.lock().unwrap().clone();
     assert!(
         requests[0].starts_with("POST /live/bench/whep?auth_key="),
@@ -264,13 +234,7 @@ async fn the_bench_starts_our_node_and_measures_every_output() {
         node.pid().to_string(),
     ]);
     let args = live::LiveArgs::parse_from(argv).unwrap();
-    let r = live::run(&args).await.unwrap();
-    drop(node);
-    assert!(r.failures.is_empty(), "{:?}", r.failures);
-    for output in live::Output::ALL {
-        let cell = r.latency.iter().find(|c| c.output == output);
-        assert!(cell.is_some_and(|c| c.n > 0), "{output:?}: {cell:?}");
-    }
+    let r = run_live(&args, node, &live::Output::ALL).await;
     let outputs: Vec<_> = r.load.iter().map(|l| l.output).collect();
     assert_eq!(outputs, [live::Output::Rtmp, live::Output::Flv]);
     for run in &r.load {

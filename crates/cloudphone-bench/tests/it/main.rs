@@ -7,3 +7,19 @@
 mod impair;
 mod live;
 mod smoke;
+
+use cloudphone_bench::live::{LiveArgs, LiveResults, Output, run};
+
+/// Runs the live bench with `args` while `server` (what serves the stream) is up, then stops it:
+/// the results, checked to have no failures and a latency cell with samples for each of
+/// `outputs`.
+async fn run_live(args: &LiveArgs, server: impl Sized, outputs: &[Output]) -> LiveResults {
+    let r = run(args).await.unwrap();
+    drop(server);
+    assert!(r.failures.is_empty(), "{:?}", r.failures);
+    for output in outputs {
+        let cell = r.latency.iter().find(|c| c.output == *output);
+        assert!(cell.is_some_and(|c| c.n > 0), "{output:?}: {cell:?}");
+    }
+    r
+}

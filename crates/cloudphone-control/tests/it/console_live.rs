@@ -11,33 +11,11 @@ use std::time::{Duration, Instant};
 
 use cloudphone_testkit::browser::{Browser, workspace};
 use cloudphone_testkit::fleet::Fleet;
-use cloudphone_vs_api::{sign, timefmt};
 use serde_json::{Value, json};
 
-use crate::support::now_ms;
+use crate::support::{now_ms, signed_query};
 
 const OPERATOR: (&str, &str) = ("OPERATORKEY1", "operator-secret");
-
-/// The document's signed GET query (as `live_api.rs` builds it).
-fn signed_query(key: (&str, &str), action: &str, params: &[(&str, &str)]) -> String {
-    let mut all: Vec<(String, String)> = vec![
-        ("Format".into(), "JSON".into()),
-        ("Version".into(), "2018-12-12".into()),
-        ("AccessKeyId".into(), key.0.into()),
-        ("SignatureMethod".into(), "HMAC-SHA1".into()),
-        ("SignatureVersion".into(), "1.0".into()),
-        ("SignatureNonce".into(), uuid::Uuid::new_v4().to_string()),
-        ("Timestamp".into(), timefmt::format_unix_ms(now_ms())),
-        ("Action".into(), action.into()),
-    ];
-    all.extend(params.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-    let signature = sign::rpc_signature(key.1, &sign::rpc_string_to_sign("GET", &all));
-    all.push(("Signature".into(), signature));
-    all.iter()
-        .map(|(n, v)| format!("{}={}", sign::percent_encode(n), sign::percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
 
 /// One call through control's `/console/vs`; status and body.
 async fn vs(
@@ -49,7 +27,13 @@ async fn vs(
     let url = format!(
         "{}/console/vs?{}",
         fleet.api,
-        signed_query(key, action, params)
+        signed_query(
+            key,
+            action,
+            params,
+            now_ms(),
+            &uuid::Uuid::new_v4().to_string()
+        )
     );
     let response = fleet.http.get(url).send().await.unwrap();
     (
@@ -145,15 +129,9 @@ async fn the_live_page_lists_a_tenants_streams_and_plays_one_over_webrtc() {
         .await;
 
     // A wrong secret: the API's refusal, shown; the form stays.
-    browser
-        .ok(json!({"cmd": "fill", "selector": "#akid", "value": ak}))
-        .await;
-    browser
-        .ok(json!({"cmd": "fill", "selector": "#aksecret", "value": "not-the-secret"}))
-        .await;
-    browser
-        .ok(json!({"cmd": "click", "selector": "#signinBtn"}))
-        .await;
+    browser.fill("#akid", &ak).await;
+    browser.fill("#aksecret", "not-the-secret").await;
+    browser.click("#signinBtn").await;
     let error = wait_eval(&mut browser, "window.live.error", |v| v.is_string()).await;
     assert!(
         error.as_str().unwrap().contains("SignatureDoesNotMatch"),
@@ -161,12 +139,8 @@ async fn the_live_page_lists_a_tenants_streams_and_plays_one_over_webrtc() {
     );
 
     // The tenant's key: the group and the stream, with the node's figures.
-    browser
-        .ok(json!({"cmd": "fill", "selector": "#aksecret", "value": sk}))
-        .await;
-    browser
-        .ok(json!({"cmd": "click", "selector": "#signinBtn"}))
-        .await;
+    browser.fill("#aksecret", &sk).await;
+    browser.click("#signinBtn").await;
     let row = format!("#rows tr[data-id='{stream_id}']");
     browser
         .ok(json!({"cmd": "wait_for", "selector": row, "state": "visible"}))
@@ -191,9 +165,7 @@ async fn the_live_page_lists_a_tenants_streams_and_plays_one_over_webrtc() {
     );
 
     // Play: WebRTC frames decoded in the page.
-    browser
-        .ok(json!({"cmd": "click", "selector": format!("{row} button.play")}))
-        .await;
+    browser.click(&format!("{row} button.play")).await;
     let frames = wait_eval(&mut browser, "window.live.framesDecoded()", |v| {
         v.as_i64().unwrap_or(0) >= 30
     })
@@ -234,11 +206,6 @@ async fn the_consoles_route_to_the_live_api_is_off_without_live_api() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["Code"], "InvalidAction.NotFound", "{body}");
     // The page itself is still served (it says what the API answers).
-    let page = fleet
-        .http
-        .get(format!("{}/console/live", fleet.api))
-        .send()
-        .await
-        .unwrap();
+    let page = fleet.get_unauthenticated("/console/live").await;
     assert_eq!(page.status(), 200);
 }

@@ -404,13 +404,9 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     assert_eq!(zone_label["text"], "Local, UTC+08:00");
 
     // Only the real session's stream: its minutes, non-zero, in the chart and the table.
-    browser
-        .ok(json!({"cmd": "fill", "selector": "#stream", "value": instance}))
-        .await;
+    browser.fill("#stream", &instance).await;
     let seq = state["seq"].as_i64().unwrap();
-    browser
-        .ok(json!({"cmd": "click", "selector": "#showBtn"}))
-        .await;
+    browser.click("#showBtn").await;
     let state = wait_ready(&mut browser, seq).await;
     assert!(
         state["paths"][0]
@@ -435,23 +431,17 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
     browser
         .ok(json!({"cmd": "screenshot", "path": shots().join("usage-24h-stream.png")}))
         .await;
-    browser
-        .ok(json!({"cmd": "fill", "selector": "#stream", "value": ""}))
-        .await;
+    browser.fill("#stream", "").await;
 
     // Both domains, last 7 days, local days (UTC+08:00).
     let mut seq = page_state(&mut browser).await["seq"].as_i64().unwrap();
     browser
-        .ok(json!({"cmd": "click", "selector": "#domains input[value='play.acme.example']"}))
+        .click("#domains input[value='play.acme.example']")
         .await;
     seq = wait_ready(&mut browser, seq).await["seq"].as_i64().unwrap();
-    browser
-        .ok(json!({"cmd": "select", "selector": "#range", "value": "7d"}))
-        .await;
+    browser.select("#range", "7d").await;
     seq = wait_ready(&mut browser, seq).await["seq"].as_i64().unwrap();
-    browser
-        .ok(json!({"cmd": "select", "selector": "#zone", "value": "local"}))
-        .await;
+    browser.select("#zone", "local").await;
     let state = wait_ready(&mut browser, seq).await;
     let paths = state["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 2, "one query per domain");
@@ -512,13 +502,9 @@ async fn the_usage_page_shows_and_exports_what_the_api_bills() {
 
     // Last 30 days in UTC days: the day 20 days ago shows up too.
     let seq = state["seq"].as_i64().unwrap();
-    browser
-        .ok(json!({"cmd": "select", "selector": "#zone", "value": "utc"}))
-        .await;
+    browser.select("#zone", "utc").await;
     let seq = wait_ready(&mut browser, seq).await["seq"].as_i64().unwrap();
-    browser
-        .ok(json!({"cmd": "select", "selector": "#range", "value": "30d"}))
-        .await;
+    browser.select("#range", "30d").await;
     let state = wait_ready(&mut browser, seq).await;
     let e = check_against_api(&fleet, &acme.token, &state, Some(0), 30).await;
     assert!(

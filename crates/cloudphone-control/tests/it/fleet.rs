@@ -147,11 +147,8 @@ async fn whole_flow(store_url: Option<String>) {
 
     // Metrics on both daemons.
     let metrics = fleet
-        .http
-        .get(format!("{}/metrics", fleet.api))
-        .send()
+        .get_unauthenticated("/metrics")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

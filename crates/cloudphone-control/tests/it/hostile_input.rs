@@ -35,12 +35,7 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
         "/console/usage",
         "/console/live",
     ] {
-        let response = fleet
-            .http
-            .get(format!("{}{page}", fleet.api))
-            .send()
-            .await
-            .unwrap();
+        let response = fleet.get_unauthenticated(page).await;
         assert_eq!(response.status(), 200, "{page}");
         let headers = response.headers();
         let csp = headers["content-security-policy"].to_str().unwrap();
@@ -79,9 +74,7 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
         .ok(json!({"cmd": "text", "selector": format!("tr[data-instance='{id}'] td:nth-child(5)")}))
         .await;
     assert_eq!(shown["text"], XSS, "the user id is shown as text");
-    browser
-        .ok(json!({"cmd": "click", "selector": unassign}))
-        .await;
+    browser.click(&unassign).await;
     // The click did its job with the exact string: the binding is gone and the row offers
     // "assign" again.
     browser

@@ -16,11 +16,10 @@ use std::time::Duration;
 use cloudphone_control::store::{self, LiveStore, StreamReport, VsNode};
 use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::{Fleet, NODE_ID};
-use cloudphone_vs_api::sign;
 use cloudphone_vs_api::timefmt;
 use serde_json::{Value, json};
 
-use crate::support::{now_ms, venv_python};
+use crate::support::{now_ms, signed_query, venv_python};
 
 /// The operator's key: the document's worked example's, so its signed URL verifies here.
 const OPERATOR: (&str, &str) = ("testid", "testsecret");
@@ -47,34 +46,6 @@ struct Vs {
 /// A random nonce.
 fn nonce() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// The document's signed GET query: the common parameters, `params`, and `Signature`, every
-/// name and value percent-encoded.
-fn signed_query(
-    key: &Key,
-    action: &str,
-    params: &[(&str, &str)],
-    at_ms: i64,
-    nonce: &str,
-) -> String {
-    let mut all: Vec<(String, String)> = vec![
-        ("Format".into(), "JSON".into()),
-        ("Version".into(), "2018-12-12".into()),
-        ("AccessKeyId".into(), key.0.clone()),
-        ("SignatureMethod".into(), "HMAC-SHA1".into()),
-        ("SignatureVersion".into(), "1.0".into()),
-        ("SignatureNonce".into(), nonce.into()),
-        ("Timestamp".into(), timefmt::format_unix_ms(at_ms)),
-        ("Action".into(), action.into()),
-    ];
-    all.extend(params.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-    let signature = sign::rpc_signature(&key.1, &sign::rpc_string_to_sign("GET", &all));
-    all.push(("Signature".into(), signature));
-    all.iter()
-        .map(|(n, v)| format!("{}={}", sign::percent_encode(n), sign::percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 impl Vs {
@@ -171,7 +142,7 @@ impl Vs {
     async fn call(&self, key: &Key, action: &str, params: &[(&str, &str)]) -> (u16, Value) {
         self.get(&format!(
             "/?{}",
-            signed_query(key, action, params, now_ms(), &nonce())
+            signed_query((&key.0, &key.1), action, params, now_ms(), &nonce())
         ))
         .await
     }
@@ -383,7 +354,7 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
 
     // A replayed request (same nonce) is refused; a fresh nonce is not.
     let query = signed_query(
-        &acme,
+        (&acme.0, &acme.1),
         "DescribeGroup",
         &[("Id", &group)],
         now_ms(),
@@ -401,7 +372,7 @@ async fn the_gateway_rules_refuse_with_their_codes_and_tenants_are_isolated() {
         (14 * 60_000, 200),
     ] {
         let query = signed_query(
-            &acme,
+            (&acme.0, &acme.1),
             "DescribeGroup",
             &[("Id", &group)],
             now_ms() + offset_ms,

@@ -11,19 +11,12 @@
 //! encoder and its players run at a time on the 2-core machine.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::Fleet;
-use gstreamer as gst;
-use gstreamer::glib;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
-use gstreamer_sdp as gst_sdp;
-use gstreamer_webrtc as gst_webrtc;
+use cloudphone_testkit::live::{Player, rtmp_push};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
@@ -268,24 +261,6 @@ impl SdkProcess {
     }
 }
 
-/// A live H.264 push of a test pattern (1 s GOP) with an AAC tone, as the issue runs it.
-fn push(url: &str) -> Child {
-    let pipeline = format!(
-        "flvmux name=m streamable=true ! rtmp2sink location={url} \
-         videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
-         x264enc tune=zerolatency key-int-max=30 speed-preset=ultrafast ! h264parse ! m. \
-         audiotestsrc is-live=true ! audioconvert ! avenc_aac ! aacparse ! m."
-    );
-    Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(pipeline.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gst-launch-1.0")
-}
-
 /// Waits until the push process fails (refused or dropped) within `within`: how long it took.
 async fn fails_within(child: &mut Child, within: Duration, what: &str) -> Duration {
     let start = Instant::now();
@@ -295,242 +270,6 @@ async fn fails_within(child: &mut Child, within: Duration, what: &str) -> Durati
         .unwrap();
     assert!(!status.success(), "{what}: the push fails: {status}");
     start.elapsed()
-}
-
-/// A GStreamer player counting decoded frames.
-struct Player {
-    name: &'static str,
-    pipeline: gst::Pipeline,
-    frames: Arc<AtomicU64>,
-}
-
-/// Adds the decoding tail (`queue ! h264parse ! avdec_h264 ! appsink`, or `depay` first for
-/// RTP) to `pipeline`, counting each decoded frame into `frames`: its sink pad.
-fn decode_tail(pipeline: &gst::Pipeline, depay: &str, frames: &Arc<AtomicU64>) -> gst::Pad {
-    let tail = gst::parse::bin_from_description(
-        &format!("queue {depay} ! h264parse ! avdec_h264 ! appsink name=sink sync=false"),
-        true,
-    )
-    .unwrap();
-    let counted = Arc::clone(frames);
-    tail.by_name("sink")
-        .unwrap()
-        .downcast::<gst_app::AppSink>()
-        .unwrap()
-        .set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let _ = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
-    pipeline.add(&tail).unwrap();
-    tail.sync_state_with_parent().unwrap();
-    tail.static_pad("sink").unwrap()
-}
-
-impl Player {
-    /// `source` ends in a demuxer named `d`: its first video pad is decoded, and every other
-    /// pad drained into a fakesink (the pushed AAC comes before the first video tag, and an
-    /// unlinked audio pad would stop the demuxer with "not-linked").
-    fn start(name: &'static str, source: &str) -> Player {
-        gst::init().unwrap();
-        let pipeline = gst::parse::launch(source)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let frames = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&frames);
-        let weak = pipeline.downgrade();
-        let video_linked = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        pipeline
-            .by_name("d")
-            .unwrap()
-            .connect_pad_added(move |_, pad| {
-                let Some(pipeline) = weak.upgrade() else {
-                    return;
-                };
-                let sink = if pad.name().starts_with("video")
-                    && !video_linked.swap(true, Ordering::SeqCst)
-                {
-                    decode_tail(&pipeline, "", &counted)
-                } else {
-                    let drain =
-                        gst::parse::bin_from_description("queue ! fakesink async=false", true)
-                            .unwrap();
-                    pipeline.add(&drain).unwrap();
-                    drain.sync_state_with_parent().unwrap();
-                    drain.static_pad("sink").unwrap()
-                };
-                pad.link(&sink).unwrap();
-            });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Player {
-            name,
-            pipeline,
-            frames,
-        }
-    }
-
-    fn flv(url: &str) -> Player {
-        Self::start(
-            "FLV",
-            &format!("souphttpsrc is-live=true location=\"{url}\" ! flvdemux name=d"),
-        )
-    }
-
-    fn rtmp(url: &str) -> Player {
-        Self::start(
-            "RTMP",
-            &format!("rtmp2src location=\"{url}\" ! flvdemux name=d"),
-        )
-    }
-
-    fn hls(url: &str) -> Player {
-        Self::start(
-            "HLS",
-            &format!("souphttpsrc location=\"{url}\" ! hlsdemux ! tsdemux name=d"),
-        )
-    }
-
-    /// webrtcbin as a WHEP client: one recvonly H.264 transceiver, the offer POSTed once ICE
-    /// gathering is done, the answer set; the decoded frames counted.
-    async fn whep(url: &str) -> Player {
-        gst::init().unwrap();
-        let pipeline = gst::Pipeline::new();
-        let bin = gst::ElementFactory::make("webrtcbin")
-            .property_from_str("bundle-policy", "max-bundle")
-            .build()
-            .unwrap();
-        pipeline.add(&bin).unwrap();
-        let caps = gst::Caps::builder("application/x-rtp")
-            .field("media", "video")
-            .field("encoding-name", "H264")
-            .field("clock-rate", 90000i32)
-            .field("payload", 102i32)
-            .field("packetization-mode", "1")
-            .field("profile-level-id", "42e01f")
-            .build();
-        bin.emit_by_name::<glib::Object>(
-            "add-transceiver",
-            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-        );
-        let frames = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&frames);
-        let weak = pipeline.downgrade();
-        bin.connect_pad_added(move |_, pad| {
-            if pad.direction() != gst::PadDirection::Src {
-                return;
-            }
-            let Some(pipeline) = weak.upgrade() else {
-                return;
-            };
-            let sink = decode_tail(&pipeline, "! rtph264depay", &counted);
-            pad.link(&sink).unwrap();
-        });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let b = bin.clone();
-        let sdp = tokio::task::spawn_blocking(move || {
-            let promise = gst::Promise::new();
-            b.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
-            promise.wait();
-            let offer = promise
-                .get_reply()
-                .and_then(|r| r.value("offer").ok())
-                .and_then(|v| v.get::<gst_webrtc::WebRTCSessionDescription>().ok())
-                .expect("webrtcbin makes an offer");
-            b.emit_by_name::<()>("set-local-description", &[&offer, &None::<gst::Promise>]);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while b.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-                != gst_webrtc::WebRTCICEGatheringState::Complete
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            b.property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-                .unwrap()
-                .sdp()
-                .as_text()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let response = reqwest::Client::new()
-            .post(url)
-            .header("content-type", "application/sdp")
-            .body(sdp)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let answer = response.text().await.unwrap();
-        assert_eq!(status, 201, "WHEP offer: {answer}");
-        let message = gst_sdp::SDPMessage::parse_buffer(answer.as_bytes()).unwrap();
-        let answer =
-            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, message);
-        bin.emit_by_name::<()>("set-remote-description", &[&answer, &None::<gst::Promise>]);
-        Player {
-            name: "WHEP",
-            pipeline,
-            frames,
-        }
-    }
-
-    /// Whether `n` frames are decoded within `within` (no assertion).
-    async fn reaches(&self, n: u64, within: Duration) -> bool {
-        let start = Instant::now();
-        while self.frames.load(Ordering::Relaxed) < n {
-            if start.elapsed() >= within {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        true
-    }
-
-    /// The webrtcbin's connection states, for a failure's message.
-    fn webrtc_states(&self) -> String {
-        self.pipeline
-            .iterate_elements()
-            .into_iter()
-            .flatten()
-            .find(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
-            .map(|bin| {
-                format!(
-                    "ice {:?}, connection {:?}",
-                    bin.property::<gst_webrtc::WebRTCICEConnectionState>("ice-connection-state"),
-                    bin.property::<gst_webrtc::WebRTCPeerConnectionState>("connection-state"),
-                )
-            })
-            .unwrap_or_default()
-    }
-
-    async fn wait_frames(&self, n: u64) {
-        let start = Instant::now();
-        while self.frames.load(Ordering::Relaxed) < n {
-            assert!(
-                start.elapsed() < WAIT,
-                "{}: decoded {} frames, wanted {n}",
-                self.name,
-                self.frames.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        eprintln!(
-            "{}: {} frames decoded after {:?}",
-            self.name,
-            self.frames.load(Ordering::Relaxed),
-            start.elapsed()
-        );
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
 }
 
 /// Polls DescribeStream (through `client`) until `Status` is `status`, within `within`.
@@ -637,7 +376,7 @@ async fn scenario(client: Client, user_id: &str) {
     );
 
     // The push: DescribeStream shows it on.
-    let mut pusher = push(&push_url);
+    let mut pusher = rtmp_push(&push_url, true);
     let (on, took) = wait_status(&live, client, &key, &id, "on", WAIT).await;
     eprintln!("{client:?}: on {took:?} after the push started");
     assert_eq!(on["Id"], json!(id));
@@ -683,7 +422,7 @@ async fn scenario(client: Client, user_id: &str) {
         whep = Player::whep(&whep_url).await;
     }
     for player in [&flv, &rtmp, &hls, &whep] {
-        player.wait_frames(FRAMES).await;
+        player.wait_frames(FRAMES, WAIT).await;
     }
     drop((flv, rtmp, hls, whep));
     eprintln!("{client:?}: four players decoded by {:?}", begun.elapsed());
@@ -713,7 +452,7 @@ async fn scenario(client: Client, user_id: &str) {
         .step(client, &key, "describe_stream", json!({"id": id}))
         .await;
     assert_forbidden(client, &stream, true);
-    let mut refused = push(&push_url);
+    let mut refused = rtmp_push(&push_url, true);
     let took = fails_within(
         &mut refused,
         Duration::from_secs(10),
@@ -731,7 +470,7 @@ async fn scenario(client: Client, user_id: &str) {
 
     // Resume: a push is accepted again and shows on.
     live.step(client, &key, "resume", json!({"id": id})).await;
-    let mut pusher = push(&push_url);
+    let mut pusher = rtmp_push(&push_url, true);
     let (on_again, _) = wait_status(&live, client, &key, &id, "on", WAIT).await;
     assert_forbidden(client, &on_again, false);
     // Still publishing a moment later: admitted, not accepted then dropped.

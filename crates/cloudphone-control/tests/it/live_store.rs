@@ -8,6 +8,8 @@ use cloudphone_control::store::{
     VsNode, VsOrder, VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
 
+use crate::support::on_each_store;
+
 fn tenant(user_id: &str, ak: &str) -> VsTenant {
     VsTenant::active(user_id.into(), ak.into(), "sealed".into(), 0)
 }
@@ -241,15 +243,13 @@ async fn suite(s: impl Store) {
     s.vs_meter(&publish).await.unwrap();
     publish.stopped_at_ms = None;
     s.vs_meter(&publish).await.unwrap();
-    let metered = s.vs_publishes("u1").await.unwrap();
-    assert_eq!(metered.len(), 1);
+    let metered: Vec<_> = (s.vs_publishes("u1").await.unwrap().iter())
+        .map(|p| (p.bytes_in, p.frames_in, p.stopped_at_ms))
+        .collect();
     assert_eq!(
-        (
-            metered[0].bytes_in,
-            metered[0].frames_in,
-            metered[0].stopped_at_ms
-        ),
-        (10, 3, Some(9))
+        metered,
+        [(10, 3, Some(9))],
+        "one publish, its figures grown"
     );
 
     // Deleting a group takes its streams and their play keys; another tenant deletes nothing.
@@ -279,15 +279,4 @@ async fn suite(s: impl Store) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_live_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
-    suite(store::open(&url).await.expect("open sqlite")).await;
-}
-
-#[tokio::test]
-async fn postgres_live_store() {
-    let url = cloudphone_testkit::postgres::fresh_database();
-    suite(store::open(&url).await.expect("open postgres")).await;
-}
+on_each_store!(suite: sqlite_live_store, postgres_live_store);

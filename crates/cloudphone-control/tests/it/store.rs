@@ -7,6 +7,8 @@ use cloudphone_control::store::{
 use cloudphone_core::instance::ControlState;
 use cloudphone_core::lifecycle::InstanceState;
 
+use crate::support::on_each_store;
+
 fn tenant(n: u32) -> NewTenant {
     NewTenant {
         tenant_id: format!("t{n}"),
@@ -589,18 +591,7 @@ async fn backup_and_prepare(store: &impl Store) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
-    suite(store::open(&url).await.expect("open sqlite")).await;
-}
-
-#[tokio::test]
-async fn postgres_store() {
-    let url = cloudphone_testkit::postgres::fresh_database();
-    suite(store::open(&url).await.expect("open postgres")).await;
-}
+on_each_store!(suite: sqlite_store, postgres_store);
 
 #[tokio::test]
 async fn unknown_urls_are_refused() {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use cloudphone_node::config::NodeConfig;
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_signaling::{Definition, EncodingType};
+use cloudphone_signaling::EncodingType;
 
-use crate::support::streaming::{Node, RustViewer, hello};
+use crate::support::streaming::{Node, RustViewer};
 
 const W: u32 = 360;
 const H: u32 = 640;
@@ -238,12 +238,10 @@ async fn limits_hold_while_a_neighbour_keeps_streaming() {
     node.create_instance("attacker", W, H).await;
     node.create_instance("neighbour", W, H).await;
     node.open_session("neighbour", "dev-n", "token-n").await;
-    let mut viewer = RustViewer::connect(
-        &node.ws_url,
-        hello("dev-n", "token-n", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node
+        .viewer("dev-n", "token-n", EncodingType::H264)
+        .await
+        .unwrap();
     viewer.wait_frames(10, Duration::from_secs(30)).await;
     let window = Duration::from_secs(3);
     let baseline = frames_in(&mut viewer, window).await;

@@ -4,16 +4,12 @@
 //! stream's status on the report stream.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudphone_core::play_auth;
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_proto::node_v1::node_report::Report;
-use gstreamer as gst;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
+use cloudphone_testkit::live::{Player, rtmp_push};
 use tokio::process::{Child, Command};
 
 use crate::support::streaming::{Node, WAIT};
@@ -44,104 +40,28 @@ fn play_url(base: &str, path: &str, key: &str) -> String {
     format!("{base}{path}?auth_key={auth}")
 }
 
-/// A live H.264 push of a test pattern to `url`, as the issue's Done-when runs it.
-fn push(url: &str) -> Child {
-    push_with(url, false)
+/// A node with its RTMP ingest on and its report stream open: the node, the report stream past
+/// the announcement, and the announcement.
+async fn live_node() -> (Node, tonic::Streaming<pb::NodeReport>, pb::NodeAnnouncement) {
+    let mut node = Node::start("synthetic", |c| {
+        c.live.rtmp_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut reports = node.open_reports().await;
+    let Some(Report::Announcement(announcement)) = reports.message().await.unwrap().unwrap().report
+    else {
+        panic!("the announcement comes first");
+    };
+    (node, reports, announcement)
 }
 
-/// [`push`], with an AAC tone too when `audio`.
-fn push_with(url: &str, audio: bool) -> Child {
-    let mut pipeline = format!(
-        "flvmux name=m streamable=true ! rtmp2sink location={url} \
-         videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
-         x264enc tune=zerolatency key-int-max=30 speed-preset=ultrafast ! h264parse ! m."
-    );
-    if audio {
-        pipeline.push_str(" audiotestsrc is-live=true ! audioconvert ! avenc_aac ! aacparse ! m.");
-    }
-    Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(pipeline.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gst-launch-1.0")
-}
-
-/// A GStreamer player of `source` (a `souphttpsrc` or `rtmp2src` description) counting decoded
-/// frames; the audio pad, should one appear, is drained so the demuxer never stops on it.
-struct Player {
-    pipeline: gst::Pipeline,
-    frames: Arc<AtomicU64>,
-}
-
-impl Player {
-    fn start(source: &str) -> Player {
-        Self::start_demuxed(&format!("{source} ! flvdemux name=d d.video"))
-    }
-
-    /// A player of `source` ending in the demuxer's video pad.
-    fn start_demuxed(source: &str) -> Player {
-        gst::init().unwrap();
-        let pipeline = gst::parse::launch(&format!(
-            "{source} ! queue ! h264parse ! avdec_h264 ! appsink name=sink sync=false"
-        ))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-        let demux = pipeline.by_name("d").unwrap();
-        let weak = pipeline.downgrade();
-        demux.connect_pad_added(move |_, pad| {
-            if pad.name().starts_with("audio")
-                && let Some(pipeline) = weak.upgrade()
-            {
-                let sink = gst::ElementFactory::make("fakesink")
-                    .property("async", false)
-                    .build()
-                    .unwrap();
-                pipeline.add(&sink).unwrap();
-                sink.sync_state_with_parent().unwrap();
-                let _ = pad.link(&sink.static_pad("sink").unwrap());
-            }
-        });
-        let frames = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&frames);
-        let sink = pipeline
-            .by_name("sink")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let _ = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    counted.fetch_add(1, Ordering::Relaxed);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Player { pipeline, frames }
-    }
-
-    async fn wait_frames(&self, n: u64) {
-        let start = Instant::now();
-        while self.frames.load(Ordering::Relaxed) < n {
-            assert!(
-                start.elapsed() < WAIT,
-                "decoded {} frames, wanted {n}",
-                self.frames.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
+/// The stream's push URL on the node's RTMP base `rtmp`, signed with the push key.
+fn push_url(rtmp: &str) -> String {
+    let push_path = format!("/{APP}/{ID}");
+    format!(
+        "{rtmp}{push_path}?auth_key={}",
+        play_auth::sign(&push_path, PUSH_KEY, FAR, "0", "0")
+    )
 }
 
 /// The next status of the stream on the report stream, skipping everything else.
@@ -231,15 +151,7 @@ async fn fails_within(child: &mut Child, within: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
-    let mut node = Node::start("synthetic", |c| {
-        c.live.rtmp_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let mut reports = node.open_reports().await;
-    let Some(Report::Announcement(announcement)) = reports.message().await.unwrap().unwrap().report
-    else {
-        panic!("the announcement comes first");
-    };
+    let (mut node, mut reports, announcement) = live_node().await;
     let rtmp = announcement.live_rtmp_base_url.clone();
     let http = announcement.live_http_base_url.clone();
     assert!(rtmp.starts_with("rtmp://127.0.0.1:"), "{rtmp}");
@@ -256,17 +168,14 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
     let put = node.grpc.put_live_stream(stream(true)).await.unwrap();
     assert!(!put.into_inner().publisher_dropped);
     let push_path = format!("/{APP}/{ID}");
-    let push_url = format!(
-        "{rtmp}{push_path}?auth_key={}",
-        play_auth::sign(&push_path, PUSH_KEY, FAR, "0", "0")
-    );
+    let push_url = push_url(&rtmp);
 
     // A push signed with another key is refused.
     let bad = format!(
         "{rtmp}{push_path}?auth_key={}",
         play_auth::sign(&push_path, PLAY_KEY, FAR, "0", "0")
     );
-    let mut refused = push(&bad);
+    let mut refused = rtmp_push(&bad, false);
     fails_within(&mut refused, Duration::from_secs(10)).await;
 
     // Known and admitted, but nobody publishes yet: 404.
@@ -278,7 +187,7 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
     };
     assert_eq!(status(play_url(&http, &flv_path, PLAY_KEY)).await, 404);
 
-    let mut pusher = push(&push_url);
+    let mut pusher = rtmp_push(&push_url, false);
     let on = wait_on(&mut reports, true).await;
     assert!(!on.publish_id.is_empty() && on.started_unix_ms > 0);
     // Figures every few seconds while on: codec and size from the sequence header.
@@ -298,16 +207,10 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
     );
 
     // HTTP-FLV and RTMP players decode it.
-    let flv = Player::start(&format!(
-        "souphttpsrc is-live=true location=\"{}\"",
-        play_url(&http, &flv_path, PLAY_KEY)
-    ));
-    let rtmp_player = Player::start(&format!(
-        "rtmp2src location=\"{}\"",
-        play_url(&rtmp, &push_path, PLAY_KEY)
-    ));
-    flv.wait_frames(45).await;
-    rtmp_player.wait_frames(45).await;
+    let flv = Player::flv(&play_url(&http, &flv_path, PLAY_KEY));
+    let rtmp_player = Player::rtmp(&play_url(&rtmp, &push_path, PLAY_KEY));
+    flv.wait_frames(45, WAIT).await;
+    rtmp_player.wait_frames(45, WAIT).await;
 
     // Refusals over HTTP: bad, expired or missing auth_key, the push key, an output the group
     // does not allow: 403; an unknown stream: 404.
@@ -371,8 +274,7 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
         bad.write_all(&chunk).await.unwrap();
     }
     assert_closes(&mut bad).await;
-    let before = flv.frames.load(Ordering::Relaxed);
-    flv.wait_frames(before + 30).await;
+    flv.wait_frames(flv.frames() + 30, WAIT).await;
 
     // The announcement of a new report stream lists the stream as on.
     let mut second = node.open_reports().await;
@@ -393,13 +295,13 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
         "{off:?}"
     );
     eprintln!("publisher dropped {took:?} after Forbid");
-    let mut forbidden = push(&push_url);
+    let mut forbidden = rtmp_push(&push_url, false);
     fails_within(&mut forbidden, Duration::from_secs(10)).await;
     assert_eq!(status(play_url(&http, &flv_path, PLAY_KEY)).await, 403);
 
     // Resume: admitted again, the push is accepted; stopping it shows the stream off.
     node.grpc.put_live_stream(stream(true)).await.unwrap();
-    let mut pusher = push(&push_url);
+    let mut pusher = rtmp_push(&push_url, false);
     let on_again = wait_on(&mut reports, true).await;
     assert_ne!(on_again.publish_id, on.publish_id, "a new publish session");
     pusher.start_kill().unwrap();
@@ -425,26 +327,13 @@ async fn live_rtmp_push_plays_over_flv_and_rtmp_and_obeys_control() {
 /// the video.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_rtmp_audio_and_video_pass_through_to_flv() {
-    let mut node = Node::start("synthetic", |c| {
-        c.live.rtmp_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let mut reports = node.open_reports().await;
-    let Some(Report::Announcement(announcement)) = reports.message().await.unwrap().unwrap().report
-    else {
-        panic!("the announcement comes first");
-    };
+    let (mut node, mut reports, announcement) = live_node().await;
     let (rtmp, http) = (
         announcement.live_rtmp_base_url,
         announcement.live_http_base_url,
     );
     node.grpc.put_live_stream(stream(true)).await.unwrap();
-    let push_path = format!("/{APP}/{ID}");
-    let push_url = format!(
-        "{rtmp}{push_path}?auth_key={}",
-        play_auth::sign(&push_path, PUSH_KEY, FAR, "0", "0")
-    );
-    let _pusher = push_with(&push_url, true);
+    let _pusher = rtmp_push(&push_url(&rtmp), true);
     wait_on(&mut reports, true).await;
     // Let a keyframe and some audio reach the hub.
     loop {
@@ -488,11 +377,8 @@ async fn live_rtmp_audio_and_video_pass_through_to_flv() {
     assert_eq!(tags[2], (8, true), "then the AAC sequence header");
     assert_eq!(tags[3].0, 9, "then the GOP from its keyframe");
 
-    let player = Player::start(&format!(
-        "souphttpsrc is-live=true location=\"{}\"",
-        play_url(&http, &flv_path, PLAY_KEY)
-    ));
-    player.wait_frames(30).await;
+    let player = Player::flv(&play_url(&http, &flv_path, PLAY_KEY));
+    player.wait_frames(30, WAIT).await;
     node.shutdown().await;
 }
 
@@ -501,15 +387,7 @@ async fn live_rtmp_audio_and_video_pass_through_to_flv() {
 /// a body that is no SDP offer with 400, and a session of another stream is not found.
 #[tokio::test(flavor = "multi_thread")]
 async fn live_hls_and_whep_are_served_on_the_node_routes() {
-    let mut node = Node::start("synthetic", |c| {
-        c.live.rtmp_listen = Some("127.0.0.1:0".parse().unwrap());
-    })
-    .await;
-    let mut reports = node.open_reports().await;
-    let Some(Report::Announcement(announcement)) = reports.message().await.unwrap().unwrap().report
-    else {
-        panic!("the announcement comes first");
-    };
+    let (mut node, mut reports, announcement) = live_node().await;
     let (rtmp, http) = (
         announcement.live_rtmp_base_url.clone(),
         announcement.live_http_base_url.clone(),
@@ -517,11 +395,7 @@ async fn live_hls_and_whep_are_served_on_the_node_routes() {
     let mut all = stream(true);
     all.out_protocols = ["flv", "hls", "rtmp", "webrtc"].map(String::from).to_vec();
     node.grpc.put_live_stream(all).await.unwrap();
-    let push_path = format!("/{APP}/{ID}");
-    let _pusher = push(&format!(
-        "{rtmp}{push_path}?auth_key={}",
-        play_auth::sign(&push_path, PUSH_KEY, FAR, "0", "0")
-    ));
+    let _pusher = rtmp_push(&push_url(&rtmp), false);
     wait_on(&mut reports, true).await;
 
     let hls_path = format!("/{APP}/{ID}.m3u8");
@@ -555,10 +429,8 @@ async fn live_hls_and_whep_are_served_on_the_node_routes() {
     // The segment without the key, or with a key for another path: 403.
     let bare = segment_url.split('?').next().unwrap().to_owned();
     assert_eq!(client.get(&bare).send().await.unwrap().status(), 403);
-    let hls = Player::start_demuxed(&format!(
-        "souphttpsrc location=\"{playlist_url}\" ! hlsdemux ! tsdemux name=d d."
-    ));
-    hls.wait_frames(30).await;
+    let hls = Player::hls(&playlist_url);
+    hls.wait_frames(30, WAIT).await;
 
     // WHEP: the key is checked first, then the offer.
     let whep_path = format!("/{APP}/{ID}/whep");

@@ -87,13 +87,7 @@ async fn x11_display_is_captured_encoded_and_decodes() {
     // Scaled to 540P on the way, as the 540P definition of a 720P phone would be.
     let (pipe, mut rx) =
         EncodePipeline::start(&source, &settings(Codec::H264, 540, 960, 30, 1500)).expect("start");
-    let (first, _) = first_packet(&mut rx, Duration::from_secs(2)).await;
-    eprintln!(
-        "x11: first RTP packet {:?} after start()",
-        started.elapsed()
-    );
-    let mut packets = vec![first];
-    packets.extend(collect_for(&mut rx, Duration::from_millis(1500)).await);
+    let packets = first_packets(&mut rx, "x11", started).await;
     let frames = check_rtp(&packets);
     assert!(
         frames >= 20,

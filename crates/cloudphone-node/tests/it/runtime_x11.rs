@@ -85,19 +85,35 @@ impl Harness {
     }
 
     async fn open(&self) -> Arc<InstanceManager> {
-        let runtime = X11Runtime::new(X11Config {
-            first_display: 140,
-            ..X11Config::default()
-        })
-        .unwrap();
-        InstanceManager::open(self.state_dir(), Arc::new(runtime), 8)
-            .await
-            .unwrap()
+        open_node(self.state_dir(), X11Config::default()).await
+    }
+
+    /// A fresh node over a fresh state dir with the named instances created (so running).
+    async fn with_instances(ids: &[&str]) -> (Self, Arc<InstanceManager>) {
+        let h = Self::new();
+        let m = h.open().await;
+        for id in ids {
+            m.create(spec(id)).await.unwrap();
+        }
+        (h, m)
     }
 
     fn paths(&self, id: &str) -> InstancePaths {
         InstancePaths::new(self.dir.path(), id)
     }
+}
+
+/// A node on the x11 runtime over `state_dir`; displays from :140 so tests stay clear of a
+/// developer's own.
+async fn open_node(state_dir: PathBuf, config: X11Config) -> Arc<InstanceManager> {
+    let runtime = X11Runtime::new(X11Config {
+        first_display: 140,
+        ..config
+    })
+    .unwrap();
+    InstanceManager::open(state_dir, Arc::new(runtime), 8)
+        .await
+        .unwrap()
 }
 
 fn spec(id: &str) -> InstanceSpec {
@@ -164,10 +180,7 @@ fn screenshot(display: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_confines_each_instance_to_its_own_data() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("a")).await.unwrap();
-    m.create(spec("b")).await.unwrap();
+    let (h, m) = Harness::with_instances(&["a", "b"]).await;
     let (a, b) = (h.paths("a"), h.paths("b"));
     let state = h.state_dir();
 
@@ -292,9 +305,7 @@ async fn sandbox_confines_each_instance_to_its_own_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_capped_and_killed_on_timeout() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("c")).await.unwrap();
+    let (_h, m) = Harness::with_instances(&["c"]).await;
 
     let out = m
         .run_command(
@@ -365,9 +376,7 @@ async fn commands_are_capped_and_killed_on_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_moves_pixels_and_reaches_x_clients() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("d")).await.unwrap();
+    let (_h, m) = Harness::with_instances(&["d"]).await;
     let display = display_of(&m, "d").await;
 
     // The default launcher is xeyes, whose pupils follow the pointer.
@@ -441,40 +450,22 @@ async fn input_moves_pixels_and_reaches_x_clients() {
     assert_eq!((press.detail, press.event_x, press.event_y), (1, 180, 160));
     wait_event(&conn, |e| matches!(e, Event::ButtonRelease(_)));
 
-    m.inject_input(
-        "d",
-        &InputEvent::Text {
+    let enter = |down| InputEvent::Key {
+        code: "Enter".into(),
+        down,
+    };
+    for event in [
+        InputEvent::Text {
             text: "aZ!€".into(),
         },
-    )
-    .await
-    .unwrap();
-    m.inject_input(
-        "d",
-        &InputEvent::Key {
-            code: "Enter".into(),
-            down: true,
-        },
-    )
-    .await
-    .unwrap();
-    m.inject_input(
-        "d",
-        &InputEvent::Key {
-            code: "Enter".into(),
-            down: false,
-        },
-    )
-    .await
-    .unwrap();
-    m.inject_input(
-        "d",
-        &InputEvent::Phone {
+        enter(true),
+        enter(false),
+        InputEvent::Phone {
             key: PhoneKey::Back,
         },
-    )
-    .await
-    .unwrap();
+    ] {
+        m.inject_input("d", &event).await.unwrap();
+    }
     let typed: Vec<u32> = (0..6).map(|_| next_keysym(&conn)).collect();
     assert_eq!(typed, [0x61, 0x5a, 0x21, 0x0100_20ac, 0xff0d, 0xff1b]);
 
@@ -539,9 +530,7 @@ fn is_modifier(conn: &RustConnection, keycode: u8) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_wipes_data_and_restarts() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("e")).await.unwrap();
+    let (h, m) = Harness::with_instances(&["e"]).await;
     let mut events = m.subscribe();
     let out = m
         .run_command("e", cmd("echo keep > /data/file && mkdir -p /data/deep/er"))
@@ -576,10 +565,7 @@ async fn reset_wipes_data_and_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_restart_readopts_running_instances() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("f")).await.unwrap();
-    m.create(spec("g")).await.unwrap();
+    let (h, m) = Harness::with_instances(&["f", "g"]).await;
     m.stop("g").await.unwrap();
     m.run_command("f", cmd("echo persisted > /data/note"))
         .await
@@ -611,14 +597,7 @@ const CRASH_CHILD: &str = "CLOUDPHONE_TEST_CRASH_CHILD_STATE_DIR";
 async fn node_crash_orphans_are_killed_on_readoption() {
     if let Ok(state_dir) = std::env::var(CRASH_CHILD) {
         // Child role: a node that dies without cleaning up.
-        let runtime = X11Runtime::new(X11Config {
-            first_display: 140,
-            ..X11Config::default()
-        })
-        .unwrap();
-        let m = InstanceManager::open(state_dir.into(), Arc::new(runtime), 8)
-            .await
-            .unwrap();
+        let m = open_node(state_dir.into(), X11Config::default()).await;
         m.create(spec("h")).await.unwrap();
         println!("CHILD-READY");
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -685,9 +664,7 @@ async fn node_crash_orphans_are_killed_on_readoption() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_restarts_an_instance_whose_display_died() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("w")).await.unwrap();
+    let (h, m) = Harness::with_instances(&["w"]).await;
     let mut events = m.subscribe();
     let old = xvfb_pid(&h, "w");
     nix::sys::signal::kill(
@@ -720,9 +697,7 @@ async fn watcher_restarts_an_instance_whose_display_died() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_packages_install_under_data_apps() {
-    let h = Harness::new();
-    let m = h.open().await;
-    m.create(spec("p")).await.unwrap();
+    let (h, m) = Harness::with_instances(&["p"]).await;
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir_all(src.join("bin")).unwrap();
@@ -804,15 +779,11 @@ async fn the_data_quota_volume_survives_restart_backup_and_restore() {
             data_max_mib: 16,
             ..Default::default()
         };
-        let runtime = X11Runtime::new(X11Config {
-            first_display: 140,
+        let config = X11Config {
             sandbox: section.to_runtime(&[]),
             ..X11Config::default()
-        })
-        .unwrap();
-        InstanceManager::open(h.state_dir(), Arc::new(runtime), 8)
-            .await
-            .unwrap()
+        };
+        open_node(h.state_dir(), config).await
     };
     let paths = h.paths("vol");
     let image = paths.root.join("data.img");

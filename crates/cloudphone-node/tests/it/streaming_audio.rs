@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use cloudphone_node::runtime::synthetic::SYNTHETIC_TONE_HZ;
 use cloudphone_node::streaming::pipeline::FLASH_PATTERN;
-use cloudphone_signaling::{Definition, EncodingType};
 
-use crate::support::streaming::{AUDIO_RATE, Node, RustViewer, hello};
+use crate::support::streaming::{AUDIO_RATE, Node, RustViewer};
 
 /// The frequency of `samples` from rising zero crossings (a sine has one a period): the median
 /// period, so a few glitched periods (a capture or playback underrun on a loaded host) do not
@@ -76,12 +75,7 @@ async fn synthetic_tone_arrives_as_opus_next_to_the_video() {
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("a1", 360, 640).await;
     node.open_session("a1", "dev-a", "token-a").await;
-    let mut viewer = RustViewer::connect_audio(
-        &node.ws_url,
-        hello("dev-a", "token-a", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.audio_viewer("dev-a", "token-a").await;
     let answer = viewer.pc.remote_description().await.unwrap().sdp;
     assert!(answer.contains("opus/48000/2"), "answer: {answer}");
     assert!(answer.contains("H264/90000"), "answer: {answer}");
@@ -111,12 +105,7 @@ async fn audio_video_offset_is_within_80_ms() {
     .await;
     node.create_instance("a2", 360, 640).await;
     node.open_session("a2", "dev-s", "token-s").await;
-    let mut viewer = RustViewer::connect_audio(
-        &node.ws_url,
-        hello("dev-s", "token-s", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.audio_viewer("dev-s", "token-s").await;
     wait_audio(&mut viewer, 7.0, Duration::from_secs(30)).await;
 
     let audio = &viewer.counters.audio;
@@ -203,12 +192,7 @@ async fn x11_app_sound_reaches_the_viewer() {
         .as_u64()
         .unwrap_or_else(|| panic!("a sound server in pids.json: {pids}"));
     node.open_session("x3", "dev-x", "token-x").await;
-    let mut viewer = RustViewer::connect_audio(
-        &node.ws_url,
-        hello("dev-x", "token-x", EncodingType::H264, Definition::P540),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node.audio_viewer("dev-x", "token-x").await;
     wait_audio(&mut viewer, 2.5, Duration::from_secs(30)).await;
     let hz = assert_tone(&viewer, 660);
     eprintln!("x11 app tone through PulseAudio: {hz:.1} Hz");
@@ -236,22 +220,13 @@ async fn x11_app_sound_reaches_the_viewer() {
 /// real audio rather than packet-loss filler); the page starts muted and the first tap unmutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_the_opus_track_and_unmutes_on_the_first_gesture() {
-    use cloudphone_testkit::browser::{Browser, workspace};
+    use cloudphone_testkit::browser::Browser;
     use serde_json::json;
 
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("a4", 360, 640).await;
     node.open_session("a4", "dev-b", "token-b").await;
-    let player = workspace()
-        .join("crates/cloudphone-control/assets/player.html")
-        .canonicalize()
-        .unwrap();
-    let url = format!(
-        "file://{}?signaling={}&device_id=dev-b&device_token=token-b&codec=H264&definition=540P&network=WIFI&autoconnect=1",
-        player.display(),
-        node.ws_url
-    );
-    let mut browser = Browser::start(&url, &[]).await;
+    let mut browser = Browser::start(&node.player_page("dev-b", "token-b"), &[]).await;
     let playing = browser
         .call(json!({"cmd":"wait_frames","n":30,"timeout_ms":30000}))
         .await;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cloudphone_testkit::browser::{Browser, workspace};
+use cloudphone_testkit::browser::Browser;
 use serde_json::{Value, json};
 
 use crate::support::streaming::Node;
@@ -33,16 +33,7 @@ async fn chromium_decodes_h264_and_taps_reach_the_instance() {
         pids["display"].as_u64().expect("display in pids.json")
     );
 
-    let player = workspace()
-        .join("crates/cloudphone-control/assets/player.html")
-        .canonicalize()
-        .unwrap();
-    let url = format!(
-        "file://{}?signaling={}&device_id=dev-c&device_token=token-c&codec=H264&definition=540P&network=WIFI&autoconnect=1",
-        player.display(),
-        node.ws_url
-    );
-    let mut browser = Browser::start(&url, &[]).await;
+    let mut browser = Browser::start(&node.player_page("dev-c", "token-c"), &[]).await;
     // From page load (autoconnect) to the first decoded frame: signaling, encoder start, ICE,
     // DTLS, the first key frame and its decode.
     let started = std::time::Instant::now();
@@ -98,17 +89,10 @@ async fn stopping_a_streamed_x11_instance_ends_the_stream() {
     let mut node = Node::start("x11", |_| {}).await;
     node.create_instance("x2", W, H).await;
     node.open_session("x2", "dev-s", "token-s").await;
-    let mut viewer = crate::support::streaming::RustViewer::connect(
-        &node.ws_url,
-        crate::support::streaming::hello(
-            "dev-s",
-            "token-s",
-            cloudphone_signaling::EncodingType::H264,
-            cloudphone_signaling::Definition::P540,
-        ),
-    )
-    .await
-    .unwrap();
+    let mut viewer = node
+        .viewer("dev-s", "token-s", cloudphone_signaling::EncodingType::H264)
+        .await
+        .unwrap();
     viewer.wait_frames(10, Duration::from_secs(20)).await;
     node.grpc
         .stop_instance(cloudphone_proto::node_v1::InstanceRef {

@@ -18,15 +18,9 @@ async fn console_player_logs_in_and_plays_an_instance() {
     browser
         .ok(json!({"cmd":"wait_for","selector":format!("#instances option[value='{id}']")}))
         .await;
-    browser
-        .ok(json!({"cmd":"select","selector":"#instances","value":id}))
-        .await;
-    browser
-        .ok(json!({"cmd":"select","selector":"#definition","value":"540P"}))
-        .await;
-    browser
-        .ok(json!({"cmd":"click","selector":"#connectBtn"}))
-        .await;
+    browser.select("#instances", id).await;
+    browser.select("#definition", "540P").await;
+    browser.click("#connectBtn").await;
     let playing = browser
         .ok(json!({"cmd":"wait_frames","n":30,"timeout_ms":30000}))
         .await;

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cloudphone_signaling::{Candidate, ClientMessage, Definition, EncodingType, NodeMessage};
+use cloudphone_testkit::live::{on_src_pads, recvonly_webrtcbin};
 use gstreamer as gst;
-use gstreamer::glib;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_sdp as gst_sdp;
@@ -29,24 +29,13 @@ fn webrtcbin_viewer(
     to_ws: mpsc::UnboundedSender<FromBin>,
     decoded: Arc<Counters>,
 ) -> (gst::Pipeline, gst::Element) {
-    gst::init().unwrap();
-    let pipeline = gst::Pipeline::new();
-    let bin = gst::ElementFactory::make("webrtcbin")
-        .property_from_str("bundle-policy", "max-bundle")
-        .property("latency", 50u32)
-        .build()
-        .unwrap();
-    pipeline.add(&bin).unwrap();
     let caps = gst::Caps::builder("application/x-rtp")
         .field("media", "video")
         .field("encoding-name", "H265")
         .field("payload", 104i32)
         .field("clock-rate", 90000i32)
         .build();
-    bin.emit_by_name::<glib::Object>(
-        "add-transceiver",
-        &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-    );
+    let (pipeline, bin) = recvonly_webrtcbin(&caps, Some(50)).unwrap();
 
     let offer_tx = to_ws.clone();
     bin.connect("on-negotiation-needed", false, move |values| {
@@ -72,14 +61,7 @@ fn webrtcbin_viewer(
         let _ = to_ws.send(FromBin::Candidate(mline, candidate));
         None
     });
-    let pipeline_weak = pipeline.downgrade();
-    bin.connect_pad_added(move |_, pad| {
-        if pad.direction() != gst::PadDirection::Src {
-            return;
-        }
-        let Some(pipeline) = pipeline_weak.upgrade() else {
-            return;
-        };
+    on_src_pads(&pipeline, &bin, move |pipeline, pad| {
         let tail = gst::parse::bin_from_description(
             "rtph265depay ! h265parse ! avdec_h265 ! videoconvert ! appsink name=sink sync=false",
             true,

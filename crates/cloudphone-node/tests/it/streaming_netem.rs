@@ -109,6 +109,28 @@ impl Drop for LogOnPanic {
 }
 
 /// Received rate (kbit/s) and loss fraction over `window`.
+/// One second of a trace: (seconds since the trace began, kbit/s, loss fraction).
+type Sample = (f64, f64, f64);
+
+/// Samples the viewer once a second for at most `limit`, until `done` holds for the trace so
+/// far: the trace.
+async fn trace_until(
+    viewer: &mut RustViewer,
+    limit: Duration,
+    mut done: impl FnMut(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let started = Instant::now();
+    let mut trace = Vec::new();
+    while started.elapsed() < limit {
+        let (kbps, loss) = sample(viewer, Duration::from_secs(1)).await;
+        trace.push((started.elapsed().as_secs_f64(), kbps, loss));
+        if done(&trace) {
+            break;
+        }
+    }
+    trace
+}
+
 async fn sample(viewer: &mut RustViewer, window: Duration) -> (f64, f64) {
     let c = &viewer.counters;
     let (p0, e0) = (
@@ -226,23 +248,19 @@ async fn sender_adapts_below_a_1mbit_bottleneck_and_recovers() {
         "latency",
         "100ms",
     ]);
-    let limited_at = Instant::now();
-    let mut adapted = None;
-    let mut trace = Vec::new();
-    while limited_at.elapsed() < Duration::from_secs(20) {
-        let (kbps, loss) = sample(&mut viewer, Duration::from_secs(1)).await;
-        trace.push((limited_at.elapsed().as_secs_f64(), kbps, loss));
-        // Adapted: under the limit with loss back near zero, twice in a row.
-        let calm = kbps < 1000.0 && loss < 0.02;
-        match (calm, adapted) {
-            (true, None) => adapted = Some(limited_at.elapsed()),
-            (true, Some(_)) if trace.len() >= 2 && trace[trace.len() - 2].2 < 0.02 => break,
-            (false, _) => adapted = None,
-            _ => {}
-        }
-    }
+    // Adapted: under the limit with loss back near zero, twice in a row.
+    let calm = |s: &Sample| s.1 < 1000.0 && s.2 < 0.02;
+    let trace = trace_until(&mut viewer, Duration::from_secs(20), |t| {
+        t.len() >= 2 && t[t.len() - 2..].iter().all(calm)
+    })
+    .await;
     eprintln!("limited (t s, kbit/s, loss): {trace:.2?}");
-    let adapted = adapted.expect("loss settles under the 1 Mbit/s limit within 20 s");
+    // Since the first sample of the calm run the trace ends with.
+    let calm_from = trace.iter().rposition(|s| !calm(s)).map_or(0, |i| i + 1);
+    let adapted = trace
+        .get(calm_from)
+        .map(|s| Duration::from_secs_f64(s.0))
+        .expect("loss settles under the 1 Mbit/s limit within 20 s");
     // Held: over the next 8 s the controller keeps probing around capacity, so single
     // seconds may lose a few percent; averaged, the stream fits the link.
     let mut held = Vec::new();
@@ -261,19 +279,12 @@ async fn sender_adapts_below_a_1mbit_bottleneck_and_recovers() {
     );
 
     ns.exec(&["tc", "qdisc", "del", "dev", &ns.veth_ns, "root"]);
-    let lifted_at = Instant::now();
-    let mut recovered = None;
-    let mut trace = Vec::new();
-    while lifted_at.elapsed() < Duration::from_secs(30) {
-        let (kbps, loss) = sample(&mut viewer, Duration::from_secs(1)).await;
-        trace.push((lifted_at.elapsed().as_secs_f64(), kbps, loss));
-        if kbps > 1200.0 {
-            recovered = Some(lifted_at.elapsed());
-            break;
-        }
-    }
+    let recovered = |t: &[Sample]| t.last().is_some_and(|s| s.1 > 1200.0);
+    let trace = trace_until(&mut viewer, Duration::from_secs(30), recovered).await;
     eprintln!("lifted (t s, kbit/s, loss): {trace:.2?}");
-    let recovered = recovered.expect("the rate climbs back above 1.2 Mbit/s within 30 s");
+    let recovered = recovered(&trace)
+        .then(|| Duration::from_secs_f64(trace[trace.len() - 1].0))
+        .expect("the rate climbs back above 1.2 Mbit/s within 30 s");
     eprintln!("recovered above 1200 kbit/s after {recovered:?}");
     drop(viewer);
 }

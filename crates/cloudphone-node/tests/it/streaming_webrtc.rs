@@ -8,6 +8,7 @@ use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{ByeReason, Definition, EncodingType, ErrorCode, NodeMessage};
 use tokio_stream::StreamExt;
 
+use crate::support::per_codec;
 use crate::support::streaming::{Node, RustViewer, Signaling, hello};
 
 /// A webrtc-rs viewer asking for `codec` at 540P gets it (in `ready` and in the SDP answer),
@@ -90,15 +91,10 @@ async fn frames_arrive_decode_and_usage_is_reported(codec: EncodingType) {
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h264_frames_arrive_decode_and_usage_is_reported() {
-    frames_arrive_decode_and_usage_is_reported(EncodingType::H264).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h265_frames_arrive_decode_and_usage_is_reported() {
-    frames_arrive_decode_and_usage_is_reported(EncodingType::H265).await;
-}
+per_codec!(frames_arrive_decode_and_usage_is_reported(
+    EncodingType::H264 => h264_frames_arrive_decode_and_usage_is_reported,
+    EncodingType::H265 => h265_frames_arrive_decode_and_usage_is_reported,
+));
 
 /// Says hello and expects an error with `code`, then the socket closing.
 async fn expect_refusal(url: &str, device: &str, token: &str, code: ErrorCode) {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloudphone_testkit::browser::workspace;
 use cloudphone_testkit::fleet::Fleet;
+use cloudphone_vs_api::{sign, timefmt};
 use serde_json::{Value, json};
 
 /// The body of an answer whose status and `error_code` say success (200 and "0"); fails the
@@ -351,4 +352,54 @@ pub(crate) fn venv_python() -> PathBuf {
         std::fs::write(&ready, wanted).unwrap();
     }
     python
+}
+
+/// The two tests that run a store module's `suite` (an `async fn(impl Store)`) on each backend:
+/// `$sqlite` on a SQLite file in a temporary directory, `$postgres` on a fresh PostgreSQL
+/// database (`CLOUDPHONE_TEST_PG_URL`).
+macro_rules! on_each_store {
+    ($suite:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
+            $suite(store::open(&url).await.expect("open sqlite")).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let url = cloudphone_testkit::postgres::fresh_database();
+            $suite(store::open(&url).await.expect("open postgres")).await;
+        }
+    };
+}
+pub(crate) use on_each_store;
+
+/// The live API document's signed GET query, as `key` (id, secret) signs it at `at_ms` with
+/// `nonce`: the common parameters, `params`, and `Signature`, every name and value
+/// percent-encoded.
+pub(crate) fn signed_query(
+    key: (&str, &str),
+    action: &str,
+    params: &[(&str, &str)],
+    at_ms: i64,
+    nonce: &str,
+) -> String {
+    let mut all: Vec<(String, String)> = vec![
+        ("Format".into(), "JSON".into()),
+        ("Version".into(), "2018-12-12".into()),
+        ("AccessKeyId".into(), key.0.into()),
+        ("SignatureMethod".into(), "HMAC-SHA1".into()),
+        ("SignatureVersion".into(), "1.0".into()),
+        ("SignatureNonce".into(), nonce.into()),
+        ("Timestamp".into(), timefmt::format_unix_ms(at_ms)),
+        ("Action".into(), action.into()),
+    ];
+    all.extend(params.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    let signature = sign::rpc_signature(key.1, &sign::rpc_string_to_sign("GET", &all));
+    all.push(("Signature".into(), signature));
+    all.iter()
+        .map(|(n, v)| format!("{}={}", sign::percent_encode(n), sign::percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }

@@ -39,6 +39,23 @@ pub(crate) async fn first_packet(rx: &mut Receiver<Bytes>, within: Duration) -> 
     }
 }
 
+/// The first packet (within 2 s) and all that follow it for 1.5 s from a pipeline whose
+/// `start()` was called at `started`; prints how long the first one took under `label`.
+pub(crate) async fn first_packets(
+    rx: &mut Receiver<Bytes>,
+    label: &str,
+    started: Instant,
+) -> Vec<Bytes> {
+    let (first, waited) = first_packet(rx, Duration::from_secs(2)).await;
+    eprintln!(
+        "{label}: first RTP packet {:?} after start() was called ({waited:?} after it returned)",
+        started.elapsed()
+    );
+    let mut packets = vec![first];
+    packets.extend(collect_for(rx, Duration::from_millis(1500)).await);
+    packets
+}
+
 /// Every packet received during `duration`.
 pub(crate) async fn collect_for(rx: &mut Receiver<Bytes>, duration: Duration) -> Vec<Bytes> {
     let deadline = tokio::time::Instant::now() + duration;

@@ -201,6 +201,29 @@ impl Node {
         .await
     }
 
+    /// Like [`Node::viewer`] for H.264, also receiving the audio track
+    /// ([`RustViewer::connect_audio`]); panics on a refusal.
+    pub(crate) async fn audio_viewer(&self, device_id: &str, token: &str) -> RustViewer {
+        let hello = hello(device_id, token, EncodingType::H264, Definition::P540);
+        RustViewer::connect_audio(&self.ws_url, hello)
+            .await
+            .unwrap()
+    }
+
+    /// The product's player page (`player.html`, read from the tree) as a `file://` URL that
+    /// connects to this node at once as `device_id` with `token`, asking for H.264 at 540P.
+    pub(crate) fn player_page(&self, device_id: &str, token: &str) -> String {
+        let player = cloudphone_testkit::browser::workspace()
+            .join("crates/cloudphone-control/assets/player.html")
+            .canonicalize()
+            .unwrap();
+        format!(
+            "file://{}?signaling={}&device_id={device_id}&device_token={token}&codec=H264&definition=540P&network=WIFI&autoconnect=1",
+            player.display(),
+            self.ws_url
+        )
+    }
+
     /// Like [`Node::viewer`] for H.264, with ICE over the TURN servers from `ready` only.
     pub(crate) async fn relay_viewer(
         &self,
@@ -420,25 +443,19 @@ impl RustViewer {
             ..Default::default()
         };
         let pc = Arc::new(api.new_peer_connection(config).await.unwrap());
-        pc.add_transceiver_from_kind(
-            RTPCodecType::Video,
-            Some(RTCRtpTransceiverInit {
+        let kinds: &[RTPCodecType] = if audio {
+            &[RTPCodecType::Video, RTPCodecType::Audio]
+        } else {
+            &[RTPCodecType::Video]
+        };
+        for kind in kinds {
+            let recvonly = RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Recvonly,
                 send_encodings: vec![],
-            }),
-        )
-        .await
-        .unwrap();
-        if audio {
-            pc.add_transceiver_from_kind(
-                RTPCodecType::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    send_encodings: vec![],
-                }),
-            )
-            .await
-            .unwrap();
+            };
+            pc.add_transceiver_from_kind(*kind, Some(recvonly))
+                .await
+                .unwrap();
         }
         let input = pc.create_data_channel("input", None).await.unwrap();
         let counters = Arc::new(Counters::default());
