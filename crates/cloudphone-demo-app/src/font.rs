@@ -45,21 +45,10 @@ impl Glyphs {
             gc,
             pixmap,
             &xproto::CreateGCAux::new()
-                .foreground(u32::MAX)
+                .foreground(0)
                 .background(0)
                 .font(font),
         )?;
-        conn.poly_fill_rectangle(
-            pixmap,
-            gc,
-            &[xproto::Rectangle {
-                x: 0,
-                y: 0,
-                width: pw,
-                height: ph,
-            }],
-        )?;
-        conn.change_gc(gc, &xproto::ChangeGCAux::new().foreground(0))?;
         conn.poly_fill_rectangle(
             pixmap,
             gc,

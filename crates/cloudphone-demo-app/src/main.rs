@@ -31,47 +31,19 @@ use font::{Glyphs, rect};
 use ui::{Control, Effect, Layout, State};
 
 /// Why the app stopped.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    Connect(x11rb::errors::ConnectError),
-    Connection(x11rb::errors::ConnectionError),
-    Reply(x11rb::errors::ReplyError),
-    Id(x11rb::errors::ReplyOrIdError),
+    #[error("cannot connect to the X display: {0}")]
+    Connect(#[from] x11rb::errors::ConnectError),
+    #[error("X connection: {0}")]
+    Connection(#[from] x11rb::errors::ConnectionError),
+    #[error("X request failed: {0}")]
+    Reply(#[from] x11rb::errors::ReplyError),
+    #[error("X request failed: {0}")]
+    Id(#[from] x11rb::errors::ReplyOrIdError),
     /// The display cannot be drawn on the way this app draws.
+    #[error("unsupported display: {0}")]
     Display(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(e) => write!(f, "cannot connect to the X display: {e}"),
-            Self::Connection(e) => write!(f, "X connection: {e}"),
-            Self::Reply(e) => write!(f, "X request failed: {e}"),
-            Self::Id(e) => write!(f, "X request failed: {e}"),
-            Self::Display(e) => write!(f, "unsupported display: {e}"),
-        }
-    }
-}
-
-impl From<x11rb::errors::ConnectError> for Error {
-    fn from(e: x11rb::errors::ConnectError) -> Self {
-        Self::Connect(e)
-    }
-}
-impl From<x11rb::errors::ConnectionError> for Error {
-    fn from(e: x11rb::errors::ConnectionError) -> Self {
-        Self::Connection(e)
-    }
-}
-impl From<x11rb::errors::ReplyError> for Error {
-    fn from(e: x11rb::errors::ReplyError) -> Self {
-        Self::Reply(e)
-    }
-}
-impl From<x11rb::errors::ReplyOrIdError> for Error {
-    fn from(e: x11rb::errors::ReplyOrIdError) -> Self {
-        Self::Id(e)
-    }
 }
 
 fn main() -> ExitCode {

@@ -64,18 +64,15 @@ impl Layout {
         let gap = margin / 2;
         let inner = w - 2 * margin;
         let line = 13 * scale;
-        let title = Rect {
+        // Every control but the tap buttons is a full-width row.
+        let row = |y, h| Rect {
             x: margin,
-            y: margin,
+            y,
             w: inner,
-            h: line,
+            h,
         };
-        let field = Rect {
-            x: margin,
-            y: title.y + title.h + gap,
-            w: inner,
-            h: h * 34 / 100,
-        };
+        let title = row(margin, line);
+        let field = row(title.y + title.h + gap, h * 34 / 100);
         let button_h = (h * 13 / 100).max(2 * line + gap);
         let tap_w = (inner - 2 * gap) / 3;
         let taps_y = field.y + field.h + margin;
@@ -85,24 +82,9 @@ impl Layout {
             w: tap_w,
             h: button_h,
         });
-        let tone = Rect {
-            x: margin,
-            y: taps_y + button_h + margin,
-            w: inner,
-            h: button_h,
-        };
-        let clear = Rect {
-            x: margin,
-            y: tone.y + tone.h + margin,
-            w: inner,
-            h: button_h * 2 / 3,
-        };
-        let status = Rect {
-            x: margin,
-            y: h - margin - line,
-            w: inner,
-            h: line,
-        };
+        let tone = row(taps_y + button_h + margin, button_h);
+        let clear = row(tone.y + tone.h + margin, button_h * 2 / 3);
+        let status = row(h - margin - line, line);
         Self {
             width: w,
             height: h,
