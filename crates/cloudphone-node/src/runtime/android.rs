@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::common::{lock, pixel_of, state_dir_of, write_atomic};
+use super::keys::{self, DomKey};
 use super::sandbox;
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
@@ -601,69 +602,14 @@ pub fn phone_keycode(key: PhoneKey) -> u32 {
     }
 }
 
-/// The one character of `text`, if it has exactly one (`KeyA` → `A`, `Digit7` → `7`).
-fn only_char(text: &str) -> Option<char> {
-    let mut chars = text.chars();
-    match (chars.next(), chars.next()) {
-        (Some(c), None) => Some(c),
-        _ => None,
-    }
-}
-
 /// Android `KEYCODE_*` for a DOM `KeyboardEvent.code`.
 pub fn android_keycode(code: &str) -> Option<u32> {
-    if let Some(letter) = code.strip_prefix("Key") {
-        let c = only_char(letter).filter(char::is_ascii_uppercase)?;
-        return Some(29 + u32::from(c) - u32::from('A'));
-    }
-    if let Some(digit) = code.strip_prefix("Digit") {
-        let c = only_char(digit).filter(char::is_ascii_digit)?;
-        return Some(7 + u32::from(c) - u32::from('0'));
-    }
-    if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
-        && (1..=12).contains(&n)
-    {
-        return Some(131 + n - 1);
-    }
-    let keycode = match code {
-        "Enter" | "NumpadEnter" => 66,
-        "Backspace" => 67,
-        "Delete" => 112,
-        "Tab" => 61,
-        "Space" => 62,
-        "Escape" => 111,
-        "ArrowUp" => 19,
-        "ArrowDown" => 20,
-        "ArrowLeft" => 21,
-        "ArrowRight" => 22,
-        "Home" => 122,
-        "End" => 123,
-        "PageUp" => 92,
-        "PageDown" => 93,
-        "Insert" => 124,
-        "ShiftLeft" => 59,
-        "ShiftRight" => 60,
-        "AltLeft" => 57,
-        "AltRight" => 58,
-        "ControlLeft" => 113,
-        "ControlRight" => 114,
-        "MetaLeft" => 117,
-        "MetaRight" => 118,
-        "CapsLock" => 115,
-        "Comma" => 55,
-        "Period" => 56,
-        "Backquote" => 68,
-        "Minus" => 69,
-        "Equal" => 70,
-        "BracketLeft" => 71,
-        "BracketRight" => 72,
-        "Backslash" => 73,
-        "Semicolon" => 74,
-        "Quote" => 75,
-        "Slash" => 76,
-        _ => return None,
-    };
-    Some(keycode)
+    Some(match keys::parse(code)? {
+        DomKey::Letter(c) => 29 + u32::from(c) - u32::from('A'),
+        DomKey::Digit(c) => 7 + u32::from(c) - u32::from('0'),
+        DomKey::Function(n) => 131 + n - 1,
+        DomKey::Named(codes) => codes.android,
+    })
 }
 
 #[cfg(test)]
@@ -760,22 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn keycodes() {
-        let cases = [
-            ("KeyA", Some(29)),
-            ("KeyZ", Some(54)),
-            ("Digit0", Some(7)),
-            ("Digit9", Some(16)),
-            ("Enter", Some(66)),
-            ("Backspace", Some(67)),
-            ("F1", Some(131)),
-            ("F12", Some(142)),
-            ("Nonsense", None),
-            ("Keyz", None),
-        ];
-        for (code, want) in cases {
-            assert_eq!(android_keycode(code), want, "{code}");
-        }
+    fn phone_keycodes() {
         assert_eq!(phone_keycode(PhoneKey::Back), 4);
         assert_eq!(phone_keycode(PhoneKey::Home), 3);
         assert_eq!(phone_keycode(PhoneKey::Recents), 187);
