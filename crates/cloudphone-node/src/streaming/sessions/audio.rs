@@ -26,12 +26,8 @@ pub trait AudioEncoder: Send + Sync + 'static {
     }
 }
 
-/// Starts an audio encoder: the handle and its RTP packets (one packet per item, PT 111).
-pub(crate) type AudioFactory = Arc<
-    dyn Fn(&AudioSource) -> Result<(Box<dyn AudioEncoder>, mpsc::Receiver<Bytes>), String>
-        + Send
-        + Sync,
->;
+/// Starts an audio encoder from the instance's sound source (its packets are PT 111).
+pub(crate) type AudioFactory = super::Factory<AudioSource, dyn AudioEncoder>;
 
 /// One instance's audio encoder, shared by its viewers.
 pub(crate) struct SharedAudio {

@@ -46,12 +46,8 @@ pub trait Encoder: Send + Sync + 'static {
     }
 }
 
-/// Starts an encoder: the handle and its RTP packets (one packet per item, PT 96).
-pub(crate) type EncoderFactory = Arc<
-    dyn Fn(&EncoderRequest) -> Result<(Box<dyn Encoder>, mpsc::Receiver<Bytes>), String>
-        + Send
-        + Sync,
->;
+/// Starts a video encoder for a profile (its packets are PT 96).
+pub(crate) type EncoderFactory = super::Factory<EncoderRequest, dyn Encoder>;
 
 #[derive(Default)]
 struct KeyframeRequests {
