@@ -246,7 +246,10 @@ impl InstanceManager {
     }
 
     /// Where the instance's sound is captured from, if its runtime has any.
-    pub async fn audio_source(&self, id: &str) -> Result<Option<AudioSource>, InstanceError> {
+    pub(crate) async fn audio_source(
+        &self,
+        id: &str,
+    ) -> Result<Option<AudioSource>, InstanceError> {
         let entry = self.entry(id)?;
         check(&entry, Operation::Stream)?;
         Ok(self.runtime.audio_source(&entry.spec, &entry.paths))
@@ -256,7 +259,7 @@ impl InstanceManager {
     /// stop (StopInstance, reboot, reset, backup, restore, delete, a crash restart, node
     /// shutdown) sends one before it stops the processes. A subscriber that stops listening
     /// (drops the receiver) holds nothing up.
-    pub fn subscribe_stopping(&self) -> mpsc::Receiver<Stopping> {
+    pub(crate) fn subscribe_stopping(&self) -> mpsc::Receiver<Stopping> {
         let (tx, rx) = mpsc::channel(16);
         lock(&self.stopping).push(tx);
         rx

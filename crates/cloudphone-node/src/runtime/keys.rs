@@ -97,7 +97,7 @@ fn only_char(text: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use crate::runtime::android::android_keycode;
-    use crate::runtime::x11::keysym_for_code;
+    use crate::runtime::x11::input::keysym_for_code;
 
     #[test]
     fn dom_codes_on_each_runtime() {

@@ -8,7 +8,7 @@ pub mod android;
 pub(crate) mod cgroup;
 pub(crate) mod common;
 pub(crate) mod keys;
-pub mod package;
+pub(crate) mod package;
 pub mod sandbox;
 pub(crate) mod seccomp;
 pub mod synthetic;

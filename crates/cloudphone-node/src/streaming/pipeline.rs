@@ -8,7 +8,7 @@
 //! nothing here blocks a tokio runtime.
 //! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
 
-pub mod audio;
+pub(crate) mod audio;
 pub mod rtp;
 
 use std::collections::VecDeque;

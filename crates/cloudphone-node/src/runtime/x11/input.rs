@@ -219,7 +219,7 @@ fn scale(v: f64, size: u16) -> i16 {
 }
 
 /// The X keysym for a DOM `KeyboardEvent.code`; `None` for codes not mapped.
-pub fn keysym_for_code(code: &str) -> Option<u32> {
+pub(crate) fn keysym_for_code(code: &str) -> Option<u32> {
     Some(match keys::parse(code)? {
         // Latin-1 letters and digits are their own keysyms.
         DomKey::Letter(c) => u32::from(c.to_ascii_lowercase()),
@@ -230,7 +230,7 @@ pub fn keysym_for_code(code: &str) -> Option<u32> {
 }
 
 /// The X keysym that types `c`.
-pub fn keysym_for_char(c: char) -> u32 {
+pub(crate) fn keysym_for_char(c: char) -> u32 {
     match c {
         '\n' | '\r' => RETURN,
         '\t' => TAB,

@@ -36,19 +36,19 @@ use super::{
 use crate::runtime::AudioSource;
 
 /// RTP payload type of the Opus packets; the WebRTC side rewrites it to the negotiated one.
-pub const OPUS_PAYLOAD_TYPE: u32 = 111;
+pub(crate) const OPUS_PAYLOAD_TYPE: u32 = 111;
 /// Opus frame length: 10 ms, half of the usual 20, for latency.
-pub const OPUS_FRAME_MS: u32 = 10;
+pub(crate) const OPUS_FRAME_MS: u32 = 10;
 /// Opus bitrate, bit/s: transparent for speech and music at 48 kHz stereo.
-pub const OPUS_BITRATE: i32 = 64_000;
+pub(crate) const OPUS_BITRATE: i32 = 64_000;
 /// How long each beep of a gated [`AudioSource::TestTone`] lasts, from the whole second.
-pub const BEEP_MS: u64 = 100;
+pub(crate) const BEEP_MS: u64 = 100;
 /// Packets buffered towards the WebRTC side (100 per second) before new ones are dropped.
 const CHANNEL_CAPACITY: usize = 256;
 
 /// A snapshot of an audio pipeline's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AudioStats {
+pub(crate) struct AudioStats {
     pub packets_out: u64,
     pub packets_dropped: u64,
     pub error: Option<String>,
@@ -56,7 +56,7 @@ pub struct AudioStats {
 }
 
 /// One running audio pipeline. Dropping it stops the pipeline.
-pub struct AudioPipeline {
+pub(crate) struct AudioPipeline {
     name: String,
     pipeline: gst::Pipeline,
     out: Arc<Outlet>,
@@ -74,14 +74,14 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// True while a gated tone is in its beep: the first [`BEEP_MS`] of each whole second of the
 /// monotonic clock.
-pub fn in_beep(clock_time_ns: u64) -> bool {
+pub(crate) fn in_beep(clock_time_ns: u64) -> bool {
     clock_time_ns % 1_000_000_000 < BEEP_MS * 1_000_000
 }
 
 impl AudioPipeline {
     /// Builds and starts the pipeline. Each received [`Bytes`] is one complete RTP packet
     /// carrying one 10 ms Opus frame.
-    pub fn start(
+    pub(crate) fn start(
         source: &AudioSource,
     ) -> Result<(AudioPipeline, mpsc::Receiver<Bytes>), MediaError> {
         init()?;
@@ -169,7 +169,7 @@ impl AudioPipeline {
     }
 
     /// A snapshot of the counters.
-    pub fn stats(&self) -> AudioStats {
+    pub(crate) fn stats(&self) -> AudioStats {
         AudioStats {
             packets_out: self.out.packets_out.load(Ordering::Relaxed),
             packets_dropped: self.out.packets_dropped.load(Ordering::Relaxed),

@@ -19,7 +19,7 @@ const FANOUT_CAPACITY: usize = 256;
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running audio encoder; implemented over the GStreamer audio pipeline.
-pub trait AudioEncoder: Send + Sync + 'static {
+pub(crate) trait AudioEncoder: Send + Sync + 'static {
     /// Why the encoder stopped producing, once it has.
     fn failure(&self) -> Option<String> {
         None

@@ -26,7 +26,7 @@ const FANOUT_CAPACITY: usize = 1024;
 
 /// What an encoder is asked to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncoderRequest {
+pub(crate) struct EncoderRequest {
     pub source: CaptureSource,
     pub codec: Codec,
     pub width: u32,
@@ -36,7 +36,7 @@ pub struct EncoderRequest {
 }
 
 /// The knobs a running encoder offers; implemented over the GStreamer pipeline.
-pub trait Encoder: Send + Sync + 'static {
+pub(crate) trait Encoder: Send + Sync + 'static {
     fn set_bitrate(&self, kbps: u32);
     fn set_fps(&self, fps: u32);
     fn request_keyframe(&self);
