@@ -387,7 +387,7 @@ impl NodeConfig {
     /// Defaults `grpc.advertise` to `https://<grpc>` (`http://` with `grpc.plaintext`) and `http.public_url` to `ws(s)://<http>`
     /// where they are unset, from the addresses actually bound (port 0 resolved). Addresses
     /// still on port 0 are skipped.
-    pub fn fill_advertised(&mut self, grpc: SocketAddr, http: SocketAddr) {
+    pub(crate) fn fill_advertised(&mut self, grpc: SocketAddr, http: SocketAddr) {
         if self.grpc.advertise.is_empty() && grpc.port() != 0 {
             let scheme = if self.grpc.plaintext { "http" } else { "https" };
             self.grpc.advertise = format!("{scheme}://{grpc}");
@@ -405,7 +405,7 @@ impl NodeConfig {
     /// Defaults `live.public_rtmp_base_url` to `rtmp://<rtmp>` from the address actually bound,
     /// and `live.public_http_base_url` to the origin of `http.public_url` as HTTP (call after
     /// [`NodeConfig::fill_advertised`]).
-    pub fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
+    pub(crate) fn fill_live_advertised(&mut self, rtmp: SocketAddr) {
         if self.live.public_rtmp_base_url.is_empty() && rtmp.port() != 0 {
             self.live.public_rtmp_base_url = format!("rtmp://{rtmp}");
         }

@@ -285,7 +285,7 @@ async fn discard_staged(staging: &Path, image: &Path) {
 
 /// The local path of a backup archive URI. Only `file://` with an absolute path to a `.tar.gz`
 /// is supported (S3 is not yet); `..` is refused so control cannot aim outside its backup dir.
-pub fn archive_path(uri: &str) -> Result<PathBuf, InstanceError> {
+pub(crate) fn archive_path(uri: &str) -> Result<PathBuf, InstanceError> {
     let Some(path) = uri.strip_prefix("file://") else {
         return Err(InstanceError::InvalidSpec(format!(
             "unsupported archive URI {uri:?}: only file:// is supported"

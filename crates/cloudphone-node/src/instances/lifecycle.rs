@@ -201,38 +201,42 @@ impl InstanceManager {
         id: &str,
         cmd: CommandSpec,
     ) -> Result<CommandOutput, InstanceError> {
-        let (entry, _ops) = self
-            .begin_with(id, Operation::RunCommand, RwLock::read_owned)
-            .await?;
         let cmd = CommandSpec {
             max_output_bytes: cmd.max_output_bytes.min(MAX_COMMAND_OUTPUT_BYTES),
             ..cmd
         };
-        Ok(self
-            .runtime
-            .run_command(&entry.spec, &entry.paths, &cmd)
-            .await?)
+        self.on_runtime(id, Operation::RunCommand, |rt, e| async move {
+            rt.run_command(&e.spec, &e.paths, &cmd).await
+        })
+        .await
     }
 
     /// Installs a package into a running instance.
     pub async fn install_app(&self, id: &str, package: &Path) -> Result<(), InstanceError> {
-        let (entry, _ops) = self
-            .begin_with(id, Operation::RunCommand, RwLock::read_owned)
-            .await?;
-        Ok(self
-            .runtime
-            .install_app(&entry.spec, &entry.paths, package)
-            .await?)
+        self.on_runtime(id, Operation::RunCommand, |rt, e| async move {
+            rt.install_app(&e.spec, &e.paths, package).await
+        })
+        .await
     }
 
     pub async fn inject_input(&self, id: &str, ev: &InputEvent) -> Result<(), InstanceError> {
-        let (entry, _ops) = self
-            .begin_with(id, Operation::Stream, RwLock::read_owned)
-            .await?;
-        Ok(self
-            .runtime
-            .inject_input(&entry.spec, &entry.paths, ev)
-            .await?)
+        self.on_runtime(id, Operation::Stream, |rt, e| async move {
+            rt.inject_input(&e.spec, &e.paths, ev).await
+        })
+        .await
+    }
+
+    /// Runs `call` on the instance's runtime once `op` is allowed, holding the operation lock
+    /// shared: commands, installs and input run alongside one another, never alongside a
+    /// start, stop or wipe.
+    async fn on_runtime<T, F: Future<Output = Result<T, RuntimeError>>>(
+        &self,
+        id: &str,
+        op: Operation,
+        call: impl FnOnce(Arc<dyn Runtime>, Arc<Entry>) -> F,
+    ) -> Result<T, InstanceError> {
+        let (entry, _ops) = self.begin_with(id, op, RwLock::read_owned).await?;
+        Ok(call(Arc::clone(&self.runtime), entry).await?)
     }
 
     pub async fn capture_source(&self, id: &str) -> Result<CaptureSource, InstanceError> {
@@ -242,7 +246,10 @@ impl InstanceManager {
     }
 
     /// Where the instance's sound is captured from, if its runtime has any.
-    pub async fn audio_source(&self, id: &str) -> Result<Option<AudioSource>, InstanceError> {
+    pub(crate) async fn audio_source(
+        &self,
+        id: &str,
+    ) -> Result<Option<AudioSource>, InstanceError> {
         let entry = self.entry(id)?;
         check(&entry, Operation::Stream)?;
         Ok(self.runtime.audio_source(&entry.spec, &entry.paths))
@@ -252,7 +259,7 @@ impl InstanceManager {
     /// stop (StopInstance, reboot, reset, backup, restore, delete, a crash restart, node
     /// shutdown) sends one before it stops the processes. A subscriber that stops listening
     /// (drops the receiver) holds nothing up.
-    pub fn subscribe_stopping(&self) -> mpsc::Receiver<Stopping> {
+    pub(crate) fn subscribe_stopping(&self) -> mpsc::Receiver<Stopping> {
         let (tx, rx) = mpsc::channel(16);
         lock(&self.stopping).push(tx);
         rx

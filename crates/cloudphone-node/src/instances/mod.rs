@@ -40,7 +40,7 @@ mod record;
 mod volume;
 mod watch;
 
-pub use archive::archive_path;
+pub(crate) use archive::archive_path;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
 use crate::runtime::{InstancePaths, InstanceSpec, Runtime, RuntimeError};
 
 /// Per-stream output cap applied on top of the caller's, to protect the node's memory.
-pub const MAX_COMMAND_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_COMMAND_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 /// Largest accepted screen side.
 const MAX_SCREEN_SIDE: u32 = 8192;
 
@@ -175,14 +175,14 @@ impl Entry {
 /// Notice that an instance's processes are about to stop. They stop once every subscriber
 /// has answered with [`Stopping::done`] or dropped the notice.
 #[derive(Debug)]
-pub struct Stopping {
+pub(crate) struct Stopping {
     pub instance_id: String,
     done: oneshot::Sender<()>,
 }
 
 impl Stopping {
     /// Lets the instance's processes stop.
-    pub fn done(self) {
+    pub(crate) fn done(self) {
         let _ = self.done.send(());
     }
 }
@@ -220,7 +220,7 @@ impl InstanceManager {
         self.runtime.name()
     }
 
-    pub fn state_dir(&self) -> &Path {
+    pub(crate) fn state_dir(&self) -> &Path {
         &self.state_dir
     }
 

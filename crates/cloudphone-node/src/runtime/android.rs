@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::common::{lock, pixel_of, state_dir_of, write_atomic};
+use super::keys::{self, DomKey};
 use super::sandbox;
 use super::{
     CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths, InstanceSpec, PhoneKey,
@@ -65,11 +66,11 @@ const ADB_OUTPUT_CAP: usize = 1024 * 1024;
 
 /// Packages whose data a wipe leaves alone: the framework itself, and the shell package whose
 /// uid the wipe's own `adb shell` runs as (clearing it would kill the wipe).
-pub const KEEP_PACKAGES: &[&str] = &["android", "com.android.shell"];
+pub(crate) const KEEP_PACKAGES: &[&str] = &["android", "com.android.shell"];
 
-pub const KEYCODE_HOME: u32 = 3;
-pub const KEYCODE_BACK: u32 = 4;
-pub const KEYCODE_APP_SWITCH: u32 = 187;
+pub(crate) const KEYCODE_HOME: u32 = 3;
+pub(crate) const KEYCODE_BACK: u32 = 4;
+pub(crate) const KEYCODE_APP_SWITCH: u32 = 187;
 
 /// android runtime configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -464,14 +465,14 @@ fn expect_output(out: &CommandOutput, word: &str, step: &str) -> Result<(), Runt
 }
 
 /// Emulators are the serials adb names `emulator-<console port>`.
-pub fn is_emulator(serial: &str) -> bool {
+pub(crate) fn is_emulator(serial: &str) -> bool {
     serial
         .strip_prefix("emulator-")
         .is_some_and(|port| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// First pool serial not in `taken`.
-pub fn pick_serial(pool: &[String], taken: &[String]) -> Option<String> {
+pub(crate) fn pick_serial(pool: &[String], taken: &[String]) -> Option<String> {
     pool.iter().find(|s| !taken.contains(s)).cloned()
 }
 
@@ -481,56 +482,56 @@ fn with_serial(serial: &str, rest: &[&str]) -> Vec<String> {
     args
 }
 
-pub fn wait_for_device_args(serial: &str) -> Vec<String> {
+pub(crate) fn wait_for_device_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["wait-for-device"])
 }
 
-pub fn get_state_args(serial: &str) -> Vec<String> {
+pub(crate) fn get_state_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["get-state"])
 }
 
-pub fn boot_completed_args(serial: &str) -> Vec<String> {
+pub(crate) fn boot_completed_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["shell", "getprop", "sys.boot_completed"])
 }
 
 /// `adb shell <command>`: adb hands the string to the device's shell as one command line.
-pub fn shell_args(serial: &str, command: &str) -> Vec<String> {
+pub(crate) fn shell_args(serial: &str, command: &str) -> Vec<String> {
     with_serial(serial, &["shell", command])
 }
 
-pub fn install_args(serial: &str, apk: &Path) -> Vec<String> {
+pub(crate) fn install_args(serial: &str, apk: &Path) -> Vec<String> {
     let mut args = with_serial(serial, &["install", "-r"]);
     args.push(apk.to_string_lossy().into_owned());
     args
 }
 
-pub fn list_user_packages_args(serial: &str) -> Vec<String> {
+pub(crate) fn list_user_packages_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["shell", "pm", "list", "packages", "-3"])
 }
 
-pub fn list_all_packages_args(serial: &str) -> Vec<String> {
+pub(crate) fn list_all_packages_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["shell", "pm", "list", "packages"])
 }
 
-pub fn clear_args(serial: &str, package: &str) -> Vec<String> {
+pub(crate) fn clear_args(serial: &str, package: &str) -> Vec<String> {
     with_serial(serial, &["shell", "pm", "clear", &shell_quote(package)])
 }
 
 /// The emulator console's `avd snapshot load`, through adb's `emu` passthrough.
-pub fn snapshot_load_args(serial: &str, snapshot: &str) -> Vec<String> {
+pub(crate) fn snapshot_load_args(serial: &str, snapshot: &str) -> Vec<String> {
     with_serial(serial, &["emu", "avd", "snapshot", "load", snapshot])
 }
 
-pub fn uninstall_args(serial: &str, package: &str) -> Vec<String> {
+pub(crate) fn uninstall_args(serial: &str, package: &str) -> Vec<String> {
     with_serial(serial, &["shell", "pm", "uninstall", &shell_quote(package)])
 }
 
-pub fn wipe_sdcard_args(serial: &str) -> Vec<String> {
+pub(crate) fn wipe_sdcard_args(serial: &str) -> Vec<String> {
     with_serial(serial, &["shell", "rm -rf /sdcard/* /sdcard/.[!.]*"])
 }
 
 /// Package names from `pm list packages` output (`package:com.example`).
-pub fn parse_package_list(output: &str) -> Vec<String> {
+pub(crate) fn parse_package_list(output: &str) -> Vec<String> {
     output
         .lines()
         .filter_map(|l| l.trim().strip_prefix("package:"))
@@ -543,19 +544,19 @@ pub fn parse_package_list(output: &str) -> Vec<String> {
         .collect()
 }
 
-pub fn keyevent_args(serial: &str, keycode: u32) -> Vec<String> {
+pub(crate) fn keyevent_args(serial: &str, keycode: u32) -> Vec<String> {
     let code = keycode.to_string();
     with_serial(serial, &["shell", "input", "keyevent", &code])
 }
 
 /// `input text`, quoted for the device shell; `input` reads `%s` as a space.
-pub fn text_args(serial: &str, text: &str) -> Vec<String> {
+pub(crate) fn text_args(serial: &str, text: &str) -> Vec<String> {
     let escaped = text.replace('%', "\\%").replace(' ', "%s");
     with_serial(serial, &["shell", "input", "text", &shell_quote(&escaped)])
 }
 
 /// A tap where the touch ended, or a swipe when it moved more than 1% of the screen.
-pub fn touch_up_args(
+pub(crate) fn touch_up_args(
     serial: &str,
     start: (f64, f64),
     end: (f64, f64),
@@ -589,11 +590,11 @@ fn pixel(v: f64, size: u32) -> u32 {
 }
 
 /// Single-quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-pub fn phone_keycode(key: PhoneKey) -> u32 {
+pub(crate) fn phone_keycode(key: PhoneKey) -> u32 {
     match key {
         PhoneKey::Back => KEYCODE_BACK,
         PhoneKey::Home => KEYCODE_HOME,
@@ -601,69 +602,14 @@ pub fn phone_keycode(key: PhoneKey) -> u32 {
     }
 }
 
-/// The one character of `text`, if it has exactly one (`KeyA` → `A`, `Digit7` → `7`).
-fn only_char(text: &str) -> Option<char> {
-    let mut chars = text.chars();
-    match (chars.next(), chars.next()) {
-        (Some(c), None) => Some(c),
-        _ => None,
-    }
-}
-
 /// Android `KEYCODE_*` for a DOM `KeyboardEvent.code`.
-pub fn android_keycode(code: &str) -> Option<u32> {
-    if let Some(letter) = code.strip_prefix("Key") {
-        let c = only_char(letter).filter(char::is_ascii_uppercase)?;
-        return Some(29 + u32::from(c) - u32::from('A'));
-    }
-    if let Some(digit) = code.strip_prefix("Digit") {
-        let c = only_char(digit).filter(char::is_ascii_digit)?;
-        return Some(7 + u32::from(c) - u32::from('0'));
-    }
-    if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
-        && (1..=12).contains(&n)
-    {
-        return Some(131 + n - 1);
-    }
-    let keycode = match code {
-        "Enter" | "NumpadEnter" => 66,
-        "Backspace" => 67,
-        "Delete" => 112,
-        "Tab" => 61,
-        "Space" => 62,
-        "Escape" => 111,
-        "ArrowUp" => 19,
-        "ArrowDown" => 20,
-        "ArrowLeft" => 21,
-        "ArrowRight" => 22,
-        "Home" => 122,
-        "End" => 123,
-        "PageUp" => 92,
-        "PageDown" => 93,
-        "Insert" => 124,
-        "ShiftLeft" => 59,
-        "ShiftRight" => 60,
-        "AltLeft" => 57,
-        "AltRight" => 58,
-        "ControlLeft" => 113,
-        "ControlRight" => 114,
-        "MetaLeft" => 117,
-        "MetaRight" => 118,
-        "CapsLock" => 115,
-        "Comma" => 55,
-        "Period" => 56,
-        "Backquote" => 68,
-        "Minus" => 69,
-        "Equal" => 70,
-        "BracketLeft" => 71,
-        "BracketRight" => 72,
-        "Backslash" => 73,
-        "Semicolon" => 74,
-        "Quote" => 75,
-        "Slash" => 76,
-        _ => return None,
-    };
-    Some(keycode)
+pub(crate) fn android_keycode(code: &str) -> Option<u32> {
+    Some(match keys::parse(code)? {
+        DomKey::Letter(c) => 29 + u32::from(c) - u32::from('A'),
+        DomKey::Digit(c) => 7 + u32::from(c) - u32::from('0'),
+        DomKey::Function(n) => 131 + n - 1,
+        DomKey::Named(codes) => codes.android,
+    })
 }
 
 #[cfg(test)]
@@ -760,22 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn keycodes() {
-        let cases = [
-            ("KeyA", Some(29)),
-            ("KeyZ", Some(54)),
-            ("Digit0", Some(7)),
-            ("Digit9", Some(16)),
-            ("Enter", Some(66)),
-            ("Backspace", Some(67)),
-            ("F1", Some(131)),
-            ("F12", Some(142)),
-            ("Nonsense", None),
-            ("Keyz", None),
-        ];
-        for (code, want) in cases {
-            assert_eq!(android_keycode(code), want, "{code}");
-        }
+    fn phone_keycodes() {
         assert_eq!(phone_keycode(PhoneKey::Back), 4);
         assert_eq!(phone_keycode(PhoneKey::Home), 3);
         assert_eq!(phone_keycode(PhoneKey::Recents), 187);

@@ -7,7 +7,8 @@
 pub mod android;
 pub(crate) mod cgroup;
 pub(crate) mod common;
-pub mod package;
+pub(crate) mod keys;
+pub(crate) mod package;
 pub mod sandbox;
 pub(crate) mod seccomp;
 pub mod synthetic;

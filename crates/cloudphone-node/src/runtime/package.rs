@@ -19,7 +19,7 @@ const PACKAGE_IN_SANDBOX: &str = "/tmp/cloudphone-package";
 /// `app.json`, the manifest at the top level of an app package.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AppManifest {
+pub(crate) struct AppManifest {
     /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`; also the install directory name.
     pub name: String,
     pub version: String,
@@ -29,7 +29,7 @@ pub struct AppManifest {
 
 impl AppManifest {
     /// Checks the fields that become paths.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let name_ok = self.name.len() <= 64
             && self
                 .name
@@ -57,7 +57,7 @@ impl AppManifest {
 }
 
 /// A relative path with no `..`, no absolute start and no empty or control characters.
-pub fn is_safe_relative(path: &str) -> bool {
+pub(crate) fn is_safe_relative(path: &str) -> bool {
     let trimmed = path.strip_prefix("./").unwrap_or(path);
     !trimmed.is_empty()
         && !trimmed.starts_with('/')
@@ -77,7 +77,7 @@ pub fn is_safe_relative(path: &str) -> bool {
 /// `/data` is writable: even a hostile archive (symlinks, odd names) or symlinks the
 /// instance planted in its own data dir cannot make anything land outside that instance's
 /// data. The listing check rejects unsafe members before anything is unpacked.
-pub async fn install_tar_package(
+pub(crate) async fn install_tar_package(
     bwrap: &Path,
     layout: &HostLayout,
     paths: &InstancePaths,
@@ -170,7 +170,7 @@ pub async fn install_tar_package(
 }
 
 /// Rejects archives with absolute or `..` members and those without a top-level `app.json`.
-pub fn check_listing(listing: &str) -> Result<(), String> {
+pub(crate) fn check_listing(listing: &str) -> Result<(), String> {
     let mut has_manifest = false;
     for member in listing.lines() {
         let trimmed = member.trim_end_matches('/');

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::CommandOutput;
 
 /// `PATH` inside every sandbox.
-pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+pub(crate) const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
 /// Top-level host entries never bound into a sandbox: replaced by bwrap's own mounts, or
 /// private to the host.
@@ -68,7 +68,7 @@ const SECRET_FILES: &[&str] = &[
 
 /// What one top-level entry of the host's `/` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootEntryKind {
+pub(crate) enum RootEntryKind {
     Dir,
     File,
     Symlink(PathBuf),
@@ -76,7 +76,7 @@ pub enum RootEntryKind {
 
 /// One top-level entry of the host's `/`, e.g. `usr` (dir) or `bin -> usr/bin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootEntry {
+pub(crate) struct RootEntry {
     pub name: String,
     pub kind: RootEntryKind,
 }
@@ -84,7 +84,7 @@ pub struct RootEntry {
 /// The parts of the host filesystem the sandbox mirrors. Scanned once by a runtime
 /// ([`HostLayout::scan`]) and passed to the pure [`bwrap_args`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HostLayout {
+pub(crate) struct HostLayout {
     pub root_entries: Vec<RootEntry>,
     /// Existing secret files to mask.
     pub secret_files: Vec<PathBuf>,
@@ -92,7 +92,7 @@ pub struct HostLayout {
 
 impl HostLayout {
     /// Reads the host's `/`.
-    pub fn scan() -> std::io::Result<Self> {
+    pub(crate) fn scan() -> std::io::Result<Self> {
         let mut root_entries = Vec::new();
         for entry in std::fs::read_dir("/")? {
             let entry = entry?;
@@ -132,21 +132,21 @@ impl HostLayout {
 /// therefore runs as an unprivileged user (bwrap then builds its namespaces as that user),
 /// and the instance's data dir is handed to that user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SandboxUser {
+pub(crate) struct SandboxUser {
     pub uid: u32,
     pub gid: u32,
 }
 
 impl SandboxUser {
     /// `nobody:nogroup` on Debian.
-    pub const NOBODY: Self = Self {
+    pub(crate) const NOBODY: Self = Self {
         uid: 65534,
         gid: 65534,
     };
 
     /// `nobody` when the node runs as root; `None` (the node's own, already unprivileged,
     /// user) otherwise.
-    pub fn for_this_node() -> Option<Self> {
+    pub(crate) fn for_this_node() -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
         // /proc/self is owned by the process's effective uid.
         match std::fs::metadata("/proc/self") {
@@ -158,20 +158,23 @@ impl SandboxUser {
     /// The user an instance's sandboxes run as: its own uid (and the gid of the same number)
     /// when the node is root and allocated one, `nobody` when it is root without one, and the
     /// node's own user otherwise.
-    pub fn for_instance(owner: Option<u32>) -> Option<Self> {
+    pub(crate) fn for_instance(owner: Option<u32>) -> Option<Self> {
         let shared = Self::for_this_node()?;
         Some(owner.map_or(shared, |uid| Self { uid, gid: uid }))
     }
 
     /// Makes `path` itself (not its contents, never a symlink's target) belong to this user.
-    pub fn take_ownership(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn take_ownership(&self, path: &Path) -> std::io::Result<()> {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
     }
 }
 
 /// Creates an instance's data dir (and `apps/` in it) if missing and hands them to the
 /// sandbox user. Called before every sandbox use that may follow a wipe.
-pub async fn prepare_data_dir(data: &Path, user: Option<SandboxUser>) -> std::io::Result<()> {
+pub(crate) async fn prepare_data_dir(
+    data: &Path,
+    user: Option<SandboxUser>,
+) -> std::io::Result<()> {
     let apps = data.join("apps");
     tokio::fs::create_dir_all(&apps).await?;
     if let Some(user) = user {
@@ -227,7 +230,7 @@ impl Default for SandboxConfig {
 
 impl SandboxConfig {
     /// The uid range, when the node may use it (it runs as root).
-    pub fn uids(&self) -> Option<std::ops::Range<u32>> {
+    pub(crate) fn uids(&self) -> Option<std::ops::Range<u32>> {
         SandboxUser::for_this_node()?;
         Some(self.uid_base..self.uid_base.saturating_add(self.uid_count))
     }
@@ -255,7 +258,7 @@ impl SandboxConfig {
     }
 
     /// The `ro_binds` as a sandbox gets them (see [`BinBind::copy`]).
-    pub fn bin_binds(&self) -> Vec<BinBind> {
+    pub(crate) fn bin_binds(&self) -> Vec<BinBind> {
         self.ro_binds
             .iter()
             .map(|(name, host)| BinBind {
@@ -289,7 +292,7 @@ pub(crate) fn free_uid(
 
 /// What differs between one sandbox and another.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxSpec {
+pub(crate) struct SandboxSpec {
     /// The node's state dir; hidden entirely.
     pub(crate) state_dir: PathBuf,
     /// The instance's data dir; bound writable at `/data`.
@@ -325,7 +328,7 @@ pub struct SandboxSpec {
 
 /// One `[sandbox] ro_binds` entry as a sandbox gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinBind {
+pub(crate) struct BinBind {
     pub(crate) host: PathBuf,
     /// `RO_BIN_DIR/<name>`.
     pub(crate) dest: PathBuf,
@@ -342,7 +345,7 @@ pub(crate) const MAX_COPIED_BINDS: usize = 6;
 
 /// What a sandbox runs; the display server's differs from the instance's in three ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SandboxRole {
+pub(crate) enum SandboxRole {
     /// Tenant programs: the data dir at `/data`, the display's socket read-only.
     #[default]
     App,
@@ -354,13 +357,13 @@ pub enum SandboxRole {
 
 impl SandboxSpec {
     /// An instance's sandbox: its data dir, run as its own user.
-    pub fn for_instance(paths: &super::InstancePaths) -> Self {
+    pub(crate) fn for_instance(paths: &super::InstancePaths) -> Self {
         let mut spec = Self::new(&super::common::state_dir_of(paths), &paths.data);
         spec.user = SandboxUser::for_instance(paths.owner);
         spec
     }
 
-    pub fn new(state_dir: &Path, data_dir: &Path) -> Self {
+    pub(crate) fn new(state_dir: &Path, data_dir: &Path) -> Self {
         Self {
             state_dir: state_dir.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
@@ -381,7 +384,7 @@ impl SandboxSpec {
 }
 
 /// Where X servers put their sockets.
-pub const X11_SOCKET_DIR: &str = "/tmp/.X11-unix";
+pub(crate) const X11_SOCKET_DIR: &str = "/tmp/.X11-unix";
 
 /// Where `[sandbox] ro_binds` binaries appear inside a sandbox: `/run/cloudphone/bin/<name>`.
 /// Under the sandbox's private `/run` (a tmpfs, so bwrap can create the mount points) and the
@@ -411,13 +414,17 @@ fn launch_script(copies: usize) -> String {
 }
 
 /// Path of X display `n`'s unix socket.
-pub fn x11_socket_path(display: u32) -> PathBuf {
+pub(crate) fn x11_socket_path(display: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/.X11-unix/X{display}"))
 }
 
 /// The bwrap arguments (without the `bwrap` program itself) that run `argv` in the sandbox
 /// described by `spec`. Pure: the same inputs always give the same argv.
-pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> Vec<OsString> {
+pub(crate) fn bwrap_args(
+    layout: &HostLayout,
+    spec: &SandboxSpec,
+    argv: &[String],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let chdir = match spec.role {
         SandboxRole::App => "/data",
@@ -555,7 +562,7 @@ pub fn bwrap_args(layout: &HostLayout, spec: &SandboxSpec, argv: &[String]) -> V
 
 /// A tokio command running `argv` inside the sandbox, in its own process group (so a
 /// timeout can kill everything it started) and with stdin closed.
-pub fn command(
+pub(crate) fn command(
     bwrap: &Path,
     layout: &HostLayout,
     spec: &SandboxSpec,
@@ -606,7 +613,7 @@ pub fn command(
 }
 
 /// `/bin/sh -c <script>` argv.
-pub fn shell_argv(script: &str) -> Vec<String> {
+pub(crate) fn shell_argv(script: &str) -> Vec<String> {
     vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]
 }
 
@@ -618,7 +625,7 @@ const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 /// of stdout and stderr (the rest is read and dropped so the child never blocks on a full
 /// pipe). On timeout the whole process group is killed. `cmd` should have been built with
 /// `process_group(0)` (as [`command`] does) so the group is the command's own.
-pub async fn run_capped(
+pub(crate) async fn run_capped(
     mut cmd: tokio::process::Command,
     timeout: Duration,
     max_output_bytes: usize,
@@ -719,7 +726,7 @@ fn utf8_lossy_capped(mut bytes: Vec<u8>) -> String {
 }
 
 /// Sends `signal` to process group `pgid`; a group that is already gone is fine.
-pub fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
+pub(crate) fn kill_group(pgid: u32, signal: nix::sys::signal::Signal) {
     if let Ok(pgid) = i32::try_from(pgid) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
     }
@@ -736,7 +743,7 @@ pub struct ProcessRecord {
 
 impl ProcessRecord {
     /// Records the running process `pid`; `None` if it is already gone.
-    pub fn of(pid: u32) -> Option<Self> {
+    pub(crate) fn of(pid: u32) -> Option<Self> {
         Some(Self {
             pid,
             start_time: proc_start_time(pid)?,
@@ -751,7 +758,7 @@ impl ProcessRecord {
     /// SIGTERM to the process group, SIGKILL after `grace` if it is still there. The process
     /// was started as a group leader, so this also takes its children. Does nothing if the
     /// pid now belongs to another process.
-    pub async fn terminate(&self, grace: Duration) {
+    pub(crate) async fn terminate(&self, grace: Duration) {
         if !self.is_alive() {
             return;
         }
@@ -770,7 +777,7 @@ impl ProcessRecord {
 }
 
 /// Start time of `pid` in clock ticks since boot. A zombie still counts (it holds the pid).
-pub fn proc_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn proc_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_start_time(&stat)
 }

@@ -42,7 +42,7 @@ impl Encoder for EncodePipeline {
 
 /// The encoder factory the node runs with: a GStreamer [`EncodePipeline`] per profile, the
 /// best encoder element the host has.
-pub fn encoder_factory(options: PipelineOptions) -> EncoderFactory {
+pub(crate) fn encoder_factory(options: PipelineOptions) -> EncoderFactory {
     Arc::new(move |request| {
         let settings = EncoderSettings {
             codec: request.codec,
@@ -69,7 +69,7 @@ impl AudioEncoder for AudioPipeline {
 
 /// The audio encoder factory the node runs with: a GStreamer [`AudioPipeline`] per instance.
 /// With the [`FLASH_PATTERN`] test pattern, a test tone beeps when the video flashes.
-pub fn audio_factory(options: &PipelineOptions) -> AudioFactory {
+pub(crate) fn audio_factory(options: &PipelineOptions) -> AudioFactory {
     let flash = options.test_pattern == FLASH_PATTERN;
     Arc::new(move |source| {
         let source = match source {

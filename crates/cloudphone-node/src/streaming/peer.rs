@@ -191,38 +191,21 @@ impl PeerFactory {
                 })
                 .await?,
         );
-        let track = Arc::new(TrackLocalStaticRTP::new(
-            capability(codec),
-            "video".to_owned(),
-            "cloudphone".to_owned(),
-        ));
-        let sender = match pc
-            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
-            .await
-        {
-            Ok(sender) => sender,
-            Err(e) => {
-                let _ = pc.close().await;
-                return Err(e.into());
-            }
+        // The same stream id for both: a browser puts the tracks in one MediaStream and lines
+        // them up by their sender reports.
+        let new_track = |capability, kind: &str| {
+            Arc::new(TrackLocalStaticRTP::new(
+                capability,
+                kind.to_owned(),
+                "cloudphone".to_owned(),
+            ))
         };
-        // The same stream id as the video: a browser puts both tracks in one MediaStream
-        // and lines them up by their sender reports.
-        let audio = Arc::new(TrackLocalStaticRTP::new(
-            opus_capability(),
-            "audio".to_owned(),
-            "cloudphone".to_owned(),
-        ));
-        let audio_sender = match pc
-            .add_track(Arc::clone(&audio) as Arc<dyn TrackLocal + Send + Sync>)
-            .await
-        {
-            Ok(sender) => sender,
-            Err(e) => {
-                let _ = pc.close().await;
-                return Err(e.into());
-            }
-        };
+        let (track, audio) = (
+            new_track(capability(codec), "video"),
+            new_track(opus_capability(), "audio"),
+        );
+        let sender = add_track(&pc, &track).await?;
+        let audio_sender = add_track(&pc, &audio).await?;
         Ok(ViewerPeer {
             pc,
             track,
@@ -230,6 +213,24 @@ impl PeerFactory {
             audio,
             audio_sender,
         })
+    }
+}
+
+/// Adds `track` to `pc`, closing the connection when that fails: a half-built peer is never
+/// handed out, nor left open.
+async fn add_track(
+    pc: &RTCPeerConnection,
+    track: &Arc<TrackLocalStaticRTP>,
+) -> Result<Arc<RTCRtpSender>, PeerError> {
+    match pc
+        .add_track(Arc::clone(track) as Arc<dyn TrackLocal + Send + Sync>)
+        .await
+    {
+        Ok(sender) => Ok(sender),
+        Err(e) => {
+            let _ = pc.close().await;
+            Err(e.into())
+        }
     }
 }
 

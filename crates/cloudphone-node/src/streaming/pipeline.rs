@@ -8,7 +8,7 @@
 //! nothing here blocks a tokio runtime.
 //! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
 
-pub mod audio;
+pub(crate) mod audio;
 pub mod rtp;
 
 use std::collections::VecDeque;
@@ -265,18 +265,26 @@ fn push_sample(ring: &mut VecDeque<f64>, cap: usize, value: f64) {
     ring.push_back(value);
 }
 
+/// What every pipeline of the node, video or audio, records from its streaming threads: the
+/// packets it handed on or dropped, and how it stopped. Shared between the owner, the appsink
+/// ([`install_sink`]) and the bus handler ([`install_bus`]).
+#[derive(Default)]
+struct Outlet {
+    packets_out: AtomicU64,
+    packets_dropped: AtomicU64,
+    bytes_out: AtomicU64,
+    ended: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
 /// Shared between the owner and the streaming-thread callbacks.
 #[derive(Default)]
 struct Shared {
     frames_captured: AtomicU64,
     frames_encoded: AtomicU64,
-    packets_out: AtomicU64,
-    packets_dropped: AtomicU64,
-    bytes_out: AtomicU64,
+    out: Arc<Outlet>,
     bitrate_kbps: AtomicU32,
     fps: AtomicU32,
-    ended: AtomicBool,
-    error: Mutex<Option<String>>,
     latency_samples: usize,
     streaming_threads: AtomicU32,
     realtime_threads: AtomicU32,
@@ -583,12 +591,7 @@ impl EncodePipeline {
         if pay.find_property("aggregate-mode").is_some() {
             pay.set_property_from_str("aggregate-mode", "zero-latency");
         }
-        let sink = gst_app::AppSink::builder()
-            .name(n("sink"))
-            .sync(false)
-            .drop(true)
-            .max_buffers(8)
-            .build();
+        let sink = rtp_sink(n("sink"));
 
         let mut chain: Vec<gst::Element> = capture;
         chain.push(source_caps.clone());
@@ -622,8 +625,15 @@ impl EncodePipeline {
             install_flash(&encode_caps, &pipeline)?;
         }
         let (tx, rx) = mpsc::channel(options.channel_capacity.max(1));
-        install_sink(&sink, tx, &shared);
-        install_bus(&pipeline, &name, &shared, options.realtime_priority)?;
+        let s = Arc::clone(&shared);
+        install_sink(&sink, tx, &shared.out, move |sample, packet| {
+            s.time_frame(sample, packet);
+        });
+        let s = Arc::clone(&shared);
+        let realtime_priority = options.realtime_priority;
+        install_bus(&pipeline, &name, &shared.out, move |msg| {
+            s.count_thread(msg, realtime_priority);
+        })?;
 
         let mut settings = settings.clone();
         settings.encoder = Some(encoder_name);
@@ -639,13 +649,8 @@ impl EncodePipeline {
             shared,
             child,
         };
-        if let Err(e) = this.pipeline.set_state(gst::State::Playing) {
-            // `this` is dropped on return, which stops whatever did start.
-            let detail = lock(&this.shared.error)
-                .clone()
-                .unwrap_or_else(|| e.to_string());
-            return Err(MediaError::Start(detail));
-        }
+        // On failure `this` is dropped on return, which stops whatever did start.
+        play(&this.pipeline, &this.shared.out)?;
         tracing::info!(pipeline = %this.name, settings = ?*lock(&this.settings), "encode pipeline started");
         Ok((this, rx))
     }
@@ -740,14 +745,14 @@ impl EncodePipeline {
         PipelineStats {
             frames_captured: s.frames_captured.load(Ordering::Relaxed),
             frames_encoded: s.frames_encoded.load(Ordering::Relaxed),
-            packets_out: s.packets_out.load(Ordering::Relaxed),
-            packets_dropped: s.packets_dropped.load(Ordering::Relaxed),
-            bytes_out: s.bytes_out.load(Ordering::Relaxed),
+            packets_out: s.out.packets_out.load(Ordering::Relaxed),
+            packets_dropped: s.out.packets_dropped.load(Ordering::Relaxed),
+            bytes_out: s.out.bytes_out.load(Ordering::Relaxed),
             bitrate_kbps: s.bitrate_kbps.load(Ordering::Relaxed),
             fps: s.fps.load(Ordering::Relaxed),
             encoder: lock(&self.settings).encoder.clone().unwrap_or_default(),
-            error: lock(&s.error).clone(),
-            ended: s.ended.load(Ordering::Relaxed),
+            error: lock(&s.out.error).clone(),
+            ended: s.out.ended.load(Ordering::Relaxed),
             encode_latency_ms_recent: lock(&s.encode_latency).iter().copied().collect(),
             pipeline_latency_ms_recent: lock(&s.pipeline_latency).iter().copied().collect(),
             streaming_threads: s.streaming_threads.load(Ordering::Relaxed),
@@ -844,21 +849,43 @@ fn install_probes(
 }
 
 /// Paints the luma of each I420 frame white inside a beep window, black outside
-/// ([`FLASH_PATTERN`]); a frame's clock time is its `PTS + base_time`.
+/// ([`FLASH_PATTERN`]).
 fn install_flash(encode_caps: &gst::Element, pipeline: &gst::Pipeline) -> Result<(), MediaError> {
-    let pad = encode_caps
-        .static_pad("src")
-        .ok_or_else(|| MediaError::Build("encode caps filter has no src pad".into()))?;
-    let pipeline = pipeline.downgrade();
-    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some(base) = pipeline.upgrade().and_then(|p| p.base_time()) else {
-            return gst::PadProbeReturn::Ok;
-        };
+    on_captured_buffer(encode_caps, pipeline, |pad, buffer, clock_time_ns| {
         let Some(size) = pad
             .current_caps()
             .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
             .map(|v| v.width() as usize * v.height() as usize)
         else {
+            return;
+        };
+        let luma = if audio::in_beep(clock_time_ns) {
+            235
+        } else {
+            16
+        };
+        if let Ok(mut map) = buffer.map_writable() {
+            let plane = size.min(map.len());
+            map.as_mut_slice()[..plane].fill(luma);
+        }
+    })
+}
+
+/// Runs `f` on each buffer leaving `element`'s src pad, made writable, with the clock time it
+/// was captured at: its `PTS + base_time` (every pipeline of the node runs on the system clock,
+/// see `audio`'s lip-sync notes). The flash of the test pattern and the beeps of the test tone
+/// are drawn this way, on the same instants.
+fn on_captured_buffer(
+    element: &gst::Element,
+    pipeline: &gst::Pipeline,
+    f: impl Fn(&gst::Pad, &mut gst::BufferRef, u64) + Send + Sync + 'static,
+) -> Result<(), MediaError> {
+    let pad = element
+        .static_pad("src")
+        .ok_or_else(|| MediaError::Build(format!("{} has no src pad", element.name())))?;
+    let pipeline = pipeline.downgrade();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(base) = pipeline.upgrade().and_then(|p| p.base_time()) else {
             return gst::PadProbeReturn::Ok;
         };
         let Some(buffer) = info.buffer_mut() else {
@@ -867,23 +894,26 @@ fn install_flash(encode_caps: &gst::Element, pipeline: &gst::Pipeline) -> Result
         let Some(pts) = buffer.pts() else {
             return gst::PadProbeReturn::Ok;
         };
-        let luma = if audio::in_beep(pts.nseconds() + base.nseconds()) {
-            235
-        } else {
-            16
-        };
-        if let Ok(mut map) = buffer.make_mut().map_writable() {
-            let plane = size.min(map.len());
-            map.as_mut_slice()[..plane].fill(luma);
-        }
+        f(pad, buffer.make_mut(), pts.nseconds() + base.nseconds());
         gst::PadProbeReturn::Ok
     });
     Ok(())
 }
 
+/// The appsink that ends every pipeline of the node: no clock sync, and a full queue drops its
+/// oldest buffer rather than block a streaming thread.
+fn rtp_sink(name: String) -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .name(name)
+        .sync(false)
+        .drop(true)
+        .max_buffers(8)
+        .build()
+}
+
 /// The appsink's next RTP packet, copied out with its sample; `None` when the sample has no
-/// buffer, or one that cannot be read (counted in `dropped`). The video and audio sinks share it.
-pub(super) fn pull_packet(
+/// buffer, or one that cannot be read (counted in `dropped`).
+fn pull_packet(
     sink: &gst_app::AppSink,
     dropped: &AtomicU64,
 ) -> Result<Option<(gst::Sample, Bytes)>, gst::FlowError> {
@@ -901,39 +931,29 @@ pub(super) fn pull_packet(
 
 /// Hands each RTP packet to the channel without blocking: when the consumer is behind, the
 /// packet is dropped and counted (the viewer recovers with NACK/PLI; a stalled encoder thread
-/// would instead delay every viewer).
-fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<Shared>) {
-    let s = Arc::clone(shared);
+/// would instead delay every viewer). `inspect` sees each packet with its sample first.
+fn install_sink(
+    sink: &gst_app::AppSink,
+    tx: mpsc::Sender<Bytes>,
+    out: &Arc<Outlet>,
+    inspect: impl Fn(&gst::Sample, &[u8]) + Send + 'static,
+) {
+    let out = Arc::clone(out);
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
-                let Some((sample, packet)) = pull_packet(sink, &s.packets_dropped)? else {
+                let Some((sample, packet)) = pull_packet(sink, &out.packets_dropped)? else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
-                let marker = packet.get(1).is_some_and(|b| b & 0x80 != 0);
+                inspect(&sample, &packet);
                 let len = packet.len() as u64;
                 match tx.try_send(packet) {
                     Ok(()) => {
-                        s.packets_out.fetch_add(1, Ordering::Relaxed);
-                        s.bytes_out.fetch_add(len, Ordering::Relaxed);
+                        out.packets_out.fetch_add(1, Ordering::Relaxed);
+                        out.bytes_out.fetch_add(len, Ordering::Relaxed);
                     }
                     Err(_) => {
-                        s.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                // The marker packet ends a frame: time it from capture.
-                let rt = sample
-                    .segment()
-                    .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
-                    .and_then(|seg| seg.to_running_time(sample.buffer().and_then(|b| b.pts())));
-                if marker && let Some(rt) = rt {
-                    let captured = lock(&s.captured_at).take(rt.nseconds());
-                    if let Some(at) = captured {
-                        push_sample(
-                            &mut lock(&s.pipeline_latency),
-                            s.latency_samples,
-                            at.elapsed().as_secs_f64() * 1e3,
-                        );
+                        out.packets_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(gst::FlowSuccess::Ok)
@@ -942,32 +962,63 @@ fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<S
     );
 }
 
+impl Shared {
+    /// The marker packet ends a frame: times the frame from capture.
+    fn time_frame(&self, sample: &gst::Sample, packet: &[u8]) {
+        let marker = packet.get(1).is_some_and(|b| b & 0x80 != 0);
+        if !marker {
+            return;
+        }
+        let rt = sample
+            .segment()
+            .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+            .and_then(|seg| seg.to_running_time(sample.buffer().and_then(|b| b.pts())));
+        if let Some(rt) = rt {
+            let captured = lock(&self.captured_at).take(rt.nseconds());
+            if let Some(at) = captured {
+                push_sample(
+                    &mut lock(&self.pipeline_latency),
+                    self.latency_samples,
+                    at.elapsed().as_secs_f64() * 1e3,
+                );
+            }
+        }
+    }
+
+    /// Counts the streaming threads as they start, raising each one's priority
+    /// ([`super::priority`]).
+    fn count_thread(&self, msg: &gst::Message, realtime_priority: u8) {
+        if let Some(realtime) = super::priority::elevate_entering_thread(msg, realtime_priority) {
+            self.streaming_threads.fetch_add(1, Ordering::Relaxed);
+            if realtime {
+                self.realtime_threads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// Bus messages are handled synchronously on the posting thread (no main loop needed):
-/// errors are logged and kept for [`PipelineStats::error`], never dropped silently.
+/// errors are logged and kept in the [`Outlet`], never dropped silently. `also` sees every
+/// message first.
 fn install_bus(
     pipeline: &gst::Pipeline,
     name: &str,
-    shared: &Arc<Shared>,
-    realtime_priority: u8,
+    out: &Arc<Outlet>,
+    also: impl Fn(&gst::Message) + Send + Sync + 'static,
 ) -> Result<(), MediaError> {
     let bus = pipeline
         .bus()
         .ok_or_else(|| MediaError::Build("pipeline has no bus".into()))?;
-    let s = Arc::clone(shared);
+    let out = Arc::clone(out);
     let name = name.to_owned();
     bus.set_sync_handler(move |_, msg| {
-        if let Some(realtime) = super::priority::elevate_entering_thread(msg, realtime_priority) {
-            s.streaming_threads.fetch_add(1, Ordering::Relaxed);
-            if realtime {
-                s.realtime_threads.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        also(msg);
         match msg.view() {
             gst::MessageView::Error(err) => {
                 let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
                 let text = format!("{source}: {}", err.error());
                 tracing::error!(pipeline = %name, error = %text, debug = ?err.debug(), "pipeline error");
-                lock(&s.error).get_or_insert(text);
+                lock(&out.error).get_or_insert(text);
             }
             gst::MessageView::Warning(w) => {
                 let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
@@ -975,13 +1026,24 @@ fn install_bus(
             }
             gst::MessageView::Eos(_) => {
                 tracing::info!(pipeline = %name, "capture ended");
-                s.ended.store(true, Ordering::Relaxed);
+                out.ended.store(true, Ordering::Relaxed);
             }
             _ => {}
         }
         gst::BusSyncReply::Drop
     });
     Ok(())
+}
+
+/// Sets the pipeline PLAYING. A failure is reported with the error its bus posted, which says
+/// more than the state change does.
+fn play(pipeline: &gst::Pipeline, out: &Outlet) -> Result<(), MediaError> {
+    match pipeline.set_state(gst::State::Playing) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(MediaError::Start(
+            lock(&out.error).clone().unwrap_or_else(|| e.to_string()),
+        )),
+    }
 }
 
 /// Applies `"<pattern> [property=value]…"` to a `videotestsrc`.

@@ -23,7 +23,7 @@ use thread_priority::{ThreadPriority, ThreadPriorityValue};
 pub const DEFAULT_REALTIME_PRIORITY: u8 = 10;
 
 /// Puts the calling thread under `SCHED_RR` at `priority` (1–99).
-pub fn elevate_current_thread(priority: u8) -> Result<(), String> {
+pub(crate) fn elevate_current_thread(priority: u8) -> Result<(), String> {
     let value = ThreadPriorityValue::try_from(priority)?;
     set_thread_priority_and_policy(
         thread_native_id(),
@@ -34,7 +34,7 @@ pub fn elevate_current_thread(priority: u8) -> Result<(), String> {
 }
 
 /// Puts the calling thread back under normal scheduling at nice 0.
-pub fn normalize_current_thread() -> Result<(), String> {
+pub(crate) fn normalize_current_thread() -> Result<(), String> {
     // The crate maps 0–99 onto nice 19…−20; 48 is nice 0.
     let nice_zero = ThreadPriorityValue::try_from(48u8)?;
     set_thread_priority_and_policy(

@@ -12,6 +12,7 @@ use x11rb::rust_connection::RustConnection;
 
 use super::x_err;
 use crate::runtime::common::{lock, pixel_of};
+use crate::runtime::keys::{self, DomKey};
 use crate::runtime::{InputEvent, PhoneKey, RuntimeError, TouchAction};
 
 const SHIFT_L: u32 = 0xffe1;
@@ -218,73 +219,18 @@ fn scale(v: f64, size: u16) -> i16 {
 }
 
 /// The X keysym for a DOM `KeyboardEvent.code`; `None` for codes not mapped.
-pub fn keysym_for_code(code: &str) -> Option<u32> {
-    if let Some(letter) = code.strip_prefix("Key") {
-        let mut chars = letter.chars();
-        if let (Some(c), None) = (chars.next(), chars.next())
-            && c.is_ascii_uppercase()
-        {
-            return Some(u32::from(c.to_ascii_lowercase()));
-        }
-        return None;
-    }
-    if let Some(digit) = code.strip_prefix("Digit") {
-        let mut chars = digit.chars();
-        if let (Some(c), None) = (chars.next(), chars.next())
-            && c.is_ascii_digit()
-        {
-            return Some(u32::from(c));
-        }
-        return None;
-    }
-    if let Some(n) = code.strip_prefix('F').and_then(|n| n.parse::<u32>().ok())
-        && (1..=12).contains(&n)
-    {
-        return Some(0xffbe + n - 1);
-    }
-    let keysym = match code {
-        "Enter" | "NumpadEnter" => RETURN,
-        "Escape" => ESCAPE,
-        "Backspace" => 0xff08,
-        "Tab" => TAB,
-        "Space" => 0x20,
-        "ArrowLeft" => 0xff51,
-        "ArrowUp" => 0xff52,
-        "ArrowRight" => 0xff53,
-        "ArrowDown" => 0xff54,
-        "Home" => 0xff50,
-        "End" => 0xff57,
-        "PageUp" => 0xff55,
-        "PageDown" => 0xff56,
-        "Insert" => 0xff63,
-        "Delete" => 0xffff,
-        "ShiftLeft" => SHIFT_L,
-        "ShiftRight" => 0xffe2,
-        "ControlLeft" => 0xffe3,
-        "ControlRight" => 0xffe4,
-        "AltLeft" => ALT_L,
-        "AltRight" => 0xffea,
-        "MetaLeft" => SUPER_L,
-        "MetaRight" => 0xffec,
-        "CapsLock" => 0xffe5,
-        "Minus" => 0x2d,
-        "Equal" => 0x3d,
-        "BracketLeft" => 0x5b,
-        "BracketRight" => 0x5d,
-        "Backslash" => 0x5c,
-        "Semicolon" => 0x3b,
-        "Quote" => 0x27,
-        "Backquote" => 0x60,
-        "Comma" => 0x2c,
-        "Period" => 0x2e,
-        "Slash" => 0x2f,
-        _ => return None,
-    };
-    Some(keysym)
+pub(crate) fn keysym_for_code(code: &str) -> Option<u32> {
+    Some(match keys::parse(code)? {
+        // Latin-1 letters and digits are their own keysyms.
+        DomKey::Letter(c) => u32::from(c.to_ascii_lowercase()),
+        DomKey::Digit(c) => u32::from(c),
+        DomKey::Function(n) => 0xffbe + n - 1,
+        DomKey::Named(codes) => codes.x_keysym,
+    })
 }
 
 /// The X keysym that types `c`.
-pub fn keysym_for_char(c: char) -> u32 {
+pub(crate) fn keysym_for_char(c: char) -> u32 {
     match c {
         '\n' | '\r' => RETURN,
         '\t' => TAB,
@@ -297,34 +243,6 @@ pub fn keysym_for_char(c: char) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dom_codes_to_keysyms() {
-        let cases = [
-            ("KeyA", Some(0x61)),
-            ("KeyZ", Some(0x7a)),
-            ("Digit0", Some(0x30)),
-            ("Digit9", Some(0x39)),
-            ("Enter", Some(0xff0d)),
-            ("Escape", Some(0xff1b)),
-            ("Backspace", Some(0xff08)),
-            ("Space", Some(0x20)),
-            ("ArrowUp", Some(0xff52)),
-            ("F1", Some(0xffbe)),
-            ("F12", Some(0xffc9)),
-            ("ShiftLeft", Some(0xffe1)),
-            ("MetaLeft", Some(0xffeb)),
-            ("Slash", Some(0x2f)),
-            ("F13", None),
-            ("Keya", None),
-            ("KeyAB", None),
-            ("Digit10", None),
-            ("Nonsense", None),
-        ];
-        for (code, want) in cases {
-            assert_eq!(keysym_for_code(code), want, "{code}");
-        }
-    }
 
     #[test]
     fn chars_to_keysyms() {

@@ -37,7 +37,7 @@
 //! - Touch: every action first moves the pointer to `(x·width, y·height)`; `down` then
 //!   presses button 1 and `up` releases it, so a tap is a left click and a drag is a
 //!   left-button drag. One pointer only: `pointer_id` is ignored.
-//! - Key: the DOM `code` is mapped to a keysym by [`keysym_for_code`] (letters, digits,
+//! - Key: the DOM `code` is mapped to a keysym by [`input::keysym_for_code`] (letters, digits,
 //!   punctuation, Enter/Escape/Backspace/Tab/Space, arrows, Home/End/PageUp/PageDown/
 //!   Insert/Delete, F1–F12, Shift/Control/Alt/Meta left and right, CapsLock), then to a
 //!   keycode through the server's keyboard mapping. Unknown codes are rejected.
@@ -58,10 +58,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::process::Child;
 
-mod input;
+pub(super) mod input;
 
 use input::XInput;
-pub use input::{keysym_for_char, keysym_for_code};
 
 use super::cgroup::Cgroups;
 use super::common::{ensure_data_dir, lock, run_shell, write_atomic};
@@ -76,12 +75,12 @@ use super::{
 };
 
 /// Shown full-screen on every display unless configured otherwise; see the module docs.
-pub const DEFAULT_LAUNCHER: &str = "exec xeyes -geometry ${WIDTH}x${HEIGHT}+0+0";
+pub(crate) const DEFAULT_LAUNCHER: &str = "exec xeyes -geometry ${WIDTH}x${HEIGHT}+0+0";
 
 /// Where the instance's sound server socket dir appears in sandboxes.
-pub const SANDBOX_PULSE_DIR: &str = "/run/cloudphone/pulse";
+pub(crate) const SANDBOX_PULSE_DIR: &str = "/run/cloudphone/pulse";
 /// The instance's null sink; the node captures `<PULSE_SINK>.monitor`.
-pub const PULSE_SINK: &str = "cloudphone";
+pub(crate) const PULSE_SINK: &str = "cloudphone";
 /// How long the sound server gets to open its socket.
 const PULSE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -243,7 +242,7 @@ impl X11Runtime {
     }
 
     /// The display an instance runs on, while it runs.
-    pub fn display_of(&self, instance_id: &str) -> Option<u32> {
+    pub(crate) fn display_of(&self, instance_id: &str) -> Option<u32> {
         lock(&self.live).get(instance_id).map(|l| l.display)
     }
 
@@ -664,7 +663,7 @@ fn is_socket(path: &Path) -> bool {
 /// `pulseaudio` arguments: no default modules, a null sink, the native protocol on the
 /// socket in [`SANDBOX_PULSE_DIR`]; no realtime, no D-Bus, no SHM (the node is outside the
 /// sandbox's IPC namespace), no idle exit, no module loading by clients.
-pub fn pulse_args() -> Vec<String> {
+pub(crate) fn pulse_args() -> Vec<String> {
     [
         "-n",
         "--daemonize=no",
@@ -689,7 +688,7 @@ pub fn pulse_args() -> Vec<String> {
 }
 
 /// `Xvfb` arguments for display `n` at `width`×`height`.
-pub fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
+pub(crate) fn xvfb_args(display: u32, width: u32, height: u32) -> Vec<String> {
     vec![
         format!(":{display}"),
         "-screen".to_owned(),

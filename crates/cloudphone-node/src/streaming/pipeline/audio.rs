@@ -21,40 +21,34 @@
 //! (a few ms at 720P) for video. The residual offset is measured by the
 //! `streaming_audio` tests.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
-use super::{MediaError, RTP_MTU, init, lock, make, pull_packet};
+use super::{
+    MediaError, Outlet, RTP_MTU, init, install_bus, install_sink, lock, make, on_captured_buffer,
+    play, rtp_sink,
+};
 use crate::runtime::AudioSource;
 
 /// RTP payload type of the Opus packets; the WebRTC side rewrites it to the negotiated one.
-pub const OPUS_PAYLOAD_TYPE: u32 = 111;
+pub(crate) const OPUS_PAYLOAD_TYPE: u32 = 111;
 /// Opus frame length: 10 ms, half of the usual 20, for latency.
-pub const OPUS_FRAME_MS: u32 = 10;
+pub(crate) const OPUS_FRAME_MS: u32 = 10;
 /// Opus bitrate, bit/s: transparent for speech and music at 48 kHz stereo.
-pub const OPUS_BITRATE: i32 = 64_000;
+pub(crate) const OPUS_BITRATE: i32 = 64_000;
 /// How long each beep of a gated [`AudioSource::TestTone`] lasts, from the whole second.
-pub const BEEP_MS: u64 = 100;
+pub(crate) const BEEP_MS: u64 = 100;
 /// Packets buffered towards the WebRTC side (100 per second) before new ones are dropped.
 const CHANNEL_CAPACITY: usize = 256;
 
-#[derive(Default)]
-struct Shared {
-    packets_out: AtomicU64,
-    packets_dropped: AtomicU64,
-    ended: AtomicBool,
-    error: Mutex<Option<String>>,
-}
-
 /// A snapshot of an audio pipeline's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AudioStats {
+pub(crate) struct AudioStats {
     pub packets_out: u64,
     pub packets_dropped: u64,
     pub error: Option<String>,
@@ -62,10 +56,10 @@ pub struct AudioStats {
 }
 
 /// One running audio pipeline. Dropping it stops the pipeline.
-pub struct AudioPipeline {
+pub(crate) struct AudioPipeline {
     name: String,
     pipeline: gst::Pipeline,
-    shared: Arc<Shared>,
+    out: Arc<Outlet>,
 }
 
 impl std::fmt::Debug for AudioPipeline {
@@ -80,14 +74,14 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// True while a gated tone is in its beep: the first [`BEEP_MS`] of each whole second of the
 /// monotonic clock.
-pub fn in_beep(clock_time_ns: u64) -> bool {
+pub(crate) fn in_beep(clock_time_ns: u64) -> bool {
     clock_time_ns % 1_000_000_000 < BEEP_MS * 1_000_000
 }
 
 impl AudioPipeline {
     /// Builds and starts the pipeline. Each received [`Bytes`] is one complete RTP packet
     /// carrying one 10 ms Opus frame.
-    pub fn start(
+    pub(crate) fn start(
         source: &AudioSource,
     ) -> Result<(AudioPipeline, mpsc::Receiver<Bytes>), MediaError> {
         init()?;
@@ -144,12 +138,7 @@ impl AudioPipeline {
         let pay = make("rtpopuspay", n("pay"))?;
         pay.set_property("pt", OPUS_PAYLOAD_TYPE);
         pay.set_property("mtu", RTP_MTU);
-        let sink = gst_app::AppSink::builder()
-            .name(n("sink"))
-            .sync(false)
-            .drop(true)
-            .max_buffers(8)
-            .build();
+        let sink = rtp_sink(n("sink"));
         let chain: [&gst::Element; 7] = [
             &src,
             &convert,
@@ -165,32 +154,27 @@ impl AudioPipeline {
             install_gate(&caps, &pipeline)?;
         }
 
-        let shared = Arc::new(Shared::default());
+        let out = Arc::new(Outlet::default());
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        install_sink(&sink, tx, &shared);
-        install_bus(&pipeline, &name, &shared)?;
+        install_sink(&sink, tx, &out, |_, _| {});
+        install_bus(&pipeline, &name, &out, |_| {})?;
         let this = AudioPipeline {
             name,
             pipeline,
-            shared,
+            out,
         };
-        if let Err(e) = this.pipeline.set_state(gst::State::Playing) {
-            let detail = lock(&this.shared.error)
-                .clone()
-                .unwrap_or_else(|| e.to_string());
-            return Err(MediaError::Start(detail));
-        }
+        play(&this.pipeline, &this.out)?;
         tracing::info!(pipeline = %this.name, source = ?source, "audio pipeline started");
         Ok((this, rx))
     }
 
     /// A snapshot of the counters.
-    pub fn stats(&self) -> AudioStats {
+    pub(crate) fn stats(&self) -> AudioStats {
         AudioStats {
-            packets_out: self.shared.packets_out.load(Ordering::Relaxed),
-            packets_dropped: self.shared.packets_dropped.load(Ordering::Relaxed),
-            error: lock(&self.shared.error).clone(),
-            ended: self.shared.ended.load(Ordering::Relaxed),
+            packets_out: self.out.packets_out.load(Ordering::Relaxed),
+            packets_dropped: self.out.packets_dropped.load(Ordering::Relaxed),
+            error: lock(&self.out.error).clone(),
+            ended: self.out.ended.load(Ordering::Relaxed),
         }
     }
 }
@@ -205,31 +189,13 @@ impl Drop for AudioPipeline {
 }
 
 /// Silences every sample outside the beeps (S16LE stereo 48 kHz after the caps filter: 4 bytes
-/// a frame); a sample's clock time is its buffer's `PTS + base_time` plus its offset.
+/// a frame); a sample's clock time is its buffer's plus its offset.
 fn install_gate(caps: &gst::Element, pipeline: &gst::Pipeline) -> Result<(), MediaError> {
-    let pad = caps
-        .static_pad("src")
-        .ok_or_else(|| MediaError::Build("audio caps filter has no src pad".into()))?;
-    let pipeline = pipeline.downgrade();
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        let Some(pipeline) = pipeline.upgrade() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let Some(base) = pipeline.base_time() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let Some(buffer) = info.buffer_mut() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let Some(pts) = buffer.pts() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let start = pts.nseconds() + base.nseconds();
+    on_captured_buffer(caps, pipeline, |_, buffer, start| {
         const FRAME_BYTES: usize = 4;
         const RATE: u64 = 48_000;
-        let buffer = buffer.make_mut();
         let Ok(mut map) = buffer.map_writable() else {
-            return gst::PadProbeReturn::Ok;
+            return;
         };
         for (i, frame) in map.as_mut_slice().chunks_mut(FRAME_BYTES).enumerate() {
             let t = start + (i as u64) * 1_000_000_000 / RATE;
@@ -237,53 +203,7 @@ fn install_gate(caps: &gst::Element, pipeline: &gst::Pipeline) -> Result<(), Med
                 frame.fill(0);
             }
         }
-        gst::PadProbeReturn::Ok
-    });
-    Ok(())
-}
-
-fn install_sink(sink: &gst_app::AppSink, tx: mpsc::Sender<Bytes>, shared: &Arc<Shared>) {
-    let s = Arc::clone(shared);
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let Some((_, packet)) = pull_packet(sink, &s.packets_dropped)? else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                match tx.try_send(packet) {
-                    Ok(()) => s.packets_out.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => s.packets_dropped.fetch_add(1, Ordering::Relaxed),
-                };
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
-}
-
-fn install_bus(
-    pipeline: &gst::Pipeline,
-    name: &str,
-    shared: &Arc<Shared>,
-) -> Result<(), MediaError> {
-    let bus = pipeline
-        .bus()
-        .ok_or_else(|| MediaError::Build("pipeline has no bus".into()))?;
-    let s = Arc::clone(shared);
-    let name = name.to_owned();
-    bus.set_sync_handler(move |_, msg| {
-        match msg.view() {
-            gst::MessageView::Error(err) => {
-                let source = msg.src().map(|o| o.path_string().to_string()).unwrap_or_default();
-                let text = format!("{source}: {}", err.error());
-                tracing::warn!(pipeline = %name, error = %text, debug = ?err.debug(), "audio pipeline error");
-                lock(&s.error).get_or_insert(text);
-            }
-            gst::MessageView::Eos(_) => s.ended.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-        gst::BusSyncReply::Drop
-    });
-    Ok(())
+    })
 }
 
 #[cfg(test)]

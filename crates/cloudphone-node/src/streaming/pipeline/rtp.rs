@@ -60,16 +60,16 @@ impl RtpHeader {
 }
 
 /// H.264 NAL unit type of an IDR slice.
-pub const H264_NAL_IDR: u8 = 5;
+pub(crate) const H264_NAL_IDR: u8 = 5;
 /// H.264 sequence parameter set: sent (with the PPS) right before every IDR.
-pub const H264_NAL_SPS: u8 = 7;
+pub(crate) const H264_NAL_SPS: u8 = 7;
 /// H.265 video and sequence parameter sets: sent right before every IRAP picture.
-pub const H265_NAL_VPS: u8 = 32;
-pub const H265_NAL_SPS: u8 = 33;
+pub(crate) const H265_NAL_VPS: u8 = 32;
+pub(crate) const H265_NAL_SPS: u8 = 33;
 /// H.265 NAL unit types of intra random access points a decoder can start from.
-pub const H265_NAL_IDR_W_RADL: u8 = 19;
+pub(crate) const H265_NAL_IDR_W_RADL: u8 = 19;
 pub const H265_NAL_IDR_N_LP: u8 = 20;
-pub const H265_NAL_CRA: u8 = 21;
+pub(crate) const H265_NAL_CRA: u8 = 21;
 
 /// True when this RTP packet carries the start of a key frame: the parameter sets that open
 /// it (SPS; VPS/SPS for H.265) or the key picture itself, as a single NAL unit, a fragment
@@ -98,7 +98,7 @@ fn is_keyframe_nal(codec: Codec, nal_type: u8) -> bool {
 }
 
 /// The types of the NAL units whose first byte is in this RTP payload.
-pub fn nal_types_starting(codec: Codec, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn nal_types_starting(codec: Codec, payload: &[u8]) -> Vec<u8> {
     match codec {
         Codec::H264 => h264_nal_types(payload),
         Codec::H265 => h265_nal_types(payload),

@@ -19,19 +19,15 @@ const FANOUT_CAPACITY: usize = 256;
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running audio encoder; implemented over the GStreamer audio pipeline.
-pub trait AudioEncoder: Send + Sync + 'static {
+pub(crate) trait AudioEncoder: Send + Sync + 'static {
     /// Why the encoder stopped producing, once it has.
     fn failure(&self) -> Option<String> {
         None
     }
 }
 
-/// Starts an audio encoder: the handle and its RTP packets (one packet per item, PT 111).
-pub(crate) type AudioFactory = Arc<
-    dyn Fn(&AudioSource) -> Result<(Box<dyn AudioEncoder>, mpsc::Receiver<Bytes>), String>
-        + Send
-        + Sync,
->;
+/// Starts an audio encoder from the instance's sound source (its packets are PT 111).
+pub(crate) type AudioFactory = super::Factory<AudioSource, dyn AudioEncoder>;
 
 /// One instance's audio encoder, shared by its viewers.
 pub(crate) struct SharedAudio {

@@ -26,7 +26,7 @@ const FANOUT_CAPACITY: usize = 1024;
 
 /// What an encoder is asked to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncoderRequest {
+pub(crate) struct EncoderRequest {
     pub source: CaptureSource,
     pub codec: Codec,
     pub width: u32,
@@ -36,7 +36,7 @@ pub struct EncoderRequest {
 }
 
 /// The knobs a running encoder offers; implemented over the GStreamer pipeline.
-pub trait Encoder: Send + Sync + 'static {
+pub(crate) trait Encoder: Send + Sync + 'static {
     fn set_bitrate(&self, kbps: u32);
     fn set_fps(&self, fps: u32);
     fn request_keyframe(&self);
@@ -46,12 +46,8 @@ pub trait Encoder: Send + Sync + 'static {
     }
 }
 
-/// Starts an encoder: the handle and its RTP packets (one packet per item, PT 96).
-pub(crate) type EncoderFactory = Arc<
-    dyn Fn(&EncoderRequest) -> Result<(Box<dyn Encoder>, mpsc::Receiver<Bytes>), String>
-        + Send
-        + Sync,
->;
+/// Starts a video encoder for a profile (its packets are PT 96).
+pub(crate) type EncoderFactory = super::Factory<EncoderRequest, dyn Encoder>;
 
 #[derive(Default)]
 struct KeyframeRequests {

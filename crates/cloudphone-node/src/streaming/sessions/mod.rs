@@ -56,6 +56,14 @@ use crate::streaming::ice::IceSettings;
 use crate::streaming::peer::PeerFactory;
 use crate::usage_buffer::UsageSink;
 
+/// Starts an encoder for a request: the handle (`E`) and its RTP packets, one packet per item.
+/// The video and audio factories are this with their own request and handle.
+pub(crate) type Factory<Request, E> = Arc<
+    dyn Fn(&Request) -> Result<(Box<E>, tokio::sync::mpsc::Receiver<bytes::Bytes>), String>
+        + Send
+        + Sync,
+>;
+
 /// Settings of the registry.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
