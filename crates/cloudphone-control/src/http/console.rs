@@ -115,21 +115,13 @@ pub(super) async fn page() -> Response {
 /// names the origins of the nodes control knows; media flows over WebRTC, which `connect-src`
 /// does not govern.
 pub(super) async fn player(State(state): AppStateRef) -> Response {
-    let origins = match state.store.list_nodes().await {
-        Ok(nodes) => nodes
+    let origins = state.store.list_nodes().await.map(|nodes| {
+        nodes
             .iter()
             .filter_map(|n| ws_origin(&n.signaling_base_url))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(error) => {
-            // The page still loads; it cannot stream until the store answers again.
-            tracing::error!(%error, "listing nodes for the player's policy failed");
-            String::new()
-        }
-    };
-    PLAYER.serve(&origins)
+            .collect()
+    });
+    PLAYER.serve(&policy_origins(origins, "player"))
 }
 
 /// Usage: encode minutes per class per hour/day from `GET /v2/{project_id}/stats/transcode`,
@@ -143,20 +135,28 @@ pub(super) async fn usage() -> Response {
 /// WHEP offer is a `fetch` to the node's live HTTP origin, so the policy names the origins of
 /// the nodes that offer a live edge.
 pub(super) async fn live_page(State(state): AppStateRef) -> Response {
-    let origins = match state.store.vs_live_nodes().await {
-        Ok(nodes) => nodes
+    let origins = state.store.vs_live_nodes().await.map(|nodes| {
+        nodes
             .iter()
             .filter_map(|(n, _)| http_origin(&n.http_base_url))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(" "),
+            .collect()
+    });
+    LIVE.serve(&policy_origins(origins, "live"))
+}
+
+/// A page's node origins for its policy, each once. When the store fails the page still
+/// loads with none: it cannot stream until the store answers again.
+fn policy_origins(
+    origins: Result<std::collections::BTreeSet<String>, crate::store::StoreError>,
+    page: &str,
+) -> String {
+    match origins {
+        Ok(origins) => origins.into_iter().collect::<Vec<_>>().join(" "),
         Err(error) => {
-            tracing::error!(%error, "listing live nodes for the Live page's policy failed");
+            tracing::error!(%error, page, "listing nodes for a page's policy failed");
             String::new()
         }
-    };
-    LIVE.serve(&origins)
+    }
 }
 
 /// `http(s)://host:port` of a node's live HTTP base URL, under the rules of [`ws_origin`].

@@ -494,6 +494,22 @@ pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
     SqlStore::connect(url).await
 }
 
+/// The URL of a unit test's SQLite store in `dir`.
+#[cfg(test)]
+pub(crate) fn test_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}/c.db?mode=rwc", dir.display())
+}
+
+/// A unit test's store: SQLite at [`test_url`] of a fresh directory, migrated; it lives as
+/// long as the directory returned.
+#[cfg(test)]
+pub(crate) async fn test_store() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&test_url(dir.path())).await.unwrap();
+    store.migrate().await.unwrap();
+    (std::sync::Arc::new(store), dir)
+}
+
 /// One stored usage record (see `cloudphone_usage::meter::Record`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageRow {
