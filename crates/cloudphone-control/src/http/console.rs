@@ -215,37 +215,32 @@ mod tests {
         assert!(csp.ends_with("frame-ancestors 'none'"), "{csp}");
     }
 
+    /// What reaches each policy from a node's base URL: ws/wss origins the player's (from
+    /// `signaling_base_url`), http/https ones the Live page's (from `http_base_url`).
     #[test]
-    fn only_clean_http_origins_reach_the_live_pages_policy() {
-        for (base, origin) in [
-            ("http://127.0.0.1:8090", Some("http://127.0.0.1:8090")),
-            (
-                "https://live-1.example:443/x",
-                Some("https://live-1.example:443"),
-            ),
-            ("ws://127.0.0.1:8090", None),
-            ("http://evil; script-src *", None),
-            ("http://", None),
-        ] {
-            assert_eq!(http_origin(base).as_deref(), origin, "{base}");
-        }
-    }
-
-    #[test]
-    fn only_clean_ws_origins_reach_the_policy() {
-        for (base, origin) in [
-            ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081")),
+    fn only_clean_origins_reach_the_policies() {
+        for (base, ws, http) in [
+            ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081"), None),
             (
                 "wss://node-7.example:443/some/path",
                 Some("wss://node-7.example:443"),
+                None,
             ),
-            ("ws://[::1]:9000", Some("ws://[::1]:9000")),
-            ("http://127.0.0.1:8081", None),
-            ("ws://evil; script-src *", None),
-            ("ws://", None),
-            ("nonsense", None),
+            ("ws://[::1]:9000", Some("ws://[::1]:9000"), None),
+            ("http://127.0.0.1:8081", None, Some("http://127.0.0.1:8081")),
+            (
+                "https://live-1.example:443/x",
+                None,
+                Some("https://live-1.example:443"),
+            ),
+            ("ws://evil; script-src *", None, None),
+            ("http://evil; script-src *", None, None),
+            ("ws://", None, None),
+            ("http://", None, None),
+            ("nonsense", None, None),
         ] {
-            assert_eq!(ws_origin(base).as_deref(), origin, "{base}");
+            assert_eq!(ws_origin(base).as_deref(), ws, "{base}");
+            assert_eq!(http_origin(base).as_deref(), http, "{base}");
         }
     }
 
