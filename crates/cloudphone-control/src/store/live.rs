@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::sql::{AnyQuery, binder, flag, int, unique_as_exists};
+use super::sql::{AnyQuery, RowMap, binder, flag, int, unique_as_exists};
 use super::{SqlStore, StoreError};
 
 /// A VS tenant's service status (GetMtsServiceStatus; 0 "not opened" is the absence of a row).
@@ -446,9 +446,6 @@ fn publish_from_row(row: &AnyRow) -> Result<VsPublish, sqlx::Error> {
     })
 }
 
-/// Reads one row as a `T`.
-type RowMap<T> = fn(&AnyRow) -> Result<T, sqlx::Error>;
-
 /// Every row through `map`.
 fn all_rows<T>(rows: &[AnyRow], map: RowMap<T>) -> Result<Vec<T>, sqlx::Error> {
     rows.iter().map(map).collect()
@@ -539,13 +536,8 @@ impl SqlStore {
         column: &str,
         value: &str,
     ) -> Result<Option<VsTenant>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {TENANT_COLUMNS} FROM vs_tenants WHERE {column} = $1"
-        ))
-        .bind(value)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM vs_tenants WHERE {column} = $1");
+        self.optional_row(&sql, value, tenant_from_row).await
     }
 }
 
@@ -899,14 +891,9 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_node(&self, node_id: &str) -> Result<Option<VsNode>, StoreError> {
-        let row = sqlx::query(
-            "SELECT node_id, region, rtmp_base_url, http_base_url FROM vs_nodes \
-             WHERE node_id = $1",
-        )
-        .bind(node_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(node_from_row).transpose()?)
+        let sql = "SELECT node_id, region, rtmp_base_url, http_base_url FROM vs_nodes \
+             WHERE node_id = $1";
+        self.optional_row(sql, node_id, node_from_row).await
     }
 
     async fn vs_node_streams(&self, node_id: &str) -> Result<Vec<VsStream>, StoreError> {

@@ -48,6 +48,21 @@ impl SqlStore {
         let pool = options.connect(url).await?;
         Ok(Self { pool })
     }
+
+    /// The row `sql` selects with its `$1` bound to `key`, read by `map`; `None` when there is
+    /// no such row.
+    pub(super) async fn optional_row<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        map: RowMap<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(map).transpose()?)
+    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -86,6 +101,9 @@ pub(super) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
 pub(super) fn int(value: &bool) -> i64 {
     i64::from(*value)
 }
+
+/// Reads one row as a `T`.
+pub(super) type RowMap<T> = fn(&AnyRow) -> Result<T, sqlx::Error>;
 
 /// A query with some of its parameters bound.
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
@@ -185,11 +203,9 @@ impl Store for SqlStore {
     }
 
     async fn find_tenant(&self, domain_name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT id FROM tenants WHERE domain_name = $1")
-            .bind(domain_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("id")).transpose()?)
+        let sql = "SELECT id FROM tenants WHERE domain_name = $1";
+        self.optional_row(sql, domain_name, |r| r.try_get("id"))
+            .await
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<(), StoreError> {
@@ -276,13 +292,8 @@ impl Store for SqlStore {
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = $1"
-        ))
-        .bind(token_sha256)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(token_from_row).transpose()?)
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = $1");
+        self.optional_row(&sql, token_sha256, token_from_row).await
     }
 
     async fn purge_expired_tokens(&self, now_ms: i64) -> Result<u64, StoreError> {
@@ -443,13 +454,9 @@ impl Store for SqlStore {
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"
-        ))
-        .bind(instance_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(instance_from_row).transpose()?)
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1");
+        self.optional_row(&sql, instance_id, instance_from_row)
+            .await
     }
 
     async fn insert_join_token(
@@ -491,11 +498,9 @@ impl Store for SqlStore {
     }
 
     async fn node_identity(&self, node_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT cert_sha256 FROM node_identities WHERE node_id = $1")
-            .bind(node_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("cert_sha256")).transpose()?)
+        let sql = "SELECT cert_sha256 FROM node_identities WHERE node_id = $1";
+        self.optional_row(sql, node_id, |r| r.try_get("cert_sha256"))
+            .await
     }
 
     async fn pin_node_identity(
@@ -677,14 +682,9 @@ impl Store for SqlStore {
     }
 
     async fn video_config(&self, instance_id: &str) -> Result<String, StoreError> {
-        let row = sqlx::query("SELECT video_config FROM instances WHERE id = $1")
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get("video_config"))
-            .transpose()?
-            .unwrap_or_default())
+        let sql = "SELECT video_config FROM instances WHERE id = $1";
+        let config = self.optional_row(sql, instance_id, |r| r.try_get("video_config"));
+        Ok(config.await?.unwrap_or_default())
     }
 
     async fn set_video_config(
@@ -879,14 +879,9 @@ impl Store for SqlStore {
     }
 
     async fn backup_state(&self, instance_id: &str) -> Result<Option<BackupState>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id AS instance_id, state, backup_status, backup_time_ms, backup_uri, \
-                restore_status, restore_time_ms, prepare_queued_at_ms FROM instances WHERE id = $1",
-        )
-        .bind(instance_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(backup_from_row).transpose()?)
+        let sql = "SELECT id AS instance_id, state, backup_status, backup_time_ms, backup_uri, \
+                restore_status, restore_time_ms, prepare_queued_at_ms FROM instances WHERE id = $1";
+        self.optional_row(sql, instance_id, backup_from_row).await
     }
 
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -1072,14 +1067,10 @@ impl Store for SqlStore {
         &self,
         access_key: &str,
     ) -> Result<Option<AccessKeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
-             FROM access_keys WHERE access_key = $1",
-        )
-        .bind(access_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(access_key_from_row).transpose()?)
+        let sql = "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
+             FROM access_keys WHERE access_key = $1";
+        self.optional_row(sql, access_key, access_key_from_row)
+            .await
     }
 
     async fn list_access_keys(
