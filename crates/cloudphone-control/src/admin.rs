@@ -55,18 +55,8 @@ pub async fn create_tenant(
     check_name("domain", domain)?;
     check_name("user", user)?;
     check_name("project", project)?;
-    if password.chars().count() < 8 {
-        return Err(AdminError::Invalid(
-            "password must have at least 8 characters".into(),
-        ));
-    }
-    let store = store::open(&config.store.url).await?;
-    store.migrate().await?;
-    let password = password.to_string();
-    let hash = tokio::task::spawn_blocking(move || crate::iam::hash_password(&password))
-        .await
-        .map_err(crate::iam::IamServiceError::from)??;
-    let compact = || uuid::Uuid::new_v4().simple().to_string();
+    let hash = hash_new_password(password).await?;
+    let store = open_store(config).await?;
     let tenant = NewTenant {
         tenant_id: compact(),
         domain_name: domain.into(),
@@ -112,11 +102,17 @@ async fn hash_new_password(password: &str) -> Result<String, AdminError> {
     )
 }
 
-async fn tenant_of(store: &SqlStore, domain: &str) -> Result<String, AdminError> {
-    store
+/// The store, and the id of the tenant whose IAM domain is `domain`.
+async fn open_tenant(
+    config: &ControlConfig,
+    domain: &str,
+) -> Result<(SqlStore, String), AdminError> {
+    let store = open_store(config).await?;
+    let tenant_id = store
         .find_tenant(domain)
         .await?
-        .ok_or_else(|| AdminError::Invalid(format!("no tenant with domain {domain}")))
+        .ok_or_else(|| AdminError::Invalid(format!("no tenant with domain {domain}")))?;
+    Ok((store, tenant_id))
 }
 
 /// What `user create` prints.
@@ -137,8 +133,7 @@ pub async fn create_user(
 ) -> Result<UserCreated, AdminError> {
     check_name("user", user)?;
     let hash = hash_new_password(password).await?;
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, domain).await?;
+    let (store, tenant_id) = open_tenant(config, domain).await?;
     let record = NewUser {
         user_id: compact(),
         tenant_id: tenant_id.clone(),
@@ -171,8 +166,7 @@ pub async fn create_project(
     project: &str,
 ) -> Result<ProjectCreated, AdminError> {
     check_name("project", project)?;
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, domain).await?;
+    let (store, tenant_id) = open_tenant(config, domain).await?;
     let record = ProjectRecord {
         project_id: compact(),
         tenant_id: tenant_id.clone(),
@@ -204,8 +198,7 @@ pub async fn create_domain(
             "a streaming domain is 1-253 characters of [A-Za-z0-9-.]".into(),
         ));
     }
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let (store, tenant_id) = open_tenant(config, tenant_domain).await?;
     store
         .create_domain(&store::DomainRecord {
             domain: streaming_domain.to_ascii_lowercase(),
@@ -225,8 +218,7 @@ pub async fn list_domains(
     config: &ControlConfig,
     tenant_domain: &str,
 ) -> Result<serde_json::Value, AdminError> {
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let (store, tenant_id) = open_tenant(config, tenant_domain).await?;
     let domains = store.list_domains(&tenant_id).await?;
     Ok(
         serde_json::json!({"domains": domains.iter().map(|d| serde_json::json!({
@@ -268,8 +260,7 @@ pub async fn list_access_keys(
     config: &ControlConfig,
     tenant_domain: &str,
 ) -> Result<serde_json::Value, AdminError> {
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let (store, tenant_id) = open_tenant(config, tenant_domain).await?;
     let keys = store
         .list_access_keys(&KeyOwner {
             tenant_id: &tenant_id,
@@ -289,8 +280,7 @@ pub async fn delete_access_key(
     tenant_domain: &str,
     access_key: &str,
 ) -> Result<serde_json::Value, AdminError> {
-    let store = open_store(config).await?;
-    let tenant_id = tenant_of(&store, tenant_domain).await?;
+    let (store, tenant_id) = open_tenant(config, tenant_domain).await?;
     let deleted = store
         .delete_access_key(
             &KeyOwner {

@@ -406,7 +406,7 @@ pub(crate) async fn identify_signed(
     request: &RequestParts<'_>,
     path_project: Option<&str>,
 ) -> Result<Identity, CallerError> {
-    if !sign::huawei::is_present(request) {
+    if !sign::names_algorithm(request, sign::huawei::ALGORITHM) {
         return Err(CallerError::Unauthenticated(
             "neither X-Auth-Token nor an SDK-HMAC-SHA256 signature".into(),
         ));

@@ -247,10 +247,7 @@ mod tests {
     /// The service over a fresh store and CA, reading `clock`; both live as long as the
     /// returned directory.
     async fn make_service(clock: Clock) -> (ControlPlaneService, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
-        let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
-        store.migrate().await.unwrap();
+        let (store, dir) = crate::store::test_store().await;
         let ca = Arc::new(Ca::load_or_create(&dir.path().join("pki")).unwrap());
         // The registry's TLS comes from the same CA (`test_registry` loads it from `pki/`).
         let registry = crate::nodes::tests::test_registry(Arc::clone(&store), 1_000, dir.path());

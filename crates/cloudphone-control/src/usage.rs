@@ -448,10 +448,8 @@ mod tests {
 
     #[tokio::test]
     async fn unbound_secrets_open_once_and_are_resealed_bound_and_moved_ones_do_not_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
-        let store = crate::store::open(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let (store, _dir) = crate::store::test_store().await;
+        let store = &*store;
         store
             .create_tenant(&crate::store::NewTenant {
                 tenant_id: "t1".into(),
@@ -479,27 +477,27 @@ mod tests {
 
         // A row from before the binding opens, and is re-sealed bound in the same step.
         assert_eq!(
-            open_access_key(&store, &sealer, &old).await.unwrap(),
+            open_access_key(store, &sealer, &old).await.unwrap(),
             "old-secret"
         );
         let resealed = store.find_access_key("OLDKEY").await.unwrap().unwrap();
         assert!(resealed.secret_sealed.starts_with("v2:"));
         assert_eq!(
-            open_access_key(&store, &sealer, &resealed).await.unwrap(),
+            open_access_key(store, &sealer, &resealed).await.unwrap(),
             "old-secret"
         );
 
         // The bound secret copied into another key's row does not open there.
-        let (fresh, _) = create_access_key(&store, &sealer, "t1", "u1", "", 0)
+        let (fresh, _) = create_access_key(store, &sealer, "t1", "u1", "", 0)
             .await
             .unwrap();
         let moved = record("MOVEDKEY", fresh.secret_sealed.clone());
         store.insert_access_key(&moved).await.unwrap();
         assert!(matches!(
-            open_access_key(&store, &sealer, &moved).await,
+            open_access_key(store, &sealer, &moved).await,
             Err(UsageError::Unseal)
         ));
-        assert!(open_access_key(&store, &sealer, &fresh).await.is_ok());
+        assert!(open_access_key(store, &sealer, &fresh).await.is_ok());
     }
 
     #[test]
@@ -517,7 +515,7 @@ mod tests {
     fn the_key_file_is_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ControlConfig::default();
-        config.store.url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        config.store.url = crate::store::test_url(dir.path());
         let a = load_key(&config, |_| None).unwrap();
         assert_eq!(load_key(&config, |_| None).unwrap(), a);
         use std::os::unix::fs::PermissionsExt;
@@ -533,7 +531,7 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let credentials = tempfile::tempdir().unwrap();
         let mut config = ControlConfig::default();
-        config.store.url = format!("sqlite://{}/c.db?mode=rwc", data.path().display());
+        config.store.url = crate::store::test_url(data.path());
         let dir = credentials.path().display().to_string();
         let env = |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| dir.clone());
 
@@ -567,7 +565,7 @@ mod tests {
     fn outside_systemd_a_configured_key_file_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = ControlConfig::default();
-        config.store.url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
+        config.store.url = crate::store::test_url(dir.path());
         let file = dir.path().join("keys").join("sealing.key");
         std::fs::create_dir(dir.path().join("keys")).unwrap();
         config.usage.secrets_key_file = Some(file.clone());

@@ -124,11 +124,7 @@ impl From<InstanceState> for ControlState {
     }
 }
 
-impl fmt::Display for ControlState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(ControlState);
 
 /// A stored state name that is not one of [`ALL_STATES`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

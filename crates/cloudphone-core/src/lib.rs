@@ -15,6 +15,18 @@
 //! - [`play_auth`]: signed live URLs (Alibaba `auth_key` Type A), signed by control, checked by the node.
 #![forbid(unsafe_code)]
 
+/// `Display` for enums that print as their `as_str()`, so each shows the one spelling it is
+/// parsed from and stored as.
+macro_rules! display_as_str {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
 pub mod adaptation;
 pub mod instance;
 pub mod lifecycle;

@@ -57,11 +57,7 @@ impl InstanceState {
     }
 }
 
-impl std::fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(InstanceState, Operation);
 
 /// Something a user (or control) asks of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,12 +88,6 @@ impl Operation {
             Self::RunCommand => "run_command",
             Self::Stream => "stream",
         }
-    }
-}
-
-impl std::fmt::Display for Operation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -5,8 +5,6 @@
 //! matrix, its validation rules (which error each bad input maps to) and the defaults an instance
 //! streams with before any SetVideoConfig arrives. Pure: no I/O.
 
-use std::fmt;
-
 /// The viewer's network as the tenant labels it; selects a row of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NetworkType {
@@ -54,11 +52,7 @@ impl NetworkType {
     }
 }
 
-impl fmt::Display for NetworkType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(NetworkType, Codec, Definition);
 
 /// The video codec (the seed's `encoding_type`).
 #[derive(
@@ -93,12 +87,6 @@ impl Codec {
             Codec::H264 => 0,
             Codec::H265 => 1,
         }
-    }
-}
-
-impl fmt::Display for Codec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -186,12 +174,6 @@ impl Definition {
             Definition::P720 => 1,
             Definition::P1080 => 2,
         }
-    }
-}
-
-impl fmt::Display for Definition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -161,8 +161,9 @@ fn signed_date(
     Ok(text.to_string())
 }
 
-/// Whether the request's Authorization header names `algorithm`.
-fn names_algorithm(req: &RequestParts<'_>, algorithm: &str) -> bool {
+/// Whether the request's Authorization header names `algorithm` (e.g. [`huawei::ALGORITHM`]):
+/// whether it carries that kind of signature at all.
+pub fn names_algorithm(req: &RequestParts<'_>, algorithm: &str) -> bool {
     req.header("authorization")
         .is_some_and(|a| a.trim_start().starts_with(algorithm))
 }
@@ -246,11 +247,6 @@ pub mod huawei {
         pub access_key: String,
         pub signed_headers: Vec<String>,
         pub signature: String,
-    }
-
-    /// Whether a request carries a Huawei AK/SK signature at all.
-    pub fn is_present(req: &RequestParts<'_>) -> bool {
-        names_algorithm(req, ALGORITHM)
     }
 
     pub fn parse(req: &RequestParts<'_>) -> Result<Authorization, SignError> {
@@ -350,11 +346,6 @@ pub mod volc {
         pub service: String,
         pub signed_headers: Vec<String>,
         pub signature: String,
-    }
-
-    /// Whether a request carries a Volcengine signature at all.
-    pub fn is_present(req: &RequestParts<'_>) -> bool {
-        names_algorithm(req, ALGORITHM)
     }
 
     pub fn parse(req: &RequestParts<'_>) -> Result<Authorization, SignError> {

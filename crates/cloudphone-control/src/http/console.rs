@@ -115,21 +115,13 @@ pub(super) async fn page() -> Response {
 /// names the origins of the nodes control knows; media flows over WebRTC, which `connect-src`
 /// does not govern.
 pub(super) async fn player(State(state): AppStateRef) -> Response {
-    let origins = match state.store.list_nodes().await {
-        Ok(nodes) => nodes
+    let origins = state.store.list_nodes().await.map(|nodes| {
+        nodes
             .iter()
             .filter_map(|n| ws_origin(&n.signaling_base_url))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(error) => {
-            // The page still loads; it cannot stream until the store answers again.
-            tracing::error!(%error, "listing nodes for the player's policy failed");
-            String::new()
-        }
-    };
-    PLAYER.serve(&origins)
+            .collect()
+    });
+    PLAYER.serve(&policy_origins(origins, "player"))
 }
 
 /// Usage: encode minutes per class per hour/day from `GET /v2/{project_id}/stats/transcode`,
@@ -143,20 +135,28 @@ pub(super) async fn usage() -> Response {
 /// WHEP offer is a `fetch` to the node's live HTTP origin, so the policy names the origins of
 /// the nodes that offer a live edge.
 pub(super) async fn live_page(State(state): AppStateRef) -> Response {
-    let origins = match state.store.vs_live_nodes().await {
-        Ok(nodes) => nodes
+    let origins = state.store.vs_live_nodes().await.map(|nodes| {
+        nodes
             .iter()
             .filter_map(|(n, _)| http_origin(&n.http_base_url))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(" "),
+            .collect()
+    });
+    LIVE.serve(&policy_origins(origins, "live"))
+}
+
+/// A page's node origins for its policy, each once. When the store fails the page still
+/// loads with none: it cannot stream until the store answers again.
+fn policy_origins(
+    origins: Result<std::collections::BTreeSet<String>, crate::store::StoreError>,
+    page: &str,
+) -> String {
+    match origins {
+        Ok(origins) => origins.into_iter().collect::<Vec<_>>().join(" "),
         Err(error) => {
-            tracing::error!(%error, "listing live nodes for the Live page's policy failed");
+            tracing::error!(%error, page, "listing nodes for a page's policy failed");
             String::new()
         }
-    };
-    LIVE.serve(&origins)
+    }
 }
 
 /// `http(s)://host:port` of a node's live HTTP base URL, under the rules of [`ws_origin`].
@@ -215,37 +215,32 @@ mod tests {
         assert!(csp.ends_with("frame-ancestors 'none'"), "{csp}");
     }
 
+    /// What reaches each policy from a node's base URL: ws/wss origins the player's (from
+    /// `signaling_base_url`), http/https ones the Live page's (from `http_base_url`).
     #[test]
-    fn only_clean_http_origins_reach_the_live_pages_policy() {
-        for (base, origin) in [
-            ("http://127.0.0.1:8090", Some("http://127.0.0.1:8090")),
-            (
-                "https://live-1.example:443/x",
-                Some("https://live-1.example:443"),
-            ),
-            ("ws://127.0.0.1:8090", None),
-            ("http://evil; script-src *", None),
-            ("http://", None),
-        ] {
-            assert_eq!(http_origin(base).as_deref(), origin, "{base}");
-        }
-    }
-
-    #[test]
-    fn only_clean_ws_origins_reach_the_policy() {
-        for (base, origin) in [
-            ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081")),
+    fn only_clean_origins_reach_the_policies() {
+        for (base, ws, http) in [
+            ("ws://127.0.0.1:8081", Some("ws://127.0.0.1:8081"), None),
             (
                 "wss://node-7.example:443/some/path",
                 Some("wss://node-7.example:443"),
+                None,
             ),
-            ("ws://[::1]:9000", Some("ws://[::1]:9000")),
-            ("http://127.0.0.1:8081", None),
-            ("ws://evil; script-src *", None),
-            ("ws://", None),
-            ("nonsense", None),
+            ("ws://[::1]:9000", Some("ws://[::1]:9000"), None),
+            ("http://127.0.0.1:8081", None, Some("http://127.0.0.1:8081")),
+            (
+                "https://live-1.example:443/x",
+                None,
+                Some("https://live-1.example:443"),
+            ),
+            ("ws://evil; script-src *", None, None),
+            ("http://evil; script-src *", None, None),
+            ("ws://", None, None),
+            ("http://", None, None),
+            ("nonsense", None, None),
         ] {
-            assert_eq!(ws_origin(base).as_deref(), origin, "{base}");
+            assert_eq!(ws_origin(base).as_deref(), ws, "{base}");
+            assert_eq!(http_origin(base).as_deref(), http, "{base}");
         }
     }
 

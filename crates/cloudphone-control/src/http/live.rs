@@ -7,9 +7,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use cloudphone_vs_api::error::VsError;
@@ -60,22 +59,19 @@ async fn unknown(State(state): State<Arc<AppState>>) -> Response {
 /// leaves the browser) and so needs no cross-origin access to the live API's listener. Off,
 /// like the listener, unless `[live_api] listen` is set. The request is handled as if sent to
 /// `/` (the document's string to sign names `/` whatever the path).
-pub(crate) async fn console(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub(crate) async fn console(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     if state.config.live_api.listen.is_none() {
         return refusal(&state, &request_id(), &VsError::ActionNotFound);
     }
-    let root = match uri.query() {
+    let root = match request.uri().query() {
         Some(query) => Uri::builder().path_and_query(format!("/?{query}")).build(),
         None => Uri::builder().path_and_query("/").build(),
     };
     match root {
-        Ok(root) => serve(State(state), method, root, headers, body).await,
+        Ok(root) => {
+            *request.uri_mut() = root;
+            serve(State(state), request).await
+        }
         // The query came in as part of a valid URI, so this cannot fail; refuse it anyway.
         Err(_) => refusal(
             &state,
@@ -85,13 +81,9 @@ pub(crate) async fn console(
     }
 }
 
-async fn serve(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn serve(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let request_id = request_id();
     let span = tracing::info_span!("live_api", request_id = %request_id);
     async move {

@@ -458,7 +458,7 @@ mod tests {
     use crate::clock::Clock;
     use crate::clock::jump;
     use crate::config::ControlConfig;
-    use crate::store::{DomainRecord, NewTenant, Store};
+    use crate::store::{DomainRecord, NewTenant};
 
     /// Sends one request through the router; answers the status and the JSON body (or null).
     async fn send(app: &Router, request: Request<Body>) -> (u16, serde_json::Value, Response) {
@@ -491,11 +491,8 @@ mod tests {
         mut config: ControlConfig,
         clock: Clock,
     ) -> (Arc<AppState>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/control.db?mode=rwc", dir.path().display());
-        config.store.url = url.clone();
-        let store: Arc<dyn Store> = Arc::new(crate::store::open(&url).await.unwrap());
-        store.migrate().await.unwrap();
+        let (store, dir) = crate::store::test_store().await;
+        config.store.url = crate::store::test_url(dir.path());
         store
             .create_tenant(&NewTenant {
                 tenant_id: "t1".into(),

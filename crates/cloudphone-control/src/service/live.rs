@@ -1011,14 +1011,6 @@ mod tests {
         }
     }
 
-    async fn store() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
-        let store = crate::store::open(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        (std::sync::Arc::new(store), dir)
-    }
-
     fn sample_stream(id: &str, node: Option<&str>) -> VsStream {
         let keys = ("pk".into(), "sk".into());
         VsStream {
@@ -1029,7 +1021,7 @@ mod tests {
 
     /// A tenant `u1` with group `11` (flv,hls) holding stream `101` on `n1`.
     async fn seeded() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
-        let (store, dir) = store().await;
+        let (store, dir) = crate::store::test_store().await;
         store
             .vs_put_tenant(&VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0))
             .await

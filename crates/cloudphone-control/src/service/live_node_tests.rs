@@ -167,11 +167,7 @@ fn last_put(calls: &[Call]) -> pb::LiveStream {
 
 #[tokio::test]
 async fn control_keeps_the_nodes_view_of_streams_in_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/c.db?mode=rwc", dir.path().display());
-    let store = crate::store::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+    let (store, dir) = crate::store::test_store().await;
     // Control's side of the mTLS from the CA the fake node's certificate comes from; the
     // stop sender lives as long as the test, so the connector keeps the report stream open.
     let ca = crate::pki::Ca::load_or_create(&dir.path().join("pki")).unwrap();
@@ -207,7 +203,7 @@ async fn control_keeps_the_nodes_view_of_streams_in_step() {
     assert_eq!(wait_calls(&calls, 1).await, [Call::Sync(Vec::new())]);
 
     let mut config = crate::config::ControlConfig::default();
-    config.store.url = url;
+    config.store.url = crate::store::test_url(dir.path());
     let state = crate::AppState::new(config, Arc::clone(&store), registry, Clock::System);
     let tenant = VsTenant::active("u1".into(), "AK1".into(), "x".into(), 0);
     store.vs_put_tenant(&tenant).await.unwrap();

@@ -105,7 +105,7 @@ pub(crate) async fn volc_transcode(
     if action != volc::ACTION || version != volc::VERSION {
         return Err(VolcError::InvalidActionOrVersion(action, version));
     }
-    if !sign::volc::is_present(parts) {
+    if !sign::names_algorithm(parts, sign::volc::ALGORITHM) {
         return Err(VolcError::MissingAuthenticationToken);
     }
     let auth = sign::volc::parse(parts).map_err(sign_error)?;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::sql::{AnyQuery, RowMap, binder, flag, int, unique_as_exists};
 use super::{SqlStore, StoreError};
 
 /// A VS tenant's service status (GetMtsServiceStatus; 0 "not opened" is the absence of a row).
@@ -19,7 +20,7 @@ pub enum VsStatus {
 
 impl VsStatus {
     /// The document's number: 1 suspended, 2 active, 3 deleted.
-    pub fn code(self) -> i64 {
+    pub fn code(&self) -> i64 {
         match self {
             Self::Suspended => 1,
             Self::Active => 2,
@@ -408,35 +409,19 @@ const GROUP_COLUMNS: &str = "id, user_id, name, description, region, app, in_pro
 const TENANT_COLUMNS: &str =
     "user_id, access_key_id, secret_sealed, status, created_at_ms, updated_at_ms";
 
-/// Reads a struct from a row whose columns are named like its fields: plain fields as they
-/// are, the others through `map(row, column)` (so no column name is written twice).
-macro_rules! from_row {
-    ($row:ident, $ty:ident { $($field:ident),* $(; $($mapped:ident by $map:expr),*)? }) => {
-        Ok($ty {
-            $($field: $row.try_get(stringify!($field))?,)*
-            $($($mapped: $map($row, stringify!($mapped))?,)*)?
-        })
-    };
-}
-
-/// A 0/1 column as a bool.
-fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
-    Ok(row.try_get::<i64, _>(column)? != 0)
-}
-
 fn status(row: &AnyRow, column: &str) -> Result<VsStatus, sqlx::Error> {
     Ok(VsStatus::from_code(row.try_get(column)?))
 }
 
 fn tenant_from_row(row: &AnyRow) -> Result<VsTenant, sqlx::Error> {
-    from_row!(row, VsTenant {
+    from_row!(row => VsTenant {
         user_id, access_key_id, secret_sealed, created_at_ms, updated_at_ms;
         status by status
     })
 }
 
 fn group_from_row(row: &AnyRow) -> Result<VsGroup, sqlx::Error> {
-    from_row!(row, VsGroup {
+    from_row!(row => VsGroup {
         id, user_id, name, description, region, app, in_protocol, out_protocol, callback,
         created_at_ms;
         lazy_pull by flag, enabled by flag
@@ -444,7 +429,7 @@ fn group_from_row(row: &AnyRow) -> Result<VsGroup, sqlx::Error> {
 }
 
 fn stream_from_row(row: &AnyRow) -> Result<VsStream, sqlx::Error> {
-    from_row!(row, VsStream {
+    from_row!(row => VsStream {
         id, user_id, group_id, name, node_id, push_key, screen_key, codec, width, height,
         bitrate_bps, started_at_ms, stopped_at_ms, created_at_ms;
         enabled by flag, forbidden by flag, is_on by flag
@@ -452,35 +437,14 @@ fn stream_from_row(row: &AnyRow) -> Result<VsStream, sqlx::Error> {
 }
 
 fn node_from_row(row: &AnyRow) -> Result<VsNode, sqlx::Error> {
-    from_row!(
-        row,
-        VsNode {
-            node_id,
-            region,
-            rtmp_base_url,
-            http_base_url
-        }
-    )
+    from_row!(row => VsNode { node_id, region, rtmp_base_url, http_base_url })
 }
 
 fn publish_from_row(row: &AnyRow) -> Result<VsPublish, sqlx::Error> {
-    from_row!(
-        row,
-        VsPublish {
-            publish_id,
-            stream_id,
-            user_id,
-            node_id,
-            bytes_in,
-            frames_in,
-            started_at_ms,
-            stopped_at_ms
-        }
-    )
+    from_row!(row => VsPublish {
+        publish_id, stream_id, user_id, node_id, bytes_in, frames_in, started_at_ms, stopped_at_ms
+    })
 }
-
-/// Reads one row as a `T`.
-type RowMap<T> = fn(&AnyRow) -> Result<T, sqlx::Error>;
 
 /// Every row through `map`.
 fn all_rows<T>(rows: &[AnyRow], map: RowMap<T>) -> Result<Vec<T>, sqlx::Error> {
@@ -527,17 +491,14 @@ async fn delete_streams_where(
     Ok(streams)
 }
 
+/// An optional time as a bound number: -1 when unset.
+fn or_unset(time: &Option<i64>) -> i64 {
+    time.unwrap_or(-1)
+}
+
 /// A tri-state filter as a bound number: -1 matches every row.
 fn tri(value: Option<bool>) -> i64 {
     value.map_or(-1, i64::from)
-}
-
-/// A query with some of its parameters bound.
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-/// A closure binding parameters, typed so it serves a query of any lifetime.
-fn binder<F: for<'q> Fn(AnyQuery<'q>) -> AnyQuery<'q>>(bind: F) -> F {
-    bind
 }
 
 impl SqlStore {
@@ -575,13 +536,8 @@ impl SqlStore {
         column: &str,
         value: &str,
     ) -> Result<Option<VsTenant>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {TENANT_COLUMNS} FROM vs_tenants WHERE {column} = $1"
-        ))
-        .bind(value)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(tenant_from_row).transpose()?)
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM vs_tenants WHERE {column} = $1");
+        self.optional_row(&sql, value, tenant_from_row).await
     }
 }
 
@@ -603,18 +559,15 @@ impl LiveStore for SqlStore {
             .bind(VsStatus::Deleted.code())
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!(
-            "INSERT INTO vs_tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
-        .bind(&t.user_id)
-        .bind(&t.access_key_id)
-        .bind(&t.secret_sealed)
-        .bind(t.status.code())
-        .bind(t.created_at_ms)
-        .bind(t.updated_at_ms)
+        let sql =
+            format!("INSERT INTO vs_tenants ({TENANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
+        bind!(sqlx::query(&sql) => t {
+            user_id, access_key_id, secret_sealed, status by VsStatus::code, created_at_ms,
+            updated_at_ms
+        })
         .execute(&mut *tx)
         .await
-        .map_err(|e| super::sql::unique_as_exists(e, format!("service of {}", t.user_id)))?;
+        .map_err(|e| unique_as_exists(e, format!("service of {}", t.user_id)))?;
         tx.commit().await?;
         Ok(())
     }
@@ -680,25 +633,17 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_insert_group(&self, g: &VsGroup) -> Result<(), StoreError> {
-        sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO vs_groups ({GROUP_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&g.id)
-        .bind(&g.user_id)
-        .bind(&g.name)
-        .bind(&g.description)
-        .bind(&g.region)
-        .bind(&g.app)
-        .bind(&g.in_protocol)
-        .bind(&g.out_protocol)
-        .bind(i64::from(g.lazy_pull))
-        .bind(&g.callback)
-        .bind(i64::from(g.enabled))
-        .bind(g.created_at_ms)
+        );
+        bind!(sqlx::query(&sql) => g {
+            id, user_id, name, description, region, app, in_protocol, out_protocol,
+            lazy_pull by int, callback, enabled by int, created_at_ms
+        })
         .execute(&self.pool)
         .await
-        .map_err(|e| super::sql::unique_as_exists(e, format!("group {}", g.id)))?;
+        .map_err(|e| unique_as_exists(e, format!("group {}", g.id)))?;
         Ok(())
     }
 
@@ -737,21 +682,15 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_update_group(&self, g: &VsGroup) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE vs_groups SET name = $1, description = $2, region = $3, in_protocol = $4, \
              out_protocol = $5, lazy_pull = $6, callback = $7, enabled = $8 \
              WHERE user_id = $9 AND id = $10",
-        )
-        .bind(&g.name)
-        .bind(&g.description)
-        .bind(&g.region)
-        .bind(&g.in_protocol)
-        .bind(&g.out_protocol)
-        .bind(i64::from(g.lazy_pull))
-        .bind(&g.callback)
-        .bind(i64::from(g.enabled))
-        .bind(&g.user_id)
-        .bind(&g.id)
+        );
+        let done = bind!(update => g {
+            name, description, region, in_protocol, out_protocol, lazy_pull by int, callback,
+            enabled by int, user_id, id
+        })
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -782,30 +721,18 @@ impl LiveStore for SqlStore {
     async fn vs_insert_streams(&self, streams: &[VsStream]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for s in streams {
-            sqlx::query(&format!(
+            let sql = format!(
                 "INSERT INTO vs_streams ({STREAM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
                  $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-            ))
-            .bind(&s.id)
-            .bind(&s.user_id)
-            .bind(&s.group_id)
-            .bind(&s.name)
-            .bind(&s.node_id)
-            .bind(&s.push_key)
-            .bind(&s.screen_key)
-            .bind(i64::from(s.enabled))
-            .bind(i64::from(s.forbidden))
-            .bind(i64::from(s.is_on))
-            .bind(&s.codec)
-            .bind(s.width)
-            .bind(s.height)
-            .bind(s.bitrate_bps)
-            .bind(s.started_at_ms)
-            .bind(s.stopped_at_ms)
-            .bind(s.created_at_ms)
+            );
+            bind!(sqlx::query(&sql) => s {
+                id, user_id, group_id, name, node_id, push_key, screen_key, enabled by int,
+                forbidden by int, is_on by int, codec, width, height, bitrate_bps, started_at_ms,
+                stopped_at_ms, created_at_ms
+            })
             .execute(&mut *tx)
             .await
-            .map_err(|e| super::sql::unique_as_exists(e, format!("stream {}", s.id)))?;
+            .map_err(|e| unique_as_exists(e, format!("stream {}", s.id)))?;
         }
         tx.commit().await?;
         Ok(())
@@ -934,19 +861,16 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_put_node(&self, n: &VsNode, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query(
+        let upsert = sqlx::query(
             "INSERT INTO vs_nodes (node_id, region, rtmp_base_url, http_base_url, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node_id) DO UPDATE SET \
              region = excluded.region, rtmp_base_url = excluded.rtmp_base_url, \
              http_base_url = excluded.http_base_url, updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(&n.node_id)
-        .bind(&n.region)
-        .bind(&n.rtmp_base_url)
-        .bind(&n.http_base_url)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+        );
+        bind!(upsert => n { node_id, region, rtmp_base_url, http_base_url })
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -967,14 +891,9 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_node(&self, node_id: &str) -> Result<Option<VsNode>, StoreError> {
-        let row = sqlx::query(
-            "SELECT node_id, region, rtmp_base_url, http_base_url FROM vs_nodes \
-             WHERE node_id = $1",
-        )
-        .bind(node_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(node_from_row).transpose()?)
+        let sql = "SELECT node_id, region, rtmp_base_url, http_base_url FROM vs_nodes \
+             WHERE node_id = $1";
+        self.optional_row(sql, node_id, node_from_row).await
     }
 
     async fn vs_node_streams(&self, node_id: &str) -> Result<Vec<VsStream>, StoreError> {
@@ -997,21 +916,17 @@ impl LiveStore for SqlStore {
     async fn vs_record_report(&self, node_id: &str, r: &StreamReport) -> Result<bool, StoreError> {
         // A report that ends a publish keeps the start it had; one that begins it clears the
         // old stop.
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE vs_streams SET is_on = $1, codec = $2, width = $3, height = $4, \
              bitrate_bps = $5, \
              started_at_ms = CASE WHEN $6 < 0 THEN started_at_ms ELSE $6 END, \
              stopped_at_ms = CASE WHEN $7 < 0 THEN NULL ELSE $7 END \
              WHERE id = $8 AND node_id = $9",
-        )
-        .bind(i64::from(r.is_on))
-        .bind(&r.codec)
-        .bind(r.width)
-        .bind(r.height)
-        .bind(r.bitrate_bps)
-        .bind(r.started_at_ms.unwrap_or(-1))
-        .bind(r.stopped_at_ms.unwrap_or(-1))
-        .bind(&r.stream_id)
+        );
+        let done = bind!(update => r {
+            is_on by int, codec, width, height, bitrate_bps, started_at_ms by or_unset,
+            stopped_at_ms by or_unset, stream_id
+        })
         .bind(node_id)
         .execute(&self.pool)
         .await?;
@@ -1019,7 +934,7 @@ impl LiveStore for SqlStore {
     }
 
     async fn vs_meter(&self, p: &VsPublish) -> Result<(), StoreError> {
-        sqlx::query(
+        let upsert = sqlx::query(
             "INSERT INTO vs_publishes (publish_id, stream_id, user_id, node_id, bytes_in, \
              frames_in, started_at_ms, stopped_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (publish_id) DO UPDATE SET \
@@ -1029,15 +944,11 @@ impl LiveStore for SqlStore {
                 THEN excluded.frames_in ELSE vs_publishes.frames_in END, \
              stopped_at_ms = CASE WHEN excluded.stopped_at_ms IS NULL \
                 THEN vs_publishes.stopped_at_ms ELSE excluded.stopped_at_ms END",
-        )
-        .bind(&p.publish_id)
-        .bind(&p.stream_id)
-        .bind(&p.user_id)
-        .bind(&p.node_id)
-        .bind(p.bytes_in)
-        .bind(p.frames_in)
-        .bind(p.started_at_ms)
-        .bind(p.stopped_at_ms)
+        );
+        bind!(upsert => p {
+            publish_id, stream_id, user_id, node_id, bytes_in, frames_in, started_at_ms,
+            stopped_at_ms
+        })
         .execute(&self.pool)
         .await?;
         Ok(())

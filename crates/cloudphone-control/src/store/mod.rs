@@ -5,6 +5,30 @@
 //! control replicas) with one set of portable migrations and one SQL dialect (`$n` parameters,
 //! TEXT/BIGINT columns, Unix-millisecond times).
 
+/// Reads a struct from a row whose columns are named like its fields: plain fields as they
+/// are, the others through `map(row, column)` (so no column name is written twice).
+macro_rules! from_row {
+    ($row:ident => $ty:ident { $($field:ident),* $(; $($mapped:ident by $map:expr),*)? }) => {
+        Ok($ty {
+            $($field: $row.try_get(stringify!($field))?,)*
+            $($($mapped: $map($row, stringify!($mapped))?,)*)?
+        })
+    };
+}
+
+/// Binds the next parameters of `$query`, in order, to fields of `$from` (a statement's
+/// parameters then read like its column list): each by reference, or through `map(&field)`
+/// where the column holds another type (a flag as 0/1, a list as text).
+macro_rules! bind {
+    (@one $query:expr, $value:expr) => { $query.bind($value) };
+    (@one $query:expr, $value:expr, $map:expr) => { $query.bind($map($value)) };
+    ($query:expr => $from:ident { $($field:ident $(by $map:expr)?),* $(,)? }) => {{
+        let query = $query;
+        $(let query = bind!(@one query, &$from.$field $(, $map)?);)*
+        query
+    }};
+}
+
 mod live;
 mod sql;
 
@@ -492,6 +516,22 @@ pub struct KeyOwner<'a> {
 /// Opens the store a URL names: `sqlite://path?mode=rwc` or `postgres://…`.
 pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
     SqlStore::connect(url).await
+}
+
+/// The URL of a unit test's SQLite store in `dir`.
+#[cfg(test)]
+pub(crate) fn test_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}/c.db?mode=rwc", dir.display())
+}
+
+/// A unit test's store: SQLite at [`test_url`] of a fresh directory, migrated; it lives as
+/// long as the directory returned.
+#[cfg(test)]
+pub(crate) async fn test_store() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&test_url(dir.path())).await.unwrap();
+    store.migrate().await.unwrap();
+    (std::sync::Arc::new(store), dir)
 }
 
 /// One stored usage record (see `cloudphone_usage::meter::Record`).

@@ -48,6 +48,21 @@ impl SqlStore {
         let pool = options.connect(url).await?;
         Ok(Self { pool })
     }
+
+    /// The row `sql` selects with its `$1` bound to `key`, read by `map`; `None` when there is
+    /// no such row.
+    pub(super) async fn optional_row<T>(
+        &self,
+        sql: &str,
+        key: &str,
+        map: RowMap<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(map).transpose()?)
+    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -62,11 +77,40 @@ pub(super) fn unique_as_exists(error: sqlx::Error, what: String) -> StoreError {
     }
 }
 
-fn split_list(text: &str) -> Vec<String> {
-    text.split(',')
+/// A list column (comma-separated text) as its items.
+fn list(row: &AnyRow, column: &str) -> Result<Vec<String>, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Ok(text
+        .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .collect()
+        .collect())
+}
+
+/// A list as a list column's text.
+fn joined(items: &[String]) -> String {
+    items.join(",")
+}
+
+/// A 0/1 column as a bool.
+pub(super) fn flag(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// A bool as a 0/1 column.
+pub(super) fn int(value: &bool) -> i64 {
+    i64::from(*value)
+}
+
+/// Reads one row as a `T`.
+pub(super) type RowMap<T> = fn(&AnyRow) -> Result<T, sqlx::Error>;
+
+/// A query with some of its parameters bound.
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// A closure binding parameters, typed so it serves a query of any lifetime.
+pub(super) fn binder<F: for<'q> Fn(AnyQuery<'q>) -> AnyQuery<'q>>(bind: F) -> F {
+    bind
 }
 
 /// Reads a stored state name back into the enum; the only place one is parsed.
@@ -76,6 +120,11 @@ fn state_from_row(row: &AnyRow, column: &str) -> Result<ControlState, sqlx::Erro
         index: column.to_string(),
         source: Box::new(error),
     })
+}
+
+/// A state as its stored name.
+fn state_name(state: &ControlState) -> &'static str {
+    state.as_str()
 }
 
 /// One state as an SQL string literal. State names are fixed snake_case words, so quoting them
@@ -96,30 +145,29 @@ fn states_where(rule: impl Fn(ControlState) -> bool) -> String {
 }
 
 fn instance_from_row(row: &AnyRow) -> Result<InstanceRecord, sqlx::Error> {
-    Ok(InstanceRecord {
-        instance_id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        project_id: row.try_get("project_id")?,
-        name: row.try_get("name")?,
-        order_id: row.try_get("order_id")?,
-        node_id: row.try_get("node_id")?,
-        sku_id: row.try_get("sku_id")?,
-        region: row.try_get("region")?,
-        os: row.try_get("os")?,
-        runtime: row.try_get("runtime")?,
-        width: row.try_get("width")?,
-        height: row.try_get("height")?,
-        state: state_from_row(row, "state")?,
-        state_message: row.try_get("state_message")?,
-        assign_user: row.try_get("assign_user")?,
-        period_type: row.try_get("period_type")?,
-        period_num: row.try_get("period_num")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
+    from_row!(row => InstanceRecord {
+        instance_id, tenant_id, project_id, name, order_id, node_id, sku_id, region, os, runtime,
+        width, height, state_message, assign_user, period_type, period_num, created_at_ms,
+        updated_at_ms;
+        state by state_from_row
     })
 }
 
-const INSTANCE_COLUMNS: &str = "i.id, i.tenant_id, i.project_id, i.name, i.order_id, i.node_id, \
+/// A project's row, its parameters `(id, tenant_id, name, created_at_ms)`.
+const INSERT_PROJECT: &str =
+    "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)";
+
+/// A user's row, its parameters `(id, tenant_id, name, password_hash, created_at_ms)`.
+const INSERT_USER: &str = "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) \
+    VALUES ($1, $2, $3, $4, $5)";
+
+const TOKEN_COLUMNS: &str =
+    "token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms";
+
+const USAGE_COLUMNS: &str = "record_id, session_id, tenant_id, instance_id, node_id, domain, \
+    app, stream, codec, width, height, start_ms, end_ms, is_final, received_at_ms";
+
+const INSTANCE_COLUMNS: &str = "i.id AS instance_id, i.tenant_id, i.project_id, i.name, i.order_id, i.node_id, \
     i.sku_id, i.region, i.os, i.runtime, i.width, i.height, i.state, i.state_message, \
     i.assign_user, i.period_type, i.period_num, i.created_at_ms, i.updated_at_ms";
 
@@ -132,33 +180,22 @@ impl Store for SqlStore {
 
     async fn create_tenant(&self, t: &NewTenant) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted =
-            sqlx::query("INSERT INTO tenants (id, domain_name, created_at_ms) VALUES ($1, $2, $3)")
-                .bind(&t.tenant_id)
-                .bind(&t.domain_name)
-                .bind(t.created_at_ms)
-                .execute(&mut *tx)
-                .await;
+        let insert =
+            sqlx::query("INSERT INTO tenants (id, domain_name, created_at_ms) VALUES ($1, $2, $3)");
+        let inserted = bind!(insert => t { tenant_id, domain_name, created_at_ms })
+            .execute(&mut *tx)
+            .await;
         if let Err(error) = inserted {
             return Err(unique_as_exists(error, format!("domain {}", t.domain_name)));
         }
-        sqlx::query(
-            "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&t.project_id)
-        .bind(&t.tenant_id)
-        .bind(&t.project_name)
-        .bind(t.created_at_ms)
+        bind!(sqlx::query(INSERT_PROJECT) => t {
+            project_id, tenant_id, project_name, created_at_ms
+        })
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&t.user_id)
-        .bind(&t.tenant_id)
-        .bind(&t.user_name)
-        .bind(&t.password_hash)
-        .bind(t.created_at_ms)
+        bind!(sqlx::query(INSERT_USER) => t {
+            user_id, tenant_id, user_name, password_hash, created_at_ms
+        })
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -166,22 +203,15 @@ impl Store for SqlStore {
     }
 
     async fn find_tenant(&self, domain_name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT id FROM tenants WHERE domain_name = $1")
-            .bind(domain_name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("id")).transpose()?)
+        let sql = "SELECT id FROM tenants WHERE domain_name = $1";
+        self.optional_row(sql, domain_name, |r| r.try_get("id"))
+            .await
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO users (id, tenant_id, name, password_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&user.user_id)
-        .bind(&user.tenant_id)
-        .bind(&user.name)
-        .bind(&user.password_hash)
-        .bind(user.created_at_ms)
+        bind!(sqlx::query(INSERT_USER) => user {
+            user_id, tenant_id, name, password_hash, created_at_ms
+        })
         .execute(&self.pool)
         .await
         .map_err(|e| unique_as_exists(e, format!("user {}", user.name)))?;
@@ -193,16 +223,11 @@ impl Store for SqlStore {
         project: &ProjectRecord,
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO projects (id, tenant_id, name, created_at_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&project.project_id)
-        .bind(&project.tenant_id)
-        .bind(&project.name)
-        .bind(created_at_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| unique_as_exists(e, format!("project {}", project.name)))?;
+        bind!(sqlx::query(INSERT_PROJECT) => project { project_id, tenant_id, name })
+            .bind(created_at_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_as_exists(e, format!("project {}", project.name)))?;
         Ok(())
     }
 
@@ -212,7 +237,8 @@ impl Store for SqlStore {
         user_name: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT u.id, u.name, u.tenant_id, t.domain_name, u.password_hash \
+            "SELECT u.id AS user_id, u.name AS user_name, u.tenant_id, t.domain_name, \
+                u.password_hash \
              FROM users u JOIN tenants t ON t.id = u.tenant_id \
              WHERE t.domain_name = $1 AND u.name = $2",
         )
@@ -220,16 +246,7 @@ impl Store for SqlStore {
         .bind(user_name)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            None => None,
-            Some(row) => Some(UserRecord {
-                user_id: row.try_get("id")?,
-                user_name: row.try_get("name")?,
-                tenant_id: row.try_get("tenant_id")?,
-                domain_name: row.try_get("domain_name")?,
-                password_hash: row.try_get("password_hash")?,
-            }),
-        })
+        Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
     async fn find_project(
@@ -239,7 +256,7 @@ impl Store for SqlStore {
         id: Option<&str>,
     ) -> Result<Option<ProjectRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, name FROM projects \
+            "SELECT id AS project_id, tenant_id, name FROM projects \
              WHERE tenant_id = $1 AND (name = $2 OR id = $3)",
         )
         .bind(tenant_id)
@@ -252,7 +269,7 @@ impl Store for SqlStore {
 
     async fn list_projects(&self, tenant_id: &str) -> Result<Vec<ProjectRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tenant_id, name FROM projects WHERE tenant_id = $1 \
+            "SELECT id AS project_id, tenant_id, name FROM projects WHERE tenant_id = $1 \
              ORDER BY created_at_ms, name",
         )
         .bind(tenant_id)
@@ -265,40 +282,18 @@ impl Store for SqlStore {
     }
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&token.token_sha256)
-        .bind(&token.user_id)
-        .bind(&token.tenant_id)
-        .bind(&token.project_id)
-        .bind(token.issued_at_ms)
-        .bind(token.expires_at_ms)
+        let sql = format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
+        bind!(sqlx::query(&sql) => token {
+            token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms
+        })
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     async fn find_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms \
-             FROM tokens WHERE token_sha256 = $1",
-        )
-        .bind(token_sha256)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => None,
-            Some(row) => Some(TokenRecord {
-                token_sha256: row.try_get("token_sha256")?,
-                user_id: row.try_get("user_id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                project_id: row.try_get("project_id")?,
-                issued_at_ms: row.try_get("issued_at_ms")?,
-                expires_at_ms: row.try_get("expires_at_ms")?,
-            }),
-        })
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = $1");
+        self.optional_row(&sql, token_sha256, token_from_row).await
     }
 
     async fn purge_expired_tokens(&self, now_ms: i64) -> Result<u64, StoreError> {
@@ -310,7 +305,7 @@ impl Store for SqlStore {
     }
 
     async fn upsert_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let upsert = sqlx::query(
             "INSERT INTO nodes (id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, \
                 encoders, version, status, last_seen_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -319,17 +314,11 @@ impl Store for SqlStore {
                 capacity = excluded.capacity, runtimes = excluded.runtimes, \
                 encoders = excluded.encoders, version = excluded.version, \
                 status = excluded.status, last_seen_ms = excluded.last_seen_ms",
-        )
-        .bind(&n.node_id)
-        .bind(&n.grpc_endpoint)
-        .bind(&n.signaling_base_url)
-        .bind(&n.region)
-        .bind(n.capacity)
-        .bind(n.runtimes.join(","))
-        .bind(n.encoders.join(","))
-        .bind(&n.version)
-        .bind(&n.status)
-        .bind(n.last_seen_ms)
+        );
+        bind!(upsert => n {
+            node_id, grpc_endpoint, signaling_base_url, region, capacity, runtimes by joined,
+            encoders by joined, version, status, last_seen_ms
+        })
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -352,29 +341,15 @@ impl Store for SqlStore {
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, encoders, \
-                version, status, last_seen_ms FROM nodes ORDER BY id",
+            "SELECT id AS node_id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, \
+                encoders, version, status, last_seen_ms FROM nodes ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut nodes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let runtimes: String = row.try_get("runtimes")?;
-            let encoders: String = row.try_get("encoders")?;
-            nodes.push(NodeRecord {
-                node_id: row.try_get("id")?,
-                grpc_endpoint: row.try_get("grpc_endpoint")?,
-                signaling_base_url: row.try_get("signaling_base_url")?,
-                region: row.try_get("region")?,
-                capacity: row.try_get("capacity")?,
-                runtimes: split_list(&runtimes),
-                encoders: split_list(&encoders),
-                version: row.try_get("version")?,
-                status: row.try_get("status")?,
-                last_seen_ms: row.try_get("last_seen_ms")?,
-            });
-        }
-        Ok(nodes)
+        Ok(rows
+            .iter()
+            .map(node_from_row)
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     async fn tenant_instance_count(&self, tenant_id: &str) -> Result<i64, StoreError> {
@@ -418,31 +393,17 @@ impl Store for SqlStore {
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for i in instances {
-            sqlx::query(
+            let insert = sqlx::query(
                 "INSERT INTO instances (id, tenant_id, project_id, name, order_id, node_id, sku_id, \
                     region, os, runtime, width, height, state, state_message, assign_user, \
                     period_type, period_num, created_at_ms, updated_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-            )
-            .bind(&i.instance_id)
-            .bind(&i.tenant_id)
-            .bind(&i.project_id)
-            .bind(&i.name)
-            .bind(&i.order_id)
-            .bind(&i.node_id)
-            .bind(&i.sku_id)
-            .bind(&i.region)
-            .bind(&i.os)
-            .bind(&i.runtime)
-            .bind(i.width)
-            .bind(i.height)
-            .bind(i.state.as_str())
-            .bind(&i.state_message)
-            .bind(i.assign_user.clone())
-            .bind(i.period_type)
-            .bind(i.period_num)
-            .bind(i.created_at_ms)
-            .bind(i.updated_at_ms)
+            );
+            bind!(insert => i {
+                instance_id, tenant_id, project_id, name, order_id, node_id, sku_id, region, os,
+                runtime, width, height, state by state_name, state_message, assign_user,
+                period_type, period_num, created_at_ms, updated_at_ms
+            })
             .execute(&mut *tx)
             .await?;
         }
@@ -493,13 +454,9 @@ impl Store for SqlStore {
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1"
-        ))
-        .bind(instance_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(instance_from_row).transpose()?)
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances i WHERE i.id = $1");
+        self.optional_row(&sql, instance_id, instance_from_row)
+            .await
     }
 
     async fn insert_join_token(
@@ -541,11 +498,9 @@ impl Store for SqlStore {
     }
 
     async fn node_identity(&self, node_id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT cert_sha256 FROM node_identities WHERE node_id = $1")
-            .bind(node_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("cert_sha256")).transpose()?)
+        let sql = "SELECT cert_sha256 FROM node_identities WHERE node_id = $1";
+        self.optional_row(sql, node_id, |r| r.try_get("cert_sha256"))
+            .await
     }
 
     async fn pin_node_identity(
@@ -727,14 +682,9 @@ impl Store for SqlStore {
     }
 
     async fn video_config(&self, instance_id: &str) -> Result<String, StoreError> {
-        let row = sqlx::query("SELECT video_config FROM instances WHERE id = $1")
-            .bind(instance_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get("video_config"))
-            .transpose()?
-            .unwrap_or_default())
+        let sql = "SELECT video_config FROM instances WHERE id = $1";
+        let config = self.optional_row(sql, instance_id, |r| r.try_get("video_config"));
+        Ok(config.await?.unwrap_or_default())
     }
 
     async fn set_video_config(
@@ -758,32 +708,25 @@ impl Store for SqlStore {
 
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO tasks (id, tenant_id, project_id, kind, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&task.task_id)
-        .bind(&task.tenant_id)
-        .bind(&task.project_id)
-        .bind(&task.kind)
-        .bind(task.created_at_ms)
-        .execute(&mut *tx)
-        .await?;
+        );
+        bind!(insert => task { task_id, tenant_id, project_id, kind, created_at_ms })
+            .execute(&mut *tx)
+            .await?;
         for job in &task.jobs {
-            sqlx::query(
+            // A new job's own `task_id` may be unset: it takes the task's.
+            let insert = sqlx::query(
                 "INSERT INTO jobs (id, task_id, instance_id, node_id, node_job_id, status, error_code, \
                     error_msg, execute_msg, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(&job.job_id)
-            .bind(&task.task_id)
-            .bind(&job.instance_id)
-            .bind(&job.node_id)
-            .bind(&job.node_job_id)
-            .bind(job.status)
-            .bind(&job.error_code)
-            .bind(&job.error_msg)
-            .bind(job.execute_msg.clone())
-            .bind(job.updated_at_ms)
+            .bind(&task.task_id);
+            bind!(insert => job {
+                instance_id, node_id, node_job_id, status, error_code, error_msg, execute_msg,
+                updated_at_ms
+            })
             .execute(&mut *tx)
             .await?;
         }
@@ -802,27 +745,16 @@ impl Store for SqlStore {
             return Ok(None);
         };
         let rows = sqlx::query(
-            "SELECT id, task_id, instance_id, node_id, node_job_id, status, error_code, error_msg, \
-                execute_msg, updated_at_ms FROM jobs WHERE task_id = $1 ORDER BY id",
+            "SELECT id AS job_id, task_id, instance_id, node_id, node_job_id, status, error_code, \
+                error_msg, execute_msg, updated_at_ms FROM jobs WHERE task_id = $1 ORDER BY id",
         )
         .bind(task_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            jobs.push(JobRecord {
-                job_id: row.try_get("id")?,
-                task_id: row.try_get("task_id")?,
-                instance_id: row.try_get("instance_id")?,
-                node_id: row.try_get("node_id")?,
-                node_job_id: row.try_get("node_job_id")?,
-                status: row.try_get("status")?,
-                error_code: row.try_get("error_code")?,
-                error_msg: row.try_get("error_msg")?,
-                execute_msg: row.try_get("execute_msg")?,
-                updated_at_ms: row.try_get("updated_at_ms")?,
-            });
-        }
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(Some(TaskRecord {
             task_id: task.try_get("id")?,
             tenant_id: task.try_get("tenant_id")?,
@@ -834,17 +766,13 @@ impl Store for SqlStore {
     }
 
     async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let update = sqlx::query(
             "UPDATE jobs SET node_job_id = $1, status = $2, error_code = $3, error_msg = $4, \
                 execute_msg = $5, updated_at_ms = $6 WHERE id = $7",
-        )
-        .bind(&job.node_job_id)
-        .bind(job.status)
-        .bind(&job.error_code)
-        .bind(&job.error_msg)
-        .bind(job.execute_msg.clone())
-        .bind(job.updated_at_ms)
-        .bind(&job.job_id)
+        );
+        bind!(update => job {
+            node_job_id, status, error_code, error_msg, execute_msg, updated_at_ms, job_id
+        })
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -859,35 +787,32 @@ impl Store for SqlStore {
         let filter = "i.tenant_id = $1 AND i.project_id = $2 AND ($3 = '' OR i.id = $3) \
                       AND ($4 = '' OR i.name = $4) \
                       AND i.created_at_ms >= $5 AND i.created_at_ms <= $6";
-        let total: i64 = sqlx::query(&format!(
-            "SELECT COUNT(*) AS n FROM instances i WHERE {filter}"
-        ))
-        .bind(tenant_id)
-        .bind(&q.project_id)
-        .bind(q.instance_id.clone().unwrap_or_default())
-        .bind(q.instance_name.clone().unwrap_or_default())
-        .bind(q.created_from_ms.unwrap_or(i64::MIN))
-        .bind(q.created_to_ms.unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
-        let rows = sqlx::query(&format!(
+        let bind = binder(|query| {
+            query
+                .bind(tenant_id.to_owned())
+                .bind(q.project_id.clone())
+                .bind(q.instance_id.clone().unwrap_or_default())
+                .bind(q.instance_name.clone().unwrap_or_default())
+                .bind(q.created_from_ms.unwrap_or(i64::MIN))
+                .bind(q.created_to_ms.unwrap_or(i64::MAX))
+        });
+        let count = format!("SELECT COUNT(*) AS n FROM instances i WHERE {filter}");
+        let total: i64 = bind(sqlx::query(&count))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        let select = format!(
             "SELECT {INSTANCE_COLUMNS}, n.status AS node_status, p.name AS project_name, \
                 t.domain_name AS domain_name \
              FROM instances i JOIN nodes n ON n.id = i.node_id \
                 JOIN projects p ON p.id = i.project_id JOIN tenants t ON t.id = i.tenant_id \
              WHERE {filter} ORDER BY i.created_at_ms DESC, i.id LIMIT $7 OFFSET $8"
-        ))
-        .bind(tenant_id)
-        .bind(&q.project_id)
-        .bind(q.instance_id.clone().unwrap_or_default())
-        .bind(q.instance_name.clone().unwrap_or_default())
-        .bind(q.created_from_ms.unwrap_or(i64::MIN))
-        .bind(q.created_to_ms.unwrap_or(i64::MAX))
-        .bind(q.limit)
-        .bind(q.offset)
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = bind(sqlx::query(&select))
+            .bind(q.limit)
+            .bind(q.offset)
+            .fetch_all(&self.pool)
+            .await?;
         let mut listings = Vec::with_capacity(rows.len());
         for row in &rows {
             listings.push(InstanceListing {
@@ -954,26 +879,9 @@ impl Store for SqlStore {
     }
 
     async fn backup_state(&self, instance_id: &str) -> Result<Option<BackupState>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, state, backup_status, backup_time_ms, backup_uri, restore_status, \
-                restore_time_ms, prepare_queued_at_ms FROM instances WHERE id = $1",
-        )
-        .bind(instance_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => None,
-            Some(row) => Some(BackupState {
-                instance_id: row.try_get("id")?,
-                state: state_from_row(&row, "state")?,
-                backup_status: row.try_get("backup_status")?,
-                backup_time_ms: row.try_get("backup_time_ms")?,
-                backup_uri: row.try_get("backup_uri")?,
-                restore_status: row.try_get("restore_status")?,
-                restore_time_ms: row.try_get("restore_time_ms")?,
-                prepare_queued_at_ms: row.try_get("prepare_queued_at_ms")?,
-            }),
-        })
+        let sql = "SELECT id AS instance_id, state, backup_status, backup_time_ms, backup_uri, \
+                restore_status, restore_time_ms, prepare_queued_at_ms FROM instances WHERE id = $1";
+        self.optional_row(sql, instance_id, backup_from_row).await
     }
 
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -1058,27 +966,15 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         let mut stored = 0;
         for r in rows {
-            let result = sqlx::query(
-                "INSERT INTO usage_records (record_id, session_id, tenant_id, instance_id, node_id, \
-                 domain, app, stream, codec, width, height, start_ms, end_ms, is_final, received_at_ms) \
+            let sql = format!(
+                "INSERT INTO usage_records ({USAGE_COLUMNS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (record_id) DO NOTHING",
-            )
-            .bind(&r.record_id)
-            .bind(&r.session_id)
-            .bind(&r.tenant_id)
-            .bind(&r.instance_id)
-            .bind(&r.node_id)
-            .bind(&r.domain)
-            .bind(&r.app)
-            .bind(&r.stream)
-            .bind(&r.codec)
-            .bind(r.width)
-            .bind(r.height)
-            .bind(r.start_ms)
-            .bind(r.end_ms)
-            .bind(i64::from(r.is_final))
-            .bind(r.received_at_ms)
+            );
+            let result = bind!(sqlx::query(&sql) => r {
+                record_id, session_id, tenant_id, instance_id, node_id, domain, app, stream, codec,
+                width, height, start_ms, end_ms, is_final by int, received_at_ms
+            })
             .execute(&mut *tx)
             .await?;
             stored += result.rows_affected();
@@ -1093,11 +989,10 @@ impl Store for SqlStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<UsageRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT record_id, session_id, tenant_id, instance_id, node_id, domain, app, stream, \
-             codec, width, height, start_ms, end_ms, is_final, received_at_ms FROM usage_records \
+        let rows = sqlx::query(&format!(
+            "SELECT {USAGE_COLUMNS} FROM usage_records \
              WHERE tenant_id = $1 AND end_ms >= $2 AND start_ms < $3 ORDER BY start_ms",
-        )
+        ))
         .bind(tenant_id)
         .bind(from_ms)
         .bind(to_ms)
@@ -1105,22 +1000,10 @@ impl Store for SqlStore {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(UsageRow {
-                    record_id: row.try_get("record_id")?,
-                    session_id: row.try_get("session_id")?,
-                    tenant_id: row.try_get("tenant_id")?,
-                    instance_id: row.try_get("instance_id")?,
-                    node_id: row.try_get("node_id")?,
-                    domain: row.try_get("domain")?,
-                    app: row.try_get("app")?,
-                    stream: row.try_get("stream")?,
-                    codec: row.try_get("codec")?,
-                    width: row.try_get("width")?,
-                    height: row.try_get("height")?,
-                    start_ms: row.try_get("start_ms")?,
-                    end_ms: row.try_get("end_ms")?,
-                    is_final: row.try_get::<i64, _>("is_final")? != 0,
-                    received_at_ms: row.try_get("received_at_ms")?,
+                from_row!(row => UsageRow {
+                    record_id, session_id, tenant_id, instance_id, node_id, domain, app, stream,
+                    codec, width, height, start_ms, end_ms, received_at_ms;
+                    is_final by flag
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -1135,18 +1018,14 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO streaming_domains (domain, tenant_id, is_default, created_at_ms, deleted_at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&d.domain)
-        .bind(&d.tenant_id)
-        .bind(i64::from(d.is_default))
-        .bind(d.created_at_ms)
-        .bind(d.deleted_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unique_as_exists(e, format!("domain {}", d.domain)))?;
+        );
+        bind!(insert => d { domain, tenant_id, is_default by int, created_at_ms, deleted_at_ms })
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique_as_exists(e, format!("domain {}", d.domain)))?;
         tx.commit().await?;
         Ok(())
     }
@@ -1161,12 +1040,9 @@ impl Store for SqlStore {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(DomainRecord {
-                    domain: row.try_get("domain")?,
-                    tenant_id: row.try_get("tenant_id")?,
-                    is_default: row.try_get::<i64, _>("is_default")? != 0,
-                    created_at_ms: row.try_get("created_at_ms")?,
-                    deleted_at_ms: row.try_get("deleted_at_ms")?,
+                from_row!(row => DomainRecord {
+                    domain, tenant_id, created_at_ms, deleted_at_ms;
+                    is_default by flag
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -1174,16 +1050,13 @@ impl Store for SqlStore {
     }
 
     async fn insert_access_key(&self, k: &AccessKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO access_keys (access_key, tenant_id, user_id, secret_sealed, description, \
              created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&k.access_key)
-        .bind(&k.tenant_id)
-        .bind(&k.user_id)
-        .bind(&k.secret_sealed)
-        .bind(&k.description)
-        .bind(k.created_at_ms)
+        );
+        bind!(insert => k {
+            access_key, tenant_id, user_id, secret_sealed, description, created_at_ms
+        })
         .execute(&self.pool)
         .await
         .map_err(|e| unique_as_exists(e, "access key".to_string()))?;
@@ -1194,14 +1067,10 @@ impl Store for SqlStore {
         &self,
         access_key: &str,
     ) -> Result<Option<AccessKeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
-             FROM access_keys WHERE access_key = $1",
-        )
-        .bind(access_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(access_key_from_row).transpose()?)
+        let sql = "SELECT access_key, tenant_id, user_id, secret_sealed, description, created_at_ms \
+             FROM access_keys WHERE access_key = $1";
+        self.optional_row(sql, access_key, access_key_from_row)
+            .await
     }
 
     async fn list_access_keys(
@@ -1301,20 +1170,43 @@ fn node_counts(rows: &[AnyRow]) -> Result<Vec<(String, i64)>, StoreError> {
 }
 
 fn project_from_row(row: &AnyRow) -> Result<ProjectRecord, sqlx::Error> {
-    Ok(ProjectRecord {
-        project_id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-    })
+    from_row!(row => ProjectRecord { project_id, tenant_id, name })
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
+    from_row!(row => UserRecord { user_id, user_name, tenant_id, domain_name, password_hash })
 }
 
 fn access_key_from_row(row: &AnyRow) -> Result<AccessKeyRecord, sqlx::Error> {
-    Ok(AccessKeyRecord {
-        access_key: row.try_get("access_key")?,
-        tenant_id: row.try_get("tenant_id")?,
-        user_id: row.try_get("user_id")?,
-        secret_sealed: row.try_get("secret_sealed")?,
-        description: row.try_get("description")?,
-        created_at_ms: row.try_get("created_at_ms")?,
+    from_row!(row => AccessKeyRecord {
+        access_key, tenant_id, user_id, secret_sealed, description, created_at_ms
+    })
+}
+
+fn node_from_row(row: &AnyRow) -> Result<NodeRecord, sqlx::Error> {
+    from_row!(row => NodeRecord {
+        node_id, grpc_endpoint, signaling_base_url, region, capacity, version, status, last_seen_ms;
+        runtimes by list, encoders by list
+    })
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
+    from_row!(row => JobRecord {
+        job_id, task_id, instance_id, node_id, node_job_id, status, error_code, error_msg,
+        execute_msg, updated_at_ms
+    })
+}
+
+fn backup_from_row(row: &AnyRow) -> Result<BackupState, sqlx::Error> {
+    from_row!(row => BackupState {
+        instance_id, backup_status, backup_time_ms, backup_uri, restore_status, restore_time_ms,
+        prepare_queued_at_ms;
+        state by state_from_row
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord, sqlx::Error> {
+    from_row!(row => TokenRecord {
+        token_sha256, user_id, tenant_id, project_id, issued_at_ms, expires_at_ms
     })
 }
