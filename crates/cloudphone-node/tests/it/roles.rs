@@ -214,3 +214,51 @@ async fn ten_viewers_are_admitted_and_the_eleventh_is_refused() {
     drop(admitted);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_shows_an_observer_its_role_and_disables_its_input() {
+    use cloudphone_testkit::browser::{Browser, workspace};
+    use serde_json::json;
+
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("i1", 720, 1280).await;
+    node.authorize_as("i1", "dev-observer", "token-b", pb::ViewerRole::Observer)
+        .await
+        .unwrap();
+    let player = workspace()
+        .join("crates/cloudphone-control/assets/player.html")
+        .canonicalize()
+        .unwrap();
+    let url = format!(
+        "file://{}?signaling={}&device_id=dev-observer&device_token=token-b&codec=H264&definition=540P&network=WIFI&autoconnect=1",
+        player.display(),
+        node.ws_url
+    );
+    let mut browser = Browser::start(&url, &[]).await;
+    // An observer's video is an owner's.
+    let playing = browser
+        .call(json!({"cmd":"wait_frames","n":10,"timeout_ms":30000}))
+        .await;
+    assert_eq!(playing["ok"], true, "{playing}");
+    let shown = browser
+        .call(json!({"cmd":"text","selector":"#roleShown"}))
+        .await;
+    assert_eq!(shown["text"], "(observer)", "{shown}");
+    let disabled = browser
+        .call(json!({"cmd":"eval","expr":
+            "[...document.querySelectorAll('#phone button, #text')].map((e) => e.disabled)"}))
+        .await;
+    assert_eq!(
+        disabled["value"],
+        json!([true, true, true, true]),
+        "{disabled}"
+    );
+    // A click on the video sends nothing: the node has nothing to refuse.
+    let tapped = browser.call(json!({"cmd":"tap","x":0.5,"y":0.5})).await;
+    assert_eq!(tapped["ok"], true, "{tapped}");
+    let stats = browser.call(json!({"cmd":"stats"})).await;
+    assert_eq!(stats["status"], "connected", "{stats}");
+    assert_eq!(refused_observer_inputs(&node).await, 0);
+    browser.quit().await;
+    node.shutdown().await;
+}
