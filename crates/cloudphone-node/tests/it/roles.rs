@@ -157,7 +157,7 @@ async fn ten_viewers_are_admitted_and_the_eleventh_is_refused() {
         .unwrap();
     // Owners and observers count together: five of each is the phone's ten.
     let hello_as = |i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             hello("dev-owner", "token-o", EncodingType::H264, Definition::P540)
         } else {
             hello(
