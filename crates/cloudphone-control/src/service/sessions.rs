@@ -263,7 +263,31 @@ async fn stored_video_config(
 
 #[cfg(test)]
 mod tests {
-    use super::device_id;
+    use super::{Role, device_id, device_id_for};
+
+    #[test]
+    fn an_observer_token_is_a_device_of_its_own() {
+        let owner = device_id_for("t", "inst1", "user-1", Role::Owner);
+        assert_eq!(
+            owner,
+            device_id("t", "inst1", "user-1"),
+            "owners as before roles"
+        );
+        let observer = device_id_for("t", "inst1", "user-1", Role::Observer);
+        assert_ne!(
+            observer, owner,
+            "an observer token does not renew the owner's grant"
+        );
+        assert_eq!(
+            observer,
+            device_id_for("t", "inst1", "user-1", Role::Observer),
+            "a new observer token renews the observer device"
+        );
+        assert_ne!(
+            observer,
+            device_id_for("t", "inst1", "user-2", Role::Observer)
+        );
+    }
 
     #[test]
     fn one_device_per_user_and_instance() {
