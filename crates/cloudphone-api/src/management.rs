@@ -284,6 +284,27 @@ impl InstanceIdRequest {
     }
 }
 
+/// GetDeviceToken's optional body, an extension (docs/api-notes.md): `{"role": "owner"}` or
+/// `{"role": "observer"}`. The seed's GetDeviceToken has no body; without one, or without
+/// `role`, the token is an owner's, as before.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct DeviceTokenRequest {
+    /// `owner` (drives the phone) or `observer` (view only); absent: `owner`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl DeviceTokenRequest {
+    /// The role asked for; anything but the two spellings is `KOOPHONE.API.1000`.
+    pub fn validate(self) -> Result<cloudphone_core::role::Role, ApiError> {
+        match self.role {
+            None => Ok(cloudphone_core::role::Role::default()),
+            Some(role) => cloudphone_core::role::Role::parse(&role)
+                .map_err(|e| ApiError::InvalidParameter(e.to_string())),
+        }
+    }
+}
+
 /// GetDeviceToken `data` (tables 4-44..4-50). `Debug` leaves the token out.
 #[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceTokenData {

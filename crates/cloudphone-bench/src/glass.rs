@@ -239,6 +239,7 @@ impl Node {
                 user_id: "bench".into(),
                 tenant_id: "bench".into(),
                 device_id: device_id.into(),
+                ..Default::default()
             })
             .await?;
         Ok(())

@@ -13,6 +13,7 @@
 //! - [`adaptation`]: the sender's bitrate controller under congestion.
 //! - [`login_backoff`]: how long a user or address waits after wrong passwords.
 //! - [`play_auth`]: signed live URLs (Alibaba `auth_key` Type A), signed by control, checked by the node.
+//! - [`role`]: a viewer's role (owner or observer) and the viewer cap per phone.
 #![forbid(unsafe_code)]
 
 /// `Display` for enums that print as their `as_str()`, so each shows the one spelling it is
@@ -34,5 +35,6 @@ pub mod liveness;
 pub mod login_backoff;
 pub mod play_auth;
 pub mod prepare;
+pub mod role;
 pub mod scheduling;
 pub mod video;

@@ -301,7 +301,7 @@ impl Default for WebRtcSection {
             ice_interfaces: Vec::new(),
             tls_cert: None,
             tls_key: None,
-            max_viewers_per_instance: 10,
+            max_viewers_per_instance: cloudphone_core::role::MAX_VIEWERS_PER_PHONE as u32,
             usage_interval_secs: 30,
             synthetic_pattern: String::new(),
             encoder_realtime_priority: crate::streaming::priority::DEFAULT_REALTIME_PRIORITY,

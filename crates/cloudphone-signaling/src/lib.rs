@@ -15,6 +15,8 @@ pub const MAX_KEY_CODE_CHARS: usize = 32;
 /// Highest pointer id accepted (multi-touch with up to this many + 1 fingers).
 pub const MAX_POINTER_ID: u32 = 9;
 
+/// The viewer's role (`owner` / `observer`), as GetDeviceToken's optional body names it.
+pub use cloudphone_core::role::Role;
 /// The viewer's network, codec and definition are the video matrix's own types: one type per
 /// concept, spelled the same (`WIFI`, `H264`, `720P`…) on every wire. `EncodingType` is the
 /// seed's name for the codec (the `encoding_type` field).
@@ -104,8 +106,11 @@ pub enum ErrorCode {
     Expired,
     /// The instance is not running.
     NotRunning,
-    /// Too many viewers on this instance, or the node is shutting down.
+    /// The node is shutting down.
     Busy,
+    /// The phone already streams to its most viewers (owners and observers together,
+    /// `webrtc.max_viewers_per_instance`, 10 by default); one has to leave first.
+    TooManyViewers,
     /// The node failed to start the stream.
     Internal,
 }
@@ -137,6 +142,10 @@ pub enum NodeMessage {
     Ready {
         ice_servers: Vec<IceServer>,
         video: VideoInfo,
+        /// What this viewer may do: an `observer`'s input is refused, so a player disables its
+        /// controls. Absent (a node older than roles) reads as `owner`.
+        #[serde(default)]
+        role: Role,
     },
     Error {
         code: ErrorCode,
@@ -149,6 +158,20 @@ pub enum NodeMessage {
     Bye {
         reason: ByeReason,
     },
+    /// The viewer's input events are being refused (sent once per stream, at the first one;
+    /// every refused event is counted on the node's `/metrics`). The stream carries on.
+    #[serde(rename = "input_refused")]
+    InputRefused {
+        reason: InputRefusal,
+    },
+}
+
+/// Why the node refuses a viewer's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputRefusal {
+    /// The viewer's device token is an observer's (view only).
+    Observer,
 }
 
 /// Touch phase.
@@ -309,11 +332,37 @@ mod tests {
                     fps: 30,
                     bitrate_kbps: 2000,
                 },
+                role: Role::Observer,
             },
             json!({"type":"ready","ice_servers":[
                     {"urls":["stun:127.0.0.1:3478"]},
                     {"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:d1","credential":"abc="}],
-                   "video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000}}),
+                   "video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000},
+                   "role":"observer"}),
+        );
+        // A node older than roles sends no role: its viewers were all owners.
+        let old: NodeMessage = serde_json::from_value(json!({"type":"ready","ice_servers":[],
+            "video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000}}))
+        .unwrap();
+        assert!(matches!(
+            old,
+            NodeMessage::Ready {
+                role: Role::Owner,
+                ..
+            }
+        ));
+        round_trip(
+            &NodeMessage::Error {
+                code: ErrorCode::TooManyViewers,
+                message: "full".into(),
+            },
+            json!({"type":"error","code":"too_many_viewers","message":"full"}),
+        );
+        round_trip(
+            &NodeMessage::InputRefused {
+                reason: InputRefusal::Observer,
+            },
+            json!({"type":"input_refused","reason":"observer"}),
         );
         round_trip(
             &NodeMessage::Error {

@@ -13,9 +13,9 @@ use cloudphone_api::error::{ApiError, ErrorBody};
 use cloudphone_api::management::SetVideoConfigRequest;
 use cloudphone_api::management::{
     self as wire, CmdResultWrapper, CommandRequest, DataResponse, DeleteRequest, DeviceResource,
-    DeviceTokenData, IceSignaling, InstanceIdRequest, InstanceIdsRequest, JobDetail,
-    JobDetailWrapper, NullDataResponse, Rtc, Sdk, SdkAddress, StatusResult, StatusResultWrapper,
-    UserInstancesRequest,
+    DeviceTokenData, DeviceTokenRequest, IceSignaling, InstanceIdRequest, InstanceIdsRequest,
+    JobDetail, JobDetailWrapper, NullDataResponse, Rtc, Sdk, SdkAddress, StatusResult,
+    StatusResultWrapper, UserInstancesRequest,
 };
 use cloudphone_core::video::{VideoCell, VideoConfig, VideoConfigError};
 
@@ -201,9 +201,18 @@ pub(super) async fn device_token(
     state: AppStateRef,
     caller: TokenCaller,
     Path(instance_id): Path<String>,
+    body: Bytes,
 ) -> Result<Response, ApiFailure> {
     wire::validate_instance_id("instance_id", &instance_id)?;
-    let session = sessions::device_token(&state, &caller.principal, instance_id.clone()).await?;
+    // The seed's call has no body: an empty one is today's owner token (docs/api-notes.md).
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        DeviceTokenRequest::default()
+    } else {
+        parse_json::<DeviceTokenRequest>(&body)?
+    };
+    let role = request.validate()?;
+    let session =
+        sessions::device_token(&state, &caller.principal, instance_id.clone(), role).await?;
     Ok(axum::Json(DataResponse::ok(device_token_data(session, instance_id))).into_response())
 }
 

@@ -13,9 +13,9 @@ use cloudphone_api::instances::{
 };
 use cloudphone_api::management::{
     AsyncCommandInfo, BackupRequest, CmdResultWrapper, CommandRequest, DataResponse, DeleteRequest,
-    DeviceTokenData, InstanceIdRequest, InstanceIdsRequest, JobDetailWrapper, NullDataResponse,
-    PrepareRequest, PrepareStatusList, Progress, ProgressRequest, SetVideoConfigRequest,
-    StatusResultWrapper, UserInstancesRequest,
+    DeviceTokenData, DeviceTokenRequest, InstanceIdRequest, InstanceIdsRequest, JobDetailWrapper,
+    NullDataResponse, PrepareRequest, PrepareStatusList, Progress, ProgressRequest,
+    SetVideoConfigRequest, StatusResultWrapper, UserInstancesRequest,
 };
 use cloudphone_api::status::{ErrorInfoBody, MessageField, Operation};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -113,6 +113,8 @@ fn assign() {}
 fn unassign() {}
 
 #[utoipa::path(post, path = "/v1/instances/{instance_id}/auth", tag = "management",
+    request_body(content = Option<DeviceTokenRequest>,
+        description = "Optional extension (docs/api-notes.md): the viewer's role; without it, an owner token."),
     params(("instance_id" = String, Path)),
     responses((status = 200, body = DataResponse<DeviceTokenData>)))]
 fn device_token() {}

@@ -3,6 +3,7 @@
 //! device token is random, and its node only ever learns its SHA-256.
 
 use cloudphone_api::error::ApiError;
+use cloudphone_core::role::Role;
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
 use cloudphone_proto::node_v1 as pb;
 use rand::RngCore;
@@ -96,6 +97,29 @@ pub(crate) fn device_id(tenant_id: &str, instance_id: &str, user_id: &str) -> St
     hex::encode(&hasher.finalize()[..16])
 }
 
+/// The device id of a `role` token: an owner's is [`device_id`] (as before roles); an
+/// observer's differs, so a user can hand out a view-only token while keeping their own (a new
+/// observer token renews the observer device, never the owner's grant or stream).
+pub(crate) fn device_id_for(
+    tenant_id: &str,
+    instance_id: &str,
+    user_id: &str,
+    role: Role,
+) -> String {
+    match role {
+        Role::Owner => device_id(tenant_id, instance_id, user_id),
+        Role::Observer => device_id(tenant_id, instance_id, &format!("{user_id}\0observer")),
+    }
+}
+
+/// The node API's spelling of a role.
+fn viewer_role(role: Role) -> pb::ViewerRole {
+    match role {
+        Role::Owner => pb::ViewerRole::Owner,
+        Role::Observer => pb::ViewerRole::Observer,
+    }
+}
+
 /// GetDeviceToken: a fresh random token bound to this instance and user, registered with the
 /// instance's node after the tenant's video matrix (the node may have restarted since). The
 /// device id is the same for the same user and instance ([`device_id`]): calling again within
@@ -107,6 +131,7 @@ pub(crate) async fn device_token(
     state: &AppState,
     principal: &Principal,
     instance_id: String,
+    role: Role,
 ) -> Result<DeviceSession, ServiceError> {
     let record = owned(state, principal, std::slice::from_ref(&instance_id))
         .await?
@@ -126,7 +151,7 @@ pub(crate) async fn device_token(
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let device_token = hex::encode(bytes);
-    let device_id = device_id(&principal.tenant_id, &instance_id, &principal.user_id);
+    let device_id = device_id_for(&principal.tenant_id, &instance_id, &principal.user_id, role);
     let expires_at = state.clock.now_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
     let started = client
         .start_session(pb::StartSessionRequest {
@@ -136,6 +161,7 @@ pub(crate) async fn device_token(
             user_id: principal.user_id.clone(),
             tenant_id: principal.tenant_id.clone(),
             device_id: device_id.clone(),
+            role: viewer_role(role) as i32,
         })
         .await
         .map_err(|status| {
@@ -237,7 +263,31 @@ async fn stored_video_config(
 
 #[cfg(test)]
 mod tests {
-    use super::device_id;
+    use super::{Role, device_id, device_id_for};
+
+    #[test]
+    fn an_observer_token_is_a_device_of_its_own() {
+        let owner = device_id_for("t", "inst1", "user-1", Role::Owner);
+        assert_eq!(
+            owner,
+            device_id("t", "inst1", "user-1"),
+            "owners as before roles"
+        );
+        let observer = device_id_for("t", "inst1", "user-1", Role::Observer);
+        assert_ne!(
+            observer, owner,
+            "an observer token does not renew the owner's grant"
+        );
+        assert_eq!(
+            observer,
+            device_id_for("t", "inst1", "user-1", Role::Observer),
+            "a new observer token renews the observer device"
+        );
+        assert_ne!(
+            observer,
+            device_id_for("t", "inst1", "user-2", Role::Observer)
+        );
+    }
 
     #[test]
     fn one_device_per_user_and_instance() {

@@ -2,9 +2,22 @@
 //! turned into the runtime's [`InputEvent`]. Anything out of range is refused rather than
 //! clamped, so a buggy client shows up in the node's logs instead of as stray taps.
 
-use cloudphone_signaling::{InputMessage, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS};
+use cloudphone_signaling::{
+    InputMessage, InputRefusal, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS,
+};
 
 use crate::runtime::InputEvent;
+
+/// Input events refused because of who sent them, by `reason` (`observer`: a view-only token).
+pub(crate) const REFUSED_METRIC: &str = "cloudphone_node_input_refused_total";
+
+/// Counts one input event refused for `reason` on `/metrics`.
+pub(crate) fn count_refused(reason: InputRefusal) {
+    let reason = match reason {
+        InputRefusal::Observer => "observer",
+    };
+    metrics::counter!(REFUSED_METRIC, "reason" => reason).increment(1);
+}
 
 /// Largest data-channel message accepted, in bytes (the longest text plus JSON overhead).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024;

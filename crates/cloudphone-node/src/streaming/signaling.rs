@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use cloudphone_signaling::{
-    ByeReason, Candidate, ClientMessage, ErrorCode, Hello, NodeMessage, VideoInfo,
+    ByeReason, Candidate, ClientMessage, ErrorCode, Hello, InputRefusal, NodeMessage, VideoInfo,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -168,8 +168,24 @@ async fn stream(
     }));
     let manager = Arc::clone(sessions.manager());
     let instance_id = viewer.grant.instance_id.clone();
+    let role = viewer.grant.role;
+    let refusals = out_tx.clone();
     let input_task = tokio::spawn(async move {
+        let mut told = false;
         while let Some(bytes) = input_rx.recv().await {
+            if !role.may_send_input() {
+                input::count_refused(InputRefusal::Observer);
+                // Once per stream: the player learns why its input does nothing (it should
+                // have disabled its controls on `ready`), without an answer per event.
+                if !told {
+                    told = true;
+                    tracing::info!(instance = %instance_id, "an observer's input refused");
+                    let _ = refusals.send(NodeMessage::InputRefused {
+                        reason: InputRefusal::Observer,
+                    });
+                }
+                continue;
+            }
             match input::parse(&bytes) {
                 Ok(event) => {
                     if let Err(e) = manager.inject_input(&instance_id, &event).await {
@@ -240,6 +256,7 @@ async fn stream(
             fps: viewer.spec.fps,
             bitrate_kbps: viewer.spec.code_rate_kbps,
         },
+        role: viewer.grant.role,
     };
     let ended = crate::streaming::sessions::until_true(encoder.ended());
     tokio::pin!(ended);

@@ -14,20 +14,20 @@ use webrtc::data_channel::data_channel_state::RTCDataChannelState;
 use crate::streaming_audio::{wait_audio, zero_crossing_hz};
 use crate::support::streaming::{AUDIO_RATE, Node, RustViewer, hello};
 
-const W: u32 = 360;
-const H: u32 = 640;
+pub(crate) const W: u32 = 360;
+pub(crate) const H: u32 = 640;
 /// The app's tone (`tone::TONE_HZ` there).
 const TONE_HZ: f64 = 880.0;
 
 /// Where the app's controls are at 360×640 (its `ui::Layout`, whose own test pins it): the
 /// text field's box, the first counting button's box, and the tone button's centre.
-const FIELD: Region = Region {
+pub(crate) const FIELD: Region = Region {
     x: 15,
     y: 48,
     w: 330,
     h: 217,
 };
-const BUTTON_A: Region = Region {
+pub(crate) const BUTTON_A: Region = Region {
     x: 15,
     y: 280,
     w: 105,
@@ -37,20 +37,20 @@ const TONE: (u32, u32) = (180, 419);
 
 /// A box of screen pixels.
 #[derive(Clone, Copy)]
-struct Region {
-    x: u32,
-    y: u32,
-    w: u32,
-    h: u32,
+pub(crate) struct Region {
+    pub(crate) x: u32,
+    pub(crate) y: u32,
+    pub(crate) w: u32,
+    pub(crate) h: u32,
 }
 
 impl Region {
-    fn centre(self) -> (u32, u32) {
+    pub(crate) fn centre(self) -> (u32, u32) {
         (self.x + self.w / 2, self.y + self.h / 2)
     }
 
     /// The region's pixels (`0xRRGGBB`) out of a 32-bit Z-pixmap screenshot of the screen.
-    fn pixels(self, screen: &[u8]) -> Vec<u32> {
+    pub(crate) fn pixels(self, screen: &[u8]) -> Vec<u32> {
         (self.y..self.y + self.h)
             .flat_map(|y| (self.x..self.x + self.w).map(move |x| (x, y)))
             .map(|(x, y)| {
@@ -62,7 +62,7 @@ impl Region {
 }
 
 /// The app's binary, built once per test process (`cargo build` is a no-op when it is fresh).
-fn demo_app() -> PathBuf {
+pub(crate) fn demo_app() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -81,7 +81,7 @@ fn demo_app() -> PathBuf {
         .clone()
 }
 
-async fn send(viewer: &RustViewer, message: &InputMessage) {
+pub(crate) async fn send(viewer: &RustViewer, message: &InputMessage) {
     viewer
         .input
         .send_text(serde_json::to_string(message).unwrap())
@@ -89,7 +89,7 @@ async fn send(viewer: &RustViewer, message: &InputMessage) {
         .unwrap();
 }
 
-async fn tap(viewer: &RustViewer, (x, y): (u32, u32)) {
+pub(crate) async fn tap(viewer: &RustViewer, (x, y): (u32, u32)) {
     for action in [TouchAction::Down, TouchAction::Up] {
         send(
             viewer,
@@ -105,7 +105,7 @@ async fn tap(viewer: &RustViewer, (x, y): (u32, u32)) {
 }
 
 /// Pumps `viewer` until `check` holds on a screenshot of `display`, or fails naming `what`.
-async fn wait_screen(
+pub(crate) async fn wait_screen(
     viewer: &mut RustViewer,
     display: &str,
     what: &str,

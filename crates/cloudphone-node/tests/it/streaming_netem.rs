@@ -208,6 +208,7 @@ async fn sender_adapts_below_a_1mbit_bottleneck_and_recovers() {
         user_id: String::new(),
         tenant_id: "t".into(),
         device_id: "dev-n".into(),
+        ..Default::default()
     })
     .await
     .unwrap();

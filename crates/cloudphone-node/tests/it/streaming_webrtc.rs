@@ -162,6 +162,7 @@ async fn bad_tokens_are_refused_and_sessions_expire() {
             user_id: String::new(),
             tenant_id: String::new(),
             device_id: "d".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use cloudphone_core::role::Role;
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{ByeReason, ErrorCode};
 use sha2::{Digest, Sha256};
@@ -25,6 +26,8 @@ pub(crate) enum SessionError {
     AlreadyExpired,
     #[error("instance {0} not found")]
     UnknownInstance(String),
+    #[error("role {0} is not a ViewerRole")]
+    BadRole(i32),
 }
 
 /// An authorised session (StartSession).
@@ -36,6 +39,8 @@ pub(crate) struct Grant {
     token_sha256: [u8; 32],
     pub expires_at_unix_ms: i64,
     pub tenant_id: String,
+    /// Whether the grant's viewers may send input (an observer's is refused and counted).
+    pub role: Role,
 }
 
 impl Grant {
@@ -68,6 +73,16 @@ pub(super) fn prune_grants(
     mine.sort();
     for (_, device) in &mine[..mine.len() - cap] {
         grants.remove(device);
+    }
+}
+
+/// The node API's role as the core's: unspecified (a control older than roles) is an owner;
+/// a value this node does not know is refused rather than guessed.
+pub(super) fn role_of(value: i32) -> Result<Role, SessionError> {
+    match pb::ViewerRole::try_from(value) {
+        Ok(pb::ViewerRole::Unspecified | pb::ViewerRole::Owner) => Ok(Role::Owner),
+        Ok(pb::ViewerRole::Observer) => Ok(Role::Observer),
+        Err(_) => Err(SessionError::BadRole(value)),
     }
 }
 
@@ -121,6 +136,7 @@ impl Sessions {
         if !device_ok {
             return Err(SessionError::BadDeviceId);
         }
+        let role = role_of(r.role)?;
         let now = crate::unix_ms();
         if r.expires_at_unix_ms <= now {
             return Err(SessionError::AlreadyExpired);
@@ -136,6 +152,7 @@ impl Sessions {
             token_sha256: digest,
             expires_at_unix_ms: r.expires_at_unix_ms,
             tenant_id: r.tenant_id.clone(),
+            role,
         };
         let session_id = grant.session_id.clone();
         {
@@ -148,7 +165,7 @@ impl Sessions {
                 MAX_GRANTS_PER_INSTANCE,
             );
         }
-        tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, "session authorised");
+        tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, %role, "session authorised");
         let servers = self.settings.ice.servers(
             &r.device_id,
             unix_secs(now),
@@ -206,6 +223,7 @@ mod tests {
                 token_sha256: [0; 32],
                 expires_at_unix_ms: expires,
                 tenant_id: "t".into(),
+                role: Role::Owner,
             },
         )
     }
@@ -229,5 +247,16 @@ mod tests {
         assert_eq!(left, ["a2", "a3", "b1"]);
         prune_grants(&mut grants, "a", 1_000, 2);
         assert_eq!(grants.len(), 3, "idempotent");
+    }
+
+    #[test]
+    fn roles_map_from_the_node_api_with_unspecified_as_owner() {
+        assert_eq!(role_of(0).unwrap(), Role::Owner);
+        assert_eq!(role_of(pb::ViewerRole::Owner as i32).unwrap(), Role::Owner);
+        assert_eq!(
+            role_of(pb::ViewerRole::Observer as i32).unwrap(),
+            Role::Observer
+        );
+        assert!(matches!(role_of(7), Err(SessionError::BadRole(7))));
     }
 }

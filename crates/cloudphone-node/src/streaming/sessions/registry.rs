@@ -55,7 +55,14 @@ impl Sessions {
                 .filter(|v| v.instance_id == grant.instance_id)
                 .count();
             if watching >= self.settings.max_viewers_per_instance {
-                return Err(refuse(ErrorCode::Busy, "too many viewers on this instance"));
+                // Refused at hello, before any offer: the viewer learns it before media is
+                // negotiated or an encoder is started for it.
+                return Err(refuse(
+                    ErrorCode::TooManyViewers,
+                    format!(
+                        "this phone already has {watching} viewers (owners and observers together), the most it streams to; one has to leave first"
+                    ),
+                ));
             }
             let spec = inner
                 .configs
@@ -80,7 +87,7 @@ impl Sessions {
             );
             (id, spec)
         };
-        tracing::info!(instance = %grant.instance_id, device = %grant.device_id, viewer = id, %codec, %definition, "viewer admitted");
+        tracing::info!(instance = %grant.instance_id, device = %grant.device_id, viewer = id, role = %grant.role, %codec, %definition, "viewer admitted");
         Ok(Viewer {
             sessions: Arc::clone(self),
             id,

@@ -150,17 +150,26 @@ impl Node {
         valid_for: Duration,
     ) -> pb::StartSessionResponse {
         self.grpc
-            .start_session(pb::StartSessionRequest {
-                instance_id: instance.into(),
-                device_token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
-                expires_at_unix_ms: cloudphone_node::unix_ms() + valid_for.as_millis() as i64,
-                user_id: "user-1".into(),
-                tenant_id: "tenant-1".into(),
-                device_id: device_id.into(),
-            })
+            .start_session(session_request(instance, device_id, token, valid_for))
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// StartSession for 10 minutes with a role (what control sends for GetDeviceToken's body).
+    pub(crate) async fn authorize_as(
+        &mut self,
+        instance: &str,
+        device_id: &str,
+        token: &str,
+        role: pb::ViewerRole,
+    ) -> Result<pb::StartSessionResponse, tonic::Status> {
+        let mut request = session_request(instance, device_id, token, Duration::from_secs(600));
+        request.role = role as i32;
+        self.grpc
+            .start_session(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// The report stream, opened as control opens it.
@@ -778,4 +787,22 @@ fn opus_decoder(pt: u8, counters: Arc<Counters>) -> (gst_app::AppSrc, gst::Pipel
     );
     pipeline.set_state(gst::State::Playing).unwrap();
     (appsrc, pipeline)
+}
+
+/// The StartSession a test's viewer is admitted with (no role: an owner, as before roles).
+pub(crate) fn session_request(
+    instance: &str,
+    device_id: &str,
+    token: &str,
+    valid_for: Duration,
+) -> pb::StartSessionRequest {
+    pb::StartSessionRequest {
+        instance_id: instance.into(),
+        device_token_sha256: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+        expires_at_unix_ms: cloudphone_node::unix_ms() + valid_for.as_millis() as i64,
+        user_id: "user-1".into(),
+        tenant_id: "tenant-1".into(),
+        device_id: device_id.into(),
+        role: pb::ViewerRole::Unspecified as i32,
+    }
 }
