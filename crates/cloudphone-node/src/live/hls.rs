@@ -863,6 +863,59 @@ mod tests {
 
     /// Segments are cut at the publisher's keyframes: a 2 s GOP gives 2 s segments whatever
     /// the 1 s target.
+    /// A segment is listed when the keyframe that ends it reaches the pipeline, not a GOP
+    /// later: whenever the playlist grows, what the pipeline got and the playlist does not list
+    /// yet is well under one GOP (with `hlssink2` it was one to two GOPs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_is_listed_at_the_keyframe_that_ends_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
+        let _publisher = TestPublisher::start(&hub, ID, 30); // 1 s GOP
+        wait_for_keyframe(&hub, ID).await;
+        // The pipeline starts at the current GOP's keyframe (rebased to 0), as this sees it.
+        let mut watch = hub.subscribe(ID).unwrap();
+        let start = watch
+            .first
+            .iter()
+            .find(|t| t.is_keyframe())
+            .unwrap()
+            .timestamp_ms;
+        let mut latest = watch.first.last().unwrap().timestamp_ms;
+        let mut listed_count = 0;
+        let mut checked = 0;
+        for _ in 0..400 {
+            let playlist = hls.playlist("live", ID, "").await.unwrap();
+            while let Ok(tag) = watch.live.try_recv() {
+                if tag.kind == TagKind::Video {
+                    latest = tag.timestamp_ms;
+                }
+            }
+            let durations: Vec<f64> = playlist
+                .lines()
+                .filter_map(|l| l.strip_prefix("#EXTINF:"))
+                .map(|d| d.trim_end_matches(',').parse().unwrap())
+                .collect();
+            if durations.len() > listed_count && listed_count > 0 {
+                // Segments only ever join the playlist here (fewer than playlist_length).
+                let listed: f64 = durations.iter().sum();
+                let pushed = f64::from(latest - start) / 1000.0;
+                let unlisted = pushed - listed;
+                assert!(
+                    unlisted < 0.6,
+                    "{unlisted:.3} s pushed but unlisted: {playlist}"
+                );
+                checked += 1;
+                if checked == 3 {
+                    return;
+                }
+            }
+            listed_count = durations.len();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the playlist grew {checked} times");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn segments_last_the_publishers_gop_when_it_is_longer_than_the_target() {
         let tmp = tempfile::tempdir().unwrap();
