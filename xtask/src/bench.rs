@@ -57,6 +57,17 @@ pub(crate) fn run(options: Options) -> Result<()> {
     if options.release {
         // The api bench measures the daemons themselves: release ones with --release.
         util::build_daemons(true)?;
+    } else if !options.smoke {
+        // The live bench compares the node with nginx (-O2): it measures a release node
+        // either way (`CLOUDPHONE_BENCH_LIVE_NODE`, see cloudphone-bench's `live_node`).
+        util::run(util::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "cloudphone-node",
+            "--bin",
+            "cloudphone-node",
+        ]))?;
     }
     util::run(util::cargo().args([
         "bench",

@@ -6,7 +6,8 @@
 //! output (glass-to-glass), then byte-reading players stepped up against the server's CPU.
 //! Writes `target/bench-parts/live.json` (nginx-rtmp) and `live-edge.json` (ours), and the
 //! report's live section alone as `live.md` next to them.
-//! `CLOUDPHONE_BENCH_LIVE_SERVERS=node` (or `nginx`) runs one of the two.
+//! `CLOUDPHONE_BENCH_LIVE_SERVERS=node` (or `nginx`) runs one of the two. The node is a release
+//! build unless `CLOUDPHONE_BENCH_LIVE_NODE=debug` (see [`live_node::node_profile`]).
 
 use cloudphone_bench::{live, live_nginx, live_node, parts};
 
@@ -57,7 +58,8 @@ fn nginx(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
 }
 
 fn node(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
-    let node = rt.block_on(live_node::LiveNode::start())?;
+    let profile = live_node::node_profile(parts::smoke_requested());
+    let node = rt.block_on(live_node::LiveNode::start_as(profile))?;
     let mut argv = node.url_args();
     argv.extend([
         "--server-pid".into(),

@@ -26,17 +26,58 @@ pub struct LiveNode {
     fleet: Fleet,
     rtmp_base: String,
     http_base: String,
-    /// `debug` or `release`: how the daemons were built.
+    /// `debug` or `release`: how the node was built.
     pub profile: &'static str,
+}
+
+/// Which build of the node the live bench measures: `CLOUDPHONE_BENCH_LIVE_NODE=debug` or
+/// `release`; unset, a release node (nginx is built with -O2: a debug node would lose the
+/// comparison to its own unoptimised code), except in a smoke run, which only checks that
+/// everything works and should not wait for a release build.
+pub fn node_profile(smoke: bool) -> &'static str {
+    match std::env::var("CLOUDPHONE_BENCH_LIVE_NODE").as_deref() {
+        Ok("release") => "release",
+        Ok("debug") => "debug",
+        _ if smoke => crate::api::daemon_profile(),
+        _ => "release",
+    }
+}
+
+/// The node binary of `profile`: testkit's debug build, or `target/release/cloudphone-node`,
+/// built here (the node alone) unless a runner already built it (`CLOUDPHONE_TEST_PREBUILT`).
+fn node_binary(profile: &str) -> Result<std::path::PathBuf> {
+    const NODE: &str = "cloudphone-node";
+    if profile != "release" {
+        return crate::api::daemon_binary(NODE, profile);
+    }
+    let root = cloudphone_testkit::process::workspace_root();
+    if std::env::var_os("CLOUDPHONE_TEST_PREBUILT").is_none() {
+        let built = std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "-p", NODE, "--bin", NODE])
+            .status()
+            .is_ok_and(|s| s.success());
+        anyhow::ensure!(built, "building the release node failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join(NODE))
 }
 
 impl LiveNode {
     /// Starts control and the node (daemon builds of [`crate::api::daemon_profile`]), waits for
     /// the node to be up, then admits the bench's stream on it with every output allowed.
     pub async fn start() -> Result<LiveNode> {
-        let profile = crate::api::daemon_profile();
-        let control_bin = crate::api::daemon_binary("cloudphone-control", profile)?;
-        let node_bin = crate::api::daemon_binary("cloudphone-node", profile)?;
+        Self::start_as(crate::api::daemon_profile()).await
+    }
+
+    /// [`LiveNode::start`] with the node of `profile` (`debug` or `release`); control, which
+    /// no player reaches, stays the build of [`crate::api::daemon_profile`].
+    pub async fn start_as(profile: &'static str) -> Result<LiveNode> {
+        let control_bin =
+            crate::api::daemon_binary("cloudphone-control", crate::api::daemon_profile())?;
+        let node_bin = node_binary(profile)?;
         let rtmp_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

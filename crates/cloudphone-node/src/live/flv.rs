@@ -13,8 +13,8 @@ pub(crate) fn header(audio: bool) -> Bytes {
     Bytes::from(vec![b'F', b'L', b'V', 1, flags, 0, 0, 0, 9, 0, 0, 0, 0])
 }
 
-/// One tag as it sits in a file, followed by its `PreviousTagSize`.
-#[cfg(test)]
+/// One tag as it sits in a file, followed by its `PreviousTagSize` (players share it: see
+/// [`Tag::flv`]).
 pub(crate) fn tag(tag: &Tag) -> Bytes {
     let mut out = BytesMut::new();
     put_tag(&mut out, tag);
@@ -52,11 +52,11 @@ mod tests {
             b"FLV\x01\x01\x00\x00\x00\x09\x00\x00\x00\x00"
         );
         assert_eq!(header(true)[4], 5);
-        let t = Tag {
-            kind: TagKind::Video,
-            timestamp_ms: 0x0102_0304,
-            data: Bytes::from_static(&[0x17, 1, 0, 0, 0]),
-        };
+        let t = Tag::new(
+            TagKind::Video,
+            0x0102_0304,
+            Bytes::from_static(&[0x17, 1, 0, 0, 0]),
+        );
         assert_eq!(
             &tag(&t)[..],
             &[

@@ -2,11 +2,14 @@
 //! writing MPEG-TS segments and a playlist into a temporary directory per stream.
 //!
 //! # Pipeline
-//! `appsrc (FLV: header + the hub's tags) ! flvdemux ! h264parse ! hlssink2` (and
-//! `flvdemux.audio ! aacparse ! hlssink2.audio` when the publisher sends AAC), no re-encode.
-//! `hlssink2` muxes MPEG-TS and cuts a segment at the first keyframe at or after the target
-//! duration (1 s). It cannot ask the publisher for keyframes (`send-keyframe-requests=false`:
-//! there is no encoder upstream), so **a segment lasts max(1 s, the publisher's GOP)**: a camera
+//! `appsrc (FLV: header + the hub's tags) ! flvdemux ! h264parse ! mpegtsmux ! hlssink` (and
+//! `flvdemux.audio ! aacparse ! mpegtsmux` when the publisher sends AAC), no re-encode.
+//! `hlssink` asks upstream for a key unit every target duration (1 s); `h264parse` answers at
+//! the next keyframe with a downstream key-unit event, on which `hlssink` closes the segment
+//! and rewrites the playlist at once. (`hlssink2` cuts at the same keyframes but a GOP later:
+//! its `splitmuxsink` decides where a segment ends only once the following GOP is complete,
+//! so each segment was listed about one GOP after it could have been.) Nothing upstream can
+//! make a keyframe, so **a segment lasts max(1 s, the publisher's GOP)**: a camera
 //! pushing a keyframe every 2 s gets 2 s segments and `#EXT-X-TARGETDURATION:2`, and the first
 //! playlist is ready about one GOP after the pipeline starts (the hub hands over the current GOP
 //! from its keyframe; the next keyframe closes the first segment). Publishers that want low HLS
@@ -54,7 +57,7 @@ pub(crate) struct HlsSettings {
     pub(crate) idle: Duration,
     /// How long a playlist request waits for the first segment before `NotReady`.
     pub(crate) first_segment_wait: Duration,
-    /// `hlssink2`'s target duration (whole seconds).
+    /// `hlssink`'s target duration (whole seconds).
     pub(crate) target_duration_secs: u32,
     /// Segments listed in the playlist.
     pub(crate) playlist_length: u32,
@@ -150,8 +153,8 @@ impl Hls {
         let path = stream.dir.join(PLAYLIST);
         let deadline = tokio::time::Instant::now() + self.settings.first_segment_wait;
         loop {
-            // hlssink2 replaces the playlist file atomically (GIO writes a temporary and
-            // renames it), so a read never sees half a playlist.
+            // hlssink replaces the playlist file atomically (`g_file_set_contents` writes a
+            // temporary and renames it), so a read never sees half a playlist.
             if let Ok(text) = tokio::fs::read_to_string(&path).await
                 && text.contains("#EXTINF")
             {
@@ -305,7 +308,7 @@ fn remove_stale_dirs(dir: &Path) {
     }
 }
 
-/// `seg` + digits + `.ts`: the only names hlssink2 writes here (see `start_pipeline`).
+/// `seg` + digits + `.ts`: the only names hlssink writes here (see `start_pipeline`).
 fn is_segment_name(name: &str) -> bool {
     name.strip_prefix("seg")
         .and_then(|n| n.strip_suffix(".ts"))
@@ -361,18 +364,18 @@ fn start_pipeline(
     // (RTMP encoders send them once, in the sequence header).
     let mut line = String::from(
         "appsrc name=src format=bytes caps=video/x-flv ! flvdemux name=d \
-         d.video ! queue ! h264parse config-interval=-1 ! h.video ",
+         d.video ! queue ! h264parse config-interval=-1 ! m. ",
     );
     if audio {
-        line.push_str("d.audio ! queue ! aacparse ! h.audio ");
+        line.push_str("d.audio ! queue ! aacparse ! m. ");
     }
-    line.push_str("hlssink2 name=h send-keyframe-requests=false");
+    line.push_str("mpegtsmux name=m ! hlssink name=h");
     let internal = |e: &dyn std::fmt::Display| LiveOutputError::Internal(e.to_string());
     let pipeline = gst::parse::launch(&line)
         .map_err(|e| internal(&e))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| internal(&"not a pipeline"))?;
-    // No clock: hlssink2's file sink syncs to it by default, which would hold every buffer
+    // No clock: hlssink's file sink syncs to it by default, which would hold every buffer
     // until its running time. The hub hands over the current GOP (up to a GOP old) at once,
     // rebased to 0, so with a clock every segment closed that much later for the pipeline's
     // whole life (0 to 1 GOP of extra HLS latency, by when the first player came). The
@@ -387,7 +390,7 @@ fn start_pipeline(
     let sink = running
         .pipeline
         .by_name("h")
-        .ok_or_else(|| internal(&"no hlssink2"))?;
+        .ok_or_else(|| internal(&"no hlssink"))?;
     // `%` in the directory would be read as a format directive.
     let dir_text = dir.to_string_lossy().replace('%', "%%");
     sink.set_property("location", format!("{dir_text}/seg%05d.ts"));
@@ -860,6 +863,59 @@ mod tests {
 
     /// Segments are cut at the publisher's keyframes: a 2 s GOP gives 2 s segments whatever
     /// the 1 s target.
+    /// A segment is listed when the keyframe that ends it reaches the pipeline, not a GOP
+    /// later: whenever the playlist grows, what the pipeline got and the playlist does not list
+    /// yet is well under one GOP (with `hlssink2` it was one to two GOPs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_is_listed_at_the_keyframe_that_ends_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
+        let _publisher = TestPublisher::start(&hub, ID, 30); // 1 s GOP
+        wait_for_keyframe(&hub, ID).await;
+        // The pipeline starts at the current GOP's keyframe (rebased to 0), as this sees it.
+        let mut watch = hub.subscribe(ID).unwrap();
+        let start = watch
+            .first
+            .iter()
+            .find(|t| t.is_keyframe())
+            .unwrap()
+            .timestamp_ms;
+        let mut latest = watch.first.last().unwrap().timestamp_ms;
+        let mut listed_count = 0;
+        let mut checked = 0;
+        for _ in 0..400 {
+            let playlist = hls.playlist("live", ID, "").await.unwrap();
+            while let Ok(tag) = watch.live.try_recv() {
+                if tag.kind == TagKind::Video {
+                    latest = tag.timestamp_ms;
+                }
+            }
+            let durations: Vec<f64> = playlist
+                .lines()
+                .filter_map(|l| l.strip_prefix("#EXTINF:"))
+                .map(|d| d.trim_end_matches(',').parse().unwrap())
+                .collect();
+            if durations.len() > listed_count && listed_count > 0 {
+                // Segments only ever join the playlist here (fewer than playlist_length).
+                let listed: f64 = durations.iter().sum();
+                let pushed = f64::from(latest - start) / 1000.0;
+                let unlisted = pushed - listed;
+                assert!(
+                    unlisted < 0.6,
+                    "{unlisted:.3} s pushed but unlisted: {playlist}"
+                );
+                checked += 1;
+                if checked == 3 {
+                    return;
+                }
+            }
+            listed_count = durations.len();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the playlist grew {checked} times");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn segments_last_the_publishers_gop_when_it_is_longer_than_the_target() {
         let tmp = tempfile::tempdir().unwrap();

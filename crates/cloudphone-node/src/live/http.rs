@@ -145,16 +145,26 @@ fn flv_play(live: &Live, play: &PlayRequest<'_>) -> Response {
     };
     let head = flv::header(player.starts_with_audio());
     let first = futures::stream::once(async move { Ok::<_, std::io::Error>(head) });
-    let tags = futures::stream::unfold(player, |mut player| async move {
-        // What is already waiting goes in one chunk: one write for a player catching up.
-        let tags = player.next_batch(WRITE_BATCH).await?;
-        let mut chunk = bytes::BytesMut::new();
-        for tag in &tags {
-            flv::put_tag(&mut chunk, tag);
-        }
-        player.sent(chunk.len());
-        Some((Ok(chunk.freeze()), player))
-    });
+    let tags =
+        futures::stream::unfold((player, Vec::new()), |(mut player, mut batch)| async move {
+            if !player.next_batch(&mut batch, WRITE_BATCH).await {
+                return None;
+            }
+            // A live player gets one tag per wake-up: the tag's shared FLV bytes, not a copy.
+            // What is already waiting goes in one chunk: one write for a player catching up.
+            let chunk = match batch.as_slice() {
+                [tag] => tag.flv(),
+                tags => {
+                    let mut chunk = bytes::BytesMut::new();
+                    for tag in tags {
+                        chunk.extend_from_slice(&tag.flv());
+                    }
+                    chunk.freeze()
+                }
+            };
+            player.sent(chunk.len());
+            Some((Ok(chunk), (player, batch)))
+        });
     use futures::StreamExt;
     (
         [

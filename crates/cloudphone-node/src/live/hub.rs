@@ -5,7 +5,7 @@
 //! WHEP demux them with GStreamer's `flvdemux` or parse the AVC packets directly.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
@@ -33,9 +33,50 @@ pub(crate) struct Tag {
     pub(crate) kind: TagKind,
     pub(crate) timestamp_ms: u32,
     pub(crate) data: Bytes,
+    /// The tag as players receive it, made by the first player that needs it and shared by
+    /// every other: with hundreds of players the framing is done once per tag, not per player.
+    wire: Arc<Wire>,
+}
+
+/// A tag's framings for players.
+#[derive(Debug, Default)]
+struct Wire {
+    /// As RTMP chunks, for one (chunk size, message stream id): the one nearly every player
+    /// has (this server's chunk size, the first stream its client creates).
+    rtmp: OnceLock<(usize, u32, Bytes)>,
+    /// As it sits in an FLV file (tag header, body, `PreviousTagSize`).
+    flv: OnceLock<Bytes>,
 }
 
 impl Tag {
+    pub(crate) fn new(kind: TagKind, timestamp_ms: u32, data: Bytes) -> Self {
+        Self {
+            kind,
+            timestamp_ms,
+            data,
+            wire: Arc::default(),
+        }
+    }
+
+    /// The tag as RTMP chunks for (`chunk_size`, message `stream_id`): shared when a player
+    /// before asked for the same, else framed (and kept, when it is the first ask).
+    pub(crate) fn rtmp_chunks(&self, chunk_size: usize, stream_id: u32) -> Bytes {
+        let (size, id, bytes) = self.wire.rtmp.get_or_init(|| {
+            let bytes = super::rtmp::chunks(self, chunk_size, stream_id);
+            (chunk_size, stream_id, bytes)
+        });
+        if (*size, *id) == (chunk_size, stream_id) {
+            bytes.clone()
+        } else {
+            super::rtmp::chunks(self, chunk_size, stream_id)
+        }
+    }
+
+    /// The tag as it sits in an FLV file, framed once and shared.
+    pub(crate) fn flv(&self) -> Bytes {
+        self.wire.flv.get_or_init(|| super::flv::tag(self)).clone()
+    }
+
     /// A video tag whose frame type is 1 (keyframe).
     pub(crate) fn is_keyframe(&self) -> bool {
         self.kind == TagKind::Video && self.data.first().is_some_and(|b| b >> 4 == 1)
@@ -203,19 +244,19 @@ mod tests {
     use super::*;
 
     fn video(ts: u32, key: bool) -> Tag {
-        Tag {
-            kind: TagKind::Video,
-            timestamp_ms: ts,
-            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
-        }
+        Tag::new(
+            TagKind::Video,
+            ts,
+            Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
+        )
     }
 
     fn avc_header() -> Tag {
-        Tag {
-            kind: TagKind::Video,
-            timestamp_ms: 0,
-            data: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
-        }
+        Tag::new(
+            TagKind::Video,
+            0,
+            Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
+        )
     }
 
     #[tokio::test]
@@ -241,10 +282,12 @@ mod tests {
     fn the_start_kept_for_late_joiners_is_bounded() {
         let hub = Arc::new(Hub::default());
         let publisher = hub.publish("s1").expect("free");
-        let big = |ts: u32, key: bool| Tag {
-            kind: TagKind::Video,
-            timestamp_ms: ts,
-            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }; 1 << 20]),
+        let big = |ts: u32, key: bool| {
+            Tag::new(
+                TagKind::Video,
+                ts,
+                Bytes::from(vec![if key { 0x17 } else { 0x27 }; 1 << 20]),
+            )
         };
         publisher.send(big(0, true));
         for ts in 1..40 {

@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use self::admission::{Admission, Output, PlayRequest, Refusal, StreamRule};
-use self::hub::{Hub, Tag, TagKind};
+use self::hub::{Hub, Subscription, Tag, TagKind};
 
 /// How often a publishing stream's figures go to control.
 pub(crate) const STATUS_INTERVAL: Duration = Duration::from_secs(2);
@@ -195,13 +195,7 @@ impl Live {
             .hub
             .subscribe(play.id)
             .ok_or(PlayRefusal::NotPublished)?;
-        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(play.output)).increment(1.0);
-        Ok(Player {
-            first: sub.first.into(),
-            live: sub.live,
-            waiting_for_key: false,
-            output: play.output,
-        })
+        Ok(Player::new(sub, play.output))
     }
 
     /// The admission part of [`Live::play`], for outputs that read the hub themselves (HLS, WHEP).
@@ -359,9 +353,23 @@ pub(crate) struct Player {
     live: broadcast::Receiver<Tag>,
     waiting_for_key: bool,
     output: Output,
+    /// The bytes-out counter, looked up once: a per-write lookup (label hashing, registry)
+    /// costs more than the write's bookkeeping with hundreds of players.
+    bytes_out: metrics::Counter,
 }
 
 impl Player {
+    fn new(sub: Subscription, output: Output) -> Self {
+        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(output)).increment(1.0);
+        Self {
+            first: sub.first.into(),
+            live: sub.live,
+            waiting_for_key: false,
+            output,
+            bytes_out: metrics::counter!(BYTES_OUT_METRIC, "output" => output_name(output)),
+        }
+    }
+
     /// The next tag, or `None` once the publisher has gone.
     pub(crate) async fn next(&mut self) -> Option<Tag> {
         if let Some(tag) = self.first.pop_front() {
@@ -387,10 +395,15 @@ impl Player {
         }
     }
 
-    /// The next tag and those already waiting behind it (at most `max` in all), so that a
-    /// writer sends them in one write; `None` once the publisher has gone.
-    pub(crate) async fn next_batch(&mut self, max: usize) -> Option<Vec<Tag>> {
-        let mut batch = vec![self.next().await?];
+    /// Replaces `batch` with the next tag and those already waiting behind it (at most `max`
+    /// in all), so that a writer sends them in one write; false once the publisher has gone.
+    /// The caller keeps `batch` from call to call: no allocation per wake-up.
+    pub(crate) async fn next_batch(&mut self, batch: &mut Vec<Tag>, max: usize) -> bool {
+        batch.clear();
+        let Some(tag) = self.next().await else {
+            return false;
+        };
+        batch.push(tag);
         while batch.len() < max {
             if let Some(tag) = self.first.pop_front() {
                 batch.push(tag);
@@ -411,7 +424,7 @@ impl Player {
                 Err(_) => break,
             }
         }
-        Some(batch)
+        true
     }
 
     /// True when the start tags hold audio (the FLV header's audio flag).
@@ -421,8 +434,7 @@ impl Player {
 
     /// Counts bytes sent to this player.
     pub(crate) fn sent(&self, bytes: usize) {
-        metrics::counter!(BYTES_OUT_METRIC, "output" => output_name(self.output))
-            .increment(bytes as u64);
+        self.bytes_out.increment(bytes as u64);
     }
 }
 
@@ -502,27 +514,25 @@ mod tests {
         let hub = Arc::new(Hub::default());
         let publisher = hub.publish("s").expect("free");
         let sub = hub.subscribe("s").expect("published");
-        let mut player = Player {
-            first: sub.first.into(),
-            live: sub.live,
-            waiting_for_key: false,
-            output: Output::Flv,
-        };
-        let video = |ts: u32, key: bool| Tag {
-            kind: TagKind::Video,
-            timestamp_ms: ts,
-            data: Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
+        let mut player = Player::new(sub, Output::Flv);
+        let video = |ts: u32, key: bool| {
+            Tag::new(
+                TagKind::Video,
+                ts,
+                Bytes::from(vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0]),
+            )
         };
         for ts in 0..600 {
             publisher.send(video(ts, false));
         }
         publisher.send(video(1000, true));
         publisher.send(video(1001, false));
-        let batch = player.next_batch(64).await.expect("tags");
+        let mut batch = Vec::new();
+        assert!(player.next_batch(&mut batch, 64).await, "tags");
         let stamps: Vec<u32> = batch.iter().map(|t| t.timestamp_ms).collect();
         assert_eq!(stamps, [1000, 1001]);
         drop(publisher);
-        assert!(player.next_batch(64).await.is_none(), "the end");
+        assert!(!player.next_batch(&mut batch, 64).await, "the end");
     }
 
     #[tokio::test]
@@ -535,17 +545,13 @@ mod tests {
         let header = "0164001fffe1001c6764001facd9405005bb016a02020280000003008000001e478c18cb01000568ebecb22c";
         let mut data = vec![0x17, 0, 0, 0, 0];
         data.extend(hex::decode(header).expect("hex"));
-        ingest.send(Tag {
-            kind: TagKind::Video,
-            timestamp_ms: 0,
-            data: Bytes::from(data),
-        });
+        ingest.send(Tag::new(TagKind::Video, 0, Bytes::from(data)));
         for ts in [0, 33] {
-            ingest.send(Tag {
-                kind: TagKind::Video,
-                timestamp_ms: ts,
-                data: Bytes::from_static(&[0x17, 1, 0, 0, 0, 0xaa]),
-            });
+            ingest.send(Tag::new(
+                TagKind::Video,
+                ts,
+                Bytes::from_static(&[0x17, 1, 0, 0, 0, 0xaa]),
+            ));
         }
         ingest.report();
         let [status] = live.publishing().try_into().expect("one");

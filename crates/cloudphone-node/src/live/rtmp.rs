@@ -8,11 +8,12 @@
 //! no other connection notices.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rml_amf0::Amf0Value;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -37,12 +38,21 @@ const WRITE_BATCH: usize = 64;
 const MAX_CONNECTIONS: usize = 4096;
 /// A client that has not finished the handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The chunk streams this module sends media on. `rml_rtmp`'s session uses 2 to 6 for what it
+/// sends itself (control, commands, and media when asked, which it never is here), so
+/// messages framed here never follow one of its headers on a chunk stream, and its own
+/// compressed headers never follow one of ours.
+const CSID_DATA: u8 = 7;
+const CSID_AUDIO: u8 = 8;
+const CSID_VIDEO: u8 = 9;
+/// The largest timestamp a chunk header holds; larger ones go in the extended field.
+const MAX_HEADER_TIMESTAMP: u32 = 0x00ff_ffff;
+/// Buffers handed to one vectored write at most (well under any `IOV_MAX`).
+const MAX_IOVECS: usize = 64;
 /// A connection that sends nothing for this long while not playing (a silent publisher, or a
 /// client that never asks for anything) is dropped. Players are exempt: with the 1 GiB
 /// acknowledgement window they may rightly say nothing for hours; a dead one fails a write.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The read timeout of a player (never reached in practice).
-const PLAYER_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Accepts RTMP connections on `listener` until `stop` turns true.
 pub(crate) async fn serve(listener: TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) {
@@ -109,10 +119,13 @@ async fn connection(
     let remaining = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut socket))
         .await
         .map_err(|_| ConnError::Timeout)??;
-    let (session, results) = ServerSession::new(ServerSessionConfig::new()).map_err(protocol)?;
+    let config = ServerSessionConfig::new();
+    let chunk_size = config.chunk_size as usize;
+    let (session, results) = ServerSession::new(config).map_err(protocol)?;
     let mut conn = Conn {
         socket,
         session,
+        chunk_size,
         live,
         ingest: None,
         play: None,
@@ -123,17 +136,17 @@ async fn connection(
     conn.flush().await?;
     tracing::debug!(%peer, "RTMP session started");
     let mut buf = vec![0u8; 64 * 1024];
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut tick = tokio::time::interval(super::STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let idle = if conn.play.is_some() {
-            PLAYER_IDLE_TIMEOUT
-        } else {
-            IDLE_TIMEOUT
-        };
+        // Players are exempt: with the 1 GiB acknowledgement window they may rightly say
+        // nothing for hours (a dead one fails a write), and a timer armed per write costs
+        // every player every frame.
+        let idle = conn.play.is_none().then_some(IDLE_TIMEOUT);
         tokio::select! {
-            read = tokio::time::timeout(idle, conn.socket.read(&mut buf)) => {
-                let n = read.map_err(|_| ConnError::Timeout)??;
+            read = read_some(&mut conn.socket, &mut buf, idle) => {
+                let n = read?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -142,18 +155,18 @@ async fn connection(
             () = revoked(&mut conn.ingest) => {
                 return Err(ConnError::Refused("the stream's admission was withdrawn".into()));
             }
-            tags = next_tags(&mut conn.play) => match tags {
-                Some(tags) => {
-                    for tag in tags {
-                        conn.play_tag(tag)?;
+            more = next_tags(&mut conn.play, &mut batch) => match more {
+                true => {
+                    for tag in batch.drain(..) {
+                        conn.play_tag(&tag);
                     }
                 }
                 // The publisher left: the play is over.
-                None => {
+                false => {
                     if let Some((_, stream_id)) = conn.play.take()
                         && let Ok(packet) = conn.session.finish_playing(stream_id)
                     {
-                        conn.out.extend_from_slice(&packet.bytes);
+                        conn.out.push(Bytes::from(packet.bytes));
                     }
                     conn.flush().await?;
                     return Ok(());
@@ -209,11 +222,90 @@ async fn revoked(ingest: &mut Option<Ingest>) {
     }
 }
 
-async fn next_tags(play: &mut Option<(Player, u32)>) -> Option<Vec<Tag>> {
+async fn next_tags(play: &mut Option<(Player, u32)>, batch: &mut Vec<Tag>) -> bool {
     match play {
-        Some((player, _)) => player.next_batch(WRITE_BATCH).await,
+        Some((player, _)) => player.next_batch(batch, WRITE_BATCH).await,
         None => std::future::pending().await,
     }
+}
+
+/// One read, within `idle` when given.
+async fn read_some(
+    socket: &mut TcpStream,
+    buf: &mut [u8],
+    idle: Option<Duration>,
+) -> Result<usize, ConnError> {
+    Ok(match idle {
+        Some(idle) => tokio::time::timeout(idle, socket.read(buf))
+            .await
+            .map_err(|_| ConnError::Timeout)??,
+        None => socket.read(buf).await?,
+    })
+}
+
+/// Writes every buffer of `out`, in order, with as few (vectored) writes as the socket takes,
+/// then empties it.
+async fn write_all(socket: &mut TcpStream, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < out.len() {
+        let pending = &out[first..out.len().min(first + MAX_IOVECS)];
+        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+        for (slot, bytes) in iov.iter_mut().zip(pending) {
+            *slot = IoSlice::new(bytes);
+        }
+        let mut n = socket.write_vectored(&iov[..pending.len()]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let head = &mut out[first];
+            if n >= head.len() {
+                n -= head.len();
+                first += 1;
+            } else {
+                head.advance(n);
+                n = 0;
+            }
+        }
+    }
+    out.clear();
+    Ok(())
+}
+
+/// A tag as one RTMP message in chunks of `chunk_size`, on message stream `stream_id`. Every
+/// message opens with a full (type 0) header, absolute timestamp and all, so the bytes do not
+/// depend on what this connection sent before: framed once, they serve every player with the
+/// same chunk size and stream id (see [`Tag::rtmp_chunks`]). The continuation chunks are
+/// type 3, with the extended timestamp repeated as the type 0 header had one.
+pub(crate) fn chunks(tag: &Tag, chunk_size: usize, stream_id: u32) -> Bytes {
+    let (csid, type_id) = match tag.kind {
+        TagKind::Video => (CSID_VIDEO, 9),
+        TagKind::Audio => (CSID_AUDIO, 8),
+        TagKind::Script => (CSID_DATA, 18),
+    };
+    let data = &tag.data[..];
+    let extended = tag.timestamp_ms >= MAX_HEADER_TIMESTAMP;
+    let pieces = data.len().div_ceil(chunk_size).max(1);
+    let mut out = BytesMut::with_capacity(16 + data.len() + pieces * 5);
+    out.put_u8(csid);
+    out.put_uint(u64::from(tag.timestamp_ms.min(MAX_HEADER_TIMESTAMP)), 3);
+    // An RTMP message is at most 2^24 - 1 bytes, as an FLV tag body is.
+    out.put_uint((data.len() & 0x00ff_ffff) as u64, 3);
+    out.put_u8(type_id);
+    out.put_u32_le(stream_id);
+    if extended {
+        out.put_u32(tag.timestamp_ms);
+    }
+    for (i, piece) in data.chunks(chunk_size.max(1)).enumerate() {
+        if i > 0 {
+            out.put_u8(0xc0 | csid);
+            if extended {
+                out.put_u32(tag.timestamp_ms);
+            }
+        }
+        out.extend_from_slice(piece);
+    }
+    out.freeze()
 }
 
 /// One RTMP connection: a publisher, a player, or (until it asks) neither.
@@ -225,18 +317,21 @@ struct Conn {
     ingest: Option<Ingest>,
     /// Set while this connection plays: the player and its RTMP message stream id.
     play: Option<(Player, u32)>,
-    /// Bytes for the peer, in order, written once per turn of the loop.
-    out: Vec<u8>,
+    /// The chunk size the session announced to the peer (media is framed here, see [`chunks`]).
+    chunk_size: usize,
+    /// Buffers for the peer, in order, written once per turn of the loop (media ones shared
+    /// with every other player of the stream).
+    out: Vec<Bytes>,
 }
 
 impl Conn {
     async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.out.is_empty() {
-            self.socket.write_all(&self.out).await?;
+            let len = self.out.iter().map(Bytes::len).sum();
+            write_all(&mut self.socket, &mut self.out).await?;
             if let Some((player, _)) = &self.play {
-                player.sent(self.out.len());
+                player.sent(len);
             }
-            self.out.clear();
         }
         Ok(())
     }
@@ -259,7 +354,7 @@ impl Conn {
         while let Some(result) = queue.pop_front() {
             match result {
                 ServerSessionResult::OutboundResponse(packet) => {
-                    self.out.extend_from_slice(&packet.bytes);
+                    self.out.push(Bytes::from(packet.bytes));
                 }
                 ServerSessionResult::RaisedEvent(event) => queue.extend(self.event(event)?),
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
@@ -288,11 +383,7 @@ impl Conn {
             } => self.play(request_id, &app_name, &stream_key, stream_id),
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
                 if let (Some(ingest), Some(data)) = (&mut self.ingest, metadata_body(&metadata)) {
-                    ingest.send(Tag {
-                        kind: TagKind::Script,
-                        timestamp_ms: 0,
-                        data,
-                    });
+                    ingest.send(Tag::new(TagKind::Script, 0, data));
                 }
                 Ok(Vec::new())
             }
@@ -322,11 +413,7 @@ impl Conn {
 
     fn media(&mut self, kind: TagKind, data: Bytes, timestamp: RtmpTimestamp) {
         if let Some(ingest) = &mut self.ingest {
-            ingest.send(Tag {
-                kind,
-                timestamp_ms: timestamp.value,
-                data,
-            });
+            ingest.send(Tag::new(kind, timestamp.value, data));
         }
     }
 
@@ -408,35 +495,20 @@ impl Conn {
         if let Ok(results) = self.session.reject_request(request_id, code, &why) {
             for result in results {
                 if let ServerSessionResult::OutboundResponse(packet) = result {
-                    self.out.extend_from_slice(&packet.bytes);
+                    self.out.push(Bytes::from(packet.bytes));
                 }
             }
         }
         Err(ConnError::Refused(why))
     }
 
-    /// One tag to this connection's player.
-    fn play_tag(&mut self, tag: Tag) -> Result<(), ConnError> {
-        let Some((_, stream_id)) = &self.play else {
-            return Ok(());
-        };
-        let stream_id = *stream_id;
-        let timestamp = RtmpTimestamp::new(tag.timestamp_ms);
-        let packet = match tag.kind {
-            TagKind::Video => self
-                .session
-                .send_video_data(stream_id, tag.data, timestamp, false),
-            TagKind::Audio => self
-                .session
-                .send_audio_data(stream_id, tag.data, timestamp, false),
-            TagKind::Script => match metadata_of(&tag.data) {
-                Some(metadata) => self.session.send_metadata(stream_id, &metadata),
-                None => return Ok(()),
-            },
+    /// One tag to this connection's player: its chunks, framed once for every player with
+    /// this chunk size and stream id. A script tag's body is the AMF0 `onMetaData` data
+    /// message as it is.
+    fn play_tag(&mut self, tag: &Tag) {
+        if let Some((_, stream_id)) = &self.play {
+            self.out.push(tag.rtmp_chunks(self.chunk_size, *stream_id));
         }
-        .map_err(protocol)?;
-        self.out.extend_from_slice(&packet.bytes);
-        Ok(())
     }
 }
 
@@ -471,7 +543,8 @@ fn metadata_body(m: &StreamMetadata) -> Option<Bytes> {
     rml_amf0::serialize(&values).ok().map(Bytes::from)
 }
 
-/// The metadata in a script tag body, for an RTMP player.
+/// The metadata in a script tag body.
+#[cfg(test)]
 fn metadata_of(body: &[u8]) -> Option<StreamMetadata> {
     let mut values = rml_amf0::deserialize(&mut &body[..]).ok()?.into_iter();
     match values.next()? {
@@ -487,6 +560,78 @@ fn metadata_of(body: &[u8]) -> Option<StreamMetadata> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rml_rtmp::chunk_io::ChunkDeserializer;
+
+    #[test]
+    fn media_framed_once_reads_back_as_the_same_messages_after_the_sessions_own() {
+        // What a player's parser sees: the session's own messages (its SetChunkSize first),
+        // then our type 0 framed media, a video message over several chunks and an extended
+        // timestamp among them.
+        let (mut session, results) =
+            ServerSession::new(ServerSessionConfig::new()).expect("session");
+        let mut wire = Vec::new();
+        for result in results {
+            if let ServerSessionResult::OutboundResponse(packet) = result {
+                wire.extend_from_slice(&packet.bytes);
+            }
+        }
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let tags = [
+            Tag::new(
+                TagKind::Script,
+                0,
+                Bytes::from_static(b"\x02\x00\x0aonMetaData"),
+            ),
+            Tag::new(TagKind::Audio, 40, Bytes::from_static(&[0xaf, 1, 9, 9])),
+            Tag::new(TagKind::Video, 40, Bytes::from(big.clone())),
+            Tag::new(TagKind::Video, 0x0100_0000, Bytes::from(big)),
+            Tag::new(TagKind::Audio, 0x0100_0001, Bytes::from_static(&[0xaf, 1])),
+        ];
+        for tag in &tags {
+            wire.extend_from_slice(&tag.rtmp_chunks(4096, 1));
+        }
+        // The session's compressed headers stay its own after ours.
+        let ping = session.send_ping_request().expect("ping").0;
+        wire.extend_from_slice(&ping.bytes);
+
+        let mut parser = ChunkDeserializer::new();
+        let mut messages = Vec::new();
+        let mut input = &wire[..];
+        loop {
+            match parser.get_next_message(input).expect("parses") {
+                Some(message) => {
+                    if message.type_id == 1 {
+                        parser.set_max_chunk_size(4096).expect("size");
+                    } else {
+                        messages.push(message);
+                    }
+                }
+                None => break,
+            }
+            input = &[];
+        }
+        assert_eq!(messages.last().map(|m| m.type_id), Some(4), "the ping last");
+        let media: Vec<_> = messages
+            .iter()
+            .filter(|m| m.message_stream_id == 1)
+            .collect();
+        assert_eq!(media.len(), tags.len(), "{messages:?}");
+        for (message, tag) in media.iter().zip(&tags) {
+            assert_eq!(message.type_id, tag.kind as u8);
+            assert_eq!(message.timestamp.value, tag.timestamp_ms);
+            assert_eq!(message.message_stream_id, 1);
+            assert_eq!(message.data, tag.data);
+        }
+        // Framed once: another player with the same chunk size and stream gets the same bytes.
+        assert_eq!(
+            tags[2].rtmp_chunks(4096, 1).as_ptr(),
+            tags[2].rtmp_chunks(4096, 1).as_ptr()
+        );
+        assert_eq!(
+            tags[2].rtmp_chunks(128, 3).len(),
+            12 + 10_000 + 10_000usize.div_ceil(128) - 1
+        );
+    }
 
     #[test]
     fn metadata_survives_the_trip_through_an_flv_script_tag() {

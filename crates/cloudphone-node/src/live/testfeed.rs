@@ -70,11 +70,7 @@ impl FlvSplitter {
             self.buf.advance(11);
             let data = self.buf.split_to(size).freeze();
             self.buf.advance(4);
-            tags.push(Tag {
-                kind,
-                timestamp_ms,
-                data,
-            });
+            tags.push(Tag::new(kind, timestamp_ms, data));
         }
         Ok(tags)
     }
@@ -187,10 +183,7 @@ fn without_inband_parameter_sets(tag: Tag) -> Tag {
         }
         at = end;
     }
-    Tag {
-        data: Bytes::from(out),
-        ..tag
-    }
+    Tag::new(tag.kind, tag.timestamp_ms, Bytes::from(out))
 }
 
 /// Waits (polling, bounded) until the hub has a keyframe for `stream_id` to give late joiners.
@@ -293,11 +286,7 @@ mod tests {
     use super::*;
 
     fn tag(kind: TagKind, ts: u32, data: &'static [u8]) -> Tag {
-        Tag {
-            kind,
-            timestamp_ms: ts,
-            data: Bytes::from_static(data),
-        }
+        Tag::new(kind, ts, Bytes::from_static(data))
     }
 
     #[test]

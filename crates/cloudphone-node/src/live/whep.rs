@@ -473,22 +473,14 @@ mod tests {
         data.push(1);
         data.extend_from_slice(&(PPS.len() as u16).to_be_bytes());
         data.extend_from_slice(PPS);
-        Tag {
-            kind: TagKind::Video,
-            timestamp_ms: 0,
-            data: Bytes::from(data),
-        }
+        Tag::new(TagKind::Video, 0, Bytes::from(data))
     }
 
     fn frame(ts: u32, keyframe: bool, nalu: &[u8]) -> Tag {
         let mut data = vec![if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, 0];
         data.extend_from_slice(&(nalu.len() as u32).to_be_bytes());
         data.extend_from_slice(nalu);
-        Tag {
-            kind: TagKind::Video,
-            timestamp_ms: ts,
-            data: Bytes::from(data),
-        }
+        Tag::new(TagKind::Video, ts, Bytes::from(data))
     }
 
     #[test]
@@ -528,16 +520,13 @@ mod tests {
 
         p.skip_to_keyframe();
         assert!(p.push(&frame(1_120, false, &[0x41, 3])).is_empty());
-        let audio = Tag {
-            kind: TagKind::Audio,
-            timestamp_ms: 1_120,
-            data: Bytes::from_static(&[0xaf, 1, 0]),
-        };
+        let audio = Tag::new(TagKind::Audio, 1_120, Bytes::from_static(&[0xaf, 1, 0]));
         assert!(p.push(&audio).is_empty());
-        let truncated = Tag {
-            data: Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 50, 0x65]),
-            ..frame(1_160, true, &[])
-        };
+        let truncated = Tag::new(
+            TagKind::Video,
+            1_160,
+            Bytes::from_static(&[0x17, 1, 0, 0, 0, 0, 0, 0, 50, 0x65]),
+        );
         assert!(p.push(&truncated).is_empty(), "a cut frame is dropped");
         assert_eq!(p.push(&frame(1_200, true, &[0x65, 9])).len(), 2);
     }
