@@ -7,10 +7,13 @@
 //!   group `G` (from `/proc/self/cgroup`) may not hold processes once it has child groups with
 //!   controllers ("no internal processes"), so the node first moves its processes into
 //!   `G/supervisor`, then enables `cpu memory pids` for `G` and `G/instances`, and each instance
-//!   gets `G/instances/<id>` (`cpu.max`, `memory.max`, `memory.swap.max` 0, `pids.max`).
+//!   gets `G/instances/<name>` (`cpu.max`, `memory.max`, `memory.swap.max` 0, `pids.max`).
 //! - **v1**: for each of the `memory`, `pids` and `cpu` hierarchies, `<mount>/<node's group in
-//!   it>/cloudphone/<id>` (`memory.limit_in_bytes` and, with swap accounting,
+//!   it>/cloudphone/<name>` (`memory.limit_in_bytes` and, with swap accounting,
 //!   `memory.memsw.limit_in_bytes`; `pids.max`; `cpu.cfs_quota_us` over a 100 ms period).
+//!
+//! `<name>` is the instance id and a digest of the node's instance dir (`x11::cgroup_name`):
+//! two nodes on one host never share a group.
 //!
 //! Processes enter the group before they execute anything: the sandbox launcher writes its
 //! own pid into each group's `cgroup.procs` and only then executes bwrap (see

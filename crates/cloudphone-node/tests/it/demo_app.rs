@@ -81,6 +81,26 @@ pub(crate) fn demo_app() -> PathBuf {
         .clone()
 }
 
+/// A node whose x11 instance `demo` (W×H) runs the demo app: the node and the instance's X
+/// display (`:N`).
+pub(crate) async fn demo_phone() -> (Node, String) {
+    let app = demo_app();
+    let mut node = Node::start("x11", |c| {
+        c.sandbox
+            .ro_binds
+            .insert("cloudphone-demo-app".into(), app.clone());
+        c.x11.launcher = format!("exec {RO_BIN_DIR}/cloudphone-demo-app");
+    })
+    .await;
+    node.create_instance("demo", W, H).await;
+    let pids: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.dir.path().join("instances/demo/pids.json")).unwrap(),
+    )
+    .unwrap();
+    let display = format!(":{}", pids["display"].as_u64().expect("a display"));
+    (node, display)
+}
+
 pub(crate) async fn send(viewer: &RustViewer, message: &InputMessage) {
     viewer
         .input
@@ -130,20 +150,7 @@ fn peak(samples: &[i16]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_app_shows_typing_reacts_to_taps_and_plays_its_tone() {
-    let app = demo_app();
-    let mut node = Node::start("x11", |c| {
-        c.sandbox
-            .ro_binds
-            .insert("cloudphone-demo-app".into(), app.clone());
-        c.x11.launcher = format!("exec {RO_BIN_DIR}/cloudphone-demo-app");
-    })
-    .await;
-    node.create_instance("demo", W, H).await;
-    let pids: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(node.dir.path().join("instances/demo/pids.json")).unwrap(),
-    )
-    .unwrap();
-    let display = format!(":{}", pids["display"].as_u64().expect("a display"));
+    let (mut node, display) = demo_phone().await;
     node.open_session("demo", "dev-d", "token-d").await;
     let mut viewer = RustViewer::connect_audio(
         &node.ws_url,

@@ -397,8 +397,6 @@ async fn many_small_files_stop_at_the_data_quota() {
         c.sandbox.file_size_max_mib = 1;
     })
     .await;
-    // Instance ids apart from the other isolation tests': their cgroups are named by id, and
-    // the tests' nodes run side by side in one cgroup.
     node.create_instance("quota-filler", W, H).await;
     node.create_instance("quota-neighbour", W, H).await;
     let instances = node.dir.path().join("instances");
@@ -477,4 +475,49 @@ except OSError as e:
         "nothing of the deleted instance remains"
     );
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_host_never_share_an_instance_cgroup() {
+    // Two nodes in one parent cgroup (as this suite's nodes are, or a demo beside a system
+    // node), each with an instance of the same id: removing one node's instance must not
+    // kill the other's (its cgroup is emptied by killing every member).
+    let mut a = root_x11_node(|_| {}).await;
+    let mut b = root_x11_node(|_| {}).await;
+    a.create_instance("twin", W, H).await;
+    b.create_instance("twin", W, H).await;
+    let pids = |node: &Node| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(node.dir.path().join("instances/twin/pids.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let b_xvfb = pids(&b)["xvfb"]["pid"].as_i64().expect("b's Xvfb pid");
+    a.grpc
+        .delete_instance(pb::InstanceRef {
+            instance_id: "twin".into(),
+        })
+        .await
+        .unwrap();
+    // Deleting returns once A's group is empty and removed, so a wrong kill has landed by
+    // now: B's Xvfb would be gone or a zombie.
+    let stat = std::fs::read_to_string(format!("/proc/{b_xvfb}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    assert!(
+        matches!(state, Some(s) if s != "Z" && s != "X"),
+        "deleting node A's twin killed node B's Xvfb: {stat:?}"
+    );
+    let status = b
+        .grpc
+        .get_instance_status(pb::InstanceRef {
+            instance_id: "twin".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.state,
+        pb::InstanceState::Running as i32,
+        "{status:?}"
+    );
 }

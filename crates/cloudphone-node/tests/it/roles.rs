@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use cloudphone_node::runtime::sandbox::RO_BIN_DIR;
 use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{
     ClientMessage, Definition, EncodingType, ErrorCode, InputRefusal, NodeMessage, Role,
 };
 use webrtc::data_channel::data_channel_state::RTCDataChannelState;
 
-use crate::demo_app::{BUTTON_A, FIELD, H, Region, W, demo_app, tap, wait_screen};
+use crate::demo_app::{BUTTON_A, FIELD, H, Region, W, demo_phone, tap, wait_screen};
 use crate::support::streaming::{Node, RustViewer, Signaling, hello};
 
 /// The node's count of input events refused for observers (0 before the first).
@@ -42,20 +41,7 @@ async fn input_open(viewer: &mut RustViewer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observers_tap_changes_nothing_while_an_owners_does() {
-    let app = demo_app();
-    let mut node = Node::start("x11", |c| {
-        c.sandbox
-            .ro_binds
-            .insert("cloudphone-demo-app".into(), app.clone());
-        c.x11.launcher = format!("exec {RO_BIN_DIR}/cloudphone-demo-app");
-    })
-    .await;
-    node.create_instance("demo", W, H).await;
-    let pids: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(node.dir.path().join("instances/demo/pids.json")).unwrap(),
-    )
-    .unwrap();
-    let display = format!(":{}", pids["display"].as_u64().expect("a display"));
+    let (mut node, display) = demo_phone().await;
     node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
         .await
         .unwrap();

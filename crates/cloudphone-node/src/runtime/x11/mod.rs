@@ -229,8 +229,8 @@ impl X11Runtime {
         sb.seccomp = Some(filter);
         if let Some(cgroups) = &self.cgroups {
             let cgroups = cgroups.clone();
-            let id = spec.instance_id.clone();
-            sb.cgroup_procs = tokio::task::spawn_blocking(move || cgroups.create(&id, &limits))
+            let name = cgroup_name(spec, paths);
+            sb.cgroup_procs = tokio::task::spawn_blocking(move || cgroups.create(&name, &limits))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??;
         }
@@ -301,7 +301,7 @@ impl X11Runtime {
         // Whatever is left in the instance's cgroup (a daemonised child, a fork bomb's
         // remains) goes with it.
         if let Some(cgroups) = &self.cgroups {
-            cgroups.remove(&spec.instance_id).await;
+            cgroups.remove(&cgroup_name(spec, paths)).await;
         }
         match tokio::fs::remove_file(&pid_file).await {
             Ok(()) => Ok(()),
@@ -707,6 +707,17 @@ fn sandbox_spec(spec: &InstanceSpec, paths: &InstancePaths, display: Option<u32>
     sb.env.push(("WIDTH".to_owned(), spec.width.to_string()));
     sb.env.push(("HEIGHT".to_owned(), spec.height.to_string()));
     sb
+}
+
+/// The instance's cgroup: its id, and a digest of where this node keeps the instance, so that
+/// two nodes on one host (a test suite, a demo next to a system node) that both run an
+/// instance `demo` in one parent group never share — or kill — each other's group. Stable
+/// across node restarts, so a restarted node finds its leftovers.
+fn cgroup_name(spec: &InstanceSpec, paths: &InstancePaths) -> String {
+    use sha2::Digest as _;
+    let root = std::path::absolute(&paths.root).unwrap_or_else(|_| paths.root.clone());
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    format!("{}-{}", spec.instance_id, hex::encode(&digest[..6]))
 }
 
 /// Creates the host's X socket dir the way X servers expect it (world-writable and sticky,
