@@ -214,7 +214,7 @@ impl InstanceManager {
     /// Installs a package into a running instance.
     pub async fn install_app(&self, id: &str, package: &Path) -> Result<(), InstanceError> {
         self.on_runtime(id, Operation::RunCommand, |rt, e| async move {
-            rt.install_app(&e.spec, &e.paths, package).await
+            rt.install_app(&e.paths, package).await
         })
         .await
     }

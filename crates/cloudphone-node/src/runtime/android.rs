@@ -347,12 +347,7 @@ impl Runtime for AndroidRuntime {
         .await
     }
 
-    async fn install_app(
-        &self,
-        _spec: &InstanceSpec,
-        paths: &InstancePaths,
-        package: &Path,
-    ) -> Result<(), RuntimeError> {
+    async fn install_app(&self, paths: &InstancePaths, package: &Path) -> Result<(), RuntimeError> {
         let serial = self.handed_out(paths).await?;
         let out = self
             .adb_raw(

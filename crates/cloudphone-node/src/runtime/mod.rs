@@ -181,7 +181,6 @@ pub trait Runtime: Send + Sync + 'static {
     /// Installs a downloaded, verified package file into the instance.
     async fn install_app(
         &self,
-        spec: &InstanceSpec,
         paths: &InstancePaths,
         package: &std::path::Path,
     ) -> Result<(), RuntimeError>;

@@ -105,12 +105,7 @@ impl Runtime for SyntheticRuntime {
         run_shell(&self.bwrap, &self.layout, &sb, command).await
     }
 
-    async fn install_app(
-        &self,
-        _spec: &InstanceSpec,
-        paths: &InstancePaths,
-        package: &Path,
-    ) -> Result<(), RuntimeError> {
+    async fn install_app(&self, paths: &InstancePaths, package: &Path) -> Result<(), RuntimeError> {
         install_tar_package(&self.bwrap, &self.layout, paths, package)
             .await
             .map(|_| ())

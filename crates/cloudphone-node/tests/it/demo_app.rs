@@ -143,6 +143,27 @@ pub(crate) async fn wait_screen(
     }
 }
 
+/// Pumps `viewer` until the demo app on `display` has drawn its (white) text field.
+pub(crate) async fn wait_app_drawn(viewer: &mut RustViewer, display: &str) {
+    wait_screen(viewer, display, "the app never drew its text field", |s| {
+        let (x, y) = FIELD.centre();
+        Region { x, y, w: 1, h: 1 }.pixels(s) == [0xff_ff_ff]
+    })
+    .await;
+}
+
+/// Pumps `viewer` until its input channel is open.
+pub(crate) async fn input_open(viewer: &mut RustViewer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while viewer.input.ready_state() != RTCDataChannelState::Open {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the input channel never opened"
+        );
+        viewer.pump_for(Duration::from_millis(50)).await;
+    }
+}
+
 /// Peak of `samples`.
 fn peak(samples: &[i16]) -> u16 {
     samples.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)
@@ -160,24 +181,8 @@ async fn demo_app_shows_typing_reacts_to_taps_and_plays_its_tone() {
     .unwrap();
 
     // The app is up: its text field is white and empty but for the hint.
-    wait_screen(
-        &mut viewer,
-        &display,
-        "the app never drew its text field",
-        |s| {
-            let (x, y) = FIELD.centre();
-            Region { x, y, w: 1, h: 1 }.pixels(s) == [0xff_ff_ff]
-        },
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while viewer.input.ready_state() != RTCDataChannelState::Open {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the input channel never opened"
-        );
-        viewer.pump_for(Duration::from_millis(50)).await;
-    }
+    wait_app_drawn(&mut viewer, &display).await;
+    input_open(&mut viewer).await;
     let screen = crate::support::x11::screenshot(&display, W, H);
     let field_before = FIELD.pixels(&screen);
     let button_before = BUTTON_A.pixels(&screen);

@@ -8,9 +8,8 @@ use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{
     ClientMessage, Definition, EncodingType, ErrorCode, InputRefusal, NodeMessage, Role,
 };
-use webrtc::data_channel::data_channel_state::RTCDataChannelState;
 
-use crate::demo_app::{BUTTON_A, FIELD, H, Region, W, demo_phone, tap, wait_screen};
+use crate::demo_app::{BUTTON_A, H, W, demo_phone, input_open, tap, wait_app_drawn, wait_screen};
 use crate::support::streaming::{Node, RustViewer, Signaling, hello};
 
 /// The node's count of input events refused for observers (0 before the first).
@@ -25,18 +24,6 @@ async fn refused_observer_inputs(node: &Node) -> u64 {
         .find(|l| l.starts_with("cloudphone_node_input_refused_total{reason=\"observer\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0, |v| v.parse().unwrap())
-}
-
-/// Pumps `viewer` until its input channel is open.
-async fn input_open(viewer: &mut RustViewer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while viewer.input.ready_state() != RTCDataChannelState::Open {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the input channel never opened"
-        );
-        viewer.pump_for(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,16 +59,7 @@ async fn an_observers_tap_changes_nothing_while_an_owners_does() {
         }
     ));
     // The app is up: its text field is white.
-    wait_screen(
-        &mut owner,
-        &display,
-        "the app never drew its text field",
-        |s| {
-            let (x, y) = FIELD.centre();
-            Region { x, y, w: 1, h: 1 }.pixels(s) == [0xff_ff_ff]
-        },
-    )
-    .await;
+    wait_app_drawn(&mut owner, &display).await;
     input_open(&mut owner).await;
     input_open(&mut observer).await;
     // A corner of the button, away from its labels: the button's colour.

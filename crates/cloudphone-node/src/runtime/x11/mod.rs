@@ -584,12 +584,7 @@ impl Runtime for X11Runtime {
         run_shell(&self.config.bwrap, &self.layout, &sb, command).await
     }
 
-    async fn install_app(
-        &self,
-        _spec: &InstanceSpec,
-        paths: &InstancePaths,
-        package: &Path,
-    ) -> Result<(), RuntimeError> {
+    async fn install_app(&self, paths: &InstancePaths, package: &Path) -> Result<(), RuntimeError> {
         install_tar_package(&self.config.bwrap, &self.layout, paths, package)
             .await
             .map(|_| ())
