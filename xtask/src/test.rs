@@ -45,6 +45,18 @@ pub(crate) fn run() -> Result<()> {
 fn pipeline(steps: &mut Steps) -> Result<()> {
     let root = util::repo_root();
     steps.fatal(Purpose::Test.heading(), || deps::ensure(Purpose::Test))?;
+    // pip waits on the network and the build on the CPU: the Python tools install while the
+    // workspace compiles (about half a minute of a cold run, most of it the SDKs).
+    let venvs = [
+        std::thread::spawn({
+            let root = root.clone();
+            move || schemathesis_venv(&root)
+        }),
+        std::thread::spawn({
+            let root = root.clone();
+            move || sdk_venv(&root)
+        }),
+    ];
     steps.step("cargo fmt --check", || {
         util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
     })?;
@@ -110,7 +122,13 @@ fn pipeline(steps: &mut Steps) -> Result<()> {
         })?;
     }
 
-    let schemathesis = steps.fatal("schemathesis venv", || schemathesis_venv(&root))?;
+    let [schemathesis, sdk] = venvs.map(|venv| {
+        venv.join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the venv thread panicked")))
+    });
+    let schemathesis = steps.fatal("schemathesis venv", || schemathesis)?;
+    // The SDK tests make the venv themselves if this failed (and say why).
+    steps.step("SDK venv", || sdk.map(drop))?;
 
     let mut pg = steps.fatal("start PostgreSQL", || Postgres::start(TEST_DATABASE))?;
     let url = pg.url(TEST_DATABASE);
@@ -189,24 +207,46 @@ const SCHEMATHESIS_ENV: &str = "CLOUDPHONE_SCHEMATHESIS";
 /// A venv under `target/` with schemathesis installed from PyPI (reused when already there).
 fn schemathesis_venv(root: &std::path::Path) -> Result<PathBuf> {
     let venv = root.join("target/venv-st");
-    let st = venv.join("bin/st");
-    let pip = venv.join("bin/pip");
-    if !pip.exists() {
+    install(&venv, &[SCHEMATHESIS], SCHEMATHESIS)?;
+    Ok(venv.join("bin/st"))
+}
+
+/// `target/sdk-venv` with `tests/sdk/requirements.txt`: the vendors' SDKs the control tests drive.
+/// Made exactly as the tests' `venv_python()` makes it (same lock, same marker), so they find it
+/// ready; returns the venv's python.
+fn sdk_venv(root: &std::path::Path) -> Result<PathBuf> {
+    let venv = root.join("target/sdk-venv");
+    let requirements = root.join("tests/sdk/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("read {}", requirements.display()))?;
+    let lock = std::fs::File::create(root.join("target/sdk-venv.lock"))?;
+    lock.lock()?;
+    let path = requirements.to_string_lossy();
+    install(&venv, &["-r", &path], &wanted)?;
+    Ok(venv.join("bin/python"))
+}
+
+/// Makes `venv` (if needed) and `pip install`s `args` into it, unless its
+/// `.requirements-installed` marker already says `wanted`.
+fn install(venv: &std::path::Path, args: &[&str], wanted: &str) -> Result<()> {
+    let marker = venv.join(".requirements-installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted) {
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
         util::run(
             std::process::Command::new("python3")
                 .arg("-m")
                 .arg("venv")
-                .arg(&venv),
+                .arg(venv),
         )?;
     }
-    let installed = std::process::Command::new(&pip)
-        .args(["show", "-q", "schemathesis"])
-        .output()
-        .is_ok_and(|o| o.status.success() && st.exists());
-    if !installed {
-        util::run(std::process::Command::new(&pip).args(["install", "-q", SCHEMATHESIS]))?;
-    }
-    Ok(st)
+    util::run(
+        std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(args),
+    )?;
+    std::fs::write(&marker, wanted).with_context(|| format!("write {}", marker.display()))
 }
 
 /// The toolchain's `clippy-driver`, if clippy is installed (it is a rustc that also lints).

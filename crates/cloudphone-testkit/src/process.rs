@@ -111,11 +111,28 @@ impl Daemon {
     }
 }
 
+/// How much of a daemon's log a panicking test prints.
+const LOG_TAIL_ON_PANIC: usize = 80;
+
 impl Drop for Daemon {
     /// Stops the daemon the way systemd would: SIGTERM, then SIGKILL after 5 s. A node stopped
     /// gracefully stops its instances' Xvfb and sandboxes; a SIGKILLed one would leave them behind
     /// with nobody to re-adopt them once the test's state dir is gone.
     fn drop(&mut self) {
+        // A failing test's message rarely says why a daemon misbehaved; its log's tail does.
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_ON_PANIC).collect();
+            eprintln!(
+                "--- last {} lines of {} ({}) ---",
+                tail.len(),
+                self.log.display(),
+                self.name
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
