@@ -69,6 +69,17 @@ pub enum ClientMessage {
         sdp: String,
     },
     Candidate(Candidate),
+    /// Mid-session: switch this viewer's video to another definition (`540P`, `720P`,
+    /// `1080P`: the names GetDeviceToken/SetVideoConfig use) on the same peer connection. The
+    /// node answers `video` with the new [`VideoInfo`], or `definition_refused` and keeps the
+    /// current one. `encoding_type`, when given, must be the stream's codec: a codec change
+    /// needs a new offer/answer, so the node refuses it (reconnect with the new codec).
+    /// Observers may switch too: it changes only their own view.
+    Definition {
+        definition: Definition,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encoding_type: Option<EncodingType>,
+    },
 }
 
 /// An ICE server in the shape of the browser's `RTCIceServer`, so a player can pass the list
@@ -164,6 +175,28 @@ pub enum NodeMessage {
     InputRefused {
         reason: InputRefusal,
     },
+    /// The stream now carries `video` (after a `definition` request): same connection, same
+    /// track; the first frame at the new size is a key frame that follows at once.
+    Video {
+        video: VideoInfo,
+    },
+    /// A `definition` request was refused; the stream carries on as it was.
+    #[serde(rename = "definition_refused")]
+    DefinitionRefused {
+        definition: Definition,
+        reason: DefinitionRefusal,
+        message: String,
+    },
+}
+
+/// Why the node refused a `definition` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefinitionRefusal {
+    /// The request named another codec: that needs renegotiation; reconnect instead.
+    CodecChange,
+    /// The encoder for the new definition did not start.
+    Internal,
 }
 
 /// Why the node refuses a viewer's input.
@@ -382,6 +415,48 @@ mod tests {
                 reason: ByeReason::InstanceGone,
             },
             json!({"type":"bye","reason":"instance_gone"}),
+        );
+    }
+
+    #[test]
+    fn definition_switch_round_trip() {
+        round_trip(
+            &ClientMessage::Definition {
+                definition: Definition::P720,
+                encoding_type: None,
+            },
+            json!({"type":"definition","definition":"720P"}),
+        );
+        round_trip(
+            &ClientMessage::Definition {
+                definition: Definition::P1080,
+                encoding_type: Some(EncodingType::H265),
+            },
+            json!({"type":"definition","definition":"1080P","encoding_type":"H265"}),
+        );
+        round_trip(
+            &NodeMessage::Video {
+                video: VideoInfo {
+                    codec: EncodingType::H264,
+                    width: 720,
+                    height: 1280,
+                    fps: 30,
+                    bitrate_kbps: 2000,
+                },
+            },
+            json!({"type":"video","video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000}}),
+        );
+        round_trip(
+            &NodeMessage::DefinitionRefused {
+                definition: Definition::P540,
+                reason: DefinitionRefusal::CodecChange,
+                message: "reconnect".into(),
+            },
+            json!({"type":"definition_refused","definition":"540P","reason":"codec_change","message":"reconnect"}),
+        );
+        assert!(
+            serde_json::from_value::<ClientMessage>(json!({"type":"definition","definition":"4K"}))
+                .is_err()
         );
     }
 

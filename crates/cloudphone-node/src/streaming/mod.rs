@@ -6,7 +6,9 @@
 //! - [`peer`]: webrtc-rs peer connections and codec registration.
 //! - [`input`]: the `input` data channel → runtime input events.
 //! - [`ice`]: ICE servers and TURN REST credentials for viewers.
+//! - [`definition`]: a viewer's definition switch on the same peer connection.
 
+pub(crate) mod definition;
 pub(crate) mod ice;
 pub(crate) mod input;
 pub(crate) mod peer;

@@ -8,11 +8,11 @@
 //! nothing here blocks a tokio runtime.
 //! The pipeline is stopped (state `Null`, threads joined) when [`EncodePipeline`] is dropped.
 
+pub(crate) mod adb;
 pub(crate) mod audio;
 pub mod rtp;
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -62,6 +62,9 @@ pub struct PipelineOptions {
     pub realtime_priority: u8,
     /// Per-frame latency samples [`PipelineStats`] keeps (the most recent ones).
     pub latency_samples: usize,
+    /// How long one `screenrecord` run of [`CaptureSource::Adb`] lasts before the next takes
+    /// over (Android stops it at 180 s, the default); shorter in tests. See [`adb`].
+    pub screenrecord_time_limit: std::time::Duration,
 }
 
 /// A [`PipelineOptions::test_pattern`] of our own: black frames that turn white for the first
@@ -99,6 +102,7 @@ impl Default for PipelineOptions {
             adb: std::path::PathBuf::from("/usr/bin/adb"),
             realtime_priority: super::priority::DEFAULT_REALTIME_PRIORITY,
             latency_samples: DEFAULT_LATENCY_SAMPLES,
+            screenrecord_time_limit: adb::SCREENRECORD_TIME_LIMIT,
         }
     }
 }
@@ -317,8 +321,8 @@ pub struct EncodePipeline {
     encode_caps: gst::Element,
     settings: Mutex<EncoderSettings>,
     shared: Arc<Shared>,
-    /// The adb child feeding [`CaptureSource::Adb`]; killed on drop.
-    child: Option<Child>,
+    /// The `screenrecord` runs feeding [`CaptureSource::Adb`]; stopped on drop.
+    screenrecord: Option<adb::ScreenRecord>,
 }
 
 impl std::fmt::Debug for EncodePipeline {
@@ -473,7 +477,7 @@ impl EncodePipeline {
         let pipeline = gst::Pipeline::with_name(&name);
         // The clock every pipeline of the node runs on (see `audio`'s lip-sync notes).
         pipeline.use_clock(Some(&gst::SystemClock::obtain()));
-        let mut child = None;
+        let mut screenrecord = None;
 
         // Capture stage: everything up to raw frames at the source's own size.
         let mut capture: Vec<gst::Element> = Vec::new();
@@ -510,16 +514,17 @@ impl EncodePipeline {
                 height,
             } => {
                 // screenrecord writes an H.264 elementary stream on stdout; it is decoded and
-                // re-encoded so bitrate, frame rate and key frames stay under our control.
-                let mut cmd = Command::new(&options.adb);
-                cmd.args(adb_screenrecord_args(serial, *width, *height))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null());
-                let spawned = cmd.spawn()?;
-                let fd = match spawned.stdout.as_ref() {
-                    Some(out) => std::os::fd::AsRawFd::as_raw_fd(out),
-                    None => return Err(MediaError::Start("adb has no stdout".into())),
+                // re-encoded so bitrate, frame rate and key frames stay under our control. Its
+                // runs follow one another in one pipe, past its time limit (see `adb`).
+                let args = adb::screenrecord_args(
+                    serial,
+                    *width,
+                    *height,
+                    options.screenrecord_time_limit,
+                );
+                let runs = adb::ScreenRecord::start(&options.adb, args, &name)?;
+                let Some(fd) = runs.fd() else {
+                    return Err(MediaError::Start("adb has no stdout".into()));
                 };
                 let src = make("fdsrc", n("src"))?;
                 src.set_property("fd", fd);
@@ -529,7 +534,7 @@ impl EncodePipeline {
                 let parse = make("h264parse", n("adbparse"))?;
                 capture.push(parse);
                 capture.push(make("avdec_h264", n("adbdec"))?);
-                child = Some(spawned);
+                screenrecord = Some(runs);
             }
         }
         let is_adb = matches!(source, CaptureSource::Adb { .. });
@@ -647,7 +652,7 @@ impl EncodePipeline {
             encode_caps,
             settings: Mutex::new(settings),
             shared,
-            child,
+            screenrecord,
         };
         // On failure `this` is dropped on return, which stops whatever did start.
         play(&this.pipeline, &this.shared.out)?;
@@ -772,27 +777,9 @@ impl Drop for EncodePipeline {
         if let Err(e) = self.pipeline.set_state(gst::State::Null) {
             tracing::warn!(pipeline = %self.name, error = %e, "stopping the pipeline failed");
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(self.screenrecord.take());
         tracing::debug!(pipeline = %self.name, "encode pipeline stopped");
     }
-}
-
-/// `adb -s <serial> exec-out screenrecord …`: raw H.264 on stdout at the device's size. The
-/// high bit rate keeps the first encode near-lossless; our own encoder sets the wire rate.
-pub(crate) fn adb_screenrecord_args(serial: &str, width: u32, height: u32) -> Vec<String> {
-    vec![
-        "-s".into(),
-        serial.into(),
-        "exec-out".into(),
-        "screenrecord".into(),
-        "--output-format=h264".into(),
-        format!("--size={width}x{height}"),
-        "--bit-rate=20000000".into(),
-        "-".into(),
-    ]
 }
 
 /// A buffer's running time on `pad`: the one timestamp every element keeps for a frame (the

@@ -11,7 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use cloudphone_signaling::{
-    ByeReason, Candidate, ClientMessage, ErrorCode, Hello, InputRefusal, NodeMessage, VideoInfo,
+    ByeReason, Candidate, ClientMessage, ErrorCode, Hello, InputRefusal, NodeMessage,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -25,6 +25,7 @@ use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::Receive
 use webrtc::rtcp::receiver_report::ReceiverReport;
 use webrtc::track::track_local::TrackLocalWriter;
 
+use crate::streaming::definition;
 use crate::streaming::input;
 use crate::streaming::peer::{ntp_compact, rtt_ms};
 use crate::streaming::sessions::{Sessions, SharedEncoder, Viewer};
@@ -111,7 +112,7 @@ async fn stream(
     sink: &mut Sink,
     source: &mut Source,
 ) -> Option<ByeReason> {
-    let encoder = match sessions.join_encoder(&viewer).await {
+    let mut encoder = match sessions.join_encoder(&viewer).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(instance = %viewer.grant.instance_id, error = %e, "encoder did not start");
@@ -222,46 +223,34 @@ async fn stream(
         None => None,
     };
 
-    // Media: encoder packets → this viewer's track.
-    let track = Arc::clone(&peer.track);
-    let mut packets = encoder.subscribe();
-    let keyframes = Arc::clone(&encoder);
-    let media_task = tokio::spawn(async move {
-        loop {
-            match packets.recv().await {
-                Ok(packet) => {
-                    let _ = track.write(&packet).await;
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(skipped = n, "viewer fell behind; asking for a key frame");
-                    keyframes.request_keyframe();
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
+    // Media: encoder packets → this viewer's track; a definition switch hands it a new feed.
+    let (switch_tx, switch_rx) = mpsc::unbounded_channel();
+    let media_task = tokio::spawn(definition::forward(
+        Arc::clone(&peer.track),
+        viewer.codec,
+        definition::Feed::new(&encoder, None),
+        switch_rx,
+    ));
+    // The encoder this viewer's RTCP goes to: the current one, across definition switches.
+    let (rtcp_encoder, rtcp_encoder_rx) = watch::channel(Arc::clone(&encoder));
     let rtcp_task = tokio::spawn(read_rtcp(
         Arc::clone(sessions),
-        Arc::clone(&encoder),
+        rtcp_encoder_rx,
         Arc::clone(&peer.sender),
         viewer.id,
     ));
 
     let ready = NodeMessage::Ready {
         ice_servers: sessions.ice_servers(&viewer.grant),
-        video: VideoInfo {
-            codec: viewer.codec,
-            width: encoder.width,
-            height: encoder.height,
-            fps: viewer.spec.fps,
-            bitrate_kbps: viewer.spec.code_rate_kbps,
-        },
+        video: definition::video_info(&viewer, &encoder),
         role: viewer.grant.role,
     };
     let ended = crate::streaming::sessions::until_true(encoder.ended());
     tokio::pin!(ended);
     let reason = if send(sink, &ready).await {
-        let expiry = expiry(sessions, &viewer.grant.device_id);
+        // Its own copy: a definition switch borrows the viewer mutably meanwhile.
+        let device_id = viewer.grant.device_id.clone();
+        let expiry = expiry(sessions, &device_id);
         tokio::pin!(expiry);
         loop {
             tokio::select! {
@@ -306,6 +295,21 @@ async fn stream(
                     Some(Ok(ClientMessage::Hello(_))) => {
                         fail(sink, ErrorCode::BadRequest, "hello was already sent").await;
                         break None;
+                    }
+                    Some(Ok(ClientMessage::Definition { definition, encoding_type })) => {
+                        let reply = match definition::switch(sessions, &mut viewer, &encoder, definition, encoding_type).await {
+                            Ok((Some(feed), reply)) => {
+                                encoder = Arc::clone(feed.encoder());
+                                ended.set(crate::streaming::sessions::until_true(encoder.ended()));
+                                rtcp_encoder.send_replace(Arc::clone(&encoder));
+                                let _ = switch_tx.send(feed);
+                                reply
+                            }
+                            Ok((None, reply)) | Err(reply) => reply,
+                        };
+                        if !send(sink, &reply).await {
+                            break None;
+                        }
                     }
                     Some(Err(e)) => {
                         fail(sink, ErrorCode::BadRequest, e).await;
@@ -398,13 +402,14 @@ async fn answer(
 /// REMB → its bitrate controller.
 async fn read_rtcp(
     sessions: Arc<Sessions>,
-    encoder: Arc<SharedEncoder>,
+    encoder: watch::Receiver<Arc<SharedEncoder>>,
     sender: Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>,
     viewer: u64,
 ) {
     while let Ok((packets, _)) = sender.read_rtcp().await {
         let arrival = ntp_compact(std::time::SystemTime::now());
         let now_ms = sessions.now_ms();
+        let encoder = Arc::clone(&encoder.borrow());
         for packet in packets {
             let any = packet.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {

@@ -32,6 +32,7 @@ mod runtime_x11;
 mod streaming_audio;
 mod streaming_chromium;
 mod streaming_console;
+mod streaming_definition;
 mod streaming_h265;
 mod streaming_netem;
 mod streaming_turn;

@@ -374,7 +374,7 @@ async fn signaling_is_served_over_wss_with_a_certificate() {
 }
 
 /// Usage records that arrive within `window`.
-async fn usage_within(
+pub(crate) async fn usage_within(
     reports: &mut tonic::Streaming<pb::NodeReport>,
     window: Duration,
 ) -> Vec<pb::UsageRecord> {

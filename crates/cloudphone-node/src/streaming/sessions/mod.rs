@@ -40,7 +40,7 @@ mod usage;
 pub(crate) use audio::{AudioEncoder, AudioFactory, SharedAudio};
 pub(crate) use encoder::{Encoder, EncoderFactory, SharedEncoder};
 pub(crate) use grants::{Grant, SessionError};
-pub(crate) use registry::Viewer;
+pub(crate) use registry::{Retiring, Viewer};
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

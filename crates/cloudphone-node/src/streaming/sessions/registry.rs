@@ -201,6 +201,11 @@ impl Sessions {
             inner.stopping.push((entry.instance_id.clone(), s.clone()));
         }
         drop(inner);
+        self.wind_down(done);
+    }
+
+    /// Stops encoders already listed in `stopping`, then unlists them.
+    fn wind_down(self: &Arc<Self>, done: Vec<Winding>) {
         // Stopping joins the pipelines' threads; off the async workers when there are any.
         // Listed in `stopping` meanwhile, so an instance stop waits for them.
         let sessions = Arc::clone(self);
@@ -400,5 +405,81 @@ pub(crate) struct Viewer {
 impl Drop for Viewer {
     fn drop(&mut self) {
         self.sessions.leave(self.id);
+    }
+}
+
+/// An encoder a viewer switched away from, whose last viewer that was. It keeps running until
+/// the viewer's track has cut over to the new encoder's first key frame (so the picture never
+/// stops meanwhile) and is stopped when this is dropped. It is listed in `stopping` from the
+/// switch on, so an instance stop waits for (and stops) it like any other encoder.
+pub(crate) struct Retiring {
+    sessions: Arc<Sessions>,
+    encoder: Arc<SharedEncoder>,
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.sessions
+            .wind_down(vec![Winding::Video(Arc::clone(&self.encoder))]);
+    }
+}
+
+impl Sessions {
+    /// A viewer's `definition` request: moves it to the encoder of its new profile (started if
+    /// no one watches that profile yet, shared otherwise), under the matrix cell of the new
+    /// definition. Returns the new encoder and, when the viewer was the old encoder's last,
+    /// that encoder, to be stopped once the track has cut over. On failure the viewer stays
+    /// where it was.
+    pub(crate) async fn switch_definition(
+        self: &Arc<Self>,
+        viewer: &mut Viewer,
+        definition: Definition,
+    ) -> Result<(Arc<SharedEncoder>, Option<Retiring>), String> {
+        let (network, config, old) = {
+            let inner = self.inner();
+            let entry = inner
+                .viewers
+                .get(&viewer.id)
+                .ok_or_else(|| "viewer was stopped".to_owned())?;
+            let config = inner
+                .configs
+                .get(&viewer.grant.instance_id)
+                .cloned()
+                .unwrap_or_default();
+            (entry.network, config, entry.encoder.clone())
+        };
+        let previous = (viewer.definition, viewer.spec);
+        viewer.definition = definition;
+        viewer.spec = config.get(network, viewer.codec, definition);
+        let encoder = match self.join_encoder(viewer).await {
+            Ok(e) => e,
+            Err(e) => {
+                (viewer.definition, viewer.spec) = previous;
+                return Err(e);
+            }
+        };
+        let mut inner = self.inner();
+        if let Some(entry) = inner.viewers.get_mut(&viewer.id) {
+            // SetVideoConfig reads the viewer's cell by its definition.
+            entry.definition = definition;
+        }
+        let retiring = match old {
+            Some(old) if !Arc::ptr_eq(&old, &encoder) && old.remove_viewer(viewer.id) == 0 => {
+                // No new viewer joins an encoder on its way out.
+                inner.encoders.retain(|_, e| !Arc::ptr_eq(e, &old));
+                inner.stopping.push((
+                    viewer.grant.instance_id.clone(),
+                    Winding::Video(Arc::clone(&old)),
+                ));
+                Some(Retiring {
+                    sessions: Arc::clone(self),
+                    encoder: old,
+                })
+            }
+            _ => None,
+        };
+        drop(inner);
+        tracing::info!(instance = %viewer.grant.instance_id, viewer = viewer.id, %definition, width = encoder.width, height = encoder.height, "definition switched");
+        Ok((encoder, retiring))
     }
 }

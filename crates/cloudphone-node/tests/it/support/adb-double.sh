@@ -9,6 +9,8 @@
 #   sdcard/    the shared storage (`rm -rf /sdcard/*` empties it)
 #   fail-clear packages whose `pm clear` answers "Failed" (a device that refuses the wipe)
 #   snapshots  a snapshot load empties third, appdata and sdcard
+# `exec-out screenrecord --size=WxH --time-limit=N …` writes a live H.264 test pattern (30 fps)
+# on stdout and exits after N seconds (at most 180), as a device's screenrecord does.
 set -u
 S=$(dirname "$0")
 printf '%s\n' "$*" >> "$S/log"
@@ -24,6 +26,18 @@ emu)
         : > "$S/third"; rm -rf "$S/appdata"/* "$S/sdcard"/* "$S/sdcard"/.[!.]*; echo OK; exit 0
     fi
     echo "KO: unknown snapshot"; exit 0 ;;
+exec-out)
+    shift
+    [ "${1:-}" = screenrecord ] || { echo "adb double: unknown exec-out $*" >&2; exit 1; }
+    size=720x1280; limit=180
+    for a in "$@"; do
+        case "$a" in --size=*) size=${a#--size=} ;; --time-limit=*) limit=${a#--time-limit=} ;; esac
+    done
+    [ "$limit" -gt 180 ] && limit=180
+    exec gst-launch-1.0 -q videotestsrc is-live=true pattern=ball num-buffers=$((limit * 30)) \
+        ! "video/x-raw,width=${size%x*},height=${size#*x},framerate=30/1" \
+        ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=60 \
+        ! video/x-h264,stream-format=byte-stream ! fdsink fd=1 ;;
 shell) shift ;;
 *) echo "adb double: unknown command $*" >&2; exit 1 ;;
 esac
