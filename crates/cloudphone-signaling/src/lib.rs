@@ -257,6 +257,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The video a 720P H.264 stream announces.
+    fn video_720p() -> VideoInfo {
+        VideoInfo {
+            codec: EncodingType::H264,
+            width: 720,
+            height: 1280,
+            fps: 30,
+            bitrate_kbps: 2000,
+        }
+    }
+
     fn round_trip<T>(value: &T, expected: serde_json::Value)
     where
         T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
@@ -358,13 +369,7 @@ mod tests {
                         credential: Some("abc=".into()),
                     },
                 ],
-                video: VideoInfo {
-                    codec: EncodingType::H264,
-                    width: 720,
-                    height: 1280,
-                    fps: 30,
-                    bitrate_kbps: 2000,
-                },
+                video: video_720p(),
                 role: Role::Observer,
             },
             json!({"type":"ready","ice_servers":[
@@ -436,13 +441,7 @@ mod tests {
         );
         round_trip(
             &NodeMessage::Video {
-                video: VideoInfo {
-                    codec: EncodingType::H264,
-                    width: 720,
-                    height: 1280,
-                    fps: 30,
-                    bitrate_kbps: 2000,
-                },
+                video: video_720p(),
             },
             json!({"type":"video","video":{"codec":"H264","width":720,"height":1280,"fps":30,"bitrate_kbps":2000}}),
         );
