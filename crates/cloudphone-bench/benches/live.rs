@@ -39,20 +39,19 @@ fn nginx(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
     }
     let args = live::LiveArgs::parse_from(argv)?;
     let mut results = rt.block_on(live::run(&args))?;
-    results
-        .not_run
-        .retain(|(o, _)| o != live::Output::Flv.as_str());
-    results.not_run.push((
-        live::Output::Flv.as_str().to_owned(),
-        "nginx-rtmp has no HTTP-FLV output (nginx-http-flv-module is not in Debian): compare FLV against its RTMP".into(),
-    ));
-    results
-        .not_run
-        .retain(|(o, _)| o != live::Output::Whep.as_str());
-    results.not_run.push((
-        live::Output::Whep.as_str().to_owned(),
-        "nginx-rtmp has no WebRTC output".into(),
-    ));
+    // The outputs nginx-rtmp lacks: not run, whatever the run said, and why.
+    for (output, why) in [
+        (
+            live::Output::Flv,
+            "nginx-rtmp has no HTTP-FLV output (nginx-http-flv-module is not in Debian): compare FLV against its RTMP",
+        ),
+        (live::Output::Whep, "nginx-rtmp has no WebRTC output"),
+    ] {
+        results.not_run.retain(|(o, _)| o != output.as_str());
+        results
+            .not_run
+            .push((output.as_str().to_owned(), why.to_owned()));
+    }
     drop(nginx);
     Ok(results)
 }

@@ -67,50 +67,46 @@ fn create_instance() {}
     responses((status = 200, body = NullDataResponse)))]
 fn delete_instance() {}
 
-#[utoipa::path(post, path = "/v1/instances/sync-command", tag = "management", request_body = CommandRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = DataResponse<CmdResultWrapper>), (status = 429, body = ErrorBody)))]
-fn sync_command() {}
+/// The operations whose caller must send `x-request-id` (`Caller` in the router; without it
+/// `KOOPHONE.API.0002`), each with that header among its parameters: the rule is written once
+/// here, not in every stub.
+macro_rules! with_request_id {
+    ($($method:ident $path:literal, $tag:literal, $body:ident => $responses:tt $name:ident;)*) => {$(
+        #[utoipa::path($method, path = $path, tag = $tag, request_body = $body,
+            params(("x-request-id" = String, Header)), responses $responses)]
+        fn $name() {}
+    )*};
+}
 
-#[utoipa::path(post, path = "/v1/instances/async-command", tag = "management", request_body = CommandRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = DataResponse<AsyncCommandInfo>)))]
-fn async_command() {}
+with_request_id! {
+    post "/v1/instances/sync-command", "management", CommandRequest
+        => ((status = 200, body = DataResponse<CmdResultWrapper>), (status = 429, body = ErrorBody)) sync_command;
+    post "/v1/instances/async-command", "management", CommandRequest
+        => ((status = 200, body = DataResponse<AsyncCommandInfo>)) async_command;
+    put "/v1/instances/video-setting", "management", SetVideoConfigRequest
+        => ((status = 200, body = ErrorBody)) set_video_config;
+    post "/v1/instances/batch-query-status", "management", InstanceIdsRequest
+        => ((status = 200, body = DataResponse<StatusResultWrapper>)) batch_query_status;
+    post "/v1/instances/batch-reset", "management", InstanceIdsRequest
+        => ((status = 200, body = ErrorBody)) batch_reset;
+    post "/v1/instances/reboot", "management", InstanceIdsRequest
+        => ((status = 200, body = ErrorBody)) batch_reboot;
+    post "/v1/instances/assign", "management", UserInstancesRequest
+        => ((status = 200, body = ErrorBody)) assign;
+    post "/v1/instances/unassign", "management", UserInstancesRequest
+        => ((status = 200, body = ErrorBody)) unassign;
+    post "/v1/instances/streaming/stop", "use", InstanceIdRequest
+        => ((status = 200, body = ErrorBody)) stop_streaming;
+    post "/v1/instances/session/release", "use", InstanceIdRequest
+        => ((status = 200, body = ErrorBody)) release_session;
+    post "/v1/instances/backup", "use", BackupRequest
+        => ((status = 200, body = ErrorBody)) backup;
+}
 
 #[utoipa::path(get, path = "/v1/instances/tasks/{task_id}", tag = "management",
     params(("task_id" = String, Path), ("x-request-id" = String, Header)),
     responses((status = 200, body = DataResponse<JobDetailWrapper>)))]
 fn get_task() {}
-
-#[utoipa::path(put, path = "/v1/instances/video-setting", tag = "management", request_body = SetVideoConfigRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn set_video_config() {}
-
-#[utoipa::path(post, path = "/v1/instances/batch-query-status", tag = "management", request_body = InstanceIdsRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = DataResponse<StatusResultWrapper>)))]
-fn batch_query_status() {}
-
-#[utoipa::path(post, path = "/v1/instances/batch-reset", tag = "management", request_body = InstanceIdsRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn batch_reset() {}
-
-#[utoipa::path(post, path = "/v1/instances/reboot", tag = "management", request_body = InstanceIdsRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn batch_reboot() {}
-
-#[utoipa::path(post, path = "/v1/instances/assign", tag = "management", request_body = UserInstancesRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn assign() {}
-
-#[utoipa::path(post, path = "/v1/instances/unassign", tag = "management", request_body = UserInstancesRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn unassign() {}
 
 #[utoipa::path(post, path = "/v1/instances/{instance_id}/auth", tag = "management",
     request_body(content = Option<DeviceTokenRequest>,
@@ -118,16 +114,6 @@ fn unassign() {}
     params(("instance_id" = String, Path)),
     responses((status = 200, body = DataResponse<DeviceTokenData>)))]
 fn device_token() {}
-
-#[utoipa::path(post, path = "/v1/instances/streaming/stop", tag = "use", request_body = InstanceIdRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn stop_streaming() {}
-
-#[utoipa::path(post, path = "/v1/instances/session/release", tag = "use", request_body = InstanceIdRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn release_session() {}
 
 #[utoipa::path(post, path = "/v1/instances/app/install", tag = "apps", request_body = InstallAppRequest,
     responses((status = 200, body = DataResponse<InstallAppData>)))]
@@ -140,11 +126,6 @@ fn prepare() {}
 #[utoipa::path(post, path = "/v1/instances/prepare-progress", tag = "use", request_body = ProgressRequest,
     responses((status = 200, body = DataResponse<Progress>)))]
 fn prepare_progress() {}
-
-#[utoipa::path(post, path = "/v1/instances/backup", tag = "use", request_body = BackupRequest,
-    params(("x-request-id" = String, Header)),
-    responses((status = 200, body = ErrorBody)))]
-fn backup() {}
 
 /// Every operation's error answers, from the same rule the router applies
 /// (`cloudphone_api::status`): the error statuses its page lists (400, and 500 where listed),

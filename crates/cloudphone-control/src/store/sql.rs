@@ -63,6 +63,22 @@ impl SqlStore {
             .await?;
         Ok(row.as_ref().map(map).transpose()?)
     }
+
+    /// Runs `sql` once per item, `bind` binding an item's parameters, all in one transaction:
+    /// a write over several rows happens whole or not at all.
+    pub(super) async fn execute_each<'q, T: Sync>(
+        &self,
+        sql: &'q str,
+        items: &'q [T],
+        bind: impl Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q> + Send + Sync,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for item in items {
+            bind(sqlx::query(sql), item).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -549,17 +565,11 @@ impl Store for SqlStore {
         bindings: &[(String, Option<String>)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (instance_id, user) in bindings {
-            sqlx::query("UPDATE instances SET assign_user = $1, updated_at_ms = $2 WHERE id = $3")
-                .bind(user.clone())
-                .bind(now_ms)
-                .bind(instance_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let sql = "UPDATE instances SET assign_user = $1, updated_at_ms = $2 WHERE id = $3";
+        self.execute_each(sql, bindings, |query, (instance_id, user)| {
+            query.bind(user).bind(now_ms).bind(instance_id)
+        })
+        .await
     }
 
     async fn wipe_archives(
@@ -619,20 +629,12 @@ impl Store for SqlStore {
         state: ControlState,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for instance_id in instance_ids {
-            sqlx::query(
-                "UPDATE instances SET state = $1, state_message = '', updated_at_ms = $2 \
-                 WHERE id = $3",
-            )
-            .bind(state.as_str())
-            .bind(now_ms)
-            .bind(instance_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let sql = "UPDATE instances SET state = $1, state_message = '', updated_at_ms = $2 \
+                   WHERE id = $3";
+        self.execute_each(sql, instance_ids, |query, instance_id| {
+            query.bind(state.as_str()).bind(now_ms).bind(instance_id)
+        })
+        .await
     }
 
     async fn prepare_instances(
@@ -662,15 +664,11 @@ impl Store for SqlStore {
     }
 
     async fn delete_instances(&self, instance_ids: &[String]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for instance_id in instance_ids {
-            sqlx::query("DELETE FROM instances WHERE id = $1")
-                .bind(instance_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let sql = "DELETE FROM instances WHERE id = $1";
+        self.execute_each(sql, instance_ids, |query, instance_id| {
+            query.bind(instance_id)
+        })
+        .await
     }
 
     async fn delete_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
@@ -693,17 +691,11 @@ impl Store for SqlStore {
         config_json: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for id in instance_ids {
-            sqlx::query("UPDATE instances SET video_config = $1, updated_at_ms = $2 WHERE id = $3")
-                .bind(config_json)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let sql = "UPDATE instances SET video_config = $1, updated_at_ms = $2 WHERE id = $3";
+        self.execute_each(sql, instance_ids, |query, id| {
+            query.bind(config_json).bind(now_ms).bind(id)
+        })
+        .await
     }
 
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
@@ -830,21 +822,15 @@ impl Store for SqlStore {
         backups: &[(String, String)],
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, uri) in backups {
-            sqlx::query(&format!(
-                "UPDATE instances SET state = {}, state_message = '', backup_status = 1, \
-                    backup_time_ms = $1, backup_uri = $2, updated_at_ms = $1 WHERE id = $3",
-                lit(ControlState::BACKING_UP)
-            ))
-            .bind(now_ms)
-            .bind(uri)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let sql = format!(
+            "UPDATE instances SET state = {}, state_message = '', backup_status = 1, \
+                backup_time_ms = $1, backup_uri = $2, updated_at_ms = $1 WHERE id = $3",
+            lit(ControlState::BACKING_UP)
+        );
+        self.execute_each(&sql, backups, |query, (id, uri)| {
+            query.bind(now_ms).bind(uri).bind(id)
+        })
+        .await
     }
 
     async fn finish_backup(

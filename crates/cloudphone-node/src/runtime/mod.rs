@@ -153,12 +153,20 @@ pub trait Runtime: Send + Sync + 'static {
         true
     }
 
-    /// Seeds a fresh data dir for a new (or wiped) instance. The dir exists and is empty.
+    /// Seeds a fresh data dir for a new (or wiped) instance. The dir exists and is empty. By
+    /// default, for a runtime whose instances run sandboxed in their data dir: the dir is made
+    /// the instance user's (see [`sandbox::prepare_data_dir`]).
     async fn provision(
         &self,
-        spec: &InstanceSpec,
+        _spec: &InstanceSpec,
         paths: &InstancePaths,
-    ) -> Result<(), RuntimeError>;
+    ) -> Result<(), RuntimeError> {
+        // The data dir is fresh and empty here, so creating inside it cannot follow a symlink
+        // planted by the instance.
+        sandbox::prepare_data_dir(&paths.data, sandbox::SandboxUser::for_instance(paths.owner))
+            .await?;
+        Ok(())
+    }
 
     /// Boots the instance and returns once it is ready to stream. Idempotent: starting a
     /// running instance is a no-op. Stale processes from a previous node run are cleaned up.

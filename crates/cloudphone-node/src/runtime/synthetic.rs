@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use super::common::{ensure_data_dir, lock, run_shell, write_atomic};
 use super::package::install_tar_package;
-use super::sandbox::{self, HostLayout, SandboxSpec, SandboxUser};
+use super::sandbox::{HostLayout, SandboxSpec};
 use super::{
     AudioSource, CaptureSource, CommandOutput, CommandSpec, InputEvent, InstancePaths,
     InstanceSpec, Runtime, RuntimeError,
@@ -64,15 +64,6 @@ impl SyntheticRuntime {
 impl Runtime for SyntheticRuntime {
     fn name(&self) -> &'static str {
         "synthetic"
-    }
-
-    async fn provision(
-        &self,
-        _spec: &InstanceSpec,
-        paths: &InstancePaths,
-    ) -> Result<(), RuntimeError> {
-        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_instance(paths.owner)).await?;
-        Ok(())
     }
 
     async fn start(&self, _spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {

@@ -458,17 +458,6 @@ impl Runtime for X11Runtime {
         "x11"
     }
 
-    async fn provision(
-        &self,
-        _spec: &InstanceSpec,
-        paths: &InstancePaths,
-    ) -> Result<(), RuntimeError> {
-        // The data dir is fresh and empty here, so creating inside it cannot follow a
-        // symlink planted by the instance.
-        sandbox::prepare_data_dir(&paths.data, SandboxUser::for_instance(paths.owner)).await?;
-        Ok(())
-    }
-
     async fn start(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
         if self.is_running(spec, paths).await {
             return Ok(());
