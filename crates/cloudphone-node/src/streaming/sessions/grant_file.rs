@@ -84,7 +84,10 @@ impl GrantFile {
             }
         };
         if contents.version != VERSION {
-            tracing::warn!(version = contents.version, "grant file of another version ignored");
+            tracing::warn!(
+                version = contents.version,
+                "grant file of another version ignored"
+            );
             return HashMap::new();
         }
         let total = contents.grants.len();
