@@ -175,3 +175,135 @@ async fn a_renewal_extends_only_a_live_grant_for_the_same_token() {
     drop(viewer);
     node.shutdown().await;
 }
+
+/// What the player page reports: its reconnect count, ICE restarts, status and the current
+/// peer connection's decoded video frames (0 without one).
+const PLAYER_STATE: &str = r#"(async () => {
+  const c = window.cloudphone;
+  let frames = 0;
+  if (c.pc) (await c.pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
+  });
+  return { reconnects: c.reconnect.count, iceRestarts: c.reconnect.iceRestarts, status: c.status, frames };
+})()"#;
+
+/// The product's player (Chromium) reconnects by itself, with the same token, when the node
+/// restarts under it: the socket closes (`bye shutdown`), the backoff retries hello until the
+/// re-adopted instance runs, and video plays again on a new peer connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_reconnects_by_itself_after_a_node_restart() {
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("rc3", 360, 640).await;
+    node.open_session("rc3", "dev-p", "token-p").await;
+    let mut browser =
+        cloudphone_testkit::browser::Browser::start(&node.player_page("dev-p", "token-p"), &[])
+            .await;
+    let playing = browser
+        .call(serde_json::json!({"cmd":"wait_frames","n":10,"timeout_ms":30000}))
+        .await;
+    assert_eq!(playing["ok"], true, "{playing}");
+
+    let node = node.restart(|_| {}).await;
+    let back = Instant::now();
+    let deadline = back + WAIT;
+    let state = loop {
+        let state = browser
+            .ok(serde_json::json!({"cmd":"eval","expr":PLAYER_STATE}))
+            .await["value"]
+            .clone();
+        if state["reconnects"].as_u64() >= Some(1) && state["frames"].as_u64() > Some(0) {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the player did not come back: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let resumed = back.elapsed();
+    eprintln!(
+        "player after a node restart: video again {resumed:?} after the node was back; {state}"
+    );
+    assert_eq!(state["status"], "connected", "{state}");
+    assert!(
+        resumed < Duration::from_secs(2),
+        "video resumed {resumed:?} after the node was back"
+    );
+    browser.quit().await;
+    node.shutdown().await;
+}
+
+/// The `a=ice-ufrag:` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_owned())
+}
+
+/// An ICE restart on the same session (what the player does on peer `disconnected` while its
+/// socket is up): a second offer with new ICE credentials gets an answer with new ones from
+/// the node, on the same socket and peer connection, and video carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_offer_is_answered_on_the_same_session() {
+    use cloudphone_signaling::ClientMessage;
+    use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
+    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+
+    let mut node = Node::start("synthetic", |_| {}).await;
+    node.create_instance("rc4", 360, 640).await;
+    node.open_session("rc4", "dev-i", "token-i").await;
+    let mut viewer = node
+        .viewer("dev-i", "token-i", EncodingType::H264)
+        .await
+        .unwrap();
+    viewer.wait_frames(5, WAIT).await;
+    let first_remote = viewer.pc.remote_description().await.unwrap().sdp;
+
+    let offer = viewer
+        .pc
+        .create_offer(Some(RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_ne!(
+        ice_ufrag(&offer.sdp),
+        ice_ufrag(&viewer.pc.local_description().await.unwrap().sdp)
+    );
+    viewer
+        .pc
+        .set_local_description(offer.clone())
+        .await
+        .unwrap();
+    let restarted = Instant::now();
+    viewer
+        .signaling
+        .send(&ClientMessage::Offer { sdp: offer.sdp })
+        .await;
+    let answer = match viewer.pump_for(Duration::from_secs(10)).await {
+        Some(NodeMessage::Answer { sdp }) => sdp,
+        other => panic!("expected an answer to the ICE restart, got {other:?}"),
+    };
+    assert_ne!(
+        ice_ufrag(&answer),
+        ice_ufrag(&first_remote),
+        "the node's answer keeps its old ICE credentials"
+    );
+    viewer
+        .pc
+        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    let frames = viewer
+        .counters
+        .frames
+        .load(std::sync::atomic::Ordering::Relaxed);
+    viewer.wait_frames(frames + 30, WAIT).await;
+    eprintln!(
+        "ICE restart: 30 more frames {:?} after the re-offer",
+        restarted.elapsed()
+    );
+    drop(viewer);
+    node.shutdown().await;
+}
