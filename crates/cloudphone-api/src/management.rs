@@ -292,6 +292,11 @@ pub struct DeviceTokenRequest {
     /// `owner` (drives the phone) or `observer` (view only); absent: `owner`.
     #[serde(default)]
     pub role: Option<String>,
+    /// A device token of this user, instance and role that is still live: extend it instead of
+    /// minting a new one (an extension, docs/api-notes.md). The answer carries the same token
+    /// with a new `expired_time`; absent: a new token, as before.
+    #[serde(default)]
+    pub renew: Option<String>,
 }
 
 impl DeviceTokenRequest {
@@ -301,6 +306,25 @@ impl DeviceTokenRequest {
             None => Ok(cloudphone_core::role::Role::default()),
             Some(role) => cloudphone_core::role::Role::parse(&role)
                 .map_err(|e| ApiError::InvalidParameter(e.to_string())),
+        }
+    }
+
+    /// The token to renew, if asked: one GetDeviceToken could have minted (32 lowercase hex
+    /// digits), else `KOOPHONE.API.1000`.
+    pub fn renewal(&self) -> Result<Option<String>, ApiError> {
+        match &self.renew {
+            None => Ok(None),
+            Some(token)
+                if token.len() == 32
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Ok(Some(token.clone()))
+            }
+            Some(_) => Err(ApiError::InvalidParameter(
+                "renew must be a device token (32 hex digits)".into(),
+            )),
         }
     }
 }

@@ -602,6 +602,7 @@ impl NodeAgent for NodeService {
         valid_id(&r.instance_id)?;
         let started = self.sessions.start_session(&r).await.map_err(|e| match e {
             SessionError::UnknownInstance(_) => Status::not_found(e.to_string()),
+            SessionError::NoLiveGrant => Status::failed_precondition(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         })?;
         Ok(Response::new(pb::StartSessionResponse {

@@ -193,6 +193,9 @@ pub async fn run(
             max_viewers_per_instance: config.webrtc.max_viewers_per_instance as usize,
             usage_interval: Duration::from_secs(config.webrtc.usage_interval_secs),
             clock: clock::Clock::System,
+            grant_file: Some(Arc::new(streaming::sessions::GrantFile::in_state_dir(
+                &config.state_dir,
+            ))),
         },
         streaming::encoder_factory(pipeline_options.clone()),
         usage.spawn_keeper(clock::Clock::System),

@@ -6,6 +6,7 @@
 
 mod impair;
 mod live;
+mod reconnect;
 mod smoke;
 
 use cloudphone_bench::live::{LiveArgs, LiveResults, Output, run};

@@ -210,9 +210,23 @@ pub(super) async fn device_token(
     } else {
         parse_json::<DeviceTokenRequest>(&body)?
     };
+    let renew = request.renewal()?;
     let role = request.validate()?;
-    let session =
-        sessions::device_token(&state, &caller.principal, instance_id.clone(), role).await?;
+    let session = match renew {
+        Some(token) => {
+            sessions::renew_device_token(
+                &state,
+                &caller.principal,
+                instance_id.clone(),
+                role,
+                token,
+            )
+            .await?
+        }
+        None => {
+            sessions::device_token(&state, &caller.principal, instance_id.clone(), role).await?
+        }
+    };
     Ok(axum::Json(DataResponse::ok(device_token_data(session, instance_id))).into_response())
 }
 

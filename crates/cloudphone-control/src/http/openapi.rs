@@ -110,7 +110,7 @@ fn get_task() {}
 
 #[utoipa::path(post, path = "/v1/instances/{instance_id}/auth", tag = "management",
     request_body(content = Option<DeviceTokenRequest>,
-        description = "Optional extension (docs/api-notes.md): the viewer's role; without it, an owner token."),
+        description = "Optional extension (docs/api-notes.md): the viewer's role (without it, an owner token), and `renew`: a live device token of the caller to extend instead of minting a new one."),
     params(("instance_id" = String, Path)),
     responses((status = 200, body = DataResponse<DeviceTokenData>)))]
 fn device_token() {}

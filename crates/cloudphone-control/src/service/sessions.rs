@@ -162,10 +162,68 @@ pub(crate) async fn device_token(
             tenant_id: principal.tenant_id.clone(),
             device_id: device_id.clone(),
             role: viewer_role(role) as i32,
+            renew: false,
         })
         .await
         .map_err(|status| {
             tracing::warn!(%status, "node refused StartSession");
+            node_failure(&instance_id, &status)
+        })?
+        .into_inner();
+    Ok(DeviceSession {
+        device_token,
+        device_id,
+        signaling_url: started.signaling_url,
+        ice_servers: started.ice_servers,
+        expired_time_secs: DEVICE_TOKEN_TTL_SECS,
+    })
+}
+
+/// GetDeviceToken with `{"renew": "<token>"}` (an extension, docs/api-notes.md): extends the
+/// caller's live `token` for this instance and role by another `DEVICE_TOKEN_TTL_SECS` from now,
+/// keeping the token, so a player reconnecting later needs nothing new. The node checks that
+/// the token is the live one of the caller's device ([`device_id_for`]); another user's or
+/// tenant's token, an expired or released one, or a token of the other role is
+/// `KOOPHONE.API.1000` and changes nothing. Another tenant's instance is `1001`, as everywhere.
+pub(crate) async fn renew_device_token(
+    state: &AppState,
+    principal: &Principal,
+    instance_id: String,
+    role: Role,
+    device_token: String,
+) -> Result<DeviceSession, ServiceError> {
+    let record = owned(state, principal, std::slice::from_ref(&instance_id))
+        .await?
+        .remove(0);
+    super::plan(state, &record, TenantOp::DeviceToken)?;
+    let Some(mut client) = node_of(state, &record) else {
+        return Err(node_failure(
+            &instance_id,
+            &tonic::Status::unavailable("not connected"),
+        ));
+    };
+    let device_id = device_id_for(&principal.tenant_id, &instance_id, &principal.user_id, role);
+    let expires_at = state.clock.now_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
+    let started = client
+        .start_session(pb::StartSessionRequest {
+            instance_id: instance_id.clone(),
+            device_token_sha256: hex::encode(Sha256::digest(device_token.as_bytes())),
+            expires_at_unix_ms: expires_at,
+            user_id: principal.user_id.clone(),
+            tenant_id: principal.tenant_id.clone(),
+            device_id: device_id.clone(),
+            role: viewer_role(role) as i32,
+            renew: true,
+        })
+        .await
+        .map_err(|status| {
+            if status.code() == tonic::Code::FailedPrecondition {
+                return ApiError::InvalidParameter(
+                    "renew: not a live device token of this user, instance and role".into(),
+                )
+                .into();
+            }
+            tracing::warn!(%status, "node refused the renewal");
             node_failure(&instance_id, &status)
         })?
         .into_inner();

@@ -9,6 +9,7 @@
 //!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
 //! - `demo_app`: the demo phone's app in an x11 instance, used through a viewer.
 //! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
+//! - `reconnect`: a node restart keeps live tokens (grants on disk); renewals.
 //! - `roles`: owner and observer viewers, the viewer cap.
 //! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
@@ -25,6 +26,7 @@ mod live_rtmp;
 mod pipeline_adb;
 mod pipeline_encode;
 mod pipeline_x11;
+mod reconnect;
 mod roles;
 mod runtime_android;
 mod runtime_synthetic;

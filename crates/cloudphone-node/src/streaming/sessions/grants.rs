@@ -28,6 +28,9 @@ pub(crate) enum SessionError {
     UnknownInstance(String),
     #[error("role {0} is not a ViewerRole")]
     BadRole(i32),
+    /// A renewal for a device without a live grant for that token, instance, tenant and role.
+    #[error("no live grant of this device for that token")]
+    NoLiveGrant,
 }
 
 /// An authorised session (StartSession).
@@ -36,7 +39,7 @@ pub(crate) struct Grant {
     pub session_id: String,
     pub instance_id: String,
     pub device_id: String,
-    token_sha256: [u8; 32],
+    pub(super) token_sha256: [u8; 32],
     pub expires_at_unix_ms: i64,
     pub tenant_id: String,
     /// Whether the grant's viewers may send input (an observer's is refused and counted).
@@ -44,6 +47,28 @@ pub(crate) struct Grant {
 }
 
 impl Grant {
+    /// A grant as the grant file kept it ([`super::grant_file`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn restored(
+        session_id: String,
+        instance_id: String,
+        device_id: String,
+        token_sha256: [u8; 32],
+        expires_at_unix_ms: i64,
+        tenant_id: String,
+        role: Role,
+    ) -> Grant {
+        Grant {
+            session_id,
+            instance_id,
+            device_id,
+            token_sha256,
+            expires_at_unix_ms,
+            tenant_id,
+            role,
+        }
+    }
+
     /// Whether `device_token` is the token this grant was made for (its SHA-256 compared in
     /// constant time).
     pub(super) fn token_matches(&self, device_token: &str) -> bool {
@@ -145,6 +170,9 @@ impl Sessions {
             .status(&r.instance_id)
             .await
             .map_err(|_| SessionError::UnknownInstance(r.instance_id.clone()))?;
+        if r.renew {
+            return self.renew(r, digest, role, now);
+        }
         let grant = Grant {
             session_id: uuid::Uuid::new_v4().simple().to_string(),
             instance_id: r.instance_id.clone(),
@@ -165,20 +193,77 @@ impl Sessions {
                 MAX_GRANTS_PER_INSTANCE,
             );
         }
+        self.persist_grants();
         tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, %role, "session authorised");
-        let servers = self.settings.ice.servers(
-            &r.device_id,
-            unix_secs(now),
-            unix_secs(r.expires_at_unix_ms),
-        );
-        Ok(StartedSession {
+        Ok(self.started(session_id, &r.device_id, now, r.expires_at_unix_ms))
+    }
+
+    /// What StartSession answers for a grant of `device_id` until `expires_at`.
+    fn started(
+        &self,
+        session_id: String,
+        device_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StartedSession {
+        let servers = self
+            .settings
+            .ice
+            .servers(device_id, unix_secs(now), unix_secs(expires_at));
+        StartedSession {
             session_id,
             signaling_url: format!(
                 "{}/v1/signaling",
                 self.settings.public_url.trim_end_matches('/')
             ),
             ice_servers: crate::streaming::ice::to_strings(&servers),
-        })
+        }
+    }
+
+    /// StartSession with `renew`: moves the expiry of the device's live grant when the request
+    /// names the same token (digest), instance, tenant and role; the token stays valid and a
+    /// stream on it carries on to the new expiry. Anything else creates nothing: a renewal
+    /// never mints access a GetDeviceToken did not.
+    fn renew(
+        &self,
+        r: &pb::StartSessionRequest,
+        digest: [u8; 32],
+        role: Role,
+        now: i64,
+    ) -> Result<StartedSession, SessionError> {
+        let session_id = {
+            let mut inner = self.inner();
+            let grant = inner
+                .grants
+                .get_mut(&r.device_id)
+                .filter(|g| {
+                    g.expires_at_unix_ms > now
+                        && digest_eq(&g.token_sha256, &digest)
+                        && g.instance_id == r.instance_id
+                        && g.tenant_id == r.tenant_id
+                        && g.role == role
+                })
+                .ok_or(SessionError::NoLiveGrant)?;
+            // Never shortens: a renewal that raced a later one keeps the later expiry.
+            grant.expires_at_unix_ms = grant.expires_at_unix_ms.max(r.expires_at_unix_ms);
+            grant.session_id.clone()
+        };
+        self.persist_grants();
+        tracing::info!(instance = %r.instance_id, device = %r.device_id, session = %session_id, "session renewed");
+        Ok(self.started(session_id, &r.device_id, now, r.expires_at_unix_ms))
+    }
+
+    /// Writes the grants to the state dir (when the node keeps them there). A failed write is
+    /// logged, not refused: the grant works until the next restart, as before grants were kept.
+    pub(super) fn persist_grants(&self) {
+        let Some(file) = &self.grant_file else {
+            return;
+        };
+        let _order = file.lock();
+        let snapshot: Vec<Grant> = self.inner().grants.values().cloned().collect();
+        if let Err(e) = file.save(snapshot.iter()) {
+            tracing::warn!(error = %e, "grants not written to the state dir");
+        }
     }
 
     /// The ICE servers a viewer gets in its `ready`: TURN credentials no longer valid than the
@@ -204,6 +289,9 @@ impl Sessions {
             inner.grants.retain(|_, g| g.instance_id != instance_id);
             (before - inner.grants.len()) as u32
         };
+        if released > 0 {
+            self.persist_grants();
+        }
         self.stop_viewers(|v| v.instance_id == instance_id, ByeReason::Released);
         released
     }

@@ -33,12 +33,14 @@
 
 mod audio;
 mod encoder;
+mod grant_file;
 mod grants;
 mod registry;
 mod usage;
 
 pub(crate) use audio::{AudioEncoder, AudioFactory, SharedAudio};
 pub(crate) use encoder::{Encoder, EncoderFactory, SharedEncoder};
+pub(crate) use grant_file::GrantFile;
 pub(crate) use grants::{Grant, SessionError};
 pub(crate) use registry::{Retiring, Viewer};
 
@@ -74,6 +76,8 @@ pub(crate) struct SessionSettings {
     pub usage_interval: Duration,
     /// What usage records' times are read from.
     pub clock: crate::clock::Clock,
+    /// Where grants are kept across restarts (`None`: memory only, as in unit tests).
+    pub grant_file: Option<Arc<GrantFile>>,
 }
 
 /// An encoder on its way down.
@@ -144,6 +148,8 @@ pub(crate) struct Sessions {
     factory: EncoderFactory,
     audio_factory: OnceLock<AudioFactory>,
     usage: usage::Meter,
+    /// The grants' copy on disk (see `grant_file`).
+    grant_file: Option<Arc<GrantFile>>,
     inner: Mutex<Inner>,
     closing: AtomicBool,
     epoch: Instant,
@@ -162,6 +168,11 @@ impl Sessions {
             interval: settings.usage_interval,
             clock: settings.clock,
         };
+        let grant_file = settings.grant_file.clone();
+        let grants = grant_file
+            .as_ref()
+            .map(|f| f.load(settings.clock.unix_ms()))
+            .unwrap_or_default();
         let sessions = Arc::new(Self {
             manager,
             peers,
@@ -169,7 +180,11 @@ impl Sessions {
             factory,
             audio_factory: OnceLock::new(),
             usage,
-            inner: Mutex::new(Inner::default()),
+            grant_file,
+            inner: Mutex::new(Inner {
+                grants,
+                ..Inner::default()
+            }),
             closing: AtomicBool::new(false),
             epoch: Instant::now(),
         });

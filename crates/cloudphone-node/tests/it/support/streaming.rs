@@ -43,6 +43,8 @@ pub(crate) struct Node {
     task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
     _guard: InstanceProcessGuard,
     pub dir: tempfile::TempDir,
+    /// What it was started with, for [`Node::restart`].
+    config: NodeConfig,
 }
 
 impl Node {
@@ -74,9 +76,20 @@ impl Node {
         config.x11.first_display = 200 + (std::process::id() % 50) * 10 + (http.port() as u32 % 10);
         config.webrtc.ice_interfaces = cloudphone_testkit::ice_interfaces();
         tweak(&mut config);
+        Self::launch(config, dir, grpc_listener, http_listener).await
+    }
+
+    async fn launch(
+        config: NodeConfig,
+        dir: tempfile::TempDir,
+        grpc_listener: tokio::net::TcpListener,
+        http_listener: tokio::net::TcpListener,
+    ) -> Node {
+        let grpc_addr = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cloudphone_node::run(
-            config,
+            config.clone(),
             grpc_listener,
             http_listener,
             async move {
@@ -97,7 +110,32 @@ impl Node {
             task: Some(task),
             _guard: InstanceProcessGuard(dir.path().to_path_buf()),
             dir,
+            config,
         }
+    }
+
+    /// Stops the node and starts it again over the same state dir, on the same addresses (a
+    /// viewer reconnects to the `signaling_url` it had). `between` runs while it is down.
+    pub(crate) async fn restart(mut self, between: impl FnOnce(&std::path::Path)) -> Node {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("node stops in time")
+                .unwrap()
+                .unwrap();
+        }
+        between(self.dir.path());
+        let grpc_listener = tokio::net::TcpListener::bind(self.config.grpc.listen)
+            .await
+            .unwrap();
+        let http_listener = tokio::net::TcpListener::bind(self.config.http.listen)
+            .await
+            .unwrap();
+        let Node { dir, config, .. } = self;
+        Self::launch(config, dir, grpc_listener, http_listener).await
     }
 
     pub(crate) async fn create_instance(&mut self, id: &str, width: u32, height: u32) {
@@ -804,5 +842,6 @@ pub(crate) fn session_request(
         tenant_id: "tenant-1".into(),
         device_id: device_id.into(),
         role: pb::ViewerRole::Unspecified as i32,
+        renew: false,
     }
 }
