@@ -5,8 +5,10 @@
 //! - [`signaling`]: the viewer's WebSocket (`/v1/signaling`).
 //! - [`peer`]: webrtc-rs peer connections and codec registration.
 //! - [`input`]: the `input` data channel → runtime input events.
+//! - [`channel`]: the `input` data channel's tasks (input, clipboard, screenshots).
 //! - [`ice`]: ICE servers and TURN REST credentials for viewers.
 
+pub(crate) mod channel;
 pub(crate) mod ice;
 pub(crate) mod input;
 pub(crate) mod peer;
