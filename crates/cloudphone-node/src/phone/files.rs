@@ -120,11 +120,26 @@ fn open_dirs(
                 chown(&made, create.flatten())?;
                 made
             }
+            Err(e @ (Errno::NOTDIR | Errno::LOOP)) => return Err(classify(&dir, name, e)),
             other => other?,
         };
         dir = next;
     }
     Ok(dir)
+}
+
+/// `O_NOFOLLOW | O_DIRECTORY` on a symlink fails `ENOTDIR` or `ELOOP` depending on the
+/// kernel's order of checks: a symlink is named as such.
+fn classify(dir: &OwnedFd, name: &str, e: Errno) -> FileError {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat)
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                == rustix::fs::FileType::Symlink =>
+        {
+            FileError::Symlink
+        }
+        _ => e.into(),
+    }
 }
 
 fn chown(fd: &OwnedFd, owner: Option<u32>) -> Result<(), FileError> {
@@ -167,11 +182,15 @@ impl Upload {
         owner: Option<u32>,
     ) -> Result<(Self, std::fs::File), FileError> {
         let dir = open_dirs(root, &path.dirs, Some(owner))?;
-        // Refused before any byte is taken: the final name is a directory.
-        if let Ok(stat) = rustix::fs::statat(&dir, path.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            && rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory
-        {
-            return Err(FileError::NotAFile);
+        // Refused before any byte is taken: the final name is a directory or a symlink (the
+        // rename would replace a link rather than write through it, but a link in /data is
+        // refused everywhere alike).
+        if let Ok(stat) = rustix::fs::statat(&dir, path.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+                rustix::fs::FileType::Directory => return Err(FileError::NotAFile),
+                rustix::fs::FileType::Symlink => return Err(FileError::Symlink),
+                _ => {}
+            }
         }
         let temp = format!("{UPLOAD_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let fd = rustix::fs::openat(
@@ -270,15 +289,20 @@ mod tests {
             open_read(data.path(), &at),
             Err(FileError::Symlink)
         ));
-        // An upload over a symlink replaces the link; the file it pointed at is untouched.
-        let (upload, mut file) = Upload::begin(data.path(), &at, None).unwrap();
+        assert!(matches!(
+            Upload::begin(data.path(), &at, None),
+            Err(FileError::Symlink)
+        ));
+        // An upload to a new name lands there once committed.
+        let new = parse_path("sub/new").unwrap();
+        let (upload, mut file) = Upload::begin(data.path(), &new, None).unwrap();
         std::io::Write::write_all(&mut file, b"new").unwrap();
         upload.commit().unwrap();
         assert_eq!(
             std::fs::read(outside.path().join("secret")).unwrap(),
             b"host"
         );
-        assert_eq!(std::fs::read(data.path().join("file")).unwrap(), b"new");
+        assert_eq!(std::fs::read(data.path().join("sub/new")).unwrap(), b"new");
         // An abandoned upload leaves nothing.
         let (upload, _file) =
             Upload::begin(data.path(), &parse_path("d/e").unwrap(), None).unwrap();
