@@ -256,7 +256,17 @@ async fn upload(
             return Err(FileError::TooLarge(cap).into());
         }
         hash.update(&chunk);
-        file.write_all(&chunk).await.map_err(write_error)?;
+        if let Err(e) = file.write_all(&chunk).await {
+            // The rest of the body (at most the cap) is read and dropped, so the client is
+            // there to hear why instead of failing to send into a closed connection.
+            while let Some(Ok(chunk)) = chunks.next().await {
+                size += chunk.len() as u64;
+                if size > cap {
+                    break;
+                }
+            }
+            return Err(write_error(e));
+        }
     }
     file.flush().await.map_err(write_error)?;
     file.sync_all().await.map_err(write_error)?;

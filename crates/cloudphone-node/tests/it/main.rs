@@ -10,6 +10,7 @@
 //! - `demo_app`: the demo phone's app in an x11 instance, used through a viewer.
 //! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
 //! - `roles`: owner and observer viewers, the viewer cap.
+//! - `phone_features`: clipboard, screenshots and files of an x11 phone.
 //! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
 //!   `streaming_*`: end to end through signaling and WebRTC.
@@ -22,6 +23,7 @@ mod support;
 mod demo_app;
 mod isolation;
 mod live_rtmp;
+mod phone_features;
 mod pipeline_adb;
 mod pipeline_encode;
 mod pipeline_x11;
