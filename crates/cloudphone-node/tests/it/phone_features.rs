@@ -270,6 +270,13 @@ async fn screenshots_through_the_api_and_the_data_channel_equal_the_display() {
     .unwrap();
     wait_app_drawn(&mut owner, &display).await;
     input_open(&mut owner).await;
+    // Noise over the lower third: a PNG of the screen then takes many chunks.
+    let d = display.clone();
+    let _noise = tokio::task::spawn_blocking(move || {
+        crate::support::x11::noise_window(&d, 0, 440, W as u16, 200)
+    })
+    .await
+    .unwrap();
 
     // The API: owners and observers alike (an observer sees the screen anyway).
     let client = reqwest::Client::new();
@@ -306,7 +313,11 @@ async fn screenshots_through_the_api_and_the_data_channel_equal_the_display() {
     let mut events = channel_events(&owner);
     let (png, width, height) = channel_screenshot(&mut owner, &mut events, 42).await;
     assert_eq!((width, height), (W, H));
-    assert!(png.len() > cloudphone_signaling::SCREENSHOT_CHUNK_BYTES);
+    assert!(
+        png.len() > 4 * cloudphone_signaling::SCREENSHOT_CHUNK_BYTES,
+        "{} bytes: too few chunks to test reassembly",
+        png.len()
+    );
     assert_matches_display(&png, &display, "data channel screenshot");
     drop(owner);
     node.shutdown().await;

@@ -179,3 +179,59 @@ pub(crate) fn read_clipboard(display: &str) -> Option<String> {
     }
     None
 }
+
+/// Covers `w`×`h` pixels at (`x`, `y`) of `display` with a window of noise (which compresses
+/// badly, so a PNG of the screen is large); the window stays while the connection lives.
+pub(crate) fn noise_window(display: &str, x: i16, y: i16, w: u16, h: u16) -> RustConnection {
+    let (conn, screen) = RustConnection::connect(Some(display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    let depth = conn.setup().roots[screen].root_depth;
+    let window = conn.generate_id().unwrap();
+    conn.create_window(
+        depth,
+        window,
+        root,
+        x,
+        y,
+        w,
+        h,
+        0,
+        xproto::WindowClass::INPUT_OUTPUT,
+        0,
+        &xproto::CreateWindowAux::new().override_redirect(1),
+    )
+    .unwrap();
+    conn.map_window(window).unwrap();
+    conn.get_input_focus().unwrap().reply().unwrap();
+    let gc = conn.generate_id().unwrap();
+    conn.create_gc(gc, window, &xproto::CreateGCAux::new())
+        .unwrap();
+    let mut state: u32 = 0x9e37_79b9;
+    // Strips of 32 rows, under the core protocol's request size.
+    for top in (0..h).step_by(32) {
+        let rows = 32.min(h - top);
+        let pixels: Vec<u8> = (0..usize::from(rows) * usize::from(w) * 4)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        conn.put_image(
+            xproto::ImageFormat::Z_PIXMAP,
+            window,
+            gc,
+            w,
+            rows,
+            0,
+            top as i16,
+            0,
+            depth,
+            &pixels,
+        )
+        .unwrap();
+    }
+    conn.get_input_focus().unwrap().reply().unwrap();
+    conn
+}
