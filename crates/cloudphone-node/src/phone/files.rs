@@ -254,17 +254,10 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(
-            parse_path(
-                &"a/"
-                    .repeat(MAX_DEPTH)
-                    .to_string()
-                    .trim_end_matches('/')
-                    .to_owned()
-            )
-            .is_ok()
-        );
-        assert!(parse_path(&"a/".repeat(MAX_DEPTH + 1).trim_end_matches('/').to_owned()).is_err());
+        let deepest = "a/".repeat(MAX_DEPTH);
+        assert!(parse_path(deepest.trim_end_matches('/')).is_ok());
+        let deeper = "a/".repeat(MAX_DEPTH + 1);
+        assert!(parse_path(deeper.trim_end_matches('/')).is_err());
     }
 
     #[test]
