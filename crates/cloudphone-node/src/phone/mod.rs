@@ -51,14 +51,44 @@ pub(crate) const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 /// The phone routes.
 pub(crate) fn router(state: PhoneState) -> Router {
     Router::new()
-        .route("/v1/devices/{device_id}/screenshot", get(screenshot))
+        .route(
+            "/v1/devices/{device_id}/screenshot",
+            get(screenshot).options(preflight),
+        )
         .route(
             "/v1/devices/{device_id}/files/{*path}",
-            get(download).put(upload),
+            get(download).put(upload).options(preflight),
         )
         // Uploads are streamed and capped by `max_upload`, not buffered.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(allow_any_origin))
         .with_state(state)
+}
+
+/// The player runs on control's origin and calls these on the node's: any origin may, as the
+/// bearer token (never a cookie) is what authorises a request.
+async fn allow_any_origin(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    response
+}
+
+/// CORS preflight of a `PUT` or of a request with `Authorization`.
+async fn preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, PUT, OPTIONS"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "authorization, content-type",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
 }
 
 /// Why a phone request was refused; each maps to one status and `error` code.

@@ -585,3 +585,124 @@ async fn files_round_trip_to_data_and_attacks_on_the_boundary_are_refused() {
     assert_eq!(sha256(&std::fs::read(&on_disk).unwrap()), sha256(&big));
     node.shutdown().await;
 }
+
+/// The player's own buttons in Chromium against the demo phone: a copy in the phone shows in
+/// the player's clipboard box (and its `cloudphone-clipboard` event's state), "Paste to phone"
+/// sets the phone's clipboard, "Screenshot" saves a native-size PNG from the data channel, and
+/// "Upload" / the download path move a file to and from `/data` across origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_players_buttons_reach_the_phone() {
+    use cloudphone_testkit::browser::{Browser, workspace};
+    use serde_json::json;
+
+    let (mut node, display) = demo_phone().await;
+    node.open_session("demo", "dev-p", "token-p").await;
+    let player = workspace()
+        .join("crates/cloudphone-control/assets/player.html")
+        .canonicalize()
+        .unwrap();
+    let url = format!(
+        "file://{}?signaling={}&device_id=dev-p&device_token=token-p&codec=H264&definition=540P&network=WIFI&autoconnect=1",
+        player.display(),
+        node.ws_url
+    );
+    let mut browser = Browser::start(&url, &[]).await;
+    let playing = browser
+        .call(json!({"cmd":"wait_frames","n":5,"timeout_ms":30000}))
+        .await;
+    assert_eq!(playing["ok"], true, "{playing}");
+    async fn until(browser: &mut Browser, expr: &str, want: serde_json::Value, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = browser.call(json!({"cmd":"eval","expr":expr})).await;
+            if got["value"] == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {got}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    until(
+        &mut browser,
+        "window.cloudphone.dc && window.cloudphone.dc.readyState",
+        json!("open"),
+        "the input channel never opened",
+    )
+    .await;
+
+    // Copied in the phone → the player's clipboard box.
+    let app = ClipboardOwner::copy(&display, "from the phone to the player");
+    until(
+        &mut browser,
+        "[window.cloudphone.clipboard, document.getElementById('clipboard').value]",
+        json!([
+            "from the phone to the player",
+            "from the phone to the player"
+        ]),
+        "the phone's copy never showed in the player",
+    )
+    .await;
+    drop(app);
+
+    // "Paste to phone" → the phone's clipboard.
+    browser
+        .ok(json!({"cmd":"eval","expr":"(() => { document.getElementById('clipboard').value = 'typed in the player'; document.getElementById('pasteBtn').click(); return true; })()"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let d = display.clone();
+        let now = tokio::task::spawn_blocking(move || read_clipboard(&d))
+            .await
+            .unwrap();
+        if now.as_deref() == Some("typed in the player") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the player's paste left the phone's clipboard at {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // "Screenshot": a PNG of the phone's native size, reassembled in the page.
+    browser
+        .ok(json!({"cmd":"eval","expr":"(() => { document.getElementById('shotBtn').click(); return true; })()"}))
+        .await;
+    until(
+        &mut browser,
+        "window.cloudphone.screenshots.map((s) => [s.width, s.height, s.size > 1000])",
+        json!([[W, H, true]]),
+        "the player saved no screenshot",
+    )
+    .await;
+
+    // "Upload" of a picked file to /data, then the same path downloaded from the node.
+    browser
+        .ok(json!({"cmd":"eval","expr":"(() => { \
+            const bytes = new Uint8Array(1 << 20).map((_, i) => (i * 7) % 251); \
+            const dt = new DataTransfer(); dt.items.add(new File([bytes], 'x.bin')); \
+            document.getElementById('fileInput').files = dt.files; \
+            document.getElementById('filePath').value = 'player/x.bin'; \
+            document.getElementById('uploadBtn').click(); return true; })()"}))
+        .await;
+    let uploaded = node.dir.path().join("instances/demo/data/player/x.bin");
+    let expected: Vec<u8> = (0..1usize << 20).map(|i| ((i * 7) % 251) as u8).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while std::fs::read(&uploaded).ok().as_deref() != Some(&expected[..]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the player's upload never landed in /data"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let downloaded = browser
+        .call(json!({"cmd":"eval","expr":"nodeFetch('GET', '/files/player/x.bin').then((r) => r.arrayBuffer()).then((b) => { const a = new Uint8Array(b); return [a.length, a[1], a[a.length - 1]]; })"}))
+        .await;
+    assert_eq!(
+        downloaded["value"],
+        json!([1 << 20, 7, expected[(1 << 20) - 1]]),
+        "{downloaded}"
+    );
+    browser.quit().await;
+    node.shutdown().await;
+}
