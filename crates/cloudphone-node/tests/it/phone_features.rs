@@ -703,6 +703,13 @@ async fn the_players_buttons_reach_the_phone() {
         json!([1 << 20, 7, expected[(1 << 20) - 1]]),
         "{downloaded}"
     );
+    // `CLOUDPHONE_PLAYER_SCREENSHOT=/path.png` keeps a picture of the player with the demo app
+    // and its phone box (docs/img/demo-app-player.png is made so).
+    if let Some(path) = std::env::var_os("CLOUDPHONE_PLAYER_SCREENSHOT") {
+        browser
+            .ok(json!({"cmd":"screenshot","path":path.to_string_lossy(),"full_page":true}))
+            .await;
+    }
     browser.quit().await;
     node.shutdown().await;
 }
