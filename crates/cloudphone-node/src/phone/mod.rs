@@ -47,6 +47,9 @@ pub(crate) struct PhoneState {
 
 /// Largest upload when `[sandbox] file_size_max_mib` is not set: 1 GiB.
 pub(crate) const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
+/// An upload whose client sends nothing for this long is dropped: while it runs it holds the
+/// instance's lock, which a stop, wipe or restore waits for.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The phone routes.
 pub(crate) fn router(state: PhoneState) -> Router {
@@ -102,6 +105,8 @@ pub(crate) enum PhoneError {
     File(#[from] FileError),
     #[error("the instance is not running")]
     NotRunning,
+    #[error("the upload stalled for {UPLOAD_IDLE:?}")]
+    Stalled,
     #[error("unsupported on this node's runtime: {0}")]
     Unsupported(String),
     #[error("{0}")]
@@ -134,6 +139,7 @@ impl IntoResponse for PhoneError {
             Self::File(FileError::TooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::File(FileError::NoSpace) => (StatusCode::PAYLOAD_TOO_LARGE, "quota"),
             Self::NotRunning => (StatusCode::CONFLICT, "not_running"),
+            Self::Stalled => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             Self::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
             Self::File(FileError::Io(_)) | Self::Internal(_) => {
                 tracing::warn!(error = %self, "phone request failed");
@@ -278,7 +284,10 @@ async fn upload(
     let mut hash = Sha256::new();
     let mut size: u64 = 0;
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
+    while let Some(chunk) = tokio::time::timeout(UPLOAD_IDLE, chunks.next())
+        .await
+        .map_err(|_| PhoneError::Stalled)?
+    {
         // A client that goes away mid-upload leaves nothing (the upload is dropped).
         let chunk = chunk.map_err(|e| PhoneError::Internal(format!("upload body: {e}")))?;
         size += chunk.len() as u64;
