@@ -27,6 +27,7 @@ mod http;
 pub mod instances;
 mod live;
 mod mtls;
+mod phone;
 pub mod runtime;
 pub mod streaming;
 mod usage_buffer;
@@ -241,7 +242,14 @@ pub async fn run(
     };
     let router = http::router()
         .merge(streaming::signaling::router(Arc::clone(&sessions)))
-        .merge(live::http::router(players));
+        .merge(live::http::router(players))
+        .merge(phone::router(phone::PhoneState {
+            sessions: Arc::clone(&sessions),
+            max_upload: match config.sandbox.file_size_max_mib {
+                0 => phone::DEFAULT_MAX_UPLOAD,
+                mib => mib << 20,
+            },
+        }));
     let stopped = async move {
         let _ = http_stop.changed().await;
     };

@@ -223,6 +223,12 @@ pub enum PhoneKey {
     Back,
     Home,
     Recents,
+    Menu,
+    #[serde(rename = "volume_up")]
+    VolumeUp,
+    #[serde(rename = "volume_down")]
+    VolumeDown,
+    Power,
 }
 
 /// One message on the `input` data channel. Coordinates are normalised to the video frame:
@@ -250,6 +256,47 @@ pub enum InputMessage {
     Phone {
         key: PhoneKey,
     },
+}
+
+/// Longest clipboard text carried either way, in characters: with JSON escaping at worst six
+/// bytes a character, a clipboard message stays under the 16 KiB a data channel message may be.
+pub const MAX_CLIPBOARD_CHARS: usize = 2000;
+/// Bytes of PNG per `screenshot_chunk`: base64 makes 16 000 characters of them, under 16 KiB
+/// with the message's other fields.
+pub const SCREENSHOT_CHUNK_BYTES: usize = 12_000;
+
+/// Requests a viewer sends on the `input` data channel next to [`InputMessage`]s: they ask
+/// something of the phone rather than press on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelRequest {
+    /// Sets the phone's clipboard to `text` (at most [`MAX_CLIPBOARD_CHARS`]). Owners only.
+    Clipboard { text: String },
+    /// Asks for a PNG of the screen at its native size, answered by `screenshot_chunk`s (or
+    /// `screenshot_failed`) carrying the same `id`.
+    Screenshot { id: u32 },
+}
+
+/// Messages the node sends a viewer on the `input` data channel (the signaling socket carries
+/// only what concerns the connection itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelEvent {
+    /// Text was copied inside the phone. Sent to owners only; `truncated`: the phone's text
+    /// was longer than [`MAX_CLIPBOARD_CHARS`] and this is its beginning.
+    Clipboard { text: String, truncated: bool },
+    /// Piece `seq` (0-based) of `total` of screenshot `id`: [`SCREENSHOT_CHUNK_BYTES`] of PNG
+    /// (the last piece fewer), base64. The screen is `width`×`height` pixels.
+    ScreenshotChunk {
+        id: u32,
+        seq: u32,
+        total: u32,
+        width: u32,
+        height: u32,
+        data: String,
+    },
+    /// Screenshot `id` could not be taken.
+    ScreenshotFailed { id: u32, message: String },
 }
 
 #[cfg(test)]
@@ -509,7 +556,61 @@ mod tests {
             .is_err()
         );
         assert!(
-            serde_json::from_value::<InputMessage>(json!({"type":"phone","key":"power"})).is_err()
+            serde_json::from_value::<InputMessage>(json!({"type":"phone","key":"volumeup"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn phone_keys_use_snake_case() {
+        for (key, name) in [
+            (PhoneKey::Menu, "menu"),
+            (PhoneKey::VolumeUp, "volume_up"),
+            (PhoneKey::VolumeDown, "volume_down"),
+            (PhoneKey::Power, "power"),
+        ] {
+            round_trip(
+                &InputMessage::Phone { key },
+                json!({"type":"phone","key":name}),
+            );
+        }
+    }
+
+    #[test]
+    fn channel_messages_round_trip() {
+        round_trip(
+            &ChannelRequest::Clipboard { text: "hi".into() },
+            json!({"type":"clipboard","text":"hi"}),
+        );
+        round_trip(
+            &ChannelRequest::Screenshot { id: 7 },
+            json!({"type":"screenshot","id":7}),
+        );
+        round_trip(
+            &ChannelEvent::Clipboard {
+                text: "copied".into(),
+                truncated: false,
+            },
+            json!({"type":"clipboard","text":"copied","truncated":false}),
+        );
+        round_trip(
+            &ChannelEvent::ScreenshotChunk {
+                id: 7,
+                seq: 0,
+                total: 2,
+                width: 360,
+                height: 640,
+                data: "iVBORw0=".into(),
+            },
+            json!({"type":"screenshot_chunk","id":7,"seq":0,"total":2,"width":360,
+                   "height":640,"data":"iVBORw0="}),
+        );
+        round_trip(
+            &ChannelEvent::ScreenshotFailed {
+                id: 7,
+                message: "not running".into(),
+            },
+            json!({"type":"screenshot_failed","id":7,"message":"not running"}),
         );
     }
 }

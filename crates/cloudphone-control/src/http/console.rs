@@ -113,12 +113,17 @@ pub(super) async fn page() -> Response {
 /// The player: log in, pick a phone, stream it over WebRTC, touch and type. It opens a node's
 /// signaling WebSocket (`signaling_url`, under the node's `signaling_base_url`), so its policy
 /// names the origins of the nodes control knows; media flows over WebRTC, which `connect-src`
-/// does not govern.
+/// does not govern. Screenshots and files are `fetch`es to the same node over HTTP(S), so each
+/// node's signaling origin is named in its `http(s)` form too.
 pub(super) async fn player(State(state): AppStateRef) -> Response {
     let origins = state.store.list_nodes().await.map(|nodes| {
         nodes
             .iter()
             .filter_map(|n| ws_origin(&n.signaling_base_url))
+            .flat_map(|ws| {
+                let http = ws.replacen("ws", "http", 1);
+                [ws, http]
+            })
             .collect()
     });
     PLAYER.serve(&policy_origins(origins, "player"))

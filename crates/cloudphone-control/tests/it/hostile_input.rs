@@ -50,10 +50,11 @@ async fn console_shows_a_script_user_id_as_text_and_every_page_carries_the_csp()
         }
         assert!(!csp.contains("unsafe"), "{page}: {csp}");
         // Connections: the page's own origin, and for the player the node's signaling origin
-        // only (not every ws: host).
+        // and its HTTP form (screenshots and files) only (not every ws: or http: host).
         let connect = match page {
             "/console/player" => {
-                format!("connect-src 'self' ws://127.0.0.1:{};", fleet.node_ports.1)
+                let port = fleet.node_ports.1;
+                format!("connect-src 'self' http://127.0.0.1:{port} ws://127.0.0.1:{port};")
             }
             _ => "connect-src 'self';".to_string(),
         };

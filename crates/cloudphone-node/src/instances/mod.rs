@@ -36,6 +36,7 @@
 
 mod archive;
 mod lifecycle;
+mod phone;
 mod record;
 mod volume;
 mod watch;

@@ -39,7 +39,8 @@
 //! `tap` there (or a `swipe` from there when the finger moved); key `down` events send
 //! `keyevent` with the Android keycode for the DOM code ([`android_keycode`]; key-up events
 //! are dropped because `keyevent` is a full press); text goes to `input text`; phone keys
-//! are KEYCODE_BACK (4), KEYCODE_HOME (3) and KEYCODE_APP_SWITCH (187).
+//! are KEYCODE_BACK (4), KEYCODE_HOME (3), KEYCODE_APP_SWITCH (187), KEYCODE_MENU (82),
+//! KEYCODE_VOLUME_UP (24), KEYCODE_VOLUME_DOWN (25) and KEYCODE_POWER (26).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,10 @@ pub(crate) const KEEP_PACKAGES: &[&str] = &["android", "com.android.shell"];
 pub(crate) const KEYCODE_HOME: u32 = 3;
 pub(crate) const KEYCODE_BACK: u32 = 4;
 pub(crate) const KEYCODE_APP_SWITCH: u32 = 187;
+pub(crate) const KEYCODE_MENU: u32 = 82;
+pub(crate) const KEYCODE_VOLUME_UP: u32 = 24;
+pub(crate) const KEYCODE_VOLUME_DOWN: u32 = 25;
+pub(crate) const KEYCODE_POWER: u32 = 26;
 
 /// android runtime configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,6 +420,31 @@ impl Runtime for AndroidRuntime {
         Ok(())
     }
 
+    async fn screenshot(
+        &self,
+        spec: &InstanceSpec,
+        paths: &InstancePaths,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        let CaptureSource::Adb { serial, .. } = self.capture_source(spec, paths) else {
+            return Ok(None);
+        };
+        if serial.is_empty() {
+            return Err(RuntimeError::NotRunning(spec.instance_id.clone()));
+        }
+        // `exec-out`: the PNG's bytes as they are (`shell` would translate line ends).
+        let out = tokio::process::Command::new(&self.config.adb)
+            .args(["-s", &serial, "exec-out", "screencap", "-p"])
+            .output()
+            .await?;
+        if !out.status.success() || !out.stdout.starts_with(b"\x89PNG") {
+            return Err(RuntimeError::Process {
+                program: "adb screencap".to_owned(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(Some(out.stdout))
+    }
+
     fn capture_source(&self, spec: &InstanceSpec, paths: &InstancePaths) -> CaptureSource {
         let serial = std::fs::read(paths.root.join(ASSIGNMENT_FILE))
             .ok()
@@ -594,6 +624,10 @@ pub(crate) fn phone_keycode(key: PhoneKey) -> u32 {
         PhoneKey::Back => KEYCODE_BACK,
         PhoneKey::Home => KEYCODE_HOME,
         PhoneKey::Recents => KEYCODE_APP_SWITCH,
+        PhoneKey::Menu => KEYCODE_MENU,
+        PhoneKey::VolumeUp => KEYCODE_VOLUME_UP,
+        PhoneKey::VolumeDown => KEYCODE_VOLUME_DOWN,
+        PhoneKey::Power => KEYCODE_POWER,
     }
 }
 
@@ -705,6 +739,10 @@ mod tests {
         assert_eq!(phone_keycode(PhoneKey::Back), 4);
         assert_eq!(phone_keycode(PhoneKey::Home), 3);
         assert_eq!(phone_keycode(PhoneKey::Recents), 187);
+        assert_eq!(phone_keycode(PhoneKey::Menu), 82);
+        assert_eq!(phone_keycode(PhoneKey::VolumeUp), 24);
+        assert_eq!(phone_keycode(PhoneKey::VolumeDown), 25);
+        assert_eq!(phone_keycode(PhoneKey::Power), 26);
     }
 
     #[test]

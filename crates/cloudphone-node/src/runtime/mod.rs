@@ -122,6 +122,15 @@ pub enum AudioSource {
     TestTone { freq_hz: u32, beeps: bool },
 }
 
+/// Text copied inside a phone, as its runtime reports it: the first
+/// [`cloudphone_signaling::MAX_CLIPBOARD_CHARS`] characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    pub text: String,
+    /// The phone's text was longer and this is its beginning.
+    pub truncated: bool,
+}
+
 /// What can go wrong in a runtime. Callers map these onto gRPC statuses.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -215,6 +224,37 @@ pub trait Runtime: Send + Sync + 'static {
     /// `None`: no such quota (no sandbox, or a node that is not root and cannot mount).
     fn data_quota(&self, _spec: &InstanceSpec) -> Option<u64> {
         None
+    }
+
+    /// Makes `text` the running instance's clipboard, as if copied inside the phone.
+    async fn set_clipboard(
+        &self,
+        _spec: &InstanceSpec,
+        _paths: &InstancePaths,
+        _text: &str,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("clipboard"))
+    }
+
+    /// Text the running instance's apps copy from now on (not what [`Runtime::set_clipboard`]
+    /// sets).
+    fn clipboard_changes(
+        &self,
+        _spec: &InstanceSpec,
+        _paths: &InstancePaths,
+    ) -> Result<tokio::sync::broadcast::Receiver<Copied>, RuntimeError> {
+        Err(RuntimeError::Unsupported("clipboard"))
+    }
+
+    /// A PNG of the running instance's screen at its native size, when the runtime takes it
+    /// itself (an Android device's `screencap`); `None`: the node takes it from
+    /// [`Runtime::capture_source`].
+    async fn screenshot(
+        &self,
+        _spec: &InstanceSpec,
+        _paths: &InstancePaths,
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        Ok(None)
     }
 
     /// The host uids this runtime runs instances as, one per instance; `None` when its

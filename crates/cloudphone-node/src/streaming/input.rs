@@ -3,7 +3,8 @@
 //! clamped, so a buggy client shows up in the node's logs instead of as stray taps.
 
 use cloudphone_signaling::{
-    InputMessage, InputRefusal, MAX_KEY_CODE_CHARS, MAX_POINTER_ID, MAX_TEXT_CHARS,
+    ChannelRequest, InputMessage, InputRefusal, MAX_CLIPBOARD_CHARS, MAX_KEY_CODE_CHARS,
+    MAX_POINTER_ID, MAX_TEXT_CHARS,
 };
 
 use crate::runtime::InputEvent;
@@ -19,8 +20,9 @@ pub(crate) fn count_refused(reason: InputRefusal) {
     metrics::counter!(REFUSED_METRIC, "reason" => reason).increment(1);
 }
 
-/// Largest data-channel message accepted, in bytes (the longest text plus JSON overhead).
-pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+/// Largest data-channel message accepted, in bytes: the 16 KiB a data channel message may be
+/// (the longest clipboard text, escaped, fits).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// Why an input message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +39,43 @@ pub(crate) enum InputError {
     TextTooLong,
     #[error("key code must be 1..={MAX_KEY_CODE_CHARS} ASCII letters or digits")]
     KeyCode,
+    #[error("clipboard text longer than {MAX_CLIPBOARD_CHARS} characters")]
+    ClipboardTooLong,
+}
+
+/// One checked message off the `input` data channel.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ChannelMessage {
+    /// Pressed on the phone: goes to the runtime's input.
+    Input(InputEvent),
+    /// Asked of the phone: clipboard or screenshot.
+    Request(ChannelRequest),
+}
+
+/// Parses and validates one data-channel message: a [`ChannelRequest`] when its `type` is a
+/// request's, else an input event (so each type's own error names what was wrong).
+pub(crate) fn parse_channel(bytes: &[u8]) -> Result<ChannelMessage, InputError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(InputError::TooLarge(bytes.len()));
+    }
+    #[derive(serde::Deserialize)]
+    struct Tag<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let tag: Tag<'_> =
+        serde_json::from_slice(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
+    if !matches!(tag.kind.as_deref(), Some("clipboard" | "screenshot")) {
+        return parse(bytes).map(ChannelMessage::Input);
+    }
+    let request: ChannelRequest =
+        serde_json::from_slice(bytes).map_err(|e| InputError::Malformed(e.to_string()))?;
+    if let ChannelRequest::Clipboard { text } = &request
+        && text.chars().count() > MAX_CLIPBOARD_CHARS
+    {
+        return Err(InputError::ClipboardTooLong);
+    }
+    Ok(ChannelMessage::Request(request))
 }
 
 /// Parses and validates one data-channel message.
@@ -132,6 +171,45 @@ mod tests {
                 key: PhoneKey::Home
             })
         );
+    }
+
+    #[test]
+    fn requests_and_input_share_the_channel() {
+        assert_eq!(
+            parse_channel(br#"{"type":"clipboard","text":"x"}"#),
+            Ok(ChannelMessage::Request(ChannelRequest::Clipboard {
+                text: "x".into()
+            }))
+        );
+        assert_eq!(
+            parse_channel(br#"{"type":"screenshot","id":3}"#),
+            Ok(ChannelMessage::Request(ChannelRequest::Screenshot {
+                id: 3
+            }))
+        );
+        assert_eq!(
+            parse_channel(br#"{"type":"phone","key":"power"}"#),
+            Ok(ChannelMessage::Input(InputEvent::Phone {
+                key: PhoneKey::Power
+            }))
+        );
+        assert!(matches!(
+            parse_channel(br#"{"type":"screenshot"}"#),
+            Err(InputError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_channel(br#"{"type":"nope"}"#),
+            Err(InputError::Malformed(_))
+        ));
+        let long = format!(r#"{{"type":"clipboard","text":"{}"}}"#, "a".repeat(2001));
+        assert_eq!(
+            parse_channel(long.as_bytes()),
+            Err(InputError::ClipboardTooLong)
+        );
+        assert!(matches!(
+            parse_channel(br#"{"type":"touch","action":"down","x":2,"y":0}"#),
+            Err(InputError::OutOfRange)
+        ));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`signaling`]: the viewer's WebSocket (`/v1/signaling`).
 //! - [`peer`]: webrtc-rs peer connections and codec registration.
 //! - [`input`]: the `input` data channel → runtime input events.
+//! - [`channel`]: the `input` data channel's tasks (input, clipboard, screenshots).
 //! - [`ice`]: ICE servers and TURN REST credentials for viewers.
 //! - [`definition`]: a viewer's definition switch on the same peer connection.
 
+pub(crate) mod channel;
 pub(crate) mod definition;
 pub(crate) mod ice;
 pub(crate) mod input;

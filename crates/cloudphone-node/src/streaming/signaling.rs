@@ -10,12 +10,9 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use cloudphone_signaling::{
-    ByeReason, Candidate, ClientMessage, ErrorCode, Hello, InputRefusal, NodeMessage,
-};
+use cloudphone_signaling::{ByeReason, Candidate, ClientMessage, ErrorCode, Hello, NodeMessage};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -26,7 +23,6 @@ use webrtc::rtcp::receiver_report::ReceiverReport;
 use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::streaming::definition;
-use crate::streaming::input;
 use crate::streaming::peer::{ntp_compact, rtt_ms};
 use crate::streaming::sessions::{Sessions, SharedEncoder, Viewer};
 
@@ -34,8 +30,6 @@ use crate::streaming::sessions::{Sessions, SharedEncoder, Viewer};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest signaling message accepted (SDP offers are a few KiB).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Input events queued per viewer before new ones are dropped.
-const INPUT_QUEUE: usize = 256;
 
 /// The signaling route.
 pub(crate) fn router(sessions: Arc<Sessions>) -> Router {
@@ -152,51 +146,14 @@ async fn stream(
         Box::pin(async {})
     }));
 
-    // Input: one ordered queue per viewer so a touch's down/move/up stay in order.
-    let (input_tx, mut input_rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
-    pc.on_data_channel(Box::new(move |dc| {
-        let input_tx = input_tx.clone();
-        Box::pin(async move {
-            if dc.label() != "input" {
-                return;
-            }
-            dc.on_message(Box::new(move |msg: DataChannelMessage| {
-                // Full queue: the viewer sends faster than the instance takes input; drop.
-                let _ = input_tx.try_send(msg.data);
-                Box::pin(async {})
-            }));
-        })
-    }));
-    let manager = Arc::clone(sessions.manager());
-    let instance_id = viewer.grant.instance_id.clone();
-    let role = viewer.grant.role;
-    let refusals = out_tx.clone();
-    let input_task = tokio::spawn(async move {
-        let mut told = false;
-        while let Some(bytes) = input_rx.recv().await {
-            if !role.may_send_input() {
-                input::count_refused(InputRefusal::Observer);
-                // Once per stream: the player learns why its input does nothing (it should
-                // have disabled its controls on `ready`), without an answer per event.
-                if !told {
-                    told = true;
-                    tracing::info!(instance = %instance_id, "an observer's input refused");
-                    let _ = refusals.send(NodeMessage::InputRefused {
-                        reason: InputRefusal::Observer,
-                    });
-                }
-                continue;
-            }
-            match input::parse(&bytes) {
-                Ok(event) => {
-                    if let Err(e) = manager.inject_input(&instance_id, &event).await {
-                        tracing::debug!(instance = %instance_id, error = %e, "input not injected");
-                    }
-                }
-                Err(e) => tracing::debug!(instance = %instance_id, error = %e, "input refused"),
-            }
-        }
-    });
+    // The `input` data channel: input, clipboard and screenshots (`streaming::channel`).
+    let channel_tasks = crate::streaming::channel::serve(
+        &pc,
+        sessions,
+        viewer.grant.instance_id.clone(),
+        viewer.grant.role,
+        out_tx.clone(),
+    );
 
     // Sound: the instance's audio encoder → this viewer's audio track (none: video only).
     let audio_task = match sessions.join_audio(&viewer).await {
@@ -345,12 +302,10 @@ async fn stream(
         task.abort();
     }
     rtcp_task.abort();
-    input_task.abort();
+    drop(channel_tasks);
     let _ = pc.close().await;
     reason
 }
-
-type Bytes = bytes::Bytes;
 
 /// Resolves with `Expired` at the grant's expiry, following a grant renewed by a new
 /// StartSession for the same device; with `Released` if the grant disappears.

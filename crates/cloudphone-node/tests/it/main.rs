@@ -11,6 +11,7 @@
 //! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
 //! - `reconnect`: a node restart keeps live tokens (grants on disk); renewals.
 //! - `roles`: owner and observer viewers, the viewer cap.
+//! - `phone_features`: clipboard, screenshots and files of an x11 phone.
 //! - `isolation`: sandboxes attacked from inside (uids, secrets, limits, read-only binds).
 //! - `pipeline_*`: the encode pipeline alone; `runtime_*`: instance runtimes;
 //!   `streaming_*`: end to end through signaling and WebRTC.
@@ -23,6 +24,7 @@ mod support;
 mod demo_app;
 mod isolation;
 mod live_rtmp;
+mod phone_features;
 mod pipeline_adb;
 mod pipeline_encode;
 mod pipeline_x11;

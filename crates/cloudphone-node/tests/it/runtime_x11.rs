@@ -468,6 +468,20 @@ async fn input_moves_pixels_and_reaches_x_clients() {
     }
     let typed: Vec<u32> = (0..6).map(|_| next_keysym(&conn)).collect();
     assert_eq!(typed, [0x61, 0x5a, 0x21, 0x0100_20ac, 0xff0d, 0xff1b]);
+    // The phone's other keys, one at a time (a keysym the keymap lacks is bound to the spare
+    // keycode, which the next one rebinds): Menu, XF86AudioRaiseVolume, XF86AudioLowerVolume,
+    // XF86PowerOff.
+    for (key, keysym) in [
+        (PhoneKey::Menu, 0xff67),
+        (PhoneKey::VolumeUp, 0x1008_ff13),
+        (PhoneKey::VolumeDown, 0x1008_ff11),
+        (PhoneKey::Power, 0x1008_ff2a),
+    ] {
+        m.inject_input("d", &InputEvent::Phone { key })
+            .await
+            .unwrap();
+        assert_eq!(next_keysym(&conn), keysym, "{key:?}");
+    }
 
     match m
         .inject_input(

@@ -21,6 +21,13 @@ const TAB: u32 = 0xff09;
 const ESCAPE: u32 = 0xff1b;
 const SUPER_L: u32 = 0xffeb;
 const RETURN: u32 = 0xff0d;
+const MENU: u32 = 0xff67;
+/// XF86XK_AudioRaiseVolume, XF86XK_AudioLowerVolume and XF86XK_PowerOff: the keysyms X
+/// desktops bind the hardware volume and power keys to. Xvfb's default map lacks them, so
+/// they go through the spare keycode like any missing keysym.
+const XF86_AUDIO_RAISE_VOLUME: u32 = 0x1008_ff13;
+const XF86_AUDIO_LOWER_VOLUME: u32 = 0x1008_ff11;
+const XF86_POWER_OFF: u32 = 0x1008_ff2a;
 
 /// A client connection used to inject input into one display.
 pub(super) struct XInput {
@@ -97,6 +104,10 @@ impl XInput {
                 PhoneKey::Back => self.tap(&[ESCAPE])?,
                 PhoneKey::Home => self.tap(&[SUPER_L])?,
                 PhoneKey::Recents => self.tap(&[ALT_L, TAB])?,
+                PhoneKey::Menu => self.tap(&[MENU])?,
+                PhoneKey::VolumeUp => self.tap(&[XF86_AUDIO_RAISE_VOLUME])?,
+                PhoneKey::VolumeDown => self.tap(&[XF86_AUDIO_LOWER_VOLUME])?,
+                PhoneKey::Power => self.tap(&[XF86_POWER_OFF])?,
             },
         }
         // A round trip, so errors surface here and events are applied in order before the

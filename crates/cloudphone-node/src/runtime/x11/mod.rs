@@ -44,7 +44,10 @@
 //! - Text: each character becomes its keysym (Latin-1 directly, `\n` → Return, `\t` → Tab,
 //!   anything else `0x0100_0000 + codepoint`); Shift is held when the keysym sits on the
 //!   shifted level; a keysym the keymap lacks is bound to a spare keycode for the keystroke.
-//! - Phone keys: back → Escape, home → Super_L, recents → Alt+Tab.
+//! - Phone keys: back → Escape, home → Super_L, recents → Alt+Tab, menu → Menu, volume_up /
+//!   volume_down → XF86AudioRaiseVolume / XF86AudioLowerVolume, power → XF86PowerOff.
+//! - Multi-touch: none. XTest drives the server's one core pointer; a second finger would move
+//!   the first one's pointer (XInput 2 multi-touch devices cannot be faked through XTest).
 //!
 //! # App packages
 //! See [`install_tar_package`]: a tar (optionally gzip)
@@ -58,8 +61,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::process::Child;
 
+pub(super) mod clipboard;
 pub(super) mod input;
 
+use clipboard::XClipboard;
 use input::XInput;
 
 use super::cgroup::Cgroups;
@@ -141,6 +146,8 @@ struct Live {
     launcher: Child,
     pulse: Option<Child>,
     input: Arc<XInput>,
+    /// The clipboard agent; `None` when the display has no XFixes (logged at start).
+    clipboard: Option<Arc<XClipboard>>,
 }
 
 /// Runs phone instances as Xvfb displays.
@@ -239,6 +246,17 @@ impl X11Runtime {
 
     pub fn config(&self) -> &X11Config {
         &self.config
+    }
+
+    /// The running instance's clipboard agent.
+    fn clipboard_of(&self, spec: &InstanceSpec) -> Result<Arc<XClipboard>, RuntimeError> {
+        let live = lock(&self.live);
+        let live = live
+            .get(&spec.instance_id)
+            .ok_or_else(|| RuntimeError::NotRunning(spec.instance_id.clone()))?;
+        live.clipboard.clone().ok_or(RuntimeError::Unsupported(
+            "clipboard (no XFixes on the display)",
+        ))
     }
 
     /// The display an instance runs on, while it runs.
@@ -534,6 +552,18 @@ impl Runtime for X11Runtime {
             });
         }
         let number = display;
+        let clipboard = match tokio::task::spawn_blocking(move || XClipboard::start(display)).await
+        {
+            Ok(Ok(c)) => Some(Arc::new(c)),
+            Ok(Err(e)) => {
+                tracing::warn!(instance = %spec.instance_id, error = %e, "no clipboard for this instance");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(instance = %spec.instance_id, error = %e, "no clipboard for this instance");
+                None
+            }
+        };
         tracing::info!(instance = %spec.instance_id, display = number, "x11 instance started");
         lock(&self.live).insert(
             spec.instance_id.clone(),
@@ -543,6 +573,7 @@ impl Runtime for X11Runtime {
                 launcher,
                 pulse,
                 input,
+                clipboard,
             },
         );
         Ok(())
@@ -593,6 +624,27 @@ impl Runtime for X11Runtime {
         tokio::task::spawn_blocking(move || input.inject(&event))
             .await
             .map_err(|e| x_err(e.to_string()))?
+    }
+
+    async fn set_clipboard(
+        &self,
+        spec: &InstanceSpec,
+        _paths: &InstancePaths,
+        text: &str,
+    ) -> Result<(), RuntimeError> {
+        let agent = self.clipboard_of(spec)?;
+        let text = text.to_owned();
+        tokio::task::spawn_blocking(move || agent.set(&text))
+            .await
+            .map_err(|e| x_err(e.to_string()))?
+    }
+
+    fn clipboard_changes(
+        &self,
+        spec: &InstanceSpec,
+        _paths: &InstancePaths,
+    ) -> Result<tokio::sync::broadcast::Receiver<super::Copied>, RuntimeError> {
+        Ok(self.clipboard_of(spec)?.subscribe())
     }
 
     fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {

@@ -71,7 +71,7 @@ impl Grant {
 
     /// Whether `device_token` is the token this grant was made for (its SHA-256 compared in
     /// constant time).
-    pub(super) fn token_matches(&self, device_token: &str) -> bool {
+    pub(crate) fn token_matches(&self, device_token: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(device_token.as_bytes()).into();
         digest_eq(&presented, &self.token_sha256)
     }
