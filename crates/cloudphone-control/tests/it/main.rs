@@ -9,7 +9,7 @@
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
 //! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`,
 //!   `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`, `live_store`,
-//!   `node_trust`, `operations`, `pages`, `roles`, `schemathesis`, `sealing_key`, `seed_examples`,
+//!   `node_trust`, `operations`, `pages`, `replicas`, `roles`, `schemathesis`, `sealing_key`, `seed_examples`,
 //!   `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
@@ -32,6 +32,7 @@ mod live_store;
 mod node_trust;
 mod operations;
 mod pages;
+mod replicas;
 mod roles;
 mod schemathesis;
 mod sealing_key;
