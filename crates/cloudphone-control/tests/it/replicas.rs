@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cloudphone_control::store::{self, Store};
+use cloudphone_control::store::{self, InstanceRecord, PlacementStore, SlotCounts, Store};
+use cloudphone_core::instance::ControlState;
 use cloudphone_testkit::fleet::{Fleet, error_code, order_sku};
 use cloudphone_testkit::process::binary;
 use cloudphone_testkit::wait_for;
@@ -154,4 +155,114 @@ async fn a_second_control_on_one_sqlite_file_is_refused() {
         "{stderr}"
     );
     fleet.wait_healthy(&fleet.api.clone()).await;
+}
+
+/// A node of `capacity` in the store's fixture shape.
+fn node(id: &str, capacity: i64) -> store::NodeRecord {
+    store::NodeRecord {
+        node_id: id.into(),
+        grpc_endpoint: format!("http://{id}:50051"),
+        signaling_base_url: format!("ws://{id}:8090"),
+        region: "cn-north-7".into(),
+        capacity,
+        runtimes: vec!["x11".into()],
+        encoders: vec!["x264enc".into()],
+        version: "0.1.0".into(),
+        status: "up".into(),
+        last_seen_ms: 5,
+    }
+}
+
+/// One instance on `node_id` if the counts under the locks leave it a slot, else "full".
+fn one_on(
+    node_id: &'static str,
+    id: String,
+) -> impl Fn(&SlotCounts) -> Result<Vec<InstanceRecord>, String> + Send + Sync {
+    move |counts: &SlotCounts| {
+        let used = counts.used.get(node_id).copied().unwrap_or(0);
+        let capacity = counts.capacity.get(node_id).copied().unwrap_or(0);
+        if used >= capacity {
+            return Err("full".into());
+        }
+        Ok(vec![InstanceRecord::sample(&id, "t1", "p1", node_id)])
+    }
+}
+
+/// The store's claims, with two pools on one database standing for two replicas: 20
+/// concurrent single-instance claims on a node of 5 place exactly 5; a refused plan writes
+/// nothing; a restore claim on a full node is refused and on a node with room succeeds.
+async fn claims(url: &str) {
+    let a = store::open(url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = store::open(url).await.unwrap();
+    a.create_tenant(&store::NewTenant {
+        tenant_id: "t1".into(),
+        domain_name: "d1".into(),
+        user_id: "u1".into(),
+        user_name: "alice".into(),
+        password_hash: "$argon2id$fake".into(),
+        project_id: "p1".into(),
+        project_name: "cn-north-7".into(),
+        created_at_ms: 1,
+    })
+    .await
+    .unwrap();
+    a.upsert_node(&node("n1", 5)).await.unwrap();
+    a.upsert_node(&node("n2", 1)).await.unwrap();
+    let nodes = ["n1".to_string()];
+    let outcomes = futures::future::join_all((0..20).map(|n| {
+        let (store, nodes) = (if n % 2 == 0 { &a } else { &b }, &nodes);
+        async move {
+            let plan = one_on("n1", format!("i{n}"));
+            store.place_instances("t1", nodes, &plan).await.unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 5);
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| e == "full")
+    );
+    let counts = b.slot_counts("t1", &nodes).await.unwrap();
+    assert_eq!(
+        (
+            counts.used.get("n1"),
+            counts.capacity.get("n1"),
+            counts.tenant_total
+        ),
+        (Some(&5), Some(&5), 5)
+    );
+
+    // A queued instance (on no node's slot): not onto the full n1, onto n2 once.
+    let mut queued = InstanceRecord::sample("q1", "t1", "p1", "n1");
+    queued.state = ControlState::Queued;
+    a.insert_instances(&[queued]).await.unwrap();
+    assert!(
+        !a.claim_restore_slot("q1", "n1", 10).await.unwrap(),
+        "n1 is full"
+    );
+    assert!(b.claim_restore_slot("q1", "n2", 11).await.unwrap());
+    assert!(
+        !a.claim_restore_slot("q1", "n2", 12).await.unwrap(),
+        "no longer queued"
+    );
+    let counts = a.slot_counts("t1", &["n2".to_string()]).await.unwrap();
+    assert_eq!(counts.used.get("n2"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_claims_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    claims(&format!(
+        "sqlite://{}/control.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_claims_on_postgres() {
+    claims(&cloudphone_testkit::postgres::fresh_database()).await;
 }
