@@ -9,6 +9,7 @@
 //! - `node_api`: the `ControlPlane` gRPC service on the node-facing listener (enrollment,
 //!   announcements, the node list), over TLS.
 //! - [`pki`]: control's node CA: the certificates of control and of enrolled nodes.
+//! - [`replica`]: one serving process per SQLite file.
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `service`: the application layer: one function per operation, typed commands in, one
@@ -25,6 +26,7 @@ mod iam;
 mod node_api;
 mod nodes;
 pub mod pki;
+pub mod replica;
 mod service;
 pub mod store;
 mod usage;
@@ -47,13 +49,18 @@ use crate::store::{Store, StoreError};
 
 pub use cloudphone_daemon::unix_ms;
 
+/// See [`AppState::placement_permits`]: a few, well under the smallest pool (SQLite's 4).
+const PLACEMENTS_AT_ONCE: usize = 2;
+
 /// What every handler shares.
 pub struct AppState {
     pub config: ControlConfig,
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
-    /// Serialises placement so concurrent orders cannot oversubscribe a node.
-    pub placement_lock: tokio::sync::Mutex<()>,
+    /// Orders placing at once in this process. Not what keeps slots apart (the database's
+    /// locks do, `store::placement`): it keeps orders waiting on those locks from holding
+    /// every pooled connection, which node reports and other requests need meanwhile.
+    pub(crate) placement_permits: tokio::sync::Semaphore,
     /// Volcengine DescribeLiveTranscodeData's per-user request budget.
     pub volcengine_limiter: std::sync::Mutex<cloudphone_usage::ratelimit::RateLimiter>,
     /// The live edge API's per-key request budget (`[live_api] rate_limit`; `None`: none).
@@ -94,11 +101,11 @@ impl AppState {
             config,
             store,
             registry,
-            placement_lock: tokio::sync::Mutex::new(()),
             volcengine_limiter,
             live_limiter,
             restore_wake: Notify::new(),
             login_guard,
+            placement_permits: tokio::sync::Semaphore::new(PLACEMENTS_AT_ONCE),
             commands_in_flight: std::sync::Mutex::default(),
             clock,
         })
@@ -117,6 +124,8 @@ pub enum ControlError {
     Tls(#[from] cloudphone_daemon::tls::TlsError),
     #[error("node CA: {0}")]
     Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Replica(#[from] replica::ReplicaError),
 }
 
 /// Runs control on already-bound listeners (the tenant API's, the node-facing gRPC one of
@@ -135,6 +144,8 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(cloudphone_daemon::tls::tls_acceptor(cert, key)?),
         _ => None,
     };
+    // Before anything touches the database: a second process on one SQLite file stops here.
+    let _serving = replica::lock_store(&config.store.url)?;
     let store: Arc<dyn Store> = Arc::new(store::open(&config.store.url).await?);
     store.migrate().await?;
     let ca = Arc::new(pki::Ca::load_or_create(&pki::ca_dir(

@@ -45,6 +45,8 @@ pub struct Fleet {
     pub runtime: &'static str,
     /// IAM token lifetime the control is configured with.
     pub token_ttl_secs: u64,
+    /// Control's `[nodes] heartbeat_timeout_ms` ([`HEARTBEAT_TIMEOUT_MS`] unless a test sets it).
+    pub heartbeat_timeout_ms: u64,
     /// TOML appended to control's config (whole sections, e.g. `"[usage]\n…"`).
     pub control_extra: String,
     /// TOML appended to the node's config (whole sections, e.g. `"[webrtc]\n…"`).
@@ -72,6 +74,7 @@ impl Fleet {
             first_display: first_display(),
             runtime,
             token_ttl_secs: 86_400,
+            heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
             control_extra: String::new(),
             node_extra: String::new(),
             node_region: "cn-north-7".into(),
@@ -84,19 +87,50 @@ impl Fleet {
     }
 
     pub fn write_control_config(&self) -> PathBuf {
-        let path = self.path("control.toml");
+        self.write_config_as("control.toml", self.control_port, self.nodes_port)
+    }
+
+    /// Control's config at `name` with the fleet's store, CA and settings, on these ports.
+    fn write_config_as(&self, name: &str, http_port: u16, nodes_port: u16) -> PathBuf {
+        let path = self.path(name);
         let text = format!(
             "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nca_dir = \"{}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
-            self.control_port,
+             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {}\nca_dir = \"{}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+            http_port,
             self.store_url,
-            self.nodes_port,
+            nodes_port,
+            self.heartbeat_timeout_ms,
             self.path("pki").display(),
             self.token_ttl_secs,
             self.control_extra
         );
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    /// The config of another control process on the fleet's store (a replica), on ports of
+    /// its own: `<name>.toml`.
+    pub fn write_replica_config(&self, name: &str) -> PathBuf {
+        self.write_config_as(&format!("{name}.toml"), 0, 0)
+    }
+
+    /// Starts another control process on the fleet's store and CA (a replica: on PostgreSQL;
+    /// SQLite refuses a second one) named `name`, and waits until it serves. The fleet's
+    /// [`Fleet::api`] stays the first control's.
+    pub async fn add_control(&self, name: &str) -> Replica {
+        let config = self.write_replica_config(name);
+        let (daemon, (http, grpc)) = self.spawn_ready(
+            name,
+            &binary("cloudphone-control"),
+            &["serve", "--config", path_str(&config)],
+        );
+        let replica = Replica {
+            daemon,
+            api: format!("http://127.0.0.1:{http}"),
+            nodes_port: grpc,
+        };
+        self.wait_healthy(&replica.api).await;
+        replica
     }
 
     /// Starts control and waits until it has bound its listeners (not until it serves: see
@@ -449,6 +483,15 @@ impl Fleet {
         .await;
         started.elapsed()
     }
+}
+
+/// A further control process of a [`Fleet`] ([`Fleet::add_control`]); dropping it stops it.
+pub struct Replica {
+    pub daemon: Daemon,
+    /// Its API base URL.
+    pub api: String,
+    /// Its node-facing gRPC port.
+    pub nodes_port: u16,
 }
 
 /// A user's IAM token and the project and tenant (IAM domain) ids it is scoped to.

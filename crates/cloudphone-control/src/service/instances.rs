@@ -17,7 +17,7 @@ use rand::Rng;
 use super::ServiceError;
 use crate::AppState;
 use crate::iam::Principal;
-use crate::store::{InstanceListing, InstanceQuery, InstanceRecord, NodeRecord};
+use crate::store::{InstanceListing, InstanceQuery, InstanceRecord, NodeRecord, SlotCounts};
 
 /// What CreateInstance answers: the order and the instances in it.
 pub(crate) struct Ordered {
@@ -117,60 +117,110 @@ pub(crate) async fn create(
         return Err(ApiError::SkuMismatch(order.band_sku_id.clone()).into());
     }
 
-    // One order at a time per control replica, so two orders cannot both take the last slots.
-    let placing = state.placement_lock.lock().await;
-    // `[quotas] instances_per_node_per_tenant` (0: off): the tenant's instances already on
-    // each node, against which the placement caps it.
-    let per_node = state.config.quotas.instances_per_node_per_tenant;
-    let tenant_max_per_node = (per_node > 0).then_some(per_node);
-    let held_per_node: HashMap<String, i64> = match tenant_max_per_node {
-        Some(_) => state
-            .store
-            .tenant_instance_counts(&principal.tenant_id)
-            .await?
-            .into_iter()
-            .collect(),
-        None => HashMap::new(),
-    };
-    let slots: Vec<NodeSlots> = super::nodes_with_slots(state)
-        .await?
-        .into_iter()
-        .map(|(n, mut slots)| {
+    // The nodes that sell the SKU here; the claim locks only these (and the tenant's row).
+    let nodes = state.store.list_nodes().await?;
+    let candidates: Vec<String> = nodes
+        .iter()
+        .filter(|n| {
             let health = state.registry.health(&n.node_id);
-            slots.eligible = sells(&n, health, &order.region_id, shape.runtime);
-            let held = held_per_node.get(&n.node_id).copied().unwrap_or(0);
-            slots.tenant_used = u32::try_from(held).unwrap_or(u32::MAX);
-            slots
+            sells(n, health, &order.region_id, shape.runtime)
         })
+        .map(|n| n.node_id.clone())
         .collect();
     // Not sold by any node: not what BatchShowSku offers (a shortage among nodes that do sell
     // it is 40010, below).
-    if !slots.iter().any(|s| s.eligible) {
+    if candidates.is_empty() {
         return Err(ApiError::NoSuchSkuOrRegion(format!(
             "{} in {}",
             order.instance_sku_id, order.region_id
         ))
         .into());
     }
+    let order_id = new_order_id();
+    let plan = |counts: &SlotCounts| plan_order(state, principal, &order, shape, &order_id, counts);
+    // Waiting here holds no database connection (see `AppState::placement_permits`); the
+    // semaphore is never closed, so there is always a permit to wait for.
+    let _permit = state.placement_permits.acquire().await.ok();
+    // A snapshot first, without locks: a fleet that was full when the permit was granted is
+    // refused then, so a storm of orders past the last slot does not queue on the locks.
+    let snapshot = state
+        .store
+        .slot_counts(&principal.tenant_id, &candidates)
+        .await?;
+    if let Err(reason) = plan(&snapshot) {
+        return Err(ApiError::InsufficientInventory(reason).into());
+    }
+    // The claim: counted again under the tenant's and the nodes' row locks and written in the
+    // same transaction, so replicas on one database never take the same slot
+    // (`store::placement`).
+    let records = state
+        .store
+        .place_instances(&principal.tenant_id, &candidates, &plan)
+        .await?
+        .map_err(ApiError::InsufficientInventory)?;
+    tracing::info!(order_id, count = records.len(), "instances ordered");
+
+    let instances = records
+        .iter()
+        .map(|r| CreatedInstance {
+            instance_id: r.instance_id.clone(),
+            instance_name: r.name.clone(),
+        })
+        .collect();
+    tokio::spawn(create_on_nodes(Arc::clone(state), records));
+    Ok(Ordered {
+        order_id,
+        instances,
+    })
+}
+
+/// The instances of `order`, placed by free capacity on the nodes `counts` has (the
+/// candidates), or why not (40010): the tenant's quota, `[quotas]
+/// instances_per_node_per_tenant`, or no room.
+fn plan_order(
+    state: &AppState,
+    principal: &Principal,
+    order: &CreateOrder,
+    shape: wire::SkuShape,
+    order_id: &str,
+    counts: &SlotCounts,
+) -> Result<Vec<InstanceRecord>, String> {
     // The tenant's quota: its instances after this order. Refused like a shortage (40010),
     // which is what it is from the tenant's side (docs/api-notes.md).
     let quota = i64::from(state.config.quotas.instances_per_tenant);
-    let held = state
-        .store
-        .tenant_instance_count(&principal.tenant_id)
-        .await?;
+    let held = counts.tenant_total;
     if held + i64::from(order.count) > quota {
-        return Err(ApiError::InsufficientInventory(format!(
+        return Err(format!(
             "the tenant's instance quota is {quota}; it holds {held}"
-        ))
-        .into());
+        ));
     }
-    let placements = scheduling::place(&slots, order.count, tenant_max_per_node)
-        .map_err(|e| ApiError::InsufficientInventory(e.to_string()))?;
-
+    // `[quotas] instances_per_node_per_tenant` (0: off): the tenant's instances already on
+    // each node, against which the placement caps it.
+    let per_node = state.config.quotas.instances_per_node_per_tenant;
+    let tenant_max_per_node = (per_node > 0).then_some(per_node);
+    let count_of = |map: &HashMap<String, i64>, node_id: &str| {
+        u32::try_from(map.get(node_id).copied().unwrap_or(0)).unwrap_or(u32::MAX)
+    };
+    let mut slots: Vec<NodeSlots> = counts
+        .capacity
+        .iter()
+        .map(|(node_id, capacity)| NodeSlots {
+            node_id: node_id.clone(),
+            capacity: u32::try_from(*capacity).unwrap_or(0),
+            used: count_of(&counts.used, node_id),
+            tenant_used: match tenant_max_per_node {
+                Some(_) => count_of(&counts.tenant_used, node_id),
+                None => 0,
+            },
+            eligible: true,
+        })
+        .collect();
+    // The scheduler breaks ties in list order: keep it the nodes' id order, not a map's.
+    slots.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let placements =
+        scheduling::place(&slots, order.count, tenant_max_per_node).map_err(|e| e.to_string())?;
     let now = crate::unix_ms();
-    let order_id = new_order_id();
-    let records: Vec<InstanceRecord> = placements
+    Ok(placements
         .into_iter()
         .enumerate()
         .map(|(n, node_id)| InstanceRecord {
@@ -178,7 +228,7 @@ pub(crate) async fn create(
             tenant_id: principal.tenant_id.clone(),
             project_id: principal.project_id.clone(),
             name: wire::instance_name(&order.name_prefix, n as u32 + 1),
-            order_id: order_id.clone(),
+            order_id: order_id.to_string(),
             node_id,
             sku_id: order.instance_sku_id.clone(),
             region: order.region_id.clone(),
@@ -197,23 +247,7 @@ pub(crate) async fn create(
             created_at_ms: now,
             updated_at_ms: now,
         })
-        .collect();
-    state.store.insert_instances(&records).await?;
-    drop(placing);
-    tracing::info!(order_id, count = records.len(), "instances ordered");
-
-    let instances = records
-        .iter()
-        .map(|r| CreatedInstance {
-            instance_id: r.instance_id.clone(),
-            instance_name: r.name.clone(),
-        })
-        .collect();
-    tokio::spawn(create_on_nodes(Arc::clone(state), records));
-    Ok(Ordered {
-        order_id,
-        instances,
-    })
+        .collect())
 }
 
 /// Asks each instance's node to create it; the outcome lands in the instance's state.

@@ -278,9 +278,9 @@ async fn admit(state: &Arc<AppState>) -> Result<(), StoreError> {
         .map(|(r, since)| (r.instance_id.clone(), (r.clone(), *since)))
         .collect();
     let mut queue = load_queue(state).await?;
+    // The snapshot picks a node per instance; each claim checks that node's room again under
+    // its row lock (`store::placement`), so replicas and CreateInstance never share a slot.
     let claimed = {
-        // The same lock CreateInstance places under, so the two never take the same slot.
-        let _placing = state.placement_lock.lock().await;
         let nodes: Vec<PoolNode> = super::nodes_with_slots(state)
             .await?
             .into_iter()
@@ -295,7 +295,7 @@ async fn admit(state: &Arc<AppState>) -> Result<(), StoreError> {
         for admission in queue.admit(&nodes) {
             if state
                 .store
-                .claim_restore(&admission.instance_id, &admission.node_id, now)
+                .claim_restore_slot(&admission.instance_id, &admission.node_id, now)
                 .await?
             {
                 claimed.push(admission);

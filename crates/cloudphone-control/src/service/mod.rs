@@ -87,7 +87,8 @@ pub(crate) fn create_request(record: &InstanceRecord) -> pb::CreateInstanceReque
 }
 
 /// Every registered node with its slots: the instances placed on it against its capacity,
-/// eligible when the node is up. Callers hold `placement_lock` while they place on them.
+/// eligible when the node is up: a snapshot, which the claims of `store::placement` check again
+/// under their locks.
 pub(crate) async fn nodes_with_slots(
     state: &AppState,
 ) -> Result<Vec<(NodeRecord, NodeSlots)>, StoreError> {

@@ -30,12 +30,14 @@ macro_rules! bind {
 }
 
 mod live;
+mod placement;
 mod sql;
 
 pub use live::{
     GroupFilter, LiveStore, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode, VsOrder,
     VsPage, VsPublish, VsStatus, VsStream, VsTenant,
 };
+pub use placement::{PlacementStore, PlanFn, SlotCounts};
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
@@ -256,7 +258,7 @@ pub struct BackupState {
 
 /// Control's state. Every multi-row write is one transaction: all of it lands or none.
 #[async_trait]
-pub trait Store: LiveStore + Send + Sync + 'static {
+pub trait Store: LiveStore + PlacementStore + Send + Sync + 'static {
     /// Brings the schema up to date.
     async fn migrate(&self) -> Result<(), StoreError>;
 
@@ -444,14 +446,6 @@ pub trait Store: LiveStore + Send + Sync + 'static {
     async fn request_prepare(&self, instance_id: &str, now_ms: i64) -> Result<bool, StoreError>;
     /// Instances in the prepare queue with their enqueue times, first come first.
     async fn queued_instances(&self) -> Result<Vec<(InstanceRecord, i64)>, StoreError>;
-    /// Takes a queued instance out of the queue and onto `node_id` as restoring; false if
-    /// it was no longer queued (another replica claimed it, or it was deleted).
-    async fn claim_restore(
-        &self,
-        instance_id: &str,
-        node_id: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
     /// Records how a restore ended: the instance's state and restore_status (2 or 3).
     async fn finish_restore(
         &self,

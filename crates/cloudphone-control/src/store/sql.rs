@@ -145,13 +145,13 @@ fn state_name(state: &ControlState) -> &'static str {
 
 /// One state as an SQL string literal. State names are fixed snake_case words, so quoting them
 /// needs no escaping.
-fn lit(state: ControlState) -> String {
+pub(super) fn lit(state: ControlState) -> String {
     format!("'{}'", state.as_str())
 }
 
 /// The states a rule of `cloudphone_core::instance` picks, as the body of an SQL `IN (…)`, so
 /// no state list is written by hand in a statement.
-fn states_where(rule: impl Fn(ControlState) -> bool) -> String {
+pub(super) fn states_where(rule: impl Fn(ControlState) -> bool) -> String {
     ALL_STATES
         .into_iter()
         .filter(|state| rule(*state))
@@ -408,21 +408,7 @@ impl Store for SqlStore {
 
     async fn insert_instances(&self, instances: &[InstanceRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for i in instances {
-            let insert = sqlx::query(
-                "INSERT INTO instances (id, tenant_id, project_id, name, order_id, node_id, sku_id, \
-                    region, os, runtime, width, height, state, state_message, assign_user, \
-                    period_type, period_num, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-            );
-            bind!(insert => i {
-                instance_id, tenant_id, project_id, name, order_id, node_id, sku_id, region, os,
-                runtime, width, height, state by state_name, state_message, assign_user,
-                period_type, period_num, created_at_ms, updated_at_ms
-            })
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_instances_in(&mut tx, instances).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -891,27 +877,6 @@ impl Store for SqlStore {
         Ok(queued)
     }
 
-    async fn claim_restore(
-        &self,
-        instance_id: &str,
-        node_id: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(&format!(
-            "UPDATE instances SET state = {}, state_message = '', node_id = $1, \
-                prepare_queued_at_ms = NULL, restore_status = 1, restore_time_ms = $2, \
-                updated_at_ms = $2 WHERE id = $3 AND state = {}",
-            lit(ControlState::RESTORING),
-            lit(ControlState::Queued)
-        ))
-        .bind(node_id)
-        .bind(now_ms)
-        .bind(instance_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
     async fn finish_restore(
         &self,
         instance_id: &str,
@@ -1147,8 +1112,32 @@ async fn request_prepare_in(
     Ok(done.rows_affected())
 }
 
+/// Writes instance rows on a connection or inside a transaction (an order's, or a placement's
+/// under its slot locks: `store::placement`).
+pub(super) async fn insert_instances_in(
+    conn: &mut sqlx::AnyConnection,
+    instances: &[InstanceRecord],
+) -> Result<(), sqlx::Error> {
+    for i in instances {
+        let insert = sqlx::query(
+            "INSERT INTO instances (id, tenant_id, project_id, name, order_id, node_id, sku_id, \
+                    region, os, runtime, width, height, state, state_message, assign_user, \
+                    period_type, period_num, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        );
+        bind!(insert => i {
+            instance_id, tenant_id, project_id, name, order_id, node_id, sku_id, region, os,
+            runtime, width, height, state by state_name, state_message, assign_user,
+            period_type, period_num, created_at_ms, updated_at_ms
+        })
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// `(node_id, n)` rows of a `GROUP BY node_id` count.
-fn node_counts(rows: &[AnyRow]) -> Result<Vec<(String, i64)>, StoreError> {
+pub(super) fn node_counts(rows: &[AnyRow]) -> Result<Vec<(String, i64)>, StoreError> {
     rows.iter()
         .map(|row| Ok((row.try_get("node_id")?, row.try_get("n")?)))
         .collect::<Result<_, sqlx::Error>>()

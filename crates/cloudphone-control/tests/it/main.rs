@@ -9,8 +9,8 @@
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
 //! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`,
 //!   `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`, `live_store`,
-//!   `node_trust`, `operations`, `pages`, `reconnect`, `roles`, `schemathesis`, `sealing_key`, `seed_examples`,
-//!   `shutdown`, `store`, `tls`,
+//!   `node_trust`, `operations`, `pages`, `reconnect`, `replicas`, `roles`, `schemathesis`,
+//!   `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
@@ -33,6 +33,7 @@ mod node_trust;
 mod operations;
 mod pages;
 mod reconnect;
+mod replicas;
 mod roles;
 mod schemathesis;
 mod sealing_key;

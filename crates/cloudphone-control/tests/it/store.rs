@@ -511,8 +511,8 @@ async fn backup_and_prepare(store: &impl Store) {
     assert_eq!(queued, [("q2".to_string(), 605), ("q1".to_string(), 700)]);
 
     // Claiming moves it onto a node, once.
-    assert!(store.claim_restore("q2", "n2", 800).await.unwrap());
-    assert!(!store.claim_restore("q2", "n1", 801).await.unwrap());
+    assert!(store.claim_restore_slot("q2", "n2", 800).await.unwrap());
+    assert!(!store.claim_restore_slot("q2", "n1", 801).await.unwrap());
     let claimed = backup(store, "q2").await;
     assert_eq!(
         (
@@ -532,7 +532,7 @@ async fn backup_and_prepare(store: &impl Store) {
     );
     // Claimed again, then the restore ends (10 ms later) as it ends on the node.
     let restore = async |id: &str, node: &str, at_ms: i64, end: (ControlState, &str, i64)| {
-        assert!(store.claim_restore(id, node, at_ms).await.unwrap());
+        assert!(store.claim_restore_slot(id, node, at_ms).await.unwrap());
         let (state, message, restore_status) = end;
         store
             .finish_restore(id, state, message, restore_status, at_ms + 10)
