@@ -362,6 +362,30 @@ impl UsageBuffer {
             })
     }
 
+    /// How many records wait on disk for control's acknowledgement (`/metrics`): counted from
+    /// the directory, without reading the records.
+    pub(crate) fn pending_count(&self) -> usize {
+        std::fs::read_dir(&self.pending).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+    }
+
+    /// Whether records can still be written (`/healthz`): writes, syncs and removes a probe
+    /// file where records go. Not a `.json`, so no reader ever takes it for a record.
+    pub(crate) fn check_writable(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let probe = self.pending.join(".healthz-probe");
+        let result = std::fs::File::create(&probe).and_then(|mut f| {
+            f.write_all(b"ok")?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        result
+    }
+
     /// Drops acknowledged records.
     pub(crate) fn acknowledge(&self, record_ids: &[String]) -> usize {
         record_ids
