@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::EncodingType;
 use serde_json::Value;
 
+use crate::streaming_webrtc::usage_within;
 use crate::support::streaming::Node;
 
 async fn healthz(node: &Node) -> (u16, Value) {
@@ -116,7 +118,44 @@ async fn healthz_and_metrics_follow_an_instance_and_a_viewer() {
         "{last}"
     );
 
+    // Control connects and acknowledges: the depth falls back to 0 once every record (the
+    // encoder's final one included, after the viewer left) is acknowledged.
     drop(viewer);
+    let mut reports = node.open_reports().await;
+    let (status, body) = healthz(&node).await;
+    assert_eq!(
+        (status, &body["control"]),
+        (200, &"connected".into()),
+        "{body}"
+    );
+    let mut drained = false;
+    for _ in 0..10 {
+        let records = usage_within(&mut reports, Duration::from_secs(1)).await;
+        let record_ids = records.into_iter().map(|r| r.record_id).collect();
+        node.grpc
+            .ack_usage(pb::AckUsageRequest { record_ids })
+            .await
+            .unwrap();
+        last = scrape(&node).await;
+        if value(&last, "cloudphone_node_encoders") == Some(0.0)
+            && value(&last, "cloudphone_node_usage_buffer_records") == Some(0.0)
+        {
+            drained = true;
+            break;
+        }
+    }
+    assert!(drained, "{last}");
+    assert_eq!(
+        value(&last, "cloudphone_node_sessions"),
+        Some(0.0),
+        "{last}"
+    );
+    assert_eq!(
+        value(&last, "cloudphone_node_report_streams"),
+        Some(1.0),
+        "{last}"
+    );
+    drop(reports);
     node.shutdown().await;
 }
 
