@@ -416,6 +416,24 @@ mod tests {
     }
 
     #[test]
+    fn the_depth_counts_unacknowledged_records_and_the_probe_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        assert_eq!(buffer.pending_count(), 0);
+        buffer
+            .write(&rec("r1", "s1", 0, 1_000, false), 1_000)
+            .unwrap();
+        buffer
+            .write(&rec("r2", "s1", 1_000, 2_000, true), 2_000)
+            .unwrap();
+        buffer.check_writable().unwrap();
+        assert_eq!(buffer.pending_count(), 2);
+        assert_eq!(buffer.pending().len(), 2);
+        buffer.acknowledge(&["r1".to_owned()]);
+        assert_eq!(buffer.pending_count(), 1);
+    }
+
+    #[test]
     fn records_stay_until_acknowledged_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
