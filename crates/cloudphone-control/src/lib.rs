@@ -14,6 +14,7 @@
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `service`: the application layer: one function per operation, typed commands in, one
 //!   error enum out (private).
+//! - `metrics`: the Prometheus metrics' names and descriptions.
 //! - `http`: routes and handlers that parse into service calls (private; the router is the
 //!   interface).
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ mod clock;
 pub mod config;
 mod http;
 mod iam;
+mod metrics;
 mod node_api;
 mod nodes;
 pub mod pki;
@@ -164,6 +166,7 @@ pub async fn run(
     );
     registry.start().await?;
     let _ = http::metrics_handle();
+    metrics::describe();
     let state = AppState::new(config, store, registry, Clock::System);
     let node_api = node_api::ControlPlaneService::new(
         Arc::clone(&ca),

@@ -192,6 +192,17 @@ impl Registry {
         self.lock().get(node_id).and_then(|e| e.client.clone())
     }
 
+    /// How many known nodes the liveness rule sees up and down right now (for `/metrics`).
+    pub(crate) fn health_counts(&self) -> (usize, usize) {
+        let now = self.now_ms();
+        let nodes = self.lock();
+        let up = nodes
+            .values()
+            .filter(|e| e.liveness.health(now) == NodeHealth::Up)
+            .count();
+        (up, nodes.len() - up)
+    }
+
     /// Current health of `node_id` as the liveness rule sees it.
     pub fn health(&self, node_id: &str) -> NodeHealth {
         let now = self.now_ms();

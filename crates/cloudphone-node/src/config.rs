@@ -105,6 +105,8 @@ pub struct X11Section {
     pub first_display: u32,
     /// Shell command each instance runs inside its sandbox; empty for the built-in default.
     pub launcher: String,
+    /// The X server binary; empty for `/usr/bin/Xvfb`.
+    pub xvfb: String,
 }
 
 /// How instance sandboxes are confined (x11 runtime); see docs/deploy.md.
@@ -355,6 +357,7 @@ impl Default for X11Section {
         Self {
             first_display: 100,
             launcher: String::new(),
+            xvfb: String::new(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`usage_buffer`]: usage records on disk until control acknowledges them.
 //! - [`clock`]: the clock usage is timed by (tokio's in paused-time tests).
 //! - [`http`]: `/healthz`, `/metrics`.
+//! - `metrics`: the Prometheus metrics' names and descriptions.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 //! - `live`: the live edge (seed 003): RTMP ingest and the players of each stream.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ mod grpc;
 mod http;
 pub mod instances;
 mod live;
+mod metrics;
 mod mtls;
 mod phone;
 pub mod runtime;
@@ -83,6 +85,9 @@ fn build_runtime(config: &NodeConfig) -> Result<Arc<dyn Runtime>, runtime::Runti
             if !config.x11.launcher.is_empty() {
                 x11.launcher = config.x11.launcher.clone();
             }
+            if !config.x11.xvfb.is_empty() {
+                x11.xvfb = config.x11.xvfb.clone().into();
+            }
             Arc::new(runtime::x11::X11Runtime::new(x11)?)
         }
         "android" => Arc::new(runtime::android::AndroidRuntime::new(
@@ -133,8 +138,12 @@ pub async fn run(
     // Before anything else: a node that cannot prove who it is serves nothing.
     let tls = mtls::load_or_enroll(&config).await?;
     let runtime = build_runtime(&config)?;
-    let manager =
-        InstanceManager::open(config.state_dir.clone(), runtime, config.capacity as usize).await?;
+    let manager = InstanceManager::open(
+        config.state_dir.clone(),
+        Arc::clone(&runtime),
+        config.capacity as usize,
+    )
+    .await?;
     let identity = grpc::NodeIdentity {
         node_id: config.node_id.clone(),
         grpc_endpoint: config.grpc.advertise.clone(),
@@ -203,6 +212,7 @@ pub async fn run(
     );
     sessions.set_audio_factory(streaming::audio_factory(&pipeline_options));
     let downloads = apps::Downloads::new(&config.apps).map_err(std::io::Error::other)?;
+    let health_usage = usage.clone();
     let service = grpc::NodeService::new(
         Arc::clone(&manager),
         identity,
@@ -227,6 +237,7 @@ pub async fn run(
     tokio::spawn(Arc::clone(&players.hls).reap_idle(stop_rx.clone()));
 
     let _ = http::metrics_handle();
+    metrics::describe();
     let mut http_stop = stop_rx.clone();
     // The RTMP server; awaited (bounded) on shutdown like the other listeners.
     let rtmp_task = match rtmp_listener {
@@ -240,7 +251,14 @@ pub async fn run(
         }
         None => None,
     };
-    let router = http::router()
+    let health = http::Health {
+        runtime,
+        manager: Arc::clone(&manager),
+        sessions: Arc::clone(&sessions),
+        usage: health_usage,
+        report_streams: service.open_streams(),
+    };
+    let router = http::router(health)
         .merge(streaming::signaling::router(Arc::clone(&sessions)))
         .merge(live::http::router(players))
         .merge(phone::router(phone::PhoneState {

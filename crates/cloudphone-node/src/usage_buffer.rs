@@ -362,6 +362,30 @@ impl UsageBuffer {
             })
     }
 
+    /// How many records wait on disk for control's acknowledgement (`/metrics`): counted from
+    /// the directory, without reading the records.
+    pub(crate) fn pending_count(&self) -> usize {
+        std::fs::read_dir(&self.pending).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+    }
+
+    /// Whether records can still be written (`/healthz`): writes, syncs and removes a probe
+    /// file where records go. Not a `.json`, so no reader ever takes it for a record.
+    pub(crate) fn check_writable(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let probe = self.pending.join(".healthz-probe");
+        let result = std::fs::File::create(&probe).and_then(|mut f| {
+            f.write_all(b"ok")?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        result
+    }
+
     /// Drops acknowledged records.
     pub(crate) fn acknowledge(&self, record_ids: &[String]) -> usize {
         record_ids
@@ -389,6 +413,24 @@ mod tests {
             end_unix_ms: end,
             r#final: is_final,
         }
+    }
+
+    #[test]
+    fn the_depth_counts_unacknowledged_records_and_the_probe_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let buffer = UsageBuffer::open(dir.path(), 0).unwrap();
+        assert_eq!(buffer.pending_count(), 0);
+        buffer
+            .write(&rec("r1", "s1", 0, 1_000, false), 1_000)
+            .unwrap();
+        buffer
+            .write(&rec("r2", "s1", 1_000, 2_000, true), 2_000)
+            .unwrap();
+        buffer.check_writable().unwrap();
+        assert_eq!(buffer.pending_count(), 2);
+        assert_eq!(buffer.pending().len(), 2);
+        buffer.acknowledge(&["r1".to_owned()]);
+        assert_eq!(buffer.pending_count(), 1);
     }
 
     #[test]

@@ -116,6 +116,26 @@ pub fn fresh_database() -> String {
     format!("{server}/{name}")
 }
 
+/// Makes the database at `db_url` (from [`fresh_database`]) unreachable, or reachable again,
+/// while the server keeps running: a database outage for one client without stopping the
+/// suite's shared server. Refusing also ends every session already open on it.
+pub fn set_connections_allowed(db_url: &str, allowed: bool) {
+    let (server, name) = db_url.rsplit_once('/').expect("a database URL");
+    let mut sql = format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allowed};");
+    if !allowed {
+        sql.push_str(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+        ));
+    }
+    output_of(
+        Command::new("psql")
+            .arg(format!("{server}/postgres"))
+            .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+            .arg(sql),
+        "allow or refuse connections",
+    );
+}
+
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let nanos = SystemTime::now()

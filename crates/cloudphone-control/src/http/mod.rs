@@ -132,6 +132,12 @@ async fn observe(request: Request, next: Next) -> Response {
         path = %request.uri().path(),
         tenant_id = tracing::field::Empty,
     );
+    // The route's template, not the path: ids in paths would make a series per instance.
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
@@ -142,20 +148,51 @@ async fn observe(request: Request, next: Next) -> Response {
             "served"
         )
     });
-    metrics::counter!("cloudphone_http_requests_total", "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("cloudphone_http_request_seconds").record(started.elapsed().as_secs_f64());
+    crate::metrics::request_served(method, route, status, started.elapsed());
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(REQUEST_ID, id);
     }
     response
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness and readiness for load balancers and orchestrators: 200 when the database answers
+/// within [`HEALTH_DB_TIMEOUT`], else 503. Unauthenticated, so the body names what failed and
+/// nothing more: never the store URL (it can carry a password) or the driver's error text.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let database = match tokio::time::timeout(HEALTH_DB_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => "ok",
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "healthz: database check failed");
+            "unavailable"
+        }
+        Err(_) => {
+            tracing::warn!("healthz: database check timed out");
+            "timeout"
+        }
+    };
+    let (nodes_up, nodes_down) = state.registry.health_counts();
+    let ok = database == "ok";
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "database": database,
+        "nodes_up": nodes_up,
+        "nodes_down": nodes_down,
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
-async fn render_metrics() -> String {
+/// How long `/healthz` waits for the database: a health check must answer quickly even when
+/// the database hangs (a pool waiting on a dead server would otherwise wait 30 s).
+const HEALTH_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> String {
+    let (up, down) = state.registry.health_counts();
+    crate::metrics::set_nodes(up, down);
     metrics_handle().render()
 }
 

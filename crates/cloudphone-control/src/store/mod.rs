@@ -496,6 +496,9 @@ pub trait Store: LiveStore + PlacementStore + Send + Sync + 'static {
         old_sealed: &str,
         new_sealed: &str,
     ) -> Result<bool, StoreError>;
+    /// The cheapest round trip to the database (`/healthz`): proves a connection can be had
+    /// and answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// Whose access keys a query sees: one user's (what a tenant's user may list and delete through

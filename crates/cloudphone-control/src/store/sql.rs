@@ -355,6 +355,11 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id AS node_id, grpc_endpoint, signaling_base_url, region, capacity, runtimes, \

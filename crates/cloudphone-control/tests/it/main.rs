@@ -8,9 +8,9 @@
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
 //! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`,
-//!   `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`, `live_store`,
-//!   `node_trust`, `operations`, `pages`, `reconnect`, `replicas`, `roles`, `schemathesis`,
-//!   `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
+//!   `health`, `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`,
+//!   `live_store`, `node_trust`, `operations`, `pages`, `reconnect`, `replicas`, `roles`,
+//!   `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
 //!   `usage_rules`, `usage_sdk`.
 
 // Test code: a failed unwrap is a failed test (clippy allows it only inside `#[test]` fns).
@@ -23,6 +23,7 @@ mod backup;
 mod console_live;
 mod console_usage;
 mod fleet;
+mod health;
 mod hostile_input;
 mod install_app;
 mod lifecycle_rules;

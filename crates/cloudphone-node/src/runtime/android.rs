@@ -285,6 +285,22 @@ impl Runtime for AndroidRuntime {
         "android"
     }
 
+    async fn health(&self) -> Result<(), String> {
+        // `adb version` needs no server and no device: it proves the tool answers, quickly.
+        let run = tokio::process::Command::new(&self.config.adb)
+            .arg("version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(std::time::Duration::from_millis(800), run).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(_) => Err("adb does not run".to_owned()),
+            Err(_) => Err("adb does not answer".to_owned()),
+        }
+    }
+
     fn data_dir_is_state(&self) -> bool {
         false
     }

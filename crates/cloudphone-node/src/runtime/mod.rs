@@ -262,4 +262,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
         None
     }
+
+    /// Whether this host can run this runtime's instances now (`/healthz`). `Err` says what is
+    /// missing in words fit for an unauthenticated caller: no paths, no host details.
+    async fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// True when `path` is a file someone may execute: what a runtime needs of its programs.
+pub(crate) fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

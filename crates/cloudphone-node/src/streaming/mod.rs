@@ -42,6 +42,14 @@ impl Encoder for EncodePipeline {
             .error
             .or_else(|| stats.ended.then(|| "capture ended".to_owned()))
     }
+    fn frames_dropped(&self) -> u64 {
+        let stats = self.stats();
+        // One frame may be inside the encoder at any moment: not dropped, just not out yet.
+        stats
+            .frames_captured
+            .saturating_sub(stats.frames_encoded)
+            .saturating_sub(1)
+    }
 }
 
 /// The encoder factory the node runs with: a GStreamer [`EncodePipeline`] per profile, the

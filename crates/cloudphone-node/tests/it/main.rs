@@ -8,6 +8,7 @@
 //! - [`support`]: RTP collection and checks for the `pipeline_*` modules; an in-process node,
 //!   a signaling client and a webrtc-rs viewer for the `streaming_*` modules.
 //! - `demo_app`: the demo phone's app in an x11 instance, used through a viewer.
+//! - `health`: `/healthz` and `/metrics` with an instance, a viewer and a broken runtime.
 //! - `live_rtmp`: the live edge: RTMP push, FLV and RTMP play, control's admission.
 //! - `reconnect`: a node restart keeps live tokens (grants on disk); renewals.
 //! - `roles`: owner and observer viewers, the viewer cap.
@@ -22,6 +23,7 @@
 mod support;
 
 mod demo_app;
+mod health;
 mod isolation;
 mod live_rtmp;
 mod phone_features;

@@ -476,6 +476,18 @@ impl Runtime for X11Runtime {
         "x11"
     }
 
+    async fn health(&self) -> Result<(), String> {
+        // An instance cannot start without either; a running one's own death is the crash
+        // watcher's (it marks the instance failed, which `/healthz` counts).
+        if !super::is_executable(&self.config.xvfb) {
+            return Err("the X server (Xvfb) is not installed".to_owned());
+        }
+        if !super::is_executable(&self.config.bwrap) {
+            return Err("the sandbox (bwrap) is not installed".to_owned());
+        }
+        Ok(())
+    }
+
     async fn start(&self, spec: &InstanceSpec, paths: &InstancePaths) -> Result<(), RuntimeError> {
         if self.is_running(spec, paths).await {
             return Ok(());

@@ -44,6 +44,10 @@ pub(crate) trait Encoder: Send + Sync + 'static {
     fn failure(&self) -> Option<String> {
         None
     }
+    /// Captured frames the encoder never encoded (dropped while it was busy), since it started.
+    fn frames_dropped(&self) -> u64 {
+        0
+    }
 }
 
 /// Starts a video encoder for a profile (its packets are PT 96).
@@ -113,6 +117,7 @@ impl SharedEncoder {
         tokio::spawn(async move {
             let mut health = tokio::time::interval(HEALTH_CHECK_INTERVAL);
             let (mut bytes, mut since) = (0u64, tokio::time::Instant::now());
+            let mut dropped_before = 0u64;
             loop {
                 tokio::select! {
                     packet = rx.recv() => match packet {
@@ -127,6 +132,10 @@ impl SharedEncoder {
                         let secs = since.elapsed().as_secs_f64().max(0.001);
                         let kbps = (bytes as f64 * 8.0 / 1000.0 / secs).round() as u32;
                         shared.sent_kbps.store(kbps, Ordering::Relaxed);
+                        let mut dropped = dropped_before;
+                        shared.with_encoder(|e| dropped = e.frames_dropped());
+                        crate::metrics::encoder_tick(bytes, dropped.saturating_sub(dropped_before));
+                        dropped_before = dropped;
                         (bytes, since) = (0, tokio::time::Instant::now());
                         if *shared.ended.borrow() {
                             break;
@@ -157,6 +166,11 @@ impl SharedEncoder {
             usage,
         ));
         shared
+    }
+
+    /// What the encoder sent over its last second, kbit/s.
+    pub(crate) fn sent_kbps(&self) -> u32 {
+        self.sent_kbps.load(Ordering::Relaxed)
     }
 
     /// A receiver of the encoder's RTP packets.

@@ -239,6 +239,18 @@ impl Sessions {
     pub(crate) fn live_viewers(&self) -> usize {
         self.inner().viewers.len()
     }
+
+    /// Video encoders running right now, and what they sent together over their last second
+    /// (kbit/s): for `/metrics`.
+    pub(crate) fn encoder_figures(&self) -> (usize, u64) {
+        let inner = self.inner();
+        let kbps = inner
+            .encoders
+            .values()
+            .map(|e| u64::from(e.sent_kbps()))
+            .sum();
+        (inner.encoders.len(), kbps)
+    }
 }
 
 /// Resolves once the flag is true (or its sender is gone).
