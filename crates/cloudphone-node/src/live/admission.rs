@@ -175,24 +175,28 @@ pub(crate) fn auth_key_of(query: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The stream the live tests use: FLV and RTMP allowed, play keys `old` and `play`, push key
+/// `push`.
+#[cfg(test)]
+pub(crate) fn test_rule(admitted: bool) -> StreamRule {
+    StreamRule {
+        stream_id: "1624428150544871".into(),
+        app: "live".into(),
+        tenant_id: "t".into(),
+        group_id: "g".into(),
+        admitted,
+        outputs: vec![Output::Flv, Output::Rtmp],
+        push_key: "push".into(),
+        play_keys: vec!["old".into(), "play".into()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_rule as rule;
     use super::*;
 
     const NOW: i64 = 1_800_000_000;
-
-    fn rule(admitted: bool) -> StreamRule {
-        StreamRule {
-            stream_id: "1624428150544871".into(),
-            app: "live".into(),
-            tenant_id: "t".into(),
-            group_id: "g".into(),
-            admitted,
-            outputs: vec![Output::Flv, Output::Rtmp],
-            push_key: "push".into(),
-            play_keys: vec!["old".into(), "play".into()],
-        }
-    }
 
     fn table(admitted: bool) -> Admission {
         let mut a = Admission::default();

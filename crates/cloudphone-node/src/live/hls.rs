@@ -597,6 +597,20 @@ mod tests {
         playlist
     }
 
+    /// A stream published with a keyframe every `gop_frames` frames (and AAC with `audio`),
+    /// and HLS over it in a temporary directory.
+    async fn published(
+        gop_frames: u32,
+        audio: bool,
+    ) -> (tempfile::TempDir, Arc<Hub>, Hls, TestPublisher) {
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::default());
+        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
+        let publisher = TestPublisher::start_with(&hub, ID, gop_frames, audio);
+        wait_for_keyframe(&hub, ID).await;
+        (tmp, hub, hls, publisher)
+    }
+
     /// Each segment decoded alone, as a player joining at any segment of the playlist does.
     async fn decode_each(hls: &Hls, names: &[String]) -> Vec<Decoded> {
         let mut out = Vec::new();
@@ -688,11 +702,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_nobody_plays_stops_after_the_idle_time() {
-        let tmp = tempfile::tempdir().unwrap();
-        let hub = Arc::new(Hub::default());
-        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
-        let _publisher = TestPublisher::start(&hub, ID, 30);
-        wait_for_keyframe(&hub, ID).await;
+        let (tmp, _hub, hls, _publisher) = published(30, false).await;
         hls.playlist("live", ID, "").await.unwrap();
         assert_eq!(hls.active(), [ID]);
         // Not yet idle: nothing stops.
@@ -713,11 +723,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn aac_audio_is_carried_next_to_the_video() {
-        let tmp = tempfile::tempdir().unwrap();
-        let hub = Arc::new(Hub::default());
-        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
-        let _publisher = TestPublisher::start_with(&hub, ID, 30, true);
-        wait_for_keyframe(&hub, ID).await;
+        let (_tmp, _hub, hls, _publisher) = published(30, true).await;
         let names = segments(&three_segments(&hls, "").await);
         let decoded = decode_each(&hls, &names).await;
         assert!(
@@ -868,11 +874,7 @@ mod tests {
     /// yet is well under one GOP (with `hlssink2` it was one to two GOPs).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_segment_is_listed_at_the_keyframe_that_ends_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let hub = Arc::new(Hub::default());
-        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
-        let _publisher = TestPublisher::start(&hub, ID, 30); // 1 s GOP
-        wait_for_keyframe(&hub, ID).await;
+        let (_tmp, hub, hls, _publisher) = published(30, false).await; // 1 s GOP
         // The pipeline starts at the current GOP's keyframe (rebased to 0), as this sees it.
         let mut watch = hub.subscribe(ID).unwrap();
         let start = watch
@@ -918,11 +920,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn segments_last_the_publishers_gop_when_it_is_longer_than_the_target() {
-        let tmp = tempfile::tempdir().unwrap();
-        let hub = Arc::new(Hub::default());
-        let hls = Hls::new(Arc::clone(&hub), tmp.path().to_owned());
-        let _publisher = TestPublisher::start(&hub, ID, 60);
-        wait_for_keyframe(&hub, ID).await;
+        let (_tmp, _hub, hls, _publisher) = published(60, false).await;
         let mut playlist = String::new();
         for _ in 0..100 {
             playlist = hls.playlist("live", ID, "").await.unwrap();

@@ -4,15 +4,18 @@
 //! payload is an FLV tag body), so RTMP play and HTTP-FLV pass tags through untouched and HLS /
 //! WHEP demux them with GStreamer's `flvdemux` or parse the AVC packets directly.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use super::fanout::{Fanout, Framing, Sink};
+
 /// How many tags a slow player may fall behind before it is told it lagged (about 8 s of 30 fps
 /// video plus audio): it then resumes at the next keyframe rather than stalling the publisher.
-const PLAYER_BACKLOG: usize = 512;
+pub(crate) const PLAYER_BACKLOG: usize = 512;
 /// The most a stream keeps for late joiners (its current GOP). A publisher whose keyframes are
 /// further apart than this (or that sends none after the first) costs no more memory: late
 /// joiners then start at the next keyframe instead.
@@ -33,6 +36,9 @@ pub(crate) struct Tag {
     pub(crate) kind: TagKind,
     pub(crate) timestamp_ms: u32,
     pub(crate) data: Bytes,
+    /// Its place in its stream (0, 1, … from the publisher's first tag), set as the hub sends
+    /// it: RTMP players' writers skip what a player already got as its start.
+    seq: u64,
     /// The tag as players receive it, made by the first player that needs it and shared by
     /// every other: with hundreds of players the framing is done once per tag, not per player.
     wire: Arc<Wire>,
@@ -54,21 +60,31 @@ impl Tag {
             kind,
             timestamp_ms,
             data,
+            seq: 0,
             wire: Arc::default(),
         }
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// The tag as RTMP chunks for (`chunk_size`, message `stream_id`): shared when a player
     /// before asked for the same, else framed (and kept, when it is the first ask).
     pub(crate) fn rtmp_chunks(&self, chunk_size: usize, stream_id: u32) -> Bytes {
+        self.rtmp_wire(chunk_size, stream_id).into_owned()
+    }
+
+    /// [`Tag::rtmp_chunks`] borrowed when it is the shared framing (nearly always).
+    pub(crate) fn rtmp_wire(&self, chunk_size: usize, stream_id: u32) -> Cow<'_, Bytes> {
         let (size, id, bytes) = self.wire.rtmp.get_or_init(|| {
             let bytes = super::rtmp::chunks(self, chunk_size, stream_id);
             (chunk_size, stream_id, bytes)
         });
         if (*size, *id) == (chunk_size, stream_id) {
-            bytes.clone()
+            Cow::Borrowed(bytes)
         } else {
-            super::rtmp::chunks(self, chunk_size, stream_id)
+            Cow::Owned(super::rtmp::chunks(self, chunk_size, stream_id))
         }
     }
 
@@ -119,6 +135,8 @@ pub(crate) struct Hub {
 struct Channel {
     tx: broadcast::Sender<Tag>,
     start: Mutex<Start>,
+    /// The writers of its RTMP players, started with the first.
+    fanout: OnceLock<Fanout>,
 }
 
 /// What a late joiner needs.
@@ -130,6 +148,8 @@ struct Start {
     gop: Vec<Tag>,
     /// The bytes in `gop`.
     gop_bytes: usize,
+    /// The `seq` of the next tag sent.
+    next_seq: u64,
 }
 
 impl Hub {
@@ -143,6 +163,7 @@ impl Hub {
         let channel = Arc::new(Channel {
             tx,
             start: Mutex::default(),
+            fanout: OnceLock::new(),
         });
         streams.insert(stream_id.to_string(), Arc::clone(&channel));
         Ok(Publisher {
@@ -174,6 +195,34 @@ impl Hub {
         Some(Subscription { first, live })
     }
 
+    /// Adds an RTMP player to a stream being published: `sink` gets the start tags now (see
+    /// [`Subscription::first`]), then every later tag from the stream's writers. False when
+    /// nobody publishes the stream.
+    pub(crate) fn attach(&self, stream_id: &str, sink: &Arc<Sink>, framing: Framing) -> bool {
+        let Some(channel) = self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream_id)
+            .cloned()
+        else {
+            return false;
+        };
+        // Under the start lock, as `subscribe`: the writers' receivers and `next_seq` split
+        // the tags exactly between the start and the live ones.
+        let start = channel.start.lock().unwrap_or_else(PoisonError::into_inner);
+        let fanout = channel.fanout.get_or_init(|| Fanout::start(&channel.tx));
+        let first = start
+            .metadata
+            .iter()
+            .chain(&start.video_header)
+            .chain(&start.audio_header)
+            .chain(&start.gop);
+        let play = sink.begin(framing, start.next_seq, first);
+        fanout.add(Arc::clone(sink), play);
+        true
+    }
+
     /// Streams with a publisher now.
     pub(crate) fn publishing(&self) -> Vec<String> {
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,12 +238,14 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn send(&self, tag: Tag) {
+    pub(crate) fn send(&self, mut tag: Tag) {
         let mut start = self
             .channel
             .start
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        tag.seq = start.next_seq;
+        start.next_seq += 1;
         if tag.kind == TagKind::Script {
             start.metadata = Some(tag.clone());
         } else if tag.is_sequence_header() {

@@ -8,7 +8,8 @@
 //!   admitted, outputs).
 //! - [`codec`]: codec and picture size from a video sequence header.
 //! - [`flv`]: the FLV file framing HTTP-FLV players get.
-//! - [`rtmp`]: the RTMP server (publish and play) over `rml_rtmp`.
+//! - [`rtmp`]: the RTMP server (publish and play) over `rml_rtmp`; [`fanout`]: the few
+//!   writer tasks per stream that write each tag to its RTMP players.
 //! - [`http`]: the players' HTTP routes on the node's public listener (FLV, HLS, WHEP).
 //! - [`hls`]: an HLS pipeline per played stream (GStreamer, no re-encode); [`whep`]: WebRTC
 //!   players over WHEP (RTP from the pushed H.264); [`avc`]: H.264 from FLV video tags;
@@ -20,6 +21,7 @@
 pub(crate) mod admission;
 pub(crate) mod avc;
 pub(crate) mod codec;
+pub(crate) mod fanout;
 pub(crate) mod flv;
 pub(crate) mod hls;
 pub(crate) mod http;
@@ -198,6 +200,28 @@ impl Live {
         Ok(Player::new(sub, play.output))
     }
 
+    /// Admits an RTMP player: `sink` gets the stream's start tags now, then every later tag
+    /// from the stream's writers (framed for the player's `chunk_size` and message
+    /// `stream_id`); the player counts as one while the [`PlayerCount`] lives.
+    pub(crate) fn play_rtmp(
+        &self,
+        play: &PlayRequest<'_>,
+        sink: &Arc<fanout::Sink>,
+        chunk_size: usize,
+        stream_id: u32,
+    ) -> Result<PlayerCount, PlayRefusal> {
+        let count = PlayerCount::new(play.output);
+        let framing = fanout::Framing {
+            chunk_size,
+            stream_id,
+            bytes_out: count.bytes_out.clone(),
+        };
+        if !self.hub.attach(play.id, sink, framing) {
+            return Err(PlayRefusal::NotPublished);
+        }
+        Ok(count)
+    }
+
     /// The admission part of [`Live::play`], for outputs that read the hub themselves (HLS, WHEP).
     pub(crate) fn check_play(&self, play: &PlayRequest<'_>) -> Result<(), PlayRefusal> {
         let now = crate::unix_ms() / 1000;
@@ -352,21 +376,45 @@ pub(crate) struct Player {
     first: VecDeque<Tag>,
     live: broadcast::Receiver<Tag>,
     waiting_for_key: bool,
+    count: PlayerCount,
+}
+
+/// One player in the players gauge while it lives, and its bytes-out counter.
+pub(crate) struct PlayerCount {
     output: Output,
-    /// The bytes-out counter, looked up once: a per-write lookup (label hashing, registry)
-    /// costs more than the write's bookkeeping with hundreds of players.
+    /// Looked up once: a per-write lookup (label hashing, registry) costs more than the
+    /// write's bookkeeping with hundreds of players.
     bytes_out: metrics::Counter,
+}
+
+impl PlayerCount {
+    fn new(output: Output) -> Self {
+        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(output)).increment(1.0);
+        Self {
+            output,
+            bytes_out: bytes_out_counter(output),
+        }
+    }
+}
+
+/// The bytes-out counter of `output`'s players.
+pub(crate) fn bytes_out_counter(output: Output) -> metrics::Counter {
+    metrics::counter!(BYTES_OUT_METRIC, "output" => output_name(output))
+}
+
+impl Drop for PlayerCount {
+    fn drop(&mut self) {
+        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(self.output)).decrement(1.0);
+    }
 }
 
 impl Player {
     fn new(sub: Subscription, output: Output) -> Self {
-        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(output)).increment(1.0);
         Self {
             first: sub.first.into(),
             live: sub.live,
             waiting_for_key: false,
-            output,
-            bytes_out: metrics::counter!(BYTES_OUT_METRIC, "output" => output_name(output)),
+            count: PlayerCount::new(output),
         }
     }
 
@@ -434,13 +482,7 @@ impl Player {
 
     /// Counts bytes sent to this player.
     pub(crate) fn sent(&self, bytes: usize) {
-        self.bytes_out.increment(bytes as u64);
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        metrics::gauge!(PLAYERS_METRIC, "output" => output_name(self.output)).decrement(1.0);
+        self.count.bytes_out.increment(bytes as u64);
     }
 }
 
@@ -450,18 +492,7 @@ mod tests {
     use bytes::Bytes;
     use cloudphone_core::play_auth;
 
-    fn rule(admitted: bool) -> StreamRule {
-        StreamRule {
-            stream_id: "1624428150544871".into(),
-            app: "live".into(),
-            tenant_id: "t".into(),
-            group_id: "g".into(),
-            admitted,
-            outputs: vec![Output::Flv],
-            push_key: "push".into(),
-            play_keys: vec!["play".into()],
-        }
-    }
+    use super::admission::test_rule as rule;
 
     fn push_auth() -> String {
         play_auth::sign("/live/1624428150544871", "push", 4_000_000_000, "0", "0")

@@ -8,12 +8,11 @@
 //! no other connection notices.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rml_amf0::Amf0Value;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -26,14 +25,13 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use super::admission::{Output, PlayRequest, split_query};
+use super::fanout::Sink;
 use super::hub::{Tag, TagKind};
-use super::{Ingest, Live, Player};
+use super::{Ingest, Live, PlayerCount};
 
 /// The `onStatus` codes a refused publish or play gets.
 const PUBLISH_DENIED: &str = "NetStream.Publish.Denied";
 const PLAY_FAILED: &str = "NetStream.Play.Failed";
-/// Tags a player gets in one write at most, when it has fallen a little behind.
-const WRITE_BATCH: usize = 64;
 /// Connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 4096;
 /// A client that has not finished the handshake by then is dropped.
@@ -47,8 +45,6 @@ const CSID_AUDIO: u8 = 8;
 const CSID_VIDEO: u8 = 9;
 /// The largest timestamp a chunk header holds; larger ones go in the extended field.
 const MAX_HEADER_TIMESTAMP: u32 = 0x00ff_ffff;
-/// Buffers handed to one vectored write at most (well under any `IOV_MAX`).
-const MAX_IOVECS: usize = 64;
 /// A connection that sends nothing for this long while not playing (a silent publisher, or a
 /// client that never asks for anything) is dropped. Players are exempt: with the 1 GiB
 /// acknowledgement window they may rightly say nothing for hours; a dead one fails a write.
@@ -122,30 +118,32 @@ async fn connection(
     let config = ServerSessionConfig::new();
     let chunk_size = config.chunk_size as usize;
     let (session, results) = ServerSession::new(config).map_err(protocol)?;
+    let socket = Arc::new(socket);
     let mut conn = Conn {
+        sink: Sink::new(Arc::clone(&socket)),
         socket,
         session,
         chunk_size,
         live,
         ingest: None,
         play: None,
-        out: Vec::new(),
     };
     conn.process(results)?;
     conn.input(&remaining)?;
-    conn.flush().await?;
+    conn.sink.flush()?;
     tracing::debug!(%peer, "RTMP session started");
     let mut buf = vec![0u8; 64 * 1024];
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut tick = tokio::time::interval(super::STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A player's media is written by its stream's writers (see `fanout`): this loop wakes for
+    // what they leave it (the rest of a write, the stream's end), not for every tag.
     loop {
         // Players are exempt: with the 1 GiB acknowledgement window they may rightly say
-        // nothing for hours (a dead one fails a write), and a timer armed per write costs
-        // every player every frame.
+        // nothing for hours (a dead one fails a write).
         let idle = conn.play.is_none().then_some(IDLE_TIMEOUT);
+        let pending = conn.sink.pending();
         tokio::select! {
-            read = read_some(&mut conn.socket, &mut buf, idle) => {
+            read = read_some(&conn.socket, &mut buf, idle) => {
                 let n = read?;
                 if n == 0 {
                     return Ok(());
@@ -155,31 +153,27 @@ async fn connection(
             () = revoked(&mut conn.ingest) => {
                 return Err(ConnError::Refused("the stream's admission was withdrawn".into()));
             }
-            more = next_tags(&mut conn.play, &mut batch) => match more {
-                true => {
-                    for tag in batch.drain(..) {
-                        conn.play_tag(&tag);
-                    }
-                }
-                // The publisher left: the play is over.
-                false => {
-                    if let Some((_, stream_id)) = conn.play.take()
-                        && let Ok(packet) = conn.session.finish_playing(stream_id)
+            () = conn.sink.notified() => {
+                // The publisher left: the play is over once what is queued went out.
+                if conn.sink.ended() {
+                    if let Some(play) = conn.play.take()
+                        && let Ok(packet) = conn.session.finish_playing(play.stream_id)
                     {
-                        conn.out.push(Bytes::from(packet.bytes));
+                        conn.sink.queue(Bytes::from(packet.bytes));
                     }
-                    conn.flush().await?;
+                    conn.sink.flush_all().await?;
                     return Ok(());
                 }
-            },
-            _ = tick.tick() => {
+            }
+            writable = conn.socket.writable(), if pending => writable?,
+            _ = tick.tick(), if conn.ingest.is_some() => {
                 if let Some(ingest) = &mut conn.ingest {
                     ingest.report();
                 }
             }
             () = stopped(&mut stop) => return Ok(()),
         }
-        conn.flush().await?;
+        conn.sink.flush()?;
     }
 }
 
@@ -222,54 +216,29 @@ async fn revoked(ingest: &mut Option<Ingest>) {
     }
 }
 
-async fn next_tags(play: &mut Option<(Player, u32)>, batch: &mut Vec<Tag>) -> bool {
-    match play {
-        Some((player, _)) => player.next_batch(batch, WRITE_BATCH).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One read, within `idle` when given.
 async fn read_some(
-    socket: &mut TcpStream,
+    socket: &TcpStream,
     buf: &mut [u8],
     idle: Option<Duration>,
 ) -> Result<usize, ConnError> {
     Ok(match idle {
-        Some(idle) => tokio::time::timeout(idle, socket.read(buf))
+        Some(idle) => tokio::time::timeout(idle, read(socket, buf))
             .await
             .map_err(|_| ConnError::Timeout)??,
-        None => socket.read(buf).await?,
+        None => read(socket, buf).await?,
     })
 }
 
-/// Writes every buffer of `out`, in order, with as few (vectored) writes as the socket takes,
-/// then empties it.
-async fn write_all(socket: &mut TcpStream, out: &mut Vec<Bytes>) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < out.len() {
-        let pending = &out[first..out.len().min(first + MAX_IOVECS)];
-        let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
-        for (slot, bytes) in iov.iter_mut().zip(pending) {
-            *slot = IoSlice::new(bytes);
-        }
-        let mut n = socket.write_vectored(&iov[..pending.len()]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let head = &mut out[first];
-            if n >= head.len() {
-                n -= head.len();
-                first += 1;
-            } else {
-                head.advance(n);
-                n = 0;
-            }
+/// A read on a socket shared with the stream's writers (which only write to it).
+async fn read(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            read => return read,
         }
     }
-    out.clear();
-    Ok(())
 }
 
 /// A tag as one RTMP message in chunks of `chunk_size`, on message stream `stream_id`. Every
@@ -310,32 +279,35 @@ pub(crate) fn chunks(tag: &Tag, chunk_size: usize, stream_id: u32) -> Bytes {
 
 /// One RTMP connection: a publisher, a player, or (until it asks) neither.
 struct Conn {
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
+    /// What goes to the peer, in order: the session's messages, queued here and written once
+    /// per turn of the loop, and while playing the media the stream's writers write.
+    sink: Arc<Sink>,
     session: ServerSession,
     live: Arc<Live>,
     /// Set while this connection publishes.
     ingest: Option<Ingest>,
-    /// Set while this connection plays: the player and its RTMP message stream id.
-    play: Option<(Player, u32)>,
+    /// Set while this connection plays.
+    play: Option<Play>,
     /// The chunk size the session announced to the peer (media is framed here, see [`chunks`]).
     chunk_size: usize,
-    /// Buffers for the peer, in order, written once per turn of the loop (media ones shared
-    /// with every other player of the stream).
-    out: Vec<Bytes>,
+}
+
+/// A play in progress: the stream's writers serve the connection's sink until it drops.
+struct Play {
+    /// The RTMP message stream it plays on.
+    stream_id: u32,
+    sink: Arc<Sink>,
+    _count: PlayerCount,
+}
+
+impl Drop for Play {
+    fn drop(&mut self) {
+        self.sink.detach();
+    }
 }
 
 impl Conn {
-    async fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.out.is_empty() {
-            let len = self.out.iter().map(Bytes::len).sum();
-            write_all(&mut self.socket, &mut self.out).await?;
-            if let Some((player, _)) = &self.play {
-                player.sent(len);
-            }
-        }
-        Ok(())
-    }
-
     fn input(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
         // rml_rtmp indexes into some messages without checking their length (an `@setDataFrame`
         // with no arguments panics inside it): such input ends this connection like any other
@@ -354,7 +326,7 @@ impl Conn {
         while let Some(result) = queue.pop_front() {
             match result {
                 ServerSessionResult::OutboundResponse(packet) => {
-                    self.out.push(Bytes::from(packet.bytes));
+                    self.sink.queue(Bytes::from(packet.bytes));
                 }
                 ServerSessionResult::RaisedEvent(event) => queue.extend(self.event(event)?),
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
@@ -471,17 +443,32 @@ impl Conn {
             uri: &uri,
             auth_key: auth.as_deref(),
         };
-        match self.live.play(&play) {
-            Ok(player) => {
-                let results = self.session.accept_request(request_id).map_err(protocol)?;
-                self.play = Some((player, stream_id));
-                Ok(results)
-            }
-            Err(refusal) => self.refuse(
+        if let Err(refusal) = self.live.check_play(&play) {
+            return self.refuse(
                 request_id,
                 PLAY_FAILED,
                 format!("play of /{app}/{id}: {refusal}"),
-            ),
+            );
+        }
+        // The session's answer (StreamBegin, Play.Start) goes before the first tag.
+        let results = self.session.accept_request(request_id).map_err(protocol)?;
+        self.process(results)?;
+        match self
+            .live
+            .play_rtmp(&play, &self.sink, self.chunk_size, stream_id)
+        {
+            Ok(count) => {
+                self.play = Some(Play {
+                    stream_id,
+                    sink: Arc::clone(&self.sink),
+                    _count: count,
+                });
+                Ok(Vec::new())
+            }
+            // The publisher left in between: as when it leaves during the play.
+            Err(refusal) => Err(ConnError::Refused(format!(
+                "play of /{app}/{id}: {refusal}"
+            ))),
         }
     }
 
@@ -495,20 +482,11 @@ impl Conn {
         if let Ok(results) = self.session.reject_request(request_id, code, &why) {
             for result in results {
                 if let ServerSessionResult::OutboundResponse(packet) = result {
-                    self.out.push(Bytes::from(packet.bytes));
+                    self.sink.queue(Bytes::from(packet.bytes));
                 }
             }
         }
         Err(ConnError::Refused(why))
-    }
-
-    /// One tag to this connection's player: its chunks, framed once for every player with
-    /// this chunk size and stream id. A script tag's body is the AMF0 `onMetaData` data
-    /// message as it is.
-    fn play_tag(&mut self, tag: &Tag) {
-        if let Some((_, stream_id)) = &self.play {
-            self.out.push(tag.rtmp_chunks(self.chunk_size, *stream_id));
-        }
     }
 }
 
