@@ -133,50 +133,7 @@ pub(crate) async fn device_token(
     instance_id: String,
     role: Role,
 ) -> Result<DeviceSession, ServiceError> {
-    let record = owned(state, principal, std::slice::from_ref(&instance_id))
-        .await?
-        .remove(0);
-    super::plan(state, &record, TenantOp::DeviceToken)?;
-    let Some(mut client) = node_of(state, &record) else {
-        return Err(node_failure(
-            &instance_id,
-            &tonic::Status::unavailable("not connected"),
-        ));
-    };
-    if let Some(config) = stored_video_config(state, &instance_id).await?
-        && let Err(status) = push_video_config(&mut client, &instance_id, &config).await
-    {
-        tracing::warn!(%status, "video config not pushed before the session");
-    }
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let device_token = hex::encode(bytes);
-    let device_id = device_id_for(&principal.tenant_id, &instance_id, &principal.user_id, role);
-    let expires_at = state.clock.now_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
-    let started = client
-        .start_session(pb::StartSessionRequest {
-            instance_id: instance_id.clone(),
-            device_token_sha256: hex::encode(Sha256::digest(device_token.as_bytes())),
-            expires_at_unix_ms: expires_at,
-            user_id: principal.user_id.clone(),
-            tenant_id: principal.tenant_id.clone(),
-            device_id: device_id.clone(),
-            role: viewer_role(role) as i32,
-            renew: false,
-        })
-        .await
-        .map_err(|status| {
-            tracing::warn!(%status, "node refused StartSession");
-            node_failure(&instance_id, &status)
-        })?
-        .into_inner();
-    Ok(DeviceSession {
-        device_token,
-        device_id,
-        signaling_url: started.signaling_url,
-        ice_servers: started.ice_servers,
-        expired_time_secs: DEVICE_TOKEN_TTL_SECS,
-    })
+    start_session(state, principal, instance_id, role, None).await
 }
 
 /// GetDeviceToken with `{"renew": "<token>"}` (an extension, docs/api-notes.md): extends the
@@ -192,6 +149,18 @@ pub(crate) async fn renew_device_token(
     role: Role,
     device_token: String,
 ) -> Result<DeviceSession, ServiceError> {
+    start_session(state, principal, instance_id, role, Some(device_token)).await
+}
+
+/// Registers a device token with the instance's node: a fresh one, or `renew`'s for another
+/// `DEVICE_TOKEN_TTL_SECS`.
+async fn start_session(
+    state: &AppState,
+    principal: &Principal,
+    instance_id: String,
+    role: Role,
+    renew: Option<String>,
+) -> Result<DeviceSession, ServiceError> {
     let record = owned(state, principal, std::slice::from_ref(&instance_id))
         .await?
         .remove(0);
@@ -202,6 +171,19 @@ pub(crate) async fn renew_device_token(
             &tonic::Status::unavailable("not connected"),
         ));
     };
+    let renewing = renew.is_some();
+    // A renewal keeps the live session's video; a new session gets the tenant's matrix first.
+    if !renewing
+        && let Some(config) = stored_video_config(state, &instance_id).await?
+        && let Err(status) = push_video_config(&mut client, &instance_id, &config).await
+    {
+        tracing::warn!(%status, "video config not pushed before the session");
+    }
+    let device_token = renew.unwrap_or_else(|| {
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    });
     let device_id = device_id_for(&principal.tenant_id, &instance_id, &principal.user_id, role);
     let expires_at = state.clock.now_ms() + DEVICE_TOKEN_TTL_SECS * 1000;
     let started = client
@@ -213,17 +195,17 @@ pub(crate) async fn renew_device_token(
             tenant_id: principal.tenant_id.clone(),
             device_id: device_id.clone(),
             role: viewer_role(role) as i32,
-            renew: true,
+            renew: renewing,
         })
         .await
         .map_err(|status| {
-            if status.code() == tonic::Code::FailedPrecondition {
+            if renewing && status.code() == tonic::Code::FailedPrecondition {
                 return ApiError::InvalidParameter(
                     "renew: not a live device token of this user, instance and role".into(),
                 )
                 .into();
             }
-            tracing::warn!(%status, "node refused the renewal");
+            tracing::warn!(%status, "node refused StartSession");
             node_failure(&instance_id, &status)
         })?
         .into_inner();

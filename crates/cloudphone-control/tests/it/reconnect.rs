@@ -10,21 +10,8 @@ use cloudphone_testkit::wait_for;
 use serde_json::{Value, json};
 
 use crate::operations::setup;
-use crate::support::{hello, ok};
-
-/// GetDeviceToken for `id` with `body`: (signaling URL, device id, token).
-async fn token(fleet: &Fleet, tenant: &str, id: &str, body: &Value) -> (String, String, String) {
-    let body = ok(fleet
-        .post_token_only(&format!("/v1/instances/{id}/auth"), tenant, body)
-        .await);
-    let data = &body["data"];
-    let text = |v: &Value| v.as_str().unwrap().to_string();
-    (
-        text(&data["resource"]["rtc"]["ice_signaling"]["signaling_url"]),
-        text(&data["resource"]["device_id"]),
-        text(&data["device_token"]),
-    )
-}
+use crate::roles::token;
+use crate::support::hello;
 
 /// The expiry the node keeps on disk for `device`.
 fn expiry_on_node(fleet: &Fleet, device: &str) -> i64 {

@@ -10,7 +10,12 @@ use crate::operations::setup;
 use crate::support::{ok, send_hello};
 
 /// GetDeviceToken for `id` with `body`: (signaling URL, device id, token).
-async fn token(fleet: &Fleet, tenant: &str, id: &str, body: &Value) -> (String, String, String) {
+pub(crate) async fn token(
+    fleet: &Fleet,
+    tenant: &str,
+    id: &str,
+    body: &Value,
+) -> (String, String, String) {
     let body = ok(fleet
         .post_token_only(&format!("/v1/instances/{id}/auth"), tenant, body)
         .await);

@@ -42,6 +42,7 @@ mod volume;
 mod watch;
 
 pub(crate) use archive::archive_path;
+pub(crate) use phone::DataAccess;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

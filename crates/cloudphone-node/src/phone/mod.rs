@@ -31,6 +31,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::instances::DataAccess;
 use crate::instances::InstanceError;
 use crate::runtime::RuntimeError;
 use crate::streaming::sessions::{Grant, Sessions};
@@ -223,14 +224,7 @@ async fn download(
     let grant = authorize(&state, &device_id, &headers)?;
     owner_only(&grant)?;
     let path = files::parse_path(&path)?;
-    let access = state
-        .sessions
-        .manager()
-        .data_access(&grant.instance_id)
-        .await?
-        .ok_or_else(|| {
-            PhoneError::Unsupported("files (the phone's data is on the device)".into())
-        })?;
+    let access = data_access(&state, &grant.instance_id).await?;
     let root = access.paths.data.clone();
     let (file, size) = tokio::task::spawn_blocking(move || files::open_read(&root, &path))
         .await
@@ -250,6 +244,17 @@ async fn download(
         .into_response())
 }
 
+/// The instance's `/data` on this host, held until dropped (a runtime whose data lives on the
+/// device has none).
+async fn data_access(state: &PhoneState, instance_id: &str) -> Result<DataAccess, PhoneError> {
+    state
+        .sessions
+        .manager()
+        .data_access(instance_id)
+        .await?
+        .ok_or_else(|| PhoneError::Unsupported("files (the phone's data is on the device)".into()))
+}
+
 async fn upload(
     State(state): State<PhoneState>,
     Path((device_id, raw_path)): Path<(String, String)>,
@@ -267,14 +272,7 @@ async fn upload(
     if announced.is_some_and(|n| n > cap) {
         return Err(FileError::TooLarge(cap).into());
     }
-    let access = state
-        .sessions
-        .manager()
-        .data_access(&grant.instance_id)
-        .await?
-        .ok_or_else(|| {
-            PhoneError::Unsupported("files (the phone's data is on the device)".into())
-        })?;
+    let access = data_access(&state, &grant.instance_id).await?;
     let (root, owner) = (access.paths.data.clone(), access.paths.owner);
     let (upload, file) =
         tokio::task::spawn_blocking(move || files::Upload::begin(&root, &path, owner))

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cloudphone_node::runtime::sandbox::RO_BIN_DIR;
+use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{Definition, EncodingType, InputMessage, TouchAction};
 use webrtc::data_channel::data_channel_state::RTCDataChannelState;
 
@@ -99,6 +100,27 @@ pub(crate) async fn demo_phone() -> (Node, String) {
     .unwrap();
     let display = format!(":{}", pids["display"].as_u64().expect("a display"));
     (node, display)
+}
+
+/// [`demo_phone`] with two viewers connected at 540P: an owner (`dev-owner`) and an observer
+/// (`dev-observer`). Returns the node, the display, the owner and the observer.
+pub(crate) async fn demo_phone_owner_and_observer() -> (Node, String, RustViewer, RustViewer) {
+    let (mut node, display) = demo_phone().await;
+    node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
+        .await
+        .unwrap();
+    node.authorize_as("demo", "dev-observer", "token-b", pb::ViewerRole::Observer)
+        .await
+        .unwrap();
+    let connect = |device: &str, token: &str| {
+        RustViewer::connect(
+            &node.ws_url,
+            hello(device, token, EncodingType::H264, Definition::P540),
+        )
+    };
+    let owner = connect("dev-owner", "token-o").await.unwrap();
+    let observer = connect("dev-observer", "token-b").await.unwrap();
+    (node, display, owner, observer)
 }
 
 pub(crate) async fn send(viewer: &RustViewer, message: &InputMessage) {

@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 
-use crate::demo_app::{H, W, demo_phone, input_open, wait_app_drawn};
+use crate::demo_app::{
+    H, W, demo_phone, demo_phone_owner_and_observer, input_open, wait_app_drawn,
+};
 use crate::support::streaming::{Node, RustViewer, hello};
 use crate::support::x11::{ClipboardOwner, read_clipboard, screenshot};
 
@@ -156,21 +158,7 @@ fn assert_matches_display(png: &[u8], display: &str, how: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clipboard_goes_both_ways_for_owners_and_never_to_observers() {
-    let (mut node, display) = demo_phone().await;
-    node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("demo", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
-    let connect = |device: &str, token: &str| {
-        RustViewer::connect(
-            &node.ws_url,
-            hello(device, token, EncodingType::H264, Definition::P540),
-        )
-    };
-    let mut owner = connect("dev-owner", "token-o").await.unwrap();
-    let mut observer = connect("dev-observer", "token-b").await.unwrap();
+    let (node, display, mut owner, mut observer) = demo_phone_owner_and_observer().await;
     wait_app_drawn(&mut owner, &display).await;
     input_open(&mut owner).await;
     input_open(&mut observer).await;
@@ -456,6 +444,24 @@ async fn files_round_trip_to_data_and_attacks_on_the_boundary_are_refused() {
     let before_root = names(&root);
     let small = b"pwned".to_vec();
 
+    // An upload to `path` and a download of it, both refused with `status` and `code`.
+    let refused_both_ways = |path: &'static str, status: u16, code: &'static str| {
+        let small = small.clone();
+        async move {
+            refused(
+                put("dev-owner", "token-o", path, small).await.unwrap(),
+                status,
+                code,
+            )
+            .await;
+            refused(
+                get("dev-owner", "token-o", path).await.unwrap(),
+                status,
+                code,
+            )
+            .await;
+        }
+    };
     // `..` (sent encoded so the client does not resolve it), absolute paths, empty parts.
     for path in [
         "..%2Fpwned",
@@ -465,37 +471,11 @@ async fn files_round_trip_to_data_and_attacks_on_the_boundary_are_refused() {
         "a%2F%2Fb",
         "a%2F.%2Fb",
     ] {
-        refused(
-            put("dev-owner", "token-o", path, small.clone())
-                .await
-                .unwrap(),
-            400,
-            "bad_path",
-        )
-        .await;
-        refused(
-            get("dev-owner", "token-o", path).await.unwrap(),
-            400,
-            "bad_path",
-        )
-        .await;
+        refused_both_ways(path, 400, "bad_path").await;
     }
     // Through the planted symlinks, both ways, and onto them.
     for path in ["escape/pwned", "escape/secret.txt", "secret"] {
-        refused(
-            put("dev-owner", "token-o", path, small.clone())
-                .await
-                .unwrap(),
-            403,
-            "symlink",
-        )
-        .await;
-        refused(
-            get("dev-owner", "token-o", path).await.unwrap(),
-            403,
-            "symlink",
-        )
-        .await;
+        refused_both_ways(path, 403, "symlink").await;
     }
     refused(
         get("dev-owner", "token-o", "nothing-here").await.unwrap(),

@@ -9,8 +9,10 @@ use cloudphone_signaling::{
     ClientMessage, Definition, EncodingType, ErrorCode, InputRefusal, NodeMessage, Role,
 };
 
-use crate::demo_app::{BUTTON_A, H, W, demo_phone, input_open, tap, wait_app_drawn, wait_screen};
-use crate::support::streaming::{Node, RustViewer, Signaling, hello};
+use crate::demo_app::{
+    BUTTON_A, H, W, demo_phone_owner_and_observer, input_open, tap, wait_app_drawn, wait_screen,
+};
+use crate::support::streaming::{Node, Signaling, hello};
 
 /// The node's count of input events refused for observers (0 before the first).
 async fn refused_observer_inputs(node: &Node) -> u64 {
@@ -28,21 +30,7 @@ async fn refused_observer_inputs(node: &Node) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observers_tap_changes_nothing_while_an_owners_does() {
-    let (mut node, display) = demo_phone().await;
-    node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("demo", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
-    let connect = |device: &str, token: &str| {
-        RustViewer::connect(
-            &node.ws_url,
-            hello(device, token, EncodingType::H264, Definition::P540),
-        )
-    };
-    let mut owner = connect("dev-owner", "token-o").await.unwrap();
-    let mut observer = connect("dev-observer", "token-b").await.unwrap();
+    let (node, display, mut owner, mut observer) = demo_phone_owner_and_observer().await;
     // Each viewer hears its role in `ready`, so a player can disable its controls up front.
     assert!(matches!(
         owner.ready,

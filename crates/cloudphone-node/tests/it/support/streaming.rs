@@ -117,16 +117,7 @@ impl Node {
     /// Stops the node and starts it again over the same state dir, on the same addresses (a
     /// viewer reconnects to the `signaling_url` it had). `between` runs while it is down.
     pub(crate) async fn restart(mut self, between: impl FnOnce(&std::path::Path)) -> Node {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("node stops in time")
-                .unwrap()
-                .unwrap();
-        }
+        self.stop_task().await;
         between(self.dir.path());
         let grpc_listener = tokio::net::TcpListener::bind(self.config.grpc.listen)
             .await
@@ -282,6 +273,11 @@ impl Node {
     }
 
     pub(crate) async fn shutdown(mut self) {
+        self.stop_task().await;
+    }
+
+    /// Stops the in-process node gracefully and waits for it (at most 20 s).
+    async fn stop_task(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
