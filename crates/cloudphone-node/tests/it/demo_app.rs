@@ -102,16 +102,27 @@ pub(crate) async fn demo_phone() -> (Node, String) {
     (node, display)
 }
 
+/// Grants on `instance` for an owner (`dev-owner`, `token-o`) and an observer (`dev-observer`,
+/// `token-b`).
+pub(crate) async fn authorize_owner_and_observer(node: &mut Node, instance: &str) {
+    node.authorize_as(instance, "dev-owner", "token-o", pb::ViewerRole::Owner)
+        .await
+        .unwrap();
+    node.authorize_as(
+        instance,
+        "dev-observer",
+        "token-b",
+        pb::ViewerRole::Observer,
+    )
+    .await
+    .unwrap();
+}
+
 /// [`demo_phone`] with two viewers connected at 540P: an owner (`dev-owner`) and an observer
 /// (`dev-observer`). Returns the node, the display, the owner and the observer.
 pub(crate) async fn demo_phone_owner_and_observer() -> (Node, String, RustViewer, RustViewer) {
     let (mut node, display) = demo_phone().await;
-    node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("demo", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
+    authorize_owner_and_observer(&mut node, "demo").await;
     let connect = |device: &str, token: &str| {
         RustViewer::connect(
             &node.ws_url,

@@ -9,7 +9,6 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use base64::Engine as _;
-use cloudphone_proto::node_v1 as pb;
 use cloudphone_signaling::{
     ChannelEvent, ChannelRequest, Definition, EncodingType, InputRefusal, NodeMessage,
 };
@@ -18,7 +17,8 @@ use tokio::sync::mpsc;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
 
 use crate::demo_app::{
-    H, W, demo_phone, demo_phone_owner_and_observer, input_open, wait_app_drawn,
+    H, W, authorize_owner_and_observer, demo_phone, demo_phone_owner_and_observer, input_open,
+    wait_app_drawn,
 };
 use crate::support::streaming::{Node, RustViewer, hello};
 use crate::support::x11::{ClipboardOwner, read_clipboard, screenshot};
@@ -244,12 +244,7 @@ async fn clipboard_goes_both_ways_for_owners_and_never_to_observers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_through_the_api_and_the_data_channel_equal_the_display() {
     let (mut node, display) = demo_phone().await;
-    node.authorize_as("demo", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("demo", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
+    authorize_owner_and_observer(&mut node, "demo").await;
     let mut owner = RustViewer::connect(
         &node.ws_url,
         hello("dev-owner", "token-o", EncodingType::H264, Definition::P540),
@@ -384,12 +379,7 @@ async fn files_round_trip_to_data_and_attacks_on_the_boundary_are_refused() {
     })
     .await;
     node.create_instance("files", W, H).await;
-    node.authorize_as("files", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("files", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
+    authorize_owner_and_observer(&mut node, "files").await;
     let root = node.dir.path().join("instances/files");
     let data = root.join("data");
     let client = reqwest::Client::new();

@@ -10,7 +10,8 @@ use cloudphone_signaling::{
 };
 
 use crate::demo_app::{
-    BUTTON_A, H, W, demo_phone_owner_and_observer, input_open, tap, wait_app_drawn, wait_screen,
+    BUTTON_A, H, W, authorize_owner_and_observer, demo_phone_owner_and_observer, input_open, tap,
+    wait_app_drawn, wait_screen,
 };
 use crate::support::streaming::{Node, Signaling, hello};
 
@@ -101,12 +102,7 @@ async fn an_observers_tap_changes_nothing_while_an_owners_does() {
 async fn ten_viewers_are_admitted_and_the_eleventh_is_refused() {
     let mut node = Node::start("synthetic", |_| {}).await;
     node.create_instance("i1", 720, 1280).await;
-    node.authorize_as("i1", "dev-owner", "token-o", pb::ViewerRole::Owner)
-        .await
-        .unwrap();
-    node.authorize_as("i1", "dev-observer", "token-b", pb::ViewerRole::Observer)
-        .await
-        .unwrap();
+    authorize_owner_and_observer(&mut node, "i1").await;
     // Owners and observers count together: five of each is the phone's ten.
     let hello_as = |i: usize| {
         if i.is_multiple_of(2) {
