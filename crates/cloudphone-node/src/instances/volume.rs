@@ -66,6 +66,12 @@ pub(super) async fn create(image: &Path, dir: &Path, bytes: u64) -> std::io::Res
 }
 
 /// Mounts `image` at `dir` (created if missing) unless something is mounted there already.
+///
+/// An image whose filesystem is still alive (detached lazily by [`unmount`] while a process
+/// held it, so its loop device is still attached) comes back as that same live filesystem:
+/// mount(8) reuses the loop device a file is already attached to rather than attaching a
+/// second one, which would be a stale copy blind to what the first had not flushed yet.
+/// `a_lazily_detached_volume_mounts_again_with_its_data` holds the tools to that.
 pub(super) async fn mount(image: &Path, dir: &Path) -> std::io::Result<()> {
     tokio::fs::create_dir_all(dir).await?;
     if is_mounted(dir) {
@@ -90,19 +96,36 @@ pub(super) async fn ensure_mounted(data: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Unmounts `dir` if it is a mount point. A filesystem still in use (a process the runtime
-/// could not stop) is detached lazily instead: it leaves the host's tree at once and goes
-/// when its last user does.
+/// Unmounts `dir` if it is a mount point. A filesystem still busy is retried for a moment
+/// (a sandbox's mount namespace outlives its last process by a little, longer on a loaded
+/// host); one still in use after that (a process the runtime could not stop) is detached
+/// lazily: it leaves the host's tree at once and goes when its last user does, and [`mount`]
+/// takes it up again if the instance starts before then.
 pub(super) async fn unmount(dir: &Path) -> std::io::Result<()> {
     if !is_mounted(dir) {
         return Ok(());
     }
-    if let Err(e) = run(Command::new("umount").arg(dir)).await {
-        tracing::warn!(dir = %dir.display(), error = %e, "unmount failed; detaching lazily");
-        run(Command::new("umount").arg("-l").arg(dir)).await?;
+    let mut wait = std::time::Duration::from_millis(20);
+    let mut last = None;
+    for _ in 0..UNMOUNT_TRIES {
+        match run(Command::new("umount").arg(dir)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        if !is_mounted(dir) {
+            return Ok(());
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_millis(500));
     }
-    Ok(())
+    if let Some(e) = last {
+        tracing::warn!(dir = %dir.display(), error = %e, "unmount failed; detaching lazily");
+    }
+    run(Command::new("umount").arg("-l").arg(dir)).await
 }
+
+/// How many times [`unmount`] tries before detaching lazily: about 2 s of waiting in all.
+const UNMOUNT_TRIES: u32 = 8;
 
 /// Runs a mount tool; its stderr becomes the error.
 async fn run(command: &mut Command) -> std::io::Result<()> {
@@ -137,5 +160,56 @@ mod tests {
         );
         assert!(!is_mounted(Path::new("/nonexistent/data")));
         assert!(is_mounted(Path::new("/proc")));
+    }
+
+    /// A volume busy at unmount (a process still inside it) is detached lazily; mounting it
+    /// again must show what was written just before, not a stale second copy of the image.
+    /// Needs root and the loop driver, as the node does.
+    #[tokio::test]
+    async fn a_lazily_detached_volume_mounts_again_with_its_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let image = image_of(&data);
+        create(&image, &data, 64 << 20).await.unwrap();
+        // Written and held open from inside: the page cache has it, the image not yet.
+        let mut holder = Command::new("sh")
+            .args(["-c", "echo persisted > note && exec sleep 60"])
+            .current_dir(&data)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let note = data.join("note");
+        for _ in 0..100 {
+            if std::fs::read_to_string(&note).is_ok_and(|s| s == "persisted\n") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
+        unmount(&data).await.unwrap();
+        assert!(!is_mounted(&data), "the busy volume should be detached");
+        let attached = |image: &Path| {
+            let out = std::process::Command::new("losetup")
+                .arg("-j")
+                .arg(image)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        assert_eq!(
+            attached(&image),
+            1,
+            "the detached filesystem is still alive"
+        );
+
+        mount(&image, &data).await.unwrap();
+        assert!(is_mounted(&data));
+        assert_eq!(std::fs::read_to_string(&note).unwrap(), "persisted\n");
+        assert_eq!(attached(&image), 1, "one loop device, not a second copy");
+
+        holder.kill().await.unwrap();
+        let _ = holder.wait().await;
+        unmount(&data).await.unwrap();
+        assert!(!is_mounted(&data));
     }
 }

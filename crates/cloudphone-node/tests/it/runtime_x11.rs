@@ -596,7 +596,7 @@ async fn node_restart_readopts_running_instances() {
     assert_ne!(new, old);
     assert!(new.is_alive());
     let out = m.run_command("f", cmd("cat /data/note")).await.unwrap();
-    assert_eq!(out.stdout, "persisted\n");
+    assert_eq!(out.stdout, "persisted\n", "{out:?}");
     // Stopped stays stopped.
     assert_eq!(m.status("g").await.unwrap().state, InstanceState::Stopped);
     assert_eq!(m.list().await.len(), 2);
