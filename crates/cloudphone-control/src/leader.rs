@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use sqlx::Connection as _;
-use sqlx::postgres::PgConnection;
 use tokio::sync::watch;
+
+use crate::store::{LeaderSession, StoreError};
 
 /// The advisory lock's key: "cloudphone leader" in a number no other use of the database takes.
 pub(crate) const LOCK_KEY: i64 = 0x636c_6f75_646c_6472;
@@ -112,7 +112,7 @@ pub(crate) async fn elect(
         steps_down_within = ?timing.steps_down_within(),
         "electing a leader among the replicas"
     );
-    let mut session: Option<PgConnection> = None;
+    let mut session: Option<LeaderSession> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -156,37 +156,28 @@ pub(crate) async fn elect(
 }
 
 /// One attempt: (re)connects the election's session when it has none, then asks for the lock.
-async fn try_lock(url: &str, session: &mut Option<PgConnection>) -> Result<bool, sqlx::Error> {
-    let conn = match session {
-        Some(conn) => conn,
-        None => {
-            let mut conn = PgConnection::connect(url).await?;
-            for setting in session_settings() {
-                // `tcp_user_timeout` needs PostgreSQL 12: without it the keepalives still bound
-                // an idle session, which the lock's is between checks.
-                if let Err(error) = sqlx::query(&setting).execute(&mut conn).await {
-                    tracing::warn!(%setting, %error, "leader session setting refused");
-                }
-            }
-            session.insert(conn)
-        }
+async fn try_lock(url: &str, session: &mut Option<LeaderSession>) -> Result<bool, StoreError> {
+    let held = match session {
+        Some(held) => held,
+        // `tcp_user_timeout` needs PostgreSQL 12: refused, the keepalives still bound an idle
+        // session, which the lock's is between checks.
+        None => session.insert(LeaderSession::connect(url, &session_settings()).await?),
     };
-    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(conn)
-        .await
+    held.try_lock(LOCK_KEY).await
 }
 
 /// Holds the lock while the session answers a check every [`CHECK_PERIOD`]; true when `stop`
 /// ended it, false when the session failed.
-async fn hold(session: &mut PgConnection, stop: &mut watch::Receiver<bool>) -> bool {
+async fn hold(session: &mut LeaderSession, stop: &mut watch::Receiver<bool>) -> bool {
     loop {
         tokio::select! {
             _ = stop.changed() => return true,
             _ = tokio::time::sleep(CHECK_PERIOD) => {}
         }
-        let check = sqlx::query("SELECT 1").execute(&mut *session);
-        if !matches!(tokio::time::timeout(CHECK_TIMEOUT, check).await, Ok(Ok(_))) {
+        if !matches!(
+            tokio::time::timeout(CHECK_TIMEOUT, session.check()).await,
+            Ok(Ok(()))
+        ) {
             return false;
         }
     }

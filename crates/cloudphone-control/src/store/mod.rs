@@ -29,11 +29,13 @@ macro_rules! bind {
     }};
 }
 
+mod leader;
 mod limits;
 mod live;
 mod placement;
 mod sql;
 
+pub use leader::LeaderSession;
 pub use limits::LimitStore;
 pub use live::{
     GroupFilter, LiveStore, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode, VsOrder,
