@@ -63,6 +63,20 @@ async fn a_killed_leader_s_jobs_move_to_the_other_replica_within_the_bound() {
         || async { leads(&fleet, &first).await.filter(|l| *l) },
     )
     .await;
+    // Written after the leader's purge at its start (one DELETE the moment it leads; a retry
+    // period leaves it ample time) and before the follower starts: a follower purging (at its
+    // start, as a leader does) would remove it.
+    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    let store = store::open(&fleet.store_url).await.unwrap();
+    let expired = TokenRecord {
+        token_sha256: "0".repeat(64),
+        user_id: tenant["user_id"].as_str().unwrap().into(),
+        tenant_id: tenant["tenant_id"].as_str().unwrap().into(),
+        project_id: None,
+        issued_at_ms: 1,
+        expires_at_ms: 2,
+    };
+    store.insert_token(&expired).await.unwrap();
     let second = fleet.add_control("control-2").await;
     assert_eq!(leads(&fleet, &second.api).await, Some(false));
     assert_eq!(leads(&fleet, &first).await, Some(true));
@@ -75,17 +89,6 @@ async fn a_killed_leader_s_jobs_move_to_the_other_replica_within_the_bound() {
         "cloudphone_control_leader 0"
     );
 
-    // Written after the leader's purge at its start; a follower's purge would remove it.
-    let store = store::open(&fleet.store_url).await.unwrap();
-    let expired = TokenRecord {
-        token_sha256: "0".repeat(64),
-        user_id: tenant["user_id"].as_str().unwrap().into(),
-        tenant_id: tenant["tenant_id"].as_str().unwrap().into(),
-        project_id: None,
-        issued_at_ms: 1,
-        expires_at_ms: 2,
-    };
-    store.insert_token(&expired).await.unwrap();
     // Several of the follower's retry periods: it stays a follower and purges nothing.
     tokio::time::sleep(Duration::from_millis(4 * RETRY_MS)).await;
     assert_eq!(leads(&fleet, &second.api).await, Some(false));
