@@ -24,6 +24,29 @@ pub struct ControlConfig {
     pub usage: UsageConfig,
     pub quotas: QuotaConfig,
     pub live_api: LiveApiConfig,
+    /// Several control processes on one PostgreSQL (`docs/reliability.md`).
+    pub replicas: ReplicasConfig,
+}
+
+/// How control replicas on one PostgreSQL coordinate; SQLite has one process and ignores it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicasConfig {
+    /// How often a replica that is not the leader tries to take the leader's advisory lock
+    /// (`leader`): a dead leader's jobs move within this of PostgreSQL releasing its lock.
+    pub leader_retry_ms: u64,
+    /// How often every replica re-reads the node list from the database and dials nodes it
+    /// does not know yet (a node that joined through another replica).
+    pub registry_refresh_ms: u64,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            leader_retry_ms: 2_000,
+            registry_refresh_ms: 2_000,
+        }
+    }
 }
 
 /// TLS for `listen` (the tenant API, console, `/healthz`, `/metrics`).
@@ -229,6 +252,7 @@ impl Default for ControlConfig {
             usage: UsageConfig::default(),
             quotas: QuotaConfig::default(),
             live_api: LiveApiConfig::default(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -361,6 +385,11 @@ impl ControlConfig {
         if self.usage.volcengine_rate_limit == 0 || self.usage.volcengine_rate_window_ms == 0 {
             return Err(ConfigError::Invalid(
                 "usage.volcengine_rate_limit and volcengine_rate_window_ms must be positive".into(),
+            ));
+        }
+        if self.replicas.leader_retry_ms < 100 || self.replicas.registry_refresh_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "replicas.leader_retry_ms and registry_refresh_ms must be at least 100".into(),
             ));
         }
         if self.live_api.rate_window_ms == 0 {

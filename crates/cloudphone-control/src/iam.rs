@@ -31,7 +31,8 @@ use crate::config::IamConfig;
 use crate::store::{AccessKeyRecord, ProjectRecord, Store, StoreError, TokenRecord};
 
 /// What stands between a password guesser and argon2: a bounded pool of password checks and
-/// the per-user and per-address backoff. One per control process (each replica counts its own).
+/// the per-user and per-address backoff. One per control process; replicas on PostgreSQL count
+/// the backoff together in the database.
 #[derive(Debug)]
 pub(crate) struct LoginGuard {
     /// One permit per password check allowed to run at once; the check's blocking task holds
@@ -41,6 +42,9 @@ pub(crate) struct LoginGuard {
     queue_timeout: Duration,
     /// Wrong passwords per key, and the locks they earned.
     backoff: Mutex<LoginBackoff>,
+    /// Set for replicas on PostgreSQL: the failures are counted in the database
+    /// (`store::LimitStore`) by these rules, so every replica sees every failure.
+    shared: Option<cloudphone_core::login_backoff::BackoffRules>,
 }
 
 impl LoginGuard {
@@ -53,6 +57,57 @@ impl LoginGuard {
             hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(permits)),
             queue_timeout: Duration::from_millis(config.login_queue_timeout_ms),
             backoff: Mutex::new(LoginBackoff::new(config.backoff_rules())),
+            shared: None,
+        }
+    }
+
+    /// The same guard with its backoff counted in the database (`shared`: control replicas on
+    /// PostgreSQL) rather than in this process.
+    pub(crate) fn shared_in_database(mut self, config: &IamConfig, shared: bool) -> Self {
+        self.shared = shared.then(|| config.backoff_rules());
+        self
+    }
+
+    /// How long the longest lock among `keys` still runs at `now_ms`.
+    async fn locked_for(
+        &self,
+        store: &dyn Store,
+        keys: &[String],
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.shared {
+            Some(_) => store.login_locked(keys, now_ms).await,
+            None => Ok(self
+                .backoff()
+                .check(keys.iter().map(String::as_str), now_ms)),
+        }
+    }
+
+    /// Records a wrong password against `keys`.
+    async fn failed(
+        &self,
+        store: &dyn Store,
+        keys: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.shared {
+            Some(rules) => store.login_failed(keys, rules, now_ms).await,
+            None => {
+                self.backoff()
+                    .failed(keys.iter().map(String::as_str), now_ms);
+                Ok(())
+            }
+        }
+    }
+
+    /// A right password: the user's key starts again from zero.
+    async fn succeeded(&self, store: &dyn Store, key: &str) -> Result<(), StoreError> {
+        match self.shared {
+            Some(_) => store.login_succeeded(key).await,
+            None => {
+                self.backoff().succeeded(key);
+                Ok(())
+            }
         }
     }
 
@@ -206,15 +261,12 @@ pub(crate) async fn login(
     ttl_ms: i64,
 ) -> Result<(String, TokenResponse), IamServiceError> {
     let keys = backoff_keys(&login, peer);
-    let locked = |now_ms: i64| {
-        guard
-            .backoff()
-            .check(keys.iter().map(String::as_str), now_ms)
-            .map_or(Ok(()), |retry_after_ms| {
-                Err(IamServiceError::TooManyAttempts { retry_after_ms })
-            })
+    let locked = |found: Option<i64>| {
+        found.map_or(Ok(()), |retry_after_ms| {
+            Err(IamServiceError::TooManyAttempts { retry_after_ms })
+        })
     };
-    locked(clock.now_ms())?;
+    locked(guard.locked_for(store, &keys, clock.now_ms()).await?)?;
     let acquire = std::sync::Arc::clone(&guard.hashing).acquire_owned();
     let permit = match tokio::time::timeout(guard.queue_timeout, acquire).await {
         Ok(Ok(permit)) => permit,
@@ -227,7 +279,7 @@ pub(crate) async fn login(
     };
     // Checked again with the permit: attempts that queued together must not all get through
     // on a count taken before the first of them failed.
-    locked(clock.now_ms())?;
+    locked(guard.locked_for(store, &keys, clock.now_ms()).await?)?;
     let user = store.find_user(&login.domain, &login.user).await?;
     // Verify even for unknown users, against a fixed hash, so timing does not reveal which users exist.
     let (hash, user) = match user {
@@ -243,14 +295,12 @@ pub(crate) async fn login(
     let user = match (matches, user) {
         (true, Some(user)) => user,
         _ => {
-            guard
-                .backoff()
-                .failed(keys.iter().map(String::as_str), clock.now_ms());
+            guard.failed(store, &keys, clock.now_ms()).await?;
             return Err(IamServiceError::WrongCredentials);
         }
     };
     if let Some(user_key) = keys.first() {
-        guard.backoff().succeeded(user_key);
+        guard.succeeded(store, user_key).await?;
     }
     let now_ms = clock.now_ms();
     // A project scope names one of the user's tenant's projects; a domain scope the user's own

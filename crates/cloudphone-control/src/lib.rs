@@ -10,6 +10,7 @@
 //!   announcements, the node list), over TLS.
 //! - [`pki`]: control's node CA: the certificates of control and of enrolled nodes.
 //! - [`replica`]: one serving process per SQLite file.
+//! - `leader`: the PostgreSQL advisory-lock leader the fleet-wide background jobs run under.
 //! - [`admin`]: the operator CLI (`tenant create`).
 //! - [`usage`]: transcode usage records, streaming domains, access keys.
 //! - `service`: the application layer: one function per operation, typed commands in, one
@@ -24,6 +25,8 @@ mod clock;
 pub mod config;
 mod http;
 mod iam;
+mod leader;
+mod limits;
 mod metrics;
 mod node_api;
 mod nodes;
@@ -77,6 +80,12 @@ pub struct AppState {
     /// "Now" for token expiry and purging, the Volcengine rate window and the usage queries'
     /// time windows: the system clock, or tokio's in tests.
     pub(crate) clock: Clock,
+    /// Whether this process leads the replicas (`leader`): the restore worker and the token
+    /// purge run only while it does. Always true on SQLite.
+    pub(crate) leader: watch::Sender<bool>,
+    /// Replicas on PostgreSQL: request budgets and login backoff are counted in the database
+    /// (`limits`), so all of them together allow what one process would.
+    pub(crate) shared_limits: bool,
 }
 
 impl AppState {
@@ -92,7 +101,10 @@ impl AppState {
                 config.usage.volcengine_rate_limit,
                 i64::try_from(config.usage.volcengine_rate_window_ms).unwrap_or(i64::MAX),
             ));
-        let login_guard = iam::LoginGuard::new(&config.iam);
+        let shared_limits = leader::is_postgres(&config.store.url);
+        let login_guard =
+            iam::LoginGuard::new(&config.iam).shared_in_database(&config.iam, shared_limits);
+        let leader = watch::Sender::new(leader::always_leads(&config.store.url));
         let live_limiter = (config.live_api.rate_limit > 0).then(|| {
             std::sync::Mutex::new(cloudphone_usage::ratelimit::RateLimiter::new(
                 config.live_api.rate_limit,
@@ -110,6 +122,8 @@ impl AppState {
             placement_permits: tokio::sync::Semaphore::new(PLACEMENTS_AT_ONCE),
             commands_in_flight: std::sync::Mutex::default(),
             clock,
+            leader,
+            shared_limits,
         })
     }
 }
@@ -167,6 +181,9 @@ pub async fn run(
     registry.start().await?;
     let _ = http::metrics_handle();
     metrics::describe();
+    let store_url = config.store.url.clone();
+    let timing = leader::Timing::new(config.replicas.leader_retry_ms);
+    let refresh = std::time::Duration::from_millis(config.replicas.registry_refresh_ms);
     let state = AppState::new(config, store, registry, Clock::System);
     let node_api = node_api::ControlPlaneService::new(
         Arc::clone(&ca),
@@ -194,17 +211,32 @@ pub async fn run(
             let _ = grpc_stop.changed().await;
         });
     let grpc_task = tokio::spawn(grpc_server.instrument(tracing::info_span!("node_api")));
-    let background = [
+    let mut background = vec![
         spawn_background(
             "token_purger",
-            purge_tokens(Arc::clone(&state.store), state.clock, stop_rx.clone()),
+            purge_tokens(
+                Arc::clone(&state.store),
+                state.clock,
+                state.config.iam.backoff_rules().forget_ms,
+                state.leader.subscribe(),
+                stop_rx.clone(),
+            ),
         ),
         spawn_background("node_monitor", Arc::clone(&state.registry).monitor()),
         spawn_background(
             "restore_worker",
             service::lifecycle_data::worker(Arc::clone(&state), stop_rx.clone()),
         ),
+        spawn_background("node_refresh", Arc::clone(&state.registry).refresh(refresh)),
     ];
+    // On PostgreSQL the replicas elect the one that runs the fleet-wide jobs; SQLite's one
+    // process leads from the start.
+    if !leader::always_leads(&store_url) {
+        background.push(spawn_background(
+            "leader",
+            leader::elect(store_url, timing, state.leader.clone(), stop_rx.clone()),
+        ));
+    }
     // The live edge's API (seed 003) on its own listener, stopped with the rest.
     let live_task = live_listener.map(|live_listener| {
         let app = http::live::router(Arc::clone(&state));
@@ -292,13 +324,35 @@ fn spawn_background(
     (name, tokio::spawn(task.instrument(span)))
 }
 
+/// How long the shared request budgets' windows are kept: longer than any budget's window.
+const LIMIT_WINDOWS_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 /// Drops expired tokens hourly so the table does not grow without bound; returns on shutdown.
-async fn purge_tokens(store: Arc<dyn Store>, clock: Clock, mut stop: watch::Receiver<bool>) {
+/// Only the leader purges (once per fleet is enough); a new leader purges at once. Also drops
+/// the shared rate windows and login failures nobody needs any more.
+async fn purge_tokens(
+    store: Arc<dyn Store>,
+    clock: Clock,
+    forget_ms: i64,
+    mut leader: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        if !leader::until_leading(&mut leader, &mut stop).await {
+            return;
+        }
         match store.purge_expired_tokens(clock.now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "expired tokens removed"),
             Err(error) => tracing::warn!(%error, "token purge failed"),
+        }
+        // The shared budgets' past windows and forgotten login failures (empty on SQLite).
+        let now = clock.now_ms();
+        if let Err(error) = store
+            .purge_limits(now - LIMIT_WINDOWS_KEPT_MS, now - forget_ms, now)
+            .await
+        {
+            tracing::warn!(%error, "purging rate windows and login failures failed");
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -12,6 +12,8 @@ const NODES_UP: &str = "cloudphone_control_nodes_up";
 const NODES_DOWN: &str = "cloudphone_control_nodes_down";
 /// Node health transitions (counted where they happen, in `nodes`).
 const NODE_HEALTH_CHANGES: &str = "cloudphone_node_health_changes_total";
+/// 1 while this replica leads (runs the fleet-wide jobs, `leader`), else 0.
+const LEADER: &str = "cloudphone_control_leader";
 /// Usage records stored (counted in `usage`).
 const USAGE_RECORDS: &str = "cloudphone_usage_records_total";
 
@@ -36,6 +38,10 @@ pub(crate) fn describe() {
         "Node health transitions, by the health entered"
     );
     metrics::describe_counter!(USAGE_RECORDS, "Usage records stored (each record id once)");
+    metrics::describe_gauge!(
+        LEADER,
+        "1 while this replica leads (runs the prepare queue and purges), else 0"
+    );
 }
 
 /// Counts one served request and its latency.
@@ -55,4 +61,9 @@ pub(crate) fn request_served(method: String, route: String, status: u16, elapsed
 pub(crate) fn set_nodes(up: usize, down: usize) {
     metrics::gauge!(NODES_UP).set(up as f64);
     metrics::gauge!(NODES_DOWN).set(down as f64);
+}
+
+/// The leader gauge, as the election sees it now.
+pub(crate) fn set_leader(leads: bool) {
+    metrics::gauge!(LEADER).set(if leads { 1.0 } else { 0.0 });
 }

@@ -182,6 +182,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Dials the nodes that joined through another replica (a node announces itself to one
+    /// control; its announcement reaches the database through that replica's report stream):
+    /// re-reads the node list every `period` until shutdown. A node that joined anywhere is
+    /// dialed here within `period` of its row being written.
+    pub(crate) async fn refresh(self: Arc<Self>, period: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            match self.store.list_nodes().await {
+                Ok(nodes) => {
+                    for node in nodes {
+                        self.ensure_connector(&node.node_id, &node.grpc_endpoint);
+                    }
+                }
+                Err(error) => warn!(%error, "could not re-read the node list"),
+            }
+        }
+    }
+
     /// Records a node's announcement and makes sure control is connected to it.
     pub fn announce(self: &Arc<Self>, node_id: &str, grpc_endpoint: &str) {
         self.ensure_connector(node_id, grpc_endpoint);

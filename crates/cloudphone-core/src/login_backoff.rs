@@ -33,6 +33,19 @@ impl BackoffRules {
         max_keys: 100_000,
     };
 
+    /// A key's failures in a row and the time its lock ends after one more failure at
+    /// `now_ms`, from its earlier failures and the last one's time (`None`: none on record).
+    /// The one rule for a record kept here or elsewhere (control replicas keep theirs in their
+    /// shared database).
+    pub fn after_failure(&self, earlier: Option<(u32, i64)>, now_ms: i64) -> (u32, i64) {
+        let failures = match earlier {
+            Some((failures, last_ms)) if now_ms - last_ms < self.forget_ms => failures,
+            _ => 0,
+        }
+        .saturating_add(1);
+        (failures, now_ms.saturating_add(self.lock_after(failures)))
+    }
+
     /// The lock after the `failures`th failure in a row: none while within the free ones, then
     /// `base_ms`, doubling, capped at `max_ms`.
     pub fn lock_after(&self, failures: u32) -> i64 {
@@ -99,12 +112,9 @@ impl LoginBackoff {
                 last_failure_ms: now_ms,
                 locked_until_ms: 0,
             });
-            if now_ms - record.last_failure_ms >= rules.forget_ms {
-                record.failures = 0;
-            }
-            record.failures = record.failures.saturating_add(1);
+            (record.failures, record.locked_until_ms) =
+                rules.after_failure(Some((record.failures, record.last_failure_ms)), now_ms);
             record.last_failure_ms = now_ms;
-            record.locked_until_ms = now_ms.saturating_add(rules.lock_after(record.failures));
         }
     }
 

@@ -177,6 +177,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "database": database,
         "nodes_up": nodes_up,
         "nodes_down": nodes_down,
+        "leader": *state.leader.borrow(),
     });
     let status = if ok {
         StatusCode::OK
@@ -193,6 +194,7 @@ const HEALTH_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(
 async fn render_metrics(State(state): State<Arc<AppState>>) -> String {
     let (up, down) = state.registry.health_counts();
     crate::metrics::set_nodes(up, down);
+    crate::metrics::set_leader(*state.leader.borrow());
     metrics_handle().render()
 }
 

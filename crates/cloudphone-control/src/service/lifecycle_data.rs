@@ -249,8 +249,14 @@ pub(crate) async fn progress(
 
 /// The restore worker: admits queued instances whenever woken (or every `WORKER_PERIOD`) until
 /// `shutdown` turns true. Restores it started finish on their own; their outcome is in the store.
+/// Only the replicas' leader admits (`crate::leader`): one worker per fleet, so a wake-up on
+/// another replica is seen within the leader's own `WORKER_PERIOD`.
 pub(crate) async fn worker(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut leader = state.leader.subscribe();
     loop {
+        if !crate::leader::until_leading(&mut leader, &mut shutdown).await {
+            return;
+        }
         if let Err(error) = admit(&state).await {
             tracing::warn!(%error, "prepare queue: admission failed");
         }

@@ -117,10 +117,13 @@ pub(crate) async fn handle(state: &AppState, incoming: &Incoming<'_>) -> Result<
     }
     // Each key's budget counts only requests it really signed.
     if let Some(limiter) = &state.live_limiter {
-        let allowed = limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .allow(&common.access_key_id, now);
+        let budget = (
+            state.config.live_api.rate_limit,
+            state.config.live_api.rate_window_ms,
+        );
+        let allowed =
+            crate::limits::allow(state, "live", limiter, &common.access_key_id, budget, now)
+                .await?;
         if !allowed {
             return Err(VsError::Throttling);
         }

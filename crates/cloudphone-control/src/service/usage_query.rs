@@ -124,11 +124,23 @@ pub(crate) async fn volc_transcode(
     let now = state.clock.now_ms();
     sign::volc::verify(parts, &auth, &secret, now).map_err(sign_error)?;
     tracing::Span::current().record("tenant_id", key.tenant_id.as_str());
-    let allowed = state
-        .volcengine_limiter
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .allow(&key.user_id, now);
+    let budget = (
+        state.config.usage.volcengine_rate_limit,
+        state.config.usage.volcengine_rate_window_ms,
+    );
+    let allowed = crate::limits::allow(
+        state,
+        "volc",
+        &state.volcengine_limiter,
+        &key.user_id,
+        budget,
+        now,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "counting the request budget failed");
+        VolcError::InternalError
+    })?;
     if !allowed {
         return Err(VolcError::FlowLimitExceeded);
     }

@@ -29,10 +29,14 @@ macro_rules! bind {
     }};
 }
 
+mod leader;
+mod limits;
 mod live;
 mod placement;
 mod sql;
 
+pub use leader::LeaderSession;
+pub use limits::LimitStore;
 pub use live::{
     GroupFilter, LiveStore, StreamChange, StreamFilter, StreamReport, VsGroup, VsNode, VsOrder,
     VsPage, VsPublish, VsStatus, VsStream, VsTenant,
@@ -258,7 +262,7 @@ pub struct BackupState {
 
 /// Control's state. Every multi-row write is one transaction: all of it lands or none.
 #[async_trait]
-pub trait Store: LiveStore + PlacementStore + Send + Sync + 'static {
+pub trait Store: LiveStore + PlacementStore + LimitStore + Send + Sync + 'static {
     /// Brings the schema up to date.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -26,6 +26,7 @@ mod fleet;
 mod health;
 mod hostile_input;
 mod install_app;
+mod leader;
 mod lifecycle_rules;
 mod live_api;
 mod live_e2e;
