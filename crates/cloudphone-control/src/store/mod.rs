@@ -30,6 +30,7 @@ macro_rules! bind {
 }
 
 mod live;
+mod migrations;
 mod placement;
 mod sql;
 
