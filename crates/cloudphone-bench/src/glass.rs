@@ -6,22 +6,19 @@
 //! Chromium ([`crate::viewer_chromium`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cloudphone_core::video::{Codec, Definition, NetworkType, VideoConfig};
-use cloudphone_node::config::NodeConfig;
 use cloudphone_node::runtime::CaptureSource;
 use cloudphone_node::streaming::pipeline::{EncodePipeline, EncoderSettings};
+use cloudphone_node::testing::{InProcessNode, Listeners};
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::Hello;
 use cloudphone_testkit::process::InstanceProcessGuard;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tokio::sync::oneshot;
 
 use crate::clock;
 use crate::glass_viewer::{Measured, Receiver, ViewerArgs, run_subprocess};
@@ -107,15 +104,26 @@ pub struct GlassResults {
     pub netem_cells: Vec<GlassCell>,
 }
 
-/// A node running in this process with the x11 runtime.
+/// A node running in this process with the x11 runtime ([`InProcessNode`], shared with the
+/// node's tests), with its state dir; its fields (`grpc`, `http`, `ws_url`) through `Deref`.
 pub struct Node {
-    pub grpc: NodeAgentClient<tonic::transport::Channel>,
-    pub http: SocketAddr,
-    pub ws_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
+    inner: InProcessNode,
     _guard: InstanceProcessGuard,
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Node {
+    type Target = InProcessNode;
+
+    fn deref(&self) -> &InProcessNode {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut InProcessNode {
+        &mut self.inner
+    }
 }
 
 /// The bench binary's name inside an instance (`[sandbox] ro_binds`).
@@ -133,20 +141,9 @@ impl Node {
         let dir = tempfile::Builder::new()
             .prefix("cp-bench-")
             .tempdir_in("/var/tmp")?;
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let http_listener = tokio::net::TcpListener::bind((http_ip, 0)).await?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        let http = http_listener.local_addr()?;
-        let mut config = NodeConfig::load(None, |_| None)?;
-        config.node_id = "bench".into();
+        let listeners = Listeners::bind(http_ip).await?;
+        let mut config = listeners.config("bench", dir.path())?;
         config.runtime = "x11".into();
-        config.state_dir = dir.path().to_path_buf();
-        config.grpc.listen = grpc_addr;
-        config.grpc.advertise = format!("http://{grpc_addr}");
-        // Driven directly by the bench, without control (so without certificates).
-        config.grpc.plaintext = true;
-        config.http.listen = http;
-        config.http.public_url = format!("ws://{http}");
         // Away from the test suites' displays (200–700).
         config.x11.first_display = 900 + std::process::id() % 50 * 4;
         // The sandbox hides /tmp, /root and /home, where checkouts live: the binary goes in
@@ -159,62 +156,17 @@ impl Node {
             "exec {}/{BENCH_BIN} clock",
             cloudphone_node::runtime::sandbox::RO_BIN_DIR
         );
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cloudphone_node::run(
-            config,
-            grpc_listener,
-            http_listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let grpc = loop {
-            match NodeAgentClient::connect(format!("http://{grpc_addr}")).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => return Err(e).context("node gRPC"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
         Ok(Node {
-            grpc,
-            http,
-            ws_url: format!("ws://{http}/v1/signaling"),
-            stop: Some(stop),
-            task: Some(task),
+            inner: InProcessNode::launch(config, listeners, Duration::from_secs(20)).await?,
             _guard: InstanceProcessGuard(dir.path().to_path_buf()),
             dir,
         })
     }
 
     pub async fn create_instance(&mut self, id: &str, width: u32, height: u32) -> Result<()> {
-        self.grpc
-            .create_instance(pb::CreateInstanceRequest {
-                instance_id: id.into(),
-                tenant_id: "bench".into(),
-                runtime: String::new(),
-                width,
-                height,
-                os: String::new(),
-            })
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = self
-                .grpc
-                .get_instance_status(pb::InstanceRef {
-                    instance_id: id.into(),
-                })
-                .await?
-                .into_inner();
-            if s.state == pb::InstanceState::Running as i32 {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("instance {id} not running: {s:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.inner
+            .create_running((id, "bench"), (width, height), Duration::from_secs(30))
+            .await
     }
 
     /// The X display the instance got.
@@ -246,15 +198,7 @@ impl Node {
     }
 
     pub async fn shutdown(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .context("node did not stop in 30 s")???;
-        }
-        Ok(())
+        self.inner.stop(Duration::from_secs(30)).await
     }
 }
 

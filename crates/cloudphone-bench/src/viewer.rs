@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use cloudphone_signaling::{Candidate, ClientMessage, Hello, IceServer, NodeMessage};
+use cloudphone_node::testing::viewer::{forward_rtp, receiving_peer, remote_candidate};
+use cloudphone_signaling::{ClientMessage, Hello, IceServer, NodeMessage};
 use futures::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -20,14 +21,10 @@ use tokio_tungstenite::tungstenite::Message;
 use webrtc::api::APIBuilder;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 
 use crate::clock;
 
@@ -240,27 +237,17 @@ impl Viewer {
             .with_interceptor_registry(registry)
             .with_setting_engine(setting)
             .build();
-        let config = RTCConfiguration {
-            ice_servers: ice_servers
-                .iter()
-                .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone().unwrap_or_default(),
-                    credential: s.credential.clone().unwrap_or_default(),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let pc = Arc::new(api.new_peer_connection(config).await?);
-        pc.add_transceiver_from_kind(
-            RTPCodecType::Video,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                send_encodings: vec![],
-            }),
+        let (cand_tx, outbox) = mpsc::unbounded_channel();
+        let (pc, _input) = receiving_peer(
+            &api,
+            &ice_servers,
+            false,
+            &[RTPCodecType::Video],
+            move |c| {
+                let _ = cand_tx.send(Ok(ClientMessage::Candidate(c)));
+            },
         )
         .await?;
-        let _input = pc.create_data_channel("input", None).await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = Arc::clone(&seen);
         pc.on_track(Box::new(move |track, _, _| {
@@ -278,29 +265,8 @@ impl Viewer {
                         return;
                     }
                 };
-                while let Ok((packet, _)) = track.read_rtp().await {
-                    use webrtc::util::Marshal;
-                    let Ok(bytes) = packet.marshal() else {
-                        continue;
-                    };
-                    if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                        break;
-                    }
-                }
+                forward_rtp(&track, &appsrc, |_, _| {}).await;
                 let _ = pipeline.set_state(gst::State::Null);
-            })
-        }));
-        let (cand_tx, outbox) = mpsc::unbounded_channel();
-        pc.on_ice_candidate(Box::new(move |c| {
-            let cand_tx = cand_tx.clone();
-            Box::pin(async move {
-                if let Some(init) = c.and_then(|c| c.to_json().ok()) {
-                    let _ = cand_tx.send(Ok(ClientMessage::Candidate(Candidate {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdp_mline_index: init.sdp_mline_index,
-                    })));
-                }
             })
         }));
         let offer = pc.create_offer(None).await?;
@@ -330,14 +296,7 @@ impl Peer for Arc<RTCPeerConnection> {
     async fn on_node(&mut self, m: NodeMessage) -> Result<()> {
         match m {
             NodeMessage::Candidate(c) => {
-                let _ = self
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: c.candidate,
-                        sdp_mid: c.sdp_mid,
-                        sdp_mline_index: c.sdp_mline_index,
-                        username_fragment: None,
-                    })
-                    .await;
+                let _ = self.add_ice_candidate(remote_candidate(c)).await;
                 Ok(())
             }
             other => bail!("node said {other:?}"),

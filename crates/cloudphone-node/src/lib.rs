@@ -16,6 +16,8 @@
 //! - `metrics`: the Prometheus metrics' names and descriptions.
 //! - [`streaming`]: sessions, signaling (`/v1/signaling`), WebRTC peers, encoders.
 //! - `live`: the live edge (seed 003): RTMP ingest and the players of each stream.
+//! - `testing` (feature `test-support`): an in-process node for the integration tests and
+//!   the bench.
 #![forbid(unsafe_code)]
 
 mod announce;
@@ -32,6 +34,8 @@ mod mtls;
 mod phone;
 pub mod runtime;
 pub mod streaming;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod usage_buffer;
 
 use std::future::Future;

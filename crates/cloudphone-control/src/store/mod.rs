@@ -32,6 +32,7 @@ macro_rules! bind {
 mod leader;
 mod limits;
 mod live;
+mod migrations;
 mod placement;
 mod sql;
 

@@ -11,8 +11,6 @@ use super::{
     TaskRecord, TokenRecord, UsageRow, UserRecord,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 /// A pool over SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -190,7 +188,7 @@ const INSTANCE_COLUMNS: &str = "i.id AS instance_id, i.tenant_id, i.project_id, 
 #[async_trait]
 impl Store for SqlStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        super::migrations::migrator().await?.run(&self.pool).await?;
         Ok(())
     }
 

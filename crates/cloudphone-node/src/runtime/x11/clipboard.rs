@@ -24,7 +24,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::rust_connection::RustConnection;
 use x11rb::wrapper::ConnectionExt as _;
 
-use super::x_err;
+use super::{round_trip, x_err};
 use crate::runtime::common::lock;
 use crate::runtime::{Copied, RuntimeError};
 
@@ -44,8 +44,12 @@ x11rb::atom_manager! {
     }
 }
 
-/// One instance's clipboard agent.
-pub(super) struct XClipboard {
+/// One instance's clipboard agent: this handle, and a thread running a clone of its [`Agent`].
+pub(super) struct XClipboard(Agent);
+
+/// What the handle and the agent's thread share.
+#[derive(Clone)]
+struct Agent {
     conn: Arc<RustConnection>,
     window: xproto::Window,
     atoms: Atoms,
@@ -100,7 +104,7 @@ impl XClipboard {
         .map_err(|x| e(&x))?;
         conn.flush().map_err(|x| e(&x))?;
         let (changes, _) = broadcast::channel(16);
-        let agent = Self {
+        let agent = Agent {
             conn,
             window,
             atoms,
@@ -108,66 +112,52 @@ impl XClipboard {
             changes,
             stop: Arc::default(),
         };
-        let worker = Worker {
-            conn: Arc::clone(&agent.conn),
-            window,
-            atoms,
-            ours: Arc::clone(&agent.ours),
-            changes: agent.changes.clone(),
-            stop: Arc::clone(&agent.stop),
-        };
+        let worker = agent.clone();
         std::thread::Builder::new()
             .name(format!("clipboard :{display}"))
             .spawn(move || worker.run())
             .map_err(RuntimeError::Io)?;
-        Ok(agent)
+        Ok(XClipboard(agent))
     }
 
     /// Text the phone's apps copy from now on.
     pub(super) fn subscribe(&self) -> broadcast::Receiver<Copied> {
-        self.changes.subscribe()
+        self.0.changes.subscribe()
     }
 
     /// Makes `text` the phone's clipboard (blocking: one request and a flush).
     pub(super) fn set(&self, text: &str) -> Result<(), RuntimeError> {
-        *lock(&self.ours) = Some(text.as_bytes().to_vec());
-        self.conn
-            .set_selection_owner(self.window, self.atoms.CLIPBOARD, x11rb::CURRENT_TIME)
+        *lock(&self.0.ours) = Some(text.as_bytes().to_vec());
+        self.0
+            .conn
+            .set_selection_owner(self.0.window, self.0.atoms.CLIPBOARD, x11rb::CURRENT_TIME)
             .map_err(|e| x_err(e.to_string()))?;
         // A round trip, so the phone's apps see the new owner once this returns.
-        self.conn
-            .get_input_focus()
-            .map_err(|e| x_err(e.to_string()))?
-            .reply()
-            .map_err(|e| x_err(e.to_string()))?;
+        round_trip(&self.0.conn)?;
         Ok(())
     }
 }
 
 impl Drop for XClipboard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.0.stop.store(true, Ordering::SeqCst);
         // Wakes the worker blocked on the connection so it sees `stop`.
-        let wake =
-            xproto::ClientMessageEvent::new(32, self.window, self.atoms.CLOUDPHONE_WAKE, [0u32; 5]);
+        let wake = xproto::ClientMessageEvent::new(
+            32,
+            self.0.window,
+            self.0.atoms.CLOUDPHONE_WAKE,
+            [0u32; 5],
+        );
         let _ = self
+            .0
             .conn
-            .send_event(false, self.window, xproto::EventMask::NO_EVENT, wake);
-        let _ = self.conn.flush();
+            .send_event(false, self.0.window, xproto::EventMask::NO_EVENT, wake);
+        let _ = self.0.conn.flush();
     }
 }
 
-/// The thread's side of an [`XClipboard`].
-struct Worker {
-    conn: Arc<RustConnection>,
-    window: xproto::Window,
-    atoms: Atoms,
-    ours: Arc<Mutex<Option<Vec<u8>>>>,
-    changes: broadcast::Sender<Copied>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Worker {
+/// The thread's side: watches and serves the selection until the handle drops.
+impl Agent {
     fn run(self) {
         while !self.stop.load(Ordering::SeqCst) {
             let Ok(event) = self.conn.wait_for_event() else {

@@ -10,7 +10,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _};
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::RustConnection;
 
-use super::x_err;
+use super::{round_trip, x_err};
 use crate::runtime::common::{lock, pixel_of};
 use crate::runtime::keys::{self, DomKey};
 use crate::runtime::{InputEvent, PhoneKey, RuntimeError, TouchAction};
@@ -112,11 +112,7 @@ impl XInput {
         }
         // A round trip, so errors surface here and events are applied in order before the
         // next call.
-        self.conn
-            .get_input_focus()
-            .map_err(|e| x_err(e.to_string()))?
-            .reply()
-            .map_err(|e| x_err(e.to_string()))?;
+        round_trip(&self.conn)?;
         Ok(())
     }
 
@@ -176,11 +172,7 @@ impl XInput {
         self.conn
             .change_keyboard_mapping(1, spare, keymap.per_keycode, &syms)
             .map_err(|e| x_err(e.to_string()))?;
-        self.conn
-            .get_input_focus()
-            .map_err(|e| x_err(e.to_string()))?
-            .reply()
-            .map_err(|e| x_err(e.to_string()))?;
+        round_trip(&self.conn)?;
         // The spare keycode now means this keysym; forget what it meant before.
         keymap.lookup.retain(|_, (code, _)| *code != spare);
         keymap.lookup.insert(keysym, (spare, 0));

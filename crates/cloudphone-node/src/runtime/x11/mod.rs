@@ -879,6 +879,17 @@ fn x_err(detail: impl Into<String>) -> RuntimeError {
     }
 }
 
+/// One request and its reply: the server has handled every request sent before it (errors
+/// surface, events and selection changes are applied) once this returns.
+fn round_trip(conn: &x11rb::rust_connection::RustConnection) -> Result<(), RuntimeError> {
+    use x11rb::protocol::xproto::ConnectionExt as _;
+    conn.get_input_focus()
+        .map_err(|e| x_err(e.to_string()))?
+        .reply()
+        .map_err(|e| x_err(e.to_string()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,15 @@
 //! Shared by the streaming tests: an in-process node (`run()` on real listeners), a signaling
 //! WebSocket client, and a webrtc-rs viewer that decodes what it receives with GStreamer.
 
-use std::net::SocketAddr;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudphone_node::config::NodeConfig;
+use cloudphone_node::testing::viewer::{forward_rtp, receiving_peer, remote_candidate};
+use cloudphone_node::testing::{InProcessNode, Listeners};
 use cloudphone_proto::node_v1 as pb;
-use cloudphone_proto::node_v1::node_agent_client::NodeAgentClient;
 use cloudphone_signaling::{
     Candidate, ClientMessage, Definition, EncodingType, Hello, NetworkType, NodeMessage,
 };
@@ -18,33 +19,38 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use sha2::Digest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::api::APIBuilder;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-/// A node running in this process.
+/// A node running in this process ([`InProcessNode`], shared with the bench), with its state
+/// dir; its fields (`grpc`, `http`, `ws_url`) through `Deref`.
 pub(crate) struct Node {
-    pub grpc: NodeAgentClient<tonic::transport::Channel>,
-    pub http: SocketAddr,
-    pub ws_url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), cloudphone_node::NodeError>>>,
+    inner: InProcessNode,
     _guard: InstanceProcessGuard,
     pub dir: tempfile::TempDir,
-    /// What it was started with, for [`Node::restart`].
-    config: NodeConfig,
+}
+
+impl std::ops::Deref for Node {
+    type Target = InProcessNode;
+
+    fn deref(&self) -> &InProcessNode {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut InProcessNode {
+        &mut self.inner
+    }
 }
 
 impl Node {
@@ -58,59 +64,24 @@ impl Node {
             .prefix("cp-stream-")
             .tempdir_in("/var/tmp")
             .unwrap();
-        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc_addr = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let mut config = NodeConfig::load(None, |_| None).unwrap();
-        config.node_id = "stream-test".into();
+        let listeners = Listeners::bind(Ipv4Addr::LOCALHOST.into()).await.unwrap();
+        let http = listeners.http_addr().unwrap();
+        let mut config = listeners.config("stream-test", dir.path()).unwrap();
         config.runtime = runtime.into();
-        config.state_dir = dir.path().to_path_buf();
-        config.grpc.listen = grpc_addr;
-        config.grpc.advertise = format!("http://{grpc_addr}");
-        // Driven directly by the test, without control (so without certificates).
-        config.grpc.plaintext = true;
-        config.http.listen = http;
-        config.http.public_url = format!("ws://{http}");
         // Each test binary runs its tests in parallel; give each node its own displays.
         config.x11.first_display = 200 + (std::process::id() % 50) * 10 + (http.port() as u32 % 10);
         config.webrtc.ice_interfaces = cloudphone_testkit::ice_interfaces();
         tweak(&mut config);
-        Self::launch(config, dir, grpc_listener, http_listener).await
+        Self::launch(config, dir, listeners).await
     }
 
-    async fn launch(
-        config: NodeConfig,
-        dir: tempfile::TempDir,
-        grpc_listener: tokio::net::TcpListener,
-        http_listener: tokio::net::TcpListener,
-    ) -> Node {
-        let grpc_addr = grpc_listener.local_addr().unwrap();
-        let http = http_listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cloudphone_node::run(
-            config.clone(),
-            grpc_listener,
-            http_listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let grpc = cloudphone_testkit::wait_for("node gRPC", WAIT, || async {
-            NodeAgentClient::connect(format!("http://{grpc_addr}"))
-                .await
-                .ok()
-        })
-        .await;
+    async fn launch(config: NodeConfig, dir: tempfile::TempDir, listeners: Listeners) -> Node {
         Node {
-            grpc,
-            http,
-            ws_url: format!("ws://{http}/v1/signaling"),
-            stop: Some(stop),
-            task: Some(task),
+            inner: InProcessNode::launch(config, listeners, WAIT)
+                .await
+                .unwrap(),
             _guard: InstanceProcessGuard(dir.path().to_path_buf()),
             dir,
-            config,
         }
     }
 
@@ -119,44 +90,16 @@ impl Node {
     pub(crate) async fn restart(mut self, between: impl FnOnce(&std::path::Path)) -> Node {
         self.stop_task().await;
         between(self.dir.path());
-        let grpc_listener = tokio::net::TcpListener::bind(self.config.grpc.listen)
-            .await
-            .unwrap();
-        let http_listener = tokio::net::TcpListener::bind(self.config.http.listen)
-            .await
-            .unwrap();
-        let Node { dir, config, .. } = self;
-        Self::launch(config, dir, grpc_listener, http_listener).await
+        let listeners = Listeners::rebind(&self.config).await.unwrap();
+        let Node { dir, inner, .. } = self;
+        Self::launch(inner.config, dir, listeners).await
     }
 
     pub(crate) async fn create_instance(&mut self, id: &str, width: u32, height: u32) {
-        self.grpc
-            .create_instance(pb::CreateInstanceRequest {
-                instance_id: id.into(),
-                tenant_id: "tenant-1".into(),
-                runtime: String::new(),
-                width,
-                height,
-                os: String::new(),
-            })
+        self.inner
+            .create_running((id, "tenant-1"), (width, height), WAIT)
             .await
             .unwrap();
-        let mut grpc = self.grpc.clone();
-        let id = id.to_owned();
-        cloudphone_testkit::wait_for("instance running", WAIT, || {
-            let mut grpc = grpc.clone();
-            let id = id.clone();
-            async move {
-                let s = grpc
-                    .get_instance_status(pb::InstanceRef { instance_id: id })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (s.state == pb::InstanceState::Running as i32).then_some(())
-            }
-        })
-        .await;
-        let _ = &mut grpc;
     }
 
     /// Authorises `device_id` with `token` for `valid_for`.
@@ -278,16 +221,10 @@ impl Node {
 
     /// Stops the in-process node gracefully and waits for it (at most 20 s).
     async fn stop_task(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("node stops in time")
-                .unwrap()
-                .unwrap();
-        }
+        self.inner
+            .stop(Duration::from_secs(20))
+            .await
+            .expect("node stops in time");
     }
 }
 
@@ -469,38 +406,17 @@ impl RustViewer {
         let NodeMessage::Ready { ice_servers, .. } = &ready else {
             unreachable!()
         };
-        let config = RTCConfiguration {
-            ice_servers: ice_servers
-                .iter()
-                .map(|s| webrtc::ice_transport::ice_server::RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone().unwrap_or_default(),
-                    credential: s.credential.clone().unwrap_or_default(),
-                })
-                .collect(),
-            ice_transport_policy: if relay_only {
-                webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy::Relay
-            } else {
-                Default::default()
-            },
-            ..Default::default()
-        };
-        let pc = Arc::new(api.new_peer_connection(config).await.unwrap());
         let kinds: &[RTPCodecType] = if audio {
             &[RTPCodecType::Video, RTPCodecType::Audio]
         } else {
             &[RTPCodecType::Video]
         };
-        for kind in kinds {
-            let recvonly = RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                send_encodings: vec![],
-            };
-            pc.add_transceiver_from_kind(*kind, Some(recvonly))
-                .await
-                .unwrap();
-        }
-        let input = pc.create_data_channel("input", None).await.unwrap();
+        let (cand_tx, candidates) = mpsc::unbounded_channel();
+        let (pc, input) = receiving_peer(&api, ice_servers, relay_only, kinds, move |c| {
+            let _ = cand_tx.send(c);
+        })
+        .await
+        .unwrap();
         let counters = Arc::new(Counters::default());
         let c = Arc::clone(&counters);
         pc.on_track(Box::new(move |track, receiver, _| {
@@ -515,16 +431,10 @@ impl RustViewer {
                     // the next track.
                     tokio::spawn(async move {
                         let (appsrc, pipeline) = opus_decoder(codec.payload_type, Arc::clone(&c));
-                        while let Ok((packet, _)) = track.read_rtp().await {
+                        forward_rtp(&track, &appsrc, |_, _| {
                             c.audio.packets.fetch_add(1, Ordering::Relaxed);
-                            use webrtc::util::Marshal;
-                            let Ok(bytes) = packet.marshal() else {
-                                continue;
-                            };
-                            if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                                break;
-                            }
-                        }
+                        })
+                        .await;
                         let _ = pipeline.set_state(gst::State::Null);
                     });
                     return;
@@ -548,9 +458,10 @@ impl RustViewer {
                         audio,
                     );
                     let mut highest: Option<u16> = None;
-                    while let Ok((packet, _)) = track.read_rtp().await {
+                    forward_rtp(&track, &appsrc, |packet, size| {
                         let seq = packet.header.sequence_number;
                         c.rtp_packets.fetch_add(1, Ordering::Relaxed);
+                        c.rtp_bytes.fetch_add(size as u64, Ordering::Relaxed);
                         match highest {
                             None => {
                                 c.rtp_expected.fetch_add(1, Ordering::Relaxed);
@@ -567,31 +478,10 @@ impl RustViewer {
                                 }
                             }
                         }
-                        use webrtc::util::Marshal;
-                        let Ok(bytes) = packet.marshal() else {
-                            continue;
-                        };
-                        c.rtp_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        if appsrc.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
-                            break;
-                        }
-                    }
+                    })
+                    .await;
                     let _ = pipeline.set_state(gst::State::Null);
                 });
-            })
-        }));
-        let (cand_tx, candidates) = mpsc::unbounded_channel();
-        pc.on_ice_candidate(Box::new(move |c| {
-            let cand_tx = cand_tx.clone();
-            Box::pin(async move {
-                if let Some(c) = c {
-                    let init = c.to_json().unwrap();
-                    let _ = cand_tx.send(Candidate {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdp_mline_index: init.sdp_mline_index,
-                    });
-                }
             })
         }));
         let offer = pc.create_offer(None).await.unwrap();
@@ -636,12 +526,7 @@ impl RustViewer {
                 }
                 m = self.signaling.recv_quiet() => match m {
                     Some(NodeMessage::Candidate(c)) => {
-                        let _ = self.pc.add_ice_candidate(RTCIceCandidateInit {
-                            candidate: c.candidate,
-                            sdp_mid: c.sdp_mid,
-                            sdp_mline_index: c.sdp_mline_index,
-                            username_fragment: None,
-                        }).await;
+                        let _ = self.pc.add_ice_candidate(remote_candidate(c)).await;
                     }
                     Some(other) => return Some(other),
                     None => return Some(NodeMessage::Bye { reason: cloudphone_signaling::ByeReason::Shutdown }),
