@@ -45,53 +45,77 @@ async fn running_statuses(
         .collect()
 }
 
-/// Waits until ListInstances shows exactly `ids`, all with `running_status` `wanted`; returns
-/// how long that took.
-async fn wait_all_status(
+/// Waits until ListInstances shows exactly the instances of `wanted`, each with its
+/// `running_status` there; returns how long that took.
+async fn wait_statuses(
     fleet: &Fleet,
     token: &str,
-    ids: &[String],
-    wanted: i64,
+    wanted: &HashMap<String, i64>,
     within: Duration,
 ) -> Duration {
     let started = Instant::now();
-    let expected: HashSet<&String> = ids.iter().collect();
-    wait_for(
-        &format!("{ids:?} at running_status {wanted}"),
-        within,
-        || async {
-            let statuses = running_statuses(&fleet.http, &fleet.api, token).await?;
-            (statuses.keys().collect::<HashSet<_>>() == expected
-                && statuses.values().all(|s| *s == wanted))
-            .then_some(())
-        },
-    )
+    wait_for(&format!("running_status {wanted:?}"), within, || async {
+        let statuses = running_statuses(&fleet.http, &fleet.api, token).await?;
+        (&statuses == wanted).then_some(())
+    })
     .await;
     started.elapsed()
+}
+
+/// `cut` instances at `cut_status`, the others at `other_status`.
+fn statuses(
+    cut: &[String],
+    cut_status: i64,
+    others: &[String],
+    other_status: i64,
+) -> HashMap<String, i64> {
+    cut.iter()
+        .map(|id| (id.clone(), cut_status))
+        .chain(others.iter().map(|id| (id.clone(), other_status)))
+        .collect()
 }
 
 fn frames(seen: &std::sync::Mutex<Seen>) -> u64 {
     seen.lock().unwrap_or_else(|e| e.into_inner()).frames
 }
 
-/// Control and a node on hosts of their own (network namespaces on a bridge), a viewer in the
-/// test process playing one of the node's two instances. The path between control and the
-/// node is cut: within the heartbeat bound both instances show `running_status` 0 (unknown,
-/// docs/api-notes.md) while the viewer keeps decoding frames (media goes node → viewer, not
-/// through control). Healed: both are running again, none lost, and the viewer still plays
-/// on the session it had.
+/// Control and two nodes on hosts of their own (network namespaces on a bridge), two
+/// instances on each node, a viewer in the test process playing one of the first node's. The
+/// path between control and the first node is cut: within the heartbeat bound that node's
+/// instances show `running_status` 0 (unknown, docs/api-notes.md) while the other node's stay
+/// running (2), and the viewer keeps decoding frames (media goes node → viewer, not through
+/// control). Healed: all four are running again, none lost, and the viewer still plays on the
+/// session it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_shows_unknown_then_running_and_its_viewer_keeps_playing() {
     let mut net = Net::new();
     let control_host = net.add_host();
     let node_host = net.add_host();
+    let other_host = net.add_host();
     let mut fleet = Fleet::new(None, "synthetic");
+    // Two slots per node: an order of four puts two on each.
+    fleet.node_capacity = 2;
     fleet.create_tenant("acme", PASSWORD);
     fleet.start_control_in(&control_host);
     fleet.wait_healthy(&fleet.api.clone()).await;
     let _node = fleet.start_node_in(&node_host, "node-ns").await;
+    let _other = fleet.start_node_in(&other_host, "node-ns-2").await;
     let token = fleet.login("acme", PASSWORD).await;
-    let ids = fleet.running_instances(&token, 2).await;
+    let all = fleet.running_instances(&token, 4).await;
+    let store = cloudphone_control::store::open(&fleet.store_url)
+        .await
+        .unwrap();
+    let (mut ids, mut others) = (Vec::new(), Vec::new());
+    for id in all {
+        use cloudphone_control::store::Store;
+        let record = store.get_instance(&id).await.unwrap().unwrap();
+        if record.node_id == "node-ns" {
+            ids.push(id);
+        } else {
+            others.push(id);
+        }
+    }
+    assert_eq!((ids.len(), others.len()), (2, 2), "{ids:?} {others:?}");
 
     // The viewer: GetDeviceToken through control, then signaling and media with the node only.
     let (status, body) = fleet
@@ -133,8 +157,15 @@ async fn a_partitioned_node_shows_unknown_then_running_and_its_viewer_keeps_play
     net.partition(&control_host, &node_host);
     let cut_at = Instant::now();
     let frames_at_cut = frames(&seen);
-    let to_unknown = wait_all_status(&fleet, &token, &ids, 0, Duration::from_secs(15)).await;
+    let to_unknown = wait_statuses(
+        &fleet,
+        &token,
+        &statuses(&ids, 0, &others, 2),
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(fleet.health_of("node-ns").await.as_deref(), Some("down"));
+    assert_eq!(fleet.health_of("node-ns-2").await.as_deref(), Some("up"));
     // A measurement window: the viewer must decode frames over seconds of the cut, not in
     // the moments before control noticed it.
     let frames_at_unknown = frames(&seen);
@@ -144,7 +175,13 @@ async fn a_partitioned_node_shows_unknown_then_running_and_its_viewer_keeps_play
     let frames_while_cut = frames(&seen) - frames_at_cut;
 
     net.heal_partition(&control_host, &node_host);
-    let to_running = wait_all_status(&fleet, &token, &ids, 2, Duration::from_secs(30)).await;
+    let to_running = wait_statuses(
+        &fleet,
+        &token,
+        &statuses(&ids, 2, &others, 2),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(fleet.health_of("node-ns").await.as_deref(), Some("up"));
     let frames_at_heal = frames(&seen);
     wait_for("frames after the heal", Duration::from_secs(5), || async {
