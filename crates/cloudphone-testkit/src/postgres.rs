@@ -67,11 +67,25 @@ pub struct Cluster {
     data: String,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// A further address it listens on and accepts a /24 of, and that its URLs name (a
+    /// [`crate::netns::Net`]'s gateway, for daemons in namespaces): see [`Cluster::start_on`].
+    also_on: Option<std::net::Ipv4Addr>,
 }
 
 impl Cluster {
     /// `initdb` in a fresh temp dir (trust auth, no fsync) and start on a free port.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`Cluster::start`], listening on `addr` too (a [`crate::netns::Net::gateway`], which
+    /// must exist) and trusting clients of its /24, so daemons in the net's namespaces reach
+    /// it; its URLs name `addr`.
+    pub fn start_on(addr: std::net::Ipv4Addr) -> Self {
+        Self::start_with(Some(addr))
+    }
+
+    fn start_with(also_on: Option<std::net::Ipv4Addr>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cloudphone-pg-")
             .tempdir()
@@ -89,6 +103,7 @@ impl Cluster {
             dir,
             data,
             port: crate::free_port(),
+            also_on,
         };
         let initdb = format!("{PG_BIN}/initdb");
         output_of(
@@ -104,14 +119,25 @@ impl Cluster {
             ]),
             "initdb",
         );
+        if let Some(addr) = also_on {
+            let [a, b, c, _] = addr.octets();
+            let hba = format!("{}/pg_hba.conf", cluster.data);
+            let mut text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            text.push_str(&format!("host all all {a}.{b}.{c}.0/24 trust\n"));
+            std::fs::write(&hba, text).expect("write pg_hba.conf");
+        }
         cluster.start_again();
         cluster
     }
 
     /// Starts the server (again) on its port and waits until it accepts connections.
     pub fn start_again(&self) {
+        let listen = match self.also_on {
+            Some(addr) => format!("127.0.0.1,{addr}"),
+            None => "127.0.0.1".to_string(),
+        };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses={listen} -c fsync=off",
             self.port,
             self.dir.display()
         );
@@ -134,7 +160,8 @@ impl Cluster {
 
     /// Server URL without a database name.
     pub fn server_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
+        let host = self.also_on.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        format!("postgres://postgres@{host}:{}", self.port)
     }
 
     /// Creates an empty database on this server and returns its URL.

@@ -386,7 +386,8 @@ const STORM_NODES: [(&str, u32); 2] = [("storm-a", 30), ("storm-b", 30)];
 const STORM_ORDERS: usize = 150;
 const STORM_COUNT: u32 = 2;
 
-/// 3 replicas on one PostgreSQL and 2 nodes with 60 slots; 150 concurrent orders of 2
+/// 3 replicas on one PostgreSQL and 2 nodes with 60 slots, each process on a host of its own
+/// (network namespaces; PostgreSQL on the bridge); 150 concurrent orders of 2
 /// instances round-robin over the replicas, and the third replica SIGKILLed once 20 answers
 /// are in. Afterwards, in the database: no node holds more than its capacity, every order
 /// has all of its instances or none (no order half-written), every order answered success
@@ -394,21 +395,25 @@ const STORM_COUNT: u32 = 2;
 /// reaches running (its creation on the node was not lost with the replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_during_an_order_storm_loses_and_doubles_nothing() {
-    let url = postgres::fresh_database();
+    // Five hosts: three replicas, two nodes; PostgreSQL on the bridge's root side.
+    let mut net = Net::new();
+    let hosts: Vec<_> = (0..5).map(|_| net.add_host()).collect();
+    let cluster = postgres::Cluster::start_on(net.gateway());
+    let url = cluster.fresh_database();
     let mut fleet = Fleet::new(Some(url.clone()), "synthetic");
     // As in `replicas`: placement under load, not liveness, is what is looked at here.
     fleet.heartbeat_timeout_ms = 10_000;
     fleet.create_tenant("acme", PASSWORD);
-    fleet.start_control();
+    fleet.start_control_in(&hosts[0]);
     fleet.wait_healthy(&fleet.api.clone()).await;
     let mut nodes = Vec::new();
-    for (node_id, capacity) in STORM_NODES {
+    for ((node_id, capacity), host) in STORM_NODES.into_iter().zip(&hosts[3..]) {
         fleet.node_capacity = capacity;
-        nodes.push(fleet.start_extra_node(node_id).await);
+        nodes.push(fleet.start_node_in(host, node_id).await);
     }
     let mut replicas = [
-        fleet.add_control("control-2").await,
-        fleet.add_control("control-3").await,
+        fleet.add_control_in("control-2", &hosts[1]).await,
+        fleet.add_control_in("control-3", &hosts[2]).await,
     ];
     let apis: Vec<String> = std::iter::once(fleet.api.clone())
         .chain(replicas.iter().map(|r| r.api.clone()))
