@@ -379,7 +379,15 @@ impl NodeAgent for NodeService {
         r: Request<pb::CreateInstanceRequest>,
     ) -> Reply<pb::InstanceStatus> {
         let spec = self.instance_spec(r.into_inner())?;
-        let view = self.manager.create(spec).await.map_err(to_status)?;
+        // In a task of its own: tonic drops a handler whose caller went away (a control
+        // replica killed mid-call), and a creation dropped half-way left the instance
+        // "starting" for good. Spawned, it finishes and reports its outcome on the report
+        // streams (docs/reliability.md, section 4.3).
+        let manager = Arc::clone(&self.manager);
+        let view = tokio::spawn(async move { manager.create(spec).await })
+            .await
+            .map_err(|e| Status::internal(format!("instance creation panicked: {e}")))?
+            .map_err(to_status)?;
         Ok(Response::new(status_of(&view, self.manager.runtime_name())))
     }
 

@@ -54,6 +54,9 @@ pub struct Fleet {
     /// The region the node announces (control's own is `cn-north-7`).
     pub node_region: String,
     pub http: reqwest::Client,
+    /// The address control listens on: `127.0.0.1`, or its [`crate::netns::Host`]'s address
+    /// once started there ([`Fleet::start_control_in`]).
+    pub control_ip: std::net::Ipv4Addr,
 }
 
 impl Fleet {
@@ -79,6 +82,7 @@ impl Fleet {
             node_extra: String::new(),
             node_region: "cn-north-7".into(),
             http: reqwest::Client::new(),
+            control_ip: std::net::Ipv4Addr::LOCALHOST,
         }
     }
 
@@ -92,10 +96,21 @@ impl Fleet {
 
     /// Control's config at `name` with the fleet's store, CA and settings, on these ports.
     fn write_config_as(&self, name: &str, http_port: u16, nodes_port: u16) -> PathBuf {
+        self.write_config_at(name, self.control_ip, http_port, nodes_port)
+    }
+
+    /// [`Fleet::write_config_as`] listening on `ip` (a [`crate::netns::Host`]'s address).
+    fn write_config_at(
+        &self,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+        http_port: u16,
+        nodes_port: u16,
+    ) -> PathBuf {
         let path = self.path(name);
         let text = format!(
-            "listen = \"127.0.0.1:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
-             [nodes]\nlisten = \"127.0.0.1:{}\"\nheartbeat_timeout_ms = {}\nca_dir = \"{}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
+            "listen = \"{ip}:{}\"\nregion = \"cn-north-7\"\n[store]\nurl = \"{}\"\n\
+             [nodes]\nlisten = \"{ip}:{}\"\nheartbeat_timeout_ms = {}\nca_dir = \"{}\"\n[iam]\ntoken_ttl_secs = {}\n{}",
             http_port,
             self.store_url,
             nodes_port,
@@ -224,12 +239,23 @@ impl Fleet {
     /// Spawns `bin` with `args` and a `--ready-file`, logging to `<name>.log`; returns it once
     /// it has written its ports there.
     fn spawn_ready(&self, name: &str, bin: &Path, args: &[&str]) -> (Daemon, (u16, u16)) {
+        self.spawn_ready_in(None, name, bin, args)
+    }
+
+    /// [`Fleet::spawn_ready`] in network namespace `netns` when given.
+    fn spawn_ready_in(
+        &self,
+        netns: Option<&str>,
+        name: &str,
+        bin: &Path,
+        args: &[&str],
+    ) -> (Daemon, (u16, u16)) {
         let log = self.path(&format!("{name}.log"));
         let ready = self.path(&format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
         let mut args = args.to_vec();
         args.extend(["--ready-file", path_str(&ready)]);
-        let daemon = Daemon::spawn(bin, &args, &log);
+        let daemon = Daemon::spawn_in(netns, bin, &args, &log);
         (daemon, read_ready_file(&ready, &log))
     }
 
@@ -286,7 +312,7 @@ impl Fleet {
 
     /// Control's node-facing gRPC endpoint, as nodes are configured with it.
     pub fn nodes_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.nodes_port)
+        format!("http://{}:{}", self.control_ip, self.nodes_port)
     }
 
     /// A fresh single-use join token from the admin CLI (`node join-token --ttl <ttl>`).
@@ -667,6 +693,111 @@ pub fn error_code(body: &Value) -> &str {
 /// merged into its own `[webrtc]` section when it has one.
 fn with_ice_interfaces(extra: &str) -> String {
     let line = format!("ice_interfaces = {:?}\n", crate::ice_interfaces());
+    if extra.contains("[webrtc]\n") {
+        extra.replacen("[webrtc]\n", &format!("[webrtc]\n{line}"), 1)
+    } else {
+        format!("{extra}\n[webrtc]\n{line}")
+    }
+}
+
+/// Several hosts ([`crate::netns`]): control, its replicas and nodes each in a namespace of
+/// their own, reached over the bridge.
+impl Fleet {
+    /// [`Fleet::start_control`] in `host`'s namespace, listening on its address; from then on
+    /// [`Fleet::api`] and [`Fleet::nodes_endpoint`] name that address. Its config is
+    /// `control-<netns>.toml` (the admin CLI keeps writing `control.toml`).
+    pub fn start_control_in(&mut self, host: &crate::netns::Host) {
+        self.control_ip = host.addr;
+        let config = self.write_config_at(
+            &format!("control-{}.toml", host.netns),
+            host.addr,
+            self.control_port,
+            self.nodes_port,
+        );
+        let (control, (http, grpc)) = self.spawn_ready_in(
+            Some(&host.netns),
+            "control",
+            &binary("cloudphone-control"),
+            &["serve", "--config", path_str(&config)],
+        );
+        self.control = Some(control);
+        self.control_port = http;
+        self.nodes_port = grpc;
+        self.api = format!("http://{}:{http}", host.addr);
+    }
+
+    /// [`Fleet::add_control`] in `host`'s namespace, listening on its address.
+    pub async fn add_control_in(&self, name: &str, host: &crate::netns::Host) -> Replica {
+        let config = self.write_config_at(&format!("{name}.toml"), host.addr, 0, 0);
+        let (daemon, (http, grpc)) = self.spawn_ready_in(
+            Some(&host.netns),
+            name,
+            &binary("cloudphone-control"),
+            &["serve", "--config", path_str(&config)],
+        );
+        let replica = Replica {
+            daemon,
+            api: format!("http://{}:{http}", host.addr),
+            nodes_port: grpc,
+        };
+        self.wait_healthy(&replica.api).await;
+        replica
+    }
+
+    /// [`Fleet::start_extra_node`] in `host`'s namespace: it listens on the host's address,
+    /// gathers ICE candidates on the host's interface only, dials control at
+    /// [`Fleet::nodes_endpoint`]; waits until control has it up.
+    pub async fn start_node_in(&self, host: &crate::netns::Host, node_id: &str) -> Daemon {
+        let path = self.path(&format!("node-{node_id}.toml"));
+        let ip = host.addr;
+        let text = format!(
+            "node_id = \"{node_id}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
+             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"{ip}:0\"\n\
+             [http]\nlisten = \"{ip}:0\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{}\"\n{}",
+            self.path(&format!("node-state-{node_id}")).display(),
+            self.node_capacity,
+            self.runtime,
+            self.nodes_endpoint(),
+            self.join_token("10m"),
+            with_interfaces(&self.node_extra, std::slice::from_ref(&host.interface)),
+        );
+        std::fs::write(&path, text).unwrap();
+        let (node, _) = self.spawn_ready_in(
+            Some(&host.netns),
+            &format!("node-{node_id}"),
+            &binary("cloudphone-node"),
+            &["--config", path_str(&path)],
+        );
+        wait_for(
+            &format!("node {node_id} up"),
+            Duration::from_secs(30),
+            || async {
+                let nodes = self.list_nodes().await?;
+                nodes
+                    .iter()
+                    .any(|n| n.node_id == node_id && n.health() == pb::NodeHealth::Up)
+                    .then_some(())
+            },
+        )
+        .await;
+        node
+    }
+
+    /// Health of node `node_id` as control last recorded it: `"up"` or `"down"`.
+    pub async fn health_of(&self, node_id: &str) -> Option<String> {
+        let nodes = self.list_nodes().await?;
+        match nodes.iter().find(|n| n.node_id == node_id)?.health() {
+            pb::NodeHealth::Up => Some("up".to_string()),
+            pb::NodeHealth::Down => Some("down".to_string()),
+            pb::NodeHealth::Unspecified => None,
+        }
+    }
+}
+
+/// `extra` (node TOML) with `[webrtc] ice_interfaces` set to `interfaces`, merged into its own
+/// `[webrtc]` section when it has one.
+fn with_interfaces(extra: &str, interfaces: &[String]) -> String {
+    let line = format!("ice_interfaces = {interfaces:?}\n");
     if extra.contains("[webrtc]\n") {
         extra.replacen("[webrtc]\n", &format!("[webrtc]\n{line}"), 1)
     } else {

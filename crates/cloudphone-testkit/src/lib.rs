@@ -7,6 +7,7 @@
 //! - [`fleet`]: control + node processes and a public-API client, for end-to-end tests.
 //! - [`live`]: GStreamer clients of the live edge: an RTMP push, FLV/RTMP/HLS/WHEP players
 //!   counting decoded frames, webrtcbin as a receiving peer.
+//! - [`netns`]: several hosts on one machine (network namespaces on a bridge), partitions.
 //! - [`postgres`]: a fresh database on the suite's PostgreSQL server (started here if needed).
 //! - [`process`]: building and spawning the workspace's binaries, killed on drop.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod live;
+pub mod netns;
 pub mod postgres;
 pub mod process;
 

@@ -65,9 +65,23 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns `binary args…` with stdout/stderr to `log`.
     pub fn spawn(binary: &Path, args: &[&str], log: &Path) -> Self {
+        Self::spawn_in(None, binary, args, log)
+    }
+
+    /// [`Daemon::spawn`] in network namespace `netns` when given (`ip netns exec`, which
+    /// `exec`s the binary: the child's pid is the daemon's; see [`crate::netns`]).
+    pub fn spawn_in(netns: Option<&str>, binary: &Path, args: &[&str], log: &Path) -> Self {
         let file = std::fs::File::create(log).expect("create log");
         let err = file.try_clone().expect("clone log handle");
-        let child = Command::new(binary)
+        let mut command = match netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",

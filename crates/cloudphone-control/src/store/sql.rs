@@ -11,6 +11,14 @@ use super::{
     TaskRecord, TokenRecord, UsageRow, UserRecord,
 };
 
+/// How long a query on PostgreSQL waits for a pooled connection (including connecting)
+/// before it fails.
+/// Above what a loaded replica's queue takes (the 1,000-order storm over 3 replicas stays well
+/// under it), far below a client's patience.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// sqlx's default, kept for SQLite.
+const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A pool over SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -27,6 +35,16 @@ impl SqlStore {
         let options = AnyPoolOptions::new()
             // SQLite allows one writer; a small pool with a busy timeout avoids "database is locked".
             .max_connections(if is_sqlite { 4 } else { 16 })
+            // While PostgreSQL is down, sqlx keeps retrying the connect until this timeout
+            // (30 s by default), and every request waits that long: fail after
+            // `ACQUIRE_TIMEOUT` instead, answered as the appendix's internal error
+            // (docs/reliability.md, "PostgreSQL restarts"). A SQLite file does not go away;
+            // its writers queue on the lock, so it keeps sqlx's default.
+            .acquire_timeout(if is_sqlite {
+                SQLITE_ACQUIRE_TIMEOUT
+            } else {
+                ACQUIRE_TIMEOUT
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {

@@ -7,7 +7,7 @@
 //!   a table of refused calls, ListInstances with a chosen request id); the clock, Huawei's time
 //!   format, streaming domains and a viewer, shared by the usage modules (`console_usage`,
 //!   `usage_sdk`, `usage_rules`); the venv with the official SDKs (`usage_sdk`, `aksk`, `live_api`).
-//! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `fleet`,
+//! - one module per feature: `aksk`, `backup`, `console_live`, `console_usage`, `faults`, `fleet`,
 //!   `health`, `hostile_input`, `install_app`, `lifecycle_rules`, `live_api`, `live_e2e`,
 //!   `live_store`, `node_trust`, `operations`, `pages`, `reconnect`, `replicas`, `roles`,
 //!   `schemathesis`, `sealing_key`, `seed_examples`, `shutdown`, `store`, `tls`,
@@ -22,6 +22,7 @@ mod aksk;
 mod backup;
 mod console_live;
 mod console_usage;
+mod faults;
 mod fleet;
 mod health;
 mod hostile_input;
