@@ -8,6 +8,9 @@
 //! report's live section alone as `live.md` next to them.
 //! `CLOUDPHONE_BENCH_LIVE_SERVERS=node` (or `nginx`) runs one of the two. The node is a release
 //! build unless `CLOUDPHONE_BENCH_LIVE_NODE=debug` (see [`live_node::node_profile`]).
+//! `CLOUDPHONE_BENCH_LIVE_ARGS` adds `cloudphone-bench live` arguments to both runs, e.g.
+//! `--skip-secs 0 --seconds 1 --players 1600` for a minutes-long load-only experiment (its
+//! parts go to `CLOUDPHONE_BENCH_PARTS` so they do not replace the real run's).
 
 use cloudphone_bench::{live, live_nginx, live_node, parts};
 
@@ -16,6 +19,15 @@ fn servers() -> Vec<String> {
         .unwrap_or_else(|_| "nginx,node".into())
         .split(',')
         .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// `CLOUDPHONE_BENCH_LIVE_ARGS`, split on whitespace.
+fn extra_args() -> Vec<String> {
+    std::env::var("CLOUDPHONE_BENCH_LIVE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
         .collect()
 }
 
@@ -37,6 +49,7 @@ fn nginx(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
     if parts::smoke_requested() {
         argv.push("--smoke".into());
     }
+    argv.extend(extra_args());
     let args = live::LiveArgs::parse_from(argv)?;
     let mut results = rt.block_on(live::run(&args))?;
     // The outputs nginx-rtmp lacks: not run, whatever the run said, and why.
@@ -69,6 +82,7 @@ fn node(rt: &tokio::runtime::Runtime) -> anyhow::Result<live::LiveResults> {
     if parts::smoke_requested() {
         argv.push("--smoke".into());
     }
+    argv.extend(extra_args());
     let args = live::LiveArgs::parse_from(argv)?;
     let results = rt.block_on(live::run(&args));
     if results.is_err() {

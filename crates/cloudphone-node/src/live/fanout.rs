@@ -365,14 +365,23 @@ async fn write(mut rx: broadcast::Receiver<Tag>, shard: Arc<Shard>, bytes_out: m
         }
         let mut lagged = false;
         while batch.len() < WRITE_BATCH {
-            match rx.try_recv() {
+            let next = if batch.last().is_some_and(Tag::more) {
+                // The rest of a group the hub releases at once (held audio and the video tag
+                // after it): on its way, and worth one write instead of two.
+                rx.recv()
+                    .await
+                    .map_err(|e| matches!(e, broadcast::error::RecvError::Lagged(_)))
+            } else {
+                rx.try_recv()
+                    .map_err(|e| matches!(e, broadcast::error::TryRecvError::Lagged(_)))
+            };
+            match next {
                 Ok(tag) => batch.push(tag),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    lagged = true;
+                Err(fell_behind) => {
+                    lagged = fell_behind;
+                    // Empty, or closed: what there is goes now; the next turn sees the end.
                     break;
                 }
-                // Empty, or closed: what there is goes now; the next turn sees the end.
-                Err(_) => break,
             }
         }
         let mut sinks = shard.sinks();

@@ -451,14 +451,29 @@ impl Player {
         let Some(tag) = self.next().await else {
             return false;
         };
+        // Only a live tag's group is waited for: the start tags come all at once anyway.
+        let mut group = self.first.is_empty() && tag.more();
         batch.push(tag);
         while batch.len() < max {
             if let Some(tag) = self.first.pop_front() {
                 batch.push(tag);
                 continue;
             }
-            match self.live.try_recv() {
+            let next = if group {
+                // The rest of a group the hub releases at once (held audio and the video tag
+                // after it): on its way, and worth one write instead of two.
+                self.live.recv().await.map_err(|e| match e {
+                    broadcast::error::RecvError::Lagged(_) => {
+                        broadcast::error::TryRecvError::Lagged(0)
+                    }
+                    broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
+                })
+            } else {
+                self.live.try_recv()
+            };
+            match next {
                 Ok(tag) => {
+                    group = tag.more();
                     if self.waiting_for_key {
                         if !tag.is_keyframe() {
                             continue;
@@ -467,7 +482,10 @@ impl Player {
                     }
                     batch.push(tag);
                 }
-                Err(broadcast::error::TryRecvError::Lagged(_)) => self.waiting_for_key = true,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    group = false;
+                    self.waiting_for_key = true;
+                }
                 // Empty, or closed: what there is goes now; the next call sees the end.
                 Err(_) => break,
             }
