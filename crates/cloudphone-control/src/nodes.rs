@@ -464,6 +464,7 @@ impl Registry {
                 state,
                 &instance.message,
                 crate::unix_ms(),
+                instance.changed_at_unix_ms,
             )
             .await
         {

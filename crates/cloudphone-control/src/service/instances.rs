@@ -260,18 +260,38 @@ async fn create_on_nodes(state: Arc<AppState>, records: Vec<InstanceRecord>) {
                 Some(mut client) => client.create_instance(request).await.map(|r| r.into_inner()),
                 None => Err(tonic::Status::unavailable("node not connected")),
             };
-            let (reported, message) = match outcome {
-                Ok(status) => (crate::nodes::reported_state(status.state), status.message),
+            // The node's answer is one of its reports, ordered with those its report streams
+            // bring to every replica by the node's time of the change (a late answer must not
+            // undo a newer report).
+            let written = match outcome {
+                Ok(status) => {
+                    state
+                        .store
+                        .set_reported_state(
+                            &record.node_id,
+                            &record.instance_id,
+                            crate::nodes::reported_state(status.state),
+                            &status.message,
+                            crate::unix_ms(),
+                            status.changed_at_unix_ms,
+                        )
+                        .await
+                }
                 Err(status) => {
                     tracing::warn!(instance_id = %record.instance_id, %status, "node could not create instance");
-                    (ControlState::FAILED, status.message().to_string())
+                    let message = status.message().to_string();
+                    state
+                        .store
+                        .set_instance_state(
+                            &record.instance_id,
+                            ControlState::FAILED,
+                            &message,
+                            crate::unix_ms(),
+                        )
+                        .await
                 }
             };
-            if let Err(error) = state
-                .store
-                .set_instance_state(&record.instance_id, reported, &message, crate::unix_ms())
-                .await
-            {
+            if let Err(error) = written {
                 tracing::error!(instance_id = %record.instance_id, %error, "could not record instance state");
             }
         }

@@ -329,7 +329,8 @@ pub trait Store: LiveStore + PlacementStore + LimitStore + Send + Sync + 'static
     /// (`cloudphone_core::instance::node_may_overwrite`): an instance that is backed up, queued
     /// for restore or failed to restore is on no node, so a late report must not bring it back.
     /// Only an instance placed on `node_id` takes that node's report (a node cannot write the
-    /// state of another node's instances).
+    /// state of another node's instances). `changed_at_ms` is the node's time of the change:
+    /// a report older than the one stored is dropped (replicas write reports in no set order).
     async fn set_reported_state(
         &self,
         node_id: &str,
@@ -337,6 +338,7 @@ pub trait Store: LiveStore + PlacementStore + LimitStore + Send + Sync + 'static
         state: ControlState,
         message: &str,
         now_ms: i64,
+        changed_at_ms: i64,
     ) -> Result<(), StoreError>;
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
     /// Stores a new join token by its SHA-256 (hex).

@@ -189,7 +189,7 @@ impl PlacementStore for SqlStore {
         let done = sqlx::query(&format!(
             "UPDATE instances SET state = {restoring}, state_message = '', node_id = $1, \
                 prepare_queued_at_ms = NULL, restore_status = 1, restore_time_ms = $2, \
-                updated_at_ms = $2 \
+                updated_at_ms = $2, reported_at_ms = 0 \
              WHERE id = $3 AND state = {queued} \
                AND (SELECT COUNT(*) FROM instances \
                     WHERE node_id = $1 AND state NOT IN ({not_holding})) \

@@ -460,10 +460,13 @@ impl Store for SqlStore {
         state: ControlState,
         message: &str,
         now_ms: i64,
+        changed_at_ms: i64,
     ) -> Result<(), StoreError> {
+        // Equal times pass: a node announcing again re-sends the change it reported last.
         sqlx::query(&format!(
-            "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3 \
-             WHERE id = $4 AND node_id = $5 AND state NOT IN ({})",
+            "UPDATE instances SET state = $1, state_message = $2, updated_at_ms = $3, \
+                reported_at_ms = $6 \
+             WHERE id = $4 AND node_id = $5 AND reported_at_ms <= $6 AND state NOT IN ({})",
             states_where(|state| !rules::node_may_overwrite(state))
         ))
         .bind(state.as_str())
@@ -471,6 +474,7 @@ impl Store for SqlStore {
         .bind(now_ms)
         .bind(instance_id)
         .bind(node_id)
+        .bind(changed_at_ms)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -229,7 +229,7 @@ async fn suite(store: impl Store) {
     };
     let report = async |node: &str, id: &str, state: ControlState, at_ms: i64| {
         store
-            .set_reported_state(node, id, state, "", at_ms)
+            .set_reported_state(node, id, state, "", at_ms, at_ms)
             .await
             .unwrap();
     };
@@ -241,6 +241,12 @@ async fn suite(store: impl Store) {
     // Another node's report about "a" (placed on n1) changes nothing.
     report("n2", "a", ControlState::Node(InstanceState::Failed), 153).await;
     assert_eq!(stored(&store, "a").await.state, ControlState::RUNNING);
+    report("n1", "a", ControlState::STOPPED, 153).await;
+    assert_eq!(stored(&store, "a").await.state, ControlState::STOPPED);
+    // Reports land in no set order (every replica writes them): an older change than the
+    // one stored is dropped, the same one again is taken.
+    report("n1", "a", ControlState::Node(InstanceState::Starting), 152).await;
+    assert_eq!(stored(&store, "a").await.state, ControlState::STOPPED);
     report("n1", "a", ControlState::STOPPED, 153).await;
     assert_eq!(stored(&store, "a").await.state, ControlState::STOPPED);
     set("a", ControlState::RUNNING, 154).await;
