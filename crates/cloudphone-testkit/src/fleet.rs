@@ -673,3 +673,20 @@ fn with_ice_interfaces(extra: &str) -> String {
         format!("{extra}\n[webrtc]\n{line}")
     }
 }
+
+impl Fleet {
+    /// [`Fleet::add_control`] with another build of `cloudphone-control` (e.g. the API bench's
+    /// release one), so every replica of a measured deployment is the same build.
+    pub async fn add_control_with(&self, name: &str, bin: &Path) -> Replica {
+        let config = self.write_replica_config(name);
+        let (daemon, (http, grpc)) =
+            self.spawn_ready(name, bin, &["serve", "--config", path_str(&config)]);
+        let replica = Replica {
+            daemon,
+            api: format!("http://127.0.0.1:{http}"),
+            nodes_port: grpc,
+        };
+        self.wait_healthy(&replica.api).await;
+        replica
+    }
+}
