@@ -23,8 +23,8 @@ pub(crate) struct Options {
     /// Seconds-long versions, results in `target/bench-smoke` instead of `benches/results`.
     pub smoke: bool,
     /// Build with the release profile instead of dev (a cold release build of the node's
-    /// dependencies takes several minutes on 2 cores; encoders are C either way). The api bench
-    /// then runs release builds of the daemons too; the fleet bench always runs debug ones.
+    /// dependencies takes several minutes on 2 cores; encoders are C either way). The api and
+    /// live benches run release daemons either way; the fleet bench always runs debug ones.
     pub release: bool,
 }
 
@@ -59,15 +59,10 @@ pub(crate) fn run(options: Options) -> Result<()> {
         util::build_daemons(true)?;
     } else if !options.smoke {
         // The live bench compares the node with nginx (-O2): it measures a release node
-        // either way (`CLOUDPHONE_BENCH_LIVE_NODE`, see cloudphone-bench's `live_node`).
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "cloudphone-node",
-            "--bin",
-            "cloudphone-node",
-        ]))?;
+        // either way (`CLOUDPHONE_BENCH_LIVE_NODE`, see cloudphone-bench's `live_node`); the
+        // api bench's target is for release daemons, control and node
+        // (`CLOUDPHONE_BENCH_API`, see cloudphone-bench's `api`).
+        util::build_daemons(true)?;
     }
     util::run(util::cargo().args([
         "bench",

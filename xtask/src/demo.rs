@@ -1,5 +1,9 @@
 //! `cargo xtask demo`: control and one node on this machine, a demo tenant and three phones,
 //! and a live-API (seed 003) tenant with a group and a stream to push to and play.
+//!
+//! `--replicas N` (N ≥ 2) runs N control processes instead of one, on a throwaway PostgreSQL
+//! cluster (as `cargo xtask test` starts one; SQLite serves one control process only), each on
+//! ports of its own with no proxy in front; `demo.json` lists every API URL in `api_urls`.
 
 mod app;
 mod live;
@@ -34,10 +38,43 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a daemon gets to exit after SIGTERM before it is SIGKILLed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `1..=`[`MAX_REPLICAS`], else `None`.
+fn replica_count(n: &str) -> Option<u32> {
+    n.parse().ok().filter(|n| (1..=MAX_REPLICAS).contains(n))
+}
+
+/// The most control processes the demo runs (one per name in [`REPLICA_NAMES`], and the first).
+const MAX_REPLICAS: u32 = REPLICA_NAMES.len() as u32 + 1;
+
+/// The throwaway cluster's database when the demo runs replicas.
+const PG_DATABASE: &str = "cloudphone_demo";
+
 /// Options of `cargo xtask demo`.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Options {
     /// Set everything up, print it, then tear down and exit (a smoke test for CI).
     pub(crate) no_wait: bool,
+    /// Control processes to run: 1 (the default) on SQLite, more on a throwaway PostgreSQL.
+    pub(crate) replicas: u32,
+}
+
+impl Options {
+    /// `[--no-wait] [--replicas N]` in any order; `None` for anything else.
+    pub(crate) fn parse(flags: &[&str]) -> Option<Self> {
+        let mut options = Options {
+            no_wait: false,
+            replicas: 1,
+        };
+        let mut rest = flags.iter();
+        while let Some(flag) = rest.next() {
+            match *flag {
+                "--no-wait" => options.no_wait = true,
+                "--replicas" => options.replicas = replica_count(rest.next()?)?,
+                _ => options.replicas = replica_count(flag.strip_prefix("--replicas=")?)?,
+            }
+        }
+        Some(options)
+    }
 }
 
 pub(crate) fn run(options: Options) -> Result<()> {
@@ -62,7 +99,17 @@ pub(crate) fn run(options: Options) -> Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     let runtime = pick_runtime(&dir);
+    // Replicas share one database: SQLite serves one control process, so they get PostgreSQL.
+    // Declared before the daemons, so it stops after they have.
+    let pg = if options.replicas > 1 {
+        heading("start PostgreSQL for the replicas");
+        Some(crate::pg::Postgres::start(PG_DATABASE)?)
+    } else {
+        None
+    };
     let ports = util::free_ports(6)?;
+    // Replicas 2..=N: API, node-facing gRPC and live API ports each.
+    let replica_ports = util::free_ports(3 * (options.replicas.max(1) as usize - 1))?;
     let config = DemoConfig {
         dir: dir.clone(),
         api_port: ports[0],
@@ -80,6 +127,15 @@ pub(crate) fn run(options: Options) -> Result<()> {
         },
         runtime,
         demo_app,
+        store_url: pg.as_ref().map(|pg| pg.url(PG_DATABASE)),
+        replicas: replica_ports
+            .chunks(3)
+            .map(|p| ReplicaPorts {
+                api: p[0],
+                nodes: p[1],
+                live_api: p[2],
+            })
+            .collect(),
     };
     let control_toml = dir.join("control.toml");
     let node_toml = dir.join("node.toml");
@@ -90,6 +146,14 @@ pub(crate) fn run(options: Options) -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     println!("wrote {}", control_toml.display());
+    let mut replica_tomls = Vec::new();
+    for (i, _) in config.replicas.iter().enumerate() {
+        let path = dir.join(format!("control-{}.toml", i + 2));
+        std::fs::write(&path, config.replica_toml(i))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        println!("wrote {}", path.display());
+        replica_tomls.push(path);
+    }
 
     heading("create the demo tenant");
     let password = util::random_alnum(16);
@@ -159,6 +223,25 @@ pub(crate) fn run(options: Options) -> Result<()> {
         )?;
         Ok(count_up_nodes(&serde_json::from_str(&listed)?) >= 1)
     })?;
+    // The other replicas once the first has migrated the database and the node has joined
+    // (each loads the node registry from the store as it starts).
+    for (i, toml) in replica_tomls.iter().enumerate() {
+        let name = REPLICA_NAMES.get(i).copied().unwrap_or("control-n");
+        daemons.spawn(
+            name,
+            Command::new(&control_bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(toml),
+            &dir.join(format!("{name}.log")),
+        )?;
+    }
+    let api_urls = config.api_urls();
+    for url in api_urls.iter().skip(1) {
+        daemons.wait_for(&format!("control replica {url} /healthz"), || {
+            Ok(http.get(&format!("{url}/healthz"), &[])?.status == 200)
+        })?;
+    }
 
     heading("order the demo phones");
     let token = iam_token(&http, &api, &password)?;
@@ -183,6 +266,8 @@ pub(crate) fn run(options: Options) -> Result<()> {
     let console = format!("{api}/console/");
     let demo = json!({
         "api_url": api,
+        "api_urls": api_urls,
+        "store": if pg.is_some() { "postgresql" } else { "sqlite" },
         "console_url": console,
         "live_console_url": format!("{api}/console/live"),
         "iam": {"domain": DOMAIN, "user": USER, "password": password, "project": REGION},
@@ -194,6 +279,13 @@ pub(crate) fn run(options: Options) -> Result<()> {
 
     heading("cloudphone demo is up");
     println!("API:        {api}");
+    if api_urls.len() > 1 {
+        println!(
+            "Replicas:   {} control processes on one PostgreSQL: {}",
+            api_urls.len(),
+            api_urls.join(", ")
+        );
+    }
     println!("Console:    {console}");
     println!("IAM:        domain {DOMAIN}, user {USER}, password {password}, project {REGION}");
     println!("Phones:     {}", instance_ids.join(", "));
@@ -330,6 +422,33 @@ fn probe_xvfb(log: &Path) -> Result<u32> {
     result
 }
 
+/// Names of the replicas after the first (`control`), as their logs are named.
+const REPLICA_NAMES: [&str; 15] = [
+    "control-2",
+    "control-3",
+    "control-4",
+    "control-5",
+    "control-6",
+    "control-7",
+    "control-8",
+    "control-9",
+    "control-10",
+    "control-11",
+    "control-12",
+    "control-13",
+    "control-14",
+    "control-15",
+    "control-16",
+];
+
+/// The ports of a control replica after the first.
+#[derive(Clone, Copy, Debug)]
+struct ReplicaPorts {
+    api: u16,
+    nodes: u16,
+    live_api: u16,
+}
+
 /// Everything the two demo configs are made from.
 struct DemoConfig {
     /// `target/demo`, absolute.
@@ -348,6 +467,10 @@ struct DemoConfig {
     runtime: Runtime,
     /// The demo phone's app, which the node's x11 instances run instead of xeyes.
     demo_app: PathBuf,
+    /// The throwaway PostgreSQL database of the replicas; `None`: SQLite in `dir`.
+    store_url: Option<String>,
+    /// Control replicas after the first (empty: one control process).
+    replicas: Vec<ReplicaPorts>,
 }
 
 impl DemoConfig {
@@ -363,11 +486,34 @@ impl DemoConfig {
         self.dir.join("node-state")
     }
 
+    /// Every control process's API base URL, the first's first.
+    fn api_urls(&self) -> Vec<String> {
+        std::iter::once(self.api_url())
+            .chain(
+                self.replicas
+                    .iter()
+                    .map(|r| format!("http://127.0.0.1:{}", r.api)),
+            )
+            .collect()
+    }
+
     fn control_toml(&self) -> String {
-        let db = format!(
-            "sqlite://{}?mode=rwc",
-            self.dir.join("control.db").display()
-        );
+        self.control_toml_on(self.api_port, self.control_nodes_port, self.live_api_port)
+    }
+
+    /// The config of replica `i + 2` (`replicas[i]`): the first's, on its own ports.
+    fn replica_toml(&self, i: usize) -> String {
+        let r = self.replicas[i];
+        self.control_toml_on(r.api, r.nodes, r.live_api)
+    }
+
+    fn control_toml_on(&self, api_port: u16, nodes_port: u16, live_api_port: u16) -> String {
+        let db = self.store_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.dir.join("control.db").display()
+            )
+        });
         format!(
             r#"# Written by `cargo xtask demo`; deploy/config/control.toml explains every key.
 listen = {listen}
@@ -390,13 +536,13 @@ listen = {live_listen}
 operator_access_key_id = {operator_id}
 operator_access_key_secret = {operator_secret}
 "#,
-            listen = toml_str(&format!("127.0.0.1:{}", self.api_port)),
-            nodes_listen = toml_str(&format!("127.0.0.1:{}", self.control_nodes_port)),
-            public_url = toml_str(&self.api_url()),
+            listen = toml_str(&format!("127.0.0.1:{api_port}")),
+            nodes_listen = toml_str(&format!("127.0.0.1:{nodes_port}")),
+            public_url = toml_str(&format!("http://127.0.0.1:{api_port}")),
             region = toml_str(REGION),
             db = toml_str(&db),
             ca_dir = toml_str(&self.dir.join("pki").display().to_string()),
-            live_listen = toml_str(&format!("127.0.0.1:{}", self.live_api_port)),
+            live_listen = toml_str(&format!("127.0.0.1:{live_api_port}")),
             operator_id = toml_str(&self.operator.id),
             operator_secret = toml_str(&self.operator.secret),
         )
@@ -897,6 +1043,8 @@ mod tests {
             },
             runtime,
             demo_app: PathBuf::from("/work/main/target/debug/cloudphone-demo-app"),
+            store_url: None,
+            replicas: Vec::new(),
         }
     }
 
@@ -1123,5 +1271,89 @@ mod tests {
         assert!(by_itself);
         assert!(!status.success());
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn demo_flags_parse_in_any_order() {
+        let parse = |flags: &[&str]| Options::parse(flags);
+        let options = |no_wait, replicas| Some(Options { no_wait, replicas });
+        assert_eq!(parse(&[]), options(false, 1));
+        assert_eq!(parse(&["--no-wait"]), options(true, 1));
+        assert_eq!(parse(&["--replicas", "3"]), options(false, 3));
+        assert_eq!(parse(&["--replicas=2", "--no-wait"]), options(true, 2));
+        assert_eq!(parse(&["--no-wait", "--replicas", "2"]), options(true, 2));
+        for bad in [
+            &["--replicas"][..],
+            &["--replicas", "0"],
+            &["--replicas", "x"],
+            &["--replicas", "17"],
+            &["--replicas=-1"],
+            &["--wait"],
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_share_the_postgres_store_on_ports_of_their_own() {
+        let single = config(Runtime::Synthetic { why: "t".into() });
+        // The default: one control on SQLite, one API URL.
+        assert_eq!(single.api_urls(), ["http://127.0.0.1:40001"]);
+        assert!(single.control_toml().contains("url = \"sqlite://"));
+
+        let url = "postgres://postgres@127.0.0.1:5999/cloudphone_demo";
+        let config = DemoConfig {
+            store_url: Some(url.into()),
+            replicas: vec![
+                ReplicaPorts {
+                    api: 41001,
+                    nodes: 41002,
+                    live_api: 41003,
+                },
+                ReplicaPorts {
+                    api: 42001,
+                    nodes: 42002,
+                    live_api: 42003,
+                },
+            ],
+            ..single
+        };
+        assert_eq!(
+            config.api_urls(),
+            [
+                "http://127.0.0.1:40001",
+                "http://127.0.0.1:41001",
+                "http://127.0.0.1:42001"
+            ]
+        );
+        let tomls = [
+            config.control_toml(),
+            config.replica_toml(0),
+            config.replica_toml(1),
+        ];
+        let mut ports = Vec::new();
+        for (text, api) in tomls.iter().zip(config.api_urls()) {
+            let doc: toml::Table = text.parse().unwrap();
+            assert_eq!(doc["store"]["url"].as_str(), Some(url), "{text}");
+            assert_eq!(doc["public_url"].as_str(), Some(api.as_str()), "{text}");
+            for listen in [
+                &doc["listen"],
+                &doc["nodes"]["listen"],
+                &doc["live_api"]["listen"],
+            ] {
+                ports.push(listen.as_str().unwrap().to_owned());
+            }
+            // One CA for all: a node enrolled by one replica is trusted by every one.
+            assert_eq!(
+                doc["nodes"]["ca_dir"].as_str(),
+                Some("/work/main/target/demo/pki")
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        // Every replica's config has exactly the keys of the example config.
+        for text in &tomls {
+            assert_eq!(demo_keys(text), example_keys("control.toml"));
+        }
     }
 }

@@ -11,17 +11,20 @@ mod util;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 const HELP: &str = "\
 cargo xtask <COMMAND>
 
 Commands:
-  demo [--no-wait]       Run control and a node locally with a demo tenant and three phones
+  demo [--no-wait] [--replicas N]
+                         Run control and a node locally with a demo tenant and three phones
                          and a live-API tenant with one RTMP stream, print how to reach them
                          (push command, play URLs), and wait for Ctrl-C. --no-wait pushes to
                          the stream, plays it back over HTTP-FLV, and tears everything down
-                         (a smoke test).
+                         (a smoke test). --replicas N (N > 1): N control processes on a
+                         throwaway PostgreSQL, each on its own ports; every API URL goes into
+                         target/demo/demo.json as \"api_urls\".
   test                   What CI runs: install-deps, fmt, clippy, build, the test suite against
                          a throwaway PostgreSQL, and systemd-analyze verify on deploy/systemd.
   ci                     The same as `test`.
@@ -54,8 +57,9 @@ fn dispatch(args: &[String]) -> Result<()> {
     };
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     match (command, flags.as_slice()) {
-        ("demo", []) => demo::run(demo::Options { no_wait: false }),
-        ("demo", ["--no-wait"]) => demo::run(demo::Options { no_wait: true }),
+        ("demo", flags) if demo::Options::parse(flags).is_some() => {
+            demo::run(demo::Options::parse(flags).context("demo flags")?)
+        }
         ("test" | "ci", []) => test::run(),
         ("bench", flags) if flags.iter().all(|f| matches!(*f, "--smoke" | "--release")) => {
             bench::run(bench::Options {

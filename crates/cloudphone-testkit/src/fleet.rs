@@ -133,19 +133,8 @@ impl Fleet {
     /// SQLite refuses a second one) named `name`, and waits until it serves. The fleet's
     /// [`Fleet::api`] stays the first control's.
     pub async fn add_control(&self, name: &str) -> Replica {
-        let config = self.write_replica_config(name);
-        let (daemon, (http, grpc)) = self.spawn_ready(
-            name,
-            &binary("cloudphone-control"),
-            &["serve", "--config", path_str(&config)],
-        );
-        let replica = Replica {
-            daemon,
-            api: format!("http://127.0.0.1:{http}"),
-            nodes_port: grpc,
-        };
-        self.wait_healthy(&replica.api).await;
-        replica
+        self.add_control_with(name, &binary("cloudphone-control"))
+            .await
     }
 
     /// Starts control and waits until it has bound its listeners (not until it serves: see
@@ -802,5 +791,22 @@ fn with_interfaces(extra: &str, interfaces: &[String]) -> String {
         extra.replacen("[webrtc]\n", &format!("[webrtc]\n{line}"), 1)
     } else {
         format!("{extra}\n[webrtc]\n{line}")
+    }
+}
+
+impl Fleet {
+    /// [`Fleet::add_control`] with another build of `cloudphone-control` (e.g. the API bench's
+    /// release one), so every replica of a measured deployment is the same build.
+    pub async fn add_control_with(&self, name: &str, bin: &Path) -> Replica {
+        let config = self.write_replica_config(name);
+        let (daemon, (http, grpc)) =
+            self.spawn_ready(name, bin, &["serve", "--config", path_str(&config)]);
+        let replica = Replica {
+            daemon,
+            api: format!("http://127.0.0.1:{http}"),
+            nodes_port: grpc,
+        };
+        self.wait_healthy(&replica.api).await;
+        replica
     }
 }

@@ -84,7 +84,11 @@ async fn fleet_smoke_launches_one_instance_and_the_report_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_smoke_serves_both_endpoints_on_sqlite_without_errors() {
-    let r = api::run(true, &[api::Backend::Sqlite]).await.unwrap();
+    let sqlite = api::Deployment {
+        backend: api::Backend::Sqlite,
+        replicas: 1,
+    };
+    let r = api::run(true, &[sqlite]).await.unwrap();
     assert!(r.failures.is_empty(), "{:?}", r.failures);
     let endpoints: Vec<&str> = r.cells.iter().map(|c| c.endpoint.as_str()).collect();
     assert_eq!(endpoints, ["ListInstances", "GetDeviceToken"]);

@@ -42,6 +42,7 @@ mod schemathesis;
 mod sealing_key;
 mod seed_examples;
 mod shutdown;
+mod signaling_load;
 mod store;
 mod tls;
 mod usage_rules;

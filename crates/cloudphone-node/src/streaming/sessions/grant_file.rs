@@ -47,14 +47,45 @@ pub(crate) struct GrantFile {
     /// Held from taking a snapshot of the grants to renaming it into place, so a later snapshot
     /// is never overwritten by an earlier one.
     order: Mutex<()>,
+    /// Changes to the grants so far, and how many of them the file on disk holds: a change
+    /// whose write finds it already covered by a later snapshot (written while it waited for
+    /// `order`) skips its own. So a burst of StartSessions shares a few fsyncs (group commit)
+    /// instead of queueing one each: one fsync per call held GetDeviceToken to ~270/s here.
+    changes: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl GrantFile {
+    /// Counts a change made to the grants (before it is persisted); its number.
+    pub(super) fn changed(&self) -> u64 {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Whether the file already holds change `n`. Call under [`GrantFile::lock`].
+    pub(super) fn holds(&self, n: u64) -> bool {
+        self.written.load(std::sync::atomic::Ordering::SeqCst) >= n
+    }
+
+    /// Every change counted so far; a snapshot taken after this call holds them all.
+    pub(super) fn counted(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records that the file holds every change up to `n`. Call under [`GrantFile::lock`].
+    pub(super) fn wrote(&self, n: u64) {
+        self.written
+            .fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The grant file of a node whose state dir is `state_dir`.
     pub(crate) fn in_state_dir(state_dir: &Path) -> GrantFile {
         GrantFile {
             path: state_dir.join("sessions").join("grants.json"),
             order: Mutex::new(()),
+            changes: Default::default(),
+            written: Default::default(),
         }
     }
 

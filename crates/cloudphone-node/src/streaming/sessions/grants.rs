@@ -259,10 +259,18 @@ impl Sessions {
         let Some(file) = &self.grant_file else {
             return;
         };
+        // The change the caller just made to the grants is this one.
+        let change = file.changed();
         let _order = file.lock();
+        if file.holds(change) {
+            // A snapshot taken after the change was written while we waited.
+            return;
+        }
+        let covers = file.counted();
         let snapshot: Vec<Grant> = self.inner().grants.values().cloned().collect();
-        if let Err(e) = file.save(snapshot.iter()) {
-            tracing::warn!(error = %e, "grants not written to the state dir");
+        match file.save(snapshot.iter()) {
+            Ok(()) => file.wrote(covers),
+            Err(e) => tracing::warn!(error = %e, "grants not written to the state dir"),
         }
     }
 

@@ -138,6 +138,10 @@ struct Inner {
     stopping: Vec<(String, Winding)>,
     viewers: HashMap<u64, ViewerEntry>,
     next_viewer: u64,
+    /// One gate per profile whose encoder is being started: the viewers arriving together
+    /// for a phone wait for the first one's encoder instead of each starting (and then
+    /// dropping) a pipeline of their own. Removed once the encoder is in `encoders`.
+    starting: HashMap<ProfileKey, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The node's streaming sessions; see the module docs.

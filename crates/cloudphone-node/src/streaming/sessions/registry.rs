@@ -109,6 +109,22 @@ impl Sessions {
             fps: viewer.spec.fps,
         };
         let existing = self.inner().encoders.get(&key).cloned();
+        // A crowd of first viewers (200 players opening 20 phones at once) would otherwise
+        // start one pipeline each and drop all but one; they queue behind the first instead.
+        let gate = match existing {
+            Some(_) => None,
+            None => Some(Arc::clone(
+                self.inner().starting.entry(key.clone()).or_default(),
+            )),
+        };
+        let _starting = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
+        let existing = match existing {
+            Some(e) => Some(e),
+            None => self.inner().encoders.get(&key).cloned(),
+        };
         let encoder = match existing {
             Some(e) => e,
             None => {
@@ -157,12 +173,14 @@ impl Sessions {
                         e
                     }
                     None => {
-                        inner.encoders.insert(key, Arc::clone(&started));
+                        inner.encoders.insert(key.clone(), Arc::clone(&started));
                         started
                     }
                 }
             }
         };
+        // Later viewers find the encoder; those already queued hold the gate's Arc.
+        self.inner().starting.remove(&key);
         let mut inner = self.inner();
         match inner.viewers.get_mut(&viewer.id) {
             Some(entry) => entry.encoder = Some(Arc::clone(&encoder)),
