@@ -228,6 +228,10 @@ pub async fn run(
             service::lifecycle_data::worker(Arc::clone(&state), stop_rx.clone()),
         ),
         spawn_background("node_refresh", Arc::clone(&state.registry).refresh(refresh)),
+        spawn_background(
+            "creation_resender",
+            service::instances::resend_stale_creations(Arc::clone(&state), stop_rx.clone()),
+        ),
     ];
     // On PostgreSQL the replicas elect the one that runs the fleet-wide jobs; SQLite's one
     // process leads from the start.

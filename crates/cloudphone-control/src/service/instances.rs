@@ -250,6 +250,55 @@ fn plan_order(
         .collect())
 }
 
+/// How long an instance may stay `creating` before the leader asks its node again: longer
+/// than a live replica takes to send its order's creations (milliseconds), short enough that
+/// a killed replica's orders run soon.
+const CREATION_GRACE_MS: i64 = 10_000;
+/// How often the leader looks for such instances.
+const RESEND_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The leader's job: a replica killed between committing an order and asking the nodes leaves
+/// its instances `creating` with no process to send them; this sends them again. The node's
+/// CreateInstance is idempotent for the same spec, so one already on its way is harmless.
+/// Instances whose node this replica has no connection to wait for the next round (not failed:
+/// the node may only be joining this replica).
+pub(crate) async fn resend_stale_creations(
+    state: Arc<AppState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut leader = state.leader.subscribe();
+    loop {
+        if !crate::leader::until_leading(&mut leader, &mut shutdown).await {
+            return;
+        }
+        let now = state.clock.now_ms();
+        match state
+            .store
+            .claim_stale_creations(now - CREATION_GRACE_MS, now)
+            .await
+        {
+            Ok(records) => {
+                let (reachable, waiting): (Vec<_>, Vec<_>) = records
+                    .into_iter()
+                    .partition(|r| state.registry.client(&r.node_id).is_some());
+                if !reachable.is_empty() || !waiting.is_empty() {
+                    tracing::warn!(
+                        resent = reachable.len(),
+                        node_unreachable = waiting.len(),
+                        "instances left creating by a replica that stopped; asking their nodes again"
+                    );
+                }
+                create_on_nodes(Arc::clone(&state), reachable).await;
+            }
+            Err(error) => tracing::warn!(%error, "looking for stale creations failed"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(RESEND_PERIOD) => {}
+        }
+    }
+}
+
 /// Asks each instance's node to create it; the outcome lands in the instance's state.
 async fn create_on_nodes(state: Arc<AppState>, records: Vec<InstanceRecord>) {
     let creations = records.into_iter().map(|record| {

@@ -341,6 +341,14 @@ pub trait Store: LiveStore + PlacementStore + LimitStore + Send + Sync + 'static
         changed_at_ms: i64,
     ) -> Result<(), StoreError>;
     async fn get_instance(&self, instance_id: &str) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Claims the instances still `creating` and untouched since before `before_ms` (the
+    /// replica that took their order died before it asked their node): stamps them `now_ms`,
+    /// so one claimer has each per period, and returns them.
+    async fn claim_stale_creations(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Stores a new join token by its SHA-256 (hex).
     async fn insert_join_token(
         &self,

@@ -486,6 +486,30 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn claim_stale_creations(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        // One statement: a report that moved the instance on meanwhile keeps it unclaimed.
+        let ids: Vec<(String,)> = sqlx::query_as(&format!(
+            "UPDATE instances SET updated_at_ms = $1 \
+             WHERE state = {creating} AND updated_at_ms < $2 RETURNING id",
+            creating = lit(ControlState::Creating),
+        ))
+        .bind(now_ms)
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(record) = self.get_instance(&id).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     async fn insert_join_token(
         &self,
         token_sha256: &str,

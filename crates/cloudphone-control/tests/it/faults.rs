@@ -626,3 +626,87 @@ async fn list_all(http: &reqwest::Client, api: &str, token: &str) -> HashMap<Str
     }
     all
 }
+
+/// The window the storm rarely hits, made on purpose: an order committed whose replica never
+/// asked the node (its instance gone from the node, `creating` in the database, untouched).
+/// The leader's resender must send it again: the node runs it and the API shows it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_its_replica_never_sent_reaches_its_node_through_the_leader() {
+    use cloudphone_proto::node_v1::{self as pb, node_agent_client::NodeAgentClient};
+    let cluster = postgres::Cluster::start();
+    let url = cluster.fresh_database();
+    let mut fleet = Fleet::new(Some(url.clone()), "synthetic");
+    fleet.create_tenant("acme", PASSWORD);
+    fleet.start_control();
+    fleet.wait_healthy(&fleet.api.clone()).await;
+    let _node = fleet.start_extra_node("resend-a").await;
+    let token = fleet.login("acme", PASSWORD).await;
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .post(format!("{}/v1/instances/create", fleet.api))
+        .header("x-auth-token", &token)
+        .header("content-type", "application/json")
+        .body(order_sku(SKU, 1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(error_code(&answer), "0", "{answer}");
+    let id = answer["data"]["instanceInfos"][0]["instanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    wait_running_on_nodes(&fleet, &pool).await;
+
+    // As if the replica had died before asking: the node never had it, the row says creating.
+    let (endpoint,): (String,) = sqlx::query_as("SELECT grpc_endpoint FROM nodes WHERE id = $1")
+        .bind("resend-a")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let (cert, key, ca) = fleet.control_client_cert();
+    let name = cloudphone_proto::identity::node_name("resend-a").unwrap();
+    let mut node = NodeAgentClient::new(Fleet::tls_channel(
+        &endpoint,
+        &name,
+        &ca,
+        Some((&cert, &key)),
+    ));
+    node.delete_instance(pb::InstanceRef {
+        instance_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE instances SET state = $1, updated_at_ms = 0, reported_at_ms = 0 WHERE id = $2",
+    )
+    .bind(cloudphone_core::instance::ControlState::Creating.as_str())
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let listed = node
+        .list_instances(pb::ListInstancesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert!(listed.iter().all(|i| i.instance_id != id), "{listed:?}");
+
+    // Sent again within the grace (10 s) + a period (5 s), and running.
+    let took = wait_running_on_nodes(&fleet, &pool).await;
+    eprintln!("the stale creation ran on its node {took:?} after it was made stale");
+    wait_for(
+        "the API shows it running",
+        Duration::from_secs(10),
+        || async {
+            let statuses = running_statuses(&http, &fleet.api, &token).await?;
+            (statuses.get(&id) == Some(&2)).then_some(())
+        },
+    )
+    .await;
+}

@@ -221,6 +221,26 @@ async fn suite(store: impl Store) {
     counts.sort();
     assert_eq!(counts, [("n1".to_string(), 2), ("n2".to_string(), 1)]);
 
+    // Instances left `creating` past a cut-off are claimed once per period (stamped `now`).
+    let claim = async |before_ms: i64, now_ms: i64| {
+        let mut ids: Vec<String> = store
+            .claim_stale_creations(before_ms, now_ms)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.instance_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(claim(250, 260).await, ["a", "b"]);
+    assert!(claim(250, 261).await.is_empty(), "claimed once per period");
+    assert_eq!(
+        claim(270, 280).await,
+        ["a", "b"],
+        "c is newer than the cut-off"
+    );
+
     let set = async |id: &str, state: ControlState, at_ms: i64| {
         store
             .set_instance_state(id, state, "", at_ms)
