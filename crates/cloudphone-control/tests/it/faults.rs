@@ -681,6 +681,18 @@ async fn an_order_its_replica_never_sent_reaches_its_node_through_the_leader() {
     })
     .await
     .unwrap();
+    // The node reports the deletion (`stopped`); let that land first, or it would overwrite
+    // the `creating` written below.
+    let stopped = cloudphone_core::instance::ControlState::STOPPED.as_str();
+    wait_for("the deletion's report", Duration::from_secs(10), || async {
+        let (state,): (String,) = sqlx::query_as("SELECT state FROM instances WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (state == stopped).then_some(())
+    })
+    .await;
     sqlx::query(
         "UPDATE instances SET state = $1, updated_at_ms = 0, reported_at_ms = 0 WHERE id = $2",
     )
