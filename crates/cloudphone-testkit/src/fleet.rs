@@ -192,20 +192,34 @@ impl Fleet {
     /// token as `node_id`, its state in `node-state-<node_id>`, and waits until control has
     /// it up. The caller keeps the daemon (dropping it stops the node).
     pub async fn start_extra_node(&self, node_id: &str) -> Daemon {
+        self.start_node_at(node_id, None, "127.0.0.1", &crate::ice_interfaces())
+            .await
+    }
+
+    /// A node as `node_id`, in network namespace `netns` when given, listening on `ip`,
+    /// gathering ICE candidates on `interfaces`; waits until control has it up.
+    async fn start_node_at(
+        &self,
+        node_id: &str,
+        netns: Option<&str>,
+        ip: &str,
+        interfaces: &[String],
+    ) -> Daemon {
         let path = self.path(&format!("node-{node_id}.toml"));
         let text = format!(
             "node_id = \"{node_id}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
-             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{}\"\n{}",
+             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"{ip}:0\"\n\
+             [http]\nlisten = \"{ip}:0\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{}\"\n{}",
             self.path(&format!("node-state-{node_id}")).display(),
             self.node_capacity,
             self.runtime,
             self.nodes_endpoint(),
             self.join_token("10m"),
-            with_ice_interfaces(&self.node_extra),
+            with_interfaces(&self.node_extra, interfaces),
         );
         std::fs::write(&path, text).unwrap();
-        let (node, _) = self.spawn_ready(
+        let (node, _) = self.spawn_ready_in(
+            netns,
             &format!("node-{node_id}"),
             &binary("cloudphone-node"),
             &["--config", path_str(&path)],
@@ -681,12 +695,7 @@ pub fn error_code(body: &Value) -> &str {
 /// `extra` (node TOML) with `[webrtc] ice_interfaces` set to the default route's interface,
 /// merged into its own `[webrtc]` section when it has one.
 fn with_ice_interfaces(extra: &str) -> String {
-    let line = format!("ice_interfaces = {:?}\n", crate::ice_interfaces());
-    if extra.contains("[webrtc]\n") {
-        extra.replacen("[webrtc]\n", &format!("[webrtc]\n{line}"), 1)
-    } else {
-        format!("{extra}\n[webrtc]\n{line}")
-    }
+    with_interfaces(extra, &crate::ice_interfaces())
 }
 
 /// Several hosts ([`crate::netns`]): control, its replicas and nodes each in a namespace of
@@ -737,39 +746,14 @@ impl Fleet {
     /// gathers ICE candidates on the host's interface only, dials control at
     /// [`Fleet::nodes_endpoint`]; waits until control has it up.
     pub async fn start_node_in(&self, host: &crate::netns::Host, node_id: &str) -> Daemon {
-        let path = self.path(&format!("node-{node_id}.toml"));
-        let ip = host.addr;
-        let text = format!(
-            "node_id = \"{node_id}\"\nregion = \"cn-north-7\"\nstate_dir = \"{}\"\ncapacity = {}\n\
-             runtime = \"{}\"\nheartbeat_interval_ms = 250\n[grpc]\nlisten = \"{ip}:0\"\n\
-             [http]\nlisten = \"{ip}:0\"\n[control]\nendpoint = \"{}\"\njoin_token = \"{}\"\n{}",
-            self.path(&format!("node-state-{node_id}")).display(),
-            self.node_capacity,
-            self.runtime,
-            self.nodes_endpoint(),
-            self.join_token("10m"),
-            with_interfaces(&self.node_extra, std::slice::from_ref(&host.interface)),
-        );
-        std::fs::write(&path, text).unwrap();
-        let (node, _) = self.spawn_ready_in(
+        let ip = host.addr.to_string();
+        self.start_node_at(
+            node_id,
             Some(&host.netns),
-            &format!("node-{node_id}"),
-            &binary("cloudphone-node"),
-            &["--config", path_str(&path)],
-        );
-        wait_for(
-            &format!("node {node_id} up"),
-            Duration::from_secs(30),
-            || async {
-                let nodes = self.list_nodes().await?;
-                nodes
-                    .iter()
-                    .any(|n| n.node_id == node_id && n.health() == pb::NodeHealth::Up)
-                    .then_some(())
-            },
+            &ip,
+            std::slice::from_ref(&host.interface),
         )
-        .await;
-        node
+        .await
     }
 
     /// Health of node `node_id` as control last recorded it: `"up"` or `"down"`.
